@@ -1,0 +1,691 @@
+"""PacketCloud wire format: sans-IO encode/decode of IPv4 + PacketCloud shims.
+
+This module is the executable form of ``docs/protocol.md`` (the normative spec). It never
+touches a socket, a clock or a file, and it never imports scapy: it is the per-packet fast
+path of senders, sites and receivers.
+
+Layouts (all fields in network byte order)::
+
+    common first two bytes of every shim
+      0      version (high nibble, = 1) | form (low nibble: 1 circuit, 2 service ID)
+      1      next protocol: IP protocol number of what follows the shim
+
+    form 1, circuit shim (16 bytes)               form 2, service-ID shim (9 bytes)
+      0  ver|form=1                                  0  ver|form=2
+      1  next protocol                               1  next protocol
+      2  hop limit                                   2..4  service ID (24 bits)
+      3  metadata                                    5  metadata
+      4..7   circuit label (this hop's)              6..8  check (24 bits)
+      8..11  original source IPv4 address
+      12..15 check: truncated keyed MAC
+
+The form-1 check is ``BLAKE2s(key=hop key, digest_size=4)`` over shim bytes 0..11 followed by
+the IPv4 destination address: a hop that does not know the hop key cannot forge or guess a label
+it may use, and every site re-MACs with the next hop's key after swapping the label. The form-2
+check is an unkeyed ``BLAKE2s(digest_size=3)`` over shim bytes 0..5 (an integrity check that
+tells a real shim from junk or corruption; form 2 carries no per-hop secret).
+
+Every malformed input raises :class:`WireError` whose ``reason`` is one of :data:`REASONS`.
+
+>>> key = HopKey(bytes(16))
+>>> raw = build_circuit_packet(src="198.18.0.1", dst="198.18.1.1", label=7, key=key,
+...                            payload=b"hello", metadata=3)
+>>> pkt = parse(raw)
+>>> (pkt.form, pkt.label, pkt.metadata, int2ip(pkt.orig_src), bytes(pkt.payload))
+(1, 7, 3, '198.18.0.1', b'hello')
+>>> pkt.verify_mac(key)
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import struct
+from hmac import compare_digest as _compare
+from typing import Final
+
+__all__ = [
+    "CIRCUIT_SHIM",
+    "CIRCUIT_SHIM_LEN",
+    "DEFAULT_HOP_LIMIT",
+    "DSCP_SERVICE",
+    "FORM_CIRCUIT",
+    "FORM_NONE",
+    "FORM_SERVICE",
+    "IPPROTO_PACKETCLOUD",
+    "IPV4_HEADER",
+    "REASONS",
+    "SERVICE_SHIM",
+    "SERVICE_SHIM_LEN",
+    "TOS_SERVICE",
+    "UDP_HEADER",
+    "UDP_PORT",
+    "VERSION",
+    "HopKey",
+    "Packet",
+    "WireError",
+    "build_circuit_packet",
+    "build_ipv4",
+    "build_service_packet",
+    "circuit_mac",
+    "int2ip",
+    "internet_checksum",
+    "ip2int",
+    "parse",
+    "service_check",
+]
+
+# --- constants (docs/protocol.md §1) ------------------------------------------------------
+
+#: IP protocol number that marks a PacketCloud packet: 253 is reserved for experimentation
+#: and testing by RFC 3692. Configurable per deployment (every API takes ``proto=``).
+IPPROTO_PACKETCLOUD: Final = 253
+#: UDP destination port of the UDP-encapsulation mode (unprivileged senders, NAT traversal).
+UDP_PORT: Final = 6253
+#: DSCP that flags form-2 packets for the legacy router's policy routing: 43 (0b101011) is in
+#: RFC 2474 pool 2 (xxxx11), reserved for experimental and local use.
+DSCP_SERVICE: Final = 43
+#: The whole ToS byte a form-2 sender sets (DSCP in the upper six bits, ECN bits zero).
+TOS_SERVICE: Final = DSCP_SERVICE << 2
+VERSION: Final = 1
+FORM_NONE: Final = 0  # a plain IPv4 packet (form 3 traffic, or anything else)
+FORM_CIRCUIT: Final = 1
+FORM_SERVICE: Final = 2
+DEFAULT_HOP_LIMIT: Final = 16
+
+IPPROTO_UDP: Final = 17
+
+# --- header layouts -------------------------------------------------------------------------
+
+#: IPv4 header without options: ver/ihl, tos, total length, id, flags/frag, ttl, proto,
+#: checksum, src, dst.
+IPV4_HEADER: Final = struct.Struct("!BBHHHBBHII")
+#: UDP header: source port, destination port, length, checksum.
+UDP_HEADER: Final = struct.Struct("!HHHH")
+#: Form-1 shim: ver|form, next proto, hop limit, metadata, label, original source, check.
+CIRCUIT_SHIM: Final = struct.Struct("!BBBBII4s")
+CIRCUIT_SHIM_LEN: Final = CIRCUIT_SHIM.size  # 16
+CIRCUIT_MAC_LEN: Final = 4
+#: Form-2 shim: ver|form, next proto, service ID (3 bytes), metadata, check (3 bytes).
+SERVICE_SHIM: Final = struct.Struct("!BB3sB3s")
+SERVICE_SHIM_LEN: Final = SERVICE_SHIM.size  # 9
+SERVICE_CHECK_LEN: Final = 3
+
+_H: Final = struct.Struct("!H")
+_I: Final = struct.Struct("!I")
+_10H: Final = struct.Struct("!10H")
+
+MAX_LABEL: Final = 0xFFFFFFFF
+MAX_SERVICE_ID: Final = 0xFFFFFF
+
+#: Every reason a :class:`WireError` can carry.
+REASONS: Final = frozenset(
+    {
+        "truncated",  # fewer bytes than a header or the IP total length says
+        "not_ipv4",  # IP version field is not 4
+        "bad_ip_header_length",  # IHL < 5 or beyond the packet
+        "bad_ip_total_length",  # total length < header length
+        "bad_ip_checksum",  # IPv4 header checksum does not verify
+        "fragment",  # a fragment: sites do not reassemble (docs/protocol.md §6)
+        "bad_udp_length",  # UDP length disagrees with the IP payload
+        "bad_version",  # shim version is not 1
+        "unknown_form",  # shim form is not 1 or 2
+        "bad_mac",  # form-1 check does not verify under the hop key
+        "bad_check",  # form-2 check does not verify
+        "bad_field",  # a value given to an encoder or setter is out of range
+    }
+)
+
+
+class WireError(Exception):
+    """A packet (or a value for one) that does not follow docs/protocol.md.
+
+    ``reason`` is a short machine-readable token from :data:`REASONS`; drops on the data path
+    are counted under it.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        assert reason in REASONS, reason
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def ip2int(addr: str | int | ipaddress.IPv4Address) -> int:
+    """Dotted quad (or int, or IPv4Address) to a 32-bit integer; WireError(bad_field) if not."""
+    if isinstance(addr, int):
+        if 0 <= addr <= 0xFFFFFFFF:
+            return addr
+        raise WireError("bad_field", f"IPv4 address out of range: {addr}")
+    try:
+        return int(ipaddress.IPv4Address(addr))
+    except (ipaddress.AddressValueError, ValueError) as exc:
+        raise WireError("bad_field", f"not an IPv4 address: {addr!r}") from exc
+
+
+def int2ip(value: int) -> str:
+    """32-bit integer to a dotted quad."""
+    return f"{value >> 24 & 255}.{value >> 16 & 255}.{value >> 8 & 255}.{value & 255}"
+
+
+def internet_checksum(data: bytes | bytearray | memoryview) -> int:
+    """RFC 1071 one's-complement checksum of ``data`` (odd lengths padded with a zero byte)."""
+    if len(data) % 2:
+        data = bytes(data) + b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _check_range(name: str, value: int, maximum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= maximum:
+        raise WireError("bad_field", f"{name} must be an integer in 0..{maximum}, got {value!r}")
+    return value
+
+
+class HopKey:
+    """A per-hop MAC key, pre-keyed once so that each MAC costs one copy + update.
+
+    Keys are 16 to 32 bytes (BLAKE2s accepts up to 32).
+    """
+
+    __slots__ = ("_proto", "key")
+
+    def __init__(self, key: bytes) -> None:
+        if not isinstance(key, bytes | bytearray) or not 16 <= len(key) <= 32:
+            raise WireError("bad_field", "a hop key is 16 to 32 bytes")
+        self.key = bytes(key)
+        self._proto = hashlib.blake2s(key=self.key, digest_size=CIRCUIT_MAC_LEN)
+
+    def mac(self, data: bytes | bytearray | memoryview) -> bytes:
+        h = self._proto.copy()
+        h.update(data)
+        return h.digest()
+
+    def __repr__(self) -> str:  # never print key material
+        return "HopKey(<redacted>)"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, HopKey) and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+
+def circuit_mac(key: HopKey, shim_head: bytes | bytearray | memoryview, dst: int) -> bytes:
+    """The form-1 check: MAC over shim bytes 0..11 and the IPv4 destination."""
+    h = key._proto.copy()
+    h.update(shim_head)
+    h.update(_I.pack(dst))
+    return h.digest()
+
+
+def service_check(shim_head: bytes | bytearray | memoryview) -> bytes:
+    """The form-2 check: unkeyed BLAKE2s-24 over shim bytes 0..5."""
+    return hashlib.blake2s(shim_head, digest_size=SERVICE_CHECK_LEN).digest()
+
+
+def _as_key(key: HopKey | bytes) -> HopKey:
+    return key if isinstance(key, HopKey) else HopKey(key)
+
+
+# --- parsing --------------------------------------------------------------------------------
+
+
+class Packet:
+    """A parsed IPv4 packet (PacketCloud or plain) over a mutable buffer.
+
+    Field reads decode from the buffer on demand; setters rewrite in place and keep the IPv4
+    header checksum right by RFC 1624 incremental update. ``bytes(pkt)`` is the wire image.
+    """
+
+    __slots__ = ("buf", "encap", "form", "ihl", "payload_off", "shim_off")
+
+    buf: bytearray
+    ihl: int  #: IPv4 header length in bytes
+    encap: str  #: "ip" (IP protocol number), "udp" (UDP port) or "none" (plain IPv4)
+    form: int  #: FORM_NONE, FORM_CIRCUIT or FORM_SERVICE
+    shim_off: int  #: offset of the shim (-1 for plain packets)
+    payload_off: int  #: offset of what follows the shim (or the IP header)
+
+    # ---- IPv4 fields
+    @property
+    def tos(self) -> int:
+        return self.buf[1]
+
+    @property
+    def total_length(self) -> int:
+        return len(self.buf)
+
+    @property
+    def ttl(self) -> int:
+        return self.buf[8]
+
+    @property
+    def proto(self) -> int:
+        """The IPv4 protocol field (253 or 17 for PacketCloud packets)."""
+        return self.buf[9]
+
+    @property
+    def src(self) -> int:
+        return _I.unpack_from(self.buf, 12)[0]
+
+    @property
+    def dst(self) -> int:
+        return _I.unpack_from(self.buf, 16)[0]
+
+    # ---- shim fields (common)
+    @property
+    def next_proto(self) -> int:
+        """The protocol of the payload (the IPv4 protocol field for plain packets)."""
+        return self.buf[self.shim_off + 1] if self.form else self.buf[9]
+
+    @property
+    def metadata(self) -> int:
+        self._need_shim()
+        return self.buf[self.shim_off + (3 if self.form == FORM_CIRCUIT else 5)]
+
+    @property
+    def check(self) -> bytes:
+        self._need_shim()
+        if self.form == FORM_CIRCUIT:
+            return bytes(self.buf[self.shim_off + 12 : self.shim_off + 16])
+        return bytes(self.buf[self.shim_off + 6 : self.shim_off + 9])
+
+    # ---- form 1
+    @property
+    def label(self) -> int:
+        self._need_form(FORM_CIRCUIT)
+        return _I.unpack_from(self.buf, self.shim_off + 4)[0]
+
+    @property
+    def hop_limit(self) -> int:
+        self._need_form(FORM_CIRCUIT)
+        return self.buf[self.shim_off + 2]
+
+    @property
+    def orig_src(self) -> int:
+        self._need_form(FORM_CIRCUIT)
+        return _I.unpack_from(self.buf, self.shim_off + 8)[0]
+
+    # ---- form 2
+    @property
+    def service_id(self) -> int:
+        self._need_form(FORM_SERVICE)
+        o = self.shim_off
+        b = self.buf
+        return b[o + 2] << 16 | b[o + 3] << 8 | b[o + 4]
+
+    @property
+    def payload(self) -> memoryview:
+        """What follows the shim (for plain packets: what follows the IPv4 header)."""
+        return memoryview(self.buf)[self.payload_off :]
+
+    @property
+    def udp_ports(self) -> tuple[int, int] | None:
+        """(source, destination) UDP ports of the encapsulation, or None in IP mode."""
+        if self.encap != "udp":
+            return None
+        sport, dport = struct.unpack_from("!HH", self.buf, self.ihl)
+        return sport, dport
+
+    def _need_shim(self) -> None:
+        if not self.form:
+            raise WireError("unknown_form", "plain IPv4 packet has no shim")
+
+    def _need_form(self, form: int) -> None:
+        if self.form != form:
+            raise WireError("unknown_form", f"field needs form {form}, packet is form {self.form}")
+
+    # ---- in-place rewrites
+    def _patch_ip_checksum(self, old: int, new: int) -> None:
+        """RFC 1624 eqn. 3 for a 32-bit field change: HC' = ~(~HC + ~m + m')."""
+        b = self.buf
+        hc = b[10] << 8 | b[11]
+        s = (~hc & 0xFFFF) + (~old >> 16 & 0xFFFF) + (~old & 0xFFFF) + (new >> 16) + (new & 0xFFFF)
+        s = (s & 0xFFFF) + (s >> 16)
+        s = (s & 0xFFFF) + (s >> 16)
+        s = ~s & 0xFFFF
+        b[10] = s >> 8
+        b[11] = s & 0xFF
+
+    def set_dst(self, addr: int | str) -> None:
+        """Rewrite the IPv4 destination, updating the header checksum incrementally."""
+        new = addr if isinstance(addr, int) else ip2int(addr)
+        if not 0 <= new <= 0xFFFFFFFF:
+            raise WireError("bad_field", f"IPv4 address out of range: {addr}")
+        old = _I.unpack_from(self.buf, 16)[0]
+        _I.pack_into(self.buf, 16, new)
+        self._patch_ip_checksum(old, new)
+
+    def set_src(self, addr: int | str) -> None:
+        """Rewrite the IPv4 source (platform use only: a site sends from its own address)."""
+        new = addr if isinstance(addr, int) else ip2int(addr)
+        if not 0 <= new <= 0xFFFFFFFF:
+            raise WireError("bad_field", f"IPv4 address out of range: {addr}")
+        old = _I.unpack_from(self.buf, 12)[0]
+        _I.pack_into(self.buf, 12, new)
+        self._patch_ip_checksum(old, new)
+
+    def set_ttl(self, ttl: int) -> None:
+        _check_range("ttl", ttl, 255)
+        b = self.buf
+        old = b[8] << 8 | b[9]
+        b[8] = ttl
+        self._patch_ip_checksum(old, b[8] << 8 | b[9])
+
+    def set_label(self, label: int) -> None:
+        self._need_form(FORM_CIRCUIT)
+        _I.pack_into(self.buf, self.shim_off + 4, _check_range("label", label, MAX_LABEL))
+
+    def set_metadata(self, value: int) -> None:
+        self._need_shim()
+        _check_range("metadata", value, 255)
+        self.buf[self.shim_off + (3 if self.form == FORM_CIRCUIT else 5)] = value
+
+    def set_hop_limit(self, value: int) -> None:
+        self._need_form(FORM_CIRCUIT)
+        self.buf[self.shim_off + 2] = _check_range("hop_limit", value, 255)
+
+    # ---- checks
+    def verify_mac(self, key: HopKey) -> bool:
+        """True if the form-1 check verifies under ``key`` (constant-time compare)."""
+        self._need_form(FORM_CIRCUIT)
+        o = self.shim_off
+        b = self.buf
+        h = key._proto.copy()
+        h.update(memoryview(b)[o : o + 12])
+        h.update(memoryview(b)[16:20])
+        return _compare(h.digest(), b[o + 12 : o + 16])
+
+    def sign(self, key: HopKey) -> None:
+        """Write the form-1 check for the current shim and destination under ``key``."""
+        self._need_form(FORM_CIRCUIT)
+        o = self.shim_off
+        b = self.buf
+        h = key._proto.copy()
+        h.update(memoryview(b)[o : o + 12])
+        h.update(memoryview(b)[16:20])
+        b[o + 12 : o + 16] = h.digest()
+
+    def verify_check(self) -> bool:
+        """True if the form-2 integrity check verifies."""
+        self._need_form(FORM_SERVICE)
+        o = self.shim_off
+        return service_check(memoryview(self.buf)[o : o + 6]) == self.buf[o + 6 : o + 9]
+
+    def seal(self) -> None:
+        """Recompute the form-2 check (after a metadata update)."""
+        self._need_form(FORM_SERVICE)
+        o = self.shim_off
+        self.buf[o + 6 : o + 9] = service_check(memoryview(self.buf)[o : o + 6])
+
+    def strip_shim(self) -> bytearray:
+        """The packet as the original sender's IP layer would have sent it to a legacy
+        receiver: encapsulation and shim removed, protocol field restored, checksum fixed.
+        For a plain packet, a copy."""
+        b = self.buf
+        if not self.form:
+            return bytearray(b)
+        hdr = bytearray(b[: self.ihl])
+        out = hdr + b[self.payload_off :]
+        out[2:4] = _H.pack(len(out))
+        out[9] = self.next_proto
+        out[10:12] = b"\0\0"
+        out[10:12] = _H.pack(internet_checksum(out[: self.ihl]))
+        return out
+
+    def __bytes__(self) -> bytes:
+        return bytes(self.buf)
+
+    def __len__(self) -> int:
+        return len(self.buf)
+
+    def __repr__(self) -> str:
+        base = f"{int2ip(self.src)}->{int2ip(self.dst)}"
+        if self.form == FORM_CIRCUIT:
+            return (
+                f"<Packet form=1 {self.encap} {base} label={self.label} md={self.metadata} "
+                f"hops={self.hop_limit} orig={int2ip(self.orig_src)} len={len(self.buf)}>"
+            )
+        if self.form == FORM_SERVICE:
+            return (
+                f"<Packet form=2 {self.encap} {base} sid={self.service_id} md={self.metadata} "
+                f"len={len(self.buf)}>"
+            )
+        return f"<Packet plain {base} proto={self.proto} len={len(self.buf)}>"
+
+
+def parse(
+    data: bytes | bytearray | memoryview,
+    *,
+    verify_ip_checksum: bool = True,
+    proto: int = IPPROTO_PACKETCLOUD,
+    udp_port: int = UDP_PORT,
+) -> Packet:
+    """Parse an IPv4 packet; recognise a PacketCloud shim by IP protocol or UDP port.
+
+    Returns a :class:`Packet` over a private ``bytearray`` copy trimmed to the IP total length
+    (passing a ``bytearray`` of exactly that length avoids the copy). Plain IPv4 packets parse
+    with ``form == FORM_NONE``. Raises :class:`WireError` on anything malformed. Sites that read
+    from a TUN device may pass ``verify_ip_checksum=False``: the kernel verified it on ingress.
+    """
+    n = len(data)
+    if n < 20:
+        raise WireError("truncated", f"{n} bytes is shorter than an IPv4 header")
+    b0 = data[0]
+    if b0 >> 4 != 4:
+        raise WireError("not_ipv4", f"IP version {b0 >> 4}")
+    ihl = (b0 & 15) * 4
+    if ihl < 20:
+        raise WireError("bad_ip_header_length", f"IHL {ihl // 4}")
+    if ihl > n:
+        raise WireError("truncated", f"IPv4 header of {ihl} bytes in {n} bytes")
+    total = data[2] << 8 | data[3]
+    if total < ihl:
+        raise WireError("bad_ip_total_length", f"total length {total} < header {ihl}")
+    if total > n:
+        raise WireError("truncated", f"IPv4 total length {total} but {n} bytes")
+    buf = data if type(data) is bytearray and total == n else bytearray(data[:total])
+    if verify_ip_checksum:
+        if ihl == 20:
+            s = sum(_10H.unpack_from(buf))
+            s = (s & 0xFFFF) + (s >> 16)
+            s = (s & 0xFFFF) + (s >> 16)
+            ok = s == 0xFFFF
+        else:
+            ok = internet_checksum(buf[:ihl]) == 0
+        if not ok:
+            raise WireError("bad_ip_checksum")
+    if (buf[6] & 0x3F) or buf[7]:  # MF flag or a fragment offset
+        raise WireError("fragment", "sites do not reassemble fragments")
+    pkt = Packet.__new__(Packet)
+    pkt.buf = buf
+    pkt.ihl = ihl
+    ip_proto = buf[9]
+    if ip_proto == proto:
+        off = ihl
+        pkt.encap = "ip"
+    elif (
+        ip_proto == IPPROTO_UDP
+        and total >= ihl + 8
+        and (buf[ihl + 2] << 8 | buf[ihl + 3]) == udp_port
+    ):
+        ulen = buf[ihl + 4] << 8 | buf[ihl + 5]
+        if ulen != total - ihl:
+            raise WireError("bad_udp_length", f"UDP length {ulen}, IP payload {total - ihl}")
+        off = ihl + 8
+        pkt.encap = "udp"
+    else:
+        pkt.encap = "none"
+        pkt.form = FORM_NONE
+        pkt.shim_off = -1
+        pkt.payload_off = ihl
+        return pkt
+    if total < off + 2:
+        raise WireError("truncated", "shim header cut short")
+    vf = buf[off]
+    if vf >> 4 != VERSION:
+        raise WireError("bad_version", f"shim version {vf >> 4}")
+    form = vf & 15
+    if form == FORM_CIRCUIT:
+        end = off + CIRCUIT_SHIM_LEN
+    elif form == FORM_SERVICE:
+        end = off + SERVICE_SHIM_LEN
+    else:
+        raise WireError("unknown_form", f"shim form {form}")
+    if total < end:
+        raise WireError("truncated", f"form-{form} shim needs {end - off} bytes")
+    pkt.form = form
+    pkt.shim_off = off
+    pkt.payload_off = end
+    return pkt
+
+
+# --- building -------------------------------------------------------------------------------
+
+
+def build_ipv4(
+    *,
+    src: int | str,
+    dst: int | str,
+    proto: int,
+    payload: bytes | bytearray | memoryview,
+    ttl: int = 64,
+    tos: int = 0,
+    ident: int = 0,
+    dont_fragment: bool = True,
+) -> bytearray:
+    """A 20-byte IPv4 header (no options, checksum filled in) followed by ``payload``."""
+    total = 20 + len(payload)
+    if total > 0xFFFF:
+        raise WireError("bad_field", f"packet of {total} bytes exceeds the IPv4 maximum")
+    _check_range("ttl", ttl, 255)
+    _check_range("tos", tos, 255)
+    _check_range("proto", proto, 255)
+    _check_range("ident", ident, 0xFFFF)
+    hdr = bytearray(
+        IPV4_HEADER.pack(
+            0x45,
+            tos,
+            total,
+            ident,
+            0x4000 if dont_fragment else 0,
+            ttl,
+            proto,
+            0,
+            ip2int(src),
+            ip2int(dst),
+        )
+    )
+    hdr[10:12] = _H.pack(internet_checksum(hdr))
+    hdr += payload
+    return hdr
+
+
+def _udp_wrap(inner: bytes | bytearray, sport: int, dport: int) -> bytearray:
+    _check_range("sport", sport, 0xFFFF)
+    _check_range("dport", dport, 0xFFFF)
+    # Checksum 0 (RFC 768: none computed): the shim has its own check and the payload its
+    # own transport checksum; sites rewrite the outer header at every hop (protocol.md §2).
+    out = bytearray(UDP_HEADER.pack(sport, dport, 8 + len(inner), 0))
+    out += inner
+    return out
+
+
+def build_circuit_packet(
+    *,
+    src: int | str,
+    dst: int | str,
+    label: int,
+    key: HopKey | bytes | None,
+    payload: bytes | bytearray | memoryview = b"",
+    metadata: int = 0,
+    orig_src: int | str | None = None,
+    next_proto: int = IPPROTO_UDP,
+    hop_limit: int = DEFAULT_HOP_LIMIT,
+    ttl: int = 64,
+    tos: int = 0,
+    ident: int = 0,
+    udp: bool = False,
+    sport: int = UDP_PORT,
+    dport: int = UDP_PORT,
+    proto: int = IPPROTO_PACKETCLOUD,
+) -> bytearray:
+    """Build IPv4 / [UDP] / form-1 shim / payload, MAC'd under ``key`` (check zero if None).
+
+    ``dst`` is the first site's public address; ``orig_src`` defaults to ``src``.
+    """
+    src_i = ip2int(src)
+    dst_i = ip2int(dst)
+    shim = bytearray(
+        CIRCUIT_SHIM.pack(
+            VERSION << 4 | FORM_CIRCUIT,
+            _check_range("next_proto", next_proto, 255),
+            _check_range("hop_limit", hop_limit, 255),
+            _check_range("metadata", metadata, 255),
+            _check_range("label", label, MAX_LABEL),
+            src_i if orig_src is None else ip2int(orig_src),
+            b"\0\0\0\0",
+        )
+    )
+    if key is not None:
+        shim[12:16] = circuit_mac(_as_key(key), shim[:12], dst_i)
+    inner = shim + payload
+    if udp:
+        return build_ipv4(
+            src=src_i,
+            dst=dst_i,
+            proto=IPPROTO_UDP,
+            ttl=ttl,
+            tos=tos,
+            ident=ident,
+            payload=_udp_wrap(inner, sport, dport),
+        )
+    return build_ipv4(
+        src=src_i, dst=dst_i, proto=proto, ttl=ttl, tos=tos, ident=ident, payload=inner
+    )
+
+
+def build_service_packet(
+    *,
+    src: int | str,
+    dst: int | str,
+    service_id: int,
+    payload: bytes | bytearray | memoryview = b"",
+    metadata: int = 0,
+    next_proto: int = IPPROTO_UDP,
+    ttl: int = 64,
+    tos: int = TOS_SERVICE,
+    ident: int = 0,
+    udp: bool = False,
+    sport: int = UDP_PORT,
+    dport: int = UDP_PORT,
+    proto: int = IPPROTO_PACKETCLOUD,
+) -> bytearray:
+    """Build IPv4(tos=flag) / [UDP] / form-2 shim / payload toward the real destination."""
+    head = struct.pack(
+        "!BB3sB",
+        VERSION << 4 | FORM_SERVICE,
+        _check_range("next_proto", next_proto, 255),
+        _check_range("service_id", service_id, MAX_SERVICE_ID).to_bytes(3, "big"),
+        _check_range("metadata", metadata, 255),
+    )
+    inner = bytearray(head + service_check(head))
+    inner += payload
+    if udp:
+        return build_ipv4(
+            src=src,
+            dst=dst,
+            proto=IPPROTO_UDP,
+            ttl=ttl,
+            tos=tos,
+            ident=ident,
+            payload=_udp_wrap(inner, sport, dport),
+        )
+    return build_ipv4(src=src, dst=dst, proto=proto, ttl=ttl, tos=tos, ident=ident, payload=inner)
