@@ -1,0 +1,12 @@
+"""The site's control API (PSP- and ISP-facing): HTTP/1.1 + JSON on trio, OpenAPI-described.
+
+- :mod:`.app`: the pure request -> response function (routes, auth, validation, OpenAPI)
+- :mod:`.server`: trio + h11 adapter
+- :mod:`.client`: a small synchronous client raising :class:`~.client.ControlError`
+- :mod:`.site_backend`: the site operations behind the routes
+"""
+
+from .auth import Credentials, Principal
+from .errors import CODES, ApiError
+
+__all__ = ["CODES", "ApiError", "Credentials", "Principal"]

@@ -1,0 +1,219 @@
+"""A small synchronous client of the site control API (stdlib ``http.client``).
+
+Used by PSP control planes (the SDK's circuit lookup service) and by operators' scripts. Every
+refused call raises :class:`ControlError` carrying the API's stable ``code``.
+
+>>> c = ControlClient("http://198.18.0.10:8080", token="...", psp="acme")  # doctest: +SKIP
+>>> hop = c.allocate_circuit("srcroute")                                    # doctest: +SKIP
+>>> c.install_hop(hop["label"], in_key=k1, out=[OutHop(7, "198.18.2.1", k2)])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+__all__ = ["ControlClient", "ControlError", "OutHop"]
+
+
+class ControlError(Exception):
+    """A call the site refused (``code`` from the API) or could not be made (``code`` is
+    ``"connection"`` or ``"bad_response"``)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        super().__init__(f"{status} {code}: {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class OutHop:
+    """One outgoing hop of a circuit: next label, next hop address, next hop's key."""
+
+    label: int
+    next_hop: str
+    key: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {"label": self.label, "next_hop": self.next_hop, "key": self.key.hex()}
+
+
+class ControlClient:
+    """Calls one site's control API as one principal (a PSP, or the ISP with ``psp=None``)."""
+
+    def __init__(
+        self, base_url: str, *, token: str, psp: str | None = None, timeout: float = 10.0
+    ) -> None:
+        u = urlsplit(base_url)
+        if u.scheme != "http" or not u.hostname:
+            raise ValueError(f"control API URL must be http://host[:port], got {base_url!r}")
+        self.host = u.hostname
+        self.port = u.port or 80
+        self.token = token
+        self.psp = psp
+        self.timeout = timeout
+
+    # --- plumbing
+    def request(self, method: str, path: str, body: Any = None, *, raw: bool = False) -> Any:
+        """One call; the decoded JSON answer (None for 204; text if ``raw``)."""
+        headers = {"authorization": f"Bearer {self.token}", "accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["content-type"] = "application/json"
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        try:
+            conn.request(method, path, body=data, headers=headers)
+            resp = conn.getresponse()
+            payload = resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise ControlError(0, "connection", f"{self.host}:{self.port}: {exc}") from exc
+        finally:
+            conn.close()
+        if resp.status >= 400:
+            try:
+                err = json.loads(payload)["error"]
+                raise ControlError(resp.status, str(err["code"]), str(err["message"]))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ControlError(
+                    resp.status, "bad_response", payload[:200].decode("replace")
+                ) from exc
+        if resp.status == 204:
+            return None
+        if raw:
+            return payload.decode()
+        try:
+            return json.loads(payload)
+        except ValueError as exc:
+            raise ControlError(resp.status, "bad_response", "answer is not JSON") from exc
+
+    def _p(self, rest: str) -> str:
+        if self.psp is None:
+            raise ValueError("this call needs a PSP (create the client with psp=...)")
+        return f"/v1/psps/{quote(self.psp, safe='')}{rest}"
+
+    # --- site
+    def health(self) -> dict[str, Any]:
+        return self.request("GET", "/v1/health")
+
+    def whoami(self) -> dict[str, Any]:
+        return self.request("GET", "/v1/whoami")
+
+    def status(self) -> dict[str, Any]:
+        return self.request("GET", "/v1/status")
+
+    def metrics(self) -> str:
+        return self.request("GET", "/metrics", raw=True)
+
+    def openapi(self) -> dict[str, Any]:
+        return self.request("GET", "/openapi.json")
+
+    # --- services
+    def upload_service(self, service: str, code: bytes, signature: bytes) -> dict[str, Any]:
+        return self.request(
+            "POST",
+            self._p(f"/services/{quote(service, safe='')}/versions"),
+            {
+                "code": base64.b64encode(code).decode(),
+                "signature": base64.b64encode(signature).decode(),
+            },
+        )
+
+    def activate_service(self, service: str, version: str) -> dict[str, Any]:
+        return self.request(
+            "POST", self._p(f"/services/{quote(service, safe='')}/activate"), {"version": version}
+        )
+
+    def list_services(self) -> list[dict[str, Any]]:
+        return self.request("GET", self._p("/services"))["services"]
+
+    # --- circuits
+    def allocate_circuit(self, service: str, lifetime: float = 60.0) -> dict[str, Any]:
+        """A fresh incoming label at this site: ``{"label", "expires", ...}``."""
+        return self.request(
+            "POST", self._p("/circuits"), {"service": service, "lifetime": lifetime}
+        )
+
+    def install_hop(
+        self,
+        label: int,
+        *,
+        in_key: bytes,
+        out: list[OutHop] | None = None,
+        deliver: str | None = None,
+        strip: bool | None = None,
+        lifetime: float | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"in_key": in_key.hex(), "out": [o.to_json() for o in out or []]}
+        if deliver is not None:
+            body["deliver"] = deliver
+        if strip is not None:
+            body["strip"] = strip
+        if lifetime is not None:
+            body["lifetime"] = lifetime
+        return self.request("PUT", self._p(f"/circuits/{label}"), body)
+
+    def renew_circuit(self, label: int, lifetime: float = 300.0) -> dict[str, Any]:
+        return self.request("POST", self._p(f"/circuits/{label}/renew"), {"lifetime": lifetime})
+
+    def teardown_circuit(self, label: int) -> None:
+        self.request("DELETE", self._p(f"/circuits/{label}"))
+
+    def get_circuit(self, label: int) -> dict[str, Any]:
+        return self.request("GET", self._p(f"/circuits/{label}"))
+
+    def list_circuits(self) -> list[dict[str, Any]]:
+        return self.request("GET", self._p("/circuits"))["circuits"]
+
+    # --- FIS
+    def fis_put(self, service: str, key: str, value: Any) -> None:
+        self.request(
+            "PUT",
+            self._p(f"/fis/{quote(service, safe='')}/kv/{quote(key, safe='')}"),
+            {"value": value},
+        )
+
+    def fis_get(self, service: str, key: str) -> Any:
+        path = self._p(f"/fis/{quote(service, safe='')}/kv/{quote(key, safe='')}")
+        return self.request("GET", path)["value"]
+
+    def fis_delete(self, service: str, key: str) -> None:
+        self.request("DELETE", self._p(f"/fis/{quote(service, safe='')}/kv/{quote(key, safe='')}"))
+
+    def fis_lpm_put(self, service: str, table: str, prefix: str, value: Any) -> None:
+        path = self._p(f"/fis/{quote(service, safe='')}/lpm/{quote(table, safe='')}")
+        self.request("PUT", path, {"prefix": prefix, "value": value})
+
+    def fis_lpm_delete(self, service: str, table: str, prefix: str) -> None:
+        path = self._p(f"/fis/{quote(service, safe='')}/lpm/{quote(table, safe='')}")
+        self.request("DELETE", path, {"prefix": prefix})
+
+    def isp_fis_put(self, namespace: str, key: str, value: Any) -> None:
+        path = f"/v1/isp/fis/{quote(namespace, safe='')}/kv/{quote(key, safe='')}"
+        self.request("PUT", path, {"value": value})
+
+    # --- forms 2 and 3, usage
+    def register_service_id(self, service: str, service_id: int | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"service": service}
+        if service_id is not None:
+            body["service_id"] = service_id
+        return self.request("POST", self._p("/service-ids"), body)
+
+    def release_service_id(self, service_id: int) -> None:
+        self.request("DELETE", self._p(f"/service-ids/{service_id}"))
+
+    def register_destination(self, prefix: str, service: str, proof: str) -> dict[str, Any]:
+        return self.request(
+            "POST", self._p("/destinations"), {"prefix": prefix, "service": service, "proof": proof}
+        )
+
+    def list_destinations(self) -> list[dict[str, Any]]:
+        return self.request("GET", self._p("/destinations"))["destinations"]
+
+    def usage(self) -> dict[str, Any]:
+        return self.request("GET", self._p("/usage"))
