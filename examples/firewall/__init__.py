@@ -1,0 +1,1 @@
+"""Destination-controlled in-network firewall with StopIt filters (paper §2.6.2)."""
