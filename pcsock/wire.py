@@ -114,7 +114,11 @@ SERVICE_CHECK_LEN: Final = 3
 
 _H: Final = struct.Struct("!H")
 _I: Final = struct.Struct("!I")
-_10H: Final = struct.Struct("!10H")
+
+_VF_CIRCUIT: Final = VERSION << 4 | FORM_CIRCUIT
+_VF_SERVICE: Final = VERSION << 4 | FORM_SERVICE
+_from_bytes = int.from_bytes
+_new = object.__new__
 
 MAX_LABEL: Final = 0xFFFFFFFF
 MAX_SERVICE_ID: Final = 0xFFFFFF
@@ -133,6 +137,7 @@ REASONS: Final = frozenset(
         "unknown_form",  # shim form is not 1 or 2
         "bad_mac",  # form-1 check does not verify under the hop key
         "bad_check",  # form-2 check does not verify
+        "hop_limit_exceeded",  # a form-1 packet reached a site with hop limit 0
         "bad_field",  # a value given to an encoder or setter is out of range
     }
 )
@@ -173,13 +178,30 @@ def int2ip(value: int) -> str:
 
 
 def internet_checksum(data: bytes | bytearray | memoryview) -> int:
-    """RFC 1071 one's-complement checksum of ``data`` (odd lengths padded with a zero byte)."""
+    """RFC 1071 one's-complement checksum of ``data`` (odd lengths padded with a zero byte).
+
+    The one's-complement sum of 16-bit words is the big-endian integer of ``data`` modulo
+    0xFFFF (2**16 = 1 mod 0xFFFF), with a non-zero multiple of 0xFFFF summing to 0xFFFF; one
+    ``int.from_bytes`` is much faster than unpacking words in Python.
+    """
+    v = int.from_bytes(data, "big")
     if len(data) % 2:
-        data = bytes(data) + b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+        v <<= 8
+    s = v % 0xFFFF
+    if s == 0 and v:
+        s = 0xFFFF
+    return s ^ 0xFFFF
+
+
+def _fold_update(check: int, old: int, new: int) -> int:
+    """RFC 1624 eqn. 3, HC' = ~(~HC + ~m + m'), for a field changing from ``old`` to ``new``.
+
+    In one's-complement arithmetic ``~x`` is ``-x`` modulo 0xFFFF and a 32-bit value is the
+    sum of its 16-bit halves modulo 0xFFFF, so eqn. 3 is ``HC + m - m' (mod 0xFFFF)``. The
+    result is in 0..0xFFFE, exactly what a full recomputation gives (a header sum is never
+    zero). Works for 16- and 32-bit fields; callers map 0 to 0xFFFF for UDP (RFC 768).
+    """
+    return (check + old - new) % 0xFFFF
 
 
 def _check_range(name: str, value: int, maximum: int) -> int:
@@ -344,40 +366,88 @@ class Packet:
 
     # ---- in-place rewrites
     def _patch_ip_checksum(self, old: int, new: int) -> None:
-        """RFC 1624 eqn. 3 for a 32-bit field change: HC' = ~(~HC + ~m + m')."""
+        """Update the IPv4 header checksum for a field change (RFC 1624 eqn. 3)."""
         b = self.buf
-        hc = b[10] << 8 | b[11]
-        s = (~hc & 0xFFFF) + (~old >> 16 & 0xFFFF) + (~old & 0xFFFF) + (new >> 16) + (new & 0xFFFF)
-        s = (s & 0xFFFF) + (s >> 16)
-        s = (s & 0xFFFF) + (s >> 16)
-        s = ~s & 0xFFFF
-        b[10] = s >> 8
-        b[11] = s & 0xFF
+        c = _fold_update(b[10] << 8 | b[11], old, new)
+        b[10] = c >> 8
+        b[11] = c & 0xFF
+
+    def _patch_udp_checksum(self, old: int, new: int) -> None:
+        """Update a non-zero outer UDP checksum for an address change (pseudo-header)."""
+        o = self.ihl + 6
+        b = self.buf
+        c = b[o] << 8 | b[o + 1]
+        if c:  # zero means "no checksum" (RFC 768): leave it so
+            c = _fold_update(c, old, new) or 0xFFFF
+            b[o] = c >> 8
+            b[o + 1] = c & 0xFF
+
+    def _set_addr(self, off: int, addr: int | str) -> None:
+        new = ip2int(addr)
+        b = self.buf
+        old = b[off] << 24 | b[off + 1] << 16 | b[off + 2] << 8 | b[off + 3]
+        _I.pack_into(b, off, new)
+        self._patch_ip_checksum(old, new)
+        if self.encap == "udp":
+            self._patch_udp_checksum(old, new)
 
     def set_dst(self, addr: int | str) -> None:
-        """Rewrite the IPv4 destination, updating the header checksum incrementally."""
-        new = addr if isinstance(addr, int) else ip2int(addr)
-        if not 0 <= new <= 0xFFFFFFFF:
-            raise WireError("bad_field", f"IPv4 address out of range: {addr}")
-        old = _I.unpack_from(self.buf, 16)[0]
-        _I.pack_into(self.buf, 16, new)
-        self._patch_ip_checksum(old, new)
+        """Rewrite the IPv4 destination, updating the header checksum incrementally (and a
+        non-zero outer UDP checksum, whose pseudo-header covers the address)."""
+        self._set_addr(16, addr)
 
     def set_src(self, addr: int | str) -> None:
         """Rewrite the IPv4 source (platform use only: a site sends from its own address)."""
-        new = addr if isinstance(addr, int) else ip2int(addr)
-        if not 0 <= new <= 0xFFFFFFFF:
-            raise WireError("bad_field", f"IPv4 address out of range: {addr}")
-        old = _I.unpack_from(self.buf, 12)[0]
-        _I.pack_into(self.buf, 12, new)
-        self._patch_ip_checksum(old, new)
+        self._set_addr(12, addr)
 
     def set_ttl(self, ttl: int) -> None:
+        """Rewrite the IPv4 TTL, updating the header checksum incrementally."""
         _check_range("ttl", ttl, 255)
         b = self.buf
         old = b[8] << 8 | b[9]
         b[8] = ttl
         self._patch_ip_checksum(old, b[8] << 8 | b[9])
+
+    def switch(self, in_key: HopKey, label: int, dst: int, out_key: HopKey) -> None:
+        """A site's whole per-hop job on a form-1 packet, in place (docs/protocol.md §5.3).
+
+        Verify the check under ``in_key`` (else ``bad_mac``), refuse a packet whose hop limit
+        is already 0 (``hop_limit_exceeded``), write the outgoing ``label``, decrement the hop
+        limit, rewrite the IPv4 destination to ``dst`` (a 32-bit integer) with an incremental
+        checksum update, and re-MAC under ``out_key``. The packet is unchanged if it raises.
+        """
+        if self.form != FORM_CIRCUIT:
+            raise WireError("unknown_form", f"switch needs form 1, packet is form {self.form}")
+        b = self.buf
+        o = self.shim_off
+        h = in_key._proto.copy()
+        h.update(b[o : o + 12])
+        h.update(b[16:20])
+        if not _compare(h.digest(), b[o + 12 : o + 16]):
+            raise WireError("bad_mac")
+        hops = b[o + 2]
+        if not hops:
+            raise WireError("hop_limit_exceeded")
+        old = b[16] << 24 | b[17] << 16 | b[18] << 8 | b[19]
+        try:  # pack_into checks the range before it writes
+            _I.pack_into(b, 16, dst)
+        except struct.error:
+            raise WireError("bad_field", f"destination out of range: {dst!r}") from None
+        try:
+            _I.pack_into(b, o + 4, label)
+        except struct.error:
+            _I.pack_into(b, 16, old)
+            raise WireError("bad_field", f"label out of range: {label!r}") from None
+        b[o + 2] = hops - 1
+        c = ((b[10] << 8 | b[11]) + old - dst) % 0xFFFF  # RFC 1624, see _fold_update
+        b[10] = c >> 8
+        b[11] = c & 0xFF
+        if self.encap == "udp":
+            self._patch_udp_checksum(old, dst)
+        h = out_key._proto.copy()
+        h.update(b[o : o + 12])
+        h.update(b[16:20])
+        b[o + 12 : o + 16] = h.digest()
 
     def set_label(self, label: int) -> None:
         self._need_form(FORM_CIRCUIT)
@@ -399,8 +469,8 @@ class Packet:
         o = self.shim_off
         b = self.buf
         h = key._proto.copy()
-        h.update(memoryview(b)[o : o + 12])
-        h.update(memoryview(b)[16:20])
+        h.update(b[o : o + 12])
+        h.update(b[16:20])
         return _compare(h.digest(), b[o + 12 : o + 16])
 
     def sign(self, key: HopKey) -> None:
@@ -409,8 +479,8 @@ class Packet:
         o = self.shim_off
         b = self.buf
         h = key._proto.copy()
-        h.update(memoryview(b)[o : o + 12])
-        h.update(memoryview(b)[16:20])
+        h.update(b[o : o + 12])
+        h.update(b[16:20])
         b[o + 12 : o + 16] = h.digest()
 
     def verify_check(self) -> bool:
@@ -479,11 +549,12 @@ def parse(
     if n < 20:
         raise WireError("truncated", f"{n} bytes is shorter than an IPv4 header")
     b0 = data[0]
-    if b0 >> 4 != 4:
-        raise WireError("not_ipv4", f"IP version {b0 >> 4}")
-    ihl = (b0 & 15) * 4
-    if ihl < 20:
-        raise WireError("bad_ip_header_length", f"IHL {ihl // 4}")
+    if b0 != 0x45:  # the common case (IPv4, no options) skips these checks
+        if b0 >> 4 != 4:
+            raise WireError("not_ipv4", f"IP version {b0 >> 4}")
+        if b0 & 15 < 5:
+            raise WireError("bad_ip_header_length", f"IHL {b0 & 15}")
+    ihl = (b0 & 15) << 2
     if ihl > n:
         raise WireError("truncated", f"IPv4 header of {ihl} bytes in {n} bytes")
     total = data[2] << 8 | data[3]
@@ -491,20 +562,17 @@ def parse(
         raise WireError("bad_ip_total_length", f"total length {total} < header {ihl}")
     if total > n:
         raise WireError("truncated", f"IPv4 total length {total} but {n} bytes")
-    buf = data if type(data) is bytearray and total == n else bytearray(data[:total])
-    if verify_ip_checksum:
-        if ihl == 20:
-            s = sum(_10H.unpack_from(buf))
-            s = (s & 0xFFFF) + (s >> 16)
-            s = (s & 0xFFFF) + (s >> 16)
-            ok = s == 0xFFFF
-        else:
-            ok = internet_checksum(buf[:ihl]) == 0
-        if not ok:
-            raise WireError("bad_ip_checksum")
-    if (buf[6] & 0x3F) or buf[7]:  # MF flag or a fragment offset
+    if total == n:
+        buf = data if type(data) is bytearray else bytearray(data)
+    else:
+        buf = bytearray(data[:total])
+    # one's-complement sum of the header words == 0xFFFF  <=>  header integer = 0 mod 0xFFFF
+    # (the version nibble makes the header non-zero); see internet_checksum.
+    if verify_ip_checksum and _from_bytes(buf[:ihl], "big") % 0xFFFF:
+        raise WireError("bad_ip_checksum")
+    if buf[6] & 0x3F or buf[7]:  # MF flag or a fragment offset
         raise WireError("fragment", "sites do not reassemble fragments")
-    pkt = Packet.__new__(Packet)
+    pkt = _new(Packet)
     pkt.buf = buf
     pkt.ihl = ihl
     ip_proto = buf[9]
@@ -530,18 +598,17 @@ def parse(
     if total < off + 2:
         raise WireError("truncated", "shim header cut short")
     vf = buf[off]
-    if vf >> 4 != VERSION:
-        raise WireError("bad_version", f"shim version {vf >> 4}")
-    form = vf & 15
-    if form == FORM_CIRCUIT:
+    if vf == _VF_CIRCUIT:
         end = off + CIRCUIT_SHIM_LEN
-    elif form == FORM_SERVICE:
+    elif vf == _VF_SERVICE:
         end = off + SERVICE_SHIM_LEN
+    elif vf >> 4 != VERSION:
+        raise WireError("bad_version", f"shim version {vf >> 4}")
     else:
-        raise WireError("unknown_form", f"shim form {form}")
+        raise WireError("unknown_form", f"shim form {vf & 15}")
     if total < end:
-        raise WireError("truncated", f"form-{form} shim needs {end - off} bytes")
-    pkt.form = form
+        raise WireError("truncated", f"form-{vf & 15} shim needs {end - off} bytes")
+    pkt.form = vf & 15
     pkt.shim_off = off
     pkt.payload_off = end
     return pkt
