@@ -1,0 +1,205 @@
+"""The sans-IO heart of a pcsock socket: what bytes to send where, and what a received packet
+means. No sockets, no clock; :mod:`pcsock.socket` adapts it to the kernel.
+
+Two encapsulations (docs/protocol.md §2):
+
+* ``"udp"`` — the shim rides in a UDP datagram to port 6253; the kernel writes the IP and UDP
+  headers, so no privileges are needed. :meth:`Session.encode_circuit` returns the UDP payload.
+* ``"ip"`` — the shim follows the IP header directly (IP protocol 253); the socket is raw and
+  :meth:`Session.encode_circuit` returns the whole IPv4 packet (``IP_HDRINCL``).
+
+Replies (paper §2.1: "the embedding of the source IP address is used for the receiver to send
+an ACK packet or even create a feedback tunnel to the sender"): :meth:`Session.encode_reply`
+builds a form-1 packet with label 0 sent straight to the shim's original source (no sites on
+the way); its own original source is the replier, so the exchange can go on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pcsock import wire
+
+__all__ = ["REPLY_LABEL", "Circuit", "Datagram", "Session"]
+
+#: The label of a direct reply to an original source (never allocated by sites: sites hand out
+#: labels from 1).
+REPLY_LABEL = 0
+
+_UDP_HDR_LEN = 28  # IPv4 (20, no options) + UDP (8)
+
+
+@dataclass(frozen=True)
+class Circuit:
+    """What a sender needs to use a circuit (handed out by a PSP's lookup service)."""
+
+    first_hop: str  #: public IP of the first site
+    label: int  #: the first hop's label
+    key: wire.HopKey  #: the first hop's MAC key
+    destination: str
+    service: str = ""
+    circuit_id: str = ""
+    sites: tuple[str, ...] = ()
+    expires: float = 0.0  #: POSIX seconds (0 = unknown)
+    port: int = wire.UDP_PORT  #: the first site's UDP-encapsulation port
+    psp: str = ""
+
+
+@dataclass(frozen=True)
+class Datagram:
+    """A received datagram with its PacketCloud metadata."""
+
+    payload: bytes
+    source: str  #: the original source (form 1: from the shim; otherwise the IP source)
+    destination: str
+    form: int  #: wire.FORM_CIRCUIT, FORM_SERVICE or FORM_NONE
+    metadata: int = 0
+    label: int | None = None  #: form 1: the label the packet arrived with
+    service_id: int | None = None  #: form 2
+    via: str = ""  #: the IP source of the packet (the last site, for circuit traffic)
+    encap: str = "udp"
+    tos: int | None = None  #: the IP ToS byte (raw-IP mode only; the UDP socket does not see it)
+    next_proto: int = wire.IPPROTO_UDP
+    extra: dict[str, object] = field(default_factory=dict, compare=False)
+
+    @property
+    def is_reply(self) -> bool:
+        """True for a direct reply (label 0) from a receiver."""
+        return self.form == wire.FORM_CIRCUIT and self.label == REPLY_LABEL
+
+
+class Session:
+    """Encoder/decoder for one local endpoint (``local_ip``) in one encapsulation ``mode``."""
+
+    def __init__(
+        self, local_ip: str, *, mode: str = "udp", proto: int = wire.IPPROTO_PACKETCLOUD
+    ) -> None:
+        if mode not in ("udp", "ip"):
+            raise ValueError(f"mode must be 'udp' or 'ip', not {mode!r}")
+        wire.ip2int(local_ip)
+        self.local_ip = local_ip
+        self.mode = mode
+        self.proto = proto
+        self.ident = 0
+        self.sent = 0
+        self.received = 0
+        self.dropped: dict[str, int] = {}
+
+    def _next_ident(self) -> int:
+        self.ident = (self.ident + 1) & 0xFFFF
+        return self.ident
+
+    def _out(self, pkt: bytearray) -> bytes:
+        self.sent += 1
+        return bytes(pkt[_UDP_HDR_LEN:]) if self.mode == "udp" else bytes(pkt)
+
+    def encode_circuit(
+        self, circuit: Circuit, payload: bytes, *, metadata: int = 0
+    ) -> tuple[bytes, tuple[str, int]]:
+        """(bytes to send, (address, port)) for ``payload`` on ``circuit``."""
+        pkt = wire.build_circuit_packet(
+            src=self.local_ip,
+            dst=circuit.first_hop,
+            label=circuit.label,
+            key=circuit.key,
+            payload=payload,
+            metadata=metadata,
+            udp=self.mode == "udp",
+            dport=circuit.port,
+            proto=self.proto,
+            ident=self._next_ident(),
+        )
+        return self._out(pkt), (circuit.first_hop, circuit.port)
+
+    def encode_service(
+        self,
+        destination: str,
+        service_id: int,
+        payload: bytes,
+        *,
+        metadata: int = 0,
+        port: int = wire.UDP_PORT,
+    ) -> tuple[bytes, tuple[str, int]]:
+        """Form 2: toward the real ``destination``; the socket must set ToS 0xAC (UDP mode) —
+        in IP mode the header built here carries it."""
+        pkt = wire.build_service_packet(
+            src=self.local_ip,
+            dst=destination,
+            service_id=service_id,
+            payload=payload,
+            metadata=metadata,
+            udp=self.mode == "udp",
+            dport=port,
+            proto=self.proto,
+            ident=self._next_ident(),
+        )
+        return self._out(pkt), (destination, port)
+
+    def encode_reply(
+        self, to: Datagram | str, payload: bytes, *, metadata: int = 0, port: int = wire.UDP_PORT
+    ) -> tuple[bytes, tuple[str, int]]:
+        """A direct reply (label 0) to a datagram's original source (or to an address)."""
+        dst = to.source if isinstance(to, Datagram) else to
+        pkt = wire.build_circuit_packet(
+            src=self.local_ip,
+            dst=dst,
+            label=REPLY_LABEL,
+            key=None,
+            payload=payload,
+            metadata=metadata,
+            udp=self.mode == "udp",
+            dport=port,
+            proto=self.proto,
+            ident=self._next_ident(),
+        )
+        return self._out(pkt), (dst, port)
+
+    def decode(
+        self, data: bytes, source: tuple[str, int] | None = None, *, destination: str = ""
+    ) -> Datagram | None:
+        """Interpret what the socket read: in UDP mode the UDP payload plus the sender's
+        ``source`` (address, port); in IP mode a whole IPv4 packet. Returns None (and counts
+        the reason in :attr:`dropped`) for anything that is not a well-formed PacketCloud
+        packet."""
+        try:
+            if self.mode == "udp":
+                if source is None:
+                    raise ValueError("UDP mode needs the datagram's source address")
+                udp = wire.UDP_HEADER.pack(source[1], wire.UDP_PORT, 8 + len(data), 0)
+                raw = wire.build_ipv4(
+                    src=source[0],
+                    dst=destination or self.local_ip,
+                    proto=wire.IPPROTO_UDP,
+                    payload=udp + data,
+                )
+                pkt = wire.parse(raw, verify_ip_checksum=False)
+            else:
+                pkt = wire.parse(data, proto=self.proto)
+                if pkt.dst != wire.ip2int(self.local_ip):
+                    # a raw socket sees every protocol-253 packet the host receives
+                    self.dropped["not_for_me"] = self.dropped.get("not_for_me", 0) + 1
+                    return None
+        except wire.WireError as exc:
+            self.dropped[exc.reason] = self.dropped.get(exc.reason, 0) + 1
+            return None
+        if pkt.form == wire.FORM_SERVICE and not pkt.verify_check():
+            self.dropped["bad_check"] = self.dropped.get("bad_check", 0) + 1
+            return None
+        if pkt.form == wire.FORM_NONE:
+            self.dropped["not_packetcloud"] = self.dropped.get("not_packetcloud", 0) + 1
+            return None
+        self.received += 1
+        circuit = pkt.form == wire.FORM_CIRCUIT
+        return Datagram(
+            payload=bytes(pkt.payload),
+            source=wire.int2ip(pkt.orig_src if circuit else pkt.src),
+            destination=wire.int2ip(pkt.dst),
+            form=pkt.form,
+            metadata=pkt.metadata,
+            label=pkt.label if circuit else None,
+            service_id=pkt.service_id if pkt.form == wire.FORM_SERVICE else None,
+            via=wire.int2ip(pkt.src),
+            encap=pkt.encap,
+            tos=pkt.tos if self.mode == "ip" else None,
+            next_proto=pkt.next_proto,
+        )

@@ -1,0 +1,483 @@
+"""PacketCloud sockets: thin blocking and trio adapters around :class:`pcsock.session.Session`.
+
+The shape follows the stdlib :mod:`socket` module: objects with ``send``/``recv``/``close``,
+``settimeout``, context managers, :class:`TimeoutError` on timeouts. What is new:
+
+* :func:`open_circuit` — form 1: ask a PSP's lookup service for a circuit to a destination
+  through a named service (optionally naming the sites) and get a connected
+  :class:`CircuitSocket`; closing it tears the circuit down.
+* :func:`service_socket` — form 2: datagrams to the real destination with the service ID shim
+  and the ToS flag 0xAC that the legacy router's policy routing diverts.
+* :func:`listen` — a receiving endpoint: :meth:`PacketCloudSocket.recv` returns a
+  :class:`~pcsock.session.Datagram` with the original source and circuit info;
+  :meth:`PacketCloudSocket.reply` answers the original sender.
+* form 3 needs nothing from the sender: an ordinary :func:`socket.socket` (re-exported as
+  ``pcsock.ordinary_socket``) reaches a destination whose owner signed up for a service.
+
+Modes: ``mode="udp"`` (default; UDP port 6253, no privileges) or ``mode="ip"`` (raw IP
+protocol 253; needs root or CAP_NET_RAW, else :class:`PrivilegeError`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket as _socket
+import time
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+import trio
+
+from pcsock import wire
+from pcsock.session import Circuit, Datagram, Session
+
+__all__ = [
+    "AsyncCircuitSocket",
+    "AsyncPacketCloudSocket",
+    "CircuitSocket",
+    "PacketCloudSocket",
+    "PcsockError",
+    "PrivilegeError",
+    "ServiceSocket",
+    "listen",
+    "local_address_for",
+    "open_circuit",
+    "open_circuit_async",
+    "ordinary_socket",
+    "service_socket",
+]
+
+#: Form 3 senders use the plain stdlib socket: the destination's signed-up service is applied
+#: by the ISP without anything in the packet.
+ordinary_socket = _socket.socket
+
+_RECV_BUF = 65535
+
+
+class PcsockError(OSError):
+    """Base class of pcsock errors (an :class:`OSError`, like the socket module's)."""
+
+
+class PrivilegeError(PcsockError, PermissionError):
+    """Raw-IP mode was asked for without root / CAP_NET_RAW."""
+
+
+def local_address_for(destination: str) -> str:
+    """The local IPv4 address the kernel would use toward ``destination`` (no packet sent)."""
+    with _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM) as s:
+        s.connect((destination, wire.UDP_PORT))
+        addr: str = s.getsockname()[0]
+        return addr
+
+
+def _open_transport(
+    mode: str, local_ip: str, port: int, proto: int, bind: bool, tos: int = 0
+) -> tuple[_socket.socket, _socket.socket]:
+    """(receive socket, send socket) for ``mode``; both are the same object in UDP mode."""
+    if mode == "udp":
+        s = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+        try:
+            s.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+            if tos:
+                s.setsockopt(_socket.IPPROTO_IP, _socket.IP_TOS, tos)
+            s.bind((local_ip, port if bind else 0))
+        except OSError:
+            s.close()
+            raise
+        return s, s
+    if mode != "ip":
+        raise ValueError(f"mode must be 'udp' or 'ip', not {mode!r}")
+    try:
+        rx = _socket.socket(_socket.AF_INET, _socket.SOCK_RAW, proto)
+    except PermissionError as exc:
+        raise PrivilegeError(
+            exc.errno,
+            f"raw-IP mode (IP protocol {proto}) needs root or CAP_NET_RAW; "
+            f"use mode='udp' (UDP port {wire.UDP_PORT}) to run without privileges",
+        ) from exc
+    try:
+        tx = _socket.socket(_socket.AF_INET, _socket.SOCK_RAW, _socket.IPPROTO_RAW)
+    except OSError:
+        rx.close()
+        raise
+    return rx, tx
+
+
+class PacketCloudSocket:
+    """A PacketCloud endpoint bound to ``local_ip`` (blocking). See the module docstring."""
+
+    def __init__(
+        self,
+        local_ip: str,
+        *,
+        mode: str = "udp",
+        port: int = wire.UDP_PORT,
+        proto: int = wire.IPPROTO_PACKETCLOUD,
+        tos: int = 0,
+        bind: bool = True,
+    ) -> None:
+        self.session = Session(local_ip, mode=mode, proto=proto)
+        self.port = port
+        self._rx, self._tx = _open_transport(mode, local_ip, port, proto, bind, tos)
+        self._timeout: float | None = None
+        self._closed = False
+
+    # -- stdlib-like surface
+    @property
+    def mode(self) -> str:
+        return self.session.mode
+
+    @property
+    def local_ip(self) -> str:
+        return self.session.local_ip
+
+    def settimeout(self, timeout: float | None) -> None:
+        self._timeout = timeout
+
+    def gettimeout(self) -> float | None:
+        return self._timeout
+
+    def fileno(self) -> int:
+        return self._rx.fileno()
+
+    def _send(self, data: bytes, addr: tuple[str, int]) -> int:
+        if self._closed:
+            raise PcsockError("socket is closed")
+        if self.session.mode == "udp":
+            return self._tx.sendto(data, addr)
+        self._tx.sendto(data, (addr[0], 0))
+        return len(data)
+
+    def send_on(self, circuit: Circuit, payload: bytes, *, metadata: int = 0) -> int:
+        """Send ``payload`` on ``circuit`` (form 1); returns the payload length."""
+        data, addr = self.session.encode_circuit(circuit, payload, metadata=metadata)
+        self._send(data, addr)
+        return len(payload)
+
+    def sendto_service(
+        self, payload: bytes, destination: str, service_id: int, *, metadata: int = 0
+    ) -> int:
+        """Send ``payload`` to ``destination`` asking for service ``service_id`` (form 2). In
+        UDP mode the socket must have been made with ``tos=wire.TOS_SERVICE``
+        (:func:`service_socket` does)."""
+        data, addr = self.session.encode_service(
+            destination, service_id, payload, metadata=metadata, port=self.port
+        )
+        self._send(data, addr)
+        return len(payload)
+
+    def reply(self, to: Datagram | str, payload: bytes, *, metadata: int = 0) -> int:
+        """Answer the original source of ``to`` directly (label 0, no sites)."""
+        data, addr = self.session.encode_reply(to, payload, metadata=metadata, port=self.port)
+        self._send(data, addr)
+        return len(payload)
+
+    def recv(self, timeout: float | None = ...) -> Datagram:  # type: ignore[assignment]
+        """The next PacketCloud datagram. Non-PacketCloud or malformed packets are dropped and
+        counted (``session.dropped``). Raises :class:`TimeoutError` after ``timeout``
+        seconds (default: the socket's timeout; None blocks)."""
+        if self._closed:
+            raise PcsockError("socket is closed")
+        t = self._timeout if timeout is ... else timeout
+        deadline = None if t is None else time.monotonic() + t
+        while True:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("timed out")
+                self._rx.settimeout(left)
+            else:
+                self._rx.settimeout(None)
+            try:
+                data, src = self._rx.recvfrom(_RECV_BUF)
+            except TimeoutError as exc:
+                raise TimeoutError("timed out") from exc
+            d = self.session.decode(data, src if self.session.mode == "udp" else None)
+            if d is not None:
+                return d
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._rx.close()
+        if self._tx is not self._rx:
+            self._tx.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> PacketCloudSocket:
+        return self
+
+    def __exit__(
+        self,
+        et: type[BaseException] | None,
+        ev: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{self.local_ip}:{self.port}"
+        return f"<{type(self).__name__} {self.mode} {state}>"
+
+
+class CircuitSocket(PacketCloudSocket):
+    """A socket connected to one circuit (form 1). ``close()`` tears the circuit down."""
+
+    def __init__(self, circuit: Circuit, local_ip: str, *, lookup: Any = None, **kw: Any) -> None:
+        super().__init__(local_ip, **kw)
+        self.circuit = circuit
+        self._lookup = lookup
+        self.renewals = 0
+
+    def send(self, payload: bytes, *, metadata: int = 0) -> int:
+        """Send on the circuit; renews it first when less than a third of its life is left."""
+        self._maybe_renew()
+        return self.send_on(self.circuit, payload, metadata=metadata)
+
+    def _maybe_renew(self) -> None:
+        c = self.circuit
+        if self._lookup is None or not c.expires:
+            return
+        now = time.time()
+        if c.expires - now < getattr(self, "_lifetime", 60.0) / 3:
+            self.renew()
+
+    def renew(self) -> None:
+        """Ask the lookup service to extend the circuit's life."""
+        if self._lookup is None:
+            raise PcsockError("this circuit has no lookup service to renew it with")
+        self.circuit = self._lookup.renew(self.circuit)
+        self.renewals += 1
+
+    def close(self) -> None:
+        if not self._closed and self._lookup is not None and self.circuit.circuit_id:
+            with contextlib.suppress(OSError):
+                self._lookup.teardown(self.circuit)
+        super().close()
+
+    def __enter__(self) -> CircuitSocket:
+        return self
+
+
+class ServiceSocket(PacketCloudSocket):
+    """A form-2 socket toward one destination and service ID (ToS flag set)."""
+
+    def __init__(self, destination: str, service_id: int, local_ip: str, **kw: Any) -> None:
+        kw.setdefault("tos", wire.TOS_SERVICE)
+        super().__init__(local_ip, **kw)
+        self.destination = destination
+        self.service_id = service_id
+
+    def send(self, payload: bytes, *, metadata: int = 0) -> int:
+        return self.sendto_service(payload, self.destination, self.service_id, metadata=metadata)
+
+    def __enter__(self) -> ServiceSocket:
+        return self
+
+
+def listen(
+    local_ip: str,
+    *,
+    mode: str = "udp",
+    port: int = wire.UDP_PORT,
+    proto: int = wire.IPPROTO_PACKETCLOUD,
+    timeout: float | None = None,
+) -> PacketCloudSocket:
+    """A receiving PacketCloud endpoint on ``local_ip``."""
+    s = PacketCloudSocket(local_ip, mode=mode, port=port, proto=proto)
+    s.settimeout(timeout)
+    return s
+
+
+def open_circuit(
+    destination: str,
+    service: str,
+    *,
+    lookup: Any = None,
+    psp: str | None = None,
+    resolver: Any = None,
+    sites: Sequence[str] | None = None,
+    mode: str = "udp",
+    local_ip: str | None = None,
+    lifetime: float = 60.0,
+    timeout: float | None = None,
+    port: int = wire.UDP_PORT,
+) -> CircuitSocket:
+    """Create a circuit to ``destination`` through ``service`` and return a connected socket.
+
+    The lookup service is ``lookup`` (a :class:`pcsock.lookup.LookupClient` or a
+    ``(host, port)`` pair), or found by DNS: ``psp`` is the PSP's domain, ``resolver`` a
+    :class:`pcsock.discovery.Resolver`. ``sites`` names the sites in order (None lets the PSP
+    choose).
+    """
+    from pcsock.lookup import LookupClient, find_lookup
+
+    if lookup is None:
+        if psp is None or resolver is None:
+            raise ValueError("give lookup=(host, port) or psp= and resolver= to find it in DNS")
+        lookup = find_lookup(resolver, psp, service)
+    if isinstance(lookup, tuple):
+        lookup = LookupClient(lookup[0], lookup[1])
+    src = local_ip or local_address_for(destination)
+    circuit = lookup.create(
+        destination=destination, service=service, source=src, sites=sites, lifetime=lifetime
+    )
+    try:
+        s = CircuitSocket(circuit, src, lookup=lookup, mode=mode, port=port)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            lookup.teardown(circuit)
+        raise
+    s._lifetime = lifetime  # type: ignore[attr-defined]
+    s.settimeout(timeout)
+    return s
+
+
+def service_socket(
+    destination: str,
+    service_id: int,
+    *,
+    mode: str = "udp",
+    local_ip: str | None = None,
+    port: int = wire.UDP_PORT,
+    timeout: float | None = None,
+) -> ServiceSocket:
+    """A form-2 socket: ``service_id`` shim + ToS 0xAC toward the real ``destination``."""
+    if not 0 <= service_id <= 0xFFFFFF:
+        raise ValueError("a service ID is 24 bits")
+    s = ServiceSocket(
+        destination, service_id, local_ip or local_address_for(destination), mode=mode, port=port
+    )
+    s.settimeout(timeout)
+    return s
+
+
+# --- trio ------------------------------------------------------------------------------------
+
+
+class AsyncPacketCloudSocket:
+    """The trio flavour of :class:`PacketCloudSocket` (UDP or raw-IP mode)."""
+
+    def __init__(
+        self,
+        local_ip: str,
+        *,
+        mode: str = "udp",
+        port: int = wire.UDP_PORT,
+        proto: int = wire.IPPROTO_PACKETCLOUD,
+        tos: int = 0,
+        bind: bool = True,
+    ) -> None:
+        self.session = Session(local_ip, mode=mode, proto=proto)
+        self.port = port
+        rx, tx = _open_transport(mode, local_ip, port, proto, bind, tos)
+        self._rx = trio.socket.from_stdlib_socket(rx)
+        self._tx = self._rx if tx is rx else trio.socket.from_stdlib_socket(tx)
+        self._closed = False
+
+    async def _send(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self._closed:
+            raise PcsockError("socket is closed")
+        await self._tx.sendto(data, addr if self.session.mode == "udp" else (addr[0], 0))
+
+    async def send_on(self, circuit: Circuit, payload: bytes, *, metadata: int = 0) -> int:
+        data, addr = self.session.encode_circuit(circuit, payload, metadata=metadata)
+        await self._send(data, addr)
+        return len(payload)
+
+    async def sendto_service(
+        self, payload: bytes, destination: str, service_id: int, *, metadata: int = 0
+    ) -> int:
+        data, addr = self.session.encode_service(
+            destination, service_id, payload, metadata=metadata, port=self.port
+        )
+        await self._send(data, addr)
+        return len(payload)
+
+    async def reply(self, to: Datagram | str, payload: bytes, *, metadata: int = 0) -> int:
+        data, addr = self.session.encode_reply(to, payload, metadata=metadata, port=self.port)
+        await self._send(data, addr)
+        return len(payload)
+
+    async def recv(self) -> Datagram:
+        """The next PacketCloud datagram (use ``trio.fail_after`` for a timeout)."""
+        while True:
+            if self._closed:
+                raise PcsockError("socket is closed")
+            data, src = await self._rx.recvfrom(_RECV_BUF)
+            d = self.session.decode(data, src if self.session.mode == "udp" else None)
+            if d is not None:
+                return d
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._rx.close()
+        if self._tx is not self._rx:
+            self._tx.close()
+
+    async def aclose(self) -> None:
+        self.close()
+
+    async def __aenter__(self) -> AsyncPacketCloudSocket:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class AsyncCircuitSocket(AsyncPacketCloudSocket):
+    """The trio flavour of :class:`CircuitSocket`."""
+
+    def __init__(self, circuit: Circuit, local_ip: str, *, lookup: Any = None, **kw: Any):
+        super().__init__(local_ip, **kw)
+        self.circuit = circuit
+        self._lookup = lookup
+
+    async def send(self, payload: bytes, *, metadata: int = 0) -> int:
+        return await self.send_on(self.circuit, payload, metadata=metadata)
+
+    async def renew(self) -> None:
+        if self._lookup is None:
+            raise PcsockError("this circuit has no lookup service to renew it with")
+        self.circuit = await trio.to_thread.run_sync(self._lookup.renew, self.circuit)
+
+    async def aclose(self) -> None:
+        if not self._closed and self._lookup is not None and self.circuit.circuit_id:
+            with contextlib.suppress(OSError):
+                await trio.to_thread.run_sync(self._lookup.teardown, self.circuit)
+        self.close()
+
+    async def __aenter__(self) -> AsyncCircuitSocket:
+        return self
+
+
+async def open_circuit_async(
+    destination: str,
+    service: str,
+    *,
+    lookup: Any,
+    sites: Sequence[str] | None = None,
+    mode: str = "udp",
+    local_ip: str | None = None,
+    lifetime: float = 60.0,
+    port: int = wire.UDP_PORT,
+) -> AsyncCircuitSocket:
+    """trio: like :func:`open_circuit` (the lookup call runs in a worker thread)."""
+    from pcsock.lookup import LookupClient
+
+    if isinstance(lookup, tuple):
+        lookup = LookupClient(lookup[0], lookup[1])
+    src = local_ip or local_address_for(destination)
+    circuit = await trio.to_thread.run_sync(
+        lambda: lookup.create(
+            destination=destination, service=service, source=src, sites=sites, lifetime=lifetime
+        )
+    )
+    return AsyncCircuitSocket(circuit, src, lookup=lookup, mode=mode, port=port)
