@@ -68,6 +68,7 @@ __all__ = [
     "build_proof",
     "fetch_proof",
     "owner_record_name",
+    "ownership_rrset",
     "reverse_zone",
     "signed_zone_text",
     "validate_proof",
@@ -409,9 +410,18 @@ def build_proof(
         add(_rrset(k.zone, ttl, "DNSKEY", k.dnskey.to_text()), k)
         if i + 1 < len(keys):
             add(_rrset(keys[i + 1].zone, ttl, "DS", keys[i + 1].ds().to_text()), k)
-    txt = _rrset(owner_record_name(claims[0].prefix), ttl, "TXT", *(_q(c.to_txt()) for c in claims))
-    add(txt, owner_key)
+    add(ownership_rrset(claims, ttl), owner_key)
     return Proof("\n".join(lines) + "\n")
+
+
+def ownership_rrset(claims: Sequence[OwnershipClaim], ttl: int = 300) -> dns.rrset.RRset:
+    """The TXT RRset publishing ``claims`` (all for one prefix) at its owner name: pass it as
+    ``records=`` to :func:`signed_zone_text`."""
+    if not claims:
+        raise OwnershipError("malformed", "no claim to publish")
+    return _rrset(
+        owner_record_name(claims[0].prefix), ttl, "TXT", *(_q(c.to_txt()) for c in claims)
+    )
 
 
 def _q(s: str) -> str:
