@@ -1,4 +1,4 @@
-"""Serve a :class:`~.app.ControlApp` over HTTP/1.1 with trio and h11 (keep-alive, limits).
+"""Serve a :class:`~.app.HttpApp` over HTTP/1.1 with trio and h11 (keep-alive, limits).
 
 The server is a thin adapter: h11 parses, the app answers, h11 serialises. Protocol errors
 (bad request line, oversized body, idle or slow clients) get the same JSON error document as
@@ -9,15 +9,25 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
 
 import h11
 import trio
 
-from .app import ControlApp, Request, Response
+from .app import Request, Response
 from .errors import ApiError
 
-__all__ = ["serve", "serve_listeners"]
+__all__ = ["HttpApp", "serve", "serve_listeners"]
+
+
+class HttpApp(Protocol):
+    """What the server serves: :class:`~.app.HttpApp` or anything that dispatches to one."""
+
+    @property
+    def max_body(self) -> int: ...
+
+    def handle(self, req: Request) -> Response: ...
+
 
 #: Seconds a client may take to send one complete request (slow-loris bound).
 REQUEST_TIMEOUT: Final = 10.0
@@ -78,7 +88,7 @@ async def _read_request(
             )
 
 
-async def _handle_connection(app: ControlApp, stream: trio.SocketStream) -> None:
+async def _handle_connection(app: HttpApp, stream: trio.SocketStream) -> None:
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
     try:
         while True:
@@ -138,7 +148,7 @@ async def _fail(stream: trio.SocketStream, conn: h11.Connection, err: ApiError) 
 
 
 async def serve_listeners(
-    app: ControlApp,
+    app: HttpApp,
     listeners: list[trio.SocketListener],
     *,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
@@ -152,7 +162,7 @@ async def serve_listeners(
 
 
 async def serve(
-    app: ControlApp,
+    app: HttpApp,
     host: str,
     port: int,
     *,

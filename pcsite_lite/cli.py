@@ -1,0 +1,51 @@
+"""``pcsite``: run a PacketCloud site, or check its configuration.
+
+pcsite run --config site.toml        # foreground; SIGHUP reloads, SIGTERM stops cleanly
+pcsite check-config --config site.toml
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from pcsite_lite.daemon.config import ConfigError, load
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="pcsite", description="PacketCloud site daemon")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="run the site in the foreground")
+    run.add_argument("--config", "-c", required=True)
+    chk = sub.add_parser("check-config", help="validate a configuration file")
+    chk.add_argument("--config", "-c", required=True)
+    chk.add_argument("--json", action="store_true", help="print the parsed settings as JSON")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load(args.config)
+    except ConfigError as exc:
+        print(f"pcsite: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    if args.cmd == "check-config":
+        if args.json:
+            print(json.dumps({"name": cfg.name, "public_ip": cfg.public_ip,
+                              "workers": cfg.workers, "mode": cfg.mode, "fis": cfg.fis_url,
+                              "control": f"{cfg.control.host}:{cfg.control.port}",
+                              "psps": [p.name for p in cfg.control.psps]}))  # fmt: skip
+        else:
+            print(f"{args.config}: ok (site {cfg.name}, {cfg.public_ip}, {cfg.workers} workers)")
+        return 0
+    from pcsite_lite.daemon.supervisor import run_daemon
+
+    try:
+        return run_daemon(cfg)
+    except Exception as exc:
+        print(f"pcsite: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

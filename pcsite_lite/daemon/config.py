@@ -1,0 +1,283 @@
+"""The site daemon's configuration file (TOML) and its validation.
+
+Every mistake is a :class:`ConfigError` naming the key (``site.workers``) and what is wrong;
+``pcsite check-config`` prints them. See ``docs/daemon.md`` for the reference with an example.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from pcsite_lite.control.auth import MIN_TOKEN_LEN
+
+__all__ = ["ConfigError", "ControlConfig", "DataplaneConfig", "PspConfig", "SiteConfig", "load"]
+
+_NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_IFNAME_RE: Final = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+MODES: Final = ("site", "bare")
+
+
+class ConfigError(Exception):
+    """A configuration the daemon refuses to run with; ``key`` names the offending setting."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        self.message = message
+        super().__init__(f"{key}: {message}" if key else message)
+
+
+@dataclass(frozen=True, slots=True)
+class PspConfig:
+    name: str
+    token: str
+    signing_key: bytes | None  #: raw Ed25519 public key (32 bytes) that signs its code
+
+
+@dataclass(frozen=True, slots=True)
+class ControlConfig:
+    host: str
+    port: int
+    admin_token: str
+    psps: tuple[PspConfig, ...]
+    trust_anchor: str | None  #: DS/DNSKEY zone-file text
+    max_body: int
+
+
+@dataclass(frozen=True, slots=True)
+class DataplaneConfig:
+    tun_prefix: str
+    mtu: int
+    buckets: int
+    table_base: int
+    mark_base: int
+    rule_pref: int
+    nft_table: str
+    proto: int
+    udp_port: int
+    restart_delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class SiteConfig:
+    """A validated site configuration."""
+
+    name: str
+    public_ip: str
+    public_dev: str
+    workers: int
+    mode: str  #: "site" (the pipeline) or "bare" (benchmark baseline: forward unchanged)
+    bare_next_hop: str | None
+    fis_url: str
+    repository: str | None
+    state_dir: str
+    isp_prefixes: tuple[str, ...]
+    dataplane: DataplaneConfig
+    control: ControlConfig
+    source: str = field(default="", compare=False)  #: the file it was read from
+
+    def tun_name(self, index: int) -> str:
+        return f"{self.dataplane.tun_prefix}{index}"
+
+
+def _get(doc: dict[str, Any], section: str, key: str, typ: type | tuple[type, ...], default: Any,
+         *, required: bool = False) -> Any:  # fmt: skip
+    sec = doc.get(section, {})
+    if not isinstance(sec, dict):
+        raise ConfigError(section, "must be a table")
+    if key not in sec:
+        if required:
+            raise ConfigError(f"{section}.{key}", "is required")
+        return default
+    v = sec[key]
+    ok = isinstance(v, typ) and not (isinstance(v, bool) and typ in (int, float, (int, float)))
+    if not ok:
+        names = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
+        raise ConfigError(f"{section}.{key}", f"must be {names}, got {type(v).__name__}")
+    return v
+
+
+def _ipv4(key: str, v: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(v))
+    except ValueError:
+        raise ConfigError(key, f"{v!r} is not an IPv4 address") from None
+
+
+def _range(key: str, v: int | float, lo: float, hi: float) -> None:
+    if not lo <= v <= hi:
+        raise ConfigError(key, f"must be in {lo}..{hi}, got {v}")
+
+
+def parse(doc: dict[str, Any], *, source: str = "", base_dir: Path | None = None) -> SiteConfig:
+    """Validate a parsed TOML document."""
+    known = {"site", "dataplane", "control"}
+    extra = sorted(set(doc) - known)
+    if extra:
+        raise ConfigError(extra[0], f"unknown section (known: {', '.join(sorted(known))})")
+    base = base_dir or Path.cwd()
+
+    name = _get(doc, "site", "name", str, None, required=True)
+    if not _NAME_RE.match(name):
+        raise ConfigError("site.name", "1-64 of letters, digits, '.', '_', '-'")
+    public_ip = _ipv4("site.public_ip", _get(doc, "site", "public_ip", str, None, required=True))
+    if ipaddress.IPv4Address(public_ip) not in ipaddress.IPv4Network("198.18.0.0/15") and not (
+        _get(doc, "site", "allow_any_address", bool, False)
+    ):
+        raise ConfigError(
+            "site.public_ip", f"{public_ip} is outside 198.18.0.0/15 (set allow_any_address)"
+        )
+    public_dev = _get(doc, "site", "public_dev", str, "lo")
+    if not _IFNAME_RE.match(public_dev):
+        raise ConfigError("site.public_dev", f"{public_dev!r} is not an interface name")
+    workers = _get(doc, "site", "workers", int, 1)
+    _range("site.workers", workers, 1, 64)
+    mode = _get(doc, "site", "mode", str, "site")
+    if mode not in MODES:
+        raise ConfigError("site.mode", f"must be one of {', '.join(MODES)}")
+    bare_next_hop = _get(doc, "site", "bare_next_hop", str, None)
+    if bare_next_hop is not None:
+        bare_next_hop = _ipv4("site.bare_next_hop", bare_next_hop)
+    if mode == "bare" and bare_next_hop is None:
+        raise ConfigError("site.bare_next_hop", "is required in bare mode")
+    fis_url = _get(doc, "site", "fis", str, "")
+    state_dir = _get(doc, "site", "state_dir", str, f"/run/pcsite-{name}")
+    if not fis_url:
+        fis_url = f"sqlite://{Path(state_dir) / 'fis.db'}"
+    if not fis_url.startswith(("sqlite:", "redis:", "rediss:", "unix:")):
+        raise ConfigError("site.fis", "must be a sqlite:, redis:, rediss: or unix: URL")
+    repository = _get(doc, "site", "repository", str, None)
+    prefixes = _get(doc, "site", "isp_prefixes", list, ["198.18.0.0/15"])
+    for p in prefixes:
+        try:
+            ipaddress.IPv4Network(p)
+        except (ValueError, TypeError):
+            raise ConfigError("site.isp_prefixes", f"{p!r} is not an IPv4 prefix") from None
+    extra_site = sorted(
+        set(doc.get("site", {}))
+        - {"name", "public_ip", "public_dev", "workers", "mode", "bare_next_hop", "fis",
+           "state_dir", "repository", "isp_prefixes", "allow_any_address"}
+    )  # fmt: skip
+    if extra_site:
+        raise ConfigError(f"site.{extra_site[0]}", "unknown key")
+
+    d = "dataplane"
+    tun_prefix = _get(doc, d, "tun_prefix", str, "pcst")
+    if not re.match(r"^[A-Za-z][A-Za-z0-9_-]{0,12}$", tun_prefix):
+        raise ConfigError("dataplane.tun_prefix", "1-13 of letters, digits, '_', '-'")
+    dp = DataplaneConfig(
+        tun_prefix=tun_prefix,
+        mtu=_get(doc, d, "mtu", int, 1500),
+        buckets=_get(doc, d, "buckets", int, 256),
+        table_base=_get(doc, d, "table_base", int, 2000),
+        mark_base=_get(doc, d, "mark_base", int, 0x5C000),
+        rule_pref=_get(doc, d, "rule_pref", int, 50),
+        nft_table=_get(doc, d, "nft_table", str, "pcsite"),
+        proto=_get(doc, d, "proto", int, 253),
+        udp_port=_get(doc, d, "udp_port", int, 6253),
+        restart_delay=float(_get(doc, d, "restart_delay", (int, float), 0.5)),
+    )
+    _range("dataplane.mtu", dp.mtu, 576, 65535)
+    _range("dataplane.buckets", dp.buckets, 1, 65536)
+    _range("dataplane.table_base", dp.table_base, 1, 0xFFFF0000 - 64)
+    _range("dataplane.mark_base", dp.mark_base, 1, 0xFFFF0000)
+    _range("dataplane.rule_pref", dp.rule_pref, 1, 90)
+    _range("dataplane.proto", dp.proto, 1, 255)
+    _range("dataplane.udp_port", dp.udp_port, 1, 65535)
+    _range("dataplane.restart_delay", dp.restart_delay, 0, 60)
+    if not _NAME_RE.match(dp.nft_table):
+        raise ConfigError("dataplane.nft_table", "1-64 of letters, digits, '.', '_', '-'")
+    known_dp = {"tun_prefix", "mtu", "buckets", "table_base", "mark_base", "rule_pref",
+                "nft_table", "proto", "udp_port", "restart_delay"}  # fmt: skip
+    extra_dp = sorted(set(doc.get(d, {})) - known_dp)
+    if extra_dp:
+        raise ConfigError(f"dataplane.{extra_dp[0]}", "unknown key")
+
+    c = "control"
+    listen = _get(doc, c, "listen", str, "127.0.0.1:8080")
+    host, sep, port_s = listen.rpartition(":")
+    if not sep or not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+        raise ConfigError("control.listen", f"{listen!r} is not host:port")
+    _ipv4("control.listen", host)
+    admin = _get(doc, c, "admin_token", str, None, required=True)
+    if len(admin) < MIN_TOKEN_LEN:
+        raise ConfigError("control.admin_token", f"needs at least {MIN_TOKEN_LEN} characters")
+    psps_doc = _get(doc, c, "psps", dict, {})
+    psps: list[PspConfig] = []
+    tokens = {admin}
+    for pname, pdoc in psps_doc.items():
+        key = f"control.psps.{pname}"
+        if not _NAME_RE.match(pname) or pname == "isp":
+            raise ConfigError(key, "PSP names are 1-64 of [A-Za-z0-9._-]; 'isp' is reserved")
+        if not isinstance(pdoc, dict):
+            raise ConfigError(key, "must be a table")
+        tok = pdoc.get("token")
+        if not isinstance(tok, str) or len(tok) < MIN_TOKEN_LEN:
+            raise ConfigError(f"{key}.token", f"a string of at least {MIN_TOKEN_LEN} characters")
+        if tok in tokens:
+            raise ConfigError(f"{key}.token", "is the same as another credential")
+        tokens.add(tok)
+        sk = pdoc.get("signing_key")
+        raw = None
+        if sk is not None:
+            try:
+                raw = bytes.fromhex(sk)
+            except (ValueError, TypeError):
+                raise ConfigError(f"{key}.signing_key", "must be hex") from None
+            if len(raw) != 32:
+                raise ConfigError(f"{key}.signing_key", "an Ed25519 public key is 32 bytes")
+        extra_p = sorted(set(pdoc) - {"token", "signing_key"})
+        if extra_p:
+            raise ConfigError(f"{key}.{extra_p[0]}", "unknown key")
+        psps.append(PspConfig(pname, tok, raw))
+    anchor = None
+    anchor_file = _get(doc, c, "trust_anchor_file", str, None)
+    if anchor_file is not None:
+        p = Path(anchor_file)
+        if not p.is_absolute():
+            p = base / p
+        try:
+            anchor = p.read_text()
+        except OSError as exc:
+            raise ConfigError("control.trust_anchor_file", f"cannot read {p}: {exc}") from None
+    anchor = _get(doc, c, "trust_anchor", str, anchor)
+    max_body = _get(doc, c, "max_body", int, 1 << 20)
+    _range("control.max_body", max_body, 1024, 64 << 20)
+    known_c = {"listen", "admin_token", "psps", "trust_anchor_file", "trust_anchor", "max_body"}
+    extra_c = sorted(set(doc.get(c, {})) - known_c)
+    if extra_c:
+        raise ConfigError(f"control.{extra_c[0]}", "unknown key")
+    ctl = ControlConfig(host, int(port_s), admin, tuple(psps), anchor, max_body)
+    return SiteConfig(
+        name=name,
+        public_ip=public_ip,
+        public_dev=public_dev,
+        workers=workers,
+        mode=mode,
+        bare_next_hop=bare_next_hop,
+        fis_url=fis_url,
+        repository=repository,
+        state_dir=state_dir,
+        isp_prefixes=tuple(prefixes),
+        dataplane=dp,
+        control=ctl,
+        source=source,
+    )
+
+
+def load(path: str | Path) -> SiteConfig:
+    """Read and validate a config file."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError("", f"cannot read {p}: {exc.strerror or exc}") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("", f"{p} is not valid TOML: {exc}") from None
+    return parse(doc, source=str(p), base_dir=p.parent)

@@ -1,0 +1,319 @@
+"""The site daemon's main process: kernel setup, worker processes, control API, signals.
+
+Lifecycle::
+
+    start   open one TUN device per worker, claim the public IP, load the nft split and
+            policy routes (kernel.py), spawn the workers, serve the control API
+    SIGHUP  reload: re-read the config; credentials, trust anchor and limits change in place,
+            a changed worker count or address is refused with a message (restart for that)
+    SIGTERM stop: tell workers to stop, wait, remove every kernel object, close TUN devices
+    crash   a worker's exit is seen at once (pidfd); its buckets move to the survivors in one
+            nft transaction, and it is restarted after ``restart_delay`` and given its share
+            back once it reports ready
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from pcsite_lite.control.app import ControlApp, Request, Response
+from pcsite_lite.control.auth import Credentials
+from pcsite_lite.control.server import serve
+from pcsite_lite.lb import BucketTable
+from pcsite_lite.metrics import WorkerStats
+
+from .config import ConfigError, SiteConfig, load
+from .kernel import Kernel
+
+__all__ = ["Supervisor", "run_daemon"]
+
+
+@dataclass
+class WorkerSlot:
+    index: int
+    tun: Any  # pytun.TunTapDevice
+    proc: subprocess.Popen[bytes] | None = None
+    sock: socket.socket | None = None
+    pidfd: int = -1
+    ready: bool = False
+    stats: WorkerStats = field(default_factory=WorkerStats)
+    base: WorkerStats = field(default_factory=WorkerStats)  #: counts of earlier incarnations
+    restarts: int = 0
+    usage: dict[str, Any] = field(default_factory=dict)
+
+
+def _open_tun(name: str) -> Any:
+    import pytun
+
+    return pytun.TunTapDevice(name=name, flags=pytun.IFF_TUN | pytun.IFF_NO_PI)
+
+
+class Supervisor:
+    """Owns the kernel state, the workers and the control API of one site."""
+
+    def __init__(self, cfg: SiteConfig, *, log: Any = None) -> None:
+        self.cfg = cfg
+        self.kernel = Kernel(cfg)
+        self.slots: list[WorkerSlot] = []
+        self.table = BucketTable(range(cfg.workers), cfg.dataplane.buckets)
+        self.events: list[tuple[float, str]] = []  #: (monotonic time, what) for tests/status
+        self._log = log or (lambda msg: print(f"pcsite[{cfg.name}]: {msg}", file=sys.stderr))
+        self._stopping = False
+        from pcsite_lite.control.site_backend import SiteBackend
+
+        self.backend = SiteBackend(cfg, broadcast=self.broadcast, status=self.status_json,
+                                   worker_stats=self.worker_stats,
+                                   worker_usage=self.worker_usage, kernel=self.kernel)  # fmt: skip
+        self.app = self._make_app(cfg)
+
+    def log(self, msg: str) -> None:
+        self.events.append((time.monotonic(), msg))
+        self._log(msg)
+
+    def _make_app(self, cfg: SiteConfig) -> ControlApp:
+        creds = Credentials(
+            admin_token=cfg.control.admin_token,
+            psp_tokens={p.name: p.token for p in cfg.control.psps},
+        )
+        return ControlApp(
+            self.backend, creds, trust_anchor=cfg.control.trust_anchor,
+            max_body=cfg.control.max_body,
+        )  # fmt: skip
+
+    # --- buckets
+    def marks(self) -> list[int]:
+        return [self.kernel.mark(int(w)) for w in self.table.assignment]  # type: ignore[call-overload]
+
+    def _rebalance(self) -> None:
+        live = [s.index for s in self.slots if s.ready]
+        if not live:
+            self.log("no live worker: keeping the last bucket map")
+            return
+        table = self.table.with_workers(live)
+        if table.assignment != self.table.assignment:
+            self.table = table
+            self.kernel.set_buckets(self.marks())
+            self.log(f"buckets now on workers {live}")
+
+    # --- workers
+    def _spawn(self, slot: WorkerSlot) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        tun_fd = slot.tun.fileno()
+        cmd = [sys.executable, "-m", "pcsite_lite.daemon.worker", "--config", self.cfg.source,
+               "--index", str(slot.index), "--tun-fd", str(tun_fd),
+               "--ctl-fd", str(child.fileno())]  # fmt: skip
+        slot.proc = subprocess.Popen(cmd, pass_fds=(tun_fd, child.fileno()))
+        child.close()
+        parent.setblocking(False)
+        slot.sock = parent
+        slot.pidfd = os.pidfd_open(slot.proc.pid)
+        slot.ready = False
+
+    def broadcast(self, op: dict[str, Any]) -> None:
+        """Send a state change to every worker (each applies it to its replica)."""
+        data = json.dumps(op).encode()
+        for s in self.slots:
+            if s.sock is not None and s.ready:
+                try:
+                    s.sock.send(data)
+                except OSError as exc:
+                    self.log(f"worker {s.index}: cannot send state: {exc}")
+
+    def worker_stats(self) -> dict[int, WorkerStats]:
+        out: dict[int, WorkerStats] = {}
+        for s in self.slots:
+            st = WorkerStats(
+                rx_packets=s.base.rx_packets + s.stats.rx_packets,
+                rx_bytes=s.base.rx_bytes + s.stats.rx_bytes,
+                tx_packets=s.base.tx_packets + s.stats.tx_packets,
+                tx_bytes=s.base.tx_bytes + s.stats.tx_bytes,
+                tx_errors=s.base.tx_errors + s.stats.tx_errors,
+                drops={
+                    k: s.base.drops.get(k, 0) + s.stats.drops.get(k, 0)
+                    for k in {*s.base.drops, *s.stats.drops}
+                },
+                alive=s.ready,
+                restarts=s.restarts,
+            )
+            out[s.index] = st
+        return out
+
+    def worker_usage(self) -> list[dict[str, Any]]:
+        return [s.usage for s in self.slots]
+
+    def status_json(self) -> dict[str, Any]:
+        return {
+            "site": self.cfg.name,
+            "public_ip": self.cfg.public_ip,
+            "mode": self.cfg.mode,
+            "workers": [
+                {"index": s.index, "pid": s.proc.pid if s.proc else None, "up": s.ready,
+                 "restarts": s.restarts, "buckets": self.table.shares().get(s.index, 0),
+                 "tun": self.cfg.tun_name(s.index)}
+                for s in self.slots
+            ],
+            "buckets": self.cfg.dataplane.buckets,
+        }  # fmt: skip
+
+    async def _watch_worker(self, slot: WorkerSlot) -> None:
+        while not self._stopping:
+            assert slot.proc is not None and slot.sock is not None
+            sock = slot.sock
+            async with trio.open_nursery() as n:
+                n.start_soon(self._read_worker, slot, sock)
+                await trio.lowlevel.wait_readable(slot.pidfd)
+                n.cancel_scope.cancel()
+            rc = slot.proc.wait()
+            os.close(slot.pidfd)
+            slot.pidfd = -1
+            sock.close()
+            slot.sock = None
+            was_ready = slot.ready
+            slot.ready = False
+            if self._stopping:
+                return
+            self.log(f"worker {slot.index} (pid {slot.proc.pid}) exited with {rc}")
+            # fold this incarnation's counters into the base so counters stay monotonic
+            for k in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "tx_errors"):
+                setattr(slot.base, k, getattr(slot.base, k) + getattr(slot.stats, k))
+            for k, v in slot.stats.drops.items():
+                slot.base.drops[k] = slot.base.drops.get(k, 0) + v
+            slot.stats = WorkerStats()
+            if was_ready:
+                await trio.to_thread.run_sync(self._rebalance)
+            await trio.sleep(self.cfg.dataplane.restart_delay)
+            if self._stopping:
+                return
+            slot.restarts += 1
+            self._spawn(slot)
+
+    async def _read_worker(self, slot: WorkerSlot, sock: socket.socket) -> None:
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            while True:
+                try:
+                    msg = sock.recv(1 << 20)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    return
+                if not msg:
+                    return
+                doc = json.loads(msg)
+                if "ready" in doc:
+                    # bring the new incarnation up to date before it gets buckets
+                    for op in self.backend.snapshot_ops():
+                        sock.send(json.dumps(op).encode())
+                    slot.ready = True
+                    self.log(f"worker {slot.index} ready (pid {doc.get('pid')})")
+                    await trio.to_thread.run_sync(self._rebalance)
+                elif "stats" in doc:
+                    slot.stats = WorkerStats.from_json(doc["worker"])
+                    slot.usage = doc.get("usage") or {}
+
+    # --- the control API dispatches through here, so a reload swaps credentials in place
+    @property
+    def max_body(self) -> int:
+        return self.app.max_body
+
+    def handle(self, req: Request) -> Response:
+        return self.app.handle(req)
+
+    # --- reload
+    def reload(self) -> None:
+        try:
+            new = load(self.cfg.source)
+        except ConfigError as exc:
+            self.log(f"reload refused, keeping the running config: {exc}")
+            return
+        fixed = ("public_ip", "public_dev", "workers", "mode", "fis_url", "dataplane")
+        changed = [k for k in fixed if getattr(new, k) != getattr(self.cfg, k)]
+        if changed:
+            self.log(f"reload refused: {', '.join(changed)} need a restart")
+            return
+        self.app = self._make_app(new)
+        self.cfg = new
+        self.backend.reconfigure(new)
+        self.log("reloaded configuration")
+
+    # --- main
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.cfg
+        try:
+            for i in range(cfg.workers):
+                self.slots.append(WorkerSlot(i, _open_tun(cfg.tun_name(i))))
+            self.kernel.setup(self.marks())
+            for s in self.slots:
+                self._spawn(s)
+            async with trio.open_nursery() as nursery:
+                for s in self.slots:
+                    nursery.start_soon(self._watch_worker, s)
+
+                port = await nursery.start(serve, self, cfg.control.host, cfg.control.port)
+                self.log(f"control API on {cfg.control.host}:{port}")
+                deadline = trio.current_time() + 10
+                while not all(s.ready for s in self.slots) and trio.current_time() < deadline:
+                    await trio.sleep(0.02)
+                self.log(f"site up: {cfg.public_ip}, {cfg.workers} worker(s)")
+                task_status.started(cfg.control.port)
+                with trio.open_signal_receiver(
+                    signal.SIGTERM, signal.SIGINT, signal.SIGHUP
+                ) as sigs:
+                    async for signum in sigs:
+                        if signum == signal.SIGHUP:
+                            self.reload()
+                            continue
+                        self.log(f"stopping on signal {signal.Signals(signum).name}")
+                        break
+                self._stopping = True
+                nursery.cancel_scope.cancel()
+        finally:
+            self._stopping = True
+            self._stop_workers()
+            self.kernel.teardown()
+            for s in self.slots:
+                s.tun.close()
+            self.backend.close()
+            self.log("stopped")
+
+    def _stop_workers(self) -> None:
+        for s in self.slots:
+            if s.sock is not None:
+                try:
+                    s.sock.send(b'{"op": "stop"}')
+                except OSError:
+                    pass
+        deadline = time.monotonic() + 2
+        for s in self.slots:
+            if s.proc is None:
+                continue
+            try:
+                s.proc.wait(max(0.01, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                s.proc.kill()
+                s.proc.wait()
+            if s.sock is not None:
+                s.sock.close()
+            if s.pidfd >= 0:
+                os.close(s.pidfd)
+                s.pidfd = -1
+
+
+def run_daemon(cfg: SiteConfig) -> int:
+    """Run the site until SIGTERM/SIGINT; the exit status."""
+    if os.geteuid() != 0:
+        print("pcsite: running a site needs root (TUN, nftables, policy routing)", file=sys.stderr)
+        return 2
+    sup = Supervisor(cfg)
+    trio.run(sup.run)
+    return 0

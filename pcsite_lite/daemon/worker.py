@@ -1,0 +1,174 @@
+"""A compute-node worker process: TUN queue in, pipeline, TUN out.
+
+Started by the supervisor as ``python -m pcsite_lite.daemon.worker`` with its TUN file
+descriptor and a control socket (SOCK_SEQPACKET, JSON messages) inherited. The loop reads
+packets in batches without blocking, hands each one to the processor (the site pipeline, or
+the bare forwarder used as the benchmark baseline), writes forwarded packets back into the TUN
+device for the kernel to route, counts drops by reason, and every
+:data:`STATS_INTERVAL` seconds sends its :class:`~pcsite_lite.metrics.WorkerStats` (and
+metering) to the supervisor. Control messages replicate site state changes (circuits, service
+IDs, destinations) made through the control API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+from pcsite_lite.metrics import WorkerStats
+from pcsite_lite.verdicts import Deliver, Drop, Forward, Verdict
+
+from .config import SiteConfig, load
+
+__all__ = ["Processor", "bare_processor", "main", "run"]
+
+STATS_INTERVAL: Final = 0.25
+BATCH: Final = 256
+Processor = Callable[[bytes], list[Verdict]]
+
+
+def bare_processor(next_hop: str) -> Processor:
+    """The benchmark baseline: rewrite the destination, forward (no parse, MAC or FIS)."""
+    from pcsock.wire import ip2int
+
+    dst = ip2int(next_hop).to_bytes(4, "big")
+
+    def process(data: bytes) -> list[Verdict]:
+        buf = bytearray(data)
+        old = buf[16:20]
+        buf[16:20] = dst
+        # RFC 1624 incremental checksum update for the 32-bit destination change
+        hc = buf[10] << 8 | buf[11]
+        o = int.from_bytes(old, "big")
+        n = int.from_bytes(dst, "big")
+        s = (~hc & 0xFFFF) + (~o >> 16 & 0xFFFF) + (~o & 0xFFFF) + (n >> 16) + (n & 0xFFFF)
+        s = (s & 0xFFFF) + (s >> 16)
+        s = (s & 0xFFFF) + (s >> 16)
+        s = ~s & 0xFFFF
+        buf[10] = s >> 8
+        buf[11] = s & 0xFF
+        return [Forward(bytes(buf), next_hop)]
+
+    return process
+
+
+class Replica:
+    """What a worker needs of the site state, rebuilt from the supervisor's messages."""
+
+    def __init__(self, cfg: SiteConfig) -> None:
+        self.cfg = cfg
+        self.process: Processor
+        self.apply: Callable[[dict[str, Any]], None] = lambda op: None
+        self.usage: Callable[[], dict[str, Any]] = dict
+        if cfg.mode == "bare":
+            assert cfg.bare_next_hop is not None
+            self.process = bare_processor(cfg.bare_next_hop)
+        else:
+            from .state import WorkerSite
+
+            site = WorkerSite(cfg)
+            self.process = site.process
+            self.apply = site.apply
+            self.usage = site.usage_json
+
+
+def run(cfg: SiteConfig, index: int, tun_fd: int, ctl: socket.socket) -> int:
+    """The worker loop; returns when told to stop or when the supervisor goes away."""
+    replica = Replica(cfg)
+    stats = WorkerStats()
+    drops = stats.drops
+    os.set_blocking(tun_fd, False)
+    ctl.setblocking(False)
+    poller = select.poll()
+    poller.register(tun_fd, select.POLLIN)
+    poller.register(ctl.fileno(), select.POLLIN)
+    read = os.read
+    write = os.write
+    process = replica.process
+    next_stats = 0.0
+    ctl.send(json.dumps({"ready": index, "pid": os.getpid()}).encode())
+    while True:
+        for fd, _ in poller.poll(100):
+            if fd == tun_fd:
+                for _ in range(BATCH):
+                    try:
+                        data = read(tun_fd, 65536)
+                    except BlockingIOError:
+                        break
+                    stats.rx_packets += 1
+                    stats.rx_bytes += len(data)
+                    try:
+                        verdicts = process(data)
+                    except Exception as exc:  # a pipeline bug must not kill the worker
+                        reason = "internal_error"
+                        drops[reason] = drops.get(reason, 0) + 1
+                        print(f"worker {index}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                        continue
+                    for v in verdicts:
+                        if type(v) is Forward or type(v) is Deliver:
+                            try:
+                                write(tun_fd, v.data)
+                                stats.tx_packets += 1
+                                stats.tx_bytes += len(v.data)
+                            except OSError:
+                                stats.tx_errors += 1
+                        elif type(v) is Drop:
+                            drops[v.reason] = drops.get(v.reason, 0) + 1
+            else:
+                while True:
+                    try:
+                        msg = ctl.recv(1 << 20)
+                    except BlockingIOError:
+                        break
+                    except OSError:
+                        return 0
+                    if not msg:
+                        return 0  # supervisor gone
+                    op = json.loads(msg)
+                    if op.get("op") == "stop":
+                        return 0
+                    try:
+                        replica.apply(op)
+                    except Exception as exc:
+                        print(
+                            f"worker {index}: cannot apply {op.get('op')}: {exc}", file=sys.stderr
+                        )
+        now = time.monotonic()
+        if now >= next_stats:
+            next_stats = now + STATS_INTERVAL
+            try:
+                ctl.send(
+                    json.dumps(
+                        {"stats": index, "worker": stats.to_json(), "usage": replica.usage()}
+                    ).encode()
+                )
+            except BlockingIOError:
+                pass
+            except OSError:
+                return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="pcsite-worker")
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--index", type=int, required=True)
+    ap.add_argument("--tun-fd", type=int, required=True)
+    ap.add_argument("--ctl-fd", type=int, required=True)
+    args = ap.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    cfg = load(args.config)
+    ctl = socket.socket(fileno=args.ctl_fd)
+    return run(cfg, args.index, args.tun_fd, ctl)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
