@@ -1,0 +1,594 @@
+"""The Packet API (paper Table 1): the only way a service touches a packet.
+
+A service module defines ``process(pkt)``; ``pkt`` is a :class:`PacketApi`. The paper's §2.1
+source-routing service reads, in full (``pcsite_lite/services/source_routing.py``)::
+
+    def process(pkt):
+        hop = pkt.fetch(pkt.shim.read().label)
+        if hop is None:
+            return pkt.drop("no route")
+        pkt.shim.update(label=hop["label"])
+        pkt.forward_to(hop["next_hop"])
+
+=================  ==========================================================================
+Table 1 category   Calls
+=================  ==========================================================================
+Packet I/O         ``read(offset, length)``, ``write(offset, data)``, ``set_payload(data)``,
+                   ``src``, ``dst``, ``proto``, ``tos``, ``ttl``, ``length``, ``form``, ``now``
+Shim info          ``shim.read()``, ``shim.update(label=..., metadata=...)``, ``shim.label``,
+                   ``shim.metadata``, ``shim.orig_src``, ``shim.service_id``, ``shim.hop_limit``
+FIS lookup         ``fetch(key)``, ``lookup(table, addr)``, ``store(key, value)``,
+                   ``isp_fetch(key)``, ``isp_lookup(table, addr)`` (ISP-published tables)
+Caching            ``cache(key, buf)``, ``cache_get(key)`` (node-local, best effort)
+Building blocks    ``aes(buf, key, decrypt=False)`` (AES-GCM), ``compress(buf, decompress=False)``
+Logging            ``log(text)``
+Delivery           ``forward_to(next_hop)``, ``replicate(targets)``, ``encapsulate(outer_dst)``
+Drop               ``drop(reason)``
+=================  ==========================================================================
+
+Offsets of ``read``/``write`` count from the start of the payload: what follows the shim (for
+a plain form-3 packet: what follows the IP header), i.e. the transport header.
+
+What a service can change, and nothing else (paper §2.4): the payload, the shim metadata, and
+-- for a circuit -- the label/next hop, but only to one of the out hops the PSP installed for
+this circuit. The IP source, the shim's original source, hop limit and checks are the site's:
+the site rewrites the source to its own address and re-MACs after the service returns. A
+refused call raises :class:`ApiError` and the packet is dropped as ``spoof_attempt`` even if
+the service catches the error. Every call runs inside the service's metered CPU time; FIS
+reads/writes, cache bytes and log lines are also counted in the service's
+:class:`~pcsite_lite.metering.Counters`.
+
+The ``pkt`` object is valid only during the ``process`` call that received it.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from pcsite_lite.metering import Counters
+from pcsock.wire import (
+    FORM_CIRCUIT,
+    FORM_SERVICE,
+    Packet,
+    WireError,
+    int2ip,
+    ip2int,
+)
+
+if TYPE_CHECKING:
+    from pcsite_lite.circuits import Circuit, OutHop
+
+__all__ = [
+    "ACT_DROP",
+    "ACT_ENCAP",
+    "ACT_FORWARD",
+    "ACT_NONE",
+    "ACT_REPLICATE",
+    "ApiError",
+    "FisReader",
+    "PacketApi",
+    "ServiceContext",
+    "Shim",
+    "ShimView",
+]
+
+ACT_NONE: Final = 0
+ACT_FORWARD: Final = 1
+ACT_DROP: Final = 2
+ACT_ENCAP: Final = 3
+ACT_REPLICATE: Final = 4
+
+#: A service's node-local cache holds at most this many bytes (keys + values); older entries
+#: are evicted first. Best effort (paper §2.4): another node does not see it.
+CACHE_LIMIT: Final = 1 << 20
+_AES_KEYS: Final = 64  # AES-GCM contexts kept per service
+
+
+class ApiError(Exception):
+    """A Packet API call the site refuses. ``reason``: ``spoof_attempt`` (a field, label or
+    next hop the service does not own) or ``api_misuse`` (bad arguments)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
+class FisReader:
+    """What the API needs from the FIS (``pcsite_lite.fis.CachedFIS`` provides it)."""
+
+    def get(self, ns: str, key: str) -> Any:  # pragma: no cover - protocol
+        raise NotImplementedError
+
+    def lookup(self, ns: str, table: str, addr: int | str) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+    def put(self, ns: str, key: str, value: Any, *, writer: str) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+
+class ServiceContext:
+    """Per-(PSP, service) state the API acts on: FIS namespace, counters, cache, log sink."""
+
+    __slots__ = (
+        "aes_keys",
+        "cache",
+        "cache_limit",
+        "cache_used",
+        "counters",
+        "fis",
+        "log_sink",
+        "name",
+        "ns",
+        "psp",
+        "service",
+    )
+
+    def __init__(
+        self,
+        psp: str,
+        service: str,
+        *,
+        fis: Any = None,
+        log_sink: Callable[[str], None] | None = None,
+        counters: Counters | None = None,
+        cache_limit: int = CACHE_LIMIT,
+    ) -> None:
+        self.psp = psp
+        self.service = service
+        self.name = f"{psp}/{service}"
+        self.ns = self.name  # == pcsite_lite.fis.namespace(psp, service)
+        self.fis = fis
+        self.log_sink = log_sink
+        self.counters = counters if counters is not None else Counters()
+        self.cache: dict[Any, bytes] = {}
+        self.cache_used = 0
+        self.cache_limit = cache_limit
+        self.aes_keys: dict[bytes, AESGCM] = {}
+
+
+class ShimView(NamedTuple):
+    """``shim.read()``: the shim as the service sees it (addresses as dotted quads)."""
+
+    form: int
+    label: int | None  #: form 1: this hop's incoming label
+    service_id: int | None  #: form 2
+    metadata: int | None  #: None for a plain (form-3) packet
+    orig_src: str | None  #: form 1: the original sender
+    hop_limit: int | None  #: form 1
+
+
+def _misuse(detail: str) -> ApiError:
+    return ApiError("api_misuse", detail)
+
+
+def _addr(value: object, what: str) -> int:
+    if isinstance(value, str | int) and not isinstance(value, bool):
+        try:
+            return ip2int(value)
+        except WireError:
+            pass
+    raise _misuse(f"{what} must be an IPv4 address, got {value!r}")
+
+
+class Shim:
+    """``pkt.shim``: read the shim, update its label or metadata."""
+
+    __slots__ = ("_api",)
+
+    def __init__(self, api: PacketApi) -> None:
+        self._api = api
+
+    def read(self) -> ShimView:
+        api = self._api
+        p = api._pkt
+        form = p.form
+        if form == FORM_CIRCUIT:
+            label = api._label if api._label is not None else p.label
+            return ShimView(form, label, None, p.metadata, int2ip(p.orig_src), p.hop_limit)
+        if form == FORM_SERVICE:
+            return ShimView(form, None, p.service_id, p.metadata, None, None)
+        return ShimView(form, None, None, None, None, None)
+
+    @property
+    def form(self) -> int:
+        return self._api._pkt.form
+
+    @property
+    def label(self) -> int | None:
+        p = self._api._pkt
+        return p.label if p.form == FORM_CIRCUIT else None
+
+    @property
+    def metadata(self) -> int | None:
+        p = self._api._pkt
+        return p.metadata if p.form else None
+
+    @property
+    def orig_src(self) -> str | None:
+        p = self._api._pkt
+        return int2ip(p.orig_src) if p.form == FORM_CIRCUIT else None
+
+    @property
+    def service_id(self) -> int | None:
+        p = self._api._pkt
+        return p.service_id if p.form == FORM_SERVICE else None
+
+    @property
+    def hop_limit(self) -> int | None:
+        p = self._api._pkt
+        return p.hop_limit if p.form == FORM_CIRCUIT else None
+
+    def update(self, *, label: int | None = None, metadata: int | None = None) -> None:
+        """Set the out label (form 1: must be one the circuit owns) and/or the metadata."""
+        api = self._api
+        if label is not None:
+            circuit = api._circuit
+            if circuit is None:
+                raise api._refuse("only a circuit (form-1) packet has a label")
+            if label not in circuit.by_label:
+                raise api._refuse(f"label {label!r} is not an out hop of this circuit")
+            api._label = label
+        if metadata is not None:
+            if not isinstance(metadata, int) or isinstance(metadata, bool):
+                raise _misuse("metadata must be an int 0..255")
+            if not 0 <= metadata <= 255:
+                raise _misuse("metadata must be an int 0..255")
+            if not api._pkt.form:
+                raise _misuse("a plain packet has no shim metadata")
+            api._pkt.set_metadata(metadata)
+            api._md_changed = True
+
+
+class PacketApi:
+    """The ``pkt`` a service's ``process(pkt)`` receives (see the module docstring).
+
+    One instance per pipeline is reset for every packet and stage (no per-packet allocation).
+    """
+
+    __slots__ = (
+        "_action",
+        "_allowed",
+        "_circuit",
+        "_ctx",
+        "_detail",
+        "_encap",
+        "_hop",
+        "_label",
+        "_md_changed",
+        "_now",
+        "_pkt",
+        "_replicas",
+        "_spoof",
+        "shim",
+    )
+
+    _pkt: Packet
+    _ctx: ServiceContext
+    _circuit: Circuit | None
+    _allowed: tuple[tuple[int, int], ...]
+    _hop: OutHop | None
+    _label: int | None
+    _replicas: list[Any]
+    _encap: int
+    _spoof: str | None
+
+    def __init__(self) -> None:
+        self.shim = Shim(self)
+        self._circuit = None
+        self._allowed = ()
+        self._replicas = []
+        self._now = 0.0
+        self._reset_decision()
+
+    # ---- platform side (the pipeline; not reachable from service code)
+    def _reset_decision(self) -> None:
+        self._action = ACT_NONE
+        self._hop = None
+        self._label = None
+        self._detail = ""
+        self._encap = 0
+        self._spoof = None
+        self._md_changed = False
+        if self._replicas:
+            self._replicas = []
+
+    def _bind(
+        self,
+        pkt: Packet,
+        ctx: ServiceContext,
+        now: float,
+        circuit: Circuit | None,
+        allowed: tuple[tuple[int, int], ...],
+    ) -> None:
+        self._pkt = pkt
+        self._ctx = ctx
+        self._now = now
+        self._circuit = circuit
+        self._allowed = allowed
+        self._reset_decision()
+
+    def _refuse(self, detail: str) -> ApiError:
+        self._spoof = detail
+        return ApiError("spoof_attempt", detail)
+
+    def _may_redirect(self, addr: int) -> bool:
+        for net, mask in self._allowed:
+            if addr & mask == net:
+                return True
+        return False
+
+    # ---- packet I/O
+    @property
+    def form(self) -> int:
+        """0 plain (form 3), 1 circuit, 2 service ID."""
+        return self._pkt.form
+
+    @property
+    def src(self) -> str:
+        return int2ip(self._pkt.src)
+
+    @property
+    def dst(self) -> str:
+        return int2ip(self._pkt.dst)
+
+    @property
+    def proto(self) -> int:
+        """The payload's protocol (the shim's next protocol; IP protocol for plain packets)."""
+        return self._pkt.next_proto
+
+    @property
+    def tos(self) -> int:
+        return self._pkt.tos
+
+    @property
+    def ttl(self) -> int:
+        return self._pkt.ttl
+
+    @property
+    def length(self) -> int:
+        """Payload length in bytes."""
+        p = self._pkt
+        return len(p.buf) - p.payload_off
+
+    @property
+    def now(self) -> float:
+        """Arrival time of the packet (the site's clock, seconds)."""
+        return self._now
+
+    def read(self, offset: int = 0, length: int | None = None) -> bytes:
+        """``length`` payload bytes from ``offset`` (to the end if None); short at the end."""
+        p = self._pkt
+        if not isinstance(offset, int) or offset < 0:
+            raise _misuse("offset must be a non-negative int")
+        start = p.payload_off + offset
+        if length is None:
+            return bytes(p.buf[start:])
+        if not isinstance(length, int) or length < 0:
+            raise _misuse("length must be a non-negative int")
+        return bytes(p.buf[start : start + length])
+
+    def write(self, offset: int, data: bytes | bytearray) -> None:
+        """Overwrite payload bytes in place (must lie inside the payload)."""
+        p = self._pkt
+        if not isinstance(data, bytes | bytearray) or not isinstance(offset, int) or offset < 0:
+            raise _misuse("write(offset: int >= 0, data: bytes)")
+        start = p.payload_off + offset
+        if start + len(data) > len(p.buf):
+            raise _misuse("write past the end of the payload (use set_payload to grow it)")
+        p.buf[start : start + len(data)] = data
+
+    def set_payload(self, data: bytes | bytearray) -> None:
+        """Replace the whole payload (any length); the site fixes lengths and checksums."""
+        if not isinstance(data, bytes | bytearray):
+            raise _misuse("set_payload(data: bytes)")
+        p = self._pkt
+        if p.payload_off + len(data) > 0xFFFF:
+            raise _misuse("payload too large for an IPv4 packet")
+        del p.buf[p.payload_off :]
+        p.buf += data
+        _fix_lengths(p)
+
+    # ---- FIS
+    def fetch(self, key: str | int) -> Any:
+        """Value of ``key`` in this service's FIS namespace (int keys: decimal text)."""
+        ctx = self._ctx
+        ctx.counters.fis_reads += 1
+        if type(key) is int:
+            key = str(key)
+        elif not isinstance(key, str):
+            raise _misuse("FIS keys are str or int")
+        return ctx.fis.get(ctx.ns, key)
+
+    def lookup(self, table: str, addr: str | int) -> Any:
+        """Longest-prefix match of ``addr`` in this service's FIS table ``table``."""
+        ctx = self._ctx
+        ctx.counters.fis_reads += 1
+        return ctx.fis.lookup(ctx.ns, table, _addr(addr, "lookup address"))
+
+    def isp_fetch(self, key: str) -> Any:
+        """Value of ``key`` in the ISP-published namespace (read only)."""
+        ctx = self._ctx
+        ctx.counters.fis_reads += 1
+        return ctx.fis.get("isp", str(key))
+
+    def isp_lookup(self, table: str, addr: str | int) -> Any:
+        """Longest-prefix match in an ISP-published table (e.g. ``"congestion"``)."""
+        ctx = self._ctx
+        ctx.counters.fis_reads += 1
+        return ctx.fis.lookup("isp", table, _addr(addr, "lookup address"))
+
+    def store(self, key: str | int, value: Any) -> None:
+        """Write ``key`` in this service's own FIS namespace (shared by the site's nodes)."""
+        ctx = self._ctx
+        ctx.counters.fis_writes += 1
+        ctx.fis.put(ctx.ns, str(key), value, writer=ctx.psp)
+
+    # ---- node-local cache (best effort)
+    def cache(self, key: str | int | bytes, buf: bytes) -> None:
+        """Remember ``buf`` under ``key`` on this node (may be evicted at any time)."""
+        if not isinstance(buf, bytes | bytearray):
+            raise _misuse("cache values are bytes")
+        if not isinstance(key, str | int | bytes) or isinstance(key, bool):
+            raise _misuse("cache keys are str, int or bytes")
+        ctx = self._ctx
+        size = len(buf) + (len(key) if isinstance(key, str | bytes) else 8)
+        if size > ctx.cache_limit:
+            raise _misuse("value larger than the service's cache")
+        ctx.counters.cache_bytes += size
+        cache = ctx.cache
+        old = cache.pop(key, None)
+        if old is not None:
+            ctx.cache_used -= len(old) + (len(key) if isinstance(key, str | bytes) else 8)
+        while cache and ctx.cache_used + size > ctx.cache_limit:
+            k, v = next(iter(cache.items()))
+            del cache[k]
+            ctx.cache_used -= len(v) + (len(k) if isinstance(k, str | bytes) else 8)
+        cache[key] = bytes(buf)
+        ctx.cache_used += size
+
+    def cache_get(self, key: str | int | bytes) -> bytes | None:
+        """What :meth:`cache` stored under ``key`` on this node, or None."""
+        return self._ctx.cache.get(key)
+
+    # ---- building blocks
+    def aes(self, buf: bytes, key: bytes, decrypt: bool = False) -> bytes:
+        """AES-GCM: encrypt to ``nonce(12) || ciphertext || tag`` or decrypt that form.
+
+        Raises ApiError(api_misuse) for a bad key or a ciphertext that does not authenticate.
+        """
+        if not isinstance(buf, bytes | bytearray) or not isinstance(key, bytes):
+            raise _misuse("aes(buf: bytes, key: bytes)")
+        ctx = self._ctx
+        gcm = ctx.aes_keys.get(key)
+        if gcm is None:
+            try:
+                gcm = AESGCM(key)
+            except ValueError as exc:
+                raise _misuse(f"AES key: {exc}") from None
+            if len(ctx.aes_keys) >= _AES_KEYS:
+                ctx.aes_keys.clear()
+            ctx.aes_keys[key] = gcm
+        if decrypt:
+            if len(buf) < 28:
+                raise _misuse("ciphertext too short")
+            try:
+                return gcm.decrypt(bytes(buf[:12]), bytes(buf[12:]), None)
+            except InvalidTag:
+                raise _misuse("ciphertext does not authenticate") from None
+        nonce = os.urandom(12)
+        return nonce + gcm.encrypt(nonce, bytes(buf), None)
+
+    def compress(self, buf: bytes, decompress: bool = False) -> bytes:
+        """zlib compress (or decompress; output capped at 64 KiB)."""
+        if not isinstance(buf, bytes | bytearray):
+            raise _misuse("compress(buf: bytes)")
+        if not decompress:
+            return zlib.compress(bytes(buf))
+        d = zlib.decompressobj()
+        try:
+            out = d.decompress(bytes(buf), 0xFFFF)
+        except zlib.error as exc:
+            raise _misuse(f"not zlib data: {exc}") from None
+        if d.unconsumed_tail:
+            raise _misuse("decompressed data exceeds 64 KiB")
+        return out
+
+    # ---- logging
+    def log(self, text: str) -> None:
+        """Append one accounting line to the service's log (billing stores it)."""
+        ctx = self._ctx
+        ctx.counters.log_lines += 1
+        if ctx.log_sink is not None:
+            ctx.log_sink(str(text)[:4096])
+
+    # ---- delivery
+    def forward_to(self, next_hop: str) -> None:
+        """Send the packet on. Form 1: ``next_hop`` must be an out hop of the circuit (with
+        the label set by ``shim.update``, if any). Forms 2/3: only the packet's own
+        destination (use :meth:`encapsulate` to redirect)."""
+        circuit = self._circuit
+        if circuit is not None:
+            if not isinstance(next_hop, str):
+                next_hop = int2ip(_addr(next_hop, "next hop"))
+            hop: OutHop | None
+            if self._label is not None:
+                hop = circuit.by_label[self._label]
+                if hop.next_hop != next_hop:
+                    raise self._refuse(f"label {self._label} does not lead to {next_hop}")
+            else:
+                hop = circuit.by_addr.get(next_hop)
+                if hop is None:
+                    raise self._refuse(f"{next_hop} is not an out hop of this circuit")
+            self._hop = hop
+        elif _addr(next_hop, "next hop") != self._pkt.dst:
+            raise self._refuse(f"{next_hop} is not the packet's destination")
+        self._action = ACT_FORWARD
+
+    def drop(self, reason: str = "") -> None:
+        """Drop the packet (``reason`` goes to the site's logs, the counter is service_drop)."""
+        self._action = ACT_DROP
+        self._detail = str(reason)[:200]
+
+    def encapsulate(self, outer_dst: str) -> None:
+        """IP-in-IP (RFC 2003) the packet to ``outer_dst`` (forms 2/3; e.g. mobility). The
+        outer source is the site; ``outer_dst`` must lie in the prefixes the ISP allowed for
+        this registration."""
+        addr = _addr(outer_dst, "tunnel end point")
+        if self._circuit is not None or not self._may_redirect(addr):
+            raise self._refuse(f"may not tunnel to {outer_dst}")
+        self._encap = addr
+        self._action = ACT_ENCAP
+
+    def replicate(self, targets: Iterable[str | int]) -> None:
+        """Send one copy per target. Form 1: each target is an out label (int) or next hop
+        (str) of the circuit. Forms 2/3: each target is a tunnel end point (as encapsulate)."""
+        if isinstance(targets, str | bytes):
+            raise _misuse("replicate takes a list of targets")
+        circuit = self._circuit
+        out: list[Any] = []
+        for t in targets:
+            if circuit is not None:
+                hop = (
+                    circuit.by_label.get(t)
+                    if isinstance(t, int)
+                    else circuit.by_addr.get(t)
+                    if isinstance(t, str)
+                    else None
+                )
+                if hop is None:
+                    raise self._refuse(f"{t!r} is not an out hop of this circuit")
+                out.append(hop)
+            else:
+                addr = _addr(t, "replica target")
+                if not self._may_redirect(addr):
+                    raise self._refuse(f"may not tunnel to {t}")
+                out.append(addr)
+            if len(out) > 64:
+                raise _misuse("at most 64 replicas")
+        self._replicas = out
+        self._action = ACT_REPLICATE
+
+
+def _fix_lengths(p: Packet) -> None:
+    """After a payload length change: IP total length, UDP length, IP header checksum."""
+    from pcsock.wire import internet_checksum
+
+    b = p.buf
+    n = len(b)
+    b[2] = n >> 8
+    b[3] = n & 0xFF
+    if p.encap == "udp":
+        ulen = n - p.ihl
+        b[p.ihl + 4] = ulen >> 8
+        b[p.ihl + 5] = ulen & 0xFF
+    b[10] = b[11] = 0
+    c = internet_checksum(b[: p.ihl])
+    b[10] = c >> 8
+    b[11] = c & 0xFF

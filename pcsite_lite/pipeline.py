@@ -1,0 +1,325 @@
+"""The site's packet pipeline: bytes in, verdicts out (paper §2.1-2.4). Pure and synchronous.
+
+``Pipeline(site).process(data, now)`` parses one received IPv4 packet with
+:func:`pcsock.wire.parse` and returns a list of :mod:`~pcsite_lite.verdicts`. It never raises
+on packet content: anything malformed or refused becomes a :class:`~pcsite_lite.verdicts.Drop`
+counted under its reason in ``site.drops`` (and in the responsible service's ``drops``).
+
+Form 1 (circuit; packet addressed to the site)
+    incoming label -> circuit (``unknown_label``), expiry (``circuit_expired``), MAC under the
+    in hop key (``bad_mac``), hop limit (``hop_limit_exceeded``), run the circuit's service,
+    then the site -- not the service -- writes the out hop the service chose (or the circuit's
+    only out hop): out label, hop limit - 1, IP destination = next hop, IP source = the site,
+    and the MAC under the out hop key. A ``final`` out hop gives a ``Deliver`` (shim kept, or
+    stripped for a legacy receiver, whose packet then carries the original source).
+Form 2 (service ID + DSCP flag; packet addressed to the real destination)
+    check (``bad_check``), service ID -> registration (``no_service``), TTL, run the service,
+    forward toward the real destination with the DSCP flag cleared (ToS 0) and TTL - 1: no
+    legacy router diverts it again, because policy routing matches the flag (and routers
+    divert only what does not come from their own site, see ``docs/architecture.md``).
+Form 3 (plain IPv4 diverted for a registered destination prefix)
+    destination -> registration by longest prefix (``no_service``), TTL, run the owner's
+    service, forward toward the destination (or tunnel it, RFC 2003, if the service asks).
+
+Precedence (paper §2.2): when a form-1/2 packet's destination (form 1: the circuit's final
+destination) also matches a destination registration here, the receiver's service runs first;
+if it drops the packet, the sender's service never runs.
+
+Services run under :mod:`~pcsite_lite.sandbox` rules with a per-packet CPU budget; an
+exception, overrun or refused API call drops only that packet and counts against the service
+(:class:`~pcsite_lite.runtime.ServiceRuntime` disables it after too many in a row).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Final
+
+from pcsite_lite.api import (
+    ACT_DROP,
+    ACT_ENCAP,
+    ACT_NONE,
+    ACT_REPLICATE,
+    ApiError,
+    PacketApi,
+)
+from pcsite_lite.circuits import Circuit, OutHop
+from pcsite_lite.runtime import ACTIVE, DISABLED, ServiceSlot
+from pcsite_lite.sandbox import BudgetExceeded
+from pcsite_lite.site import Registration, Site
+from pcsite_lite.verdicts import DROP_REASONS, Deliver, Drop, Forward, Verdict
+from pcsock.wire import (
+    FORM_CIRCUIT,
+    FORM_SERVICE,
+    TOS_SERVICE,
+    Packet,
+    WireError,
+    build_ipv4,
+    int2ip,
+    parse,
+)
+
+__all__ = ["IPPROTO_IPIP", "Pipeline"]
+
+#: IP protocol number of IP-in-IP (RFC 2003), used by ``encapsulate``.
+IPPROTO_IPIP: Final = 4
+
+_DROPS: Final = {reason: Drop(reason) for reason in DROP_REASONS}
+_NO_MAC: Final = b"\0\0\0\0"
+
+
+def _patch16(buf: bytearray, off: int, new: int) -> None:
+    """Rewrite the 16-bit header word at ``off`` and fix the IPv4 checksum (RFC 1624 eqn 3)."""
+    old = buf[off] << 8 | buf[off + 1]
+    buf[off] = new >> 8
+    buf[off + 1] = new & 0xFF
+    hc = buf[10] << 8 | buf[11]
+    s = (~hc & 0xFFFF) + (~old & 0xFFFF) + new
+    s = (s & 0xFFFF) + (s >> 16)
+    s = (s & 0xFFFF) + (s >> 16)
+    s = ~s & 0xFFFF
+    buf[10] = s >> 8
+    buf[11] = s & 0xFF
+
+
+class Pipeline:
+    """Processes packets for one :class:`~pcsite_lite.site.Site` (one per worker process).
+
+    ``verify_ip_checksum=False`` suits a TUN adapter (the kernel verified it on ingress).
+    ``cpu_clock`` (default ``time.perf_counter_ns``) measures service time for metering and
+    the budget deadline; it is the only clock the pipeline reads, and tests may inject it.
+    """
+
+    def __init__(
+        self,
+        site: Site,
+        *,
+        verify_ip_checksum: bool = True,
+        cpu_clock: object = None,
+    ) -> None:
+        self.site = site
+        self.verify_ip_checksum = verify_ip_checksum
+        self.api = PacketApi()
+        self.runtime = site.runtime
+        self.budget = site.runtime.budget
+        self.clock = cpu_clock if callable(cpu_clock) else time.perf_counter_ns
+
+    # ---- entry point
+    def process(self, data: bytes | bytearray | memoryview, now: float) -> list[Verdict]:
+        """Verdicts for one received packet ``data`` that arrived at time ``now``."""
+        site = self.site
+        site.now = now
+        try:
+            pkt = parse(data, verify_ip_checksum=self.verify_ip_checksum)
+            form = pkt.form
+            if form == FORM_CIRCUIT:
+                return self._circuit(pkt, now)
+            if form == FORM_SERVICE:
+                return self._service_id(pkt, now)
+            return self._destination(pkt, now)
+        except WireError as exc:
+            return [self._drop(exc.reason)]
+
+    def _drop(self, reason: str, slot: ServiceSlot | None = None, detail: str = "") -> Drop:
+        self.site.drops[reason] += 1
+        if slot is None:
+            return _DROPS[reason]
+        slot.ctx.counters.drops += 1
+        return Drop(reason, slot.name, detail)
+
+    # ---- running one service on the packet
+    def _run(
+        self,
+        slot: ServiceSlot,
+        pkt: Packet,
+        now: float,
+        circuit: Circuit | None,
+        allowed: tuple[tuple[int, int], ...],
+    ) -> Drop | None:
+        """Run ``slot``'s service; None if it did not fail (its decision is in ``self.api``)."""
+        process = slot.process
+        if process is None or slot.status != ACTIVE:
+            reason = "service_disabled" if slot.status == DISABLED else "service_unavailable"
+            return self._drop(reason, slot, slot.status_detail)
+        api = self.api
+        api._bind(pkt, slot.ctx, now, circuit, allowed)
+        counters = slot.ctx.counters
+        counters.packets += 1
+        counters.bytes_in += len(pkt.buf)
+        budget = self.budget
+        clock = self.clock
+        t0 = clock()
+        budget.start(t0)
+        try:
+            process(api)
+        except BudgetExceeded:
+            counters.cpu_ns += clock() - t0
+            return self._fail(slot, now, "service_timeout", "over its per-packet CPU budget")
+        except ApiError as exc:
+            counters.cpu_ns += clock() - t0
+            return self._fail(slot, now, exc.reason, exc.detail)
+        except Exception as exc:
+            counters.cpu_ns += clock() - t0
+            return self._fail(slot, now, "service_error", f"{type(exc).__name__}: {exc}")
+        counters.cpu_ns += clock() - t0
+        if budget.overrun:
+            return self._fail(slot, now, "service_timeout", "over its per-packet CPU budget")
+        if api._spoof is not None:
+            return self._fail(slot, now, "spoof_attempt", api._spoof)
+        if slot.consecutive_failures:
+            slot.consecutive_failures = 0
+        if api._action == ACT_DROP:
+            return self._drop("service_drop", slot, api._detail)
+        return None
+
+    def _fail(self, slot: ServiceSlot, now: float, reason: str, detail: str) -> Drop:
+        self.runtime.failed(slot, now, reason, detail)
+        return self._drop(reason, slot, detail)
+
+    def _receiver_first(self, addr: int, pkt: Packet, now: float) -> Drop | None:
+        """Precedence: run the destination owner's service (if any) before the sender's."""
+        reg = self.site.destinations.lookup(addr)
+        if reg is None:
+            return None
+        # The receiver's stage may drop the packet or let it continue; it cannot redirect it
+        # (no redirect prefixes), and a form-1 packet keeps its circuit.
+        return self._run(reg.slot, pkt, now, None, ())
+
+    # ---- egress accounting
+    def _out(self, slot: ServiceSlot, data: bytes, addr: int) -> None:
+        c = slot.ctx.counters
+        n = len(data)
+        c.bytes_out += n
+        if self.site.is_local(addr):
+            c.bytes_local += n
+        else:
+            c.bytes_interdomain += n
+
+    # ---- form 1
+    def _circuit(self, pkt: Packet, now: float) -> list[Verdict]:
+        site = self.site
+        if pkt.dst != site.public_addr:
+            if site.destinations:
+                # a circuit packet diverted here by its destination prefix (form 3 + form 1)
+                return self._destination(pkt, now)
+            return [self._drop("not_for_site")]
+        circuit = site.circuits.get(pkt.label)
+        if circuit is None:
+            return [self._drop("unknown_label")]
+        if circuit.expires <= now:
+            return [self._drop("circuit_expired")]
+        if not pkt.verify_mac(circuit.in_key):
+            return [self._drop("bad_mac")]
+        hops = pkt.hop_limit
+        if hops == 0:
+            return [self._drop("hop_limit_exceeded")]
+        slot = circuit.slot
+        if slot is None:
+            slot = circuit.slot = self.runtime.slot(circuit.psp, circuit.service)
+        if circuit.dest_addr is not None and site.destinations:
+            dropped = self._receiver_first(circuit.dest_addr, pkt, now)
+            if dropped is not None:
+                return [dropped]
+        dropped = self._run(slot, pkt, now, circuit, ())
+        if dropped is not None:
+            return [dropped]
+        api = self.api
+        action = api._action
+        if action == ACT_REPLICATE:
+            return [self._emit_hop(pkt, hop, hops, slot, copy=True) for hop in api._replicas]
+        hop = api._hop
+        if hop is None:
+            label = api._label
+            hop = circuit.by_label[label] if label is not None else circuit.default
+            if hop is None:
+                return [self._drop("no_decision", slot, "no out hop chosen")]
+        return [self._emit_hop(pkt, hop, hops, slot, copy=False)]
+
+    def _emit_hop(
+        self, pkt: Packet, hop: OutHop, hops: int, slot: ServiceSlot, copy: bool
+    ) -> Verdict:
+        if copy:
+            pkt = parse(bytearray(pkt.buf), verify_ip_checksum=False)
+        pkt.set_label(hop.label)
+        pkt.set_hop_limit(hops - 1)
+        pkt.set_dst(hop.addr)
+        if hop.strip:
+            pkt.set_src(pkt.orig_src)
+            out = bytes(pkt.strip_shim())
+            self._out(slot, out, hop.addr)
+            return Deliver(out, hop.next_hop, True)
+        pkt.set_src(self.site.public_addr)
+        if hop.key is not None:
+            pkt.sign(hop.key)
+        else:
+            o = pkt.shim_off + 12
+            pkt.buf[o : o + 4] = _NO_MAC
+        out = bytes(pkt.buf)
+        self._out(slot, out, hop.addr)
+        if hop.final:
+            return Deliver(out, hop.next_hop, False)
+        return Forward(out, hop.next_hop)
+
+    # ---- form 2
+    def _service_id(self, pkt: Packet, now: float) -> list[Verdict]:
+        if not pkt.verify_check():
+            return [self._drop("bad_check")]
+        reg = self.site.service_ids.get(pkt.service_id)
+        if reg is None:
+            return [self._drop("no_service")]
+        if pkt.ttl <= 1:
+            return [self._drop("ttl_exceeded")]
+        if self.site.destinations:
+            dropped = self._receiver_first(pkt.dst, pkt, now)
+            if dropped is not None:
+                return [dropped]
+        return self._serve(reg, pkt, now)
+
+    # ---- form 3
+    def _destination(self, pkt: Packet, now: float) -> list[Verdict]:
+        reg = self.site.destinations.lookup(pkt.dst)
+        if reg is None:
+            return [self._drop("no_service")]
+        if pkt.ttl <= 1:
+            return [self._drop("ttl_exceeded")]
+        return self._serve(reg, pkt, now)
+
+    def _serve(self, reg: Registration, pkt: Packet, now: float) -> list[Verdict]:
+        """Run a form-2/3 registration's service and carry out its decision."""
+        slot = reg.slot
+        dropped = self._run(slot, pkt, now, None, reg.allowed)
+        if dropped is not None:
+            return [dropped]
+        api = self.api
+        if api._md_changed and pkt.form == FORM_SERVICE:
+            pkt.seal()
+        buf = pkt.buf
+        # leave the site unflagged (no second diversion) and one hop older
+        tos = buf[1]
+        if tos == TOS_SERVICE:
+            tos = 0
+        _patch16(buf, 0, buf[0] << 8 | tos)
+        _patch16(buf, 8, (buf[8] - 1) << 8 | buf[9])
+        action = api._action
+        if action == ACT_NONE or action not in (ACT_ENCAP, ACT_REPLICATE):
+            out = bytes(buf)
+            self._out(slot, out, pkt.dst)
+            return [Forward(out, int2ip(pkt.dst))]
+        targets = [api._encap] if action == ACT_ENCAP else list(api._replicas)
+        verdicts: list[Verdict] = []
+        for addr in targets:
+            if len(buf) + 20 > 0xFFFF:
+                verdicts.append(self._drop("too_big", slot, "no room for the tunnel header"))
+                continue
+            out = bytes(
+                build_ipv4(
+                    src=self.site.public_addr,
+                    dst=addr,
+                    proto=IPPROTO_IPIP,
+                    payload=buf,
+                    tos=tos,
+                )
+            )
+            self._out(slot, out, addr)
+            verdicts.append(Forward(out, int2ip(addr)))
+        return verdicts

@@ -1,0 +1,232 @@
+"""Service runtime: loaded services, their status, containment and the site's event log.
+
+The runtime keeps one :class:`ServiceSlot` per (PSP, service): the loaded code, the
+:class:`~pcsite_lite.api.ServiceContext` the Packet API acts on (counters, FIS namespace,
+node-local cache, log sink) and a status:
+
+* ``active`` -- runs;
+* ``unavailable`` -- no code (not deployed, or the repository could not supply a loadable
+  version); packets get ``Drop("service_unavailable")``;
+* ``disabled`` -- failed ``max_failures`` times in a row (exception, CPU budget overrun, API
+  refusal); packets get ``Drop("service_disabled")`` until a new version is deployed or an
+  operator calls :meth:`ServiceRuntime.enable`.
+
+Code comes from :meth:`ServiceRuntime.deploy` (source text, compiled by
+:func:`pcsite_lite.sandbox.load_service`) or, on first use, from a ``resolver`` -- e.g. the
+service repository's node-side cache, which takes :func:`~pcsite_lite.sandbox.load_service` as
+its loader. Deploying a new version swaps the slot's code between two packets; nothing
+restarts and the counters carry on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from pcsite_lite.api import ServiceContext
+from pcsite_lite.metering import Counters
+from pcsite_lite.sandbox import BUDGET, Budget, ServiceCode, ServiceLoadError, load_service
+
+__all__ = [
+    "ACTIVE",
+    "DISABLED",
+    "UNAVAILABLE",
+    "LogSinkFactory",
+    "Resolver",
+    "ServiceRuntime",
+    "ServiceSlot",
+    "SiteEvent",
+]
+
+ACTIVE: Final = "active"
+DISABLED: Final = "disabled"
+UNAVAILABLE: Final = "unavailable"
+
+log = logging.getLogger("pcsite_lite.runtime")
+
+#: ``(psp, service) -> sink``; a sink takes one log line (e.g.
+#: ``pcsite_lite.billing.ledger.Ledger.log_sink(site, psp, service)``).
+LogSinkFactory = Callable[[str, str], Callable[[str], None]]
+#: ``(psp, service) -> ServiceCode | None``: where code comes from on first use.
+Resolver = Callable[[str, str], ServiceCode | None]
+
+
+@dataclass(frozen=True, slots=True)
+class SiteEvent:
+    """Something an operator should see: a service error, timeout, disable, load failure."""
+
+    time: float
+    kind: str  #: service_error, service_timeout, spoof_attempt, api_misuse, disabled, ...
+    service: str  #: "psp/service"
+    detail: str
+
+
+class ServiceSlot:
+    """One (PSP, service) at this site: code, context, status and failure accounting."""
+
+    __slots__ = (
+        "code",
+        "consecutive_failures",
+        "ctx",
+        "failures",
+        "name",
+        "process",
+        "status",
+        "status_detail",
+        "version",
+    )
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self.name = ctx.name
+        self.code: ServiceCode | None = None
+        self.process: Callable[[Any], object] | None = None
+        self.version: str | None = None
+        self.status = UNAVAILABLE
+        self.status_detail = "not deployed"
+        self.failures = 0  #: total failed packets
+        self.consecutive_failures = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "service": self.name,
+            "status": self.status,
+            "detail": self.status_detail,
+            "version": self.version,
+            "failures": self.failures,
+            "consecutive_failures": self.consecutive_failures,
+            "counters": self.ctx.counters.as_dict(),
+        }
+
+
+class ServiceRuntime:
+    """Loaded services of one site (one per pipeline process)."""
+
+    def __init__(
+        self,
+        *,
+        fis: Any = None,
+        log_sinks: LogSinkFactory | None = None,
+        resolver: Resolver | None = None,
+        budget: Budget = BUDGET,
+        max_failures: int = 10,
+        events: Callable[[SiteEvent], None] | None = None,
+        keep_events: int = 1000,
+    ) -> None:
+        self.fis = fis
+        self.log_sinks = log_sinks
+        self.resolver = resolver
+        self.budget = budget
+        self.max_failures = max_failures
+        self.events_sink = events
+        #: the most recent events (bounded), newest last
+        self.events: deque[SiteEvent] = deque(maxlen=keep_events)
+        self._slots: dict[tuple[str, str], ServiceSlot] = {}
+
+    # ---- slots
+    def slot(self, psp: str, service: str) -> ServiceSlot:
+        """The slot of (psp, service), created on first use (resolving code if possible)."""
+        key = (psp, service)
+        slot = self._slots.get(key)
+        if slot is None:
+            sink = self.log_sinks(psp, service) if self.log_sinks is not None else None
+            slot = ServiceSlot(ServiceContext(psp, service, fis=self.fis, log_sink=sink))
+            self._slots[key] = slot
+            if self.resolver is not None:
+                self._resolve(slot, psp, service)
+        return slot
+
+    def _resolve(self, slot: ServiceSlot, psp: str, service: str) -> None:
+        assert self.resolver is not None
+        try:
+            code = self.resolver(psp, service)
+        except Exception as exc:  # the repository's errors, whatever they are
+            slot.status_detail = f"cannot load: {type(exc).__name__}: {exc}"
+            self.event(0.0, "load_failed", slot.name, slot.status_detail)
+            return
+        if code is not None:
+            self.install(psp, service, code)
+
+    def deploy(
+        self, psp: str, service: str, source: str | bytes, *, version: str | None = None
+    ) -> ServiceSlot:
+        """Compile ``source`` and make it the running version (raises ServiceLoadError)."""
+        code = load_service(source, f"{psp}/{service}", budget=self.budget)
+        return self.install(psp, service, code, version=version)
+
+    def install(
+        self, psp: str, service: str, code: ServiceCode, *, version: str | None = None
+    ) -> ServiceSlot:
+        """Make already-loaded ``code`` the running version; re-enables a disabled service."""
+        slot = self._slots.get((psp, service))
+        if slot is None:
+            sink = self.log_sinks(psp, service) if self.log_sinks is not None else None
+            slot = ServiceSlot(ServiceContext(psp, service, fis=self.fis, log_sink=sink))
+            self._slots[(psp, service)] = slot
+        slot.code = code
+        slot.process = code.process
+        slot.version = version
+        slot.status = ACTIVE
+        slot.status_detail = ""
+        slot.consecutive_failures = 0
+        return slot
+
+    def remove(self, psp: str, service: str) -> None:
+        """Forget the code (packets then drop as service_unavailable); counters stay."""
+        slot = self._slots.get((psp, service))
+        if slot is not None:
+            slot.code = None
+            slot.process = None
+            slot.status = UNAVAILABLE
+            slot.status_detail = "removed"
+
+    def enable(self, psp: str, service: str) -> None:
+        """Re-enable a disabled service (operator action)."""
+        slot = self._slots.get((psp, service))
+        if slot is not None and slot.code is not None:
+            slot.status = ACTIVE
+            slot.status_detail = ""
+            slot.consecutive_failures = 0
+
+    def try_deploy(self, psp: str, service: str, source: str | bytes) -> ServiceLoadError | None:
+        """:meth:`deploy`, returning the load error instead of raising it."""
+        try:
+            self.deploy(psp, service, source)
+        except ServiceLoadError as exc:
+            return exc
+        return None
+
+    # ---- failures and events
+    def failed(self, slot: ServiceSlot, now: float, kind: str, detail: str) -> None:
+        """Account one failed packet of ``slot``; disables it after too many in a row."""
+        slot.failures += 1
+        slot.consecutive_failures += 1
+        self.event(now, kind, slot.name, detail)
+        if slot.consecutive_failures >= self.max_failures and slot.status == ACTIVE:
+            slot.status = DISABLED
+            slot.status_detail = (
+                f"disabled after {slot.consecutive_failures} failures in a row; last: "
+                f"{kind}: {detail}"
+            )
+            self.event(now, "disabled", slot.name, slot.status_detail)
+
+    def event(self, now: float, kind: str, service: str, detail: str) -> None:
+        ev = SiteEvent(now, kind, service, detail)
+        self.events.append(ev)
+        log.warning("%s %s: %s", kind, service, detail)
+        if self.events_sink is not None:
+            self.events_sink(ev)
+
+    # ---- queries
+    def slots(self) -> list[ServiceSlot]:
+        return list(self._slots.values())
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """``{"psp/service": {"status": ..., "detail": ..., "counters": {...}, ...}}``."""
+        return {s.name: s.as_dict() for s in self._slots.values()}
+
+    def counters(self, psp: str, service: str) -> Counters:
+        return self.slot(psp, service).ctx.counters

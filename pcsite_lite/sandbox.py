@@ -1,0 +1,382 @@
+"""Service loader: compile a PSP's service source under the site's rules (paper §2.4).
+
+A service is a Python module that defines ``process(pkt)`` (see ``docs/services.md``). Before
+the site runs it, :func:`load_service`:
+
+1. parses the source and **rejects** (``ServiceLoadError``) what could reach past the Packet
+   API: any name or attribute starting with ``_`` (``pkt._buf``, ``x.__class__``, ...), the
+   builtins that reach objects by name or run code (``getattr``, ``eval``, ``open``,
+   ``type``, ...), attribute names that lead to frames or format strings (``f_back``,
+   ``gi_frame``, ``"{0._x}".format``, ...), ``async`` code, and imports other than
+   :data:`ALLOWED_IMPORTS`;
+2. **instruments** it for the CPU budget: a call to the budget's tick is inserted at the top of
+   every function body and loop body and into every comprehension, so ``while True: pass``
+   ticks; :class:`Budget` raises :class:`BudgetExceeded` (a ``BaseException``, so a service's
+   ``except Exception`` cannot swallow it) once the per-packet tick budget or wall-clock
+   deadline (checked every :data:`CLOCK_EVERY` ticks) is spent; after the first overrun every
+   further tick raises again, so no ``try``/``except`` in a loop can keep the service running;
+3. executes the module once in a fresh namespace whose builtins are :data:`SAFE_BUILTINS`.
+
+Why not RestrictedPython: it enforces its policy with runtime guards on every attribute and
+item access (``_getattr_``, ``_getitem_``, ...), which costs more per packet than the whole
+pipeline budget; the static checks here cover the same escape routes for the subset services
+need, and the only runtime cost is one tick per function call and loop iteration.
+
+What this is not: an OS-level sandbox. CPython has no in-process isolation boundary; a long
+*C-level* call (``sum(range(10**10))``, huge ``pow``) cannot be interrupted until it returns,
+and memory is not bounded. ``docs/services.md`` lists exactly what is and is not isolated.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import time
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+__all__ = [
+    "ALLOWED_IMPORTS",
+    "BUDGET",
+    "CLOCK_EVERY",
+    "FORBIDDEN_ATTRIBUTES",
+    "FORBIDDEN_NAMES",
+    "SAFE_BUILTINS",
+    "Budget",
+    "BudgetExceeded",
+    "ServiceCode",
+    "ServiceLoadError",
+    "load_service",
+]
+
+#: Modules a service may import: pure, with no attribute that leads to another module.
+ALLOWED_IMPORTS: Final = frozenset({"math", "struct", "zlib", "binascii"})
+
+_SAFE_NAMES: Final = (
+    "abs all any ascii bin bool bytearray bytes callable chr complex dict divmod enumerate "
+    "filter float frozenset hash hex int isinstance issubclass iter len list map max min next "
+    "oct ord pow range repr reversed round set slice sorted str sum tuple zip "
+    "ArithmeticError AssertionError AttributeError Exception IndexError KeyError LookupError "
+    "NameError OverflowError RuntimeError StopIteration TypeError ValueError ZeroDivisionError "
+    "True False None"
+).split()
+
+#: Builtin names whose use is rejected at load time (they reach objects by name, run code,
+#: touch files or the interpreter).
+FORBIDDEN_NAMES: Final = frozenset(
+    {
+        "getattr",
+        "setattr",
+        "delattr",
+        "hasattr",
+        "vars",
+        "dir",
+        "globals",
+        "locals",
+        "type",
+        "object",
+        "super",
+        "eval",
+        "exec",
+        "compile",
+        "open",
+        "input",
+        "print",
+        "breakpoint",
+        "help",
+        "memoryview",
+        "format",
+        "classmethod",
+        "staticmethod",
+        "property",
+        "exit",
+        "quit",
+        "BaseException",
+        "GeneratorExit",
+        "KeyboardInterrupt",
+        "SystemExit",
+    }
+)
+
+#: Attribute names rejected at load time besides every ``_``-prefixed one: frame and code
+#: objects of generators, coroutines and tracebacks, and format-string attribute lookups.
+FORBIDDEN_ATTRIBUTES: Final = frozenset(
+    {
+        "format",
+        "format_map",
+        "mro",
+        "gi_frame",
+        "gi_code",
+        "gi_yieldfrom",
+        "cr_frame",
+        "cr_code",
+        "cr_await",
+        "ag_frame",
+        "ag_code",
+        "f_back",
+        "f_globals",
+        "f_locals",
+        "f_builtins",
+        "f_code",
+        "tb_frame",
+        "tb_next",
+        "co_code",
+        "with_traceback",
+    }
+)
+
+#: How often (in ticks) the budget also compares the clock against the deadline.
+CLOCK_EVERY: Final = 256
+
+_TICK: Final = "__pc_tick__"
+
+
+class ServiceLoadError(Exception):
+    """Service source the site refuses to load. ``reason`` is one of ``syntax``,
+    ``forbidden_name``, ``forbidden_attribute``, ``forbidden_import``, ``forbidden_syntax``,
+    ``no_process``, ``load_error``, ``load_timeout``; ``lineno`` points at the offence."""
+
+    def __init__(self, reason: str, detail: str, lineno: int | None = None) -> None:
+        self.reason = reason
+        self.detail = detail
+        self.lineno = lineno
+        where = f" (line {lineno})" if lineno else ""
+        super().__init__(f"{reason}: {detail}{where}")
+
+
+class BudgetExceeded(BaseException):
+    """Raised inside service code when it overruns its per-packet budget."""
+
+
+class Budget:
+    """Per-call CPU budget of service code: ``ticks`` (function calls + loop iterations) and
+    a wall-clock deadline ``max_ns`` after :meth:`start`, checked every :data:`CLOCK_EVERY`
+    ticks with ``clock`` (``time.perf_counter_ns`` unless a test injects one)."""
+
+    __slots__ = ("clock", "deadline", "left", "max_ns", "max_ticks", "overrun")
+
+    def __init__(
+        self,
+        *,
+        max_ticks: int = 100_000,
+        max_ns: int = 10_000_000,
+        clock: Callable[[], int] = time.perf_counter_ns,
+    ) -> None:
+        self.max_ticks = max_ticks
+        self.max_ns = max_ns
+        self.clock = clock
+        self.left = max_ticks
+        self.deadline = 0
+        self.overrun = False
+
+    def start(self, now_ns: int) -> None:
+        """Arm the budget for one call that starts at ``now_ns`` (of :attr:`clock`)."""
+        self.left = self.max_ticks
+        self.deadline = now_ns + self.max_ns
+        self.overrun = False
+
+    def tick(self) -> bool:
+        """Called by instrumented service code; always True (usable inside comprehensions)."""
+        left = self.left - 1
+        self.left = left
+        if left % CLOCK_EVERY == 0 or left < 0:
+            self._check(left)
+        return True
+
+    def _check(self, left: int) -> None:
+        if left < 0 or self.clock() > self.deadline:
+            self.left = -1
+            self.overrun = True
+            raise BudgetExceeded
+
+
+#: The budget instrumented code ticks against. The pipeline is single-threaded per process
+#: (one pipeline runs at a time), so one budget serves every loaded service.
+BUDGET: Final = Budget()
+
+
+def _safe_import(
+    name: str,
+    globals: Any = None,
+    locals: Any = None,
+    fromlist: Any = (),
+    level: int = 0,
+) -> types.ModuleType:
+    if level != 0 or name not in ALLOWED_IMPORTS:
+        raise ImportError(f"services may import only {sorted(ALLOWED_IMPORTS)}")
+    return __import__(name)
+
+
+#: The builtins a service sees.
+SAFE_BUILTINS: Final[dict[str, Any]] = {
+    name: getattr(builtins, name) for name in _SAFE_NAMES if hasattr(builtins, name)
+}
+SAFE_BUILTINS["__import__"] = _safe_import
+
+
+class _Policy(ast.NodeVisitor):
+    """Rejects what could reach past the Packet API (see module docstring)."""
+
+    def _fail(self, reason: str, detail: str, node: ast.AST) -> None:
+        raise ServiceLoadError(reason, detail, getattr(node, "lineno", None))
+
+    def _name(self, name: str, node: ast.AST) -> None:
+        if name.startswith("_") and name != "_":
+            self._fail("forbidden_name", f"names starting with '_' are reserved: {name}", node)
+        if name in FORBIDDEN_NAMES:
+            self._fail("forbidden_name", f"{name} is not available to services", node)
+
+    def visit_Name(self, node: ast.Name) -> None:
+        self._name(node.id, node)
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        if node.attr.startswith("_"):
+            self._fail("forbidden_attribute", f"private attribute .{node.attr}", node)
+        if node.attr in FORBIDDEN_ATTRIBUTES:
+            self._fail("forbidden_attribute", f".{node.attr} is not available to services", node)
+        self.generic_visit(node)
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
+        self._name(node.name, node)
+        self.generic_visit(node)
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        self._name(node.name, node)
+        self.generic_visit(node)
+
+    def visit_arg(self, node: ast.arg) -> None:
+        self._name(node.arg, node)
+
+    def visit_Global(self, node: ast.Global) -> None:
+        for name in node.names:
+            self._name(name, node)
+
+    def visit_Nonlocal(self, node: ast.Nonlocal) -> None:
+        for name in node.names:
+            self._name(name, node)
+
+    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> None:
+        if node.name:
+            self._name(node.name, node)
+        self.generic_visit(node)
+
+    def visit_alias(self, node: ast.alias) -> None:
+        for name in (node.name, node.asname):
+            if name is not None and name != "*":
+                self._name(name.split(".")[0], node)
+
+    def visit_Import(self, node: ast.Import) -> None:
+        for alias in node.names:
+            if alias.name not in ALLOWED_IMPORTS:
+                self._fail("forbidden_import", f"import {alias.name}", node)
+        self.generic_visit(node)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        if node.level or node.module not in ALLOWED_IMPORTS:
+            self._fail("forbidden_import", f"from {node.module} import ...", node)
+        for alias in node.names:
+            if alias.name == "*":
+                self._fail("forbidden_import", "import *", node)
+        self.generic_visit(node)
+
+    def visit_MatchClass(self, node: ast.MatchClass) -> None:
+        for attr in node.kwd_attrs:
+            if attr.startswith("_") or attr in FORBIDDEN_ATTRIBUTES:
+                self._fail("forbidden_attribute", f"class pattern attribute {attr}", node)
+        self.generic_visit(node)
+
+    def _no_async(self, node: ast.AST) -> None:
+        self._fail("forbidden_syntax", f"{type(node).__name__} is not available", node)
+
+    visit_AsyncFunctionDef = _no_async
+    visit_AsyncFor = _no_async
+    visit_AsyncWith = _no_async
+    visit_Await = _no_async
+
+
+def _tick_call() -> ast.Call:
+    return ast.Call(func=ast.Name(id=_TICK, ctx=ast.Load()), args=[], keywords=[])
+
+
+class _Instrument(ast.NodeTransformer):
+    """Inserts budget ticks into function bodies, loop bodies and comprehensions."""
+
+    def _prepend(self, body: list[ast.stmt]) -> list[ast.stmt]:
+        return [ast.Expr(value=_tick_call()), *body]
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
+        self.generic_visit(node)
+        node.body = self._prepend(node.body)
+        return node
+
+    def visit_While(self, node: ast.While) -> ast.AST:
+        self.generic_visit(node)
+        node.body = self._prepend(node.body)
+        return node
+
+    def visit_For(self, node: ast.For) -> ast.AST:
+        self.generic_visit(node)
+        node.body = self._prepend(node.body)
+        return node
+
+    def visit_Lambda(self, node: ast.Lambda) -> ast.AST:
+        self.generic_visit(node)
+        node.body = ast.BoolOp(op=ast.And(), values=[_tick_call(), node.body])
+        return node
+
+    def visit_comprehension(self, node: ast.comprehension) -> ast.AST:
+        self.generic_visit(node)
+        node.ifs = [_tick_call(), *node.ifs]
+        return node
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceCode:
+    """A loaded service: its ``process(pkt)`` entry point and the module namespace."""
+
+    name: str
+    process: Callable[[Any], object]
+    namespace: dict[str, Any]
+
+
+def load_service(
+    source: str | bytes,
+    name: str = "<service>",
+    *,
+    budget: Budget = BUDGET,
+) -> ServiceCode:
+    """Check, instrument, compile and execute service ``source``; return its entry point.
+
+    Raises :class:`ServiceLoadError` if the source breaks a rule, does not define a callable
+    ``process``, raises while loading, or overruns ``budget`` at load time.
+    """
+    if isinstance(source, bytes):
+        try:
+            source = source.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ServiceLoadError("syntax", f"service source is not UTF-8: {exc}") from None
+    try:
+        tree = ast.parse(source, filename=name)
+    except SyntaxError as exc:
+        raise ServiceLoadError("syntax", str(exc.msg), exc.lineno) from None
+    _Policy().visit(tree)
+    tree = ast.fix_missing_locations(_Instrument().visit(tree))
+    code = compile(tree, name, "exec")
+    namespace: dict[str, Any] = {
+        "__builtins__": SAFE_BUILTINS,
+        "__name__": name,
+        _TICK: budget.tick,
+    }
+    budget.start(budget.clock())
+    try:
+        exec(code, namespace)
+    except BudgetExceeded:
+        raise ServiceLoadError("load_timeout", "module code overran its budget") from None
+    except Exception as exc:
+        raise ServiceLoadError("load_error", f"{type(exc).__name__}: {exc}") from None
+    process = namespace.get("process")
+    if not callable(process):
+        raise ServiceLoadError("no_process", "a service must define process(pkt)")
+    return ServiceCode(name=name, process=process, namespace=namespace)

@@ -1,0 +1,80 @@
+"""Verdicts: what the site pipeline decides for one received packet.
+
+:meth:`pcsite_lite.pipeline.Pipeline.process` turns bytes into a list of verdicts; adapters
+(the TUN dataplane, the simulator) carry them out. A packet replicated to several next hops is
+several :class:`Forward` verdicts; a dropped packet is one :class:`Drop`.
+
+Every ``Drop.reason`` is a stable token from :data:`DROP_REASONS` (the wire codec's
+:data:`pcsock.wire.REASONS` plus the pipeline's own), so counters and dashboards can key on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from pcsock.wire import REASONS as WIRE_REASONS
+
+__all__ = ["DROP_REASONS", "PIPELINE_REASONS", "Deliver", "Drop", "Forward", "Verdict"]
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Send ``data`` (a complete IPv4 packet) toward ``next_hop`` (the packet's IP destination,
+    dotted quad): another site, a tunnel end point, or the real destination of a form-2/3
+    packet."""
+
+    data: bytes
+    next_hop: str
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """Last hop of a circuit: send ``data`` to the circuit's final destination ``next_hop``.
+
+    ``stripped`` is True when the circuit asked for delivery to a legacy receiver: the shim is
+    removed and the packet is what the sender's IP layer would have sent. Otherwise the shim is
+    kept (a pcsock receiver reads the original source from it to answer).
+    """
+
+    data: bytes
+    next_hop: str
+    stripped: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """The packet is dropped. ``reason`` is a token from :data:`DROP_REASONS`; ``service`` is
+    ``"psp/service"`` when a service caused or decided the drop; ``detail`` is free text for
+    logs (never a counter key)."""
+
+    reason: str
+    service: str | None = None
+    detail: str = ""
+
+
+Verdict = Forward | Deliver | Drop
+
+#: Reasons the pipeline adds to the wire codec's.
+PIPELINE_REASONS: Final = frozenset(
+    {
+        "not_for_site",  # a circuit packet addressed to some other address
+        "unknown_label",  # no circuit with this incoming label (forged, guessed or torn down)
+        "circuit_expired",  # the circuit's lifetime ended
+        "hop_limit_exceeded",  # the shim's hop limit reached zero (a loop)
+        "ttl_exceeded",  # a form-2/3 packet's IP TTL reached zero
+        "no_service",  # no service registered for this service ID / destination prefix
+        "service_unavailable",  # the service's code cannot be loaded
+        "service_error",  # the service raised an exception
+        "service_timeout",  # the service ran over its per-packet CPU budget
+        "service_disabled",  # the service failed too often and is disabled
+        "service_drop",  # the service called drop()
+        "no_decision",  # the service chose no next hop and there is no default one
+        "spoof_attempt",  # the service tried a field, label or next hop it does not own
+        "api_misuse",  # an API call with bad arguments (wrong type, out of range, ...)
+        "too_big",  # the rewritten packet exceeds the IPv4 maximum
+    }
+)
+
+#: Every token a :class:`Drop` may carry.
+DROP_REASONS: Final = WIRE_REASONS | PIPELINE_REASONS
