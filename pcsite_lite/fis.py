@@ -25,8 +25,8 @@ Data model
     (host bits zero), addresses ``int`` (fast) or dotted quads.
     Values are JSON-compatible (``dict`` with ``str`` keys, ``list``, ``str``, ``int``, finite
     ``float``, ``bool``; ``None`` only inside containers, because ``None`` means "absent").
-    Values returned by :class:`CachedFIS` are shared read-only copies (:class:`FrozenDict`,
-    ``tuple`` for lists); ``json.dumps`` still accepts them.
+    Values returned by :class:`CachedFIS` are shared, deeply read-only (:class:`FrozenDict`,
+    :class:`FrozenList`: they compare equal to plain dicts and lists and ``json.dumps`` them).
 
 Who may write (enforced here, in :class:`FISEngine`, for every engine)
     Every write names its ``writer``: :data:`ISP` may write any namespace; a PSP named ``p``
@@ -82,6 +82,7 @@ __all__ = [
     "FISPermissionError",
     "FISValueError",
     "FrozenDict",
+    "FrozenList",
     "JSONValue",
     "NamespaceView",
     "SqliteFIS",
@@ -90,6 +91,7 @@ __all__ = [
     "check_namespace",
     "label_key",
     "namespace",
+    "open_engine",
 ]
 
 JSONValue: TypeAlias = Any  #: a JSON-compatible value (see the module docstring)
@@ -230,27 +232,35 @@ def _encode(value: JSONValue) -> str:
     return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
 
+def _read_only(*_a: object, **_k: object) -> Any:
+    raise TypeError("FIS values from the cache are read-only (copy them to modify)")
+
+
 class FrozenDict(dict):
-    """A read-only ``dict`` (what :class:`CachedFIS` returns for JSON objects)."""
+    """A read-only ``dict`` (what :class:`CachedFIS` returns for JSON objects).
+
+    Compares equal to plain dicts and serialises with ``json.dumps``; ``dict(v)`` copies it.
+    """
 
     __slots__ = ()
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
 
-    def _ro(self, *_a: object, **_k: object) -> Any:
-        raise TypeError("FIS values from the cache are read-only (copy them to modify)")
 
-    __setitem__ = __delitem__ = _ro
-    clear = pop = popitem = setdefault = update = __ior__ = _ro
+class FrozenList(list):
+    """A read-only ``list`` (what :class:`CachedFIS` returns for JSON arrays)."""
 
-    def __hash__(self) -> int:  # type: ignore[override]
-        return hash(tuple(sorted(self.items())))
+    __slots__ = ()
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _read_only
+    append = extend = insert = pop = remove = clear = sort = reverse = _read_only
 
 
 def freeze(value: JSONValue) -> JSONValue:
-    """Deep read-only copy: dicts become :class:`FrozenDict`, lists become tuples."""
+    """Deep read-only copy: dicts become :class:`FrozenDict`, lists :class:`FrozenList`."""
     if isinstance(value, dict):
         return FrozenDict((k, freeze(v)) for k, v in value.items())
     if isinstance(value, (list, tuple)):
-        return tuple(freeze(v) for v in value)
+        return FrozenList(freeze(v) for v in value)
     return value
 
 
@@ -699,6 +709,36 @@ class _NoLock:
 
 
 _NOLOCK = _NoLock()
+
+
+def open_engine(url: str) -> FISEngine:
+    """Open a FIS engine from a URL (what daemon configs and tests pass between processes).
+
+    ``sqlite:///abs/path.db``, ``sqlite:relative.db`` or ``sqlite::memory:`` -> :class:`SqliteFIS`;
+    ``redis://host:port/db``, ``rediss://...`` or ``unix:///path/redis.sock`` ->
+    ``pcsite_lite.fis_redis.RedisFIS``; a ``prefix=NAME`` query parameter selects the Redis key
+    prefix (default ``pcfis``).
+
+    >>> open_engine("sqlite::memory:").namespaces()
+    []
+    """
+    scheme, sep, rest = url.partition(":")
+    if not sep:
+        raise FISValueError(f"FIS URL needs a scheme (sqlite:, redis:, unix:): {url!r}")
+    if scheme == "sqlite":
+        path = rest[2:] if rest.startswith("//") else rest
+        return SqliteFIS(path or ":memory:")
+    if scheme in ("redis", "rediss", "unix"):
+        from urllib.parse import parse_qsl, urlencode
+
+        from pcsite_lite.fis_redis import RedisFIS
+
+        base, _, qs = url.partition("?")
+        query = parse_qsl(qs)
+        prefix = next((v for k, v in query if k == "prefix"), "pcfis")
+        rest_q = urlencode([(k, v) for k, v in query if k != "prefix"])
+        return RedisFIS(f"{base}?{rest_q}" if rest_q else base, prefix=prefix)
+    raise FISValueError(f"unknown FIS URL scheme {scheme!r} (sqlite, redis, rediss, unix)")
 
 
 # --- node-local cache -------------------------------------------------------------------------

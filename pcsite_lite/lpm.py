@@ -162,8 +162,8 @@ class LpmTable(Generic[V]):
     # --- queries ------------------------------------------------------------------------
     def lookup(self, addr: int | str) -> V | None:
         """Value of the longest prefix containing ``addr``, or ``None``."""
-        if addr.__class__ is not int:
-            addr = parse_address(addr)
+        if addr.__class__ is not int or not 0 <= addr <= 0xFFFFFFFF:
+            addr = parse_address(addr)  # raises PrefixError
         for mask, d in self._probe:
             v = d.get(addr & mask)
             if v is not None:

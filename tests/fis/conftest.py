@@ -1,0 +1,72 @@
+"""FIS test fixtures: a real ``redis-server`` owned by the test session, and ``store_url``,
+parametrized so every engine test runs against SQLite and Redis alike."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Start a private redis-server on a unix socket in a temp dir; kill it by PID at the end."""
+    if not os.path.exists(REDIS_SERVER):
+        pytest.fail(f"redis-server not found at {REDIS_SERVER} (apt-get install redis-server)")
+    workdir = tmp_path_factory.mktemp("pcf-redis")
+    sock = workdir / "redis.sock"
+    proc = subprocess.Popen(
+        [
+            REDIS_SERVER,
+            "--port", "0",
+            "--unixsocket", str(sock),
+            "--unixsocketperm", "700",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(workdir),
+            "--logfile", str(workdir / "redis.log"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"unix://{sock}"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if redis.Redis.from_url(url).ping():
+                    break
+            except (redis.ConnectionError, FileNotFoundError):
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log = (
+                    (workdir / "redis.log").read_text() if (workdir / "redis.log").exists() else ""
+                )
+                pytest.fail(f"redis-server did not start (rc={proc.poll()}): {log[-500:]}")
+            time.sleep(0.02)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """URL of a fresh, empty FIS store (open it with ``open_engine``; works across processes)."""
+    if request.param == "sqlite":
+        return f"sqlite://{tmp_path / 'fis.db'}"
+    base: str = request.getfixturevalue("redis_url")
+    return f"{base}?prefix=pcf-{uuid.uuid4().hex[:12]}"
