@@ -5,13 +5,14 @@ towards one of its addresses for a while. The manager enforces what StopIt's con
 enforces: an owner may only filter traffic *to its own prefixes*; each owner holds at most
 ``quota`` live filters (so one customer cannot exhaust the sites' filter memory); durations are
 capped; filters expire on their own. The resulting FIS entries (``key -> {"until": t}``) are
-what the service reads; :meth:`FilterManager.expire` returns the keys to delete.
+what the service reads (:func:`.service.filter_key`); :meth:`FilterManager.expire` returns the
+filters whose keys ``control.py`` deletes.
 
 >>> m = FilterManager(quota=2)
 >>> m.add_owner("google", ["198.19.0.0/24"])
 >>> f = m.request("google", src="198.18.66.6", dst="198.19.0.80", duration=60, now=0.0)
 >>> (f.key, f.until)
-('3323150854:3323133008', 60.0)
+('stopit:198.18.66.6>198.19.0.80', 60.0)
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from typing import Final
+
+from .service import filter_key
 
 __all__ = ["MAX_DURATION", "Filter", "FilterError", "FilterManager", "filter_key"]
 
@@ -34,16 +37,11 @@ class FilterError(ValueError):
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
-def filter_key(src: int, dst: int) -> str:
-    """The FIS key of the (src, dst) filter: decimal ints, cheap to build on the data path."""
-    return f"{src}:{dst}"
-
-
 @dataclass(frozen=True, slots=True)
 class Filter:
     owner: str
-    src: int
-    dst: int
+    src: str
+    dst: str
     until: float
 
     @property
@@ -51,9 +49,9 @@ class Filter:
         return filter_key(self.src, self.dst)
 
 
-def _addr(a: str) -> int:
+def _addr(a: str) -> str:
     try:
-        return int(ipaddress.IPv4Address(a))
+        return str(ipaddress.IPv4Address(a))
     except ValueError as exc:
         raise FilterError("bad_request", f"not an IPv4 address: {a!r}") from exc
 

@@ -10,7 +10,12 @@ one value per site (:func:`site_table`)::
      "as": 64501,                     # this site's AS
      "neighbours": {"64502": "198.18.2.1", ...},   # neighbour AS -> its multicast site
      "routes": {"64503": {"path": [64502, 64503], "groups": [1, 5]}, ...},
-     "local": {"1": ["198.18.1.10", ...]}}         # this domain's receivers per group
+     "local": {"1": ["198.18.1.10", ...]},         # this domain's receivers per group
+     "links": {"64501>64502": ["<hex link ID, seed 0>", ...], ...}}  # LIPSIN link IDs
+
+Link IDs are assigned here, by the PSP (LIPSIN's topology manager), with
+:func:`.bloom.link_mask`: the sandboxed service has no hash functions, and a site only needs
+the IDs of the links it may use (its out-links and the links of its paths).
 
 Keys of JSON objects are strings; :func:`parse_routes` turns them back into ints.
 """
@@ -19,7 +24,10 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Mapping
+from itertools import pairwise
 from typing import Any
+
+from .bloom import DEFAULT_K, N_SEEDS, link_mask
 
 __all__ = ["best_paths", "members_of", "parse_routes", "site_table"]
 
@@ -61,9 +69,17 @@ def site_table(
     groups_of = {
         a: sorted(g for g, hosts in gs.items() if list(hosts)) for a, gs in receivers.items()
     }
+    paths = best_paths(adjacency, asn)
     routes = {
         str(dest): {"path": path, "groups": groups_of.get(dest, [])}
-        for dest, path in sorted(best_paths(adjacency, asn).items())
+        for dest, path in sorted(paths.items())
+    }
+    known = {(asn, n) for n in adjacency.get(asn, ())}
+    for path in paths.values():
+        known.update(pairwise([asn, *path]))
+    links = {
+        f"{u}>{v}": [f"{link_mask(u, v, seed=s, k=DEFAULT_K):064x}" for s in range(N_SEEDS)]
+        for u, v in sorted(known)
     }
     return {
         "version": version,
@@ -73,6 +89,7 @@ def site_table(
         "local": {
             str(g): sorted(hosts) for g, hosts in sorted(receivers.get(asn, {}).items()) if hosts
         },
+        "links": links,
     }
 
 

@@ -1,4 +1,7 @@
-"""The per-site multicast decision, walked hop by hop over an AS graph (no site runtime)."""
+"""The service's per-site multicast decision, walked hop by hop over an AS graph.
+
+These call ``service.plan`` directly (no site runtime); ``test_multicast.py`` runs the same
+service in the simulated network through the Packet API."""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ from collections import Counter
 from typing import Any
 
 from examples.multicast.bgp import best_paths, members_of, site_table
-from examples.multicast.forwarding import plan
+from examples.multicast.service import plan
 from examples.multicast.tree import adjacency_from_links
 
 # a small inter-domain graph with a cycle (64501-64502-64504-64503-64501) and stubs
@@ -47,22 +50,15 @@ def _send(
     while work:
         here, payload, has_header = work.pop()
         node = nodes[here]
-        p = plan(
-            payload,
-            group=group,
-            has_header=has_header,
-            table=tables[here],
-            cache_get=node.cache.get,
-            cache_put=node.cache.__setitem__,
-        )
-        assert p.drop is None
-        node.computations += p.computed
-        for site, out in p.to_sites:
+        p = plan(payload, group, has_header, tables[here], node.cache.get, node.cache.__setitem__)
+        assert p["drop"] is None
+        node.computations += p["computed"]
+        for site, out in p["sites"]:
             nxt = AS_OF[site]
             links[(here, nxt)] += 1
             assert len(links) < 100
             work.append((nxt, out, True))
-        for host, out in p.to_hosts:
+        for host, out in p["hosts"]:
             assert out == data
             hosts[host] += 1
     return hosts, links
@@ -128,21 +124,22 @@ def test_groups_do_not_share_trees_and_a_sender_inside_a_member_domain_delivers_
 
 def test_garbage_after_the_shim_is_dropped_with_a_reason() -> None:
     tables = _tables({}, 1)
-    p = plan(
-        b"junk",
-        group=1,
-        has_header=True,
-        table=tables[64501],
-        cache_get=dict().get,
-        cache_put=lambda k, v: None,
-    )
-    assert p.drop == "mc_truncated" and not p.to_sites
-    p = plan(
-        b"x",
-        group=1,
-        has_header=False,
-        table=None,
-        cache_get=dict().get,
-        cache_put=lambda k, v: None,
-    )
-    assert p.drop == "mc_no_table"
+    p = plan(b"junk", 1, True, tables[64501], lambda k: None, lambda k, v: None)
+    assert p["drop"] == "mc_truncated" and not p["sites"]
+    p = plan(b"X" * 60, 1, True, tables[64501], lambda k: None, lambda k, v: None)
+    assert p["drop"] == "mc_bad_header"
+    p = plan(b"x", 1, False, None, lambda k: None, lambda k, v: None)
+    assert p["drop"] == "mc_no_table"
+
+
+def test_service_tree_agrees_with_the_reference_tree() -> None:
+    """service.tree_edges (sandboxed, FIS-driven) vs tree.compute_tree (PSP-side library)."""
+    from examples.multicast.service import tree_edges
+    from examples.multicast.tree import compute_tree
+
+    for root in ADJ:
+        table = _tables({}, 1)[root]
+        rib = {int(d): e["path"] for d, e in table["routes"].items()}
+        for members in ({64505}, {64505, 64507, 64506}, set(ADJ) - {root}, {root, 64504}):
+            ref = compute_tree(root, rib, members)
+            assert set(tree_edges(root, table["routes"], members)) == ref.edges
