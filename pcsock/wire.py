@@ -112,6 +112,8 @@ SERVICE_SHIM: Final = struct.Struct("!BB3sB3s")
 SERVICE_SHIM_LEN: Final = SERVICE_SHIM.size  # 9
 SERVICE_CHECK_LEN: Final = 3
 
+#: The IPv4 fields parse() looks at: ver/ihl, total length, flags/fragment offset, protocol.
+_IP_FIELDS: Final = struct.Struct("!BxHxxHxB")
 _H: Final = struct.Struct("!H")
 _I: Final = struct.Struct("!I")
 
@@ -322,7 +324,9 @@ class Packet:
     # ---- form 1
     @property
     def label(self) -> int:
-        self._need_form(FORM_CIRCUIT)
+        """This hop's circuit label (form 1)."""
+        if self.form != FORM_CIRCUIT:
+            self._need_form(FORM_CIRCUIT)
         return _I.unpack_from(self.buf, self.shim_off + 4)[0]
 
     @property
@@ -428,7 +432,7 @@ class Packet:
         hops = b[o + 2]
         if not hops:
             raise WireError("hop_limit_exceeded")
-        old = b[16] << 24 | b[17] << 16 | b[18] << 8 | b[19]
+        old = _I.unpack_from(b, 16)[0]
         try:  # pack_into checks the range before it writes
             _I.pack_into(b, 16, dst)
         except struct.error:
@@ -439,9 +443,8 @@ class Packet:
             _I.pack_into(b, 16, old)
             raise WireError("bad_field", f"label out of range: {label!r}") from None
         b[o + 2] = hops - 1
-        c = ((b[10] << 8 | b[11]) + old - dst) % 0xFFFF  # RFC 1624, see _fold_update
-        b[10] = c >> 8
-        b[11] = c & 0xFF
+        # RFC 1624 eqn. 3 in modular form, see _fold_update
+        _H.pack_into(b, 10, ((b[10] << 8 | b[11]) + old - dst) % 0xFFFF)
         if self.encap == "udp":
             self._patch_udp_checksum(old, dst)
         h = out_key._proto.copy()
@@ -548,7 +551,7 @@ def parse(
     n = len(data)
     if n < 20:
         raise WireError("truncated", f"{n} bytes is shorter than an IPv4 header")
-    b0 = data[0]
+    b0, total, frag, ip_proto = _IP_FIELDS.unpack_from(data)
     if b0 != 0x45:  # the common case (IPv4, no options) skips these checks
         if b0 >> 4 != 4:
             raise WireError("not_ipv4", f"IP version {b0 >> 4}")
@@ -557,7 +560,6 @@ def parse(
     ihl = (b0 & 15) << 2
     if ihl > n:
         raise WireError("truncated", f"IPv4 header of {ihl} bytes in {n} bytes")
-    total = data[2] << 8 | data[3]
     if total < ihl:
         raise WireError("bad_ip_total_length", f"total length {total} < header {ihl}")
     if total > n:
@@ -570,12 +572,11 @@ def parse(
     # (the version nibble makes the header non-zero); see internet_checksum.
     if verify_ip_checksum and _from_bytes(buf[:ihl], "big") % 0xFFFF:
         raise WireError("bad_ip_checksum")
-    if buf[6] & 0x3F or buf[7]:  # MF flag or a fragment offset
+    if frag & 0x3FFF:  # MF flag or a fragment offset
         raise WireError("fragment", "sites do not reassemble fragments")
     pkt = _new(Packet)
     pkt.buf = buf
     pkt.ihl = ihl
-    ip_proto = buf[9]
     if ip_proto == proto:
         off = ihl
         pkt.encap = "ip"

@@ -1,0 +1,53 @@
+"""The codec benchmark runs (tiny counts) and writes the figures the issue names."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_codec_benchmark_quick_run_writes_its_figures(tmp_path: Path) -> None:
+    out = tmp_path / "codec.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.codec", "--quick", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(out.read_text())
+    for key in (
+        "codec_us_per_packet",
+        "codec_vs_scapy",
+        "codec_us_per_packet_verify_ip",
+        "codec_us_per_packet_setters",
+        "scapy_us_per_packet",
+    ):
+        assert isinstance(figures[key], float) and figures[key] > 0, key
+    # the ratio is what it says it is
+    ratio = figures["scapy_us_per_packet"] / figures["codec_us_per_packet"]
+    assert abs(figures["codec_vs_scapy"] - ratio) < 1e-6 * ratio
+    assert set(figures["raw"]["us_per_packet_runs"]) == {
+        "wire",
+        "wire_verify_ip",
+        "wire_setters",
+        "scapy",
+    }
+
+
+def test_runner_runs_named_benchmark_and_lists_it(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "codec", "--quick", "--results", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "codec" in proc.stdout and "ok" in proc.stdout
+    assert "codec_vs_scapy" in json.loads((tmp_path / "codec.json").read_text())
