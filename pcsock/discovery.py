@@ -114,7 +114,7 @@ def _kv(text: str, version: str) -> dict[str, str] | None:
 def _txt_strings(rrset: dns.rrset.RRset | None) -> list[str]:
     if rrset is None:
         return []
-    return [b"".join(rd.strings).decode(errors="replace") for rd in rrset]
+    return [" ".join(s.decode(errors="replace") for s in rd.strings) for rd in rrset]
 
 
 class Resolver:
@@ -193,6 +193,8 @@ class Resolver:
                 if kv is not None:
                     attrs = kv
                     break
+                # tolerate unversioned key=value strings (e.g. "router=R2" "compute_nodes=2")
+                attrs.update(_kv(f"{SITE_TXT_VERSION} {s}", SITE_TXT_VERSION) or {})
             try:
                 forms = tuple(int(f) for f in attrs.get("forms", "1,2,3").split(",") if f)
             except ValueError as exc:
