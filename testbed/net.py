@@ -660,8 +660,9 @@ class Testbed:
         """The topology's zone: an A record per node, and per site A, SRV and TXT records.
 
         ``<node>.<zone> A``; ``<site>.sites.<zone> A <public ip>``;
-        ``_packetcloud._udp.<zone> SRV 0 <compute nodes> 6253 <site>.sites.<zone>``;
-        ``<site>.sites.<zone> TXT "router=<R>" "compute_nodes=<n>"``.
+        ``_packetcloud._udp.<zone> SRV 10 10 6253 <site>.sites.<zone>``;
+        ``<site>.sites.<zone> TXT "v=pcsite1 name=<C> forms=1,2,3 router=<R> compute_nodes=<n>"``
+        (the formats of :mod:`pcsock.discovery`).
         """
         lines = [soa(zone, f"ns.{zone}"), f"ns.{zone} 300 IN A {dns_addr}"]
         for name, p in self.plan.nodes.items():
@@ -672,8 +673,9 @@ class Testbed:
             host = f"{spec.name.lower()}.sites.{zone}"
             lines += [
                 f"{host} 300 IN A {p.public_ip}",
-                f'{host} 300 IN TXT "router={spec.router}" "compute_nodes={spec.compute_nodes}"',
-                f"_packetcloud._udp.{zone} 300 IN SRV 0 {spec.compute_nodes} 6253 {host}",
+                f'{host} 300 IN TXT "v=pcsite1 name={spec.name} forms=1,2,3 router={spec.router} '
+                f'compute_nodes={spec.compute_nodes}"',
+                f"_packetcloud._udp.{zone} 300 IN SRV 10 10 6253 {host}",
             ]
         return "\n".join(lines) + "\n"
 

@@ -1,0 +1,309 @@
+"""``testbed``: build, inspect and remove PacketCloud namespace testbeds from the shell.
+
+testbed up testbed/topologies/fig2.toml     # build, print what was built and the timings
+testbed status                              # every run on this machine
+testbed inspect [RUN] [--json]              # nodes, addresses, links, sites, processes
+testbed exec [--run RUN] NODE CMD...        # run a command in a node's namespace
+testbed capture [--run RUN] LINK [-w F]     # pcap of a link (tcpdump on its first end)
+testbed down [RUN]                          # stop the run's processes, remove its namespaces
+testbed clean --run RUN | --all-stale       # same, for runs whose owner died (even SIGKILL)
+testbed demo [TOPOLOGY]                     # end-to-end scenarios with real packets
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from testbed import netns, state
+from testbed.net import Testbed, default_progress
+from testbed.topology import TopologyError
+
+TOPOLOGIES = Path(__file__).parent / "topologies"
+
+
+def _topology_path(arg: str) -> Path:
+    p = Path(arg)
+    if p.exists():
+        return p
+    shipped = TOPOLOGIES / (arg if arg.endswith(".toml") else f"{arg}.toml")
+    if shipped.exists():
+        return shipped
+    raise SystemExit(
+        f"testbed: no topology {arg!r} (shipped: "
+        f"{', '.join(sorted(x.stem for x in TOPOLOGIES.glob('*.toml')))})"
+    )
+
+
+def _pick_run(name: str | None) -> state.Run:
+    if name:
+        try:
+            return state.Run.load(name)
+        except LookupError as exc:
+            raise SystemExit(f"testbed: {exc}") from None
+    runs = [r for r in state.list_runs() if r.data.get("phase") == "up"]
+    if len(runs) == 1:
+        return runs[0]
+    if not runs:
+        raise SystemExit("testbed: no testbed is up (testbed up TOPOLOGY)")
+    raise SystemExit(
+        f"testbed: several runs are up ({', '.join(r.name for r in runs)}): pass --run"
+    )
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        raise SystemExit("testbed: needs root (network namespaces)")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    _need_root()
+    try:
+        tb = Testbed.from_file(
+            _topology_path(args.topology),
+            prefix=args.prefix,
+            progress=default_progress,
+            persistent=True,
+        )
+    except TopologyError as exc:
+        print(f"testbed: {exc}", file=sys.stderr)
+        return 2
+    tb.up()
+    # the processes now belong to the run, not to this command
+    for proc in tb.processes:
+        proc.popen.returncode = 0  # do not let Popen.__del__ reap or warn
+    summary = tb.summary()
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        _print_summary(summary)
+        print(
+            f"\nup in {tb.timings['up']:.2f} s. run: {tb.run}   "
+            f"(testbed exec --run {tb.run} NODE CMD; testbed down {tb.run})"
+        )
+    return 0
+
+
+def _print_summary(s: dict) -> None:
+    print(f"run {s['run']}  topology {s['topology']}  control netns {s['control_netns']}")
+    print(f"{'NODE':<8} {'KIND':<7} {'NETNS':<18} {'ADDRESSES':<40} CONTROL")
+    for n in s["nodes"]:
+        addrs = " ".join(f"{i['name']}={i['address']}" for i in n["interfaces"])
+        if n["public_ip"]:
+            addrs = f"public={n['public_ip']} " + addrs
+        print(f"{n['name']:<8} {n['kind']:<7} {n['netns']:<18} {addrs:<40} {n['control'] or '-'}")
+    print(f"{'LINK':<10} {'A':<10} {'B':<10} {'SUBNET':<18} SHAPING")
+    for lk in s["links"]:
+        print(
+            f"{lk['name']:<10} {lk['a']:<10} {lk['b']:<10} {lk['subnet']:<18} {lk['shaping'] or '-'}"
+        )
+    for p in s.get("processes", []):
+        print(f"process {p['name']} on {p['node']} pid {p['pid']}")
+    if s.get("dns"):
+        print(f"dns {s['dns']}")
+    if s.get("redis"):
+        print(f"redis {s['redis']}")
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    _need_root()
+    run = _pick_run(args.run)
+    rep = state.clean(run.name)
+    print(
+        f"down {rep.run}: {rep.processes} processes stopped, {rep.namespaces} namespaces removed "
+        f"in {rep.seconds:.2f} s"
+    )
+    return 0 if not rep.leftovers else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    runs = state.list_runs()
+    rows = []
+    for r in runs:
+        live = sum(state.alive(p["pid"], p.get("start")) for p in r.data.get("processes", []))
+        rows.append(
+            {
+                "run": r.name,
+                "topology": r.data.get("topology"),
+                "phase": r.data.get("phase"),
+                "owner_alive": r.owner_alive,
+                "persistent": r.data.get("persistent"),
+                "stale": r.stale,
+                "namespaces": len(state.run_namespaces(r.name)),
+                "processes_alive": live,
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    if not rows:
+        print("no testbed runs")
+    for row in rows:
+        print(
+            f"{row['run']:<10} {row['topology'] or '?':<14} {row['phase']:<9} "
+            f"{row['namespaces']:>4} netns {row['processes_alive']:>3} procs"
+            f"{'  STALE (testbed clean --all-stale)' if row['stale'] else ''}"
+        )
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    run = _pick_run(args.run)
+    summary = run.data.get("summary") or {}
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    elif summary:
+        _print_summary(summary)
+    else:
+        print(f"run {run.name} is {run.data.get('phase')}: nothing to inspect yet")
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    _need_root()
+    run = _pick_run(args.run)
+    ns = run.ns(args.node)
+    if not netns.exists(ns):
+        raise SystemExit(f"testbed: run {run.name} has no node {args.node!r}")
+    cmd = args.cmd or ["sh"]
+    return subprocess.call(["nsenter", f"--net={netns.path(ns)}", "--", *cmd])
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    _need_root()
+    run = _pick_run(args.run)
+    links = run.data.get("summary", {}).get("links", [])
+    link = next((lk for lk in links if lk["name"] == args.link), None)
+    if link is None:
+        raise SystemExit(
+            f"testbed: no link {args.link!r} (links: {', '.join(lk['name'] for lk in links)})"
+        )
+    node, iface = link["a"].split(":")
+    out = args.write or f"{args.link}.pcap"
+    cmd = [
+        "nsenter",
+        f"--net={netns.path(run.ns(node))}",
+        "--",
+        "tcpdump",
+        "-i",
+        iface,
+        "-U",
+        "-w",
+        out,
+    ]
+    if args.count:
+        cmd += ["-c", str(args.count)]
+    print(f"capturing {args.link} ({node}:{iface}) to {out}; Ctrl-C to stop", file=sys.stderr)
+    try:
+        return subprocess.call(cmd, timeout=args.duration)
+    except subprocess.TimeoutExpired:
+        return 0
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    _need_root()
+    if args.run:
+        names = [args.run]
+    elif args.all_stale:
+        names = [r.name for r in state.list_runs() if r.stale]
+    else:
+        raise SystemExit("testbed clean: pass --run RUN or --all-stale")
+    status = 0
+    for name in names:
+        rep = state.clean(name, timeout=args.timeout)
+        print(
+            f"cleaned {rep.run}: {rep.processes} processes, {rep.namespaces} namespaces, "
+            f"{rep.seconds:.2f} s" + (f"; LEFT: {rep.leftovers}" if rep.leftovers else "")
+        )
+        status |= bool(rep.leftovers)
+    if not names:
+        print("nothing stale")
+    return status
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    _need_root()
+    from testbed import scenarios
+
+    t0 = time.monotonic()
+    failed = 0
+    with Testbed.from_file(
+        _topology_path(args.topology), prefix=args.prefix, progress=default_progress
+    ) as tb:
+        print(f"\nscenarios on {tb.topo.name} (run {tb.run}):")
+        for outcome in scenarios.run_all(tb):
+            failed += not outcome.ok
+            print(f"  [{'ok' if outcome.ok else 'FAIL'}] {outcome.name}: {outcome.detail}")
+    if importlib.util.find_spec("pcsock.demo") is not None:
+        print("\nrunning the SDK's end-to-end demo (python -m pcsock.demo)")
+        failed += subprocess.call([sys.executable, "-m", "pcsock.demo"]) != 0
+    else:
+        print(
+            "\nnot yet available: pcsock.demo (the SDK's end-to-end service demo); "
+            "only the testbed's own scenarios ran"
+        )
+    print(
+        f"demo finished in {time.monotonic() - t0:.1f} s: "
+        f"{'all ok' if not failed else f'{failed} failed'}"
+    )
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="testbed", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("up", help="validate and build a topology, wait until ready")
+    p.add_argument("topology", help="a .toml file or a shipped name (fig2, multidomain)")
+    p.add_argument("--prefix", default="pct", help="name prefix of the run (default pct)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_up)
+    p = sub.add_parser("down", help="tear a run down")
+    p.add_argument("run", nargs="?")
+    p.set_defaults(fn=cmd_down)
+    p = sub.add_parser("status", help="list runs")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_status)
+    p = sub.add_parser("inspect", help="describe a run")
+    p.add_argument("run", nargs="?")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_inspect)
+    p = sub.add_parser("exec", help="run a command in a node's namespace")
+    p.add_argument("--run")
+    p.add_argument("node")
+    p.add_argument("cmd", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=cmd_exec)
+    p = sub.add_parser("capture", help="write a pcap of a link")
+    p.add_argument("--run")
+    p.add_argument("link")
+    p.add_argument("-w", "--write")
+    p.add_argument("-c", "--count", type=int)
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.set_defaults(fn=cmd_capture)
+    p = sub.add_parser("clean", help="remove a run's leftovers (scoped by run id)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--run")
+    g.add_argument("--all-stale", action="store_true")
+    p.add_argument("--timeout", type=float, default=15.0)
+    p.set_defaults(fn=cmd_clean)
+    p = sub.add_parser("demo", help="run the end-to-end scenarios")
+    p.add_argument("topology", nargs="?", default="fig2")
+    p.add_argument("--prefix", default="pct")
+    p.set_defaults(fn=cmd_demo)
+    args = ap.parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except ValueError as exc:
+        print(f"testbed: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
