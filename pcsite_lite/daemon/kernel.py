@@ -44,6 +44,11 @@ def _run(args: Sequence[str], *, stdin: str | None = None, check: bool = True) -
     return proc.stdout
 
 
+def _rules() -> set[str]:
+    """The current policy routing rules, one ``pref:\tselector`` line each."""
+    return {line.strip() for line in _run(["ip", "rule", "show"], check=False).splitlines()}
+
+
 def render_ruleset(cfg: SiteConfig, marks: Sequence[int]) -> str:
     """The nft script that (re)creates the site's table with ``marks[b]`` for bucket ``b``."""
     dp = cfg.dataplane
@@ -111,10 +116,13 @@ class Kernel:
             _run(["ip", "link", "set", dev, "mtu", str(dp.mtu), "up"])
             self._sysctl(f"conf/{dev}/rp_filter", "0")
             self._sysctl(f"conf/{dev}/accept_local", "1")
+            v6 = Path(f"/proc/sys/net/ipv6/conf/{dev}/disable_ipv6")
+            if v6.exists():  # no IPv6 chatter into the workers
+                v6.write_text("1")
             _run(["ip", "route", "replace", "default", "dev", dev, "table", str(self.table(i))])
             _run(["ip", "rule", "add", "pref", str(dp.rule_pref + i), "fwmark",
                   f"{self.mark(i):#x}", "lookup", str(self.table(i))])  # fmt: skip
-        rules = _run(["ip", "rule", "show"])
+        rules = _rules()
         if f"{LOCAL_PREF_MOVED}:\tfrom all lookup local" not in rules:
             _run(["ip", "rule", "add", "pref", str(LOCAL_PREF_MOVED), "lookup", "local"])
         _run(["ip", "rule", "del", "pref", "0", "lookup", "local"], check=False)
@@ -140,7 +148,7 @@ class Kernel:
         cfg = self.cfg
         dp = cfg.dataplane
         _run(["nft", "delete", "table", "ip", dp.nft_table], check=False)
-        rules = _run(["ip", "rule", "show"], check=False)
+        rules = _rules()
         if "0:\tfrom all lookup local" not in rules:
             _run(["ip", "rule", "add", "pref", "0", "lookup", "local"], check=False)
         if f"{LOCAL_PREF_MOVED}:\tfrom all lookup local" in rules:

@@ -181,8 +181,6 @@ class WorkerSite:
             meter.drops += 1
             return [Drop("no_decision", f"{c.psp}/{c.service}")]
         n = len(pkt.buf)
-        meter.packets += 1
-        meter.bytes_in += n
         try:
             if hop.key is not None:
                 pkt.switch(c.in_key, hop.label, hop.addr, hop.key)
@@ -194,6 +192,8 @@ class WorkerSite:
         except wire.WireError as exc:
             meter.drops += 1
             return [Drop(exc.reason, f"{c.psp}/{c.service}")]
+        meter.packets += 1
+        meter.bytes_in += n
         meter.bytes_out += n
         if hop.final:
             out = pkt.strip_shim() if hop.strip else pkt.buf

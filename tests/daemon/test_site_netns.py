@@ -1,0 +1,215 @@
+"""The real daemon in namespaces: a form-1 circuit through two sites, a worker killed
+mid-stream, FIS-chosen out hops on the SQLite and Redis engines, clean shutdown."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pcsite_lite.control.client import ControlError, OutHop
+from pcsock import wire
+
+from .netns_util import ADMIN, OTHER_TOKEN, Chain
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
+
+KA, KB = bytes(range(16)), bytes(range(1, 17))
+
+
+def _udp(sport: int, dport: int, payload: bytes) -> bytes:
+    return struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+
+
+def _circuit(ch: Chain, deliver: str = Chain.D) -> int:
+    """Install S -> A -> B -> deliver (shim stripped at B); the label at A."""
+    cb = ch.client("b")
+    lb = cb.allocate_circuit("srcroute")["label"]
+    cb.install_hop(lb, in_key=KB, deliver=deliver, strip=True)
+    ca = ch.client("a")
+    la = ca.allocate_circuit("srcroute")["label"]
+    ca.install_hop(la, in_key=KA, out=[OutHop(lb, Chain.SITE_B, KB)])
+    return la
+
+
+def _drain(rx: socket.socket, want: int, timeout: float = 3.0) -> list[bytes]:
+    got: list[bytes] = []
+    end = time.monotonic() + timeout
+    while len(got) < want and time.monotonic() < end:
+        try:
+            got.append(rx.recv(2048))
+        except TimeoutError:
+            pass
+    return got
+
+
+def test_form1_circuit_through_two_sites_delivers_and_forgeries_are_dropped(
+    tmp_path: Path,
+) -> None:
+    with Chain(tmp_path) as ch:
+        ch.start_site("a", 2)
+        ch.start_site("b", 1)
+        la = _circuit(ch)
+        rx = ch.udp_receiver(9999)
+        tx = ch.raw_sender()
+        for i in range(20):
+            pkt = wire.build_circuit_packet(src=Chain.S, dst=Chain.SITE_A, label=la, key=KA,
+                                            payload=_udp(5555, 9999, b"m%02d" % i))  # fmt: skip
+            tx.sendto(bytes(pkt), (Chain.SITE_A, 0))
+        got = _drain(rx, 20)
+        assert sorted(got) == [b"m%02d" % i for i in range(20)]
+        # a forged MAC and an unknown label never reach D and are counted by reason
+        bad = wire.build_circuit_packet(src=Chain.S, dst=Chain.SITE_A, label=la, key=bytes(16),
+                                        payload=_udp(5555, 9999, b"forged"))  # fmt: skip
+        unknown = wire.build_circuit_packet(src=Chain.S, dst=Chain.SITE_A, label=la ^ 1, key=KA,
+                                            payload=_udp(5555, 9999, b"guess"))  # fmt: skip
+        tx.sendto(bytes(bad), (Chain.SITE_A, 0))
+        tx.sendto(bytes(unknown), (Chain.SITE_A, 0))
+        assert _drain(rx, 1, timeout=0.6) == []
+        time.sleep(0.4)
+        admin = ch.client("a", token=ADMIN, psp=None)
+        text = admin.metrics()
+        assert 'reason="bad_mac"' in text and 'reason="unknown_label"' in text
+        usage = ch.client("a").usage()
+        assert usage["services"]["srcroute"]["packets"] == 20
+        # another PSP cannot see or tear down acme's circuit
+        evil = ch.client("a", token=OTHER_TOKEN, psp="evil")
+        with pytest.raises(ControlError) as e:
+            evil.request("DELETE", f"/v1/psps/acme/circuits/{la}")
+        assert e.value.code == "forbidden"
+        # clean shutdown leaves no kernel state behind
+        assert ch.stop_site("a") == 0
+        rules = subprocess.run(["ip", "-n", ch.ns["a"], "rule"], capture_output=True,
+                               text=True).stdout  # fmt: skip
+        assert "fwmark" not in rules and "0:\tfrom all lookup local" in rules
+        nft = subprocess.run(["ip", "netns", "exec", ch.ns["a"], "nft", "list", "ruleset"],
+                             capture_output=True, text=True).stdout  # fmt: skip
+        assert "pcsite" not in nft
+        links = subprocess.run(["ip", "-n", ch.ns["a"], "link"], capture_output=True,
+                               text=True).stdout  # fmt: skip
+        assert "pcdw" not in links
+
+
+def test_worker_killed_mid_stream_its_circuits_resume_within_a_second(tmp_path: Path) -> None:
+    with Chain(tmp_path) as ch:
+        ch.start_site("a", 2)
+        ch.start_site("b", 1)
+        labels = [_circuit(ch) for _ in range(12)]
+        rx = ch.udp_receiver(9999)
+        tx = ch.raw_sender()
+        pkts = [
+            [
+                bytes(
+                    wire.build_circuit_packet(
+                        src=Chain.S,
+                        dst=Chain.SITE_A,
+                        label=la,
+                        key=KA,
+                        payload=_udp(5555, 9999, struct.pack("!Bd", i, 0.0)),
+                    )
+                )
+            ]
+            for i, la in enumerate(labels)
+        ]
+        arrivals: list[tuple[int, float]] = []
+        stop = threading.Event()
+
+        def receive() -> None:
+            while not stop.is_set():
+                try:
+                    data = rx.recv(2048)
+                except TimeoutError:
+                    continue
+                arrivals.append((data[0], time.monotonic()))
+
+        def send() -> None:
+            while not stop.is_set():
+                for p in pkts:
+                    tx.sendto(p[0], (Chain.SITE_A, 0))
+                time.sleep(0.005)
+
+        threads = [threading.Thread(target=receive), threading.Thread(target=send)]
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(0.8)
+            status = ch.client("a", token=ADMIN, psp=None).status()
+            victim = next(w for w in status["workers"] if w["index"] == 0)
+            assert victim["buckets"] > 0
+            os.kill(victim["pid"], 9)
+            killed = time.monotonic()
+            time.sleep(2.0)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        before = {i for i, t in arrivals if t < killed}
+        assert before == set(range(12))
+        # every circuit (those on the killed worker too) delivers again within 1 s
+        for i in range(12):
+            after = [t for j, t in arrivals if j == i and t > killed]
+            assert after, f"circuit {i} never resumed"
+            assert min(after) - killed < 1.0, (i, min(after) - killed)
+        log = ch.logs["a"].read_text()
+        assert "worker 0" in log and "exited" in log
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "redis"])
+def test_fis_entry_written_via_api_steers_the_circuit(tmp_path: Path, engine: str) -> None:
+    redis_proc = None
+    fis = None
+    if engine == "redis":
+        if not shutil.which("redis-server"):
+            pytest.fail("redis-server is not installed (apt-get install redis-server)")
+        sock = tmp_path / "redis.sock"
+        redis_proc = subprocess.Popen(
+            ["redis-server", "--port", "0", "--unixsocket", str(sock), "--save", "",
+             "--appendonly", "no"], stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        for _ in range(100):
+            if sock.exists():
+                break
+            time.sleep(0.05)
+        fis = f"unix://{sock}"
+    try:
+        with Chain(tmp_path) as ch:
+            ch.start_site("a", 2, fis=fis)
+            ch.start_site("b", 1)
+            cb = ch.client("b")
+            lb1 = cb.allocate_circuit("srcroute")["label"]
+            cb.install_hop(lb1, in_key=KB, deliver=Chain.D, strip=True)
+            lb2 = cb.allocate_circuit("srcroute")["label"]
+            cb.install_hop(lb2, in_key=KB, deliver=Chain.D2, strip=True)
+            ca = ch.client("a")
+            la = ca.allocate_circuit("srcroute")["label"]
+            ca.install_hop(la, in_key=KA, out=[OutHop(lb1, Chain.SITE_B, KB),
+                                              OutHop(lb2, Chain.SITE_B, KB)])  # fmt: skip
+            rx1 = ch.udp_receiver(9999, Chain.D)
+            rx2 = ch.udp_receiver(9999, Chain.D2)
+            tx = ch.raw_sender()
+            pkt = bytes(wire.build_circuit_packet(src=Chain.S, dst=Chain.SITE_A, label=la,
+                        key=KA, payload=_udp(5555, 9999, b"x")))  # fmt: skip
+            for out, rx, other in ((lb1, rx1, rx2), (lb2, rx2, rx1)):
+                ca.fis_put("srcroute", str(la), {"out_label": out})
+                time.sleep(0.1)  # > the cache staleness bound
+                for _ in range(10):
+                    tx.sendto(pkt, (Chain.SITE_A, 0))
+                assert len(_drain(rx, 10)) == 10
+                assert _drain(other, 1, timeout=0.3) == []
+            assert ca.fis_get("srcroute", str(la)) == {"out_label": lb2}
+            # another PSP cannot write acme's FIS namespace
+            evil = ch.client("a", token=OTHER_TOKEN, psp="evil")
+            with pytest.raises(ControlError) as e:
+                evil.request("PUT", f"/v1/psps/acme/fis/srcroute/kv/{la}", {"value": 1})
+            assert e.value.code == "forbidden"
+    finally:
+        if redis_proc is not None:
+            redis_proc.terminate()
+            redis_proc.wait(5)
