@@ -293,6 +293,23 @@ class Ledger:
         """
         return LogSink(self, site, psp, service, batch=batch, clock=clock)
 
+    def log_sinks(
+        self, site: str, *, batch: int = 64, clock: Callable[[], float] = time.time
+    ) -> Callable[[str, str], LogSink]:
+        """The ``log_sinks`` factory :class:`pcsite_lite.site.Site` takes:
+        ``(psp, service) -> LogSink`` for services at ``site``.
+
+        ``Site.snapshot`` flushes every sink it handed out, so an interval's log lines are
+        durable once its usage records are appended. Pass the site's packet clock
+        (``clock=site.clock``) to time-stamp lines with packet time.
+        """
+        _check_name("site", site)
+
+        def factory(psp: str, service: str) -> LogSink:
+            return LogSink(self, site, psp, service, batch=batch, clock=clock)
+
+        return factory
+
     class _Tx:
         def __init__(self, db: sqlite3.Connection) -> None:
             self.db = db
