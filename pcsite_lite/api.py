@@ -225,9 +225,15 @@ class Shim:
         p = self._api._pkt
         return p.hop_limit if p.form == FORM_CIRCUIT else None
 
-    def update(self, *, label: int | None = None, metadata: int | None = None) -> None:
-        """Set the out label (form 1: must be one the circuit owns) and/or the metadata."""
+    def update(
+        self, *, label: int | None = None, metadata: int | None = None, **other: object
+    ) -> None:
+        """Set the out label (form 1: must be one the circuit owns) and/or the metadata.
+
+        Any other field (original source, hop limit, check, service ID) is refused."""
         api = self._api
+        if other:
+            raise api._refuse(f"shim fields {sorted(other)} are not writable by services")
         if label is not None:
             circuit = api._circuit
             if circuit is None:
@@ -265,8 +271,8 @@ class PacketApi:
         "_now",
         "_pkt",
         "_replicas",
+        "_shim",
         "_spoof",
-        "shim",
     )
 
     _pkt: Packet
@@ -280,7 +286,7 @@ class PacketApi:
     _spoof: str | None
 
     def __init__(self) -> None:
-        self.shim = Shim(self)
+        self._shim = Shim(self)
         self._circuit = None
         self._allowed = ()
         self._replicas = []
@@ -324,6 +330,11 @@ class PacketApi:
                 return True
         return False
 
+    @property
+    def shim(self) -> Shim:
+        """The shim: ``read()``, ``update(label=..., metadata=...)``, field properties."""
+        return self._shim
+
     # ---- packet I/O
     @property
     def form(self) -> int:
@@ -334,9 +345,17 @@ class PacketApi:
     def src(self) -> str:
         return int2ip(self._pkt.src)
 
+    @src.setter
+    def src(self, value: object) -> None:
+        raise self._refuse("the IP source is the site's to set")
+
     @property
     def dst(self) -> str:
         return int2ip(self._pkt.dst)
+
+    @dst.setter
+    def dst(self, value: object) -> None:
+        raise self._refuse("the IP destination changes only through forward_to/encapsulate")
 
     @property
     def proto(self) -> int:

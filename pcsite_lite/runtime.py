@@ -14,8 +14,15 @@ node-local cache, log sink) and a status:
 Code comes from :meth:`ServiceRuntime.deploy` (source text, compiled by
 :func:`pcsite_lite.sandbox.load_service`) or, on first use, from a ``resolver`` -- e.g. the
 service repository's node-side cache, which takes :func:`~pcsite_lite.sandbox.load_service` as
-its loader. Deploying a new version swaps the slot's code between two packets; nothing
-restarts and the counters carry on.
+its loader (:func:`load_from_repository`). Deploying a new version swaps the slot's code
+between two packets; nothing restarts and the counters carry on. With a resolver, the adapter
+calls :meth:`ServiceRuntime.refresh` now and then (e.g. between packet batches): a version the
+PSP activated in the repository then replaces the running one.
+
+Wiring the repository (what the daemon does)::
+
+    cache = ServiceCache(repo, loader=load_from_repository)
+    site = Site("c1", "198.18.1.1", resolver=repository_resolver(cache))
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from typing import Any, Final
 
 from pcsite_lite.api import ServiceContext
 from pcsite_lite.metering import Counters
-from pcsite_lite.sandbox import BUDGET, Budget, ServiceCode, ServiceLoadError, load_service
+from pcsite_lite.sandbox import BUDGET, Budget, LoadedService, ServiceLoadError, load_service
 
 __all__ = [
     "ACTIVE",
@@ -39,6 +46,8 @@ __all__ = [
     "ServiceRuntime",
     "ServiceSlot",
     "SiteEvent",
+    "load_from_repository",
+    "repository_resolver",
 ]
 
 ACTIVE: Final = "active"
@@ -50,8 +59,26 @@ log = logging.getLogger("pcsite_lite.runtime")
 #: ``(psp, service) -> sink``; a sink takes one log line (e.g.
 #: ``pcsite_lite.billing.ledger.Ledger.log_sink(site, psp, service)``).
 LogSinkFactory = Callable[[str, str], Callable[[str], None]]
-#: ``(psp, service) -> ServiceCode | None``: where code comes from on first use.
-Resolver = Callable[[str, str], ServiceCode | None]
+#: ``(psp, service) -> LoadedService | None``: where code comes from on first use.
+Resolver = Callable[[str, str], LoadedService | None]
+
+
+def load_from_repository(code: Any) -> LoadedService:
+    """``ServiceCache`` loader: compile a verified ``pcsite_lite.repository.ServiceCode``."""
+    return load_service(
+        code.code, f"{code.psp}/{code.service}@{code.version}", version=code.version
+    )
+
+
+def repository_resolver(cache: Any) -> Resolver:
+    """A resolver over a ``pcsite_lite.repository.ServiceCache`` built with
+    :func:`load_from_repository`: unknown or unloadable services resolve to an error status."""
+
+    def resolve(psp: str, service: str) -> LoadedService | None:
+        loaded = cache.get(psp, service)
+        return loaded if isinstance(loaded, LoadedService) else None
+
+    return resolve
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +109,7 @@ class ServiceSlot:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
         self.name = ctx.name
-        self.code: ServiceCode | None = None
+        self.code: LoadedService | None = None
         self.process: Callable[[Any], object] | None = None
         self.version: str | None = None
         self.status = UNAVAILABLE
@@ -144,21 +171,39 @@ class ServiceRuntime:
         try:
             code = self.resolver(psp, service)
         except Exception as exc:  # the repository's errors, whatever they are
-            slot.status_detail = f"cannot load: {type(exc).__name__}: {exc}"
-            self.event(0.0, "load_failed", slot.name, slot.status_detail)
+            detail = f"cannot load: {type(exc).__name__}: {exc}"
+            if slot.code is None:
+                slot.status_detail = detail
+            self.event(0.0, "load_failed", slot.name, detail)
             return
-        if code is not None:
-            self.install(psp, service, code)
+        if code is not None and code is not slot.code:
+            self.install(psp, service, code, version=code.version)
+
+    def refresh(self) -> None:
+        """Ask the resolver again for every service: roll out newly activated versions."""
+        if self.resolver is None:
+            return
+        for (psp, service), slot in list(self._slots.items()):
+            if slot.status == DISABLED and slot.code is not None:
+                # a disabled service comes back only with a *new* version
+                try:
+                    code = self.resolver(psp, service)
+                except Exception:
+                    continue
+                if code is not None and code is not slot.code:
+                    self.install(psp, service, code, version=code.version)
+                continue
+            self._resolve(slot, psp, service)
 
     def deploy(
         self, psp: str, service: str, source: str | bytes, *, version: str | None = None
     ) -> ServiceSlot:
         """Compile ``source`` and make it the running version (raises ServiceLoadError)."""
-        code = load_service(source, f"{psp}/{service}", budget=self.budget)
+        code = load_service(source, f"{psp}/{service}", budget=self.budget, version=version)
         return self.install(psp, service, code, version=version)
 
     def install(
-        self, psp: str, service: str, code: ServiceCode, *, version: str | None = None
+        self, psp: str, service: str, code: LoadedService, *, version: str | None = None
     ) -> ServiceSlot:
         """Make already-loaded ``code`` the running version; re-enables a disabled service."""
         slot = self._slots.get((psp, service))

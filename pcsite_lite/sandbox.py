@@ -46,7 +46,7 @@ __all__ = [
     "SAFE_BUILTINS",
     "Budget",
     "BudgetExceeded",
-    "ServiceCode",
+    "LoadedService",
     "ServiceLoadError",
     "load_service",
 ]
@@ -333,12 +333,13 @@ class _Instrument(ast.NodeTransformer):
 
 
 @dataclass(frozen=True, slots=True)
-class ServiceCode:
+class LoadedService:
     """A loaded service: its ``process(pkt)`` entry point and the module namespace."""
 
     name: str
     process: Callable[[Any], object]
     namespace: dict[str, Any]
+    version: str | None = None
 
 
 def load_service(
@@ -346,7 +347,8 @@ def load_service(
     name: str = "<service>",
     *,
     budget: Budget = BUDGET,
-) -> ServiceCode:
+    version: str | None = None,
+) -> LoadedService:
     """Check, instrument, compile and execute service ``source``; return its entry point.
 
     Raises :class:`ServiceLoadError` if the source breaks a rule, does not define a callable
@@ -379,4 +381,4 @@ def load_service(
     process = namespace.get("process")
     if not callable(process):
         raise ServiceLoadError("no_process", "a service must define process(pkt)")
-    return ServiceCode(name=name, process=process, namespace=namespace)
+    return LoadedService(name=name, process=process, namespace=namespace, version=version)

@@ -52,6 +52,7 @@ from pcsock.wire import (
 )
 
 __all__ = [
+    "CircuitHandle",
     "Host",
     "Link",
     "Network",
@@ -61,6 +62,7 @@ __all__ = [
     "ServiceBench",
     "SiteNode",
     "TraceEntry",
+    "install_circuit",
 ]
 
 
@@ -357,6 +359,81 @@ class Network:
         return "\n".join(
             f"{e.time * 1e3:9.3f}ms {e.node:>8} {e.event:<8} {e.detail}" for e in self.trace or ()
         )
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitHandle:
+    """What a PSP's lookup service returns to a sender: first site, first label and key."""
+
+    first_hop: str
+    label: int
+    key: HopKey
+    labels: tuple[int, ...]  #: the incoming label at each site, in path order
+
+    def packet(
+        self, src: str, payload: bytes = b"", *, metadata: int = 0, hop_limit: int = 16
+    ) -> bytearray:
+        """A form-1 packet from ``src`` into this circuit."""
+        return build_circuit_packet(
+            src=src,
+            dst=self.first_hop,
+            label=self.label,
+            key=self.key,
+            payload=payload,
+            metadata=metadata,
+            hop_limit=hop_limit,
+        )
+
+
+def install_circuit(
+    path: Iterable[SiteNode],
+    destination: str,
+    *,
+    psp: str,
+    service: str,
+    now: float = 0.0,
+    lifetime: float = 600.0,
+    final_label: int = 0,
+    final_key: HopKey | None = None,
+    strip: bool = False,
+    fis_routes: bool = True,
+) -> CircuitHandle:
+    """Play a PSP's lookup service: allocate a label at every site on ``path``, install the
+    hops back to front (each site re-MACs with the next site's key), and -- with
+    ``fis_routes`` -- write the source-routing FIS entries ``label -> {label, next_hop}``."""
+    import secrets
+
+    sites = list(path)
+    if not sites:
+        raise ValueError("a circuit needs at least one site")
+    labels = [s.site.circuits.allocate(psp, now=now) for s in sites]
+    keys = [HopKey(secrets.token_bytes(16)) for _ in sites]
+    for i in range(len(sites) - 1, -1, -1):
+        final = i == len(sites) - 1
+        hop = (
+            OutHop(final_label, destination, final_key, final=True, strip=strip)
+            if final
+            else OutHop(labels[i + 1], sites[i + 1].site.public_ip, keys[i + 1])
+        )
+        site = sites[i].site
+        site.circuits.install(
+            labels[i],
+            psp=psp,
+            service=service,
+            in_key=keys[i],
+            out_hops=[hop],
+            destination=destination,
+            expires=now + lifetime,
+            now=now,
+        )
+        if fis_routes:
+            site.fis.put(
+                f"{psp}/{service}",
+                str(labels[i]),
+                {"label": hop.label, "next_hop": hop.next_hop},
+                writer=psp,
+            )
+    return CircuitHandle(sites[0].site.public_ip, labels[0], keys[0], tuple(labels))
 
 
 class ServiceBench:
