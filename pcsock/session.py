@@ -8,6 +8,12 @@ Two encapsulations (docs/protocol.md §2):
 * ``"ip"`` — the shim follows the IP header directly (IP protocol 253); the socket is raw and
   :meth:`Session.encode_circuit` returns the whole IPv4 packet (``IP_HDRINCL``).
 
+What follows the shim is a transport header, as the paper's Fig. 1 puts the shim between the IP
+header and the payload: pcsock writes a UDP header (application source and destination ports,
+checksum 0 = none, RFC 768) and sets the shim's next protocol to 17. A last hop that strips the
+shim for a legacy receiver thus hands it an ordinary UDP datagram to the right port, and
+services read the application ports at payload offsets 0..3 in every form.
+
 Replies (paper §2.1: "the embedding of the source IP address is used for the receiver to send
 an ACK packet or even create a feedback tunnel to the sender"): :meth:`Session.encode_reply`
 builds a form-1 packet with label 0 sent straight to the shim's original source (no sites on
@@ -57,6 +63,8 @@ class Datagram:
     label: int | None = None  #: form 1: the label the packet arrived with
     service_id: int | None = None  #: form 2
     via: str = ""  #: the IP source of the packet (the last site, for circuit traffic)
+    sport: int = 0  #: application source port (the inner UDP header; 0 if none)
+    dport: int = 0  #: application destination port
     encap: str = "udp"
     tos: int | None = None  #: the IP ToS byte (raw-IP mode only; the UDP socket does not see it)
     next_proto: int = wire.IPPROTO_UDP
@@ -93,16 +101,23 @@ class Session:
         self.sent += 1
         return bytes(pkt[_UDP_HDR_LEN:]) if self.mode == "udp" else bytes(pkt)
 
+    @staticmethod
+    def _transport(payload: bytes, sport: int, dport: int) -> bytes:
+        if not (0 <= sport <= 0xFFFF and 0 <= dport <= 0xFFFF):
+            raise wire.WireError("bad_field", "ports are 16-bit")
+        return wire.UDP_HEADER.pack(sport, dport, 8 + len(payload), 0) + payload
+
     def encode_circuit(
-        self, circuit: Circuit, payload: bytes, *, metadata: int = 0
+        self, circuit: Circuit, payload: bytes, *, metadata: int = 0, sport: int = 0, dport: int = 0
     ) -> tuple[bytes, tuple[str, int]]:
-        """(bytes to send, (address, port)) for ``payload`` on ``circuit``."""
+        """(bytes to send, (address, port)) for ``payload`` on ``circuit``, to application
+        port ``dport`` at the destination."""
         pkt = wire.build_circuit_packet(
             src=self.local_ip,
             dst=circuit.first_hop,
             label=circuit.label,
             key=circuit.key,
-            payload=payload,
+            payload=self._transport(payload, sport, dport),
             metadata=metadata,
             udp=self.mode == "udp",
             dport=circuit.port,
@@ -119,6 +134,8 @@ class Session:
         *,
         metadata: int = 0,
         port: int = wire.UDP_PORT,
+        sport: int = 0,
+        dport: int = 0,
     ) -> tuple[bytes, tuple[str, int]]:
         """Form 2: toward the real ``destination``; the socket must set ToS 0xAC (UDP mode) —
         in IP mode the header built here carries it."""
@@ -126,7 +143,7 @@ class Session:
             src=self.local_ip,
             dst=destination,
             service_id=service_id,
-            payload=payload,
+            payload=self._transport(payload, sport, dport),
             metadata=metadata,
             udp=self.mode == "udp",
             dport=port,
@@ -136,16 +153,27 @@ class Session:
         return self._out(pkt), (destination, port)
 
     def encode_reply(
-        self, to: Datagram | str, payload: bytes, *, metadata: int = 0, port: int = wire.UDP_PORT
+        self,
+        to: Datagram | str,
+        payload: bytes,
+        *,
+        metadata: int = 0,
+        port: int = wire.UDP_PORT,
+        sport: int = 0,
+        dport: int = 0,
     ) -> tuple[bytes, tuple[str, int]]:
-        """A direct reply (label 0) to a datagram's original source (or to an address)."""
-        dst = to.source if isinstance(to, Datagram) else to
+        """A direct reply (label 0) to a datagram's original source (or to an address); to a
+        datagram, the application ports are swapped."""
+        if isinstance(to, Datagram):
+            dst, sport, dport = to.source, to.dport, to.sport
+        else:
+            dst = to
         pkt = wire.build_circuit_packet(
             src=self.local_ip,
             dst=dst,
             label=REPLY_LABEL,
             key=None,
-            payload=payload,
+            payload=self._transport(payload, sport, dport),
             metadata=metadata,
             udp=self.mode == "udp",
             dport=port,
@@ -190,8 +218,15 @@ class Session:
             return None
         self.received += 1
         circuit = pkt.form == wire.FORM_CIRCUIT
+        body = pkt.payload
+        sport = dport = 0
+        if pkt.next_proto == wire.IPPROTO_UDP and len(body) >= 8:
+            sport, dport, ulen, _ = wire.UDP_HEADER.unpack_from(body)
+            body = body[8 : max(8, min(ulen, len(body)))]
         return Datagram(
-            payload=bytes(pkt.payload),
+            payload=bytes(body),
+            sport=sport,
+            dport=dport,
             source=wire.int2ip(pkt.orig_src if circuit else pkt.src),
             destination=wire.int2ip(pkt.dst),
             form=pkt.form,

@@ -112,14 +112,16 @@ class PacketCloudSocket:
         local_ip: str,
         *,
         mode: str = "udp",
-        port: int = wire.UDP_PORT,
+        app_port: int = 0,
+        encap_port: int = wire.UDP_PORT,
         proto: int = wire.IPPROTO_PACKETCLOUD,
         tos: int = 0,
         bind: bool = True,
     ) -> None:
         self.session = Session(local_ip, mode=mode, proto=proto)
-        self.port = port
-        self._rx, self._tx = _open_transport(mode, local_ip, port, proto, bind, tos)
+        self.app_port = app_port  #: application port: the source port of what this sends
+        self.encap_port = encap_port
+        self._rx, self._tx = _open_transport(mode, local_ip, encap_port, proto, bind, tos)
         self._timeout: float | None = None
         self._closed = False
 
@@ -149,27 +151,47 @@ class PacketCloudSocket:
         self._tx.sendto(data, (addr[0], 0))
         return len(data)
 
-    def send_on(self, circuit: Circuit, payload: bytes, *, metadata: int = 0) -> int:
-        """Send ``payload`` on ``circuit`` (form 1); returns the payload length."""
-        data, addr = self.session.encode_circuit(circuit, payload, metadata=metadata)
+    def send_on(
+        self, circuit: Circuit, payload: bytes, *, metadata: int = 0, dport: int = 0
+    ) -> int:
+        """Send ``payload`` on ``circuit`` (form 1) to application port ``dport``; returns
+        the payload length."""
+        data, addr = self.session.encode_circuit(
+            circuit, payload, metadata=metadata, sport=self.app_port, dport=dport
+        )
         self._send(data, addr)
         return len(payload)
 
     def sendto_service(
-        self, payload: bytes, destination: str, service_id: int, *, metadata: int = 0
+        self,
+        payload: bytes,
+        destination: str,
+        service_id: int,
+        *,
+        metadata: int = 0,
+        dport: int = 0,
     ) -> int:
         """Send ``payload`` to ``destination`` asking for service ``service_id`` (form 2). In
         UDP mode the socket must have been made with ``tos=wire.TOS_SERVICE``
         (:func:`service_socket` does)."""
         data, addr = self.session.encode_service(
-            destination, service_id, payload, metadata=metadata, port=self.port
+            destination,
+            service_id,
+            payload,
+            metadata=metadata,
+            port=self.encap_port,
+            sport=self.app_port,
+            dport=dport,
         )
         self._send(data, addr)
         return len(payload)
 
     def reply(self, to: Datagram | str, payload: bytes, *, metadata: int = 0) -> int:
-        """Answer the original source of ``to`` directly (label 0, no sites)."""
-        data, addr = self.session.encode_reply(to, payload, metadata=metadata, port=self.port)
+        """Answer the original source of ``to`` directly (label 0, no sites; application
+        ports swapped)."""
+        data, addr = self.session.encode_reply(
+            to, payload, metadata=metadata, port=self.encap_port, sport=self.app_port
+        )
         self._send(data, addr)
         return len(payload)
 
@@ -221,30 +243,41 @@ class PacketCloudSocket:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{self.local_ip}:{self.port}"
+        state = "closed" if self._closed else f"{self.local_ip}:{self.encap_port}"
         return f"<{type(self).__name__} {self.mode} {state}>"
 
 
 class CircuitSocket(PacketCloudSocket):
     """A socket connected to one circuit (form 1). ``close()`` tears the circuit down."""
 
-    def __init__(self, circuit: Circuit, local_ip: str, *, lookup: Any = None, **kw: Any) -> None:
+    def __init__(
+        self,
+        circuit: Circuit,
+        local_ip: str,
+        *,
+        lookup: Any = None,
+        dport: int = 0,
+        lifetime: float = 60.0,
+        **kw: Any,
+    ) -> None:
         super().__init__(local_ip, **kw)
         self.circuit = circuit
+        self.dport = dport  #: the destination's application port
+        self.lifetime = lifetime
         self._lookup = lookup
         self.renewals = 0
 
     def send(self, payload: bytes, *, metadata: int = 0) -> int:
         """Send on the circuit; renews it first when less than a third of its life is left."""
         self._maybe_renew()
-        return self.send_on(self.circuit, payload, metadata=metadata)
+        return self.send_on(self.circuit, payload, metadata=metadata, dport=self.dport)
 
     def _maybe_renew(self) -> None:
         c = self.circuit
         if self._lookup is None or not c.expires:
             return
         now = time.time()
-        if c.expires - now < getattr(self, "_lifetime", 60.0) / 3:
+        if c.expires - now < self.lifetime / 3:
             self.renew()
 
     def renew(self) -> None:
@@ -267,14 +300,19 @@ class CircuitSocket(PacketCloudSocket):
 class ServiceSocket(PacketCloudSocket):
     """A form-2 socket toward one destination and service ID (ToS flag set)."""
 
-    def __init__(self, destination: str, service_id: int, local_ip: str, **kw: Any) -> None:
+    def __init__(
+        self, destination: str, service_id: int, local_ip: str, *, dport: int = 0, **kw: Any
+    ) -> None:
         kw.setdefault("tos", wire.TOS_SERVICE)
         super().__init__(local_ip, **kw)
         self.destination = destination
         self.service_id = service_id
+        self.dport = dport
 
     def send(self, payload: bytes, *, metadata: int = 0) -> int:
-        return self.sendto_service(payload, self.destination, self.service_id, metadata=metadata)
+        return self.sendto_service(
+            payload, self.destination, self.service_id, metadata=metadata, dport=self.dport
+        )
 
     def __enter__(self) -> ServiceSocket:
         return self
@@ -282,14 +320,16 @@ class ServiceSocket(PacketCloudSocket):
 
 def listen(
     local_ip: str,
+    port: int = 0,
     *,
     mode: str = "udp",
-    port: int = wire.UDP_PORT,
+    encap_port: int = wire.UDP_PORT,
     proto: int = wire.IPPROTO_PACKETCLOUD,
     timeout: float | None = None,
 ) -> PacketCloudSocket:
-    """A receiving PacketCloud endpoint on ``local_ip``."""
-    s = PacketCloudSocket(local_ip, mode=mode, port=port, proto=proto)
+    """A PacketCloud endpoint on ``local_ip`` whose application port is ``port`` (the source
+    port of what it sends; received datagrams carry their own ``dport``)."""
+    s = PacketCloudSocket(local_ip, mode=mode, app_port=port, encap_port=encap_port, proto=proto)
     s.settimeout(timeout)
     return s
 
@@ -306,9 +346,12 @@ def open_circuit(
     local_ip: str | None = None,
     lifetime: float = 60.0,
     timeout: float | None = None,
-    port: int = wire.UDP_PORT,
+    port: int = 0,
+    sport: int = 0,
+    encap_port: int = wire.UDP_PORT,
 ) -> CircuitSocket:
-    """Create a circuit to ``destination`` through ``service`` and return a connected socket.
+    """Create a circuit to ``destination`` through ``service`` and return a connected socket
+    whose datagrams go to application port ``port`` there.
 
     The lookup service is ``lookup`` (a :class:`pcsock.lookup.LookupClient` or a
     ``(host, port)`` pair), or found by DNS: ``psp`` is the PSP's domain, ``resolver`` a
@@ -328,12 +371,20 @@ def open_circuit(
         destination=destination, service=service, source=src, sites=sites, lifetime=lifetime
     )
     try:
-        s = CircuitSocket(circuit, src, lookup=lookup, mode=mode, port=port)
+        s = CircuitSocket(
+            circuit,
+            src,
+            lookup=lookup,
+            mode=mode,
+            dport=port,
+            lifetime=lifetime,
+            app_port=sport,
+            encap_port=encap_port,
+        )
     except BaseException:
         with contextlib.suppress(OSError):
             lookup.teardown(circuit)
         raise
-    s._lifetime = lifetime  # type: ignore[attr-defined]
     s.settimeout(timeout)
     return s
 
@@ -344,14 +395,23 @@ def service_socket(
     *,
     mode: str = "udp",
     local_ip: str | None = None,
-    port: int = wire.UDP_PORT,
+    port: int = 0,
+    sport: int = 0,
+    encap_port: int = wire.UDP_PORT,
     timeout: float | None = None,
 ) -> ServiceSocket:
-    """A form-2 socket: ``service_id`` shim + ToS 0xAC toward the real ``destination``."""
+    """A form-2 socket: ``service_id`` shim + ToS 0xAC toward the real ``destination``
+    (application port ``port``)."""
     if not 0 <= service_id <= 0xFFFFFF:
         raise ValueError("a service ID is 24 bits")
     s = ServiceSocket(
-        destination, service_id, local_ip or local_address_for(destination), mode=mode, port=port
+        destination,
+        service_id,
+        local_ip or local_address_for(destination),
+        dport=port,
+        mode=mode,
+        app_port=sport,
+        encap_port=encap_port,
     )
     s.settimeout(timeout)
     return s
@@ -368,14 +428,16 @@ class AsyncPacketCloudSocket:
         local_ip: str,
         *,
         mode: str = "udp",
-        port: int = wire.UDP_PORT,
+        app_port: int = 0,
+        encap_port: int = wire.UDP_PORT,
         proto: int = wire.IPPROTO_PACKETCLOUD,
         tos: int = 0,
         bind: bool = True,
     ) -> None:
         self.session = Session(local_ip, mode=mode, proto=proto)
-        self.port = port
-        rx, tx = _open_transport(mode, local_ip, port, proto, bind, tos)
+        self.app_port = app_port
+        self.encap_port = encap_port
+        rx, tx = _open_transport(mode, local_ip, encap_port, proto, bind, tos)
         self._rx = trio.socket.from_stdlib_socket(rx)
         self._tx = self._rx if tx is rx else trio.socket.from_stdlib_socket(tx)
         self._closed = False
@@ -385,22 +447,40 @@ class AsyncPacketCloudSocket:
             raise PcsockError("socket is closed")
         await self._tx.sendto(data, addr if self.session.mode == "udp" else (addr[0], 0))
 
-    async def send_on(self, circuit: Circuit, payload: bytes, *, metadata: int = 0) -> int:
-        data, addr = self.session.encode_circuit(circuit, payload, metadata=metadata)
+    async def send_on(
+        self, circuit: Circuit, payload: bytes, *, metadata: int = 0, dport: int = 0
+    ) -> int:
+        data, addr = self.session.encode_circuit(
+            circuit, payload, metadata=metadata, sport=self.app_port, dport=dport
+        )
         await self._send(data, addr)
         return len(payload)
 
     async def sendto_service(
-        self, payload: bytes, destination: str, service_id: int, *, metadata: int = 0
+        self,
+        payload: bytes,
+        destination: str,
+        service_id: int,
+        *,
+        metadata: int = 0,
+        dport: int = 0,
     ) -> int:
         data, addr = self.session.encode_service(
-            destination, service_id, payload, metadata=metadata, port=self.port
+            destination,
+            service_id,
+            payload,
+            metadata=metadata,
+            port=self.encap_port,
+            sport=self.app_port,
+            dport=dport,
         )
         await self._send(data, addr)
         return len(payload)
 
     async def reply(self, to: Datagram | str, payload: bytes, *, metadata: int = 0) -> int:
-        data, addr = self.session.encode_reply(to, payload, metadata=metadata, port=self.port)
+        data, addr = self.session.encode_reply(
+            to, payload, metadata=metadata, port=self.encap_port, sport=self.app_port
+        )
         await self._send(data, addr)
         return len(payload)
 
@@ -435,13 +515,16 @@ class AsyncPacketCloudSocket:
 class AsyncCircuitSocket(AsyncPacketCloudSocket):
     """The trio flavour of :class:`CircuitSocket`."""
 
-    def __init__(self, circuit: Circuit, local_ip: str, *, lookup: Any = None, **kw: Any):
+    def __init__(
+        self, circuit: Circuit, local_ip: str, *, lookup: Any = None, dport: int = 0, **kw: Any
+    ):
         super().__init__(local_ip, **kw)
         self.circuit = circuit
+        self.dport = dport
         self._lookup = lookup
 
     async def send(self, payload: bytes, *, metadata: int = 0) -> int:
-        return await self.send_on(self.circuit, payload, metadata=metadata)
+        return await self.send_on(self.circuit, payload, metadata=metadata, dport=self.dport)
 
     async def renew(self) -> None:
         if self._lookup is None:
@@ -467,7 +550,9 @@ async def open_circuit_async(
     mode: str = "udp",
     local_ip: str | None = None,
     lifetime: float = 60.0,
-    port: int = wire.UDP_PORT,
+    port: int = 0,
+    sport: int = 0,
+    encap_port: int = wire.UDP_PORT,
 ) -> AsyncCircuitSocket:
     """trio: like :func:`open_circuit` (the lookup call runs in a worker thread)."""
     from pcsock.lookup import LookupClient
@@ -480,4 +565,6 @@ async def open_circuit_async(
             destination=destination, service=service, source=src, sites=sites, lifetime=lifetime
         )
     )
-    return AsyncCircuitSocket(circuit, src, lookup=lookup, mode=mode, port=port)
+    return AsyncCircuitSocket(
+        circuit, src, lookup=lookup, mode=mode, dport=port, app_port=sport, encap_port=encap_port
+    )
