@@ -268,6 +268,8 @@ class Testbed:
     ``progress`` receives one line per build step (the CLI prints them).
     """
 
+    __test__ = False  # not a pytest test class
+
     def __init__(
         self,
         topology: Topology | str | Path,

@@ -151,14 +151,18 @@ def site_forwarding(tb: Testbed, site: str, on: bool = True) -> None:
 def form2_diversion(tb: Testbed, src: str, dst: str, site: str, n: int = 20) -> Outcome:
     """DSCP-43 packets go through ``site`` once; unflagged packets do not."""
     counter = SiteCounter(tb.node(site), 5601)
-    site_forwarding(tb, site)
+    # every site on the path diverts flagged packets (a network-wide service): all forward
+    sites = [s.name for s in tb.topo.of_kind("site")]
+    for name in sites:
+        site_forwarding(tb, name)
     try:
         plain = udp_exchange(tb, src, dst, n, tos=0, port=5601)
         after_plain = counter.packets()
         flagged = udp_exchange(tb, src, dst, n, tos=TOS_SERVICE, port=5601)
         after_flagged = counter.packets() - after_plain
     finally:
-        site_forwarding(tb, site, False)
+        for name in sites:
+            site_forwarding(tb, name, False)
         counter.remove()
     ok = plain == n and after_plain == 0 and flagged == n and after_flagged == n
     return Outcome(
