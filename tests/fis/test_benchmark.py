@@ -1,0 +1,28 @@
+"""benchmarks.fis runs (tiny iteration count) and writes its figures as JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_fis_benchmark_writes_its_figures(tmp_path: Path, redis_url: str) -> None:
+    out = tmp_path / "fis.json"
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks.fis", "--quick", "--json", str(out),
+         "--redis", f"{redis_url}?prefix=pcf-bench"],
+        cwd=ROOT, check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    figures = json.loads(out.read_text())
+    for name in ("dict_get_ns", "fis_cached_get_ns", "fis_cached_lookup_ns", "lpm_lookup_ns",
+                 "sqlite_get_us", "sqlite_lookup_us", "redis_get_us"):  # fmt: skip
+        assert figures[name] > 0, name
+    ratio = figures["fis_cached_get_ns"] / figures["dict_get_ns"]
+    assert figures["fis_cached_get_vs_dict"] == pytest.approx(ratio, rel=0.05)
+    assert figures["quick"] is True
