@@ -188,7 +188,7 @@ def test_expired_circuit_is_dropped() -> None:
 
 
 def test_circuit_packet_for_another_address_is_dropped() -> None:
-    site, pipe, _ = one_site()
+    _site, pipe, _ = one_site()
     pkt = parse(circuit_packet(1))
     pkt.set_dst("198.18.5.99")
     [v] = pipe.process(pkt.buf, 1.0)
@@ -227,7 +227,7 @@ def test_end_to_end_circuit_source_is_the_last_site_not_the_sender() -> None:
 
 
 def test_plain_packet_to_the_site_without_registration_is_dropped() -> None:
-    site, pipe, _ = one_site()
+    _site, pipe, _ = one_site()
     [v] = pipe.process(build_ipv4(src=SENDER, dst=SITE_IP, proto=17, payload=b"x"), 1.0)
     assert isinstance(v, Drop) and v.reason == "no_service"
     assert not isinstance(v, Deliver)

@@ -75,7 +75,7 @@ def test_exception_drops_only_that_packet_and_is_logged_with_the_service_id() ->
     "src", [SPINS, SPINS_AND_SWALLOWS, SPINS_IN_COMPREHENSION, SWALLOWS_THEN_RETURNS]
 )
 def test_service_over_its_cpu_budget_is_stopped_and_the_packet_dropped(src: str) -> None:
-    site, pipe, bad, good = _two_services(src)
+    _site, pipe, bad, good = _two_services(src)
     t0 = time.perf_counter()
     [v] = pipe.process(circuit_packet(bad), 1.0)
     elapsed = time.perf_counter() - t0
@@ -86,7 +86,7 @@ def test_service_over_its_cpu_budget_is_stopped_and_the_packet_dropped(src: str)
 
 
 def test_unbounded_recursion_is_contained() -> None:
-    site, pipe, bad, _ = _two_services(RECURSES)
+    _site, pipe, bad, _ = _two_services(RECURSES)
     [v] = pipe.process(circuit_packet(bad), 1.0)
     assert isinstance(v, Drop) and v.reason in ("service_error", "service_timeout")
 
@@ -108,7 +108,7 @@ def test_wall_clock_deadline_stops_a_slow_loop_with_few_iterations() -> None:
 
 
 def test_a_service_that_keeps_failing_is_disabled_with_a_visible_status() -> None:
-    site, pipe, bad, good = _two_services(RAISES)
+    site, pipe, bad, _good = _two_services(RAISES)
     for _ in range(site.runtime.max_failures):
         [v] = pipe.process(circuit_packet(bad), 1.0)
         assert isinstance(v, Drop) and v.reason == "service_error"
