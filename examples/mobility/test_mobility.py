@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import struct
 from collections.abc import Callable
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -85,3 +87,16 @@ def test_the_site_refuses_tunnels_outside_the_allowed_access_prefixes() -> None:
     assert not inner
     drops = net.nodes["C1"].drops  # type: ignore[attr-defined]
     assert [d.reason for d in drops] == ["spoof_attempt"]
+
+
+def test_handoff_benchmark_runs_and_writes_its_figures(tmp_path: Path) -> None:
+    from benchmarks import mobility_handoff
+
+    out = tmp_path / "m.json"
+    assert mobility_handoff.main(["--quick", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["mobility_handoff_ms"] > 0
+    assert data["packets_lost"] == data["packets_lost_at_old_address"]
+    assert 0 < data["path_length_ratio_vs_triangle"] < 1
+    assert data["mobility_update_to_redirect_samples"] == 3
+    assert 0 < data["mobility_update_to_redirect_ms_median"] < 1000
