@@ -1,0 +1,148 @@
+"""The firewall owner's control plane: sign-up, whitelist, ports and StopIt filters.
+
+In the paper's example the destination (a web-service operator) is both the PSP and the user
+of the service. :class:`FirewallPSP`:
+
+* signs up for its prefixes with a DNSSEC ownership proof (``pcsock.ownership``; validated
+  against the trust anchor before anything is deployed), then deploys ``service.py`` as a
+  destination-controlled service at the sites nearest the sources;
+* changes the source whitelist (FIS LPM table ``"whitelist"``) and the allowed ports (FIS key
+  ``"ports"``) on line, at every site, without redeploying;
+* installs StopIt filters (FIS keys ``"stopit:<src>><dst>"`` -> ``{"until": t}``) through a
+  :class:`.stopit.FilterManager` (only for its own destinations, per-owner quota, capped
+  duration) and deletes them when they expire.
+
+Sites are reached through a :class:`SiteHandle`; :class:`LocalSite` drives a simulator site
+and its router in process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+from pcsock.ownership import OwnershipClaim, Proof, validate_proof
+
+from .stopit import Filter, FilterManager
+
+__all__ = ["SERVICE", "SERVICE_SOURCE", "FirewallPSP", "LocalSite", "SiteHandle"]
+
+SERVICE = "firewall"
+SERVICE_SOURCE = Path(__file__).with_name("service.py").read_text()
+WHITELIST = "whitelist"
+
+
+class SiteHandle(Protocol):
+    """What the firewall control plane needs from one site."""
+
+    def deploy(self, service: str, source: str) -> None: ...
+    def register_destination(self, prefix: str, service: str) -> None: ...
+    def fis_put(self, service: str, key: str, value: Any) -> None: ...
+    def fis_delete(self, service: str, key: str) -> None: ...
+    def fis_lpm_put(self, service: str, table: str, prefix: str, value: Any) -> None: ...
+    def fis_lpm_delete(self, service: str, table: str, prefix: str) -> None: ...
+
+
+class LocalSite:
+    """A simulator site (``pcsite_lite.sim.SiteNode``) and its router, driven in process.
+
+    ``register_destination`` also plays the ISP's part: the router diverts the prefix.
+    """
+
+    def __init__(self, node: Any, router: Any, psp: str) -> None:
+        self.site = node.site
+        self.router = router
+        self.psp = psp
+
+    def _ns(self, service: str) -> str:
+        from pcsite_lite.fis import namespace
+
+        return namespace(self.psp, service)
+
+    def deploy(self, service: str, source: str) -> None:
+        self.site.deploy(self.psp, service, source)
+
+    def register_destination(self, prefix: str, service: str) -> None:
+        self.site.register_destination(prefix, self.psp, service)
+        self.router.divert_prefix(prefix)
+
+    def fis_put(self, service: str, key: str, value: Any) -> None:
+        self.site.fis.put(self._ns(service), key, value, writer=self.psp)
+
+    def fis_delete(self, service: str, key: str) -> None:
+        self.site.fis.delete(self._ns(service), key, writer=self.psp)
+
+    def fis_lpm_put(self, service: str, table: str, prefix: str, value: Any) -> None:
+        self.site.fis.lpm_put(self._ns(service), table, prefix, value, writer=self.psp)
+
+    def fis_lpm_delete(self, service: str, table: str, prefix: str) -> None:
+        self.site.fis.lpm_delete(self._ns(service), table, prefix, writer=self.psp)
+
+
+class FirewallPSP:
+    """One destination operator's distributed firewall."""
+
+    def __init__(
+        self,
+        owner: str,
+        sites: Iterable[SiteHandle],
+        *,
+        quota: int = 64,
+        service: str = SERVICE,
+    ) -> None:
+        self.owner = owner
+        self.sites = list(sites)
+        self.service = service
+        self.filters = FilterManager(quota=quota)
+        self.prefixes: list[str] = []
+
+    def sign_up(
+        self, prefix: str, proof: Proof | str, trust_anchor: str, *, now: float
+    ) -> OwnershipClaim:
+        """Validate the ownership proof, then deploy and register ``prefix`` at every site.
+
+        Raises ``pcsock.ownership.OwnershipError`` (and changes nothing) if the proof fails.
+        """
+        claim = validate_proof(
+            proof, prefix, trust_anchor, now, owner=self.owner, service=self.service
+        )
+        for s in self.sites:
+            s.deploy(self.service, SERVICE_SOURCE)
+            s.register_destination(prefix, self.service)
+        self.prefixes.append(prefix)
+        self.filters.add_owner(self.owner, self.prefixes)
+        return claim
+
+    def allow_source(self, prefix: str) -> None:
+        """Whitelist a source prefix (every protocol and port passes)."""
+        for s in self.sites:
+            s.fis_lpm_put(self.service, WHITELIST, prefix, {"since": "on line"})
+
+    def revoke_source(self, prefix: str) -> None:
+        for s in self.sites:
+            s.fis_lpm_delete(self.service, WHITELIST, prefix)
+
+    def set_ports(self, ports: Iterable[int]) -> None:
+        """The TCP ports strangers may reach (default 80 and 443)."""
+        value = sorted({int(p) for p in ports})
+        for s in self.sites:
+            s.fis_put(self.service, "ports", value)
+
+    def stopit(self, src: str, dst: str, *, duration: float, now: float) -> Filter:
+        """Block ``src -> dst`` at every site for ``duration`` seconds (StopIt request).
+
+        Raises :class:`.stopit.FilterError` (``quota``, ``not_owner``, ...) if refused.
+        """
+        f = self.filters.request(self.owner, src=src, dst=dst, duration=duration, now=now)
+        for s in self.sites:
+            s.fis_put(self.service, f.key, {"until": f.until})
+        return f
+
+    def expire(self, now: float) -> list[Filter]:
+        """Delete the FIS entries of expired filters (the service ignores them already)."""
+        gone = self.filters.expire(now)
+        for f in gone:
+            for s in self.sites:
+                s.fis_delete(self.service, f.key)
+        return gone

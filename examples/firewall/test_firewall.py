@@ -1,0 +1,162 @@
+"""The firewall in the simulator: sign-up, filtering near the sources, on-line changes, StopIt."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+
+from examples.firewall.control import FirewallPSP, LocalSite
+from examples.firewall.stopit import FilterError
+from pcsite_lite.sim import Host, Link, Network, SiteNode
+from pcsock.ownership import OwnershipClaim, OwnershipError, ZoneKey, build_proof, reverse_zone
+
+NOW = 1_795_000_000.0  # wall-clock time of the sign-up (the proof's validity window)
+PREFIX = "198.19.0.0/24"
+SERVER = "198.19.0.80"
+OWNER = "webco"
+
+
+@dataclass
+class World:
+    net: Network
+    psp: FirewallPSP
+    hosts: dict[str, Host]
+    sites: dict[str, SiteNode]
+    core: dict[str, Link]  #: the links into the core, per access router
+
+
+def _proof(owner: str = OWNER) -> tuple[str, str]:
+    root = ZoneKey.generate("in-addr.arpa.")
+    own = ZoneKey.generate(reverse_zone(PREFIX))
+    claim = OwnershipClaim(PREFIX, owner, "firewall", NOW - 3600, NOW + 86400)
+    proof = build_proof([claim], own, chain=[root], inception=NOW - 60, expiration=NOW + 3600)
+    return proof.text, root.ds_text()
+
+
+def _world(*, sign_up: bool = True) -> World:
+    net = Network(trace=False)
+    ra = net.router("Ra", "198.18.60.1")
+    rb = net.router("Rb", "198.18.50.1")
+    rcore = net.router("Rcore", "198.18.0.1")
+    rd = net.router("Rd", "198.18.70.1")
+    hosts = {
+        "attacker": net.host("A", "198.18.60.10"),
+        "client": net.host("G", "198.18.60.20"),
+        "partner": net.host("W", "198.18.50.7"),
+        "server": net.host("S", SERVER, prefix=PREFIX),
+    }
+    net.link(hosts["attacker"], ra)
+    net.link(hosts["client"], ra)
+    net.link(hosts["partner"], rb)
+    core = {"Ra": net.link(ra, rcore, delay=0.010), "Rb": net.link(rb, rcore, delay=0.010)}
+    net.link(rcore, rd, delay=0.005)
+    net.link(hosts["server"], rd)
+    sites = {
+        "Ca": net.site("Ca", "198.18.254.1", router=ra),
+        "Cb": net.site("Cb", "198.18.254.2", router=rb),
+    }
+    net.compute_routes()
+    psp = FirewallPSP(
+        OWNER, [LocalSite(sites["Ca"], ra, OWNER), LocalSite(sites["Cb"], rb, OWNER)], quota=2
+    )
+    if sign_up:
+        proof, anchor = _proof()
+        psp.sign_up(PREFIX, proof, anchor, now=NOW)
+    return World(net, psp, hosts, sites, core)
+
+
+def _send(w: World, who: str, l4: object, dst: str = SERVER) -> None:
+    h = w.hosts[who]
+    w.hosts[who].send(bytes(IP(src=h.ip, dst=dst, ttl=64) / l4))  # type: ignore[operator]
+    w.net.run()
+
+
+def _server_got(w: World) -> list[tuple[str, int, int]]:
+    out = []
+    for r in w.hosts["server"].inbox:
+        p = IP(r.data)
+        out.append((p.src, p.proto, p[TCP].dport if TCP in p else p[UDP].dport))
+    return out
+
+
+def test_only_web_traffic_and_whitelisted_sources_reach_the_server_and_drops_stay_at_the_edge() -> (
+    None
+):
+    w = _world()
+    w.psp.allow_source("198.18.50.0/24")  # the partner network
+    core_before = w.core["Ra"].sent
+    _send(w, "attacker", UDP(dport=53))
+    _send(w, "attacker", TCP(dport=22))
+    _send(w, "attacker", TCP(dport=3389))
+    _send(w, "client", TCP(dport=443))
+    _send(w, "client", TCP(dport=80))
+    _send(w, "partner", UDP(dport=161))
+    assert _server_got(w) == [
+        ("198.18.60.20", 6, 443),
+        ("198.18.60.20", 6, 80),
+        ("198.18.50.7", 17, 161),
+    ]
+    # the three unwanted packets were dropped at Ca: only the two web packets used the core link
+    assert w.core["Ra"].sent - core_before == 2
+    details = sorted(d.detail for d in w.sites["Ca"].drops)
+    assert details == ["fw_not_tcp", "fw_port", "fw_port"]
+    assert all(d.reason == "service_drop" for d in w.sites["Ca"].drops)
+
+
+def test_whitelist_and_ports_change_on_line_without_redeploying() -> None:
+    w = _world()
+    slot = w.sites["Ca"].site.runtime.slot(OWNER, "firewall")
+    version = slot.version
+    _send(w, "attacker", UDP(dport=5000))
+    assert _server_got(w) == []
+    w.psp.allow_source("198.18.60.10/32")
+    _send(w, "attacker", UDP(dport=5000))
+    assert _server_got(w) == [("198.18.60.10", 17, 5000)]
+    w.psp.revoke_source("198.18.60.10/32")
+    w.psp.set_ports([8443])
+    _send(w, "attacker", UDP(dport=5000))
+    _send(w, "client", TCP(dport=443))
+    _send(w, "client", TCP(dport=8443))
+    assert _server_got(w)[1:] == [("198.18.60.20", 6, 8443)]
+    assert w.sites["Ca"].site.runtime.slot(OWNER, "firewall").version == version
+
+
+def test_stopit_filters_block_a_pair_until_they_expire_within_quota() -> None:
+    w = _world()
+    w.psp.allow_source("198.18.60.10/32")  # even a whitelisted source can be stopped
+    f = w.psp.stopit("198.18.60.10", SERVER, duration=0.5, now=w.net.now)
+    core_before = w.core["Ra"].sent
+    _send(w, "attacker", TCP(dport=80))
+    _send(w, "client", TCP(dport=80))  # another source to the same server is unaffected
+    assert [s for s, _, _ in _server_got(w)] == ["198.18.60.20"]
+    assert w.core["Ra"].sent - core_before == 1
+    assert w.sites["Ca"].drops[-1].detail == "fw_stopit"
+    # quota: 2 live filters per owner
+    w.psp.stopit("198.18.60.11", SERVER, duration=10, now=w.net.now)
+    with pytest.raises(FilterError) as e:
+        w.psp.stopit("198.18.60.12", SERVER, duration=10, now=w.net.now)
+    assert e.value.reason == "quota"
+    # only for the owner's own destinations
+    with pytest.raises(FilterError) as e:
+        w.psp.stopit("198.18.60.10", "198.18.70.9", duration=10, now=w.net.now)
+    assert e.value.reason == "not_owner"
+    # after expiry the pair passes again (the service checks the time; control cleans up)
+    w.net.schedule(f.until - w.net.now + 0.001, lambda: None)
+    w.net.run()
+    _send(w, "attacker", TCP(dport=80))
+    assert [s for s, _, _ in _server_got(w)][-1] == "198.18.60.10"
+    assert [g.src for g in w.psp.expire(w.net.now)] == ["198.18.60.10"]
+    w.psp.stopit("198.18.60.12", SERVER, duration=10, now=w.net.now)  # room again
+
+
+def test_sign_up_needs_a_valid_ownership_proof() -> None:
+    w = _world(sign_up=False)
+    proof, anchor = _proof(owner="someone-else")
+    with pytest.raises(OwnershipError):
+        w.psp.sign_up(PREFIX, proof, anchor, now=NOW)
+    # nothing deployed: the router does not divert, the server gets everything
+    _send(w, "attacker", UDP(dport=53))
+    assert _server_got(w) == [("198.18.60.10", 17, 53)]
+    assert not w.sites["Ca"].drops
