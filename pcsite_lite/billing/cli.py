@@ -164,6 +164,22 @@ def cmd_prices(args: argparse.Namespace) -> None:
 
 
 _COST_INPUTS = [f.name for f in fields(costmodel.CostInputs)]
+_COST_HELP = {
+    "site_gbps": "design throughput of the site, Gbps",
+    "node_gbps": "throughput of one node, Gbps (PacketShader, 64 B IPsec)",
+    "machines": "N compute nodes (overrides the throughput derivation)",
+    "extra_investment": "storage + load balancer, as a fraction of N",
+    "machine_price": "c_machine, dollars",
+    "depreciation_years": "d, years",
+    "efficiency": "E, other costs relative to machine cost",
+    "cores_per_node": "CPU cores per node",
+    "reference_cpu_price": "App Engine price per CPU-hour",
+    "reference_clock_ghz": "clock of App Engine's reference CPU",
+    "node_clock_ghz": "clock of the node's CPU",
+    "cpu_price_round_to": "round the scaled CPU price half up to this (0: no rounding)",
+    "cpu_price": "price per core-hour (overrides the clock scaling)",
+    "hours_per_year": "hours in a year",
+}
 
 
 def cmd_costmodel(args: argparse.Namespace) -> None:
@@ -249,7 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
         default = getattr(defaults, name)
         shown = "derived" if default is None else f"{float(default):g}"
         sp.add_argument(
-            f"--{name.replace('_', '-')}", dest=name, metavar="X", help=f"(default {shown})"
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            metavar="X",
+            help=f"{_COST_HELP.get(name, name)} (default {shown})",
         )
     sp.set_defaults(func=cmd_costmodel)
     return p

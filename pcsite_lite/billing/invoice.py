@@ -9,7 +9,7 @@ Rounding rule (the one documented in ``docs/billing.md``):
    rounded **once** to the sheet's ``quantum`` (default 0.01) with its rounding mode (default
    half up).
 3. The invoice total is the exact sum of the rounded line items, so the line items always add up
-   to the total. (It may differ from the rounded exact grand total by at most
+   to the total. (It differs from the exact, unrounded grand total by at most
    ``lines * quantum / 2`` under half-up/half-even rounding.)
 
 Line items are listed only for resources with non-zero usage and a non-zero unit price. The
