@@ -69,7 +69,7 @@ def _world(*, sign_up: bool = True) -> World:
 
 def _send(w: World, who: str, l4: object, dst: str = SERVER) -> None:
     h = w.hosts[who]
-    w.hosts[who].send(bytes(IP(src=h.ip, dst=dst, ttl=64) / l4))  # type: ignore[operator]
+    w.hosts[who].send(bytes(IP(src=h.ip, dst=dst, ttl=64) / l4))
     w.net.run()
 
 

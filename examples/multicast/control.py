@@ -77,8 +77,11 @@ class LocalSite:
 
     def install(self, label: int, service: str, in_key: bytes, out: list[OutSpec]) -> None:
         from pcsite_lite.circuits import OutHop
+        from pcsock.wire import HopKey
 
-        hops = [OutHop(label=lb, next_hop=nh, key=k) for lb, nh, k in out]
+        hops = [
+            OutHop(label=lb, next_hop=nh, key=None if k is None else HopKey(k)) for lb, nh, k in out
+        ]
         self.site.circuits.install(
             label,
             psp=self.psp,
