@@ -8,6 +8,7 @@ none back upstream).
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 
 from examples.multicast.control import LocalSite, MulticastPSP, receive_payload
@@ -70,12 +71,8 @@ def test_receivers_in_three_domains_get_one_copy_and_links_carry_only_the_tree()
     sender = hosts["198.18.1.11"]
     n = 20
     for i in range(n):
-        net.schedule(
-            i * 0.001,
-            lambda i=i: sender.send(
-                psp.sender_packet(64501, 1, src=sender.ip, payload=b"seq%03d" % i)
-            ),
-        )
+        pkt = psp.sender_packet(64501, 1, src=sender.ip, payload=b"seq%03d" % i)
+        net.schedule(i * 0.001, functools.partial(sender.send, pkt))
     net.run()
     for i in range(n):
         assert _copies(hosts, b"seq%03d" % i) == Counter({m: 1 for m in members})
