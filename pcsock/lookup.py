@@ -91,6 +91,7 @@ class SiteControl(Protocol):
         out: tuple[int, str, bytes] | None,
         deliver: str | None,
         lifetime: float,
+        destination: str | None = None,
     ) -> None: ...
 
     def renew(self, label: int, lifetime: float) -> None: ...
@@ -128,7 +129,10 @@ class HttpSiteControl:
         out: tuple[int, str, bytes] | None,
         deliver: str | None,
         lifetime: float,
+        destination: str | None = None,
     ) -> None:
+        # The control API takes the circuit's final destination on the last hop only
+        # (``deliver``), so receiver-first precedence applies at the last site there.
         from pcsite_lite.control.client import OutHop
 
         hops = [OutHop(out[0], out[1], out[2])] if out else None
@@ -175,6 +179,7 @@ class TableSiteControl:
         out: tuple[int, str, bytes] | None,
         deliver: str | None,
         lifetime: float,
+        destination: str | None = None,
     ) -> None:
         from pcsite_lite.circuits import OutHop
 
@@ -186,7 +191,7 @@ class TableSiteControl:
         now = self.clock()
         self._call(
             self.table.install, label, psp=self.psp, service=service, in_key=in_key,
-            out_hops=hops, expires=now + lifetime, destination=deliver, now=now,
+            out_hops=hops, expires=now + lifetime, destination=destination or deliver, now=now,
         )  # fmt: skip
 
     def renew(self, label: int, lifetime: float) -> None:
@@ -323,6 +328,7 @@ class CircuitBroker:
                         out=nxt,
                         deliver=None if nxt else destination,
                         lifetime=lifetime,
+                        destination=destination,
                     )
                 )
             for j in jobs:

@@ -1,0 +1,62 @@
+"""The demo: every scenario passes in the simulator; failures and missing pieces are reported."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pcsock import demo
+
+
+def test_all_scenarios_pass_in_the_simulator(tmp_path, capsys):
+    out = tmp_path / "demo.json"
+    assert demo.main(["--world", "simulator", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "SIMULATOR" in text and "4/4 scenarios passed (simulator)" in text
+    doc = json.loads(out.read_text())
+    rows = {r["name"]: r for r in doc["results"]}
+    assert list(rows) == ["form1", "form2", "form3", "form1+3"]
+    assert all(r["status"] == "pass" for r in rows.values())
+    assert rows["form1"]["received"] == demo.N and rows["form3"]["dropped"] == demo.N
+    assert rows["form1"]["latency_ms"] == pytest.approx(3.0)  # three 1 ms links R1-R2-R3-R4
+
+
+@pytest.fixture
+def extra_scenarios():
+    saved = dict(demo.SCENARIOS)
+    yield
+    demo.SCENARIOS.clear()
+    demo.SCENARIOS.update(saved)
+
+
+def test_a_failing_scenario_makes_the_demo_fail(extra_scenarios, capsys):
+    @demo.scenario("broken", "always wrong")
+    def broken(world):
+        out = demo.Outcome("broken")
+        out.check("one equals two", 1 == 2)
+        return out
+
+    assert demo.main(["--world", "simulator", "--only", "form2", "--only", "broken"]) == 1
+    text = capsys.readouterr().out
+    assert "broken    FAIL" in text and "FAILED: one equals two" in text
+    assert "1/2 scenarios passed" in text
+
+
+def test_missing_pieces_are_reported_not_hidden(extra_scenarios, capsys):
+    @demo.scenario("later", "needs something")
+    def later(world):
+        raise demo.Missing("the frobnicator")
+
+    @demo.scenario("crash", "raises")
+    def crash(world):
+        raise KeyError("boom")
+
+    assert demo.main(["--world", "simulator", "--only", "later", "--only", "crash"]) == 1
+    text = capsys.readouterr().out
+    assert "MISSING" in text and "missing: the frobnicator" in text
+    assert "crash     FAIL" in text and "KeyError" in text
+
+
+def test_unknown_scenario_is_a_usage_error(capsys):
+    assert demo.main(["--only", "nope"]) == 2
