@@ -63,7 +63,6 @@ def _need_root() -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    _need_root()
     try:
         tb = Testbed.from_file(
             _topology_path(args.topology),
@@ -74,6 +73,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     except TopologyError as exc:
         print(f"testbed: {exc}", file=sys.stderr)
         return 2
+    _need_root()
     tb.up()
     # the processes now belong to the run, not to this command
     for proc in tb.processes:
@@ -101,7 +101,8 @@ def _print_summary(s: dict) -> None:
     print(f"{'LINK':<10} {'A':<10} {'B':<10} {'SUBNET':<18} SHAPING")
     for lk in s["links"]:
         print(
-            f"{lk['name']:<10} {lk['a']:<10} {lk['b']:<10} {lk['subnet']:<18} {lk['shaping'] or '-'}"
+            f"{lk['name']:<10} {lk['a']:<10} {lk['b']:<10} {lk['subnet']:<18} "
+            f"{lk['shaping'] or '-'}"
         )
     for p in s.get("processes", []):
         print(f"process {p['name']} on {p['node']} pid {p['pid']}")

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
@@ -607,9 +608,9 @@ class Testbed:
     def _services(self) -> None:
         for spec in self.topo.of_kind("fis"):
             if spec.engine == "redis":
-                self._step(f"redis on {spec.name}", lambda s=spec: self._start_redis(s.name))
+                self._step(f"redis on {spec.name}", partial(self._start_redis, spec.name))
         for spec in self.topo.of_kind("dns"):
-            self._step(f"knot DNS on {spec.name}", lambda s=spec: self._start_dns(s.name))
+            self._step(f"knot DNS on {spec.name}", partial(self._start_dns, spec.name))
             break  # one DNS server per testbed
 
     def _start_redis(self, name: str) -> None:

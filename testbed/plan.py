@@ -171,10 +171,10 @@ def make(topo: Topology) -> Plan:
                 continue
             by_hop.setdefault(best[1], []).append(net)
         for hop, nets in by_hop.items():
-            iface = plan.iface_to(hop)
-            assert iface is not None
+            via = plan.iface_to(hop)
+            assert via is not None
             for net in ipaddress.collapse_addresses(nets):
-                plan.routes.append(Route(str(net), iface.peer_address, iface.index, plan.public_ip))
+                plan.routes.append(Route(str(net), via.peer_address, via.index, plan.public_ip))
     return Plan(nodes, links, topo.control_subnet, ports)
 
 

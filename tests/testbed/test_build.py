@@ -1,4 +1,4 @@
-"""Shipped topologies built for real: packets cross them, the attachments divert, nothing is left."""
+"""Shipped topologies built for real: packets cross them, attachments divert, nothing is left."""
 
 from __future__ import annotations
 

@@ -1,0 +1,72 @@
+"""The ``testbed`` command: up, status, inspect --json, exec, down; errors exit 2 with the place."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from testbed import state
+
+TOPO = """\
+name = "cli"
+[[node]]
+name = "h1"
+kind = "host"
+[[node]]
+name = "r"
+kind = "router"
+[[node]]
+name = "h2"
+kind = "host"
+[[link]]
+a = "h1"
+b = "r"
+[[link]]
+a = "h2"
+b = "r"
+"""
+
+
+def tb(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "testbed", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_bad_topology_exits_2_naming_file_line_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(TOPO.replace('b = "r"\n[[link]]', 'b = "q"\n[[link]]'))
+    out = tb("up", str(bad))
+    assert out.returncode == 2
+    assert f"{bad}:13: link #1 field \"b\": 'q' is not a node" in out.stderr
+
+
+@pytest.mark.netns
+def test_up_inspect_exec_down(tmp_path: Path) -> None:
+    topo = tmp_path / "cli.toml"
+    topo.write_text(TOPO)
+    out = tb("up", str(topo), "--prefix", "pcw", "--json")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    run = summary["run"]
+    try:
+        assert "ready" in out.stderr and "creating 3 namespaces" in out.stderr
+        assert {n["name"] for n in summary["nodes"]} == {"h1", "r", "h2"}
+        h2 = next(n for n in summary["nodes"] if n["name"] == "h2")
+        addr = h2["interfaces"][0]["address"].split("/")[0]
+        ex = tb("exec", "--run", run, "h1", "ping", "-c1", "-W2", addr)
+        assert ex.returncode == 0, ex.stdout + ex.stderr
+        st = json.loads(tb("status", "--json").stdout)
+        mine = next(r for r in st if r["run"] == run)
+        assert mine["phase"] == "up" and mine["namespaces"] == 3 and not mine["stale"]
+        ins = json.loads(tb("inspect", run, "--json").stdout)
+        assert ins["run"] == run and len(ins["links"]) == 2
+        assert tb("exec", "--run", run, "nosuch", "true").returncode != 0
+    finally:
+        down = tb("down", run)
+    assert down.returncode == 0, down.stderr
+    assert state.run_namespaces(run) == []
