@@ -1,0 +1,29 @@
+"""The PSP tutorial of docs/services.md: unit-testing a service in a few lines."""
+
+from __future__ import annotations
+
+from pcsite_lite.sim import ServiceBench
+
+TAGGER = """
+def process(pkt):
+    tag = pkt.fetch("tag") or "none"
+    pkt.set_payload(tag.encode() + b":" + pkt.read())
+    pkt.log("tagged")
+"""
+
+
+def test_psp_tests_a_service_in_a_few_lines() -> None:
+    bench = ServiceBench(TAGGER)
+    bench.put("tag", "blue")
+    assert bench.send(b"hi", form=1) == [b"blue:hi"]
+    assert bench.send(b"hi", form=2) == [b"blue:hi"]
+    assert bench.send(b"hi", form=3) == [b"blue:hi"]
+    assert bench.counters["packets"] == 3 and bench.counters["log_lines"] == 3
+    assert bench.drops == {} and bench.status == "active"
+
+
+def test_bench_shows_a_broken_service() -> None:
+    bench = ServiceBench("def process(pkt):\n    return 1 / 0\n")
+    assert bench.send(b"x") == []
+    assert bench.drops == {"service_error": 1}
+    assert "ZeroDivisionError" in bench.site.runtime.events[-1].detail
