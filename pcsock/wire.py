@@ -412,6 +412,14 @@ class Packet:
         b[8] = ttl
         self._patch_ip_checksum(old, b[8] << 8 | b[9])
 
+    def set_tos(self, tos: int) -> None:
+        """Rewrite the IPv4 ToS byte (e.g. clear the form-2 DSCP flag), updating the checksum."""
+        _check_range("tos", tos, 255)
+        b = self.buf
+        old = b[0] << 8 | b[1]
+        b[1] = tos
+        self._patch_ip_checksum(old, b[0] << 8 | b[1])
+
     def switch(self, in_key: HopKey, label: int, dst: int, out_key: HopKey) -> None:
         """A site's whole per-hop job on a form-1 packet, in place (docs/protocol.md §5.3).
 
@@ -432,16 +440,14 @@ class Packet:
         hops = b[o + 2]
         if not hops:
             raise WireError("hop_limit_exceeded")
+        try:  # struct.pack_into would write zeros before failing: pack first, then write
+            dst_bytes = _I.pack(dst)
+            label_bytes = _I.pack(label)
+        except struct.error:
+            raise WireError("bad_field", f"label {label!r} or dst {dst!r} out of range") from None
         old = _I.unpack_from(b, 16)[0]
-        try:  # pack_into checks the range before it writes
-            _I.pack_into(b, 16, dst)
-        except struct.error:
-            raise WireError("bad_field", f"destination out of range: {dst!r}") from None
-        try:
-            _I.pack_into(b, o + 4, label)
-        except struct.error:
-            _I.pack_into(b, 16, old)
-            raise WireError("bad_field", f"label out of range: {label!r}") from None
+        b[16:20] = dst_bytes
+        b[o + 4 : o + 8] = label_bytes
         b[o + 2] = hops - 1
         # RFC 1624 eqn. 3 in modular form, see _fold_update
         _H.pack_into(b, 10, ((b[10] << 8 | b[11]) + old - dst) % 0xFFFF)
@@ -659,8 +665,10 @@ def build_ipv4(
 def _udp_wrap(inner: bytes | bytearray, sport: int, dport: int) -> bytearray:
     _check_range("sport", sport, 0xFFFF)
     _check_range("dport", dport, 0xFFFF)
+    if 28 + len(inner) > 0xFFFF:
+        raise WireError("bad_field", f"UDP datagram of {8 + len(inner)} bytes is too large")
     # Checksum 0 (RFC 768: none computed): the shim has its own check and the payload its
-    # own transport checksum; sites rewrite the outer header at every hop (protocol.md §2).
+    # own transport checksum; sites rewrite the outer header at every hop (protocol.md §2.2).
     out = bytearray(UDP_HEADER.pack(sport, dport, 8 + len(inner), 0))
     out += inner
     return out
