@@ -183,12 +183,18 @@ class Session:
         return self._out(pkt), (dst, port)
 
     def decode(
-        self, data: bytes, source: tuple[str, int] | None = None, *, destination: str = ""
+        self,
+        data: bytes,
+        source: tuple[str, int] | None = None,
+        *,
+        destination: str = "",
+        plain: bool = False,
     ) -> Datagram | None:
         """Interpret what the socket read: in UDP mode the UDP payload plus the sender's
         ``source`` (address, port); in IP mode a whole IPv4 packet. Returns None (and counts
         the reason in :attr:`dropped`) for anything that is not a well-formed PacketCloud
-        packet."""
+        packet (with ``plain=True``, a plain IPv4 packet is returned as form 0: what a form-3
+        sender's ordinary socket sent)."""
         try:
             if self.mode == "udp":
                 if source is None:
@@ -213,11 +219,12 @@ class Session:
         if pkt.form == wire.FORM_SERVICE and not pkt.verify_check():
             self.dropped["bad_check"] = self.dropped.get("bad_check", 0) + 1
             return None
-        if pkt.form == wire.FORM_NONE:
+        if pkt.form == wire.FORM_NONE and not plain:
             self.dropped["not_packetcloud"] = self.dropped.get("not_packetcloud", 0) + 1
             return None
         self.received += 1
         circuit = pkt.form == wire.FORM_CIRCUIT
+        shim = pkt.form != wire.FORM_NONE
         body = pkt.payload
         sport = dport = 0
         if pkt.next_proto == wire.IPPROTO_UDP and len(body) >= 8:
@@ -230,7 +237,7 @@ class Session:
             source=wire.int2ip(pkt.orig_src if circuit else pkt.src),
             destination=wire.int2ip(pkt.dst),
             form=pkt.form,
-            metadata=pkt.metadata,
+            metadata=pkt.metadata if shim else 0,
             label=pkt.label if circuit else None,
             service_id=pkt.service_id if pkt.form == wire.FORM_SERVICE else None,
             via=wire.int2ip(pkt.src),
