@@ -1,4 +1,4 @@
-"""Isolation and cleanup: parallel runs never interfere; SIGKILL mid-build + clean leaves nothing."""
+"""Isolation and cleanup: parallel runs do not interfere; SIGKILL + clean leaves nothing."""
 
 from __future__ import annotations
 
