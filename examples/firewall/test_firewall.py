@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
+from scapy.packet import Packet
 
 from examples.firewall.control import FirewallPSP, LocalSite
 from examples.firewall.stopit import FilterError
@@ -160,3 +162,36 @@ def test_sign_up_needs_a_valid_ownership_proof() -> None:
     _send(w, "attacker", UDP(dport=53))
     assert _server_got(w) == [("198.18.60.10", 17, 53)]
     assert not w.sites["Ca"].drops
+
+
+def _mix(w: World, n: int = 1000) -> tuple[int, int, int]:
+    """n packets, 3/4 unwanted from the attacker, 1/4 web from the client (seeded).
+
+    Returns (wanted packets sent, frames on the attacker side's core link, server receptions).
+    """
+    rng = random.Random(7)
+    core0, got0, wanted = w.core["Ra"].sent, len(w.hosts["server"].inbox), 0
+    for i in range(n):
+        l4: Packet
+        if i % 4 == 0:
+            who, l4 = "client", TCP(dport=rng.choice([80, 443]))
+            wanted += 1
+        else:
+            who = "attacker"
+            l4 = rng.choice(
+                [UDP(dport=rng.randrange(1, 65535)), TCP(dport=rng.choice([22, 25, 3389, 8080]))]
+            )
+        h = w.hosts[who]
+        h.send(bytes(IP(src=h.ip, dst=SERVER) / l4))
+    w.net.run()
+    return wanted, w.core["Ra"].sent - core0, len(w.hosts["server"].inbox) - got0
+
+
+def test_unwanted_traffic_never_crosses_the_core_compared_with_filtering_at_the_destination() -> (
+    None
+):
+    wanted, core, got = _mix(_world())
+    assert (wanted, core, got) == (250, 250, 250)
+    # baseline: no sign-up, the destination would filter at home: all 1000 cross the core
+    _, core_base, got_base = _mix(_world(sign_up=False))
+    assert (core_base, got_base) == (1000, 1000)
