@@ -147,6 +147,9 @@ class Chain:
         state.mkdir(exist_ok=True)
         cfg = self.tmp / f"site-{which}.toml"
         cfg.write_text(site_config(f"site-{which}", ip, workers, state, fis))
+        self.start_site_config(which, cfg)
+
+    def start_site_config(self, which: str, cfg: Path) -> None:
         log = self.tmp / f"site-{which}.log"
         self.logs[which] = log
         self.procs[which] = subprocess.Popen(

@@ -1,0 +1,213 @@
+"""Site forwarding throughput and added hop latency, measured in namespaces in one run.
+
+Topology (tests/daemon/netns_util.Chain): sender S -- A -- B -- receiver D; A is the device
+under test, B forwards in the kernel. One load generator for every mode: ``--senders``
+processes in S each sending UDP datagrams in a tight ``socket.sendto`` loop for ``--seconds``;
+the receiver counts at its kernel's ``Ip: InReceives`` (/proc/net/snmp in D's namespace).
+
+Modes on A:
+  kernel   plain IPv4 forwarding (no daemon), datagrams addressed to D
+  bare     the daemon with a bare TUN read/rewrite-destination/write forwarder, 1 worker
+  site     the daemon's form-1 path (MAC verify, FIS-cache-chosen out hop, label swap, re-MAC),
+           UDP-encapsulated circuit packets addressed to A, at 1 and 2 workers
+
+Latency: 300 probes at 200/s per mode carry their send time (CLOCK_MONOTONIC is one clock for
+all namespaces); D's socket stamps arrival. ``hop_latency_added_us_median`` is the median
+one-way time through the site (1 worker) minus the median through kernel forwarding.
+
+    .venv/bin/python -m benchmarks.site_forwarding --json /tmp/site_forwarding.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+PAYLOAD = 64  # bytes after the shim (datagrams of ~110 bytes on the wire)
+CIRCUITS = 16  # circuits the load spreads over (one circuit always lands on one worker)
+
+
+def _in_receives(ns: str) -> int:
+    out = subprocess.run(["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    lines = [ln.split() for ln in out.splitlines() if ln.startswith("Ip:")]
+    return int(lines[1][lines[0].index("InReceives")])
+
+
+def _sender(dst: str, port: int, payload_hex: str, seconds: float) -> None:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    datas = [bytes.fromhex(h) for h in payload_hex.split(",")]
+    addr = (dst, port)
+    end = time.monotonic() + seconds
+    send = s.sendto
+    n = 0
+    while True:
+        for data in datas * (256 // len(datas)):
+            try:
+                send(data, addr)
+            except OSError:
+                pass
+        n += 256
+        if time.monotonic() >= end:
+            break
+    print(n)
+
+
+def _load(
+    ch: Any, dst: str, payloads: list[bytes], seconds: float, senders: int
+) -> dict[str, float]:
+    procs = [
+        subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                ch.ns["s"],
+                sys.executable,
+                "-m",
+                "benchmarks.site_forwarding",
+                "--send",
+                dst,
+                "6253",
+                ",".join(p.hex() for p in payloads),
+                str(seconds),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(senders)
+    ]
+    time.sleep(0.3)  # warm-up: skip the ramp
+    r0, t0 = _in_receives(ch.ns["d"]), time.monotonic()
+    time.sleep(max(0.5, seconds - 0.6))
+    r1, t1 = _in_receives(ch.ns["d"]), time.monotonic()
+    sent = sum(int(p.communicate()[0].strip() or 0) for p in procs)
+    return {"rx_pps": (r1 - r0) / (t1 - t0), "offered_pps": sent / seconds}
+
+
+def _latency(ch: Any, dst: str, make: Any, probes: int = 300) -> float:
+    from tests.daemon.netns_util import in_ns
+
+    rx = in_ns(ch.ns["d"], lambda: _bound(6253))
+    tx = in_ns(ch.ns["s"], lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    samples: list[float] = []
+    for _ in range(probes):
+        t = time.monotonic()
+        tx.sendto(make(struct.pack("!d", t) + bytes(PAYLOAD - 8)), (dst, 6253))
+        try:
+            while True:  # skip datagrams left over from the load phase (send time 0)
+                data = rx.recv(2048)
+                sent = struct.unpack("!d", data[-PAYLOAD:][:8])[0]
+                if sent == t:
+                    samples.append(time.monotonic() - sent)
+                    break
+        except TimeoutError:
+            pass
+        time.sleep(0.005)
+    rx.close()
+    tx.close()
+    return statistics.median(samples) * 1e6 if samples else float("nan")
+
+
+def _bound(port: int) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", port))
+    s.settimeout(0.5)
+    return s
+
+
+def run(seconds: float, senders: int) -> dict[str, Any]:
+    from pcsite_lite.control.client import OutHop
+    from pcsock import wire
+    from tests.daemon.netns_util import Chain, sh
+
+    tmp = Path(tempfile.mkdtemp(prefix="pcdbench"))
+    res: dict[str, Any] = {"seconds": seconds, "senders": senders, "payload": PAYLOAD}
+    ka, kd = bytes(range(16)), bytes(range(2, 18))
+    with Chain(tmp) as ch:
+        for n in ("a", "b"):
+            sh("ip", "netns", "exec", ch.ns[n], "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        plain = bytes(PAYLOAD)
+        res["kernel"] = _load(ch, Chain.D, [plain], seconds, senders)
+        res["kernel_latency_us"] = _latency(ch, Chain.D, lambda p: p)
+
+        # bare TUN forwarder on A (1 worker)
+        cfg = tmp / "bare.toml"
+        from tests.daemon.netns_util import site_config
+
+        text = site_config("bench-bare", Chain.SITE_A, 1, tmp).replace(
+            "[dataplane]", f'mode = "bare"\nbare_next_hop = "{Chain.D}"\n\n[dataplane]'
+        )
+        cfg.write_text(text)
+        ch.start_site_config("a", cfg)
+        res["bare_1w"] = _load(ch, Chain.SITE_A, [plain], seconds, senders)
+        ch.stop_site("a")
+
+        for workers in (1, 2):
+            ch.start_site("a", workers)
+            ca = ch.client("a")
+            labels = []
+            for _ in range(CIRCUITS):
+                la = ca.allocate_circuit("srcroute")["label"]
+                # two out hops: the FIS entry picks one (a node-local cache hit per packet)
+                ca.install_hop(la, in_key=ka, out=[OutHop(1, Chain.D, kd), OutHop(2, Chain.D, kd)])
+                ca.fis_put("srcroute", str(la), {"out_label": 2})
+                labels.append(la)
+
+            def circuit(payload: bytes, la: int = la) -> bytes:
+                pkt = wire.build_circuit_packet(src=Chain.S, dst=Chain.SITE_A, label=la, key=ka,
+                                                payload=payload, udp=True)  # fmt: skip
+                return bytes(pkt[28:])  # the UDP payload: shim + payload
+
+            time.sleep(0.2)
+            pkts = [circuit(plain, la) for la in labels]
+            res[f"site_{workers}w"] = _load(ch, Chain.SITE_A, pkts, seconds, senders)
+            if workers == 1:
+                res["site_latency_us"] = _latency(ch, Chain.SITE_A, circuit)
+            stats = ch.client("a", token="isp-admin-token-0123456789", psp=None).metrics()
+            res[f"site_{workers}w_drops"] = [
+                ln for ln in stats.splitlines() if ln.startswith("pcsite_drops_total")
+            ]
+            ch.stop_site("a")
+    k = res["kernel"]["rx_pps"]
+    res["figures"] = {
+        "site_vs_kernel_1w": res["site_1w"]["rx_pps"] / k,
+        "site_vs_bare_tun_1w": res["site_1w"]["rx_pps"] / res["bare_1w"]["rx_pps"],
+        "scaling_2w_vs_1w": res["site_2w"]["rx_pps"] / res["site_1w"]["rx_pps"],
+        "hop_latency_added_us_median": res["site_latency_us"] - res["kernel_latency_us"],
+    }
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="site_forwarding")
+    ap.add_argument("--json", help="write results to this path")
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--senders", type=int, default=2)
+    ap.add_argument("--send", nargs=4, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.send:
+        _sender(args.send[0], int(args.send[1]), args.send[2], float(args.send[3]))
+        return 0
+    if os.geteuid() != 0:
+        print("site_forwarding: needs root (namespaces, TUN, nftables)", file=sys.stderr)
+        return 2
+    res = run(args.seconds, args.senders)
+    print(json.dumps(res["figures"], indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
