@@ -8,11 +8,15 @@ programmer cannot beat, a plain ``dict.get``:
 - ``fis_cached_get_vs_dict``: that divided by ``dict_get_ns``;
 - ``fis_cached_lookup_ns``: ``CachedFIS.lookup(ns, table, addr)`` on a 10 000-prefix table with
   /8, /16, /24 and /32 prefixes (half the addresses inside some prefix);
-- ``lpm_lookup_ns``: ``LpmTable.lookup(addr)`` directly on that table;
-  ``lpm_lookup_vs_dict``: divided by ``dict_get_ns``;
+- ``lpm_lookup_ns``: ``LpmTable.lookup(addr)`` directly on that table, with the search this
+  process uses (``lpm_backend``); ``lpm_lookup_vs_dict``: divided by ``dict_get_ns``;
+- ``lpm_python_search_ns``: the pure-Python search alone (``LpmTable(accelerated=False).search``)
+  and, if ``pytricia`` is installed, ``lpm_pytricia_search_ns``: the C radix tree's ``get`` alone
+  on the same prefixes and addresses; ``lpm_python_vs_pytricia``: the first divided by the second
+  (why ``LpmTable`` uses pytricia when it can);
 - ``sqlite_get_us``: an uncached ``SqliteFIS.get`` on a WAL file (what a cache miss costs);
   ``sqlite_lookup_us``: an uncached LPM ``lookup`` (one indexed query over 33 candidates);
-- ``redis_get_us`` (only with ``--redis URL``): an uncached ``RedisFIS.get`` round trip.
+- ``redis_get_us`` (only with ``--redis URL``): an uncached ``RedisFIS.get`` round trip;
 
 Timings are process CPU time (wall time for the uncached engines, which wait on I/O), in
 interleaved rounds; the best round of each is reported, so other processes' load stays out of
@@ -35,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from pcsite_lite.fis import CachedFIS, FISEngine, SqliteFIS, namespace, open_engine
-from pcsite_lite.lpm import MASKS, LpmTable
+from pcsite_lite.lpm import BACKEND, MASKS, LpmTable
 
 NS = namespace("bench", "svc")
 N_KEYS = 1000
@@ -115,6 +119,21 @@ def run(quick: bool = False, redis_url: str | None = None) -> dict[str, Any]:
             "fis_cached_lookup_ns": (b_cached_lookup, N_KEYS),
             "lpm_lookup_ns": (b_lpm, N_KEYS),
         }
+        searches: dict[str, LpmTable[Any]] = {"lpm_python_search_ns": LpmTable(accelerated=False)}
+        if BACKEND == "pytricia":
+            searches["lpm_pytricia_search_ns"] = LpmTable(accelerated=True)
+        for name, other in searches.items():
+            for prefix, value in table.items():
+                other.insert(prefix, value)
+            search = other.search
+            for a in addrs:
+                assert search(a) == table.lookup(a)
+
+            def b_search(search: Callable[[int], Any] = search) -> None:
+                for a in addrs:
+                    search(a)
+
+            cpu[name] = (b_search, N_KEYS)
         best: dict[str, float] = {name: float("inf") for name in cpu}
         for _ in range(rounds):
             for name, (fn, n) in cpu.items():
@@ -133,6 +152,11 @@ def run(quick: bool = False, redis_url: str | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {k: round(v, 1) for k, v in best.items()}
     out["fis_cached_get_vs_dict"] = round(best["fis_cached_get_ns"] / best["dict_get_ns"], 2)
     out["lpm_lookup_vs_dict"] = round(best["lpm_lookup_ns"] / best["dict_get_ns"], 2)
+    if "lpm_pytricia_search_ns" in best:
+        out["lpm_python_vs_pytricia"] = round(
+            best["lpm_python_search_ns"] / best["lpm_pytricia_search_ns"], 2
+        )
+    out["lpm_backend"] = BACKEND
     out["sqlite_get_us"] = round(sqlite_get * 1e6, 2)
     out["sqlite_lookup_us"] = round(sqlite_lookup * 1e6, 2)
     if redis_url:

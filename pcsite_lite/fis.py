@@ -803,11 +803,7 @@ class CachedFIS:
                 addr = parse_address(addr)
             except PrefixError as exc:
                 raise FISValueError(str(exc)) from None
-        for mask, d in t._probe:  # LpmTable.lookup, inlined: one call less per packet
-            v = d.get(addr & mask)
-            if v is not None:
-                return v
-        return None
+        return t.search(addr)
 
     def view(self, ns: str) -> NamespaceView:
         """A view bound to one namespace (what a service's ``fetch``/``lookup`` call)."""

@@ -1,16 +1,20 @@
 """Longest-prefix-match table for IPv4 (the FIS's ``lookup(table, prefix)``, paper §2.3).
 
-One ``dict`` per prefix length maps the network address (an ``int``) to the value; a tuple of
-``(mask, dict)`` pairs for the lengths that are present, longest first, plays the role of a
-length bitmap. A lookup masks the address once per *present* length and stops at the first hit,
-so a table using a handful of lengths (the usual case: /8, /16, /24, /32) answers in a few
-hundred nanoseconds of pure Python, and the worst case (all 33 lengths) is 33 dict probes.
-Inserts and deletes are O(1) plus a rebuild of the probe tuple when a length appears or vanishes.
+Two structures, kept in step by every insert and delete:
 
-Why not a library: ``pytricia`` and ``py-radix`` are C radix trees keyed by strings; per lookup
-they need a string (or bytes) address, so from the pipeline's ``int`` addresses they are no
-faster than the dict probes here, and they add a compiled dependency. ``tests/fis/test_lpm.py``
-proves this table against a brute-force scan with hypothesis.
+* one ``dict`` per prefix length (network address ``int`` -> value): exact get, delete,
+  length and ordered iteration are O(1) dict operations;
+* for the longest-prefix search, the ``pytricia`` C radix tree (a well-kept PyPI package, wheels
+  for CPython on Linux) when it is installed. ``benchmarks/fis.py`` measured it ~1.9x faster than
+  the pure-Python search (``lpm_vs_pytricia``; see ``docs/fis.md``). Without it, the search
+  probes the per-length dicts: a tuple of ``(mask, dict)`` pairs for the lengths present,
+  longest first, plays the role of a length bitmap, so a table using a handful of lengths
+  (/8, /16, /24, /32) answers in a few hundred nanoseconds and the worst case (all 33 lengths)
+  is 33 dict probes.
+
+``tests/fis/test_lpm.py`` proves both searches against a brute-force scan with hypothesis.
+:data:`BACKEND` says which search this process uses; ``LpmTable(accelerated=False)`` forces the
+pure-Python one.
 
 Prefixes are written ``"a.b.c.d/len"`` (a bare address means ``/32``) or given as
 ``(network_int, length)``; host bits must be zero. Addresses are ``int`` (fast path, what
@@ -32,10 +36,16 @@ means "no match").
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, Final, Generic, TypeVar
+
+try:
+    import pytricia as _pytricia
+except ImportError:  # pragma: no cover - exercised where pytricia is absent
+    _pytricia = None
 
 __all__ = [
+    "BACKEND",
     "LpmTable",
     "PrefixError",
     "format_prefix",
@@ -46,6 +56,8 @@ __all__ = [
 V = TypeVar("V")
 
 _ALL = 0xFFFFFFFF
+#: the longest-prefix search in use: "pytricia" (C radix tree) or "python" (per-length dicts)
+BACKEND: Final = "pytricia" if _pytricia is not None else "python"
 #: MASKS[n] is the netmask of a /n prefix as an int.
 MASKS: tuple[int, ...] = tuple((_ALL << (32 - n)) & _ALL for n in range(33))
 
@@ -107,14 +119,25 @@ def format_prefix(net: int, plen: int, *, check: bool = True) -> str:
 
 
 class LpmTable(Generic[V]):
-    """Mutable IPv4 longest-prefix-match table (see the module docstring)."""
+    """Mutable IPv4 longest-prefix-match table (see the module docstring).
 
-    __slots__ = ("_by_len", "_probe", "_size")
+    ``search`` is the bound longest-prefix function for an already validated ``int`` address
+    (``0 <= addr <= 0xFFFFFFFF``): what a per-packet caller that checked the address uses.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_by_len", "_probe", "_size", "_tree", "search")
+
+    def __init__(self, *, accelerated: bool = True) -> None:
         self._by_len: list[dict[int, V]] = [{} for _ in range(33)]
         self._probe: tuple[tuple[int, dict[int, V]], ...] = ()
         self._size = 0
+        self._tree: Any = None
+        self.search: Callable[[int], V | None]
+        if accelerated and _pytricia is not None:
+            self._tree = _pytricia.PyTricia(32)
+            self.search = self._tree.get
+        else:
+            self.search = self._search
 
     # --- updates ------------------------------------------------------------------------
     def insert(self, prefix: str | tuple[int, int], value: V) -> None:
@@ -123,6 +146,8 @@ class LpmTable(Generic[V]):
             raise ValueError("LPM values must not be None (None means 'no match')")
         net, plen = parse_prefix(prefix)
         d = self._by_len[plen]
+        if self._tree is not None:
+            self._tree.insert(format_prefix(net, plen, check=False), value)
         if net not in d:
             self._size += 1
             if not d:
@@ -136,6 +161,8 @@ class LpmTable(Generic[V]):
         net, plen = parse_prefix(prefix)
         d = self._by_len[plen]
         del d[net]  # KeyError if absent
+        if self._tree is not None:
+            self._tree.delete(format_prefix(net, plen, check=False))
         self._size -= 1
         if not d:
             self._rebuild()
@@ -153,6 +180,9 @@ class LpmTable(Generic[V]):
             d.clear()
         self._probe = ()
         self._size = 0
+        if self._tree is not None:
+            self._tree = _pytricia.PyTricia(32)
+            self.search = self._tree.get
 
     def _rebuild(self) -> None:
         self._probe = tuple(
@@ -160,15 +190,18 @@ class LpmTable(Generic[V]):
         )
 
     # --- queries ------------------------------------------------------------------------
-    def lookup(self, addr: int | str) -> V | None:
-        """Value of the longest prefix containing ``addr``, or ``None``."""
-        if addr.__class__ is not int or not 0 <= addr <= 0xFFFFFFFF:
-            addr = parse_address(addr)  # raises PrefixError
+    def _search(self, addr: int) -> V | None:
         for mask, d in self._probe:
             v = d.get(addr & mask)
             if v is not None:
                 return v
         return None
+
+    def lookup(self, addr: int | str) -> V | None:
+        """Value of the longest prefix containing ``addr``, or ``None``."""
+        if addr.__class__ is not int or not 0 <= addr <= 0xFFFFFFFF:
+            addr = parse_address(addr)  # raises PrefixError
+        return self.search(addr)
 
     def lookup_prefix(self, addr: int | str) -> tuple[str, V] | None:
         """``(prefix, value)`` of the longest match for ``addr``, or ``None``."""
@@ -206,4 +239,5 @@ class LpmTable(Generic[V]):
             yield prefix
 
     def __repr__(self) -> str:
-        return f"<LpmTable {self._size} prefixes>"
+        backend = "pytricia" if self._tree is not None else "python"
+        return f"<LpmTable {self._size} prefixes, {backend} search>"

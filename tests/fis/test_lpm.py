@@ -8,7 +8,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pcsite_lite.lpm import LpmTable, PrefixError, format_prefix, parse_address, parse_prefix
+from pcsite_lite.lpm import (
+    BACKEND,
+    LpmTable,
+    PrefixError,
+    format_prefix,
+    parse_address,
+    parse_prefix,
+)
+
+# both longest-prefix searches: the pytricia C radix tree (if installed) and the pure-Python one
+SEARCHES = [
+    pytest.param(
+        True,
+        id="pytricia",
+        marks=pytest.mark.skipif(BACKEND != "pytricia", reason="pytricia not installed"),
+    ),
+    pytest.param(False, id="python"),
+]
 
 addresses = st.integers(0, 2**32 - 1)
 networks = st.tuples(addresses, st.integers(0, 32)).map(
@@ -28,15 +45,16 @@ def brute_force(model: dict[ipaddress.IPv4Network, int], addr: int) -> int | Non
     return model[max(hits, key=lambda n: n.prefixlen)] if hits else None
 
 
-@settings(max_examples=300, deadline=None)
+@pytest.mark.parametrize("accelerated", SEARCHES)
+@settings(max_examples=200, deadline=None)
 @given(
     ops=ops,
     probes=st.lists(st.one_of(addresses, clustered.map(lambda n: int(n[-1]))), max_size=30),
 )
 def test_lookup_matches_brute_force_after_inserts_and_deletes(
-    ops: list[tuple[bool, ipaddress.IPv4Network, int]], probes: list[int]
+    accelerated: bool, ops: list[tuple[bool, ipaddress.IPv4Network, int]], probes: list[int]
 ) -> None:
-    table: LpmTable[int] = LpmTable()
+    table: LpmTable[int] = LpmTable(accelerated=accelerated)
     model: dict[ipaddress.IPv4Network, int] = {}
     for insert, net, value in ops:
         if insert:
@@ -54,6 +72,7 @@ def test_lookup_matches_brute_force_after_inserts_and_deletes(
     for addr in probes:
         expect = brute_force(model, addr)
         assert table.lookup(addr) == expect
+        assert table.search(addr) == expect
         assert table.lookup(str(ipaddress.IPv4Address(addr))) == expect
         found = table.lookup_prefix(addr)
         if expect is None:
@@ -84,16 +103,20 @@ def test_bad_prefixes_raise_prefix_error(bad: object) -> None:
         parse_prefix(bad)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("accelerated", SEARCHES)
 @pytest.mark.parametrize("bad", ["1.2.3.4.5", "256.0.0.1", -1, 2**32, True, b"1.2.3.4"])
-def test_bad_addresses_raise_prefix_error(bad: object) -> None:
-    t: LpmTable[int] = LpmTable()
+def test_bad_addresses_raise_prefix_error(accelerated: bool, bad: object) -> None:
+    t: LpmTable[int] = LpmTable(accelerated=accelerated)
     t.insert("0.0.0.0/0", 1)
     with pytest.raises(PrefixError):
         t.lookup(bad)  # type: ignore[arg-type]
 
 
-def test_delete_missing_prefix_raises_key_error_and_none_values_are_refused() -> None:
-    t: LpmTable[int | None] = LpmTable()
+@pytest.mark.parametrize("accelerated", SEARCHES)
+def test_delete_missing_prefix_raises_key_error_and_none_values_are_refused(
+    accelerated: bool,
+) -> None:
+    t: LpmTable[int | None] = LpmTable(accelerated=accelerated)
     with pytest.raises(KeyError):
         t.delete("10.0.0.0/8")
     with pytest.raises(ValueError):
@@ -101,3 +124,5 @@ def test_delete_missing_prefix_raises_key_error_and_none_values_are_refused() ->
     t.insert("10.0.0.0/8", 1)
     t.clear()
     assert len(t) == 0 and t.lookup("10.1.1.1") is None
+    t.insert("10.0.0.0/8", 2)  # usable after clear
+    assert t.lookup("10.1.1.1") == 2
