@@ -156,6 +156,41 @@ def cmd_logs(args: argparse.Namespace) -> None:
     _write(args, "".join(out))
 
 
+def cmd_collect(args: argparse.Namespace) -> None:
+    import os
+    import time
+
+    from pcsite_lite.billing.collect import MetricsError, UsageCollector
+    from pcsite_lite.control.client import ControlClient, ControlError
+
+    token = os.environ.get("PCBILL_TOKEN") if args.token is None else args.token
+    if not token:
+        raise CliError("an ISP token is needed: --token or the PCBILL_TOKEN environment variable")
+    if args.interval <= 0 or (args.count is not None and args.count < 1):
+        raise CliError("--interval must be positive and --count at least 1")
+    client = ControlClient(args.url, token=token, psp=None)
+    with _open_ledger(args.ledger, create=True) as ledger:
+        collector = UsageCollector(ledger, args.name or args.url)
+        n = 0
+        while True:
+            try:
+                text = client.metrics()
+            except ControlError as e:
+                raise CliError(f"{args.url}: {e}") from None
+            except OSError as e:
+                raise CliError(f"cannot reach {args.url}: {e}") from None
+            try:
+                records = collector.observe(text, time.time())
+            except MetricsError as e:
+                raise CliError(f"{args.url}: {e}") from None
+            n += 1
+            what = ", ".join(f"{r.psp}/{r.service}" for r in records) or "baseline"
+            print(f"scrape {n}: {len(records)} usage records ({what})", flush=True)
+            if args.count is not None and n >= args.count:
+                return
+            time.sleep(args.interval)
+
+
 def cmd_prices(args: argparse.Namespace) -> None:
     sheet = PriceSheet.load(args.prices) if args.prices else PriceSheet.default()
     rows = [(f.name, str(getattr(sheet, f.name))) for f in fields(sheet)]
@@ -252,6 +287,17 @@ def build_parser() -> argparse.ArgumentParser:
     period(sp, False)
     sp.add_argument("-o", "--output", metavar="FILE")
     sp.set_defaults(func=cmd_logs)
+
+    sp = sub.add_parser("collect", help="scrape a site daemon's metered usage into a ledger")
+    sp.add_argument(
+        "--url", required=True, help="the site's control API, e.g. http://198.18.0.1:8080"
+    )
+    sp.add_argument("--token", help="ISP token (default: $PCBILL_TOKEN)")
+    sp.add_argument("--ledger", required=True, metavar="PATH", help="created if missing")
+    sp.add_argument("--interval", type=float, default=60.0, help="seconds between scrapes")
+    sp.add_argument("--count", type=int, help="stop after this many scrapes")
+    sp.add_argument("--name", help="checkpoint name of this site (default: the URL)")
+    sp.set_defaults(func=cmd_collect)
 
     sp = sub.add_parser("prices", help="validate and show a price sheet")
     sp.add_argument("--prices", metavar="FILE", help="TOML price sheet (default: built-in)")

@@ -185,6 +185,10 @@ class Ledger:
                 " service TEXT NOT NULL, ts REAL NOT NULL, text TEXT NOT NULL)"
             )
             db.execute("CREATE INDEX IF NOT EXISTS log_psp_ts ON log (psp, ts)")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS checkpoint ("
+                " name TEXT PRIMARY KEY, ts REAL NOT NULL, state TEXT NOT NULL)"
+            )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -240,13 +244,34 @@ class Ledger:
         """
         return self.append_many([record])[0]
 
-    def append_many(self, records: Iterable[UsageRecord]) -> list[str]:
-        """Durably store several records in one transaction (all or none); return their ids."""
+    def append_many(
+        self,
+        records: Iterable[UsageRecord],
+        *,
+        checkpoint: tuple[str, float, object] | None = None,
+    ) -> list[str]:
+        """Durably store several records in one transaction (all or none); return their ids.
+
+        ``checkpoint=(name, ts, state)`` stores a JSON-compatible ``state`` under ``name`` in
+        the same transaction (see :meth:`checkpoint`): a collector that records how far it
+        got together with the records it derived never bills an interval twice or not at all.
+        """
         ids: list[str] = []
         with self._transaction():
             for rec in records:
                 ids.append(self._insert_usage(rec)[0])
+            if checkpoint is not None:
+                name, ts, state = checkpoint
+                self._db.execute(
+                    "INSERT OR REPLACE INTO checkpoint (name, ts, state) VALUES (?, ?, ?)",
+                    (_check_name("checkpoint name", name), _check_time("ts", ts), _dumps(state)),
+                )
         return ids
+
+    def checkpoint(self, name: str) -> tuple[float, object] | None:
+        """The ``(ts, state)`` last stored under ``name`` by :meth:`append_many`, or None."""
+        row = self._db.execute("SELECT ts, state FROM checkpoint WHERE name=?", (name,)).fetchone()
+        return None if row is None else (row[0], json.loads(row[1]))
 
     def _insert_log(self, line: LogLine) -> bool:
         cur = self._db.execute(
