@@ -285,6 +285,7 @@ def signed_zone_text(
     ttl: int = 300,
     nameserver: str = "ns",
     nameserver_ip: str | None = None,
+    serial: int = 1,
 ) -> str:
     """A complete zone file for ``key.zone``, signed with ``key`` (SOA, NS, DNSKEY, ``records``,
     the DS of each child zone; every authoritative RRset with its RRSIG).
@@ -292,11 +293,13 @@ def signed_zone_text(
     ``children`` are :class:`ZoneKey` objects or DS texts (``"<zone> IN DS ..."``) of
     delegated zones (whose NS records point at the same ``nameserver``). The result is
     zone-file text an authoritative server (knot, with its own signing off) serves as is.
+    ``nameserver`` is relative to the zone unless absolute; raise ``serial`` when replacing a
+    served zone.
     """
     zone = key.zone
     ns = dns.name.from_text(nameserver, zone)
     sets: list[dns.rrset.RRset] = [
-        _rrset(zone, ttl, "SOA", f"{ns} hostmaster.{zone} 1 3600 600 86400 {ttl}"),
+        _rrset(zone, ttl, "SOA", f"{ns} hostmaster.{zone} {serial} 3600 600 86400 {ttl}"),
         _rrset(zone, ttl, "NS", ns.to_text()),
         _rrset(zone, ttl, "DNSKEY", key.dnskey.to_text()),
     ]

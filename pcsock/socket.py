@@ -205,19 +205,18 @@ class PacketCloudSocket:
         deadline = None if t is None else time.monotonic() + t
         while True:
             if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError("timed out")
-                self._rx.settimeout(left)
+                self._rx.settimeout(max(0.0, deadline - time.monotonic()))
             else:
                 self._rx.settimeout(None)
             try:
                 data, src = self._rx.recvfrom(_RECV_BUF)
-            except TimeoutError as exc:
+            except (TimeoutError, BlockingIOError) as exc:
                 raise TimeoutError("timed out") from exc
             d = self.session.decode(data, src if self.session.mode == "udp" else None)
             if d is not None:
                 return d
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError("timed out")
 
     def close(self) -> None:
         if self._closed:

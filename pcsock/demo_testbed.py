@@ -1,0 +1,370 @@
+"""The demo's real world: the Fig. 2 testbed with site daemons, a lookupd and knot DNS.
+
+Built with the testbed's API (``testbed.net.Testbed``, names ``pcs<run id>-...``) and always
+torn down. What runs where:
+
+* S, D: pcsock sockets (UDP-encapsulation mode: no privileges needed by the SDK) created in
+  their namespaces; D also has ordinary UDP sockets (form 3 needs nothing from the sender);
+* C1..C3: ``pcsite run`` (the site daemon) with its control API on the control network and
+  the demo's DNSSEC trust anchor;
+* PSP: ``pcsock lookupd`` on the control network (the PSP's lookup service); its address is
+  published in DNS as ``_pcpsp._tcp.acme.psp.test.`` and S finds it there. S joins the control
+  network for this (in the paper the sender reaches the PSP over the Internet; Fig. 2 has no
+  data link to the PSP);
+* DNS: knot serving the testbed's zones plus ``in-addr.arpa.`` (the demo's trust anchor zone)
+  and D's reverse zone with the ownership record, both signed by :mod:`pcsock.ownership`.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pcsock import ownership, wire
+from pcsock.demo import D_PREFIX, PSP, SRCROUTE, TOPOLOGY, Missing, World
+from pcsock.discovery import Resolver, psp_records
+from pcsock.lookup import LookupClient, find_lookup
+from pcsock.session import Circuit, Datagram
+from pcsock.socket import PacketCloudSocket, ServiceSocket
+
+__all__ = ["TestbedWorld"]
+
+ADMIN_TOKEN = "pcs-demo-isp-admin-0123456789abcdef"
+PSP_TOKEN = "pcs-demo-acme-token-0123456789abcdef"
+CONTROL_PORT = 8080
+LOOKUP_PORT = 7053
+PSP_ZONE = "acme.psp.test."
+PLAIN_PORTS = (7, 9)
+
+
+class TestbedWorld(World):
+    """Fig. 2 in Linux namespaces (needs root)."""
+
+    kind = "testbed"
+
+    def __init__(self, *, prefix: str = "pcs", progress: Callable[[str], None] = print) -> None:
+        from testbed.net import Testbed
+        from testbed.topology import load
+
+        topo = load(TOPOLOGY)
+        topo.nodes["S"].control = True  # S reaches the PSP's lookup service
+        self.progress = progress
+        self.tmp = Path(tempfile.mkdtemp(prefix="pcs-demo-"))
+        self.tb = Testbed(topo, prefix=prefix)
+        self.sockets: dict[str, list[socket.socket | PacketCloudSocket]] = {}
+        self.endpoints: dict[str, PacketCloudSocket] = {}
+        self.procs: list[Any] = []
+        self._serial = int(time.time())
+        self._built = False
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+
+    # --- building
+    def _build(self) -> None:
+        t0 = time.monotonic()
+        self.tb.up()
+        self._built = True
+        tb = self.tb
+        self.hosts = {n: str(tb.node(n).address) for n in ("S", "D")}
+        self.sites = {n: tb.site(n).public_ip for n in ("C1", "C2", "C3")}
+        self.routers = {n: tb.site(n).router for n in self.sites}
+        self.psp = tb.node("PSP")
+        psp_ip = self.psp.control_address
+        assert psp_ip is not None and tb.dns is not None
+        self.progress(f"testbed {tb.run} up in {time.monotonic() - t0:.1f}s")
+        # DNSSEC: the demo's anchor zone and D's reverse zone (replacing the testbed's own)
+        now = time.time()
+        self.root = ownership.ZoneKey.generate("in-addr.arpa.")
+        self.owner = ownership.ZoneKey.generate(ownership.reverse_zone(D_PREFIX))
+        tb.dns.set_zone(
+            "in-addr.arpa.",
+            ownership.signed_zone_text(
+                self.root, children=[self.owner], inception=now - 3600, expiration=now + 86400,
+                nameserver="ns.pc.test.", serial=self._next_serial(),
+            ),
+        )  # fmt: skip
+        self._publish_owner_zone([])
+        anchor = self.tmp / "anchor.txt"
+        anchor.write_text(self.root.ds_text() + "\n")
+        # the PSP's lookup service in DNS
+        tb.dns.set_zone(
+            PSP_ZONE,
+            f"$TTL 300\n{PSP_ZONE} 300 IN SOA ns.pc.test. hostmaster.{PSP_ZONE} 1 3600 600 "
+            f"86400 60\n{PSP_ZONE} 300 IN NS ns.pc.test.\n"
+            + psp_records(PSP_ZONE, PSP, psp_ip, LOOKUP_PORT, ["srcroute"]),
+        )
+        # site daemons
+        for name in self.sites:
+            self._start_site(name, anchor)
+        self.progress(f"site daemons up ({', '.join(self.sites)})")
+        # the PSP's lookup service
+        cfg = {
+            "psp": PSP,
+            "listen": f"{psp_ip}:{LOOKUP_PORT}",
+            "measure": True,
+            "sites": [
+                {
+                    "name": n,
+                    "address": ip,
+                    "control": f"http://{tb.site(n).control_address}:{CONTROL_PORT}",
+                    "token": PSP_TOKEN,
+                }
+                for n, ip in self.sites.items()
+            ],
+        }
+        path = self.tmp / "lookupd.json"
+        path.write_text(json.dumps(cfg))
+        s_node = tb.node("S")
+        self.procs.append(
+            self.psp.start(
+                [sys.executable, "-m", "pcsock.cli", "lookupd", "--config", str(path)],
+                name="lookupd",
+                ready=lambda: s_node.tcp_open(psp_ip, LOOKUP_PORT),
+                timeout=20,
+            )
+        )
+        # S finds the lookup service through DNS
+        resolver = Resolver([tb.dns.address])
+        self.lookup: LookupClient = s_node.call(lambda: find_lookup(resolver, PSP_ZONE, "srcroute"))
+        self.progress(f"lookup service found in DNS at {self.lookup.host}:{self.lookup.port}")
+        # endpoints
+        for h, ip in self.hosts.items():
+
+            def mk_ep(ip: str = ip) -> PacketCloudSocket:
+                return PacketCloudSocket(ip)
+
+            ep = tb.node(h).call(mk_ep)
+            self.endpoints[h] = ep
+            self.sockets[h] = [ep]
+        for port in PLAIN_PORTS:
+
+            def mk(port: int = port) -> socket.socket:
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s.bind((self.hosts["D"], port))
+                return s
+
+            self.sockets["D"].append(tb.node("D").call(mk))
+        self.progress(f"ready in {time.monotonic() - t0:.1f}s")
+
+    def _next_serial(self) -> int:
+        self._serial += 1
+        return self._serial
+
+    def _publish_owner_zone(self, claims: list[ownership.OwnershipClaim]) -> None:
+        assert self.tb.dns is not None
+        now = time.time()
+        records = [ownership.ownership_rrset(claims)] if claims else []
+        self.tb.dns.set_zone(
+            self.owner.zone.to_text(),
+            ownership.signed_zone_text(
+                self.owner, records=records, inception=now - 3600, expiration=now + 86400,
+                nameserver="ns.pc.test.", serial=self._next_serial(),
+            ),
+        )  # fmt: skip
+
+    def _start_site(self, name: str, anchor: Path) -> None:
+        info = self.tb.site(name)
+        state = self.tmp / f"state-{name}"
+        state.mkdir()
+        cfg = self.tmp / f"{name}.toml"
+        cfg.write_text(
+            f'[site]\nname = "{name}"\npublic_ip = "{info.public_ip}"\nworkers = 1\n'
+            f'state_dir = "{state}"\n\n[dataplane]\ntun_prefix = "pcsw"\n\n'
+            f'[control]\nlisten = "{info.control_address}:{CONTROL_PORT}"\n'
+            f'admin_token = "{ADMIN_TOKEN}"\ntrust_anchor_file = "{anchor}"\n\n'
+            f'[control.psps.{PSP}]\ntoken = "{PSP_TOKEN}"\n'
+        )
+        node = self.tb.node(name)
+        addr = info.control_address
+        assert addr is not None
+        self.procs.append(
+            node.start(
+                [sys.executable, "-m", "pcsite_lite.cli", "run", "--config", str(cfg)],
+                name="pcsite",
+                ready=lambda: self.psp.tcp_open(addr, CONTROL_PORT),
+                timeout=30,
+            )
+        )
+
+    def _control(self, site: str, admin: bool = False) -> Any:
+        from pcsite_lite.control.client import ControlClient
+
+        url = f"http://{self.tb.site(site).control_address}:{CONTROL_PORT}"
+        c = ControlClient(url, token=ADMIN_TOKEN if admin else PSP_TOKEN,
+                          psp=None if admin else PSP)  # fmt: skip
+        psp = self.psp
+
+        class InPsp:  # every call from the PSP's namespace (the control network)
+            def __getattr__(self, attr: str) -> Any:
+                fn = getattr(c, attr)
+                return lambda *a, **k: psp.call(lambda: fn(*a, **k))
+
+        return InPsp()
+
+    # --- World
+    def now(self) -> float:
+        return time.monotonic()
+
+    def deploy(self, sites: list[str], service: str, source: str) -> None:
+        from pcsite_lite.control.client import ControlError
+
+        for site in sites:
+            try:
+                self._control(site).upload_service(service, source.encode(), b"\0" * 64)
+            except ControlError as exc:
+                if exc.code == "not_configured" and source == SRCROUTE:
+                    # the daemon's circuit fast path follows the installed out hop: what the
+                    # pass-through srcroute service does
+                    continue
+                raise Missing(
+                    f"running the {service!r} service on site daemon {site} (upload answered "
+                    f"{exc.code}: {exc.message})"
+                ) from exc
+
+    def circuit(self, src: str, dst: str, service: str, sites: list[str]) -> Circuit:
+        return self.tb.node(src).call(
+            lambda: self.lookup.create(
+                destination=self.hosts[dst], service=service, source=self.hosts[src],
+                sites=sites,
+            )
+        )  # fmt: skip
+
+    def teardown(self, circuit: Circuit) -> None:
+        self.tb.node("S").call(lambda: self.lookup.teardown(circuit))
+
+    def register_service_id(self, site: str, service_id: int, service: str) -> None:
+        self._control(site).register_service_id(service, service_id)
+
+    def signup(self, prefix: str, service: str, sites: list[str], *, forged: bool = False) -> None:
+        from pcsite_lite.control.client import ControlError
+
+        now = time.time()
+        claim = ownership.OwnershipClaim(prefix, PSP, service, now - 60, now + 86400)
+        self._publish_owner_zone([claim])
+        assert self.tb.dns is not None
+        dns_ip = self.tb.dns.address
+        proof = (
+            self.tb.node("D")
+            .call(lambda: ownership.fetch_proof(prefix, server=dns_ip, anchor_zone="in-addr.arpa."))
+            .text
+        )
+        if forged:  # stretch the validity without the zone's key: the RRSIG no longer matches
+            proof = proof.replace("not-after=", "not-after=2", 1)
+        for site in sites:
+            try:
+                self._control(site).register_destination(prefix, service, proof)
+            except ControlError as exc:
+                raise RuntimeError(f"{exc.code}: {exc.message}") from exc
+            self.tb.divert(self.routers[site], prefix)  # the ISP configures its router
+
+    def send_circuit(
+        self, host: str, circuit: Circuit, payload: bytes, *, metadata: int = 0, dport: int = 0
+    ) -> None:
+        self.endpoints[host].send_on(circuit, payload, metadata=metadata, dport=dport)
+
+    def send_service(
+        self, host: str, dst: str, service_id: int, payload: bytes, *, metadata: int = 0,
+        dport: int = 0,
+    ) -> None:  # fmt: skip
+        key = f"svc-{host}"
+        if key not in self.endpoints:
+            ip = self.hosts[host]
+            # a second endpoint with the ToS flag set, on its own encapsulation source port
+            self.endpoints[key] = self.tb.node(host).call(
+                lambda: ServiceSocket(self.hosts[dst], service_id, ip, bind=False)
+            )
+        self.endpoints[key].sendto_service(
+            payload, self.hosts[dst], service_id, metadata=metadata, dport=dport
+        )
+
+    def send_plain(self, host: str, dst: str, dport: int, payload: bytes) -> None:
+        key = f"plain-{host}"
+        if key not in self.sockets:
+            self.sockets[key] = [
+                self.tb.node(host).call(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            ]
+        s = self.sockets[key][0]
+        assert isinstance(s, socket.socket)
+        s.sendto(payload, (self.hosts[dst], dport))
+
+    def reply(self, host: str, to: Datagram, payload: bytes) -> None:
+        self.endpoints[host].reply(to, payload)
+
+    def collect(self, host: str, want: int, timeout: float = 1.0) -> list[tuple[Datagram, float]]:
+        socks = self.sockets[host]
+        fds = {s.fileno(): s for s in socks}
+        out: list[tuple[Datagram, float]] = []
+        deadline = time.monotonic() + timeout
+        while not want or len(out) < want:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            ready, _, _ = select.select(list(fds), [], [], left)
+            for fd in ready:
+                s = fds[fd]
+                if isinstance(s, PacketCloudSocket):
+                    try:
+                        d = s.recv(timeout=0)
+                    except TimeoutError:
+                        continue
+                    out.append((d, time.monotonic()))
+                else:
+                    data, (src, sport) = s.recvfrom(65535)
+                    t = time.monotonic()
+                    out.append(
+                        (
+                            Datagram(payload=data, source=src, destination=self.hosts[host],
+                                     form=wire.FORM_NONE, via=src, sport=sport,
+                                     dport=s.getsockname()[1]),
+                            t,
+                        )
+                    )  # fmt: skip
+        return out
+
+    def service_packets(self, site: str, service: str) -> int:
+        c = self._control(site)
+        last = -1
+        for _ in range(20):  # workers report usage periodically: wait until it settles
+            usage = c.usage()
+            n = int(usage.get("services", {}).get(service, {}).get("packets", 0))
+            if n == last:
+                return n
+            last = n
+            time.sleep(0.25)
+        return last
+
+    def site_drops(self, site: str) -> dict[str, int]:
+        return {}
+
+    def close(self) -> None:
+        for socks in self.sockets.values():
+            for s in socks:
+                try:
+                    s.close()
+                except OSError:
+                    pass
+        for ep in self.endpoints.values():
+            ep.close()
+        try:
+            self.lookup.close()
+        except AttributeError:
+            pass
+        for p in reversed(self.procs):
+            try:
+                p.stop()
+            except Exception:
+                pass
+        if self._built:
+            self.tb.down()
+        shutil.rmtree(self.tmp, ignore_errors=True)
