@@ -1,0 +1,179 @@
+"""A minimal site process for the examples' namespace demos (real packets, real pipeline).
+
+It stands in for the site daemon (``pcsite run``) where the examples need what the daemon's
+control API does not offer yet (repository-loaded services, redirect prefixes, circuits with
+several delivering hops): it runs inside a testbed site's namespace, reads the IPv4 packets
+arriving on the site's data interface with an ``AF_PACKET`` socket, runs them through the real
+:class:`pcsite_lite.pipeline.Pipeline` over a :class:`pcsite_lite.site.Site`, and sends what
+the pipeline forwards with a raw IP socket (the namespace's routes lead to the co-located
+router). The kernel's own handling of those packets is switched off by one nftables rule (no
+ICMP for the public IP) and by the namespace not forwarding.
+
+The FIS is a SQLite (WAL) file shared with the PSP's control script, which writes it through
+its own connection: the site's node-local ``CachedFIS`` sees those writes within its staleness
+bound (5 ms), exactly as across the daemon's processes. Counters (drops by reason, service
+counters) are written to ``stats`` as JSON every 100 ms and at exit.
+
+Config (JSON)::
+
+    {"name": "CA", "public_ip": "198.18.254.1", "iface": "eth0", "fis": "/path/fis.sqlite",
+     "stats": "/path/stats.json", "psp": "webco",
+     "deploy": [{"service": "firewall", "source": "/path/service.py"}],
+     "destinations": [{"prefix": "198.19.80.0/24", "service": "firewall",
+                       "redirect_prefixes": []}],
+     "circuits": [{"label": 7, "service": "multicast", "in_key": "<hex>",
+                   "out": [{"label": 9, "next_hop": "198.18.254.2", "key": "<hex>|null"}]}]}
+
+Run: ``python -m examples.firewall.netsite CONFIG.json`` (inside the site's namespace).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ETH_P_IP = 0x0800
+PACKET_OUTGOING = 4
+NFT_TABLE = "pce_netsite"
+
+__all__ = ["main", "write_config"]
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    path.write_text(json.dumps(config, indent=2))
+    return path
+
+
+def _nft_silence(public_ip: str, iface: str) -> None:
+    import subprocess
+
+    script = (
+        f"table ip {NFT_TABLE} {{\n"
+        "  chain input { type filter hook input priority -10; policy accept;\n"
+        f'    iifname "{iface}" ip daddr {public_ip} drop\n'
+        "  }\n}\n"
+    )
+    subprocess.run(["nft", "-f", "-"], input=script.encode(), check=True)
+
+
+def build_site(cfg: dict[str, Any]) -> Any:
+    """The Site object the config describes (services deployed, circuits installed)."""
+    from pcsite_lite.circuits import OutHop
+    from pcsite_lite.fis import CachedFIS, SqliteFIS
+    from pcsock.wire import HopKey
+
+    labels = [int(c["label"]) for c in cfg.get("circuits", [])]
+    queue = list(labels)
+
+    def randbits(n: int) -> int:  # hand the configured labels out in order
+        return queue.pop(0) if queue else int.from_bytes(os.urandom(4), "big")
+
+    from pcsite_lite.site import Site
+
+    fis = CachedFIS(SqliteFIS(cfg["fis"]), clock=time.monotonic)
+    site = Site(cfg["name"], cfg["public_ip"], fis=fis, randbits=randbits)
+    psp = cfg["psp"]
+    for d in cfg.get("deploy", []):
+        site.deploy(psp, d["service"], Path(d["source"]).read_text())
+    for r in cfg.get("destinations", []):
+        site.register_destination(
+            r["prefix"], psp, r["service"], redirect_prefixes=r.get("redirect_prefixes", [])
+        )
+    for c in cfg.get("circuits", []):
+        label = site.circuits.allocate(psp, now=0.0)
+        assert label == int(c["label"]), "label allocation out of order"
+        hops = [
+            OutHop(
+                label=int(o["label"]),
+                next_hop=o["next_hop"],
+                key=None if o.get("key") is None else HopKey(bytes.fromhex(o["key"])),
+            )
+            for o in c["out"]
+        ]
+        site.circuits.install(
+            label,
+            psp=psp,
+            service=c["service"],
+            in_key=bytes.fromhex(c["in_key"]),
+            out_hops=hops,
+            expires=1e12,
+            now=0.0,
+        )
+    return site
+
+
+def _stats(site: Any, processed: int) -> dict[str, Any]:
+    return {
+        "processed": processed,
+        "drops": dict(site.drops),
+        "services": {slot.ctx.name: slot.ctx.counters.as_dict() for slot in site.runtime.slots()},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pcsite_lite.pipeline import Pipeline
+    from pcsite_lite.verdicts import Deliver, Drop, Forward
+    from pcsock.wire import TOS_SERVICE, ip2int
+
+    args = sys.argv[1:] if argv is None else argv
+    cfg = json.loads(Path(args[0]).read_text())
+    site = build_site(cfg)
+    pipe = Pipeline(site)
+    public = ip2int(cfg["public_ip"])
+    stats_path = Path(cfg["stats"])
+    _nft_silence(cfg["public_ip"], cfg["iface"])
+    rx = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
+    rx.bind((cfg["iface"], ETH_P_IP))
+    rx.settimeout(0.1)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    running = True
+
+    def stop(*_: object) -> None:
+        nonlocal running
+        running = False
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    processed = 0
+    next_dump = 0.0
+    stats_path.write_text(json.dumps(_stats(site, 0)))
+    print("netsite up", flush=True)
+    while running:
+        now = time.monotonic()
+        if now >= next_dump:
+            stats_path.write_text(json.dumps(_stats(site, processed)))
+            next_dump = now + 0.1
+        try:
+            data, addr = rx.recvfrom(65535)
+        except TimeoutError:
+            continue
+        except OSError:
+            continue
+        if addr[2] == PACKET_OUTGOING or len(data) < 20:
+            continue
+        dst = int.from_bytes(data[16:20], "big")
+        if not (
+            dst == public or data[1] == TOS_SERVICE or site.destinations.lookup(dst) is not None
+        ):
+            continue
+        processed += 1
+        for v in pipe.process(data, time.monotonic()):
+            if isinstance(v, Forward | Deliver):
+                try:
+                    tx.sendto(v.data, (v.next_hop, 0))
+                except OSError as exc:
+                    print(f"send to {v.next_hop} failed: {exc}", flush=True)
+            elif isinstance(v, Drop):
+                pass
+    stats_path.write_text(json.dumps(_stats(site, processed)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

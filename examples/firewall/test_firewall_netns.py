@@ -1,0 +1,23 @@
+"""The firewall with real packets in a namespace testbed (root; prefix "pce")."""
+
+from __future__ import annotations
+
+import pytest
+
+from examples.firewall.demo import passed, run_testbed
+
+
+@pytest.mark.netns
+def test_firewall_drops_unwanted_traffic_at_the_source_side_site_with_real_packets() -> None:
+    res = run_testbed(n=200)
+    assert res["wanted"] == 50
+    # captured on the core router's interface: only the 50 web packets crossed the core
+    assert res["core_link_packets"] == 50
+    assert res["server_packets"] == 50
+    # the kernel's counter of the core interface agrees (give or take an ARP frame)
+    assert 50 <= res["core_iface_tx_delta"] <= 53
+    assert res["site_drops"] == {"service_drop": 150}
+    # on-line whitelist passes a UDP probe; a StopIt filter then stops it
+    assert res["whitelisted_probe_at_server"] == 1
+    assert res["stopped_probe_at_server"] == 0
+    assert passed(res)
