@@ -452,7 +452,9 @@ class ServiceCache(Generic[T]):
         return loaded
 
     def active_version(self, psp: str, service: str) -> str:
-        """The version :meth:`get` currently runs for this service."""
+        """The version :meth:`get` runs for this service now."""
+        if self._clock() >= self._deadline:
+            self.refresh()
         active = self._active.get((psp, service)) or self._resolve(psp, service)
         return active[0]
 
