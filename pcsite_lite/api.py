@@ -46,7 +46,8 @@ from __future__ import annotations
 import os
 import zlib
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any, Final
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -58,6 +59,7 @@ from pcsock.wire import (
     Packet,
     WireError,
     int2ip,
+    internet_checksum,
     ip2int,
 )
 
@@ -153,15 +155,39 @@ class ServiceContext:
         self.aes_keys: dict[bytes, AESGCM] = {}
 
 
-class ShimView(NamedTuple):
-    """``shim.read()``: the shim as the service sees it (addresses as dotted quads)."""
+class ShimView(tuple):
+    """``shim.read()``: the shim as the service sees it (addresses as dotted quads).
 
-    form: int
-    label: int | None  #: form 1: this hop's incoming label
-    service_id: int | None  #: form 2
-    metadata: int | None  #: None for a plain (form-3) packet
-    orig_src: str | None  #: form 1: the original sender
-    hop_limit: int | None  #: form 1
+    Fields: ``form``; ``label`` (form 1: this hop's incoming label, or the out label the
+    service already chose); ``service_id`` (form 2); ``metadata`` (None for a plain packet);
+    ``orig_src`` (form 1: the original sender); ``hop_limit`` (form 1). A tuple underneath
+    (built without a Python-level constructor: this is on every packet's path).
+    """
+
+    __slots__ = ()
+
+    form = property(itemgetter(0))
+    label = property(itemgetter(1))
+    service_id = property(itemgetter(2))
+    metadata = property(itemgetter(3))
+    hop_limit = property(itemgetter(5))
+
+    @property
+    def orig_src(self) -> str | None:
+        orig = self[4]
+        return None if orig is None else int2ip(orig)
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        """(form, label, service_id, metadata, orig_src, hop_limit)."""
+        return (self[0], self[1], self[2], self[3], self.orig_src, self[5])
+
+    def __repr__(self) -> str:
+        names = ("form", "label", "service_id", "metadata", "orig_src", "hop_limit")
+        return "ShimView(" + ", ".join(f"{n}={v!r}" for n, v in zip(names, self.as_tuple())) + ")"
+
+
+_new_view = tuple.__new__
+_PLAIN_VIEW: Final = _new_view(ShimView, (0, None, None, None, None, None))
 
 
 def _misuse(detail: str) -> ApiError:
@@ -190,11 +216,16 @@ class Shim:
         p = api._pkt
         form = p.form
         if form == FORM_CIRCUIT:
-            label = api._label if api._label is not None else p.label
-            return ShimView(form, label, None, p.metadata, int2ip(p.orig_src), p.hop_limit)
+            b = p.buf
+            o = p.shim_off
+            label = api._label
+            if label is None:
+                label = b[o + 4] << 24 | b[o + 5] << 16 | b[o + 6] << 8 | b[o + 7]
+            orig = b[o + 8] << 24 | b[o + 9] << 16 | b[o + 10] << 8 | b[o + 11]
+            return _new_view(ShimView, (form, label, None, b[o + 3], orig, b[o + 2]))
         if form == FORM_SERVICE:
-            return ShimView(form, None, p.service_id, p.metadata, None, None)
-        return ShimView(form, None, None, None, None, None)
+            return _new_view(ShimView, (form, None, p.service_id, p.metadata, None, None))
+        return _PLAIN_VIEW
 
     @property
     def form(self) -> int:
@@ -313,12 +344,19 @@ class PacketApi:
         circuit: Circuit | None,
         allowed: tuple[tuple[int, int], ...],
     ) -> None:
+        """Point the API at one packet and one service stage (decision state cleared)."""
         self._pkt = pkt
         self._ctx = ctx
         self._now = now
         self._circuit = circuit
         self._allowed = allowed
-        self._reset_decision()
+        self._action = ACT_NONE
+        self._hop = None
+        self._label = None
+        self._spoof = None
+        self._md_changed = False
+        if self._replicas:
+            self._replicas = []
 
     def _refuse(self, detail: str) -> ApiError:
         self._spoof = detail
@@ -402,6 +440,8 @@ class PacketApi:
         if start + len(data) > len(p.buf):
             raise _misuse("write past the end of the payload (use set_payload to grow it)")
         p.buf[start : start + len(data)] = data
+        if p.encap == "udp":
+            _zero_udp_checksum(p)
 
     def set_payload(self, data: bytes | bytearray) -> None:
         """Replace the whole payload (any length); the site fixes lengths and checksums."""
@@ -595,10 +635,13 @@ class PacketApi:
         self._action = ACT_REPLICATE
 
 
+def _zero_udp_checksum(p: Packet) -> None:
+    """The payload changed: an outer UDP checksum would be stale, so send none (RFC 768)."""
+    p.buf[p.ihl + 6] = p.buf[p.ihl + 7] = 0
+
+
 def _fix_lengths(p: Packet) -> None:
     """After a payload length change: IP total length, UDP length, IP header checksum."""
-    from pcsock.wire import internet_checksum
-
     b = p.buf
     n = len(b)
     b[2] = n >> 8
@@ -607,6 +650,7 @@ def _fix_lengths(p: Packet) -> None:
         ulen = n - p.ihl
         b[p.ihl + 4] = ulen >> 8
         b[p.ihl + 5] = ulen & 0xFF
+        _zero_udp_checksum(p)
     b[10] = b[11] = 0
     c = internet_checksum(b[: p.ihl])
     b[10] = c >> 8

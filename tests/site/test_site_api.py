@@ -27,7 +27,7 @@ def _run(src: str, data: bytes | bytearray, *, form: int = 1, **site_kw):
 
 
 def test_shim_read_per_form() -> None:
-    src = "def process(pkt):\n    pkt.log(repr(tuple(pkt.shim.read())) + ' ' + str(pkt.now))\n"
+    src = "def process(pkt):\n    pkt.log(repr(pkt.shim.read().as_tuple()) + ' ' + str(pkt.now))\n"
     _, _, l1 = _run(src, b"x")
     assert l1[0].startswith("(1, ") and f"'{SENDER}', 16) 3.5" in l1[0]
     _, _, l2 = _run(
