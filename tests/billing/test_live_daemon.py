@@ -1,0 +1,142 @@
+"""A live run: the real site daemon in namespaces, its usage collected into a ledger, invoiced.
+
+Conservation on the daemon: the bytes the ledger bills a PSP's service equal the dataplane
+counters of the site's workers (bytes received from / sent to the TUN queues) exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import time
+from pathlib import Path
+
+import pytest
+
+from pcsite_lite.billing.cli import main
+from pcsite_lite.billing.ledger import Ledger
+from pcsite_lite.control.client import OutHop
+from pcsock import wire
+
+from .live_site import ADMIN, LiveSite, have_tools, in_ns
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
+
+K1, K2 = bytes(range(16)), bytes(range(2, 18))
+
+
+def _worker_counter(metrics: str, name: str) -> int:
+    """The sum over workers (and reasons) of a dataplane counter in the metrics text."""
+    return sum(
+        int(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith(f"pcsite_{name}_total{{")
+    )
+
+
+def test_live_daemon_usage_is_collected_billed_and_equals_the_dataplane_bytes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if os.geteuid() != 0 or not have_tools():
+        pytest.skip("needs root, ip, nft and /dev/net/tun")
+    ledger = tmp_path / "central.ledger"
+    with LiveSite(tmp_path, workers=2) as site:
+        admin = site.client(token=ADMIN, psp=None)
+        collect = [
+            "collect",
+            "--url",
+            "http://127.0.0.1:8080",
+            "--token",
+            ADMIN,
+            "--ledger",
+            str(ledger),
+            "--count",
+            "1",
+            "--name",
+            "site-a",
+        ]
+        assert in_ns(site.ns["a"], lambda: main(collect)) == 0  # the baseline scrape
+
+        acme = site.client()
+        deliver = acme.allocate_circuit("relay")["label"]
+        acme.install_hop(deliver, in_key=K1, deliver=LiveSite.D, strip=False)
+        onward = acme.allocate_circuit("relay")["label"]
+        acme.install_hop(onward, in_key=K2, out=[OutHop(4242, LiveSite.FAR, K2)])
+
+        tx = site.raw_sender()
+        sent = 0
+        n = 60
+        for i in range(n):
+            label, key = (deliver, K1) if i % 2 else (onward, K2)
+            body = bytes(i * 13 % 900)
+            udp = struct.pack("!HHHH", 5555, 9999, 8 + len(body), 0) + body
+            pkt = bytes(
+                wire.build_circuit_packet(
+                    src=LiveSite.S, dst=LiveSite.SITE, label=label, key=key, payload=udp
+                )
+            )
+            tx.sendto(pkt, (LiveSite.SITE, 0))
+            sent += len(pkt)
+        tx.close()
+
+        # wait until the workers have reported every packet (stats every 0.25 s)
+        deadline = time.monotonic() + 10
+        while True:
+            text = admin.metrics()
+            if _worker_counter(text, "rx_packets") >= n and "pcsite_service_packets_total" in text:
+                usage = acme.usage()["services"].get("relay", {})
+                if usage.get("packets") == n:
+                    break
+            assert time.monotonic() < deadline, text
+            time.sleep(0.2)
+        rx_bytes = _worker_counter(text, "rx_bytes")
+        rx_packets = _worker_counter(text, "rx_packets")
+        dropped = _worker_counter(text, "drops")  # packets no service saw (e.g. not_ipv4)
+        tx_bytes = _worker_counter(text, "tx_bytes")
+
+        assert in_ns(site.ns["a"], lambda: main(collect)) == 0  # the scrape after the traffic
+        capsys.readouterr()
+
+    with Ledger(ledger, create=False) as led:
+        records = led.records("acme")
+        assert {(r.site, r.service) for r in records} == {(f"{site.id}-site", "relay")}
+        billed_in = sum(r.counters.bytes_in for r in records)
+        billed_out = sum(r.counters.bytes_out for r in records)
+        assert sum(r.counters.packets for r in records) == n
+    # conservation: what the service was billed for is what the workers sent, byte for byte;
+    # on input, every packet the workers read is either the service's or a counted drop
+    assert billed_out == tx_bytes
+    assert billed_in == sent <= rx_bytes
+    assert rx_packets == n + dropped
+    if dropped == 0:
+        assert billed_in == rx_bytes
+
+    # and the invoice prices those counters (the daemon meters packets and bytes today)
+    sheet = tmp_path / "p.toml"
+    sheet.write_text(
+        '[bandwidth]\ningress_per_gb = "0.05"\n[packets]\nper_million = "1"\n'
+        '[invoice]\nquantum = "0.000001"\n'
+    )
+    rc = main(
+        [
+            "invoice",
+            "--ledger",
+            str(ledger),
+            "--psp",
+            "acme",
+            "--from",
+            "2000-01-01",
+            "--to",
+            "2100-01-01",
+            "--prices",
+            str(sheet),
+            "--format",
+            "json",
+        ]
+    )
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    lines = {li["resource"]: li for li in doc["lines"]}
+    assert lines["bandwidth_ingress"]["usage"] == sent
+    assert lines["packets"]["usage"] == n
