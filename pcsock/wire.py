@@ -540,6 +540,27 @@ class Packet:
         return f"<Packet plain {base} proto={self.proto} len={len(self.buf)}>"
 
 
+def _parse_ip_slow(
+    data: bytes | bytearray | memoryview, b0: int, total: int
+) -> tuple[int, bytearray]:
+    """IPv4 header checks for packets with options, trailing bytes or errors."""
+    n = len(data)
+    if b0 >> 4 != 4:
+        raise WireError("not_ipv4", f"IP version {b0 >> 4}")
+    if b0 & 15 < 5:
+        raise WireError("bad_ip_header_length", f"IHL {b0 & 15}")
+    ihl = (b0 & 15) << 2
+    if ihl > n:
+        raise WireError("truncated", f"IPv4 header of {ihl} bytes in {n} bytes")
+    if total < ihl:
+        raise WireError("bad_ip_total_length", f"total length {total} < header {ihl}")
+    if total > n:
+        raise WireError("truncated", f"IPv4 total length {total} but {n} bytes")
+    if total == n:
+        return ihl, data if type(data) is bytearray else bytearray(data)
+    return ihl, bytearray(data[:total])
+
+
 def parse(
     data: bytes | bytearray | memoryview,
     *,
@@ -554,26 +575,15 @@ def parse(
     with ``form == FORM_NONE``. Raises :class:`WireError` on anything malformed. Sites that read
     from a TUN device may pass ``verify_ip_checksum=False``: the kernel verified it on ingress.
     """
-    n = len(data)
-    if n < 20:
-        raise WireError("truncated", f"{n} bytes is shorter than an IPv4 header")
-    b0, total, frag, ip_proto = _IP_FIELDS.unpack_from(data)
-    if b0 != 0x45:  # the common case (IPv4, no options) skips these checks
-        if b0 >> 4 != 4:
-            raise WireError("not_ipv4", f"IP version {b0 >> 4}")
-        if b0 & 15 < 5:
-            raise WireError("bad_ip_header_length", f"IHL {b0 & 15}")
-    ihl = (b0 & 15) << 2
-    if ihl > n:
-        raise WireError("truncated", f"IPv4 header of {ihl} bytes in {n} bytes")
-    if total < ihl:
-        raise WireError("bad_ip_total_length", f"total length {total} < header {ihl}")
-    if total > n:
-        raise WireError("truncated", f"IPv4 total length {total} but {n} bytes")
-    if total == n:
+    try:
+        b0, total, frag, ip_proto = _IP_FIELDS.unpack_from(data)
+    except struct.error:
+        raise WireError("truncated", f"{len(data)} bytes is shorter than an IPv4 header") from None
+    if b0 == 0x45 and total == len(data):  # the common case: no options, no trailing bytes
+        ihl = 20
         buf = data if type(data) is bytearray else bytearray(data)
     else:
-        buf = bytearray(data[:total])
+        ihl, buf = _parse_ip_slow(data, b0, total)
     # one's-complement sum of the header words == 0xFFFF  <=>  header integer = 0 mod 0xFFFF
     # (the version nibble makes the header non-zero); see internet_checksum.
     if verify_ip_checksum and _from_bytes(buf[:ihl], "big") % 0xFFFF:
