@@ -186,7 +186,12 @@ class RedisFIS(FISEngine):
 
 
 class _RedisFeed(ChangeFeed):
-    """A pub/sub subscription read without blocking; numbered messages reveal losses."""
+    """A pub/sub subscription read without blocking; numbered messages reveal losses.
+
+    After a broken connection (server restart, ``CLIENT KILL``, output-buffer overflow) the
+    feed reports a loss on every poll until it has subscribed again; then it restarts its
+    numbering from the server's current version, which may be lower (a restarted server).
+    """
 
     def __init__(self, engine: RedisFIS) -> None:
         self._engine = engine
@@ -198,23 +203,46 @@ class _RedisFeed(ChangeFeed):
                 connection_class=engine._r.connection_pool.connection_class, **kwargs
             )
         )
-        self._ps = self._client.pubsub()
-        self._ps.subscribe(engine.channel)
-        deadline = time.monotonic() + 5.0
-        while True:  # wait for the server's confirmation: from then on nothing is missed
-            msg = self._ps.get_message(timeout=0.05)
-            if msg is not None and msg.get("type") == "subscribe":
-                break
-            if time.monotonic() > deadline:
-                raise redis.ConnectionError("could not subscribe to the FIS change channel")
-        self._seq = int(engine._r.get(engine._version_key) or 0)
-        self._next_verify = engine._clock() + engine._verify_interval
+        self._ps: Any = None
+        self._seq = 0
         self._expect = 0  # a server version some message must have brought by the next verify
+        self._next_verify = 0.0
+        self._subscribe(wait=5.0)  # the first subscription must work: raise if it does not
+
+    def _subscribe(self, wait: float) -> None:
+        ps = self._client.pubsub()
+        try:
+            ps.subscribe(self._engine.channel)
+            deadline = time.monotonic() + wait
+            while True:  # wait for the server's confirmation: from then on nothing is missed
+                msg = ps.get_message(timeout=min(0.05, wait))
+                if msg is not None and msg.get("type") == "subscribe":
+                    break
+                if time.monotonic() >= deadline:
+                    raise redis.ConnectionError("could not subscribe to the FIS change channel")
+            self._seq = int(self._engine._r.get(self._engine._version_key) or 0)
+        except BaseException:
+            ps.close()
+            raise
+        self._ps = ps
+        self._expect = 0
+        self._next_verify = self._engine._clock() + self._engine._verify_interval
+
+    def _drop(self) -> None:
+        if self._ps is not None:
+            try:
+                self._ps.close()
+            except (redis.RedisError, OSError):
+                pass
+            self._ps = None
 
     def poll(self) -> list[Change] | None:
         out: list[Change] = []
         lost = False
         try:
+            if self._ps is None:
+                self._subscribe(wait=0.05)
+                return None  # whatever happened while disconnected is unknown
             while True:
                 msg = self._ps.get_message(timeout=0.0)
                 if msg is None:
@@ -225,7 +253,7 @@ class _RedisFeed(ChangeFeed):
                 seq_text, _, payload = data.partition(" ")
                 seq = int(seq_text)
                 if seq <= self._seq:
-                    continue  # committed before we started: already reflected by the store
+                    continue  # committed before we subscribed: already reflected by the store
                 if seq != self._seq + 1:
                     lost = True
                 self._seq = seq
@@ -233,16 +261,19 @@ class _RedisFeed(ChangeFeed):
             now = self._engine._clock()
             if now >= self._next_verify:
                 self._next_verify = now + self._engine._verify_interval
-                if self._expect > self._seq:
+                current = int(self._engine._r.get(self._engine._version_key) or 0)
+                if self._expect > self._seq or current < self._seq:
+                    # a message never came, or the store was reset (FLUSHALL): start over
                     lost = True
-                    self._seq = self._expect
-                self._expect = int(self._engine._r.get(self._engine._version_key) or 0)
+                    self._seq = current
+                self._expect = current
         except (redis.ConnectionError, redis.TimeoutError, OSError):
+            self._drop()
             return None
         return None if lost else out
 
     def close(self) -> None:
         try:
-            self._ps.close()
+            self._drop()
         finally:
             self._client.close()

@@ -3,6 +3,7 @@ parametrized so every engine test runs against SQLite and Redis alike."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -17,13 +18,13 @@ import redis
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Start a private redis-server on a unix socket in a temp dir; kill it by PID at the end."""
+@contextlib.contextmanager
+def redis_server(workdir: Path) -> Iterator[str]:
+    """Run a private redis-server on ``workdir/redis.sock``; yield its URL; kill it by PID."""
     if not os.path.exists(REDIS_SERVER):
         pytest.fail(f"redis-server not found at {REDIS_SERVER} (apt-get install redis-server)")
-    workdir = tmp_path_factory.mktemp("pcf-redis")
     sock = workdir / "redis.sock"
+    logfile = workdir / "redis.log"
     proc = subprocess.Popen(
         [
             REDIS_SERVER,
@@ -33,7 +34,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             "--save", "",
             "--appendonly", "no",
             "--dir", str(workdir),
-            "--logfile", str(workdir / "redis.log"),
+            "--logfile", str(logfile),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -48,9 +49,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             except (redis.ConnectionError, FileNotFoundError):
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                log = (
-                    (workdir / "redis.log").read_text() if (workdir / "redis.log").exists() else ""
-                )
+                log = logfile.read_text() if logfile.exists() else ""
                 pytest.fail(f"redis-server did not start (rc={proc.poll()}): {log[-500:]}")
             time.sleep(0.02)
         yield url
@@ -61,6 +60,13 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server shared by the session's tests (each test uses its own key prefix)."""
+    with redis_server(tmp_path_factory.mktemp("pcf-redis")) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -1,0 +1,76 @@
+"""Redis-specific failure cases of the pub/sub invalidation: server restart, store reset."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import redis
+
+from pcsite_lite.fis import CachedFIS, namespace
+from pcsite_lite.fis_redis import RedisFIS
+from tests.fis.conftest import redis_server
+
+NS = namespace("acme", "srouting")
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _converges(cache: CachedFIS, clock: FakeClock, want: object) -> bool:
+    for _ in range(300):
+        clock.now += cache.staleness
+        try:
+            if cache.get(NS, "k") == want:
+                return True
+        except redis.ConnectionError:
+            pass  # the engine's own client may need a moment to reconnect
+        time.sleep(0.005)
+    return False
+
+
+def test_cache_keeps_following_writes_after_a_server_restart(tmp_path: Path) -> None:
+    clock = FakeClock()
+    with redis_server(tmp_path) as url:
+        node = RedisFIS(url, clock=clock)
+        cache = CachedFIS(node, clock=clock)
+        writer = RedisFIS(url)
+        for i in range(3):  # the node's feed has seen version 3
+            writer.put(NS, "k", i, writer="acme")
+        assert _converges(cache, clock, 2)
+    with redis_server(tmp_path) as url:  # same socket, empty store: versions restart at 1
+        writer = RedisFIS(url)
+        writer.put(NS, "k", "after restart", writer="acme")
+        assert _converges(cache, clock, "after restart")
+        for value in ("second", "third"):  # later writes must still invalidate
+            writer.put(NS, "k", value, writer="acme")
+            assert _converges(cache, clock, value)
+        cache.close()
+        node.close()
+        writer.close()
+
+
+def test_cache_recovers_when_the_store_is_reset_under_it(redis_url: str) -> None:
+    clock = FakeClock()
+    node = RedisFIS(redis_url, prefix="pcf-reset", clock=clock, verify_interval=0.0)
+    writer = RedisFIS(redis_url, prefix="pcf-reset")
+    cache = CachedFIS(node, clock=clock)
+    try:
+        for i in range(5):
+            writer.put(NS, "k", i, writer="acme")
+        assert _converges(cache, clock, 4)
+        admin = redis.Redis.from_url(redis_url)
+        for key in admin.scan_iter(match="pcf-reset:*"):
+            admin.delete(key)  # what FLUSHALL does to this store: version back to 0
+        writer.put(NS, "k", "fresh", writer="acme")  # published as version 1
+        assert _converges(cache, clock, "fresh")
+        assert cache.flushes >= 1
+    finally:
+        cache.close()
+        node.close()
+        writer.close()
