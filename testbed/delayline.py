@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=None)
     args = ap.parse_args(argv)
     rng = random.Random(args.seed)
+    try:  # wake up on time even when the machine is busy (it sleeps in select otherwise)
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+    except (OSError, AttributeError):
+        pass
     fa = open_tap(args.a_if)
     fb = netns.call_in(args.b_ns, lambda: open_tap(args.b_if))
     delay = args.delay_ms / 1000

@@ -24,14 +24,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from testbed import netns, state
 from testbed import plan as planmod
-from testbed.dns import DnsServer, reverse_zone_name, soa
 from testbed.netlink import Batch
 from testbed.router import NFT_TABLE, Attachment, attachment_for
 from testbed.topology import TESTBED_SPACE, LinkSpec, Topology, load
+
+if TYPE_CHECKING:
+    from testbed.dns import DnsServer
 
 __all__ = ["Node", "Process", "Result", "SiteInfo", "Testbed"]
 
@@ -644,6 +646,8 @@ class Testbed:
         self.redis_url = f"redis://{addr}:{REDIS_PORT}/0"
 
     def _start_dns(self, name: str) -> None:
+        from testbed.dns import DnsServer, reverse_zone_name  # dnspython: only when needed
+
         node = self.node(name)
         spec = self.topo.nodes[name]
         addrs = [i.address for i in node.plan.ifaces]
@@ -667,6 +671,8 @@ class Testbed:
         ``<site>.sites.<zone> TXT "v=pcsite1 name=<C> forms=1,2,3 router=<R> compute_nodes=<n>"``
         (the formats of :mod:`pcsock.discovery`).
         """
+        from testbed.dns import soa
+
         lines = [soa(zone, f"ns.{zone}"), f"ns.{zone} 300 IN A {dns_addr}"]
         for name, p in self.plan.nodes.items():
             if p.address:
@@ -684,6 +690,8 @@ class Testbed:
 
     def reverse_zone(self, prefix: ipaddress.IPv4Network, ns_name: str) -> str:
         """Reverse zone of ``prefix`` with a PTR for every testbed address inside it."""
+        from testbed.dns import reverse_zone_name, soa
+
         origin = reverse_zone_name(prefix)
         lines = [soa(origin, ns_name)]
         for name, p in self.plan.nodes.items():
@@ -777,6 +785,7 @@ class Testbed:
             "dns": self.dns.address if self.dns else None,
             "redis": self.redis_url,
             "processes": [{"node": p.node, "name": p.name, "pid": p.pid} for p in self.processes],
+            "attachments": {r: a.snippet() for r, a in self.attachments.items()},
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
         }
 

@@ -1,0 +1,130 @@
+"""Testbed benchmark: up+down of a line topology, our testbed against Mininet, in one run.
+
+For each size K, both tools build and tear down the same node and link count:
+
+- Mininet: ``mn --topo linear,K --switch lxbr --controller none --test none`` (K hosts in
+  namespaces + K Linux-bridge switches, 2K-1 links; builds, then stops everything);
+- ours: ``testbed.topology.line(K)`` (K routers + K hosts, 2K-1 links, every address and the
+  shortest-path static routes configured), built with :class:`testbed.Testbed` and torn down.
+
+Both are timed as whole commands (a fresh interpreter each, wall clock), so interpreter
+start-up is counted on both sides; our in-process up and down times are reported too.
+Mininet runs first at each size, then ours, with a pause (``--settle``) before each so that
+the kernel's lazy freeing of the previous run's namespaces does not land on the next one;
+``mn -c`` is never run.
+
+Figures (``--json PATH``): ``testbed_vs_mininet_<K>`` (our seconds / Mininet's) and
+``testbed_seconds_<K>``, ``mininet_seconds_<K>``, ``testbed_up_seconds_<K>``,
+``testbed_down_seconds_<K>``.
+
+Run (root): ``python -m benchmarks.testbed_vs_mininet [--sizes 20,100,200] [--json PATH]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+OURS = """
+import json, sys, time
+from testbed import Testbed, topology
+k = int(sys.argv[1])
+t0 = time.monotonic()
+tb = Testbed(topology.line(k), prefix="pcb", services=False)
+tb.up()
+t1 = time.monotonic()
+tb.down()
+t2 = time.monotonic()
+print(json.dumps({"up": t1 - t0, "down": t2 - t1}))
+"""
+
+
+def run_ours(k: int) -> tuple[float, dict[str, float]]:
+    t0 = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-c", OURS, str(k)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    wall = time.monotonic() - t0
+    return wall, json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_mininet(k: int) -> float:
+    mn = shutil.which("mn")
+    if mn is None:
+        raise SystemExit("mininet is not installed (apt-get install mininet bridge-utils)")
+    t0 = time.monotonic()
+    out = subprocess.run(
+        [mn, "--topo", f"linear,{k}", "--switch", "lxbr", "--controller", "none", "--test", "none"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    wall = time.monotonic() - t0
+    if out.returncode != 0 or "*** Done" not in out.stdout + out.stderr:
+        raise RuntimeError(f"mn linear,{k} failed ({out.returncode}):\n{out.stderr[-2000:]}")
+    return wall
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="20,100,200", help="comma-separated K values")
+    ap.add_argument("--quick", action="store_true", help="only K=5")
+    ap.add_argument("--json", metavar="PATH", help="write the figures as JSON")
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=3.0,
+        help="seconds to wait between runs (the kernel frees namespaces lazily)",
+    )
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("needs root (namespaces)", file=sys.stderr)
+        return 2
+    sizes = [5] if args.quick else [int(x) for x in args.sizes.split(",") if x]
+    figures: dict[str, object] = {}
+    print(f"{'K':>5} {'mininet s':>10} {'ours s':>8} {'(up':>7} {'down)':>7} {'ratio':>7}")
+    for k in sizes:
+        time.sleep(args.settle)
+        mn = run_mininet(k)
+        time.sleep(args.settle)
+        ours, inner = run_ours(k)
+        ratio = ours / mn
+        figures.update(
+            {
+                f"testbed_vs_mininet_{k}": round(ratio, 4),
+                f"testbed_seconds_{k}": round(ours, 3),
+                f"mininet_seconds_{k}": round(mn, 3),
+                f"testbed_up_seconds_{k}": round(inner["up"], 3),
+                f"testbed_down_seconds_{k}": round(inner["down"], 3),
+            }
+        )
+        print(
+            f"{k:>5} {mn:>10.2f} {ours:>8.2f} {inner['up']:>7.2f} {inner['down']:>7.2f} "
+            f"{ratio:>7.3f}",
+            flush=True,
+        )
+    figures["machine"] = {
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(figures, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
