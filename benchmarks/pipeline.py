@@ -23,6 +23,9 @@ Figures (``--json PATH``):
 - ``clock_ns``: the cost of one call of each candidate CPU-accounting clock
   (``perf_counter_ns`` is what the pipeline uses; ``thread_time_ns`` is real CPU time but a
   system call);
+- ``loop_iteration_ns``: the CPU budget's price inside service code: ns per iteration of a
+  ``for`` loop in plain CPython, with the loader's budget ticks, and with the alternative (a
+  ``sys.settrace`` line-counting budget);
 - ``raw``: every round.
 
 Timings are process CPU time per packet in interleaved rounds, best round reported (other
@@ -44,6 +47,7 @@ from typing import Any
 
 from pcsite_lite.circuits import OutHop
 from pcsite_lite.pipeline import Pipeline
+from pcsite_lite.sandbox import Budget, load_service
 from pcsite_lite.services import source
 from pcsite_lite.site import Site
 from pcsite_lite.verdicts import Forward
@@ -119,6 +123,44 @@ def _clock_ns(clock: Callable[[], int], count: int) -> float:
     return (time.perf_counter() - t0) / count * 1e9
 
 
+LOOP_SOURCE = (
+    "def process(pkt):\n    s = 0\n    for i in range(pkt):\n        s += i\n    return s\n"
+)
+
+
+def budget_costs(iterations: int, repeats: int) -> dict[str, float]:
+    """ns per loop iteration: plain CPython, with the loader's budget ticks, and with the
+    alternative (a ``sys.settrace`` line-counting budget)."""
+    budget = Budget(max_ticks=10**12, max_ns=10**15)
+    instrumented = load_service(LOOP_SOURCE, "bench/loop", budget=budget).process
+    namespace: dict[str, Any] = {}
+    exec(compile(LOOP_SOURCE, "bench/plain", "exec"), namespace)
+    plain = namespace["process"]
+    lines = [0]
+
+    def local(frame: Any, event: str, arg: Any) -> Any:
+        lines[0] += 1
+        return local
+
+    def traced(n: int) -> Any:
+        sys.settrace(lambda frame, event, arg: local)
+        try:
+            return plain(n)
+        finally:
+            sys.settrace(None)
+
+    def best(fn: Callable[[int], Any]) -> float:
+        times = []
+        for _ in range(repeats):
+            budget.start(time.perf_counter_ns())
+            t0 = time.process_time()
+            fn(iterations)
+            times.append(time.process_time() - t0)
+        return round(min(times) / iterations * 1e9, 1)
+
+    return {"plain": best(plain), "budget_ticks": best(instrumented), "settrace": best(traced)}
+
+
 def run(count: int, repeats: int) -> dict[str, Any]:
     sr_site, sr_label = make_site("source_routing")
     noop_site, noop_label = make_site("noop")
@@ -156,6 +198,7 @@ def run(count: int, repeats: int) -> dict[str, Any]:
             "thread_time_ns": round(_clock_ns(time.thread_time_ns, clock_count), 1),
             "process_time_ns": round(_clock_ns(time.process_time_ns, clock_count), 1),
         },
+        "loop_iteration_ns": budget_costs(max(1000, count * 5), repeats),
         "packet_bytes": len(sr_data),
         "count": count,
         "repeats": repeats,
@@ -183,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         f"(no-op service: {figures['pipeline_noop_service_us_per_packet']:.2f} us, "
         f"with IP checksum verify: {figures['pipeline_verify_ip_us_per_packet']:.2f} us)\n"
         f"clock cost (ns/call): {figures['clock_ns']}\n"
+        f"service loop iteration (ns): {figures['loop_iteration_ns']}\n"
         f"(CPU time, best of {repeats} rounds of {count} packets)"
     )
     if args.json:

@@ -1,0 +1,19 @@
+"""The pipeline benchmark runs and writes its figures (tiny iteration count)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks import pipeline
+
+
+def test_benchmark_writes_its_figures(tmp_path: Path) -> None:
+    out = tmp_path / "pipeline.json"
+    assert pipeline.main(["--quick", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    for name in ("pipeline_us_per_packet", "noop_us_per_packet", "pipeline_vs_noop"):
+        assert figures[name] > 0
+    ratio = figures["pipeline_us_per_packet"] / figures["noop_us_per_packet"]
+    assert abs(figures["pipeline_vs_noop"] - ratio) < 0.01
+    assert set(figures["loop_iteration_ns"]) == {"plain", "budget_ticks", "settrace"}
