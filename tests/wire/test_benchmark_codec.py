@@ -37,6 +37,7 @@ def test_codec_benchmark_quick_run_writes_its_figures(tmp_path: Path) -> None:
         "wire_verify_ip",
         "wire_setters",
         "scapy",
+        "macs_only",
     }
 
 
