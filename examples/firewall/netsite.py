@@ -12,7 +12,8 @@ ICMP for the public IP) and by the namespace not forwarding.
 The FIS is a SQLite (WAL) file shared with the PSP's control script, which writes it through
 its own connection: the site's node-local ``CachedFIS`` sees those writes within its staleness
 bound (5 ms), exactly as across the daemon's processes. Counters (drops by reason, service
-counters) are written to ``stats`` as JSON every 100 ms and at exit.
+counters, and when the first packet was sent to each next hop, in ``time.monotonic()``) are
+written to ``stats`` as JSON every 100 ms and at exit.
 
 Config (JSON)::
 
@@ -108,9 +109,10 @@ def build_site(cfg: dict[str, Any]) -> Any:
     return site
 
 
-def _stats(site: Any, processed: int) -> dict[str, Any]:
+def _stats(site: Any, processed: int, first: dict[str, float] | None = None) -> dict[str, Any]:
     return {
         "processed": processed,
+        "first_sent_to": first or {},
         "drops": dict(site.drops),
         "services": {slot.ctx.name: slot.ctx.counters.as_dict() for slot in site.runtime.slots()},
     }
@@ -141,13 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     processed = 0
+    first: dict[str, float] = {}  # next hop -> when the first packet was sent there
     next_dump = 0.0
     stats_path.write_text(json.dumps(_stats(site, 0)))
     print("netsite up", flush=True)
     while running:
         now = time.monotonic()
         if now >= next_dump:
-            stats_path.write_text(json.dumps(_stats(site, processed)))
+            stats_path.write_text(json.dumps(_stats(site, processed, first)))
             next_dump = now + 0.1
         try:
             data, addr = rx.recvfrom(65535)
@@ -167,11 +170,13 @@ def main(argv: list[str] | None = None) -> int:
             if isinstance(v, Forward | Deliver):
                 try:
                     tx.sendto(v.data, (v.next_hop, 0))
+                    if v.next_hop not in first and len(first) < 256:
+                        first[v.next_hop] = time.monotonic()
                 except OSError as exc:
                     print(f"send to {v.next_hop} failed: {exc}", flush=True)
             elif isinstance(v, Drop):
                 pass
-    stats_path.write_text(json.dumps(_stats(site, processed)))
+    stats_path.write_text(json.dumps(_stats(site, processed, first)))
     return 0
 
 
