@@ -80,6 +80,7 @@ __all__ = [
     "FISEngine",
     "FISError",
     "FISPermissionError",
+    "FISUnavailableError",
     "FISValueError",
     "FrozenDict",
     "FrozenList",
@@ -124,6 +125,12 @@ class FISPermissionError(FISError, PermissionError):
     """The writer may not write that namespace (e.g. a PSP writing :data:`ISP`)."""
 
     reason = "forbidden"
+
+
+class FISUnavailableError(FISError):
+    """The store cannot be opened or subscribed to (bad path, server down)."""
+
+    reason = "unavailable"
 
 
 # --- naming ---------------------------------------------------------------------------------
@@ -497,9 +504,12 @@ class SqliteFIS(FISEngine):
         self._timeout = timeout
         self._keep = keep_changes
         self._lock = threading.RLock()
-        self._conn = self._connect()
         self._writes = 0
-        self._conn.executescript(_SCHEMA)
+        try:
+            self._conn = self._connect()
+            self._conn.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise FISUnavailableError(f"cannot open FIS database {self.path!r}: {exc}") from None
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(

@@ -33,7 +33,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from pcsite_lite.fis import Change, ChangeFeed, FISEngine, check_namespace
+from pcsite_lite.fis import Change, ChangeFeed, FISEngine, FISUnavailableError, check_namespace
 from pcsite_lite.lpm import MASKS, format_prefix
 
 __all__ = ["RedisFIS"]
@@ -207,7 +207,13 @@ class _RedisFeed(ChangeFeed):
         self._seq = 0
         self._expect = 0  # a server version some message must have brought by the next verify
         self._next_verify = 0.0
-        self._subscribe(wait=5.0)  # the first subscription must work: raise if it does not
+        try:
+            self._subscribe(wait=5.0)  # the first subscription must work
+        except (redis.RedisError, OSError) as exc:
+            self._client.close()
+            raise FISUnavailableError(
+                f"cannot subscribe to FIS changes on {engine.prefix!r}: {exc}"
+            ) from None
 
     def _subscribe(self, wait: float) -> None:
         ps = self._client.pubsub()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,9 +13,11 @@ from hypothesis import strategies as st
 from pcsite_lite.fis import (
     CONGESTION,
     ISP,
+    CachedFIS,
     Change,
     FISEngine,
     FISPermissionError,
+    FISUnavailableError,
     FISValueError,
     label_key,
     namespace,
@@ -265,3 +268,14 @@ def test_lpm_table_and_engine_agree_on_items_order(fis: FISEngine) -> None:
         t.insert(p, i)
         fis.lpm_put(NS, "t", p, i, writer="acme")
     assert list(fis.lpm_items(NS, "t")) == list(t.items())
+
+
+def test_unopenable_stores_raise_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FISUnavailableError, match="cannot open FIS database"):
+        open_engine(f"sqlite://{tmp_path}/no/such/dir/fis.db")
+    with pytest.raises(FISUnavailableError, match="cannot subscribe"):
+        CachedFIS(open_engine(f"unix://{tmp_path}/no-redis.sock"))
+    with pytest.raises(FISValueError, match="scheme"):
+        open_engine("postgres://x")
+    with pytest.raises(FISValueError, match="scheme"):
+        open_engine("no-scheme")

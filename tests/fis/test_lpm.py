@@ -46,7 +46,7 @@ def brute_force(model: dict[ipaddress.IPv4Network, int], addr: int) -> int | Non
 
 
 @pytest.mark.parametrize("accelerated", SEARCHES)
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(
     ops=ops,
     probes=st.lists(st.one_of(addresses, clustered.map(lambda n: int(n[-1]))), max_size=30),
