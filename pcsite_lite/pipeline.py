@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Callable
 from typing import Final
 
 from pcsite_lite.api import (
@@ -70,6 +71,9 @@ _NO_MAC: Final = b"\0\0\0\0"
 _ADDRS: Final = struct.Struct("!II")  # IPv4 source and destination (header bytes 12..19)
 _LABEL: Final = struct.Struct("!I")  # the form-1 shim's label (shim bytes 4..7)
 _H: Final = struct.Struct("!H")
+_new = object.__new__
+_set_data = Forward.__dict__["data"].__set__
+_set_next_hop = Forward.__dict__["next_hop"].__set__
 
 
 class Pipeline:
@@ -85,19 +89,23 @@ class Pipeline:
         site: Site,
         *,
         verify_ip_checksum: bool = True,
-        cpu_clock: object = None,
+        cpu_clock: Callable[[], int] | None = None,
     ) -> None:
         self.site = site
         self.verify_ip_checksum = verify_ip_checksum
         self.api = PacketApi()
         self.runtime = site.runtime
         self.budget = site.runtime.budget
-        self.clock = cpu_clock if callable(cpu_clock) else time.perf_counter_ns
+        self.clock: Callable[[], int] = cpu_clock or time.perf_counter_ns
         self._locality = site._locality  # the site's memo of is_local()
 
     # ---- entry point
     def process(self, data: bytes | bytearray | memoryview, now: float) -> list[Verdict]:
-        """Verdicts for one received packet ``data`` that arrived at time ``now``."""
+        """Verdicts for one received packet ``data`` that arrived at time ``now``.
+
+        Never raises for any ``data``. A ``bytearray`` of exactly the packet's length is
+        processed in place (no copy); other inputs are copied first.
+        """
         site = self.site
         site.now = now
         try:
@@ -133,8 +141,21 @@ class Pipeline:
             reason = "service_disabled" if slot.status == DISABLED else "service_unavailable"
             return self._drop(reason, slot, slot.status_detail)
         api = self.api
-        api._bind(pkt, slot.ctx, now, circuit, allowed)
-        counters = slot.ctx.counters
+        ctx = slot.ctx
+        # PacketApi._bind, inlined (this runs for every packet)
+        api._pkt = pkt
+        api._ctx = ctx
+        api._now = now
+        api._circuit = circuit
+        api._allowed = allowed
+        api._action = ACT_NONE
+        api._hop = None
+        api._label = None
+        api._spoof = None
+        api._md_changed = False
+        if api._replicas:
+            api._replicas = []
+        counters = ctx.counters
         counters.packets += 1
         counters.bytes_in += len(pkt.buf)
         budget = self.budget
@@ -268,10 +289,25 @@ class Pipeline:
             o = pkt.shim_off + 12
             pkt.buf[o : o + 4] = _NO_MAC
         out = bytes(pkt.buf)
-        self._out(slot, out, hop.addr)
+        # metering, inlined from _out
+        c = slot.ctx.counters
+        n = len(out)
+        c.bytes_out += n
+        local = self._locality.get(hop.addr)
+        if local is None:
+            local = self.site.is_local(hop.addr)
+        if local:
+            c.bytes_local += n
+        else:
+            c.bytes_interdomain += n
         if hop.final:
             return Deliver(out, hop.next_hop, False)
-        return Forward(out, hop.next_hop)
+        # Forward(out, hop.next_hop) without the frozen dataclass's per-field
+        # object.__setattr__ (half the cost of constructing it)
+        v = _new(Forward)
+        _set_data(v, out)
+        _set_next_hop(v, hop.next_hop)
+        return v
 
     # ---- form 2
     def _service_id(self, pkt: Packet, now: float) -> list[Verdict]:
