@@ -2,7 +2,8 @@
 
 The job (docs/protocol.md §5.3): parse the IPv4 packet and its circuit shim, read the label,
 verify the MAC under the incoming hop key, swap the label, decrement the hop limit, rewrite the
-IPv4 destination with a checksum update, and re-MAC under the outgoing hop key. Both codecs do
+IPv4 destination (and the source, to the site's own address) with a checksum update, and
+re-MAC under the outgoing hop key. Both codecs do
 exactly that on the same input in the same run, and their outputs are checked byte for byte
 against each other before anything is timed.
 
@@ -49,6 +50,8 @@ OUT_KEY = wire.HopKey(bytes(range(100, 132)))
 OUT_LABEL = 0x0BADCAFE
 OUT_DST = "198.18.7.7"
 OUT_DST_INT = wire.ip2int(OUT_DST)
+SITE = "198.18.1.1"  # the site doing the job: it sends from its own address
+SITE_INT = wire.ip2int(SITE)
 PAYLOAD = bytes(8) + bytes(range(256))[:100]  # an inner UDP header and 100 bytes of data
 
 
@@ -75,7 +78,7 @@ def wire_hop(raw: bytes, verify_ip_checksum: bool = False) -> bytearray:
     pkt = wire.parse(raw, verify_ip_checksum=verify_ip_checksum)
     if pkt.form != wire.FORM_CIRCUIT or pkt.label != 0x00C0FFEE:  # the circuit-table lookup key
         raise wire.WireError("unknown_form")
-    pkt.switch(IN_KEY, OUT_LABEL, OUT_DST_INT, OUT_KEY)
+    pkt.switch(IN_KEY, OUT_LABEL, OUT_DST_INT, OUT_KEY, src=SITE_INT)
     return pkt.buf
 
 
@@ -89,6 +92,7 @@ def wire_hop_setters(raw: bytes) -> bytearray:
     pkt.set_label(OUT_LABEL)
     pkt.set_hop_limit(pkt.hop_limit - 1)
     pkt.set_dst(OUT_DST_INT)
+    pkt.set_src(SITE_INT)
     pkt.sign(OUT_KEY)
     return pkt.buf
 
@@ -102,6 +106,7 @@ def macs_only(raw: bytes) -> bytes:
 
 _OUT_DST_BYTES = OUT_DST_INT.to_bytes(4, "big")
 _OUT_LABEL_BYTES = OUT_LABEL.to_bytes(4, "big")
+_SITE_BYTES = SITE_INT.to_bytes(4, "big")
 
 
 def inline_floor(raw: bytes) -> bytearray:
@@ -113,11 +118,12 @@ def inline_floor(raw: bytes) -> bytearray:
     h.update(b[16:20])
     if not compare_digest(h.digest(), b[32:36]):
         raise wire.WireError("bad_mac")
-    old = (b[16] << 8 | b[17]) + (b[18] << 8 | b[19])
+    old = (b[16] << 8 | b[17]) + (b[18] << 8 | b[19]) + (b[12] << 8 | b[13]) + (b[14] << 8 | b[15])
+    b[12:16] = _SITE_BYTES
     b[16:20] = _OUT_DST_BYTES
     b[24:28] = _OUT_LABEL_BYTES
     b[22] -= 1
-    c = ((b[10] << 8 | b[11]) + old - OUT_DST_INT) % 0xFFFF
+    c = ((b[10] << 8 | b[11]) + old - OUT_DST_INT - SITE_INT) % 0xFFFF
     b[10] = c >> 8
     b[11] = c & 0xFF
     h = OUT_KEY._proto.copy()
@@ -151,6 +157,7 @@ def make_scapy_hop() -> Callable[[bytes], bytes]:
         shim.label = OUT_LABEL
         shim.hop_limit -= 1
         pkt.dst = OUT_DST
+        pkt.src = SITE
         del pkt.chksum  # recomputed when built
         shim.check = wire.circuit_mac(OUT_KEY, bytes(shim)[:12], OUT_DST_INT)
         return bytes(pkt)

@@ -420,13 +420,16 @@ class Packet:
         b[1] = tos
         self._patch_ip_checksum(old, b[0] << 8 | b[1])
 
-    def switch(self, in_key: HopKey, label: int, dst: int, out_key: HopKey) -> None:
+    def switch(
+        self, in_key: HopKey, label: int, dst: int, out_key: HopKey, src: int | None = None
+    ) -> None:
         """A site's whole per-hop job on a form-1 packet, in place (docs/protocol.md §5.3).
 
         Verify the check under ``in_key`` (else ``bad_mac``), refuse a packet whose hop limit
         is already 0 (``hop_limit_exceeded``), write the outgoing ``label``, decrement the hop
-        limit, rewrite the IPv4 destination to ``dst`` (a 32-bit integer) with an incremental
-        checksum update, and re-MAC under ``out_key``. The packet is unchanged if it raises.
+        limit, rewrite the IPv4 destination to ``dst`` and, if given, the source to ``src``
+        (the site's own address; 32-bit integers) with an incremental checksum update, and
+        re-MAC under ``out_key``. The packet is unchanged if it raises.
         """
         if self.form != FORM_CIRCUIT:
             raise WireError("unknown_form", f"switch needs form 1, packet is form {self.form}")
@@ -443,13 +446,18 @@ class Packet:
         try:  # struct.pack_into would write zeros before failing: pack first, then write
             dst_bytes = _I.pack(dst)
             label_bytes = _I.pack(label)
+            src_bytes = None if src is None else _I.pack(src)
         except struct.error:
-            raise WireError("bad_field", f"label {label!r} or dst {dst!r} out of range") from None
+            raise WireError("bad_field", f"label {label!r} or address out of range") from None
         old = _I.unpack_from(b, 16)[0]
         b[16:20] = dst_bytes
         b[o + 4 : o + 8] = label_bytes
         b[o + 2] = hops - 1
-        # RFC 1624 eqn. 3 in modular form, see _fold_update
+        if src is not None and src_bytes is not None:
+            old += _I.unpack_from(b, 12)[0]
+            b[12:16] = src_bytes
+            dst += src
+        # RFC 1624 eqn. 3 in modular form, see _fold_update (a sum of 32-bit fields is fine)
         _H.pack_into(b, 10, ((b[10] << 8 | b[11]) + old - dst) % 0xFFFF)
         if self.encap == "udp":
             self._patch_udp_checksum(old, dst)

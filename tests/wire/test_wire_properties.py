@@ -160,6 +160,7 @@ def test_service_packet_round_trips_every_field(
     udp=st.booleans(),
     udp_checksum=u16,
     payload=payloads,
+    site=st.one_of(st.none(), u32),
 )
 def test_switch_equals_setters_and_full_recomputation(
     label: int,
@@ -171,6 +172,7 @@ def test_switch_equals_setters_and_full_recomputation(
     udp: bool,
     udp_checksum: int,
     payload: bytes,
+    site: int | None,
 ) -> None:
     raw = wire.build_circuit_packet(
         src="198.18.0.1",
@@ -184,11 +186,13 @@ def test_switch_equals_setters_and_full_recomputation(
     if udp:  # a sender that set a (made-up) UDP checksum: it must be carried along correctly
         raw[26:28] = udp_checksum.to_bytes(2, "big")
     fused = wire.parse(bytes(raw))
-    fused.switch(wire.HopKey(k_in), out_label, out_dst, wire.HopKey(k_out))
+    fused.switch(wire.HopKey(k_in), out_label, out_dst, wire.HopKey(k_out), src=site)
     manual = wire.parse(bytes(raw))
     manual.set_label(out_label)
     manual.set_hop_limit(hop_limit - 1)
     manual.set_dst(out_dst)
+    if site is not None:
+        manual.set_src(site)
     manual.sign(wire.HopKey(k_out))
     assert bytes(fused) == bytes(manual)
     out = wire.parse(bytes(fused))  # verifies the IPv4 checksum in full
@@ -202,9 +206,11 @@ def test_switch_equals_setters_and_full_recomputation(
         # pseudo-header sum changed by exactly (new dst - old dst): UDP checksum moved with it
         before = int.from_bytes(raw[26:28], "big")
         after = int.from_bytes(fused.buf[26:28], "big")
-        old_dst = wire.ip2int("198.18.1.1")
+        moved = out_dst - wire.ip2int("198.18.1.1")
+        if site is not None:
+            moved += site - wire.ip2int("198.18.0.1")
         assert after != 0
-        assert (before - after) % 0xFFFF == (out_dst - old_dst) % 0xFFFF
+        assert (before - after) % 0xFFFF == moved % 0xFFFF
     elif udp:
         assert fused.buf[26:28] == b"\0\0"
 

@@ -96,6 +96,7 @@ def test_hop_vector_is_the_site_per_hop_job(h: dict[str, str]) -> None:
         num(h, "out_label"),
         wire.ip2int(h["out_dst"]),
         wire.HopKey(bytes.fromhex(h["out_key"])),
+        src=wire.ip2int(h["out_src"]),
     )
     assert bytes(pkt).hex() == h["packet"]
     # the same job through the individual setters gives the same bytes
@@ -104,10 +105,13 @@ def test_hop_vector_is_the_site_per_hop_job(h: dict[str, str]) -> None:
     again.set_label(num(h, "out_label"))
     again.set_hop_limit(again.hop_limit - 1)
     again.set_dst(h["out_dst"])
+    again.set_src(h["out_src"])
     again.sign(wire.HopKey(bytes.fromhex(h["out_key"])))
     assert bytes(again).hex() == h["packet"]
     out = wire.parse(packet(h))
     assert out.label == num(h, "out_label") and wire.int2ip(out.dst) == h["out_dst"]
+    assert wire.int2ip(out.src) == h["out_src"] == src["dst"]  # the site's own address
+    assert out.orig_src == wire.parse(packet(src)).orig_src
     assert out.hop_limit == num(h, "hop_limit") and out.check.hex() == h["check"]
     assert packet(h)[10:12].hex() == h["ip_checksum"][2:]
     assert out.verify_mac(wire.HopKey(bytes.fromhex(h["out_key"])))
