@@ -45,6 +45,7 @@ class NetSite:
 
         self.tb = tb
         self.info = tb.site(site)
+        self.public_ip: str = self.info.public_ip
         self.psp = psp
         self.workdir = workdir
         self.fis_path = workdir / f"{site}-fis.sqlite"
@@ -92,6 +93,35 @@ class NetSite:
 
     def fis_lpm_delete(self, service: str, table: str, prefix: str) -> None:
         self.fis.lpm_delete(self._ns(service), table, prefix, writer=self.psp)
+
+    def allocate_label(self, service: str) -> int:
+        """A fresh incoming label for this site (chosen here; the site installs it at start)."""
+        import secrets
+
+        taken = {c["label"] for c in self.config["circuits"]}
+        while True:
+            label = secrets.randbits(32)
+            if label and label not in taken:
+                self.config["circuits"].append({"label": label, "service": service})
+                return label
+
+    def install(
+        self, label: int, service: str, in_key: bytes, out: list[tuple[int, str, bytes | None]]
+    ) -> None:
+        """Set a circuit's hop (before :meth:`start`; afterwards the hop must not change)."""
+        entry = next(c for c in self.config["circuits"] if c["label"] == label)
+        hop = {
+            "label": label,
+            "service": service,
+            "in_key": in_key.hex(),
+            "out": [
+                {"label": lb, "next_hop": nh, "key": None if k is None else k.hex()}
+                for lb, nh, k in out
+            ],
+        }
+        if self.process is not None and entry != hop:
+            raise RuntimeError("the namespace site installs circuits at start only")
+        entry.update(hop)
 
     # --- process
     def start(self) -> None:

@@ -125,6 +125,9 @@ class MulticastPSP:
     """Groups, members and circuits of one multicast PSP over a set of AS sites.
 
     ``adjacency``: AS -> neighbour ASes (the inter-domain links); ``sites``: AS -> its site.
+    ``allowed``: AS -> hosts that may ever join there; their out hops are installed with the
+    circuit up front, so that a join or leave is only an FIS update (otherwise each join also
+    reinstalls the circuit hop with the new receiver).
     """
 
     def __init__(
@@ -133,6 +136,7 @@ class MulticastPSP:
         sites: Mapping[int, SiteHandle],
         *,
         service: str = SERVICE,
+        allowed: Mapping[int, list[str]] | None = None,
     ) -> None:
         self.adjacency = {a: frozenset(n) for a, n in adjacency.items()}
         self.sites = dict(sites)
@@ -142,6 +146,7 @@ class MulticastPSP:
         self.labels: dict[tuple[int, int], int] = {}
         self.keys: dict[tuple[int, int], bytes] = {}
         self.groups: set[int] = set()
+        self.allowed = {a: set(h) for a, h in (allowed or {}).items()}
 
     def deploy(self) -> None:
         for s in self.sites.values():
@@ -166,7 +171,8 @@ class MulticastPSP:
             for n in sorted(self.adjacency.get(a, ()))
             if n in self.sites
         ]
-        out += [(0, h, None) for h in sorted(self.receivers[a].get(group, ()))]
+        hosts = self.receivers[a].get(group, set()) | self.allowed.get(a, set())
+        out += [(0, h, None) for h in sorted(hosts)]
         self.sites[a].install(self.labels[a, group], self.service, self.keys[a, group], out)
 
     def join(self, asn: int, group: int, host: str) -> None:
