@@ -118,6 +118,9 @@ class Pipeline:
             return self._destination(pkt, now)
         except WireError as exc:
             return [self._drop(exc.reason)]
+        except Exception as exc:  # a bug of the platform, never of the packet: count, log
+            self.runtime.event(now, "internal_error", "site", f"{type(exc).__name__}: {exc}")
+            return [self._drop("internal_error")]
 
     def _drop(self, reason: str, slot: ServiceSlot | None = None, detail: str = "") -> Drop:
         self.site.drops[reason] += 1

@@ -73,6 +73,7 @@ PIPELINE_REASONS: Final = frozenset(
         "spoof_attempt",  # the service tried a field, label or next hop it does not own
         "api_misuse",  # an API call with bad arguments (wrong type, out of range, ...)
         "too_big",  # the rewritten packet exceeds the IPv4 maximum
+        "internal_error",  # a bug in the site itself (logged as a site event)
     }
 )
 

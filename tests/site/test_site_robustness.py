@@ -65,3 +65,18 @@ def test_valid_packets_of_every_form_pass() -> None:
     for data in VALID:
         [v] = PIPE.process(data, 1.0)
         assert isinstance(v, Forward), v
+
+
+def test_a_platform_bug_is_a_counted_drop_not_an_exception() -> None:
+    site, pipe, _ = one_site()
+    site.register_service_id(9, PSP, "noop")
+
+    class Broken(dict):
+        def get(self, *a: object, **k: object) -> None:
+            raise KeyError("simulated platform bug")
+
+    site.service_ids = Broken()
+    [v] = pipe.process(build_service_packet(src=SENDER, dst=DEST, service_id=9), 1.0)
+    assert isinstance(v, Drop) and v.reason == "internal_error"
+    assert site.drops["internal_error"] == 1
+    assert site.runtime.events[-1].kind == "internal_error"
