@@ -18,6 +18,14 @@ programmer cannot beat, a plain ``dict.get``:
   ``sqlite_lookup_us``: an uncached LPM ``lookup`` (one indexed query over 33 candidates);
 - ``redis_get_us`` (only with ``--redis URL``): an uncached ``RedisFIS.get`` round trip;
 
+Invalidation lag across processes (the staleness bound, measured): a writer process writes a
+key every 20 ms and prints ``time.monotonic()`` (one system-wide clock on Linux) right after
+each ``put`` returned; this process spins on a ``CachedFIS.get`` of that key (real clock,
+default 5 ms staleness) and records how long after that commit time each value became visible:
+
+- ``fis_sqlite_invalidation_ms_median`` / ``_max``; with ``--redis``,
+  ``fis_redis_invalidation_ms_median`` / ``_max``.
+
 Timings are process CPU time (wall time for the uncached engines, which wait on I/O), in
 interleaved rounds; the best round of each is reported, so other processes' load stays out of
 the figures and out of the ratios.
@@ -31,6 +39,8 @@ import argparse
 import json
 import platform
 import random
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -69,6 +79,49 @@ def _round(fn: Callable[[], None], reps: int, clock: Callable[[], float]) -> flo
     for _ in range(reps):
         fn()
     return clock() - t0
+
+
+_LAG_WRITER = """
+import sys, time
+from pcsite_lite.fis import namespace, open_engine
+fis = open_engine(sys.argv[1])
+ns = namespace("bench", "svc")
+time.sleep(0.3)
+for i in range(int(sys.argv[2])):
+    fis.put(ns, "lag", i, writer="bench")
+    print(i, time.monotonic(), flush=True)  # the write has committed by now
+    time.sleep(0.02)
+"""
+
+
+def invalidation_lag_ms(url: str, writes: int) -> list[float]:
+    """Milliseconds from the commit of another process's write (the writer reads the clock
+    right after ``put`` returned) until a spinning ``CachedFIS.get`` here returns it."""
+    engine = open_engine(url)
+    engine.put(NS, "lag", -1, writer="bench")
+    cache = CachedFIS(engine)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _LAG_WRITER, url, str(writes)], stdout=subprocess.PIPE, text=True
+    )
+    visible: dict[int, float] = {}
+    seen = -1
+    try:
+        deadline = time.monotonic() + 10 + writes * 0.05
+        while seen < writes - 1 and time.monotonic() < deadline:
+            value: Any = cache.get(NS, "lag")
+            i = int(value)
+            if i != seen:
+                visible[i] = time.monotonic()
+                seen = i
+    finally:
+        out, _ = writer.communicate(timeout=30)
+        cache.close()
+        engine.close()
+    if writer.returncode != 0 or seen != writes - 1:
+        raise RuntimeError("lag writer failed or its last write never became visible")
+    committed = {int(i): float(t) for i, t in (line.split() for line in out.splitlines())}
+    # a value overwritten within one staleness period is never seen: skip it
+    return [max(0.0, (visible[i] - committed[i]) * 1e3) for i in visible if i in committed]
 
 
 def run(quick: bool = False, redis_url: str | None = None) -> dict[str, Any]:
@@ -148,6 +201,8 @@ def run(quick: bool = False, redis_url: str | None = None) -> dict[str, Any]:
         )
         cache.close()
         engine.close()
+        lag_writes = 5 if quick else 100
+        sqlite_lags = invalidation_lag_ms(f"sqlite://{Path(tmp) / 'fis.db'}", lag_writes)
 
     out: dict[str, Any] = {k: round(v, 1) for k, v in best.items()}
     out["fis_cached_get_vs_dict"] = round(best["fis_cached_get_ns"] / best["dict_get_ns"], 2)
@@ -159,7 +214,12 @@ def run(quick: bool = False, redis_url: str | None = None) -> dict[str, Any]:
     out["lpm_backend"] = BACKEND
     out["sqlite_get_us"] = round(sqlite_get * 1e6, 2)
     out["sqlite_lookup_us"] = round(sqlite_lookup * 1e6, 2)
+    out["fis_sqlite_invalidation_ms_median"] = round(statistics.median(sqlite_lags), 2)
+    out["fis_sqlite_invalidation_ms_max"] = round(max(sqlite_lags), 2)
     if redis_url:
+        redis_lags = invalidation_lag_ms(redis_url, lag_writes)
+        out["fis_redis_invalidation_ms_median"] = round(statistics.median(redis_lags), 2)
+        out["fis_redis_invalidation_ms_max"] = round(max(redis_lags), 2)
         r = open_engine(redis_url)
         try:
             r.put(NS, "k", {"out_label": 1}, writer="bench")

@@ -232,9 +232,9 @@ def test_real_clock_cache_sees_another_process_within_the_bound(store_url: str) 
         subprocess.run([sys.executable, "-c", _WRITER, store_url, "after"], check=True)
         written = time.monotonic()
         while cache.get(NS, "k") != "after":
-            assert time.monotonic() - written < 1.0, "update not seen within 1 s"
+            assert time.monotonic() - written < 3.0, "update not seen within 3 s"
         lag = time.monotonic() - written
-        assert lag < 0.25  # bound is 5 ms + delivery; generous for a loaded CI machine
+        assert lag < 0.5  # bound: 5 ms + delivery + scheduling on a loaded 2-core machine
     finally:
         cache.close()
         engine.close()
