@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pcsite_lite.billing.cli import main
+from pcsite_lite.billing.collect import parse_service_counters
 from pcsite_lite.billing.ledger import Ledger
 from pcsite_lite.control.client import OutHop
 from pcsock import wire
@@ -81,15 +82,17 @@ def test_live_daemon_usage_is_collected_billed_and_equals_the_dataplane_bytes(
         tx.close()
 
         # wait until the workers have reported every packet (stats every 0.25 s)
+        # wait until one scrape shows every packet metered (workers report every 0.25 s; a
+        # worker's stats and usage arrive together, so one scrape is self-consistent)
         deadline = time.monotonic() + 10
         while True:
             text = admin.metrics()
-            if _worker_counter(text, "rx_packets") >= n and "pcsite_service_packets_total" in text:
-                usage = acme.usage()["services"].get("relay", {})
-                if usage.get("packets") == n:
-                    break
+            metered = parse_service_counters(text).get((f"{site.id}-site", "acme", "relay"))
+            if metered is not None and metered.packets == n:
+                break
             assert time.monotonic() < deadline, text
             time.sleep(0.2)
+        assert acme.usage()["services"]["relay"]["packets"] == n  # the PSP's own view agrees
         rx_bytes = _worker_counter(text, "rx_bytes")
         rx_packets = _worker_counter(text, "rx_packets")
         dropped = _worker_counter(text, "drops")  # packets no service saw (e.g. not_ipv4)
