@@ -25,7 +25,14 @@ Two measurements in one run (``examples/mobility``):
    (signature check + FIS write + cache staleness bound, 5 ms by default + pipeline), over
    ``--handoffs`` handoffs. The HTTP hop of the control API is not included.
 
-Run: ``python -m benchmarks.mobility_handoff [--json PATH] [--quick] [--handoffs N]``.
+3. **Namespace testbed, real packets** (``--testbed``, root only;
+   ``examples.mobility.demo.run_testbed``): the same handoff as (1) on ``mobility.toml`` with
+   site processes, a UDP binding update and a home-agent process; figures under ``testbed_*``
+   (wall clock: the FIS write to the first packet at the new address, its parts, losses, and
+   the path-length ratio against the home agent).
+
+Run: ``python -m benchmarks.mobility_handoff [--json PATH] [--quick] [--handoffs N]
+[--testbed]``.
 """
 
 from __future__ import annotations
@@ -135,11 +142,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     parser.add_argument("--quick", action="store_true", help="tiny counts (checks it works)")
     parser.add_argument("--handoffs", type=int, default=50, help="wall-clock handoffs")
+    parser.add_argument(
+        "--testbed", action="store_true", help="also run the handoff in a namespace testbed (root)"
+    )
     args = parser.parse_args(argv)
     handoffs = 3 if args.quick else args.handoffs
     out: dict[str, Any] = {"benchmark": "mobility_handoff"}
     out.update(simulated())
     out.update(wall_clock(handoffs))
+    if args.testbed:
+        import os
+
+        if os.geteuid() != 0:
+            print("--testbed needs root (network namespaces)", file=sys.stderr)
+            return 2
+        from examples.mobility.demo import run_testbed
+
+        tb = run_testbed(prefix="pce")
+        out.update({f"testbed_{k}": v for k, v in tb.items() if not isinstance(v, dict)})
     out["python"] = sys.version.split()[0]
     out["machine"] = platform.machine()
     for k, v in out.items():
