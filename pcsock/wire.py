@@ -115,6 +115,7 @@ SERVICE_CHECK_LEN: Final = 3
 #: The IPv4 fields parse() looks at: ver/ihl, total length, flags/fragment offset, protocol.
 _IP_FIELDS: Final = struct.Struct("!BxHxxHxB")
 _H: Final = struct.Struct("!H")
+_II: Final = struct.Struct("!II")
 _I: Final = struct.Struct("!I")
 
 _VF_CIRCUIT: Final = VERSION << 4 | FORM_CIRCUIT
@@ -444,19 +445,23 @@ class Packet:
         if not hops:
             raise WireError("hop_limit_exceeded")
         try:  # struct.pack_into would write zeros before failing: pack first, then write
-            dst_bytes = _I.pack(dst)
             label_bytes = _I.pack(label)
-            src_bytes = None if src is None else _I.pack(src)
-        except struct.error:
+            if src is None:
+                addr_bytes = _I.pack(dst)
+            else:
+                addr_bytes = _II.pack(src, dst)
+                dst += src  # the checksum update needs only the sum of the new fields
+        except (struct.error, TypeError):
             raise WireError("bad_field", f"label {label!r} or address out of range") from None
-        old = _I.unpack_from(b, 16)[0]
-        b[16:20] = dst_bytes
+        if src is None:
+            old = _I.unpack_from(b, 16)[0]
+            b[16:20] = addr_bytes
+        else:
+            old_src, old_dst = _II.unpack_from(b, 12)
+            old = old_src + old_dst
+            b[12:20] = addr_bytes
         b[o + 4 : o + 8] = label_bytes
         b[o + 2] = hops - 1
-        if src is not None and src_bytes is not None:
-            old += _I.unpack_from(b, 12)[0]
-            b[12:16] = src_bytes
-            dst += src
         # RFC 1624 eqn. 3 in modular form, see _fold_update (a sum of 32-bit fields is fine)
         _H.pack_into(b, 10, ((b[10] << 8 | b[11]) + old - dst) % 0xFFFF)
         if self.encap == "udp":
