@@ -35,6 +35,15 @@ Every malformed input raises :class:`WireError` whose ``reason`` is one of :data
 (1, 7, 3, '198.18.0.1', b'hello')
 >>> pkt.verify_mac(key)
 True
+
+A site's per-hop job (docs/protocol.md §5.3) is one call: verify under the incoming hop key,
+swap the label, decrement the hop limit, rewrite destination and source, re-MAC:
+
+>>> out_key = HopKey(bytes(range(16)))
+>>> pkt.switch(key, 9, ip2int("198.18.2.1"), out_key, src=ip2int("198.18.1.1"))
+>>> again = parse(bytes(pkt))
+>>> (again.label, again.hop_limit, int2ip(again.dst), again.verify_mac(out_key))
+(9, 15, '198.18.2.1', True)
 """
 
 from __future__ import annotations
