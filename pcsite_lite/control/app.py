@@ -219,8 +219,9 @@ def _h_whoami(app: ControlApp, who: Principal, p: dict[str, str], b: dict[str, J
 
 
 def _h_upload(app: ControlApp, who: Principal, p: dict[str, str], b: dict[str, Json]) -> Any:
+    version = _name({"version": b["version"]}, "version")
     res = app.backend.upload_service(
-        p["psp"], _name(p, "service"), _b64(b, "code"), _b64(b, "signature")
+        p["psp"], _name(p, "service"), version, _b64(b, "code"), _b64(b, "signature")
     )
     return 201, res
 
@@ -357,14 +358,16 @@ ROUTES: Final[tuple[Route, ...]] = (
           _h_services),
     Route("POST", f"{_P}/services/{{service}}/versions", "uploadServiceVersion",
           "Upload a signed service version (content-addressed)", "psp", _h_upload,
-          body=(Field("code", "string", "base64 of the service module source"),
-                Field("signature", "string", "base64 Ed25519 signature of the code by the "
-                      "PSP's registered signing key")),
-          ok_status=201, errors=("bad_signature",)),
+          body=(Field("version", "string", "version name (immutable once uploaded)"),
+                Field("code", "string", "base64 of the service module source"),
+                Field("signature", "string", "base64 Ed25519 signature (pcsite_lite.repository."
+                      "sign_service) by the PSP's registered signing key")),
+          ok_status=201,
+          errors=("bad_signature", "service_rejected", "conflict", "not_configured")),
     Route("POST", f"{_P}/services/{{service}}/activate", "activateServiceVersion",
           "Make an uploaded version the one the site runs", "psp", _h_activate,
-          body=(Field("version", "string", "version id returned by the upload"),),
-          errors=_NF),
+          body=(Field("version", "string", "an uploaded version name"),),
+          errors=(*_NF, "not_configured")),
     Route("GET", f"{_P}/circuits", "listCircuits", "The PSP's circuit hops at this site",
           "psp", _h_circuits),
     Route("POST", f"{_P}/circuits", "allocateCircuit",

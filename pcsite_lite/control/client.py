@@ -114,11 +114,15 @@ class ControlClient:
         return self.request("GET", "/openapi.json")
 
     # --- services
-    def upload_service(self, service: str, code: bytes, signature: bytes) -> dict[str, Any]:
+    def upload_service(
+        self, service: str, version: str, code: bytes, signature: bytes
+    ) -> dict[str, Any]:
+        """Upload a version signed with ``pcsite_lite.repository.sign_service``."""
         return self.request(
             "POST",
             self._p(f"/services/{quote(service, safe='')}/versions"),
             {
+                "version": version,
                 "code": base64.b64encode(code).decode(),
                 "signature": base64.b64encode(signature).decode(),
             },

@@ -26,6 +26,7 @@ CODES: Final[dict[str, int]] = {
     "unsupported_media_type": 415,
     "bad_signature": 422,  # service code signature does not verify
     "ownership_rejected": 422,  # the DNSSEC prefix ownership proof does not validate
+    "service_rejected": 422,  # service code the sandbox refuses to load
     "not_configured": 501,  # the site lacks what the call needs (e.g. no trust anchor)
     "internal": 500,
     "unavailable": 503,

@@ -21,7 +21,12 @@ __all__ = ["HttpApp", "serve", "serve_listeners"]
 
 
 class HttpApp(Protocol):
-    """What the server serves: :class:`~.app.HttpApp` or anything that dispatches to one."""
+    """What the server serves: :class:`~.app.ControlApp` or anything that dispatches to one.
+
+    If the object also has an ``async settle()`` method, the server awaits it after each
+    request and before answering (the daemon waits there until every worker applied the
+    change, so a PSP may send on a circuit as soon as its install call returned).
+    """
 
     @property
     def max_body(self) -> int: ...
@@ -112,6 +117,9 @@ async def _handle_connection(app: HttpApp, stream: trio.SocketStream) -> None:
                 await _fail(stream, conn, err)
                 return
             resp = app.handle(req)
+            settle = getattr(app, "settle", None)
+            if settle is not None:  # e.g. wait until workers applied a state change
+                await settle()
             await _send(stream, conn, resp)
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                 return

@@ -31,6 +31,20 @@ _CIRCUIT_CODES = {
 }
 
 
+_REPO_CODES = {
+    "bad_signature": "bad_signature",
+    "unknown_psp": "not_configured",
+    "not_found": "not_found",
+    "no_active_version": "not_found",
+    "version_exists": "conflict",
+    "too_large": "body_too_large",
+    "bad_name": "bad_field",
+    "digest_mismatch": "internal",
+    "corrupt_record": "internal",
+    "load_failed": "service_rejected",
+}
+
+
 def _circuit_error(exc: CircuitError) -> ApiError:
     return ApiError(_CIRCUIT_CODES.get(exc.code, "bad_request"), f"{exc.code}: {exc.detail}")
 
@@ -71,6 +85,14 @@ class SiteBackend:
         self._clock = clock
         self.fis: fislib.FISEngine = fislib.open_engine(cfg.fis_url)
         self._alloc_service: dict[int, str] = {}  # label -> service named at allocation
+        self.repo: Any = None
+        if cfg.repository is not None:
+            from pcsite_lite.repository import Repository
+
+            self.repo = Repository(cfg.repository)
+            for p in cfg.control.psps:
+                if p.signing_key is not None:
+                    self.repo.register_psp(p.name, p.signing_key, replace=True)
 
     def reconfigure(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -91,9 +113,10 @@ class SiteBackend:
 
     def status(self) -> dict[str, Json]:
         st = dict(self._status())
-        st["circuits"] = len(self.state.circuits)
-        st["service_ids"] = len(self.state.service_ids)
-        st["destinations"] = sorted(self.state.destinations)
+        site = self.state.site
+        st["circuits"] = len(site.circuits)
+        st["service_ids"] = {str(k): f"{r.psp}/{r.service}" for k, r in site.service_ids.items()}
+        st["destinations"] = {p: f"{r.psp}/{r.service}" for p, r in site.destinations.items()}
         return st
 
     def _usage_totals(self) -> dict[tuple[str, str], Counters]:
@@ -108,22 +131,65 @@ class SiteBackend:
     def metrics_text(self) -> str:
         gauges = {
             "circuits": ("Installed circuit hops", float(len(self.state.circuits))),
-            "destinations": ("Diverted destination prefixes", float(len(self.state.destinations))),
+            "destinations": (
+                "Diverted destination prefixes",
+                float(len(list(self.state.site.destinations.items()))),
+            ),
         }
         return render(self._worker_stats(), self._usage_totals(), site=self.cfg.name,
                       gauges=gauges)  # fmt: skip
 
     # --- service repository
-    def upload_service(self, psp: str, service: str, code: bytes, signature: bytes) -> Json:
-        raise ApiError("not_configured", "this site has no service repository configured")
+    def _repo(self) -> Any:
+        if self.repo is None:
+            raise ApiError("not_configured", "this site has no service repository configured")
+        return self.repo
+
+    def _repo_call(self, fn: Callable[[], Any]) -> Any:
+        from pcsite_lite.repository import RepositoryError
+
+        try:
+            return fn()
+        except RepositoryError as exc:
+            code = _REPO_CODES.get(exc.reason, "bad_field")
+            raise ApiError(code, f"{exc.reason}: {exc.detail}") from exc
+
+    def upload_service(
+        self, psp: str, service: str, version: str, code: bytes, signature: bytes
+    ) -> Json:
+        repo = self._repo()
+        from pcsite_lite.sandbox import ServiceLoadError, load_service
+
+        try:  # refuse code the sandbox would refuse, before storing it
+            load_service(code, f"{psp}/{service}@{version}", version=version)
+        except ServiceLoadError as exc:
+            raise ApiError("service_rejected", str(exc)) from exc
+        sv = self._repo_call(lambda: repo.upload(psp, service, version, code, signature))
+        return {"service": service, "version": sv.version, "digest": sv.digest, "size": sv.size}
 
     def activate_service(self, psp: str, service: str, version: str) -> Json:
-        raise ApiError("not_configured", "this site has no service repository configured")
+        repo = self._repo()
+        self._repo_call(lambda: repo.activate(psp, service, version))
+        return {"service": service, "active": version}
 
     def list_services(self, psp: str) -> list[dict[str, Json]]:
-        names = {c.service for c in self.state.circuits.owned_by(psp)}
-        names |= {s for p, s in self.state.service_ids.values() if p == psp}
-        return [{"service": n} for n in sorted(names)]
+        out: dict[str, dict[str, Json]] = {}
+        site = self.state.site
+        for c in site.circuits.owned_by(psp):
+            out.setdefault(c.service, {"service": c.service})
+        for r in [*site.service_ids.values(), *(r for _, r in site.destinations.items())]:
+            if r.psp == psp:
+                out.setdefault(r.service, {"service": r.service})
+        if self.repo is not None:
+            repo = self.repo
+            for name in self._repo_call(lambda: repo.services(psp)):
+                versions = repo.versions(psp, name)
+                out[name] = {
+                    "service": name,
+                    "active": repo.active(psp, name),
+                    "versions": [v.version for v in versions],
+                }
+        return [out[k] for k in sorted(out)]
 
     # --- circuits
     def _view(self, label: int, psp: str) -> dict[str, Json]:
@@ -252,40 +318,44 @@ class SiteBackend:
         self._fis(lambda: self.fis.put(fislib.ISP, key, value, writer=fislib.ISP))
 
     # --- forms 2 and 3
+    def _reg(self, fn: Callable[[], Any]) -> Any:
+        from pcsite_lite.site import RegistrationError
+
+        try:
+            return fn()
+        except RegistrationError as exc:
+            code = {"not_owner": "not_found"}.get(exc.code, exc.code)
+            raise ApiError(code, f"{exc.code}: {exc.detail}") from exc
+
     def register_service_id(self, psp: str, service: str, service_id: int | None) -> Json:
-        ids = self.state.service_ids
+        site = self.state.site
         if service_id is None:
-            service_id = next(i for i in range(1, 1 << 24) if i not in ids)
-        owner = ids.get(service_id)
-        if owner is not None and owner != (psp, service):
-            raise ApiError("conflict", f"service ID {service_id} is taken")
-        ids[service_id] = (psp, service)
-        self._broadcast({"op": "service_id", "id": service_id, "psp": psp, "service": service})
-        return {"service_id": service_id, "service": service}
+            service_id = next(i for i in range(1, 1 << 24) if i not in site.service_ids)
+        sid = service_id
+        self._reg(lambda: site.register_service_id(sid, psp, service))
+        self._broadcast({"op": "service_id", "id": sid, "psp": psp, "service": service})
+        return {"service_id": sid, "service": service}
 
     def release_service_id(self, psp: str, service_id: int) -> None:
-        owner = self.state.service_ids.get(service_id)
-        if owner is None or owner[0] != psp:
-            raise ApiError("not_found", f"no service ID {service_id}")
-        del self.state.service_ids[service_id]
+        site = self.state.site
+        self._reg(lambda: site.unregister_service_id(service_id, psp))
         self._broadcast({"op": "release_id", "id": service_id})
 
     def register_destination(
         self, psp: str, service: str, prefix: str, claim: dict[str, Json]
     ) -> dict[str, Json]:
-        existing = self.state.destinations.get(prefix)
-        if existing is not None and existing["owner"] != psp:
-            raise ApiError("conflict", f"{prefix} is registered by another PSP")
+        site = self.state.site
+        self._reg(lambda: site.register_destination(prefix, psp, service))
         reg = {**claim, "prefix": prefix, "owner": psp, "service": service, "diverted": False}
-        self.state.destinations[prefix] = reg
+        self.state.claims[prefix] = reg
         self._broadcast({"op": "destination", "prefix": prefix, "psp": psp, "service": service})
         if self._kernel is not None:
-            self._kernel.set_divert(sorted(self.state.destinations))
+            self._kernel.set_divert(sorted(p for p, _ in site.destinations.items()))
             reg["diverted"] = True
         return dict(reg)
 
     def list_destinations(self, psp: str) -> list[dict[str, Json]]:
-        return [dict(d) for d in self.state.destinations.values() if d["owner"] == psp]
+        return [dict(d) for d in self.state.claims.values() if d["owner"] == psp]
 
     # --- metering
     def usage(self, psp: str) -> dict[str, Json]:

@@ -20,6 +20,9 @@ __all__ = ["ConfigError", "ControlConfig", "DataplaneConfig", "PspConfig", "Site
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _IFNAME_RE: Final = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 MODES: Final = ("site", "bare")
+#: "noop": a service without code at this site runs the shipped no-op (packets follow the
+#: installed out hop); "drop": its packets are dropped as ``service_unavailable``.
+UNDEPLOYED: Final = ("noop", "drop")
 
 
 class ConfigError(Exception):
@@ -57,8 +60,6 @@ class DataplaneConfig:
     mark_base: int
     rule_pref: int
     nft_table: str
-    proto: int
-    udp_port: int
     restart_delay: float
 
 
@@ -74,6 +75,7 @@ class SiteConfig:
     bare_next_hop: str | None
     fis_url: str
     repository: str | None
+    undeployed: str  #: what a circuit/registration whose service has no code runs
     state_dir: str
     isp_prefixes: tuple[str, ...]
     dataplane: DataplaneConfig
@@ -151,6 +153,11 @@ def parse(doc: dict[str, Any], *, source: str = "", base_dir: Path | None = None
     if not fis_url.startswith(("sqlite:", "redis:", "rediss:", "unix:")):
         raise ConfigError("site.fis", "must be a sqlite:, redis:, rediss: or unix: URL")
     repository = _get(doc, "site", "repository", str, None)
+    if repository is not None and not Path(repository).is_absolute():
+        repository = str(base / repository)
+    undeployed = _get(doc, "site", "undeployed", str, "noop")
+    if undeployed not in UNDEPLOYED:
+        raise ConfigError("site.undeployed", f"must be one of {', '.join(UNDEPLOYED)}")
     prefixes = _get(doc, "site", "isp_prefixes", list, ["198.18.0.0/15"])
     for p in prefixes:
         try:
@@ -160,7 +167,7 @@ def parse(doc: dict[str, Any], *, source: str = "", base_dir: Path | None = None
     extra_site = sorted(
         set(doc.get("site", {}))
         - {"name", "public_ip", "public_dev", "workers", "mode", "bare_next_hop", "fis",
-           "state_dir", "repository", "isp_prefixes", "allow_any_address"}
+           "state_dir", "repository", "undeployed", "isp_prefixes", "allow_any_address"}
     )  # fmt: skip
     if extra_site:
         raise ConfigError(f"site.{extra_site[0]}", "unknown key")
@@ -177,8 +184,6 @@ def parse(doc: dict[str, Any], *, source: str = "", base_dir: Path | None = None
         mark_base=_get(doc, d, "mark_base", int, 0x5C000),
         rule_pref=_get(doc, d, "rule_pref", int, 50),
         nft_table=_get(doc, d, "nft_table", str, "pcsite"),
-        proto=_get(doc, d, "proto", int, 253),
-        udp_port=_get(doc, d, "udp_port", int, 6253),
         restart_delay=float(_get(doc, d, "restart_delay", (int, float), 0.5)),
     )
     _range("dataplane.mtu", dp.mtu, 576, 65535)
@@ -186,13 +191,11 @@ def parse(doc: dict[str, Any], *, source: str = "", base_dir: Path | None = None
     _range("dataplane.table_base", dp.table_base, 1, 0xFFFF0000 - 64)
     _range("dataplane.mark_base", dp.mark_base, 1, 0xFFFF0000)
     _range("dataplane.rule_pref", dp.rule_pref, 1, 90)
-    _range("dataplane.proto", dp.proto, 1, 255)
-    _range("dataplane.udp_port", dp.udp_port, 1, 65535)
     _range("dataplane.restart_delay", dp.restart_delay, 0, 60)
     if not _NAME_RE.match(dp.nft_table):
         raise ConfigError("dataplane.nft_table", "1-64 of letters, digits, '.', '_', '-'")
     known_dp = {"tun_prefix", "mtu", "buckets", "table_base", "mark_base", "rule_pref",
-                "nft_table", "proto", "udp_port", "restart_delay"}  # fmt: skip
+                "nft_table", "restart_delay"}  # fmt: skip
     extra_dp = sorted(set(doc.get(d, {})) - known_dp)
     if extra_dp:
         raise ConfigError(f"dataplane.{extra_dp[0]}", "unknown key")
@@ -261,6 +264,7 @@ def parse(doc: dict[str, Any], *, source: str = "", base_dir: Path | None = None
         bare_next_hop=bare_next_hop,
         fis_url=fis_url,
         repository=repository,
+        undeployed=undeployed,
         state_dir=state_dir,
         isp_prefixes=tuple(prefixes),
         dataplane=dp,

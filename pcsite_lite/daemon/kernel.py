@@ -23,7 +23,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from pcsock.wire import FORM_CIRCUIT, VERSION
+from pcsock.wire import FORM_CIRCUIT, IPPROTO_PACKETCLOUD, UDP_PORT, VERSION
 
 from .config import SiteConfig
 
@@ -57,6 +57,7 @@ def render_ruleset(cfg: SiteConfig, marks: Sequence[int]) -> str:
     b = dp.buckets
     m = f"mod {b} map @buckets"
     flow = f"meta mark set jhash ip saddr . ip daddr {m}"
+    pc = IPPROTO_PACKETCLOUD
     elements = ", ".join(f"{i} : {mark:#x}" for i, mark in enumerate(marks))
     return f"""table ip {t} {{
   map buckets {{ typeof numgen inc mod {b} : meta mark; }}
@@ -64,12 +65,12 @@ def render_ruleset(cfg: SiteConfig, marks: Sequence[int]) -> str:
   chain pre {{
     type filter hook prerouting priority mangle; policy accept;
     iifname "{dp.tun_prefix}*" return
-    ip daddr {ip} ip protocol {dp.proto} @th,0,8 {_VF:#x} meta mark set jhash @th,32,32 {m}
-    ip daddr {ip} udp dport {dp.udp_port} @th,64,8 {_VF:#x} meta mark set jhash @th,96,32 {m}
-    ip daddr {ip} ip protocol {dp.proto} {flow}
-    ip daddr {ip} udp dport {dp.udp_port} {flow}
-    ip dscp 0x2b ip protocol {dp.proto} {flow}
-    ip dscp 0x2b udp dport {dp.udp_port} {flow}
+    ip daddr {ip} ip protocol {pc} @th,0,8 {_VF:#x} meta mark set jhash @th,32,32 {m}
+    ip daddr {ip} udp dport {UDP_PORT} @th,64,8 {_VF:#x} meta mark set jhash @th,96,32 {m}
+    ip daddr {ip} ip protocol {pc} {flow}
+    ip daddr {ip} udp dport {UDP_PORT} {flow}
+    ip dscp 0x2b ip protocol {pc} {flow}
+    ip dscp 0x2b udp dport {UDP_PORT} {flow}
     ip daddr @divert {flow}
   }}
 }}

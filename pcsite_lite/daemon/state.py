@@ -1,10 +1,12 @@
 """Site state shared by the supervisor (the master copy) and the workers (replicas).
 
-The control API changes the master copy (:class:`SiteState`); each change is also expressed as
-a small JSON *op* that the supervisor sends to every worker, which applies it to its
-:class:`WorkerSite`. A worker that (re)starts receives :meth:`SiteState.snapshot_ops` first, so
-replicas converge. FIS entries are not replicated this way: every worker opens the FIS engine
-(SQLite WAL on one machine, Redis across machines) behind a node-local cache.
+Both sides hold a :class:`pcsite_lite.site.Site`. The control API changes the supervisor's
+(:class:`SiteState`), which checks ownership and conflicts; each accepted change is also a
+small JSON *op* that the supervisor sends to every worker, which applies it to its
+:class:`WorkerSite`. A worker that (re)starts first receives :meth:`SiteState.snapshot_ops`,
+so replicas converge. FIS entries and service code are not replicated this way: every worker
+opens the FIS engine (SQLite WAL on one machine, Redis across machines) behind a node-local
+cache, and loads code from the shared repository directory through a node-side LRU.
 
 Ops::
 
@@ -19,17 +21,21 @@ Ops::
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pcsite_lite import fis as fislib
-from pcsite_lite.circuits import Circuit, CircuitTable, OutHop
-from pcsite_lite.metering import Counters
-from pcsite_lite.verdicts import Deliver, Drop, Forward, Verdict
+from pcsite_lite.circuits import Circuit, OutHop
+from pcsite_lite.pipeline import Pipeline
+from pcsite_lite.site import Site
+from pcsite_lite.verdicts import Verdict
 from pcsock import wire
 
 from .config import SiteConfig
 
 __all__ = ["SiteState", "WorkerSite", "circuit_op"]
+
+NOOP_VERSION = "builtin-noop"
 
 
 def circuit_op(c: Circuit) -> dict[str, Any]:
@@ -69,57 +75,83 @@ def _out_hops(doc: list[dict[str, Any]]) -> list[OutHop]:
 
 
 class SiteState:
-    """The supervisor's master copy: circuits, service IDs, destination registrations."""
+    """The supervisor's master copy (a :class:`Site` without a pipeline) plus sign-up records."""
 
     def __init__(self, cfg: SiteConfig) -> None:
         self.cfg = cfg
-        self.circuits = CircuitTable()
-        self.service_ids: dict[int, tuple[str, str]] = {}
-        self.destinations: dict[str, dict[str, Any]] = {}  # prefix -> registration
+        self.site = Site(cfg.name, cfg.public_ip, local_prefixes=cfg.isp_prefixes)
+        self.claims: dict[str, dict[str, Any]] = {}  #: prefix -> validated ownership claim
+
+    @property
+    def circuits(self) -> Any:
+        return self.site.circuits
 
     def snapshot_ops(self) -> list[dict[str, Any]]:
         """Ops that rebuild a replica from nothing."""
-        ops: list[dict[str, Any]] = [circuit_op(c) for c in self.circuits]
+        site = self.site
+        ops: list[dict[str, Any]] = [circuit_op(c) for c in site.circuits]
         ops += [
-            {"op": "service_id", "id": sid, "psp": p, "service": s}
-            for sid, (p, s) in self.service_ids.items()
+            {"op": "service_id", "id": sid, "psp": r.psp, "service": r.service}
+            for sid, r in site.service_ids.items()
         ]
         ops += [
-            {"op": "destination", "prefix": pfx, "psp": d["owner"], "service": d["service"]}
-            for pfx, d in self.destinations.items()
+            {"op": "destination", "prefix": pfx, "psp": r.psp, "service": r.service}
+            for pfx, r in site.destinations.items()
         ]
         return ops
 
 
-class WorkerSite:
-    """A worker's replica of the site state and its per-packet processing.
+def _resolver(cfg: SiteConfig) -> Any:
+    if cfg.repository is None:
+        return None
+    from pcsite_lite.repository import Repository, ServiceCache
+    from pcsite_lite.runtime import load_from_repository, repository_resolver
 
-    Form-1 packets take the circuit fast path: look the incoming label up in the replicated
-    circuit table, verify the MAC under the in hop key, pick the out hop (the only one, or the
-    one the PSP's FIS entry for the label names: a node-local cache hit), swap the label,
-    rewrite the destination and re-MAC under the out hop key (:meth:`pcsock.wire.Packet.switch`).
-    Everything else is counted and dropped with a reason until the service runtime handles it.
+    cache = ServiceCache(Repository(cfg.repository), loader=load_from_repository)
+    return repository_resolver(cache)
+
+
+class WorkerSite:
+    """A worker's replica: a :class:`Site` and the core :class:`Pipeline` over it.
+
+    Services load from the repository (if configured) on first use; a service with no code at
+    this site runs the shipped no-op when ``site.undeployed = "noop"`` (the default: packets
+    follow the out hop the PSP installed) or is dropped as ``service_unavailable``.
     """
 
-    def __init__(self, cfg: SiteConfig, *, clock: Any = time.time) -> None:
+    def __init__(self, cfg: SiteConfig, *, clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
-        self.table = CircuitTable()
-        self.service_ids: dict[int, tuple[str, str]] = {}
-        self.destinations: dict[str, tuple[str, str]] = {}
         self.clock = clock
-        self.usage: dict[tuple[str, str], Counters] = {}
-        self.fis: fislib.CachedFIS | None = fislib.CachedFIS(fislib.open_engine(cfg.fis_url))
-        self._proto = cfg.dataplane.proto
-        self._udp_port = cfg.dataplane.udp_port
-        self._site_ip = wire.ip2int(cfg.public_ip)
+        self.fis = fislib.CachedFIS(fislib.open_engine(cfg.fis_url))
+        self.site = Site(
+            cfg.name,
+            cfg.public_ip,
+            fis=self.fis,
+            local_prefixes=cfg.isp_prefixes,
+            resolver=_resolver(cfg),
+        )
+        self.pipeline = Pipeline(self.site, verify_ip_checksum=False)
+        self._noop: str | None = None
+        if cfg.undeployed == "noop":
+            from pcsite_lite.services import source
+
+            self._noop = source("noop")
+
+    def _ensure_code(self, psp: str, service: str) -> None:
+        slot = self.site.runtime.slot(psp, service)  # resolves from the repository if it can
+        if slot.code is None and self._noop is not None:
+            self.site.deploy(psp, service, self._noop, version=NOOP_VERSION)
 
     # --- replication
     def apply(self, op: dict[str, Any]) -> None:
+        """Apply one replication op (see the module docstring)."""
+        site = self.site
         kind = op["op"]
         if kind == "circuit":
             label = int(op["label"])
-            self.table._reserved[label] = (op["psp"], float("inf"))  # replica: trust master
-            self.table.install(
+            # a replica installs what the master accepted: hold the label for its owner first
+            site.circuits._reserved[label] = (op["psp"], float("inf"))
+            site.circuits.install(
                 label,
                 psp=op["psp"],
                 service=op["service"],
@@ -128,78 +160,37 @@ class WorkerSite:
                 expires=float(op["expires"]),
                 destination=op.get("destination"),
             )
+            self._ensure_code(op["psp"], op["service"])
         elif kind == "teardown":
-            c = self.table.get(int(op["label"]))
+            c = site.circuits.get(int(op["label"]))
             if c is not None:
-                self.table.teardown(c.in_label, psp=c.psp)
+                site.circuits.teardown(c.in_label, psp=c.psp)
         elif kind == "renew":
-            c = self.table.get(int(op["label"]))
+            c = site.circuits.get(int(op["label"]))
             if c is not None:
-                self.table.renew(c.in_label, psp=c.psp, expires=float(op["expires"]))
+                site.circuits.renew(c.in_label, psp=c.psp, expires=float(op["expires"]))
         elif kind == "service_id":
-            self.service_ids[int(op["id"])] = (op["psp"], op["service"])
+            site.register_service_id(int(op["id"]), op["psp"], op["service"])
+            self._ensure_code(op["psp"], op["service"])
         elif kind == "release_id":
-            self.service_ids.pop(int(op["id"]), None)
+            reg = site.service_ids.get(int(op["id"]))
+            if reg is not None:
+                site.unregister_service_id(int(op["id"]), reg.psp)
         elif kind == "destination":
-            self.destinations[op["prefix"]] = (op["psp"], op["service"])
+            site.register_destination(op["prefix"], op["psp"], op["service"])
+            self._ensure_code(op["psp"], op["service"])
         else:
             raise ValueError(f"unknown op {kind!r}")
 
+    def refresh(self) -> None:
+        """Between batches: roll out versions activated in the repository, expire circuits."""
+        self.site.runtime.refresh()
+        self.site.circuits.expire(self.clock())
+
     def usage_json(self) -> dict[str, Any]:
-        return {f"{p}/{s}": c.as_dict() for (p, s), c in self.usage.items()}
+        """Running counters of every service on this worker (``"psp/service" -> fields``)."""
+        return {slot.name: slot.ctx.counters.as_dict() for slot in self.site.runtime.slots()}
 
     # --- data path
     def process(self, data: bytes) -> list[Verdict]:
-        try:
-            pkt = wire.parse(
-                bytearray(data), verify_ip_checksum=False, proto=self._proto,
-                udp_port=self._udp_port,
-            )  # fmt: skip
-        except wire.WireError as exc:
-            return [Drop(exc.reason)]
-        if pkt.form != wire.FORM_CIRCUIT:
-            return [Drop("no_service")]
-        if pkt.dst != self._site_ip:
-            return [Drop("not_for_site")]
-        c = self.table.get(pkt.label)
-        if c is None:
-            return [Drop("unknown_label")]
-        key = (c.psp, c.service)
-        meter = self.usage.get(key)
-        if meter is None:
-            meter = self.usage[key] = Counters()
-        if c.expires <= self.clock():
-            meter.drops += 1
-            return [Drop("circuit_expired", f"{c.psp}/{c.service}")]
-        hop = c.default
-        if hop is None and self.fis is not None:
-            meter.fis_reads += 1
-            choice = self.fis.get(fislib.namespace(c.psp, c.service), fislib.label_key(pkt.label))
-            if isinstance(choice, dict) and "out_label" in choice:
-                hop = c.by_label.get(choice["out_label"])
-        if hop is None:
-            meter.drops += 1
-            return [Drop("no_decision", f"{c.psp}/{c.service}")]
-        n = len(pkt.buf)
-        try:
-            if hop.key is not None:
-                pkt.switch(c.in_key, hop.label, hop.addr, hop.key)
-            else:
-                if not pkt.verify_mac(c.in_key):
-                    raise wire.WireError("bad_mac")
-                pkt.set_label(hop.label)
-                pkt.set_dst(hop.addr)
-        except wire.WireError as exc:
-            meter.drops += 1
-            return [Drop(exc.reason, f"{c.psp}/{c.service}")]
-        if pkt.encap == "udp":
-            # switch() patches the UDP checksum for the address only, not for the new label and
-            # MAC: send none (RFC 768 allows 0 over IPv4; the shim carries its own check)
-            pkt.buf[pkt.ihl + 6 : pkt.ihl + 8] = b"\0\0"
-        meter.packets += 1
-        meter.bytes_in += n
-        meter.bytes_out += n
-        if hop.final:
-            out = pkt.strip_shim() if hop.strip else pkt.buf
-            return [Deliver(bytes(out), hop.next_hop, stripped=hop.strip)]
-        return [Forward(bytes(pkt.buf), hop.next_hop)]
+        return self.pipeline.process(data, self.clock())

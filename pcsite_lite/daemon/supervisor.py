@@ -50,6 +50,8 @@ class WorkerSlot:
     base: WorkerStats = field(default_factory=WorkerStats)  #: counts of earlier incarnations
     restarts: int = 0
     usage: dict[str, Any] = field(default_factory=dict)
+    usage_base: dict[str, dict[str, int]] = field(default_factory=dict)  #: earlier incarnations
+    acked: int = 0  #: highest state op sequence number this worker applied
 
 
 def _open_tun(name: str) -> Any:
@@ -69,6 +71,7 @@ class Supervisor:
         self.events: list[tuple[float, str]] = []  #: (monotonic time, what) for tests/status
         self._log = log or (lambda msg: print(f"pcsite[{cfg.name}]: {msg}", file=sys.stderr))
         self._stopping = False
+        self._seq = 0  #: sequence number of the last broadcast state op
         from pcsite_lite.control.site_backend import SiteBackend
 
         self.backend = SiteBackend(cfg, broadcast=self.broadcast, status=self.status_json,
@@ -120,8 +123,9 @@ class Supervisor:
         slot.ready = False
 
     def broadcast(self, op: dict[str, Any]) -> None:
-        """Send a state change to every worker (each applies it to its replica)."""
-        data = json.dumps(op).encode()
+        """Send a state change to every worker (each applies it to its replica and acks)."""
+        self._seq += 1
+        data = json.dumps({**op, "seq": self._seq}).encode()
         for s in self.slots:
             if s.sock is not None and s.ready:
                 try:
@@ -149,7 +153,17 @@ class Supervisor:
         return out
 
     def worker_usage(self) -> list[dict[str, Any]]:
-        return [s.usage for s in self.slots]
+        """Per worker: ``"psp/service" -> counters``, monotonic across worker restarts."""
+        out = []
+        for s in self.slots:
+            merged: dict[str, dict[str, int]] = {}
+            for src in (s.usage_base, s.usage):
+                for name, doc in src.items():
+                    acc = merged.setdefault(name, {})
+                    for k, v in doc.items():
+                        acc[k] = acc.get(k, 0) + int(v)
+            out.append(merged)
+        return out
 
     def status_json(self) -> dict[str, Any]:
         return {
@@ -189,6 +203,11 @@ class Supervisor:
             for k, v in slot.stats.drops.items():
                 slot.base.drops[k] = slot.base.drops.get(k, 0) + v
             slot.stats = WorkerStats()
+            for name, doc in slot.usage.items():
+                acc = slot.usage_base.setdefault(name, {})
+                for k, v in doc.items():
+                    acc[k] = acc.get(k, 0) + int(v)
+            slot.usage = {}
             if was_ready:
                 await trio.to_thread.run_sync(self._rebalance)
             await trio.sleep(self.cfg.dataplane.restart_delay)
@@ -210,10 +229,13 @@ class Supervisor:
                 if not msg:
                     return
                 doc = json.loads(msg)
-                if "ready" in doc:
+                if "ack" in doc:
+                    slot.acked = max(slot.acked, int(doc["ack"]))
+                elif "ready" in doc:
                     # bring the new incarnation up to date before it gets buckets
                     for op in self.backend.snapshot_ops():
                         sock.send(json.dumps(op).encode())
+                    slot.acked = self._seq
                     slot.ready = True
                     self.log(f"worker {slot.index} ready (pid {doc.get('pid')})")
                     await trio.to_thread.run_sync(self._rebalance)
@@ -228,6 +250,12 @@ class Supervisor:
 
     def handle(self, req: Request) -> Response:
         return self.app.handle(req)
+
+    async def settle(self, timeout: float = 1.0) -> None:
+        """Wait (bounded) until every live worker applied every broadcast state op."""
+        with trio.move_on_after(timeout):
+            while any(s.ready and s.acked < self._seq for s in self.slots):
+                await trio.sleep(0.0005)
 
     # --- reload
     def reload(self) -> None:

@@ -68,6 +68,7 @@ class Replica:
         self.process: Processor
         self.apply: Callable[[dict[str, Any]], None] = lambda op: None
         self.usage: Callable[[], dict[str, Any]] = dict
+        self.refresh: Callable[[], None] = lambda: None
         if cfg.mode == "bare":
             assert cfg.bare_next_hop is not None
             self.process = bare_processor(cfg.bare_next_hop)
@@ -78,6 +79,7 @@ class Replica:
             self.process = site.process
             self.apply = site.apply
             self.usage = site.usage_json
+            self.refresh = site.refresh
 
 
 def run(cfg: SiteConfig, index: int, tun_fd: int, ctl: socket.socket) -> int:
@@ -144,6 +146,10 @@ def run(cfg: SiteConfig, index: int, tun_fd: int, ctl: socket.socket) -> int:
         now = time.monotonic()
         if now >= next_stats:
             next_stats = now + STATS_INTERVAL
+            try:
+                replica.refresh()
+            except Exception as exc:
+                print(f"worker {index}: refresh: {exc}", file=sys.stderr)
             try:
                 ctl.send(
                     json.dumps(

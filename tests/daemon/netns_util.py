@@ -29,6 +29,15 @@ PSP_TOKEN = "acme-token-0123456789abcdef"
 OTHER_TOKEN = "evil-token-0123456789abcdef"
 
 
+def _acme_key() -> Any:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+
+
+ACME_KEY = _acme_key()
+
+
 def sh(*args: str) -> str:
     proc = subprocess.run(args, capture_output=True, text=True)
     if proc.returncode:
@@ -64,6 +73,8 @@ def site_config(
     name: str, public_ip: str, workers: int, state: Path, fis: str | None = None, **extra: Any
 ) -> str:
     fis_line = f'fis = "{fis}"' if fis else ""
+    repo_line = f'repository = "{state / "repo"}"' if extra.get("signing_key") else ""
+    key_line = f'signing_key = "{extra["signing_key"]}"' if extra.get("signing_key") else ""
     return f"""
 [site]
 name = "{name}"
@@ -71,6 +82,7 @@ public_ip = "{public_ip}"
 workers = {workers}
 state_dir = "{state}"
 {fis_line}
+{repo_line}
 
 [dataplane]
 tun_prefix = "pcdw"
@@ -82,6 +94,7 @@ admin_token = "{ADMIN}"
 
 [control.psps.acme]
 token = "{PSP_TOKEN}"
+{key_line}
 
 [control.psps.evil]
 token = "{OTHER_TOKEN}"
@@ -141,12 +154,18 @@ class Chain:
         sh("ip", "-n", n["b"], "route", "add", "198.18.65.0/24", "via", "198.18.63.2")
         sh("ip", "-n", n["d"], "route", "add", "default", "via", "198.18.63.1")
 
-    def start_site(self, which: str, workers: int, fis: str | None = None) -> None:
+    def start_site(
+        self, which: str, workers: int, fis: str | None = None, signing_key: str | None = None
+    ) -> None:
+        """Start ``pcsite run`` for site ``which``; with ``signing_key`` (hex Ed25519 public
+        key of PSP acme) the site gets a service repository."""
         ip = self.SITE_A if which == "a" else self.SITE_B
         state = self.tmp / f"state-{which}"
         state.mkdir(exist_ok=True)
         cfg = self.tmp / f"site-{which}.toml"
-        cfg.write_text(site_config(f"site-{which}", ip, workers, state, fis))
+        cfg.write_text(
+            site_config(f"site-{which}", ip, workers, state, fis, signing_key=signing_key)
+        )
         self.start_site_config(which, cfg)
 
     def start_site_config(self, which: str, cfg: Path) -> None:
@@ -217,6 +236,24 @@ class Chain:
             return socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
 
         return in_ns(self.ns["s"], mk)
+
+
+def deploy_source_routing(client: Any) -> None:
+    """Upload and activate the shipped source-routing service as acme's ``srcroute``."""
+    from pcsite_lite.repository import sign_service
+    from pcsite_lite.services import source
+
+    code = source("source_routing").encode()
+    client.upload_service(
+        "srcroute", "1", code, sign_service(ACME_KEY, "acme", "srcroute", "1", code)
+    )
+    client.activate_service("srcroute", "1")
+
+
+def acme_public_hex() -> str:
+    from pcsite_lite.repository import public_key_bytes
+
+    return public_key_bytes(ACME_KEY).hex()
 
 
 def have_tools() -> bool:

@@ -17,7 +17,7 @@ import pytest
 from pcsite_lite.control.client import ControlError, OutHop
 from pcsock import wire
 
-from .netns_util import ADMIN, OTHER_TOKEN, Chain
+from .netns_util import ADMIN, OTHER_TOKEN, Chain, acme_public_hex, deploy_source_routing
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 
@@ -162,7 +162,9 @@ def test_worker_killed_mid_stream_its_circuits_resume_within_a_second(tmp_path: 
 
 
 @pytest.mark.parametrize("engine", ["sqlite", "redis"])
-def test_fis_entry_written_via_api_steers_the_circuit(tmp_path: Path, engine: str) -> None:
+def test_uploaded_service_reads_the_fis_entry_written_via_api_to_steer_the_circuit(
+    tmp_path: Path, engine: str
+) -> None:
     redis_proc = None
     fis = None
     if engine == "redis":
@@ -180,7 +182,7 @@ def test_fis_entry_written_via_api_steers_the_circuit(tmp_path: Path, engine: st
         fis = f"unix://{sock}"
     try:
         with Chain(tmp_path) as ch:
-            ch.start_site("a", 2, fis=fis)
+            ch.start_site("a", 2, fis=fis, signing_key=acme_public_hex())
             ch.start_site("b", 1)
             cb = ch.client("b")
             lb1 = cb.allocate_circuit("srcroute")["label"]
@@ -188,6 +190,9 @@ def test_fis_entry_written_via_api_steers_the_circuit(tmp_path: Path, engine: st
             lb2 = cb.allocate_circuit("srcroute")["label"]
             cb.install_hop(lb2, in_key=KB, deliver=Chain.D2, strip=True)
             ca = ch.client("a")
+            # the PSP's source-routing code, uploaded signed through the API, reads the FIS
+            deploy_source_routing(ca)
+            assert ca.list_services()[0]["active"] == "1"
             la = ca.allocate_circuit("srcroute")["label"]
             ca.install_hop(la, in_key=KA, out=[OutHop(lb1, Chain.SITE_B, KB),
                                               OutHop(lb2, Chain.SITE_B, KB)])  # fmt: skip
@@ -197,13 +202,13 @@ def test_fis_entry_written_via_api_steers_the_circuit(tmp_path: Path, engine: st
             pkt = bytes(wire.build_circuit_packet(src=Chain.S, dst=Chain.SITE_A, label=la,
                         key=KA, payload=_udp(5555, 9999, b"x")))  # fmt: skip
             for out, rx, other in ((lb1, rx1, rx2), (lb2, rx2, rx1)):
-                ca.fis_put("srcroute", str(la), {"out_label": out})
+                ca.fis_put("srcroute", str(la), {"label": out, "next_hop": Chain.SITE_B})
                 time.sleep(0.1)  # > the cache staleness bound
                 for _ in range(10):
                     tx.sendto(pkt, (Chain.SITE_A, 0))
                 assert len(_drain(rx, 10)) == 10
                 assert _drain(other, 1, timeout=0.3) == []
-            assert ca.fis_get("srcroute", str(la)) == {"out_label": lb2}
+            assert ca.fis_get("srcroute", str(la))["label"] == lb2
             # another PSP cannot write acme's FIS namespace
             evil = ch.client("a", token=OTHER_TOKEN, psp="evil")
             with pytest.raises(ControlError) as e:
