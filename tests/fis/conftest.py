@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -67,6 +67,12 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A redis-server shared by the session's tests (each test uses its own key prefix)."""
     with redis_server(tmp_path_factory.mktemp("pcf-redis")) as url:
         yield url
+
+
+@pytest.fixture
+def start_redis() -> Callable[[Path], contextlib.AbstractContextManager[str]]:
+    """``with start_redis(dir) as url:`` runs a private server (for restart tests)."""
+    return redis_server
 
 
 @pytest.fixture(params=["sqlite", "redis"])

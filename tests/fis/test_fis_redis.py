@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
 
 from pcsite_lite.fis import CachedFIS, namespace
 from pcsite_lite.fis_redis import RedisFIS
-from tests.fis.conftest import redis_server
 
 NS = namespace("acme", "srouting")
 
@@ -34,16 +35,18 @@ def _converges(cache: CachedFIS, clock: FakeClock, want: object) -> bool:
     return False
 
 
-def test_cache_keeps_following_writes_after_a_server_restart(tmp_path: Path) -> None:
+def test_cache_keeps_following_writes_after_a_server_restart(
+    tmp_path: Path, start_redis: Callable[[Path], contextlib.AbstractContextManager[str]]
+) -> None:
     clock = FakeClock()
-    with redis_server(tmp_path) as url:
+    with start_redis(tmp_path) as url:
         node = RedisFIS(url, clock=clock)
         cache = CachedFIS(node, clock=clock)
         writer = RedisFIS(url)
         for i in range(3):  # the node's feed has seen version 3
             writer.put(NS, "k", i, writer="acme")
         assert _converges(cache, clock, 2)
-    with redis_server(tmp_path) as url:  # same socket, empty store: versions restart at 1
+    with start_redis(tmp_path) as url:  # same socket, empty store: versions restart at 1
         writer = RedisFIS(url)
         writer.put(NS, "k", "after restart", writer="acme")
         assert _converges(cache, clock, "after restart")
