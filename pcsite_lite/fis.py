@@ -9,7 +9,8 @@ paper's Table 1); PSPs and the ISP write it on line through the control API. Thr
   on one machine) lives here, ``pcsite_lite.fis_redis.RedisFIS`` (a real Redis server, for
   compute nodes on several machines) next door.
 * :class:`CachedFIS` — the node-local read cache each compute node (worker process) keeps. A
-  hit is a dict lookup plus one call of the injected clock; no syscall, no lock. Updates made
+  hit is a dict lookup plus one call of the injected clock; no syscall, no lock (one cache per
+  thread: a worker is single-threaded). Updates made
   through the same engine object invalidate at once; updates by other processes or machines are
   seen within ``staleness`` seconds of the clock (default 5 ms): the cache polls the engine's
   change feed at most once per ``staleness`` (SQLite: ``PRAGMA data_version`` + a change log;
@@ -31,7 +32,8 @@ Data model
 Who may write (enforced here, in :class:`FISEngine`, for every engine)
     Every write names its ``writer``: :data:`ISP` may write any namespace; a PSP named ``p``
     may write only namespaces ``"p/<service>"``. Anything else raises :class:`FISPermissionError`.
-    The control API passes the authenticated principal; the per-packet path only reads. Who may
+    The control API passes the authenticated principal; a service's own writes (the Packet API's
+    ``store``) pass the service's PSP, so they too stay in that PSP's namespaces. Who may
     *read* a namespace is the Packet API's decision (a service reads its own namespace and
     :data:`ISP`): :func:`can_read` states the rule.
 
