@@ -8,6 +8,7 @@ a namespace (sockets, control API calls, ``pcbill collect``) runs in a short thr
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import secrets
 import shutil
@@ -68,7 +69,8 @@ class LiveSite:
     S = "198.18.81.1"
     SITE = "198.18.84.1"
     D = "198.18.82.2"
-    FAR = "198.18.85.2"  #: another site's address, behind D
+    FAR = "198.19.85.2"  #: another ISP's site, behind D (outside ISP_PREFIXES)
+    ISP_PREFIXES = ("198.18.0.0/16",)  #: the site's ISP: S, A, D are inside
 
     def __init__(self, tmp: Path, workers: int = 2) -> None:
         self.id = f"pcb{secrets.token_hex(2)}"
@@ -118,10 +120,10 @@ class LiveSite:
         self._veth("s", "198.18.81.1/24", "a", "198.18.81.2/24")
         self._veth("a", "198.18.82.1/24", "d", "198.18.82.2/24")
         n = self.ns
-        _sh("ip", "-n", n["d"], "addr", "add", "198.18.85.2/24", "dev", "lo")
+        _sh("ip", "-n", n["d"], "addr", "add", "198.19.85.2/24", "dev", "lo")
         _sh("ip", "-n", n["s"], "route", "add", "default", "via", "198.18.81.2")
         _sh("ip", "-n", n["d"], "route", "add", "default", "via", "198.18.82.1")
-        _sh("ip", "-n", n["a"], "route", "add", "198.18.85.0/24", "via", "198.18.82.2")
+        _sh("ip", "-n", n["a"], "route", "add", "198.19.85.0/24", "via", "198.18.82.2")
 
     def _start(self) -> None:
         state = self.tmp / "state"
@@ -134,6 +136,7 @@ name = "{self.id}-site"
 public_ip = "{self.SITE}"
 workers = {self.workers}
 state_dir = "{state}"
+isp_prefixes = {json.dumps(list(self.ISP_PREFIXES))}
 
 [dataplane]
 tun_prefix = "{self.id}w"
