@@ -21,6 +21,7 @@ continues into UDP, TCP, ICMP, IPv4 or IPv6).
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from typing import Any
 
 from scapy.data import IP_PROTOS
@@ -128,9 +129,17 @@ def _ip_below(layer: Packet) -> Any:
 
 
 def circuit_check(shim: bytes, dst: str | int, key: bytes | wire.HopKey) -> bytes:
-    """The form-1 check for a built shim (16 or more bytes) toward IPv4 ``dst``."""
-    hop_key = key if isinstance(key, wire.HopKey) else wire.HopKey(key)
-    return wire.circuit_mac(hop_key, shim[:12], wire.ip2int(dst))
+    """The form-1 check for a built shim (16 or more bytes) toward IPv4 ``dst``.
+
+    Computed here with :mod:`hashlib` straight from docs/protocol.md §5.1 (not through
+    :mod:`pcsock.wire`), so that the tests compare two implementations.
+    """
+    raw_key = key.key if isinstance(key, wire.HopKey) else bytes(key)
+    if not 16 <= len(raw_key) <= 32:
+        raise wire.WireError("bad_field", "a hop key is 16 to 32 bytes")
+    addr = dst if isinstance(dst, int) else int(ipaddress.IPv4Address(dst))
+    data = bytes(shim[:12]) + addr.to_bytes(4, "big")
+    return hashlib.blake2s(data, key=raw_key, digest_size=wire.CIRCUIT_MAC_LEN).digest()
 
 
 def sign_circuit(pkt: Packet, key: bytes | wire.HopKey) -> bytes:
