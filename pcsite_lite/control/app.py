@@ -388,6 +388,8 @@ ROUTES: Final[tuple[Route, ...]] = (
                       required=False),
                 Field("strip", "boolean", "strip the shim for a legacy receiver (last hop)",
                       required=False),
+                Field("destination", "string", "the circuit's final destination IPv4 (any "
+                      "hop; receiver-first precedence); defaults to deliver", required=False),
                 Field("lifetime", "number", "seconds the hop lives (default 300)",
                       required=False)),
           errors=(*_NF, "gone")),

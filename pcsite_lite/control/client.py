@@ -152,8 +152,13 @@ class ControlClient:
         deliver: str | None = None,
         strip: bool | None = None,
         lifetime: float | None = None,
+        destination: str | None = None,
     ) -> dict[str, Any]:
+        """Install the hop at ``label``: ``out`` hops, or ``deliver`` to the final destination
+        (last hop); ``destination`` names the circuit's final destination on any hop."""
         body: dict[str, Any] = {"in_key": in_key.hex(), "out": [o.to_json() for o in out or []]}
+        if destination is not None:
+            body["destination"] = destination
         if deliver is not None:
             body["deliver"] = deliver
         if strip is not None:

@@ -237,7 +237,7 @@ class SiteBackend:
             service = hop.get("service") or self._reserved_service(psp, label)
             c = self.state.circuits.install(
                 label, psp=psp, service=service, in_key=in_key, out_hops=out_hops,
-                expires=now + lifetime, destination=deliver, now=now,
+                expires=now + lifetime, destination=hop.get("destination") or deliver, now=now,
             )  # fmt: skip
         except CircuitError as exc:
             raise _circuit_error(exc) from exc
