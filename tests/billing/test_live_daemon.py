@@ -66,7 +66,7 @@ def test_live_daemon_usage_is_collected_billed_and_equals_the_dataplane_bytes(
         acme.install_hop(onward, in_key=K2, out=[OutHop(4242, LiveSite.FAR, K2)])
 
         tx = site.raw_sender()
-        sent = 0
+        sent = sent_local = sent_far = 0
         n = 60
         for i in range(n):
             label, key = (deliver, K1) if i % 2 else (onward, K2)
@@ -79,6 +79,11 @@ def test_live_daemon_usage_is_collected_billed_and_equals_the_dataplane_bytes(
             )
             tx.sendto(pkt, (LiveSite.SITE, 0))
             sent += len(pkt)
+            # a label switch keeps the length: to D is local, to FAR (another ISP) inter-domain
+            if i % 2:
+                sent_local += len(pkt)
+            else:
+                sent_far += len(pkt)
         tx.close()
 
         # wait until the workers have reported every packet (stats every 0.25 s)
@@ -106,6 +111,8 @@ def test_live_daemon_usage_is_collected_billed_and_equals_the_dataplane_bytes(
         assert {(r.site, r.service) for r in records} == {(f"{site.id}-site", "relay")}
         billed_in = sum(r.counters.bytes_in for r in records)
         billed_out = sum(r.counters.bytes_out for r in records)
+        billed_local = sum(r.counters.bytes_local for r in records)
+        billed_far = sum(r.counters.bytes_interdomain for r in records)
         assert sum(r.counters.packets for r in records) == n
     # conservation: what the service was billed for is what the workers sent, byte for byte;
     # on input, every packet the workers read is either the service's or a counted drop
@@ -114,6 +121,9 @@ def test_live_daemon_usage_is_collected_billed_and_equals_the_dataplane_bytes(
     assert rx_packets == n + dropped
     if dropped == 0:
         assert billed_in == rx_bytes
+    # the inter-domain surcharge applies to exactly the bytes that left for another ISP
+    assert (billed_local, billed_far) == (sent_local, sent_far)
+    assert billed_local + billed_far == billed_out
 
     # and the invoice prices those counters (the daemon meters packets and bytes today)
     sheet = tmp_path / "p.toml"
