@@ -20,6 +20,9 @@ Figures (``--json PATH``):
 - ``pipeline_noop_service_us_per_packet``: the pipeline running a service that does nothing
   (the platform's own cost: MAC verify, metering, budget, egress);
 - ``pipeline_verify_ip_us_per_packet``: the job also verifying the IPv4 header checksum;
+- ``pipeline_settrace_budget_us_per_packet``: the same job with the service's CPU budget
+  done the other way -- uninstrumented code under a ``sys.settrace`` line counter switched on
+  around each call -- instead of the loader's compiled-in ticks;
 - ``clock_ns``: the cost of one call of each candidate CPU-accounting clock
   (``perf_counter_ns`` is what the pipeline uses; ``thread_time_ns`` is real CPU time but a
   system call);
@@ -161,21 +164,60 @@ def budget_costs(iterations: int, repeats: int) -> dict[str, float]:
     return {"plain": best(plain), "budget_ticks": best(instrumented), "settrace": best(traced)}
 
 
+def settrace_variant(site: Site, service: str) -> None:
+    """Swap ``service``'s code for the alternative budget design: the uninstrumented source
+    run under a ``sys.settrace`` line-counting budget switched on around each call."""
+    slot = site.runtime.slot(PSP, service)
+    namespace: dict[str, Any] = {"__builtins__": __builtins__}
+    exec(compile(source(service), f"{PSP}/{service}", "exec"), namespace)
+    plain = namespace["process"]
+    left = [0]
+
+    def local(frame: Any, event: str, arg: Any) -> Any:
+        left[0] -= 1
+        if left[0] < 0:
+            raise RuntimeError("budget")
+        return local
+
+    def glob(frame: Any, event: str, arg: Any) -> Any:
+        return local
+
+    def traced(pkt: Any) -> Any:
+        left[0] = 100_000
+        sys.settrace(glob)
+        try:
+            return plain(pkt)
+        finally:
+            sys.settrace(None)
+
+    slot.process = traced
+
+
 def run(count: int, repeats: int) -> dict[str, Any]:
     sr_site, sr_label = make_site("source_routing")
     noop_site, noop_label = make_site("noop")
     sr = Pipeline(sr_site, verify_ip_checksum=False)
     sr_verify = Pipeline(sr_site, verify_ip_checksum=True)
     noop_svc = Pipeline(noop_site, verify_ip_checksum=False)
+    tr_site, tr_label = make_site("source_routing")
+    settrace_variant(tr_site, "source_routing")
+    traced = Pipeline(tr_site, verify_ip_checksum=False)
+    tr_data = make_packet(tr_label)
     sr_data = make_packet(sr_label)
     noop_data = make_packet(noop_label)
-    for pipe, data in ((sr, sr_data), (sr_verify, sr_data), (noop_svc, noop_data)):
+    for pipe, data in (
+        (sr, sr_data),
+        (sr_verify, sr_data),
+        (noop_svc, noop_data),
+        (traced, tr_data),
+    ):
         check_output(pipe.process(data, 1.0))  # also warms the FIS cache: later reads hit
     jobs: dict[str, tuple[Callable[[bytes, float], Any], bytes]] = {
         "noop": (noop_pipeline, sr_data),
         "pipeline": (sr.process, sr_data),
         "pipeline_noop_service": (noop_svc.process, noop_data),
         "pipeline_verify_ip": (sr_verify.process, sr_data),
+        "pipeline_settrace_budget": (traced.process, tr_data),
     }
     raw: dict[str, list[float]] = {name: [] for name in jobs}
     for _ in range(repeats):
@@ -193,6 +235,7 @@ def run(count: int, repeats: int) -> dict[str, Any]:
         "noop_us_per_packet": round(best["noop"], 3),
         "pipeline_noop_service_us_per_packet": round(best["pipeline_noop_service"], 3),
         "pipeline_verify_ip_us_per_packet": round(best["pipeline_verify_ip"], 3),
+        "pipeline_settrace_budget_us_per_packet": round(best["pipeline_settrace_budget"], 3),
         "clock_ns": {
             "perf_counter_ns": round(_clock_ns(time.perf_counter_ns, clock_count), 1),
             "thread_time_ns": round(_clock_ns(time.thread_time_ns, clock_count), 1),
@@ -224,7 +267,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{figures['noop_us_per_packet']:.2f} us/packet\n"
         f"pipeline_vs_noop: {figures['pipeline_vs_noop']:.2f}x   "
         f"(no-op service: {figures['pipeline_noop_service_us_per_packet']:.2f} us, "
-        f"with IP checksum verify: {figures['pipeline_verify_ip_us_per_packet']:.2f} us)\n"
+        f"with IP checksum verify: {figures['pipeline_verify_ip_us_per_packet']:.2f} us, "
+        f"settrace budget instead of ticks: "
+        f"{figures['pipeline_settrace_budget_us_per_packet']:.2f} us)\n"
         f"clock cost (ns/call): {figures['clock_ns']}\n"
         f"service loop iteration (ns): {figures['loop_iteration_ns']}\n"
         f"(CPU time, best of {repeats} rounds of {count} packets)"
