@@ -326,10 +326,9 @@ def register() -> None:
 
 def run_simulator(n: int = 200) -> dict[str, Any]:
     """The same mix in the simulator (``pcsite_lite.sim``), for machines without root."""
-    from .test_firewall import _mix as sim_mix
-    from .test_firewall import _world
+    from .scenario import build_world, traffic_mix
 
-    wanted, core, got = sim_mix(_world(), n)
+    wanted, core, got = traffic_mix(build_world(), n)
     return {"sent": n, "wanted": wanted, "core_link_packets": core, "server_packets": got}
 
 

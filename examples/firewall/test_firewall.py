@@ -2,71 +2,21 @@
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass
-
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
-from scapy.packet import Packet
 
-from examples.firewall.control import FirewallPSP, LocalSite
+from examples.firewall.scenario import (
+    NOW,
+    OWNER,
+    PREFIX,
+    SERVER,
+    World,
+    build_world,
+    proof,
+    traffic_mix,
+)
 from examples.firewall.stopit import FilterError
-from pcsite_lite.sim import Host, Link, Network, SiteNode
-from pcsock.ownership import OwnershipClaim, OwnershipError, ZoneKey, build_proof, reverse_zone
-
-NOW = 1_795_000_000.0  # wall-clock time of the sign-up (the proof's validity window)
-PREFIX = "198.19.0.0/24"
-SERVER = "198.19.0.80"
-OWNER = "webco"
-
-
-@dataclass
-class World:
-    net: Network
-    psp: FirewallPSP
-    hosts: dict[str, Host]
-    sites: dict[str, SiteNode]
-    core: dict[str, Link]  #: the links into the core, per access router
-
-
-def _proof(owner: str = OWNER) -> tuple[str, str]:
-    root = ZoneKey.generate("in-addr.arpa.")
-    own = ZoneKey.generate(reverse_zone(PREFIX))
-    claim = OwnershipClaim(PREFIX, owner, "firewall", NOW - 3600, NOW + 86400)
-    proof = build_proof([claim], own, chain=[root], inception=NOW - 60, expiration=NOW + 3600)
-    return proof.text, root.ds_text()
-
-
-def _world(*, sign_up: bool = True) -> World:
-    net = Network(trace=False)
-    ra = net.router("Ra", "198.18.60.1")
-    rb = net.router("Rb", "198.18.50.1")
-    rcore = net.router("Rcore", "198.18.0.1")
-    rd = net.router("Rd", "198.18.70.1")
-    hosts = {
-        "attacker": net.host("A", "198.18.60.10"),
-        "client": net.host("G", "198.18.60.20"),
-        "partner": net.host("W", "198.18.50.7"),
-        "server": net.host("S", SERVER, prefix=PREFIX),
-    }
-    net.link(hosts["attacker"], ra)
-    net.link(hosts["client"], ra)
-    net.link(hosts["partner"], rb)
-    core = {"Ra": net.link(ra, rcore, delay=0.010), "Rb": net.link(rb, rcore, delay=0.010)}
-    net.link(rcore, rd, delay=0.005)
-    net.link(hosts["server"], rd)
-    sites = {
-        "Ca": net.site("Ca", "198.18.254.1", router=ra),
-        "Cb": net.site("Cb", "198.18.254.2", router=rb),
-    }
-    net.compute_routes()
-    psp = FirewallPSP(
-        OWNER, [LocalSite(sites["Ca"], ra, OWNER), LocalSite(sites["Cb"], rb, OWNER)], quota=2
-    )
-    if sign_up:
-        proof, anchor = _proof()
-        psp.sign_up(PREFIX, proof, anchor, now=NOW)
-    return World(net, psp, hosts, sites, core)
+from pcsock.ownership import OwnershipError
 
 
 def _send(w: World, who: str, l4: object, dst: str = SERVER) -> None:
@@ -86,7 +36,7 @@ def _server_got(w: World) -> list[tuple[str, int, int]]:
 def test_only_web_traffic_and_whitelisted_sources_reach_the_server_and_drops_stay_at_the_edge() -> (
     None
 ):
-    w = _world()
+    w = build_world()
     w.psp.allow_source("198.18.50.0/24")  # the partner network
     core_before = w.core["Ra"].sent
     _send(w, "attacker", UDP(dport=53))
@@ -108,7 +58,7 @@ def test_only_web_traffic_and_whitelisted_sources_reach_the_server_and_drops_sta
 
 
 def test_whitelist_and_ports_change_on_line_without_redeploying() -> None:
-    w = _world()
+    w = build_world()
     slot = w.sites["Ca"].site.runtime.slot(OWNER, "firewall")
     version = slot.version
     _send(w, "attacker", UDP(dport=5000))
@@ -126,7 +76,7 @@ def test_whitelist_and_ports_change_on_line_without_redeploying() -> None:
 
 
 def test_stopit_filters_block_a_pair_until_they_expire_within_quota() -> None:
-    w = _world()
+    w = build_world()
     w.psp.allow_source("198.18.60.10/32")  # even a whitelisted source can be stopped
     f = w.psp.stopit("198.18.60.10", SERVER, duration=0.5, now=w.net.now)
     core_before = w.core["Ra"].sent
@@ -154,44 +104,21 @@ def test_stopit_filters_block_a_pair_until_they_expire_within_quota() -> None:
 
 
 def test_sign_up_needs_a_valid_ownership_proof() -> None:
-    w = _world(sign_up=False)
-    proof, anchor = _proof(owner="someone-else")
+    w = build_world(sign_up=False)
+    text, anchor = proof(owner="someone-else")
     with pytest.raises(OwnershipError):
-        w.psp.sign_up(PREFIX, proof, anchor, now=NOW)
+        w.psp.sign_up(PREFIX, text, anchor, now=NOW)
     # nothing deployed: the router does not divert, the server gets everything
     _send(w, "attacker", UDP(dport=53))
     assert _server_got(w) == [("198.18.60.10", 17, 53)]
     assert not w.sites["Ca"].drops
 
 
-def _mix(w: World, n: int = 1000) -> tuple[int, int, int]:
-    """n packets, 3/4 unwanted from the attacker, 1/4 web from the client (seeded).
-
-    Returns (wanted packets sent, frames on the attacker side's core link, server receptions).
-    """
-    rng = random.Random(7)
-    core0, got0, wanted = w.core["Ra"].sent, len(w.hosts["server"].inbox), 0
-    for i in range(n):
-        l4: Packet
-        if i % 4 == 0:
-            who, l4 = "client", TCP(dport=rng.choice([80, 443]))
-            wanted += 1
-        else:
-            who = "attacker"
-            l4 = rng.choice(
-                [UDP(dport=rng.randrange(1, 65535)), TCP(dport=rng.choice([22, 25, 3389, 8080]))]
-            )
-        h = w.hosts[who]
-        h.send(bytes(IP(src=h.ip, dst=SERVER) / l4))
-    w.net.run()
-    return wanted, w.core["Ra"].sent - core0, len(w.hosts["server"].inbox) - got0
-
-
 def test_unwanted_traffic_never_crosses_the_core_compared_with_filtering_at_the_destination() -> (
     None
 ):
-    wanted, core, got = _mix(_world())
+    wanted, core, got = traffic_mix(build_world())
     assert (wanted, core, got) == (250, 250, 250)
     # baseline: no sign-up, the destination would filter at home: all 1000 cross the core
-    _, core_base, got_base = _mix(_world(sign_up=False))
+    _, core_base, got_base = traffic_mix(build_world(sign_up=False))
     assert (core_base, got_base) == (1000, 1000)

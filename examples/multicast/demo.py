@@ -174,9 +174,9 @@ def passed(res: dict[str, Any]) -> bool:
 
 def run_simulator() -> dict[str, Any]:
     """A summary of the simulator test's network (five domains), for machines without root."""
-    from .test_multicast import _copies, _world
+    from .scenario import build_world, copies
 
-    net, psp, links, hosts, logs = _world()
+    net, psp, links, hosts, logs = build_world()
     members = ["198.18.2.11", "198.18.4.11", "198.18.5.11"]
     for ip in members:
         psp.join(64500 + int(ip.split(".")[2]), 1, ip)
@@ -185,7 +185,7 @@ def run_simulator() -> dict[str, Any]:
     for i in range(n):
         sender.send(psp.sender_packet(64501, 1, src=sender.ip, payload=b"seq%03d" % i))
         net.run()
-    per = [_copies(hosts, b"seq%03d" % i) for i in range(n)]
+    per = [copies(hosts, b"seq%03d" % i) for i in range(n)]
     return {
         "sent": n,
         "members": members,

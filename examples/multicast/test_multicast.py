@@ -11,60 +11,12 @@ from __future__ import annotations
 import functools
 from collections import Counter
 
-from examples.multicast.control import LocalSite, MulticastPSP, receive_payload
-from examples.multicast.tree import adjacency_from_links
-from pcsite_lite.sim import Host, Link, Network, Router
-
-DOMAINS = [64501, 64502, 64503, 64504, 64505]
-AS_LINKS = [(64501, 64502), (64502, 64503), (64503, 64504), (64504, 64501), (64503, 64505)]
-
-
-def _n(a: int) -> int:
-    return a - 64500
-
-
-def _world() -> tuple[
-    Network, MulticastPSP, dict[tuple[int, int], Link], dict[str, Host], list[str]
-]:
-    net = Network(trace=False)
-    routers: dict[int, Router] = {}
-    handles = {}
-    logs: list[str] = []
-    hosts: dict[str, Host] = {}
-    for a in DOMAINS:
-        r = routers[a] = net.router(f"R{_n(a)}", f"198.18.{_n(a)}.1")
-        node = net.site(
-            f"C{_n(a)}",
-            f"198.18.254.{_n(a)}",
-            router=r,
-            log_sinks=lambda psp, svc: logs.append,
-        )
-        handles[a] = LocalSite(node.site, "mcpsp")
-        for i in (1, 2):
-            h = net.host(f"H{_n(a)}{i}", f"198.18.{_n(a)}.{10 + i}")
-            net.link(h, r, delay=0.0002)
-            hosts[h.ip] = h
-    links = {}
-    for a, b in AS_LINKS:
-        links[a, b] = net.link(routers[a], routers[b], delay=0.002)
-    net.compute_routes()
-    psp = MulticastPSP(adjacency_from_links(AS_LINKS), handles)
-    psp.deploy()
-    return net, psp, links, hosts, logs
-
-
-def _copies(hosts: dict[str, Host], data: bytes) -> Counter[str]:
-    out: Counter[str] = Counter()
-    for ip, h in hosts.items():
-        for r in h.inbox:
-            got = receive_payload(r.data)
-            if got is not None and got[1] == data:
-                out[ip] += 1
-    return out
+from examples.multicast.scenario import build_world, copies
+from pcsite_lite.sim import Network
 
 
 def test_receivers_in_three_domains_get_one_copy_and_links_carry_only_the_tree() -> None:
-    net, psp, links, hosts, logs = _world()
+    net, psp, links, hosts, logs = build_world()
     members = ["198.18.2.11", "198.18.4.11", "198.18.4.12", "198.18.5.11"]
     for ip in members:
         psp.join(64500 + int(ip.split(".")[2]), 1, ip)
@@ -75,7 +27,7 @@ def test_receivers_in_three_domains_get_one_copy_and_links_carry_only_the_tree()
         net.schedule(i * 0.001, functools.partial(sender.send, pkt))
     net.run()
     for i in range(n):
-        assert _copies(hosts, b"seq%03d" % i) == Counter({m: 1 for m in members})
+        assert copies(hosts, b"seq%03d" % i) == Counter({m: 1 for m in members})
     # the tree from 64501: 64502 (member), 64504 (member), 64503 (on the way to 64505), 64505
     used = {k: v.sent for k, v in links.items() if v.sent}
     assert used == {(64501, 64502): n, (64504, 64501): n, (64502, 64503): n, (64503, 64505): n}
@@ -91,20 +43,20 @@ def _site_drops(net: Network) -> list[list[object]]:
 
 
 def test_join_and_leave_take_effect_on_the_next_packet_in_the_network() -> None:
-    net, psp, links, hosts, _ = _world()
+    net, psp, links, hosts, _ = build_world()
     psp.join(64502, 5, "198.18.2.11")
     psp.join(64503, 5, "198.18.3.11")
     psp.join(64505, 5, "198.18.5.12")
     sender = hosts["198.18.1.12"]
     sender.send(psp.sender_packet(64501, 5, src=sender.ip, payload=b"before"))
     net.run()
-    assert set(_copies(hosts, b"before")) == {"198.18.2.11", "198.18.3.11", "198.18.5.12"}
+    assert set(copies(hosts, b"before")) == {"198.18.2.11", "198.18.3.11", "198.18.5.12"}
     psp.leave(64505, 5, "198.18.5.12")
     psp.join(64504, 5, "198.18.4.12")
     before = {k: v.sent for k, v in links.items()}
     sender.send(psp.sender_packet(64501, 5, src=sender.ip, payload=b"after"))
     net.run()
-    assert _copies(hosts, b"after") == Counter(
+    assert copies(hosts, b"after") == Counter(
         {"198.18.2.11": 1, "198.18.3.11": 1, "198.18.4.12": 1}
     )
     delta = {k: v.sent - before[k] for k, v in links.items() if v.sent - before[k]}
