@@ -83,6 +83,7 @@ MAX_CODE_BYTES: Final = 1 << 20  #: largest service upload accepted
 DEFAULT_STALENESS: Final = 0.005  #: seconds a node may keep running a deactivated version
 SIGNATURE_DOMAIN: Final = b"packetcloud-service-code-v1\0"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\Z")
+_DIGEST = re.compile(r"[0-9a-f]{64}\Z")
 
 #: stable reason codes of :class:`RepositoryError`
 REASONS: Final = frozenset(
@@ -332,6 +333,8 @@ class Repository:
         path = self._service_dir(psp, service) / f"{_check_name('version', version)}.json"
         try:
             rec = json.loads(path.read_bytes())
+            if not _DIGEST.match(str(rec["digest"])):
+                raise ValueError(f"digest is not 64 hex digits: {str(rec['digest'])[:80]!r}")
             return ServiceVersion(
                 psp,
                 service,

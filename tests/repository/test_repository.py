@@ -146,6 +146,11 @@ def test_tampered_record_is_rejected_on_load(repo: Repository, acme_key: Ed25519
     with pytest.raises(RepositoryError) as exc:
         repo.get("acme", "srouting")
     assert reason(exc) == "bad_signature"
+    rec["digest"] = "../../../keys/acme.pub"  # must not be followed outside the blob store
+    rec_path.write_text(json.dumps(rec))
+    with pytest.raises(RepositoryError) as exc:
+        repo.get("acme", "srouting")
+    assert reason(exc) == "corrupt_record"
     rec_path.write_text("{not json")
     with pytest.raises(RepositoryError) as exc:
         repo.get("acme", "srouting")
