@@ -255,15 +255,20 @@ class _RedisFeed(ChangeFeed):
                     break
                 if msg.get("type") != "message":
                     continue
-                data = msg["data"].decode() if isinstance(msg["data"], bytes) else msg["data"]
-                seq_text, _, payload = data.partition(" ")
-                seq = int(seq_text)
+                try:
+                    data = msg["data"].decode() if isinstance(msg["data"], bytes) else msg["data"]
+                    seq_text, _, payload = data.partition(" ")
+                    seq = int(seq_text)
+                    changes = [Change(k, n, t, key) for k, n, t, key in json.loads(payload)]
+                except (ValueError, TypeError, AttributeError):
+                    lost = True  # not ours (someone published junk): trust nothing cached
+                    continue
                 if seq <= self._seq:
                     continue  # committed before we subscribed: already reflected by the store
                 if seq != self._seq + 1:
                     lost = True
                 self._seq = seq
-                out.extend(Change(k, n, t, key) for k, n, t, key in json.loads(payload))
+                out.extend(changes)
             now = self._engine._clock()
             if now >= self._next_verify:
                 self._next_verify = now + self._engine._verify_interval

@@ -77,3 +77,25 @@ def test_cache_recovers_when_the_store_is_reset_under_it(redis_url: str) -> None
         cache.close()
         node.close()
         writer.close()
+
+
+def test_junk_on_the_change_channel_flushes_instead_of_failing(redis_url: str) -> None:
+    clock = FakeClock()
+    node = RedisFIS(redis_url, prefix="pcf-junk", clock=clock)
+    writer = RedisFIS(redis_url, prefix="pcf-junk")
+    cache = CachedFIS(node, clock=clock)
+    try:
+        writer.put(NS, "k", 1, writer="acme")
+        assert _converges(cache, clock, 1)
+        admin = redis.Redis.from_url(redis_url)
+        for junk in (b"not a number", b"99 {not json", b"7 [[1]]"):
+            admin.publish("pcf-junk:changes", junk)
+        flushes = cache.flushes
+        assert _converges(cache, clock, 1)
+        assert cache.flushes > flushes
+        writer.put(NS, "k", 2, writer="acme")  # and it keeps following real changes
+        assert _converges(cache, clock, 2)
+    finally:
+        cache.close()
+        node.close()
+        writer.close()
