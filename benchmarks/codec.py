@@ -36,6 +36,7 @@ import argparse
 import json
 import platform
 import socket
+import struct
 import sys
 import time
 from collections.abc import Callable
@@ -104,9 +105,8 @@ def macs_only(raw: bytes) -> bytes:
     return circuit_mac(OUT_KEY, raw[20:32], OUT_DST_INT)
 
 
-_OUT_DST_BYTES = OUT_DST_INT.to_bytes(4, "big")
+_CSD = struct.Struct("!HII")  # IPv4 checksum, source, destination
 _OUT_LABEL_BYTES = OUT_LABEL.to_bytes(4, "big")
-_SITE_BYTES = SITE_INT.to_bytes(4, "big")
 
 
 def inline_floor(raw: bytes) -> bytearray:
@@ -118,14 +118,10 @@ def inline_floor(raw: bytes) -> bytearray:
     h.update(b[16:20])
     if not compare_digest(h.digest(), b[32:36]):
         raise wire.WireError("bad_mac")
-    old = (b[16] << 8 | b[17]) + (b[18] << 8 | b[19]) + (b[12] << 8 | b[13]) + (b[14] << 8 | b[15])
-    b[12:16] = _SITE_BYTES
-    b[16:20] = _OUT_DST_BYTES
+    hc, src, dst = _CSD.unpack_from(b, 10)
+    b[10:20] = _CSD.pack((hc + src + dst - SITE_INT - OUT_DST_INT) % 0xFFFF, SITE_INT, OUT_DST_INT)
     b[24:28] = _OUT_LABEL_BYTES
     b[22] -= 1
-    c = ((b[10] << 8 | b[11]) + old - OUT_DST_INT - SITE_INT) % 0xFFFF
-    b[10] = c >> 8
-    b[11] = c & 0xFF
     h = OUT_KEY._proto.copy()
     h.update(b[20:32])
     h.update(b[16:20])

@@ -124,7 +124,8 @@ SERVICE_CHECK_LEN: Final = 3
 #: The IPv4 fields parse() looks at: ver/ihl, total length, flags/fragment offset, protocol.
 _IP_FIELDS: Final = struct.Struct("!BxHxxHxB")
 _H: Final = struct.Struct("!H")
-_II: Final = struct.Struct("!II")
+#: IPv4 header checksum, source and destination (bytes 10..19), rewritten together per hop.
+_CSUM_SRC_DST: Final = struct.Struct("!HII")
 _I: Final = struct.Struct("!I")
 
 _VF_CIRCUIT: Final = VERSION << 4 | FORM_CIRCUIT
@@ -453,28 +454,23 @@ class Packet:
         hops = b[o + 2]
         if not hops:
             raise WireError("hop_limit_exceeded")
-        try:  # struct.pack_into would write zeros before failing: pack first, then write
+        # checksum, source and destination are adjacent (bytes 10..19): read them at once,
+        # apply RFC 1624 eqn. 3 in modular form (see _fold_update; sums of 32-bit fields are
+        # fine) and pack the three back. Pack everything before writing anything, so that a
+        # bad value (struct.error) leaves the packet unchanged.
+        hc, old_src, old_dst = _CSUM_SRC_DST.unpack_from(b, 10)
+        if src is None:
+            src = old_src
+        try:
+            addrs = _CSUM_SRC_DST.pack((hc + old_src + old_dst - src - dst) % 0xFFFF, src, dst)
             label_bytes = _I.pack(label)
-            if src is None:
-                addr_bytes = _I.pack(dst)
-            else:
-                addr_bytes = _II.pack(src, dst)
-                dst += src  # the checksum update needs only the sum of the new fields
         except (struct.error, TypeError):
             raise WireError("bad_field", f"label {label!r} or address out of range") from None
-        if src is None:
-            old = _I.unpack_from(b, 16)[0]
-            b[16:20] = addr_bytes
-        else:
-            old_src, old_dst = _II.unpack_from(b, 12)
-            old = old_src + old_dst
-            b[12:20] = addr_bytes
+        b[10:20] = addrs
         b[o + 4 : o + 8] = label_bytes
         b[o + 2] = hops - 1
-        # RFC 1624 eqn. 3 in modular form, see _fold_update (a sum of 32-bit fields is fine)
-        _H.pack_into(b, 10, ((b[10] << 8 | b[11]) + old - dst) % 0xFFFF)
         if self.encap == "udp":
-            self._patch_udp_checksum(old, dst)
+            self._patch_udp_checksum(old_src + old_dst, src + dst)
         h = out_key._proto.copy()
         h.update(b[o : o + 12])
         h.update(b[16:20])
