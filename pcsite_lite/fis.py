@@ -860,8 +860,11 @@ class CachedFIS:
         if changes is None:
             self.flush()
             return
-        for change in changes:
-            self._on_change(change)
+        try:
+            for change in changes:
+                self._on_change(change)
+        except FISError:  # a change record that names no valid entry: trust nothing cached
+            self.flush()
 
     def flush(self) -> None:
         """Forget everything cached."""

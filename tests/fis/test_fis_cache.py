@@ -4,10 +4,12 @@ staleness bound (driven by an injected clock), losses flush. Runs on SQLite and 
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -238,3 +240,26 @@ def test_real_clock_cache_sees_another_process_within_the_bound(store_url: str) 
     finally:
         cache.close()
         engine.close()
+
+
+def test_a_bad_change_record_flushes_instead_of_failing(tmp_path: Path) -> None:
+    path = str(tmp_path / "fis.db")
+    node, other = SqliteFIS(path), SqliteFIS(path)
+    clock = FakeClock()
+    cache = CachedFIS(node, clock=clock)
+    other.put(NS, "k", 1, writer="acme")
+    other.lpm_put(NS, "r", "198.18.0.0/15", 1, writer="acme")
+    clock.advance(cache.staleness)
+    assert cache.get(NS, "k") == 1 and cache.lookup(NS, "r", "198.18.0.1") == 1
+    raw = sqlite3.connect(path)
+    with raw:  # someone writes a change row by hand that names no valid prefix
+        raw.execute("INSERT INTO changes (kind, ns, tbl, key) VALUES ('lpm', ?, 'r', 'x')", (NS,))
+    raw.close()
+    other.put(NS, "k", 2, writer="acme")
+    clock.advance(cache.staleness)
+    assert cache.get(NS, "k") == 2
+    assert cache.flushes == 1
+    assert cache.lookup(NS, "r", "198.18.0.1") == 1  # reloaded after the flush
+    cache.close()
+    node.close()
+    other.close()
