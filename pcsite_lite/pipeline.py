@@ -343,8 +343,15 @@ class Pipeline:
         if dropped is not None:
             return [dropped]
         api = self.api
-        if api._md_changed and pkt.form == FORM_SERVICE:
-            pkt.seal()
+        if api._md_changed:
+            if pkt.form == FORM_SERVICE:
+                pkt.seal()
+            elif pkt.form == FORM_CIRCUIT:
+                # a circuit packet in transit (diverted by its destination prefix): its MAC
+                # belongs to the next site, so nobody here may change what it covers
+                return [
+                    self._fail(slot, now, "spoof_attempt", "metadata of a transit circuit packet")
+                ]
         buf = pkt.buf
         # leave the site unflagged (no second diversion) and one hop older
         tos = pkt.tos
