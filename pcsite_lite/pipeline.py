@@ -325,6 +325,8 @@ class Pipeline:
             dropped = self._receiver_first(pkt.dst, pkt, now)
             if dropped is not None:
                 return [dropped]
+            if self.api._md_changed:  # the receiver's stage changed the metadata
+                pkt.seal()
         return self._serve(reg, pkt, now)
 
     # ---- form 3

@@ -3,10 +3,10 @@ if it drops the packet the sender's never runs."""
 
 from __future__ import annotations
 
-from site_topo import DEST, SENDER, circuit, circuit_packet, one_site
+from site_topo import DEST, OUT_KEY, SENDER, circuit, circuit_packet, one_site
 
 from pcsite_lite.verdicts import Deliver, Drop, Forward
-from pcsock.wire import build_service_packet
+from pcsock.wire import build_service_packet, parse
 
 SENDER_SVC = """
 def process(pkt):
@@ -40,6 +40,8 @@ def test_form2_plus_form3_receiver_runs_first_then_sender() -> None:
     assert isinstance(v, Forward) and v.next_hop == DEST
     # the receiver's service ran first: the sender's saw the metadata it wrote
     assert lines == ["receiver", "sender saw metadata 9"]
+    out = parse(v.data)
+    assert out.metadata == 9 and out.verify_check()
     assert site.runtime.counters("bob", "receiversvc").packets == 1
     assert site.runtime.counters("alice", "sendersvc").packets == 1
 
@@ -61,6 +63,8 @@ def test_form1_plus_form3_receiver_of_the_circuit_destination_runs_first() -> No
     [v] = pipe.process(circuit_packet(label), 1.0)
     assert isinstance(v, Forward | Deliver)
     assert lines == ["receiver", "sender saw metadata 9"]
+    out = parse(v.data)
+    assert out.metadata == 9 and out.verify_mac(OUT_KEY)
 
 
 def test_form1_plus_form3_receiver_drop_means_circuit_service_never_runs() -> None:
