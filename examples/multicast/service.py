@@ -114,12 +114,14 @@ def encode(here, table, group):
     return (best[1], best[2])
 
 
-def plan(payload, group, has_header, table, cache_get, cache_put):
+def plan(payload, group, has_header, table, cache_get, cache_put, src=None):
     """The copies of one packet at this site.
 
     Returns ``{"sites": [(address, payload)], "hosts": [(address, payload)], "drop": reason
     or None, "computed": bool, "payload": header + data}``; node-local cache values are bytes
-    (seed byte + 32-byte zFilter) under ``"mc-tree:<group>:<table version>"``.
+    (seed byte + 32-byte zFilter) under ``"mc-tree:<group>:<table version>"``. With ``src``
+    (the packet's IP source), a packet carrying a header must come from the site of the
+    upstream AS it names.
     """
     result = {"sites": [], "hosts": [], "drop": None, "computed": False, "payload": b""}
     if table is None:
@@ -134,6 +136,11 @@ def plan(payload, group, has_header, table, cache_get, cache_put):
         magic, version, seed, group, upstream, zbytes = HEADER.unpack_from(payload)
         if magic != MAGIC or version != 1 or seed >= N_SEEDS:
             result["drop"] = "mc_bad_header"
+            return result
+        if src is not None and table["neighbours"].get(str(upstream)) != src:
+            # only a neighbour site may send a packet that already carries a tree: a sender
+            # cannot inject its own zFilter (e.g. all ones, to flood every link)
+            result["drop"] = "mc_forged_header"
             return result
         zf = int.from_bytes(zbytes, "big")
         data = bytes(payload[HEADER_LEN:])
@@ -156,7 +163,7 @@ def plan(payload, group, has_header, table, cache_get, cache_put):
     fwd = HEADER.pack(MAGIC, 1, seed, group, here, zbytes) + data
     for v in matching(table["links"], here, neighbours, zf, seed, upstream):
         result["sites"].append((neighbours[v], fwd))
-    for host in table["local"].get(str(group), ()):
+    for host in table.get("local", {}).get(str(group), ()):
         result["hosts"].append((host, data))
     result["payload"] = fwd
     return result
@@ -165,6 +172,9 @@ def plan(payload, group, has_header, table, cache_get, cache_put):
 def process(pkt):
     """Packet API entry point (paper Table 1; ``pcsite_lite/api.py``)."""
     shim = pkt.shim.read()
+    if shim.form != 1:
+        pkt.drop("mc_not_a_circuit_packet")
+        return
     table = pkt.fetch("table")
     has_header = shim.metadata & MD_TREE == MD_TREE
     group = 0
@@ -174,7 +184,7 @@ def process(pkt):
         if group is None:
             pkt.drop("mc_unknown_group")
             return
-    result = plan(pkt.read(0, None), group, has_header, table, pkt.cache_get, pkt.cache)
+    result = plan(pkt.read(0, None), group, has_header, table, pkt.cache_get, pkt.cache, pkt.src)
     if result["drop"] is not None:
         pkt.drop(result["drop"])
         return

@@ -114,3 +114,24 @@ def test_groups_are_independent(group: int) -> None:
     _send(net, psp, group, b"g")
     want = {3: "198.18.7.30", 4: "198.18.5.40"}[group]
     assert _copies(net, b"g") == Counter({want: 1})
+
+
+def test_a_sender_cannot_inject_its_own_tree() -> None:
+    """A sender that sets the tree bit and an all-ones zFilter is dropped at its first site."""
+    from examples.multicast.header import MD_TREE, MulticastHeader
+    from pcsock.wire import build_circuit_packet
+
+    net, psp, _ = _setup()
+    psp.join(64505, 1, "198.18.5.10")
+    forged = MulticastHeader(seed=0, group=1, upstream=64502, zfilter=b"\xff" * 32)
+    pkt = build_circuit_packet(
+        src=SENDER,
+        dst=psp.sites[64501].public_ip,
+        label=psp.labels[64501, 1],
+        key=psp.keys[64501, 1],
+        payload=forged.encode() + b"flood",
+        metadata=MD_TREE,
+    )
+    net.send(SENDER, bytes(pkt), psp.sites[64501].public_ip)
+    assert not net.received
+    assert [(d.reason, d.detail) for _, d in net.drops] == [("service_drop", "mc_forged_header")]
