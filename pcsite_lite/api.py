@@ -233,8 +233,12 @@ class Shim:
 
     @property
     def label(self) -> int | None:
-        p = self._api._pkt
-        return p.label if p.form == FORM_CIRCUIT else None
+        """This hop's incoming label, or the out label the service already chose."""
+        api = self._api
+        p = api._pkt
+        if p.form != FORM_CIRCUIT:
+            return None
+        return api._label if api._label is not None else p.label
 
     @property
     def metadata(self) -> int | None:
@@ -272,6 +276,8 @@ class Shim:
             if label not in circuit.by_label:
                 raise api._refuse(f"label {label!r} is not an out hop of this circuit")
             api._label = label
+            if api._hop is not None and api._hop.label != label:
+                api._hop = None  # the last choice wins: egress follows the new label
         if metadata is not None:
             if not isinstance(metadata, int) or isinstance(metadata, bool):
                 raise _misuse("metadata must be an int 0..255")

@@ -197,3 +197,22 @@ def process(pkt):
     udp = struct.pack("!HHHH", 1234, 80, 8, 0)
     _, _, lines = _run(src, build_ipv4(src=SENDER, dst=DEST, proto=17, payload=udp), form=3)
     assert lines == ["1234>80"]
+
+
+def test_the_last_out_hop_choice_wins() -> None:
+    from site_topo import OUT_KEY
+
+    from pcsite_lite.circuits import OutHop
+
+    src = """
+def process(pkt):
+    pkt.forward_to("198.18.6.1")
+    pkt.shim.update(label=78)
+    pkt.log("label %d" % pkt.shim.label)
+"""
+    site, pipe, lines = one_site()
+    site.deploy(PSP, "s", src)
+    label = circuit(site, "s", out=[OutHop(77, NEXT_IP, OUT_KEY), OutHop(78, "198.18.6.2")])
+    [v] = pipe.process(circuit_packet(label), 1.0)
+    assert isinstance(v, Forward) and v.next_hop == "198.18.6.2"
+    assert parse(v.data).label == 78 and lines == ["label 78"]
