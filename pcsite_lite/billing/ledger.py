@@ -307,19 +307,21 @@ class Ledger:
         psp: str,
         service: str,
         *,
-        batch: int = 64,
+        batch: int = 1024,
         clock: Callable[[], float] = time.time,
     ) -> LogSink:
         """A ``log(text)`` sink for one service of one PSP at ``site``.
 
         Lines are buffered and written ``batch`` lines at a time; ``batch=1`` makes every line
         durable before ``log`` returns. Call :meth:`LogSink.flush` at the end of each metering
-        interval (the site does this when it appends the interval's usage records).
+        interval (``Site.snapshot`` does). A write triggered by a full batch happens inside
+        the ``log`` call, i.e. inside the calling service's metered time, so keep ``batch``
+        above the lines a service logs per interval.
         """
         return LogSink(self, site, psp, service, batch=batch, clock=clock)
 
     def log_sinks(
-        self, site: str, *, batch: int = 64, clock: Callable[[], float] = time.time
+        self, site: str, *, batch: int = 1024, clock: Callable[[], float] = time.time
     ) -> Callable[[str, str], LogSink]:
         """The ``log_sinks`` factory :class:`pcsite_lite.site.Site` takes:
         ``(psp, service) -> LogSink`` for services at ``site``.
@@ -503,7 +505,7 @@ class LogSink:
         psp: str,
         service: str,
         *,
-        batch: int = 64,
+        batch: int = 1024,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if batch < 1:
