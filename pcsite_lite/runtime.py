@@ -63,10 +63,18 @@ LogSinkFactory = Callable[[str, str], Callable[[str], None]]
 Resolver = Callable[[str, str], LoadedService | None]
 
 
-def load_from_repository(code: Any) -> LoadedService:
-    """``ServiceCache`` loader: compile a verified ``pcsite_lite.repository.ServiceCode``."""
+def load_from_repository(code: Any, *, budget: Budget = BUDGET) -> LoadedService:
+    """``ServiceCache`` loader: compile a verified ``pcsite_lite.repository.ServiceCode``.
+
+    The code ticks against ``budget``, which must be the site's (``Site(budget=...)``; the
+    default :data:`~pcsite_lite.sandbox.BUDGET` unless the site was given another one: then
+    pass ``loader=functools.partial(load_from_repository, budget=that_budget)``).
+    """
     return load_service(
-        code.code, f"{code.psp}/{code.service}@{code.version}", version=code.version
+        code.code,
+        f"{code.psp}/{code.service}@{code.version}",
+        version=code.version,
+        budget=budget,
     )
 
 
