@@ -100,3 +100,39 @@ def test_handoff_benchmark_runs_and_writes_its_figures(tmp_path: Path) -> None:
     assert 0 < data["path_length_ratio_vs_triangle"] < 1
     assert data["mobility_update_to_redirect_samples"] == 3
     assert 0 < data["mobility_update_to_redirect_ms_median"] < 1000
+
+
+def test_service_id_packets_toward_the_mobile_prefix_do_not_disable_the_service() -> None:
+    """Form-2 packets to the prefix meet the service in the receiver-first stage, which may not
+    redirect: they are passed on unchanged, and the service is not counted as failing."""
+    from examples.mobility.control import SERVICE_SOURCE
+    from pcsite_lite.fis import namespace
+    from pcsite_lite.pipeline import Pipeline
+    from pcsite_lite.site import Site
+    from pcsite_lite.verdicts import Forward
+    from pcsock.wire import build_service_packet
+
+    site = Site("C1", "198.18.254.1")
+    site.deploy("mobpsp", "mobility", SERVICE_SOURCE)
+    site.register_destination(
+        "198.19.1.0/24", "mobpsp", "mobility", redirect_prefixes=["198.18.10.0/24"]
+    )
+    site.fis.lpm_put(
+        namespace("mobpsp", "mobility"),
+        "bindings",
+        "198.19.1.0/24",
+        {"care_of": "198.18.10.2"},
+        writer="mobpsp",
+    )
+    site.deploy("other", "marker", "def process(pkt):\n    pass\n")
+    site.register_service_id(77, "other", "marker")
+    pipe = Pipeline(site)
+    for _ in range(20):
+        pkt = build_service_packet(
+            src="198.18.100.10", dst="198.19.1.5", service_id=77, payload=b"x"
+        )
+        verdicts = pipe.process(bytes(pkt), 1.0)
+        assert [type(v) for v in verdicts] == [Forward]
+        assert verdicts[0].next_hop == "198.19.1.5"
+    assert site.runtime.slot("mobpsp", "mobility").status == "active"
+    assert not site.drops
