@@ -27,3 +27,14 @@ def test_bench_shows_a_broken_service() -> None:
     assert bench.send(b"x") == []
     assert bench.drops == {"service_error": 1}
     assert "ZeroDivisionError" in bench.site.runtime.events[-1].detail
+
+
+def test_the_tutorial_in_docs_runs_as_written() -> None:
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[2] / "docs" / "services.md").read_text()
+    tutorial = doc.split("## Tutorial", 1)[1]
+    block = re.search(r"```python\n(.*?)```", tutorial, re.S)
+    assert block is not None
+    exec(compile(block.group(1), "docs/services.md", "exec"), {})
