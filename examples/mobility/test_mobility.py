@@ -132,7 +132,8 @@ def test_service_id_packets_toward_the_mobile_prefix_do_not_disable_the_service(
             src="198.18.100.10", dst="198.19.1.5", service_id=77, payload=b"x"
         )
         verdicts = pipe.process(bytes(pkt), 1.0)
-        assert [type(v) for v in verdicts] == [Forward]
-        assert verdicts[0].next_hop == "198.19.1.5"
+        assert len(verdicts) == 1
+        v = verdicts[0]
+        assert isinstance(v, Forward) and v.next_hop == "198.19.1.5"
     assert site.runtime.slot("mobpsp", "mobility").status == "active"
     assert not site.drops
