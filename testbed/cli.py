@@ -16,6 +16,7 @@ import argparse
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from testbed import netns, state
 from testbed.net import Testbed, default_progress
-from testbed.topology import TopologyError
+from testbed.topology import Topology, TopologyError, line, load
 
 TOPOLOGIES = Path(__file__).parent / "topologies"
 
@@ -62,15 +63,20 @@ def _need_root() -> None:
         raise SystemExit("testbed: needs root (network namespaces)")
 
 
+def _load(arg: str) -> Topology:
+    """A topology file, a shipped topology's name, or ``line:K`` (the benchmark's line)."""
+    m = re.fullmatch(r"line:(\d+)", arg)
+    if m:
+        return line(int(m.group(1)))
+    return load(_topology_path(arg))
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     try:
-        tb = Testbed.from_file(
-            _topology_path(args.topology),
-            prefix=args.prefix,
-            progress=default_progress,
-            persistent=True,
+        tb = Testbed(
+            _load(args.topology), prefix=args.prefix, progress=default_progress, persistent=True
         )
-    except TopologyError as exc:
+    except (TopologyError, ValueError) as exc:
         print(f"testbed: {exc}", file=sys.stderr)
         return 2
     _need_root()
@@ -236,14 +242,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     t0 = time.monotonic()
     failed = 0
-    with Testbed.from_file(
-        _topology_path(args.topology), prefix=args.prefix, progress=default_progress
-    ) as tb:
+    with Testbed(_load(args.topology), prefix=args.prefix, progress=default_progress) as tb:
         print(f"\nscenarios on {tb.topo.name} (run {tb.run}):")
         for outcome in scenarios.run_all(tb):
             failed += not outcome.ok
             print(f"  [{'ok' if outcome.ok else 'FAIL'}] {outcome.name}: {outcome.detail}")
-    if importlib.util.find_spec("pcsock.demo") is not None:
+    if args.testbed_only:
+        pass
+    elif importlib.util.find_spec("pcsock.demo") is not None:
         print("\nrunning the SDK's end-to-end demo (python -m pcsock.demo)")
         failed += subprocess.call([sys.executable, "-m", "pcsock.demo"]) != 0
     else:
@@ -262,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="testbed", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("up", help="validate and build a topology, wait until ready")
-    p.add_argument("topology", help="a .toml file or a shipped name (fig2, multidomain)")
+    p.add_argument("topology", help="a .toml file, a shipped name (fig2, multidomain) or line:K")
     p.add_argument("--prefix", default="pct", help="name prefix of the run (default pct)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_up)
@@ -297,6 +303,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="run the end-to-end scenarios")
     p.add_argument("topology", nargs="?", default="fig2")
     p.add_argument("--prefix", default="pct")
+    p.add_argument(
+        "--testbed-only",
+        action="store_true",
+        help="only the testbed's own scenarios, not the SDK's pcsock.demo",
+    )
     p.set_defaults(fn=cmd_demo)
     args = ap.parse_args(argv)
     try:

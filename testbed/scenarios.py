@@ -28,6 +28,7 @@ __all__ = [
 ]
 
 TOS_SERVICE = 0xAC  # DSCP 43 (pcsock.wire.TOS_SERVICE)
+SO_RCVBUFFORCE = 33  # linux/socket.h (not exported by Python 3.11)
 
 
 @dataclass
@@ -61,6 +62,8 @@ def udp_receiver(node: Node, port: int) -> socket.socket:
 
     def make() -> socket.socket:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        # room for a whole burst: udp_exchange sends everything before reading
+        s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)
         s.bind(("0.0.0.0", port))
         s.settimeout(0.3)
         return s

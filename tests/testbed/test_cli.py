@@ -66,7 +66,49 @@ def test_up_inspect_exec_down(tmp_path: Path) -> None:
         ins = json.loads(tb("inspect", run, "--json").stdout)
         assert ins["run"] == run and len(ins["links"]) == 2
         assert tb("exec", "--run", run, "nosuch", "true").returncode != 0
+        # capture a link while h1 pings across it
+        pcap = tmp_path / "h1r.pcap"
+        cap = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "testbed",
+                "capture",
+                "--run",
+                run,
+                "h1-r",
+                "-w",
+                str(pcap),
+                "-c",
+                "4",
+                "--duration",
+                "20",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(40):
+            tb("exec", "--run", run, "h1", "ping", "-c1", "-W1", addr)
+            if cap.poll() is not None:
+                break
+        assert cap.wait(20) == 0
+        dump = subprocess.run(["tcpdump", "-nr", str(pcap)], capture_output=True, text=True)
+        assert dump.stdout.count("ICMP echo") >= 2, dump.stdout + dump.stderr
     finally:
         down = tb("down", run)
     assert down.returncode == 0, down.stderr
     assert state.run_namespaces(run) == []
+
+
+@pytest.mark.netns
+def test_demo_runs_the_testbed_scenarios() -> None:
+    # --testbed-only: the SDK's pcsock.demo has its own tests
+    out = tb("demo", "fig2", "--prefix", "pcw", "--testbed-only", timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("[ok]") == 4 and "[FAIL]" not in out.stdout
+
+
+def test_line_generator_is_available_from_the_command_line() -> None:
+    out = tb("up", "line:0")
+    assert out.returncode == 2 and "k must be" in out.stderr

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from testbed import Testbed, topology
+from testbed import Testbed, scenarios, topology
 
 pytestmark = pytest.mark.netns
 
@@ -33,6 +33,15 @@ delay = "10ms"
 a = "r"
 b = "b"
 rate = "20mbit"
+[[node]]
+name = "c"
+kind = "host"
+[[link]]
+a = "c"
+b = "r"
+delay = "5ms"
+jitter = "2ms"
+loss = 20
 """
 
 
@@ -115,3 +124,17 @@ def test_rate_is_within_10_percent(shaped: Testbed) -> None:
     wire = goodput * 1514 / 1448
     print(f"measured {wire / 1e6:.2f} Mbit/s on the wire")
     assert abs(wire - rate_bps) / rate_bps <= 0.10, f"{wire / 1e6:.2f} Mbit/s on the wire"
+
+
+def test_loss_and_jitter_are_applied(shaped: Testbed) -> None:
+    # 600 datagrams each way through a 20 % loss link: P(arrive) = 0.8 per direction
+    n = 600
+    got = scenarios.udp_exchange(shaped, "c", "a", n=n, port=5301)
+    assert abs(got / n - 0.8) < 0.07, got  # > 4 sigma of a binomial(600, 0.8)
+    gw = shaped.node("c").plan.ifaces[0].peer_address
+    _rc, out, _ = shaped.node("c").run(f"ping -c40 -i0.02 -W2 {gw}")
+    rtts = _rtts(out)
+    assert len(rtts) > 15, out  # ~64 % of echo round trips survive
+    # RTT = two one-way delays of 5 ms plus normal jitter (sd 2 ms each way, clipped at 0)
+    assert 8.0 <= statistics.median(rtts) <= 12.5, rtts
+    assert statistics.stdev(rtts) > 1.0, rtts
