@@ -161,6 +161,24 @@ class CircuitTable:
                 self._reserved[label] = (psp, now + hold)
                 return label
 
+    def reserve(self, label: int, psp: str, *, until: float = float("inf")) -> None:
+        """Hold a *given* label for ``psp`` (a replica applying what its master allocated).
+
+        Raises ``not_owner`` if another PSP holds or owns it, ``bad_request`` for label 0 or
+        a value outside 32 bits.
+        """
+        if not isinstance(label, int) or not 0 < label <= MAX_LABEL:
+            raise CircuitError("bad_request", f"label must be in 1..2**32-1: {label!r}")
+        held = self._reserved.get(label)
+        owner = held[0] if held is not None else None
+        circuit = self._circuits.get(label)
+        if circuit is not None:
+            owner = circuit.psp
+        if owner is not None and owner != psp:
+            raise CircuitError("not_owner", f"label {label}")
+        if circuit is None:
+            self._reserved[label] = (psp, until)
+
     def install(
         self,
         in_label: int,

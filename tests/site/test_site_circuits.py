@@ -93,3 +93,19 @@ def test_install_validates_its_arguments() -> None:
         with pytest.raises(CircuitError) as e:
             t.install(label, **args)
         assert e.value.code == "bad_request"
+
+
+def test_replica_reserves_the_label_its_master_allocated() -> None:
+    master, replica = CircuitTable(), CircuitTable()
+    label = master.allocate("a", now=0)
+    master.install(label, psp="a", service="s", in_key=K, out_hops=[HOP], expires=10)
+    replica.reserve(label, "a")
+    c = replica.install(label, psp="a", service="s", in_key=K, out_hops=[HOP], expires=10)
+    assert replica.get(label) is c
+    replica.reserve(label, "a")  # idempotent for the owner
+    with pytest.raises(CircuitError) as e:
+        replica.reserve(label, "b")
+    assert e.value.code == "not_owner"
+    with pytest.raises(CircuitError) as e:
+        replica.reserve(0, "a")
+    assert e.value.code == "bad_request"
