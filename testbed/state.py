@@ -134,6 +134,12 @@ class Run:
         """Owner gone and not deliberately left up (``testbed up`` runs are persistent)."""
         if self.data.get("persistent") and self.data.get("phase") == "up":
             return False
+        if "owner_pid" not in self.data:
+            # no state written yet: a run being created right now, unless it is old
+            try:
+                return time.time() - self.dir.stat().st_mtime > 60
+            except OSError:
+                return False
         return not self.owner_alive
 
 
