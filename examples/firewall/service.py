@@ -9,6 +9,9 @@ nearest the sources, so that unwanted traffic is dropped before it crosses the c
 3. otherwise only TCP to a port in FIS key ``"ports"`` (default 80 and 443) passes.
 
 Every FIS item changes on line (``control.py``) without redeploying this code.
+
+A circuit (form 1) packet toward the prefix meets this service in the site's receiver-first
+stage; its source is then the shim's original source (the IP source is the previous hop).
 """
 
 IPPROTO_TCP = 6
@@ -37,7 +40,7 @@ def decide(proto, dport, whitelisted, block_until, now, ports):
 
 def process(pkt):
     """Packet API entry point (``pcsite_lite/api.py``)."""
-    src = pkt.src
+    src = pkt.shim.orig_src if pkt.form == 1 else pkt.src
     dst = pkt.dst
     blocked = pkt.fetch(filter_key(src, dst))
     until = None if blocked is None else blocked["until"]

@@ -122,3 +122,48 @@ def test_unwanted_traffic_never_crosses_the_core_compared_with_filtering_at_the_
     # baseline: no sign-up, the destination would filter at home: all 1000 cross the core
     _, core_base, got_base = traffic_mix(build_world(sign_up=False))
     assert (core_base, got_base) == (1000, 1000)
+
+
+def test_circuit_traffic_to_the_prefix_is_filtered_by_its_original_source() -> None:
+    """Form 1 + form 3: the receiver's firewall runs first and judges the shim's original
+    source (the IP source of a circuit packet is only the previous hop)."""
+    import struct
+
+    from examples.firewall.control import SERVICE_SOURCE
+    from pcsite_lite.circuits import OutHop
+    from pcsite_lite.fis import namespace
+    from pcsite_lite.pipeline import Pipeline
+    from pcsite_lite.site import Site
+    from pcsite_lite.verdicts import Deliver, Drop
+    from pcsock.wire import build_circuit_packet
+
+    site = Site("C1", "198.18.254.1")
+    site.deploy(OWNER, "firewall", SERVICE_SOURCE)
+    site.register_destination(PREFIX, OWNER, "firewall")
+    site.deploy("relay", "srcroute", "def process(pkt):\n    pass\n")
+    label = site.circuits.allocate("relay", now=0.0)
+    key = bytes(16)
+    site.circuits.install(
+        label,
+        psp="relay",
+        service="srcroute",
+        in_key=key,
+        out_hops=[OutHop(label=1, next_hop=SERVER, final=True)],
+        destination=SERVER,
+        expires=100.0,
+    )
+    pipe = Pipeline(site)
+    udp53 = struct.pack("!HHHH", 5000, 53, 8, 0)
+
+    def send(orig: str) -> type:
+        pkt = build_circuit_packet(
+            src="198.18.77.1", dst=site.public_ip, label=label, key=key, payload=udp53,
+            orig_src=orig,
+        )  # fmt: skip
+        (v,) = pipe.process(bytes(pkt), 1.0)
+        return type(v)
+
+    assert send("198.18.60.10") is Drop
+    site.fis.lpm_put(namespace(OWNER, "firewall"), "whitelist", "198.18.60.10/32", {}, writer=OWNER)
+    assert send("198.18.60.10") is Deliver
+    assert send("198.18.77.1") is Drop  # the previous hop's address is not what counts
