@@ -388,7 +388,7 @@ def form1(world: World) -> Outcome:
     for i in range(N):
         world.send_circuit("S", c, probe(i, world.now()), metadata=1, dport=ALLOWED_PORT)
     out.sent = N
-    got = world.collect("D", N)
+    got = world.collect("D", N, timeout=3.0)
     out.received = len(got)
     lat = [t - p[1] for d, t in got if (p := unprobe(d.payload))]
     out.check(f"D received {N}", len(got) == N)
@@ -397,7 +397,7 @@ def form1(world: World) -> Outcome:
     out.check(f"C2 and C3 each carried {N} ({served})", served == {"C2": N, "C3": N})
     for d, _ in got:
         world.reply("D", d, b"ack" + d.payload[:4])
-    acks = world.collect("S", N)
+    acks = world.collect("S", N, timeout=3.0)
     out.check(f"S received {N} replies from D", len(acks) == N)
     out.check("replies come from D", all(a.source == world.hosts["D"] and a.is_reply
                                          for a, _ in acks))  # fmt: skip
@@ -417,7 +417,7 @@ def form2(world: World) -> Outcome:
     for i in range(N):
         world.send_service("S", "D", SERVICE_ID, probe(i, world.now()), dport=ALLOWED_PORT)
     out.sent = N
-    got = world.collect("D", N)
+    got = world.collect("D", N, timeout=3.0)
     out.received = len(got)
     out.dropped = N - len(got)
     out.check(f"D received {N}", len(got) == N)
@@ -444,7 +444,7 @@ def form3(world: World) -> Outcome:
         world.send_plain("S", "D", ALLOWED_PORT, probe(i, world.now()))
         world.send_plain("S", "D", BLOCKED_PORT, probe(1000 + i, world.now()))
     out.sent = 2 * N
-    got = world.collect("D", 0)
+    got = world.collect("D", 0, timeout=1.5)
     ok = [(d, t) for d, t in got if d.dport == ALLOWED_PORT]
     blocked = [d for d, _ in got if d.dport == BLOCKED_PORT]
     out.received = len(got)
@@ -472,7 +472,7 @@ def form13(world: World) -> Outcome:
         world.send_circuit("S", c, probe(i, world.now()), dport=ALLOWED_PORT)
         world.send_circuit("S", c, probe(1000 + i, world.now()), dport=BLOCKED_PORT)
     out.sent = 2 * N
-    got = world.collect("D", 0)
+    got = world.collect("D", 0, timeout=1.5)
     ok = [(d, t) for d, t in got if d.dport == ALLOWED_PORT]
     out.received = len(got)
     out.dropped = out.sent - len(got)

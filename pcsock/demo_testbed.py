@@ -85,6 +85,9 @@ class TestbedWorld(World):
         self.progress(f"testbed {tb.run} up in {time.monotonic() - t0:.1f}s")
         # DNSSEC: the demo's anchor zone and D's reverse zone (replacing the testbed's own)
         now = time.time()
+        from pcsite_lite.repository import generate_key
+
+        self.psp_key = generate_key()  # signs the PSP's service code
         self.root = ownership.ZoneKey.generate("in-addr.arpa.")
         self.owner = ownership.ZoneKey.generate(ownership.reverse_zone(D_PREFIX))
         tb.dns.set_zone(
@@ -187,6 +190,15 @@ class TestbedWorld(World):
         )
         node = self.tb.node(name)
         addr = info.control_address
+        from pcsite_lite.repository import public_key_bytes
+
+        repo = self.tmp / f"repo-{name}"
+        repo.mkdir()
+        text = cfg.read_text().replace(
+            f'state_dir = "{state}"\n', f'state_dir = "{state}"\nrepository = "{repo}"\n'
+        )
+        text += f'signing_key = "{public_key_bytes(self.psp_key).hex()}"\n'
+        cfg.write_text(text)
         assert addr is not None
         self.procs.append(
             node.start(
@@ -217,11 +229,28 @@ class TestbedWorld(World):
         return time.monotonic()
 
     def deploy(self, sites: list[str], service: str, source: str) -> None:
-        from pcsite_lite.control.client import ControlError
+        import hashlib
+        import inspect
 
+        from pcsite_lite.control.client import ControlClient, ControlError
+        from pcsite_lite.repository import sign_service
+
+        code = source.encode()
+        version = "v" + hashlib.sha256(code).hexdigest()[:12]
+        sig = sign_service(self.psp_key, PSP, service, version, code)
+        versioned = "version" in inspect.signature(ControlClient.upload_service).parameters
         for site in sites:
+            c = self._control(site)
             try:
-                self._control(site).upload_service(service, source.encode(), b"\0" * 64)
+                if versioned:
+                    try:
+                        c.upload_service(service, version, code, sig)
+                    except ControlError as exc:
+                        if exc.code != "conflict":  # this version is already there
+                            raise
+                    c.activate_service(service, version)
+                else:
+                    c.upload_service(service, code, sig)
             except ControlError as exc:
                 if exc.code == "not_configured" and source == SRCROUTE:
                     # the daemon's circuit fast path follows the installed out hop: what the

@@ -53,6 +53,7 @@ __all__ = [
 ordinary_socket = _socket.socket
 
 _RECV_BUF = 65535
+_SO_NO_CHECK = getattr(_socket, "SO_NO_CHECK", 11)  # Linux: send UDP with checksum 0
 
 
 class PcsockError(OSError):
@@ -79,6 +80,9 @@ def _open_transport(
         s = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
         try:
             s.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+            # UDP checksum 0 (RFC 768 "none"), as pcsock.wire builds it: the shim carries its own
+            # check and every site rewrites the outer header (docs/protocol.md §2)
+            s.setsockopt(_socket.SOL_SOCKET, _SO_NO_CHECK, 1)
             if tos:
                 s.setsockopt(_socket.IPPROTO_IP, _socket.IP_TOS, tos)
             s.bind((local_ip, port if bind else 0))
