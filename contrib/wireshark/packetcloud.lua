@@ -45,7 +45,9 @@ local ef_bad_check = ProtoExpert.new("packetcloud.bad_check", "PacketCloud check
     expert.group.CHECKSUM, expert.severity.WARN)
 local ef_bad_shim = ProtoExpert.new("packetcloud.bad_shim", "Malformed PacketCloud shim",
     expert.group.MALFORMED, expert.severity.ERROR)
-pc.experts = { ef_bad_check, ef_bad_shim }
+local ef_bad_payload = ProtoExpert.new("packetcloud.bad_payload",
+    "Malformed payload after the PacketCloud shim", expert.group.MALFORMED, expert.severity.WARN)
+pc.experts = { ef_bad_check, ef_bad_shim, ef_bad_payload }
 
 pc.prefs.ip_proto = Pref.uint("IPv4 protocol number", 253, "IPv4 protocol of the shim (RFC 3692)")
 pc.prefs.udp_port = Pref.uint("UDP port", 6253, "UDP port of the UDP encapsulation")
@@ -210,7 +212,12 @@ function pc.dissector(tvb, pinfo, tree)
     end
     if tvb:len() > len then
         local payload = tvb(len):tvb()
-        if not ip_proto_table:try(next_proto, payload, pinfo, tree) then
+        -- a malformed inner packet raises inside the next dissector: report it, do not fail
+        local ok_call, handled = pcall(ip_proto_table.try, ip_proto_table, next_proto,
+            payload, pinfo, tree)
+        if not ok_call then
+            subtree:add_proto_expert_info(ef_bad_payload, tostring(handled))
+        elseif not handled then
             Dissector.get("data"):call(payload, pinfo, tree)
         end
     end

@@ -162,3 +162,41 @@ def test_tshark_dissects_shim_from_udp_source_port_6253(tmp_path: Path) -> None:
     wrpcap(str(pcap), [frame])
     (row,) = tshark(pcap, tmp_path)
     assert row["packetcloud.service_id"] == "0x123456" and row["packetcloud.check_ok"] == "1"
+
+
+def test_dissector_survives_malformed_shims(tmp_path: Path) -> None:
+    """Truncated shims, unknown versions/forms and flipped bits: tshark shows them as
+    malformed, never as a Lua error."""
+    raws: list[bytes] = []
+    for name in ("V1", "V2", "V3", "V4"):
+        good = packet(by_name()[name])
+        shim_off = wire.parse(good).shim_off
+        for cut in range(shim_off, len(good)):  # IPv4 header kept consistent with the cut
+            short = bytearray(good[:cut])
+            short[2:4] = cut.to_bytes(2, "big")
+            if shim_off == 28:
+                short[24:26] = (cut - 20).to_bytes(2, "big")  # UDP length
+            short[10:12] = b"\0\0"
+            short[10:12] = wire.internet_checksum(short[:20]).to_bytes(2, "big")
+            raws.append(bytes(short))
+        for byte in range(shim_off, shim_off + 9):
+            for bit in range(8):
+                bad = bytearray(good)
+                bad[byte] ^= 1 << bit
+                raws.append(bytes(bad))
+    pcap = tmp_path / "malformed.pcap"
+    wrpcap(str(pcap), _frames(raws))
+    env = {**os.environ, "HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [TSHARK or "tshark", "-n", "-X", f"lua_script:{LUA}", "-r", str(pcap), "-V"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Lua Error" not in proc.stdout and "Lua Error" not in proc.stderr
+    assert proc.stdout.count("Frame ") >= len(raws)
+    assert "truncated: form 1 needs 16 bytes" in proc.stdout  # truncations flagged
+    assert "unknown version" in proc.stdout  # flipped version/form bits flagged
+    assert "PacketCloud check does not verify" in proc.stdout  # flipped form-2 bits flagged
