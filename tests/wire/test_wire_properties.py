@@ -94,6 +94,7 @@ def test_circuit_packet_round_trips_every_field(
     assert (pkt.label, pkt.metadata, pkt.orig_src) == (label, metadata, orig_src)
     assert (pkt.next_proto, pkt.hop_limit) == (next_proto, hop_limit)
     assert bytes(pkt.payload) == payload and len(pkt) == len(raw)
+    assert bytes(raw[4:6]) == ident.to_bytes(2, "big") and raw[6] & 0x40  # DF set
     assert pkt.udp_ports == ((sport, dport) if udp else None)
     assert pkt.verify_mac(wire.HopKey(key))
     assert wire.internet_checksum(pkt.buf[:20]) == 0
@@ -115,6 +116,8 @@ def test_circuit_packet_round_trips_every_field(
     tos=u8,
     ident=u16,
     udp=st.booleans(),
+    sport=u16,
+    dport=st.integers(1, 0xFFFF),
     payload=payloads,
 )
 def test_service_packet_round_trips_every_field(
@@ -127,6 +130,8 @@ def test_service_packet_round_trips_every_field(
     tos: int,
     ident: int,
     udp: bool,
+    sport: int,
+    dport: int,
     payload: bytes,
 ) -> None:
     raw = wire.build_service_packet(
@@ -140,12 +145,15 @@ def test_service_packet_round_trips_every_field(
         tos=tos,
         ident=ident,
         udp=udp,
+        sport=sport,
+        dport=dport,
     )
-    pkt = wire.parse(raw)
+    pkt = wire.parse(raw, udp_port=dport)
     assert pkt.form == wire.FORM_SERVICE and pkt.encap == ("udp" if udp else "ip")
     assert (pkt.src, pkt.dst, pkt.ttl, pkt.tos) == (src, dst, ttl, tos)
     assert (pkt.service_id, pkt.metadata, pkt.next_proto) == (service_id, metadata, next_proto)
-    assert bytes(pkt.payload) == payload
+    assert bytes(pkt.payload) == payload and bytes(raw[4:6]) == ident.to_bytes(2, "big")
+    assert pkt.udp_ports == ((sport, dport) if udp else None)
     assert pkt.verify_check()
 
 
