@@ -37,7 +37,7 @@ class SiteHandle(Protocol):
     """What the firewall control plane needs from one site."""
 
     def deploy(self, service: str, source: str) -> None: ...
-    def register_destination(self, prefix: str, service: str) -> None: ...
+    def register_destination(self, prefix: str, service: str, proof: str) -> None: ...
     def fis_put(self, service: str, key: str, value: Any) -> None: ...
     def fis_delete(self, service: str, key: str) -> None: ...
     def fis_lpm_put(self, service: str, table: str, prefix: str, value: Any) -> None: ...
@@ -63,7 +63,8 @@ class LocalSite:
     def deploy(self, service: str, source: str) -> None:
         self.site.deploy(self.psp, service, source)
 
-    def register_destination(self, prefix: str, service: str) -> None:
+    def register_destination(self, prefix: str, service: str, proof: str) -> None:
+        # the simulator's ISP takes the control plane's validation of ``proof`` as given
         self.site.register_destination(prefix, self.psp, service)
         self.router.divert_prefix(prefix)
 
@@ -100,16 +101,18 @@ class FirewallPSP:
     def sign_up(
         self, prefix: str, proof: Proof | str, trust_anchor: str, *, now: float
     ) -> OwnershipClaim:
-        """Validate the ownership proof, then deploy and register ``prefix`` at every site.
+        """Validate the ownership proof, then deploy and register ``prefix`` at every site
+        (each site's ISP checks the proof again against its own trust anchor).
 
         Raises ``pcsock.ownership.OwnershipError`` (and changes nothing) if the proof fails.
         """
         claim = validate_proof(
             proof, prefix, trust_anchor, now, owner=self.owner, service=self.service
         )
+        text = proof.text if isinstance(proof, Proof) else proof
         for s in self.sites:
             s.deploy(self.service, SERVICE_SOURCE)
-            s.register_destination(prefix, self.service)
+            s.register_destination(prefix, self.service, text)
         self.prefixes.append(prefix)
         self.filters.add_owner(self.owner, self.prefixes)
         return claim

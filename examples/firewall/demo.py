@@ -75,8 +75,12 @@ class NetSite:
         self.config["deploy"].append({"service": service, "source": str(path)})
 
     def register_destination(
-        self, prefix: str, service: str, redirect_prefixes: Iterable[str] = ()
+        self, prefix: str, service: str, redirect_prefixes: Iterable[str] | str = ()
     ) -> None:
+        """Register ``prefix``; the third argument is the mobility service's redirect prefixes,
+        or the firewall's ownership proof (a str: this stand-in trusts the PSP's validation)."""
+        if isinstance(redirect_prefixes, str):
+            redirect_prefixes = ()
         self.config["destinations"].append(
             {"prefix": prefix, "service": service, "redirect_prefixes": list(redirect_prefixes)}
         )
@@ -147,15 +151,113 @@ class NetSite:
         self.fis.close()
 
 
-def _proof() -> tuple[str, str]:
+class DaemonSite:
+    """A :class:`.control.SiteHandle` for a real site daemon (``pcsite run``) in a testbed
+    site: services go through the repository (signed upload, activate), the sign-up through the
+    control API (the daemon validates the proof against its trust anchor), FIS writes through
+    the control API; the testbed plays the ISP's router part (diverting the prefix)."""
+
+    TOKEN = "webco-token-0123456789abcdef"
+    ADMIN = "isp-admin-token-0123456789"
+
+    def __init__(self, tb: Any, site: str, psp: str, workdir: Path, trust_anchor: str) -> None:
+        from pcsite_lite.repository import generate_key, public_key_bytes
+
+        self.tb = tb
+        self.info = tb.site(site)
+        self.public_ip: str = self.info.public_ip
+        self.psp = psp
+        self.key = generate_key()
+        state = workdir / f"{site}-state"
+        state.mkdir()
+        anchor_file = workdir / f"{site}-anchor.txt"
+        anchor_file.write_text(trust_anchor + "\n")
+        self.cfg = workdir / f"{site}-daemon.toml"
+        self.cfg.write_text(
+            f"""[site]
+name = "{site}"
+public_ip = "{self.info.public_ip}"
+workers = 1
+state_dir = "{state}"
+repository = "{state / "repo"}"
+
+[dataplane]
+tun_prefix = "pcew"
+
+[control]
+listen = "127.0.0.1:8080"
+admin_token = "{self.ADMIN}"
+trust_anchor_file = "{anchor_file}"
+
+[control.psps.{psp}]
+token = "{self.TOKEN}"
+signing_key = "{public_key_bytes(self.key).hex()}"
+"""
+        )
+        self.process = tb.node(site).start(
+            [sys.executable, "-m", "pcsite_lite.cli", "run", "--config", str(self.cfg)],
+            name="pcsite",
+            ready=lambda: "site up" in self._log(),
+            timeout=30,
+        )
+
+    def _log(self) -> str:
+        logs = sorted((self.tb.run_state.dir / "logs").glob(f"{self.info.name}-pcsite-*.log"))
+        return logs[-1].read_text() if logs else ""
+
+    def _call(self, method: str, *args: Any) -> Any:
+        from pcsite_lite.control.client import ControlClient
+
+        client = ControlClient("http://127.0.0.1:8080", token=self.TOKEN, psp=self.psp)
+        return self.tb.node(self.info.name).call(lambda: getattr(client, method)(*args))
+
+    def deploy(self, service: str, source: str) -> None:
+        from pcsite_lite.repository import sign_service
+
+        code = source.encode()
+        self._call(
+            "upload_service",
+            service,
+            "1",
+            code,
+            sign_service(self.key, self.psp, service, "1", code),
+        )
+        self._call("activate_service", service, "1")
+
+    def register_destination(self, prefix: str, service: str, proof: str) -> None:
+        self._call("register_destination", prefix, service, proof)
+        self.tb.divert(self.info.router, prefix)
+
+    def fis_put(self, service: str, key: str, value: Any) -> None:
+        self._call("fis_put", service, key, value)
+
+    def fis_delete(self, service: str, key: str) -> None:
+        self._call("fis_delete", service, key)
+
+    def fis_lpm_put(self, service: str, table: str, prefix: str, value: Any) -> None:
+        self._call("fis_lpm_put", service, table, prefix, value)
+
+    def fis_lpm_delete(self, service: str, table: str, prefix: str) -> None:
+        self._call("fis_lpm_delete", service, table, prefix)
+
+    def start(self) -> None:  # the daemon is running already
+        pass
+
+    def stats(self) -> dict[str, Any]:
+        usage = self._call("usage")["services"].get(SERVICE, {})
+        return {"drops": {"service_drop": usage.get("drops", 0)}}
+
+    def close(self) -> None:
+        self.process.stop()
+
+
+def _proof(now: float = SIGNUP_TIME) -> tuple[str, str]:
     from pcsock.ownership import OwnershipClaim, ZoneKey, build_proof, reverse_zone
 
     root = ZoneKey.generate("in-addr.arpa.")
     own = ZoneKey.generate(reverse_zone(PREFIX))
-    claim = OwnershipClaim(PREFIX, OWNER, SERVICE, SIGNUP_TIME - 3600, SIGNUP_TIME + 86400)
-    proof = build_proof(
-        [claim], own, chain=[root], inception=SIGNUP_TIME - 60, expiration=SIGNUP_TIME + 3600
-    )
+    claim = OwnershipClaim(PREFIX, OWNER, SERVICE, now - 3600, now + 86400)
+    proof = build_proof([claim], own, chain=[root], inception=now - 60, expiration=now + 3600)
     return proof.text, root.ds_text()
 
 
@@ -238,8 +340,14 @@ def _mix(n: int, a: str, g: str, seed: int = 7) -> list[tuple[bytes, bool]]:
     return out
 
 
-def run_testbed(*, prefix: str = "pce", n: int = 200, progress: Any = None) -> dict[str, Any]:
-    """Build the testbed, run the firewall demo with real packets, return the figures."""
+def run_testbed(
+    *, prefix: str = "pce", n: int = 200, progress: Any = None, site: str = "daemon"
+) -> dict[str, Any]:
+    """Build the testbed, run the firewall demo with real packets, return the figures.
+
+    ``site``: ``"daemon"`` runs the real site daemon (``pcsite run``: repository upload,
+    control-API sign-up and FIS); ``"netsite"`` the in-namespace stand-in (:mod:`.netsite`).
+    """
     from testbed.net import Testbed
 
     res: dict[str, Any] = {}
@@ -247,11 +355,17 @@ def run_testbed(*, prefix: str = "pce", n: int = 200, progress: Any = None) -> d
         tempfile.TemporaryDirectory(prefix="pce-fw-") as tmp,
         Testbed.from_file(TOPOLOGY, prefix=prefix, progress=progress) as tb,
     ):
-        handle = NetSite(tb, "CA", OWNER, Path(tmp))
+        now = time.time()
+        proof, anchor = _proof(now)
+        handle: NetSite | DaemonSite
+        if site == "daemon":
+            handle = DaemonSite(tb, "CA", OWNER, Path(tmp), anchor)
+        else:
+            handle = NetSite(tb, "CA", OWNER, Path(tmp))
+        res["site"] = site
         try:
             psp = FirewallPSP(OWNER, [handle], quota=4)
-            proof, anchor = _proof()
-            psp.sign_up(PREFIX, proof, anchor, now=SIGNUP_TIME)
+            psp.sign_up(PREFIX, proof, anchor, now=now)
             handle.start()
             a, g = tb.node("A").address, tb.node("G").address
             assert a is not None and g is not None
@@ -280,7 +394,7 @@ def run_testbed(*, prefix: str = "pce", n: int = 200, progress: Any = None) -> d
             time.sleep(0.05)  # > the 5 ms FIS staleness bound
             senders[a].sendto(probe, (SERVER, 0))
             res["whitelisted_probe_at_server"] = at_s.count(dst=SERVER, srcs={a})
-            psp.stopit(a, SERVER, duration=60, now=time.monotonic())
+            psp.stopit(a, SERVER, duration=60, now=time.time())  # sites' clock: wall time
             time.sleep(0.05)
             senders[a].sendto(probe, (SERVER, 0))
             res["stopped_probe_at_server"] = at_s.count(dst=SERVER, srcs={a})

@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         ):
             continue
         processed += 1
-        for v in pipe.process(data, time.monotonic()):
+        for v in pipe.process(data, time.time()):  # the daemon's packet clock: wall time
             if isinstance(v, Forward | Deliver):
                 try:
                     tx.sendto(v.data, (v.next_hop, 0))

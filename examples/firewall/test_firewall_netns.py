@@ -9,7 +9,10 @@ from examples.firewall.demo import passed, run_testbed
 
 @pytest.mark.netns
 def test_firewall_drops_unwanted_traffic_at_the_source_side_site_with_real_packets() -> None:
-    res = run_testbed(n=200)
+    """On the real site daemon: signed upload, control-API sign-up (the daemon validates the
+    DNSSEC proof), FIS changes through the control API, the daemon's TUN dataplane."""
+    res = run_testbed(n=200, site="daemon")
+    assert res["site"] == "daemon"
     assert res["wanted"] == 50
     # captured on the core router's interface: only the 50 web packets crossed the core
     assert res["core_link_packets"] == 50
