@@ -12,8 +12,9 @@
 -- Running as root: Debian's /usr/share/wireshark/init.lua sets
 -- run_user_scripts_when_superuser = true, so -X lua_script works as root. Scripts are refused
 -- as root only where a distribution sets it false (then run tshark as a normal user, or with
--- a copy of init.lua that sets it true via WIRESHARK_DATA_DIR). Run with HOME pointing to an
--- empty directory to keep personal preferences out of automated runs (the tests do both).
+-- a copy of init.lua that sets it true via WIRESHARK_DATA_DIR). Automated runs should point
+-- HOME and WIRESHARK_CONFIG_DIR at empty directories so that no personal profile changes the
+-- output; tests/wire/test_wireshark.py does that and runs as root in CI.
 --
 -- Fields (display filters / tshark -e): packetcloud.version, packetcloud.form,
 -- packetcloud.next_proto, packetcloud.hop_limit, packetcloud.metadata, packetcloud.label,

@@ -38,6 +38,18 @@ FIELDS = [
 pytestmark = pytest.mark.skipif(TSHARK is None, reason="tshark not installed (./quickstart setup)")
 
 
+def _env(home: Path) -> dict[str, str]:
+    """An environment with no personal Wireshark profile (an empty HOME and config dir)."""
+    config = home / "wireshark-config"
+    config.mkdir(exist_ok=True)
+    return {
+        **os.environ,
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "WIRESHARK_CONFIG_DIR": str(config),
+    }
+
+
 def tshark(pcap: Path, home: Path, hop_key: bytes | None = None) -> list[dict[str, str]]:
     """Decode ``pcap`` with the dissector; one dict of FIELDS per frame.
 
@@ -50,8 +62,7 @@ def tshark(pcap: Path, home: Path, hop_key: bytes | None = None) -> list[dict[st
         cmd += ["-o", f"packetcloud.hop_key:{hop_key.hex()}"]
     for field in FIELDS:
         cmd += ["-e", field]
-    env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=_env(home))
     assert proc.returncode == 0, proc.stderr
     assert "Lua" not in proc.stderr or "error" not in proc.stderr.lower(), proc.stderr
     return [dict(zip(FIELDS, line.split("\t"))) for line in proc.stdout.splitlines()]
@@ -186,13 +197,12 @@ def test_dissector_survives_malformed_shims(tmp_path: Path) -> None:
                 raws.append(bytes(bad))
     pcap = tmp_path / "malformed.pcap"
     wrpcap(str(pcap), _frames(raws))
-    env = {**os.environ, "HOME": str(tmp_path)}
     proc = subprocess.run(
         [TSHARK or "tshark", "-n", "-X", f"lua_script:{LUA}", "-r", str(pcap), "-V"],
         capture_output=True,
         text=True,
         timeout=120,
-        env=env,
+        env=_env(tmp_path),
     )
     assert proc.returncode == 0, proc.stderr
     assert "Lua Error" not in proc.stdout and "Lua Error" not in proc.stderr
