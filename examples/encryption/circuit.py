@@ -99,3 +99,11 @@ class SimSite:
         from pcsite_lite.fis import ISP
 
         self.site.fis.lpm_put(ISP, table, prefix, value, writer=ISP)
+
+    def register_service_id(
+        self, service_id: int, service: str, redirect_prefixes: list[str] | None = None
+    ) -> None:
+        """Form 2: the ISP registers ``service_id`` for this PSP's ``service``."""
+        self.site.register_service_id(
+            service_id, self.psp, service, redirect_prefixes=tuple(redirect_prefixes or ())
+        )
