@@ -160,7 +160,9 @@ class DaemonSite:
     TOKEN = "webco-token-0123456789abcdef"
     ADMIN = "isp-admin-token-0123456789"
 
-    def __init__(self, tb: Any, site: str, psp: str, workdir: Path, trust_anchor: str) -> None:
+    def __init__(
+        self, tb: Any, site: str, psp: str, workdir: Path, trust_anchor: str | None = None
+    ) -> None:
         from pcsite_lite.repository import generate_key, public_key_bytes
 
         self.tb = tb
@@ -170,8 +172,11 @@ class DaemonSite:
         self.key = generate_key()
         state = workdir / f"{site}-state"
         state.mkdir()
-        anchor_file = workdir / f"{site}-anchor.txt"
-        anchor_file.write_text(trust_anchor + "\n")
+        anchor_line = ""
+        if trust_anchor is not None:
+            anchor_file = workdir / f"{site}-anchor.txt"
+            anchor_file.write_text(trust_anchor + "\n")
+            anchor_line = f'trust_anchor_file = "{anchor_file}"'
         self.cfg = workdir / f"{site}-daemon.toml"
         self.cfg.write_text(
             f"""[site]
@@ -187,7 +192,7 @@ tun_prefix = "pcew"
 [control]
 listen = "127.0.0.1:8080"
 admin_token = "{self.ADMIN}"
-trust_anchor_file = "{anchor_file}"
+{anchor_line}
 
 [control.psps.{psp}]
 token = "{self.TOKEN}"
@@ -240,12 +245,34 @@ signing_key = "{public_key_bytes(self.key).hex()}"
     def fis_lpm_delete(self, service: str, table: str, prefix: str) -> None:
         self._call("fis_lpm_delete", service, table, prefix)
 
+    def allocate_label(self, service: str) -> int:
+        return int(self._call("allocate_circuit", service, 3600.0)["label"])
+
+    def install(
+        self, label: int, service: str, in_key: bytes, out: list[tuple[int, str, bytes | None]]
+    ) -> None:
+        """Install a circuit hop; out hops without a key (receivers) leave the check zero."""
+        body = {
+            "in_key": in_key.hex(),
+            "lifetime": 3600.0,
+            "out": [
+                {"label": lb, "next_hop": nh, "key": None if k is None else k.hex()}
+                for lb, nh, k in out
+            ],
+        }
+        path = f"/v1/psps/{self.psp}/circuits/{label}"
+        self._call("request", "PUT", path, body)
+
     def start(self) -> None:  # the daemon is running already
         pass
 
-    def stats(self) -> dict[str, Any]:
-        usage = self._call("usage")["services"].get(SERVICE, {})
-        return {"drops": {"service_drop": usage.get("drops", 0)}}
+    def stats(self, service: str = SERVICE) -> dict[str, Any]:
+        """Drops and the service's counters, in :mod:`.netsite`'s stats layout."""
+        usage = self._call("usage")["services"].get(service, {})
+        return {
+            "drops": {"service_drop": usage.get("drops", 0)},
+            "services": {f"{self.psp}/{service}": usage},
+        }
 
     def close(self) -> None:
         self.process.stop()

@@ -63,9 +63,15 @@ class Tap:
         return out
 
 
-def run_testbed(*, prefix: str = "pce", n: int = 20, progress: Any = None) -> dict[str, Any]:
-    """Build the multi-domain testbed and run the multicast demo with real packets."""
-    from examples.firewall.demo import NetSite, iface
+def run_testbed(
+    *, prefix: str = "pce", n: int = 20, progress: Any = None, site: str = "daemon"
+) -> dict[str, Any]:
+    """Build the multi-domain testbed and run the multicast demo with real packets.
+
+    ``site``: ``"daemon"`` runs the real site daemon in each domain (signed service upload,
+    circuits, FIS through the control API); ``"netsite"`` the in-namespace stand-in.
+    """
+    from examples.firewall.demo import DaemonSite, NetSite, iface
     from testbed.net import Testbed
 
     res: dict[str, Any] = {}
@@ -74,7 +80,15 @@ def run_testbed(*, prefix: str = "pce", n: int = 20, progress: Any = None) -> di
         Testbed.from_file(TOPOLOGY, prefix=prefix, progress=progress) as tb,
     ):
         work = Path(tmp)
-        handles = {DOMAINS[d]: NetSite(tb, f"C{d}", "mcpsp", work) for d in DOMAINS}
+        handles: dict[int, Any] = {
+            DOMAINS[d]: (
+                DaemonSite(tb, f"C{d}", "mcpsp", work)
+                if site == "daemon"
+                else NetSite(tb, f"C{d}", "mcpsp", work)
+            )
+            for d in DOMAINS
+        }
+        res["site"] = site
         try:
             hosts = {DOMAINS[d]: [str(tb.node(f"{d}{i}").address) for i in (1, 2)] for d in DOMAINS}
             routers = {DOMAINS[d]: f"R{d}" for d in DOMAINS}
@@ -85,8 +99,8 @@ def run_testbed(*, prefix: str = "pce", n: int = 20, progress: Any = None) -> di
             members = [hosts[64501][0], hosts[64502][0], hosts[64502][1], hosts[64503][0]]
             for h in members:
                 psp.join(next(a for a, hs in hosts.items() if h in hs), GROUP, h)
-            for site in handles.values():
-                site.start()
+            for handle in handles.values():
+                handle.start()
             taps = {
                 h: Tap(tb.node(name), iface(tb, name, routers[a]))
                 for a, hs in hosts.items()
@@ -136,7 +150,9 @@ def run_testbed(*, prefix: str = "pce", n: int = 20, progress: Any = None) -> di
             )
             res["link_frames"] = {f"{a}->{b}": len(t.drain(0.1)) for (a, b), t in link_taps.items()}
             time.sleep(0.2)
-            stats = handles[64501].stats()
+            stats = (
+                handles[64501].stats("multicast") if site == "daemon" else handles[64501].stats()
+            )
             res["tree_computations_at_A"] = stats["services"]["mcpsp/multicast"]["log_lines"]
             # a leave and a join, then the very next packet
             psp.leave(64503, GROUP, hosts[64503][0])
@@ -149,13 +165,14 @@ def run_testbed(*, prefix: str = "pce", n: int = 20, progress: Any = None) -> di
                 [hosts[64501][0], hosts[64502][0], hosts[64502][1], hosts[64503][1]]
             )
             time.sleep(0.2)
-            res["tree_computations_at_A_after"] = handles[64501].stats()["services"][
-                "mcpsp/multicast"
-            ]["log_lines"]
+            stats = (
+                handles[64501].stats("multicast") if site == "daemon" else handles[64501].stats()
+            )
+            res["tree_computations_at_A_after"] = stats["services"]["mcpsp/multicast"]["log_lines"]
             raw.close()
         finally:
-            for site in handles.values():
-                site.close()
+            for handle in handles.values():
+                handle.close()
     return res
 
 
