@@ -8,8 +8,9 @@ a new version, which is also the key of the first site's tree cache, so the next
 the update uses the new tree.
 
 Sites are reached through a :class:`SiteHandle`: :class:`LocalSite` drives a
-:class:`pcsite_lite.site.Site` object in process (the simulator, tests), :class:`ApiSite` a
-site's control API (``pcsite_lite.control.client.ControlClient``).
+:class:`pcsite_lite.site.Site` object in process (the simulator, tests);
+``examples.firewall.demo.DaemonSite`` a real site daemon through its control API, and
+``examples.firewall.demo.NetSite`` the namespace stand-in.
 
 Receivers get the payload after the 44-byte multicast header (:func:`receive_payload`): the
 Packet API's ``replicate`` sends one payload to every target, so local receivers get the same
@@ -31,7 +32,6 @@ from .header import HEADER_LEN, MulticastHeader
 __all__ = [
     "SERVICE",
     "SERVICE_SOURCE",
-    "ApiSite",
     "LocalSite",
     "MulticastPSP",
     "SiteHandle",
@@ -91,34 +91,6 @@ class LocalSite:
             expires=self.site.now + self.lifetime,
             now=self.site.now,
         )
-
-
-class ApiSite:
-    """A site reached through its control API (a ``ControlClient`` logged in as the PSP).
-
-    ``deploy`` is left to the repository upload (``ControlClient.upload_service`` with the
-    PSP's Ed25519 signature), which the demo scenario does before calling this class.
-    """
-
-    def __init__(self, client: Any, public_ip: str, *, lifetime: float = 3600.0) -> None:
-        self.client = client
-        self.public_ip = public_ip
-        self.lifetime = lifetime
-
-    def deploy(self, service: str, source: str) -> None:  # pragma: no cover - see docstring
-        raise NotImplementedError("upload and activate the service through the repository")
-
-    def fis_put(self, service: str, key: str, value: Any) -> None:
-        self.client.fis_put(service, key, value)
-
-    def allocate_label(self, service: str) -> int:
-        return int(self.client.allocate_circuit(service)["label"])
-
-    def install(self, label: int, service: str, in_key: bytes, out: list[OutSpec]) -> None:
-        from pcsite_lite.control.client import OutHop
-
-        hops = [OutHop(lb, nh, k) for lb, nh, k in out]  # type: ignore[arg-type]
-        self.client.install_hop(label, in_key=in_key, out=hops, lifetime=self.lifetime)
 
 
 class MulticastPSP:
