@@ -24,6 +24,7 @@ from pathlib import Path
 
 from testbed import netns, state
 from testbed.net import Testbed, default_progress
+from testbed.router import divert_argv
 from testbed.topology import Topology, TopologyError, line, load
 
 TOPOLOGIES = Path(__file__).parent / "topologies"
@@ -215,6 +216,28 @@ def cmd_capture(args: argparse.Namespace) -> int:
         return 0
 
 
+def cmd_divert(args: argparse.Namespace) -> int:
+    """Add/remove a destination diversion (form 3) on a router of a running testbed."""
+    _need_root()
+    run = _pick_run(args.run)
+    ns = run.ns(args.router)
+    if not netns.exists(ns):
+        raise SystemExit(f"testbed: run {run.name} has no node {args.router!r}")
+    atts = run.data.get("summary", {}).get("attachments", {})
+    if args.router not in atts:
+        raise SystemExit(f"testbed: {args.router} has no co-located site")
+    out = subprocess.run(
+        ["nsenter", f"--net={netns.path(ns)}", "--", *divert_argv(args.prefix, args.remove)],
+        capture_output=True,
+        text=True,
+    )
+    if out.returncode != 0:
+        print(f"testbed: nft: {out.stderr.strip()}", file=sys.stderr)
+        return 1
+    print(f"{'removed' if args.remove else 'diverting'} {args.prefix} at {args.router}")
+    return 0
+
+
 def cmd_clean(args: argparse.Namespace) -> int:
     _need_root()
     if args.run:
@@ -294,6 +317,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-c", "--count", type=int)
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.set_defaults(fn=cmd_capture)
+    p = sub.add_parser("divert", help="divert a destination prefix to a router's site (form 3)")
+    p.add_argument("--run")
+    p.add_argument("--remove", action="store_true")
+    p.add_argument("router")
+    p.add_argument("prefix")
+    p.set_defaults(fn=cmd_divert)
     p = sub.add_parser("clean", help="remove a run's leftovers (scoped by run id)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--run")

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from testbed import netns, state
 from testbed import plan as planmod
 from testbed.netlink import Batch
-from testbed.router import NFT_TABLE, Attachment, attachment_for
+from testbed.router import NFT_TABLE, Attachment, attachment_for, divert_argv
 from testbed.topology import TESTBED_SPACE, LinkSpec, Topology, load
 
 if TYPE_CHECKING:
@@ -398,8 +398,10 @@ class Testbed:
         self.progress(f"[{self.timings['up']:6.2f}s] ready: run {self.run}")
         return self
 
-    def down(self) -> state.CleanReport:
+    def down(self) -> state.CleanReport | None:
         """Stop every process and remove every namespace of this run (idempotent)."""
+        if not hasattr(self, "run_state"):
+            return None  # never built
         t = time.monotonic()
         for proc in reversed(self.processes):
             try:
@@ -705,16 +707,12 @@ class Testbed:
     def divert(self, router: str, prefix: str, remove: bool = False) -> None:
         """Start (or stop) diverting traffic for destination ``prefix`` at ``router`` to its site.
 
-        This is the run-time half of attachment 3; a site daemon calls it after validating the
-        prefix owner's DNSSEC proof.
+        This is the run-time half of attachment 3; a site daemon triggers it after validating
+        the prefix owner's DNSSEC proof (from another process: ``testbed divert``).
         """
         if router not in self.attachments:
             raise KeyError(f"{router!r} has no co-located site")
-        net = ipaddress.IPv4Network(prefix)
-        verb = "delete" if remove else "add"
-        self.node(router).run(
-            ["nft", verb, "element", "ip", NFT_TABLE, "divert_dst", f"{{ {net} }}"], check=True
-        )
+        self.node(router).run(divert_argv(prefix, remove), check=True)
 
     def diversions(self, router: str) -> list[str]:
         """The destination prefixes ``router`` currently diverts to its site."""

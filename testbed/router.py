@@ -27,7 +27,14 @@ from dataclasses import dataclass
 from testbed.netlink import Batch
 from testbed.plan import IfacePlan, NodePlan
 
-__all__ = ["MARK_DESTINATION", "MARK_SERVICE", "SITE_TABLE", "Attachment", "attachment_for"]
+__all__ = [
+    "MARK_DESTINATION",
+    "MARK_SERVICE",
+    "SITE_TABLE",
+    "Attachment",
+    "attachment_for",
+    "divert_argv",
+]
 
 MARK_SERVICE = 0x2B  #: form 2 (DSCP 43)
 MARK_DESTINATION = 0x2C  #: form 3 (registered destination prefix)
@@ -92,6 +99,15 @@ nft -f - <<'EOF'
 nft add element ip {NFT_TABLE} divert_dst {{ 198.18.64.0/24 }}
 nft delete element ip {NFT_TABLE} divert_dst {{ 198.18.64.0/24 }}
 """
+
+
+def divert_argv(prefix: str, remove: bool = False) -> list[str]:
+    """The ``nft`` command (run in the router's namespace) adding/removing a diverted prefix."""
+    import ipaddress
+
+    net = ipaddress.IPv4Network(prefix)
+    verb = "delete" if remove else "add"
+    return ["nft", verb, "element", "ip", NFT_TABLE, "divert_dst", f"{{ {net} }}"]
 
 
 def attachment_for(router: NodePlan, site: NodePlan, world: str) -> Attachment:

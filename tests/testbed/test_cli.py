@@ -28,6 +28,10 @@ b = "r"
 [[link]]
 a = "h2"
 b = "r"
+[[node]]
+name = "c"
+kind = "site"
+router = "r"
 """
 
 
@@ -54,17 +58,30 @@ def test_up_inspect_exec_down(tmp_path: Path) -> None:
     summary = json.loads(out.stdout)
     run = summary["run"]
     try:
-        assert "ready" in out.stderr and "creating 3 namespaces" in out.stderr
-        assert {n["name"] for n in summary["nodes"]} == {"h1", "r", "h2"}
+        assert "ready" in out.stderr and "creating 5 namespaces" in out.stderr
+        assert {n["name"] for n in summary["nodes"]} == {"h1", "r", "h2", "c"}
         h2 = next(n for n in summary["nodes"] if n["name"] == "h2")
         addr = h2["interfaces"][0]["address"].split("/")[0]
         ex = tb("exec", "--run", run, "h1", "ping", "-c1", "-W2", addr)
         assert ex.returncode == 0, ex.stdout + ex.stderr
         st = json.loads(tb("status", "--json").stdout)
         mine = next(r for r in st if r["run"] == run)
-        assert mine["phase"] == "up" and mine["namespaces"] == 3 and not mine["stale"]
+        assert mine["phase"] == "up" and mine["namespaces"] == 5 and not mine["stale"]
         ins = json.loads(tb("inspect", run, "--json").stdout)
-        assert ins["run"] == run and len(ins["links"]) == 2
+        assert ins["run"] == run and len(ins["links"]) == 3
+        assert "ip rule add fwmark 0x2b table 43" in ins["attachments"]["r"]
+        # form-3 diversion from another process, as a site daemon would do it
+        assert tb("divert", "--run", run, "r", "198.18.77.0/24").returncode == 0
+        listed = tb(
+            "exec", "--run", run, "r", "nft", "list", "set", "ip", "packetcloud", "divert_dst"
+        ).stdout
+        assert "198.18.77.0/24" in listed
+        assert tb("divert", "--run", run, "--remove", "r", "198.18.77.0/24").returncode == 0
+        listed = tb(
+            "exec", "--run", run, "r", "nft", "list", "set", "ip", "packetcloud", "divert_dst"
+        ).stdout
+        assert "198.18.77.0/24" not in listed
+        assert tb("divert", "--run", run, "h1", "198.18.77.0/24").returncode != 0
         assert tb("exec", "--run", run, "nosuch", "true").returncode != 0
         # capture a link while h1 pings across it
         pcap = tmp_path / "h1r.pcap"
