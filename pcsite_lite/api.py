@@ -130,6 +130,7 @@ class ServiceContext:
         "ns",
         "psp",
         "service",
+        "window_ns",
     )
 
     def __init__(
@@ -153,6 +154,8 @@ class ServiceContext:
         self.cache_used = 0
         self.cache_limit = cache_limit
         self.aes_keys: dict[bytes, AESGCM] = {}
+        #: service time (cheap clock, ns) not yet scaled by ``Pipeline.account``
+        self.window_ns = 0
 
 
 class ShimView(tuple):

@@ -23,12 +23,16 @@ Errors are :class:`CircuitError` with a stable ``code`` the control API maps to 
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from pcsock.wire import HopKey, WireError, ip2int
+from pcsock.wire import CIRCUIT_SHIM_LEN, HopKey, WireError, ip2int
+
+#: Length of the form-1 check (the truncated MAC) in bytes.
+MAC_LEN: Final = 4
 
 __all__ = ["CIRCUIT_ERRORS", "Circuit", "CircuitError", "CircuitTable", "OutHop"]
 
@@ -56,6 +60,15 @@ class CircuitError(Exception):
         super().__init__(f"{code}: {detail}" if detail else code)
 
 
+def mac_hasher(key: HopKey) -> Any:
+    """The pre-keyed form-1 MAC state of ``key``: ``BLAKE2s(key, digest_size=4)``, the check
+    of ``pcsock.wire.circuit_mac`` (the pipeline's fast path copies it per packet)."""
+    return hashlib.blake2s(key=key.key, digest_size=MAC_LEN)
+
+
+assert CIRCUIT_SHIM_LEN == 16  # the pipeline's fast path hard-codes the form-1 layout
+
+
 def _key(key: HopKey | bytes | None, what: str) -> HopKey | None:
     if key is None or isinstance(key, HopKey):
         return key
@@ -81,6 +94,9 @@ class OutHop:
     final: bool = False
     strip: bool = False
     addr: int = field(init=False, repr=False, compare=False)
+    #: precomputed for the pipeline: ``next_hop`` as 4 bytes, the out key's MAC state
+    addr_bytes: bytes = field(init=False, repr=False, compare=False)
+    mac: Any = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.label, int) or not 0 <= self.label <= MAX_LABEL:
@@ -91,8 +107,11 @@ class OutHop:
             raise CircuitError("bad_hop", f"next hop: {exc}") from exc
         if self.strip and not self.final:
             raise CircuitError("bad_hop", "only a final hop can strip the shim")
-        object.__setattr__(self, "key", _key(self.key, "out hop key"))
+        key = _key(self.key, "out hop key")
+        object.__setattr__(self, "key", key)
         object.__setattr__(self, "addr", addr)
+        object.__setattr__(self, "addr_bytes", addr.to_bytes(4, "big"))
+        object.__setattr__(self, "mac", None if key is None else mac_hasher(key))
 
 
 @dataclass(slots=True, eq=False)
@@ -111,6 +130,8 @@ class Circuit:
     by_addr: dict[str, OutHop] = field(init=False, repr=False)
     default: OutHop | None = field(init=False, repr=False)
     dest_addr: int | None = field(init=False, repr=False)
+    #: the in hop key's MAC state (the pipeline copies it per packet)
+    in_mac: Any = field(init=False, repr=False)
     #: the pipeline's cached ServiceSlot for (psp, service) (set on first packet)
     slot: Any = field(init=False, repr=False, default=None)
 
@@ -122,6 +143,7 @@ class Circuit:
             self.by_addr.setdefault(hop.next_hop, hop)
         self.default = self.out_hops[0] if len(self.out_hops) == 1 else None
         self.dest_addr = None if self.destination is None else ip2int(self.destination)
+        self.in_mac = mac_hasher(self.in_key)
 
     @property
     def service_key(self) -> tuple[str, str]:

@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from hmac import compare_digest as _compare
 from typing import Final
 
 from pcsite_lite.api import (
@@ -44,6 +45,7 @@ from pcsite_lite.api import (
     ACT_REPLICATE,
     ApiError,
     PacketApi,
+    ServiceContext,
 )
 from pcsite_lite.circuits import Circuit, OutHop
 from pcsite_lite.runtime import ACTIVE, DISABLED, ServiceSlot
@@ -53,6 +55,7 @@ from pcsite_lite.verdicts import DROP_REASONS, Deliver, Drop, Forward, Verdict
 from pcsock.wire import (
     FORM_CIRCUIT,
     FORM_SERVICE,
+    IPPROTO_PACKETCLOUD,
     TOS_SERVICE,
     Packet,
     WireError,
@@ -71,6 +74,14 @@ _NO_MAC: Final = b"\0\0\0\0"
 _ADDRS: Final = struct.Struct("!II")  # IPv4 source and destination (header bytes 12..19)
 _LABEL: Final = struct.Struct("!I")  # the form-1 shim's label (shim bytes 4..7)
 _H: Final = struct.Struct("!H")
+#: The fast path's one read of a form-1 packet in IP mode: IPv4 ver/ihl, total length,
+#: flags/fragment offset, protocol, source, destination; shim ver|form, hop limit,
+#: label (bytes 0..27).
+_FAST: Final = struct.Struct("!BxHxxHxBxxIIBxBxI")
+_CSUM_ADDRS: Final = struct.Struct("!HII")  # IPv4 checksum, source, destination (10..19)
+_VF_CIRCUIT: Final = 0x10 | FORM_CIRCUIT  # shim version 1, form 1
+_from_bytes = int.from_bytes
+_OVER_BUDGET: Final = "over its per-packet CPU budget"
 _new = object.__new__
 _set_data = Forward.__dict__["data"].__set__
 _set_next_hop = Forward.__dict__["next_hop"].__set__
@@ -90,6 +101,7 @@ class Pipeline:
         *,
         verify_ip_checksum: bool = True,
         cpu_clock: Callable[[], int] | None = None,
+        thread_clock: Callable[[], int] | None = None,
     ) -> None:
         self.site = site
         self.verify_ip_checksum = verify_ip_checksum
@@ -98,6 +110,25 @@ class Pipeline:
         self.budget = site.runtime.budget
         self.clock: Callable[[], int] = cpu_clock or time.perf_counter_ns
         self._locality = site._locality  # the site's memo of is_local()
+        # the fast path's reusable form-1 Packet (IP mode, no options): only .buf changes
+        fpkt = _new(Packet)
+        fpkt.ihl = 20
+        fpkt.encap = "ip"
+        fpkt.form = FORM_CIRCUIT
+        fpkt.shim_off = 20
+        fpkt.payload_off = 36
+        fpkt.buf = bytearray()
+        self._fpkt = fpkt
+        #: the fast path's Packet API, permanently bound to ``_fpkt`` with no redirect
+        #: prefixes; its decision state is reset after every use
+        self._fapi = PacketApi()
+        self._fapi._pkt = fpkt
+        self._circuit_get = site.circuits.get
+        # CPU attribution (see account())
+        self.thread_clock: Callable[[], int] = thread_clock or time.thread_time_ns
+        self._window_ctxs: list[ServiceContext] = []
+        self._window_wall0: int | None = None
+        self._window_cpu0 = 0
 
     # ---- entry point
     def process(self, data: bytes | bytearray | memoryview, now: float) -> list[Verdict]:
@@ -105,9 +136,211 @@ class Pipeline:
 
         Never raises for any ``data``. A ``bytearray`` of exactly the packet's length is
         processed in place (no copy); other inputs are copied first.
+
+        A form-1 packet in IP mode without IP options, addressed to this site, takes the *fast
+        path* (inlined here): the general path's checks in the same order with the same
+        verdicts, counters and output bytes, specialised to that one layout (one struct
+        unpack of the IPv4 header and shim, the circuit's precomputed MAC states, a
+        dedicated Packet API object, the codec's egress setters fused). What it does not
+        specialise -- a receiver-first destination, an inactive service, replicate, a final
+        hop that strips the shim -- goes to the general path before anything changed.
         """
         site = self.site
         site.now = now
+        if self._window_wall0 is None:
+            self._open_window()
+        if (type(data) is bytes or type(data) is bytearray) and len(data) >= 36:
+            b0, total, frag, proto, src, dst, vf, hops, label = _FAST.unpack_from(data)
+            if (
+                vf == _VF_CIRCUIT
+                and proto == IPPROTO_PACKETCLOUD
+                and b0 == 0x45
+                and total == len(data)
+                and dst == site.public_addr
+                and not frag & 0x3FFF
+                and (not self.verify_ip_checksum or not _from_bytes(data[:20], "big") % 0xFFFF)
+            ):
+                try:
+                    circuit = self._circuit_get(label)
+                    if circuit is None:
+                        return [self._drop("unknown_label")]
+                    if circuit.expires <= now:
+                        return [self._drop("circuit_expired")]
+                    if circuit.dest_addr is not None and site.destinations:
+                        return self._general(data, now)  # receiver-first precedence
+                    h = circuit.in_mac.copy()
+                    h.update(data[20:32])
+                    h.update(data[16:20])
+                    if not _compare(h.digest(), data[32:36]):
+                        return [self._drop("bad_mac")]
+                    if hops == 0:
+                        return [self._drop("hop_limit_exceeded")]
+                    slot = circuit.slot
+                    if slot is None:
+                        slot = circuit.slot = self.runtime.slot(circuit.psp, circuit.service)
+                    process = slot.process
+                    if process is None or slot.status != ACTIVE:
+                        return self._general(data, now)  # its service_disabled/unavailable drop
+                    n = len(data)
+                    buf = data if type(data) is bytearray else bytearray(data)
+                    self._fpkt.buf = buf
+                    ctx = slot.ctx
+                    api = self._fapi  # decision state is clear (reset after every use)
+                    api._ctx = ctx
+                    api._now = now
+                    api._circuit = circuit
+                    budget = self.budget
+                    clock = self.clock
+                    t0 = clock()
+                    budget.left = budget.max_ticks  # Budget.start(t0), inlined
+                    budget.deadline = t0 + budget.max_ns
+                    budget.overrun = False
+                    try:
+                        process(api)
+                    except BudgetExceeded:
+                        self._charge(ctx, n, clock() - t0)
+                        api._reset_decision()
+                        return [self._fail(slot, now, "service_timeout", _OVER_BUDGET)]
+                    except ApiError as exc:
+                        self._charge(ctx, n, clock() - t0)
+                        api._reset_decision()
+                        return [self._fail(slot, now, exc.reason, exc.detail)]
+                    except Exception as exc:
+                        self._charge(ctx, n, clock() - t0)
+                        api._reset_decision()
+                        detail = f"{type(exc).__name__}: {exc}"
+                        return [self._fail(slot, now, "service_error", detail)]
+                    dt = clock() - t0
+                    c = ctx.counters
+                    c.packets += 1
+                    c.bytes_in += n
+                    c.cpu_ns += dt
+                    w = ctx.window_ns
+                    if not w:
+                        self._window_ctxs.append(ctx)
+                    ctx.window_ns = w + dt
+                    action = api._action
+                    hop = api._hop
+                    if action or hop is not None or api._label is not None:
+                        out_label = api._label
+                        api._action = ACT_NONE
+                        api._hop = None
+                        api._label = None
+                    else:
+                        out_label = None
+                    spoof = api._spoof
+                    if budget.overrun or spoof is not None:
+                        api._reset_decision()
+                        if budget.overrun:
+                            return [self._fail(slot, now, "service_timeout", _OVER_BUDGET)]
+                        return [self._fail(slot, now, "spoof_attempt", spoof or "")]
+                    if slot.consecutive_failures:
+                        slot.consecutive_failures = 0
+                    if action == ACT_DROP:
+                        return [self._drop("service_drop", slot, api._detail)]
+                    if action == ACT_REPLICATE:
+                        replicas = api._replicas
+                        api._replicas = []
+                        pkt = self._fpkt
+                        return [self._emit_hop(pkt, r, hops, slot, copy=True) for r in replicas]
+                    if hop is None:
+                        hop = (
+                            circuit.by_label[out_label]
+                            if out_label is not None
+                            else circuit.default
+                        )
+                        if hop is None:
+                            return [self._drop("no_decision", slot, "no out hop chosen")]
+                    if hop.strip:
+                        return [self._emit_hop(self._fpkt, hop, hops, slot, copy=False)]
+                    # egress: the codec's set_label, set_hop_limit, set_dst, set_src (to dst,
+                    # the site's address) and sign, fused. Values were range-checked at
+                    # install; a service cannot change addresses or TTL, but set_payload may
+                    # have rewritten length and checksum, so the checksum is read again.
+                    addr = hop.addr
+                    _CSUM_ADDRS.pack_into(
+                        buf, 10, ((buf[10] << 8 | buf[11]) + src - addr) % 0xFFFF, dst, addr
+                    )
+                    buf[22] = hops - 1
+                    _LABEL.pack_into(buf, 24, hop.label)
+                    mac = hop.mac
+                    if mac is not None:
+                        h = mac.copy()
+                        h.update(buf[20:32])
+                        h.update(hop.addr_bytes)
+                        buf[32:36] = h.digest()
+                    else:
+                        buf[32:36] = _NO_MAC
+                    out = bytes(buf)
+                    m = len(out)
+                    c.bytes_out += m
+                    local = self._locality.get(addr)
+                    if local is None:
+                        local = site.is_local(addr)
+                    if local:
+                        c.bytes_local += m
+                    else:
+                        c.bytes_interdomain += m
+                    if hop.final:
+                        return [Deliver(out, hop.next_hop, False)]
+                    v = _new(Forward)  # Forward(out, next_hop) minus the frozen __setattr__
+                    _set_data(v, out)
+                    _set_next_hop(v, hop.next_hop)
+                    return [v]
+                except Exception as exc:  # a platform bug, as in the general path
+                    self._fapi._reset_decision()
+                    self.runtime.event(
+                        now, "internal_error", "site", f"{type(exc).__name__}: {exc}"
+                    )
+                    return [self._drop("internal_error")]
+        return self._general(data, now)
+
+    def process_batch(
+        self, packets: Iterable[bytes | bytearray | memoryview], now: float
+    ) -> list[list[Verdict]]:
+        """:meth:`process` each packet (all arrived by ``now``), then :meth:`account`."""
+        out = [self.process(data, now) for data in packets]
+        self.account()
+        return out
+
+    # ---- CPU attribution
+    def _open_window(self) -> None:
+        self._window_wall0 = self.clock()
+        self._window_cpu0 = self.thread_clock()
+
+    def account(self) -> float:
+        """Close the CPU-metering window: bill service time as this thread's real CPU.
+
+        Per packet the pipeline times each service call with the cheap ``cpu_clock`` (wall
+        time: it also counts time the thread was preempted) and adds it to the service's
+        ``cpu_ns`` at once. The window opens at the first :meth:`process` after the previous
+        ``account()``; here the pipeline reads ``thread_clock`` (this thread's CPU time) once
+        and scales every service's wall time of the window by ``r = thread CPU / wall`` over
+        the window (never above 1): ``cpu_ns`` drops by ``w - round(w * r)``. Call it after
+        every batch of packets *before* the thread blocks (waiting inside a window would
+        count as preemption), e.g. every 256 packets or few ms. Returns ``r`` (1.0 for an
+        empty window).
+        """
+        wall0 = self._window_wall0
+        if wall0 is None:
+            return 1.0
+        wall = self.clock() - wall0
+        cpu = self.thread_clock() - self._window_cpu0
+        self._window_wall0 = None
+        ratio = 1.0 if wall <= 0 or cpu >= wall else max(cpu, 0) / wall
+        ctxs = self._window_ctxs
+        for ctx in ctxs:
+            w = ctx.window_ns
+            if w:
+                ctx.window_ns = 0
+                if ratio < 1.0:
+                    c = ctx.counters
+                    c.cpu_ns = max(0, c.cpu_ns - (w - round(w * ratio)))
+        ctxs.clear()
+        return ratio
+
+    def _general(self, data: bytes | bytearray | memoryview, now: float) -> list[Verdict]:
+        """Every packet the fast path does not take: parse with the codec, dispatch by form."""
         try:
             pkt = parse(data, verify_ip_checksum=self.verify_ip_checksum)
             form = pkt.form
@@ -121,6 +354,17 @@ class Pipeline:
         except Exception as exc:  # a bug of the platform, never of the packet: count, log
             self.runtime.event(now, "internal_error", "site", f"{type(exc).__name__}: {exc}")
             return [self._drop("internal_error")]
+
+    def _charge(self, ctx: ServiceContext, n: int, dt: int) -> None:
+        """Meter one service call that took ``dt`` ns of the cheap clock (see :meth:`account`)."""
+        c = ctx.counters
+        c.packets += 1
+        c.bytes_in += n
+        c.cpu_ns += dt
+        w = ctx.window_ns
+        if not w:
+            self._window_ctxs.append(ctx)
+        ctx.window_ns = w + dt
 
     def _drop(self, reason: str, slot: ServiceSlot | None = None, detail: str = "") -> Drop:
         self.site.drops[reason] += 1
@@ -158,9 +402,7 @@ class Pipeline:
         api._md_changed = False
         if api._replicas:
             api._replicas = []
-        counters = ctx.counters
-        counters.packets += 1
-        counters.bytes_in += len(pkt.buf)
+        n = len(pkt.buf)
         budget = self.budget
         clock = self.clock
         t0 = clock()
@@ -170,15 +412,15 @@ class Pipeline:
         try:
             process(api)
         except BudgetExceeded:
-            counters.cpu_ns += clock() - t0
+            self._charge(ctx, n, clock() - t0)
             return self._fail(slot, now, "service_timeout", "over its per-packet CPU budget")
         except ApiError as exc:
-            counters.cpu_ns += clock() - t0
+            self._charge(ctx, n, clock() - t0)
             return self._fail(slot, now, exc.reason, exc.detail)
         except Exception as exc:
-            counters.cpu_ns += clock() - t0
+            self._charge(ctx, n, clock() - t0)
             return self._fail(slot, now, "service_error", f"{type(exc).__name__}: {exc}")
-        counters.cpu_ns += clock() - t0
+        self._charge(ctx, n, clock() - t0)
         if budget.overrun:
             return self._fail(slot, now, "service_timeout", "over its per-packet CPU budget")
         if api._spoof is not None:
