@@ -44,9 +44,10 @@ The ``pkt`` object is valid only during the ``process`` call that received it.
 from __future__ import annotations
 
 import os
+import struct
 import zlib
 from collections.abc import Callable, Iterable
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any, Final
 
 from cryptography.exceptions import InvalidTag
@@ -190,6 +191,8 @@ class ShimView(tuple):
 
 
 _new_view = tuple.__new__
+#: form-1 shim bytes 2..11: hop limit, metadata, label, original source
+_SHIM1: Final = struct.Struct("!2xBBII")
 _PLAIN_VIEW: Final = _new_view(ShimView, (0, None, None, None, None, None))
 
 
@@ -219,13 +222,10 @@ class Shim:
         p = api._pkt
         form = p.form
         if form == FORM_CIRCUIT:
-            b = p.buf
-            o = p.shim_off
-            label = api._label
-            if label is None:
-                label = b[o + 4] << 24 | b[o + 5] << 16 | b[o + 6] << 8 | b[o + 7]
-            orig = b[o + 8] << 24 | b[o + 9] << 16 | b[o + 10] << 8 | b[o + 11]
-            return _new_view(ShimView, (form, label, None, b[o + 3], orig, b[o + 2]))
+            hops, md, label, orig = _SHIM1.unpack_from(p.buf, p.shim_off)
+            if api._label is not None:
+                label = api._label
+            return _new_view(ShimView, (form, label, None, md, orig, hops))
         if form == FORM_SERVICE:
             return _new_view(ShimView, (form, None, p.service_id, p.metadata, None, None))
         return _PLAIN_VIEW
@@ -377,10 +377,9 @@ class PacketApi:
                 return True
         return False
 
-    @property
-    def shim(self) -> Shim:
-        """The shim: ``read()``, ``update(label=..., metadata=...)``, field properties."""
-        return self._shim
+    #: The shim: ``read()``, ``update(label=..., metadata=...)``, field properties.
+    #: (A read-only property over a C getter: no Python frame on every packet.)
+    shim = property(attrgetter("_shim"))
 
     # ---- packet I/O
     @property

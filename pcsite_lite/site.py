@@ -31,6 +31,8 @@ import secrets
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
+from operator import attrgetter
 from typing import Any, Final
 
 from pcsite_lite.circuits import CircuitTable
@@ -43,6 +45,8 @@ from pcsock.wire import WireError, int2ip, ip2int
 __all__ = ["REGISTRATION_ERRORS", "Registration", "RegistrationError", "Site"]
 
 MAX_SERVICE_ID: Final = 0xFFFFFF
+
+_NOW: Final = attrgetter("now")
 
 REGISTRATION_ERRORS: Final = frozenset({"bad_request", "conflict", "not_owner", "not_found"})
 
@@ -111,7 +115,8 @@ class Site:
         if fis is None:
             from pcsite_lite.fis import CachedFIS, SqliteFIS
 
-            fis = CachedFIS(SqliteFIS(":memory:"), clock=self.clock)
+            # the packet clock as a C-level callable (no Python frame per FIS read)
+            fis = CachedFIS(SqliteFIS(":memory:"), clock=partial(_NOW, self))
         self.fis = fis
         self.circuits = CircuitTable(randbits=randbits)
         self.service_ids: dict[int, Registration] = {}
