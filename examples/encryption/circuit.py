@@ -68,6 +68,7 @@ class SimSite:
         self.site = node.site
         self.psp = psp
         self.public_ip: str = node.site.public_ip
+        self.name: str = node.site.name
         self._local = LocalSite(node.site, psp)
 
     def _ns(self, service: str) -> str:
