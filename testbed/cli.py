@@ -81,7 +81,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"testbed: {exc}", file=sys.stderr)
         return 2
     _need_root()
-    tb.up()
+    try:
+        tb.up()
+    except Exception as exc:  # the build tore itself down; say why without a traceback
+        print(f"testbed: build failed (everything it created was removed): {exc}", file=sys.stderr)
+        return 1
     # the processes now belong to the run, not to this command
     for proc in tb.processes:
         proc.popen.returncode = 0  # do not let Popen.__del__ reap or warn

@@ -360,6 +360,8 @@ class Testbed:
 
     def up(self) -> Testbed:
         """Build everything and wait until ready; on any failure, tear down and re-raise."""
+        if self._built:
+            raise RuntimeError(f"run {self.run} is already up")
         self._t0 = time.monotonic()
         self.run_state = state.Run.new(self.prefix, self.topo.name)
         names = [self.run_state.ns(n) for n in self.plan.nodes]
