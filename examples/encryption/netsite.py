@@ -24,6 +24,7 @@ from examples.firewall.demo import Capture, NetSite
 __all__ = ["PacketSite", "capture", "main", "raw_sender"]
 
 _build_site = base.build_site
+SO_RCVBUFFORCE = 33  # Linux; not exported by the socket module
 
 
 def build_site(cfg: dict[str, Any]) -> Any:
@@ -84,10 +85,13 @@ def raw_sender(node: Any) -> socket.socket:
 
 
 def capture(tb: Any, node: str, peer: str) -> Capture:
-    """IPv4 packets arriving at ``node`` on its interface toward ``peer``."""
+    """IPv4 packets arriving at ``node`` on its interface toward ``peer`` (a 16 MiB receive
+    buffer, so a demo can send its whole burst before draining)."""
     from examples.firewall.demo import iface
 
-    return Capture.open(tb.node(node), iface(tb, node, peer))
+    cap = Capture.open(tb.node(node), iface(tb, node, peer))
+    cap.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
+    return cap
 
 
 if __name__ == "__main__":

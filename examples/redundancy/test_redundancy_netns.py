@@ -1,0 +1,23 @@
+"""Redundancy elimination with real packets in a namespace testbed (root; prefix "pcx")."""
+
+from __future__ import annotations
+
+import pytest
+
+from examples.redundancy.demo import passed, run_simulator, run_testbed
+
+
+def test_the_demo_flow_passes_in_the_simulator() -> None:
+    res = run_simulator(n=150)
+    assert res["received_intact"] == 150 and passed(res)
+
+
+@pytest.mark.netns
+def test_the_site_pair_saves_the_known_redundancy_on_the_core_with_real_packets() -> None:
+    res = run_testbed(n=200)
+    assert res["received_intact"] == 200 and res["core_packets"] == 200
+    assert res["known_redundancy"] > 0.4
+    assert 0.85 * res["known_redundancy"] < res["re_bytes_saved_ratio"] <= res["known_redundancy"]
+    assert not res["site_drops"]["C1"]
+    assert set(res["site_drops"]["C2"]) <= {"no_service"}  # D's ICMP replies to C2's address
+    assert passed(res)
