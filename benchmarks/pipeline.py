@@ -20,6 +20,11 @@ Figures (``--json PATH``):
 - ``pipeline_noop_service_us_per_packet``: the pipeline running a service that does nothing
   (the platform's own cost: MAC verify, metering, budget, egress);
 - ``pipeline_verify_ip_us_per_packet``: the job also verifying the IPv4 header checksum;
+- ``pipeline_general_path_us_per_packet``: the same job through the general path (codec
+  ``parse``, ``verify_mac``, per-stage API binding) instead of the form-1 fast path;
+- ``pipeline_accounted_us_per_packet``: the job run as ``Pipeline.process_batch`` of 256
+  packets, i.e. with the per-batch CPU attribution (``account()``: one ``thread_time_ns``
+  read and the scaling of the batch's service times) amortised per packet;
 - ``pipeline_settrace_budget_us_per_packet``: the same job with the service's CPU budget
   done the other way -- uninstrumented code under a ``sys.settrace`` line counter switched on
   around each call -- instead of the loader's compiled-in ticks;
@@ -62,6 +67,7 @@ OUT_KEY = wire.HopKey(bytes(range(100, 132)))
 SITE_IP = "198.18.1.1"
 NEXT_HOP = "198.18.7.7"
 OUT_LABEL = 0x0BADCAFE
+BATCH = 256  # packets per Pipeline.account() in the accounted variant (the daemon's batch)
 PAYLOAD = bytes(8) + bytes(range(256))[:100]  # an inner UDP header and 100 bytes of data
 
 
@@ -117,6 +123,15 @@ def _time(job: Callable[[bytes, float], Any], data: bytes, count: int) -> float:
     for _ in range(count):
         job(data, 1.0)
     return (time.process_time() - t0) / count * 1e6
+
+
+def _time_batches(pipe: Pipeline, batch: list[bytes], count: int) -> float:
+    """us per packet of ``pipe.process_batch`` (``account()`` after every batch)."""
+    rounds = max(1, count // len(batch))
+    t0 = time.process_time()
+    for _ in range(rounds):
+        pipe.process_batch(batch, 1.0)
+    return (time.process_time() - t0) / (rounds * len(batch)) * 1e6
 
 
 def _clock_ns(clock: Callable[[], int], count: int) -> float:
@@ -212,20 +227,28 @@ def run(count: int, repeats: int) -> dict[str, Any]:
         (traced, tr_data),
     ):
         check_output(pipe.process(data, 1.0))  # also warms the FIS cache: later reads hit
+    general = Pipeline(sr_site, verify_ip_checksum=False)
+    check_output(general._general(sr_data, 1.0))
+    batched = Pipeline(sr_site, verify_ip_checksum=False)
+    batch = [sr_data] * BATCH
     jobs: dict[str, tuple[Callable[[bytes, float], Any], bytes]] = {
         "noop": (noop_pipeline, sr_data),
         "pipeline": (sr.process, sr_data),
+        "pipeline_general_path": (general._general, sr_data),
         "pipeline_noop_service": (noop_svc.process, noop_data),
         "pipeline_verify_ip": (sr_verify.process, sr_data),
         "pipeline_settrace_budget": (traced.process, tr_data),
     }
     raw: dict[str, list[float]] = {name: [] for name in jobs}
+    raw["pipeline_accounted"] = []
     for _ in range(repeats):
         for name, (job, data) in jobs.items():
             raw[name].append(_time(job, data, count))
+        raw["pipeline_accounted"].append(_time_batches(batched, batch, count))
     best = {name: min(times) for name, times in raw.items()}
     counters = sr_site.runtime.counters(PSP, "source_routing")
-    expected = 2 + repeats * count * 2  # sr and sr_verify share the site's counters
+    # sr, sr_verify, general and batched share the site's counters
+    expected = 3 + repeats * (count * 3 + max(1, count // BATCH) * BATCH)
     if counters.packets != expected or counters.fis_reads != expected:
         raise AssertionError(f"metering drifted: {counters}")
     clock_count = max(1000, count)
@@ -235,6 +258,8 @@ def run(count: int, repeats: int) -> dict[str, Any]:
         "noop_us_per_packet": round(best["noop"], 3),
         "pipeline_noop_service_us_per_packet": round(best["pipeline_noop_service"], 3),
         "pipeline_verify_ip_us_per_packet": round(best["pipeline_verify_ip"], 3),
+        "pipeline_general_path_us_per_packet": round(best["pipeline_general_path"], 3),
+        "pipeline_accounted_us_per_packet": round(best["pipeline_accounted"], 3),
         "pipeline_settrace_budget_us_per_packet": round(best["pipeline_settrace_budget"], 3),
         "clock_ns": {
             "perf_counter_ns": round(_clock_ns(time.perf_counter_ns, clock_count), 1),
@@ -268,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         f"pipeline_vs_noop: {figures['pipeline_vs_noop']:.2f}x   "
         f"(no-op service: {figures['pipeline_noop_service_us_per_packet']:.2f} us, "
         f"with IP checksum verify: {figures['pipeline_verify_ip_us_per_packet']:.2f} us, "
+        f"general path: {figures['pipeline_general_path_us_per_packet']:.2f} us, "
+        f"batches with account(): {figures['pipeline_accounted_us_per_packet']:.2f} us, "
         f"settrace budget instead of ticks: "
         f"{figures['pipeline_settrace_budget_us_per_packet']:.2f} us)\n"
         f"clock cost (ns/call): {figures['clock_ns']}\n"

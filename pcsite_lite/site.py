@@ -238,6 +238,9 @@ class Site:
             if any(c.as_dict().values()):
                 records.append(UsageRecord(self.name, ctx.psp, ctx.service, start, now, c))
                 ctx.counters = Counters()
+                # the open CPU window's wall time stays billed in this record as measured;
+                # Pipeline.account() scales only what the new counters accrue
+                ctx.window_ns = 0
             flush = getattr(ctx.log_sink, "flush", None)
             if callable(flush):
                 flush()

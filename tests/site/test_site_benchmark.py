@@ -12,7 +12,13 @@ def test_benchmark_writes_its_figures(tmp_path: Path) -> None:
     out = tmp_path / "pipeline.json"
     assert pipeline.main(["--quick", "--json", str(out)]) == 0
     figures = json.loads(out.read_text())
-    for name in ("pipeline_us_per_packet", "noop_us_per_packet", "pipeline_vs_noop"):
+    for name in (
+        "pipeline_us_per_packet",
+        "noop_us_per_packet",
+        "pipeline_vs_noop",
+        "pipeline_general_path_us_per_packet",
+        "pipeline_accounted_us_per_packet",
+    ):
         assert figures[name] > 0
     ratio = figures["pipeline_us_per_packet"] / figures["noop_us_per_packet"]
     assert abs(figures["pipeline_vs_noop"] - ratio) < 0.01
