@@ -1,8 +1,9 @@
 """The namespace-testbed site for the examples of part 2 (built on ``examples.firewall``).
 
 * :func:`main` runs ``examples.firewall.netsite`` (the real pipeline and sandboxed services in
-  a testbed site's namespace) with one addition its config lacks: form-2 service IDs
-  (``"service_ids": [{"id": n, "service": s, "redirect_prefixes": [...]}]``).
+  a testbed site's namespace) with two additions its config lacks: form-2 service IDs
+  (``"service_ids": [{"id": n, "service": s, "redirect_prefixes": [...]}]``) and the
+  services' wall-clock deadline per packet (``"deadline_ms"``, default the site's 10 ms).
 * :class:`PacketSite` is the PSP's handle on such a site process: the
   ``examples.firewall.demo.NetSite`` calls (deploy, FIS writes, labels, circuits) plus a FIS
   file shared by a site pair, the ISP's writes and service IDs.
@@ -37,8 +38,16 @@ def build_site(cfg: dict[str, Any]) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import json
+
+    from pcsite_lite.sandbox import BUDGET
+
+    args = sys.argv[1:] if argv is None else argv
+    deadline = json.loads(Path(args[0]).read_text()).get("deadline_ms")
+    if deadline is not None:  # this process's budget (one site per process)
+        BUDGET.max_ns = int(float(deadline) * 1e6)
     base.build_site = build_site
-    return base.main(argv)
+    return base.main(args)
 
 
 class PacketSite(NetSite):
@@ -56,6 +65,18 @@ class PacketSite(NetSite):
             self.fis_path = fis
             self.fis = SqliteFIS(str(fis))
             self.config["fis"] = str(fis)
+
+    def stats(self) -> dict[str, Any]:
+        """The site process's counters (retried while the process rewrites the file)."""
+        import json
+        import time
+
+        for _ in range(50):
+            try:
+                return super().stats()
+            except json.JSONDecodeError:
+                time.sleep(0.01)
+        return super().stats()
 
     def isp_lpm_put(self, table: str, prefix: str, value: Any) -> None:
         from pcsite_lite.fis import ISP

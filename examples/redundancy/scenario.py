@@ -16,6 +16,7 @@ from typing import Any
 
 from examples.encryption.circuit import Chain, SimSite
 from pcsite_lite.fis import CachedFIS, SqliteFIS
+from pcsite_lite.sandbox import Budget
 from pcsite_lite.sim import Host, Link, Network, SiteNode
 from pcsock.wire import parse
 
@@ -39,7 +40,9 @@ class World:
     core_payload_bytes: list[int]  #: shim payload bytes of every frame on the core link
 
 
-def build_world(*, staleness: float = 0.005) -> World:
+def build_world(*, staleness: float = 0.005, deadline_ms: float = 50.0) -> World:
+    """``deadline_ms``: the sites' wall-clock guard per packet (the service needs ~1.5 ms of
+    CPU; a generous guard keeps tests on a busy shared machine from dropping packets)."""
     net = Network(trace=False)
     engine = SqliteFIS(":memory:")
 
@@ -56,8 +59,8 @@ def build_world(*, staleness: float = 0.005) -> World:
     core = net.link(rc, r2, delay=0.020)
     net.link(r2, d)
     sites = {
-        "C1": net.site("C1", "198.18.254.1", router=r1, fis=fis()),
-        "C2": net.site("C2", "198.18.254.2", router=r2, fis=fis()),
+        name: net.site(name, ip, router=r, fis=fis(), budget=Budget(max_ns=int(deadline_ms * 1e6)))
+        for name, ip, r in (("C1", "198.18.254.1", r1), ("C2", "198.18.254.2", r2))
     }
     net.compute_routes()
     psp = RedundancyPSP(SimSite(sites["C1"], PSP), SimSite(sites["C2"], PSP))

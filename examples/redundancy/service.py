@@ -95,16 +95,24 @@ T_TAB, U_TAB = tables()
 def anchors(data):
     """[(fingerprint, offset)] of the sampled 64-byte windows of ``data`` (first per value)."""
     out = []
+    if len(data) < WINDOW:
+        return out
     seen = set()
+    t_tab, u_tab, mask, shift = T_TAB, U_TAB, FP_MASK, SHIFT
     fp = 0
-    t_tab, u_tab = T_TAB, U_TAB
-    for i in range(len(data)):
-        if i >= WINDOW:
-            fp ^= u_tab[data[i - WINDOW]]
-        fp = (((fp << 8) & FP_MASK) | data[i]) ^ t_tab[fp >> SHIFT]
-        if fp & SAMPLE_MASK == 0 and i >= WINDOW - 1 and fp not in seen:
+    for b in data[:WINDOW]:
+        fp = (((fp << 8) & mask) | b) ^ t_tab[fp >> shift]
+    if not fp & SAMPLE_MASK:
+        seen.add(fp)
+        out.append((fp, 0))
+    pos = 1
+    for old, b in zip(data, data[WINDOW:]):
+        fp ^= u_tab[old]
+        fp = (((fp << 8) & mask) | b) ^ t_tab[fp >> shift]
+        if not fp & SAMPLE_MASK and fp not in seen:
             seen.add(fp)
-            out.append((fp, i - WINDOW + 1))
+            out.append((fp, pos))
+        pos += 1
     return out
 
 
@@ -141,11 +149,17 @@ def encode(data, index_get, store_get, now, marks=None):
         if old is None or old[off : off + WINDOW] != data[pos : pos + WINDOW]:
             continue
         s, o = pos, off
+        while s - 32 >= covered and o >= 32 and data[s - 32 : s] == old[o - 32 : o]:
+            s -= 32
+            o -= 32
         while s > covered and o > 0 and data[s - 1] == old[o - 1]:
             s -= 1
             o -= 1
-        e, oe = pos + WINDOW, off + WINDOW
-        while e < n and oe < len(old) and data[e] == old[oe]:
+        e, oe, m = pos + WINDOW, off + WINDOW, len(old)
+        while e + 32 <= n and oe + 32 <= m and data[e : e + 32] == old[oe : oe + 32]:
+            e += 32
+            oe += 32
+        while e < n and oe < m and data[e] == old[oe]:
             e += 1
             oe += 1
         matches.append((s, e, slot, cid, o))
