@@ -13,8 +13,8 @@ the routers' nftables rulesets fork a tool, once per namespace that needs them.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
-import shlex
 import socket
 import subprocess
 import sys
@@ -40,6 +40,7 @@ __all__ = ["Node", "Process", "Result", "SiteInfo", "Testbed"]
 T = TypeVar("T")
 REDIS_SERVER = "/usr/bin/redis-server"
 REDIS_PORT = 6379
+TAP_QUEUE = 10000  #: frames a delay line's TAP queues before dropping (bursts)
 _BASE_SYSCTLS = {
     "net/ipv6/conf/all/disable_ipv6": "1",
     "net/ipv6/conf/default/disable_ipv6": "1",
@@ -232,7 +233,6 @@ class Node:
 
     def tcp_open(self, host: str, port: int) -> bool:
         """True if a TCP connection to ``host:port`` succeeds from this namespace."""
-        import socket
 
         def probe() -> bool:
             try:
@@ -544,10 +544,12 @@ class Testbed:
             for iface in p.ifaces:
                 # delay-line TAPs got their index from the kernel
                 idx = iface.index
+                txqlen = 0
                 if iface.link in emulated_links:
                     idx = socket.if_nametoindex(iface.name)
+                    txqlen = TAP_QUEUE  # a TAP's queue to its reader is 500 frames by default
                 index[iface.index] = idx
-                batch.up(idx)
+                batch.up(idx, txqlen=txqlen)
                 batch.addr(idx, iface.address, iface.prefixlen)
             if p.public_ip:
                 batch.addr(index[p.ifaces[0].index], p.public_ip, 32)
@@ -721,8 +723,6 @@ class Testbed:
         out = self.node(router).run(
             ["nft", "-j", "list", "set", "ip", NFT_TABLE, "divert_dst"], check=True
         )
-        import json
-
         found = []
         for item in json.loads(out.stdout)["nftables"]:
             for elem in item.get("set", {}).get("elem", []):
@@ -807,10 +807,6 @@ def tc_commands(dev: str, spec: LinkSpec) -> list[str]:
             f"burst {burst} latency {latency:.0f}ms"
         )
     return cmds
-
-
-def _quote(argv: Sequence[str]) -> str:
-    return " ".join(shlex.quote(a) for a in argv)
 
 
 def default_progress(msg: str) -> None:

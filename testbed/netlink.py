@@ -13,7 +13,6 @@ whole namespace can be configured without a single lookup round trip.
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import os
 import socket
@@ -39,6 +38,7 @@ NLM_F_CREATE = 0x400
 IFF_UP = 0x1
 IFLA_IFNAME = 3
 IFLA_MASTER = 10
+IFLA_TXQLEN = 13
 IFLA_LINKINFO = 18
 IFLA_IFALIAS = 20
 IFLA_NET_NS_FD = 28
@@ -142,11 +142,13 @@ class Batch:
         body += _nla(IFLA_LINKINFO, _nla(IFLA_INFO_KIND, _str("bridge")))
         self._add(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, f"create bridge {name}")
 
-    def up(self, index: int, master: int = 0) -> None:
-        """Set link ``index`` up (and enslave it to ``master`` if given)."""
+    def up(self, index: int, master: int = 0, txqlen: int = 0) -> None:
+        """Set link ``index`` up (and enslave it to ``master``, set its queue length if given)."""
         body = _IFINFOMSG.pack(0, 0, index, IFF_UP, IFF_UP)
         if master:
             body += _nla(IFLA_MASTER, _u32(master))
+        if txqlen:
+            body += _nla(IFLA_TXQLEN, _u32(txqlen))
         self._add(RTM_NEWLINK, 0, body, f"set link {index} up")
 
     def alias(self, index: int, alias: str) -> None:
@@ -261,8 +263,3 @@ class Batch:
                 raise NetlinkError(code, f"{self.label}: {what}{more}")
         finally:
             sock.close()
-
-
-def is_exists(exc: BaseException) -> bool:
-    """True when ``exc`` is the kernel saying the object already exists."""
-    return isinstance(exc, OSError) and exc.errno == errno.EEXIST

@@ -22,6 +22,7 @@ router itself are never diverted.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from testbed.netlink import Batch
@@ -103,8 +104,6 @@ nft delete element ip {NFT_TABLE} divert_dst {{ 198.18.64.0/24 }}
 
 def divert_argv(prefix: str, remove: bool = False) -> list[str]:
     """The ``nft`` command (run in the router's namespace) adding/removing a diverted prefix."""
-    import ipaddress
-
     net = ipaddress.IPv4Network(prefix)
     verb = "delete" if remove else "add"
     return ["nft", verb, "element", "ip", NFT_TABLE, "divert_dst", f"{{ {net} }}"]
