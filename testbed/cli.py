@@ -348,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"testbed: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a build in progress has already torn itself down
+        print("testbed: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
