@@ -305,6 +305,9 @@ class Pipeline:
 
     # ---- CPU attribution
     def _open_window(self) -> None:
+        # (also where a site without an injected start time learns it: the first packet)
+        if self.site.interval_start is None:
+            self.site.interval_start = self.site.now
         self._window_wall0 = self.clock()
         self._window_cpu0 = self.thread_clock()
 

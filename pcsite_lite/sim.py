@@ -290,7 +290,9 @@ class Network:
         return router
 
     def site(self, name: str, public_ip: str, *, router: Router, **site_kwargs: Any) -> SiteNode:
-        """A site co-located with ``router`` (linked to it with no delay)."""
+        """A site co-located with ``router`` (linked to it with no delay); it starts (its
+        first usage interval, its packet clock) at the network's current time."""
+        site_kwargs.setdefault("now", self.now)
         node: SiteNode = self._add(SiteNode(self, name, Site(name, public_ip, **site_kwargs)))
         link = self.link(node, router, delay=0.0)
         router.attach_site(link)

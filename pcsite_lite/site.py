@@ -22,7 +22,10 @@ A registration may also name *redirect prefixes*: tunnel end points (``encapsula
 ``replicate``) the ISP allows that service to send to. Without them a form-2/3 service can only
 let the packet continue to its own destination or drop it.
 
-Nothing here does I/O or reads a clock: times come in as arguments (``now``).
+Nothing here does I/O or reads a clock: times come in as arguments (``now``). ``Site(...,
+now=t)`` is the site's start time: the first usage interval starts there (a daemon passes its
+wall clock, the simulator its simulated one); without it, the first interval starts at the
+first packet's arrival time.
 """
 
 from __future__ import annotations
@@ -103,6 +106,7 @@ class Site:
         max_failures: int = 10,
         events: Callable[[SiteEvent], None] | None = None,
         randbits: Callable[[int], int] = secrets.randbits,
+        now: float | None = None,
     ) -> None:
         self.name = name
         try:
@@ -111,7 +115,7 @@ class Site:
             raise ValueError(f"site public IP: {exc}") from None
         self.public_ip = int2ip(self.public_addr)
         #: the time of the packet being processed (the pipeline sets it; FIS cache clock)
-        self.now = 0.0
+        self.now = 0.0 if now is None else float(now)
         if fis is None:
             from pcsite_lite.fis import CachedFIS, SqliteFIS
 
@@ -135,7 +139,10 @@ class Site:
         self._locality: dict[int, bool] = {}
         #: drops by reason (every Drop verdict of every pipeline on this state)
         self.drops: Counter[str] = Counter()
-        self.interval_start = 0.0
+        #: start of the current usage interval: the site's start time ``now`` (a daemon
+        #: passes its wall clock), else the arrival time of the first packet a pipeline
+        #: processes (never the epoch); then the previous snapshot's time
+        self.interval_start: float | None = None if now is None else float(now)
 
     def clock(self) -> float:
         """The site's packet clock (the ``now`` of the packet being processed)."""
@@ -231,7 +238,7 @@ class Site:
         ``flush`` method are flushed, so billing sees the interval's log lines too.
         """
         records = []
-        start = self.interval_start
+        start = now if self.interval_start is None else self.interval_start
         for slot in self.runtime.slots():
             ctx = slot.ctx
             c = ctx.counters

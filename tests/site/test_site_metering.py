@@ -81,7 +81,7 @@ def test_drops_count_against_the_service_and_by_reason() -> None:
 
 
 def test_snapshot_emits_one_usage_record_per_service_and_restarts_counters() -> None:
-    site, pipe, _ = one_site()
+    site, pipe, _ = one_site(now=0.0)
     site.deploy(PSP, SRCROUTE, source("source_routing"))
     site.deploy(PSP, "noop", source("noop"))
     site.deploy("other", "noop", source("noop"))
@@ -148,3 +148,38 @@ def test_log_sinks_are_flushed_at_snapshot() -> None:
     site.snapshot(2.0)
     sink = sinks[(PSP, "l")]
     assert sink.lines == ["hello 198.18.0.10"] and sink.flushed == 1
+
+
+def test_first_usage_interval_starts_at_the_sites_start_time() -> None:
+    start = 1_764_028_800.0  # a daemon passes its wall clock
+    site, pipe, _ = one_site(now=start)
+    site.deploy(PSP, "noop", source("noop"))
+    label = circuit(site, "noop", expires=start + 1000)
+    assert site.interval_start == start
+    pipe.process(circuit_packet(label), start + 5)
+    [r] = site.snapshot(start + 60)
+    assert (r.interval_start, r.interval_end) == (start, start + 60)
+
+
+def test_without_a_start_time_the_first_interval_starts_at_the_first_packet() -> None:
+    site, pipe, _ = one_site()
+    site.deploy(PSP, "noop", source("noop"))
+    t = 1_764_028_800.0
+    label = circuit(site, "noop", expires=t + 1000)
+    pipe.process(circuit_packet(label), t + 5)
+    pipe.process(circuit_packet(label), t + 7)
+    [r] = site.snapshot(t + 60)
+    assert (r.interval_start, r.interval_end) == (t + 5, t + 60)  # never 1970
+    pipe.process(circuit_packet(label), t + 61)
+    [r] = site.snapshot(t + 120)
+    assert r.interval_start == t + 60
+
+
+def test_a_simulated_site_starts_at_the_networks_time() -> None:
+    from pcsite_lite.sim import Network
+
+    net = Network(seed=1)
+    router = net.router("R", "198.18.100.1")
+    net.now = 42.0  # the simulated clock has moved on
+    node = net.site("C", "198.18.1.1", router=router)
+    assert node.site.interval_start == 42.0 and node.site.now == 42.0
