@@ -23,3 +23,5 @@ def test_benchmark_writes_its_figures(tmp_path: Path) -> None:
     ratio = figures["pipeline_us_per_packet"] / figures["noop_us_per_packet"]
     assert abs(figures["pipeline_vs_noop"] - ratio) < 0.01
     assert set(figures["loop_iteration_ns"]) == {"plain", "budget_ticks", "settrace"}
+    assert set(figures["parts_ns"]) == {"mac_check", "copies", "service_call"}
+    assert all(v > 0 for v in figures["parts_ns"].values())
