@@ -92,6 +92,7 @@ class Session:
         self.sent = 0
         self.received = 0
         self.dropped: dict[str, int] = {}
+        self._shims: dict[tuple[str, int, bytes, int], bytes] = {}
 
     def _next_ident(self) -> int:
         self.ident = (self.ident + 1) & 0xFFFF
@@ -111,7 +112,26 @@ class Session:
         self, circuit: Circuit, payload: bytes, *, metadata: int = 0, sport: int = 0, dport: int = 0
     ) -> tuple[bytes, tuple[str, int]]:
         """(bytes to send, (address, port)) for ``payload`` on ``circuit``, to application
-        port ``dport`` at the destination."""
+        port ``dport`` at the destination.
+
+        In UDP mode the shim of a (circuit, metadata) pair never changes (its MAC covers the
+        shim and the first hop's address only), so it is built once by the codec and reused:
+        a datagram is then that shim, an 8-byte UDP header and the payload."""
+        if self.mode == "udp":
+            ck = (circuit.first_hop, circuit.label, circuit.key.key, metadata)
+            shim = self._shims.get(ck)
+            if shim is None:
+                if len(self._shims) > 1024:
+                    self._shims.clear()
+                shim = bytes(
+                    wire.build_circuit_packet(
+                        src=self.local_ip, dst=circuit.first_hop, label=circuit.label,
+                        key=circuit.key, metadata=metadata, udp=True,
+                    )[_UDP_HDR_LEN:]
+                )  # fmt: skip
+                self._shims[ck] = shim
+            self.sent += 1
+            return shim + self._transport(payload, sport, dport), (circuit.first_hop, circuit.port)
         pkt = wire.build_circuit_packet(
             src=self.local_ip,
             dst=circuit.first_hop,

@@ -107,3 +107,16 @@ def test_udp_mode_round_trip_property(payload, md, dport):
                                 metadata=md, dport=dport)  # fmt: skip
     d = rx.decode(data, (S, wire.UDP_PORT))
     assert d is not None and (d.payload, d.metadata, d.dport, d.source) == (payload, md, dport, S)
+
+
+@given(payload=st.binary(max_size=600), md=st.integers(0, 255), label=st.integers(1, 2**32 - 1))
+def test_udp_mode_cached_shim_equals_the_codec_output(payload, md, label):
+    c = Circuit(first_hop=C, label=label, key=KEY, destination=D)
+    sess = Session(S)
+    for _ in range(2):  # first built, then from the cache
+        data, _ = sess.encode_circuit(c, payload, metadata=md, sport=5, dport=9)
+        full = wire.build_circuit_packet(
+            src=S, dst=C, label=label, key=KEY, metadata=md, udp=True,
+            payload=wire.UDP_HEADER.pack(5, 9, 8 + len(payload), 0) + payload,
+        )  # fmt: skip
+        assert data == bytes(full[28:])
