@@ -51,6 +51,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import struct
+from collections.abc import Callable
 from hmac import compare_digest as _compare
 from typing import Final
 
@@ -73,6 +74,7 @@ __all__ = [
     "VERSION",
     "HopKey",
     "Packet",
+    "Route",
     "WireError",
     "build_circuit_packet",
     "build_ipv4",
@@ -83,6 +85,7 @@ __all__ = [
     "ip2int",
     "parse",
     "service_check",
+    "switch_hop",
 ]
 
 # --- constants (docs/protocol.md §1) ------------------------------------------------------
@@ -440,41 +443,12 @@ class Packet:
         is already 0 (``hop_limit_exceeded``), write the outgoing ``label``, decrement the hop
         limit, rewrite the IPv4 destination to ``dst`` and, if given, the source to ``src``
         (the site's own address; 32-bit integers) with an incremental checksum update, and
-        re-MAC under ``out_key``. The packet is unchanged if it raises.
+        re-MAC under ``out_key``. The packet is unchanged if it raises. The same code as
+        :func:`switch_hop`, for a packet already parsed.
         """
         if self.form != FORM_CIRCUIT:
             raise WireError("unknown_form", f"switch needs form 1, packet is form {self.form}")
-        b = self.buf
-        o = self.shim_off
-        h = in_key._proto.copy()
-        h.update(b[o : o + 12])
-        h.update(b[16:20])
-        if not _compare(h.digest(), b[o + 12 : o + 16]):
-            raise WireError("bad_mac")
-        hops = b[o + 2]
-        if not hops:
-            raise WireError("hop_limit_exceeded")
-        # checksum, source and destination are adjacent (bytes 10..19): read them at once,
-        # apply RFC 1624 eqn. 3 in modular form (see _fold_update; sums of 32-bit fields are
-        # fine) and pack the three back. Pack everything before writing anything, so that a
-        # bad value (struct.error) leaves the packet unchanged.
-        hc, old_src, old_dst = _CSUM_SRC_DST.unpack_from(b, 10)
-        if src is None:
-            src = old_src
-        try:
-            addrs = _CSUM_SRC_DST.pack((hc + old_src + old_dst - src - dst) % 0xFFFF, src, dst)
-            label_bytes = _I.pack(label)
-        except (struct.error, TypeError):
-            raise WireError("bad_field", f"label {label!r} or address out of range") from None
-        b[10:20] = addrs
-        b[o + 4 : o + 8] = label_bytes
-        b[o + 2] = hops - 1
-        if self.encap == "udp":
-            self._patch_udp_checksum(old_src + old_dst, src + dst)
-        h = out_key._proto.copy()
-        h.update(b[o : o + 12])
-        h.update(b[16:20])
-        b[o + 12 : o + 16] = h.digest()
+        _hop(self.buf, self.ihl, self.shim_off, None, (in_key, label, dst, out_key), src)
 
     def set_label(self, label: int) -> None:
         self._need_form(FORM_CIRCUIT)
@@ -579,19 +553,16 @@ def _parse_ip_slow(
     return ihl, bytearray(data[:total])
 
 
-def parse(
-    data: bytes | bytearray | memoryview,
-    *,
-    verify_ip_checksum: bool = True,
-    proto: int = IPPROTO_PACKETCLOUD,
-    udp_port: int = UDP_PORT,
-) -> Packet:
-    """Parse an IPv4 packet; recognise a PacketCloud shim by IP protocol or UDP port.
+def _frame(
+    data: bytes | bytearray | memoryview, verify_ip_checksum: bool, proto: int, udp_port: int
+) -> tuple[bytearray, int, int, int]:
+    """Every receive-side check of docs/protocol.md §2.4, shared by :func:`parse` and
+    :func:`switch_hop` (one implementation, so both accept and reject exactly the same bytes).
 
-    Returns a :class:`Packet` over a private ``bytearray`` copy trimmed to the IP total length
-    (passing a ``bytearray`` of exactly that length avoids the copy). Plain IPv4 packets parse
-    with ``form == FORM_NONE``. Raises :class:`WireError` on anything malformed. Sites that read
-    from a TUN device may pass ``verify_ip_checksum=False``: the kernel verified it on ingress.
+    Returns ``(buf, ihl, vf, shim_off)``: the private buffer trimmed to the IP total length,
+    the IPv4 header length, the shim's version/form byte (0 for a plain packet) and the shim's
+    offset (``ihl`` in IP mode, ``ihl + 8`` in UDP mode, -1 for a plain packet). The shim is
+    known to be complete: 16 bytes for form 1, 9 for form 2.
     """
     try:
         b0, total, frag, ip_proto = _IP_FIELDS.unpack_from(data)
@@ -608,12 +579,8 @@ def parse(
         raise WireError("bad_ip_checksum")
     if frag & 0x3FFF:  # MF flag or a fragment offset
         raise WireError("fragment", "sites do not reassemble fragments")
-    pkt = _new(Packet)
-    pkt.buf = buf
-    pkt.ihl = ihl
     if ip_proto == proto:
         off = ihl
-        pkt.encap = "ip"
     elif (
         ip_proto == IPPROTO_UDP
         and total >= ihl + 8
@@ -623,13 +590,10 @@ def parse(
         if ulen != total - ihl:
             raise WireError("bad_udp_length", f"UDP length {ulen}, IP payload {total - ihl}")
         off = ihl + 8
-        pkt.encap = "udp"
     else:
-        pkt.encap = "none"
-        pkt.form = FORM_NONE
-        pkt.shim_off = -1
-        pkt.payload_off = ihl
-        return pkt
+        return buf, ihl, 0, -1
+    if total >= off + CIRCUIT_SHIM_LEN and buf[off] == _VF_CIRCUIT:  # the common case
+        return buf, ihl, _VF_CIRCUIT, off
     if total < off + 2:
         raise WireError("truncated", "shim header cut short")
     vf = buf[off]
@@ -643,10 +607,146 @@ def parse(
         raise WireError("unknown_form", f"shim form {vf & 15}")
     if total < end:
         raise WireError("truncated", f"form-{vf & 15} shim needs {end - off} bytes")
-    pkt.form = vf & 15
+    return buf, ihl, vf, off
+
+
+def parse(
+    data: bytes | bytearray | memoryview,
+    *,
+    verify_ip_checksum: bool = True,
+    proto: int = IPPROTO_PACKETCLOUD,
+    udp_port: int = UDP_PORT,
+) -> Packet:
+    """Parse an IPv4 packet; recognise a PacketCloud shim by IP protocol or UDP port.
+
+    Returns a :class:`Packet` over a private ``bytearray`` copy trimmed to the IP total length
+    (passing a ``bytearray`` of exactly that length avoids the copy). Plain IPv4 packets parse
+    with ``form == FORM_NONE``. Raises :class:`WireError` on anything malformed. Sites that read
+    from a TUN device may pass ``verify_ip_checksum=False``: the kernel verified it on ingress.
+    """
+    buf, ihl, vf, off = _frame(data, verify_ip_checksum, proto, udp_port)
+    pkt = _new(Packet)
+    pkt.buf = buf
+    pkt.ihl = ihl
+    if vf == _VF_CIRCUIT:
+        pkt.form = FORM_CIRCUIT
+        pkt.payload_off = off + CIRCUIT_SHIM_LEN
+    elif vf:
+        pkt.form = FORM_SERVICE
+        pkt.payload_off = off + SERVICE_SHIM_LEN
+    else:
+        pkt.encap = "none"
+        pkt.form = FORM_NONE
+        pkt.shim_off = -1
+        pkt.payload_off = ihl
+        return pkt
+    pkt.encap = "ip" if off == ihl else "udp"
     pkt.shim_off = off
-    pkt.payload_off = end
     return pkt
+
+
+# --- the per-hop job ------------------------------------------------------------------------
+
+#: What a site's circuit table gives for an incoming label: the incoming hop key, the
+#: outgoing label, the next hop's IPv4 address (a 32-bit integer) and the outgoing hop key.
+Route = tuple["HopKey", int, int, "HopKey"]
+
+#: IPv4 checksum, source, destination (bytes 10..19) and the form-1 shim right after them:
+#: an option-less IP-mode packet's whole per-hop state in one struct.
+_HDR_SHIM: Final = struct.Struct("!HII" + CIRCUIT_SHIM.format[1:])
+#: The form-1 MAC input (docs/protocol.md §5.1): shim bytes 0..11, then the IPv4 destination.
+_MAC_INPUT: Final = struct.Struct("!BBBBIII")
+
+
+def _hop(
+    b: bytearray,
+    ihl: int,
+    o: int,
+    routes: Callable[[int], Route | None] | None,
+    route: Route | None,
+    src: int | None,
+) -> bool:
+    """The per-hop job of docs/protocol.md §5.3 on a form-1 shim at offset ``o`` of ``b``
+    (validated by :func:`_frame`), for :func:`switch_hop` (``route`` looked up in ``routes``
+    by label) and :meth:`Packet.switch` (``route`` given). False if ``routes`` has no route for
+    the label; the buffer is unchanged if it returns False or raises."""
+    if o == 20:  # option-less IP mode: header and shim are contiguous, one unpack
+        hc, old_src, old_dst, vf, nproto, hops, md, label, orig, check = _HDR_SHIM.unpack_from(
+            b, 10
+        )
+    else:
+        hc, old_src, old_dst = _CSUM_SRC_DST.unpack_from(b, 10)
+        vf, nproto, hops, md, label, orig, check = CIRCUIT_SHIM.unpack_from(b, o)
+    if route is None:
+        route = routes(label)  # type: ignore[misc]
+        if route is None:
+            return False
+    in_key, out_label, dst, out_key = route
+    h = in_key._proto.copy()
+    h.update(_MAC_INPUT.pack(vf, nproto, hops, md, label, orig, old_dst))
+    if not _compare(h.digest(), check):
+        raise WireError("bad_mac")
+    if not hops:
+        raise WireError("hop_limit_exceeded")
+    if src is None:
+        src = old_src
+    # Everything is packed or range-checked before the first byte is written, so that a bad
+    # value leaves the packet unchanged. The MAC input packs the new shim head and dst.
+    try:
+        mac_input = _MAC_INPUT.pack(vf, nproto, hops - 1, md, out_label, orig, dst)
+        if type(src) is not int or not 0 <= src <= 0xFFFFFFFF:
+            raise struct.error
+    except (struct.error, TypeError):
+        raise WireError("bad_field", f"label {out_label!r} or address out of range") from None
+    h = out_key._proto.copy()
+    h.update(mac_input)
+    # RFC 1624 eqn. 3 in modular form (see _fold_update) for source and destination at once
+    hc = (hc + old_src + old_dst - src - dst) % 0xFFFF
+    if o == 20:
+        _HDR_SHIM.pack_into(
+            b, 10, hc, src, dst, vf, nproto, hops - 1, md, out_label, orig, h.digest()
+        )
+        return True
+    _CSUM_SRC_DST.pack_into(b, 10, hc, src, dst)
+    CIRCUIT_SHIM.pack_into(b, o, vf, nproto, hops - 1, md, out_label, orig, h.digest())
+    if o != ihl:  # UDP mode: a non-zero UDP checksum covers the addresses (pseudo-header)
+        u = ihl + 6
+        c = b[u] << 8 | b[u + 1]
+        if c:  # zero means "no checksum" (RFC 768): leave it so
+            c = (c + old_src + old_dst - src - dst) % 0xFFFF or 0xFFFF
+            b[u] = c >> 8
+            b[u + 1] = c & 0xFF
+    return True
+
+
+def switch_hop(
+    data: bytes | bytearray | memoryview,
+    routes: Callable[[int], Route | None],
+    src: int | None = None,
+    *,
+    verify_ip_checksum: bool = True,
+    proto: int = IPPROTO_PACKETCLOUD,
+    udp_port: int = UDP_PORT,
+) -> bytearray | None:
+    """A site's whole per-hop job on a received packet, without a :class:`Packet` object.
+
+    Checks ``data`` exactly as :func:`parse` does (the same code), looks the form-1 label up
+    with ``routes(label)`` (e.g. ``dict.get`` of a circuit table) for its :data:`Route`
+    ``(in_key, out_label, dst, out_key)`` and does what :meth:`Packet.switch` does (the same
+    code): verify the check under ``in_key`` in constant time, refuse hop limit 0, write the
+    outgoing label, decrement the hop limit, rewrite destination and (if given) source with an
+    incremental IPv4 (and non-zero UDP) checksum update, re-MAC under ``out_key``.
+
+    Returns the outgoing packet (a private ``bytearray``; ``data`` itself if it is a
+    ``bytearray`` of exactly the IP total length, rewritten in place), or ``None`` for a
+    well-formed packet that is not form 1 or whose label ``routes`` does not know (the caller
+    handles those through :func:`parse`). Raises :class:`WireError` for anything malformed,
+    ``bad_mac``, ``hop_limit_exceeded`` and ``bad_field`` (a route's value out of range).
+    """
+    b, ihl, vf, o = _frame(data, verify_ip_checksum, proto, udp_port)
+    if vf == _VF_CIRCUIT and _hop(b, ihl, o, routes, None, src):
+        return b
+    return None
 
 
 # --- building -------------------------------------------------------------------------------

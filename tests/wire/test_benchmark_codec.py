@@ -25,6 +25,7 @@ def test_codec_benchmark_quick_run_writes_its_figures(tmp_path: Path) -> None:
         "codec_us_per_packet",
         "codec_vs_scapy",
         "codec_us_per_packet_verify_ip",
+        "codec_us_per_packet_packet",
         "codec_us_per_packet_setters",
         "scapy_us_per_packet",
     ):
@@ -35,6 +36,7 @@ def test_codec_benchmark_quick_run_writes_its_figures(tmp_path: Path) -> None:
     assert set(figures["raw"]["us_per_packet_runs"]) == {
         "wire",
         "wire_verify_ip",
+        "wire_packet",
         "wire_setters",
         "scapy",
         "macs_only",
