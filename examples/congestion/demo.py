@@ -15,6 +15,7 @@ when it first sent to GB (``time.monotonic``, the same clock across namespaces),
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 import sys
@@ -118,7 +119,7 @@ def run_simulator(n: int = 400, interval: float = 0.0005) -> dict[str, Any]:
         t_flip = flip_at * interval + 0.0001
         for i in range(n):
             pkt = w.packet(struct.pack("!I", i) + b"x")
-            w.net.schedule(i * interval, lambda pkt=pkt: w.sender.send(pkt))
+            w.net.schedule(i * interval, functools.partial(w.sender.send, pkt))
         w.net.schedule(t_flip, lambda: w.isp.publish(f"{ga}/32", 0.95))
         w.net.run()
         seq = {struct.unpack("!I", p[:4])[0]: g for _, g, p in w.via}

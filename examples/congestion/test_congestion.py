@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import struct
 from pathlib import Path
 
@@ -16,7 +17,7 @@ ACCESS_DELAY = 0.001  # S -> R1 (the site is co-located with R1)
 def _stream(w: World, n: int, interval: float, start: float = 0.0) -> None:
     for i in range(n):
         pkt = w.packet(struct.pack("!I", i) + b"x" * 100)
-        w.net.schedule(start + i * interval, lambda pkt=pkt: w.sender.send(pkt))
+        w.net.schedule(start + i * interval, functools.partial(w.sender.send, pkt))
 
 
 def _seqs(w: World) -> list[int]:

@@ -42,7 +42,7 @@ MAGIC = b"RBF1"
 HEAD = struct.Struct("!4sHH")
 OPS = ("==", "!=", "<=", ">=", "<", ">", "in")
 ATTRS = ("src", "proto", "ttl", "len", "meta", "label", "form", "site")
-PARSED = {}
+PARSED: dict = {}  # rule text -> parsed rule (this node)
 MAX_PARSED = 256
 MAX_TOKENS = 512
 MAX_DEPTH = 32

@@ -11,6 +11,7 @@ a pair would over the FIS's shared store.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,6 +83,6 @@ def send(w: World, payloads: list[bytes], *, interval: float = 0.001) -> list[by
     before = len(w.dest.inbox)
     for i, p in enumerate(payloads):
         pkt = w.chain.packet(w.sender.ip, p)
-        w.net.schedule(i * interval, lambda pkt=pkt: w.sender.send(pkt))
+        w.net.schedule(i * interval, functools.partial(w.sender.send, pkt))
     w.net.run()
     return [bytes(parse(r.data).payload) for r in w.dest.inbox[before:]]
