@@ -126,59 +126,67 @@ def _bound(port: int) -> socket.socket:
     return s
 
 
-def run(seconds: float, senders: int) -> dict[str, Any]:
+def _round(ch: Any, tmp: Path, seconds: float, senders: int) -> dict[str, Any]:
+    """One measurement of every mode (the modes of a round run back to back)."""
     from pcsite_lite.control.client import OutHop
     from pcsock import wire
-    from tests.daemon.netns_util import Chain, sh
+    from tests.daemon.netns_util import (
+        ADMIN,
+        Chain,
+        acme_public_hex,
+        deploy_source_routing,
+        site_config,
+    )
 
-    tmp = Path(tempfile.mkdtemp(prefix="pcdbench"))
-    res: dict[str, Any] = {"seconds": seconds, "senders": senders, "payload": PAYLOAD}
+    res: dict[str, Any] = {}
     ka, kd = bytes(range(16)), bytes(range(2, 18))
-    with Chain(tmp) as ch:
-        for n in ("a", "b"):
-            sh("ip", "netns", "exec", ch.ns[n], "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        plain = bytes(PAYLOAD)
-        res["kernel"] = _load(ch, Chain.D, [plain], seconds, senders)
-        res["kernel_latency_us"] = _latency(ch, Chain.D, lambda p: p)
+    plain = bytes(PAYLOAD)
+    res["kernel"] = _load(ch, Chain.D, [plain], seconds, senders)
+    res["kernel_latency_us"] = _latency(ch, Chain.D, lambda p: p)
 
-        # bare TUN forwarder on A (1 worker)
-        cfg = tmp / "bare.toml"
-        from tests.daemon.netns_util import site_config
+    # bare TUN forwarder on A (1 worker)
+    cfg = tmp / "bare.toml"
+    text = site_config("bench-bare", Chain.SITE_A, 1, tmp).replace(
+        "[dataplane]", f'mode = "bare"\nbare_next_hop = "{Chain.D}"\n\n[dataplane]'
+    )
+    cfg.write_text(text)
+    ch.start_site_config("a", cfg)
+    res["bare_1w"] = _load(ch, Chain.SITE_A, [plain], seconds, senders)
+    res["bare_latency_us"] = _latency(ch, Chain.SITE_A, lambda p: p)
+    ch.stop_site("a")
 
-        text = site_config("bench-bare", Chain.SITE_A, 1, tmp).replace(
-            "[dataplane]", f'mode = "bare"\nbare_next_hop = "{Chain.D}"\n\n[dataplane]'
-        )
-        cfg.write_text(text)
-        ch.start_site_config("a", cfg)
-        res["bare_1w"] = _load(ch, Chain.SITE_A, [plain], seconds, senders)
+    for workers in (1, 2):
+        ch.start_site("a", workers, signing_key=acme_public_hex())
+        ca = ch.client("a")
+        # the shipped source-routing service, uploaded signed: per packet the site verifies the
+        # MAC, the service fetches the next label and hop from the FIS (a node-local cache
+        # hit), the site swaps the label and re-MACs
+        deploy_source_routing(ca)
+        labels = []
+        for _ in range(CIRCUITS):
+            la = ca.allocate_circuit("srcroute")["label"]
+            ca.install_hop(la, in_key=ka, out=[OutHop(1, Chain.D, kd), OutHop(2, Chain.D, kd)])
+            ca.fis_put("srcroute", str(la), {"label": 2, "next_hop": Chain.D})
+            labels.append(la)
+
+        def circuit(payload: bytes, la: int = labels[0]) -> bytes:
+            pkt = wire.build_circuit_packet(
+                src=Chain.S, dst=Chain.SITE_A, label=la, key=ka, payload=payload, udp=True
+            )
+            return bytes(pkt[28:])  # the UDP payload: shim + payload
+
+        time.sleep(0.2)
+        pkts = [circuit(plain, la) for la in labels]
+        res[f"site_{workers}w"] = _load(ch, Chain.SITE_A, pkts, seconds, senders)
+        if workers == 1:
+            res["site_latency_us"] = _latency(ch, Chain.SITE_A, circuit)
+        stats = ch.client("a", token=ADMIN, psp=None).metrics()
+        res[f"site_{workers}w_counters"] = [
+            ln
+            for ln in stats.splitlines()
+            if ln.startswith(("pcsite_drops_total", "pcsite_rx_packets", "pcsite_tx_packets"))
+        ]
         ch.stop_site("a")
-
-        for workers in (1, 2):
-            ch.start_site("a", workers)
-            ca = ch.client("a")
-            labels = []
-            for _ in range(CIRCUITS):
-                la = ca.allocate_circuit("srcroute")["label"]
-                # two out hops: the FIS entry picks one (a node-local cache hit per packet)
-                ca.install_hop(la, in_key=ka, out=[OutHop(1, Chain.D, kd), OutHop(2, Chain.D, kd)])
-                ca.fis_put("srcroute", str(la), {"out_label": 2})
-                labels.append(la)
-
-            def circuit(payload: bytes, la: int = la) -> bytes:
-                pkt = wire.build_circuit_packet(src=Chain.S, dst=Chain.SITE_A, label=la, key=ka,
-                                                payload=payload, udp=True)  # fmt: skip
-                return bytes(pkt[28:])  # the UDP payload: shim + payload
-
-            time.sleep(0.2)
-            pkts = [circuit(plain, la) for la in labels]
-            res[f"site_{workers}w"] = _load(ch, Chain.SITE_A, pkts, seconds, senders)
-            if workers == 1:
-                res["site_latency_us"] = _latency(ch, Chain.SITE_A, circuit)
-            stats = ch.client("a", token="isp-admin-token-0123456789", psp=None).metrics()
-            res[f"site_{workers}w_drops"] = [
-                ln for ln in stats.splitlines() if ln.startswith("pcsite_drops_total")
-            ]
-            ch.stop_site("a")
     k = res["kernel"]["rx_pps"]
     res["figures"] = {
         "site_vs_kernel_1w": res["site_1w"]["rx_pps"] / k,
@@ -189,11 +197,29 @@ def run(seconds: float, senders: int) -> dict[str, Any]:
     return res
 
 
+def run(seconds: float, senders: int, rounds: int = 3) -> dict[str, Any]:
+    """``rounds`` rounds on one topology; each figure is the median over the rounds."""
+    from tests.daemon.netns_util import Chain, sh
+
+    tmp = Path(tempfile.mkdtemp(prefix="pcdbench"))
+    res: dict[str, Any] = {"seconds": seconds, "senders": senders, "payload": PAYLOAD,
+                           "circuits": CIRCUITS, "rounds": []}  # fmt: skip
+    with Chain(tmp) as ch:
+        for n in ("a", "b"):
+            sh("ip", "netns", "exec", ch.ns[n], "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        for _ in range(rounds):
+            res["rounds"].append(_round(ch, tmp, seconds, senders))
+    names = res["rounds"][0]["figures"]
+    res["figures"] = {n: statistics.median(r["figures"][n] for r in res["rounds"]) for n in names}
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="site_forwarding")
     ap.add_argument("--json", help="write results to this path")
     ap.add_argument("--seconds", type=float, default=3.0)
-    ap.add_argument("--senders", type=int, default=2)
+    ap.add_argument("--senders", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--send", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.send:
@@ -202,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("site_forwarding: needs root (namespaces, TUN, nftables)", file=sys.stderr)
         return 2
-    res = run(args.seconds, args.senders)
+    res = run(args.seconds, args.senders, args.rounds)
     print(json.dumps(res["figures"], indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))

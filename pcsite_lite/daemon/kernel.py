@@ -55,7 +55,7 @@ def render_ruleset(cfg: SiteConfig, marks: Sequence[int]) -> str:
     t = dp.nft_table
     ip = cfg.public_ip
     b = dp.buckets
-    m = f"mod {b} map @buckets"
+    m = f"mod {b} map @buckets accept"  # accept: the first matching rule decides
     flow = f"meta mark set jhash ip saddr . ip daddr {m}"
     pc = IPPROTO_PACKETCLOUD
     elements = ", ".join(f"{i} : {mark:#x}" for i, mark in enumerate(marks))

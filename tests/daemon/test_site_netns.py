@@ -140,9 +140,17 @@ def test_worker_killed_mid_stream_its_circuits_resume_within_a_second(tmp_path: 
             t.start()
         try:
             time.sleep(0.8)
-            status = ch.client("a", token=ADMIN, psp=None).status()
+            admin = ch.client("a", token=ADMIN, psp=None)
+            status = admin.status()
             victim = next(w for w in status["workers"] if w["index"] == 0)
             assert victim["buckets"] > 0
+            # the kernel split spread the circuits: both workers carry traffic
+            per_worker = {
+                line.split('worker="')[1].split('"')[0]: int(line.rsplit(" ", 1)[1])
+                for line in admin.metrics().splitlines()
+                if line.startswith("pcsite_rx_packets_total{")
+            }
+            assert per_worker["0"] > 50 and per_worker["1"] > 50, per_worker
             os.kill(victim["pid"], 9)
             killed = time.monotonic()
             time.sleep(2.0)
@@ -218,3 +226,40 @@ def test_uploaded_service_reads_the_fis_entry_written_via_api_to_steer_the_circu
         if redis_proc is not None:
             redis_proc.terminate()
             redis_proc.wait(5)
+
+
+def test_sighup_reloads_credentials_and_refuses_changes_that_need_a_restart(
+    tmp_path: Path,
+) -> None:
+    import signal
+
+    with Chain(tmp_path) as ch:
+        ch.start_site("a", 1)
+        cfg = tmp_path / "site-a.toml"
+        new_token = "newpsp-token-0123456789abcdef"
+        cfg.write_text(cfg.read_text() + f'\n[control.psps.newpsp]\ntoken = "{new_token}"\n')
+        ch.procs["a"].send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while "reloaded configuration" not in ch.logs["a"].read_text():
+            assert time.monotonic() < deadline, ch.logs["a"].read_text()
+            time.sleep(0.05)
+        assert ch.client("a", token=new_token, psp="newpsp").whoami()["name"] == "newpsp"
+        # a worker count change needs a restart: refused, the site keeps running as it was
+        cfg.write_text(cfg.read_text().replace("workers = 1", "workers = 3"))
+        ch.procs["a"].send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while "reload refused" not in ch.logs["a"].read_text():
+            assert time.monotonic() < deadline, ch.logs["a"].read_text()
+            time.sleep(0.05)
+        assert "workers" in ch.logs["a"].read_text().split("reload refused")[1]
+        status = ch.client("a", token=ADMIN, psp=None).status()
+        assert len(status["workers"]) == 1
+        # a broken file is refused too, with the key named
+        cfg.write_text(cfg.read_text().replace("workers = 3", "workers = 0"))
+        ch.procs["a"].send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while "site.workers" not in ch.logs["a"].read_text():
+            assert time.monotonic() < deadline, ch.logs["a"].read_text()
+            time.sleep(0.05)
+        assert ch.procs["a"].poll() is None
+        assert ch.stop_site("a") == 0
