@@ -1,0 +1,162 @@
+"""The form-1 fast path of ``Pipeline.process`` against the general path (codec parse,
+``verify_mac``, setters): the same verdicts, bytes, drops and counters for every service
+decision and every malformed or refused packet."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from site_topo import DEST, IN_KEY, NEXT_IP, OUT_KEY, PSP, SENDER, SITE_IP, circuit, one_site
+
+from pcsite_lite.circuits import OutHop
+from pcsite_lite.pipeline import Pipeline
+from pcsite_lite.services import source
+from pcsite_lite.site import Site
+from pcsite_lite.verdicts import Drop
+from pcsock.wire import HopKey, build_circuit_packet, parse
+
+SERVICES = {
+    "noop": source("noop"),
+    "srcroute": source("source_routing"),
+    "grow": "def process(pkt):\n    pkt.set_payload(pkt.read() + b'-and-more')\n",
+    "write": "def process(pkt):\n    pkt.write(0, b'XY')\n",
+    "meta": "def process(pkt):\n    pkt.shim.update(metadata=7)\n",
+    "drop": "def process(pkt):\n    pkt.drop('no')\n",
+    "both": "def process(pkt):\n    pkt.replicate([77, 78])\n",
+    "second": "def process(pkt):\n    pkt.shim.update(label=78)\n"
+    "    pkt.forward_to('198.18.6.2')\n",
+    "spoof": "def process(pkt):\n    try:\n        pkt.shim.update(label=999)\n"
+    "    except Exception:\n        pass\n",
+    "spoof_src": "def process(pkt):\n    pkt.src = '198.18.0.99'\n",
+    "error": "def process(pkt):\n    return 1 // 0\n",
+    "loop": "def process(pkt):\n    while True:\n        pass\n",
+    "read": "def process(pkt):\n    s = pkt.shim.read()\n"
+    "    pkt.log('%d %d %s' % (s.label, s.hop_limit, s.orig_src))\n",
+}
+TWO_HOPS = [OutHop(77, NEXT_IP, OUT_KEY), OutHop(78, "198.18.6.2", HopKey(b"other-key-0123456"))]
+
+
+class StepClock:
+    def __init__(self) -> None:
+        self.t = 0
+
+    def __call__(self) -> int:
+        self.t += 100
+        return self.t
+
+
+def _site() -> tuple[Site, dict[str, int]]:
+    site, _, _ = one_site()
+    labels = {}
+    for name, src in SERVICES.items():
+        site.deploy(PSP, name, src)
+        out = TWO_HOPS if name in ("both", "second") else None
+        labels[name] = circuit(site, name, out=out, destination=None)
+        if name == "srcroute":
+            site.fis.put(
+                f"{PSP}/{name}",
+                str(labels[name]),
+                {"label": 77, "next_hop": NEXT_IP},
+                writer=PSP,
+            )
+    for name, out in {
+        "final_strip": [OutHop(9, DEST, OUT_KEY, final=True, strip=True)],
+        "final_keep": [OutHop(9, DEST, None, final=True)],
+    }.items():
+        site.deploy(PSP, name, source("noop"))
+        labels[name] = circuit(site, name, out=out)
+    site.deploy(PSP, "dead", "def process(pkt):\n    pass\n")
+    labels["dead"] = circuit(site, "dead", destination=None)
+    site.runtime.remove(PSP, "dead")
+    return site, labels
+
+
+def _packets(labels: dict[str, int]) -> list[tuple[str, bytes, float]]:
+    def pkt(label: int, **kw: Any) -> bytes:
+        args: dict[str, Any] = dict(
+            src=SENDER, dst=SITE_IP, label=label, key=IN_KEY, payload=b"0123456789"
+        )
+        args.update(kw)
+        return bytes(build_circuit_packet(**args))
+
+    out = [(name, pkt(label, metadata=3), 1.0) for name, label in labels.items()]
+    noop = labels["noop"]
+    good = bytearray(pkt(noop))
+    bad_csum = bytes(good[:10] + bytes([good[10] ^ 1]) + good[11:])
+    out += [
+        ("bad_mac", pkt(noop, key=HopKey(b"wrong-key-0123456")), 1.0),
+        ("hop_limit_0", pkt(noop, hop_limit=0), 1.0),
+        ("hop_limit_1", pkt(noop, hop_limit=1), 1.0),
+        ("unknown_label", pkt(12345), 1.0),
+        ("expired", pkt(noop), 1000.0),
+        ("not_for_site", pkt(noop, dst="198.18.5.2"), 1.0),
+        ("bad_ip_checksum", bad_csum, 1.0),
+        ("udp", pkt(noop, udp=True), 1.0),
+        ("truncated", bytes(good[:30]), 1.0),
+    ]
+    return out
+
+
+def _counting(inner: Any, by_data: dict[bytes, str], seen: list[str]) -> Any:
+    def counting(data: Any, now: float) -> Any:
+        seen.append(by_data[bytes(data)])
+        return inner(data, now)
+
+    return counting
+
+
+@pytest.mark.parametrize("verify", [False, True])
+def test_fast_path_equals_general_path(verify: bool) -> None:
+    results = []
+    for general in (False, True):
+        site, labels = _site()
+        pipe = Pipeline(site, verify_ip_checksum=verify, cpu_clock=StepClock())
+        packets = _packets(labels)
+        run = pipe._general if general else pipe.process
+        to_general: list[str] = []
+        if not general:
+            by_data = {data: name for name, data, _ in packets}
+            pipe._general = _counting(pipe._general, by_data, to_general)  # type: ignore[method-assign]
+        verdicts = [(name, run(data, now)) for name, data, now in packets]
+        if not general:
+            # everything else took the fast path
+            expected = {"dead", "not_for_site", "udp", "truncated"}
+            if verify:
+                expected.add("bad_ip_checksum")
+            assert set(to_general) == expected
+        counters = {s.name: s.ctx.counters.as_dict() for s in site.runtime.slots()}
+        status = {s.name: (s.status, s.failures) for s in site.runtime.slots()}
+        results.append((verdicts, counters, dict(site.drops), status))
+    fast, slow = results
+    for (name, v_fast), (_, v_slow) in zip(fast[0], slow[0], strict=True):
+        assert v_fast == v_slow, name
+    assert fast[1:] == slow[1:]
+    # the comparison covered real decisions, not only drops
+    kinds = {type(v).__name__ for _, vs in fast[0] for v in vs}
+    assert kinds == {"Forward", "Deliver", "Drop"}
+
+
+def test_fast_path_output_verifies_and_payload_change_keeps_the_checksum() -> None:
+    site, labels = _site()
+    pipe = Pipeline(site)
+    data = bytes(
+        build_circuit_packet(
+            src=SENDER, dst=SITE_IP, label=labels["grow"], key=IN_KEY, payload=b"abc"
+        )
+    )
+    [v] = pipe.process(data, 1.0)
+    out = parse(v.data)  # verifies the IPv4 header checksum
+    assert bytes(out.payload) == b"abc-and-more" and out.verify_mac(OUT_KEY)
+    assert out.src == parse(data).dst  # the site's own address
+
+
+def test_a_bytearray_is_processed_in_place_and_a_drop_leaves_it_unchanged() -> None:
+    site, labels = _site()
+    pipe = Pipeline(site)
+    bad = build_circuit_packet(
+        src=SENDER, dst=SITE_IP, label=labels["noop"], key=HopKey(b"wrong-key-0123456")
+    )
+    before = bytes(bad)
+    [v] = pipe.process(bad, 1.0)
+    assert isinstance(v, Drop) and v.reason == "bad_mac" and bytes(bad) == before
