@@ -187,6 +187,11 @@ class WorkerSite:
         self.site.runtime.refresh()
         self.site.circuits.expire(self.clock())
 
+    def idle(self) -> None:
+        """While no packet waits: poll the FIS change feed (keeps the cache fresh, so packets
+        after a quiet spell do not pay for it)."""
+        self.fis.refresh()
+
     def usage_json(self) -> dict[str, Any]:
         """Running counters of every service on this worker (``"psp/service" -> fields``)."""
         return {slot.name: slot.ctx.counters.as_dict() for slot in self.site.runtime.slots()}
