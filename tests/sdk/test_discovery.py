@@ -104,3 +104,18 @@ def test_unreachable_server_times_out(dns_ns):
     with pytest.raises(DiscoveryError) as e:
         call_in(dns_ns, lambda: r.sites(ISP))
     assert e.value.reason == "timeout"
+
+
+def test_sites_of_the_fig2_testbed_are_discovered_through_its_knot_server():
+    from pcsock.demo import TOPOLOGY
+    from testbed.net import Testbed
+    from testbed.topology import load
+
+    with Testbed(load(TOPOLOGY), prefix="pcs") as tb:
+        assert tb.dns is not None
+        r = Resolver([tb.dns.address])
+        sites = tb.node("S").call(lambda: r.sites("pc.test."))
+        assert {s.name: s.address for s in sites} == {
+            n: tb.site(n).public_ip for n in ("C1", "C2", "C3")
+        }
+        assert all(s.port == 6253 for s in sites)
