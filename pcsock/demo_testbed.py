@@ -363,14 +363,16 @@ class TestbedWorld(World):
 
     def service_packets(self, site: str, service: str) -> int:
         c = self._control(site)
+        # workers report usage every 0.25 s: let two reports pass, then wait until it settles
+        time.sleep(0.6)
         last = -1
-        for _ in range(20):  # workers report usage periodically: wait until it settles
+        for _ in range(20):
             usage = c.usage()
             n = int(usage.get("services", {}).get(service, {}).get("packets", 0))
             if n == last:
                 return n
             last = n
-            time.sleep(0.25)
+            time.sleep(0.3)
         return last
 
     def site_drops(self, site: str) -> dict[str, int]:
