@@ -690,24 +690,34 @@ def _hop(
         raise WireError("hop_limit_exceeded")
     if src is None:
         src = old_src
-    # Everything is packed or range-checked before the first byte is written, so that a bad
-    # value leaves the packet unchanged. The MAC input packs the new shim head and dst.
+    # Packing the MAC input checks the new label and destination before anything is written.
     try:
         mac_input = _MAC_INPUT.pack(vf, nproto, hops - 1, md, out_label, orig, dst)
-        if type(src) is not int or not 0 <= src <= 0xFFFFFFFF:
-            raise struct.error
-    except (struct.error, TypeError):
-        raise WireError("bad_field", f"label {out_label!r} or address out of range") from None
+    except struct.error:
+        raise WireError(
+            "bad_field", f"label {out_label!r} or address {dst!r} out of range"
+        ) from None
     h = out_key._proto.copy()
     h.update(mac_input)
-    # RFC 1624 eqn. 3 in modular form (see _fold_update) for source and destination at once
-    hc = (hc + old_src + old_dst - src - dst) % 0xFFFF
-    if o == 20:
-        _HDR_SHIM.pack_into(
-            b, 10, hc, src, dst, vf, nproto, hops - 1, md, out_label, orig, h.digest()
-        )
-        return True
-    _CSUM_SRC_DST.pack_into(b, 10, hc, src, dst)
+    try:
+        # RFC 1624 eqn. 3 in modular form (see _fold_update), source and destination at once
+        new_hc = (hc + old_src + old_dst - src - dst) % 0xFFFF
+        if o == 20:
+            _HDR_SHIM.pack_into(
+                b, 10, new_hc, src, dst, vf, nproto, hops - 1, md, out_label, orig, h.digest()
+            )
+            return True
+        _CSUM_SRC_DST.pack_into(b, 10, new_hc, src, dst)
+    except (struct.error, TypeError):
+        # Only a bad source can fail here, and pack_into zeroes its whole span before it
+        # fails: write the original bytes back.
+        if o == 20:
+            _HDR_SHIM.pack_into(
+                b, 10, hc, old_src, old_dst, vf, nproto, hops, md, label, orig, check
+            )
+        else:
+            _CSUM_SRC_DST.pack_into(b, 10, hc, old_src, old_dst)
+        raise WireError("bad_field", f"source address {src!r} out of range") from None
     CIRCUIT_SHIM.pack_into(b, o, vf, nproto, hops - 1, md, out_label, orig, h.digest())
     if o != ihl:  # UDP mode: a non-zero UDP checksum covers the addresses (pseudo-header)
         u = ihl + 6
