@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import statistics
 import sys
@@ -96,6 +97,7 @@ def run(circuits: int, seconds: float) -> dict[str, Any]:
                    for n, ip in world.sites.items()]  # fmt: skip
         broker = CircuitBroker("acme", entries)
         psp_ip = world.psp.control_address
+        assert psp_ip is not None
         srv = world.psp.call(lambda: LookupServer(broker, psp_ip, 7054).start())
         local = LookupClient(psp_ip, 7054)
         tables: list[float] = []
@@ -168,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.quick:
         args.circuits, args.seconds = 5, 0.2
+    # a SIGTERM unwinds like Ctrl-C, so the testbed is always torn down
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     res = run(args.circuits, args.seconds)
     print(json.dumps(res["figures"], indent=2))
     if args.json:

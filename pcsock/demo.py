@@ -29,9 +29,11 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import statistics
 import struct
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -582,6 +584,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     else:
         print("Root: building the Fig. 2 testbed (namespaces, routers, knot DNS, site daemons).")
+    # a SIGTERM unwinds like Ctrl-C, so the testbed (namespaces, daemons) is always torn down
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         with open_world(kind, prefix=args.prefix) as world:
             results = run_scenarios(world, args.only)
