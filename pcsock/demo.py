@@ -585,14 +585,17 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("Root: building the Fig. 2 testbed (namespaces, routers, knot DNS, site daemons).")
     # a SIGTERM unwinds like Ctrl-C, so the testbed (namespaces, daemons) is always torn down
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143)) if main_thread else None
     try:
         with open_world(kind, prefix=args.prefix) as world:
             results = run_scenarios(world, args.only)
     except Missing as exc:
         print(f"cannot run in the {kind}: missing {exc}", file=sys.stderr)
         return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     print(format_table(results, kind))
     if args.json:
         Path(args.json).write_text(
