@@ -114,12 +114,12 @@ class Kernel:
         self._sysctl("conf/all/rp_filter", "0")
         for i in range(cfg.workers):
             dev = cfg.tun_name(i)
+            v6 = Path(f"/proc/sys/net/ipv6/conf/{dev}/disable_ipv6")
+            if v6.exists():  # before the link is up: no IPv6 chatter into the workers
+                v6.write_text("1")
             _run(["ip", "link", "set", dev, "mtu", str(dp.mtu), "up"])
             self._sysctl(f"conf/{dev}/rp_filter", "0")
             self._sysctl(f"conf/{dev}/accept_local", "1")
-            v6 = Path(f"/proc/sys/net/ipv6/conf/{dev}/disable_ipv6")
-            if v6.exists():  # no IPv6 chatter into the workers
-                v6.write_text("1")
             _run(["ip", "route", "replace", "default", "dev", dev, "table", str(self.table(i))])
             _run(["ip", "rule", "add", "pref", str(dp.rule_pref + i), "fwmark",
                   f"{self.mark(i):#x}", "lookup", str(self.table(i))])  # fmt: skip
