@@ -75,6 +75,8 @@ def site_config(
     fis_line = f'fis = "{fis}"' if fis else ""
     repo_line = f'repository = "{state / "repo"}"' if extra.get("signing_key") else ""
     key_line = f'signing_key = "{extra["signing_key"]}"' if extra.get("signing_key") else ""
+    anchor = extra.get("trust_anchor_file")
+    anchor_line = f'trust_anchor_file = "{anchor}"' if anchor else ""
     return f"""
 [site]
 name = "{name}"
@@ -91,6 +93,7 @@ restart_delay = {extra.get("restart_delay", 0.3)}
 [control]
 listen = "127.0.0.1:8080"
 admin_token = "{ADMIN}"
+{anchor_line}
 
 [control.psps.acme]
 token = "{PSP_TOKEN}"
@@ -155,7 +158,12 @@ class Chain:
         sh("ip", "-n", n["d"], "route", "add", "default", "via", "198.18.63.1")
 
     def start_site(
-        self, which: str, workers: int, fis: str | None = None, signing_key: str | None = None
+        self,
+        which: str,
+        workers: int,
+        fis: str | None = None,
+        signing_key: str | None = None,
+        trust_anchor_file: str | None = None,
     ) -> None:
         """Start ``pcsite run`` for site ``which``; with ``signing_key`` (hex Ed25519 public
         key of PSP acme) the site gets a service repository."""
@@ -164,7 +172,15 @@ class Chain:
         state.mkdir(exist_ok=True)
         cfg = self.tmp / f"site-{which}.toml"
         cfg.write_text(
-            site_config(f"site-{which}", ip, workers, state, fis, signing_key=signing_key)
+            site_config(
+                f"site-{which}",
+                ip,
+                workers,
+                state,
+                fis,
+                signing_key=signing_key,
+                trust_anchor_file=trust_anchor_file,
+            )
         )
         self.start_site_config(which, cfg)
 

@@ -17,7 +17,7 @@ import pytest
 from pcsite_lite.control.client import ControlError, OutHop
 from pcsock import wire
 
-from .netns_util import ADMIN, OTHER_TOKEN, Chain, acme_public_hex, deploy_source_routing
+from .netns_util import ADMIN, OTHER_TOKEN, Chain, acme_public_hex, deploy_source_routing, in_ns, sh
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 
@@ -263,3 +263,66 @@ def test_sighup_reloads_credentials_and_refuses_changes_that_need_a_restart(
             time.sleep(0.05)
         assert ch.procs["a"].poll() is None
         assert ch.stop_site("a") == 0
+
+
+FIREWALL = b"""# drops UDP datagrams to port 7777, lets everything else continue to its destination
+def process(pkt):
+    if pkt.proto == 17 and pkt.read(2, 2) == b"\\x1e\\x61":
+        return pkt.drop("port 7777 blocked")
+"""
+
+
+def test_forms_2_and_3_are_diverted_by_the_kernel_split_and_run_the_registered_service(
+    tmp_path: Path,
+) -> None:
+    from pcsite_lite.repository import sign_service
+    from pcsock.ownership import OwnershipClaim, ZoneKey, build_proof, reverse_zone
+
+    from .netns_util import ACME_KEY
+
+    prefix = "198.18.63.0/24"  # D's network, owned by acme
+    now = time.time()
+    root, own = ZoneKey.generate("in-addr.arpa."), ZoneKey.generate(reverse_zone(prefix))
+    anchor = tmp_path / "anchor.ds"
+    anchor.write_text(root.ds_text())
+    claim = OwnershipClaim(prefix, "acme", "firewall", now - 3600, now + 86400)
+    proof = build_proof([claim], own, chain=[root], inception=now - 60, expiration=now + 3600)
+    with Chain(tmp_path) as ch:
+        ch.start_site("a", 2, signing_key=acme_public_hex(), trust_anchor_file=str(anchor))
+        sh("ip", "netns", "exec", ch.ns["b"], "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        ca = ch.client("a")
+        ca.upload_service("firewall", "1", FIREWALL,
+                          sign_service(ACME_KEY, "acme", "firewall", "1", FIREWALL))  # fmt: skip
+        ca.activate_service("firewall", "1")
+        rx = ch.udp_receiver(9999, Chain.D)
+        blocked = ch.udp_receiver(7777, Chain.D)
+        plain = in_ns(ch.ns["s"], lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        # before sign-up the site does not see D's traffic at all
+        plain.sendto(b"before", (Chain.D, 7777))
+        assert _drain(blocked, 1) == [b"before"]
+        assert ca.register_destination(prefix, "firewall", str(proof))["diverted"] is True
+        for i in range(10):
+            plain.sendto(b"ok%d" % i, (Chain.D, 9999))
+            plain.sendto(b"no%d" % i, (Chain.D, 7777))
+        assert sorted(_drain(rx, 10)) == sorted(b"ok%d" % i for i in range(10))
+        assert _drain(blocked, 1, timeout=0.5) == []
+        time.sleep(0.4)
+        fw = ca.usage()["services"]["firewall"]
+        assert fw["packets"] == 20 and fw["drops"] == 10
+        # form 2: a service ID registered through the API; the flagged packet to D is diverted
+        # at A (DSCP 43), processed, and continues to D
+        sid = ca.register_service_id("tagger")["service_id"]
+        tx = ch.raw_sender()
+        for i in range(5):
+            pkt = wire.build_service_packet(src=Chain.S, dst=Chain.D, service_id=sid,
+                                            payload=_udp(5555, 9999, b"f2-%d" % i))  # fmt: skip
+            tx.sendto(bytes(pkt), (Chain.D, 0))
+        time.sleep(0.6)
+        usage = ca.usage()["services"]
+        assert usage["tagger"]["packets"] == 5
+        # an unregistered service ID is dropped with a reason
+        pkt = wire.build_service_packet(src=Chain.S, dst=Chain.D, service_id=sid + 1,
+                                        payload=_udp(5555, 9999, b"x"))  # fmt: skip
+        tx.sendto(bytes(pkt), (Chain.D, 0))
+        time.sleep(0.5)
+        assert 'reason="no_service"' in ch.client("a", token=ADMIN, psp=None).metrics()
