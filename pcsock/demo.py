@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import os
 import signal
@@ -550,6 +551,36 @@ def open_world(kind: str, *, prefix: str = "pcs", progress: Callable[[str], None
         w.close()
 
 
+#: Example services (``examples/<name>/demo.py``) whose ``register()`` adds a scenario.
+EXAMPLE_DEMOS = (
+    "examples.multicast.demo",
+    "examples.mobility.demo",
+    "examples.firewall.demo",
+    "examples.encryption.demo",
+    "examples.redundancy.demo",
+    "examples.congestion.demo",
+    "examples.rbf.demo",
+)
+
+
+def load_examples() -> list[str]:
+    """Register the example services' scenarios; returns the ones that could not load.
+
+    The examples live beside the packages in a source checkout (``examples/``); an installed
+    SDK without them runs the core scenarios only and says so.
+    """
+    root = Path(__file__).resolve().parent.parent
+    if (root / "examples").is_dir() and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    missing = []
+    for name in EXAMPLE_DEMOS:
+        try:
+            importlib.import_module(name).register()
+        except ImportError as exc:
+            missing.append(f"{name} ({exc})")
+    return missing
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pcsock.demo", description=__doc__.split("\n")[0])
     ap.add_argument(
@@ -562,7 +593,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--list", action="store_true", help="list the scenarios and exit")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     ap.add_argument("--prefix", default="pcs", help="testbed name prefix (default pcs)")
+    ap.add_argument(
+        "--core", action="store_true", help="only the four service-form scenarios, no examples"
+    )
     args = ap.parse_args(argv)  # fmt: skip
+    if not args.core:
+        for what in load_examples():
+            print(f"example scenario not loaded: {what}", file=sys.stderr)
     if args.list:
         for sc in SCENARIOS.values():
             print(f"{sc.name:<9} {sc.title}")
