@@ -551,6 +551,9 @@ def open_world(kind: str, *, prefix: str = "pcs", progress: Callable[[str], None
         w.close()
 
 
+#: The four service-form scenarios defined in this module.
+CORE_SCENARIOS = ("form1", "form2", "form3", "form1+3")
+
 #: Example services (``examples/<name>/demo.py``) whose ``register()`` adds a scenario.
 EXAMPLE_DEMOS = (
     "examples.multicast.demo",
@@ -597,7 +600,9 @@ def main(argv: list[str] | None = None) -> int:
         "--core", action="store_true", help="only the four service-form scenarios, no examples"
     )
     args = ap.parse_args(argv)  # fmt: skip
-    if not args.core:
+    if args.core:
+        args.only = args.only or list(CORE_SCENARIOS)
+    else:
         for what in load_examples():
             print(f"example scenario not loaded: {what}", file=sys.stderr)
     if args.list:

@@ -11,7 +11,7 @@ from pcsock import demo
 
 def test_all_scenarios_pass_in_the_simulator(tmp_path, capsys):
     out = tmp_path / "demo.json"
-    assert demo.main(["--world", "simulator", "--json", str(out)]) == 0
+    assert demo.main(["--world", "simulator", "--core", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "SIMULATOR" in text and "4/4 scenarios passed (simulator)" in text
     doc = json.loads(out.read_text())
@@ -20,6 +20,15 @@ def test_all_scenarios_pass_in_the_simulator(tmp_path, capsys):
     assert all(r["status"] == "pass" for r in rows.values())
     assert rows["form1"]["received"] == demo.N and rows["form3"]["dropped"] == demo.N
     assert rows["form1"]["latency_ms"] == pytest.approx(3.0)  # three 1 ms links R1-R2-R3-R4
+
+
+def test_example_scenarios_are_registered_and_pass_in_the_simulator(tmp_path, extra_scenarios):
+    out = tmp_path / "demo.json"
+    assert demo.load_examples() == []
+    assert demo.main(["--world", "simulator", "--json", str(out)]) == 0
+    names = [r["name"] for r in json.loads(out.read_text())["results"]]
+    assert names[:4] == list(demo.CORE_SCENARIOS)
+    assert {"multicast", "mobility", "firewall", "encrypt", "re", "congest", "rbf"} <= set(names)
 
 
 @pytest.fixture
@@ -66,7 +75,7 @@ def test_unknown_scenario_is_a_usage_error(capsys):
 @pytest.mark.timeout(240)
 def test_demo_on_the_real_fig2_testbed(tmp_path, capsys):
     out = tmp_path / "demo.json"
-    rc = demo.main(["--world", "testbed", "--json", str(out)])
+    rc = demo.main(["--world", "testbed", "--core", "--json", str(out)])
     rows = {r["name"]: r for r in json.loads(out.read_text())["results"]}
     text = capsys.readouterr().out
     assert "(testbed)" in text, text
