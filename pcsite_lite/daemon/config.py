@@ -61,6 +61,7 @@ class DataplaneConfig:
     rule_pref: int
     nft_table: str
     restart_delay: float
+    tx: str  #: "tun" (write back into the TUN device) or "raw" (IP_HDRINCL raw socket)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +186,7 @@ def parse(doc: dict[str, Any], *, source: str = "", base_dir: Path | None = None
         rule_pref=_get(doc, d, "rule_pref", int, 50),
         nft_table=_get(doc, d, "nft_table", str, "pcsite"),
         restart_delay=float(_get(doc, d, "restart_delay", (int, float), 0.5)),
+        tx=_get(doc, d, "tx", str, "tun"),
     )
     _range("dataplane.mtu", dp.mtu, 576, 65535)
     _range("dataplane.buckets", dp.buckets, 1, 65536)
@@ -192,10 +194,12 @@ def parse(doc: dict[str, Any], *, source: str = "", base_dir: Path | None = None
     _range("dataplane.mark_base", dp.mark_base, 1, 0xFFFF0000)
     _range("dataplane.rule_pref", dp.rule_pref, 1, 90)
     _range("dataplane.restart_delay", dp.restart_delay, 0, 60)
+    if dp.tx not in ("tun", "raw"):
+        raise ConfigError("dataplane.tx", "must be tun or raw")
     if not _NAME_RE.match(dp.nft_table):
         raise ConfigError("dataplane.nft_table", "1-64 of letters, digits, '.', '_', '-'")
     known_dp = {"tun_prefix", "mtu", "buckets", "table_base", "mark_base", "rule_pref",
-                "nft_table", "restart_delay"}  # fmt: skip
+                "nft_table", "restart_delay", "tx"}  # fmt: skip
     extra_dp = sorted(set(doc.get(d, {})) - known_dp)
     if extra_dp:
         raise ConfigError(f"dataplane.{extra_dp[0]}", "unknown key")

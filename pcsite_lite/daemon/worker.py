@@ -37,6 +37,10 @@ Processor = Callable[[bytes], list[Verdict]]
 _UDP_PORT_BYTES: Final = UDP_PORT.to_bytes(2, "big")
 
 
+def _dst(data: bytes) -> str:
+    return f"{data[16]}.{data[17]}.{data[18]}.{data[19]}"
+
+
 def _zero_udp_checksum(data: bytes, ihl: int) -> bytes:
     """A UDP-encapsulated PacketCloud packet with its UDP checksum set to 0 ("none", RFC 768).
 
@@ -113,7 +117,19 @@ def run(cfg: SiteConfig, index: int, tun_fd: int, ctl: socket.socket) -> int:
     poller.register(tun_fd, select.POLLIN)
     poller.register(ctl.fileno(), select.POLLIN)
     read = os.read
-    write = os.write
+    write: Callable[[int, bytes], int]
+    if cfg.dataplane.tx == "raw":
+        # the kernel routes what a raw IP_HDRINCL socket sends (output path, no re-entry)
+        raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        sendto = raw.sendto
+
+        def write_raw(_fd: int, data: bytes) -> int:
+            return sendto(data, (_dst(data), 0))
+
+        write = write_raw
+
+    else:
+        write = os.write
     process = replica.process
     next_stats = 0.0
     ctl.send(json.dumps({"ready": index, "pid": os.getpid()}).encode())

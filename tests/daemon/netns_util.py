@@ -88,6 +88,7 @@ state_dir = "{state}"
 
 [dataplane]
 tun_prefix = "pcdw"
+tx = "{extra.get("tx", "tun")}"
 restart_delay = {extra.get("restart_delay", 0.3)}
 
 [control]
@@ -164,6 +165,7 @@ class Chain:
         fis: str | None = None,
         signing_key: str | None = None,
         trust_anchor_file: str | None = None,
+        tx: str = "tun",
     ) -> None:
         """Start ``pcsite run`` for site ``which``; with ``signing_key`` (hex Ed25519 public
         key of PSP acme) the site gets a service repository."""
@@ -180,6 +182,7 @@ class Chain:
                 fis,
                 signing_key=signing_key,
                 trust_anchor_file=trust_anchor_file,
+                tx=tx,
             )
         )
         self.start_site_config(which, cfg)

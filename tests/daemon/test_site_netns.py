@@ -50,11 +50,12 @@ def _drain(rx: socket.socket, want: int, timeout: float = 3.0) -> list[bytes]:
     return got
 
 
+@pytest.mark.parametrize("tx", ["tun", "raw"])
 def test_form1_circuit_through_two_sites_delivers_and_forgeries_are_dropped(
-    tmp_path: Path,
+    tmp_path: Path, tx: str
 ) -> None:
     with Chain(tmp_path) as ch:
-        ch.start_site("a", 2)
+        ch.start_site("a", 2, tx=tx)
         ch.start_site("b", 1)
         la = _circuit(ch)
         rx = ch.udp_receiver(9999)
