@@ -84,6 +84,7 @@ class SiteBackend:
         self._kernel = kernel
         self._clock = clock
         self.fis: fislib.FISEngine = fislib.open_engine(cfg.fis_url)
+        self.fis.namespaces()  # reach the store now: a bad URL fails at start, not later
         self._alloc_service: dict[int, str] = {}  # label -> service named at allocation
         self.repo: Any = None
         if cfg.repository is not None:

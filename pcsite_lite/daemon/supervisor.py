@@ -35,7 +35,11 @@ from pcsite_lite.metrics import WorkerStats
 from .config import ConfigError, SiteConfig, load
 from .kernel import Kernel
 
-__all__ = ["Supervisor", "run_daemon"]
+__all__ = ["StartupError", "Supervisor", "run_daemon"]
+
+
+class StartupError(Exception):
+    """The site could not start (its kernel state has been removed again)."""
 
 
 @dataclass
@@ -292,6 +296,10 @@ class Supervisor:
                 deadline = trio.current_time() + 10
                 while not all(s.ready for s in self.slots) and trio.current_time() < deadline:
                     await trio.sleep(0.02)
+                if not any(s.ready for s in self.slots):
+                    raise StartupError(
+                        "no worker came up within 10 s (see the worker errors above)"
+                    )
                 self.log(f"site up: {cfg.public_ip}, {cfg.workers} worker(s)")
                 task_status.started(cfg.control.port)
                 with trio.open_signal_receiver(
@@ -342,6 +350,21 @@ def run_daemon(cfg: SiteConfig) -> int:
     if os.geteuid() != 0:
         print("pcsite: running a site needs root (TUN, nftables, policy routing)", file=sys.stderr)
         return 2
-    sup = Supervisor(cfg)
-    trio.run(sup.run)
+    try:
+        os.makedirs(cfg.state_dir, exist_ok=True)
+    except OSError as exc:
+        print(f"pcsite: site.state_dir {cfg.state_dir}: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
+        sup = Supervisor(cfg)
+    except Exception as exc:  # FIS or repository unusable: name what failed
+        print(f"pcsite: cannot open the site's stores (site.fis = {cfg.fis_url!r}, "
+              f"site.repository = {cfg.repository!r}): {type(exc).__name__}: {exc}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        trio.run(sup.run)
+    except StartupError as exc:
+        print(f"pcsite: {exc}", file=sys.stderr)
+        return 1
     return 0

@@ -327,3 +327,17 @@ def test_forms_2_and_3_are_diverted_by_the_kernel_split_and_run_the_registered_s
         tx.sendto(bytes(pkt), (Chain.D, 0))
         time.sleep(0.5)
         assert 'reason="no_service"' in ch.client("a", token=ADMIN, psp=None).metrics()
+
+
+def test_unreachable_fis_is_a_clear_startup_error_with_nothing_left_behind(
+    tmp_path: Path,
+) -> None:
+    with Chain(tmp_path) as ch:
+        with pytest.raises(RuntimeError) as e:
+            ch.start_site("a", 1, fis=f"unix://{tmp_path}/no-redis-here.sock")
+        msg = str(e.value)
+        assert "site.fis" in msg and "no-redis-here.sock" in msg and "Traceback" not in msg
+        ch.procs.pop("a")
+        rules = subprocess.run(["ip", "-n", ch.ns["a"], "rule"], capture_output=True,
+                               text=True).stdout  # fmt: skip
+        assert "fwmark" not in rules and "0:\tfrom all lookup local" in rules
