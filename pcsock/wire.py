@@ -44,6 +44,17 @@ swap the label, decrement the hop limit, rewrite destination and source, re-MAC:
 >>> again = parse(bytes(pkt))
 >>> (again.label, again.hop_limit, int2ip(again.dst), again.verify_mac(out_key))
 (9, 15, '198.18.2.1', True)
+
+The next site does the same job straight from the received bytes with :func:`switch_hop`
+(the same checks as :func:`parse`, the circuit-table lookup, the same code as ``switch``):
+
+>>> routes = {9: (out_key, 4, ip2int("198.18.3.1"), key)}  # label -> Route
+>>> out = switch_hop(bytes(pkt), routes.get, ip2int("198.18.2.1"))
+>>> again = parse(out)
+>>> (again.label, again.hop_limit, int2ip(again.dst), again.verify_mac(key))
+(4, 14, '198.18.3.1', True)
+>>> switch_hop(bytes(pkt), {}.get) is None  # a label the site does not know
+True
 """
 
 from __future__ import annotations
