@@ -660,7 +660,7 @@ def parse(
 
 #: What a site's circuit table gives for an incoming label: the incoming hop key, the
 #: outgoing label, the next hop's IPv4 address (a 32-bit integer) and the outgoing hop key.
-Route = tuple["HopKey", int, int, "HopKey"]
+Route = tuple[HopKey, int, int, HopKey]
 
 #: IPv4 checksum, source, destination (bytes 10..19) and the form-1 shim right after them:
 #: an option-less IP-mode packet's whole per-hop state in one struct.
