@@ -189,6 +189,8 @@ def run(cfg: SiteConfig, index: int, tun_fd: int, ctl: socket.socket) -> int:
                         print(
                             f"worker {index}: cannot apply {op.get('op')}: {exc}", file=sys.stderr
                         )
+                    if "seq" in op:  # the control API's settle() waits for this, not a timeout
+                        ctl.send(json.dumps({"ack": op["seq"]}).encode())
         now = time.monotonic()
         if now >= next_stats:
             next_stats = now + STATS_INTERVAL
