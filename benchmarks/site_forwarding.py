@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 PAYLOAD = 64  # bytes after the shim (datagrams of ~110 bytes on the wire)
+PROBES = 300  # latency probes per mode (--probes)
 CIRCUITS = 16  # circuits the load spreads over (one circuit always lands on one worker)
 
 
@@ -95,7 +96,7 @@ def _load(
     return {"rx_pps": (r1 - r0) / (t1 - t0), "offered_pps": sent / seconds}
 
 
-def _latency(ch: Any, dst: str, make: Any, probes: int = 300) -> float:
+def _latency(ch: Any, dst: str, make: Any, probes: int = PROBES) -> float:
     from tests.daemon.netns_util import in_ns
 
     rx = in_ns(ch.ns["d"], lambda: _bound(6253))
@@ -126,7 +127,7 @@ def _bound(port: int) -> socket.socket:
     return s
 
 
-def _round(ch: Any, tmp: Path, seconds: float, senders: int) -> dict[str, Any]:
+def _round(ch: Any, tmp: Path, seconds: float, senders: int, probes: int) -> dict[str, Any]:
     """One measurement of every mode (the modes of a round run back to back)."""
     from pcsite_lite.control.client import OutHop
     from pcsock import wire
@@ -142,7 +143,7 @@ def _round(ch: Any, tmp: Path, seconds: float, senders: int) -> dict[str, Any]:
     ka, kd = bytes(range(16)), bytes(range(2, 18))
     plain = bytes(PAYLOAD)
     res["kernel"] = _load(ch, Chain.D, [plain], seconds, senders)
-    res["kernel_latency_us"] = _latency(ch, Chain.D, lambda p: p)
+    res["kernel_latency_us"] = _latency(ch, Chain.D, lambda p: p, probes)
 
     # bare TUN forwarder on A (1 worker)
     cfg = tmp / "bare.toml"
@@ -152,7 +153,7 @@ def _round(ch: Any, tmp: Path, seconds: float, senders: int) -> dict[str, Any]:
     cfg.write_text(text)
     ch.start_site_config("a", cfg)
     res["bare_1w"] = _load(ch, Chain.SITE_A, [plain], seconds, senders)
-    res["bare_latency_us"] = _latency(ch, Chain.SITE_A, lambda p: p)
+    res["bare_latency_us"] = _latency(ch, Chain.SITE_A, lambda p: p, probes)
     ch.stop_site("a")
     # the same with results sent by a raw IP socket instead of written back into TUN
     cfg.write_text(text.replace('tx = "tun"', 'tx = "raw"'))
@@ -185,7 +186,7 @@ def _round(ch: Any, tmp: Path, seconds: float, senders: int) -> dict[str, Any]:
         mode = f"site_{workers}w" + ("_raw" if tx == "raw" else "")
         res[mode] = _load(ch, Chain.SITE_A, pkts, seconds, senders)
         if mode == "site_1w":
-            res["site_latency_us"] = _latency(ch, Chain.SITE_A, circuit)
+            res["site_latency_us"] = _latency(ch, Chain.SITE_A, circuit, probes)
         stats = ch.client("a", token=ADMIN, psp=None).metrics()
         res[f"{mode}_counters"] = [
             ln
@@ -206,7 +207,7 @@ def _round(ch: Any, tmp: Path, seconds: float, senders: int) -> dict[str, Any]:
     return res
 
 
-def run(seconds: float, senders: int, rounds: int = 3) -> dict[str, Any]:
+def run(seconds: float, senders: int, rounds: int = 3, probes: int = PROBES) -> dict[str, Any]:
     """``rounds`` rounds on one topology; each figure is the median over the rounds."""
     from tests.daemon.netns_util import Chain, sh
 
@@ -217,7 +218,7 @@ def run(seconds: float, senders: int, rounds: int = 3) -> dict[str, Any]:
         for n in ("a", "b"):
             sh("ip", "netns", "exec", ch.ns[n], "sysctl", "-qw", "net.ipv4.ip_forward=1")
         for _ in range(rounds):
-            res["rounds"].append(_round(ch, tmp, seconds, senders))
+            res["rounds"].append(_round(ch, tmp, seconds, senders, probes))
     names = res["rounds"][0]["figures"]
     res["figures"] = {n: statistics.median(r["figures"][n] for r in res["rounds"]) for n in names}
     return res
@@ -229,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--senders", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--probes", type=int, default=PROBES, help="latency probes per mode")
     ap.add_argument("--send", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.send:
@@ -237,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("site_forwarding: needs root (namespaces, TUN, nftables)", file=sys.stderr)
         return 2
-    res = run(args.seconds, args.senders, args.rounds)
+    res = run(args.seconds, args.senders, args.rounds, max(1, args.probes))
     print(json.dumps(res["figures"], indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
