@@ -7,8 +7,8 @@ Pure and I/O-free. Two steps, kept apart so the kernel can do the first one:
    state stays on one node). Form-2 and form-3 packets hash the flow: the 5-tuple when the
    payload carries UDP/TCP ports, else source and destination address. The daemon installs the
    same split in nftables (``jhash`` over the label bits ``mod`` :data:`DEFAULT_BUCKETS`), so a
-   packet costs no extra Python hop; the Python functions here are the reference and the
-   fallback dispatcher.
+   packet costs no extra Python hop; the Python functions here are the reference the tests
+   check the mapping's properties with (the daemon has no Python dispatcher).
 2. **Bucket -> worker** (:class:`BucketTable`). Each bucket goes to the worker with the highest
    rendezvous score ``H(bucket, worker)`` (highest-random-weight hashing). Removing a worker
    moves exactly its own buckets; adding one moves only the buckets it now wins — about
@@ -129,7 +129,7 @@ class BucketTable:
         return self.assignment[bucket % self.buckets]
 
     def worker_for(self, data: bytes | bytearray | memoryview) -> Hashable:
-        """The worker a whole IPv4 packet goes to (the Python fallback dispatcher)."""
+        """The worker a whole IPv4 packet goes to under this table (the Python reference)."""
         return self.assignment[bucket_of(bucket_key(data), self.buckets)]
 
     def with_workers(self, workers: Iterable[Hashable]) -> BucketTable:
