@@ -461,18 +461,28 @@ class Packet:
             raise WireError("unknown_form", f"switch needs form 1, packet is form {self.form}")
         _hop(self.buf, self.ihl, self.shim_off, None, (in_key, label, dst, out_key), src)
 
+    def _shim_changed(self) -> None:
+        """The UDP payload (the shim) changed: a non-zero outer UDP checksum would now be
+        wrong, so the packet goes on with none (RFC 768), as the spec says (§2.2)."""
+        if self.encap == "udp":
+            u = self.ihl + 6
+            self.buf[u] = self.buf[u + 1] = 0
+
     def set_label(self, label: int) -> None:
         self._need_form(FORM_CIRCUIT)
         _I.pack_into(self.buf, self.shim_off + 4, _check_range("label", label, MAX_LABEL))
+        self._shim_changed()
 
     def set_metadata(self, value: int) -> None:
         self._need_shim()
         _check_range("metadata", value, 255)
         self.buf[self.shim_off + (3 if self.form == FORM_CIRCUIT else 5)] = value
+        self._shim_changed()
 
     def set_hop_limit(self, value: int) -> None:
         self._need_form(FORM_CIRCUIT)
         self.buf[self.shim_off + 2] = _check_range("hop_limit", value, 255)
+        self._shim_changed()
 
     # ---- checks
     def verify_mac(self, key: HopKey) -> bool:
@@ -494,6 +504,7 @@ class Packet:
         h.update(b[o : o + 12])
         h.update(b[16:20])
         b[o + 12 : o + 16] = h.digest()
+        self._shim_changed()
 
     def verify_check(self) -> bool:
         """True if the form-2 integrity check verifies."""
@@ -506,6 +517,7 @@ class Packet:
         self._need_form(FORM_SERVICE)
         o = self.shim_off
         self.buf[o + 6 : o + 9] = service_check(memoryview(self.buf)[o : o + 6])
+        self._shim_changed()
 
     def strip_shim(self) -> bytearray:
         """The packet as the original sender's IP layer would have sent it to a legacy
@@ -730,13 +742,9 @@ def _hop(
             _CSUM_SRC_DST.pack_into(b, 10, hc, old_src, old_dst)
         raise WireError("bad_field", f"source address {src!r} out of range") from None
     CIRCUIT_SHIM.pack_into(b, o, vf, nproto, hops - 1, md, out_label, orig, h.digest())
-    if o != ihl:  # UDP mode: a non-zero UDP checksum covers the addresses (pseudo-header)
+    if o != ihl:  # UDP mode: the shim (UDP payload) changed, so send no checksum (§2.2)
         u = ihl + 6
-        c = b[u] << 8 | b[u + 1]
-        if c:  # zero means "no checksum" (RFC 768): leave it so
-            c = (c + old_src + old_dst - src - dst) % 0xFFFF or 0xFFFF
-            b[u] = c >> 8
-            b[u + 1] = c & 0xFF
+        b[u] = b[u + 1] = 0
     return True
 
 

@@ -25,7 +25,6 @@ from typing import Any, Final
 
 from pcsite_lite.metrics import WorkerStats
 from pcsite_lite.verdicts import Deliver, Drop, Forward, Verdict
-from pcsock.wire import UDP_PORT
 
 from .config import SiteConfig, load
 
@@ -34,25 +33,10 @@ __all__ = ["Processor", "bare_processor", "main", "run"]
 STATS_INTERVAL: Final = 0.25
 BATCH: Final = 256
 Processor = Callable[[bytes], list[Verdict]]
-_UDP_PORT_BYTES: Final = UDP_PORT.to_bytes(2, "big")
 
 
 def _dst(data: bytes) -> str:
     return f"{data[16]}.{data[17]}.{data[18]}.{data[19]}"
-
-
-def _zero_udp_checksum(data: bytes, ihl: int) -> bytes:
-    """A UDP-encapsulated PacketCloud packet with its UDP checksum set to 0 ("none", RFC 768).
-
-    The pipeline rewrites the shim (label, hop limit, MAC) inside the UDP payload but patches
-    the UDP checksum only for the address change; a sender's non-zero checksum would then be
-    wrong at the next hop. The shim carries its own check, as ``pcsock.wire``'s builder assumes.
-    """
-    if data[ihl + 6] == 0 and data[ihl + 7] == 0:
-        return data
-    b = bytearray(data)
-    b[ihl + 6] = b[ihl + 7] = 0
-    return bytes(b)
 
 
 def bare_processor(next_hop: str) -> Processor:
@@ -158,10 +142,6 @@ def run(cfg: SiteConfig, index: int, tun_fd: int, ctl: socket.socket) -> int:
                     for v in verdicts:
                         if type(v) is Forward or type(v) is Deliver:
                             out = v.data
-                            if out[9] == 17:  # UDP: maybe a UDP-encapsulated PacketCloud packet
-                                ihl = (out[0] & 15) * 4
-                                if out[ihl + 2 : ihl + 4] == _UDP_PORT_BYTES:
-                                    out = _zero_udp_checksum(out, ihl)
                             try:
                                 write(tun_fd, out)
                                 stats.tx_packets += 1

@@ -210,16 +210,7 @@ def test_switch_equals_setters_and_full_recomputation(
     hdr = bytearray(fused.buf[:20])
     hdr[10:12] = b"\0\0"
     assert fused.buf[10:12] == wire.internet_checksum(hdr).to_bytes(2, "big")
-    if udp and udp_checksum:
-        # pseudo-header sum changed by exactly (new dst - old dst): UDP checksum moved with it
-        before = int.from_bytes(raw[26:28], "big")
-        after = int.from_bytes(fused.buf[26:28], "big")
-        moved = out_dst - wire.ip2int("198.18.1.1")
-        if site is not None:
-            moved += site - wire.ip2int("198.18.0.1")
-        assert after != 0
-        assert (before - after) % 0xFFFF == moved % 0xFFFF
-    elif udp:
+    if udp:  # the shim changed: the packet goes on with no UDP checksum (protocol.md §2.2)
         assert fused.buf[26:28] == b"\0\0"
 
 
