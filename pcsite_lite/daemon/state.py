@@ -79,7 +79,8 @@ class SiteState:
 
     def __init__(self, cfg: SiteConfig) -> None:
         self.cfg = cfg
-        self.site = Site(cfg.name, cfg.public_ip, local_prefixes=cfg.isp_prefixes)
+        # the first usage interval starts now (not at 0, i.e. 1970)
+        self.site = Site(cfg.name, cfg.public_ip, local_prefixes=cfg.isp_prefixes, now=time.time())
         self.claims: dict[str, dict[str, Any]] = {}  #: prefix -> validated ownership claim
 
     @property
@@ -129,6 +130,7 @@ class WorkerSite:
             fis=self.fis,
             local_prefixes=cfg.isp_prefixes,
             resolver=_resolver(cfg),
+            now=clock(),  # the first usage interval starts at start-up (not in 1970)
         )
         self.pipeline = Pipeline(self.site, verify_ip_checksum=False)
         self._noop: str | None = None
@@ -186,6 +188,12 @@ class WorkerSite:
         """Between batches: roll out versions activated in the repository, expire circuits."""
         self.site.runtime.refresh()
         self.site.circuits.expire(self.clock())
+
+    def account(self) -> float:
+        """After a batch of packets, before the worker blocks: close the CPU-metering window,
+        so services are billed this thread's CPU time rather than wall time (see
+        :meth:`Pipeline.account`). Returns the window's CPU/wall ratio."""
+        return self.pipeline.account()
 
     def idle(self) -> None:
         """While no packet waits: poll the FIS change feed (keeps the cache fresh, so packets

@@ -73,6 +73,7 @@ class Replica:
         self.apply: Callable[[dict[str, Any]], None] = lambda op: None
         self.usage: Callable[[], dict[str, Any]] = dict
         self.refresh: Callable[[], None] = lambda: None
+        self.account: Callable[[], object] = lambda: None
         self.idle: Callable[[], None] = lambda: None
         self.idle_ms = 100
         if cfg.mode == "bare":
@@ -86,6 +87,7 @@ class Replica:
             self.apply = site.apply
             self.usage = site.usage_json
             self.refresh = site.refresh
+            self.account = site.account
             self.idle = site.idle
             self.idle_ms = max(1, int(site.fis.staleness * 1000))
 
@@ -115,6 +117,7 @@ def run(cfg: SiteConfig, index: int, tun_fd: int, ctl: socket.socket) -> int:
     else:
         write = os.write
     process = replica.process
+    account = replica.account
     next_stats = 0.0
     ctl.send(json.dumps({"ready": index, "pid": os.getpid()}).encode())
     idle_ms = replica.idle_ms
@@ -150,6 +153,9 @@ def run(cfg: SiteConfig, index: int, tun_fd: int, ctl: socket.socket) -> int:
                                 stats.tx_errors += 1
                         elif type(v) is Drop:
                             drops[v.reason] = drops.get(v.reason, 0) + 1
+                # bill services this batch's thread CPU, before poll() blocks (time spent
+                # waiting inside a metering window would count as preemption)
+                account()
             else:
                 while True:
                     try:

@@ -2,12 +2,19 @@
 
 Conservation on the daemon: the bytes the ledger bills a PSP's service equal the dataplane
 counters of the site's workers (bytes received from / sent to the TUN queues) exactly.
+
+CPU: the time a worker spends in service code is not visible from outside the worker, so the
+5 % conservation check against it runs in process (tests/site, the pipeline's account()).
+Here the billed CPU is checked against what the kernel measured: it is positive and at most
+the CPU time the workers' main threads (the packet loops, whose thread CPU clock account()
+reads) used over the traffic, from ``/proc/<pid>/schedstat`` (nanoseconds).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import time
 from pathlib import Path
@@ -34,6 +41,15 @@ def _worker_counter(metrics: str, name: str) -> int:
         for line in metrics.splitlines()
         if line.startswith(f"pcsite_{name}_total{{")
     )
+
+
+def _worker_pids(log: Path) -> list[int]:
+    return [int(p) for p in re.findall(r"worker \d+ ready \(pid (\d+)\)", log.read_text())]
+
+
+def _thread_cpu_ns(pids: list[int]) -> int:
+    """The CPU time the main threads of ``pids`` have run, from the scheduler's accounting."""
+    return sum(int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) for pid in pids)
 
 
 def test_live_daemon_usage_is_collected_billed_and_equals_the_dataplane_bytes(
@@ -65,6 +81,9 @@ def test_live_daemon_usage_is_collected_billed_and_equals_the_dataplane_bytes(
         onward = acme.allocate_circuit("relay")["label"]
         acme.install_hop(onward, in_key=K2, out=[OutHop(4242, LiveSite.FAR, K2)])
 
+        pids = _worker_pids(site.log)
+        assert len(pids) == 2, site.log.read_text()
+        cpu_before = _thread_cpu_ns(pids)
         tx = site.raw_sender()
         sent = sent_local = sent_far = 0
         n = 60
@@ -97,6 +116,7 @@ def test_live_daemon_usage_is_collected_billed_and_equals_the_dataplane_bytes(
                 break
             assert time.monotonic() < deadline, text
             time.sleep(0.2)
+        worker_cpu = _thread_cpu_ns(pids) - cpu_before
         assert acme.usage()["services"]["relay"]["packets"] == n  # the PSP's own view agrees
         rx_bytes = _worker_counter(text, "rx_bytes")
         rx_packets = _worker_counter(text, "rx_packets")
@@ -114,6 +134,9 @@ def test_live_daemon_usage_is_collected_billed_and_equals_the_dataplane_bytes(
         billed_local = sum(r.counters.bytes_local for r in records)
         billed_far = sum(r.counters.bytes_interdomain for r in records)
         assert sum(r.counters.packets for r in records) == n
+        billed_cpu = sum(r.counters.cpu_ns for r in records)
+    # CPU: the service ran, and is billed no more CPU than the worker threads used meanwhile
+    assert 0 < billed_cpu <= worker_cpu, (billed_cpu, worker_cpu)
     # conservation: what the service was billed for is what the workers sent, byte for byte;
     # on input, every packet the workers read is either the service's or a counted drop
     assert billed_out == tx_bytes

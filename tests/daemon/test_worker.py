@@ -1,0 +1,131 @@
+"""The worker loop in process: a SOCK_DGRAM socketpair stands in for the TUN queue (one
+datagram per packet, as a TUN fd reads), a SOCK_SEQPACKET pair for the control socket."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pcsite_lite.daemon import worker
+from pcsite_lite.daemon.config import SiteConfig, parse
+from pcsite_lite.daemon.state import SiteState, WorkerSite
+from pcsock import wire
+
+SITE = "198.18.9.1"
+SRC = "198.18.9.2"
+NEXT = "198.18.9.3"
+K_IN, K_OUT = bytes(range(16)), bytes(range(3, 19))
+
+
+def _cfg(tmp: Path) -> SiteConfig:
+    return parse({"site": {"name": "pcd2-t", "public_ip": SITE,
+                           "fis": f"sqlite://{tmp / 'fis.db'}", "state_dir": str(tmp)},
+                  "control": {"admin_token": "pcd2-admin-token-0123456789abcdef"}})  # fmt: skip
+
+
+def _circuit_op(label: int = 77) -> dict[str, Any]:
+    return {
+        "op": "circuit", "label": label, "psp": "acme", "service": "relay",
+        "in_key": K_IN.hex(), "expires": time.time() + 600, "destination": None,
+        "out": [{"label": 4242, "next_hop": NEXT, "key": K_OUT.hex(), "final": False,
+                 "strip": False}],
+    }  # fmt: skip
+
+
+def _packet(label: int = 77, size: int = 100) -> bytes:
+    return bytes(
+        wire.build_circuit_packet(src=SRC, dst=SITE, label=label, key=K_IN, payload=bytes(size))
+    )
+
+
+class Loop:
+    """``worker.run`` in a thread over socketpairs; ``stats()`` waits for a stats message."""
+
+    def __init__(self, cfg: SiteConfig) -> None:
+        self.tun, tun_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.ctl, ctl_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._keep = (tun_worker, ctl_worker)
+        self.ctl.settimeout(10)
+        self.tun.settimeout(10)
+        self.thread = threading.Thread(
+            target=worker.run, args=(cfg, 0, tun_worker.fileno(), ctl_worker)
+        )
+        self.thread.start()
+        assert json.loads(self.ctl.recv(1 << 20))["ready"] == 0
+
+    def apply(self, op: dict[str, Any], seq: int) -> None:
+        self.ctl.send(json.dumps({**op, "seq": seq}).encode())
+        while json.loads(self.ctl.recv(1 << 20)).get("ack") != seq:
+            pass
+
+    def stats_until(self, packets: int) -> dict[str, Any]:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            doc = json.loads(self.ctl.recv(1 << 20))
+            if "stats" in doc and doc["worker"]["rx_packets"] >= packets:
+                return doc
+        raise AssertionError("no stats with every packet")
+
+    def close(self) -> None:
+        try:
+            self.ctl.send(b'{"op": "stop"}')
+        finally:
+            self.thread.join(10)
+            for s in (self.tun, self.ctl, *self._keep):
+                s.close()
+
+
+def test_usage_intervals_start_at_start_up_not_in_1970(tmp_path: Path) -> None:
+    cfg = _cfg(tmp_path)
+    ws = WorkerSite(cfg, clock=lambda: 1_800_000_000.0)
+    assert ws.site.interval_start == 1_800_000_000.0
+    t0 = time.time()
+    st = SiteState(cfg)
+    assert st.site.interval_start is not None and t0 - 1 <= st.site.interval_start <= time.time()
+
+
+def test_worker_site_account_scales_service_time_by_thread_cpu(tmp_path: Path) -> None:
+    ws = WorkerSite(_cfg(tmp_path), clock=time.time)
+    ws.apply(_circuit_op())
+    cpu = iter([1_000, 1_000])  # window open, account: this thread used no CPU at all
+    ws.pipeline.thread_clock = lambda: next(cpu)
+    for _ in range(5):
+        (v,) = ws.process(_packet())
+        assert type(v).__name__ == "Forward"
+    before = ws.usage_json()["acme/relay"]
+    assert before["packets"] == 5 and before["cpu_ns"] > 0
+    assert ws.account() == 0.0
+    assert ws.usage_json()["acme/relay"]["cpu_ns"] == 0
+
+
+def test_worker_loop_closes_the_metering_window_after_each_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a thread clock that never advances: a closed window bills zero CPU, an open one the
+    # (positive) wall time of every service call
+    monkeypatch.setattr(time, "thread_time_ns", lambda: 5)
+    loop = Loop(_cfg(tmp_path))
+    try:
+        _run_traffic(loop)
+    finally:
+        loop.close()
+
+
+def _run_traffic(loop: Loop) -> None:
+    loop.apply(_circuit_op(), seq=1)
+    n = 20
+    for _ in range(n):
+        loop.tun.send(_packet())
+    out = [loop.tun.recv(65536) for _ in range(n)]
+    assert all(wire.parse(o).label == 4242 for o in out)
+    doc = loop.stats_until(n)
+    usage = doc["usage"]["acme/relay"]
+    assert usage["packets"] == n
+    assert usage["cpu_ns"] == 0
+    assert doc["worker"]["tx_packets"] == n
