@@ -152,7 +152,7 @@ class WorkerSite:
         if kind == "circuit":
             label = int(op["label"])
             # a replica installs what the master accepted: hold the label for its owner first
-            site.circuits._reserved[label] = (op["psp"], float("inf"))
+            site.circuits.reserve(label, op["psp"])
             site.circuits.install(
                 label,
                 psp=op["psp"],

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from pcsite_lite.circuits import CircuitError
 from pcsite_lite.daemon import worker
 from pcsite_lite.daemon.config import SiteConfig, parse
 from pcsite_lite.daemon.state import SiteState, WorkerSite
@@ -102,6 +103,23 @@ def test_worker_site_account_scales_service_time_by_thread_cpu(tmp_path: Path) -
     assert before["packets"] == 5 and before["cpu_ns"] > 0
     assert ws.account() == 0.0
     assert ws.usage_json()["acme/relay"]["cpu_ns"] == 0
+
+
+def test_replica_installs_the_masters_hop_but_never_moves_a_label_to_another_psp(
+    tmp_path: Path,
+) -> None:
+    ws = WorkerSite(_cfg(tmp_path))
+    ws.apply(_circuit_op(label=9))
+    ws.apply({**_circuit_op(label=9), "expires": time.time() + 900})  # the owner replaces it
+    c = ws.site.circuits.get(9)
+    assert c is not None and c.psp == "acme"
+    with pytest.raises(CircuitError) as err:
+        ws.apply({**_circuit_op(label=9), "psp": "evil"})
+    assert err.value.code == "not_owner"
+    c = ws.site.circuits.get(9)
+    assert c is not None and c.psp == "acme"
+    (v,) = ws.process(_packet(label=9))  # and acme's hop still forwards
+    assert type(v).__name__ == "Forward"
 
 
 def test_worker_loop_closes_the_metering_window_after_each_batch(

@@ -109,3 +109,19 @@ def test_replica_reserves_the_label_its_master_allocated() -> None:
     with pytest.raises(CircuitError) as e:
         replica.reserve(0, "a")
     assert e.value.code == "bad_request"
+
+
+def test_replica_follows_a_label_torn_down_and_reallocated_to_another_psp() -> None:
+    replica = CircuitTable()
+    replica.reserve(77, "a")
+    replica.install(77, psp="a", service="s", in_key=K, out_hops=[HOP], expires=10)
+    replica.teardown(77, psp="a")  # the master's teardown op, then its new owner's hop
+    replica.reserve(77, "b")
+    c = replica.install(77, psp="b", service="s", in_key=K, out_hops=[HOP], expires=10)
+    assert replica.get(77) is c and c.psp == "b"
+    replica.reserve(78, "a", until=5.0)  # a bounded hold lapses like an allocation
+    replica.expire(5.0)
+    replica.reserve(78, "b")
+    with pytest.raises(CircuitError) as e:
+        replica.install(78, psp="a", service="s", in_key=K, out_hops=[HOP], expires=10)
+    assert e.value.code == "not_owner"
