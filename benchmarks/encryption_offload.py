@@ -27,17 +27,15 @@ Run: ``python -m benchmarks.encryption_offload [--json PATH] [--quick]``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from benchmarks.report import emit
 from pcsock.wire import HopKey, build_circuit_packet, build_ipv4
 
 SIZES = (64, 512, 1400)
@@ -118,14 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {"benchmark": "encryption_offload", "packets": n, "repeat": repeat}
     out.update(sender(n, repeat))
     out.update(sites(50 if args.quick else 2000))
-    out["python"] = sys.version.split()[0]
-    out["machine"] = platform.machine()
-    for k, v in out.items():
-        if isinstance(v, float):
-            print(f"{k:45s} {v:10.3f}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2, sort_keys=True))
+    emit(out, args.json)
     return 0
 
 

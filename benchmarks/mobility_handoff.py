@@ -38,8 +38,6 @@ Run: ``python -m benchmarks.mobility_handoff [--json PATH] [--quick] [--handoffs
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import struct
 import sys
@@ -48,6 +46,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.report import emit
 from examples.mobility.binding import BindingRegistry
 from examples.mobility.control import SERVICE_SOURCE, MobileRouter
 from examples.mobility.scenario import run_handoff
@@ -160,16 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
         tb = run_testbed(prefix="pce")
         out.update({f"testbed_{k}": v for k, v in tb.items() if not isinstance(v, dict)})
-    out["python"] = sys.version.split()[0]
-    out["machine"] = platform.machine()
-    for k, v in out.items():
-        if isinstance(v, float):
-            print(f"{k:45s} {v:10.3f}")
-        elif isinstance(v, int) and not isinstance(v, bool):
-            print(f"{k:45s} {v:10d}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2, sort_keys=True))
+    emit(out, args.json)
     return 0
 
 

@@ -23,13 +23,12 @@ Run: ``python -m benchmarks.rbf [--json PATH] [--quick]``.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.report import emit
 from examples.rbf import service as rbf
 from examples.rbf.control import SERVICE_SOURCE, RuleAuthority, carry
 from pcsite_lite.circuits import OutHop
@@ -143,14 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     n, repeat = (100, 2) if args.quick else (args.packets, args.repeat)
     out: dict[str, Any] = {"benchmark": "rbf", "packets": n, "repeat": repeat}
     out.update(measure(n, repeat))
-    out["python"] = sys.version.split()[0]
-    out["machine"] = platform.machine()
-    for k, v in out.items():
-        if isinstance(v, float):
-            print(f"{k:45s} {v:10.3f}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2, sort_keys=True))
+    emit(out, args.json)
     return 0
 
 

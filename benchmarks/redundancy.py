@@ -24,14 +24,13 @@ Run: ``python -m benchmarks.redundancy [--json PATH] [--quick] [--packets N]``.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.report import emit
 from examples.redundancy.control import SERVICE_SOURCE
 from examples.redundancy.workload import workload
 from pcsite_lite.circuits import OutHop
@@ -125,16 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     out["re_throughput_ratio_vs_passthrough"] = (
         out["re_throughput_mbps"] / out["passthrough_throughput_mbps"]
     )
-    out["python"] = sys.version.split()[0]
-    out["machine"] = platform.machine()
-    for k, v in out.items():
-        if isinstance(v, float):
-            print(f"{k:40s} {v:10.3f}")
-        elif isinstance(v, int) and not isinstance(v, bool):
-            print(f"{k:40s} {v:10d}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2, sort_keys=True))
+    emit(out, args.json)
     return 0 if re["intact"] == n else 1
 
 
