@@ -35,7 +35,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from benchmarks.report import emit
+from benchmarks._report import emit
 from pcsock.wire import HopKey, build_circuit_packet, build_ipv4
 
 SIZES = (64, 512, 1400)

@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import emit
+from benchmarks._report import emit
 from examples.mobility.binding import BindingRegistry
 from examples.mobility.control import SERVICE_SOURCE, MobileRouter
 from examples.mobility.scenario import run_handoff

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import emit
+from benchmarks._report import emit
 from examples.redundancy.control import SERVICE_SOURCE
 from examples.redundancy.workload import workload
 from pcsite_lite.circuits import OutHop
