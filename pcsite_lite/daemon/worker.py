@@ -32,7 +32,8 @@ __all__ = ["Processor", "bare_processor", "main", "run"]
 
 STATS_INTERVAL: Final = 0.25
 BATCH: Final = 256
-Processor = Callable[[bytes], list[Verdict]]
+#: ``process(packet, now) -> verdicts``: the pipeline's entry point, or the bare forwarder
+Processor = Callable[[bytes, float], list[Verdict]]
 
 
 def _dst(data: bytes) -> str:
@@ -45,7 +46,7 @@ def bare_processor(next_hop: str) -> Processor:
 
     dst = ip2int(next_hop).to_bytes(4, "big")
 
-    def process(data: bytes) -> list[Verdict]:
+    def process(data: bytes, _now: float) -> list[Verdict]:
         buf = bytearray(data)
         old = buf[16:20]
         buf[16:20] = dst
@@ -70,6 +71,8 @@ class Replica:
     def __init__(self, cfg: SiteConfig) -> None:
         self.cfg = cfg
         self.process: Processor
+        #: the packet clock, read once per batch (not per packet) and passed to ``process``
+        self.clock: Callable[[], float] = time.time
         self.apply: Callable[[dict[str, Any]], None] = lambda op: None
         self.usage: Callable[[], dict[str, Any]] = dict
         self.refresh: Callable[[], None] = lambda: None
@@ -83,7 +86,9 @@ class Replica:
             from .state import WorkerSite
 
             site = WorkerSite(cfg)
-            self.process = site.process
+            # the pipeline itself: no per-packet wrapper call and clock read
+            self.process = site.pipeline.process
+            self.clock = site.clock
             self.apply = site.apply
             self.usage = site.usage_json
             self.refresh = site.refresh
@@ -117,6 +122,7 @@ def run(cfg: SiteConfig, index: int, tun_fd: int, ctl: socket.socket) -> int:
     else:
         write = os.write
     process = replica.process
+    clock = replica.clock
     account = replica.account
     next_stats = 0.0
     ctl.send(json.dumps({"ready": index, "pid": os.getpid()}).encode())
@@ -128,31 +134,42 @@ def run(cfg: SiteConfig, index: int, tun_fd: int, ctl: socket.socket) -> int:
             replica.idle()
         for fd, _ in events:
             if fd == tun_fd:
+                # one clock read per batch (a batch lasts a few ms at most); the counters are
+                # locals during the batch and written back once
+                now = clock()
+                rx_packets = rx_bytes = tx_packets = tx_bytes = tx_errors = 0
                 for _ in range(BATCH):
                     try:
                         data = read(tun_fd, 65536)
                     except BlockingIOError:
                         break
-                    stats.rx_packets += 1
-                    stats.rx_bytes += len(data)
+                    rx_packets += 1
+                    rx_bytes += len(data)
                     try:
-                        verdicts = process(data)
+                        verdicts = process(data, now)
                     except Exception as exc:  # a pipeline bug must not kill the worker
                         reason = "internal_error"
                         drops[reason] = drops.get(reason, 0) + 1
                         print(f"worker {index}: {type(exc).__name__}: {exc}", file=sys.stderr)
                         continue
                     for v in verdicts:
-                        if type(v) is Forward or type(v) is Deliver:
-                            out = v.data
+                        tv = type(v)
+                        if tv is Forward or tv is Deliver:
+                            out = v.data  # type: ignore[union-attr]
                             try:
                                 write(tun_fd, out)
-                                stats.tx_packets += 1
-                                stats.tx_bytes += len(out)
+                                tx_packets += 1
+                                tx_bytes += len(out)
                             except OSError:
-                                stats.tx_errors += 1
-                        elif type(v) is Drop:
-                            drops[v.reason] = drops.get(v.reason, 0) + 1
+                                tx_errors += 1
+                        elif tv is Drop:
+                            reason = v.reason  # type: ignore[union-attr]
+                            drops[reason] = drops.get(reason, 0) + 1
+                stats.rx_packets += rx_packets
+                stats.rx_bytes += rx_bytes
+                stats.tx_packets += tx_packets
+                stats.tx_bytes += tx_bytes
+                stats.tx_errors += tx_errors
                 # bill services this batch's thread CPU, before poll() blocks (time spent
                 # waiting inside a metering window would count as preemption)
                 account()

@@ -25,8 +25,8 @@ def test_site_forwarding_benchmark_writes_every_figure(tmp_path: Path) -> None:
     doc = json.loads(out.read_text())
     figures = doc["figures"]
     for name in ("site_vs_kernel_1w", "site_vs_bare_tun_1w", "scaling_2w_vs_1w",
-                 "hop_latency_added_us_median"):  # fmt: skip
+                 "hop_latency_added_us_median", "site_ip_vs_udp_1w"):  # fmt: skip
         assert isinstance(figures[name], float) and figures[name] == figures[name], name
     r = doc["rounds"][0]
-    for mode in ("kernel", "bare_1w", "site_1w", "site_2w"):
+    for mode in ("kernel", "bare_1w", "site_1w", "site_ip_1w", "site_2w"):
         assert r[mode]["rx_pps"] > 100, (mode, r[mode])
