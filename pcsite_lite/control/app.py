@@ -313,6 +313,10 @@ def _h_dest(app: ControlApp, who: Principal, p: dict[str, str], b: dict[str, Jso
     psp = p["psp"]
     service = _name({"service": b["service"]}, "service")
     prefix = _prefix(b["prefix"])
+    redirect = _redirect_prefixes(b.get("redirect_prefixes", []))
+    if redirect and not who.is_isp:
+        # where a destination's service may redirect its traffic is the ISP's decision
+        raise ApiError("forbidden", "redirect_prefixes need the ISP's approval (ISP credential)")
     if app.trust_anchor is None:
         raise ApiError("not_configured", "this site has no DNSSEC trust anchor configured")
     from pcsock import ownership  # the SDK's validator (dnspython)
@@ -330,7 +334,15 @@ def _h_dest(app: ControlApp, who: Principal, p: dict[str, str], b: dict[str, Jso
         "not_before": claim.not_before,
         "not_after": claim.not_after,
     }
-    return 201, app.backend.register_destination(psp, service, prefix, info)
+    return 201, app.backend.register_destination(
+        psp, service, prefix, info, redirect_prefixes=redirect
+    )
+
+
+def _redirect_prefixes(v: Json) -> list[str]:
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise ApiError("bad_field", "redirect_prefixes must be a list of IPv4 prefixes")
+    return [_prefix(x) for x in v]
 
 
 def _h_dests(app: ControlApp, who: Principal, p: dict[str, str], b: dict[str, Json]) -> Any:
@@ -433,8 +445,12 @@ ROUTES: Final[tuple[Route, ...]] = (
           body=(Field("prefix", "string", "the IPv4 prefix to divert"),
                 Field("service", "string", "the PSP's service to run on its traffic"),
                 Field("proof", "string", "the DNSSEC proof (zone-file text, "
-                      "pcsock.ownership.Proof)")),
-          ok_status=201, errors=("ownership_rejected", "conflict", "not_configured")),
+                      "pcsock.ownership.Proof)"),
+                Field("redirect_prefixes", "array", "prefixes the service may redirect "
+                      "(encapsulate or replicate) this traffic to; ISP credential only",
+                      required=False, items="string")),
+          ok_status=201,
+          errors=("ownership_rejected", "conflict", "not_configured", "forbidden")),
     Route("GET", f"{_P}/usage", "getUsage", "Metered usage of the PSP's services", "psp",
           _h_usage),
 )  # fmt: skip

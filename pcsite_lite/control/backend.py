@@ -53,7 +53,13 @@ class ControlBackend(Protocol):
     ) -> dict[str, Json]: ...
     def release_service_id(self, psp: str, service_id: int) -> None: ...
     def register_destination(
-        self, psp: str, service: str, prefix: str, claim: dict[str, Json]
+        self,
+        psp: str,
+        service: str,
+        prefix: str,
+        claim: dict[str, Json],
+        *,
+        redirect_prefixes: list[str] | None = None,
     ) -> dict[str, Json]: ...
     def list_destinations(self, psp: str) -> list[dict[str, Json]]: ...
 

@@ -33,14 +33,19 @@ class ControlError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class OutHop:
-    """One outgoing hop of a circuit: next label, next hop address, next hop's key."""
+    """One outgoing hop of a circuit: next label, next hop address, next hop's key.
+
+    ``key=None`` for a hop whose receiver verifies no MAC (e.g. a receiver host): the site
+    sends the packet with an all-zero MAC field.
+    """
 
     label: int
     next_hop: str
-    key: bytes
+    key: bytes | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"label": self.label, "next_hop": self.next_hop, "key": self.key.hex()}
+        key = self.key.hex() if self.key is not None else None
+        return {"label": self.label, "next_hop": self.next_hop, "key": key}
 
 
 class ControlClient:
@@ -216,10 +221,21 @@ class ControlClient:
     def release_service_id(self, service_id: int) -> None:
         self.request("DELETE", self._p(f"/service-ids/{service_id}"))
 
-    def register_destination(self, prefix: str, service: str, proof: str) -> dict[str, Any]:
-        return self.request(
-            "POST", self._p("/destinations"), {"prefix": prefix, "service": service, "proof": proof}
-        )
+    def register_destination(
+        self,
+        prefix: str,
+        service: str,
+        proof: str,
+        *,
+        redirect_prefixes: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Destination sign-up. ``redirect_prefixes`` (where the service may redirect this
+        traffic) need the ISP's approval: only a client with the ISP credential may pass them
+        (acting for the PSP, ``psp=<name>``)."""
+        body: dict[str, Any] = {"prefix": prefix, "service": service, "proof": proof}
+        if redirect_prefixes:
+            body["redirect_prefixes"] = list(redirect_prefixes)
+        return self.request("POST", self._p("/destinations"), body)
 
     def list_destinations(self) -> list[dict[str, Any]]:
         return self.request("GET", self._p("/destinations"))["destinations"]

@@ -343,13 +343,24 @@ class SiteBackend:
         self._broadcast({"op": "release_id", "id": service_id})
 
     def register_destination(
-        self, psp: str, service: str, prefix: str, claim: dict[str, Json]
+        self,
+        psp: str,
+        service: str,
+        prefix: str,
+        claim: dict[str, Json],
+        *,
+        redirect_prefixes: list[str] | None = None,
     ) -> dict[str, Json]:
         site = self.state.site
-        self._reg(lambda: site.register_destination(prefix, psp, service))
-        reg = {**claim, "prefix": prefix, "owner": psp, "service": service, "diverted": False}
+        redirect = list(redirect_prefixes or [])
+        self._reg(
+            lambda: site.register_destination(prefix, psp, service, redirect_prefixes=redirect)
+        )
+        reg = {**claim, "prefix": prefix, "owner": psp, "service": service, "diverted": False,
+               "redirect_prefixes": list(redirect)}  # fmt: skip
         self.state.claims[prefix] = reg
-        self._broadcast({"op": "destination", "prefix": prefix, "psp": psp, "service": service})
+        self._broadcast({"op": "destination", "prefix": prefix, "psp": psp, "service": service,
+                         "redirect_prefixes": redirect})  # fmt: skip
         if self._kernel is not None:
             self._kernel.set_divert(sorted(p for p, _ in site.destinations.items()))
             reg["diverted"] = True

@@ -15,7 +15,7 @@ Ops::
     {"op": "teardown", "label": L}
     {"op": "renew", "label": L, "expires": t}
     {"op": "service_id", "id": N, "psp": P, "service": S}   /   {"op": "release_id", "id": N}
-    {"op": "destination", "prefix": p, "psp": P, "service": S}
+    {"op": "destination", "prefix": p, "psp": P, "service": S, "redirect_prefixes": [p]}
 """
 
 from __future__ import annotations
@@ -96,7 +96,13 @@ class SiteState:
             for sid, r in site.service_ids.items()
         ]
         ops += [
-            {"op": "destination", "prefix": pfx, "psp": r.psp, "service": r.service}
+            {
+                "op": "destination",
+                "prefix": pfx,
+                "psp": r.psp,
+                "service": r.service,
+                "redirect_prefixes": r.redirect_prefixes,
+            }
             for pfx, r in site.destinations.items()
         ]
         return ops
@@ -179,7 +185,12 @@ class WorkerSite:
             if reg is not None:
                 site.unregister_service_id(int(op["id"]), reg.psp)
         elif kind == "destination":
-            site.register_destination(op["prefix"], op["psp"], op["service"])
+            site.register_destination(
+                op["prefix"],
+                op["psp"],
+                op["service"],
+                redirect_prefixes=op.get("redirect_prefixes") or (),
+            )
             self._ensure_code(op["psp"], op["service"])
         else:
             raise ValueError(f"unknown op {kind!r}")

@@ -151,6 +151,17 @@ def test_circuit_lifecycle_and_fis_through_the_client(server: str) -> None:
     assert e.value.code == "not_configured"  # no trust anchor configured at this site
 
 
+def test_receiver_hop_without_a_key_installs_and_reads_back(server: str) -> None:
+    from pcsite_lite.control.client import OutHop
+
+    c = ControlClient(server, token=PSP_TOKEN, psp="acme")
+    label = c.allocate_circuit("srcroute", lifetime=30)["label"]
+    keyed = OutHop(5, "198.18.3.3", bytes(range(16)))
+    c.install_hop(label, in_key=bytes(16), out=[keyed, OutHop(6, "198.18.3.4", key=None)])
+    assert OutHop(6, "198.18.3.4").to_json()["key"] is None  # sent as JSON null
+    assert [o["label"] for o in c.get_circuit(label)["out"]] == [5, 6]
+
+
 @pytest.mark.parametrize(
     ("raw", "status", "code"),
     [

@@ -58,10 +58,20 @@ def _proof(
     return str(p)
 
 
-def _signup(app: ControlApp, token: str, psp: str, proof: str, prefix: str = PREFIX) -> object:
+def _signup(
+    app: ControlApp,
+    token: str,
+    psp: str,
+    proof: str,
+    prefix: str = PREFIX,
+    redirect: object = None,
+) -> object:
     import json
 
-    body = json.dumps({"prefix": prefix, "service": "firewall", "proof": proof}).encode()
+    doc: dict[str, object] = {"prefix": prefix, "service": "firewall", "proof": proof}
+    if redirect is not None:
+        doc["redirect_prefixes"] = redirect
+    body = json.dumps(doc).encode()
     return app.handle(Request("POST", f"/v1/psps/{psp}/destinations",
                               {"authorization": f"Bearer {token}"}, body))  # fmt: skip
 
@@ -91,6 +101,37 @@ def test_valid_proof_enables_diversion_and_others_are_rejected(
     r = app.handle(Request("GET", "/v1/psps/acme/destinations",
                            {"authorization": f"Bearer {PSP_TOKEN}"}))  # fmt: skip
     assert [d["prefix"] for d in r.json()["destinations"]] == [PREFIX]
+
+
+def test_redirect_prefixes_need_the_isp_credential_and_reach_the_workers(
+    tmp_path: Path, keys: tuple[ZoneKey, ZoneKey]
+) -> None:
+    from pcsite_lite.daemon.state import WorkerSite
+
+    kernel = FakeKernel()
+    app = _app(tmp_path, keys[0].ds_text(), kernel)
+    redirect = ["198.18.6.0/24", "198.18.7.0/24"]
+    r = _signup(app, PSP_TOKEN, "acme", _proof(keys), redirect=redirect)  # the PSP alone
+    assert (r.status, r.json()["error"]["code"]) == (403, "forbidden")  # type: ignore[attr-defined]
+    assert kernel.divert == []
+    r = _signup(app, ADMIN, "acme", _proof(keys), redirect=["198.18.6.1/24"])
+    assert (r.status, r.json()["error"]["code"]) == (400, "bad_field")  # type: ignore[attr-defined]
+    r = _signup(app, ADMIN, "acme", _proof(keys), redirect=[42])
+    assert (r.status, r.json()["error"]["code"]) == (400, "bad_field")  # type: ignore[attr-defined]
+    # the ISP, acting for the PSP with the PSP's proof, approves where it may redirect
+    r = _signup(app, ADMIN, "acme", _proof(keys), redirect=redirect)
+    assert r.status == 201, r.body  # type: ignore[attr-defined]
+    assert r.json()["redirect_prefixes"] == redirect  # type: ignore[attr-defined]
+    state = app.backend.state  # type: ignore[attr-defined]
+    assert state.site.destinations.get(PREFIX).redirect_prefixes == redirect
+    # and a worker replica rebuilt from the master carries them too
+    replica = WorkerSite(state.cfg)
+    for op in state.snapshot_ops():
+        replica.apply(op)
+    assert replica.site.destinations.get(PREFIX).redirect_prefixes == redirect
+    # without redirect prefixes a PSP still signs up alone
+    r = _signup(app, PSP_TOKEN, "acme", _proof(keys), redirect=[])
+    assert r.status == 201 and r.json()["redirect_prefixes"] == []  # type: ignore[attr-defined]
 
 
 def test_signup_without_trust_anchor_is_not_configured(
