@@ -147,3 +147,31 @@ def _run_traffic(loop: Loop) -> None:
     assert usage["packets"] == n
     assert usage["cpu_ns"] == 0
     assert doc["worker"]["tx_packets"] == n
+
+
+def _csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(int.from_bytes(data[i : i + 2], "big") for i in range(0, len(data), 2))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+def test_bare_forwarder_keeps_ip_and_udp_checksums_valid() -> None:
+    import struct
+
+    payload = bytes(range(37))
+    udp = struct.pack("!HHHH", 5555, 6253, 8 + len(payload), 0) + payload
+    pkt = bytearray(wire.build_ipv4(src=SRC, dst=SITE, proto=17, payload=udp))
+    pseudo = wire.ip2int(SRC).to_bytes(4, "big") + wire.ip2int(SITE).to_bytes(4, "big")
+    pseudo += struct.pack("!HH", 17, len(udp))
+    c = ~_csum(pseudo + bytes(pkt[20:])) & 0xFFFF
+    pkt[26:28] = (c or 0xFFFF).to_bytes(2, "big")
+    (v,) = worker.bare_processor(NEXT)(bytes(pkt), 0.0)
+    out = v.data  # type: ignore[union-attr]
+    assert out[16:20] == wire.ip2int(NEXT).to_bytes(4, "big")
+    assert _csum(out[:20]) == 0xFFFF  # the IPv4 header checksum verifies
+    pseudo = out[12:20] + struct.pack("!HH", 17, len(udp))
+    assert _csum(pseudo + out[20:]) == 0xFFFF  # and so does the UDP checksum
+    assert out[20:26] == pkt[20:26] and out[28:] == pkt[28:]
