@@ -57,6 +57,7 @@ from pcsock.wire import (
     FORM_SERVICE,
     IPPROTO_PACKETCLOUD,
     TOS_SERVICE,
+    UDP_PORT,
     Packet,
     WireError,
     build_ipv4,
@@ -78,6 +79,9 @@ _H: Final = struct.Struct("!H")
 #: flags/fragment offset, protocol, source, destination; shim ver|form, hop limit,
 #: label (bytes 0..27).
 _FAST: Final = struct.Struct("!BxHxxHxBxxIIBxBxI")
+#: In UDP mode the shim follows an 8-byte UDP header: UDP destination port and length, then
+#: the shim's ver|form, hop limit and label (read from byte 22).
+_FAST_UDP: Final = struct.Struct("!HHxxBxBxI")
 _CSUM_ADDRS: Final = struct.Struct("!HII")  # IPv4 checksum, source, destination (10..19)
 _VF_CIRCUIT: Final = 0x10 | FORM_CIRCUIT  # shim version 1, form 1
 _from_bytes = int.from_bytes
@@ -137,8 +141,8 @@ class Pipeline:
         Never raises for any ``data``. A ``bytearray`` of exactly the packet's length is
         processed in place (no copy); other inputs are copied first.
 
-        A form-1 packet in IP mode without IP options, addressed to this site, takes the *fast
-        path* (inlined here): the general path's checks in the same order with the same
+        A form-1 packet (IP or UDP mode) without IP options, addressed to this site, takes the
+        *fast path* (inlined here): the general path's checks in the same order with the same
         verdicts, counters and output bytes, specialised to that one layout (one struct
         unpack of the IPv4 header and shim, the circuit's precomputed MAC states, a
         dedicated Packet API object, the codec's egress setters fused). What it does not
@@ -151,9 +155,14 @@ class Pipeline:
             self._open_window()
         if (type(data) is bytes or type(data) is bytearray) and len(data) >= 36:
             b0, total, frag, proto, src, dst, vf, hops, label = _FAST.unpack_from(data)
+            o = 20 if proto == IPPROTO_PACKETCLOUD else 0  # the shim's offset; 0: not fast
+            if proto == 17 and len(data) >= 44:
+                dport, ulen, vf, hops, label = _FAST_UDP.unpack_from(data, 22)
+                if dport == UDP_PORT and ulen == total - 20:
+                    o = 28
             if (
                 vf == _VF_CIRCUIT
-                and proto == IPPROTO_PACKETCLOUD
+                and o
                 and b0 == 0x45
                 and total == len(data)
                 and dst == site.public_addr
@@ -169,9 +178,9 @@ class Pipeline:
                     if circuit.dest_addr is not None and site.destinations:
                         return self._general(data, now)  # receiver-first precedence
                     h = circuit.in_mac.copy()
-                    h.update(data[20:32])
+                    h.update(data[o : o + 12])
                     h.update(data[16:20])
-                    if not _compare(h.digest(), data[32:36]):
+                    if not _compare(h.digest(), data[o + 12 : o + 16]):
                         return [self._drop("bad_mac")]
                     if hops == 0:
                         return [self._drop("hop_limit_exceeded")]
@@ -183,7 +192,12 @@ class Pipeline:
                         return self._general(data, now)  # its service_disabled/unavailable drop
                     n = len(data)
                     buf = data if type(data) is bytearray else bytearray(data)
-                    self._fpkt.buf = buf
+                    fpkt = self._fpkt
+                    fpkt.buf = buf
+                    if fpkt.shim_off != o:
+                        fpkt.shim_off = o
+                        fpkt.payload_off = o + 16
+                        fpkt.encap = "ip" if o == 20 else "udp"
                     ctx = slot.ctx
                     api = self._fapi  # decision state is clear (reset after every use)
                     api._ctx = ctx
@@ -261,16 +275,18 @@ class Pipeline:
                     _CSUM_ADDRS.pack_into(
                         buf, 10, ((buf[10] << 8 | buf[11]) + src - addr) % 0xFFFF, dst, addr
                     )
-                    buf[22] = hops - 1
-                    _LABEL.pack_into(buf, 24, hop.label)
+                    buf[o + 2] = hops - 1
+                    _LABEL.pack_into(buf, o + 4, hop.label)
                     mac = hop.mac
                     if mac is not None:
                         h = mac.copy()
-                        h.update(buf[20:32])
+                        h.update(buf[o : o + 12])
                         h.update(hop.addr_bytes)
-                        buf[32:36] = h.digest()
+                        buf[o + 12 : o + 16] = h.digest()
                     else:
-                        buf[32:36] = _NO_MAC
+                        buf[o + 12 : o + 16] = _NO_MAC
+                    if o == 28:  # the shim changed: no outer UDP checksum (protocol.md §2.2)
+                        buf[26] = buf[27] = 0
                     out = bytes(buf)
                     m = len(out)
                     c.bytes_out += m

@@ -81,6 +81,10 @@ def _packets(labels: dict[str, int]) -> list[tuple[str, bytes, float]]:
         return bytes(build_circuit_packet(**args))
 
     out = [(name, pkt(label, metadata=3), 1.0) for name, label in labels.items()]
+    # the same behaviours in UDP mode (shim after UDP port 6253), which has its own fast path
+    out += [
+        (f"{name}_udp", pkt(label, metadata=3, udp=True), 1.0) for name, label in labels.items()
+    ]
     noop = labels["noop"]
     good = bytearray(pkt(noop))
     bad_csum = bytes(good[:10] + bytes([good[10] ^ 1]) + good[11:])
@@ -92,7 +96,8 @@ def _packets(labels: dict[str, int]) -> list[tuple[str, bytes, float]]:
         ("expired", pkt(noop), 1000.0),
         ("not_for_site", pkt(noop, dst="198.18.5.2"), 1.0),
         ("bad_ip_checksum", bad_csum, 1.0),
-        ("udp", pkt(noop, udp=True), 1.0),
+        ("udp_bad_mac", pkt(noop, udp=True, key=HopKey(b"wrong-key-0123456")), 1.0),
+        ("udp_other_port", pkt(noop, udp=True, dport=6254), 1.0),
         ("truncated", bytes(good[:30]), 1.0),
     ]
     return out
@@ -121,7 +126,7 @@ def test_fast_path_equals_general_path(verify: bool) -> None:
         verdicts = [(name, run(data, now)) for name, data, now in packets]
         if not general:
             # everything else took the fast path
-            expected = {"dead", "not_for_site", "udp", "truncated"}
+            expected = {"dead", "dead_udp", "not_for_site", "udp_other_port", "truncated"}
             if verify:
                 expected.add("bad_ip_checksum")
             assert set(to_general) == expected
