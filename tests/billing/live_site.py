@@ -7,7 +7,6 @@ a namespace (sockets, control API calls, ``pcbill collect``) runs in a short thr
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import secrets
@@ -16,15 +15,14 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from testbed.netns import call_in
+
 T = TypeVar("T")
-_libc = ctypes.CDLL("libc.so.6", use_errno=True)
-CLONE_NEWNET = 0x40000000
 ADMIN = "pcb-isp-admin-token-0123456789"
 PSP_TOKEN = "pcb-acme-token-0123456789abcdef"
 
@@ -41,26 +39,7 @@ def _sh(*args: str) -> None:
 
 def in_ns(ns: str, fn: Callable[[], T]) -> T:
     """Run ``fn`` in a thread inside namespace ``ns``; return its result (or raise)."""
-    box: dict[str, Any] = {}
-
-    def body() -> None:
-        try:
-            fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), "setns")
-            finally:
-                os.close(fd)
-            box["v"] = fn()
-        except BaseException as exc:  # carried to the caller
-            box["e"] = exc
-
-    t = threading.Thread(target=body)
-    t.start()
-    t.join()
-    if "e" in box:
-        raise box["e"]
-    return box["v"]
+    return call_in(ns, fn, timeout=None)
 
 
 class LiveSite:

@@ -7,7 +7,6 @@ thread that ``setns``-es into it. Everything is removed in :meth:`Chain.close`.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import secrets
 import shutil
@@ -15,15 +14,14 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from testbed.netns import call_in
+
 T = TypeVar("T")
-_libc = ctypes.CDLL("libc.so.6", use_errno=True)
-CLONE_NEWNET = 0x40000000
 ADMIN = "isp-admin-token-0123456789"
 PSP_TOKEN = "acme-token-0123456789abcdef"
 OTHER_TOKEN = "evil-token-0123456789abcdef"
@@ -47,26 +45,7 @@ def sh(*args: str) -> str:
 
 def in_ns(ns: str, fn: Callable[[], T]) -> T:
     """Run ``fn`` in a thread inside namespace ``ns``; return its result (or raise)."""
-    box: dict[str, Any] = {}
-
-    def body() -> None:
-        try:
-            fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), "setns")
-            finally:
-                os.close(fd)
-            box["v"] = fn()
-        except BaseException as exc:  # carried to the caller
-            box["e"] = exc
-
-    t = threading.Thread(target=body)
-    t.start()
-    t.join()
-    if "e" in box:
-        raise box["e"]
-    return box["v"]
+    return call_in(ns, fn, timeout=None)
 
 
 def site_config(
