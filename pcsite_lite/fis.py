@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import sqlite3
 import threading
@@ -130,7 +131,12 @@ class FISPermissionError(FISError, PermissionError):
 
 
 class FISUnavailableError(FISError):
-    """The store cannot be opened or subscribed to (bad path, server down)."""
+    """The store cannot be reached (bad path, server down, refused credentials).
+
+    A *platform* fault, never the fault of the service that happened to read: the pipeline
+    drops such a packet as ``fis_unavailable`` without counting it against the service or
+    billing it, and the control API answers 503 ``unavailable``.
+    """
 
     reason = "unavailable"
 
@@ -287,13 +293,25 @@ class Change:
 class ChangeFeed(ABC):
     """Changes made by anyone (any process/machine) since the feed was opened.
 
-    :meth:`poll` never blocks; it returns the changes seen since the last poll, or ``None`` when
-    the feed lost track (change log pruned past it, connection to Redis lost), in which case the
-    reader must forget everything it cached.
+    :meth:`poll` does not wait for changes; it returns the changes seen since the last poll, or
+    ``None`` when the feed lost track for good (change log pruned past it, store reset), in
+    which case the reader must forget everything it cached. While the store is unreachable it
+    raises :class:`FISUnavailableError`: nothing is known to have changed, and once the store
+    is back the feed catches up from its :attr:`position` (the change log's offset).
     """
 
     @abstractmethod
     def poll(self) -> list[Change] | None: ...
+
+    @property
+    def position(self) -> tuple[str, int] | None:
+        """``(store epoch, change number)`` the reader is up to date with, or ``None``."""
+        return None
+
+    def resume(self, position: tuple[str, int]) -> bool:
+        """Continue from an earlier :attr:`position` (a snapshot's): the next polls return
+        every change after it. False when the position belongs to another store (epoch)."""
+        return False
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the feed's resources."""
@@ -482,6 +500,7 @@ CREATE TABLE IF NOT EXISTS changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, ns TEXT NOT NULL,
     tbl TEXT NOT NULL, key TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL) WITHOUT ROWID;
 """
 
 
@@ -510,6 +529,13 @@ class SqliteFIS(FISEngine):
         try:
             self._conn = self._connect()
             self._conn.executescript(_SCHEMA)
+            # the store's identity: a snapshot taken of another store must not resume here
+            self._conn.execute(
+                "INSERT OR IGNORE INTO meta (k, v) VALUES ('epoch', ?)", (os.urandom(8).hex(),)
+            )
+            self.epoch: str = self._conn.execute("SELECT v FROM meta WHERE k = 'epoch'").fetchone()[
+                0
+            ]
         except sqlite3.Error as exc:
             raise FISUnavailableError(f"cannot open FIS database {self.path!r}: {exc}") from None
 
@@ -707,6 +733,18 @@ class _SqliteFeed(ChangeFeed):
             return None
         return [Change(kind, ns, tbl, key) for _, kind, ns, tbl, key in rows]
 
+    @property
+    def position(self) -> tuple[str, int] | None:
+        return (self._engine.epoch, self._seq)
+
+    def resume(self, position: tuple[str, int]) -> bool:
+        epoch, seq = position
+        if epoch != self._engine.epoch:
+            return False
+        self._seq = int(seq)
+        self._version = -1  # read the log on the next poll
+        return True
+
     def close(self) -> None:
         if not self._shared:
             self._conn.close()
@@ -768,6 +806,14 @@ class CachedFIS:
     ``clock`` is injectable so a sans-IO pipeline or a test can drive time; call
     :meth:`refresh` to poll now. ``max_entries`` bounds the key-value part (oldest evicted first);
     LPM tables are held whole, loaded on the first lookup.
+
+    While the engine is unreachable the cache keeps answering from what it holds (``available``
+    is False, ``outages`` counts the times it went away); a miss raises
+    :class:`FISUnavailableError`. When the engine is back, the change feed catches up from its
+    position in the change log and only what changed is dropped; the cache is flushed only if
+    the log no longer reaches back that far or the store was reset. :meth:`save_snapshot` /
+    :meth:`load_snapshot` keep the cached entries (and the log position they are valid at) in a
+    file, so a process restarted while the engine is away starts with them.
     """
 
     def __init__(
@@ -791,6 +837,11 @@ class CachedFIS:
         self.polls = 0
         self.invalidations = 0
         self.flushes = 0
+        self.outages = 0  #: times the engine was found unreachable (after being reachable)
+        #: False while the change feed cannot reach the engine (reads answer from memory)
+        self.available = True
+        #: entries changed since the last snapshot (see :meth:`save_snapshot`)
+        self.dirty = False
         engine.add_listener(self._on_change)
 
     # --- per-packet reads (hot path) ---------------------------------------------------------
@@ -824,11 +875,12 @@ class CachedFIS:
     # --- misses and invalidation -------------------------------------------------------------
     def _fill(self, ns: str, key: str) -> JSONValue | None:
         self.misses += 1
-        v = self.engine.get(ns, key)
+        v = self.engine.get(ns, key)  # FISUnavailableError while the engine is away
         v = None if v is None else freeze(v)
         if len(self._kv) >= self._max:
             del self._kv[next(iter(self._kv))]
         self._kv[(ns, key)] = v
+        self.dirty = True
         return v
 
     def _load(self, ns: str, table: str) -> LpmTable[JSONValue]:
@@ -837,26 +889,43 @@ class CachedFIS:
         for prefix, value in self.engine.lpm_items(ns, table):
             t.insert(prefix, freeze(value))
         self._lpm[(ns, table)] = t
+        self.dirty = True
         return t
 
     def _on_change(self, change: Change) -> None:
         self.invalidations += 1
+        self.dirty = True
         if change.kind == "kv":
             self._kv.pop((change.ns, change.key), None)
             return
         t = self._lpm.get((change.ns, change.table))
         if t is not None:
-            value = self.engine.lpm_get(change.ns, change.table, change.key)
+            try:
+                value = self.engine.lpm_get(change.ns, change.table, change.key)
+            except FISUnavailableError:  # cannot patch it now: reload the table when needed
+                del self._lpm[(change.ns, change.table)]
+                return
             if value is None:
                 t.discard(change.key)
             else:
                 t.insert(change.key, freeze(value))
 
     def refresh(self) -> None:
-        """Apply every change other writers made since the last poll (normally automatic)."""
+        """Apply every change other writers made since the last poll (normally automatic).
+
+        Never raises for an unreachable engine: the cache keeps what it holds until the feed
+        can catch up again.
+        """
         self.polls += 1
         self._deadline = self._clock() + self.staleness
-        changes = self._feed.poll()
+        try:
+            changes = self._feed.poll()
+        except FISUnavailableError:
+            if self.available:
+                self.available = False
+                self.outages += 1
+            return
+        self.available = True
         if changes is None:
             self.flush()
             return
@@ -871,6 +940,63 @@ class CachedFIS:
         self.flushes += 1
         self._kv.clear()
         self._lpm.clear()
+        self.dirty = True
+
+    # --- snapshots (a restart while the engine is away) --------------------------------------
+    def snapshot(self) -> dict[str, Any] | None:
+        """What the cache holds and the change-log position it is valid at (JSON-able), or
+        ``None`` when the feed has no position yet (it never reached the engine)."""
+        position = self._feed.position
+        if position is None:
+            return None
+        return {
+            "format": 1,
+            "position": list(position),
+            "kv": [[ns, key, value] for (ns, key), value in self._kv.items()],
+            "lpm": [[ns, table, list(t.items())] for (ns, table), t in self._lpm.items()],
+        }
+
+    def save_snapshot(self, path: str | os.PathLike[str]) -> bool:
+        """Write :meth:`snapshot` to ``path`` atomically (temp file + rename); False when there
+        is nothing valid to write. Clears :attr:`dirty`."""
+        snap = self.snapshot()
+        if snap is None:
+            return False
+        tmp = f"{os.fspath(path)}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(snap, f, separators=(",", ":"))
+        os.replace(tmp, path)
+        self.dirty = False
+        return True
+
+    def load_snapshot(self, path: str | os.PathLike[str]) -> int:
+        """Fill the cache from a :meth:`save_snapshot` file and resume the change feed from its
+        position (changes after it are applied as the feed catches up). Returns the number of
+        entries loaded: 0 when the file is missing, unreadable, or of another store."""
+        try:
+            with open(path) as f:
+                snap = json.load(f)
+            epoch, seq = snap["position"]
+            kv = [(str(ns), str(key), value) for ns, key, value in snap["kv"]]
+            lpm = [(str(ns), str(t), [(str(p), v) for p, v in rows]) for ns, t, rows in snap["lpm"]]
+        except (OSError, ValueError, TypeError, KeyError):
+            return 0
+        if snap.get("format") != 1 or not self._feed.resume((str(epoch), int(seq))):
+            return 0
+        n = 0
+        for ns, key, value in kv[: self._max]:
+            self._kv[(ns, key)] = None if value is None else freeze(value)
+            n += 1
+        for ns, table, rows in lpm:
+            t: LpmTable[JSONValue] = LpmTable()
+            try:
+                for prefix, value in rows:
+                    t.insert(prefix, freeze(value))
+            except PrefixError:
+                continue
+            self._lpm[(ns, table)] = t
+            n += len(rows)
+        return n
 
     def close(self) -> None:
         """Stop listening (the engine stays open: it belongs to the caller)."""

@@ -4,30 +4,45 @@ Same interface and rules as :class:`pcsite_lite.fis.SqliteFIS` (validation and t
 live in :class:`~pcsite_lite.fis.FISEngine`); wrap it in :class:`~pcsite_lite.fis.CachedFIS` on
 every compute node. Layout under a key prefix (default ``"pcfis"``)::
 
-    {prefix}:kv:{ns}               hash  key -> JSON value
-    {prefix}:lpm:{ns}:{table}      hash  "a.b.c.d/len" -> JSON value
-    {prefix}:version               int   bumped by every write
+    {prefix}:kv:{ns}               hash    key -> JSON value
+    {prefix}:lpm:{ns}:{table}      hash    "a.b.c.d/len" -> JSON value
+    {prefix}:version               int     bumped by every write
+    {prefix}:epoch                 string  random identity of this store (set once)
+    {prefix}:log                   stream  entry "<version>-0": the write's changes (last
+                                           ``LOG_KEEP`` entries, approximately)
     channel {prefix}:changes       "<version> <JSON list of [kind, ns, table, key]>"
 
-Every write is one Lua script: the hash update, ``INCR version`` and ``PUBLISH`` happen
-atomically, so a subscriber sees each committed write exactly once, in order, numbered.
-A node's :class:`~pcsite_lite.fis.CachedFIS` reads messages already received on its pub/sub
-connection when its staleness period elapses (a non-blocking read: no thread). A gap in the
-numbers, a broken connection, or (checked once per ``verify_interval``) a server version that
-no message ever brought means messages were lost: the feed reports it and the cache is flushed.
+Every write is one Lua script: the hash update, ``INCR version``, ``XADD`` to the log and
+``PUBLISH`` happen atomically, so a subscriber sees each committed write exactly once, in order,
+numbered. A node's :class:`~pcsite_lite.fis.CachedFIS` reads messages already received on its
+pub/sub connection when its staleness period elapses (a non-blocking read: no thread). A gap in
+the numbers, a message that never came (checked once per ``verify_interval``) or a broken
+connection is repaired from the log: after re-subscribing, the feed reads the log entries past
+the last number it applied (``XRANGE``). Only when the log no longer reaches back that far, or
+the store's epoch changed (reset, another server), must the cache be flushed.
+
+Failures: every Redis error that means "the server cannot be reached or refuses us" (connection
+refused or lost, timeout, loading, authentication or ACL refusal) becomes
+:class:`~pcsite_lite.fis.FISUnavailableError`. After one, the engine fails fast (no network
+attempt) for a short back-off (``BACKOFF_MIN`` doubling to ``BACKOFF_MAX``), so a flood of
+cache misses during an outage cannot turn into a flood of connection attempts. Connections use
+``socket_connect_timeout`` 0.2 s and ``socket_timeout`` 2 s unless the URL sets them.
+
 A longest-prefix ``lookup`` without the cache is one ``HMGET`` of the 33 candidate prefixes.
 
 >>> import os  # doctest: +SKIP
->>> fis = RedisFIS("unix:///tmp/redis.sock")  # doctest: +SKIP
+>>> fis = RedisFIS("redis://site:secret@198.19.0.9:6379/0")  # doctest: +SKIP
 >>> fis.put("acme/fw", "blocked", True, writer="acme")  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Final, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
@@ -36,29 +51,77 @@ from redis.retry import Retry
 from pcsite_lite.fis import Change, ChangeFeed, FISEngine, FISUnavailableError, check_namespace
 from pcsite_lite.lpm import MASKS, format_prefix
 
-__all__ = ["RedisFIS"]
+__all__ = ["BACKOFF_MAX", "BACKOFF_MIN", "LOG_KEEP", "RedisFIS"]
 
-# KEYS[1] = hash, KEYS[2] = version key. ARGV[1] = "hset"|"hdel", ARGV[2] = channel,
-# ARGV[3] = JSON list of changes, ARGV[4..] = fields (hdel) or field/value pairs (hset).
+LOG_KEEP: Final = 10000  #: change-log entries kept for catching up (approximately: MAXLEN ~)
+BACKOFF_MIN: Final = 0.02  #: seconds the engine fails fast after a failure ...
+BACKOFF_MAX: Final = 0.5  #: ... doubling up to this
+#: Redis errors that mean the store is out of reach (not a bad request of ours)
+_UNREACHABLE = (
+    redis.ConnectionError,  # includes AuthenticationError, BusyLoadingError
+    redis.TimeoutError,
+    redis.exceptions.NoPermissionError,
+    redis.exceptions.AuthenticationWrongNumberOfArgsError,
+    OSError,
+)
+
+# KEYS: 1 hash, 2 version, 3 log, 4 epoch. ARGV: 1 "hset"|"hdel", 2 channel, 3 JSON list of
+# changes, 4 log length kept, 5 a new epoch (used if the store has none),
+# 6.. fields (hdel) or field/value pairs (hset).
 _WRITE_LUA = """
 local n = 0
 if ARGV[1] == 'hset' then
-  for i = 4, #ARGV, 2 do n = n + redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+  for i = 6, #ARGV, 2 do n = n + redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 else
-  for i = 4, #ARGV do n = n + redis.call('HDEL', KEYS[1], ARGV[i]) end
+  for i = 6, #ARGV do n = n + redis.call('HDEL', KEYS[1], ARGV[i]) end
 end
 if ARGV[1] == 'hset' or n > 0 then
+  redis.call('SET', KEYS[4], ARGV[5], 'NX')
   local v = redis.call('INCR', KEYS[2])
+  local r = redis.pcall('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], v .. '-0', 'c', ARGV[3])
+  if type(r) == 'table' and r.err then
+    -- the log is ahead of the version (someone reset one but not the other): restart it
+    redis.call('DEL', KEYS[3])
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], v .. '-0', 'c', ARGV[3])
+  end
   redis.call('PUBLISH', ARGV[2], v .. ' ' .. ARGV[3])
 end
 return n
 """
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _guarded(fn: F) -> F:
+    """Run ``fn`` under the engine's back-off; unreachable-store errors become
+    :class:`FISUnavailableError`."""
+
+    @functools.wraps(fn)
+    def wrapper(self: RedisFIS, *args: Any, **kwargs: Any) -> Any:
+        self._check_backoff()
+        try:
+            result = fn(self, *args, **kwargs)
+        except _UNREACHABLE as exc:
+            raise self._unavailable(exc) from None
+        self._backoff = 0.0
+        return result
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _client_defaults() -> dict[str, Any]:
+    return {
+        "socket_connect_timeout": 0.2,
+        "socket_timeout": 2.0,
+        # one immediate retry: a pooled connection that died with a server restart
+        "retry": Retry(NoBackoff(), 1),
+    }
+
 
 class RedisFIS(FISEngine):
-    """FIS on Redis. ``url``: ``redis://host:port/db`` or ``unix:///path/to/redis.sock``
-    (or pass a ``redis.Redis`` as ``client``). ``prefix`` separates several stores on one
-    server (tests use one per test)."""
+    """FIS on Redis. ``url``: ``redis://user:password@host:port/db`` or
+    ``unix:///path/to/redis.sock`` (or pass a ``redis.Redis`` as ``client``). ``prefix``
+    separates several stores on one server (tests use one per test)."""
 
     def __init__(
         self,
@@ -68,19 +131,41 @@ class RedisFIS(FISEngine):
         prefix: str = "pcfis",
         verify_interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        log_keep: int = LOG_KEEP,
     ) -> None:
         super().__init__()
         if client is None:
             if url is None:
                 raise ValueError("RedisFIS needs a url or a client")
-            client = redis.Redis.from_url(url)
+            client = redis.Redis.from_url(url, **_client_defaults())
         self._r: redis.Redis = client
         self.prefix = prefix
         self.channel = f"{prefix}:changes"
         self._version_key = f"{prefix}:version"
+        self._log_key = f"{prefix}:log"
+        self._epoch_key = f"{prefix}:epoch"
+        self._log_keep = log_keep
         self._script = self._r.register_script(_WRITE_LUA)
         self._verify_interval = verify_interval
         self._clock = clock
+        self._backoff = 0.0
+        self._retry_at = 0.0
+        kw = self._r.connection_pool.connection_kwargs
+        where = kw.get("path") or f"{kw.get('host', '?')}:{kw.get('port', '?')}"
+        self.where = f"Redis at {where} (prefix {prefix!r})"
+
+    # failures
+    def _check_backoff(self) -> None:
+        if self._backoff and time.monotonic() < self._retry_at:
+            raise FISUnavailableError(f"FIS engine unavailable: {self.where} (retrying)")
+
+    def _unavailable(self, exc: BaseException) -> FISUnavailableError:
+        self._backoff = min(BACKOFF_MAX, max(BACKOFF_MIN, self._backoff * 2))
+        self._retry_at = time.monotonic() + self._backoff
+        what = type(exc).__name__
+        if isinstance(exc, (redis.AuthenticationError, redis.exceptions.NoPermissionError)):
+            what += " (check the site's FIS credentials and the server's ACL)"
+        return FISUnavailableError(f"FIS engine unavailable: {self.where}: {what}: {exc}")
 
     # keys
     def _kv_key(self, ns: str) -> str:
@@ -91,7 +176,10 @@ class RedisFIS(FISEngine):
 
     def _run(self, key: str, op: str, changes: list[Change], args: list[str]) -> int:
         payload = json.dumps([[c.kind, c.ns, c.table, c.key] for c in changes])
-        n = self._script(keys=[key, self._version_key], args=[op, self.channel, payload, *args])
+        n = self._script(
+            keys=[key, self._version_key, self._log_key, self._epoch_key],
+            args=[op, self.channel, payload, self._log_keep, os.urandom(8).hex(), *args],
+        )
         return int(n)
 
     @staticmethod
@@ -102,35 +190,43 @@ class RedisFIS(FISEngine):
         self._r.close()
 
     # key-value
+    @_guarded
     def _get(self, ns: str, key: str) -> str | None:
         return self._text(self._r.hget(self._kv_key(ns), key))
 
+    @_guarded
     def _put(self, ns: str, items: list[tuple[str, str]]) -> None:
         flat = [x for kv in items for x in kv]
         self._run(self._kv_key(ns), "hset", [Change("kv", ns, "", k) for k, _ in items], flat)
 
+    @_guarded
     def _delete(self, ns: str, key: str) -> bool:
         return self._run(self._kv_key(ns), "hdel", [Change("kv", ns, "", key)], [key]) > 0
 
+    @_guarded
     def _items(self, ns: str) -> Iterator[tuple[str, str]]:
         raw = self._r.hgetall(self._kv_key(ns))
         rows = sorted((self._text(k) or "", self._text(v) or "") for k, v in raw.items())
         return iter(rows)
 
     # longest prefix
+    @_guarded
     def _lpm_get(self, ns: str, table: str, net: int, plen: int) -> str | None:
         field = format_prefix(net, plen, check=False)
         return self._text(self._r.hget(self._lpm_key(ns, table), field))
 
+    @_guarded
     def _lpm_put(self, ns: str, table: str, rows: list[tuple[int, int, str, str]]) -> None:
         flat = [x for _, _, text, value in rows for x in (text, value)]
         changes = [Change("lpm", ns, table, r[2]) for r in rows]
         self._run(self._lpm_key(ns, table), "hset", changes, flat)
 
+    @_guarded
     def _lpm_delete(self, ns: str, table: str, net: int, plen: int, prefix: str) -> bool:
         key = self._lpm_key(ns, table)
         return self._run(key, "hdel", [Change("lpm", ns, table, prefix)], [prefix]) > 0
 
+    @_guarded
     def _lookup(self, ns: str, table: str, addr: int) -> str | None:
         fields = [format_prefix(addr & MASKS[n], n, check=False) for n in range(32, -1, -1)]
         for raw in self._r.hmget(self._lpm_key(ns, table), fields):
@@ -138,6 +234,7 @@ class RedisFIS(FISEngine):
                 return self._text(raw)
         return None
 
+    @_guarded
     def _lpm_items(self, ns: str, table: str) -> Iterator[tuple[str, str]]:
         raw = self._r.hgetall(self._lpm_key(ns, table))
         rows = []
@@ -149,6 +246,7 @@ class RedisFIS(FISEngine):
         rows.sort()
         return iter([(text, v) for _, text, v in rows])
 
+    @_guarded
     def _drop(self, ns: str) -> list[Change]:
         changes: list[Change] = []
         kv = self._kv_key(ns)
@@ -169,6 +267,7 @@ class RedisFIS(FISEngine):
     def _scan(self, pattern: str) -> list[str]:
         return [self._text(k) or "" for k in self._r.scan_iter(match=pattern, count=1000)]
 
+    @_guarded
     def namespaces(self) -> list[str]:
         found: set[str] = set()
         for k in self._scan(f"{self.prefix}:kv:*"):
@@ -177,20 +276,33 @@ class RedisFIS(FISEngine):
             found.add(k[len(self.prefix) + 5 :].rpartition(":")[0])
         return sorted(found)
 
+    @_guarded
     def tables(self, ns: str) -> list[str]:
         base = f"{self.prefix}:lpm:{check_namespace(ns)}:"
         return sorted(k[len(base) :] for k in self._scan(base + "*") if ":" not in k[len(base) :])
+
+    @_guarded
+    def ping(self) -> None:
+        """Reach the server (credentials included) or raise :class:`FISUnavailableError`."""
+        self._r.ping()
 
     def watch(self) -> ChangeFeed:
         return _RedisFeed(self)
 
 
-class _RedisFeed(ChangeFeed):
-    """A pub/sub subscription read without blocking; numbered messages reveal losses.
+class _Lost(Exception):
+    """The change log no longer reaches back to what the feed applied (or the store changed)."""
 
-    After a broken connection (server restart, ``CLIENT KILL``, output-buffer overflow) the
-    feed reports a loss on every poll until it has subscribed again; then it restarts its
-    numbering from the server's current version, which may be lower (a restarted server).
+
+class _RedisFeed(ChangeFeed):
+    """A pub/sub subscription read without blocking; numbered messages reveal losses, which
+    the log (``XRANGE``) repairs.
+
+    Opening never fails: an unreachable server makes :meth:`poll` raise
+    :class:`FISUnavailableError` (after a failure it tries again only after the engine's
+    back-off). Once subscribed again, the feed catches up from the log past the last number it
+    applied; if it never applied any (it started while the server was away) it has nothing
+    cached to repair, and starts from the server's current number.
     """
 
     def __init__(self, engine: RedisFIS) -> None:
@@ -204,16 +316,49 @@ class _RedisFeed(ChangeFeed):
             )
         )
         self._ps: Any = None
-        self._seq = 0
+        self._epoch: str | None = None  #: the store's epoch; None until first reached
+        self._seq = 0  #: the last change number applied
+        self._catch_up = False  #: read the log past _seq before trusting messages
         self._expect = 0  # a server version some message must have brought by the next verify
         self._next_verify = 0.0
+        self._backoff = 0.0
+        self._retry_at = 0.0
+        #: opened while the server was away: a reader may have filled entries we cannot vouch
+        #: for by the time we first reach it (unless a snapshot's position is resumed)
+        self._unknown = False
         try:
-            self._subscribe(wait=5.0)  # the first subscription must work
-        except (redis.RedisError, OSError) as exc:
-            self._client.close()
-            raise FISUnavailableError(
-                f"cannot subscribe to FIS changes on {engine.prefix!r}: {exc}"
-            ) from None
+            self._subscribe(wait=5.0)
+        except _UNREACHABLE:
+            self._drop()
+            self._failed()
+            self._unknown = True
+
+    @property
+    def position(self) -> tuple[str, int] | None:
+        return None if self._epoch is None else (self._epoch, self._seq)
+
+    def resume(self, position: tuple[str, int]) -> bool:
+        epoch, seq = position
+        if self._epoch is not None and epoch != self._epoch:
+            return False
+        self._epoch = epoch
+        self._seq = int(seq)
+        self._catch_up = True
+        self._unknown = False
+        return True
+
+    def _failed(self) -> None:
+        self._backoff = min(BACKOFF_MAX, max(BACKOFF_MIN, self._backoff * 2))
+        self._retry_at = time.monotonic() + self._backoff
+
+    def _server_epoch(self) -> str:
+        r = self._engine._r
+        key = self._engine._epoch_key
+        r.set(key, os.urandom(8).hex(), nx=True)
+        return self._engine._text(r.get(key)) or ""
+
+    def _version(self) -> int:
+        return int(self._engine._r.get(self._engine._version_key) or 0)
 
     def _subscribe(self, wait: float) -> None:
         ps = self._client.pubsub()
@@ -226,19 +371,56 @@ class _RedisFeed(ChangeFeed):
                     break
                 if time.monotonic() >= deadline:
                     raise redis.ConnectionError("could not subscribe to the FIS change channel")
-            self._seq = int(self._engine._r.get(self._engine._version_key) or 0)
+            epoch = self._server_epoch()
         except BaseException:
             ps.close()
             raise
         self._ps = ps
+        if self._epoch is None:  # first contact, nothing applied yet: start from now
+            self._epoch = epoch
+            self._seq = self._version()
+            self._catch_up = False
+            if self._unknown:
+                self._unknown = False
+                raise _Lost
+        elif epoch != self._epoch:  # another store (reset, replaced): nothing can be repaired
+            self._epoch = epoch
+            self._seq = self._version()
+            self._catch_up = False
+            raise _Lost
+        else:
+            self._catch_up = True
         self._expect = 0
         self._next_verify = self._engine._clock() + self._engine._verify_interval
+
+    def _read_log(self, upto: int) -> list[Change]:
+        """Changes numbered ``_seq + 1 .. upto`` from the log; :class:`_Lost` if it has a hole."""
+        out: list[Change] = []
+        r = self._engine._r
+        nxt = self._seq + 1
+        while nxt <= upto:
+            entries = r.xrange(self._engine._log_key, f"{nxt}-0", f"{upto}-0", count=1000)
+            if not entries:
+                raise _Lost
+            for entry_id, fields in entries:
+                num = int(self._engine._text(entry_id).partition("-")[0])  # type: ignore[union-attr]
+                if num != nxt:
+                    raise _Lost  # pruned past us
+                raw = fields.get(b"c", fields.get("c"))
+                try:
+                    payload = raw.decode() if isinstance(raw, bytes) else str(raw)
+                    out.extend(Change(k, n, t, key) for k, n, t, key in json.loads(payload))
+                except (ValueError, TypeError):
+                    raise _Lost from None
+                nxt += 1
+        self._seq = max(self._seq, upto)
+        return out
 
     def _drop(self) -> None:
         if self._ps is not None:
             try:
                 self._ps.close()
-            except (redis.RedisError, OSError):
+            except _UNREACHABLE:
                 pass
             self._ps = None
 
@@ -247,8 +429,17 @@ class _RedisFeed(ChangeFeed):
         lost = False
         try:
             if self._ps is None:
+                if time.monotonic() < self._retry_at:
+                    raise FISUnavailableError(
+                        f"FIS change feed unavailable: {self._engine.where} (retrying)"
+                    )
                 self._subscribe(wait=0.05)
-                return None  # whatever happened while disconnected is unknown
+            if self._catch_up:
+                current = self._version()
+                if current < self._seq:
+                    raise _Lost  # the store went back in time (reset, lost writes)
+                out.extend(self._read_log(current))
+                self._catch_up = False
             while True:
                 msg = self._ps.get_message(timeout=0.0)
                 if msg is None:
@@ -264,23 +455,34 @@ class _RedisFeed(ChangeFeed):
                     lost = True  # not ours (someone published junk): trust nothing cached
                     continue
                 if seq <= self._seq:
-                    continue  # committed before we subscribed: already reflected by the store
+                    continue  # already applied (from the log) or committed before we started
                 if seq != self._seq + 1:
-                    lost = True
+                    out.extend(self._read_log(seq - 1))  # a message went missing: repair
                 self._seq = seq
                 out.extend(changes)
             now = self._engine._clock()
             if now >= self._next_verify:
                 self._next_verify = now + self._engine._verify_interval
-                current = int(self._engine._r.get(self._engine._version_key) or 0)
-                if self._expect > self._seq or current < self._seq:
-                    # a message never came, or the store was reset (FLUSHALL): start over
-                    lost = True
-                    self._seq = current
+                current = self._version()
+                if current < self._seq:
+                    raise _Lost
+                if self._expect > self._seq:  # a message never came: repair from the log
+                    out.extend(self._read_log(self._expect))
                 self._expect = current
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
-            self._drop()
+        except _Lost:
+            self._catch_up = False
+            try:
+                self._seq = self._version()
+            except _UNREACHABLE:
+                self._drop()
             return None
+        except _UNREACHABLE as exc:
+            self._drop()
+            self._failed()
+            raise FISUnavailableError(
+                f"FIS change feed unavailable: {self._engine.where}: {type(exc).__name__}"
+            ) from None
+        self._backoff = 0.0
         return None if lost else out
 
     def close(self) -> None:

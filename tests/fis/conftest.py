@@ -19,8 +19,11 @@ REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
 @contextlib.contextmanager
-def redis_server(workdir: Path) -> Iterator[str]:
-    """Run a private redis-server on ``workdir/redis.sock``; yield its URL; kill it by PID."""
+def redis_server(workdir: Path, *, persist: bool = False) -> Iterator[str]:
+    """Run a private redis-server on ``workdir/redis.sock``; yield its URL; kill it by PID.
+
+    ``persist``: append-only file in ``workdir`` (fsync every second), so a server started
+    again on the same directory has the same data."""
     if not os.path.exists(REDIS_SERVER):
         pytest.fail(f"redis-server not found at {REDIS_SERVER} (apt-get install redis-server)")
     sock = workdir / "redis.sock"
@@ -32,7 +35,8 @@ def redis_server(workdir: Path) -> Iterator[str]:
             "--unixsocket", str(sock),
             "--unixsocketperm", "700",
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if persist else "no",
+            "--appendfsync", "everysec",
             "--dir", str(workdir),
             "--logfile", str(logfile),
         ],

@@ -134,30 +134,58 @@ def test_other_writers_are_seen_after_the_staleness_bound(
 
 
 def test_lost_change_feed_flushes_the_cache(store_url: str) -> None:
-    """SQLite: the change log was pruned past the reader. Redis: pub/sub link was killed."""
+    """The change log was pruned past the reader: nothing can be repaired, so it flushes."""
     if store_url.startswith("sqlite"):
         mine = open_engine(store_url)
-        theirs = SqliteFIS(store_url[len("sqlite://") :], keep_changes=0)
+        theirs: FISEngine = SqliteFIS(store_url[len("sqlite://") :], keep_changes=0)
     else:
-        mine, theirs = open_engine(store_url), open_engine(store_url)
+        from pcsite_lite.fis_redis import RedisFIS
+
+        base, _, prefix = store_url.partition("?prefix=")
+        mine = open_engine(store_url)
+        theirs = RedisFIS(base, prefix=prefix, log_keep=1)
     clock = FakeClock()
     cache = CachedFIS(mine, clock=clock)
     try:
         theirs.put(NS, "k", 1, writer="acme")
         assert cache.get(NS, "k") == 1
-        if store_url.startswith("sqlite"):
-            for i in range(300):  # keep_changes=0: the log is pruned every 256 writes
-                theirs.put(NS, f"x{i}", i, writer="acme")
-        else:
-            admin = redis.Redis.from_url(store_url.partition("?")[0])
-            admin.client_kill_filter(_type="pubsub")
+        if not store_url.startswith("sqlite"):  # the node misses every message from now on
+            redis.Redis.from_url(base).client_kill_filter(_type="pubsub")
+        for i in range(300):  # SQLite prunes every 256 writes; Redis trims the log to ~1
+            theirs.put(NS, f"x{i}", i, writer="acme")
         theirs.put(NS, "k", 2, writer="acme")
         _settle(cache, clock, lambda: cache.get(NS, "x") is None and cache.flushes > 0)
         assert cache.get(NS, "k") == 2
         if not store_url.startswith("sqlite"):
-            # after the flush the feed reconnects and keeps delivering
+            # after the flush the feed keeps delivering
             theirs.put(NS, "k", 3, writer="acme")
             _settle(cache, clock, lambda: cache.get(NS, "k") == 3)
+    finally:
+        cache.close()
+        mine.close()
+        theirs.close()
+
+
+def test_broken_subscription_is_repaired_from_the_log_without_a_flush(redis_url: str) -> None:
+    """Redis: the pub/sub link is killed and writes happen meanwhile; the feed re-subscribes,
+    reads the missed changes from the log and drops only those entries."""
+    url = f"{redis_url}?prefix=pcf-repair"
+    mine, theirs = open_engine(url), open_engine(url)
+    clock = FakeClock()
+    cache = CachedFIS(mine, clock=clock)
+    try:
+        theirs.put_many(NS, [("k", 1), ("same", "x")], writer="acme")
+        assert cache.get(NS, "k") == 1 and cache.get(NS, "same") == "x"
+        misses = cache.misses
+        redis.Redis.from_url(redis_url).client_kill_filter(_type="pubsub")
+        theirs.put(NS, "k", 2, writer="acme")  # published while nobody listens
+        _settle(cache, clock, lambda: cache.get(NS, "k") == 2)
+        assert cache.flushes == 0
+        assert cache.get(NS, "same") == "x"
+        assert cache.misses == misses + 1  # only "k" was read again
+        theirs.put(NS, "k", 3, writer="acme")  # and the new subscription delivers
+        _settle(cache, clock, lambda: cache.get(NS, "k") == 3)
+        assert cache.flushes == 0
     finally:
         cache.close()
         mine.close()

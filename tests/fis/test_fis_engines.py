@@ -273,8 +273,13 @@ def test_lpm_table_and_engine_agree_on_items_order(fis: FISEngine) -> None:
 def test_unopenable_stores_raise_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FISUnavailableError, match="cannot open FIS database"):
         open_engine(f"sqlite://{tmp_path}/no/such/dir/fis.db")
-    with pytest.raises(FISUnavailableError, match="cannot subscribe"):
-        CachedFIS(open_engine(f"unix://{tmp_path}/no-redis.sock"))
+    # a cache opens while its Redis is away (a worker restarted in an outage) ...
+    cache = CachedFIS(open_engine(f"unix://{tmp_path}/no-redis.sock"))
+    cache.refresh()  # ... polls without raising ...
+    assert not cache.available and cache.outages == 1
+    with pytest.raises(FISUnavailableError, match=r"FIS engine unavailable: Redis at .*no-redis"):
+        cache.get("acme/s", "k")  # ... and a miss names the store it cannot reach
+    cache.close()
     with pytest.raises(FISValueError, match="scheme"):
         open_engine("postgres://x")
     with pytest.raises(FISValueError, match="scheme"):
