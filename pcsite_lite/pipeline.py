@@ -48,6 +48,7 @@ from pcsite_lite.api import (
     ServiceContext,
 )
 from pcsite_lite.circuits import Circuit, OutHop
+from pcsite_lite.fis import FISUnavailableError
 from pcsite_lite.runtime import ACTIVE, DISABLED, ServiceSlot
 from pcsite_lite.sandbox import BudgetExceeded
 from pcsite_lite.site import Registration, Site
@@ -219,6 +220,9 @@ class Pipeline:
                         self._charge(ctx, n, clock() - t0)
                         api._reset_decision()
                         return [self._fail(slot, now, exc.reason, exc.detail)]
+                    except FISUnavailableError as exc:
+                        api._reset_decision()
+                        return [self._platform_fault(slot, now, exc)]
                     except Exception as exc:
                         self._charge(ctx, n, clock() - t0)
                         api._reset_decision()
@@ -436,6 +440,8 @@ class Pipeline:
         except ApiError as exc:
             self._charge(ctx, n, clock() - t0)
             return self._fail(slot, now, exc.reason, exc.detail)
+        except FISUnavailableError as exc:
+            return self._platform_fault(slot, now, exc)
         except Exception as exc:
             self._charge(ctx, n, clock() - t0)
             return self._fail(slot, now, "service_error", f"{type(exc).__name__}: {exc}")
@@ -449,6 +455,12 @@ class Pipeline:
         if api._action == ACT_DROP:
             return self._drop("service_drop", slot, api._detail)
         return None
+
+    def _platform_fault(self, slot: ServiceSlot, now: float, exc: Exception) -> Drop:
+        """The site failed the packet (its FIS is unreachable): a site drop, not the service's
+        failure, and the packet is not metered to the service."""
+        self.runtime.platform_fault(slot, now, "fis_unavailable", str(exc))
+        return self._drop("fis_unavailable")
 
     def _fail(self, slot: ServiceSlot, now: float, reason: str, detail: str) -> Drop:
         self.runtime.failed(slot, now, reason, detail)

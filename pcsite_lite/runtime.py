@@ -160,6 +160,7 @@ class ServiceRuntime:
         #: the most recent events (bounded), newest last
         self.events: deque[SiteEvent] = deque(maxlen=keep_events)
         self._slots: dict[tuple[str, str], ServiceSlot] = {}
+        self._fault_logged: dict[tuple[str, str], float] = {}  #: (service, reason) -> time
 
     # ---- slots
     def slot(self, psp: str, service: str) -> ServiceSlot:
@@ -265,6 +266,15 @@ class ServiceRuntime:
                 f"{kind}: {detail}"
             )
             self.event(now, "disabled", slot.name, slot.status_detail)
+
+    def platform_fault(self, slot: ServiceSlot, now: float, reason: str, detail: str) -> None:
+        """A packet of ``slot`` failed for the *site's* fault (e.g. ``fis_unavailable``): not
+        counted against the service (no failure, no disable) and not billed; one event per
+        service and reason per second at most, however many packets it hits."""
+        key = (slot.name, reason)
+        if now - self._fault_logged.get(key, -1e18) >= 1.0:
+            self._fault_logged[key] = now
+            self.event(now, reason, slot.name, detail)
 
     def event(self, now: float, kind: str, service: str, detail: str) -> None:
         ev = SiteEvent(now, kind, service, detail)

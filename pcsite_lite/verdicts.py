@@ -74,6 +74,8 @@ PIPELINE_REASONS: Final = frozenset(
         "api_misuse",  # an API call with bad arguments (wrong type, out of range, ...)
         "too_big",  # the rewritten packet exceeds the IPv4 maximum
         "internal_error",  # a bug in the site itself (logged as a site event)
+        "fis_unavailable",  # the FIS engine is unreachable and the entry is not cached (a
+        # platform fault: never counted against the service, never billed)
     }
 )
 
