@@ -80,6 +80,7 @@ __all__ = [
     "CachedFIS",
     "Change",
     "ChangeFeed",
+    "FISAuthError",
     "FISEngine",
     "FISError",
     "FISPermissionError",
@@ -139,6 +140,13 @@ class FISUnavailableError(FISError):
     """
 
     reason = "unavailable"
+
+
+class FISAuthError(FISUnavailableError):
+    """The store refused our credentials or their permissions (Redis ACL): a configuration
+    error of the site, reported at start-up rather than retried."""
+
+    reason = "unauthorized"
 
 
 # --- naming ---------------------------------------------------------------------------------
@@ -963,7 +971,8 @@ class CachedFIS:
         if snap is None:
             return False
         tmp = f"{os.fspath(path)}.tmp"
-        with open(tmp, "w") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # providers' data
+        with os.fdopen(fd, "w") as f:
             json.dump(snap, f, separators=(",", ":"))
         os.replace(tmp, path)
         self.dirty = False

@@ -48,7 +48,14 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from pcsite_lite.fis import Change, ChangeFeed, FISEngine, FISUnavailableError, check_namespace
+from pcsite_lite.fis import (
+    Change,
+    ChangeFeed,
+    FISAuthError,
+    FISEngine,
+    FISUnavailableError,
+    check_namespace,
+)
 from pcsite_lite.lpm import MASKS, format_prefix
 
 __all__ = ["BACKOFF_MAX", "BACKOFF_MIN", "LOG_KEEP", "RedisFIS"]
@@ -63,6 +70,12 @@ _UNREACHABLE = (
     redis.exceptions.NoPermissionError,
     redis.exceptions.AuthenticationWrongNumberOfArgsError,
     OSError,
+)
+
+_REFUSED = (
+    redis.AuthenticationError,
+    redis.exceptions.NoPermissionError,
+    redis.exceptions.AuthenticationWrongNumberOfArgsError,
 )
 
 # KEYS: 1 hash, 2 version, 3 log, 4 epoch. ARGV: 1 "hset"|"hdel", 2 channel, 3 JSON list of
@@ -162,10 +175,13 @@ class RedisFIS(FISEngine):
     def _unavailable(self, exc: BaseException) -> FISUnavailableError:
         self._backoff = min(BACKOFF_MAX, max(BACKOFF_MIN, self._backoff * 2))
         self._retry_at = time.monotonic() + self._backoff
-        what = type(exc).__name__
-        if isinstance(exc, (redis.AuthenticationError, redis.exceptions.NoPermissionError)):
-            what += " (check the site's FIS credentials and the server's ACL)"
-        return FISUnavailableError(f"FIS engine unavailable: {self.where}: {what}: {exc}")
+        what = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, _REFUSED):
+            return FISAuthError(
+                f"FIS engine refused access: {self.where}: {what} (check the site's FIS "
+                "credentials, site.fis = redis://USER:PASSWORD@host:port/db, and the ACL)"
+            )
+        return FISUnavailableError(f"FIS engine unavailable: {self.where}: {what}")
 
     # keys
     def _kv_key(self, ns: str) -> str:

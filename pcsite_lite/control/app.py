@@ -230,6 +230,10 @@ def _h_activate(app: ControlApp, who: Principal, p: dict[str, str], b: dict[str,
     return 200, app.backend.activate_service(p["psp"], _name(p, "service"), b["version"])
 
 
+def _h_enable(app: ControlApp, who: Principal, p: dict[str, str], b: dict[str, Json]) -> Any:
+    return 200, app.backend.enable_service(p["psp"], _name(p, "service"))
+
+
 def _h_services(app: ControlApp, who: Principal, p: dict[str, str], b: dict[str, Json]) -> Any:
     return 200, {"services": app.backend.list_services(p["psp"])}
 
@@ -355,6 +359,8 @@ def _h_usage(app: ControlApp, who: Principal, p: dict[str, str], b: dict[str, Js
 
 _P = "/v1/psps/{psp}"
 _NF = ("not_found",)
+_FIS = ("unavailable",)  # 503 while the FIS engine is unreachable (the message names it)
+_FIS_NF = (*_NF, *_FIS)
 #: The route table: dispatch, validation and OpenAPI all come from here.
 ROUTES: Final[tuple[Route, ...]] = (
     Route("GET", "/openapi.json", "getOpenapi", "This API's OpenAPI 3 description", "any",
@@ -380,6 +386,9 @@ ROUTES: Final[tuple[Route, ...]] = (
           "Make an uploaded version the one the site runs", "psp", _h_activate,
           body=(Field("version", "string", "an uploaded version name"),),
           errors=(*_NF, "not_configured")),
+    Route("POST", f"{_P}/services/{{service}}/enable", "enableService",
+          "Re-enable a service the site disabled after repeated failures (its owner)", "psp",
+          _h_enable, errors=_NF),
     Route("GET", f"{_P}/circuits", "listCircuits", "The PSP's circuit hops at this site",
           "psp", _h_circuits),
     Route("POST", f"{_P}/circuits", "allocateCircuit",
@@ -413,22 +422,22 @@ ROUTES: Final[tuple[Route, ...]] = (
           _h_teardown, ok_status=204, errors=_NF),
     Route("GET", f"{_P}/fis/{{service}}/kv/{{key}}", "getFisEntry",
           "Read a key-value FIS entry of the PSP's service namespace", "psp", _h_fis_get,
-          errors=_NF),
+          errors=_FIS_NF),
     Route("PUT", f"{_P}/fis/{{service}}/kv/{{key}}", "putFisEntry",
           "Write a key-value FIS entry of the PSP's service namespace", "psp", _h_fis_put,
-          body=(Field("value", "any", "any JSON value"),), ok_status=204),
+          body=(Field("value", "any", "any JSON value"),), ok_status=204, errors=_FIS),
     Route("DELETE", f"{_P}/fis/{{service}}/kv/{{key}}", "deleteFisEntry",
-          "Delete a key-value FIS entry", "psp", _h_fis_del, ok_status=204),
+          "Delete a key-value FIS entry", "psp", _h_fis_del, ok_status=204, errors=_FIS_NF),
     Route("PUT", f"{_P}/fis/{{service}}/lpm/{{table}}", "putFisRoute",
           "Write a longest-prefix-match entry", "psp", _h_lpm_put,
           body=(Field("prefix", "string", "IPv4 prefix, e.g. 198.18.4.0/24"),
-                Field("value", "any", "any JSON value")), ok_status=204),
+                Field("value", "any", "any JSON value")), ok_status=204, errors=_FIS),
     Route("DELETE", f"{_P}/fis/{{service}}/lpm/{{table}}", "deleteFisRoute",
           "Delete a longest-prefix-match entry", "psp", _h_lpm_del,
-          body=(Field("prefix", "string", "IPv4 prefix"),), ok_status=204),
+          body=(Field("prefix", "string", "IPv4 prefix"),), ok_status=204, errors=_FIS_NF),
     Route("PUT", "/v1/isp/fis/{namespace}/kv/{key}", "putIspFisEntry",
           "Publish ISP network information services may read (ISP)", "isp", _h_isp_fis,
-          body=(Field("value", "any", "any JSON value"),), ok_status=204),
+          body=(Field("value", "any", "any JSON value"),), ok_status=204, errors=_FIS),
     Route("POST", f"{_P}/service-ids", "registerServiceId",
           "Register a form-2 service ID for a service", "psp", _h_sid,
           body=(Field("service", "string", "the PSP's service"),

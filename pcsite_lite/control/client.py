@@ -138,6 +138,10 @@ class ControlClient:
             "POST", self._p(f"/services/{quote(service, safe='')}/activate"), {"version": version}
         )
 
+    def enable_service(self, service: str) -> dict[str, Any]:
+        """Re-enable a service the site disabled after repeated failures."""
+        return self.request("POST", self._p(f"/services/{quote(service, safe='')}/enable"))
+
     def list_services(self) -> list[dict[str, Any]]:
         return self.request("GET", self._p("/services"))["services"]
 

@@ -7,6 +7,7 @@ every data-plane change to ``broadcast`` so that the worker replicas follow.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +22,8 @@ from .backend import Json
 from .errors import ApiError
 
 __all__ = ["SiteBackend"]
+
+log = logging.getLogger("pcsite_lite.control")
 
 _CIRCUIT_CODES = {
     "unknown_label": "not_found",
@@ -84,7 +87,12 @@ class SiteBackend:
         self._kernel = kernel
         self._clock = clock
         self.fis: fislib.FISEngine = fislib.open_engine(cfg.fis_url)
-        self.fis.namespaces()  # reach the store now: a bad URL fails at start, not later
+        try:  # reach the store now: refused credentials fail at start, not later
+            self.fis.namespaces()
+        except fislib.FISAuthError:
+            raise
+        except fislib.FISUnavailableError as exc:  # an outage: start, serve from caches
+            log.warning("starting while the FIS is unreachable (writes answer 503): %s", exc)
         self._alloc_service: dict[int, str] = {}  # label -> service named at allocation
         self.repo: Any = None
         if cfg.repository is not None:
@@ -287,6 +295,8 @@ class SiteBackend:
             return fn()
         except fislib.FISPermissionError as exc:
             raise ApiError("forbidden", str(exc)) from exc
+        except fislib.FISUnavailableError as exc:  # the platform's fault: retry later
+            raise ApiError("unavailable", str(exc)) from exc
         except fislib.FISError as exc:
             raise ApiError("bad_field", str(exc)) from exc
 
@@ -317,6 +327,14 @@ class SiteBackend:
 
     def isp_fis_put(self, namespace: str, key: str, value: Json) -> None:
         self._fis(lambda: self.fis.put(fislib.ISP, key, value, writer=fislib.ISP))
+
+    # --- service status
+    def enable_service(self, psp: str, service: str) -> Json:
+        """Re-enable the PSP's service on every worker (after it was disabled for failing)."""
+        if not any(s["service"] == service for s in self.list_services(psp)):
+            raise ApiError("not_found", f"no service {service!r} at this site")
+        self._broadcast({"op": "enable", "psp": psp, "service": service})
+        return {"service": service, "status": "active"}
 
     # --- forms 2 and 3
     def _reg(self, fn: Callable[[], Any]) -> Any:

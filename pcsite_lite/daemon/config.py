@@ -116,6 +116,25 @@ def _range(key: str, v: int | float, lo: float, hi: float) -> None:
         raise ConfigError(key, f"must be in {lo}..{hi}, got {v}")
 
 
+def _check_fis_credentials(url: str) -> None:
+    """A FIS reached over the network is ACL-protected: the URL must name the site's user."""
+    if not url.startswith(("redis:", "rediss:")):
+        return  # sqlite: a local file; unix: a local socket (file permissions)
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        user, password = parts.username, parts.password
+    except ValueError as exc:
+        raise ConfigError("site.fis", f"is not a valid URL: {exc}") from None
+    if not user or not password:
+        raise ConfigError(
+            "site.fis",
+            "a Redis FIS over the network needs the site's ACL credentials: "
+            "redis://USER:PASSWORD@host:port/db (the server's default user is disabled)",
+        )
+
+
 def parse(doc: dict[str, Any], *, source: str = "", base_dir: Path | None = None) -> SiteConfig:
     """Validate a parsed TOML document."""
     known = {"site", "dataplane", "control"}
@@ -153,6 +172,7 @@ def parse(doc: dict[str, Any], *, source: str = "", base_dir: Path | None = None
         fis_url = f"sqlite://{Path(state_dir) / 'fis.db'}"
     if not fis_url.startswith(("sqlite:", "redis:", "rediss:", "unix:")):
         raise ConfigError("site.fis", "must be a sqlite:, redis:, rediss: or unix: URL")
+    _check_fis_credentials(fis_url)
     repository = _get(doc, "site", "repository", str, None)
     if repository is not None and not Path(repository).is_absolute():
         repository = str(base / repository)

@@ -16,12 +16,15 @@ Ops::
     {"op": "renew", "label": L, "expires": t}
     {"op": "service_id", "id": N, "psp": P, "service": S}   /   {"op": "release_id", "id": N}
     {"op": "destination", "prefix": p, "psp": P, "service": S, "redirect_prefixes": [p]}
+    {"op": "enable", "psp": P, "service": S}
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pcsite_lite import fis as fislib
@@ -126,10 +129,23 @@ class WorkerSite:
     follow the out hop the PSP installed) or is dropped as ``service_unavailable``.
     """
 
-    def __init__(self, cfg: SiteConfig, *, clock: Callable[[], float] = time.time) -> None:
+    #: seconds between snapshots of the FIS cache (written only when it changed)
+    FIS_SNAPSHOT_INTERVAL = 1.0
+
+    def __init__(
+        self, cfg: SiteConfig, *, clock: Callable[[], float] = time.time, index: int | None = None
+    ) -> None:
         self.cfg = cfg
         self.clock = clock
         self.fis = fislib.CachedFIS(fislib.open_engine(cfg.fis_url))
+        # worker ``index`` keeps its FIS cache in a snapshot file, so that a restart while the
+        # FIS engine is away starts with the entries it served (re-validated once it is back)
+        self._fis_snapshot = (
+            None if index is None else Path(cfg.state_dir) / f"fis-cache-{index}.json"
+        )
+        self._next_snapshot = 0.0
+        if self._fis_snapshot is not None:
+            self.fis.load_snapshot(self._fis_snapshot)
         self.site = Site(
             cfg.name,
             cfg.public_ip,
@@ -192,6 +208,8 @@ class WorkerSite:
                 redirect_prefixes=op.get("redirect_prefixes") or (),
             )
             self._ensure_code(op["psp"], op["service"])
+        elif kind == "enable":  # the owner re-enabled a service disabled for failing
+            site.runtime.enable(op["psp"], op["service"])
         else:
             raise ValueError(f"unknown op {kind!r}")
 
@@ -199,6 +217,19 @@ class WorkerSite:
         """Between batches: roll out versions activated in the repository, expire circuits."""
         self.site.runtime.refresh()
         self.site.circuits.expire(self.clock())
+        self.save_fis_snapshot()
+
+    def save_fis_snapshot(self, *, force: bool = False) -> None:
+        """Write the FIS cache's snapshot if it changed (at most once per interval)."""
+        now = time.monotonic()
+        if self._fis_snapshot is None or not self.fis.dirty:
+            return
+        if force or now >= self._next_snapshot:
+            self._next_snapshot = now + self.FIS_SNAPSHOT_INTERVAL
+            try:
+                self.fis.save_snapshot(self._fis_snapshot)
+            except OSError as exc:  # a full or read-only state dir must not stop forwarding
+                print(f"cannot save the FIS cache snapshot: {exc}", file=sys.stderr)
 
     def account(self) -> float:
         """After a batch of packets, before the worker blocks: close the CPU-metering window,

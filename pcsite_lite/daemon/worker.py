@@ -84,7 +84,7 @@ def bare_processor(next_hop: str) -> Processor:
 class Replica:
     """What a worker needs of the site state, rebuilt from the supervisor's messages."""
 
-    def __init__(self, cfg: SiteConfig) -> None:
+    def __init__(self, cfg: SiteConfig, index: int | None = None) -> None:
         self.cfg = cfg
         self.process: Processor
         #: the packet clock, read once per batch (not per packet) and passed to ``process``
@@ -101,7 +101,7 @@ class Replica:
         else:
             from .state import WorkerSite
 
-            site = WorkerSite(cfg)
+            site = WorkerSite(cfg, index=index)
             # the pipeline itself: no per-packet wrapper call and clock read
             self.process = site.pipeline.process
             self.clock = site.clock
@@ -115,7 +115,7 @@ class Replica:
 
 def run(cfg: SiteConfig, index: int, tun_fd: int, ctl: socket.socket) -> int:
     """The worker loop; returns when told to stop or when the supervisor goes away."""
-    replica = Replica(cfg)
+    replica = Replica(cfg, index)
     stats = WorkerStats()
     drops = stats.drops
     os.set_blocking(tun_fd, False)
