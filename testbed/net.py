@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -40,6 +41,8 @@ __all__ = ["Node", "Process", "Result", "SiteInfo", "Testbed"]
 T = TypeVar("T")
 REDIS_SERVER = "/usr/bin/redis-server"
 REDIS_PORT = 6379
+REDIS_ROLES = ("site", "isp")
+FIS_FILTER_TABLE = "pctb_fis"  #: bridge-family nft table in the control namespace
 TAP_QUEUE = 10000  #: frames a delay line's TAP queues before dropping (bursts)
 _BASE_SYSCTLS = {
     "net/ipv6/conf/all/disable_ipv6": "1",
@@ -292,7 +295,10 @@ class Testbed:
         self.processes: list[Process] = []
         self.nodes: dict[str, Node] = {}
         self.dns: DnsServer | None = None
-        self.redis_url: str | None = None
+        self.redis_url: str | None = None  #: the FIS Redis address (no credentials)
+        self.redis_passwords: dict[str, str] = {}  #: role -> password (this run's)
+        self.redis_procs: dict[str, Process] = {}
+        self._fis_filtered: dict[str, bool] = {}
         self.attachments: dict[str, Attachment] = {}
         self.timings: dict[str, float] = {}
         self.run_state: state.Run
@@ -340,7 +346,7 @@ class Testbed:
             control_address=p.control.address if p.control else None,
             control_subnet=str(self.plan.control_subnet),
             compute_nodes=spec.compute_nodes,
-            fis_redis=self.redis_url,
+            fis_redis=self.fis_url("site"),
             dns=self.dns.address if self.dns else None,
         )
 
@@ -622,34 +628,96 @@ class Testbed:
             break  # one DNS server per testbed
 
     def _start_redis(self, name: str) -> None:
+        """Start (or restart) the FIS node's Redis: ACL users per role, the default user off,
+        an append-only file fsynced on every write in the run's state, and on the control
+        network a bridge filter that lets only the sites' ports reach the FIS node."""
         node = self.node(name)
         addr = node.control_address or node.address
         if addr is None:
             raise RuntimeError(f"FIS node {name} has no address for Redis")
         rundir = self.run_state.dir / "redis"
-        rundir.mkdir(exist_ok=True)
-        node.start(
+        rundir.mkdir(mode=0o700, exist_ok=True)
+        acl = rundir / "users.acl"
+        if not self.redis_passwords:
+            self.redis_passwords = {role: secrets.token_hex(16) for role in REDIS_ROLES}
+            fd = os.open(acl, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(redis_acl(self.redis_passwords))
+        proc = node.start(
             [
                 REDIS_SERVER,
-                "--bind",
-                addr,
-                "--port",
-                str(REDIS_PORT),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(rundir),
-                "--protected-mode",
-                "no",
-                "--daemonize",
-                "no",
+                "--bind", addr,
+                "--port", str(REDIS_PORT),
+                "--aclfile", str(acl),
+                "--save", "",
+                "--appendonly", "yes",
+                "--appendfsync", "always",  # an acknowledged FIS write survives a SIGKILL
+                "--dir", str(rundir),
+                "--protected-mode", "no",  # no default user to protect: it is off
+                "--daemonize", "no",
             ],
-            name="redis",
+            name=f"redis-{name}",
             ready=lambda: node.tcp_open(addr, REDIS_PORT),
-        )
+        )  # fmt: skip
+        self.redis_procs[name] = proc
         self.redis_url = f"redis://{addr}:{REDIS_PORT}/0"
+        if self.control_ns and node.plan.control and not self._fis_filtered.get(name):
+            self._filter_fis(name)
+
+    def _filter_fis(self, name: str) -> None:
+        """Only site nodes' bridge ports may send IPv4 to the FIS node's port (by port, not
+        by address: a PSP that takes a site's address is still stopped)."""
+        assert self.control_ns
+        ports = {node: port for node, port, _ in self.plan.control_ports}
+        sites = [ports[s.name] for s in self.topo.of_kind("site") if s.name in ports]
+        allowed = f"iifname != {{ {', '.join(sites)} }} " if sites else ""
+        ruleset = (
+            f"table bridge {FIS_FILTER_TABLE} {{\n"
+            "  chain forward {\n"
+            "    type filter hook forward priority 0; policy accept;\n"
+            f'    oifname "{ports[name]}" {allowed}meta protocol ip drop\n'
+            "  }\n"
+            "}\n"
+        )
+        subprocess.run(
+            ["nsenter", f"--net={netns.path(self.control_ns)}", "--", "nft", "-f", "-"],
+            input=ruleset.encode(),
+            check=True,
+            capture_output=True,
+            timeout=30,
+        )
+        self._fis_filtered[name] = True
+
+    def fis_url(self, role: str = "site") -> str | None:
+        """The FIS Redis URL with ``role``'s credentials (``site`` or ``isp``), if any."""
+        if self.redis_url is None:
+            return None
+        if role not in self.redis_passwords:
+            raise KeyError(f"no FIS role {role!r} (roles: {', '.join(REDIS_ROLES)})")
+        host = self.redis_url.removeprefix("redis://")
+        return f"redis://{role}:{self.redis_passwords[role]}@{host}"
+
+    def kill_fis(self, name: str | None = None) -> None:
+        """SIGKILL the FIS node's Redis (fault injection); :meth:`start_fis` brings it back
+        with its data (append-only file)."""
+        name = name or self._fis_node()
+        proc = self.redis_procs.pop(name)
+        proc.popen.kill()
+        proc.popen.wait(10)
+        self._forget(proc.pid)
+
+    def start_fis(self, name: str | None = None) -> None:
+        """Start the FIS node's Redis again after :meth:`kill_fis` (same address and users)."""
+        name = name or self._fis_node()
+        if name in self.redis_procs:
+            raise RuntimeError(f"the Redis of {name} is running")
+        self._start_redis(name)
+
+    def _fis_node(self) -> str:
+        names = [s.name for s in self.topo.of_kind("fis") if s.engine == "redis"]
+        if not names:
+            raise KeyError("this topology runs no Redis FIS")
+        return names[0]
 
     def _start_dns(self, name: str) -> None:
         from testbed.dns import DnsServer, reverse_zone_name  # dnspython: only when needed
@@ -781,13 +849,31 @@ class Testbed:
                 }
                 for lp in self.plan.links
             ],
-            "sites": {s.name: asdict(self.site(s.name)) for s in self.topo.of_kind("site")},
+            "sites": {
+                s.name: {**asdict(self.site(s.name)), "fis_redis": self.redis_url}
+                for s in self.topo.of_kind("site")
+            },  # credentials stay out of the state file (the sites get them from fis_url)
             "dns": self.dns.address if self.dns else None,
             "redis": self.redis_url,
             "processes": [{"node": p.node, "name": p.name, "pid": p.pid} for p in self.processes],
             "attachments": {r: a.snippet() for r, a in self.attachments.items()},
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
         }
+
+
+def redis_acl(passwords: dict[str, str], prefix: str = "pcfis") -> str:
+    """The FIS Redis's ACL file: the default user off; ``site`` reads and writes the FIS keys
+    and change channel; ``isp`` reads them and writes only the ISP namespace (network
+    information) plus the change bookkeeping every write updates."""
+    base = "+@connection +ping -@dangerous"
+    return (
+        "user default off\n"
+        f"user site on >{passwords['site']} resetkeys ~{prefix}:* resetchannels "
+        f"&{prefix}:changes -@all +@read +@write +@pubsub +@scripting {base}\n"
+        f"user isp on >{passwords['isp']} resetkeys %R~{prefix}:* ~{prefix}:kv:isp "
+        f"~{prefix}:lpm:isp:* ~{prefix}:version ~{prefix}:log ~{prefix}:epoch resetchannels "
+        f"&{prefix}:changes -@all +@read +@write +@pubsub +@scripting {base}\n"
+    )
 
 
 def emulated(spec: LinkSpec) -> bool:

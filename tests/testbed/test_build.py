@@ -77,13 +77,13 @@ def test_redis_fis_answers_on_the_control_network_only(fig2: Testbed) -> None:
     def roundtrip() -> bytes | None:
         # connect inside the namespace: a redis client connects lazily, on first use
         client = redis.Redis.from_url(url, socket_timeout=2)
-        client.set("pct-key", "v")
-        value = client.get("pct-key")
+        client.set("pcfis:pct-key", "v")  # the site user may touch the FIS keys only
+        value = client.get("pcfis:pct-key")
         client.close()
         return value
 
     assert fig2.node("C2").call(roundtrip) == b"v"
-    host, port = url.split("//")[1].split("/")[0].split(":")
+    host, port = url.rpartition("@")[2].split("/")[0].split(":")
     assert not fig2.node("S").tcp_open(host, int(port))
 
 
