@@ -8,9 +8,9 @@ every compute node. Layout under a key prefix (default ``"pcfis"``)::
     {prefix}:lpm:{ns}:{table}      hash    "a.b.c.d/len" -> JSON value
     {prefix}:version               int     bumped by every write
     {prefix}:epoch                 string  random identity of this store (set once)
-    {prefix}:log                   stream  entry "<version>-0": the write's changes (last
-                                           ``LOG_KEEP`` entries, approximately)
-    channel {prefix}:changes       "<version> <JSON list of [kind, ns, table, key]>"
+    {prefix}:log                   stream  entry "<version>-0": w = write id, c = the
+                                           changes (last ``LOG_KEEP`` entries, roughly)
+    channel {prefix}:changes       "<version> <write id> <JSON list of [kind, ns, table, key]>"
 
 Every write is one Lua script: the hash update, ``INCR version``, ``XADD`` to the log and
 ``PUBLISH`` happen atomically, so a subscriber sees each committed write exactly once, in order,
@@ -79,7 +79,7 @@ _REFUSED = (
 )
 
 # KEYS: 1 hash, 2 version, 3 log, 4 epoch. ARGV: 1 "hset"|"hdel", 2 channel, 3 JSON list of
-# changes, 4 log length kept, 5 a new epoch (used if the store has none),
+# changes, 4 log length kept, 5 a random write id (also the epoch if the store has none),
 # 6.. fields (hdel) or field/value pairs (hset).
 _WRITE_LUA = """
 local n = 0
@@ -91,13 +91,14 @@ end
 if ARGV[1] == 'hset' or n > 0 then
   redis.call('SET', KEYS[4], ARGV[5], 'NX')
   local v = redis.call('INCR', KEYS[2])
-  local r = redis.pcall('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], v .. '-0', 'c', ARGV[3])
+  local r = redis.pcall('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], v .. '-0', 'w', ARGV[5],
+                        'c', ARGV[3])
   if type(r) == 'table' and r.err then
     -- the log is ahead of the version (someone reset one but not the other): restart it
     redis.call('DEL', KEYS[3])
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], v .. '-0', 'c', ARGV[3])
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], v .. '-0', 'w', ARGV[5], 'c', ARGV[3])
   end
-  redis.call('PUBLISH', ARGV[2], v .. ' ' .. ARGV[3])
+  redis.call('PUBLISH', ARGV[2], v .. ' ' .. ARGV[5] .. ' ' .. ARGV[3])
 end
 return n
 """
@@ -334,6 +335,7 @@ class _RedisFeed(ChangeFeed):
         self._ps: Any = None
         self._epoch: str | None = None  #: the store's epoch; None until first reached
         self._seq = 0  #: the last change number applied
+        self._wid: str | None = None  #: the write id of change number _seq, if known
         self._catch_up = False  #: read the log past _seq before trusting messages
         self._expect = 0  # a server version some message must have brought by the next verify
         self._next_verify = 0.0
@@ -359,6 +361,7 @@ class _RedisFeed(ChangeFeed):
             return False
         self._epoch = epoch
         self._seq = int(seq)
+        self._wid = None
         self._catch_up = True
         self._unknown = False
         return True
@@ -395,6 +398,7 @@ class _RedisFeed(ChangeFeed):
         if self._epoch is None:  # first contact, nothing applied yet: start from now
             self._epoch = epoch
             self._seq = self._version()
+            self._wid = None
             self._catch_up = False
             if self._unknown:
                 self._unknown = False
@@ -402,6 +406,7 @@ class _RedisFeed(ChangeFeed):
         elif epoch != self._epoch:  # another store (reset, replaced): nothing can be repaired
             self._epoch = epoch
             self._seq = self._version()
+            self._wid = None
             self._catch_up = False
             raise _Lost
         else:
@@ -409,27 +414,39 @@ class _RedisFeed(ChangeFeed):
         self._expect = 0
         self._next_verify = self._engine._clock() + self._engine._verify_interval
 
+    def _entries(self, lo: int, hi: int) -> list[tuple[int, str, str]]:
+        """Log entries ``lo..hi`` as ``(number, write id, payload)``."""
+        t = self._engine._text
+        raw = self._engine._r.xrange(self._engine._log_key, f"{lo}-0", f"{hi}-0", count=1000)
+        out = []
+        for entry_id, fields in raw:
+            num = int((t(entry_id) or "").partition("-")[0])
+            out.append((num, t(fields.get(b"w")) or "", t(fields.get(b"c")) or ""))
+        return out
+
     def _read_log(self, upto: int) -> list[Change]:
-        """Changes numbered ``_seq + 1 .. upto`` from the log; :class:`_Lost` if it has a hole."""
+        """Changes numbered ``_seq + 1 .. upto`` from the log; :class:`_Lost` if it has a hole
+        or if the entry we applied last is not there any more (the server lost writes and
+        reused their numbers)."""
+        if self._wid is not None and self._seq > 0:
+            mine = self._entries(self._seq, self._seq)
+            if mine and mine[0][1] != self._wid:
+                raise _Lost
         out: list[Change] = []
-        r = self._engine._r
         nxt = self._seq + 1
         while nxt <= upto:
-            entries = r.xrange(self._engine._log_key, f"{nxt}-0", f"{upto}-0", count=1000)
+            entries = self._entries(nxt, upto)
             if not entries:
                 raise _Lost
-            for entry_id, fields in entries:
-                num = int(self._engine._text(entry_id).partition("-")[0])  # type: ignore[union-attr]
+            for num, wid, payload in entries:
                 if num != nxt:
                     raise _Lost  # pruned past us
-                raw = fields.get(b"c", fields.get("c"))
                 try:
-                    payload = raw.decode() if isinstance(raw, bytes) else str(raw)
                     out.extend(Change(k, n, t, key) for k, n, t, key in json.loads(payload))
                 except (ValueError, TypeError):
                     raise _Lost from None
+                self._seq, self._wid = num, wid
                 nxt += 1
-        self._seq = max(self._seq, upto)
         return out
 
     def _drop(self) -> None:
@@ -464,7 +481,8 @@ class _RedisFeed(ChangeFeed):
                     continue
                 try:
                     data = msg["data"].decode() if isinstance(msg["data"], bytes) else msg["data"]
-                    seq_text, _, payload = data.partition(" ")
+                    seq_text, _, rest = data.partition(" ")
+                    wid, _, payload = rest.partition(" ")
                     seq = int(seq_text)
                     changes = [Change(k, n, t, key) for k, n, t, key in json.loads(payload)]
                 except (ValueError, TypeError, AttributeError):
@@ -474,7 +492,7 @@ class _RedisFeed(ChangeFeed):
                     continue  # already applied (from the log) or committed before we started
                 if seq != self._seq + 1:
                     out.extend(self._read_log(seq - 1))  # a message went missing: repair
-                self._seq = seq
+                self._seq, self._wid = seq, wid
                 out.extend(changes)
             now = self._engine._clock()
             if now >= self._next_verify:

@@ -866,10 +866,15 @@ def redis_acl(passwords: dict[str, str], prefix: str = "pcfis") -> str:
     and change channel; ``isp`` reads them and writes only the ISP namespace (network
     information) plus the change bookkeeping every write updates."""
     base = "+@connection +ping -@dangerous"
+    site = f"resetkeys ~{prefix}:* resetchannels &{prefix}:changes -@all +@read +@write "
+    site += f"+@pubsub +@scripting {base}"
     return (
-        "user default off\n"
-        f"user site on >{passwords['site']} resetkeys ~{prefix}:* resetchannels "
-        f"&{prefix}:changes -@all +@read +@write +@pubsub +@scripting {base}\n"
+        # Off: nobody can authenticate as it. It carries the site's permissions only because
+        # Redis (7.0 up to the fix of redis/redis#14541) re-checks EXEC blocks of the
+        # append-only file (every FIS write is a script, logged as MULTI/EXEC) against the
+        # default user while loading, and silently drops them if it may not run them.
+        f"user default off {site}\n"
+        f"user site on >{passwords['site']} {site}\n"
         f"user isp on >{passwords['isp']} resetkeys %R~{prefix}:* ~{prefix}:kv:isp "
         f"~{prefix}:lpm:isp:* ~{prefix}:version ~{prefix}:log ~{prefix}:epoch resetchannels "
         f"&{prefix}:changes -@all +@read +@write +@pubsub +@scripting {base}\n"

@@ -99,3 +99,33 @@ def test_junk_on_the_change_channel_flushes_instead_of_failing(redis_url: str) -
         cache.close()
         node.close()
         writer.close()
+
+
+def test_a_server_that_lost_writes_and_reused_their_numbers_flushes_the_cache(
+    redis_url: str,
+) -> None:
+    """A crash with a laxer fsync policy can lose the last writes; later writes then reuse
+    their numbers. The feed notices (the log entry it applied last has another write id)."""
+    clock = FakeClock()
+    node = RedisFIS(redis_url, prefix="pcf-lost", clock=clock)
+    writer = RedisFIS(redis_url, prefix="pcf-lost")
+    cache = CachedFIS(node, clock=clock)
+    admin = redis.Redis.from_url(redis_url)
+    try:
+        writer.put(NS, "k", 1, writer="acme")
+        writer.put(NS, "k", 2, writer="acme")
+        assert _converges(cache, clock, 2)
+        version = int(admin.get("pcf-lost:version"))
+        # the server "loses" the last write: value, log entry and number
+        admin.hset(f"pcf-lost:kv:{NS}", "k", "1")
+        admin.xdel("pcf-lost:log", f"{version}-0")
+        admin.set("pcf-lost:version", version - 1)
+        admin.client_kill_filter(_type="pubsub")
+        writer.put(NS, "other", "x", writer="acme")  # reuses the lost number
+        assert int(admin.get("pcf-lost:version")) == version
+        assert _converges(cache, clock, 1)  # not the lost 2
+        assert cache.flushes == 1
+    finally:
+        cache.close()
+        node.close()
+        writer.close()

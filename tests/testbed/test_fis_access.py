@@ -80,9 +80,15 @@ def test_only_sites_reach_the_fis_and_only_with_their_credentials(fig2: Testbed)
 def test_the_fis_keeps_its_data_when_redis_is_killed_and_restarted(fig2: Testbed) -> None:
     url = fig2.fis_url("site")
     assert url
+
+    # a script, as every FIS write is (the append-only file logs it as MULTI/EXEC)
+    script = "redis.call('HSET', KEYS[1], 'tx', 'v2') return redis.call('INCR', KEYS[2])"
+    keys = ("pcfis:kv:acme/persist", "pcfis:persist-version")
     assert _ask(fig2, "C2", url, "HSET", "pcfis:kv:acme/persist", "k", "v") == 1
+    assert _ask(fig2, "C2", url, "EVAL", script, "2", *keys) == 1
     fig2.kill_fis()
     assert _ask(fig2, "C2", url, "PING") == "ConnectionError"
     fig2.start_fis()
     assert _ask(fig2, "C2", url, "HGET", "pcfis:kv:acme/persist", "k") == b"v"
-    assert _ask(fig2, "C2", url, "DEL", "pcfis:kv:acme/persist") == 1
+    assert _ask(fig2, "C2", url, "HGET", "pcfis:kv:acme/persist", "tx") == b"v2"
+    assert _ask(fig2, "C2", url, "DEL", "pcfis:kv:acme/persist", "pcfis:persist-version") == 2
