@@ -40,6 +40,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,9 @@ class Flows:
         got = self.got[fid]
         return sum(1 for i in sent if i in got) / len(sent)
 
+    def arrived_after(self, fid: int, t0: float) -> bool:
+        return self.first_after(fid, t0) is not None
+
     def first_after(self, fid: int, t0: float) -> float | None:
         times = [t for t in self.got[fid].values() if t >= t0]
         return min(times) if times else None
@@ -228,8 +232,8 @@ signing_key = "{public_key_bytes(key).hex()}"
             return node.call(fn)
 
         code = source("source_routing").encode()
-        api(lambda: client.upload_service("srcroute", "1", code,
-                                          sign_service(key, PSP, "srcroute", "1", code)))  # fmt: skip
+        signature = sign_service(key, PSP, "srcroute", "1", code)
+        api(lambda: client.upload_service("srcroute", "1", code, signature))
         api(lambda: client.activate_service("srcroute", "1"))
 
         def circuit() -> int:
@@ -270,7 +274,7 @@ signing_key = "{public_key_bytes(key).hex()}"
                             raise
                         time.sleep(0.01)
                 t_written = time.monotonic()
-                _until(lambda: flows.first_after(fy, t_up) is not None, 30,
+                _until(partial(flows.arrived_after, fy, t_up), 30,
                        "the entry written after the outage to take effect")  # fmt: skip
                 first = flows.first_after(fy, t_up)
                 assert first is not None

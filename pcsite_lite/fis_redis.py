@@ -62,7 +62,7 @@ __all__ = ["BACKOFF_MAX", "BACKOFF_MIN", "LOG_KEEP", "RedisFIS"]
 
 LOG_KEEP: Final = 10000  #: change-log entries kept for catching up (approximately: MAXLEN ~)
 BACKOFF_MIN: Final = 0.02  #: seconds the engine fails fast after a failure ...
-BACKOFF_MAX: Final = 0.5  #: ... doubling up to this
+BACKOFF_MAX: Final = 0.5  #: ... doubling up to this (bounds the recovery delay too)
 #: Redis errors that mean the store is out of reach (not a bad request of ours)
 _UNREACHABLE = (
     redis.ConnectionError,  # includes AuthenticationError, BusyLoadingError
