@@ -87,11 +87,16 @@ class SiteBackend:
         self._kernel = kernel
         self._clock = clock
         self.fis: fislib.FISEngine = fislib.open_engine(cfg.fis_url)
-        try:  # reach the store now: refused credentials fail at start, not later
+        try:  # reach the store now: a bad URL or refused credentials fail at start
             self.fis.namespaces()
         except fislib.FISAuthError:
             raise
-        except fislib.FISUnavailableError as exc:  # an outage: start, serve from caches
+        except fislib.FISUnavailableError as exc:
+            from pcsite_lite.daemon.state import has_fis_snapshots
+
+            if not has_fis_snapshots(cfg):
+                raise  # never reached before: most likely a wrong URL
+            # a restart during an outage: workers serve from their cache snapshots
             log.warning("starting while the FIS is unreachable (writes answer 503): %s", exc)
         self._alloc_service: dict[int, str] = {}  # label -> service named at allocation
         self.repo: Any = None

@@ -36,7 +36,7 @@ from pcsock import wire
 
 from .config import SiteConfig
 
-__all__ = ["SiteState", "WorkerSite", "circuit_op"]
+__all__ = ["SiteState", "WorkerSite", "circuit_op", "fis_snapshot_path", "has_fis_snapshots"]
 
 NOOP_VERSION = "builtin-noop"
 
@@ -111,6 +111,16 @@ class SiteState:
         return ops
 
 
+def fis_snapshot_path(cfg: SiteConfig, index: int) -> Path:
+    """Where worker ``index`` keeps its FIS cache snapshot."""
+    return Path(cfg.state_dir) / f"fis-cache-{index}.json"
+
+
+def has_fis_snapshots(cfg: SiteConfig) -> bool:
+    """Whether workers of an earlier run left FIS cache snapshots (the site has run before)."""
+    return any(Path(cfg.state_dir).glob("fis-cache-*.json"))
+
+
 def _resolver(cfg: SiteConfig) -> Any:
     if cfg.repository is None:
         return None
@@ -140,9 +150,7 @@ class WorkerSite:
         self.fis = fislib.CachedFIS(fislib.open_engine(cfg.fis_url))
         # worker ``index`` keeps its FIS cache in a snapshot file, so that a restart while the
         # FIS engine is away starts with the entries it served (re-validated once it is back)
-        self._fis_snapshot = (
-            None if index is None else Path(cfg.state_dir) / f"fis-cache-{index}.json"
-        )
+        self._fis_snapshot = None if index is None else fis_snapshot_path(cfg, index)
         self._next_snapshot = 0.0
         if self._fis_snapshot is not None:
             self.fis.load_snapshot(self._fis_snapshot)

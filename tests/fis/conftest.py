@@ -19,15 +19,25 @@ REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
 @contextlib.contextmanager
-def redis_server(workdir: Path, *, persist: bool = False) -> Iterator[str]:
+def redis_server(
+    workdir: Path, *, persist: bool = False, acl: dict[str, str] | None = None
+) -> Iterator[str]:
     """Run a private redis-server on ``workdir/redis.sock``; yield its URL; kill it by PID.
 
     ``persist``: append-only file in ``workdir`` (fsync every second), so a server started
-    again on the same directory has the same data."""
+    again on the same directory has the same data. ``acl``: user -> password, each allowed
+    everything; the default user is then off (the URL yielded carries no credentials)."""
     if not os.path.exists(REDIS_SERVER):
         pytest.fail(f"redis-server not found at {REDIS_SERVER} (apt-get install redis-server)")
     sock = workdir / "redis.sock"
     logfile = workdir / "redis.log"
+    extra: list[str] = []
+    if acl:
+        aclfile = workdir / "users.acl"
+        lines = ["user default off ~* &* +@all"]  # off; +@all: see testbed.net.redis_acl
+        lines += [f"user {u} on >{p} ~* &* +@all" for u, p in acl.items()]
+        aclfile.write_text("\n".join(lines) + "\n")
+        extra = ["--aclfile", str(aclfile)]
     proc = subprocess.Popen(
         [
             REDIS_SERVER,
@@ -39,6 +49,7 @@ def redis_server(workdir: Path, *, persist: bool = False) -> Iterator[str]:
             "--appendfsync", "everysec",
             "--dir", str(workdir),
             "--logfile", str(logfile),
+            *extra,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -50,6 +61,8 @@ def redis_server(workdir: Path, *, persist: bool = False) -> Iterator[str]:
             try:
                 if redis.Redis.from_url(url).ping():
                     break
+            except redis.AuthenticationError:
+                break  # up, and refusing the default user
             except (redis.ConnectionError, FileNotFoundError):
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:

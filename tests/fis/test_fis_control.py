@@ -18,6 +18,7 @@ from pcsite_lite.control.auth import Credentials
 from pcsite_lite.control.site_backend import SiteBackend
 from pcsite_lite.daemon.config import parse
 from pcsite_lite.daemon.state import WorkerSite
+from pcsite_lite.fis import FISAuthError, FISUnavailableError
 from pcsite_lite.runtime import ACTIVE, DISABLED
 
 ADMIN = "admin-token-0123456789abcdef"
@@ -66,11 +67,26 @@ def test_writes_fail_clearly_during_an_outage_and_work_again_after_it(
         assert _call(app, "GET", kv) == (200, {"value": {"label": 10}})
 
 
-def test_a_site_starts_while_its_fis_is_away_and_refused_credentials_fail_at_start(
-    tmp_path: Path,
-) -> None:
-    app = _app(f"unix://{tmp_path}/absent.sock", tmp_path, [])  # starts; writes answer 503
+def test_a_site_that_ran_before_starts_while_its_fis_is_away(tmp_path: Path) -> None:
+    url = f"unix://{tmp_path}/absent.sock"
+    with pytest.raises(FISUnavailableError):  # first start: most likely a wrong URL
+        _app(url, tmp_path, [])
+    (tmp_path / "fis-cache-0.json").write_text("{}")  # a worker of an earlier run's snapshot
+    app = _app(url, tmp_path, [])  # a restart in an outage: starts, writes answer 503
     assert _call(app, "PUT", "/v1/psps/acme/fis/s/kv/k", {"value": 1})[0] == 503
+
+
+def test_refused_credentials_fail_at_start_even_after_a_run(
+    tmp_path: Path, start_redis: StartRedis
+) -> None:
+    (tmp_path / "fis-cache-0.json").write_text("{}")
+    with start_redis(tmp_path, acl={"site": "right-password"}) as url:
+        user_url = url.replace("unix://", "unix://site:wrong-password@")
+        with pytest.raises(FISAuthError, match=r"refused access.*credentials"):
+            _app(user_url, tmp_path, [])
+        good = url.replace("unix://", "unix://site:right-password@")
+        app = _app(good, tmp_path, [])
+        assert _call(app, "PUT", "/v1/psps/acme/fis/s/kv/k", {"value": 1})[0] == 204
 
 
 def test_fis_routes_document_503_and_the_enable_route_exists() -> None:
