@@ -313,7 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--before", type=float, default=5.0, help="seconds measured before it")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--rate", type=float, default=1000.0, help="packets/s on the circuit")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: 0.5 s outage, 1 round")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.outage, args.before, args.rounds, args.rate = 0.5, 0.5, 1, 200.0
     if os.geteuid() != 0:
         print("benchmarks.fis_outage needs root (namespaces)", file=sys.stderr)
         return 2

@@ -17,8 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_fis_outage_benchmark_writes_its_figures(tmp_path: Path) -> None:
     out = tmp_path / "fis_outage.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.fis_outage", "--json", str(out), "--outage", "0.5",
-         "--before", "0.5", "--rounds", "1", "--rate", "200"],
+        [sys.executable, "-m", "benchmarks.fis_outage", "--json", str(out), "--quick"],
         cwd=ROOT, capture_output=True, text=True, timeout=150,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
