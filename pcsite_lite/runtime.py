@@ -8,8 +8,10 @@ node-local cache, log sink) and a status:
 * ``unavailable`` -- no code (not deployed, or the repository could not supply a loadable
   version); packets get ``Drop("service_unavailable")``;
 * ``disabled`` -- failed ``max_failures`` times in a row (exception, CPU budget overrun, API
-  refusal); packets get ``Drop("service_disabled")`` until a new version is deployed or an
-  operator calls :meth:`ServiceRuntime.enable`.
+  refusal); packets get ``Drop("service_disabled")`` until a new version is deployed or its
+  owner re-enables it (control API ``POST /v1/psps/{psp}/services/{service}/enable``: every
+  worker calls :meth:`ServiceRuntime.enable`). A platform fault (the FIS unreachable) is never
+  counted as a failure: see :meth:`ServiceRuntime.platform_fault`.
 
 Code comes from :meth:`ServiceRuntime.deploy` (source text, compiled by
 :func:`pcsite_lite.sandbox.load_service`) or, on first use, from a ``resolver`` -- e.g. the
