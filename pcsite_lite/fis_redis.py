@@ -298,11 +298,6 @@ class RedisFIS(FISEngine):
         base = f"{self.prefix}:lpm:{check_namespace(ns)}:"
         return sorted(k[len(base) :] for k in self._scan(base + "*") if ":" not in k[len(base) :])
 
-    @_guarded
-    def ping(self) -> None:
-        """Reach the server (credentials included) or raise :class:`FISUnavailableError`."""
-        self._r.ping()
-
     def watch(self) -> ChangeFeed:
         return _RedisFeed(self)
 

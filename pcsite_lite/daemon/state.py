@@ -228,16 +228,19 @@ class WorkerSite:
         self.save_fis_snapshot()
 
     def save_fis_snapshot(self, *, force: bool = False) -> None:
-        """Write the FIS cache's snapshot if it changed (at most once per interval)."""
+        """Write the FIS cache's snapshot if it changed: at most once per interval, and never
+        more than 5 % of the worker's time (a big cache that changes all the time is written
+        less often)."""
         now = time.monotonic()
         if self._fis_snapshot is None or not self.fis.dirty:
             return
         if force or now >= self._next_snapshot:
-            self._next_snapshot = now + self.FIS_SNAPSHOT_INTERVAL
             try:
                 self.fis.save_snapshot(self._fis_snapshot)
             except OSError as exc:  # a full or read-only state dir must not stop forwarding
                 print(f"cannot save the FIS cache snapshot: {exc}", file=sys.stderr)
+            took = time.monotonic() - now
+            self._next_snapshot = now + max(self.FIS_SNAPSHOT_INTERVAL, 20 * took)
 
     def account(self) -> float:
         """After a batch of packets, before the worker blocks: close the CPU-metering window,

@@ -173,8 +173,8 @@ def test_redis_killed_and_restarted_under_traffic(tmp_path: Path) -> None:
                 restarted = tr.mark()
                 time.sleep(1.0)
                 outage_end = tr.mark()
-                assert tr.delivered(down, killed - 5) >= 0.98  # from the cache
-                assert tr.delivered(restarted + 20, outage_end) >= 0.98  # after its restart
+                assert tr.delivered(down, killed - 5) >= 0.95  # from the cache
+                assert tr.delivered(restarted + 20, outage_end) >= 0.95  # after its restart
 
                 # Redis is back with its data: writes succeed and take effect, no provider action
                 redis = redis_server(rdir)
@@ -194,8 +194,8 @@ def test_redis_killed_and_restarted_under_traffic(tmp_path: Path) -> None:
                        "the new entry to steer packets")  # fmt: skip
                 time.sleep(0.5)
                 end = tr.mark()
-            assert tr.delivered(before, down) >= 0.98
-            assert tr.delivered(end - 100, end - 20, Chain.D2) >= 0.98  # service still active
+            assert tr.delivered(before, down) >= 0.95
+            assert tr.delivered(end - 100, end - 20, Chain.D2) >= 0.95  # service still active
             metrics = admin.metrics()
             assert 'reason="service_disabled"' not in metrics
             assert ca.fis_get("srcroute", str(la))["label"] == lb2

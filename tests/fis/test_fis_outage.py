@@ -116,3 +116,27 @@ def test_a_snapshot_of_another_store_is_refused(tmp_path: Path, start_redis: Sta
         )
         == 0
     )
+
+
+def test_daemon_workers_snapshot_their_cache_and_start_from_it(tmp_path: Path) -> None:
+    from pcsite_lite.daemon.config import parse
+    from pcsite_lite.daemon.state import WorkerSite, fis_snapshot_path
+
+    cfg = parse({
+        "site": {"name": "t1", "public_ip": "198.18.9.1", "state_dir": str(tmp_path)},
+        "control": {"admin_token": "admin-token-0123456789abcdef"},
+    })  # fmt: skip
+    first = WorkerSite(cfg, index=0)
+    first.fis.put(NS, "a", {"next_hop": "198.18.2.1"}, writer="acme")
+    assert first.fis.get(NS, "a") == {"next_hop": "198.18.2.1"}
+    first.refresh()  # between batches: the changed cache is written
+    path = fis_snapshot_path(cfg, 0)
+    assert path.exists() and oct(path.stat().st_mode & 0o777) == "0o600"
+    mtime = path.stat().st_mtime_ns
+    first.refresh()  # unchanged: not written again
+    assert path.stat().st_mtime_ns == mtime
+    second = WorkerSite(cfg, index=0)
+    misses = second.fis.misses
+    assert second.fis.get(NS, "a") == {"next_hop": "198.18.2.1"}
+    assert second.fis.misses == misses  # answered from the snapshot
+    assert not fis_snapshot_path(cfg, 1).exists()
