@@ -59,6 +59,7 @@ pcsite_lite.fis.FISPermissionError: writer 'acme' may not write namespace 'isp'
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -517,6 +518,21 @@ def _lpm_k(net: int, plen: int) -> int:
     return (net << 6) | plen
 
 
+def _sqlite_faults(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """SQLite's operational errors (the write lock held past ``timeout``, I/O errors) are the
+    platform's: :class:`FISUnavailableError`, like an unreachable Redis."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            path = getattr(self, "path", None) or self._engine.path
+            raise FISUnavailableError(f"FIS engine unavailable: SQLite {path!r}: {exc}") from None
+
+    return wrapper
+
+
 class SqliteFIS(FISEngine):
     """The embedded FIS: one SQLite file in WAL mode, shared by every process on the machine.
 
@@ -589,9 +605,11 @@ class SqliteFIS(FISEngine):
             row = self._conn.execute(sql, args).fetchone()
         return None if row is None else row[0]
 
+    @_sqlite_faults
     def _get(self, ns: str, key: str) -> str | None:
         return self._read_one("SELECT value FROM kv WHERE ns = ? AND key = ?", (ns, key))
 
+    @_sqlite_faults
     def _put(self, ns: str, items: list[tuple[str, str]]) -> None:
         self._write(
             lambda c: c.executemany(
@@ -601,6 +619,7 @@ class SqliteFIS(FISEngine):
             [Change("kv", ns, "", k) for k, _ in items],
         )
 
+    @_sqlite_faults
     def _delete(self, ns: str, key: str) -> bool:
         return bool(
             self._write(
@@ -609,12 +628,14 @@ class SqliteFIS(FISEngine):
             )
         )
 
+    @_sqlite_faults
     def _lpm_get(self, ns: str, table: str, net: int, plen: int) -> str | None:
         return self._read_one(
             "SELECT value FROM lpm WHERE ns = ? AND tbl = ? AND k = ?",
             (ns, table, _lpm_k(net, plen)),
         )
 
+    @_sqlite_faults
     def _lpm_put(self, ns: str, table: str, rows: list[tuple[int, int, str, str]]) -> None:
         self._write(
             lambda c: c.executemany(
@@ -624,6 +645,7 @@ class SqliteFIS(FISEngine):
             [Change("lpm", ns, table, r[2]) for r in rows],
         )
 
+    @_sqlite_faults
     def _lpm_delete(self, ns: str, table: str, net: int, plen: int, prefix: str) -> bool:
         return bool(
             self._write(
@@ -643,10 +665,12 @@ class SqliteFIS(FISEngine):
         + ") ORDER BY k & 63 DESC LIMIT 1"
     )
 
+    @_sqlite_faults
     def _lookup(self, ns: str, table: str, addr: int) -> str | None:
         ks = [_lpm_k(addr & ((0xFFFFFFFF << (32 - n)) & 0xFFFFFFFF), n) for n in range(33)]
         return self._read_one(self._LOOKUP_SQL, (ns, table, *ks))
 
+    @_sqlite_faults
     def _items(self, ns: str) -> Iterator[tuple[str, str]]:
         with self._lock:
             rows = self._conn.execute(
@@ -654,6 +678,7 @@ class SqliteFIS(FISEngine):
             ).fetchall()
         return iter(rows)
 
+    @_sqlite_faults
     def _lpm_items(self, ns: str, table: str) -> Iterator[tuple[str, str]]:
         with self._lock:
             rows = self._conn.execute(
@@ -661,6 +686,7 @@ class SqliteFIS(FISEngine):
             ).fetchall()
         return iter(rows)
 
+    @_sqlite_faults
     def _drop(self, ns: str) -> list[Change]:
         with self._lock:
             keys = self._conn.execute("SELECT key FROM kv WHERE ns = ?", (ns,)).fetchall()
@@ -678,6 +704,7 @@ class SqliteFIS(FISEngine):
             self._write(drop, changes)
         return changes
 
+    @_sqlite_faults
     def namespaces(self) -> list[str]:
         with self._lock:
             rows = self._conn.execute(
@@ -685,6 +712,7 @@ class SqliteFIS(FISEngine):
             ).fetchall()
         return [r[0] for r in rows]
 
+    @_sqlite_faults
     def tables(self, ns: str) -> list[str]:
         with self._lock:
             rows = self._conn.execute(
@@ -719,6 +747,7 @@ class _SqliteFeed(ChangeFeed):
         ).fetchone()
         return int(row[0]) if row else 0
 
+    @_sqlite_faults
     def poll(self) -> list[Change] | None:
         with self._engine._lock if self._shared else _NOLOCK:
             if not self._shared:

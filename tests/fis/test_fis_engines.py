@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from pcsite_lite.fis import (
     FISPermissionError,
     FISUnavailableError,
     FISValueError,
+    SqliteFIS,
     label_key,
     namespace,
     open_engine,
@@ -284,3 +286,21 @@ def test_unopenable_stores_raise_a_clear_error(tmp_path: Path) -> None:
         open_engine("postgres://x")
     with pytest.raises(FISValueError, match="scheme"):
         open_engine("no-scheme")
+
+
+def test_a_locked_sqlite_store_is_a_platform_fault_and_reads_go_on(tmp_path: Path) -> None:
+    path = tmp_path / "fis.db"
+    fis = SqliteFIS(str(path), timeout=0.05)
+    fis.put(NS, "k", 1, writer="acme")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # someone holds the write lock
+    try:
+        with pytest.raises(FISUnavailableError, match=r"SQLite .*locked"):
+            fis.put(NS, "k", 2, writer="acme")
+        assert fis.get(NS, "k") == 1  # WAL: readers are not blocked
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    fis.put(NS, "k", 2, writer="acme")
+    assert fis.get(NS, "k") == 2
+    fis.close()
