@@ -877,6 +877,7 @@ class CachedFIS:
         self.outages = 0  #: times the engine was found unreachable (after being reachable)
         #: False while the change feed cannot reach the engine (reads answer from memory)
         self.available = True
+        self.unavailable_reason = ""  #: why, the last time it became unavailable
         #: entries changed since the last snapshot (see :meth:`save_snapshot`)
         self.dirty = False
         engine.add_listener(self._on_change)
@@ -957,10 +958,11 @@ class CachedFIS:
         self._deadline = self._clock() + self.staleness
         try:
             changes = self._feed.poll()
-        except FISUnavailableError:
+        except FISUnavailableError as exc:
             if self.available:
                 self.available = False
                 self.outages += 1
+                self.unavailable_reason = str(exc)
             return
         self.available = True
         if changes is None:

@@ -152,6 +152,7 @@ class WorkerSite:
         # FIS engine is away starts with the entries it served (re-validated once it is back)
         self._fis_snapshot = None if index is None else fis_snapshot_path(cfg, index)
         self._next_snapshot = 0.0
+        self._fis_was_available = True
         if self._fis_snapshot is not None:
             self.fis.load_snapshot(self._fis_snapshot)
         self.site = Site(
@@ -225,6 +226,12 @@ class WorkerSite:
         """Between batches: roll out versions activated in the repository, expire circuits."""
         self.site.runtime.refresh()
         self.site.circuits.expire(self.clock())
+        if self.fis.available != self._fis_was_available:  # tell the operator, once
+            self._fis_was_available = self.fis.available
+            if self.fis.available:
+                print("FIS reachable again: cache re-validated", file=sys.stderr)
+            else:
+                print(f"serving from the FIS cache: {self.fis.unavailable_reason}", file=sys.stderr)
         self.save_fis_snapshot()
 
     def save_fis_snapshot(self, *, force: bool = False) -> None:

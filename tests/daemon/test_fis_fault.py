@@ -199,5 +199,8 @@ def test_redis_killed_and_restarted_under_traffic(tmp_path: Path) -> None:
             metrics = admin.metrics()
             assert 'reason="service_disabled"' not in metrics
             assert ca.fis_get("srcroute", str(la))["label"] == lb2
+            log = ch.logs["a"].read_text()  # the operator is told, once each way
+            assert "serving from the FIS cache: FIS change feed unavailable" in log
+            assert "FIS reachable again" in log
         finally:
             redis.__exit__(None, None, None)
