@@ -455,6 +455,7 @@ class _RedisFeed(ChangeFeed):
     def poll(self) -> list[Change] | None:
         out: list[Change] = []
         lost = False
+        applied = (self._seq, self._wid)  # what the reader has, if this poll fails half-way
         try:
             if self._ps is None:
                 if time.monotonic() < self._retry_at:
@@ -506,6 +507,9 @@ class _RedisFeed(ChangeFeed):
                 self._drop()
             return None
         except _UNREACHABLE as exc:
+            # the changes gathered so far are not returned: read them again from the log
+            self._seq, self._wid = applied
+            self._catch_up = self._epoch is not None
             self._drop()
             self._failed()
             raise FISUnavailableError(
