@@ -172,9 +172,9 @@ def test_broken_subscription_is_repaired_from_the_log_without_a_flush(redis_url:
     url = f"{redis_url}?prefix=pcf-repair"
     mine, theirs = open_engine(url), open_engine(url)
     clock = FakeClock()
-    cache = CachedFIS(mine, clock=clock)
+    theirs.put_many(NS, [("k", 1), ("same", "x")], writer="acme")
+    cache = CachedFIS(mine, clock=clock)  # subscribed after that write
     try:
-        theirs.put_many(NS, [("k", 1), ("same", "x")], writer="acme")
         assert cache.get(NS, "k") == 1 and cache.get(NS, "same") == "x"
         misses = cache.misses
         redis.Redis.from_url(redis_url).client_kill_filter(_type="pubsub")

@@ -36,8 +36,8 @@ def test_cache_serves_through_an_outage_and_revalidates_after_it(
 ) -> None:
     with start_redis(tmp_path, persist=True) as url:
         node, writer = open_engine(url), open_engine(url)
-        cache = CachedFIS(node)
         writer.put_many(NS, [("a", 1), ("b", 2)], writer="acme")
+        cache = CachedFIS(node)  # subscribed after that write
         assert cache.get(NS, "a") == 1 and cache.get(NS, "b") == 2
         writer.close()
     # the server is gone: hits still answer, misses raise the platform fault, polls do not
