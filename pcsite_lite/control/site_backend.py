@@ -72,6 +72,7 @@ class SiteBackend:
         worker_usage: Callable[[], list[dict[str, Any]]] = list,
         kernel: Any = None,
         clock: Callable[[], float] = time.time,
+        site_drops: Callable[[], list[tuple[str, str, int]]] = list,
     ) -> None:
         from pcsite_lite.daemon.state import SiteState
 
@@ -81,6 +82,7 @@ class SiteBackend:
         self._status = status
         self._worker_stats = worker_stats
         self._worker_usage = worker_usage
+        self._site_drops = site_drops
         self._kernel = kernel
         self._clock = clock
         self.fis: fislib.FISEngine = fislib.open_engine(cfg.fis_url)
@@ -137,8 +139,9 @@ class SiteBackend:
                 float(len(list(self.state.site.destinations.items()))),
             ),
         }
-        return render(self._worker_stats(), self._usage_totals(), site=self.cfg.name,
-                      gauges=gauges)  # fmt: skip
+        workers = self._worker_stats()  # first: it samples the kernel's drop counters
+        return render(workers, self._usage_totals(), site=self.cfg.name, gauges=gauges,
+                      site_drops=self._site_drops())  # fmt: skip
 
     # --- service repository
     def _repo(self) -> Any:

@@ -34,6 +34,7 @@ from pcsite_lite.metrics import WorkerStats
 
 from .config import ConfigError, SiteConfig, load
 from .kernel import Kernel
+from .kstats import KernelDrops, Sample, fold, site_drops
 
 __all__ = ["StartupError", "Supervisor", "run_daemon"]
 
@@ -76,11 +77,14 @@ class Supervisor:
         self._log = log or (lambda msg: print(f"pcsite[{cfg.name}]: {msg}", file=sys.stderr))
         self._stopping = False
         self._seq = 0  #: sequence number of the last broadcast state op
+        self.kstats: KernelDrops | None = None  #: the kernel's drop counters (after start)
+        self._ksample: Sample | None = None
         from pcsite_lite.control.site_backend import SiteBackend
 
         self.backend = SiteBackend(cfg, broadcast=self.broadcast, status=self.status_json,
                                    worker_stats=self.worker_stats,
-                                   worker_usage=self.worker_usage, kernel=self.kernel)  # fmt: skip
+                                   worker_usage=self.worker_usage, kernel=self.kernel,
+                                   site_drops=self.site_drops)  # fmt: skip
         self.app = self._make_app(cfg)
 
     def log(self, msg: str) -> None:
@@ -154,7 +158,14 @@ class Supervisor:
                 restarts=s.restarts,
             )
             out[s.index] = st
+        if self.kstats is not None:  # drops only the kernel saw (TUN queues, NICs, sockets)
+            self._ksample = self.kstats.sample()
+            out = {i: fold(st, self._ksample.workers.get(i, {})) for i, st in out.items()}
         return out
+
+    def site_drops(self) -> list[tuple[str, str, int]]:
+        """Site-wide kernel drops ``(dev, reason, packets)`` as of the last worker_stats()."""
+        return site_drops(self._ksample) if self._ksample is not None else []
 
     def worker_usage(self) -> list[dict[str, Any]]:
         """Per worker: ``"psp/service" -> counters``, monotonic across worker restarts."""
@@ -284,6 +295,7 @@ class Supervisor:
         try:
             for i in range(cfg.workers):
                 self.slots.append(WorkerSlot(i, _open_tun(cfg.tun_name(i))))
+            self.kstats = KernelDrops({s.index: cfg.tun_name(s.index) for s in self.slots})
             self.kernel.setup(self.marks())
             for s in self.slots:
                 self._spawn(s)
