@@ -73,6 +73,7 @@ class SiteBackend:
         kernel: Any = None,
         clock: Callable[[], float] = time.time,
         site_drops: Callable[[], list[tuple[str, str, int]]] = list,
+        usage_export: Callable[[float], str] | None = None,
     ) -> None:
         from pcsite_lite.daemon.state import SiteState
 
@@ -83,6 +84,7 @@ class SiteBackend:
         self._worker_stats = worker_stats
         self._worker_usage = worker_usage
         self._site_drops = site_drops
+        self._usage_export = usage_export
         self._kernel = kernel
         self._clock = clock
         self.fis: fislib.FISEngine = fislib.open_engine(cfg.fis_url)
@@ -373,6 +375,12 @@ class SiteBackend:
         return [dict(d) for d in self.state.claims.values() if d["owner"] == psp]
 
     # --- metering
+    def usage_export(self, since: float) -> dict[str, Json]:
+        """The site usage ledger's records from ``since`` on (see pcsite_lite.daemon.usage)."""
+        if self._usage_export is None:
+            raise ApiError("not_configured", "this site keeps no usage ledger")
+        return {"site": self.cfg.name, "since": since, "export": self._usage_export(since)}
+
     def usage(self, psp: str) -> dict[str, Json]:
         out = {service: c.as_dict() for (p, service), c in self._usage_totals().items() if p == psp}
         return {"psp": psp, "site": self.cfg.name, "services": out}
