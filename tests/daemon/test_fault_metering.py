@@ -50,3 +50,25 @@ def test_sigkill_under_metered_load_loses_at_most_the_flush_interval(tmp_path: P
     assert r["in_ledger"] > 0, r
     # the flush interval plus the workers' 0.25 s report interval, with scheduling slack
     assert 0 <= r["lost_s"] <= interval + 0.25 + 0.25, r
+
+
+def test_the_benchmarks_write_their_figures(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    for args, names in (
+        (["benchmarks.fuzz_site", "--packets", "300"],
+         ("fuzz_packets", "fuzz_crashes", "fuzz_unaccounted")),
+        (["benchmarks.metering_stop", "--rounds", "1", "--seconds", "0.8", "--kill-after",
+          "0.5", "--rate", "500"],
+         ("metering_lost_on_stop_sigterm", "metering_lost_on_stop_sigkill_s")),
+    ):  # fmt: skip
+        out = tmp_path / f"{args[0]}.json"
+        proc = subprocess.run([sys.executable, "-m", *args, "--json", str(out)], cwd=root,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        doc = json.loads(out.read_text())
+        for name in names:
+            assert isinstance(doc[name], int | float), (name, doc)
