@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -75,7 +76,7 @@ class SiteRig:
 
     def _build(self) -> None:
         for name in self.ns.values():
-            netns.call_in(None, lambda name=name: netns.create(name))
+            netns.call_in(None, partial(netns.create, name))
         for a, aaddr, b, baddr in (("s", "198.18.91.1/24", "a", "198.18.91.2/24"),
                                    ("a", "198.18.92.1/24", "d", "198.18.92.2/24")):  # fmt: skip
             x, y = f"{self.id}{a}{b}", f"{self.id}{b}{a}"

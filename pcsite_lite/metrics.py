@@ -133,8 +133,8 @@ def render(
             drp.add({**lb, "reason": reason}, w.drops[reason])
         alv.add(lb, 1 if w.alive else 0)
         rst.add(lb, w.restarts)
-    for dev, reason, value in site_drops:
-        drp.add({**base, **({"dev": dev} if dev else {}), "reason": reason}, value)
+    for dev, reason, packets in site_drops:
+        drp.add({**base, **({"dev": dev} if dev else {}), "reason": reason}, packets)
     for name, help_ in _COUNTER_HELP.items():
         f = fam(f"pcsite_service_{name}_total", "counter", help_)
         for psp, service in sorted(usage):

@@ -377,9 +377,15 @@ class SiteBackend:
     # --- metering
     def usage_export(self, since: float) -> dict[str, Json]:
         """The site usage ledger's records from ``since`` on (see pcsite_lite.daemon.usage)."""
+        from pcsite_lite.billing.ledger import LedgerError
+
         if self._usage_export is None:
             raise ApiError("not_configured", "this site keeps no usage ledger")
-        return {"site": self.cfg.name, "since": since, "export": self._usage_export(since)}
+        try:
+            export = self._usage_export(since)
+        except LedgerError as exc:
+            raise ApiError("unavailable", f"usage ledger: {exc}") from None
+        return {"site": self.cfg.name, "since": since, "export": export}
 
     def usage(self, psp: str) -> dict[str, Json]:
         out = {service: c.as_dict() for (p, service), c in self._usage_totals().items() if p == psp}

@@ -123,3 +123,39 @@ def test_metering_config_defaults_and_limits() -> None:
         parse(_cfg("[metering]\ninterval = 0\n"))
     with pytest.raises(ConfigError, match=r"metering\.nope"):
         parse(_cfg("[metering]\nnope = 1\n"))
+
+
+def test_usage_export_route_is_the_isps_and_checks_its_argument(tmp_path: Path) -> None:
+    from pcsite_lite.billing.ledger import Ledger as L
+    from pcsite_lite.control.app import ControlApp, Request
+    from pcsite_lite.control.auth import Credentials
+    from pcsite_lite.control.site_backend import SiteBackend
+
+    admin, psp = "u-admin-token-0123456789", "u-acme-token-0123456789"
+    cfg = parse({"site": {"name": "s", "public_ip": "198.18.0.1", "state_dir": str(tmp_path),
+                          "fis": f"sqlite://{tmp_path / 'fis.db'}"},
+                 "control": {"admin_token": admin}})  # fmt: skip
+    clock = Clock(50.0)
+    rec = UsageRecorder("s", tmp_path / "u.ledger", lambda: {("acme", "r"): Counters(packets=7)},
+                        clock=clock)  # fmt: skip
+    clock.t = 51.0
+    rec.flush()
+    creds = Credentials(admin_token=admin, psp_tokens={"acme": psp})
+
+    def get(app: ControlApp, path: str, token: str) -> tuple[int, dict]:
+        r = app.handle(Request("GET", path, {"authorization": f"Bearer {token}"}))
+        return r.status, r.json()
+
+    be = SiteBackend(cfg, usage_export=lambda since: export_since(tmp_path / "u.ledger", since))
+    app = ControlApp(be, creds)
+    status, doc = get(app, "/v1/isp/usage/0", admin)
+    assert status == 200 and doc["site"] == "s"
+    with L(tmp_path / "central.ledger") as central:
+        assert central.import_export(doc["export"].encode()).records_added == 1
+    assert get(app, "/v1/isp/usage/51", admin)[1]["export"].count("\n") == 1  # header only
+    assert get(app, "/v1/isp/usage/0", psp)[0] == 403
+    assert get(app, "/v1/isp/usage/soon", admin)[0] == 400
+    assert get(app, "/v1/isp/usage/nan", admin)[0] == 400
+    assert get(ControlApp(SiteBackend(cfg), creds), "/v1/isp/usage/0", admin)[0] == 501
+    be.close()
+    rec.close()
