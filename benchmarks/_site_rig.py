@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -60,12 +61,11 @@ class SiteRig:
         self.ledger = tmp / f"{self.id}-state" / "usage.ledger"
 
     def __enter__(self) -> SiteRig:
-        try:
+        with ExitStack() as undo:  # a failed build or start removes what was made
+            undo.callback(self.close)
             self._build()
             self.start()
-        except BaseException:
-            self.close()
-            raise
+            undo.pop_all()
         return self
 
     def __exit__(self, *exc: object) -> None:
