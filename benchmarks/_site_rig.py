@@ -8,6 +8,7 @@ generator to another vCPU (:func:`pin`), as the benchmark rules ask.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -47,13 +48,16 @@ class SiteRig:
     S = "198.18.91.1"
     SITE = "198.18.94.1"
     D = "198.18.92.2"
+    OWNED = "198.18.95.0/24"  #: a prefix behind D (on D's loopback) a destination may own
+    OWNED_HOST = "198.18.95.2"
 
     def __init__(self, tmp: Path, *, workers: int = 1, metering_interval: float = 0.5,
-                 daemon_cpus: str = "1") -> None:  # fmt: skip
+                 daemon_cpus: str = "1", trust_anchor: str | None = None) -> None:  # fmt: skip
         self.id = f"pcr{secrets.token_hex(2)}"
         self.tmp = tmp
         self.workers = workers
         self.metering_interval = metering_interval
+        self.trust_anchor = trust_anchor  #: DS text enabling destination sign-up (form 3)
         self.daemon_cpus = daemon_cpus if (os.cpu_count() or 1) > 1 else "0"
         self.ns = {n: f"{self.id}{n}" for n in "sad"}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -89,6 +93,8 @@ class SiteRig:
             _ip("-n", self.ns[node], "link", "set", "lo", "up")
         _ip("-n", self.ns["s"], "route", "add", "default", "via", "198.18.91.2")
         _ip("-n", self.ns["d"], "route", "add", "default", "via", "198.18.92.1")
+        _ip("-n", self.ns["d"], "addr", "add", f"{self.OWNED_HOST}/24", "dev", "lo")
+        _ip("-n", self.ns["a"], "route", "add", self.OWNED, "via", self.D)
 
     def start(self) -> None:
         state = self.ledger.parent
@@ -99,7 +105,9 @@ class SiteRig:
             f'workers = {self.workers}\nstate_dir = "{state}"\n\n'
             f'[dataplane]\ntun_prefix = "{self.id}w"\n\n'
             f"[metering]\ninterval = {self.metering_interval}\n\n"
-            f'[control]\nlisten = "127.0.0.1:8080"\nadmin_token = "{ADMIN}"\n\n'
+            f'[control]\nlisten = "127.0.0.1:8080"\nadmin_token = "{ADMIN}"\n'
+            + (f"trust_anchor = {json.dumps(self.trust_anchor)}\n" if self.trust_anchor else "")
+            + "\n"
             f'[control.psps.acme]\ntoken = "{PSP}"\n'
         )
         self.proc = subprocess.Popen(

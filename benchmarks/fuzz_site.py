@@ -1,14 +1,15 @@
 """Fuzzed packets at a live site: no crash, every packet accounted for in the site's metrics.
 
 One site (:mod:`benchmarks._site_rig`, 2 workers) with a form-1 circuit (last hop, delivering
-to D) and a form-2 service ID. The load is ``--packets`` packets (CI: 10^5; ``--packets
-1000000`` for the long run) made by :func:`mutants` from valid packets of each kind the site
-takes in: form 1 in IP mode (protocol 253 to the site) and UDP mode (port 6253), form 2 in both
-modes (flagged DSCP, addressed to D, crossing the site). Each is sent unchanged (1 in 10) or
-with random bytes flipped after the IP (and UDP) header, truncated, its shim overwritten with
-random bytes, or replaced by random bytes of random length. The IPv4 header is the kernel's
-business (a raw socket's kernel fixes length and checksum) and is not fuzzed; form 3 (plain
-packets to a diverted prefix) needs a DNSSEC sign-up and is not in this load.
+to D), a form-2 service ID and a form-3 destination registration. The load is ``--packets``
+packets (CI: 10^5; ``--packets 1000000`` for the long run) made by :func:`mutants` from valid
+packets of each kind the site takes in: form 1 in IP mode (protocol 253 to the site) and UDP
+mode (port 6253), form 2 in both modes (flagged DSCP, addressed to D, crossing the site) and
+form 3 (a plain UDP packet to a prefix behind D whose owner signed up with a DNSSEC proof, so
+the site diverts it). Each is sent unchanged (1 in 10) or with random bytes flipped after the
+IP (and UDP) header, truncated, its shim overwritten with random bytes, or replaced by random
+bytes of random length. The IPv4 header is the kernel's business (a raw socket's kernel fixes
+length and checksum) and is not fuzzed.
 
 Figures:
 
@@ -83,15 +84,23 @@ def _families(metrics: str) -> dict[str, int]:
 def run(*, packets: int = 100_000, rate: float = 20_000, workers: int = 2,
         seed: int = 17) -> dict[str, Any]:  # fmt: skip
     from pcsock import wire
+    from pcsock.ownership import OwnershipClaim, ZoneKey, build_proof, reverse_zone
 
     pin(0)
     tmp = Path(tempfile.mkdtemp(prefix="pcfuzz"))
-    with SiteRig(tmp, workers=workers, daemon_cpus="1") as rig:
+    # form 3 needs a destination sign-up: a DNSSEC chain from a trust anchor to the owner
+    root, own = ZoneKey.generate("in-addr.arpa."), ZoneKey.generate(reverse_zone(SiteRig.OWNED))
+    with SiteRig(tmp, workers=workers, daemon_cpus="1", trust_anchor=root.ds_text()) as rig:
         acme = rig.client()
         admin = rig.client(admin=True)
         label = acme.allocate_circuit("relay")["label"]
         acme.install_hop(label, in_key=KEY, deliver=SiteRig.D, strip=True)
         sid = acme.register_service_id("relay")["service_id"]
+        now = time.time()
+        claim = OwnershipClaim(SiteRig.OWNED, "acme", "guard", now - 60, now + 3600)
+        proof = build_proof([claim], own, chain=[root], inception=now - 60,
+                            expiration=now + 3600)  # fmt: skip
+        acme.register_destination(SiteRig.OWNED, "guard", str(proof))
         sink = rig.udp_receiver(PORT)  # D takes the delivered datagrams (never read)
         body = bytes(range(64))
         udp = struct.pack("!HHHH", 5555, PORT, 8 + len(body), 0) + body
@@ -102,6 +111,8 @@ def run(*, packets: int = 100_000, rate: float = 20_000, workers: int = 2,
             s = wire.build_service_packet(src=SiteRig.S, dst=SiteRig.D, service_id=sid,
                                           payload=udp, udp=mode)  # fmt: skip
             valid += [(bytes(c), 28 if mode else 20), (bytes(s), 28 if mode else 20)]
+        plain = wire.build_ipv4(src=SiteRig.S, dst=SiteRig.OWNED_HOST, proto=17, payload=udp)
+        valid.append((bytes(plain), 20))  # form 3: diverted because of its destination
         before = _families(admin.metrics())
         daemon_pid = rig.proc.pid if rig.proc else -1
         tx = rig.raw_sender()
