@@ -85,3 +85,15 @@ def test_tun_queue_drops_are_counted_and_packets_conserved(tmp_path: Path) -> No
     # and every packet that reached the queue was sent on or dropped with a reason
     assert rx == txp + drops, (rx, txp, drops)
     assert txp > 0
+
+
+def test_fold_counts_queue_drops_as_received_and_late_drops_as_not_sent() -> None:
+    from pcsite_lite.daemon.kstats import fold
+    from pcsite_lite.metrics import WorkerStats
+
+    w = WorkerStats(rx_packets=90, tx_packets=70, tx_errors=2, drops={"bad_mac": 18})
+    got = fold(w, {"tun_queue": 10, "tun_out": 3})
+    assert got.drops == {"bad_mac": 18, "tx_error": 2, "tun_queue": 10, "tun_out": 3}
+    assert (got.rx_packets, got.tx_packets) == (100, 67)
+    assert got.rx_packets == got.tx_packets + sum(got.drops.values())  # conservation
+    assert w.drops == {"bad_mac": 18}  # the supervisor's own record is untouched
