@@ -96,11 +96,14 @@ def render(
     *,
     site: str,
     gauges: Mapping[str, tuple[str, float]] | None = None,
+    site_drops: Iterable[tuple[str, str, int]] = (),
 ) -> str:
     """The exposition text for the site ``site``.
 
     ``workers`` maps worker index -> stats, ``usage`` maps (psp, service) -> counters,
-    ``gauges`` adds site gauges ``name -> (help, value)`` (names get a ``pcsite_`` prefix).
+    ``gauges`` adds site gauges ``name -> (help, value)`` (names get a ``pcsite_`` prefix),
+    ``site_drops`` adds site-wide drops ``(dev, reason, packets)`` to ``pcsite_drops_total``
+    (labels ``site``, ``dev`` unless empty, ``reason``; see ``pcsite_lite.daemon.kstats``).
     """
     fams: list[MetricFamily] = []
     base = {"site": site}
@@ -130,6 +133,8 @@ def render(
             drp.add({**lb, "reason": reason}, w.drops[reason])
         alv.add(lb, 1 if w.alive else 0)
         rst.add(lb, w.restarts)
+    for dev, reason, packets in site_drops:
+        drp.add({**base, **({"dev": dev} if dev else {}), "reason": reason}, packets)
     for name, help_ in _COUNTER_HELP.items():
         f = fam(f"pcsite_service_{name}_total", "counter", help_)
         for psp, service in sorted(usage):

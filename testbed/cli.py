@@ -143,7 +143,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             {
                 "run": r.name,
                 "topology": r.data.get("topology"),
-                "phase": r.data.get("phase"),
+                "phase": r.status,  # "dead": the build's owner died (clean --all-stale)
                 "owner_alive": r.owner_alive,
                 "persistent": r.data.get("persistent"),
                 "stale": r.stale,
@@ -248,6 +248,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
         names = [args.run]
     elif args.all_stale:
         names = [r.name for r in state.list_runs() if r.stale]
+        state.clean_unborn()
     else:
         raise SystemExit("testbed clean: pass --run RUN or --all-stale")
     status = 0

@@ -29,21 +29,35 @@ __all__ = ["STATE_ROOT", "CleanReport", "Run", "clean", "list_runs", "proc_start
 
 STATE_ROOT = Path(os.environ.get("PACKETCLOUD_TESTBED_STATE", "/run/packetcloud-testbed"))
 _PREFIX = re.compile(r"^[a-z][A-Za-z0-9]{1,7}$")
+_NEW = ".new-"  #: prefix of a run directory being created (see Run.new)
 
 
-def proc_start_time(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot (field 22 of /proc/PID/stat), or None."""
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first), or None."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
             data = fh.read()
     except OSError:
         return None
-    return int(data[data.rindex(")") + 2 :].split()[19])
+    return data[data.rindex(")") + 2 :].split()
+
+
+def proc_start_time(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (field 22 of /proc/PID/stat), or None."""
+    fields = _stat(pid)
+    return None if fields is None else int(fields[19])
 
 
 def alive(pid: int | None, start: int | None) -> bool:
-    """True if process ``pid`` exists and is the one that started at ``start``."""
-    return pid is not None and proc_start_time(pid) == start
+    """True if process ``pid`` runs and is the one that started at ``start``.
+
+    A zombie (killed, not yet reaped by its parent: state ``Z``) or a dying process (``X``)
+    is dead: its /proc entry outlives it until the parent waits, which may be never.
+    """
+    if pid is None:
+        return False
+    fields = _stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X") and int(fields[19]) == start
 
 
 class Run:
@@ -64,36 +78,41 @@ class Run:
                 f"prefix {prefix!r} must be a lowercase letter then 1..7 letters/digits"
             )
         STATE_ROOT.mkdir(parents=True, exist_ok=True)
+        pid = os.getpid()
+        start = proc_start_time(pid)
         for _ in range(100):
             runid = secrets.token_hex(2)
             name = prefix + runid
+            if (STATE_ROOT / name).exists() or any(
+                n.startswith(name + "-") for n in _netns_names()
+            ):
+                continue
+            data = {
+                "run": name,
+                "prefix": prefix,
+                "runid": runid,
+                "topology": topology,
+                "owner_pid": pid,
+                "owner_start": start,
+                "persistent": False,
+                "phase": "building",
+                "created": time.time(),
+                "namespaces": [],
+                "processes": [],
+                "summary": {},
+            }
+            # the directory appears with its owner already recorded: written under a temporary
+            # name (which carries the owner too), then renamed into place, which also reserves
+            # the run name atomically (rename fails if another run took it meanwhile)
+            tmp = STATE_ROOT / f"{_NEW}{pid}-{start}-{secrets.token_hex(4)}"
+            tmp.mkdir()
+            (tmp / "state.json").write_text(json.dumps(data, indent=1))
             try:
-                (STATE_ROOT / name).mkdir()
-            except FileExistsError:
+                os.rename(tmp, STATE_ROOT / name)
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)
                 continue
-            if any(n.startswith(name + "-") for n in _netns_names()):
-                shutil.rmtree(STATE_ROOT / name, ignore_errors=True)
-                continue
-            pid = os.getpid()
-            run = cls(
-                name,
-                {
-                    "run": name,
-                    "prefix": prefix,
-                    "runid": runid,
-                    "topology": topology,
-                    "owner_pid": pid,
-                    "owner_start": proc_start_time(pid),
-                    "persistent": False,
-                    "phase": "building",
-                    "created": time.time(),
-                    "namespaces": [],
-                    "processes": [],
-                    "summary": {},
-                },
-            )
-            run.save()
-            return run
+            return cls(name, data)
         raise RuntimeError("could not allocate a free run id")
 
     @classmethod
@@ -102,9 +121,11 @@ class Run:
         try:
             return cls(name, json.loads(path.read_text()))
         except FileNotFoundError:
-            raise LookupError(f"no testbed run named {name!r} (no {path})") from None
+            if not (STATE_ROOT / name).is_dir():
+                raise LookupError(f"no testbed run named {name!r} (no {path})") from None
+            # a directory without state (left by an older version): only the name is known
+            return cls(name, {"run": name, "namespaces": [], "processes": [], "phase": "unknown"})
         except json.JSONDecodeError:
-            # a run killed while writing its very first state: only the name is known
             return cls(name, {"run": name, "namespaces": [], "processes": [], "phase": "unknown"})
 
     def save(self) -> None:
@@ -131,16 +152,20 @@ class Run:
 
     @property
     def stale(self) -> bool:
-        """Owner gone and not deliberately left up (``testbed up`` runs are persistent)."""
+        """Owner gone and not deliberately left up (``testbed up`` runs are persistent).
+
+        Decided at once: a run directory always holds its owner (see :meth:`new`), so one
+        without (unreadable state) was left by a writer that died.
+        """
         if self.data.get("persistent") and self.data.get("phase") == "up":
             return False
-        if "owner_pid" not in self.data:
-            # no state written yet: a run being created right now, unless it is old
-            try:
-                return time.time() - self.dir.stat().st_mtime > 60
-            except OSError:
-                return False
         return not self.owner_alive
+
+    @property
+    def status(self) -> str:
+        """The phase as ``testbed status`` shows it: ``dead`` for a build whose owner died."""
+        phase = str(self.data.get("phase") or "unknown")
+        return "dead" if phase != "up" and self.stale else phase
 
 
 def _netns_names() -> list[str]:
@@ -154,8 +179,31 @@ def list_runs() -> list[Run]:
     """Every run with a state directory, oldest first."""
     if not STATE_ROOT.is_dir():
         return []
-    runs = [Run.load(p.name) for p in STATE_ROOT.iterdir() if p.is_dir()]
+    runs = [Run.load(p.name) for p in STATE_ROOT.iterdir() if p.is_dir() and _is_run(p.name)]
     return sorted(runs, key=lambda r: r.data.get("created", 0))
+
+
+def _is_run(name: str) -> bool:
+    return not name.startswith(_NEW)
+
+
+def clean_unborn() -> int:
+    """Remove temporary run directories (see :meth:`Run.new`) whose creator died; how many."""
+    if not STATE_ROOT.is_dir():
+        return 0
+    n = 0
+    for p in STATE_ROOT.iterdir():
+        if not p.name.startswith(_NEW):
+            continue
+        try:
+            pid, start, _ = p.name[len(_NEW) :].split("-")
+            dead = not alive(int(pid), None if start == "None" else int(start))
+        except ValueError:
+            dead = True
+        if dead:
+            shutil.rmtree(p, ignore_errors=True)
+            n += 1
+    return n
 
 
 @dataclass

@@ -5,6 +5,7 @@ Examples::
     pcbill invoice --ledger site.ledger --psp acme --from 2026-11-01 --to 2026-12-01
     pcbill invoice --ledger site.ledger --psp acme --from 2026-11-01 --to 2026-12-01 \\
         --format csv --prices prices.toml
+    pcbill collect --url http://198.18.0.1:8080 --ledger central.ledger --interval 60
     pcbill export --ledger site.ledger --from 2026-11-01 --to 2026-12-01 -o nov.jsonl
     pcbill import --ledger central.ledger nov.jsonl
     pcbill logs --ledger site.ledger --psp acme --service mcast
@@ -160,7 +161,8 @@ def cmd_collect(args: argparse.Namespace) -> None:
     import os
     import time
 
-    from pcsite_lite.billing.collect import MetricsError, UsageCollector
+    from pcsite_lite.billing.collect import MetricsError, UsageCollector, collect_export
+    from pcsite_lite.billing.ledger import LedgerConflict
     from pcsite_lite.control.client import ControlClient, ControlError
 
     token = os.environ.get("PCBILL_TOKEN") if args.token is None else args.token
@@ -168,24 +170,43 @@ def cmd_collect(args: argparse.Namespace) -> None:
         raise CliError("an ISP token is needed: --token or the PCBILL_TOKEN environment variable")
     if args.interval <= 0 or (args.count is not None and args.count < 1):
         raise CliError("--interval must be positive and --count at least 1")
+    if args.retry_delay <= 0 or (args.max_failures is not None and args.max_failures < 1):
+        raise CliError("--retry-delay must be positive and --max-failures at least 1")
     client = ControlClient(args.url, token=token, psp=None)
+    name = args.name or args.url
     with _open_ledger(args.ledger, create=True) as ledger:
-        collector = UsageCollector(ledger, args.name or args.url)
-        n = 0
+        scraper = UsageCollector(ledger, name)
+        n = failures = 0
         while True:
             try:
-                text = client.metrics()
-            except ControlError as e:
+                if args.source == "export":
+                    result, cursor = collect_export(ledger, name, client.usage_export)
+                    what = (
+                        f"{result.records_added} usage records added,"
+                        f" {result.records_skipped} already present (up to {cursor!r})"
+                    )
+                else:
+                    records = scraper.observe(client.metrics(), time.time())
+                    names = ", ".join(f"{r.psp}/{r.service}" for r in records) or "baseline"
+                    what = f"{len(records)} usage records ({names})"
+            except LedgerConflict as e:  # the central ledger disagrees: a person must look
                 raise CliError(f"{args.url}: {e}") from None
-            except OSError as e:
-                raise CliError(f"cannot reach {args.url}: {e}") from None
-            try:
-                records = collector.observe(text, time.time())
-            except MetricsError as e:
-                raise CliError(f"{args.url}: {e}") from None
+            except (ControlError, OSError, MetricsError, LedgerError) as e:
+                failures += 1
+                reason = f"cannot reach {args.url}: {e}" if isinstance(e, OSError) else str(e)
+                if args.max_failures is not None and failures >= args.max_failures:
+                    raise CliError(f"{reason} ({failures} failed attempts in a row)") from None
+                delay = min(args.interval, args.retry_delay * 2 ** (failures - 1))
+                print(
+                    f"pcbill: warning: {reason}; retry {failures} in {delay:g} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                time.sleep(delay)
+                continue
+            failures = 0
             n += 1
-            what = ", ".join(f"{r.psp}/{r.service}" for r in records) or "baseline"
-            print(f"scrape {n}: {len(records)} usage records ({what})", flush=True)
+            print(f"collection {n}: {what}", flush=True)
             if args.count is not None and n >= args.count:
                 return
             time.sleep(args.interval)
@@ -288,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-o", "--output", metavar="FILE")
     sp.set_defaults(func=cmd_logs)
 
-    sp = sub.add_parser("collect", help="scrape a site daemon's metered usage into a ledger")
+    sp = sub.add_parser("collect", help="collect a site daemon's metered usage into a ledger")
     sp.add_argument(
         "--url", required=True, help="the site's control API, e.g. http://198.18.0.1:8080"
     )
@@ -297,6 +318,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--interval", type=float, default=60.0, help="seconds between scrapes")
     sp.add_argument("--count", type=int, help="stop after this many scrapes")
     sp.add_argument("--name", help="checkpoint name of this site (default: the URL)")
+    sp.add_argument(
+        "--source",
+        choices=["export", "metrics"],
+        default="export",
+        help="export: the site's own usage ledger (default); metrics: scrape /metrics",
+    )
+    sp.add_argument(
+        "--retry-delay",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="first retry after a failed collection; doubles up to --interval (default 1)",
+    )
+    sp.add_argument(
+        "--max-failures",
+        type=int,
+        metavar="N",
+        help="give up after N failed attempts in a row (default: never)",
+    )
     sp.set_defaults(func=cmd_collect)
 
     sp = sub.add_parser("prices", help="validate and show a price sheet")

@@ -1,8 +1,17 @@
 """Collect a running site daemon's metered usage into the ledger.
 
-The site daemon (:mod:`pcsite_lite.daemon`) serves cumulative per-(PSP, service) counters on
-its control API at ``GET /metrics`` (ISP credential), in the Prometheus text format rendered by
-:func:`pcsite_lite.metrics.render`::
+**From the site's usage ledger (the default).** The daemon appends its metered usage to its own
+durable ledger as it counts it (:mod:`pcsite_lite.daemon.usage`) and serves it as a canonical
+export: ``GET /v1/isp/usage/{since}`` (ISP credential) returns every record whose interval
+starts at ``since`` or later. :func:`collect_export` imports that into the central ledger and
+remembers, in a checkpoint ``export:<name>``, the latest interval start it imported; the next
+collection asks from there. The site appends records in the order of their interval starts, so
+nothing is skipped, and a record fetched twice is a no-op (:meth:`Ledger.import_export`), so a
+collector killed at any point continues exactly where it stopped.
+
+**From ``/metrics`` (older sites).** The site daemon (:mod:`pcsite_lite.daemon`) serves
+cumulative per-(PSP, service) counters on its control API at ``GET /metrics`` (ISP
+credential), in the Prometheus text format rendered by :func:`pcsite_lite.metrics.render`::
 
     pcsite_service_bytes_in_total{site="site-a",psp="acme",service="relay"} 123456
 
@@ -26,14 +35,16 @@ The exposition parser below reads exactly the subset :mod:`pcsite_lite.metrics` 
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import fields
 
-from pcsite_lite.billing.ledger import Ledger
+from pcsite_lite.billing.ledger import ImportResult, Ledger, LedgerError
 from pcsite_lite.metering import Counters, UsageRecord
 
-__all__ = ["MetricsError", "UsageCollector", "parse_service_counters"]
+__all__ = ["MetricsError", "UsageCollector", "collect_export", "parse_service_counters"]
 
 _FIELDS = frozenset(f.name for f in fields(Counters))
 _SAMPLE = re.compile(r"^pcsite_service_([a-z_]+)_total\{(.*)\}\s+(\S+)$")
@@ -120,3 +131,30 @@ class UsageCollector:
                 records.append(UsageRecord(key[0], key[1], key[2], prev_ts, now, delta))
         self.ledger.append_many(records, checkpoint=(self.checkpoint, now, _state(current)))
         return records
+
+
+def collect_export(
+    ledger: Ledger, name: str, fetch: Callable[[float], str]
+) -> tuple[ImportResult, float]:
+    """Import the site's usage since the last collection; returns what was done and the cursor.
+
+    ``fetch(since)`` returns the site's export of records starting at ``since`` or later
+    (``ControlClient.usage_export``). The cursor (the latest interval start imported) is kept in
+    the ledger under ``export:<name>``.
+    """
+    cp_name = f"export:{name}"
+    cp = ledger.checkpoint(cp_name)
+    since = 0.0 if cp is None else float(cp[0])
+    data = fetch(since).encode()
+    result = ledger.import_export(data)
+    latest = since
+    for line in data.splitlines()[1:]:
+        try:
+            doc = json.loads(line)
+        except ValueError as exc:
+            raise LedgerError(f"export line: not JSON ({exc})") from exc
+        if doc.get("kind") == "usage":
+            latest = max(latest, float(doc["interval_start"]))
+    if latest > since or cp is None:
+        ledger.append_many([], checkpoint=(cp_name, latest, {}))
+    return result, latest

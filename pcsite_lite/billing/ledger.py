@@ -131,14 +131,22 @@ class Ledger:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, create: bool = True, busy_timeout_s: float = 30.0
+        self,
+        path: str | os.PathLike[str],
+        *,
+        create: bool = True,
+        busy_timeout_s: float = 30.0,
+        check_same_thread: bool = True,
     ) -> None:
         self.path = Path(path)
         if not create and not self.path.is_file():
             raise LedgerError(f"ledger {self.path} does not exist")
         try:
             self._db = sqlite3.connect(
-                self.path, isolation_level=None, timeout=busy_timeout_s, check_same_thread=True
+                self.path,
+                isolation_level=None,
+                timeout=busy_timeout_s,
+                check_same_thread=check_same_thread,  # False: the caller serialises its use
             )
         except sqlite3.Error as e:
             raise LedgerError(f"cannot open ledger {self.path}: {e}") from e

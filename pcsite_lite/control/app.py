@@ -15,6 +15,7 @@ import base64
 import binascii
 import ipaddress
 import json
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -210,6 +211,16 @@ def _h_metrics(app: ControlApp, who: Principal, p: dict[str, str], b: dict[str, 
     return 200, app.backend.metrics_text()
 
 
+def _h_usage_export(app: ControlApp, who: Principal, p: dict[str, str], b: dict[str, Json]) -> Any:
+    try:
+        since = float(p["since"])
+    except ValueError:
+        raise ApiError("bad_request", f"since {p['since']!r}: unix seconds expected") from None
+    if not math.isfinite(since):
+        raise ApiError("bad_request", "since must be finite")
+    return 200, app.backend.usage_export(since)
+
+
 def _h_openapi(app: ControlApp, who: Principal, p: dict[str, str], b: dict[str, Json]) -> Any:
     return 200, openapi_document()
 
@@ -372,6 +383,9 @@ ROUTES: Final[tuple[Route, ...]] = (
           "isp", _h_status),
     Route("GET", "/metrics", "getMetrics", "Prometheus text exposition (ISP)", "isp",
           _h_metrics, text_response=True),
+    Route("GET", "/v1/isp/usage/{since}", "exportUsage",
+          "The site's usage ledger from an interval start on, as a pcbill export (ISP)", "isp",
+          _h_usage_export, errors=("not_configured",)),
     Route("GET", f"{_P}/services", "listServices", "The PSP's services and versions", "psp",
           _h_services),
     Route("POST", f"{_P}/services/{{service}}/versions", "uploadServiceVersion",

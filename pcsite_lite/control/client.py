@@ -115,6 +115,10 @@ class ControlClient:
     def metrics(self) -> str:
         return self.request("GET", "/metrics", raw=True)
 
+    def usage_export(self, since: float) -> str:
+        """The site's usage ledger from ``since`` on, as a ``pcbill import`` document (ISP)."""
+        return self.request("GET", f"/v1/isp/usage/{since!r}")["export"]
+
     def openapi(self) -> dict[str, Any]:
         return self.request("GET", "/openapi.json")
 

@@ -75,6 +75,8 @@ class SiteBackend:
         worker_usage: Callable[[], list[dict[str, Any]]] = list,
         kernel: Any = None,
         clock: Callable[[], float] = time.time,
+        site_drops: Callable[[], list[tuple[str, str, int]]] = list,
+        usage_export: Callable[[float], str] | None = None,
     ) -> None:
         from pcsite_lite.daemon.state import SiteState
 
@@ -84,6 +86,8 @@ class SiteBackend:
         self._status = status
         self._worker_stats = worker_stats
         self._worker_usage = worker_usage
+        self._site_drops = site_drops
+        self._usage_export = usage_export
         self._kernel = kernel
         self._clock = clock
         self.fis: fislib.FISEngine = fislib.open_engine(cfg.fis_url)
@@ -150,8 +154,9 @@ class SiteBackend:
                 float(len(list(self.state.site.destinations.items()))),
             ),
         }
-        return render(self._worker_stats(), self._usage_totals(), site=self.cfg.name,
-                      gauges=gauges)  # fmt: skip
+        workers = self._worker_stats()  # first: it samples the kernel's drop counters
+        return render(workers, self._usage_totals(), site=self.cfg.name, gauges=gauges,
+                      site_drops=self._site_drops())  # fmt: skip
 
     # --- service repository
     def _repo(self) -> Any:
@@ -393,6 +398,18 @@ class SiteBackend:
         return [dict(d) for d in self.state.claims.values() if d["owner"] == psp]
 
     # --- metering
+    def usage_export(self, since: float) -> dict[str, Json]:
+        """The site usage ledger's records from ``since`` on (see pcsite_lite.daemon.usage)."""
+        from pcsite_lite.billing.ledger import LedgerError
+
+        if self._usage_export is None:
+            raise ApiError("not_configured", "this site keeps no usage ledger")
+        try:
+            export = self._usage_export(since)
+        except LedgerError as exc:
+            raise ApiError("unavailable", f"usage ledger: {exc}") from None
+        return {"site": self.cfg.name, "since": since, "export": export}
+
     def usage(self, psp: str) -> dict[str, Json]:
         out = {service: c.as_dict() for (p, service), c in self._usage_totals().items() if p == psp}
         return {"psp": psp, "site": self.cfg.name, "services": out}

@@ -15,7 +15,15 @@ from typing import Any, Final
 
 from pcsite_lite.control.auth import MIN_TOKEN_LEN
 
-__all__ = ["ConfigError", "ControlConfig", "DataplaneConfig", "PspConfig", "SiteConfig", "load"]
+__all__ = [
+    "ConfigError",
+    "ControlConfig",
+    "DataplaneConfig",
+    "MeteringConfig",
+    "PspConfig",
+    "SiteConfig",
+    "load",
+]
 
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _IFNAME_RE: Final = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
@@ -65,6 +73,12 @@ class DataplaneConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MeteringConfig:
+    ledger: str  #: the daemon's own usage ledger (SQLite); default ``<state_dir>/usage.ledger``
+    interval: float  #: seconds between appends of metered usage to it
+
+
+@dataclass(frozen=True, slots=True)
 class SiteConfig:
     """A validated site configuration."""
 
@@ -82,6 +96,7 @@ class SiteConfig:
     dataplane: DataplaneConfig
     control: ControlConfig
     source: str = field(default="", compare=False)  #: the file it was read from
+    metering: MeteringConfig = MeteringConfig("", 0.5)
 
     def tun_name(self, index: int) -> str:
         return f"{self.dataplane.tun_prefix}{index}"
@@ -137,7 +152,7 @@ def _check_fis_credentials(url: str) -> None:
 
 def parse(doc: dict[str, Any], *, source: str = "", base_dir: Path | None = None) -> SiteConfig:
     """Validate a parsed TOML document."""
-    known = {"site", "dataplane", "control"}
+    known = {"site", "dataplane", "control", "metering"}
     extra = sorted(set(doc) - known)
     if extra:
         raise ConfigError(extra[0], f"unknown section (known: {', '.join(sorted(known))})")
@@ -279,6 +294,7 @@ def parse(doc: dict[str, Any], *, source: str = "", base_dir: Path | None = None
     if extra_c:
         raise ConfigError(f"control.{extra_c[0]}", "unknown key")
     ctl = ControlConfig(host, int(port_s), admin, tuple(psps), anchor, max_body)
+    metering = _metering(doc, state_dir, base)
     return SiteConfig(
         name=name,
         public_ip=public_ip,
@@ -294,7 +310,21 @@ def parse(doc: dict[str, Any], *, source: str = "", base_dir: Path | None = None
         dataplane=dp,
         control=ctl,
         source=source,
+        metering=metering,
     )
+
+
+def _metering(doc: dict[str, Any], state_dir: str, base: Path) -> MeteringConfig:
+    m = "metering"
+    ledger = _get(doc, m, "ledger", str, str(Path(state_dir) / "usage.ledger"))
+    if not Path(ledger).is_absolute():
+        ledger = str(base / ledger)
+    interval = float(_get(doc, m, "interval", (int, float), 0.5))
+    _range("metering.interval", interval, 0.05, 60)
+    extra = sorted(set(doc.get(m, {})) - {"ledger", "interval"})
+    if extra:
+        raise ConfigError(f"metering.{extra[0]}", "unknown key")
+    return MeteringConfig(ledger, interval)
 
 
 def load(path: str | Path) -> SiteConfig:

@@ -34,6 +34,8 @@ from pcsite_lite.metrics import WorkerStats
 
 from .config import ConfigError, SiteConfig, load
 from .kernel import Kernel
+from .kstats import KernelDrops, Sample, fold, site_drops
+from .usage import UsageRecorder, drain_reports, export_since, totals
 
 __all__ = ["StartupError", "Supervisor", "run_daemon"]
 
@@ -76,11 +78,16 @@ class Supervisor:
         self._log = log or (lambda msg: print(f"pcsite[{cfg.name}]: {msg}", file=sys.stderr))
         self._stopping = False
         self._seq = 0  #: sequence number of the last broadcast state op
+        self.kstats: KernelDrops | None = None  #: the kernel's drop counters (after start)
+        self.recorder: UsageRecorder | None = None  #: the usage ledger writer (after start)
+        self._ksample: Sample | None = None
         from pcsite_lite.control.site_backend import SiteBackend
 
         self.backend = SiteBackend(cfg, broadcast=self.broadcast, status=self.status_json,
                                    worker_stats=self.worker_stats,
-                                   worker_usage=self.worker_usage, kernel=self.kernel)  # fmt: skip
+                                   worker_usage=self.worker_usage, kernel=self.kernel,
+                                   site_drops=self.site_drops,
+                                   usage_export=self.usage_export)  # fmt: skip
         self.app = self._make_app(cfg)
 
     def log(self, msg: str) -> None:
@@ -154,7 +161,18 @@ class Supervisor:
                 restarts=s.restarts,
             )
             out[s.index] = st
+        if self.kstats is not None:  # drops only the kernel saw (TUN queues, NICs, sockets)
+            self._ksample = self.kstats.sample()
+            out = {i: fold(st, self._ksample.workers.get(i, {})) for i, st in out.items()}
         return out
+
+    def usage_export(self, since: float) -> str:
+        """The usage ledger's records from ``since`` on (``GET /v1/isp/usage/{since}``)."""
+        return export_since(self.cfg.metering.ledger, since)
+
+    def site_drops(self) -> list[tuple[str, str, int]]:
+        """Site-wide kernel drops ``(dev, reason, packets)`` as of the last worker_stats()."""
+        return site_drops(self._ksample) if self._ksample is not None else []
 
     def worker_usage(self) -> list[dict[str, Any]]:
         """Per worker: ``"psp/service" -> counters``, monotonic across worker restarts."""
@@ -284,12 +302,17 @@ class Supervisor:
         try:
             for i in range(cfg.workers):
                 self.slots.append(WorkerSlot(i, _open_tun(cfg.tun_name(i))))
+            self.kstats = KernelDrops({s.index: cfg.tun_name(s.index) for s in self.slots})
             self.kernel.setup(self.marks())
             for s in self.slots:
                 self._spawn(s)
+            self.recorder = UsageRecorder(
+                cfg.name, cfg.metering.ledger, lambda: totals(self.worker_usage())
+            )
             async with trio.open_nursery() as nursery:
                 for s in self.slots:
                     nursery.start_soon(self._watch_worker, s)
+                nursery.start_soon(self.recorder.run, cfg.metering.interval, self.log)
 
                 port = await nursery.start(serve, self, cfg.control.host, cfg.control.port)
                 self.log(f"control API on {cfg.control.host}:{port}")
@@ -316,11 +339,23 @@ class Supervisor:
         finally:
             self._stopping = True
             self._stop_workers()
+            self._final_usage()
             self.kernel.teardown()
             for s in self.slots:
                 s.tun.close()
             self.backend.close()
             self.log("stopped")
+
+    def _final_usage(self) -> None:
+        """Append the usage the workers reported up to their stop (SIGTERM loses none)."""
+        if self.recorder is None:
+            return
+        try:
+            n = self.recorder.flush()
+            self.log(f"usage ledger: {n} final record(s) appended")
+        except Exception as exc:  # stop anyway, saying what was lost
+            self.log(f"usage ledger: final append failed: {type(exc).__name__}: {exc}")
+        self.recorder.close()
 
     def _stop_workers(self) -> None:
         for s in self.slots:
@@ -338,6 +373,9 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 s.proc.kill()
                 s.proc.wait()
+            stats, usage = drain_reports(s.sock)  # the report a worker sends as it stops
+            if stats is not None:
+                s.stats, s.usage = stats, usage or {}
             if s.sock is not None:
                 s.sock.close()
             if s.pidfd >= 0:

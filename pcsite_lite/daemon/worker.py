@@ -201,6 +201,7 @@ def run(cfg: SiteConfig, index: int, tun_fd: int, ctl: socket.socket) -> int:
                         return 0  # supervisor gone
                     op = json.loads(msg)
                     if op.get("op") == "stop":
+                        _last_report(ctl, index, stats, replica)
                         return 0
                     try:
                         replica.apply(op)
@@ -229,6 +230,20 @@ def run(cfg: SiteConfig, index: int, tun_fd: int, ctl: socket.socket) -> int:
                 return 0
 
 
+def _last_report(ctl: socket.socket, index: int, stats: WorkerStats, replica: Replica) -> None:
+    """On stop: the final counters, so the supervisor's usage ledger loses nothing."""
+    try:
+        replica.account()
+        ctl.settimeout(1.0)
+        ctl.send(
+            json.dumps(
+                {"stats": index, "worker": stats.to_json(), "usage": replica.usage()}
+            ).encode()
+        )
+    except (OSError, ValueError) as exc:
+        print(f"worker {index}: cannot send the last report: {exc}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="pcsite-worker")
     ap.add_argument("--config", required=True)
@@ -238,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # e.g. systemd's to the whole group: same
     cfg = load(args.config)
     ctl = socket.socket(fileno=args.ctl_fd)
     return run(cfg, args.index, args.tun_fd, ctl)

@@ -114,7 +114,13 @@ def test_pcbill_collect_errors_are_clear(
             led,
             "--count",
             "1",
+            "--retry-delay",
+            "0.01",
+            "--max-failures",
+            "3",
         ]
     )
     err = capsys.readouterr().err
     assert rc == 1 and "127.0.0.1:9" in err and "Traceback" not in err
+    # it retried (with backoff) before giving up, saying so
+    assert err.count("retry") == 2 and "3 failed attempts in a row" in err

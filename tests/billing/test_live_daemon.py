@@ -73,7 +73,7 @@ def test_live_daemon_usage_is_collected_billed_and_equals_the_dataplane_bytes(
             "--name",
             "site-a",
         ]
-        assert in_ns(site.ns["a"], lambda: main(collect)) == 0  # the baseline scrape
+        assert in_ns(site.ns["a"], lambda: main(collect)) == 0  # nothing to collect yet
 
         acme = site.client()
         deliver = acme.allocate_circuit("relay")["label"]
@@ -123,7 +123,16 @@ def test_live_daemon_usage_is_collected_billed_and_equals_the_dataplane_bytes(
         dropped = _worker_counter(text, "drops")  # packets no service saw (e.g. not_ipv4)
         tx_bytes = _worker_counter(text, "tx_bytes")
 
-        assert in_ns(site.ns["a"], lambda: main(collect)) == 0  # the scrape after the traffic
+        # the collection after the traffic: the site appends its usage to its own ledger every
+        # metering.interval (0.5 s), so collect until the central ledger has every packet
+        deadline = time.monotonic() + 10
+        while True:
+            assert in_ns(site.ns["a"], lambda: main(collect)) == 0
+            with Ledger(ledger, create=False) as led:
+                if sum(r.counters.packets for r in led.records("acme")) >= n:
+                    break
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
         capsys.readouterr()
 
     with Ledger(ledger, create=False) as led:
