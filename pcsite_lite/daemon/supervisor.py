@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +77,7 @@ class Supervisor:
         self._log = log or (lambda msg: print(f"pcsite[{cfg.name}]: {msg}", file=sys.stderr))
         self._stopping = False
         self._seq = 0  #: sequence number of the last broadcast state op
+        self._lb_lock = threading.Lock()  #: serialises bucket-map updates (see _rebalance)
         from pcsite_lite.control.site_backend import SiteBackend
 
         self.backend = SiteBackend(cfg, broadcast=self.broadcast, status=self.status_json,
@@ -102,15 +104,21 @@ class Supervisor:
         return [self.kernel.mark(int(w)) for w in self.table.assignment]  # type: ignore[call-overload]
 
     def _rebalance(self) -> None:
-        live = [s.index for s in self.slots if s.ready]
-        if not live:
-            self.log("no live worker: keeping the last bucket map")
-            return
-        table = self.table.with_workers(live)
-        if table.assignment != self.table.assignment:
-            self.table = table
-            self.kernel.set_buckets(self.marks())
-            self.log(f"buckets now on workers {live}")
+        # Rebalances run in worker threads (trio.to_thread), one per readiness or exit event,
+        # so two can overlap when workers come up together. Without the lock, one that read
+        # the live set early (only worker 0 ready) could write its map after one that read it
+        # late (workers 0 and 1): the kernel then kept sending every packet to worker 0 and
+        # worker 1 received nothing. Serialised, the last writer always read the latest set.
+        with self._lb_lock:
+            live = [s.index for s in self.slots if s.ready]
+            if not live:
+                self.log("no live worker: keeping the last bucket map")
+                return
+            table = self.table.with_workers(live)
+            if table.assignment != self.table.assignment:
+                self.table = table
+                self.kernel.set_buckets(self.marks())
+                self.log(f"buckets now on workers {live}")
 
     # --- workers
     def _spawn(self, slot: WorkerSlot) -> None:
