@@ -7,7 +7,6 @@ Every mistake is a :class:`ConfigError` naming the key (``site.workers``) and wh
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -129,11 +128,16 @@ def _range(key: str, v: int | float, lo: float, hi: float) -> None:
 
 
 def _online_cpus() -> set[int] | None:
-    """The vCPUs this process may run on (None where the platform cannot tell)."""
+    """The machine's online vCPUs (None where the platform cannot tell)."""
     try:
-        return set(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
+        text = Path("/sys/devices/system/cpu/online").read_text().strip()
+    except OSError:
         return None
+    cpus: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
 
 
 def parse(doc: dict[str, Any], *, source: str = "", base_dir: Path | None = None) -> SiteConfig:
@@ -225,7 +229,7 @@ def parse(doc: dict[str, Any], *, source: str = "", base_dir: Path | None = None
             raise ConfigError("dataplane.cpus", f"must be a list of vCPU numbers, got {cpu!r}")
         if online is not None and cpu not in online:
             raise ConfigError(
-                "dataplane.cpus", f"vCPU {cpu} is not available (usable: {sorted(online)})"
+                "dataplane.cpus", f"vCPU {cpu} is not online (online: {sorted(online)})"
             )
     if dp.tx not in ("tun", "raw"):
         raise ConfigError("dataplane.tx", "must be tun or raw")

@@ -123,7 +123,11 @@ def run(cfg: SiteConfig, index: int, tun_fd: int, ctl: socket.socket) -> int:
     if cpu is not None:
         # one vCPU per worker: no migration, and a load generator pinned elsewhere does not
         # compete with it
-        os.sched_setaffinity(0, {cpu})
+        try:
+            os.sched_setaffinity(0, {cpu})
+        except OSError as exc:  # e.g. a cpuset cgroup without that vCPU
+            print(f"worker {index}: cannot pin to vCPU {cpu} ({exc.strerror}); running unpinned",
+                  file=sys.stderr)  # fmt: skip
     pump = TunPump(tun_fd, replica.process, replica.clock, stats, batch=dp.batch,
                    busy_poll_us=dp.busy_poll_us, tx=dp.tx, account=replica.account,
                    name=f"worker {index}")  # fmt: skip

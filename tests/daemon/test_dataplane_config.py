@@ -35,7 +35,7 @@ def test_defaults_and_cpu_assignment(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("key", "value", "words"),
     [
-        ("cpus", [4096], "not available"),
+        ("cpus", [4096], "not online"),
         ("cpus", [-1], "vCPU numbers"),
         ("cpus", ["0"], "vCPU numbers"),
         ("cpus", 1, "must be list"),
