@@ -302,7 +302,12 @@ class Supervisor:
                 port = await nursery.start(serve, self, cfg.control.host, cfg.control.port)
                 self.log(f"control API on {cfg.control.host}:{port}")
                 deadline = trio.current_time() + 10
-                while not all(s.ready for s in self.slots) and trio.current_time() < deadline:
+                # up = every worker ready and the bucket map already spread over all of them
+                # (a load that starts at "site up" must not find one worker with every bucket)
+                while (
+                    not all(s.ready for s in self.slots)
+                    or set(self.table.workers) != {s.index for s in self.slots}
+                ) and trio.current_time() < deadline:
                     await trio.sleep(0.02)
                 if not any(s.ready for s in self.slots):
                     raise StartupError(
