@@ -27,7 +27,8 @@ Method (docs/benchmarks.md):
   minus the median through kernel forwarding of the same packets.
 * **Worker CPU**: each worker's scheduler time (``/proc/PID/task/*/schedstat``) over the
   accepted load run, per packet the worker received; and the workers' CPU share during the
-  ping-pong, with and without the busy-poll window (its cost at low rate).
+  ping-pong with the default busy-poll window, without one (``_no_busy_poll``) and with one
+  longer than the probes' spacing (``_spin``: the worker never sleeps; what a wake-up costs).
 * **Both paths**: every site figure for the accelerated path and, suffixed ``_pure``, for the
   pure-Python path (the daemon started with ``PACKETCLOUD_PURE=1``).
 * **Rounds**: ``--rounds`` interleaved rounds (every mode once per round); each figure is the
@@ -63,6 +64,7 @@ MAX_LOSS = 0.01
 UDP_PORT = 6253
 IPPROTO_PC = 253
 LAT_GAP = 0.002  # seconds between one probe's arrival and the next probe
+SPIN_US = 10_000  # a busy-poll window longer than LAT_GAP: the worker spins between probes
 
 
 # --- the load generator (a separate process in S: ``--send``) -----------------------------------
@@ -343,15 +345,17 @@ class Bench:
                         )  # fmt: skip
                 finally:
                     ch.stop_site()
-        # the busy-poll window's effect: latency and worker CPU at low rate without it
-        w = self.start(1, False, busy_poll_us=0)
-        try:
-            labels = self.circuits()
-            res["site_latency_no_busy_poll"] = _latency(
-                ch, ch.SITE, lambda p: self.packet(labels[0], p, False), a.probes, w
-            )
-        finally:
-            ch.stop_site()
+        # the busy-poll window's effect: latency and worker CPU at low rate without it, and
+        # with a window longer than the probes' spacing (the worker never blocks: no wake-up)
+        for key, window in (("no_busy_poll", 0), ("spin", SPIN_US)):
+            w = self.start(1, False, busy_poll_us=window)
+            try:
+                labels = self.circuits()
+                res[f"site_latency_{key}"] = _latency(
+                    ch, ch.SITE, lambda p, la=labels[0]: self.packet(la, p, False), a.probes, w
+                )
+            finally:
+                ch.stop_site()
         res["figures"] = _figures(res)
         return res
 
@@ -368,6 +372,9 @@ def _figures(r: dict[str, Any]) -> dict[str, float]:
         "hop_latency_added_us_median_no_busy_poll": r["site_latency_no_busy_poll"]["median_us"]
         - r["kernel_latency"]["median_us"],
         "worker_cpu_frac_ping_no_busy_poll": r["site_latency_no_busy_poll"]["worker_cpu_frac"],
+        "hop_latency_added_us_median_spin": r["site_latency_spin"]["median_us"]
+        - r["kernel_latency"]["median_us"],
+        "worker_cpu_frac_ping_spin": r["site_latency_spin"]["worker_cpu_frac"],
     }
     for sfx in ("", "_pure"):
         ip1, ip2 = r[f"site_ip_1w{sfx}"], r[f"site_ip_2w{sfx}"]

@@ -30,7 +30,8 @@ def test_site_forwarding_benchmark_writes_every_figure(tmp_path: Path) -> None:
         for name in (base, f"{base}_pure"):
             assert isinstance(figures[name], float) and figures[name] == figures[name], name
     for name in ("site_vs_bare_tun_1w", "hop_latency_added_us_median_no_busy_poll",
-                 "worker_cpu_frac_ping_no_busy_poll", "scaling_2w_vs_1w_min"):  # fmt: skip
+                 "worker_cpu_frac_ping_no_busy_poll", "hop_latency_added_us_median_spin",
+                 "worker_cpu_frac_ping_spin", "scaling_2w_vs_1w_min"):  # fmt: skip
         assert figures[name] == figures[name], name
     # both workers of the two-worker site received packets, and the shares add up
     assert figures["worker_share_2w_w0"] > 0 and figures["worker_share_2w_w1"] > 0

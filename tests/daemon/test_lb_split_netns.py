@@ -37,8 +37,10 @@ def test_two_workers_each_receive_at_least_35_percent_of_many_circuits(tmp_path:
         sent = 0
         for i, label in enumerate(labels):
             # IP mode and UDP-encapsulated: the kernel hashes the label in both
-            pkt = wire.build_circuit_packet(src=Chain.S, dst=Chain.SITE_A, label=label, key=key,
-                                            payload=struct.pack("!I", i), udp=bool(i % 2))  # fmt: skip
+            pkt = wire.build_circuit_packet(
+                src=Chain.S, dst=Chain.SITE_A, label=label, key=key,
+                payload=struct.pack("!I", i), udp=bool(i % 2),
+            )  # fmt: skip
             for _ in range(3):
                 tx.sendto(bytes(pkt), (Chain.SITE_A, 0))
                 sent += 1
