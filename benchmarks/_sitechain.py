@@ -9,6 +9,7 @@ receives. Everything is removed on exit, also after a failure.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -52,11 +53,10 @@ class SiteChain:
         self.log = tmp / "site.log"
 
     def __enter__(self) -> SiteChain:
-        try:
+        with contextlib.ExitStack() as undo:
+            undo.callback(self.close)  # a half-built chain is removed again
             self._build()
-        except BaseException:
-            self.close()
-            raise
+            undo.pop_all()
         return self
 
     def __exit__(self, *exc: object) -> None:
