@@ -200,7 +200,7 @@ def _search(run_at: Callable[[float], dict[str, Any]], quick: bool) -> dict[str,
     steps = [sat]
     top = sat["rx_pps"]
     ok = [sat] if sat["loss"] < MAX_LOSS else []
-    factors = (0.9,) if quick else (1.0, 0.9, 0.75, 0.5, 0.25)
+    factors = (0.5,) if quick else (1.0, 0.9, 0.75, 0.5, 0.25)
     for f in factors:
         r = run_at(top * f)
         steps.append(r)

@@ -69,6 +69,8 @@ class DataplaneConfig:
     busy_poll_us: int = 50
     #: packets a worker reads from its TUN device per batch
     batch: int = 256
+    #: packets that may wait in a worker's TUN device (its txqueuelen; the kernel's is 500)
+    queue_len: int = 1000
 
     def cpu_of(self, worker: int) -> int | None:
         """The vCPU worker ``worker`` is pinned to, or None."""
@@ -214,6 +216,7 @@ def parse(doc: dict[str, Any], *, source: str = "", base_dir: Path | None = None
         cpus=tuple(_get(doc, d, "cpus", list, [])),
         busy_poll_us=_get(doc, d, "busy_poll_us", int, 50),
         batch=_get(doc, d, "batch", int, 256),
+        queue_len=_get(doc, d, "queue_len", int, 1000),
     )
     _range("dataplane.mtu", dp.mtu, 576, 65535)
     _range("dataplane.buckets", dp.buckets, 1, 65536)
@@ -223,6 +226,7 @@ def parse(doc: dict[str, Any], *, source: str = "", base_dir: Path | None = None
     _range("dataplane.restart_delay", dp.restart_delay, 0, 60)
     _range("dataplane.busy_poll_us", dp.busy_poll_us, 0, 100_000)
     _range("dataplane.batch", dp.batch, 1, 1024)
+    _range("dataplane.queue_len", dp.queue_len, 16, 65536)
     online = _online_cpus()
     for cpu in dp.cpus:
         if not isinstance(cpu, int) or isinstance(cpu, bool) or cpu < 0:
@@ -236,7 +240,8 @@ def parse(doc: dict[str, Any], *, source: str = "", base_dir: Path | None = None
     if not _NAME_RE.match(dp.nft_table):
         raise ConfigError("dataplane.nft_table", "1-64 of letters, digits, '.', '_', '-'")
     known_dp = {"tun_prefix", "mtu", "buckets", "table_base", "mark_base", "rule_pref",
-                "nft_table", "restart_delay", "tx", "cpus", "busy_poll_us", "batch"}  # fmt: skip
+                "nft_table", "restart_delay", "tx", "cpus", "busy_poll_us", "batch",
+                "queue_len"}  # fmt: skip
     extra_dp = sorted(set(doc.get(d, {})) - known_dp)
     if extra_dp:
         raise ConfigError(f"dataplane.{extra_dp[0]}", "unknown key")

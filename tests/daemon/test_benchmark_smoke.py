@@ -24,14 +24,19 @@ def test_site_forwarding_benchmark_writes_every_figure(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(out.read_text())
     figures = doc["figures"]
-    for base in ("site_vs_kernel_1w", "site_vs_kernel_udp_batched", "scaling_2w_vs_1w",
-                 "hop_latency_added_us_median", "worker_cpu_us_per_packet_1w",
-                 "worker_cpu_frac_ping", "worker_share_2w_w0", "worker_share_2w_w1"):  # fmt: skip
+    ratios = ("site_vs_kernel_1w", "site_vs_kernel_udp_batched", "scaling_2w_vs_1w")
+    measured = ("hop_latency_added_us_median", "worker_cpu_us_per_packet_1w",
+                "worker_cpu_frac_ping", "worker_share_2w_w0", "worker_share_2w_w1")  # fmt: skip
+    for base in ratios + measured:
         for name in (base, f"{base}_pure"):
-            assert isinstance(figures[name], float) and figures[name] == figures[name], name
-    for name in ("site_vs_bare_tun_1w", "hop_latency_added_us_median_no_busy_poll",
-                 "worker_cpu_frac_ping_no_busy_poll", "hop_latency_added_us_median_spin",
-                 "worker_cpu_frac_ping_spin", "scaling_2w_vs_1w_min"):  # fmt: skip
+            assert isinstance(figures[name], float), name
+            # a ratio is NaN only when no rate tried lost < 1 % (a loaded machine); the others
+            # are always measured
+            assert base in ratios or figures[name] == figures[name], name
+    for name in ("site_vs_bare_tun_1w", "scaling_2w_vs_1w_min"):
+        assert isinstance(figures[name], float), name
+    for name in ("hop_latency_added_us_median_no_busy_poll", "worker_cpu_frac_ping_no_busy_poll",
+                 "hop_latency_added_us_median_spin", "worker_cpu_frac_ping_spin"):  # fmt: skip
         assert figures[name] == figures[name], name
     # both workers of the two-worker site received packets, and the shares add up
     assert figures["worker_share_2w_w0"] > 0 and figures["worker_share_2w_w1"] > 0

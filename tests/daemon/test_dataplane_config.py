@@ -25,7 +25,7 @@ def _cfg(tmp: Path, **dataplane: Any) -> SiteConfig:
 
 def test_defaults_and_cpu_assignment(tmp_path: Path) -> None:
     dp = _cfg(tmp_path).dataplane
-    assert (dp.cpus, dp.busy_poll_us, dp.batch) == ((), 50, 256)
+    assert (dp.cpus, dp.busy_poll_us, dp.batch, dp.queue_len) == ((), 50, 256, 1000)
     assert dp.cpu_of(0) is None
     cpu = min(os.sched_getaffinity(0))
     dp = _cfg(tmp_path, cpus=[cpu], busy_poll_us=0, batch=32).dataplane
@@ -43,6 +43,7 @@ def test_defaults_and_cpu_assignment(tmp_path: Path) -> None:
         ("busy_poll_us", 1.5, "must be int"),
         ("batch", 0, "1..1024"),
         ("batch", 5000, "1..1024"),
+        ("queue_len", 8, "16..65536"),
     ],
 )
 def test_bad_dataplane_keys_are_named_errors(
