@@ -446,16 +446,16 @@ def main(argv: list[str] | None = None) -> int:
     sender_cpu, worker_cpus = _default_cpus()
     ap = argparse.ArgumentParser(prog="site_forwarding")
     ap.add_argument("--json", help="write results to this path")
-    ap.add_argument("--seconds", type=float, default=3.0, help="length of each load run")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--probes", type=int, default=PROBES, help="latency probes per mode")
+    ap.add_argument("--seconds", type=float, help="length of each load run (3; --quick 0.4)")
+    ap.add_argument("--rounds", type=int, help="interleaved rounds (3; --quick 1)")
+    ap.add_argument("--probes", type=int, help=f"latency probes per mode ({PROBES}; --quick 10)")
     ap.add_argument("--payload", type=int, default=PAYLOAD, help="bytes after the shim (>= 8)")
     ap.add_argument("--circuits", type=int, default=CIRCUITS)
     ap.add_argument("--sender-cpu", type=int, default=sender_cpu)
     ap.add_argument("--worker-cpus", default=",".join(map(str, worker_cpus)),
                     help="vCPU of worker 0, 1, ... (comma-separated)")  # fmt: skip
     ap.add_argument("--quick", action="store_true",
-                    help="smoke test: one paced step instead of the rate search")  # fmt: skip
+                    help="smoke test: short runs, no rate search")  # fmt: skip
     ap.add_argument("--send", nargs=6, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.send:
@@ -465,6 +465,10 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("site_forwarding: needs root (namespaces, TUN, nftables)", file=sys.stderr)
         return 2
+    quick = args.quick
+    args.seconds = args.seconds if args.seconds is not None else (0.4 if quick else 3.0)
+    args.rounds = max(1, args.rounds if args.rounds is not None else (1 if quick else 3))
+    args.probes = args.probes if args.probes is not None else (10 if quick else PROBES)
     args.worker_cpus = [int(c) for c in args.worker_cpus.split(",") if c.strip()]
     args.worker_cpus = (args.worker_cpus * 2)[:2] if args.worker_cpus else worker_cpus[:2]
     args.payload = max(8, args.payload)
@@ -473,7 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     res = run(args)
     print(json.dumps(res["figures"], indent=2))
     if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2))
+        # the figures at the top level (as every benchmark writes them), the details beside
+        Path(args.json).write_text(json.dumps({**res["figures"], **res}, indent=2))
     return 0
 
 
