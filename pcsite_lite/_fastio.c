@@ -209,9 +209,16 @@ static PyObject *send_batch(PyObject *self, PyObject *args) {
     if (!fast) return NULL;
     Py_ssize_t total = PySequence_Fast_GET_SIZE(fast);
     int n = total > MAX_BATCH ? MAX_BATCH : (int)total;
-    struct mmsghdr msgs[MAX_BATCH];
-    struct iovec iov[MAX_BATCH];
-    Py_buffer views[MAX_BATCH];
+    struct mmsghdr *msgs = PyMem_Calloc(n ? n : 1, sizeof *msgs);
+    struct iovec *iov = PyMem_Calloc(n ? n : 1, sizeof *iov);
+    Py_buffer *views = PyMem_Calloc(n ? n : 1, sizeof *views);
+    if (!msgs || !iov || !views) {
+        PyMem_Free(msgs);
+        PyMem_Free(iov);
+        PyMem_Free(views);
+        Py_DECREF(fast);
+        return PyErr_NoMemory();
+    }
     int held = 0;
     for (; held < n; held++) {
         if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(fast, held), &views[held], PyBUF_SIMPLE) <
@@ -235,6 +242,9 @@ static PyObject *send_batch(PyObject *self, PyObject *args) {
     }
     int err = errno;
     for (int i = 0; i < held; i++) PyBuffer_Release(&views[i]);
+    PyMem_Free(msgs);
+    PyMem_Free(iov);
+    PyMem_Free(views);
     Py_DECREF(fast);
     if (held != n) return NULL; /* a non-buffer item: the TypeError is set */
     if (sent < 0) {
@@ -257,9 +267,11 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef moddef = {
-    PyModuleDef_HEAD_INIT, "pcsite_lite._fastio",
-    "Batched packet I/O (read/write batches, recvmmsg/sendmmsg) for the site worker.", -1,
-    methods,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "pcsite_lite._fastio",
+    .m_doc = "Batched packet I/O (read/write batches, recvmmsg/sendmmsg) for the site worker.",
+    .m_size = -1,
+    .m_methods = methods,
 };
 
 PyMODINIT_FUNC PyInit__fastio(void) {

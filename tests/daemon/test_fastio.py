@@ -113,6 +113,21 @@ def test_pure_mode_uses_the_python_functions() -> None:
     assert proc.stderr.count("PACKETCLOUD_PURE=1") == 1  # said once
 
 
+def test_without_the_c_helper_batched_io_falls_back_and_says_so_once() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['pcsite_lite._fastio'] = None\n"  # as if it was never built
+        "from pcsite_lite import fastio; import pcsite_lite.fastio\n"
+        "print(fastio.ACCELERATED, fastio.write_batch.__name__)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PACKETCLOUD_PURE"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.stdout.split() == ["False", "_py_write_batch"]
+    assert proc.stderr.count("C helper is not built") == 1
+
+
 def _pump(fd: int, busy_poll_us: int) -> tuple[TunPump, WorkerStats]:
     stats = WorkerStats()
 
