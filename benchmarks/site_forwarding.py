@@ -40,6 +40,7 @@ Method (docs/benchmarks.md):
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -309,6 +310,10 @@ class Bench:
                                         key=self.key_in, payload=payload, udp=udp)  # fmt: skip
         return bytes(pkt[28:] if udp else pkt[20:])
 
+    def prober(self, label: int) -> Callable[[bytes], bytes]:
+        """Latency probes: IP-mode circuit packets on ``label`` carrying ``payload``."""
+        return lambda payload: self.packet(label, payload, False)
+
     def round(self) -> dict[str, Any]:
         ch, a = self.ch, self.a
         res: dict[str, Any] = {}
@@ -318,7 +323,7 @@ class Bench:
         demo_udp = [self.packet(1000 + i, plain, True) for i in range(a.circuits)]
         res["kernel_ip"] = self.search(ch.D, 0, demo, None)
         res["kernel_udp"] = self.search(ch.D, UDP_PORT, demo_udp, None)
-        res["kernel_latency"] = _latency(ch, ch.D, lambda p: self.packet(1000, p, False), a.probes)
+        res["kernel_latency"] = _latency(ch, ch.D, self.prober(1000), a.probes)
 
         # the bare TUN forwarder (1 worker): the floor of the TUN design
         cfg = ch.site_config(1, mode="bare", cpus=a.worker_cpus[:1])
@@ -340,9 +345,8 @@ class Bench:
                         udp = [self.packet(la, plain, True) for la in labels]
                         res[f"site_udp_1w{sfx}"] = self.search(ch.SITE, UDP_PORT, udp, w)
                         res[f"site_latency{sfx}"] = _latency(
-                            ch, ch.SITE, lambda p, la=labels[0]: self.packet(la, p, False),
-                            a.probes, w,
-                        )  # fmt: skip
+                            ch, ch.SITE, self.prober(labels[0]), a.probes, w
+                        )
                 finally:
                     ch.stop_site()
         # the busy-poll window's effect: latency and worker CPU at low rate without it, and
@@ -352,7 +356,7 @@ class Bench:
             try:
                 labels = self.circuits()
                 res[f"site_latency_{key}"] = _latency(
-                    ch, ch.SITE, lambda p, la=labels[0]: self.packet(la, p, False), a.probes, w
+                    ch, ch.SITE, self.prober(labels[0]), a.probes, w
                 )
             finally:
                 ch.stop_site()
@@ -413,12 +417,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from pcsite_lite import fastio
 
     os.sched_setaffinity(0, {args.sender_cpu})  # this process receives the latency probes
-    try:
-        import pcsock._accel  # type: ignore[import-not-found]  # noqa: F401
-
-        accel = True
-    except ImportError:
-        accel = False
+    accel = importlib.util.find_spec("pcsock._accel") is not None
     res: dict[str, Any] = {
         "seconds": args.seconds, "payload": args.payload, "circuits": args.circuits,
         "sender_cpu": args.sender_cpu, "worker_cpus": args.worker_cpus, "quick": args.quick,

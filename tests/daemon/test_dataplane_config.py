@@ -59,7 +59,8 @@ def test_worker_pins_itself_to_its_configured_vcpu(tmp_path: Path) -> None:
     loop = Loop(_cfg(tmp_path, cpus=[cpu]))
     try:
         # the worker loop runs in a thread here; sched_setaffinity(0) pins that thread
-        assert os.sched_getaffinity(loop.thread.native_id) == {cpu}
+        tid = loop.thread.native_id
+        assert tid is not None and os.sched_getaffinity(tid) == {cpu}
     finally:
         loop.close()
 
