@@ -13,6 +13,9 @@ long (the worker's busy-poll window).
 ``recv_batch(sock_fd, limit, bufsize)``: ``recvmmsg`` without blocking.
 ``send_batch(sock_fd, packets, (host, port)) -> sent``: ``sendmmsg`` to one address (at most
 :data:`MAX_BATCH` packets per call; a full socket buffer sends 0).
+``send_ip_batch(raw_fd, packets) -> (sent, errors, bytes_sent)``: ``sendmmsg`` of whole IPv4
+packets on a raw ``IP_HDRINCL`` socket, each to the destination in its header (a packet the
+kernel refuses, or shorter than an IPv4 header, is counted and skipped).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ __all__ = [
     "read_batch",
     "recv_batch",
     "send_batch",
+    "send_ip_batch",
     "write_batch",
 ]
 
@@ -118,8 +122,27 @@ def _py_send_batch(fd: int, packets: Sequence[bytes], addr: tuple[str, int]) -> 
         s.close()
 
 
+def _py_send_ip_batch(fd: int, packets: Sequence[bytes]) -> tuple[int, int, int]:
+    s = socket.socket(fileno=os.dup(fd))
+    try:
+        sent = errors = nbytes = 0
+        errors += max(0, len(packets) - MAX_BATCH)
+        for p in packets[:MAX_BATCH]:
+            if len(p) < 20:
+                errors += 1
+                continue
+            try:
+                nbytes += s.sendto(p, (socket.inet_ntoa(bytes(p[16:20])), 0))
+                sent += 1
+            except OSError:
+                errors += 1
+        return sent, errors, nbytes
+    finally:
+        s.close()
+
+
 def _load() -> bool:
-    global read_batch, write_batch, recv_batch, send_batch
+    global read_batch, write_batch, recv_batch, send_batch, send_ip_batch
     if os.environ.get("PACKETCLOUD_PURE") == "1":
         print("pcsite_lite.fastio: PACKETCLOUD_PURE=1, batched I/O runs in Python", file=sys.stderr)
         return False
@@ -136,6 +159,7 @@ def _load() -> bool:
     write_batch = _fastio.write_batch
     recv_batch = _fastio.recv_batch
     send_batch = _fastio.send_batch
+    send_ip_batch = _fastio.send_ip_batch
     return True
 
 
@@ -143,5 +167,6 @@ read_batch = _py_read_batch
 write_batch = _py_write_batch
 recv_batch = _py_recv_batch
 send_batch = _py_send_batch
+send_ip_batch = _py_send_ip_batch
 #: True when the C helper is in use
 ACCELERATED: bool = _load()

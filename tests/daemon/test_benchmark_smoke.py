@@ -24,7 +24,8 @@ def test_site_forwarding_benchmark_writes_every_figure(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(out.read_text())
     figures = doc["figures"]
-    ratios = ("site_vs_kernel_1w", "site_vs_kernel_udp_batched", "scaling_2w_vs_1w")
+    ratios = ("site_vs_kernel_1w", "site_vs_kernel_udp_1w", "site_vs_kernel_udp_batched",
+              "scaling_2w_vs_1w")  # fmt: skip
     measured = ("hop_latency_added_us_median", "worker_cpu_us_per_packet_1w",
                 "worker_cpu_frac_ping", "worker_share_2w_w0", "worker_share_2w_w1")  # fmt: skip
     for base in ratios + measured:
@@ -43,6 +44,7 @@ def test_site_forwarding_benchmark_writes_every_figure(tmp_path: Path) -> None:
     assert abs(figures["worker_share_2w_w0"] + figures["worker_share_2w_w1"] - 1) < 1e-9
     r = doc["rounds"][0]
     for mode in ("kernel_ip", "kernel_udp", "bare_udp_1w", "site_ip_1w", "site_udp_1w",
+                 "site_udp_1w_batched", "site_udp_1w_batched_pure",
                  "site_ip_2w", "site_ip_1w_pure"):  # fmt: skip
         assert r[mode]["steps"][0]["received"] > 100, (mode, r[mode]["steps"][0])
     assert len(doc["scaling_2w_vs_1w_rounds"]) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ def _impls() -> list[object]:
         write_batch=fastio._py_write_batch,
         recv_batch=fastio._py_recv_batch,
         send_batch=fastio._py_send_batch,
+        send_ip_batch=fastio._py_send_ip_batch,
     )
     out: list[object] = [pytest.param(py, id="python")]
     try:
@@ -100,6 +102,30 @@ def test_send_batch_and_recv_batch_over_udp(io: ModuleType) -> None:
     finally:
         rx.close()
         tx.close()
+
+
+@pytest.mark.netns  # a raw socket needs root
+@pytest.mark.parametrize("io", _impls())
+def test_send_ip_batch_sends_each_packet_to_its_header_destination(io: ModuleType) -> None:
+    from pcsock import wire
+
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    try:
+        rx.bind(("127.0.0.1", 0))
+        rx.settimeout(5)
+        port = rx.getsockname()[1]
+        pkts = [
+            bytes(wire.build_ipv4(src="127.0.0.1", dst="127.0.0.1", proto=17,
+                                  payload=struct.pack("!HHHH", 4000, port, 9, 0) + bytes([i])))
+            for i in range(5)
+        ]  # fmt: skip
+        sent, errors, nbytes = io.send_ip_batch(raw.fileno(), [*pkts[:2], b"short", *pkts[2:]])
+        assert (sent, errors, nbytes) == (5, 1, sum(map(len, pkts)))
+        assert [rx.recv(100) for _ in range(5)] == [bytes([i]) for i in range(5)]
+    finally:
+        rx.close()
+        raw.close()
 
 
 def test_pure_mode_uses_the_python_functions() -> None:
