@@ -1,10 +1,11 @@
 """A compute-node worker process: TUN queue in, pipeline, TUN out.
 
 Started by the supervisor as ``python -m pcsite_lite.daemon.worker`` with its TUN file
-descriptor and a control socket (SOCK_SEQPACKET, JSON messages) inherited. The loop reads
-packets in batches without blocking, hands each one to the processor (the site pipeline, or
-the bare forwarder used as the benchmark baseline), writes forwarded packets back into the TUN
-device for the kernel to route, counts drops by reason, and every
+descriptor and a control socket (SOCK_SEQPACKET, JSON messages) inherited. The loop (I/O in
+:mod:`.tunpump`: batched reads and writes, an adaptive busy-poll window, optional vCPU
+pinning) reads packets in batches without blocking, hands each one to the processor (the site
+pipeline, or the bare forwarder used as the benchmark baseline), writes forwarded packets back
+into the TUN device for the kernel to route, counts drops by reason, and every
 :data:`STATS_INTERVAL` seconds sends its :class:`~pcsite_lite.metrics.WorkerStats` (and
 metering) to the supervisor. Control messages replicate site state changes (circuits, service
 IDs, destinations) made through the control API.
