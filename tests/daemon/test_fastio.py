@@ -204,3 +204,36 @@ def test_busy_poll_window_catches_dense_traffic_and_closes_on_sparse(pair: tuple
     pump.drain()
     assert pump.window_ns in (20_000_000, 10_000_000)  # restored (then maybe one miss)
     assert stats.rx_packets == 8
+
+
+@pytest.mark.netns  # a raw socket needs root
+def test_pump_with_raw_tx_sends_every_result_by_sendmmsg_even_past_one_call(pair: tuple) -> None:
+    from pcsock import wire
+
+    a, b = pair
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.settimeout(5)
+    port = rx.getsockname()[1]
+    fanout = fastio.MAX_BATCH + 5  # more results than one send call takes
+
+    def process(data: bytes, _now: float) -> list[object]:
+        udp = struct.pack("!HHHH", 4000, port, 8 + len(data), 0) + data
+        out = bytes(wire.build_ipv4(src="127.0.0.1", dst="127.0.0.1", proto=17, payload=udp))
+        return [Forward(out, "127.0.0.1")] * (fanout if data == b"many" else 1)
+
+    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUFFORCE, 8 << 20)  # root: past rmem_max
+    stats = WorkerStats()
+    pump = TunPump(b.fileno(), process, time.time, stats, tx="raw")  # type: ignore[arg-type]
+    try:
+        a.send(b"one")
+        a.send(b"many")
+        pump.drain()
+        got = [rx.recv(100) for _ in range(1 + fanout)]
+        assert got == [b"one"] + [b"many"] * fanout
+        assert (stats.tx_packets, stats.tx_errors) == (1 + fanout, 0)
+        with pytest.raises(BlockingIOError):  # nothing went back into the "TUN" side
+            a.recv(10, socket.MSG_DONTWAIT)
+    finally:
+        pump.close()
+        rx.close()
