@@ -222,7 +222,7 @@ def test_pump_with_raw_tx_sends_every_result_by_sendmmsg_even_past_one_call(pair
         out = bytes(wire.build_ipv4(src="127.0.0.1", dst="127.0.0.1", proto=17, payload=udp))
         return [Forward(out, "127.0.0.1")] * (fanout if data == b"many" else 1)
 
-    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUFFORCE, 8 << 20)  # root: past rmem_max
+    rx.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE (root): past rmem_max
     stats = WorkerStats()
     pump = TunPump(b.fileno(), process, time.time, stats, tx="raw")  # type: ignore[arg-type]
     try:
