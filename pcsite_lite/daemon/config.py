@@ -70,6 +70,19 @@ class DataplaneConfig:
     nft_table: str
     restart_delay: float
     tx: str  #: "tun" (write back into the TUN device) or "raw" (IP_HDRINCL raw socket)
+    #: vCPUs the workers are pinned to, worker ``i`` to ``cpus[i % len(cpus)]``; () = unpinned
+    cpus: tuple[int, ...] = ()
+    #: longest busy-poll window (µs) a worker spins on its empty TUN queue before blocking;
+    #: adaptive (see docs/daemon.md), 0 = block at once
+    busy_poll_us: int = 50
+    #: packets a worker reads from its TUN device per batch
+    batch: int = 256
+    #: packets that may wait in a worker's TUN device (its txqueuelen; the kernel's is 500)
+    queue_len: int = 1000
+
+    def cpu_of(self, worker: int) -> int | None:
+        """The vCPU worker ``worker`` is pinned to, or None."""
+        return self.cpus[worker % len(self.cpus)] if self.cpus else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +163,19 @@ def _check_fis_credentials(url: str) -> None:
         )
 
 
+def _online_cpus() -> set[int] | None:
+    """The machine's online vCPUs (None where the platform cannot tell)."""
+    try:
+        text = Path("/sys/devices/system/cpu/online").read_text().strip()
+    except OSError:
+        return None
+    cpus: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
 def parse(doc: dict[str, Any], *, source: str = "", base_dir: Path | None = None) -> SiteConfig:
     """Validate a parsed TOML document."""
     known = {"site", "dataplane", "control", "metering"}
@@ -222,6 +248,10 @@ def parse(doc: dict[str, Any], *, source: str = "", base_dir: Path | None = None
         nft_table=_get(doc, d, "nft_table", str, "pcsite"),
         restart_delay=float(_get(doc, d, "restart_delay", (int, float), 0.5)),
         tx=_get(doc, d, "tx", str, "tun"),
+        cpus=tuple(_get(doc, d, "cpus", list, [])),
+        busy_poll_us=_get(doc, d, "busy_poll_us", int, 50),
+        batch=_get(doc, d, "batch", int, 256),
+        queue_len=_get(doc, d, "queue_len", int, 1000),
     )
     _range("dataplane.mtu", dp.mtu, 576, 65535)
     _range("dataplane.buckets", dp.buckets, 1, 65536)
@@ -229,12 +259,24 @@ def parse(doc: dict[str, Any], *, source: str = "", base_dir: Path | None = None
     _range("dataplane.mark_base", dp.mark_base, 1, 0xFFFF0000)
     _range("dataplane.rule_pref", dp.rule_pref, 1, 90)
     _range("dataplane.restart_delay", dp.restart_delay, 0, 60)
+    _range("dataplane.busy_poll_us", dp.busy_poll_us, 0, 100_000)
+    _range("dataplane.batch", dp.batch, 1, 1024)
+    _range("dataplane.queue_len", dp.queue_len, 16, 65536)
+    online = _online_cpus()
+    for cpu in dp.cpus:
+        if not isinstance(cpu, int) or isinstance(cpu, bool) or cpu < 0:
+            raise ConfigError("dataplane.cpus", f"must be a list of vCPU numbers, got {cpu!r}")
+        if online is not None and cpu not in online:
+            raise ConfigError(
+                "dataplane.cpus", f"vCPU {cpu} is not online (online: {sorted(online)})"
+            )
     if dp.tx not in ("tun", "raw"):
         raise ConfigError("dataplane.tx", "must be tun or raw")
     if not _NAME_RE.match(dp.nft_table):
         raise ConfigError("dataplane.nft_table", "1-64 of letters, digits, '.', '_', '-'")
     known_dp = {"tun_prefix", "mtu", "buckets", "table_base", "mark_base", "rule_pref",
-                "nft_table", "restart_delay", "tx"}  # fmt: skip
+                "nft_table", "restart_delay", "tx", "cpus", "busy_poll_us", "batch",
+                "queue_len"}  # fmt: skip
     extra_dp = sorted(set(doc.get(d, {})) - known_dp)
     if extra_dp:
         raise ConfigError(f"dataplane.{extra_dp[0]}", "unknown key")

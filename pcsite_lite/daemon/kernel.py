@@ -117,7 +117,9 @@ class Kernel:
             v6 = Path(f"/proc/sys/net/ipv6/conf/{dev}/disable_ipv6")
             if v6.exists():  # before the link is up: no IPv6 chatter into the workers
                 v6.write_text("1")
-            _run(["ip", "link", "set", dev, "mtu", str(dp.mtu), "up"])
+            # txqueuelen bounds the packets that wait in the TUN device for their worker
+            _run(["ip", "link", "set", dev, "mtu", str(dp.mtu), "txqueuelen", str(dp.queue_len),
+                  "up"])  # fmt: skip
             self._sysctl(f"conf/{dev}/rp_filter", "0")
             self._sysctl(f"conf/{dev}/accept_local", "1")
             _run(["ip", "route", "replace", "default", "dev", dev, "table", str(self.table(i))])

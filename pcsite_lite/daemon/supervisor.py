@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,6 +82,7 @@ class Supervisor:
         self.kstats: KernelDrops | None = None  #: the kernel's drop counters (after start)
         self.recorder: UsageRecorder | None = None  #: the usage ledger writer (after start)
         self._ksample: Sample | None = None
+        self._lb_lock = threading.Lock()  #: serialises bucket-map updates (see _rebalance)
         from pcsite_lite.control.site_backend import SiteBackend
 
         self.backend = SiteBackend(cfg, broadcast=self.broadcast, status=self.status_json,
@@ -109,15 +111,21 @@ class Supervisor:
         return [self.kernel.mark(int(w)) for w in self.table.assignment]  # type: ignore[call-overload]
 
     def _rebalance(self) -> None:
-        live = [s.index for s in self.slots if s.ready]
-        if not live:
-            self.log("no live worker: keeping the last bucket map")
-            return
-        table = self.table.with_workers(live)
-        if table.assignment != self.table.assignment:
-            self.table = table
-            self.kernel.set_buckets(self.marks())
-            self.log(f"buckets now on workers {live}")
+        # Rebalances run in worker threads (trio.to_thread), one per readiness or exit event,
+        # so two can overlap when workers come up together. Without the lock, one that read
+        # the live set early (only worker 0 ready) could write its map after one that read it
+        # late (workers 0 and 1): the kernel then kept sending every packet to worker 0 and
+        # worker 1 received nothing. Serialised, the last writer always read the latest set.
+        with self._lb_lock:
+            live = [s.index for s in self.slots if s.ready]
+            if not live:
+                self.log("no live worker: keeping the last bucket map")
+                return
+            table = self.table.with_workers(live)
+            if table.assignment != self.table.assignment:
+                self.table = table
+                self.kernel.set_buckets(self.marks())
+                self.log(f"buckets now on workers {live}")
 
     # --- workers
     def _spawn(self, slot: WorkerSlot) -> None:
@@ -317,7 +325,12 @@ class Supervisor:
                 port = await nursery.start(serve, self, cfg.control.host, cfg.control.port)
                 self.log(f"control API on {cfg.control.host}:{port}")
                 deadline = trio.current_time() + 10
-                while not all(s.ready for s in self.slots) and trio.current_time() < deadline:
+                # up = every worker ready and the bucket map already spread over all of them
+                # (a load that starts at "site up" must not find one worker with every bucket)
+                while (
+                    not all(s.ready for s in self.slots)
+                    or set(self.table.workers) != {s.index for s in self.slots}
+                ) and trio.current_time() < deadline:
                     await trio.sleep(0.02)
                 if not any(s.ready for s in self.slots):
                     raise StartupError(

@@ -1,10 +1,11 @@
 """A compute-node worker process: TUN queue in, pipeline, TUN out.
 
 Started by the supervisor as ``python -m pcsite_lite.daemon.worker`` with its TUN file
-descriptor and a control socket (SOCK_SEQPACKET, JSON messages) inherited. The loop reads
-packets in batches without blocking, hands each one to the processor (the site pipeline, or
-the bare forwarder used as the benchmark baseline), writes forwarded packets back into the TUN
-device for the kernel to route, counts drops by reason, and every
+descriptor and a control socket (SOCK_SEQPACKET, JSON messages) inherited. The loop (I/O in
+:mod:`.tunpump`: batched reads and writes, an adaptive busy-poll window, optional vCPU
+pinning) reads packets in batches without blocking, hands each one to the processor (the site
+pipeline, or the bare forwarder used as the benchmark baseline), writes forwarded packets back
+into the TUN device for the kernel to route, counts drops by reason, and every
 :data:`STATS_INTERVAL` seconds sends its :class:`~pcsite_lite.metrics.WorkerStats` (and
 metering) to the supervisor. Control messages replicate site state changes (circuits, service
 IDs, destinations) made through the control API.
@@ -24,20 +25,16 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from pcsite_lite.metrics import WorkerStats
-from pcsite_lite.verdicts import Deliver, Drop, Forward, Verdict
+from pcsite_lite.verdicts import Forward, Verdict
 
 from .config import SiteConfig, load
+from .tunpump import TunPump
 
 __all__ = ["Processor", "bare_processor", "main", "run"]
 
 STATS_INTERVAL: Final = 0.25
-BATCH: Final = 256
 #: ``process(packet, now) -> verdicts``: the pipeline's entry point, or the bare forwarder
 Processor = Callable[[bytes, float], list[Verdict]]
-
-
-def _dst(data: bytes) -> str:
-    return f"{data[16]}.{data[17]}.{data[18]}.{data[19]}"
 
 
 def bare_processor(next_hop: str) -> Processor:
@@ -117,78 +114,38 @@ def run(cfg: SiteConfig, index: int, tun_fd: int, ctl: socket.socket) -> int:
     """The worker loop; returns when told to stop or when the supervisor goes away."""
     replica = Replica(cfg, index)
     stats = WorkerStats()
-    drops = stats.drops
     os.set_blocking(tun_fd, False)
     ctl.setblocking(False)
     poller = select.poll()
     poller.register(tun_fd, select.POLLIN)
     poller.register(ctl.fileno(), select.POLLIN)
-    read = os.read
-    write: Callable[[int, bytes], int]
-    if cfg.dataplane.tx == "raw":
-        # the kernel routes what a raw IP_HDRINCL socket sends (output path, no re-entry)
-        raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-        sendto = raw.sendto
-
-        def write_raw(_fd: int, data: bytes) -> int:
-            return sendto(data, (_dst(data), 0))
-
-        write = write_raw
-
-    else:
-        write = os.write
-    process = replica.process
-    clock = replica.clock
-    account = replica.account
+    dp = cfg.dataplane
+    cpu = dp.cpu_of(index)
+    if cpu is not None:
+        # one vCPU per worker: no migration, and a load generator pinned elsewhere does not
+        # compete with it
+        try:
+            os.sched_setaffinity(0, {cpu})
+        except OSError as exc:  # e.g. a cpuset cgroup without that vCPU
+            print(f"worker {index}: cannot pin to vCPU {cpu} ({exc.strerror}); running unpinned",
+                  file=sys.stderr)  # fmt: skip
+    pump = TunPump(tun_fd, replica.process, replica.clock, stats, batch=dp.batch,
+                   busy_poll_us=dp.busy_poll_us, tx=dp.tx, account=replica.account,
+                   name=f"worker {index}")  # fmt: skip
     next_stats = 0.0
     ctl.send(json.dumps({"ready": index, "pid": os.getpid()}).encode())
     idle_ms = replica.idle_ms
+    more = False
     while True:
-        events = poller.poll(idle_ms)
+        # a drain that stopped at its batch limit left packets queued: do not block
+        events = poller.poll(0 if more else idle_ms)
+        more = False
         if not events:
             # nothing to do: pay the FIS cache's change poll now rather than on the next packet
             replica.idle()
         for fd, _ in events:
             if fd == tun_fd:
-                # one clock read per batch (a batch lasts a few ms at most); the counters are
-                # locals during the batch and written back once
-                now = clock()
-                rx_packets = rx_bytes = tx_packets = tx_bytes = tx_errors = 0
-                for _ in range(BATCH):
-                    try:
-                        data = read(tun_fd, 65536)
-                    except BlockingIOError:
-                        break
-                    rx_packets += 1
-                    rx_bytes += len(data)
-                    try:
-                        verdicts = process(data, now)
-                    except Exception as exc:  # a pipeline bug must not kill the worker
-                        reason = "internal_error"
-                        drops[reason] = drops.get(reason, 0) + 1
-                        print(f"worker {index}: {type(exc).__name__}: {exc}", file=sys.stderr)
-                        continue
-                    for v in verdicts:
-                        tv = type(v)
-                        if tv is Forward or tv is Deliver:
-                            out = v.data  # type: ignore[union-attr]
-                            try:
-                                write(tun_fd, out)
-                                tx_packets += 1
-                                tx_bytes += len(out)
-                            except OSError:
-                                tx_errors += 1
-                        elif tv is Drop:
-                            reason = v.reason  # type: ignore[union-attr]
-                            drops[reason] = drops.get(reason, 0) + 1
-                stats.rx_packets += rx_packets
-                stats.rx_bytes += rx_bytes
-                stats.tx_packets += tx_packets
-                stats.tx_bytes += tx_bytes
-                stats.tx_errors += tx_errors
-                # bill services this batch's thread CPU, before poll() blocks (time spent
-                # waiting inside a metering window would count as preemption)
-                account()
+                more = pump.drain()
             else:
                 while True:
                     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.netns, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,15 +18,34 @@ def test_site_forwarding_benchmark_writes_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.site_forwarding", "--json", str(out),
-         "--seconds", "1", "--rounds", "1", "--probes", "20"],
-        cwd=ROOT, capture_output=True, text=True, timeout=200,
+         "--circuits", "32", "--quick"],
+        cwd=ROOT, capture_output=True, text=True, timeout=280,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(out.read_text())
     figures = doc["figures"]
-    for name in ("site_vs_kernel_1w", "site_vs_bare_tun_1w", "scaling_2w_vs_1w",
-                 "hop_latency_added_us_median", "site_ip_vs_udp_1w"):  # fmt: skip
-        assert isinstance(figures[name], float) and figures[name] == figures[name], name
+    ratios = ("site_vs_kernel_1w", "site_vs_kernel_udp_1w", "site_vs_kernel_udp_batched",
+              "scaling_2w_vs_1w")  # fmt: skip
+    measured = ("hop_latency_added_us_median", "worker_cpu_us_per_packet_1w",
+                "worker_cpu_frac_ping", "worker_share_2w_w0", "worker_share_2w_w1")  # fmt: skip
+    for base in ratios + measured:
+        for name in (base, f"{base}_pure"):
+            assert isinstance(figures[name], float), name
+            # a ratio is NaN only when no rate tried lost < 1 % (a loaded machine); the others
+            # are always measured
+            assert base in ratios or figures[name] == figures[name], name
+    for name in ("site_vs_bare_tun_1w", "scaling_2w_vs_1w_min"):
+        assert isinstance(figures[name], float), name
+    for name in ("hop_latency_added_us_median_no_busy_poll", "worker_cpu_frac_ping_no_busy_poll",
+                 "hop_latency_added_us_median_spin", "worker_cpu_frac_ping_spin"):  # fmt: skip
+        assert figures[name] == figures[name], name
+    # both workers of the two-worker site received packets, and the shares add up
+    assert figures["worker_share_2w_w0"] > 0 and figures["worker_share_2w_w1"] > 0
+    assert abs(figures["worker_share_2w_w0"] + figures["worker_share_2w_w1"] - 1) < 1e-9
     r = doc["rounds"][0]
-    for mode in ("kernel", "bare_1w", "site_1w", "site_ip_1w", "site_2w"):
-        assert r[mode]["rx_pps"] > 100, (mode, r[mode])
+    for mode in ("kernel_ip", "kernel_udp", "bare_udp_1w", "site_ip_1w", "site_udp_1w",
+                 "site_udp_1w_batched", "site_udp_1w_batched_pure",
+                 "site_ip_2w", "site_ip_1w_pure"):  # fmt: skip
+        assert r[mode]["steps"][0]["received"] > 100, (mode, r[mode]["steps"][0])
+    assert len(doc["scaling_2w_vs_1w_rounds"]) == 1
+    assert all(doc[k] == v or v != v for k, v in figures.items())  # also at the top level
