@@ -443,7 +443,7 @@ def live_overlay(
             ov.notes[router] = f"form 3 diverted{n}"
         if any("DSCP 43" in r for r in rs.policy_rules):
             n = f" ({rs.form2_packets} pkts)" if rs.form2_packets is not None else ""
-            ov.policy[router] = f"DSCP 43 → table 43{n}"
+            ov.policy[router] = f"DSCP 43{n}"
     addresses = {}
     for name, p in plan.nodes.items():
         for i in p.ifaces:
