@@ -39,6 +39,7 @@ class Sample:
     links: dict[str, live.LinkCounters | None] = field(default_factory=dict)
     metrics: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     cpu_ticks: dict[str, int] = field(default_factory=dict)
+    metric_errors: dict[str, str] = field(default_factory=dict)  #: site -> why no metrics
     problems: list[str] = field(default_factory=list)
 
 
@@ -92,12 +93,14 @@ def sample(
         c = controls.get(s.name)
         if c is None:
             smp.metrics[s.name] = None
+            smp.metric_errors[s.name] = "no control API registered"
             continue
         try:
             _, text = live.http_get(run.ns(s.name), f"{c.url}/metrics", c.token)
             smp.metrics[s.name] = parse_metrics(text)
         except (OSError, ValueError, TimeoutError) as exc:
             smp.metrics[s.name] = None
+            smp.metric_errors[s.name] = "metrics not reachable"
             smp.problems.append(f"{s.name}: {exc}")
     return smp
 
@@ -130,6 +133,8 @@ def rates(a: Sample, b: Sample) -> dict[str, Any]:
         old_m = a.metrics.get(name)
         cpu = _rate(b.cpu_ticks.get(name, 0), a.cpu_ticks.get(name, 0), dt) / TICKS * 100
         row: dict[str, Any] = {"cpu_percent": round(cpu, 1), "metrics": new_m is not None}
+        if name in b.metric_errors:
+            row["metrics_error"] = b.metric_errors[name]
         if new_m is not None and old_m is not None:
             row["workers"] = {
                 w: {
@@ -198,9 +203,7 @@ def view(run_name: str, r: dict[str, Any]) -> Any:
     for name, v in r["sites"].items():
         cpu = f"{v['cpu_percent']:.0f}%"
         if not v.get("workers"):
-            st.add_row(
-                name, cpu, "-", "-", "-", "-", "metrics not reachable" if not v["metrics"] else ""
-            )
+            st.add_row(name, cpu, "-", "-", "-", "-", v.get("metrics_error", ""))
             continue
         drops = ", ".join(f"{k} {x:.0f}" for k, x in v["drops_per_s"].items() if x) or "-"
         for k, (w, wv) in enumerate(v["workers"].items()):
@@ -253,9 +256,18 @@ def main(args: Any) -> int:
 
                 Console().print(view(run.name, r))
             return 0
+        from rich.console import Console
         from rich.live import Live
 
-        with Live(view(run.name, rates(prev, prev)), refresh_per_second=4, screen=False) as lv:
+        console = Console()
+        if not console.is_terminal:  # a pipe or a file: one block per sample, like top -b
+            while True:
+                time.sleep(args.interval)
+                cur = sample(run, topo, controls, plan)
+                console.print(view(run.name, rates(prev, cur)))
+                sys.stdout.flush()
+                prev = cur
+        with Live(view(run.name, rates(prev, prev)), console=console, refresh_per_second=4) as lv:
             while True:
                 time.sleep(args.interval)
                 cur = sample(run, topo, controls, plan)

@@ -288,3 +288,30 @@ def test_drawing_of_a_live_run_shows_each_installed_circuit_in_order(tmp_path: P
         assert set(r["links"]) == {lk.name for lk in tb.topo.links}
         assert r["sites"]["C2"]["workers"]["0"]["up"] is True
         assert r["sites"]["C2"]["circuits"] == 2 and r["sites"]["C1"]["metrics"] is False
+        assert r["sites"]["C1"]["metrics_error"] == "no control API registered"
+
+        # the live view refreshes until Ctrl-C, then exits cleanly
+        import select
+        import signal
+        import subprocess
+
+        view = subprocess.Popen(
+            [sys.executable, "-m", "testbed", "top", tb.run, "--interval", "0.2"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 20
+            line = ""
+            assert view.stdout is not None
+            while "links of run" not in line:  # a pipe gets one block per sample
+                assert time.monotonic() < deadline and view.poll() is None, "no output"
+                if select.select([view.stdout], [], [], 0.5)[0]:
+                    line = view.stdout.readline()
+            time.sleep(0.5)
+            view.send_signal(signal.SIGINT)
+            _, err = view.communicate(timeout=10)
+        finally:
+            if view.poll() is None:
+                view.kill()
+                view.wait()
+        assert view.returncode == 0 and "Traceback" not in err, err
