@@ -39,7 +39,7 @@ _BASELINE = re.compile(
     r"(baseline|^(scapy|noop|dict_get|kernel|mininet|passthrough|home_agent|bare|empty_call|"
     r"control_call|udp)_)"
 )
-_SKIP = re.compile(r"(^count$|^repeats?$|^packets$|samples|^quick$|_bytes$|^senders$)")
+_SKIP = re.compile(r"(goal|^count$|^repeats?$|^packets$|samples|^quick$|_bytes$|^senders$)")
 BLUE, GREY = "#0072B2", "#999999"
 
 
