@@ -45,7 +45,8 @@ BLUE, GREY = "#0072B2", "#999999"
 
 def figures_of(doc: dict[str, Any]) -> dict[str, float]:
     """The numeric figures of a benchmark's JSON (top level, or its ``figures`` table)."""
-    table = doc.get("figures") if isinstance(doc.get("figures"), dict) else doc
+    nested = doc.get("figures")
+    table: dict[str, Any] = nested if isinstance(nested, dict) else doc
     out = {}
     for k, v in table.items():
         if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):

@@ -38,6 +38,8 @@ FORMATS = ("svg", "png", "pdf", "dot")
 MAX_PATHS = 64
 MAX_HOPS = 64
 MAX_TEXT = 200
+MAX_OVERLAY_FILE = 1 << 20  #: bytes of an --overlay file
+MAX_OVERLAYS = 256  #: drawings from one --overlay file
 #: colours of successive paths (colour-blind safe, Okabe-Ito)
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
 _STYLE = {  # kind -> node attributes
@@ -324,9 +326,9 @@ def drawing(
                 id=f"form2-{router}",
             )
     legend = []
-    for k, p in enumerate(ov.paths):
-        color = p.color or PALETTE[k % len(PALETTE)]
-        nodes = _expand(plan, p)
+    for k, path in enumerate(ov.paths):
+        color = path.color or PALETTE[k % len(PALETTE)]
+        nodes = _expand(plan, path)
         for step, ((a, _), (b, lb)) in enumerate(itertools.pairwise(nodes), 1):
             label = f"{step}" + (f": label {lb:#x}" if lb is not None else "")
             g.edge(
@@ -339,15 +341,16 @@ def drawing(
                 constraint="false",
                 id=f"path{k}-step{step}",
                 arrowsize="0.8",
-                tooltip=f"{p.name} step {step}: {a} -> {b}",
+                tooltip=f"{path.name} step {step}: {a} -> {b}",
             )
         hops = " → ".join(
-            h + (f" [{lab:#x}]" if lab is not None else "") for h, lab in zip(p.hops, p.labels)
+            h + (f" [{lab:#x}]" if lab is not None else "")
+            for h, lab in zip(path.hops, path.labels)
         )
         legend.append(
-            f'<TR><TD ALIGN="LEFT"><FONT COLOR="{color}"><B>{html.escape(p.name)}</B>: '
+            f'<TR><TD ALIGN="LEFT"><FONT COLOR="{color}"><B>{html.escape(path.name)}</B>: '
             f"{html.escape(hops)}"
-            + (f" — {html.escape(p.note)}" if p.note else "")
+            + (f" — {html.escape(path.note)}" if path.note else "")
             + "</FONT></TD></TR>"
         )
     if legend:
@@ -485,8 +488,9 @@ def main(args: Any) -> int:
         if run is not None and not args.no_live:
             controls = live.load_control(run)
             if args.token:
+                plan = planmod.make(topo)
                 for s in topo.of_kind("site"):
-                    ctl = planmod.make(topo).nodes[s.name].control
+                    ctl = plan.nodes[s.name].control
                     host = ctl.address if ctl else "127.0.0.1"
                     controls[s.name] = live.Control(
                         f"http://{host}:{args.control_port}", args.token, args.psp or []
@@ -497,12 +501,18 @@ def main(args: Any) -> int:
             overlays = {"": ov}
         if args.overlay:
             try:
-                doc = json.loads(Path(args.overlay).read_text())
+                with open(args.overlay, "rb") as fh:
+                    raw = fh.read(MAX_OVERLAY_FILE + 1)
+                if len(raw) > MAX_OVERLAY_FILE:
+                    raise ValueError(f"larger than {MAX_OVERLAY_FILE} bytes")
+                doc = json.loads(raw)
             except (OSError, ValueError) as exc:
                 raise ValueError(f"overlay {args.overlay}: {exc}") from None
             if isinstance(doc, dict) and isinstance(doc.get("overlays"), dict):
                 if "{name}" not in args.output:
                     raise ValueError("several overlays need an output like 'DIR/{name}.svg'")
+                if len(doc["overlays"]) > MAX_OVERLAYS:
+                    raise ValueError(f"at most {MAX_OVERLAYS} overlays in one file")
                 overlays = {n: Overlay.from_json(o) for n, o in doc["overlays"].items()}
             else:
                 given = Overlay.from_json(doc)

@@ -230,6 +230,30 @@ def processes_cpu_ticks(ns: str) -> int:
 # --- circuits --------------------------------------------------------------------------------
 
 
+def _clean_hop(h: Any) -> dict[str, Any] | None:
+    """A hop view with the fields chaining needs, or None if it does not have them."""
+    if not isinstance(h, dict) or not _is_label(h.get("label")):
+        return None
+    outs = h.get("out", [])
+    if not isinstance(outs, list):
+        return None
+    out = [
+        {"label": o["label"], "next_hop": o["next_hop"], "final": bool(o.get("final"))}
+        for o in outs[:MAX_BRANCHES]
+        if isinstance(o, dict) and _is_label(o.get("label")) and isinstance(o.get("next_hop"), str)
+    ]
+    dest = h.get("destination")
+    return {"label": h["label"], "out": out, "destination": dest if isinstance(dest, str) else None}
+
+
+def _is_label(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**32
+
+
+MAX_BRANCHES = 16  #: out hops of one hop followed (multicast)
+MAX_CIRCUIT_PATHS = 64
+
+
 def circuit_paths(
     hops: dict[str, list[dict[str, Any]]], addresses: dict[str, str]
 ) -> list[dict[str, Any]]:
@@ -237,42 +261,47 @@ def circuit_paths(
 
     ``hops`` maps site -> its hop views (``GET .../circuits``: ``label``, ``out`` with
     ``label``/``next_hop``/``final``); ``addresses`` maps IPv4 address -> node. Returns one
-    ``{"name", "hops", "labels"}`` per circuit (the first site is one no other hop leads to;
-    the last hop's delivery address names the destination when it is a node).
+    ``{"name", "hops", "labels"}`` per circuit and branch (a hop with several out hops, e.g.
+    multicast, gives one path per branch): the first site is one no other hop leads to, the
+    last hop's delivery address names the destination when it is a node. Malformed hop views
+    are skipped; loops end the path; at most ``MAX_CIRCUIT_PATHS`` paths of 64 hops.
     """
-    by_key = {(site, int(h["label"])): h for site, hs in hops.items() for h in hs}
+    by_key: dict[tuple[str, int], dict[str, Any]] = {}
+    for site, hs in hops.items():
+        for raw in hs:
+            h = _clean_hop(raw)
+            if h is not None:
+                by_key[(site, h["label"])] = h
     site_at = {ip: n for ip, n in addresses.items() if n in hops}
-    fed = set()
-    for hs in hops.values():
-        for h in hs:
-            for o in h.get("out", []):
-                nxt = site_at.get(str(o.get("next_hop")))
-                if nxt and not o.get("final"):
-                    fed.add((nxt, int(o["label"])))
-    out = []
+    fed = {
+        (site_at[o["next_hop"]], o["label"])
+        for h in by_key.values()
+        for o in h["out"]
+        if not o["final"] and o["next_hop"] in site_at
+    }
+    out: list[dict[str, Any]] = []
+
+    def walk(key: tuple[str, int], nodes: list[str], labels: list[int | None], seen: set) -> None:
+        h = by_key[key]
+        ends: list[tuple[list[str], list[int | None]]] = []
+        for o in h["out"]:
+            nxt = site_at.get(o["next_hop"]) if not o["final"] else None
+            step = (nxt, o["label"]) if nxt is not None else None
+            if step is not None and step in by_key and step not in seen and len(nodes) < 64:
+                walk(step, [*nodes, step[0]], [*labels, step[1]], seen | {step})
+            else:
+                dest = addresses.get(o["next_hop"])
+                ends.append(([*nodes, dest], [*labels, None]) if dest else (nodes, labels))
+        if not h["out"]:
+            dest = addresses.get(h["destination"] or "")
+            ends.append(([*nodes, dest], [*labels, None]) if dest else (nodes, labels))
+        for n, lab in ends:
+            if len(out) < MAX_CIRCUIT_PATHS:
+                name = f"circuit {labels[0]:#x} at {nodes[0]}"
+                out.append({"name": name, "hops": n, "labels": lab})
+
     for site, label in sorted(k for k in by_key if k not in fed):
-        nodes, labels = [site], [label]
-        seen = {(site, label)}
-        h = by_key[(site, label)]
-        while h.get("out") and len(nodes) < 64:
-            o = h["out"][0]  # multicast copies: the first branch (the others are listed apart)
-            nxt_ip = str(o.get("next_hop"))
-            nxt = site_at.get(nxt_ip) if not o.get("final") else None
-            key = (nxt, int(o["label"]))
-            if nxt is None or key in seen or key not in by_key:
-                dest = addresses.get(nxt_ip)
-                if dest:
-                    nodes.append(dest)
-                    labels.append(None)
-                break
-            seen.add(key)
-            nodes.append(nxt)
-            labels.append(key[1])
-            h = by_key[key]
-        if len(nodes) == 1 and h.get("destination") in addresses:
-            nodes.append(addresses[h["destination"]])
-            labels.append(None)
-        out.append({"name": f"circuit {label:#x} at {site}", "hops": nodes, "labels": labels})
+        walk((site, label), [site], [label], {(site, label)})
     return out
 
 
@@ -290,5 +319,6 @@ def installed_circuits(
             except OSError as exc:
                 problems.append(f"{site}: {exc}")
                 continue
-            hops[site] += [h for h in doc.get("circuits", []) if isinstance(h, dict)]
+            listed = doc.get("circuits", []) if isinstance(doc, dict) else []
+            hops[site] += listed if isinstance(listed, list) else []
     return circuit_paths(hops, addresses), problems

@@ -112,7 +112,7 @@ def _rate(new: float, old: float, dt: float) -> float:
 def rates(a: Sample, b: Sample) -> dict[str, Any]:
     """Rates between two samples (``b`` later): the JSON ``--json`` prints."""
     dt = b.t - a.t
-    links = {}
+    links: dict[str, dict[str, Any] | None] = {}
     for name, new in b.links.items():
         old = a.links.get(name)
         if new is None or old is None:

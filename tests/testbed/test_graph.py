@@ -152,6 +152,27 @@ def test_circuit_hops_chain_into_paths() -> None:
         (["C2", "C3", "D"], [5, 7, None]),
         (["C2", "D"], [9, None]),
     ]
+    # a multicast hop gives a path per branch; malformed views are skipped, not raised
+    addresses["198.18.31.2"] = "R1"
+    mc = {
+        "C2": [
+            {
+                "label": 1,
+                "out": [
+                    {"label": 7, "next_hop": "198.18.254.3"},
+                    {"label": 0, "next_hop": "198.18.31.2", "final": True},
+                ],
+            },
+            {"label": "x"},
+            {"out": "junk"},
+            5,
+        ],
+        "C3": [{"label": 7, "out": [{"label": 0, "next_hop": "198.18.64.2", "final": True}]}],
+    }
+    assert [p["hops"] for p in live.circuit_paths(mc, addresses)] == [
+        ["C2", "C3", "D"],
+        ["C2", "R1"],
+    ]
     # a loop of hops ends instead of spinning
     loop = {
         "C2": [{"label": 1, "out": [{"label": 2, "next_hop": "198.18.254.3"}]}],
