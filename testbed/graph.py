@@ -50,6 +50,10 @@ _STYLE = {  # kind -> node attributes
     "fis": {"shape": "cylinder", "style": "filled", "fillcolor": "#fbe5d6"},
     "psp": {"shape": "hexagon", "style": "filled", "fillcolor": "#ede2f6"},
 }
+_GRAPH = {"labelloc": "t", "fontsize": "18", "fontname": "Helvetica", "rankdir": "LR",
+          "nodesep": "0.45", "ranksep": "0.7", "newrank": "true"}  # fmt: skip
+_BRIDGE = {"shape": "circle", "width": "0.3", "fontsize": "8", "style": "dashed",
+           "color": "#999999"}  # fmt: skip
 _FORM3 = "#C0392B"
 _FORM2 = "#7D3C98"
 
@@ -219,28 +223,19 @@ def drawing(
             raise ValueError(f"overlay names {node!r}, which is not a node of {topo.name}")
     title = f"{topo.name}" + (f": {ov.title}" if ov.title else "")
     g = graphviz.Digraph(topo.name, engine="dot")
-    g.attr(
-        label=title,
-        labelloc="t",
-        fontsize="18",
-        fontname="Helvetica",
-        rankdir="LR",
-        nodesep="0.45",
-        ranksep="0.7",
-        newrank="true",
-    )
+    g.attr(label=title, **_GRAPH)
     g.attr("node", fontname="Helvetica", fontsize="11")
     g.attr("edge", fontname="Helvetica", fontsize="10")
     linked = {n for lp in plan.links for n in (lp.spec.a, lp.spec.b)}
+
+    def add_node(sub: graphviz.Digraph, p: planmod.NodePlan, where: str = "") -> None:
+        label = _node_label(topo, p, ov.notes.get(p.name, ""))
+        sub.node(p.name, label, id=f"node-{p.name}", tooltip=f"{p.name} ({p.kind}{where})",
+                 **_STYLE.get(p.kind, {}))  # fmt: skip
+
     for name, p in plan.nodes.items():
         if name in linked or not p.control:  # control-only nodes go in the control cluster
-            g.node(
-                name,
-                _node_label(topo, p, ov.notes.get(name, "")),
-                id=f"node-{name}",
-                tooltip=f"{name} ({p.kind})",
-                **_STYLE.get(p.kind, {}),
-            )
+            add_node(g, p)
     for lp in plan.links:
         shaping = _shaping(lp)
         label = lp.spec.name + (f"\n{shaping}" if shaping else "")
@@ -262,25 +257,10 @@ def drawing(
                 color="#999999",
                 fontcolor="#666666",
             )
-            c.node(
-                "control",
-                "control\nbridge",
-                shape="circle",
-                width="0.3",
-                fontsize="8",
-                style="dashed",
-                color="#999999",
-                id="node-control",
-            )
+            c.node("control", "control\nbridge", id="node-control", **_BRIDGE)
             for name, p in plan.nodes.items():
                 if name not in linked and p.control:
-                    c.node(
-                        name,
-                        _node_label(topo, p, ov.notes.get(name, "")),
-                        id=f"node-{name}",
-                        tooltip=f"{name} ({p.kind}, control network only)",
-                        **_STYLE.get(p.kind, {}),
-                    )
+                    add_node(c, p, ", control network only")
         for name, _port, _idx in plan.control_ports:
             ctl = plan.nodes[name].control
             inside = name not in linked
@@ -297,34 +277,15 @@ def drawing(
                 taillabel=ctl.address if ctl and not inside else "",
             )
     site_of = {s.router: s.name for s in topo.of_kind("site") if s.router}
-    for router, prefixes in ov.diversions.items():
-        site = site_of.get(router)
-        if site and prefixes:
-            g.edge(
-                router,
-                site,
-                label="form 3: " + ", ".join(prefixes),
-                color=_FORM3,
-                fontcolor=_FORM3,
-                style="dashed",
-                penwidth="2",
-                constraint="false",
-                id=f"form3-{router}",
-            )
-    for router, what in ov.policy.items():
-        site = site_of.get(router)
-        if site and what:
-            g.edge(
-                router,
-                site,
-                label=f"form 2: {what}",
-                color=_FORM2,
-                fontcolor=_FORM2,
-                style="dotted",
-                penwidth="2",
-                constraint="false",
-                id=f"form2-{router}",
-            )
+    attachments = [  # (form, router, text, colour, line style)
+        *((3, r, ", ".join(v), _FORM3, "dashed") for r, v in ov.diversions.items() if v),
+        *((2, r, v, _FORM2, "dotted") for r, v in ov.policy.items() if v),
+    ]
+    for form, router, text, color, style in attachments:
+        if router in site_of:
+            g.edge(router, site_of[router], label=f"form {form}: {text}", color=color,
+                   fontcolor=color, style=style, penwidth="2", constraint="false",
+                   id=f"form{form}-{router}")  # fmt: skip
     legend = []
     for k, path in enumerate(ov.paths):
         color = path.color or PALETTE[k % len(PALETTE)]
