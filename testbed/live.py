@@ -213,18 +213,32 @@ def router_state(ns: str) -> RouterState:
     return st
 
 
+def cpu_ticks(pid: int) -> int | None:
+    """User + system CPU clock ticks of process ``pid`` (None if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    f = data[data.rindex(")") + 2 :].split()
+    return int(f[11]) + int(f[12])
+
+
 def processes_cpu_ticks(ns: str) -> int:
     """User + system CPU clock ticks of every process living in namespace ``ns``."""
-    total = 0
-    for pid in state.processes_in([ns]):
-        try:
-            with open(f"/proc/{pid}/stat") as fh:
-                data = fh.read()
-        except OSError:
-            continue
-        f = data[data.rindex(")") + 2 :].split()
-        total += int(f[11]) + int(f[12])
-    return total
+    return sum(cpu_ticks(pid) or 0 for pid in state.processes_in([ns]))
+
+
+def worker_cpu_ticks(ns: str, pids: dict[str, int]) -> dict[str, int]:
+    """CPU ticks of each worker (name -> pid) that lives in namespace ``ns`` (a PID that is
+    gone or was reused outside the namespace is left out)."""
+    here = set(state.processes_in([ns]))
+    out = {}
+    for name, pid in pids.items():
+        ticks = cpu_ticks(pid) if pid in here else None
+        if ticks is not None:
+            out[name] = ticks
+    return out
 
 
 # --- circuits --------------------------------------------------------------------------------

@@ -7,8 +7,9 @@ Every second it samples, for the run:
 * each site daemon's Prometheus metrics (``GET /metrics`` over HTTP, parsed with
   ``prometheus_client``'s text parser): per worker received/sent packets per second and
   liveness, drops per second by reason;
-* the CPU used by the processes living in each site's namespace (``/proc/PID/stat``), i.e. the
-  daemon's supervisor and workers.
+* the CPU used by the processes living in each site's namespace (``/proc/PID/stat``): all of
+  them (the daemon's supervisor and workers), and each worker (its PID from the daemon's
+  ``GET /v1/status``, counted only while that PID lives in the site's namespace).
 
 and redraws a terminal view (``rich``). Ctrl-C exits cleanly. ``--once`` prints one sample
 (rates over ``--interval`` seconds) and exits; ``--json`` prints it as JSON (for scripts).
@@ -40,6 +41,7 @@ class Sample:
     metrics: dict[str, dict[str, Any] | None] = field(default_factory=dict)
     cpu_ticks: dict[str, int] = field(default_factory=dict)
     metric_errors: dict[str, str] = field(default_factory=dict)  #: site -> why no metrics
+    worker_ticks: dict[str, dict[str, int]] = field(default_factory=dict)  #: site -> worker ->
     problems: list[str] = field(default_factory=list)
 
 
@@ -98,6 +100,13 @@ def sample(
         try:
             _, text = live.http_get(run.ns(s.name), f"{c.url}/metrics", c.token)
             smp.metrics[s.name] = parse_metrics(text)
+            status = live.get_json(run.ns(s.name), f"{c.url}/v1/status", c.token)
+            pids = {
+                str(w["index"]): w["pid"]
+                for w in (status.get("workers", []) if isinstance(status, dict) else [])
+                if isinstance(w, dict) and isinstance(w.get("pid"), int) and "index" in w
+            }
+            smp.worker_ticks[s.name] = live.worker_cpu_ticks(run.ns(s.name), pids)
         except (OSError, ValueError, TimeoutError) as exc:
             smp.metrics[s.name] = None
             smp.metric_errors[s.name] = "metrics not reachable"
@@ -156,6 +165,7 @@ def rates(a: Sample, b: Sample) -> dict[str, Any]:
                         1,
                     ),
                     "rx_total": int(v.get("rx_packets_total", 0)),
+                    "cpu_percent": _cpu(a.worker_ticks, b.worker_ticks, name, w, dt),
                 }
                 for w, v in sorted(new_m["workers"].items())
             }
@@ -167,6 +177,16 @@ def rates(a: Sample, b: Sample) -> dict[str, Any]:
             row["circuits"] = int(new_m.get("circuits", 0))
         sites[name] = row
     return {"interval_s": round(dt, 3), "links": links, "sites": sites, "problems": b.problems}
+
+
+def _cpu(
+    a: dict[str, dict[str, int]], b: dict[str, dict[str, int]], site: str, w: str, dt: float
+) -> float | None:
+    """Worker ``w``'s CPU % between two samples (None if not known in both)."""
+    old, new = a.get(site, {}).get(w), b.get(site, {}).get(w)
+    if old is None or new is None or new < old:
+        return None
+    return round(_rate(new, old, dt) / TICKS * 100, 1)
 
 
 def _fmt_bps(bps: float) -> str:
@@ -198,12 +218,14 @@ def view(run_name: str, r: dict[str, Any]) -> Any:
             Text(f"{v['drops_per_s']:.0f}", style="red" if v["drops_per_s"] else ""),
         )
     st = Table(title="sites (Prometheus metrics; CPU of the site's processes)", expand=True)
-    for col in ("site", "CPU", "worker", "up", "rx pkt/s", "tx pkt/s", "drops/s by reason"):
+    cols = ("site", "site CPU", "worker", "up", "worker CPU", "rx pkt/s", "tx pkt/s",
+            "drops/s by reason")  # fmt: skip
+    for col in cols:
         st.add_column(col, justify="left" if col in ("site", "drops/s by reason") else "right")
     for name, v in r["sites"].items():
         cpu = f"{v['cpu_percent']:.0f}%"
         if not v.get("workers"):
-            st.add_row(name, cpu, "-", "-", "-", "-", v.get("metrics_error", ""))
+            st.add_row(name, cpu, "-", "-", "-", "-", "-", v.get("metrics_error", ""))
             continue
         drops = ", ".join(f"{k} {x:.0f}" for k, x in v["drops_per_s"].items() if x) or "-"
         for k, (w, wv) in enumerate(v["workers"].items()):
@@ -212,6 +234,7 @@ def view(run_name: str, r: dict[str, Any]) -> Any:
                 cpu if k == 0 else "",
                 w,
                 "yes" if wv["up"] else Text("NO", style="bold red"),
+                "-" if wv.get("cpu_percent") is None else f"{wv['cpu_percent']:.0f}%",
                 f"{wv['rx_pps']:.0f}",
                 f"{wv['tx_pps']:.0f}",
                 Text(drops, style="red" if drops != "-" else "") if k == 0 else "",

@@ -197,14 +197,17 @@ def test_top_parses_the_site_exposition_and_computes_rates() -> None:
         top.parse_metrics(text(300, 10)),
     )
     a.cpu_ticks["C2"], b.cpu_ticks["C2"] = 0, top.TICKS  # one CPU second in two seconds
+    a.worker_ticks["C2"], b.worker_ticks["C2"] = {"0": 10}, {"0": 10 + top.TICKS // 2}
     a.links["S-R1"] = live.LinkCounters(10, 1000, 0, 20, 2000, 0)
     b.links["S-R1"] = live.LinkCounters(30, 3000, 2, 60, 6000, 0)
     r = top.rates(a, b)
     assert r["links"]["S-R1"]["pps_ab"] == 20 and r["links"]["S-R1"]["pps_ba"] == 10
     assert r["links"]["S-R1"]["bps_ab"] == 16000 and r["links"]["S-R1"]["drops_per_s"] == 1
     site = r["sites"]["C2"]
-    assert site["workers"]["0"] == {"up": True, "rx_pps": 100, "tx_pps": 97, "rx_total": 300}
-    assert site["workers"]["1"]["up"] is False
+    assert site["workers"]["0"] == {
+        "up": True, "rx_pps": 100, "tx_pps": 97, "rx_total": 300, "cpu_percent": 25,
+    }  # fmt: skip
+    assert site["workers"]["1"]["up"] is False and site["workers"]["1"]["cpu_percent"] is None
     assert site["drops_per_s"] == {"bad_mac": 3} and site["circuits"] == 3
     assert site["cpu_percent"] == 50
     with pytest.raises(ValueError):
@@ -308,6 +311,7 @@ def test_drawing_of_a_live_run_shows_each_installed_circuit_in_order(tmp_path: P
         r = json.loads(buf.getvalue())
         assert set(r["links"]) == {lk.name for lk in tb.topo.links}
         assert r["sites"]["C2"]["workers"]["0"]["up"] is True
+        assert r["sites"]["C2"]["workers"]["0"]["cpu_percent"] is not None  # its PID, in C2
         assert r["sites"]["C2"]["circuits"] == 2 and r["sites"]["C1"]["metrics"] is False
         assert r["sites"]["C1"]["metrics_error"] == "no control API registered"
 
