@@ -430,6 +430,8 @@ class Testbed:
                 d.update(zone=spec.zone, signed_reverse=[str(p) for p in spec.signed_reverse])
             if spec.kind == "fis":
                 d["engine"] = spec.engine
+            if spec.kind == "host" and spec.prefix is not None:
+                d["prefix"] = str(spec.prefix)
             nodes.append(d)
         links = []
         for lp in self.plan.links:
