@@ -38,6 +38,7 @@ FORMATS = ("svg", "png", "pdf", "dot")
 MAX_PATHS = 64
 MAX_HOPS = 64
 MAX_TEXT = 200
+MAX_NODES = 1000  #: larger topologies are refused (2000 nodes took 26 s to draw here)
 MAX_OVERLAY_FILE = 1 << 20  #: bytes of an --overlay file
 MAX_OVERLAYS = 256  #: drawings from one --overlay file
 #: colours of successive paths (colour-blind safe, Okabe-Ito)
@@ -216,6 +217,8 @@ def drawing(
     Raises ``ValueError`` if the overlay names a node the topology does not have or a path
     whose hops are not connected.
     """
+    if len(topo.nodes) > MAX_NODES:
+        raise ValueError(f"{topo.name} has {len(topo.nodes)} nodes; drawings stop at {MAX_NODES}")
     plan = plan or planmod.make(topo)
     ov = overlay or Overlay()
     for node in [*ov.diversions, *ov.policy, *ov.notes, *(h for p in ov.paths for h in p.hops)]:

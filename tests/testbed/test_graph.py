@@ -69,6 +69,8 @@ def test_png_and_shaping_labels(tmp_path: Path) -> None:
     assert "5 ms ±1, 0.5% loss, 20 Mbit/s" in texts
     with pytest.raises(ValueError, match="must end in"):
         graph.write(topo, tmp_path / "l.jpg")
+    with pytest.raises(ValueError, match="drawings stop at"):
+        graph.drawing(line(graph.MAX_NODES // 2 + 1))
 
 
 def test_path_overlay_follows_the_static_routes_with_labels(tmp_path: Path) -> None:
