@@ -1,5 +1,8 @@
 """Run benchmarks: ``python -m benchmarks [names...] [--quick] [--results DIR]``.
 
+``python -m benchmarks --plot DIR [names...]`` runs nothing: it draws each benchmark's figures
+from ``--results`` (``results/<name>.json``) into ``DIR/<name>.png`` (see ``benchmarks._plot``).
+
 Every benchmark module in ``benchmarks/`` (or only the named ones) runs in its own interpreter
 as ``python -m benchmarks.<name> --json results/<name>.json [--quick]``. The runner then lists
 what it ran, with the exit status, the wall time and the figures each one wrote. It exits
@@ -39,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny iteration counts")
     parser.add_argument("--results", default=str(ROOT / "results"), help="output directory")
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    parser.add_argument(
+        "--plot",
+        metavar="DIR",
+        help="run nothing: draw each benchmark's figures from --results into DIR/<name>.png",
+    )
     args = parser.parse_args(argv)
 
     names = available()
@@ -48,6 +56,16 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in args.names if n not in names]
     if unknown:
         parser.error(f"unknown benchmark(s): {', '.join(unknown)}; available: {', '.join(names)}")
+    if args.plot:
+        from benchmarks._plot import plot_all
+
+        written = plot_all(Path(args.results), Path(args.plot), args.names or None)
+        for path in written:
+            print(f"[benchmarks] wrote {path}")
+        if not written:
+            print(f"[benchmarks] no results to plot in {args.results} (run the benchmarks first)")
+            return 2
+        return 0
     chosen = args.names or names
     out_dir = Path(args.results)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -104,6 +104,11 @@ class Outcome:
     latency_ms: float | None = None  #: median one-way (or round-trip, see detail) latency
     detail: str = ""
     checks: list[tuple[str, bool]] = field(default_factory=list)
+    #: the ways its packets went, for ``--report`` pictures: ``{"name", "hops", "labels",
+    #: "note"}`` with hops naming nodes of Fig. 2 (``testbed graph``'s overlay paths)
+    paths: list[dict[str, Any]] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)  #: every delivered packet's
+    counts: dict[str, str] = field(default_factory=dict)  #: node -> what was counted there
 
     def check(self, what: str, ok: bool) -> bool:
         self.checks.append((what, bool(ok)))
@@ -153,6 +158,15 @@ def unprobe(payload: bytes) -> tuple[int, float] | None:
 
 def _median_ms(values: list[float]) -> float | None:
     return round(statistics.median(values) * 1e3, 3) if values else None
+
+
+def _all_ms(values: list[float]) -> list[float]:
+    return [round(v * 1e3, 4) for v in values]
+
+
+def _path(name: str, hops: list[str], note: str, labels: list[int | None] | None = None
+          ) -> dict[str, Any]:  # fmt: skip
+    return {"name": name, "hops": hops, "labels": labels or [None] * len(hops), "note": note}
 
 
 # --- the worlds ------------------------------------------------------------------------------
@@ -407,6 +421,14 @@ def form1(world: World) -> Outcome:
     world.teardown(c)
     out.dropped = N - len(got)
     out.latency_ms = _median_ms(lat)
+    out.latencies_ms = _all_ms(lat)
+    hops = ["S", *c.sites, "D"]
+    out.paths = [
+        _path(f"circuit {c.label:#x}", hops, f"{len(got)} delivered, {out.dropped} dropped",
+              [None, c.label] + [None] * (len(hops) - 2)),
+        _path("replies", ["D", "S"], f"{len(acks)} replies"),
+    ]  # fmt: skip
+    out.counts = {x: f"carried {n}" for x, n in served.items()}
     out.detail = f"circuit label {c.label:#x} via {'->'.join(c.sites)}; {len(acks)} replies"
     return out
 
@@ -429,8 +451,12 @@ def form2(world: World) -> Outcome:
     out.check("C1 served each once", world.service_packets("C1", "marker") - before == N)
     if any(d.tos is not None for d, _ in got):  # raw receivers see the IP header
         out.check("flag cleared after the site", all(d.tos == 0 for d, _ in got))
-    out.latency_ms = _median_ms([t - p[1] for d, t in got if (p := unprobe(d.payload))])
+    lat = [t - p[1] for d, t in got if (p := unprobe(d.payload))]
+    out.latency_ms, out.latencies_ms = _median_ms(lat), _all_ms(lat)
     out.detail = f"service ID {SERVICE_ID:#08x}, metadata {MARK:#x} set at C1"
+    out.paths = [_path("DSCP 43, diverted by R1", ["S", "C1", "D"],
+                       f"{len(got)} delivered, {out.dropped} dropped")]  # fmt: skip
+    out.counts = {"C1": f"marked {world.service_packets('C1', 'marker') - before}"}
     return out
 
 
@@ -457,8 +483,14 @@ def form3(world: World) -> Outcome:
     out.check(f"port {BLOCKED_PORT} blocked in the network", not blocked)
     out.check("plain packets (no shim)", all(d.form == wire.FORM_NONE for d, _ in got))
     out.check("C1 firewall ran on all", world.service_packets("C1", "firewall") >= 2 * N)
-    out.latency_ms = _median_ms([t - p[1] for d, t in ok if (p := unprobe(d.payload))])
+    lat = [t - p[1] for d, t in ok if (p := unprobe(d.payload))]
+    out.latency_ms, out.latencies_ms = _median_ms(lat), _all_ms(lat)
     out.detail = f"{D_PREFIX} owned by {PSP} (DNSSEC), {len(blocked)} of {N} port-7 passed"
+    out.paths = [
+        _path(f"port {ALLOWED_PORT}", ["S", "C1", "D"], f"{len(ok)} of {N} delivered"),
+        _path(f"port {BLOCKED_PORT}", ["S", "C1"], f"{N - len(blocked)} of {N} dropped at C1"),
+    ]
+    out.counts = {"C1": f"firewall ran {world.service_packets('C1', 'firewall')}"}
     return out
 
 
@@ -486,8 +518,17 @@ def form13(world: World) -> Outcome:
     served = world.service_packets("C3", "srcroute") - before
     out.check("sender's service never saw the dropped ones", served == N)
     world.teardown(c)
-    out.latency_ms = _median_ms([t - p[1] for d, t in ok if (p := unprobe(d.payload))])
+    lat = [t - p[1] for d, t in ok if (p := unprobe(d.payload))]
+    out.latency_ms, out.latencies_ms = _median_ms(lat), _all_ms(lat)
     out.detail = f"sender's service at C3 ran {served} times for {2 * N} packets"
+    hops = ["S", *c.sites, "D"]
+    out.paths = [
+        _path(f"port {ALLOWED_PORT}", hops, f"{len(ok)} of {N} delivered",
+              [None, c.label] + [None] * (len(hops) - 2)),
+        _path(f"port {BLOCKED_PORT}", hops[:-1], f"{out.dropped} dropped at C3 (receiver first)",
+              [None, c.label] + [None] * (len(hops) - 3)),
+    ]  # fmt: skip
+    out.counts = {"C3": f"sender's service ran {served}"}
     return out
 
 
@@ -595,6 +636,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", action="append", help="run only this scenario (repeatable)")
     ap.add_argument("--list", action="store_true", help="list the scenarios and exit")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    ap.add_argument(
+        "--report",
+        metavar="DIR",
+        help="write DIR/results.json, a picture per scenario and the latency distribution",
+    )
     ap.add_argument("--prefix", default="pcs", help="testbed name prefix (default pcs)")
     ap.add_argument(
         "--core", action="store_true", help="only the four service-form scenarios, no examples"
@@ -639,11 +685,20 @@ def main(argv: list[str] | None = None) -> int:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
     print(format_table(results, kind))
+    doc = {"world": kind, "results": [asdict(o) for o in results]}
     if args.json:
-        Path(args.json).write_text(
-            json.dumps({"world": kind, "results": [asdict(o) for o in results]}, indent=2)
-        )
-    return 0 if results and all(o.status == "pass" for o in results) else 1
+        Path(args.json).write_text(json.dumps(doc, indent=2))
+    ok = bool(results) and all(o.status == "pass" for o in results)
+    if args.report:
+        from pcsock import demo_report
+
+        try:
+            written = demo_report.write(doc, Path(args.report), TOPOLOGY)
+        except (OSError, RuntimeError) as exc:
+            print(f"report: {exc}", file=sys.stderr)
+            return 1
+        print(f"report: {len(written)} files in {args.report} (index.md)")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

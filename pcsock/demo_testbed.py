@@ -208,6 +208,8 @@ class TestbedWorld(World):
                 timeout=30,
             )
         )
+        # so that `testbed graph RUN` / `testbed top RUN` can read what this site installed
+        self.tb.register_control(name, f"http://{addr}:{CONTROL_PORT}", ADMIN_TOKEN, [PSP])
 
     def _control(self, site: str, admin: bool = False) -> Any:
         from pcsite_lite.control.client import ControlClient

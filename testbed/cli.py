@@ -8,6 +8,8 @@ testbed capture [--run RUN] LINK [-w F]     # pcap of a link (tcpdump on its fir
 testbed down [RUN]                          # stop the run's processes, remove its namespaces
 testbed clean --run RUN | --all-stale       # same, for runs whose owner died (even SIGKILL)
 testbed demo [TOPOLOGY]                     # end-to-end scenarios with real packets
+testbed graph TOPOLOGY|RUN -o F.svg         # drawing (a run: with what is installed on it)
+testbed top [RUN] [--once] [--json]         # live packet rates, drops, worker load
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from testbed import netns, state
+from testbed import graph, netns, state, top
 from testbed.net import Testbed, default_progress
 from testbed.router import divert_argv
 from testbed.topology import Topology, TopologyError, line, load
@@ -343,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         help="only the testbed's own scenarios, not the SDK's pcsock.demo",
     )
     p.set_defaults(fn=cmd_demo)
+    graph.add_parser(sub, _load)
+    top.add_parser(sub, _pick_run)
     args = ap.parse_args(argv)
     try:
         return int(args.fn(args))

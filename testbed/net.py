@@ -436,6 +436,8 @@ class Testbed:
                 d.update(zone=spec.zone, signed_reverse=[str(p) for p in spec.signed_reverse])
             if spec.kind == "fis":
                 d["engine"] = spec.engine
+            if spec.kind == "host" and spec.prefix is not None:
+                d["prefix"] = str(spec.prefix)
             nodes.append(d)
         links = []
         for lp in self.plan.links:
@@ -799,6 +801,15 @@ class Testbed:
                 else:
                     found.append(f"{elem}/32")
         return found
+
+    def register_control(self, site: str, url: str, token: str, psps: list[str]) -> None:
+        """Tell ``testbed graph`` / ``testbed top`` where ``site``'s daemon serves its control
+        API (``url`` as seen from the site's namespace), with an ISP ``token`` and the PSPs
+        whose circuits to draw (written to the run directory, mode 0600)."""
+        from testbed.live import register_control
+
+        self.site(site)  # a site of this run
+        register_control(self.run_state.dir, site, url, token, psps)
 
     def _forget(self, pid: int) -> None:
         self.processes = [p for p in self.processes if p.pid != pid]

@@ -197,3 +197,26 @@ def _first_hops(
                 out[nb] = (dist + 1, hop)
                 queue.append((nb, dist + 1, hop))
     return out
+
+
+def forward_path(plan: Plan, src: str, dst: str, limit: int = 256) -> list[str]:
+    """The nodes a packet from ``src`` to ``dst`` crosses, both ends included.
+
+    The same choice the static routes make (each node forwards to its own shortest-path first
+    hop, transiting routers only), so a drawing of a path shows where packets really go.
+    Raises ``ValueError`` if ``dst`` cannot be reached from ``src``.
+    """
+    for name in (src, dst):
+        if name not in plan.nodes:
+            raise ValueError(f"no node {name!r}")
+    adj: dict[str, list[str]] = {name: [] for name in plan.nodes}
+    for lp in plan.links:
+        adj[lp.spec.a].append(lp.spec.b)
+        adj[lp.spec.b].append(lp.spec.a)
+    path = [src]
+    while path[-1] != dst:
+        hop = _first_hops(path[-1], adj, plan.nodes).get(dst)
+        if hop is None or len(path) > limit:
+            raise ValueError(f"no route from {src} to {dst}")
+        path.append(hop[1])
+    return path

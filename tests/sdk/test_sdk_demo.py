@@ -75,7 +75,8 @@ def test_unknown_scenario_is_a_usage_error(capsys):
 @pytest.mark.timeout(240)
 def test_demo_on_the_real_fig2_testbed(tmp_path, capsys):
     out = tmp_path / "demo.json"
-    rc = demo.main(["--world", "testbed", "--core", "--json", str(out)])
+    report = tmp_path / "report"
+    rc = demo.main(["--world", "testbed", "--core", "--json", str(out), "--report", str(report)])
     rows = {r["name"]: r for r in json.loads(out.read_text())["results"]}
     text = capsys.readouterr().out
     assert "(testbed)" in text, text
@@ -88,3 +89,9 @@ def test_demo_on_the_real_fig2_testbed(tmp_path, capsys):
         if r["status"] == "missing":
             assert "missing: running the" in r["detail"] and rc == 1
     assert (rc == 0) == all(r["status"] == "pass" for r in rows.values())
+    # --report: a drawing of each scenario's paths on Fig. 2, and the latency distribution
+    for r in rows.values():
+        if r["status"] == "pass":
+            assert (report / f"{r['name'].replace('+', '_')}.svg").stat().st_size > 0
+    assert len(rows["form1"]["latencies_ms"]) == demo.N
+    assert (report / "latency.png").read_bytes()[:4] == b"\x89PNG"
