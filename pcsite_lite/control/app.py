@@ -26,6 +26,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from .auth import Credentials, Principal
 from .backend import ControlBackend, Json
 from .errors import CODES, ApiError
+from .limits import DEFAULT_LIMITS, Limits, RateLimiter, check_body_shape, retry_after_header
 
 __all__ = [
     "API_VERSION",
@@ -40,7 +41,7 @@ __all__ = [
 
 API_VERSION: Final = "1.0.0"
 #: Largest request body accepted (service code uploads are the big ones).
-DEFAULT_MAX_BODY: Final = 1 << 20
+DEFAULT_MAX_BODY: Final = DEFAULT_LIMITS.max_body
 MAX_LIFETIME: Final = 7 * 24 * 3600.0
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _KEY_RE: Final = re.compile(r"^[^\x00-\x1f]{1,256}$")
@@ -54,6 +55,7 @@ class Request:
     target: str
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
+    client: str = ""  #: the peer's address (rate limit of failed authentication)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,7 @@ class Response:
     status: int
     body: bytes
     content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()  #: extra headers, e.g. Retry-After
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -255,6 +258,12 @@ def _h_alloc(app: ControlApp, who: Principal, p: dict[str, str], b: dict[str, Js
 
 
 def _h_install(app: ControlApp, who: Principal, p: dict[str, str], b: dict[str, Json]) -> Any:
+    cap = app.limits.max_out_hops
+    if len(b["out"]) > cap:
+        raise ApiError(
+            "limit_exceeded", f"{len(b['out'])} out hops; a hop has at most {cap} "
+            "(limits.max_out_hops)"
+        )  # fmt: skip
     return 200, app.backend.install_hop(p["psp"], _label(p), b)
 
 
@@ -427,7 +436,7 @@ ROUTES: Final[tuple[Route, ...]] = (
                       "hop; receiver-first precedence); defaults to deliver", required=False),
                 Field("lifetime", "number", "seconds the hop lives (default 300)",
                       required=False)),
-          errors=(*_NF, "gone")),
+          errors=(*_NF, "gone", "limit_exceeded")),
     Route("POST", f"{_P}/circuits/{{label}}/renew", "renewHop", "Extend a hop's lifetime",
           "psp", _h_renew,
           body=(Field("lifetime", "number", "new lifetime from now, seconds", required=False),),
@@ -518,11 +527,14 @@ def openapi_document() -> dict[str, Json]:
                 "description": "ok",
                 "content": {"application/json": {"schema": {"type": "object"}}},
             }
-        codes = {"unauthenticated", "bad_request", *r.errors}
+        # every route can meet the connection-level limits and the rate limit
+        codes = {"unauthenticated", "bad_request", "request_timeout", "headers_too_large",
+                 "rate_limited", "too_many_connections", *r.errors}  # fmt: skip
         if r.auth != "any":
             codes.add("forbidden")
         if r.body is not None:
-            codes |= {"bad_json", "missing_field", "bad_field", "body_too_large"}
+            codes |= {"bad_json", "missing_field", "bad_field", "body_too_large",
+                      "limit_exceeded"}  # fmt: skip
         responses: dict[str, Json] = {str(r.ok_status): ok}
         for status in sorted({CODES[c] for c in codes}):
             names = sorted(c for c in codes if CODES[c] == status)
@@ -572,15 +584,21 @@ def _json_response(status: int, doc: Json) -> Response:
 
 
 def error_response(err: ApiError) -> Response:
-    """The JSON error response for ``err``."""
-    return _json_response(err.status, err.body())
+    """The JSON error response for ``err`` (with ``Retry-After`` when it has one)."""
+    resp = _json_response(err.status, err.body())
+    if err.retry_after is not None:
+        return Response(resp.status, resp.body, resp.content_type,
+                        (("retry-after", retry_after_header(err.retry_after)),))  # fmt: skip
+    return resp
 
 
 class ControlApp:
     """Authenticates, authorises, validates and dispatches one request to the backend.
 
     ``trust_anchor`` (DS/DNSKEY zone-file text) enables destination sign-up; ``clock`` gives
-    the validation time (seconds since the epoch).
+    the validation time (seconds since the epoch). ``limits`` bound bodies and request rates
+    (``max_body``, if given, overrides ``limits.max_body``); ``monotonic`` drives the rate
+    limiter's token buckets.
     """
 
     def __init__(
@@ -589,15 +607,26 @@ class ControlApp:
         credentials: Credentials,
         *,
         trust_anchor: str | None = None,
-        max_body: int = DEFAULT_MAX_BODY,
+        limits: Limits = DEFAULT_LIMITS,
+        max_body: int | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.backend = backend
         self.credentials = credentials
         self.trust_anchor = trust_anchor
-        self.max_body = max_body
+        if max_body is not None:
+            from dataclasses import replace
+
+            limits = replace(limits, max_body=max_body)
+        self.limits = limits
         self.clock = clock
+        self.rate = RateLimiter(limits.rate, limits.burst, clock=monotonic)
         self._routes = [(r, r.regex) for r in ROUTES]
+
+    @property
+    def max_body(self) -> int:
+        return self.limits.max_body
 
     def handle(self, req: Request) -> Response:
         """Answer one request; never raises."""
@@ -624,7 +653,12 @@ class ControlApp:
         else:
             allowed = ", ".join(sorted({r.method for r, _ in matched}))
             raise ApiError("method_not_allowed", f"{req.method} {path}: allowed {allowed}")
-        who = self.credentials.authenticate(req.headers.get("authorization"))
+        try:
+            who = self.credentials.authenticate(req.headers.get("authorization"))
+        except ApiError:  # guessing tokens costs the guesser's address its rate
+            self.rate.take(("addr", req.client), f"address {req.client or '?'} (failed logins)")
+            raise
+        self.rate.take((who.role, who.name), f"credential {who.role}/{who.name}")
         params = {k: unquote(v) for k, v in m.groupdict().items()}
         if route.auth == "isp" and not who.is_isp:
             raise ApiError("forbidden", "only the ISP may call this")
@@ -642,15 +676,14 @@ class ControlApp:
         body: dict[str, Json] = {}
         if route.body is not None:
             if len(req.body) > self.max_body:
-                raise ApiError("body_too_large", f"bodies are limited to {self.max_body} bytes")
+                raise ApiError(
+                    "body_too_large", f"bodies are limited to {self.max_body} bytes "
+                    "(limits.max_body)"
+                )  # fmt: skip
             ctype = req.headers.get("content-type", "application/json").split(";")[0].strip()
             if ctype.lower() != "application/json":
                 raise ApiError("unsupported_media_type", "send application/json")
-            try:
-                doc = json.loads(req.body) if req.body else None
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise ApiError("bad_json", f"body is not JSON: {exc}") from exc
-            body = _check_body(route.body, doc)
+            body = _check_body(route.body, check_body_shape(req.body, self.limits))
         elif req.body:
             raise ApiError("bad_request", f"{route.method} {route.path} takes no body")
         status, doc = route.handler(self, who, params, body)

@@ -1,14 +1,34 @@
-"""Serve a :class:`~.app.HttpApp` over HTTP/1.1 with trio and h11 (keep-alive, limits).
+"""Serve a :class:`~.app.HttpApp` over HTTP/1.1 (or HTTPS) with trio and h11, within limits.
 
-The server is a thin adapter: h11 parses, the app answers, h11 serialises. Protocol errors
-(bad request line, oversized body, idle or slow clients) get the same JSON error document as
-application errors, then the connection closes.
+The server is a thin adapter: h11 parses, the app answers, h11 serialises. Everything a client
+can make it hold is bounded by the app's :class:`~.limits.Limits`:
+
+- **connections**: at most ``max_connections_per_client`` per address (more are answered 429
+  ``too_many_connections`` and closed) and ``max_connections`` in all; at the site-wide cap the
+  least recently active connection that is not being answered is closed to admit the new one,
+  so idle connections cannot lock clients out. The cap is also kept below the process's
+  descriptor limit (raised soft -> hard at start), and an ``accept()`` that fails for lack of
+  descriptors or memory (``EMFILE``...) sheds an idle connection, backs off and keeps serving;
+- **time**: ``idle_timeout`` to start a request, ``header_timeout`` to finish its headers,
+  ``request_timeout`` to finish its body and to take the answer (slow-loris bounds);
+- **size**: ``max_header_bytes`` (431) and ``max_body`` (413), checked while reading.
+
+Protocol errors get the same JSON error document as application errors, then the connection
+closes. With ``tls`` (an :class:`ssl.SSLContext`), every connection is a :class:`trio.SSLStream`.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import resource
+import socket
+import ssl
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Final, Protocol
 
 import h11
@@ -16,8 +36,9 @@ import trio
 
 from .app import Request, Response
 from .errors import ApiError
+from .limits import DEFAULT_LIMITS, Conn, ConnectionTable, Limits, retry_after_header
 
-__all__ = ["HttpApp", "serve", "serve_listeners"]
+__all__ = ["HttpApp", "ServerStats", "raise_fd_limit", "serve", "serve_listeners", "tls_context"]
 
 
 class HttpApp(Protocol):
@@ -25,148 +46,410 @@ class HttpApp(Protocol):
 
     If the object also has an ``async settle()`` method, the server awaits it after each
     request and before answering (the daemon waits there until every worker applied the
-    change, so a PSP may send on a circuit as soon as its install call returned).
+    change, so a PSP may send on a circuit as soon as its install call returned). Its
+    ``limits`` are read at every connection, so a reload changes them in place.
     """
 
     @property
     def max_body(self) -> int: ...
 
+    @property
+    def limits(self) -> Limits: ...
+
     def handle(self, req: Request) -> Response: ...
 
 
-#: Seconds a client may take to send one complete request (slow-loris bound).
-REQUEST_TIMEOUT: Final = 10.0
-#: Seconds an idle keep-alive connection is held.
-IDLE_TIMEOUT: Final = 30.0
-MAX_HEADER_BYTES: Final = 16 * 1024
 _SERVER: Final = b"pcsite-control/1"
+#: accept() errors that mean "out of descriptors/memory right now": shed, back off, go on.
+_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: Descriptors kept free for everything but connections (workers, TUN, FIS, logs).
+FD_RESERVE: Final = 256
+#: Refusals answered at once (TLS ones need a handshake); more are closed without an answer.
+_MAX_REFUSING: Final = 64
 
 
-async def _send(stream: trio.SocketStream, conn: h11.Connection, resp: Response) -> None:
-    headers = [
-        (b"content-type", resp.content_type.encode()),
-        (b"content-length", str(len(resp.body)).encode()),
-        (b"server", _SERVER),
-        (b"cache-control", b"no-store"),
-    ]
+@dataclass
+class ServerStats:
+    """What the server did, for tests, logs and the flood benchmark."""
+
+    accepted: int = 0
+    refused: int = 0  #: over a connection cap, answered 429 (or closed when too many)
+    evicted: int = 0  #: closed to make room at the site-wide cap
+    accept_errors: int = 0  #: EMFILE & co. survived
+    timeouts: int = 0
+    open: int = 0  #: connections held now
+    cap: int = 0  #: the effective site-wide connection cap
+
+
+def raise_fd_limit() -> int:
+    """Raise the descriptor soft limit to the hard limit; the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def connection_cap(limits: Limits, fd_soft: int) -> int:
+    """The site-wide cap in force: the configured one, kept ``FD_RESERVE`` (and a quarter of
+    the descriptors) below the descriptor limit."""
+    return max(1, min(limits.max_connections, fd_soft - max(FD_RESERVE, fd_soft // 4)))
+
+
+def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """A server context for the control API: TLS 1.2+, the site's certificate chain and key."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert_file, key_file)
+    return ctx
+
+
+# --- one connection -------------------------------------------------------------------------
+
+
+def _headers(resp: Response) -> list[tuple[bytes, bytes]]:
     if resp.status == 204:
-        headers = [(b"server", _SERVER)]
-    data = conn.send(h11.Response(status_code=resp.status, headers=headers))
-    if data:
-        await stream.send_all(data)
+        out = [(b"server", _SERVER)]
+    else:
+        out = [
+            (b"content-type", resp.content_type.encode()),
+            (b"content-length", str(len(resp.body)).encode()),
+            (b"server", _SERVER),
+            (b"cache-control", b"no-store"),
+        ]
+    return out + [(k.encode("latin-1"), v.encode("latin-1")) for k, v in resp.headers]
+
+
+async def _send(stream: trio.abc.Stream, conn: h11.Connection, resp: Response) -> None:
+    data = conn.send(h11.Response(status_code=resp.status, headers=_headers(resp))) or b""
     if resp.status != 204 and resp.body:
-        await stream.send_all(conn.send(h11.Data(data=resp.body)) or b"")
-    await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+        data += conn.send(h11.Data(data=resp.body)) or b""
+    await stream.send_all(data + (conn.send(h11.EndOfMessage()) or b""))
 
 
-async def _read_request(
-    stream: trio.SocketStream, conn: h11.Connection, max_body: int
-) -> Request | None:
-    """One complete request, or None when the client closed cleanly."""
-    req: h11.Request | None = None
-    body = bytearray()
-    while True:
+def _error_headers(err: ApiError, body: bytes) -> list[tuple[bytes, bytes]]:
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+        (b"server", _SERVER),
+    ]
+    if err.retry_after is not None:
+        headers.append((b"retry-after", retry_after_header(err.retry_after).encode()))
+    return headers
+
+
+def _error_bytes(err: ApiError) -> bytes:
+    """A complete ``Connection: close`` error response, outside any h11 connection."""
+    body = json.dumps(err.body()).encode()
+    head = f"HTTP/1.1 {err.status} {HTTPStatus(err.status).phrase}\r\n".encode()
+    head += b"".join(k + b": " + v + b"\r\n" for k, v in _error_headers(err, body))
+    return head + b"\r\n" + body
+
+
+async def _fail(stream: trio.abc.Stream, conn: h11.Connection, err: ApiError) -> None:
+    if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+        return
+    body = json.dumps(err.body()).encode()
+    try:
+        data = conn.send(h11.Response(status_code=err.status, headers=_error_headers(err, body)))
+        data = (data or b"") + (conn.send(h11.Data(data=body)) or b"")
+        await stream.send_all(data + (conn.send(h11.EndOfMessage()) or b""))
+    except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        pass
+
+
+class _Connection:
+    """Reads requests off one stream within the limits, answers them, keeps the table told."""
+
+    def __init__(self, server: _Server, stream: trio.abc.Stream, rec: Conn,
+                 scope: trio.CancelScope) -> None:  # fmt: skip
+        self.server = server
+        self.stream = stream
+        self.rec = rec
+        self.scope = scope
+        lim = server.limits
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=lim.max_header_bytes)
+
+    async def _receive(self) -> None:
+        chunk = await self.stream.receive_some(65536)
+        self.h11.receive_data(chunk)  # b"" marks the end of the stream
+
+    async def _next_request(self, lim: Limits) -> Request | None:
+        """One complete request, or None when the client closed or stayed idle too long."""
+        conn = self.h11
+        # idle: nothing of the next request has arrived yet
         event = conn.next_event()
-        if event is h11.NEED_DATA:
-            chunk = await stream.receive_some(65536)
-            conn.receive_data(chunk)
-            continue
+        if event is h11.NEED_DATA and not conn.trailing_data[0]:
+            with trio.move_on_after(lim.idle_timeout):
+                await self._receive()
+                event = conn.next_event()
+            if event is h11.NEED_DATA and not conn.trailing_data[0]:
+                if not conn.trailing_data[1]:
+                    self.server.stats.timeouts += 1
+                return None
+        self.server.table.touch(self.rec)
+        start = trio.current_time()
+        # the head, within header_timeout of its first byte
+        with trio.fail_after(min(lim.header_timeout, lim.request_timeout)):
+            while event is h11.NEED_DATA:
+                await self._receive()
+                event = conn.next_event()
         if isinstance(event, h11.ConnectionClosed):
             return None
-        if isinstance(event, h11.Request):
-            req = event
-            clen = dict(event.headers).get(b"content-length")
-            if clen is not None and int(clen) > max_body:
-                raise ApiError("body_too_large", f"bodies are limited to {max_body} bytes")
-        elif isinstance(event, h11.Data):
-            body += event.data
-            if len(body) > max_body:
-                raise ApiError("body_too_large", f"bodies are limited to {max_body} bytes")
-        elif isinstance(event, h11.EndOfMessage):
-            assert req is not None
-            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in req.headers}
-            return Request(
-                method=req.method.decode("ascii", "replace"),
-                target=req.target.decode("latin-1"),
-                headers=headers,
-                body=bytes(body),
+        if not isinstance(event, h11.Request):
+            raise h11.RemoteProtocolError(f"unexpected {type(event).__name__}")
+        head = event
+        clen = dict(head.headers).get(b"content-length")
+        if clen is not None and int(clen) > lim.max_body:
+            raise ApiError(
+                "body_too_large", f"bodies are limited to {lim.max_body} bytes (limits.max_body)"
             )
+        body = bytearray()
+        with trio.fail_at(start + lim.request_timeout):
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    await self._receive()
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                    if len(body) > lim.max_body:
+                        raise ApiError("body_too_large", f"bodies are limited to {lim.max_body} "
+                                       "bytes (limits.max_body)")  # fmt: skip
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+                elif isinstance(event, h11.ConnectionClosed):
+                    return None
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in head.headers}
+        return Request(
+            method=head.method.decode("ascii", "replace"),
+            target=head.target.decode("latin-1"),
+            headers=headers,
+            body=bytes(body),
+            client=self.rec.client,
+        )
 
-
-async def _handle_connection(app: HttpApp, stream: trio.SocketStream) -> None:
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
-    try:
+    async def run(self) -> None:
+        app, conn, table = self.server.app, self.h11, self.server.table
         while True:
-            timeout = IDLE_TIMEOUT if conn.their_state is h11.IDLE else REQUEST_TIMEOUT
+            lim = self.server.limits
             try:
-                with trio.fail_after(timeout):
-                    req = await _read_request(stream, conn, app.max_body)
-                    if req is None:
-                        return
+                req = await self._next_request(lim)
             except trio.TooSlowError:
-                if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE) and conn.their_state not in (
-                    h11.IDLE,
-                    h11.DONE,
-                ):
-                    await _fail(stream, conn, ApiError("bad_request", "request timed out"))
+                self.server.stats.timeouts += 1
+                await self._fail_in_time(ApiError(
+                    "request_timeout", f"the request did not arrive in time "
+                    f"(limits.header_timeout {lim.header_timeout:g} s, limits.request_timeout "
+                    f"{lim.request_timeout:g} s)",
+                ), lim)  # fmt: skip
                 return
             except h11.RemoteProtocolError as exc:
-                await _fail(stream, conn, ApiError("bad_request", f"HTTP error: {exc}"))
+                if exc.error_status_hint == 431:
+                    err = ApiError(
+                        "headers_too_large",
+                        f"request head over {lim.max_header_bytes} bytes (limits.max_header_bytes)",
+                    )
+                else:
+                    err = ApiError("bad_request", f"HTTP error: {exc}")
+                await self._fail_in_time(err, lim)
                 return
             except ApiError as err:
-                await _fail(stream, conn, err)
+                await self._fail_in_time(err, lim)
                 return
+            if req is None:
+                return
+            table.set_busy(self.rec, True)
             resp = app.handle(req)
             settle = getattr(app, "settle", None)
             if settle is not None:  # e.g. wait until workers applied a state change
                 await settle()
-            await _send(stream, conn, resp)
+            with trio.move_on_after(lim.request_timeout):
+                await _send(self.stream, conn, resp)
+            table.set_busy(self.rec, False)
+            if conn.our_state is not h11.DONE:  # the answer did not go out in time
+                return
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                 return
             try:
                 conn.start_next_cycle()
             except h11.LocalProtocolError:
                 return
-    except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
-        return
-    finally:
-        await stream.aclose()
+
+    async def _fail_in_time(self, err: ApiError, lim: Limits) -> None:
+        with trio.move_on_after(min(lim.request_timeout, 5.0)):
+            await _fail(self.stream, self.h11, err)
+
+    async def evicted(self) -> None:
+        """Closed to make room: a client that was mid-request is told why."""
+        if self.h11.their_state is h11.IDLE and not self.h11.trailing_data[0]:
+            return
+        with trio.CancelScope(deadline=trio.current_time() + 0.2, shield=True):
+            await _fail(self.stream, self.h11, ApiError(
+                "too_many_connections", "the site is at its connection limit "
+                "(limits.max_connections); this connection was the least recently active",
+                retry_after=1.0,
+            ))  # fmt: skip
 
 
-async def _fail(stream: trio.SocketStream, conn: h11.Connection, err: ApiError) -> None:
-    if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-        return
-    body = json.dumps(err.body()).encode()
-    try:
-        data = conn.send(
-            h11.Response(
-                status_code=err.status,
-                headers=[
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                    (b"server", _SERVER),
-                ],
-            )
-        )
-        await stream.send_all((data or b"") + (conn.send(h11.Data(data=body)) or b""))
-        await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
-    except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
+# --- the server -----------------------------------------------------------------------------
+
+
+class _Server:
+    def __init__(self, app: HttpApp, tls: ssl.SSLContext | None,
+                 log: Callable[[str], None]) -> None:  # fmt: skip
+        self.app = app
+        self.tls = tls
+        self.log = log
+        self.fd_soft = raise_fd_limit()
+        lim = self.limits
+        self.table = ConnectionTable(connection_cap(lim, self.fd_soft),
+                                     lim.max_connections_per_client)  # fmt: skip
+        self.stats = ServerStats(cap=self.table.total)
+        self._refusing = 0
+        self._last_accept_log = 0.0
+
+    @property
+    def limits(self) -> Limits:
+        return getattr(self.app, "limits", DEFAULT_LIMITS)
+
+    def _update_caps(self) -> None:
+        lim = self.limits
+        self.table.total = connection_cap(lim, self.fd_soft)
+        self.table.per_client = lim.max_connections_per_client
+        self.stats.cap = self.table.total
+
+    async def accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        backoff = 0.005
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _CAPACITY_ERRNOS:
+                    raise
+                # out of descriptors or memory: free one, wait a little, keep serving
+                self.stats.accept_errors += 1
+                self.table.evict_oldest()
+                self.stats.evicted = self.table.evictions
+                now = time.monotonic()
+                if now - self._last_accept_log > 5.0:
+                    self._last_accept_log = now
+                    self.log(f"control API: accept() failed ({errno.errorcode.get(exc.errno)}); "
+                             f"{len(self.table)} connections open, shedding idle ones and "
+                             f"retrying ({self.stats.accept_errors} so far)")  # fmt: skip
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, 0.25)
+                continue
+            backoff = 0.005
+            self.stats.accepted += 1
+            self._update_caps()
+            try:
+                client = stream.socket.getpeername()[0]
+            except OSError:
+                await stream.aclose()
+                continue
+            scope = trio.CancelScope()
+            rec, why = self.table.admit(client, scope.cancel)
+            if rec is None:
+                self.stats.refused += 1
+                self._refuse(stream, why, nursery)
+                continue
+            self.stats.evicted = self.table.evictions
+            self.stats.open = len(self.table)
+            nursery.start_soon(self._run, stream, rec, scope)
+
+    def _refuse(self, stream: trio.SocketStream, why: str, nursery: trio.Nursery) -> None:
+        err = ApiError("too_many_connections", why, retry_after=1.0)
+        if self.tls is None:
+            # a fresh socket's send buffer is empty: answer without waiting, then close
+            sock = stream.socket
+            try:
+                os.write(sock.fileno(), _error_bytes(err))
+                _drain_and_shutdown(sock)
+            except OSError:
+                pass
+            sock.close()
+            return
+        if self._refusing >= _MAX_REFUSING:
+            stream.socket.close()
+            return
+        self._refusing += 1
+        nursery.start_soon(self._refuse_tls, stream, err)
+
+    async def _refuse_tls(self, stream: trio.SocketStream, err: ApiError) -> None:
+        try:
+            with trio.move_on_after(1.0):
+                tls = trio.SSLStream(stream, self.tls, server_side=True, https_compatible=True)  # type: ignore[arg-type]
+                try:
+                    await tls.send_all(_error_bytes(err))
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    pass
+        finally:
+            self._refusing -= 1
+            stream.socket.close()
+
+    async def _run(self, raw: trio.SocketStream, rec: Conn, scope: trio.CancelScope) -> None:
+        stream: trio.abc.Stream = raw
+        if self.tls is not None:
+            stream = trio.SSLStream(raw, self.tls, server_side=True, https_compatible=True)
+        handler = _Connection(self, stream, rec, scope)
+        try:
+            with scope:
+                try:
+                    await handler.run()
+                except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError,
+                        ssl.SSLError):  # fmt: skip
+                    pass
+            if rec.evicted:
+                try:
+                    await handler.evicted()
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError,
+                        h11.LocalProtocolError):  # fmt: skip
+                    pass
+        finally:
+            self.table.release(rec)
+            self.stats.open = len(self.table)
+            if self.tls is None:
+                try:
+                    _drain_and_shutdown(raw.socket)
+                except OSError:
+                    pass
+            raw.socket.close()  # never await a TLS close_notify from a client that left
+
+
+def _drain_and_shutdown(sock: trio.socket.SocketType) -> None:
+    """Read what the client already sent (so close() does not reset the answer away), then
+    half-close. The socket is non-blocking: nothing here waits."""
+    fd = sock.fileno()
+    for _ in range(4):
+        try:
+            if not os.read(fd, 65536):
+                break
+        except (BlockingIOError, InterruptedError):
+            break
+    sock.shutdown(socket.SHUT_WR)
 
 
 async def serve_listeners(
     app: HttpApp,
     listeners: list[trio.SocketListener],
     *,
+    tls: ssl.SSLContext | None = None,
+    log: Callable[[str], None] | None = None,
+    stats: list[ServerStats] | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``app`` on already-bound listeners until cancelled."""
-
-    async def handler(stream: trio.SocketStream) -> None:
-        await _handle_connection(app, stream)
-
-    await trio.serve_listeners(handler, listeners, task_status=task_status)
+    """Serve ``app`` on already-bound listeners until cancelled (``stats``, if given, gets
+    the server's :class:`ServerStats` appended)."""
+    server = _Server(app, tls, log or (lambda msg: None))
+    if stats is not None:
+        stats.append(server.stats)
+    async with trio.open_nursery() as nursery:
+        for ln in listeners:
+            nursery.start_soon(server.accept_loop, ln, nursery)
+        task_status.started(listeners)
 
 
 async def serve(
@@ -174,6 +457,9 @@ async def serve(
     host: str,
     port: int,
     *,
+    tls: ssl.SSLContext | None = None,
+    log: Callable[[str], None] | None = None,
+    stats: list[ServerStats] | None = None,
     on_ready: Callable[[int], None] | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -183,4 +469,4 @@ async def serve(
     if on_ready is not None:
         on_ready(bound)
     task_status.started(bound)
-    await serve_listeners(app, listeners)
+    await serve_listeners(app, listeners, tls=tls, log=log, stats=stats)

@@ -9,19 +9,22 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
 from pcsite_lite.control.auth import MIN_TOKEN_LEN
+from pcsite_lite.control.limits import LIMIT_RANGES, Limits
 
 __all__ = [
     "ConfigError",
     "ControlConfig",
     "DataplaneConfig",
+    "Limits",
     "MeteringConfig",
     "PspConfig",
     "SiteConfig",
+    "TlsConfig",
     "load",
 ]
 
@@ -57,6 +60,19 @@ class ControlConfig:
     psps: tuple[PspConfig, ...]
     trust_anchor: str | None  #: DS/DNSKEY zone-file text
     max_body: int
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """``[tls]``: the control API's certificate chain and key (PEM files, checked at load)."""
+
+    cert: str
+    key: str
+
+    def server_context(self) -> Any:
+        from pcsite_lite.control.server import tls_context
+
+        return tls_context(self.cert, self.key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +124,8 @@ class SiteConfig:
     isp_prefixes: tuple[str, ...]
     dataplane: DataplaneConfig
     control: ControlConfig
+    limits: Limits = field(default_factory=Limits)  #: ``[limits]``: the control API's bounds
+    tls: TlsConfig | None = None  #: ``[tls]``: HTTPS on the control API (None: plain HTTP)
     source: str = field(default="", compare=False)  #: the file it was read from
     metering: MeteringConfig = MeteringConfig("", 0.5)
 
@@ -178,7 +196,7 @@ def _online_cpus() -> set[int] | None:
 
 def parse(doc: dict[str, Any], *, source: str = "", base_dir: Path | None = None) -> SiteConfig:
     """Validate a parsed TOML document."""
-    known = {"site", "dataplane", "control", "metering"}
+    known = {"site", "dataplane", "control", "metering", "limits", "tls"}
     extra = sorted(set(doc) - known)
     if extra:
         raise ConfigError(extra[0], f"unknown section (known: {', '.join(sorted(known))})")
@@ -329,8 +347,14 @@ def parse(doc: dict[str, Any], *, source: str = "", base_dir: Path | None = None
         except OSError as exc:
             raise ConfigError("control.trust_anchor_file", f"cannot read {p}: {exc}") from None
     anchor = _get(doc, c, "trust_anchor", str, anchor)
-    max_body = _get(doc, c, "max_body", int, 1 << 20)
-    _range("control.max_body", max_body, 1024, 64 << 20)
+    limits = _limits(doc)
+    if "max_body" in doc.get(c, {}):  # the older spelling of limits.max_body
+        old = _get(doc, c, "max_body", int, None)
+        _range("control.max_body", old, *LIMIT_RANGES["max_body"])
+        if "max_body" in doc.get("limits", {}) and old != limits.max_body:
+            raise ConfigError("control.max_body", "differs from limits.max_body (drop one)")
+        limits = replace(limits, max_body=old)
+    max_body = limits.max_body
     known_c = {"listen", "admin_token", "psps", "trust_anchor_file", "trust_anchor", "max_body"}
     extra_c = sorted(set(doc.get(c, {})) - known_c)
     if extra_c:
@@ -351,6 +375,8 @@ def parse(doc: dict[str, Any], *, source: str = "", base_dir: Path | None = None
         isp_prefixes=tuple(prefixes),
         dataplane=dp,
         control=ctl,
+        limits=limits,
+        tls=_tls(doc, base),
         source=source,
         metering=metering,
     )
@@ -367,6 +393,58 @@ def _metering(doc: dict[str, Any], state_dir: str, base: Path) -> MeteringConfig
     if extra:
         raise ConfigError(f"metering.{extra[0]}", "unknown key")
     return MeteringConfig(ledger, interval)
+
+
+def _limits(doc: dict[str, Any]) -> Limits:
+    """``[limits]``: every key optional (defaults in :class:`Limits`), range-checked."""
+    sec = doc.get("limits", {})
+    if not isinstance(sec, dict):
+        raise ConfigError("limits", "must be a table")
+    extra = sorted(set(sec) - set(Limits.keys()))
+    if extra:
+        raise ConfigError(f"limits.{extra[0]}", f"unknown key (known: {', '.join(Limits.keys())})")
+    values: dict[str, Any] = {}
+    defaults = Limits()
+    for key in Limits.keys():
+        default = getattr(defaults, key)
+        typ: type | tuple[type, ...] = (int, float) if isinstance(default, float) else int
+        v = _get(doc, "limits", key, typ, default)
+        _range(f"limits.{key}", v, *LIMIT_RANGES[key])
+        values[key] = float(v) if isinstance(default, float) else v
+    lim = Limits(**values)
+    if lim.max_connections_per_client > lim.max_connections:
+        raise ConfigError("limits.max_connections_per_client", "exceeds limits.max_connections")
+    if lim.header_timeout > lim.request_timeout:
+        raise ConfigError("limits.header_timeout", "exceeds limits.request_timeout")
+    return lim
+
+
+def _tls(doc: dict[str, Any], base: Path) -> TlsConfig | None:
+    """``[tls]``: absent means plain HTTP; present needs a readable certificate and key that
+    belong together (loaded here, so a mistake fails ``check-config``, not the first client)."""
+    if "tls" not in doc:
+        return None
+    sec = doc["tls"]
+    if not isinstance(sec, dict):
+        raise ConfigError("tls", "must be a table")
+    extra = sorted(set(sec) - {"cert", "key"})
+    if extra:
+        raise ConfigError(f"tls.{extra[0]}", "unknown key (known: cert, key)")
+    paths = {}
+    for k in ("cert", "key"):
+        p = Path(_get(doc, "tls", k, str, None, required=True))
+        p = p if p.is_absolute() else base / p
+        if not p.is_file():
+            raise ConfigError(f"tls.{k}", f"cannot read {p}")
+        paths[k] = str(p)
+    tls = TlsConfig(paths["cert"], paths["key"])
+    import ssl
+
+    try:
+        tls.server_context()
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError("tls.cert", f"{paths['cert']} with {paths['key']}: {exc}") from None
+    return tls
 
 
 def load(path: str | Path) -> SiteConfig:

@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import trio
@@ -102,8 +103,7 @@ class Supervisor:
             psp_tokens={p.name: p.token for p in cfg.control.psps},
         )
         return ControlApp(
-            self.backend, creds, trust_anchor=cfg.control.trust_anchor,
-            max_body=cfg.control.max_body,
+            self.backend, creds, trust_anchor=cfg.control.trust_anchor, limits=cfg.limits,
         )  # fmt: skip
 
     # --- buckets
@@ -278,6 +278,10 @@ class Supervisor:
     def max_body(self) -> int:
         return self.app.max_body
 
+    @property
+    def limits(self) -> Any:  # the server reads them at every connection: reload applies
+        return self.app.limits
+
     def handle(self, req: Request) -> Response:
         return self.app.handle(req)
 
@@ -294,7 +298,7 @@ class Supervisor:
         except ConfigError as exc:
             self.log(f"reload refused, keeping the running config: {exc}")
             return
-        fixed = ("public_ip", "public_dev", "workers", "mode", "fis_url", "dataplane")
+        fixed = ("public_ip", "public_dev", "workers", "mode", "fis_url", "dataplane", "tls")
         changed = [k for k in fixed if getattr(new, k) != getattr(self.cfg, k)]
         if changed:
             self.log(f"reload refused: {', '.join(changed)} need a restart")
@@ -322,8 +326,13 @@ class Supervisor:
                     nursery.start_soon(self._watch_worker, s)
                 nursery.start_soon(self.recorder.run, cfg.metering.interval, self.log)
 
-                port = await nursery.start(serve, self, cfg.control.host, cfg.control.port)
-                self.log(f"control API on {cfg.control.host}:{port}")
+                tls = cfg.tls.server_context() if cfg.tls is not None else None
+                port = await nursery.start(
+                    partial(serve, tls=tls, log=self.log), self, cfg.control.host,
+                    cfg.control.port,
+                )  # fmt: skip
+                scheme = "https" if tls is not None else "http (no [tls] configured: plain)"
+                self.log(f"control API on {cfg.control.host}:{port}, {scheme}")
                 deadline = trio.current_time() + 10
                 # up = every worker ready and the bucket map already spread over all of them
                 # (a load that starts at "site up" must not find one worker with every bucket)
