@@ -2,6 +2,8 @@
 
 pcsite run --config site.toml        # foreground; SIGHUP reloads, SIGTERM stops cleanly
 pcsite check-config --config site.toml
+pcsite pki ca --out DIR              # control API TLS: a CA, then site certificates
+pcsite pki cert --ca DIR --name 198.18.0.1 --out DIR
 """
 
 from __future__ import annotations
@@ -16,6 +18,11 @@ __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["pki"]:
+        from pcsite_lite.pki import main as pki_main
+
+        return pki_main(argv[1:])
     ap = argparse.ArgumentParser(prog="pcsite", description="PacketCloud site daemon")
     sub = ap.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="run the site in the foreground")
@@ -23,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     chk = sub.add_parser("check-config", help="validate a configuration file")
     chk.add_argument("--config", "-c", required=True)
     chk.add_argument("--json", action="store_true", help="print the parsed settings as JSON")
+    sub.add_parser("pki", help="control API certificates (pcsite pki --help)")
     args = ap.parse_args(argv)
     try:
         cfg = load(args.config)

@@ -85,7 +85,8 @@ def _signup(args: argparse.Namespace) -> int:
         if args.action == "submit":
             from pcsite_lite.control.client import ControlClient, ControlError
 
-            client = ControlClient(args.site, token=args.token, psp=args.psp)
+            client = ControlClient(args.site, token=args.token, psp=args.psp,
+                                   ca_file=args.ca_file)  # fmt: skip
             try:
                 reg = client.register_destination(
                     args.prefix, args.service, Path(args.proof).read_text()
@@ -110,6 +111,9 @@ def load_lookupd_config(path: str | Path) -> dict[str, Any]:
     {"psp": "acme", "listen": "198.19.0.5:7053", "measure": true,
      "sites": [{"name": "C1", "address": "198.18.254.1",
                 "control": "http://198.19.0.1:8080", "token": "..."}, ...]}
+
+    A site whose control URL is ``https://`` may name ``"ca_file"``, the CA certificate its
+    certificate is verified against.
     """
     try:
         cfg = json.loads(Path(path).read_text())
@@ -136,7 +140,9 @@ def _lookupd(args: argparse.Namespace) -> int:
         SiteEntry(
             s["name"],
             s["address"],
-            HttpSiteControl(s["control"], token=s["token"], psp=cfg["psp"]),
+            HttpSiteControl(
+                s["control"], token=s["token"], psp=cfg["psp"], ca_file=s.get("ca_file")
+            ),
             port=int(s.get("port", 6253)),
         )
         for s in cfg["sites"]
@@ -274,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefix", required=True)
     p.add_argument("--service", required=True)
     p.add_argument("--proof", required=True)
-    p.add_argument("--site", required=True, help="control API URL, http://host:port")
+    p.add_argument("--site", required=True, help="control API URL, http(s)://host:port")
+    p.add_argument("--ca-file", help="CA certificate that signed the site's (https URLs)")
     p.add_argument("--token", required=True)
     p.add_argument("--psp", required=True)
 

@@ -36,6 +36,7 @@ drives a :class:`pcsite_lite.circuits.CircuitTable` in process (the simulator).
 
 from __future__ import annotations
 
+import errno
 import json
 import secrets
 import socket as _socket
@@ -63,6 +64,10 @@ __all__ = [
     "circuit_to_json",
     "find_lookup",
 ]
+
+
+#: accept() errors that mean "out of descriptors/memory right now"
+_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class LookupServiceError(OSError):
@@ -104,10 +109,20 @@ class SiteControl(Protocol):
 class HttpSiteControl:
     """A site's control API over HTTP (the daemon's :class:`ControlClient`)."""
 
-    def __init__(self, base_url: str, *, token: str, psp: str, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str,
+        psp: str,
+        timeout: float = 5.0,
+        ca_file: str | None = None,
+    ) -> None:
         from pcsite_lite.control.client import ControlClient
 
-        self.client = ControlClient(base_url, token=token, psp=psp, timeout=timeout)
+        self.client = ControlClient(
+            base_url, token=token, psp=psp, timeout=timeout, ca_file=ca_file
+        )
 
     def _call(self, fn: Callable[..., Any], *a: Any, **kw: Any) -> Any:
         from pcsite_lite.control.client import ControlError
@@ -480,16 +495,48 @@ def circuit_from_json(d: dict[str, Any]) -> Circuit:
 # --- server and client -----------------------------------------------------------------------
 
 
+#: Longest request line the lookup server reads (bytes, newline included).
+MAX_LINE = 64 * 1024
+#: Connections the lookup server holds at once, in all and from one address.
+MAX_CONNECTIONS = 256
+MAX_CONNECTIONS_PER_CLIENT = 32
+#: Seconds a connection may stay silent before it is closed.
+IDLE_TIMEOUT = 30.0
+
+
+def _error_line(code: str, message: str) -> bytes:
+    return json.dumps({"ok": False, "error": {"code": code, "message": message}}).encode() + b"\n"
+
+
 class LookupServer:
     """Serves a :class:`CircuitBroker` on TCP (JSON lines; one thread per connection).
 
     Threads rather than trio here: each request is a handful of blocking control-API calls
     the broker already fans out on its pool, and the server must be usable from plain
     blocking code (tests, the demo, the benchmark) as ``with LookupServer(...) as srv:``.
+
+    Bounded: a line is read at most ``max_line`` bytes at a time, and a longer one is refused
+    (``bad_request``) and its connection closed without reading the rest; at most
+    ``max_connections`` connections (``max_per_client`` from one address) are served, more
+    are answered ``unavailable`` and closed; a connection silent for ``idle_timeout`` closes.
     """
 
-    def __init__(self, broker: CircuitBroker, host: str, port: int = 0) -> None:
+    def __init__(
+        self,
+        broker: CircuitBroker,
+        host: str,
+        port: int = 0,
+        *,
+        max_line: int = MAX_LINE,
+        max_connections: int = MAX_CONNECTIONS,
+        max_per_client: int = MAX_CONNECTIONS_PER_CLIENT,
+        idle_timeout: float = IDLE_TIMEOUT,
+    ) -> None:
         self.broker = broker
+        self.max_line = max_line
+        self.max_connections = max_connections
+        self.max_per_client = max_per_client
+        self.idle_timeout = idle_timeout
         self._sock = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
         self._sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
@@ -498,6 +545,9 @@ class LookupServer:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="pcsock-lookupd", daemon=True)
         self._expirer = threading.Thread(target=self._expire, name="pcsock-expire", daemon=True)
+        self._lock = threading.Lock()
+        self._open: dict[str, int] = {}  # client address -> connections being served
+        self.refused = 0  #: connections turned away at a cap
 
     def start(self) -> LookupServer:
         self._thread.start()
@@ -508,42 +558,78 @@ class LookupServer:
         while not self._stop.wait(1.0):
             self.broker.expire()
 
+    def _admit(self, client: str) -> str:
+        """'' if the connection may be served (and is counted), else why not."""
+        with self._lock:
+            if sum(self._open.values()) >= self.max_connections:
+                return f"the lookup service is at its limit of {self.max_connections} connections"
+            if self._open.get(client, 0) >= self.max_per_client:
+                return f"{self.max_per_client} connections from {client} are open"
+            self._open[client] = self._open.get(client, 0) + 1
+            return ""
+
+    def _leave(self, client: str) -> None:
+        with self._lock:
+            n = self._open.get(client, 0) - 1
+            if n > 0:
+                self._open[client] = n
+            else:
+                self._open.pop(client, None)
+
     def _serve(self) -> None:
         self._sock.settimeout(0.2)
         while not self._stop.is_set():
             try:
-                conn, _ = self._sock.accept()
+                conn, peer = self._sock.accept()
             except TimeoutError:
                 continue
-            except OSError:
-                return
-            threading.Thread(target=self._conn, args=(conn,), daemon=True).start()
+            except OSError as exc:
+                if self._stop.is_set() or exc.errno not in _CAPACITY_ERRNOS:
+                    return
+                self._stop.wait(0.05)  # out of descriptors for now: back off, keep serving
+                continue
+            why = self._admit(peer[0])
+            if why:
+                self.refused += 1
+                with conn:
+                    try:
+                        conn.settimeout(0.5)
+                        conn.sendall(_error_line("unavailable", why))
+                    except OSError:
+                        pass
+                continue
+            threading.Thread(target=self._conn, args=(conn, peer[0]), daemon=True).start()
 
-    def _conn(self, conn: _socket.socket) -> None:
-        conn.settimeout(30)
-        with conn, conn.makefile("rwb") as f:
-            try:
-                for line in f:
-                    if len(line) > 65536:
-                        resp: dict[str, Any] = {
+    def _conn(self, conn: _socket.socket, client: str) -> None:
+        conn.settimeout(self.idle_timeout)
+        try:
+            with conn, conn.makefile("rwb") as f:
+                while True:
+                    line = f.readline(self.max_line + 1)  # never more than the bound
+                    if not line:
+                        return
+                    if len(line) > self.max_line:
+                        f.write(_error_line(
+                            "bad_request", f"line longer than {self.max_line} bytes",
+                        ))  # fmt: skip
+                        f.flush()
+                        return  # the rest of the line is never read
+                    try:
+                        req = json.loads(line)
+                        if not isinstance(req, dict):
+                            raise ValueError("not an object")
+                        resp = self.broker.handle(req)
+                    except ValueError as exc:
+                        resp = {
                             "ok": False,
-                            "error": {"code": "bad_request", "message": "line too long"},
+                            "error": {"code": "bad_request", "message": f"bad JSON: {exc}"},
                         }
-                    else:
-                        try:
-                            req = json.loads(line)
-                            if not isinstance(req, dict):
-                                raise ValueError("not an object")
-                            resp = self.broker.handle(req)
-                        except ValueError as exc:
-                            resp = {
-                                "ok": False,
-                                "error": {"code": "bad_request", "message": f"bad JSON: {exc}"},
-                            }
                     f.write(json.dumps(resp).encode() + b"\n")
                     f.flush()
-            except OSError:
-                return
+        except OSError:
+            return
+        finally:
+            self._leave(client)
 
     def close(self) -> None:
         self._stop.set()

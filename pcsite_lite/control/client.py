@@ -1,7 +1,9 @@
 """A small synchronous client of the site control API (stdlib ``http.client``).
 
 Used by PSP control planes (the SDK's circuit lookup service) and by operators' scripts. Every
-refused call raises :class:`ControlError` carrying the API's stable ``code``.
+refused call raises :class:`ControlError` carrying the API's stable ``code`` (and, for 429,
+``retry_after``). ``https://`` URLs verify the site's certificate and name against
+``ca_file`` (default: ``$PCSITE_CA_FILE``, else the system's trust store).
 
 >>> c = ControlClient("http://198.18.0.10:8080", token="...", psp="acme")  # doctest: +SKIP
 >>> hop = c.allocate_circuit("srcroute")                                    # doctest: +SKIP
@@ -13,6 +15,8 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
+import ssl
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -24,10 +28,13 @@ class ControlError(Exception):
     """A call the site refused (``code`` from the API) or could not be made (``code`` is
     ``"connection"`` or ``"bad_response"``)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, *, retry_after: float | None = None
+    ) -> None:
         self.status = status
         self.code = code
         self.message = message
+        self.retry_after = retry_after  #: seconds the site asked to wait (429)
         super().__init__(f"{status} {code}: {message}")
 
 
@@ -52,16 +59,36 @@ class ControlClient:
     """Calls one site's control API as one principal (a PSP, or the ISP with ``psp=None``)."""
 
     def __init__(
-        self, base_url: str, *, token: str, psp: str | None = None, timeout: float = 10.0
+        self,
+        base_url: str,
+        *,
+        token: str,
+        psp: str | None = None,
+        timeout: float = 10.0,
+        ca_file: str | None = None,
     ) -> None:
         u = urlsplit(base_url)
-        if u.scheme != "http" or not u.hostname:
-            raise ValueError(f"control API URL must be http://host[:port], got {base_url!r}")
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise ValueError(f"control API URL must be http(s)://host[:port], got {base_url!r}")
+        if u.scheme == "http" and ca_file is not None:
+            raise ValueError(f"ca_file is for https:// URLs; {base_url!r} is plain HTTP")
         self.host = u.hostname
-        self.port = u.port or 80
+        self.port = u.port or (443 if u.scheme == "https" else 80)
         self.token = token
         self.psp = psp
         self.timeout = timeout
+        self.tls: ssl.SSLContext | None = None
+        if u.scheme == "https":
+            ca_file = ca_file or os.environ.get("PCSITE_CA_FILE") or None
+            self.tls = ssl.create_default_context(cafile=ca_file)  # verifies cert and name
+            self.tls.minimum_version = ssl.TLSVersion.TLSv1_2
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self.tls is not None:
+            return http.client.HTTPSConnection(
+                self.host, self.port, timeout=self.timeout, context=self.tls
+            )
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
 
     # --- plumbing
     def request(self, method: str, path: str, body: Any = None, *, raw: bool = False) -> Any:
@@ -71,7 +98,7 @@ class ControlClient:
         if body is not None:
             data = json.dumps(body).encode()
             headers["content-type"] = "application/json"
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        conn = self._connection()
         try:
             conn.request(method, path, body=data, headers=headers)
             resp = conn.getresponse()
@@ -81,9 +108,13 @@ class ControlClient:
         finally:
             conn.close()
         if resp.status >= 400:
+            retry = resp.getheader("retry-after")
             try:
                 err = json.loads(payload)["error"]
-                raise ControlError(resp.status, str(err["code"]), str(err["message"]))
+                raise ControlError(
+                    resp.status, str(err["code"]), str(err["message"]),
+                    retry_after=float(retry) if retry and retry.isdigit() else None,
+                )  # fmt: skip
             except (ValueError, KeyError, TypeError) as exc:
                 raise ControlError(
                     resp.status, "bad_response", payload[:200].decode("replace")

@@ -184,12 +184,12 @@ class _Connection:
         # idle: nothing of the next request has arrived yet
         event = conn.next_event()
         if event is h11.NEED_DATA and not conn.trailing_data[0]:
-            with trio.move_on_after(lim.idle_timeout):
-                await self._receive()
-                event = conn.next_event()
-            if event is h11.NEED_DATA and not conn.trailing_data[0]:
-                if not conn.trailing_data[1]:
-                    self.server.stats.timeouts += 1
+            with trio.move_on_after(lim.idle_timeout) as idle:
+                while event is h11.NEED_DATA and not conn.trailing_data[0]:
+                    await self._receive()  # (h11 drops blank lines between requests)
+                    event = conn.next_event()
+            if idle.cancelled_caught:
+                self.server.stats.timeouts += 1
                 return None
         self.server.table.touch(self.rec)
         start = trio.current_time()
@@ -203,6 +203,11 @@ class _Connection:
         if not isinstance(event, h11.Request):
             raise h11.RemoteProtocolError(f"unexpected {type(event).__name__}")
         head = event
+        # h11 bounds a head still arriving; one that arrived whole is measured here
+        size = len(head.method) + len(head.target) + 12
+        size += sum(len(k) + len(v) + 4 for k, v in head.headers)
+        if size > lim.max_header_bytes:
+            raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
         clen = dict(head.headers).get(b"content-length")
         if clen is not None and int(clen) > lim.max_body:
             raise ApiError(
