@@ -49,7 +49,7 @@ class Limits:
     #: Open connections in all; at the cap the least recently active idle one is closed.
     max_connections: int = 1024
     #: Open connections from one client address; more are refused with 429.
-    max_connections_per_client: int = 64
+    max_connections_per_client: int = 32
     #: Seconds a connection may wait for (the first byte of) its next request.
     idle_timeout: float = 15.0
     #: Seconds from a request's first byte to the end of its headers.

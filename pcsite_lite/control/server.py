@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import h11
 import trio
@@ -66,6 +66,16 @@ _CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, 
 FD_RESERVE: Final = 256
 #: Refusals answered at once (TLS ones need a handshake); more are closed without an answer.
 _MAX_REFUSING: Final = 64
+#: Connections accepted per wakeup of the accept loop.
+_ACCEPT_BATCH: Final = 64
+#: Back-off after an accept() that found no descriptor (doubling up to the max), seconds.
+_BACKOFF_MIN: Final = 0.005
+_BACKOFF_MAX: Final = 0.25
+#: accept() errors about the one connection being accepted (trio's list): skip it.
+_IGNORABLE_ACCEPT_ERRNOS: Final = frozenset({
+    errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN, errno.ENOPROTOOPT,
+    errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH,
+})  # fmt: skip
 
 
 @dataclass
@@ -326,50 +336,96 @@ class _Server:
         self.table.per_client = lim.max_connections_per_client
         self.stats.cap = self.table.total
 
-    async def accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
-        backoff = 0.005
+    async def accept_loop(self, listener: trio.abc.Listener[Any], nursery: trio.Nursery) -> None:
+        if isinstance(listener, trio.SocketListener):
+            await self._accept_batches(listener, nursery)
+        else:
+            await self._accept_each(listener, nursery)
+
+    async def _accept_batches(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        """accept() until the queue is empty (up to ``_ACCEPT_BATCH``), then let the
+        connections run: under a connection flood one wakeup admits, evicts or refuses many,
+        so a legitimate client does not wait a scheduler round per connection ahead of it."""
+        raw = socket.socket(fileno=os.dup(listener.socket.fileno()))  # the same listening socket
+        raw.setblocking(False)
+        backoff = _BACKOFF_MIN
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(raw)
+                for _ in range(_ACCEPT_BATCH):
+                    try:
+                        sock, peer = raw.accept()
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    except OSError as exc:
+                        if exc.errno not in _CAPACITY_ERRNOS:
+                            if exc.errno in _IGNORABLE_ACCEPT_ERRNOS:
+                                continue
+                            raise
+                        backoff = await self._out_of_capacity(exc, backoff)
+                        break
+                    backoff = _BACKOFF_MIN
+                    sock.setblocking(False)  # (accepted sockets start out blocking)
+                    self._admit(sock, peer[0], nursery)
+                await trio.lowlevel.checkpoint()
+        finally:
+            raw.close()
+
+    async def _accept_each(self, listener: trio.abc.Listener[Any], nursery: trio.Nursery) -> None:
+        backoff = _BACKOFF_MIN
         while True:
             try:
                 stream = await listener.accept()
             except OSError as exc:
                 if exc.errno not in _CAPACITY_ERRNOS:
                     raise
-                # out of descriptors or memory: free one, wait a little, keep serving
-                self.stats.accept_errors += 1
-                self.table.evict_oldest()
-                self.stats.evicted = self.table.evictions
-                now = time.monotonic()
-                if now - self._last_accept_log > 5.0:
-                    self._last_accept_log = now
-                    self.log(f"control API: accept() failed ({errno.errorcode.get(exc.errno)}); "
-                             f"{len(self.table)} connections open, shedding idle ones and "
-                             f"retrying ({self.stats.accept_errors} so far)")  # fmt: skip
-                await trio.sleep(backoff)
-                backoff = min(backoff * 2, 0.25)
+                backoff = await self._out_of_capacity(exc, backoff)
                 continue
-            backoff = 0.005
-            self.stats.accepted += 1
-            self._update_caps()
+            backoff = _BACKOFF_MIN
             try:
                 client = stream.socket.getpeername()[0]
             except OSError:
-                await stream.aclose()
+                stream.socket.close()
                 continue
-            scope = trio.CancelScope()
-            rec, why = self.table.admit(client, scope.cancel)
-            if rec is None:
-                self.stats.refused += 1
-                self._refuse(stream, why, nursery)
-                continue
-            self.stats.evicted = self.table.evictions
-            self.stats.open = len(self.table)
-            nursery.start_soon(self._run, stream, rec, scope)
+            self._admit(stream, client, nursery)
 
-    def _refuse(self, stream: trio.SocketStream, why: str, nursery: trio.Nursery) -> None:
+    async def _out_of_capacity(self, exc: OSError, backoff: float) -> float:
+        """accept() found no descriptor or memory: free one, wait a little, keep serving."""
+        self.stats.accept_errors += 1
+        self.table.evict_oldest()
+        self.stats.evicted = self.table.evictions
+        now = time.monotonic()
+        if now - self._last_accept_log > 5.0:
+            self._last_accept_log = now
+            self.log(f"control API: accept() failed ({errno.errorcode.get(exc.errno or 0)}); "
+                     f"{len(self.table)} connections open, shedding idle ones and retrying "
+                     f"({self.stats.accept_errors} so far)")  # fmt: skip
+        await trio.sleep(backoff)
+        return min(backoff * 2, _BACKOFF_MAX)
+
+    def _admit(self, conn: socket.socket | trio.SocketStream, client: str,
+               nursery: trio.Nursery) -> None:  # fmt: skip
+        """Admit (a task serves it), or refuse, one accepted connection."""
+        self.stats.accepted += 1
+        self._update_caps()
+        scope = trio.CancelScope()
+        rec, why = self.table.admit(client, scope.cancel)
+        if rec is None:
+            self.stats.refused += 1
+            self._refuse(conn, why, nursery)
+            return
+        self.stats.evicted = self.table.evictions
+        self.stats.open = len(self.table)
+        if isinstance(conn, socket.socket):
+            conn = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
+        nursery.start_soon(self._run, conn, rec, scope)
+
+    def _refuse(self, conn: socket.socket | trio.SocketStream, why: str,
+                nursery: trio.Nursery) -> None:  # fmt: skip
         err = ApiError("too_many_connections", why, retry_after=1.0)
+        sock = conn.socket if isinstance(conn, trio.SocketStream) else conn
         if self.tls is None:
             # a fresh socket's send buffer is empty: answer without waiting, then close
-            sock = stream.socket
             try:
                 os.write(sock.fileno(), _error_bytes(err))
                 _drain_and_shutdown(sock)
@@ -378,10 +434,12 @@ class _Server:
             sock.close()
             return
         if self._refusing >= _MAX_REFUSING:
-            stream.socket.close()
+            sock.close()
             return
         self._refusing += 1
-        nursery.start_soon(self._refuse_tls, stream, err)
+        if isinstance(conn, socket.socket):
+            conn = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
+        nursery.start_soon(self._refuse_tls, conn, err)
 
     async def _refuse_tls(self, stream: trio.SocketStream, err: ApiError) -> None:
         try:
@@ -424,7 +482,7 @@ class _Server:
             raw.socket.close()  # never await a TLS close_notify from a client that left
 
 
-def _drain_and_shutdown(sock: trio.socket.SocketType) -> None:
+def _drain_and_shutdown(sock: trio.socket.SocketType | socket.socket) -> None:
     """Read what the client already sent (so close() does not reset the answer away), then
     half-close. The socket is non-blocking: nothing here waits."""
     fd = sock.fileno()
