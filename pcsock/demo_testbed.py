@@ -6,7 +6,9 @@ torn down. What runs where:
 * S, D: pcsock sockets (UDP-encapsulation mode: no privileges needed by the SDK) created in
   their namespaces; D also has ordinary UDP sockets (form 3 needs nothing from the sender);
 * C1..C3: ``pcsite run`` (the site daemon) with its control API on the control network and
-  the demo's DNSSEC trust anchor;
+  the demo's DNSSEC trust anchor; the API is HTTPS (``tls=True``, the default): the world
+  makes a CA for the run (``pcsite_lite.pki``), a certificate per site for its control
+  address, and every client (lookupd, the world's own calls) verifies against that CA;
 * PSP: ``pcsock lookupd`` on the control network (the PSP's lookup service); its address is
   published in DNS as ``_pcpsp._tcp.acme.psp.test.`` and S finds it there. S joins the control
   network for this (in the paper the sender reaches the PSP over the Internet; Fig. 2 has no
@@ -50,7 +52,8 @@ class TestbedWorld(World):
 
     kind = "testbed"
 
-    def __init__(self, *, prefix: str = "pcs", progress: Callable[[str], None] = print) -> None:
+    def __init__(self, *, prefix: str = "pcs", progress: Callable[[str], None] = print,
+                 tls: bool = True) -> None:  # fmt: skip
         from testbed.net import Testbed
         from testbed.topology import load
 
@@ -64,6 +67,8 @@ class TestbedWorld(World):
         self.procs: list[Any] = []
         self._serial = int(time.time())
         self._built = False
+        self.tls = tls  #: control APIs over HTTPS, with a CA made for this run
+        self.ca_file: Path | None = None
         try:
             self._build()
         except BaseException:
@@ -100,6 +105,11 @@ class TestbedWorld(World):
         self._publish_owner_zone([])
         anchor = self.tmp / "anchor.txt"
         anchor.write_text(self.root.ds_text() + "\n")
+        if self.tls:  # this run's CA: it signs every site's control API certificate
+            from pcsite_lite import pki
+
+            self._ca = pki.make_ca(f"PacketCloud testbed {tb.run} CA", days=2)
+            self.ca_file = self._ca.write(self.tmp / "pki", "ca")[0]
         # the PSP's lookup service in DNS
         tb.dns.set_zone(
             PSP_ZONE,
@@ -120,8 +130,9 @@ class TestbedWorld(World):
                 {
                     "name": n,
                     "address": ip,
-                    "control": f"http://{tb.site(n).control_address}:{CONTROL_PORT}",
+                    "control": self._control_url(n),
                     "token": PSP_TOKEN,
+                    **({"ca_file": str(self.ca_file)} if self.ca_file else {}),
                 }
                 for n, ip in self.sites.items()
             ],
@@ -198,6 +209,12 @@ class TestbedWorld(World):
             f'state_dir = "{state}"\n', f'state_dir = "{state}"\nrepository = "{repo}"\n'
         )
         text += f'signing_key = "{public_key_bytes(self.psp_key).hex()}"\n'
+        if self.tls:
+            from pcsite_lite import pki
+
+            assert addr is not None
+            crt, key = pki.issue(self._ca, [addr], days=2).write(self.tmp / "pki", name)
+            text += f'\n[tls]\ncert = "{crt}"\nkey = "{key}"\n'
         cfg.write_text(text)
         assert addr is not None
         self.procs.append(
@@ -211,12 +228,16 @@ class TestbedWorld(World):
         # so that `testbed graph RUN` / `testbed top RUN` can read what this site installed
         self.tb.register_control(name, f"http://{addr}:{CONTROL_PORT}", ADMIN_TOKEN, [PSP])
 
+    def _control_url(self, site: str) -> str:
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://{self.tb.site(site).control_address}:{CONTROL_PORT}"
+
     def _control(self, site: str, admin: bool = False) -> Any:
         from pcsite_lite.control.client import ControlClient
 
-        url = f"http://{self.tb.site(site).control_address}:{CONTROL_PORT}"
-        c = ControlClient(url, token=ADMIN_TOKEN if admin else PSP_TOKEN,
-                          psp=None if admin else PSP)  # fmt: skip
+        c = ControlClient(self._control_url(site), token=ADMIN_TOKEN if admin else PSP_TOKEN,
+                          psp=None if admin else PSP,
+                          ca_file=str(self.ca_file) if self.ca_file else None)  # fmt: skip
         psp = self.psp
 
         class InPsp:  # every call from the PSP's namespace (the control network)
