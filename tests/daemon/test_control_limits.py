@@ -5,6 +5,7 @@ server survives connection floods and descriptor exhaustion, TLS verifies, and t
 from __future__ import annotations
 
 import errno
+import gc
 import http.client
 import json
 import os
@@ -85,6 +86,7 @@ def _served(app: ControlApp, *, tls: ssl.SSLContext | None = None,
     finally:
         trio.from_thread.run_sync(box["cancel"].cancel, trio_token=box["token"])
         t.join(10)
+        app.backend.close()
 
 
 def _call(port: int, method: str, path: str, *, token: str = PSP_TOKEN, body: Any = None,
@@ -111,6 +113,17 @@ def _idle(n: int, port: int, src: str = FLOOD) -> list[socket.socket]:
         s.connect(("127.0.0.1", port))
         socks.append(s)
     return socks
+
+
+@contextmanager
+def _holding(n: int, port: int) -> Iterator[list[socket.socket]]:
+    """``n`` idle connections from the flood address, closed at the end."""
+    socks = _idle(n, port)
+    try:
+        yield socks
+    finally:
+        for s in socks:
+            s.close()
 
 
 def wait_until(pred: Callable[[], bool], timeout: float = 10.0) -> bool:
@@ -283,38 +296,28 @@ def test_per_address_cap_refuses_with_429_and_other_addresses_still_get_in(
     tmp_path: Path,
 ) -> None:
     app = _app(tmp_path, max_connections=100, max_connections_per_client=5)
-    with _served(app) as (port, stats):
-        held = _idle(5, port)
-        try:
-            assert wait_until(lambda: stats.open == 5)
-            extra = _idle(1, port)[0]
-            assert _error_of(_closed_by_peer(extra)) == (429, "too_many_connections")
-            extra.close()
-            assert _call(port, "GET", "/v1/whoami", src=LEGIT)[0] == 200
-            assert stats.refused == 1
-        finally:
-            for s in held:
-                s.close()
+    with _served(app) as (port, stats), _holding(5, port):
+        assert wait_until(lambda: stats.open == 5)
+        extra = _idle(1, port)[0]
+        assert _error_of(_closed_by_peer(extra)) == (429, "too_many_connections")
+        extra.close()
+        assert _call(port, "GET", "/v1/whoami", src=LEGIT)[0] == 200
+        assert stats.refused == 1
 
 
 def test_idle_flood_at_the_site_wide_cap_evicts_idle_connections_not_clients(
     tmp_path: Path,
 ) -> None:
     app = _app(tmp_path, max_connections=20, max_connections_per_client=20)
-    with _served(app) as (port, stats):
-        held = _idle(20, port)
-        try:
+    with _served(app) as (port, stats), _holding(20, port) as held:
+        assert wait_until(lambda: stats.open == 20)
+        for i in range(5):  # each legitimate call needs a slot: an idle one is closed
+            assert _call(port, "GET", "/v1/whoami", src=LEGIT)[0] == 200
+            assert wait_until(lambda: stats.open == 19)  # the legitimate call closed
+            assert stats.evicted == i + 1
+            held += _idle(1, port)  # the flood takes the freed slot back
             assert wait_until(lambda: stats.open == 20)
-            for i in range(5):  # each legitimate call needs a slot: an idle one is closed
-                assert _call(port, "GET", "/v1/whoami", src=LEGIT)[0] == 200
-                assert wait_until(lambda: stats.open == 19)  # the legitimate call closed
-                assert stats.evicted == i + 1
-                held += _idle(1, port)  # the flood takes the freed slot back
-                assert wait_until(lambda: stats.open == 20)
-            assert _closed_by_peer(held[0]) == b""  # the oldest idle one went, silently
-        finally:
-            for s in held:
-                s.close()
+        assert _closed_by_peer(held[0]) == b""  # the oldest idle one went, silently
 
 
 def test_mid_request_eviction_tells_the_client_why(tmp_path: Path) -> None:
@@ -381,14 +384,14 @@ def test_accept_errors_back_off_and_the_server_keeps_serving(tmp_path: Path) -> 
 
 def test_real_descriptor_exhaustion_sheds_idle_connections_and_serves(tmp_path: Path) -> None:
     app = _app(tmp_path)
-    with _served(app) as (port, stats):
-        held = _idle(30, port)
+    with _served(app) as (port, stats), _holding(30, port):
         assert wait_until(lambda: stats.open == 30)
         legit = socket.socket()  # made before the squeeze: connect() needs no new descriptor
         legit.bind((LEGIT, 0))
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        in_use = {int(fd) for fd in os.listdir("/proc/self/fd")}
-        lowest_free = next(fd for fd in range(len(in_use) + 1) if fd not in in_use)
+        gc.collect()  # nothing left over may close a descriptor during the squeeze
+        lowest_free = os.open("/dev/null", os.O_RDONLY)  # the kernel hands out the lowest
+        os.close(lowest_free)
         try:  # the next descriptor would be the lowest free one: it is now over the limit
             resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
             legit.settimeout(10)
@@ -399,8 +402,6 @@ def test_real_descriptor_exhaustion_sheds_idle_connections_and_serves(tmp_path: 
         finally:
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
             legit.close()
-            for s in held:
-                s.close()
         assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
         assert stats.accept_errors >= 1 and stats.evicted >= 1
 
