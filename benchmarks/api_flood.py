@@ -115,15 +115,20 @@ def serve(state: Path, stats_path: Path) -> int:
                     break
             n.cancel_scope.cancel()
 
+    def _write(doc: dict[str, Any]) -> None:
+        tmp = stats_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc))
+        tmp.replace(stats_path)
+
     async def _report(n: Any) -> None:
+        last = 0.0
         while True:
             s = stats[0]
             peak[0] = max(peak[0], s.open)
-            doc = {**s.__dict__, "max_open": peak[0]}
-            tmp = stats_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(doc))
-            tmp.replace(stats_path)
-            await trio.sleep(0.05)
+            if trio.current_time() - last > 0.25:  # file writes off the event loop
+                last = trio.current_time()
+                await trio.to_thread.run_sync(_write, {**s.__dict__, "max_open": peak[0]})
+            await trio.sleep(0.01)
 
     trio.run(main)
     return 0

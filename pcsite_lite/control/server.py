@@ -23,9 +23,11 @@ import errno
 import json
 import os
 import resource
+import select
 import socket
 import ssl
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -312,6 +314,72 @@ class _Connection:
 # --- the server -----------------------------------------------------------------------------
 
 
+class _Waiting:
+    """Accepted connections that have not sent a byte yet: one private epoll set, no task
+    each. Under an idle-connection flood this is where the flood lives, so holding, evicting
+    and timing one out costs a few system calls, not a task with its parser and streams. A
+    connection gets its task when its first bytes (or its close) arrive."""
+
+    def __init__(self, server: _Server) -> None:
+        self.server = server
+        self.ep = select.epoll()
+        self.socks: OrderedDict[int, tuple[socket.socket, Conn, float]] = OrderedDict()
+
+    def add(self, sock: socket.socket, rec: Conn) -> None:
+        fd = sock.fileno()
+        try:
+            self.ep.register(fd, select.EPOLLIN | select.EPOLLRDHUP)
+        except OSError:
+            self.server.table.release(rec)
+            sock.close()
+            return
+        self.socks[fd] = (sock, rec, trio.current_time())
+        rec.cancel = lambda: self.drop(fd)  # evicted while waiting: just close it
+
+    def drop(self, fd: int) -> None:
+        entry = self.socks.pop(fd, None)
+        if entry is not None:
+            self.ep.unregister(fd)
+            entry[0].close()
+
+    async def run(self, nursery: trio.Nursery) -> None:
+        server = self.server
+        try:
+            while True:
+                with trio.move_on_after(0.5):
+                    await trio.lowlevel.wait_readable(self.ep.fileno())
+                for fd, _ev in self.ep.poll(0, _ACCEPT_BATCH):
+                    entry = self.socks.pop(fd, None)
+                    if entry is None:
+                        continue
+                    self.ep.unregister(fd)
+                    sock, rec, _ = entry
+                    server.table.touch(rec)
+                    scope = trio.CancelScope()
+                    rec.cancel = scope.cancel
+                    stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+                    nursery.start_soon(server._run, stream, rec, scope)
+                self._expire()
+                await trio.lowlevel.checkpoint()
+        finally:
+            for sock, _, _ in self.socks.values():
+                sock.close()
+            self.socks.clear()
+            self.ep.close()
+
+    def _expire(self) -> None:
+        """Close connections that stayed silent for ``idle_timeout`` (oldest first)."""
+        deadline = trio.current_time() - self.server.limits.idle_timeout
+        while self.socks:
+            fd, (_sock, rec, since) = next(iter(self.socks.items()))
+            if since > deadline:
+                break
+            self.drop(fd)
+            self.server.table.release(rec)
+            self.server.stats.timeouts += 1
+        self.server.stats.open = len(self.server.table)
+
+
 class _Server:
     def __init__(self, app: HttpApp, tls: ssl.SSLContext | None,
                  log: Callable[[str], None]) -> None:  # fmt: skip
@@ -323,6 +391,7 @@ class _Server:
         self.table = ConnectionTable(connection_cap(lim, self.fd_soft),
                                      lim.max_connections_per_client)  # fmt: skip
         self.stats = ServerStats(cap=self.table.total)
+        self.waiting = _Waiting(self)
         self._refusing = 0
         self._last_accept_log = 0.0
 
@@ -417,8 +486,9 @@ class _Server:
         self.stats.evicted = self.table.evictions
         self.stats.open = len(self.table)
         if isinstance(conn, socket.socket):
-            conn = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
-        nursery.start_soon(self._run, conn, rec, scope)
+            self.waiting.add(conn, rec)  # a task once it sends something
+        else:
+            nursery.start_soon(self._run, conn, rec, scope)
 
     def _refuse(self, conn: socket.socket | trio.SocketStream, why: str,
                 nursery: trio.Nursery) -> None:  # fmt: skip
@@ -510,6 +580,7 @@ async def serve_listeners(
     if stats is not None:
         stats.append(server.stats)
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.waiting.run, nursery)
         for ln in listeners:
             nursery.start_soon(server.accept_loop, ln, nursery)
         task_status.started(listeners)
