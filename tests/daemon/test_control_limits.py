@@ -390,10 +390,13 @@ def test_real_descriptor_exhaustion_sheds_idle_connections_and_serves(tmp_path: 
         legit.bind((LEGIT, 0))
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         gc.collect()  # nothing left over may close a descriptor during the squeeze
-        lowest_free = os.open("/dev/null", os.O_RDONLY)  # the kernel hands out the lowest
-        os.close(lowest_free)
-        try:  # the next descriptor would be the lowest free one: it is now over the limit
-            resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, hard))
+        top = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        fillers = []  # every free number below the top taken: the limit is "top + 1" in use
+        while (fd := os.open("/dev/null", os.O_RDONLY)) <= top:
+            fillers.append(fd)
+        os.close(fd)
+        try:  # no descriptor number left under the limit; an evicted connection frees one
+            resource.setrlimit(resource.RLIMIT_NOFILE, (fd, hard))
             legit.settimeout(10)
             legit.connect(("127.0.0.1", port))
             legit.sendall(b"GET /v1/whoami HTTP/1.1\r\nhost: x\r\nconnection: close\r\n"
@@ -402,6 +405,8 @@ def test_real_descriptor_exhaustion_sheds_idle_connections_and_serves(tmp_path: 
         finally:
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
             legit.close()
+            for fd in fillers:
+                os.close(fd)
         assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
         assert stats.accept_errors >= 1 and stats.evicted >= 1
 
