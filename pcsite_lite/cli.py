@@ -9,6 +9,7 @@ pcsite pki cert --ca DIR --name 198.18.0.1 --out DIR
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -42,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"name": cfg.name, "public_ip": cfg.public_ip,
                               "workers": cfg.workers, "mode": cfg.mode, "fis": cfg.fis_url,
                               "control": f"{cfg.control.host}:{cfg.control.port}",
-                              "psps": [p.name for p in cfg.control.psps]}))  # fmt: skip
+                              "psps": [p.name for p in cfg.control.psps],
+                              "tls": cfg.tls is not None,
+                              "limits": dataclasses.asdict(cfg.limits)}))  # fmt: skip
         else:
             print(f"{args.config}: ok (site {cfg.name}, {cfg.public_ip}, {cfg.workers} workers)")
         return 0

@@ -1,7 +1,9 @@
 """The site's control API (PSP- and ISP-facing): HTTP/1.1 + JSON on trio, OpenAPI-described.
 
 - :mod:`.app`: the pure request -> response function (routes, auth, validation, OpenAPI)
-- :mod:`.server`: trio + h11 adapter
+- :mod:`.limits`: the ``[limits]`` bounds and the pure checks behind them (body shape, token
+  buckets, connection admission)
+- :mod:`.server`: trio + h11 adapter (optional TLS), enforcing the connection-level limits
 - :mod:`.client`: a small synchronous client raising :class:`~.client.ControlError`
 - :mod:`.site_backend`: the site operations behind the routes
 """
