@@ -287,6 +287,16 @@ def _read(path: Path) -> dict[str, Any]:
         return {}
 
 
+def _stop(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM (again, harmless if sent already), then SIGKILL after ``timeout``."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     _pin(1)
     me = [sys.executable, "-m", "benchmarks.api_flood"]
@@ -326,11 +336,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     for fp in flooders:
                         fp.send_signal(signal.SIGTERM)
                     for fp in flooders:
-                        try:
-                            fp.wait(30)
-                        except subprocess.TimeoutExpired:
-                            fp.kill()
-                            fp.wait()
+                        _stop(fp, 30)
                 _wait_for(lambda: _read(stats_path).get("open", 1) == 0, 30)
                 rounds.append({
                     "baseline_p50_ms": _pct(base, 0.5), "baseline_p99_ms": _pct(base, 0.99),
@@ -341,12 +347,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"round {r}: {rounds[-1]}", file=sys.stderr)
             srv = _read(stats_path)
         finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            _stop(server, 10)
 
     def med(key: str) -> float:
         return float(statistics.median(r[key] for r in rounds))
