@@ -1,9 +1,9 @@
 """``pcsite``: run a PacketCloud site, or check its configuration.
 
 pcsite run --config site.toml        # foreground; SIGHUP reloads, SIGTERM stops cleanly
-pcsite check-config --config site.toml
 pcsite pki ca --out DIR              # control API TLS: a CA, then site certificates
 pcsite pki cert --ca DIR --name 198.18.0.1 --out DIR
+pcsite check-config --config site.toml
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="run the site in the foreground")
     run.add_argument("--config", "-c", required=True)
+    sub.add_parser("pki", help="control API certificates (pcsite pki --help)")
     chk = sub.add_parser("check-config", help="validate a configuration file")
     chk.add_argument("--config", "-c", required=True)
     chk.add_argument("--json", action="store_true", help="print the parsed settings as JSON")
-    sub.add_parser("pki", help="control API certificates (pcsite pki --help)")
     args = ap.parse_args(argv)
     try:
         cfg = load(args.config)
