@@ -23,7 +23,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import trio
@@ -327,10 +326,12 @@ class Supervisor:
                 nursery.start_soon(self.recorder.run, cfg.metering.interval, self.log)
 
                 tls = cfg.tls.server_context() if cfg.tls is not None else None
-                port = await nursery.start(
-                    partial(serve, tls=tls, log=self.log), self, cfg.control.host,
-                    cfg.control.port,
-                )  # fmt: skip
+
+                async def serve_api(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                    await serve(self, cfg.control.host, cfg.control.port, tls=tls,
+                                log=self.log, task_status=task_status)  # fmt: skip
+
+                port = await nursery.start(serve_api)
                 scheme = "https" if tls is not None else "http (no [tls] configured: plain)"
                 self.log(f"control API on {cfg.control.host}:{port}, {scheme}")
                 deadline = trio.current_time() + 10
