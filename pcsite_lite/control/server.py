@@ -48,8 +48,10 @@ class HttpApp(Protocol):
 
     If the object also has an ``async settle()`` method, the server awaits it after each
     request and before answering (the daemon waits there until every worker applied the
-    change, so a PSP may send on a circuit as soon as its install call returned). Its
-    ``limits`` are read at every connection, so a reload changes them in place.
+    change, so a PSP may send on a circuit as soon as its install call returned). If it has
+    ``offload(req) -> bool``, requests it names are handled in a worker thread (they must not
+    touch state the event loop uses). Its ``limits`` are read at every connection, so a
+    reload changes them in place.
     """
 
     @property
@@ -62,6 +64,9 @@ class HttpApp(Protocol):
 
 
 _SERVER: Final = b"pcsite-control/1"
+#: offloaded requests (``app.offload(req)`` true) handled at once; the rest wait their turn
+OFFLOAD_THREADS: Final = 2
+_OFFLOAD_LIMITER: Final = trio.CapacityLimiter(OFFLOAD_THREADS)
 #: accept() errors that mean "out of descriptors/memory right now": shed, back off, go on.
 _CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 #: Descriptors kept free for everything but connections (workers, TUN, FIS, logs).
@@ -279,7 +284,13 @@ class _Connection:
             if req is None:
                 return
             table.set_busy(self.rec, True)
-            resp = app.handle(req)
+            offload = getattr(app, "offload", None)
+            if offload is not None and offload(req):
+                # e.g. a service upload whose check may take a while: the event loop (other
+                # requests, the workers' heartbeats) must not wait for it
+                resp = await trio.to_thread.run_sync(app.handle, req, limiter=_OFFLOAD_LIMITER)
+            else:
+                resp = app.handle(req)
             settle = getattr(app, "settle", None)
             if settle is not None:  # e.g. wait until workers applied a state change
                 await settle()

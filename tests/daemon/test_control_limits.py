@@ -501,3 +501,20 @@ def test_tls_section_checks_the_files_at_load(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as e:
             parse({**BASE, "tls": tls}, base_dir=tmp_path)
         assert e.value.key == key_name, tls
+
+
+def test_requests_the_app_offloads_are_answered_from_a_worker_thread(tmp_path: Path) -> None:
+    app = _app(tmp_path)
+    seen: dict[str, int] = {}
+    handle = app.handle
+
+    def spy(req: Request) -> Any:
+        seen[req.target] = threading.get_ident()
+        return handle(req)
+
+    app.handle = spy  # type: ignore[method-assign]
+    app.offload = lambda req: req.target == "/v1/whoami"  # type: ignore[attr-defined]
+    with _served(app) as (port, _):
+        assert _call(port, "GET", "/v1/whoami")[0] == 200
+        assert _call(port, "GET", "/v1/health")[0] == 200
+    assert seen["/v1/whoami"] != seen["/v1/health"]  # the event loop's thread answered health
