@@ -69,6 +69,7 @@ from hmac import compare_digest as _compare
 from typing import Any, Final
 
 __all__ = [
+    "ACCELERATED",
     "CIRCUIT_SHIM",
     "CIRCUIT_SHIM_LEN",
     "DEFAULT_HOP_LIMIT",
@@ -78,6 +79,8 @@ __all__ = [
     "FORM_SERVICE",
     "IPPROTO_PACKETCLOUD",
     "IPV4_HEADER",
+    "PURE",
+    "PURE_REASON",
     "REASONS",
     "SERVICE_SHIM",
     "SERVICE_SHIM_LEN",
@@ -85,11 +88,11 @@ __all__ = [
     "UDP_HEADER",
     "UDP_PORT",
     "VERSION",
-    "ACCELERATED",
     "HopKey",
     "Packet",
     "Route",
     "WireError",
+    "accelerator",
     "build_circuit_packet",
     "build_ipv4",
     "build_service_packet",
@@ -100,6 +103,7 @@ __all__ = [
     "parse",
     "service_check",
     "switch_hop",
+    "use_accelerator",
 ]
 
 # --- constants (docs/protocol.md §1) ------------------------------------------------------
