@@ -928,7 +928,8 @@ def build_circuit_packet(
         _check_range("ident", ident, 0xFFFF)
         return _build_circuit(  # type: ignore[no-any-return]
             src_i, dst_i, label, key, payload, metadata, orig_i, next_proto, hop_limit,
-            ttl, tos, ident, udp, sport, dport, proto,
+            ttl, tos, ident, udp, sport if udp else 0, dport if udp else 0,
+            0 if udp else proto,
         )  # fmt: skip
     shim = bytearray(
         CIRCUIT_SHIM.pack(

@@ -1,0 +1,155 @@
+"""The C accelerator (pcsock._accel) against the pure-Python reference and independent
+implementations: BLAKE2s against hashlib and RFC 7693's own test values, the spec vectors of
+docs/protocol.md §9, and a differential mutation fuzz of 10^5 inputs (benchmarks.codec_fuzz;
+10^6 with ``python -m benchmarks.codec_fuzz``). Every other wire test also runs on both
+implementations (tests/wire/conftest.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from wire_vectors import load, packet
+
+from pcsock import wire
+
+accel = wire._accel
+needs_accel = pytest.mark.skipif(
+    accel is None, reason=f"C accelerator not built: {wire.PURE_REASON}"
+)
+
+
+def test_the_accelerator_is_built_and_in_use() -> None:
+    """./quickstart installs gcc and python3-dev, so pip builds pcsock._accel; the other tests
+    here need it. PACKETCLOUD_PURE=1 (the pure-Python run of the suite) is the one exception."""
+    if os.environ.get("PACKETCLOUD_PURE", "") not in ("", "0"):
+        assert accel is None and wire.PURE_REASON == "PACKETCLOUD_PURE is set"
+        return
+    assert accel is not None, wire.PURE_REASON
+    assert wire.switch_hop is accel.switch_hop or wire.switch_hop is wire.PURE["switch_hop"]
+
+
+# --- BLAKE2s ------------------------------------------------------------------------------
+
+
+def _selftest_seq(n: int, seed: int) -> bytes:
+    """RFC 7693 Appendix E: deterministic input sequence."""
+    a = (0xDEAD4BAD * seed) & 0xFFFFFFFF
+    b = 1
+    out = bytearray()
+    for _ in range(n):
+        t = (a + b) & 0xFFFFFFFF
+        a, b = b, t
+        out.append(t >> 24 & 0xFF)
+    return bytes(out)
+
+
+@needs_accel
+def test_blake2s_matches_rfc7693_appendix_b_and_the_appendix_e_self_test() -> None:
+    assert accel.blake2s(b"abc") == bytes.fromhex(
+        "508c5e8c327c14e2e1a72ba34eeb452f37458b209ed63a294d999b4c86675982"
+    )
+    # Appendix E: hash every (digest length, input length) pair, unkeyed and keyed, into
+    # one BLAKE2s-256 of all the results
+    results = b""
+    for outlen in (16, 20, 28, 32):
+        for inlen in (0, 3, 64, 65, 255, 1024):
+            data = _selftest_seq(inlen, inlen)
+            results += accel.blake2s(data, digest_size=outlen)
+            key = _selftest_seq(outlen, outlen)
+            results += accel.blake2s(data, key=key, digest_size=outlen)
+    assert accel.blake2s(results) == bytes.fromhex(
+        "6a411f08ce25adcdfb02aba641451cec53c598b24f4fc787fbdc88797f4c1dfe"
+    )
+
+
+@needs_accel
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.binary(max_size=200),
+    key=st.binary(max_size=32),
+    digest_size=st.integers(1, 32),
+)
+def test_blake2s_equals_hashlib(data: bytes, key: bytes, digest_size: int) -> None:
+    want = hashlib.blake2s(data, key=key, digest_size=digest_size).digest()
+    assert accel.blake2s(data, key=key, digest_size=digest_size) == want
+    if key:
+        k = accel.Key(key, digest_size)
+        assert k.mac(data) == want
+        assert k.mac(data) == want  # again, through the memo for 16-byte inputs
+
+
+@needs_accel
+def test_a_memoised_key_never_answers_for_another_message() -> None:
+    k = accel.Key(b"m" * 16, 4)
+    msgs = [bytes([i]) * 16 for i in range(3)]
+    for m in msgs * 3:
+        assert k.mac(m) == hashlib.blake2s(m, key=b"m" * 16, digest_size=4).digest()
+    # a packet with a valid check is memoised; the same shim with a forged check still fails
+    raw = wire.build_circuit_packet(src="198.18.0.1", dst="198.18.1.1", label=7, key=b"m" * 16)
+    routes = {7: (wire.HopKey(b"m" * 16), 8, 9, wire.HopKey(b"n" * 16))}
+    assert accel.switch_hop(bytes(raw), routes.get) is not None
+    forged = bytearray(raw)
+    forged[35] ^= 1
+    with pytest.raises(wire.WireError) as exc:
+        accel.switch_hop(bytes(forged), routes.get)
+    assert exc.value.reason == "bad_mac"
+
+
+# --- spec vectors ---------------------------------------------------------------------------
+
+
+@needs_accel
+@pytest.mark.parametrize("v", load("hop"), ids=lambda v: v["name"])
+def test_c_hop_gives_the_spec_hop_vectors(v: dict[str, str]) -> None:
+    [src] = [s for s in load("vector") if s["name"] == v["from"]]
+    route = (
+        wire.HopKey(bytes.fromhex(v["in_key"])),
+        int(v["out_label"], 16),
+        wire.ip2int(v["out_dst"]),
+        wire.HopKey(bytes.fromhex(v["out_key"])),
+    )
+    raw = packet(src)
+    routes = {wire.parse(raw).label: route}
+    out = accel.switch_hop(raw, routes.get, wire.ip2int(v["out_src"]))
+    assert bytes(out) == packet(v)
+    assert bytes(wire.PURE["switch_hop"](raw, routes.get, wire.ip2int(v["out_src"]))) == bytes(out)
+
+
+@needs_accel
+@pytest.mark.parametrize("v", load("reject"), ids=lambda v: v["name"])
+def test_c_hop_rejects_the_spec_rejects_with_their_reason(v: dict[str, str]) -> None:
+    raw = packet(v)
+    key = wire.HopKey(bytes.fromhex(v.get("key", "00" * 16)))
+    try:
+        pkt = wire.PURE["_frame"](raw, True, 253, 6253)
+    except wire.WireError as exc:
+        with pytest.raises(wire.WireError) as got:
+            accel.switch_hop(raw, {}.get)
+        assert got.value.reason == exc.reason == v["expect"]
+        return
+    label = int.from_bytes(raw[24:28], "big")
+    routes = {label: (key, 1, 1, key)}
+    if v["expect"] == "bad_check":  # form 2: the codec leaves it to verify_check
+        assert pkt[2] == 0x12 and accel.switch_hop(raw, routes.get) is None
+        return
+    with pytest.raises(wire.WireError) as got:
+        accel.switch_hop(raw, routes.get)
+    assert got.value.reason == v["expect"]
+
+
+# --- mutation fuzz --------------------------------------------------------------------------
+
+
+@needs_accel
+def test_mutation_fuzz_of_100k_inputs_finds_no_difference() -> None:
+    from benchmarks.codec_fuzz import run
+
+    figures = run(100_000, seed=14)
+    assert figures["accel_fuzz_mismatches"] == 0, figures["accel_fuzz_first_mismatches"]
+    # the fuzz reached every verdict the receive checks and the hop can give
+    reached = set(figures["accel_fuzz_outcomes"])
+    assert (wire.REASONS - {"bad_check"}) | {"ok", "none", "build_ok"} <= reached
