@@ -1,6 +1,3 @@
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE /* sendmmsg(2) */
-#endif
 /* pcsock/_accel.c: the PacketCloud codec accelerator (pcsock._accel).
  *
  * Part 1 (plain C, see _accel.h): keyed BLAKE2s written from RFC 7693, the receive checks of
@@ -9,6 +6,9 @@
  * defined by the pure-Python reference (pcsock/wire.py): the same output bytes, the same
  * WireError reasons, checked in the same order.
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* sendmmsg(2) */
+#endif
 #include "_accel.h"
 
 #include <string.h>
@@ -381,16 +381,6 @@ int pc_hop(uint8_t *b, const pc_frame_t *f, pc_b2s_key *in_key, uint32_t out_lab
     return PC_OK;
 }
 
-/* RFC 1071 checksum of an even-length header. */
-static uint16_t ip_header_checksum(const uint8_t *p, size_t n) {
-    uint64_t s = 0;
-    size_t i;
-    for (i = 0; i + 1 < n; i += 2) s += load_be16(p + i);
-    if (n & 1) s += (uint32_t)p[n - 1] << 8;
-    while (s >> 16) s = (s & 0xFFFF) + (s >> 16);
-    return (uint16_t)(~s & 0xFFFF);
-}
-
 /* ======================================================================================== */
 /* Part 2: the CPython module pcsock._accel                                                 */
 /* ======================================================================================== */
@@ -411,6 +401,16 @@ static PyObject *s_ck = NULL;          /* "_ck": a HopKey's Key object */
 static PyObject *s_in_key = NULL;
 static PyObject *S_reason[PC_NREASONS];
 static int g_use_memo = 1;
+
+/* RFC 1071 checksum of an even-length header. */
+static uint16_t ip_header_checksum(const uint8_t *p, size_t n) {
+    uint64_t s = 0;
+    size_t i;
+    for (i = 0; i + 1 < n; i += 2) s += load_be16(p + i);
+    if (n & 1) s += (uint32_t)p[n - 1] << 8;
+    while (s >> 16) s = (s & 0xFFFF) + (s >> 16);
+    return (uint16_t)(~s & 0xFFFF);
+}
 
 /* Raise pcsock.wire.WireError(reason, detail). Returns NULL. */
 static PyObject *wire_error(int reason, const char *detail) {
@@ -608,12 +608,12 @@ typedef struct {
     size_t n;
 } input_t;
 
+/* The bytes of `data`. A bytearray (or any other exporter) is held through a buffer export:
+ * Python code that runs meanwhile (the circuit table's callback, a hop key's attribute) cannot
+ * resize it under us. */
 static int input_get(PyObject *data, input_t *in) {
     in->have_view = 0;
-    if (PyByteArray_CheckExact(data)) {
-        in->p = (const uint8_t *)PyByteArray_AS_STRING(data);
-        in->n = (size_t)PyByteArray_GET_SIZE(data);
-    } else if (PyBytes_CheckExact(data)) {
+    if (PyBytes_CheckExact(data)) {
         in->p = (const uint8_t *)PyBytes_AS_STRING(data);
         in->n = (size_t)PyBytes_GET_SIZE(data);
     } else {
@@ -777,6 +777,7 @@ static PyObject *py_switch_packet(PyObject *mod, PyObject *const *args, Py_ssize
     pc_frame_t f;
     pc_hop_plan_t plan;
     PyObject *buf;
+    Py_buffer view;
     (void)mod;
     if (nargs != 8) {
         PyErr_SetString(PyExc_TypeError, "switch_packet() takes 8 arguments");
@@ -796,10 +797,13 @@ static PyObject *py_switch_packet(PyObject *mod, PyObject *const *args, Py_ssize
         PyErr_SetString(PyExc_ValueError, "switch_packet(): not a framed form-1 packet");
         return NULL;
     }
-    if (hop_values((const uint8_t *)PyByteArray_AS_STRING(buf), &f, args[3], args[4], args[5],
-                   args[6], args[7], &plan) < 0)
+    if (PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE) < 0) return NULL;
+    if (hop_values(view.buf, &f, args[3], args[4], args[5], args[6], args[7], &plan) < 0) {
+        PyBuffer_Release(&view);
         return NULL;
-    pc_hop_apply((uint8_t *)PyByteArray_AS_STRING(buf), &f, &plan);
+    }
+    pc_hop_apply(view.buf, &f, &plan);
+    PyBuffer_Release(&view);
     Py_RETURN_NONE;
 }
 
@@ -816,7 +820,8 @@ static PyObject *py_form1_in(PyObject *mod, PyObject *const *args, Py_ssize_t na
     const uint8_t *p;
     size_t n;
     unsigned long site_addr;
-    int verify, o, mac_ok = 0;
+    uint8_t msg[16], check[4];
+    int verify, o, hops, mac_ok = 0;
     (void)mod;
     if (nargs != 4) {
         PyErr_SetString(PyExc_TypeError, "form1_in() takes 4 arguments");
@@ -854,6 +859,11 @@ static PyObject *py_form1_in(PyObject *mod, PyObject *const *args, Py_ssize_t na
         for (i = 0; i < 20; i += 2) s += load_be16(p + i);
         if (s % 0xFFFF) Py_RETURN_NONE;
     }
+    /* the MAC input and check, copied before any Python code runs (it could change `data`) */
+    memcpy(msg, p + o, 12);
+    memcpy(msg + 12, p + 16, 4);
+    memcpy(check, p + o + 12, 4);
+    hops = p[o + 2];
     label = PyLong_FromUnsignedLong(load_be32(p + o + 4));
     if (label == NULL) return NULL;
     circuit = PyObject_CallOneArg(args[3], label);
@@ -861,7 +871,7 @@ static PyObject *py_form1_in(PyObject *mod, PyObject *const *args, Py_ssize_t na
     if (circuit == NULL) return NULL;
     if (circuit != Py_None) {
         KeyObject *k;
-        uint8_t msg[16], tag[32];
+        uint8_t tag[32];
         in_key = PyObject_GetAttr(circuit, s_in_key);
         if (in_key == NULL) {
             Py_DECREF(circuit);
@@ -873,11 +883,9 @@ static PyObject *py_form1_in(PyObject *mod, PyObject *const *args, Py_ssize_t na
             Py_DECREF(circuit);
             return NULL;
         }
-        memcpy(msg, p + o, 12);
-        memcpy(msg + 12, p + 16, 4);
         pc_b2s_mac16(&k->k, msg, tag, g_use_memo);
         Py_DECREF(k);
-        mac_ok = ct_equal(tag, p + o + 12, 4);
+        mac_ok = ct_equal(tag, check, 4);
     }
     res = PyTuple_New(4);
     if (res == NULL) {
@@ -886,7 +894,7 @@ static PyObject *py_form1_in(PyObject *mod, PyObject *const *args, Py_ssize_t na
     }
     PyTuple_SET_ITEM(res, 0, circuit);
     PyTuple_SET_ITEM(res, 1, PyLong_FromLong(o));
-    PyTuple_SET_ITEM(res, 2, PyLong_FromLong(p[o + 2]));
+    PyTuple_SET_ITEM(res, 2, PyLong_FromLong(hops));
     PyTuple_SET_ITEM(res, 3, PyBool_FromLong(mac_ok));
     return res;
 }
@@ -899,6 +907,7 @@ static PyObject *py_form1_in(PyObject *mod, PyObject *const *args, Py_ssize_t na
  * Values were range-checked when the circuit was installed. */
 static PyObject *py_form1_out(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     PyObject *buf;
+    KeyObject *kout = NULL;
     uint8_t *b, *s;
     Py_ssize_t n;
     long o, hops;
@@ -926,6 +935,16 @@ static PyObject *py_form1_out(PyObject *mod, PyObject *const *args, Py_ssize_t n
         PyErr_SetString(PyExc_ValueError, "form1_out(): bad arguments");
         return NULL;
     }
+    if (args[5] != Py_None) { /* before anything is written (Python code may run) */
+        kout = hopkey_ck(args[5]);
+        if (kout == NULL) return NULL;
+    }
+    n = PyByteArray_GET_SIZE(buf);
+    if (n < o + 16) {
+        Py_XDECREF(kout);
+        PyErr_SetString(PyExc_ValueError, "form1_out(): bad arguments");
+        return NULL;
+    }
     b = (uint8_t *)PyByteArray_AS_STRING(buf);
     s = b + o;
     old_src = load_be32(b + 12);
@@ -936,16 +955,14 @@ static PyObject *py_form1_out(PyObject *mod, PyObject *const *args, Py_ssize_t n
     store_be32(b + 16, (uint32_t)addr);
     s[2] = (uint8_t)hops;
     store_be32(s + 4, (uint32_t)label);
-    if (args[5] == Py_None) {
+    if (kout == NULL) {
         memset(s + 12, 0, 4);
     } else {
-        KeyObject *k = hopkey_ck(args[5]);
         uint8_t msg[16], tag[32];
-        if (k == NULL) return NULL;
         memcpy(msg, s, 12);
         memcpy(msg + 12, b + 16, 4);
-        pc_b2s_mac16(&k->k, msg, tag, g_use_memo);
-        Py_DECREF(k);
+        pc_b2s_mac16(&kout->k, msg, tag, g_use_memo);
+        Py_DECREF(kout);
         memcpy(s + 12, tag, 4);
     }
     if (o == 28) b[26] = b[27] = 0;

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -153,3 +156,76 @@ def test_mutation_fuzz_of_100k_inputs_finds_no_difference() -> None:
     # the fuzz reached every verdict the receive checks and the hop can give
     reached = set(figures["accel_fuzz_outcomes"])
     assert (wire.REASONS - {"bad_check"}) | {"ok", "none", "build_ok"} <= reached
+
+
+# --- safety and the plain-C interface -------------------------------------------------------
+
+
+@needs_accel
+def test_a_circuit_table_that_resizes_the_packet_cannot_corrupt_memory() -> None:
+    """The C hop holds the caller's bytearray while it calls the circuit table back; a
+    callback that tries to resize it gets Python's BufferError, not a dangling pointer."""
+    raw = wire.build_circuit_packet(src="198.18.0.1", dst="198.18.1.1", label=7, key=bytes(16))
+    data = bytearray(raw)
+
+    def hostile(label: int) -> wire.Route:
+        data.clear()
+        return (wire.HopKey(bytes(16)), 8, 9, wire.HopKey(bytes(16)))
+
+    with pytest.raises(BufferError):
+        accel.switch_hop(data, hostile)
+    assert data == raw
+
+
+C_MAIN = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "_accel.h"
+static int unhex(const char *s, unsigned char *out) {
+    int n = 0;
+    unsigned v;
+    while (*s && sscanf(s, "%2x", &v) == 1) { out[n++] = (unsigned char)v; s += 2; }
+    return n;
+}
+int main(int argc, char **argv) {
+    unsigned char pkt[2048], kin[32], kout[32];
+    int n = unhex(argv[1], pkt), lin = unhex(argv[2], kin), lout = unhex(argv[3], kout), i;
+    unsigned src = 0xC6120101u;  /* 198.18.1.1 */
+    pc_b2s_key in_key, out_key;
+    pc_frame_t f;
+    int r = pc_frame(pkt, (size_t)n, 1, 253, 6253, &f, NULL, 0);
+    if (r != PC_OK) { printf("%s\n", pc_reason_name(r)); return 0; }
+    pc_b2s_prekey(&in_key, kin, (size_t)lin, 4);
+    pc_b2s_prekey(&out_key, kout, (size_t)lout, 4);
+    r = pc_hop(pkt, &f, &in_key, (unsigned)strtoul(argv[4], NULL, 16),
+               (unsigned)strtoul(argv[5], NULL, 16), &out_key, &src, 0);
+    if (r != PC_OK) { printf("%s\n", pc_reason_name(r)); return 0; }
+    for (i = 0; i < (int)f.len; i++) printf("%02x", pkt[i]);
+    printf("\n");
+    return 0;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc (./quickstart installs it)")
+def test_the_plain_c_interface_builds_without_python_and_gives_the_hop_vector(tmp_path) -> None:
+    """pcsock/_accel.c compiled with -DPC_ACCEL_NO_PYTHON (what a C worker loop links): the
+    V1 -> V5 hop of docs/protocol.md §9 and the R1 rejection, from C alone."""
+    src = Path(wire.__file__).parent
+    (tmp_path / "main.c").write_text(C_MAIN)
+    exe = tmp_path / "hop"
+    subprocess.run(
+        ["gcc", "-O2", "-std=gnu11", "-Wall", "-Werror", "-DPC_ACCEL_NO_PYTHON", f"-I{src}",
+         str(tmp_path / "main.c"), str(src / "_accel.c"), "-o", str(exe)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    [v5] = [v for v in load("hop") if v["name"] == "V5"]
+    [v1] = [v for v in load("vector") if v["name"] == "V1"]
+    [r1] = [v for v in load("reject") if v["name"] == "R1"]
+    # the hop vector's destination is 198.18.2.1
+    args = [v5["in_key"], v5["out_key"], v5["out_label"][2:], "c6120201"]
+    out = subprocess.run([exe, packet(v1).hex(), *args], capture_output=True, text=True)
+    assert out.stdout.strip() == packet(v5).hex()
+    out = subprocess.run([exe, packet(r1).hex(), *args], capture_output=True, text=True)
+    assert out.stdout.strip() == "bad_mac"
