@@ -599,6 +599,21 @@ static int opt_long(PyObject *o, long dflt, long *out) {
 
 static int opt_bool(PyObject *o, int dflt) { return o == NULL ? dflt : PyObject_IsTrue(o); }
 
+/* The positional-only helpers' argument check: exactly `want` arguments, the first a
+ * bytearray if `bytearray_first`. 0, or -1 with TypeError set. */
+static int check_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
+                      Py_ssize_t want, int bytearray_first) {
+    if (nargs != want) {
+        PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments", fname, want);
+        return -1;
+    }
+    if (bytearray_first && !PyByteArray_CheckExact(args[0])) {
+        PyErr_Format(PyExc_TypeError, "%s() needs a bytearray", fname);
+        return -1;
+    }
+    return 0;
+}
+
 /* ---- input bytes ------------------------------------------------------------------------ */
 
 typedef struct {
@@ -639,6 +654,26 @@ static PyObject *private_buf(PyObject *data, const input_t *in, size_t len) {
     return PyByteArray_FromStringAndSize((const char *)in->p, (Py_ssize_t)len);
 }
 
+/* The receive checks on `data` with the optional arguments verify_ip_checksum (default
+ * true), proto (253) and udp_port (6253): 0 with `in` held (release it), or -1 with the
+ * exception (WireError for the packet's reason) set and nothing held. */
+static int frame_input(PyObject *data, PyObject *verify_o, PyObject *proto_o, PyObject *port_o,
+                       input_t *in, pc_frame_t *f) {
+    char detail[96];
+    long proto, udp_port;
+    int verify, r;
+    if ((verify = opt_bool(verify_o, 1)) < 0) return -1;
+    if (opt_long(proto_o, 253, &proto) < 0 || opt_long(port_o, 6253, &udp_port) < 0) return -1;
+    if (input_get(data, in) < 0) return -1;
+    r = pc_frame(in->p, in->n, verify, proto, udp_port, f, detail, sizeof detail);
+    if (r != PC_OK) {
+        input_release(in);
+        wire_error(r, detail);
+        return -1;
+    }
+    return 0;
+}
+
 /* ---- frame(data, verify_ip_checksum, proto, udp_port) ----------------------------------- */
 
 static PyObject *py_frame(PyObject *mod, PyObject *const *args, Py_ssize_t nargs,
@@ -647,19 +682,9 @@ static PyObject *py_frame(PyObject *mod, PyObject *const *args, Py_ssize_t nargs
     PyObject *a[4], *buf;
     input_t in;
     pc_frame_t f;
-    char detail[96];
-    long proto, udp_port;
-    int verify, r;
     (void)mod;
     if (parse_args("frame", args, nargs, kwnames, names, 4, 1, a) < 0) return NULL;
-    if ((verify = opt_bool(a[1], 1)) < 0) return NULL;
-    if (opt_long(a[2], 253, &proto) < 0 || opt_long(a[3], 6253, &udp_port) < 0) return NULL;
-    if (input_get(a[0], &in) < 0) return NULL;
-    r = pc_frame(in.p, in.n, verify, proto, udp_port, &f, detail, sizeof detail);
-    if (r != PC_OK) {
-        input_release(&in);
-        return wire_error(r, detail);
-    }
+    if (frame_input(a[0], a[1], a[2], a[3], &in, &f) < 0) return NULL;
     buf = private_buf(a[0], &in, f.len);
     input_release(&in);
     if (buf == NULL) return NULL;
@@ -719,19 +744,9 @@ static PyObject *py_switch_hop(PyObject *mod, PyObject *const *args, Py_ssize_t 
     input_t in;
     pc_frame_t f;
     pc_hop_plan_t plan;
-    char detail[96];
-    long proto, udp_port;
-    int verify, r;
     (void)mod;
     if (parse_args("switch_hop", args, nargs, kwnames, names, 6, 2, a) < 0) return NULL;
-    if ((verify = opt_bool(a[3], 1)) < 0) return NULL;
-    if (opt_long(a[4], 253, &proto) < 0 || opt_long(a[5], 6253, &udp_port) < 0) return NULL;
-    if (input_get(a[0], &in) < 0) return NULL;
-    r = pc_frame(in.p, in.n, verify, proto, udp_port, &f, detail, sizeof detail);
-    if (r != PC_OK) {
-        input_release(&in);
-        return wire_error(r, detail);
-    }
+    if (frame_input(a[0], a[3], a[4], a[5], &in, &f) < 0) return NULL;
     if (f.vf != VF_CIRCUIT) {
         input_release(&in);
         Py_RETURN_NONE;
@@ -779,15 +794,8 @@ static PyObject *py_switch_packet(PyObject *mod, PyObject *const *args, Py_ssize
     PyObject *buf;
     Py_buffer view;
     (void)mod;
-    if (nargs != 8) {
-        PyErr_SetString(PyExc_TypeError, "switch_packet() takes 8 arguments");
-        return NULL;
-    }
+    if (check_args("switch_packet", args, nargs, 8, 1) < 0) return NULL;
     buf = args[0];
-    if (!PyByteArray_CheckExact(buf)) {
-        PyErr_SetString(PyExc_TypeError, "switch_packet() needs a bytearray");
-        return NULL;
-    }
     f.len = (size_t)PyByteArray_GET_SIZE(buf);
     f.ihl = (int)PyLong_AsLong(args[1]);
     f.off = (int)PyLong_AsLong(args[2]);
@@ -823,10 +831,7 @@ static PyObject *py_form1_in(PyObject *mod, PyObject *const *args, Py_ssize_t na
     uint8_t msg[16], check[4];
     int verify, o, hops, mac_ok = 0;
     (void)mod;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "form1_in() takes 4 arguments");
-        return NULL;
-    }
+    if (check_args("form1_in", args, nargs, 4, 0) < 0) return NULL;
     data = args[0];
     if (PyBytes_CheckExact(data)) {
         p = (const uint8_t *)PyBytes_AS_STRING(data);
@@ -915,15 +920,8 @@ static PyObject *py_form1_out(PyObject *mod, PyObject *const *args, Py_ssize_t n
     uint32_t old_src;
     int64_t v;
     (void)mod;
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "form1_out() takes 6 arguments");
-        return NULL;
-    }
+    if (check_args("form1_out", args, nargs, 6, 1) < 0) return NULL;
     buf = args[0];
-    if (!PyByteArray_CheckExact(buf)) {
-        PyErr_SetString(PyExc_TypeError, "form1_out() needs a bytearray");
-        return NULL;
-    }
     o = PyLong_AsLong(args[1]);
     hops = PyLong_AsLong(args[2]);
     label = PyLong_AsUnsignedLong(args[3]);
@@ -984,10 +982,7 @@ static PyObject *py_build_circuit(PyObject *mod, PyObject *const *args, Py_ssize
     PyObject *out;
     uint8_t *b, *s;
     (void)mod;
-    if (nargs != 16) {
-        PyErr_SetString(PyExc_TypeError, "build_circuit() takes 16 arguments");
-        return NULL;
-    }
+    if (check_args("build_circuit", args, nargs, 16, 0) < 0) return NULL;
     for (i = 0; i < 16; i++) {
         if (i == 3 || i == 4 || i == 12) continue;
         v[i] = PyLong_AsUnsignedLong(args[i]);
