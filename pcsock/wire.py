@@ -206,7 +206,7 @@ def _load_accel() -> tuple[object | None, str]:
     if os.environ.get("PACKETCLOUD_PURE", "") not in ("", "0"):
         return None, "PACKETCLOUD_PURE is set"
     try:
-        from pcsock import _accel as mod
+        import pcsock._accel as mod
     except ImportError as exc:
         return None, f"pcsock._accel could not be imported ({exc})"
     mod._setup(WireError)

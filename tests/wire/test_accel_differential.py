@@ -10,6 +10,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -229,3 +230,35 @@ def test_the_plain_c_interface_builds_without_python_and_gives_the_hop_vector(tm
     assert out.stdout.strip() == packet(v5).hex()
     out = subprocess.run([exe, packet(r1).hex(), *args], capture_output=True, text=True)
     assert out.stdout.strip() == "bad_mac"
+
+
+_PROBE = (
+    "import logging, sys\n"
+    "logging.basicConfig(stream=sys.stdout, format='%(levelname)s %(message)s')\n"
+    "if 'block' in sys.argv: sys.modules['pcsock._accel'] = None  # as if it was not built\n"
+    "from pcsock import wire\n"
+    "import pcsite_lite.pipeline, pcsock.socket\n"
+    "print('ACCELERATED', wire.ACCELERATED, wire.switch_hop is wire.PURE['switch_hop'])\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("env", "arg", "warns"),
+    [({"PACKETCLOUD_PURE": "1"}, "", False), ({"PACKETCLOUD_PURE": ""}, "block", True)],
+)
+def test_without_the_accelerator_everything_runs_pure_and_says_so_once(
+    env: dict[str, str], arg: str, warns: bool
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, arg],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=60,
+        check=True,
+    )
+    assert "ACCELERATED False True" in proc.stdout
+    lines = [line for line in proc.stdout.splitlines() if "pure-Python codec" in line]
+    assert len(lines) == (1 if warns else 0), proc.stdout
+    if warns:
+        assert lines[0].startswith("WARNING") and "pcsock._accel" in lines[0]
