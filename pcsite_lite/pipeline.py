@@ -207,7 +207,7 @@ class Pipeline:
 
     def _fast(
         self,
-        data: bytes | bytearray,
+        data: bytes | bytearray | memoryview,
         now: float,
         circuit: Circuit | None,
         o: int,

@@ -195,9 +195,7 @@ def test_accelerated_and_pure_pipelines_give_the_same_verdicts_drops_and_meterin
                 bad[i] ^= 1 << (i % 8)
                 packets.append((f"{name}^{i}", bytes(bad), now))
         verdicts = [(name, pipe.process(data, now)) for name, data, now in packets]
-        verdicts += [
-            (name, pipe.process(bytearray(data), now)) for name, data, now in packets[:40]
-        ]
+        verdicts += [(name, pipe.process(bytearray(data), now)) for name, data, now in packets[:40]]
         counters = {s.name: s.ctx.counters.as_dict() for s in site.runtime.slots()}
         status = {s.name: (s.status, s.failures) for s in site.runtime.slots()}
         results.append((verdicts, counters, dict(site.drops), status))
