@@ -1114,15 +1114,22 @@ static int sender_prefix(SenderObject *self, uint8_t *out, size_t payload_len) {
     return 0;
 }
 
-/* Wait until the socket can take a datagram (a socket with a timeout is non-blocking). */
+/* After EAGAIN (a socket with a timeout is non-blocking): wait until the socket can take a
+ * datagram. 0 to try again, -1 with an exception set (a signal handler raised, or poll
+ * failed). */
 static int wait_writable(int fd) {
     struct pollfd pfd;
     int r;
     pfd.fd = fd;
     pfd.events = POLLOUT;
     pfd.revents = 0;
-    Py_BEGIN_ALLOW_THREADS r = poll(&pfd, 1, -1);
-    Py_END_ALLOW_THREADS return r;
+    Py_BEGIN_ALLOW_THREADS
+    r = poll(&pfd, 1, -1);
+    Py_END_ALLOW_THREADS
+    if (r >= 0) return 0;
+    if (errno == EINTR) return PyErr_CheckSignals();
+    PyErr_SetFromErrno(PyExc_OSError);
+    return -1;
 }
 
 static PyObject *Sender_send(SenderObject *self, PyObject *payload) {
@@ -1146,14 +1153,17 @@ static PyObject *Sender_send(SenderObject *self, PyObject *payload) {
     msg.msg_iov = iov;
     msg.msg_iovlen = 2;
     for (;;) {
-        Py_BEGIN_ALLOW_THREADS r = sendmsg(self->fd, &msg, 0);
-        Py_END_ALLOW_THREADS if (r >= 0) break;
+        Py_BEGIN_ALLOW_THREADS
+        r = sendmsg(self->fd, &msg, 0);
+        Py_END_ALLOW_THREADS
+        if (r >= 0) break;
         if (errno == EINTR) {
             if (PyErr_CheckSignals() < 0) goto fail;
             continue;
         }
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            if (wait_writable(self->fd) >= 0 || errno == EINTR) continue;
+            if (wait_writable(self->fd) < 0) goto fail;
+            continue;
         }
         PyErr_SetFromErrno(PyExc_OSError);
         goto fail;
@@ -1202,8 +1212,10 @@ static PyObject *Sender_send_many(SenderObject *self, PyObject *payloads) {
             msgs[i].msg_hdr.msg_iovlen = 2;
         }
         while (sent < batch) {
-            Py_BEGIN_ALLOW_THREADS r = sendmmsg(self->fd, msgs + sent, (unsigned)(batch - sent), 0);
-            Py_END_ALLOW_THREADS if (r > 0) {
+            Py_BEGIN_ALLOW_THREADS
+            r = sendmmsg(self->fd, msgs + sent, (unsigned)(batch - sent), 0);
+            Py_END_ALLOW_THREADS
+            if (r > 0) {
                 sent += r;
                 continue;
             }
@@ -1212,8 +1224,10 @@ static PyObject *Sender_send_many(SenderObject *self, PyObject *payloads) {
                 continue;
             }
             if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-                if (wait_writable(self->fd) >= 0 || errno == EINTR) continue;
+                if (wait_writable(self->fd) < 0) goto fail_sent;
+                continue;
             }
+            if (r == 0) errno = EIO; /* cannot happen for a non-empty batch */
             PyErr_SetFromErrno(PyExc_OSError);
             goto fail_sent;
         }
