@@ -72,11 +72,15 @@ static inline void store_be16(uint8_t *p, uint16_t v) {
         v[b] = rotr32(v[b] ^ v[c], 7);     \
     } while (0)
 
-/* RFC 7693 §3.2, the compression function F: h, one 64-byte block, byte counter t, final. */
-static void b2s_compress(uint32_t h[8], const uint8_t block[64], uint64_t t, int last) {
-    uint32_t v[16], m[16];
+/* RFC 7693 §3.2, the compression function F on message words m: h, byte counter t, final.
+ * Always inlined with its rounds unrolled, so that a caller whose message words are mostly
+ * known zeros (a form-1 MAC input is 16 bytes of a 64-byte block) gets those additions
+ * folded away by the compiler. */
+static inline __attribute__((always_inline)) void b2s_compress_words(uint32_t h[8],
+                                                                     const uint32_t m[16],
+                                                                     uint64_t t, int last) {
+    uint32_t v[16];
     int i;
-    for (i = 0; i < 16; i++) m[i] = load_le32(block + 4 * i);
     for (i = 0; i < 8; i++) {
         v[i] = h[i];
         v[i + 8] = B2S_IV[i];
@@ -84,6 +88,7 @@ static void b2s_compress(uint32_t h[8], const uint8_t block[64], uint64_t t, int
     v[12] ^= (uint32_t)t;
     v[13] ^= (uint32_t)(t >> 32);
     if (last) v[14] = ~v[14];
+#pragma GCC unroll 10
     for (i = 0; i < 10; i++) {
         const uint8_t *s = B2S_SIGMA[i];
         B2S_G(0, 4, 8, 12, m[s[0]], m[s[1]]);
@@ -96,6 +101,14 @@ static void b2s_compress(uint32_t h[8], const uint8_t block[64], uint64_t t, int
         B2S_G(3, 4, 9, 14, m[s[14]], m[s[15]]);
     }
     for (i = 0; i < 8; i++) h[i] ^= v[i] ^ v[i + 8];
+}
+
+/* F on one 64-byte block. */
+static void b2s_compress(uint32_t h[8], const uint8_t block[64], uint64_t t, int last) {
+    uint32_t m[16];
+    int i;
+    for (i = 0; i < 16; i++) m[i] = load_le32(block + 4 * i);
+    b2s_compress_words(h, m, t, last);
 }
 
 /* RFC 7693 §3.3: parameter block (digest length, key length, fanout 1, depth 1) into h. */
@@ -165,15 +178,17 @@ void pc_b2s_mac(const pc_b2s_key *k, const uint8_t *in, size_t inlen, uint8_t *o
 
 void pc_b2s_mac16(pc_b2s_key *k, const uint8_t msg[16], uint8_t *out, int use_memo) {
     uint32_t h[8];
-    uint8_t block[64];
     if (use_memo && k->memo_ok && memcmp(k->memo_in, msg, 16) == 0) {
         memcpy(out, k->memo_out, k->outlen);
         return;
     }
-    memcpy(h, k->h, sizeof h);
-    memset(block, 0, sizeof block);
-    memcpy(block, msg, 16);
-    b2s_compress(h, block, 64 + 16, 1);
+    {
+        /* the final block: the 16 message bytes, then zeros (specialised by inlining) */
+        const uint32_t m[16] = {load_le32(msg), load_le32(msg + 4), load_le32(msg + 8),
+                                load_le32(msg + 12)};
+        memcpy(h, k->h, sizeof h);
+        b2s_compress_words(h, m, 64 + 16, 1);
+    }
     b2s_output(h, out, k->outlen);
     if (use_memo) {
         memcpy(k->memo_in, msg, 16);
