@@ -403,6 +403,7 @@ int pc_hop(uint8_t *b, const pc_frame_t *f, pc_b2s_key *in_key, uint32_t out_lab
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -507,9 +508,24 @@ static PyTypeObject KeyType = {
     .tp_repr = (reprfunc)Key_repr,
 };
 
-/* The Key of a HopKey (its _ck attribute); new reference, or NULL with an exception. */
+/* pcsock.wire.HopKey and where its `_ck` slot lives in an instance (_register_hopkey). */
+static PyTypeObject *HopKeyType = NULL;
+static Py_ssize_t hopkey_ck_offset = -1;
+
+/* The Key of a HopKey (its _ck attribute); new reference, or NULL with an exception. An
+ * exact HopKey's slot is read directly, anything else through getattr. */
 static KeyObject *hopkey_ck(PyObject *hopkey) {
-    PyObject *ck = PyObject_GetAttr(hopkey, s_ck);
+    PyObject *ck;
+    if (Py_IS_TYPE(hopkey, HopKeyType) && hopkey_ck_offset > 0) {
+        ck = *(PyObject **)((char *)hopkey + hopkey_ck_offset);
+        if (ck == NULL) {
+            PyErr_SetString(PyExc_AttributeError, "_ck");
+            return NULL;
+        }
+        Py_INCREF(ck);
+    } else {
+        ck = PyObject_GetAttr(hopkey, s_ck);
+    }
     if (ck == NULL) return NULL;
     if (!PyObject_TypeCheck(ck, &KeyType)) {
         Py_DECREF(ck);
@@ -1310,6 +1326,26 @@ static PyObject *py_setup(PyObject *mod, PyObject *wire_error_type) {
     Py_RETURN_NONE;
 }
 
+/* _register_hopkey(HopKey): remember the class and the offset of its `_ck` slot (a member
+ * descriptor of __slots__), so the hop reads a hop key's C state without a getattr. */
+static PyObject *py_register_hopkey(PyObject *mod, PyObject *cls) {
+    PyObject *d;
+    (void)mod;
+    if (!PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "_register_hopkey() needs a class");
+        return NULL;
+    }
+    d = PyObject_GetAttr(cls, s_ck);
+    if (d == NULL) return NULL;
+    if (Py_IS_TYPE(d, &PyMemberDescr_Type) &&
+        ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX) {
+        Py_XSETREF(HopKeyType, (PyTypeObject *)Py_NewRef(cls));
+        hopkey_ck_offset = ((PyMemberDescrObject *)d)->d_member->offset;
+    }
+    Py_DECREF(d);
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_blake2s(PyObject *mod, PyObject *args, PyObject *kwds) {
     static char *kwlist[] = {"data", "key", "digest_size", NULL};
     Py_buffer data, key = {0};
@@ -1342,6 +1378,8 @@ static PyObject *py_set_memo(PyObject *mod, PyObject *arg) {
 
 static PyMethodDef module_methods[] = {
     {"_setup", (PyCFunction)py_setup, METH_O, "_setup(WireError): the exception to raise"},
+    {"_register_hopkey", (PyCFunction)py_register_hopkey, METH_O,
+     "_register_hopkey(HopKey): read hop keys' _ck slot directly"},
     {"blake2s", (PyCFunction)(void (*)(void))py_blake2s, METH_VARARGS | METH_KEYWORDS,
      "blake2s(data, key=b'', digest_size=32) -> bytes (RFC 7693)"},
     {"set_memo", (PyCFunction)py_set_memo, METH_O,

@@ -306,6 +306,10 @@ class HopKey:
         return hash(self.key)
 
 
+if _accel is not None:
+    _accel._register_hopkey(HopKey)
+
+
 def circuit_mac(key: HopKey, shim_head: bytes | bytearray | memoryview, dst: int) -> bytes:
     """The form-1 check: MAC over shim bytes 0..11 and the IPv4 destination."""
     h = key._proto.copy()

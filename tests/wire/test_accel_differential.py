@@ -21,6 +21,7 @@ from wire_vectors import load, packet
 from pcsock import wire
 
 accel = wire._accel
+KA = bytes(range(16))
 needs_accel = pytest.mark.skipif(
     accel is None, reason=f"C accelerator not built: {wire.PURE_REASON}"
 )
@@ -262,3 +263,21 @@ def test_without_the_accelerator_everything_runs_pure_and_says_so_once(
     assert len(lines) == (1 if warns else 0), proc.stdout
     if warns:
         assert lines[0].startswith("WARNING") and "pcsock._accel" in lines[0]
+
+
+@needs_accel
+def test_hop_keys_are_read_from_their_slot_and_a_bad_one_is_refused() -> None:
+    raw = bytes(wire.build_circuit_packet(src="198.18.0.1", dst="198.18.1.1", label=7, key=KA))
+
+    class Sub(wire.HopKey):
+        """A subclass: read through getattr, not the slot."""
+
+    ok = (wire.HopKey(KA), 8, 9, Sub(bytes(16)))
+    assert accel.switch_hop(raw, {7: ok}.get) == wire.PURE["switch_hop"](raw, {7: ok}.get)
+    broken = wire.HopKey(KA)
+    broken._ck = "not a key"  # type: ignore[assignment]
+    with pytest.raises(TypeError):
+        accel.switch_hop(raw, {7: (broken, 8, 9, broken)}.get)
+    del broken._ck
+    with pytest.raises(AttributeError):
+        accel.switch_hop(raw, {7: (broken, 8, 9, broken)}.get)
