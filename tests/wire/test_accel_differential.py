@@ -275,7 +275,7 @@ def test_hop_keys_are_read_from_their_slot_and_a_bad_one_is_refused() -> None:
     ok = (wire.HopKey(KA), 8, 9, Sub(bytes(16)))
     assert accel.switch_hop(raw, {7: ok}.get) == wire.PURE["switch_hop"](raw, {7: ok}.get)
     broken = wire.HopKey(KA)
-    broken._ck = "not a key"  # type: ignore[assignment]
+    broken._ck = "not a key"
     with pytest.raises(TypeError):
         accel.switch_hop(raw, {7: (broken, 8, 9, broken)}.get)
     del broken._ck
