@@ -33,6 +33,15 @@ setup(
             extra_compile_args=["-O2", "-Wall"],
             optional=True,
         ),
+        # the codec accelerator: BLAKE2s, the per-hop job, build-and-seal, the SDK's senders
+        # (pcsock.wire, pcsite_lite.pipeline, pcsock.socket; pure-Python reference in wire.py)
+        Extension(
+            "pcsock._accel",
+            sources=["pcsock/_accel.c"],
+            depends=["pcsock/_accel.h"],
+            extra_compile_args=["-O3", "-std=gnu11", "-Wall", "-Wextra"],
+            optional=True,
+        ),
     ],
     cmdclass={"build_ext": OptionalBuildExt},
 )

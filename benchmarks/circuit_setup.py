@@ -15,10 +15,17 @@ S's namespace:
   the same lookup protocol from S to a lookup server whose broker drives in-process circuit
   tables instead of the daemons (the SDK's own share):
   ``circuit_setup_ms_median_inprocess_tables``.
-* **send rate**: a tight loop of ``CircuitSocket.send`` (UDP mode, 64-byte payloads, one
-  circuit) against a plain ``socket.sendto`` of the same payload in the same run, in five
-  alternating rounds each (medians):
-  ``pcsock_send_pps``, ``udp_send_pps`` and ``pcsock_send_ratio_vs_udp``.
+* **send rate**, with this process pinned to one vCPU: a tight loop of ``CircuitSocket.send``
+  (UDP mode, 64-byte payloads, one circuit; through the C accelerator when it is built,
+  ``pcsock_accelerated``) against a plain ``socket.sendto`` of the same payload to the
+  destination in the same run, in five alternating rounds each (medians):
+  ``pcsock_send_pps``, ``udp_send_pps`` and ``pcsock_send_ratio_vs_udp``; the same for a
+  socket on the pure-Python path (``pcsock_send_pps_pure``, ``pcsock_send_ratio_vs_udp_pure``);
+  ``CircuitSocket.send_many`` of 64 payloads per call (``sendmmsg``; accelerator only):
+  ``pcsock_send_many_pps``, ``pcsock_send_many_ratio_vs_udp`` (against the same per-packet
+  ``sendto`` baseline); and the baseline sending pcsock's own datagram (shim included) to the
+  first site, so that both loops load the same receiver: ``udp_send_same_datagram_pps``,
+  ``pcsock_send_ratio_vs_udp_same_datagram``.
 
     .venv/bin/python -m benchmarks.circuit_setup --json /tmp/circuit_setup.json
 """
@@ -121,23 +128,44 @@ def run(circuits: int, seconds: float) -> dict[str, Any]:
             lambda: lookup.create(destination=d_ip, service="srcroute", source=s_ip, sites=path,
                                   lifetime=600)
         )  # fmt: skip
+        from pcsock import wire
+        from pcsock.session import Session
+
+        accel = wire.accelerator() is not None
         sock = s_node.call(lambda: CircuitSocket(circuit, s_ip, dport=9, bind=False))
+        pure = s_node.call(lambda: CircuitSocket(circuit, s_ip, dport=9, bind=False, accel=False))
         plain = s_node.call(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        # the datagram pcsock sends, for the same-datagram baseline
+        datagram, first = Session(s_ip).encode_circuit(circuit, PAYLOAD, dport=9)
+        batch = [PAYLOAD] * 64
+        cpus = sorted(os.sched_getaffinity(0))
         try:
-            # alternate short rounds so both see the same machine load; medians of 5
-            pcs, udp = [], []
+            # the sender on one vCPU (the sites' daemons get the others), alternating short
+            # rounds so every variant sees the same machine load; medians of 5
+            os.sched_setaffinity(0, {cpus[-1]})
+            rates: dict[str, list[float]] = {
+                "pcs": [], "pure": [], "many": [], "udp": [], "udp_same": []
+            }  # fmt: skip
             for _ in range(5):
-                pcs.append(_rate(lambda: sock.send(PAYLOAD), seconds / 5))
-                udp.append(_rate(lambda: plain.sendto(PAYLOAD, (d_ip, 9)), seconds / 5))
-            pcs_pps, udp_pps = statistics.median(pcs), statistics.median(udp)
+                rates["pcs"].append(_rate(lambda: sock.send(PAYLOAD), seconds / 5))
+                rates["pure"].append(_rate(lambda: pure.send(PAYLOAD), seconds / 5))
+                if accel:
+                    rates["many"].append(
+                        _rate(lambda: sock.send_many(batch), seconds / 5) * len(batch)
+                    )
+                rates["udp"].append(_rate(lambda: plain.sendto(PAYLOAD, (d_ip, 9)), seconds / 5))
+                rates["udp_same"].append(_rate(lambda: plain.sendto(datagram, first), seconds / 5))
+            med = {k: statistics.median(v) for k, v in rates.items() if v}
         finally:
+            os.sched_setaffinity(0, cpus)
             sock.close()
+            pure.close()
             plain.close()
         s_node.call(lambda: lookup.teardown(circuit))
     finally:
         world.close()
     q = statistics.quantiles(setup, n=10) if len(setup) >= 2 else [setup[0]] * 9
-    figures = {
+    figures: dict[str, Any] = {
         "circuit_setup_ms_median": round(statistics.median(setup) * 1e3, 3),
         "circuit_setup_ms_p90": round(q[8] * 1e3, 3),
         "circuit_setup_ms_min": round(min(setup) * 1e3, 3),
@@ -150,11 +178,20 @@ def run(circuits: int, seconds: float) -> dict[str, Any]:
         "circuit_setup_goal_ms": 20.0,
         "circuits": len(setup),
         "sites_per_circuit": 3,
-        "pcsock_send_pps": round(pcs_pps),
-        "udp_send_pps": round(udp_pps),
-        "pcsock_send_ratio_vs_udp": round(pcs_pps / udp_pps, 4),
+        "pcsock_accelerated": accel,
+        "pcsock_send_pps": round(med["pcs"]),
+        "udp_send_pps": round(med["udp"]),
+        "pcsock_send_ratio_vs_udp": round(med["pcs"] / med["udp"], 4),
+        "pcsock_send_pps_pure": round(med["pure"]),
+        "pcsock_send_ratio_vs_udp_pure": round(med["pure"] / med["udp"], 4),
+        "udp_send_same_datagram_pps": round(med["udp_same"]),
+        "pcsock_send_ratio_vs_udp_same_datagram": round(med["pcs"] / med["udp_same"], 4),
         "payload_bytes": len(PAYLOAD),
+        "sender_cpu": cpus[-1],
     }
+    if accel:
+        figures["pcsock_send_many_pps"] = round(med["many"])
+        figures["pcsock_send_many_ratio_vs_udp"] = round(med["many"] / med["udp"], 4)
     return {"figures": figures, "setup_ms": [round(x * 1e3, 3) for x in setup]}
 
 

@@ -7,23 +7,33 @@ re-MAC under the outgoing hop key. Both codecs do
 exactly that on the same input in the same run, and their outputs are checked byte for byte
 against each other before anything is timed.
 
+Every ``pcsock.wire`` figure is measured twice in the same invocation: on the C accelerator
+(``pcsock._accel``, when it is built) and on the pure-Python reference (suffix ``_pure``).
+
 Figures (``--json PATH``):
 
 - ``codec_us_per_packet``: pcsock.wire's fused entry point ``wire.switch_hop`` (the same checks
   as ``parse``, the circuit-table lookup by label, the same code as ``Packet.switch``) in the
   site configuration (TUN input, whose IPv4 checksum the kernel verified, so
-  ``verify_ip_checksum=False``; scapy does not verify it either);
-- ``codec_vs_scapy``: scapy's time per packet divided by that;
-- ``codec_us_per_packet_verify_ip``: ``switch_hop`` also verifying the IPv4 header checksum;
-- ``codec_us_per_packet_packet``: the same job through a ``Packet``: ``parse``, the ``label``
-  property, the lookup, ``Packet.switch``;
-- ``codec_us_per_packet_setters``: the same job through the individual setters
+  ``verify_ip_checksum=False``; scapy does not verify it either), on the accelerator if it
+  is built (``codec_accelerated``), and ``codec_us_per_packet_pure`` on the reference;
+- ``codec_vs_scapy`` / ``codec_vs_scapy_pure``: scapy's time per packet divided by those;
+- ``codec_us_per_packet_nomemo`` (accelerator only): the same job with the hop keys' last-MAC
+  memo switched off, i.e. both BLAKE2s compressions computed for every packet (the
+  benchmark repeats one packet, whose MACs the memo otherwise remembers, as it does for a
+  circuit's packets while their metadata and hop limit stay the same);
+- ``codec_accel_speedup``: ``codec_us_per_packet_pure`` / ``codec_us_per_packet``;
+- ``codec_us_per_packet_verify_ip[_pure]``: ``switch_hop`` also verifying the IPv4 header
+  checksum;
+- ``codec_us_per_packet_packet[_pure]``: the same job through a ``Packet``: ``parse``, the
+  ``label`` property, the lookup, ``Packet.switch``;
+- ``codec_us_per_packet_setters[_pure]``: the same job through the individual setters
   (``verify_mac``, ``set_label``, ``set_hop_limit``, ``set_dst``, ``sign``) instead of the
   fused ``Packet.switch``;
-- ``macs_only_us_per_packet``: only the two BLAKE2s computations (verify and re-MAC), the
-  part of the job no Python codec can avoid;
-- ``inline_floor_us_per_packet``: the job hand-inlined for this one packet shape without
-  validation (not a codec; how close ``pcsock.wire`` gets to the interpreter's floor);
+- ``macs_only_us_per_packet``: only the two BLAKE2s computations through ``hashlib`` (verify
+  and re-MAC), the part of the job no Python codec can avoid;
+- ``inline_floor_us_per_packet``: the job hand-inlined in Python for this one packet shape
+  without validation (not a codec; how close the pure path gets to the interpreter's floor);
 - ``empty_call_us``: an empty Python function call (the machine's interpreter speed);
 - ``scapy_us_per_packet`` and ``raw``: every timing.
 
@@ -207,17 +217,25 @@ def _time_per_packet(job: Callable[[bytes], Any], raw: bytes, count: int) -> flo
 
 def run(count: int, scapy_count: int, repeats: int) -> dict[str, Any]:
     """Check that all codecs agree, then time them; returns the figures."""
+    accel = wire.accelerator()
+    was = wire.ACCELERATED
+    flags = [True, False] if accel is not None else [False]
     raw = make_packet()
     scapy_hop = make_scapy_hop()
+    wire.use_accelerator(False)
     expected = bytes(wire_hop(raw))
-    outputs = {
-        "wire": expected,
-        "wire_verify_ip": bytes(wire_hop(raw, True)),
-        "wire_packet": bytes(wire_hop_packet(raw)),
-        "wire_setters": bytes(wire_hop_setters(raw)),
-        "inline_floor": bytes(inline_floor(raw)),
-        "scapy": scapy_hop(raw),
-    }
+    outputs = {"scapy": scapy_hop(raw), "inline_floor": bytes(inline_floor(raw))}
+    for flag in flags:
+        wire.use_accelerator(flag)
+        sfx = "" if flag or accel is None else "_pure"
+        outputs.update(
+            {
+                f"wire{sfx}": bytes(wire_hop(raw)),
+                f"wire_verify_ip{sfx}": bytes(wire_hop(raw, True)),
+                f"wire_packet{sfx}": bytes(wire_hop_packet(raw)),
+                f"wire_setters{sfx}": bytes(wire_hop_setters(raw)),
+            }
+        )
     for name, out in outputs.items():
         if out != expected:
             raise SystemExit(f"codec benchmark: {name} output differs from pcsock.wire's")
@@ -225,44 +243,66 @@ def run(count: int, scapy_count: int, repeats: int) -> dict[str, Any]:
     if not (again.verify_mac(OUT_KEY) and again.label == OUT_LABEL and again.hop_limit == 7):
         raise SystemExit("codec benchmark: the per-hop output does not verify")
 
-    jobs: dict[str, tuple[Callable[[bytes], Any], int]] = {
-        "wire": (wire_hop, count),
-        "wire_verify_ip": (lambda r: wire_hop(r, True), count),
-        "wire_packet": (wire_hop_packet, count),
-        "wire_setters": (wire_hop_setters, count),
-        "scapy": (scapy_hop, scapy_count),
-        "macs_only": (macs_only, count),
-        "inline_floor": (inline_floor, count),
-        "empty_call": (empty_call, count),
-    }
+    # name -> (job, packets per round, use the accelerator?, its MAC memo on?)
+    jobs: dict[str, tuple[Callable[[bytes], Any], int, bool, bool]] = {}
+    for flag in flags:
+        sfx = "" if flag or accel is None else "_pure"
+        jobs[f"wire{sfx}"] = (wire_hop, count, flag, True)
+        jobs[f"wire_verify_ip{sfx}"] = (lambda r: wire_hop(r, True), count, flag, True)
+        jobs[f"wire_packet{sfx}"] = (wire_hop_packet, count, flag, True)
+        jobs[f"wire_setters{sfx}"] = (wire_hop_setters, count, flag, True)
+    if accel is not None:
+        # every packet's two MACs computed (no memo): what a circuit whose metadata changes
+        # with every packet costs
+        jobs["wire_nomemo"] = (wire_hop, count, True, False)
+    jobs["scapy"] = (scapy_hop, scapy_count, False, True)
+    jobs["macs_only"] = (macs_only, count, False, True)
+    jobs["inline_floor"] = (inline_floor, count, False, True)
+    jobs["empty_call"] = (empty_call, count, False, True)
     # Interleaved rounds, best of the rounds: load from other processes hits all codecs alike.
     timings: dict[str, list[float]] = {name: [] for name in jobs}
-    for _ in range(repeats):
-        for name, (job, n) in jobs.items():
-            timings[name].append(_time_per_packet(job, raw, n))
+    try:
+        for _ in range(repeats):
+            for name, (job, n, flag, memo) in jobs.items():
+                wire.use_accelerator(flag)
+                if accel is not None:
+                    accel.set_memo(memo)
+                timings[name].append(_time_per_packet(job, raw, n))
+    finally:
+        wire.use_accelerator(was)
+        if accel is not None:
+            accel.set_memo(True)
     best = {name: min(runs) for name, runs in timings.items()}
-    return {
-        "codec_us_per_packet": best["wire"],
-        "codec_vs_scapy": best["scapy"] / best["wire"],
-        "codec_us_per_packet_verify_ip": best["wire_verify_ip"],
-        "codec_us_per_packet_packet": best["wire_packet"],
-        "codec_us_per_packet_setters": best["wire_setters"],
-        "scapy_us_per_packet": best["scapy"],
-        "macs_only_us_per_packet": best["macs_only"],
-        "inline_floor_us_per_packet": best["inline_floor"],
-        "empty_call_us": best["empty_call"],
-        "codec_vs_scapy_verify_ip": best["scapy"] / best["wire_verify_ip"],
-        "packet_bytes": len(raw),
-        "count": count,
-        "scapy_count": scapy_count,
-        "repeats": repeats,
-        "raw": {"us_per_packet_runs": timings},
-        "machine": {
-            "python": sys.version.split()[0],
-            "platform": platform.platform(),
-            "host": socket.gethostname(),
-        },
-    }
+    figures: dict[str, Any] = {"codec_accelerated": accel is not None}
+    for sfx in ["", "_pure"] if accel is not None else [""]:
+        figures[f"codec_us_per_packet{sfx}"] = best[f"wire{sfx}"]
+        figures[f"codec_vs_scapy{sfx}"] = best["scapy"] / best[f"wire{sfx}"]
+        for variant in ("verify_ip", "packet", "setters"):
+            figures[f"codec_us_per_packet_{variant}{sfx}"] = best[f"wire_{variant}{sfx}"]
+        figures[f"codec_vs_scapy_verify_ip{sfx}"] = best["scapy"] / best[f"wire_verify_ip{sfx}"]
+    if accel is not None:
+        figures["codec_us_per_packet_nomemo"] = best["wire_nomemo"]
+        figures["codec_vs_scapy_nomemo"] = best["scapy"] / best["wire_nomemo"]
+        figures["codec_accel_speedup"] = best["wire_pure"] / best["wire"]
+    figures.update(
+        {
+            "scapy_us_per_packet": best["scapy"],
+            "macs_only_us_per_packet": best["macs_only"],
+            "inline_floor_us_per_packet": best["inline_floor"],
+            "empty_call_us": best["empty_call"],
+            "packet_bytes": len(raw),
+            "count": count,
+            "scapy_count": scapy_count,
+            "repeats": repeats,
+            "raw": {"us_per_packet_runs": timings},
+            "machine": {
+                "python": sys.version.split()[0],
+                "platform": platform.platform(),
+                "host": socket.gethostname(),
+            },
+        }
+    )
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,13 +319,24 @@ def main(argv: list[str] | None = None) -> int:
         count = args.count
         scapy_count = max(1, count // 100)
     figures = run(count, scapy_count, repeats)
+    impl = "C accelerator" if figures["codec_accelerated"] else "pure Python (no accelerator)"
     rows = [
-        ("pcsock.wire (site path, no IP checksum verify)", figures["codec_us_per_packet"]),
-        ("pcsock.wire, verifying the IP checksum", figures["codec_us_per_packet_verify_ip"]),
-        ("pcsock.wire, parse + Packet.switch", figures["codec_us_per_packet_packet"]),
-        ("pcsock.wire, individual setters", figures["codec_us_per_packet_setters"]),
-        ("the two MACs alone", figures["macs_only_us_per_packet"]),
-        ("hand-inlined floor (no validation)", figures["inline_floor_us_per_packet"]),
+        (f"pcsock.wire, {impl} (site path)", figures["codec_us_per_packet"]),
+        ("  ... verifying the IP checksum", figures["codec_us_per_packet_verify_ip"]),
+        ("  ... parse + Packet.switch", figures["codec_us_per_packet_packet"]),
+        ("  ... individual setters", figures["codec_us_per_packet_setters"]),
+    ]
+    if figures["codec_accelerated"]:
+        rows += [
+            ("  ... C, every MAC computed (no memo)", figures["codec_us_per_packet_nomemo"]),
+            ("pcsock.wire, pure Python (site path)", figures["codec_us_per_packet_pure"]),
+            ("  ... verifying the IP checksum", figures["codec_us_per_packet_verify_ip_pure"]),
+            ("  ... parse + Packet.switch", figures["codec_us_per_packet_packet_pure"]),
+            ("  ... individual setters", figures["codec_us_per_packet_setters_pure"]),
+        ]
+    rows += [
+        ("the two MACs alone (hashlib)", figures["macs_only_us_per_packet"]),
+        ("hand-inlined Python floor (no validation)", figures["inline_floor_us_per_packet"]),
         ("an empty function call", figures["empty_call_us"]),
         ("scapy", figures["scapy_us_per_packet"]),
     ]
@@ -297,7 +348,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {label:48s} {us:10.3f} us")
     print(
         f"  codec_vs_scapy {figures['codec_vs_scapy']:.0f}x "
-        f"(verifying the IP checksum: {figures['codec_vs_scapy_verify_ip']:.0f}x)"
+        f"(verifying the IP checksum: {figures['codec_vs_scapy_verify_ip']:.0f}x"
+        + (
+            f"; pure Python: {figures['codec_vs_scapy_pure']:.0f}x)"
+            if figures["codec_accelerated"]
+            else ")"
+        )
     )
     if args.json:
         path = Path(args.json)

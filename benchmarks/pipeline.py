@@ -12,9 +12,15 @@ verdict. Its output is checked (label, destination, MAC) before anything is time
 Baseline, in the same run: the *no-op pipeline* -- parse the same packet and return a
 ``Forward`` of its bytes -- the least any pipeline does per packet.
 
+Every pipeline figure is measured twice in the same invocation: with the C accelerator
+(``pcsock._accel``: the form-1 fast path's ingress and egress in C; ``pipeline_accelerated``)
+and on the pure-Python path (suffix ``_pure``). The service, its budget and the metering are
+Python in both.
+
 Figures (``--json PATH``):
 
-- ``pipeline_us_per_packet``: the job above;
+- ``pipeline_us_per_packet`` / ``pipeline_us_per_packet_pure``: the job above;
+- ``pipeline_accel_speedup``: the pure figure divided by the accelerated one;
 - ``pipeline_vs_noop``: that divided by the no-op pipeline's time;
 - ``noop_us_per_packet``: the no-op pipeline;
 - ``pipeline_noop_service_us_per_packet``: the pipeline running a service that does nothing
@@ -36,7 +42,9 @@ Figures (``--json PATH``):
   ``sys.settrace`` line-counting budget);
 - ``parts_ns``: ns of the fast path's irreducible pieces, each timed alone: one MAC check
   (``mac_check``; the path does two MAC computations), the two packet copies (``copies``)
-  and the source-routing service's own call (``service_call``);
+  and the source-routing service's own call (``service_call``); with the accelerator also
+  its two C calls, ``accel_ingress`` (checks, circuit lookup, MAC check) and
+  ``accel_egress`` (rewrite, re-MAC, the output ``bytes``);
 - ``raw``: every round.
 
 Timings are process CPU time per packet in interleaved rounds, best round reported (other
@@ -192,7 +200,16 @@ def parts_ns(site: Site, label: int, data: bytes, count: int, repeats: int) -> d
             times.append(time.process_time() - t0)
         return round(min(times) / count * 1e9, 1)
 
-    return {"mac_check": best(mac), "copies": best(copies), "service_call": best(call)}
+    parts = {"mac_check": best(mac), "copies": best(copies), "service_call": best(call)}
+    ax = wire.accelerator()
+    if ax is not None:  # the accelerated fast path's two C calls, each alone
+        get, addr = site.circuits.get, site.public_addr
+        hop = circuit.default
+        assert hop is not None
+        buf = bytearray(data)
+        parts["accel_ingress"] = best(lambda: ax.form1_in(data, addr, False, get))
+        parts["accel_egress"] = best(lambda: ax.form1_out(buf, 20, 7, hop.label, hop.addr, hop.key))
+    return parts
 
 
 def budget_costs(iterations: int, repeats: int) -> dict[str, float]:
@@ -257,73 +274,103 @@ def settrace_variant(site: Site, service: str) -> None:
     slot.process = traced
 
 
-def run(count: int, repeats: int) -> dict[str, Any]:
+def _variants(accel: bool, sfx: str) -> tuple[dict[str, Any], list[tuple[Site, int, int]]]:
+    """The timed jobs on pipelines with (``accel``) or without the C accelerator, and per
+    site the number of packets its metering must have counted per round and at set-up."""
     sr_site, sr_label = make_site("source_routing")
     noop_site, noop_label = make_site("noop")
-    sr = Pipeline(sr_site, verify_ip_checksum=False)
-    sr_verify = Pipeline(sr_site, verify_ip_checksum=True)
-    noop_svc = Pipeline(noop_site, verify_ip_checksum=False)
-    tr_site, tr_label = make_site("source_routing")
-    settrace_variant(tr_site, "source_routing")
-    traced = Pipeline(tr_site, verify_ip_checksum=False)
-    tr_data = make_packet(tr_label)
+    sr = Pipeline(sr_site, verify_ip_checksum=False, accel=accel)
+    sr_verify = Pipeline(sr_site, verify_ip_checksum=True, accel=accel)
+    noop_svc = Pipeline(noop_site, verify_ip_checksum=False, accel=accel)
     sr_data = make_packet(sr_label)
     noop_data = make_packet(noop_label)
-    for pipe, data in (
-        (sr, sr_data),
-        (sr_verify, sr_data),
-        (noop_svc, noop_data),
-        (traced, tr_data),
-    ):
+    for pipe, data in ((sr, sr_data), (sr_verify, sr_data), (noop_svc, noop_data)):
         check_output(pipe.process(data, 1.0))  # also warms the FIS cache: later reads hit
-    general = Pipeline(sr_site, verify_ip_checksum=False)
+    general = Pipeline(sr_site, verify_ip_checksum=False, accel=accel)
     check_output(general._general(sr_data, 1.0))
-    batched = Pipeline(sr_site, verify_ip_checksum=False)
-    batch = [sr_data] * BATCH
-    jobs: dict[str, tuple[Callable[[bytes, float], Any], bytes]] = {
-        "noop": (noop_pipeline, sr_data),
-        "pipeline": (sr.process, sr_data),
-        "pipeline_general_path": (general._general, sr_data),
-        "pipeline_noop_service": (noop_svc.process, noop_data),
-        "pipeline_verify_ip": (sr_verify.process, sr_data),
-        "pipeline_settrace_budget": (traced.process, tr_data),
+    batched = Pipeline(sr_site, verify_ip_checksum=False, accel=accel)
+    jobs: dict[str, Any] = {
+        f"pipeline{sfx}": (sr.process, sr_data, accel),
+        f"pipeline_general_path{sfx}": (general._general, sr_data, accel),
+        f"pipeline_noop_service{sfx}": (noop_svc.process, noop_data, accel),
+        f"pipeline_verify_ip{sfx}": (sr_verify.process, sr_data, accel),
+        f"pipeline_accounted{sfx}": (batched, [sr_data] * BATCH, accel),
     }
+    # sr, sr_verify, general and batched share sr_site's counters: 3 single-packet jobs and
+    # one batched job per round, 3 packets at set-up
+    return jobs, [(sr_site, 3, 3)]
+
+
+def run(count: int, repeats: int) -> dict[str, Any]:
+    accel_available = wire.accelerator() is not None
+    was = wire.ACCELERATED
+    jobs: dict[str, Any] = {}
+    checks: list[tuple[Site, int, int]] = []
+    for accel in [True, False] if accel_available else [False]:
+        sfx = "_pure" if accel_available and not accel else ""
+        wire.use_accelerator(accel)
+        more, check = _variants(accel, sfx)
+        jobs.update(more)
+        checks += check
+    wire.use_accelerator(False)
+    tr_site, tr_label = make_site("source_routing")
+    settrace_variant(tr_site, "source_routing")
+    traced = Pipeline(tr_site, verify_ip_checksum=False, accel=False)
+    tr_data = make_packet(tr_label)
+    check_output(traced.process(tr_data, 1.0))
+    jobs["noop"] = (noop_pipeline, jobs["pipeline" + ("_pure" if accel_available else "")][1],
+                    False)  # fmt: skip
+    jobs["pipeline_settrace_budget"] = (traced.process, tr_data, False)
     raw: dict[str, list[float]] = {name: [] for name in jobs}
-    raw["pipeline_accounted"] = []
-    for _ in range(repeats):
-        for name, (job, data) in jobs.items():
-            raw[name].append(_time(job, data, count))
-        raw["pipeline_accounted"].append(_time_batches(batched, batch, count))
+    try:
+        for _ in range(repeats):
+            for name, (job, data, accel) in jobs.items():
+                wire.use_accelerator(accel)  # the codec calls of the general path follow it
+                if isinstance(job, Pipeline):
+                    raw[name].append(_time_batches(job, data, count))
+                else:
+                    raw[name].append(_time(job, data, count))
+    finally:
+        wire.use_accelerator(was)
     best = {name: min(times) for name, times in raw.items()}
-    counters = sr_site.runtime.counters(PSP, "source_routing")
-    # sr, sr_verify, general and batched share the site's counters
-    expected = 3 + repeats * (count * 3 + max(1, count // BATCH) * BATCH)
-    if counters.packets != expected or counters.fis_reads != expected:
-        raise AssertionError(f"metering drifted: {counters}")
+    for site, singles, setup in checks:
+        counters = site.runtime.counters(PSP, "source_routing")
+        expected = setup + repeats * (count * singles + max(1, count // BATCH) * BATCH)
+        if counters.packets != expected or counters.fis_reads != expected:
+            raise AssertionError(f"metering drifted: {counters}")
+    sr_site, sr_label = make_site("source_routing")
+    sr_data = make_packet(sr_label)
+    Pipeline(sr_site, verify_ip_checksum=False, accel=False).process(sr_data, 1.0)
     clock_count = max(1000, count)
-    return {
-        "pipeline_us_per_packet": round(best["pipeline"], 3),
-        "pipeline_vs_noop": round(best["pipeline"] / best["noop"], 3),
-        "noop_us_per_packet": round(best["noop"], 3),
-        "pipeline_noop_service_us_per_packet": round(best["pipeline_noop_service"], 3),
-        "pipeline_verify_ip_us_per_packet": round(best["pipeline_verify_ip"], 3),
-        "pipeline_general_path_us_per_packet": round(best["pipeline_general_path"], 3),
-        "pipeline_accounted_us_per_packet": round(best["pipeline_accounted"], 3),
-        "pipeline_settrace_budget_us_per_packet": round(best["pipeline_settrace_budget"], 3),
-        "clock_ns": {
-            "perf_counter_ns": round(_clock_ns(time.perf_counter_ns, clock_count), 1),
-            "thread_time_ns": round(_clock_ns(time.thread_time_ns, clock_count), 1),
-            "process_time_ns": round(_clock_ns(time.process_time_ns, clock_count), 1),
-        },
-        "loop_iteration_ns": budget_costs(max(1000, count * 5), repeats),
-        "parts_ns": parts_ns(sr_site, sr_label, sr_data, max(1000, count // 2), repeats),
-        "packet_bytes": len(sr_data),
-        "count": count,
-        "repeats": repeats,
-        "raw": {name: [round(t, 3) for t in times] for name, times in raw.items()},
-        "python": sys.version.split()[0],
-        "machine": platform.machine(),
-    }
+    figures: dict[str, Any] = {"pipeline_accelerated": accel_available}
+    names = ["pipeline", "pipeline_noop_service", "pipeline_verify_ip", "pipeline_general_path",
+             "pipeline_accounted"]  # fmt: skip
+    for sfx in ["", "_pure"] if accel_available else [""]:
+        for name in names:
+            figures[f"{name}_us_per_packet{sfx}"] = round(best[name + sfx], 3)
+        figures[f"pipeline_vs_noop{sfx}"] = round(best["pipeline" + sfx] / best["noop"], 3)
+    if accel_available:
+        figures["pipeline_accel_speedup"] = round(best["pipeline_pure"] / best["pipeline"], 3)
+    figures.update(
+        {
+            "noop_us_per_packet": round(best["noop"], 3),
+            "pipeline_settrace_budget_us_per_packet": round(best["pipeline_settrace_budget"], 3),
+            "clock_ns": {
+                "perf_counter_ns": round(_clock_ns(time.perf_counter_ns, clock_count), 1),
+                "thread_time_ns": round(_clock_ns(time.thread_time_ns, clock_count), 1),
+                "process_time_ns": round(_clock_ns(time.process_time_ns, clock_count), 1),
+            },
+            "loop_iteration_ns": budget_costs(max(1000, count * 5), repeats),
+            "parts_ns": parts_ns(sr_site, sr_label, sr_data, max(1000, count // 2), repeats),
+            "packet_bytes": len(sr_data),
+            "count": count,
+            "repeats": repeats,
+            "raw": {name: [round(t, 3) for t in times] for name, times in raw.items()},
+            "python": sys.version.split()[0],
+            "machine": platform.machine(),
+        }
+    )
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -335,23 +382,29 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     count, repeats = (200, 2) if args.quick else (args.count, args.repeats)
     figures = run(count, repeats)
-    print(
-        f"pipeline (source routing, MAC verify, FIS cache hit, metering): "
-        f"{figures['pipeline_us_per_packet']:.2f} us/packet\n"
-        f"no-op pipeline (parse + forward):                            "
-        f"{figures['noop_us_per_packet']:.2f} us/packet\n"
-        f"pipeline_vs_noop: {figures['pipeline_vs_noop']:.2f}x   "
-        f"(no-op service: {figures['pipeline_noop_service_us_per_packet']:.2f} us, "
-        f"with IP checksum verify: {figures['pipeline_verify_ip_us_per_packet']:.2f} us, "
-        f"general path: {figures['pipeline_general_path_us_per_packet']:.2f} us, "
-        f"batches with account(): {figures['pipeline_accounted_us_per_packet']:.2f} us, "
+    impl = "C accelerator" if figures["pipeline_accelerated"] else "pure Python"
+    lines = [f"pipeline, {impl} (source routing, MAC verify, FIS cache hit, metering):"]
+    for sfx, what in [("", impl), ("_pure", "pure Python")][
+        : 2 if figures["pipeline_accelerated"] else 1
+    ]:
+        lines.append(
+            f"  {what:14s} {figures['pipeline_us_per_packet' + sfx]:.2f} us/packet "
+            f"(no-op service {figures['pipeline_noop_service_us_per_packet' + sfx]:.2f}, "
+            f"IP checksum verify {figures['pipeline_verify_ip_us_per_packet' + sfx]:.2f}, "
+            f"general path {figures['pipeline_general_path_us_per_packet' + sfx]:.2f}, "
+            f"batches with account() {figures['pipeline_accounted_us_per_packet' + sfx]:.2f}; "
+            f"vs no-op pipeline {figures['pipeline_vs_noop' + sfx]:.2f}x)"
+        )
+    lines += [
+        f"no-op pipeline (parse + forward): {figures['noop_us_per_packet']:.2f} us/packet",
         f"settrace budget instead of ticks: "
-        f"{figures['pipeline_settrace_budget_us_per_packet']:.2f} us)\n"
-        f"clock cost (ns/call): {figures['clock_ns']}\n"
-        f"service loop iteration (ns): {figures['loop_iteration_ns']}\n"
-        f"fast path pieces (ns): {figures['parts_ns']}\n"
-        f"(CPU time, best of {repeats} rounds of {count} packets)"
-    )
+        f"{figures['pipeline_settrace_budget_us_per_packet']:.2f} us/packet",
+        f"clock cost (ns/call): {figures['clock_ns']}",
+        f"service loop iteration (ns): {figures['loop_iteration_ns']}",
+        f"fast path pieces (ns): {figures['parts_ns']}",
+        f"(CPU time, best of {repeats} rounds of {count} packets)",
+    ]
+    print("\n".join(lines))
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,7 @@ import struct
 import time
 from collections.abc import Callable, Iterable
 from hmac import compare_digest as _compare
-from typing import Final
+from typing import Any, Final
 
 from pcsite_lite.api import (
     ACT_DROP,
@@ -53,6 +53,7 @@ from pcsite_lite.runtime import ACTIVE, DISABLED, ServiceSlot
 from pcsite_lite.sandbox import BudgetExceeded
 from pcsite_lite.site import Registration, Site
 from pcsite_lite.verdicts import DROP_REASONS, Deliver, Drop, Forward, Verdict
+from pcsock import wire
 from pcsock.wire import (
     FORM_CIRCUIT,
     FORM_SERVICE,
@@ -107,8 +108,15 @@ class Pipeline:
         verify_ip_checksum: bool = True,
         cpu_clock: Callable[[], int] | None = None,
         thread_clock: Callable[[], int] | None = None,
+        accel: bool | None = None,
     ) -> None:
         self.site = site
+        #: the C accelerator (pcsock._accel) for the form-1 fast path's ingress and egress,
+        #: or None for the pure-Python path; ``accel=None`` uses it when pcsock.wire does
+        ax = wire.accelerator()
+        if accel and ax is None:
+            raise RuntimeError(f"the C accelerator is not available: {wire.PURE_REASON}")
+        self._ax: Any = ax if accel is None or accel else None
         self.verify_ip_checksum = verify_ip_checksum
         self.api = PacketApi()
         self.runtime = site.runtime
@@ -143,17 +151,34 @@ class Pipeline:
         processed in place (no copy); other inputs are copied first.
 
         A form-1 packet (IP or UDP mode) without IP options, addressed to this site, takes the
-        *fast path* (inlined here): the general path's checks in the same order with the same
+        *fast path* (:meth:`_fast`): the general path's checks in the same order with the same
         verdicts, counters and output bytes, specialised to that one layout (one struct
         unpack of the IPv4 header and shim, the circuit's precomputed MAC states, a
         dedicated Packet API object, the codec's egress setters fused). What it does not
         specialise -- a receiver-first destination, an inactive service, replicate, a final
         hop that strips the shim -- goes to the general path before anything changed.
+
+        With the C accelerator (``pcsock._accel``; see ``accel=``), the fast path's ingress
+        (eligibility checks, circuit lookup, MAC check) and egress (rewrite, re-MAC) are one
+        C call each; the service, its budget and the metering stay here, unchanged.
         """
         site = self.site
         site.now = now
         if self._window_wall0 is None:
             self._open_window()
+        ax = self._ax
+        if ax is not None:  # the C accelerator's ingress: the same checks, the same MAC
+            try:
+                head = ax.form1_in(
+                    data, site.public_addr, self.verify_ip_checksum, self._circuit_get
+                )
+            except Exception as exc:  # a platform bug (e.g. in the circuit table)
+                self.runtime.event(now, "internal_error", "site", f"{type(exc).__name__}: {exc}")
+                return [self._drop("internal_error")]
+            if head is None:
+                return self._general(data, now)
+            circuit, o, hops, mac_ok = head
+            return self._fast(data, now, circuit, o, hops, mac_ok, 0)
         if (type(data) is bytes or type(data) is bytearray) and len(data) >= 36:
             b0, total, frag, proto, src, dst, vf, hops, label = _FAST.unpack_from(data)
             o = 20 if proto == IPPROTO_PACKETCLOUD else 0  # the shim's offset; 0: not fast
@@ -172,148 +197,177 @@ class Pipeline:
             ):
                 try:
                     circuit = self._circuit_get(label)
-                    if circuit is None:
-                        return [self._drop("unknown_label")]
-                    if circuit.expires <= now:
-                        return [self._drop("circuit_expired")]
-                    if circuit.dest_addr is not None and site.destinations:
-                        return self._general(data, now)  # receiver-first precedence
-                    h = circuit.in_mac.copy()
-                    h.update(data[o : o + 12])
-                    h.update(data[16:20])
-                    if not _compare(h.digest(), data[o + 12 : o + 16]):
-                        return [self._drop("bad_mac")]
-                    if hops == 0:
-                        return [self._drop("hop_limit_exceeded")]
-                    slot = circuit.slot
-                    if slot is None:
-                        slot = circuit.slot = self.runtime.slot(circuit.psp, circuit.service)
-                    process = slot.process
-                    if process is None or slot.status != ACTIVE:
-                        return self._general(data, now)  # its service_disabled/unavailable drop
-                    n = len(data)
-                    buf = data if type(data) is bytearray else bytearray(data)
-                    fpkt = self._fpkt
-                    fpkt.buf = buf
-                    if fpkt.shim_off != o:
-                        fpkt.shim_off = o
-                        fpkt.payload_off = o + 16
-                        fpkt.encap = "ip" if o == 20 else "udp"
-                    ctx = slot.ctx
-                    api = self._fapi  # decision state is clear (reset after every use)
-                    api._ctx = ctx
-                    api._now = now
-                    api._circuit = circuit
-                    budget = self.budget
-                    clock = self.clock
-                    t0 = clock()
-                    budget.left = budget.max_ticks  # Budget.start(t0), inlined
-                    budget.deadline = t0 + budget.max_ns
-                    budget.overrun = False
-                    try:
-                        process(api)
-                    except BudgetExceeded:
-                        self._charge(ctx, n, clock() - t0)
-                        api._reset_decision()
-                        return [self._fail(slot, now, "service_timeout", _OVER_BUDGET)]
-                    except ApiError as exc:
-                        self._charge(ctx, n, clock() - t0)
-                        api._reset_decision()
-                        return [self._fail(slot, now, exc.reason, exc.detail)]
-                    except FISUnavailableError as exc:
-                        api._reset_decision()
-                        return [self._platform_fault(slot, now, exc)]
-                    except Exception as exc:
-                        self._charge(ctx, n, clock() - t0)
-                        api._reset_decision()
-                        detail = f"{type(exc).__name__}: {exc}"
-                        return [self._fail(slot, now, "service_error", detail)]
-                    dt = clock() - t0
-                    c = ctx.counters
-                    c.packets += 1
-                    c.bytes_in += n
-                    c.cpu_ns += dt
-                    w = ctx.window_ns
-                    if not w:
-                        self._window_ctxs.append(ctx)
-                    ctx.window_ns = w + dt
-                    action = api._action
-                    hop = api._hop
-                    if action or hop is not None or api._label is not None:
-                        out_label = api._label
-                        api._action = ACT_NONE
-                        api._hop = None
-                        api._label = None
-                    else:
-                        out_label = None
-                    spoof = api._spoof
-                    if budget.overrun or spoof is not None:
-                        api._reset_decision()
-                        if budget.overrun:
-                            return [self._fail(slot, now, "service_timeout", _OVER_BUDGET)]
-                        return [self._fail(slot, now, "spoof_attempt", spoof or "")]
-                    if slot.consecutive_failures:
-                        slot.consecutive_failures = 0
-                    if action == ACT_DROP:
-                        return [self._drop("service_drop", slot, api._detail)]
-                    if action == ACT_REPLICATE:
-                        replicas = api._replicas
-                        api._replicas = []
-                        pkt = self._fpkt
-                        return [self._emit_hop(pkt, r, hops, slot, copy=True) for r in replicas]
-                    if hop is None:
-                        hop = (
-                            circuit.by_label[out_label]
-                            if out_label is not None
-                            else circuit.default
-                        )
-                        if hop is None:
-                            return [self._drop("no_decision", slot, "no out hop chosen")]
-                    if hop.strip:
-                        return [self._emit_hop(self._fpkt, hop, hops, slot, copy=False)]
-                    # egress: the codec's set_label, set_hop_limit, set_dst, set_src (to dst,
-                    # the site's address) and sign, fused. Values were range-checked at
-                    # install; a service cannot change addresses or TTL, but set_payload may
-                    # have rewritten length and checksum, so the checksum is read again.
-                    addr = hop.addr
-                    _CSUM_ADDRS.pack_into(
-                        buf, 10, ((buf[10] << 8 | buf[11]) + src - addr) % 0xFFFF, dst, addr
-                    )
-                    buf[o + 2] = hops - 1
-                    _LABEL.pack_into(buf, o + 4, hop.label)
-                    mac = hop.mac
-                    if mac is not None:
-                        h = mac.copy()
-                        h.update(buf[o : o + 12])
-                        h.update(hop.addr_bytes)
-                        buf[o + 12 : o + 16] = h.digest()
-                    else:
-                        buf[o + 12 : o + 16] = _NO_MAC
-                    if o == 28:  # the shim changed: no outer UDP checksum (protocol.md §2.2)
-                        buf[26] = buf[27] = 0
-                    out = bytes(buf)
-                    m = len(out)
-                    c.bytes_out += m
-                    local = self._locality.get(addr)
-                    if local is None:
-                        local = site.is_local(addr)
-                    if local:
-                        c.bytes_local += m
-                    else:
-                        c.bytes_interdomain += m
-                    if hop.final:
-                        return [Deliver(out, hop.next_hop, False)]
-                    v = _new(Forward)  # Forward(out, next_hop) minus the frozen __setattr__
-                    _set_data(v, out)
-                    _set_next_hop(v, hop.next_hop)
-                    return [v]
                 except Exception as exc:  # a platform bug, as in the general path
-                    self._fapi._reset_decision()
                     self.runtime.event(
                         now, "internal_error", "site", f"{type(exc).__name__}: {exc}"
                     )
                     return [self._drop("internal_error")]
+                return self._fast(data, now, circuit, o, hops, None, src)
         return self._general(data, now)
+
+    def _fast(
+        self,
+        data: bytes | bytearray | memoryview,
+        now: float,
+        circuit: Circuit | None,
+        o: int,
+        hops: int,
+        mac_ok: bool | None,
+        src: int,
+    ) -> list[Verdict]:
+        """The form-1 fast path after its ingress checks (see :meth:`process`): ``circuit``
+        is the label's circuit (None: unknown), ``o`` the shim's offset (20 IP mode, 28 UDP
+        mode), ``hops`` the hop limit, ``mac_ok`` the MAC verdict under the circuit's in key
+        if the C ingress computed it (None: computed here), ``src`` the IPv4 source (only
+        the pure-Python egress uses it)."""
+        site = self.site
+        ax = self._ax
+        try:
+            if circuit is None:
+                return [self._drop("unknown_label")]
+            if circuit.expires <= now:
+                return [self._drop("circuit_expired")]
+            if circuit.dest_addr is not None and site.destinations:
+                return self._general(data, now)  # receiver-first precedence
+            if mac_ok is None:
+                h = circuit.in_mac.copy()
+                h.update(data[o : o + 12])
+                h.update(data[16:20])
+                mac_ok = _compare(h.digest(), data[o + 12 : o + 16])
+            if not mac_ok:
+                return [self._drop("bad_mac")]
+            if hops == 0:
+                return [self._drop("hop_limit_exceeded")]
+            slot = circuit.slot
+            if slot is None:
+                slot = circuit.slot = self.runtime.slot(circuit.psp, circuit.service)
+            process = slot.process
+            if process is None or slot.status != ACTIVE:
+                return self._general(data, now)  # its service_disabled/unavailable drop
+            n = len(data)
+            buf = data if type(data) is bytearray else bytearray(data)
+            fpkt = self._fpkt
+            fpkt.buf = buf
+            if fpkt.shim_off != o:
+                fpkt.shim_off = o
+                fpkt.payload_off = o + 16
+                fpkt.encap = "ip" if o == 20 else "udp"
+            ctx = slot.ctx
+            api = self._fapi  # decision state is clear (reset after every use)
+            api._ctx = ctx
+            api._now = now
+            api._circuit = circuit
+            budget = self.budget
+            clock = self.clock
+            t0 = clock()
+            budget.left = budget.max_ticks  # Budget.start(t0), inlined
+            budget.deadline = t0 + budget.max_ns
+            budget.overrun = False
+            try:
+                process(api)
+            except BudgetExceeded:
+                self._charge(ctx, n, clock() - t0)
+                api._reset_decision()
+                return [self._fail(slot, now, "service_timeout", _OVER_BUDGET)]
+            except ApiError as exc:
+                self._charge(ctx, n, clock() - t0)
+                api._reset_decision()
+                return [self._fail(slot, now, exc.reason, exc.detail)]
+            except FISUnavailableError as exc:
+                api._reset_decision()
+                return [self._platform_fault(slot, now, exc)]
+            except Exception as exc:
+                self._charge(ctx, n, clock() - t0)
+                api._reset_decision()
+                detail = f"{type(exc).__name__}: {exc}"
+                return [self._fail(slot, now, "service_error", detail)]
+            dt = clock() - t0
+            c = ctx.counters
+            c.packets += 1
+            c.bytes_in += n
+            c.cpu_ns += dt
+            w = ctx.window_ns
+            if not w:
+                self._window_ctxs.append(ctx)
+            ctx.window_ns = w + dt
+            action = api._action
+            hop = api._hop
+            if action or hop is not None or api._label is not None:
+                out_label = api._label
+                api._action = ACT_NONE
+                api._hop = None
+                api._label = None
+            else:
+                out_label = None
+            spoof = api._spoof
+            if budget.overrun or spoof is not None:
+                api._reset_decision()
+                if budget.overrun:
+                    return [self._fail(slot, now, "service_timeout", _OVER_BUDGET)]
+                return [self._fail(slot, now, "spoof_attempt", spoof or "")]
+            if slot.consecutive_failures:
+                slot.consecutive_failures = 0
+            if action == ACT_DROP:
+                return [self._drop("service_drop", slot, api._detail)]
+            if action == ACT_REPLICATE:
+                replicas = api._replicas
+                api._replicas = []
+                pkt = self._fpkt
+                return [self._emit_hop(pkt, r, hops, slot, copy=True) for r in replicas]
+            if hop is None:
+                hop = circuit.by_label[out_label] if out_label is not None else circuit.default
+                if hop is None:
+                    return [self._drop("no_decision", slot, "no out hop chosen")]
+            if hop.strip:
+                return [self._emit_hop(self._fpkt, hop, hops, slot, copy=False)]
+            addr = hop.addr
+            if ax is not None:
+                out = ax.form1_out(buf, o, hops - 1, hop.label, addr, hop.key)
+            else:
+                # egress: the codec's set_label, set_hop_limit, set_dst, set_src (to the
+                # site's address, where the packet arrived) and sign, fused. Values were
+                # range-checked at install; a service cannot change addresses or TTL, but
+                # set_payload may have rewritten length and checksum, so the checksum is
+                # read again.
+                _CSUM_ADDRS.pack_into(
+                    buf,
+                    10,
+                    ((buf[10] << 8 | buf[11]) + src - addr) % 0xFFFF,
+                    site.public_addr,
+                    addr,
+                )
+                buf[o + 2] = hops - 1
+                _LABEL.pack_into(buf, o + 4, hop.label)
+                mac = hop.mac
+                if mac is not None:
+                    h = mac.copy()
+                    h.update(buf[o : o + 12])
+                    h.update(hop.addr_bytes)
+                    buf[o + 12 : o + 16] = h.digest()
+                else:
+                    buf[o + 12 : o + 16] = _NO_MAC
+                if o == 28:  # the shim changed: no outer UDP checksum (protocol.md §2.2)
+                    buf[26] = buf[27] = 0
+                out = bytes(buf)
+            m = len(out)
+            c.bytes_out += m
+            local = self._locality.get(addr)
+            if local is None:
+                local = site.is_local(addr)
+            if local:
+                c.bytes_local += m
+            else:
+                c.bytes_interdomain += m
+            if hop.final:
+                return [Deliver(out, hop.next_hop, False)]
+            v = _new(Forward)  # Forward(out, next_hop) minus the frozen __setattr__
+            _set_data(v, out)
+            _set_next_hop(v, hop.next_hop)
+            return [v]
+        except Exception as exc:  # a platform bug, as in the general path
+            self._fapi._reset_decision()
+            self.runtime.event(now, "internal_error", "site", f"{type(exc).__name__}: {exc}")
+            return [self._drop("internal_error")]
 
     def process_batch(
         self, packets: Iterable[bytes | bytearray | memoryview], now: float

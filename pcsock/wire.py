@@ -61,12 +61,15 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import logging
+import os
 import struct
 from collections.abc import Callable
 from hmac import compare_digest as _compare
-from typing import Final
+from typing import Any, Final
 
 __all__ = [
+    "ACCELERATED",
     "CIRCUIT_SHIM",
     "CIRCUIT_SHIM_LEN",
     "DEFAULT_HOP_LIMIT",
@@ -76,6 +79,8 @@ __all__ = [
     "FORM_SERVICE",
     "IPPROTO_PACKETCLOUD",
     "IPV4_HEADER",
+    "PURE",
+    "PURE_REASON",
     "REASONS",
     "SERVICE_SHIM",
     "SERVICE_SHIM_LEN",
@@ -87,6 +92,7 @@ __all__ = [
     "Packet",
     "Route",
     "WireError",
+    "accelerator",
     "build_circuit_packet",
     "build_ipv4",
     "build_service_packet",
@@ -97,6 +103,7 @@ __all__ = [
     "parse",
     "service_check",
     "switch_hop",
+    "use_accelerator",
 ]
 
 # --- constants (docs/protocol.md §1) ------------------------------------------------------
@@ -184,6 +191,37 @@ class WireError(Exception):
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
+# --- the C accelerator -----------------------------------------------------------------------
+#
+# pcsock/_accel.c does what this module's per-packet functions do -- _frame (so parse),
+# switch_hop, Packet.switch, build_circuit_packet -- in C, with the same results, the same
+# WireError reasons and the same order of checks (tests/wire/test_accel_differential.py). This
+# module stays the reference; the C versions replace the Python ones at the end of the module
+# when pcsock._accel can be imported and PACKETCLOUD_PURE is not set.
+
+_log = logging.getLogger("pcsock")
+
+
+def _load_accel() -> tuple[object | None, str]:
+    if os.environ.get("PACKETCLOUD_PURE", "") not in ("", "0"):
+        return None, "PACKETCLOUD_PURE is set"
+    try:
+        import pcsock._accel as mod
+    except ImportError as exc:
+        return None, f"pcsock._accel could not be imported ({exc})"
+    mod._setup(WireError)
+    return mod, ""
+
+
+_accel: Any
+_accel, PURE_REASON = _load_accel()
+#: True when the C accelerator is in use (False: the pure-Python path, see PURE_REASON);
+#: set by use_accelerator() at the end of the module.
+ACCELERATED: bool
+if _accel is None and PURE_REASON != "PACKETCLOUD_PURE is set":
+    _log.warning("pcsock: using the pure-Python codec: %s", PURE_REASON)
+
+
 # --- helpers --------------------------------------------------------------------------------
 
 
@@ -243,13 +281,15 @@ class HopKey:
     Keys are 16 to 32 bytes (BLAKE2s accepts up to 32).
     """
 
-    __slots__ = ("_proto", "key")
+    __slots__ = ("_ck", "_proto", "key")
 
     def __init__(self, key: bytes) -> None:
         if not isinstance(key, bytes | bytearray) or not 16 <= len(key) <= 32:
             raise WireError("bad_field", "a hop key is 16 to 32 bytes")
         self.key = bytes(key)
         self._proto = hashlib.blake2s(key=self.key, digest_size=CIRCUIT_MAC_LEN)
+        #: the same pre-keyed state in the C accelerator (None without it)
+        self._ck = None if _accel is None else _accel.Key(self.key, CIRCUIT_MAC_LEN)
 
     def mac(self, data: bytes | bytearray | memoryview) -> bytes:
         h = self._proto.copy()
@@ -264,6 +304,10 @@ class HopKey:
 
     def __hash__(self) -> int:
         return hash(self.key)
+
+
+if _accel is not None:
+    _accel._register_hopkey(HopKey)
 
 
 def circuit_mac(key: HopKey, shim_head: bytes | bytearray | memoryview, dst: int) -> bytes:
@@ -459,7 +503,7 @@ class Packet:
         """
         if self.form != FORM_CIRCUIT:
             raise WireError("unknown_form", f"switch needs form 1, packet is form {self.form}")
-        _hop(self.buf, self.ihl, self.shim_off, None, (in_key, label, dst, out_key), src)
+        _switch_packet(self.buf, self.ihl, self.shim_off, in_key, label, dst, out_key, src)
 
     def _shim_changed(self) -> None:
         """The UDP payload (the shim) changed: a non-zero outer UDP checksum would now be
@@ -591,7 +635,7 @@ def _frame(
         b0, total, frag, ip_proto = _IP_FIELDS.unpack_from(data)
     except struct.error:
         raise WireError("truncated", f"{len(data)} bytes is shorter than an IPv4 header") from None
-    if b0 == 0x45 and total == len(data):  # the common case: no options, no trailing bytes
+    if b0 == 0x45 and total == len(data) >= 20:  # the common case: no options, no trailing bytes
         ihl = 20
         buf = data if type(data) is bytearray else bytearray(data)
     else:
@@ -748,6 +792,20 @@ def _hop(
     return True
 
 
+def _switch_packet(
+    b: bytearray,
+    ihl: int,
+    o: int,
+    in_key: HopKey,
+    label: int,
+    dst: int,
+    out_key: HopKey,
+    src: int | None,
+) -> None:
+    """:meth:`Packet.switch` after its form check (``_accel.switch_packet`` in C)."""
+    _hop(b, ihl, o, None, (in_key, label, dst, out_key), src)
+
+
 def switch_hop(
     data: bytes | bytearray | memoryview,
     routes: Callable[[int], Route | None],
@@ -856,6 +914,27 @@ def build_circuit_packet(
     """
     src_i = ip2int(src)
     dst_i = ip2int(dst)
+    if _build_circuit is not None:  # the C build-and-seal, after the same checks
+        orig_i = src_i if orig_src is None else ip2int(orig_src)
+        _check_range("next_proto", next_proto, 255)
+        _check_range("hop_limit", hop_limit, 255)
+        _check_range("metadata", metadata, 255)
+        _check_range("label", label, MAX_LABEL)
+        if key is not None:
+            key = _as_key(key)
+        if udp:
+            _check_range("sport", sport, 0xFFFF)
+            _check_range("dport", dport, 0xFFFF)
+        else:
+            _check_range("proto", proto, 255)
+        _check_range("ttl", ttl, 255)
+        _check_range("tos", tos, 255)
+        _check_range("ident", ident, 0xFFFF)
+        return _build_circuit(
+            src_i, dst_i, label, key, payload, metadata, orig_i, next_proto, hop_limit,
+            ttl, tos, ident, udp, sport if udp else 0, dport if udp else 0,
+            0 if udp else proto,
+        )  # fmt: skip
     shim = bytearray(
         CIRCUIT_SHIM.pack(
             VERSION << 4 | FORM_CIRCUIT,
@@ -922,3 +1001,48 @@ def build_service_packet(
             payload=_udp_wrap(inner, sport, dport),
         )
     return build_ipv4(src=src, dst=dst, proto=proto, ttl=ttl, tos=tos, ident=ident, payload=inner)
+
+
+# --- choosing the implementation ------------------------------------------------------------
+
+#: The pure-Python reference of every function the accelerator replaces (tests and benchmarks
+#: compare the two; the docs teach these).
+PURE: Final[dict[str, Any]] = {
+    "_frame": _frame,
+    "switch_hop": switch_hop,
+    "_switch_packet": _switch_packet,
+    "_build_circuit": None,
+}
+_build_circuit: Any = None
+
+
+def accelerator() -> Any:
+    """The C accelerator module ``pcsock._accel`` if it is in use, else None."""
+    return _accel if ACCELERATED else None
+
+
+def use_accelerator(flag: bool) -> bool:
+    """Switch this process between the C accelerator and the pure-Python reference (for tests
+    and benchmarks that compare them); returns the previous setting. Objects made before the
+    switch (a Pipeline, a socket's senders) keep the implementation they were made with.
+    RuntimeError if the accelerator is asked for but not available."""
+    global ACCELERATED, _frame, switch_hop, _switch_packet, _build_circuit
+    previous = ACCELERATED
+    if flag and _accel is None:
+        raise RuntimeError(f"the C accelerator is not available: {PURE_REASON}")
+    if flag:
+        _frame = _accel.frame
+        switch_hop = _accel.switch_hop
+        _switch_packet = _accel.switch_packet
+        _build_circuit = _accel.build_circuit
+    else:
+        _frame = PURE["_frame"]
+        switch_hop = PURE["switch_hop"]
+        _switch_packet = PURE["_switch_packet"]
+        _build_circuit = None
+    ACCELERATED = flag
+    return previous
+
+
+ACCELERATED = False
+use_accelerator(_accel is not None)

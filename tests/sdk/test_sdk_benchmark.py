@@ -24,3 +24,9 @@ def test_circuit_setup_benchmark_writes_its_figures(tmp_path):
         < fig["pcsock_send_ratio_vs_udp"]
         == pytest.approx(fig["pcsock_send_pps"] / fig["udp_send_pps"], rel=0.01)
     )
+    assert fig["pcsock_send_pps_pure"] > 0 and fig["udp_send_same_datagram_pps"] > 0
+    if fig["pcsock_accelerated"]:
+        assert fig["pcsock_send_many_pps"] > 0
+        assert fig["pcsock_send_many_ratio_vs_udp"] == pytest.approx(
+            fig["pcsock_send_many_pps"] / fig["udp_send_pps"], rel=0.01
+        )

@@ -14,7 +14,12 @@ from pcsite_lite.pipeline import Pipeline
 from pcsite_lite.services import source
 from pcsite_lite.site import Site
 from pcsite_lite.verdicts import Drop
+from pcsock import wire
 from pcsock.wire import HopKey, build_circuit_packet, parse
+
+#: the fast path runs on the C accelerator (pcsock._accel) when it is built, and on the
+#: pure-Python reference: every test here runs on both
+ACCEL = [False, True] if wire.accelerator() is not None else [False]
 
 SERVICES = {
     "noop": source("noop"),
@@ -111,12 +116,13 @@ def _counting(inner: Any, by_data: dict[bytes, str], seen: list[str]) -> Any:
     return counting
 
 
+@pytest.mark.parametrize("accel", ACCEL)
 @pytest.mark.parametrize("verify", [False, True])
-def test_fast_path_equals_general_path(verify: bool) -> None:
+def test_fast_path_equals_general_path(verify: bool, accel: bool) -> None:
     results = []
     for general in (False, True):
         site, labels = _site()
-        pipe = Pipeline(site, verify_ip_checksum=verify, cpu_clock=StepClock())
+        pipe = Pipeline(site, verify_ip_checksum=verify, cpu_clock=StepClock(), accel=accel)
         packets = _packets(labels)
         run = pipe._general if general else pipe.process
         to_general: list[str] = []
@@ -142,9 +148,10 @@ def test_fast_path_equals_general_path(verify: bool) -> None:
     assert kinds == {"Forward", "Deliver", "Drop"}
 
 
-def test_fast_path_output_verifies_and_payload_change_keeps_the_checksum() -> None:
+@pytest.mark.parametrize("accel", ACCEL)
+def test_fast_path_output_verifies_and_payload_change_keeps_the_checksum(accel: bool) -> None:
     site, labels = _site()
-    pipe = Pipeline(site)
+    pipe = Pipeline(site, accel=accel)
     data = bytes(
         build_circuit_packet(
             src=SENDER, dst=SITE_IP, label=labels["grow"], key=IN_KEY, payload=b"abc"
@@ -156,12 +163,45 @@ def test_fast_path_output_verifies_and_payload_change_keeps_the_checksum() -> No
     assert out.src == parse(data).dst  # the site's own address
 
 
-def test_a_bytearray_is_processed_in_place_and_a_drop_leaves_it_unchanged() -> None:
+@pytest.mark.parametrize("accel", ACCEL)
+def test_a_bytearray_is_processed_in_place_and_a_drop_leaves_it_unchanged(accel: bool) -> None:
     site, labels = _site()
-    pipe = Pipeline(site)
+    pipe = Pipeline(site, accel=accel)
     bad = build_circuit_packet(
         src=SENDER, dst=SITE_IP, label=labels["noop"], key=HopKey(b"wrong-key-0123456")
     )
     before = bytes(bad)
     [v] = pipe.process(bad, 1.0)
     assert isinstance(v, Drop) and v.reason == "bad_mac" and bytes(bad) == before
+
+
+@pytest.mark.skipif(len(ACCEL) < 2, reason=f"C accelerator not built: {wire.PURE_REASON}")
+@pytest.mark.parametrize("verify", [False, True])
+def test_accelerated_and_pure_pipelines_give_the_same_verdicts_drops_and_metering(
+    verify: bool,
+) -> None:
+    """The same packets (every service decision, every refusal, plus bit flips of each) through
+    a pipeline on the C accelerator and one on the pure-Python path: identical verdicts (bytes
+    included), drop counters, service counters (packets, bytes, CPU with a step clock) and
+    service states."""
+    results = []
+    for accel in (True, False):
+        site, labels = _site()
+        pipe = Pipeline(site, verify_ip_checksum=verify, cpu_clock=StepClock(), accel=accel)
+        packets = _packets(labels)
+        for name, data, now in list(packets):
+            for i in range(0, min(len(data), 40)):
+                bad = bytearray(data)
+                bad[i] ^= 1 << (i % 8)
+                packets.append((f"{name}^{i}", bytes(bad), now))
+        verdicts = [(name, pipe.process(data, now)) for name, data, now in packets]
+        verdicts += [(name, pipe.process(bytearray(data), now)) for name, data, now in packets[:40]]
+        counters = {s.name: s.ctx.counters.as_dict() for s in site.runtime.slots()}
+        status = {s.name: (s.status, s.failures) for s in site.runtime.slots()}
+        results.append((verdicts, counters, dict(site.drops), status))
+    fast, pure = results
+    assert [v for _, v in fast[0]] == [v for _, v in pure[0]]
+    assert fast[1:] == pure[1:]
+    kinds = {type(v).__name__ for _, vs in fast[0] for v in vs}
+    assert kinds == {"Forward", "Deliver", "Drop"}
+    assert len(fast[2]) >= 8  # many different drop reasons were compared
