@@ -320,3 +320,19 @@ def test_form2_and_form3_packets_are_batched_with_the_same_results() -> None:
     assert Prefetcher(site)(batch, 2.0) == 10
     assert [pipe.process(d, 2.0) for d in batch] == one_by_one
     assert sid.batch_hits == 5 and dest.batch_hits == 5
+
+
+def test_a_fis_outage_is_the_sites_fault_for_a_confined_service_too(tmp_path: Path) -> None:
+    from pcsite_lite.fis import CachedFIS, open_engine
+
+    fis = CachedFIS(open_engine(f"unix://{tmp_path}/gone.sock"))
+    site = Site("c", SITE_IP, fis=fis, isolation=IsolationPolicy(deadline_ms=2000))
+    _SITES.append(site)
+    pipe = Pipeline(site)
+    _deploy(site, "p", "f", "def process(pkt):\n    pkt.fetch('k')\n")
+    label = _circuit(site, "p", "f")
+    for i in range(12):
+        [v] = pipe.process(_pkt(label), float(i))
+        assert isinstance(v, Drop) and v.reason == "fis_unavailable" and v.service is None
+    slot = site.runtime.slot("p", "f")
+    assert slot.status == "active" and slot.failures == 0
