@@ -87,6 +87,9 @@ ACT_DROP: Final = 2
 ACT_ENCAP: Final = 3
 ACT_REPLICATE: Final = 4
 
+#: Default cap on the copies one packet may become through ``replicate``.
+REPLICATE_PER_PACKET: Final = 16
+
 #: A service's node-local cache holds at most this many bytes (keys + values); older entries
 #: are evicted first. Best effort (paper §2.4): another node does not see it.
 CACHE_LIMIT: Final = 1 << 20
@@ -125,11 +128,16 @@ class ServiceContext:
         "cache_limit",
         "cache_used",
         "counters",
+        "cpu_source",
         "fis",
         "log_sink",
         "name",
         "ns",
         "psp",
+        "rep_max",
+        "rep_rate",
+        "rep_t",
+        "rep_tokens",
         "service",
         "window_ns",
     )
@@ -143,6 +151,7 @@ class ServiceContext:
         log_sink: Callable[[str], None] | None = None,
         counters: Counters | None = None,
         cache_limit: int = CACHE_LIMIT,
+        replicate_caps: tuple[int, int | None] = (REPLICATE_PER_PACKET, None),
     ) -> None:
         self.psp = psp
         self.service = service
@@ -157,6 +166,14 @@ class ServiceContext:
         self.aes_keys: dict[bytes, AESGCM] = {}
         #: service time (cheap clock, ns) not yet scaled by ``Pipeline.account``
         self.window_ns = 0
+        #: a confined service: ``() -> ns`` of kernel-accounted CPU of its process since the
+        #: last call, billed instead of the pipeline's timing (see pcsite_lite.confine)
+        self.cpu_source: Callable[[], int] | None = None
+        #: replicate caps: copies per packet, copies per second (token bucket over the
+        #: packet clock; None: no rate cap)
+        self.rep_max, self.rep_rate = replicate_caps
+        self.rep_tokens = float(self.rep_rate or 0)
+        self.rep_t = 0.0
 
 
 class ShimView(tuple):
@@ -615,12 +632,20 @@ class PacketApi:
 
     def replicate(self, targets: Iterable[str | int]) -> None:
         """Send one copy per target. Form 1: each target is an out label (int) or next hop
-        (str) of the circuit. Forms 2/3: each target is a tunnel end point (as encapsulate)."""
+        (str) of the circuit. Forms 2/3: each target is a tunnel end point (as encapsulate).
+
+        Amplification is capped (``ServiceContext.rep_max`` copies per packet, default
+        :data:`REPLICATE_PER_PACKET`; ``rep_rate`` copies per second per service); the same
+        target twice is refused. Each copy is metered as egress bytes."""
         if isinstance(targets, str | bytes):
             raise _misuse("replicate takes a list of targets")
         circuit = self._circuit
+        ctx = self._ctx
+        cap = ctx.rep_max
         out: list[Any] = []
         for t in targets:
+            if len(out) >= cap:
+                raise _misuse(f"at most {cap} replicas per packet")
             if circuit is not None:
                 hop = (
                     circuit.by_label.get(t)
@@ -637,8 +662,17 @@ class PacketApi:
                 if not self._may_redirect(addr):
                     raise self._refuse(f"may not tunnel to {t}")
                 out.append(addr)
-            if len(out) > 64:
-                raise _misuse("at most 64 replicas")
+        if len(set(map(id, out) if circuit is not None else out)) != len(out):
+            raise _misuse("the same replica target twice")
+        rate = ctx.rep_rate
+        if rate is not None:
+            now = self._now
+            tokens = min(float(rate), ctx.rep_tokens + max(0.0, now - ctx.rep_t) * rate)
+            ctx.rep_t = now
+            if tokens < len(out):
+                ctx.rep_tokens = tokens
+                raise _misuse(f"replicate over its cap of {rate} copies per second")
+            ctx.rep_tokens = tokens - len(out)
         self._replicas = out
         self._action = ACT_REPLICATE
 

@@ -50,7 +50,7 @@ from pcsite_lite.api import (
 from pcsite_lite.circuits import Circuit, OutHop
 from pcsite_lite.fis import FISUnavailableError
 from pcsite_lite.runtime import ACTIVE, DISABLED, ServiceSlot
-from pcsite_lite.sandbox import BudgetExceeded
+from pcsite_lite.sandbox import BudgetExceeded, ServiceUnavailable
 from pcsite_lite.site import Registration, Site
 from pcsite_lite.verdicts import DROP_REASONS, Deliver, Drop, Forward, Verdict
 from pcsock import wire
@@ -276,6 +276,9 @@ class Pipeline:
             except FISUnavailableError as exc:
                 api._reset_decision()
                 return [self._platform_fault(slot, now, exc)]
+            except ServiceUnavailable as exc:  # confined process (re)starting
+                api._reset_decision()
+                return [self._drop(exc.reason, slot, str(exc))]
             except Exception as exc:
                 self._charge(ctx, n, clock() - t0)
                 api._reset_decision()
@@ -285,11 +288,14 @@ class Pipeline:
             c = ctx.counters
             c.packets += 1
             c.bytes_in += n
-            c.cpu_ns += dt
-            w = ctx.window_ns
-            if not w:
-                self._window_ctxs.append(ctx)
-            ctx.window_ns = w + dt
+            if ctx.cpu_source is None:
+                c.cpu_ns += dt
+                w = ctx.window_ns
+                if not w:
+                    self._window_ctxs.append(ctx)
+                ctx.window_ns = w + dt
+            else:
+                c.cpu_ns += ctx.cpu_source()
             action = api._action
             hop = api._hop
             if action or hop is not None or api._label is not None:
@@ -437,6 +443,9 @@ class Pipeline:
         c = ctx.counters
         c.packets += 1
         c.bytes_in += n
+        if ctx.cpu_source is not None:  # confined: what the kernel accounted to its process
+            c.cpu_ns += ctx.cpu_source()
+            return
         c.cpu_ns += dt
         w = ctx.window_ns
         if not w:
@@ -496,6 +505,8 @@ class Pipeline:
             return self._fail(slot, now, exc.reason, exc.detail)
         except FISUnavailableError as exc:
             return self._platform_fault(slot, now, exc)
+        except ServiceUnavailable as exc:  # confined process (re)starting: not its failure
+            return self._drop(exc.reason, slot, str(exc))
         except Exception as exc:
             self._charge(ctx, n, clock() - t0)
             return self._fail(slot, now, "service_error", f"{type(exc).__name__}: {exc}")

@@ -18,8 +18,9 @@ recently used services cached. Three pieces:
   re-checks both the digest and the signature on *every* load: a tampered blob or record, or a
   signature by any key other than the PSP's registered one, raises :class:`RepositoryError`.
 * :class:`ServiceCache` — the node side: ``get(psp, service)`` returns the loaded active
-  version. Loaded services are keyed by digest in an LRU of ``capacity`` entries; the loader
-  (compiling code into a module, sandboxing) is a callable the service runtime supplies. The
+  version. Loaded services are keyed by (PSP, service, digest) in an LRU of ``capacity``
+  entries; the loader (compiling code into a module, or starting its confined process) is a
+  callable the service runtime supplies. The
   active pointers are re-read when ``GENERATION`` changed, checked at most once per
   ``staleness`` seconds of the injected clock, so activating a version reaches every node within
   that bound without restarting anything.
@@ -300,14 +301,8 @@ class Repository:
     ) -> ServiceVersion:
         """Store a signed version (verified now and on every load). Versions are immutable:
         re-uploading the same code is a no-op, different code under a used name is refused."""
-        _check_name("version", version)
+        digest = self.verify(psp, service, version, code, signature)
         sdir = self._service_dir(psp, service)
-        if not isinstance(code, bytes) or not isinstance(signature, bytes):
-            raise RepositoryError("bad_name", "code and signature must be bytes")
-        if len(code) > self.max_code_bytes:
-            raise RepositoryError("too_large", f"{len(code)} bytes > {self.max_code_bytes}")
-        digest = hashlib.sha256(code).hexdigest()
-        self._verify(psp, service, version, digest, signature)
         blob = self._blob_path(digest)
         if not blob.exists():
             _atomic_write(blob, code)
@@ -327,6 +322,19 @@ class Repository:
                 )
             return existing
         return sv
+
+    def verify(self, psp: str, service: str, version: str, code: bytes, signature: bytes) -> str:
+        """Check names, size and the PSP's signature of an upload without storing it (a site
+        does this before anything else looks at the code); returns the code's digest."""
+        _check_name("version", version)
+        self._service_dir(psp, service)  # checks the names
+        if not isinstance(code, bytes) or not isinstance(signature, bytes):
+            raise RepositoryError("bad_name", "code and signature must be bytes")
+        if len(code) > self.max_code_bytes:
+            raise RepositoryError("too_large", f"{len(code)} bytes > {self.max_code_bytes}")
+        digest = hashlib.sha256(code).hexdigest()
+        self._verify(psp, service, version, digest, signature)
+        return digest
 
     def version(self, psp: str, service: str, version: str) -> ServiceVersion:
         """Metadata of one version; ``not_found`` if absent."""
@@ -413,7 +421,8 @@ class ServiceCache(Generic[T]):
     """Per-node LRU of loaded services, following the repository's active pointers.
 
     ``loader(code) -> T`` turns verified :class:`ServiceCode` into whatever the runtime runs
-    (a compiled module); it is called once per digest while that digest stays cached. A loader
+    (a compiled module); it is called once per (PSP, service, digest) while that stays cached
+    (the same code of two services is loaded twice: they share no module state). A loader
     exception is raised as :class:`RepositoryError` ``load_failed`` (nothing is cached).
     """
 
@@ -433,7 +442,9 @@ class ServiceCache(Generic[T]):
         self.capacity = capacity
         self.staleness = staleness
         self._clock = clock
-        self._lru: OrderedDict[str, T] = OrderedDict()  # digest -> loaded service
+        # (psp, service, digest) -> loaded service: two services with the same code never
+        # share a loaded module (its globals) or a confined process
+        self._lru: OrderedDict[tuple[str, str, str], T] = OrderedDict()
         self._active: dict[tuple[str, str], tuple[str, str]] = {}  # -> (version, digest)
         self._generation = repo.generation()
         self._deadline = clock() + staleness
@@ -448,10 +459,11 @@ class ServiceCache(Generic[T]):
         if active is None:
             active = self._resolve(psp, service)
         digest = active[1]
-        loaded = self._lru.get(digest)
+        key = (psp, service, digest)
+        loaded = self._lru.get(key)
         if loaded is None:
             return self._load(psp, service, active[0])
-        self._lru.move_to_end(digest)
+        self._lru.move_to_end(key)
         return loaded
 
     def active_version(self, psp: str, service: str) -> str:
@@ -478,7 +490,7 @@ class ServiceCache(Generic[T]):
                 "load_failed", f"{psp}/{service} version {version}: {exc!r}"
             ) from exc
         self.loads += 1
-        self._lru[code.digest] = loaded
+        self._lru[(psp, service, code.digest)] = loaded
         while len(self._lru) > self.capacity:
             self._lru.popitem(last=False)
             self.evictions += 1
@@ -494,7 +506,7 @@ class ServiceCache(Generic[T]):
 
     def cached_digests(self) -> list[str]:
         """Digests held, least recently used first."""
-        return list(self._lru)
+        return [digest for _, _, digest in self._lru]
 
     def __len__(self) -> int:
         return len(self._lru)

@@ -14,9 +14,11 @@ node-local cache, log sink) and a status:
   counted as a failure: see :meth:`ServiceRuntime.platform_fault`.
 
 Code comes from :meth:`ServiceRuntime.deploy` (source text, compiled by
-:func:`pcsite_lite.sandbox.load_service`) or, on first use, from a ``resolver`` -- e.g. the
-service repository's node-side cache, which takes :func:`~pcsite_lite.sandbox.load_service` as
-its loader (:func:`load_from_repository`). Deploying a new version swaps the slot's code
+:func:`pcsite_lite.sandbox.load_service` in this process -- the trusted lane -- or, when the
+runtime's ``isolation`` policy confines the service, started in its own confined process by
+:class:`pcsite_lite.confine.ConfinedService`, see :func:`load_code`) or, on first use, from
+a ``resolver`` -- e.g. the service repository's node-side cache, which takes
+:func:`load_from_repository` as its loader. Deploying a new version swaps the slot's code
 between two packets; nothing restarts and the counters carry on. With a resolver, the adapter
 calls :meth:`ServiceRuntime.refresh` now and then (e.g. between packet batches): a version the
 PSP activated in the repository then replaces the running one.
@@ -33,11 +35,14 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from pcsite_lite.api import ServiceContext
 from pcsite_lite.metering import Counters
 from pcsite_lite.sandbox import BUDGET, Budget, LoadedService, ServiceLoadError, load_service
+
+if TYPE_CHECKING:
+    from pcsite_lite.confine import IsolationPolicy
 
 __all__ = [
     "ACTIVE",
@@ -48,6 +53,7 @@ __all__ = [
     "ServiceRuntime",
     "ServiceSlot",
     "SiteEvent",
+    "load_code",
     "load_from_repository",
     "repository_resolver",
 ]
@@ -65,19 +71,55 @@ LogSinkFactory = Callable[[str, str], Callable[[str], None]]
 Resolver = Callable[[str, str], LoadedService | None]
 
 
-def load_from_repository(code: Any, *, budget: Budget = BUDGET) -> LoadedService:
+def load_from_repository(
+    code: Any, *, budget: Budget = BUDGET, isolation: IsolationPolicy | None = None
+) -> LoadedService:
     """``ServiceCache`` loader: compile a verified ``pcsite_lite.repository.ServiceCode``.
 
     The code ticks against ``budget``, which must be the site's (``Site(budget=...)``; the
     default :data:`~pcsite_lite.sandbox.BUDGET` unless the site was given another one: then
-    pass ``loader=functools.partial(load_from_repository, budget=that_budget)``).
+    pass ``loader=functools.partial(load_from_repository, budget=that_budget)``). With an
+    ``isolation`` policy that confines this service, nothing of it runs here: the result's
+    ``process`` is a :class:`~pcsite_lite.confine.ConfinedService` starting its process.
     """
-    return load_service(
+    return load_code(
         code.code,
         f"{code.psp}/{code.service}@{code.version}",
+        psp=code.psp,
+        service=code.service,
         version=code.version,
         budget=budget,
+        isolation=isolation,
     )
+
+
+def load_code(
+    source: str | bytes,
+    name: str,
+    *,
+    psp: str,
+    service: str,
+    version: str | None,
+    budget: Budget = BUDGET,
+    isolation: IsolationPolicy | None = None,
+) -> LoadedService:
+    """Load ``source`` in the worker (the trusted lane) or confined, as ``isolation`` says."""
+    if isolation is None or not isolation.confined(psp, service):
+        return load_service(source, name, version=version, budget=budget)
+    from pcsite_lite.confine import ConfinedService
+
+    data = source.encode() if isinstance(source, str) else bytes(source)
+    proxy = ConfinedService(
+        data, name, policy=isolation, max_ticks=budget.max_ticks, max_ns=budget.max_ns
+    )
+    return LoadedService(name=name, process=proxy, namespace={}, version=version)
+
+
+def _proxy(code: LoadedService | None) -> Any:
+    """The :class:`~pcsite_lite.confine.ConfinedService` behind ``code``, if confined."""
+    if code is None:
+        return None
+    return code.process if hasattr(code.process, "take_cpu") else None
 
 
 def repository_resolver(cache: Any) -> Resolver:
@@ -128,7 +170,7 @@ class ServiceSlot:
         self.consecutive_failures = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        doc = {
             "service": self.name,
             "status": self.status,
             "detail": self.status_detail,
@@ -137,6 +179,9 @@ class ServiceSlot:
             "consecutive_failures": self.consecutive_failures,
             "counters": self.ctx.counters.as_dict(),
         }
+        proxy = _proxy(self.code)
+        doc["isolation"] = "trusted" if proxy is None else proxy.status()
+        return doc
 
 
 class ServiceRuntime:
@@ -152,7 +197,12 @@ class ServiceRuntime:
         max_failures: int = 10,
         events: Callable[[SiteEvent], None] | None = None,
         keep_events: int = 1000,
+        isolation: IsolationPolicy | None = None,
+        replicate_caps: tuple[int, int | None] | None = None,
     ) -> None:
+        self.replicate_caps = replicate_caps
+        #: where provider code runs (None: every service in this process, the trusted lane)
+        self.isolation = isolation
         self.fis = fis
         self.log_sinks = log_sinks
         self.resolver = resolver
@@ -171,11 +221,18 @@ class ServiceRuntime:
         slot = self._slots.get(key)
         if slot is None:
             sink = self.log_sinks(psp, service) if self.log_sinks is not None else None
-            slot = ServiceSlot(ServiceContext(psp, service, fis=self.fis, log_sink=sink))
+            slot = ServiceSlot(self._context(psp, service, sink))
             self._slots[key] = slot
             if self.resolver is not None:
                 self._resolve(slot, psp, service)
         return slot
+
+    def _context(self, psp: str, service: str, sink: Any) -> ServiceContext:
+        if self.replicate_caps is None:
+            return ServiceContext(psp, service, fis=self.fis, log_sink=sink)
+        return ServiceContext(
+            psp, service, fis=self.fis, log_sink=sink, replicate_caps=self.replicate_caps
+        )
 
     def _resolve(self, slot: ServiceSlot, psp: str, service: str) -> None:
         assert self.resolver is not None
@@ -188,6 +245,15 @@ class ServiceRuntime:
             self.event(0.0, "load_failed", slot.name, detail)
             return
         if code is not None and code is not slot.code:
+            proxy = _proxy(code)
+            if proxy is not None and slot.code is not None and slot.status == ACTIVE:
+                # keep the running version until the new one's process has loaded it
+                try:
+                    if not proxy.poll_ready():
+                        return
+                except Exception as exc:
+                    self.event(0.0, "load_failed", slot.name, str(exc))
+                    return
             self.install(psp, service, code, version=code.version)
 
     def refresh(self) -> None:
@@ -210,7 +276,15 @@ class ServiceRuntime:
         self, psp: str, service: str, source: str | bytes, *, version: str | None = None
     ) -> ServiceSlot:
         """Compile ``source`` and make it the running version (raises ServiceLoadError)."""
-        code = load_service(source, f"{psp}/{service}", budget=self.budget, version=version)
+        code = load_code(
+            source,
+            f"{psp}/{service}",
+            psp=psp,
+            service=service,
+            version=version,
+            budget=self.budget,
+            isolation=self.isolation,
+        )
         return self.install(psp, service, code, version=version)
 
     def install(
@@ -220,10 +294,16 @@ class ServiceRuntime:
         slot = self._slots.get((psp, service))
         if slot is None:
             sink = self.log_sinks(psp, service) if self.log_sinks is not None else None
-            slot = ServiceSlot(ServiceContext(psp, service, fis=self.fis, log_sink=sink))
+            slot = ServiceSlot(self._context(psp, service, sink))
             self._slots[(psp, service)] = slot
+        old = _proxy(slot.code)
+        if old is not None and slot.code is not code:
+            old.stop()  # its process ends; it restarts only if that code comes back
         slot.code = code
         slot.process = code.process
+        proxy = _proxy(code)
+        # a confined service is billed the CPU the kernel accounted to its process
+        slot.ctx.cpu_source = None if proxy is None else proxy.take_cpu
         slot.version = version
         slot.status = ACTIVE
         slot.status_detail = ""
@@ -234,6 +314,9 @@ class ServiceRuntime:
         """Forget the code (packets then drop as service_unavailable); counters stay."""
         slot = self._slots.get((psp, service))
         if slot is not None:
+            proxy = _proxy(slot.code)
+            if proxy is not None:
+                proxy.stop()
             slot.code = None
             slot.process = None
             slot.status = UNAVAILABLE
@@ -268,6 +351,9 @@ class ServiceRuntime:
                 f"{kind}: {detail}"
             )
             self.event(now, "disabled", slot.name, slot.status_detail)
+            proxy = _proxy(slot.code)
+            if proxy is not None:
+                proxy.stop()  # its memory goes back; it starts again if re-enabled
 
     def platform_fault(self, slot: ServiceSlot, now: float, reason: str, detail: str) -> None:
         """A packet of ``slot`` failed for the *site's* fault (e.g. ``fis_unavailable``): not
@@ -295,3 +381,10 @@ class ServiceRuntime:
 
     def counters(self, psp: str, service: str) -> Counters:
         return self.slot(psp, service).ctx.counters
+
+    def close(self) -> None:
+        """Stop every confined process (the worker is going away)."""
+        for slot in self._slots.values():
+            proxy = _proxy(slot.code)
+            if proxy is not None:
+                proxy.close()

@@ -15,7 +15,11 @@ the site runs it, :func:`load_service`:
    ``except Exception`` cannot swallow it) once the per-packet tick budget or wall-clock
    deadline (checked every :data:`CLOCK_EVERY` ticks) is spent; after the first overrun every
    further tick raises again, so no ``try``/``except`` in a loop can keep the service running;
-3. executes the module once in a fresh namespace whose builtins are :data:`SAFE_BUILTINS`.
+3. executes the module once in a fresh namespace whose builtins are :data:`SAFE_BUILTINS`;
+   ``import`` gives the service its own copy of each allowed module (assigning
+   ``zlib.compress`` changes only that copy).
+
+:func:`compile_service` does steps 1-2 without running anything.
 
 Why not RestrictedPython: it enforces its policy with runtime guards on every attribute and
 item access (``_getattr_``, ``_getitem_``, ...), which costs more per packet than the whole
@@ -24,7 +28,11 @@ need, and the only runtime cost is one tick per function call and loop iteration
 
 What this is not: an OS-level sandbox. CPython has no in-process isolation boundary; a long
 *C-level* call (``sum(range(10**10))``, huge ``pow``) cannot be interrupted until it returns,
-and memory is not bounded. ``docs/services.md`` lists exactly what is and is not isolated.
+and memory is not bounded. These rules are the first line of defence; the boundary is the
+kernel: :mod:`pcsite_lite.confine` runs each provider's service in its own confined process
+(and checks uploads in a throw-away one). Loading a service in process, as here, is the
+*trusted lane* (the simulator, built-ins, operator-certified services); ``docs/security.md``
+says what each mode guarantees.
 """
 
 from __future__ import annotations
@@ -48,6 +56,8 @@ __all__ = [
     "BudgetExceeded",
     "LoadedService",
     "ServiceLoadError",
+    "ServiceUnavailable",
+    "compile_service",
     "load_service",
 ]
 
@@ -131,6 +141,7 @@ FORBIDDEN_ATTRIBUTES: Final = frozenset(
 CLOCK_EVERY: Final = 256
 
 _TICK: Final = "__pc_tick__"
+_TYPE_PARAMS: Final = frozenset({"TypeVar", "ParamSpec", "TypeVarTuple"})
 
 
 class ServiceLoadError(Exception):
@@ -144,6 +155,16 @@ class ServiceLoadError(Exception):
         self.lineno = lineno
         where = f" (line {lineno})" if lineno else ""
         super().__init__(f"{reason}: {detail}{where}")
+
+
+class ServiceUnavailable(Exception):
+    """The service's confined process is (re)starting, or the packet's batch was lost with a
+    process already blamed once: the packet is dropped with ``reason`` (``service_unavailable``
+    unless told) and the service is not blamed again (see :mod:`pcsite_lite.confine`)."""
+
+    def __init__(self, detail: str, reason: str = "service_unavailable") -> None:
+        super().__init__(detail)
+        self.reason = reason
 
 
 class BudgetExceeded(BaseException):
@@ -197,23 +218,45 @@ class Budget:
 BUDGET: Final = Budget()
 
 
-def _safe_import(
-    name: str,
-    globals: Any = None,
-    locals: Any = None,
-    fromlist: Any = (),
-    level: int = 0,
-) -> types.ModuleType:
-    if level != 0 or name not in ALLOWED_IMPORTS:
-        raise ImportError(f"services may import only {sorted(ALLOWED_IMPORTS)}")
-    return __import__(name)
+def _module_copy(name: str) -> types.ModuleType:
+    """A fresh module object holding the public attributes of allowed module ``name``: a
+    service that assigns ``zlib.compress = f`` changes only its own copy, never the module
+    the platform (or another service) calls."""
+    real = __import__(name)
+    copy = types.ModuleType(name)
+    for attr, value in vars(real).items():
+        if not attr.startswith("_"):
+            setattr(copy, attr, value)
+    return copy
 
 
-#: The builtins a service sees.
+def _importer() -> Callable[..., types.ModuleType]:
+    """A service's ``__import__``: allowed modules only, each a copy private to the service
+    (one copy per module per loaded service, so ``import zlib`` twice gives the same one)."""
+    copies: dict[str, types.ModuleType] = {}
+
+    def safe_import(
+        name: str,
+        globals: Any = None,
+        locals: Any = None,
+        fromlist: Any = (),
+        level: int = 0,
+    ) -> types.ModuleType:
+        if level != 0 or name not in ALLOWED_IMPORTS:
+            raise ImportError(f"services may import only {sorted(ALLOWED_IMPORTS)}")
+        mod = copies.get(name)
+        if mod is None:
+            mod = copies[name] = _module_copy(name)
+        return mod
+
+    return safe_import
+
+
+#: The builtins a service sees (each loaded service gets its own copy of this dict, with its
+#: own ``__import__``; see :func:`_importer`).
 SAFE_BUILTINS: Final[dict[str, Any]] = {
     name: getattr(builtins, name) for name in _SAFE_NAMES if hasattr(builtins, name)
 }
-SAFE_BUILTINS["__import__"] = _safe_import
 
 
 class _Policy(ast.NodeVisitor):
@@ -281,6 +324,31 @@ class _Policy(ast.NodeVisitor):
                 self._fail("forbidden_import", "import *", node)
         self.generic_visit(node)
 
+    # Every other form that binds a name without an ast.Name node: match capture patterns
+    # (``case x``, ``case [*x]``, ``case {**x}``, ``case p as x``) and type parameters. The
+    # forms that bind through an ast.Name (assignment, walrus, for/with/del targets) reach
+    # visit_Name; except-as, import-as, global/nonlocal and def/class names are checked above.
+    def visit_MatchAs(self, node: ast.MatchAs) -> None:
+        if node.name is not None:
+            self._name(node.name, node)
+        self.generic_visit(node)
+
+    def visit_MatchStar(self, node: ast.MatchStar) -> None:
+        if node.name is not None:
+            self._name(node.name, node)
+
+    def visit_MatchMapping(self, node: ast.MatchMapping) -> None:
+        if node.rest is not None:
+            self._name(node.rest, node)
+        self.generic_visit(node)
+
+    def generic_visit(self, node: ast.AST) -> None:
+        # type parameters (``def f[T]``, ``type X = ...``; Python >= 3.12) bind a bare name
+        name = getattr(node, "name", None) if type(node).__name__ in _TYPE_PARAMS else None
+        if isinstance(name, str):
+            self._name(name, node)
+        super().generic_visit(node)
+
     def visit_MatchClass(self, node: ast.MatchClass) -> None:
         for attr in node.kwd_attrs:
             if attr.startswith("_") or attr in FORBIDDEN_ATTRIBUTES:
@@ -332,6 +400,29 @@ class _Instrument(ast.NodeTransformer):
         return node
 
 
+def compile_service(source: str | bytes, name: str = "<service>") -> types.CodeType:
+    """Parse ``source``, apply the rules and instrument it; return the code object (nothing of
+    the service runs). Raises :class:`ServiceLoadError`."""
+    if isinstance(source, bytes):
+        try:
+            source = source.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ServiceLoadError("syntax", f"service source is not UTF-8: {exc}") from None
+    try:
+        tree = ast.parse(source, filename=name)
+    except (SyntaxError, ValueError) as exc:  # ValueError: NUL bytes in the source
+        lineno = getattr(exc, "lineno", None)
+        raise ServiceLoadError("syntax", str(getattr(exc, "msg", exc)), lineno) from None
+    except RecursionError:
+        raise ServiceLoadError("syntax", "source nested too deeply") from None
+    try:
+        _Policy().visit(tree)
+        tree = ast.fix_missing_locations(_Instrument().visit(tree))
+        return compile(tree, name, "exec")
+    except RecursionError:
+        raise ServiceLoadError("syntax", "source nested too deeply") from None
+
+
 @dataclass(frozen=True, slots=True)
 class LoadedService:
     """A loaded service: its ``process(pkt)`` entry point and the module namespace."""
@@ -354,20 +445,11 @@ def load_service(
     Raises :class:`ServiceLoadError` if the source breaks a rule, does not define a callable
     ``process``, raises while loading, or overruns ``budget`` at load time.
     """
-    if isinstance(source, bytes):
-        try:
-            source = source.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ServiceLoadError("syntax", f"service source is not UTF-8: {exc}") from None
-    try:
-        tree = ast.parse(source, filename=name)
-    except SyntaxError as exc:
-        raise ServiceLoadError("syntax", str(exc.msg), exc.lineno) from None
-    _Policy().visit(tree)
-    tree = ast.fix_missing_locations(_Instrument().visit(tree))
-    code = compile(tree, name, "exec")
+    code = compile_service(source, name)
+    builtins_ = dict(SAFE_BUILTINS)
+    builtins_["__import__"] = _importer()
     namespace: dict[str, Any] = {
-        "__builtins__": SAFE_BUILTINS,
+        "__builtins__": builtins_,
         "__name__": name,
         _TICK: budget.tick,
     }

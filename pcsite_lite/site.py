@@ -107,6 +107,8 @@ class Site:
         events: Callable[[SiteEvent], None] | None = None,
         randbits: Callable[[int], int] = secrets.randbits,
         now: float | None = None,
+        isolation: Any = None,
+        replicate_caps: tuple[int, int | None] | None = None,
     ) -> None:
         self.name = name
         try:
@@ -132,6 +134,8 @@ class Site:
             budget=budget,
             max_failures=max_failures,
             events=events,
+            isolation=isolation,
+            replicate_caps=replicate_caps,
         )
         self.local_prefixes: LpmTable[bool] = LpmTable()
         for p in local_prefixes:

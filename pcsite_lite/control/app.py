@@ -592,6 +592,9 @@ def error_response(err: ApiError) -> Response:
     return resp
 
 
+_UPLOAD: Final = re.compile(r"^/v1/psps/[^/]+/services/[^/]+/versions$")
+
+
 class ControlApp:
     """Authenticates, authorises, validates and dispatches one request to the backend.
 
@@ -627,6 +630,12 @@ class ControlApp:
     @property
     def max_body(self) -> int:
         return self.limits.max_body
+
+    def offload(self, req: Request) -> bool:
+        """Whether the server should answer ``req`` off its event loop: a service upload,
+        whose check runs provider code in a throw-away confined process and may take up to
+        its time limit. (It touches only the repository, whose writes are atomic files.)"""
+        return req.method == "POST" and _UPLOAD.match(urlsplit(req.target).path) is not None
 
     def handle(self, req: Request) -> Response:
         """Answer one request; never raises."""

@@ -108,6 +108,35 @@ class MeteringConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ServicesConfig:
+    """``[services]``: where provider code runs (docs/security.md) and replicate caps."""
+
+    isolation: str = "process"  #: "process" (confined, one per service) or "inprocess"
+    trusted: tuple[str, ...] = ()  #: "psp/service" names the operator runs in the worker
+    deadline_ms: float = 20.0  #: a confined call not answered by then: process killed
+    per_packet_ms: float = 1.0  #: ... plus this per packet of the batch
+    memory_mb: int = 512  #: RLIMIT_AS and memory cgroup limit of a confined process
+    cpu_percent: int = 100  #: CPU cgroup quota of a confined process (% of one CPU)
+    replicate_per_packet: int = 16  #: most copies one packet may become
+    replicate_per_second: int = 10_000  #: most copies per second per service and worker
+    cpus: tuple[int, ...] = ()  #: vCPUs confined processes run on (empty: the worker's)
+
+    def policy(self) -> Any:
+        """The :class:`~pcsite_lite.confine.IsolationPolicy` these settings describe."""
+        from pcsite_lite.confine import IsolationPolicy
+
+        return IsolationPolicy(
+            self.isolation,
+            trusted=self.trusted,
+            deadline_ms=self.deadline_ms,
+            per_packet_ms=self.per_packet_ms,
+            memory_mb=self.memory_mb,
+            cpu_percent=self.cpu_percent,
+            cpus=frozenset(self.cpus) or None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class SiteConfig:
     """A validated site configuration."""
 
@@ -128,6 +157,7 @@ class SiteConfig:
     tls: TlsConfig | None = None  #: ``[tls]``: HTTPS on the control API (None: plain HTTP)
     source: str = field(default="", compare=False)  #: the file it was read from
     metering: MeteringConfig = MeteringConfig("", 0.5)
+    services: ServicesConfig = field(default_factory=ServicesConfig)
 
     def tun_name(self, index: int) -> str:
         return f"{self.dataplane.tun_prefix}{index}"
@@ -196,7 +226,7 @@ def _online_cpus() -> set[int] | None:
 
 def parse(doc: dict[str, Any], *, source: str = "", base_dir: Path | None = None) -> SiteConfig:
     """Validate a parsed TOML document."""
-    known = {"site", "dataplane", "control", "metering", "limits", "tls"}
+    known = {"site", "dataplane", "control", "metering", "limits", "tls", "services"}
     extra = sorted(set(doc) - known)
     if extra:
         raise ConfigError(extra[0], f"unknown section (known: {', '.join(sorted(known))})")
@@ -361,6 +391,7 @@ def parse(doc: dict[str, Any], *, source: str = "", base_dir: Path | None = None
         raise ConfigError(f"control.{extra_c[0]}", "unknown key")
     ctl = ControlConfig(host, int(port_s), admin, tuple(psps), anchor, max_body)
     metering = _metering(doc, state_dir, base)
+    services = _services(doc)
     return SiteConfig(
         name=name,
         public_ip=public_ip,
@@ -379,6 +410,7 @@ def parse(doc: dict[str, Any], *, source: str = "", base_dir: Path | None = None
         tls=_tls(doc, base),
         source=source,
         metering=metering,
+        services=services,
     )
 
 
@@ -445,6 +477,43 @@ def _tls(doc: dict[str, Any], base: Path) -> TlsConfig | None:
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError("tls.cert", f"{paths['cert']} with {paths['key']}: {exc}") from None
     return tls
+
+
+def _services(doc: dict[str, Any]) -> ServicesConfig:
+    s = "services"
+    isolation = _get(doc, s, "isolation", str, "process")
+    if isolation not in ("process", "inprocess"):
+        raise ConfigError("services.isolation", "must be process or inprocess")
+    trusted = _get(doc, s, "trusted", list, [])
+    for t in trusted:
+        if not isinstance(t, str) or t.count("/") != 1:
+            raise ConfigError("services.trusted", f"{t!r} is not psp/service")
+    cfg = ServicesConfig(
+        isolation=isolation,
+        trusted=tuple(trusted),
+        deadline_ms=float(_get(doc, s, "deadline_ms", (int, float), 20.0)),
+        per_packet_ms=float(_get(doc, s, "per_packet_ms", (int, float), 1.0)),
+        memory_mb=_get(doc, s, "memory_mb", int, 512),
+        cpu_percent=_get(doc, s, "cpu_percent", int, 100),
+        replicate_per_packet=_get(doc, s, "replicate_per_packet", int, 16),
+        replicate_per_second=_get(doc, s, "replicate_per_second", int, 10_000),
+        cpus=tuple(_get(doc, s, "cpus", list, [])),
+    )
+    if not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 1024
+               for c in cfg.cpus):  # fmt: skip
+        raise ConfigError("services.cpus", "a list of CPU numbers")
+    _range("services.deadline_ms", cfg.deadline_ms, 1, 10_000)
+    _range("services.per_packet_ms", cfg.per_packet_ms, 0, 1_000)
+    _range("services.memory_mb", cfg.memory_mb, 64, 1 << 20)
+    _range("services.cpu_percent", cfg.cpu_percent, 1, 6400)
+    _range("services.replicate_per_packet", cfg.replicate_per_packet, 1, 64)
+    _range("services.replicate_per_second", cfg.replicate_per_second, 1, 10_000_000)
+    known = {"isolation", "trusted", "deadline_ms", "per_packet_ms", "memory_mb", "cpu_percent",
+             "replicate_per_packet", "replicate_per_second", "cpus"}  # fmt: skip
+    extra = sorted(set(doc.get(s, {})) - known)
+    if extra:
+        raise ConfigError(f"services.{extra[0]}", "unknown key")
+    return cfg
 
 
 def load(path: str | Path) -> SiteConfig:

@@ -21,9 +21,11 @@ Ops::
 
 from __future__ import annotations
 
+import atexit
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,8 @@ from .config import SiteConfig
 __all__ = ["SiteState", "WorkerSite", "circuit_op", "fis_snapshot_path", "has_fis_snapshots"]
 
 NOOP_VERSION = "builtin-noop"
+#: how long applying an op waits for a confined service's process to load the service
+READY_WAIT_S = 2.0
 
 
 def circuit_op(c: Circuit) -> dict[str, Any]:
@@ -127,7 +131,8 @@ def _resolver(cfg: SiteConfig) -> Any:
     from pcsite_lite.repository import Repository, ServiceCache
     from pcsite_lite.runtime import load_from_repository, repository_resolver
 
-    cache = ServiceCache(Repository(cfg.repository), loader=load_from_repository)
+    loader = partial(load_from_repository, isolation=cfg.services.policy())
+    cache = ServiceCache(Repository(cfg.repository), loader=loader)
     return repository_resolver(cache)
 
 
@@ -162,8 +167,20 @@ class WorkerSite:
             local_prefixes=cfg.isp_prefixes,
             resolver=_resolver(cfg),
             now=clock(),  # the first usage interval starts at start-up (not in 1970)
+            replicate_caps=(
+                cfg.services.replicate_per_packet,
+                cfg.services.replicate_per_second,
+            ),
         )
         self.pipeline = Pipeline(self.site, verify_ip_checksum=False)
+        # confined service processes end with the worker (they also die with it: PDEATHSIG)
+        atexit.register(self.site.runtime.close)
+        #: runs a packet batch's confined services ahead, one message per service
+        self.prefetch: Any = None
+        if cfg.repository is not None and cfg.services.isolation == "process":
+            from pcsite_lite.confine import Prefetcher
+
+            self.prefetch = Prefetcher(self.site)
         self._noop: str | None = None
         if cfg.undeployed == "noop":
             from pcsite_lite.services import source
@@ -174,6 +191,14 @@ class WorkerSite:
         slot = self.site.runtime.slot(psp, service)  # resolves from the repository if it can
         if slot.code is None and self._noop is not None:
             self.site.deploy(psp, service, self._noop, version=NOOP_VERSION)
+        wait_ready = getattr(slot.process, "wait_ready", None)
+        if wait_ready is not None:
+            # a confined service's process is starting: the op's ack, and so the control API
+            # call that made it, waits for it (bounded), so the PSP can send at once
+            try:
+                wait_ready(READY_WAIT_S)
+            except Exception as exc:  # its load failure: counted when packets come
+                self.site.runtime.event(self.clock(), "load_failed", slot.name, str(exc))
 
     # --- replication
     def apply(self, op: dict[str, Any]) -> None:

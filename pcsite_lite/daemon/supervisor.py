@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import trio
 
@@ -39,6 +39,11 @@ from .kstats import KernelDrops, Sample, fold, site_drops
 from .usage import UsageRecorder, drain_reports, export_since, totals
 
 __all__ = ["StartupError", "Supervisor", "run_daemon"]
+
+
+#: seconds without a message from a worker (it sends stats every 0.25 s) before the
+#: supervisor's watchdog kills it
+WATCHDOG_S: Final = 5.0
 
 
 class StartupError(Exception):
@@ -59,6 +64,8 @@ class WorkerSlot:
     usage: dict[str, Any] = field(default_factory=dict)
     usage_base: dict[str, dict[str, int]] = field(default_factory=dict)  #: earlier incarnations
     acked: int = 0  #: highest state op sequence number this worker applied
+    last_seen: float = 0.0  #: trio clock of the worker's last message (its heartbeat)
+    watchdog_kills: int = 0
 
 
 def _open_tun(name: str) -> Any:
@@ -72,6 +79,7 @@ class Supervisor:
 
     def __init__(self, cfg: SiteConfig, *, log: Any = None) -> None:
         self.cfg = cfg
+        self.watchdog_s = WATCHDOG_S
         self.kernel = Kernel(cfg)
         self.slots: list[WorkerSlot] = []
         self.table = BucketTable(range(cfg.workers), cfg.dataplane.buckets)
@@ -201,7 +209,8 @@ class Supervisor:
             "mode": self.cfg.mode,
             "workers": [
                 {"index": s.index, "pid": s.proc.pid if s.proc else None, "up": s.ready,
-                 "restarts": s.restarts, "buckets": self.table.shares().get(s.index, 0),
+                 "restarts": s.restarts, "watchdog_kills": s.watchdog_kills,
+                 "buckets": self.table.shares().get(s.index, 0),
                  "tun": self.cfg.tun_name(s.index)}
                 for s in self.slots
             ],
@@ -214,6 +223,7 @@ class Supervisor:
             sock = slot.sock
             async with trio.open_nursery() as n:
                 n.start_soon(self._read_worker, slot, sock)
+                n.start_soon(self._watchdog, slot)
                 await trio.lowlevel.wait_readable(slot.pidfd)
                 n.cancel_scope.cancel()
             rc = slot.proc.wait()
@@ -245,9 +255,23 @@ class Supervisor:
             slot.restarts += 1
             self._spawn(slot)
 
+    async def _watchdog(self, slot: WorkerSlot) -> None:
+        """A worker that stops making progress (no message, i.e. no stats heartbeat, for
+        :attr:`watchdog_s`) is killed; its exit is then handled as any crash."""
+        slot.last_seen = trio.current_time()
+        while True:
+            await trio.sleep(min(1.0, self.watchdog_s / 4))
+            silent = trio.current_time() - slot.last_seen
+            if silent > self.watchdog_s and slot.proc is not None and slot.proc.poll() is None:
+                slot.watchdog_kills += 1
+                self.log(f"worker {slot.index} made no progress for {silent:.1f} s: killed")
+                slot.proc.kill()
+                return
+
     async def _read_worker(self, slot: WorkerSlot, sock: socket.socket) -> None:
         while True:
             await trio.lowlevel.wait_readable(sock)
+            slot.last_seen = trio.current_time()
             while True:
                 try:
                     msg = sock.recv(1 << 20)
@@ -283,6 +307,9 @@ class Supervisor:
 
     def handle(self, req: Request) -> Response:
         return self.app.handle(req)
+
+    def offload(self, req: Request) -> bool:
+        return self.app.offload(req)
 
     async def settle(self, timeout: float = 1.0) -> None:
         """Wait (bounded) until every live worker applied every broadcast state op."""

@@ -53,8 +53,11 @@ class TunPump:
         tx: str = "tun",
         account: Callable[[], object] = lambda: None,
         name: str = "worker",
+        prefetch: Callable[[list[bytes], float], object] | None = None,
     ) -> None:
         self.fd = tun_fd
+        #: runs the batch's confined provider services ahead (pcsite_lite.confine.Prefetcher)
+        self.prefetch = prefetch
         self.process = process
         self.clock = clock
         self.stats = stats
@@ -108,6 +111,8 @@ class TunPump:
         # one clock read per batch (a batch lasts a few ms at most); the counters are locals
         # during the batch and written back once
         now = self.clock()
+        if self.prefetch is not None:
+            self.prefetch(packets, now)  # one message per confined service for the batch
         process = self.process
         stats = self.stats
         drops = stats.drops

@@ -91,6 +91,8 @@ class Replica:
         self.refresh: Callable[[], None] = lambda: None
         self.account: Callable[[], object] = lambda: None
         self.idle: Callable[[], None] = lambda: None
+        #: ``(packets, now)``: run the batch's confined services ahead (None: none confined)
+        self.prefetch: Callable[[list[bytes], float], object] | None = None
         self.idle_ms = 100
         if cfg.mode == "bare":
             assert cfg.bare_next_hop is not None
@@ -107,6 +109,7 @@ class Replica:
             self.refresh = site.refresh
             self.account = site.account
             self.idle = site.idle
+            self.prefetch = site.prefetch
             self.idle_ms = max(1, int(site.fis.staleness * 1000))
 
 
@@ -131,7 +134,7 @@ def run(cfg: SiteConfig, index: int, tun_fd: int, ctl: socket.socket) -> int:
                   file=sys.stderr)  # fmt: skip
     pump = TunPump(tun_fd, replica.process, replica.clock, stats, batch=dp.batch,
                    busy_poll_us=dp.busy_poll_us, tx=dp.tx, account=replica.account,
-                   name=f"worker {index}")  # fmt: skip
+                   name=f"worker {index}", prefetch=replica.prefetch)  # fmt: skip
     next_stats = 0.0
     ctl.send(json.dumps({"ready": index, "pid": os.getpid()}).encode())
     idle_ms = replica.idle_ms

@@ -20,10 +20,13 @@ from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
+
 from pcsite_lite.billing.invoice import build_invoice
 from pcsite_lite.billing.ledger import Ledger
 from pcsite_lite.billing.prices import PriceSheet
 from pcsite_lite.circuits import OutHop
+from pcsite_lite.confine import ConfinedService, IsolationPolicy, process_cpu_ns
 from pcsite_lite.pipeline import Pipeline
 from pcsite_lite.sandbox import Budget
 from pcsite_lite.site import Site
@@ -63,9 +66,12 @@ def _is_local(data: bytes) -> bool:
     return ipaddress.ip_address(data[16:20]) in ISP
 
 
+@pytest.mark.parametrize("confined", [False, True], ids=["in_worker", "confined"])
 def test_ledger_usage_equals_pipeline_bytes_exactly_and_cpu_within_5_percent(
-    tmp_path: Path, run_id: str
+    tmp_path: Path, run_id: str, confined: bool
 ) -> None:
+    """In the worker (trusted lane) the CPU is checked against a meter around each service's
+    code; confined, against the CPU the kernel accounted to each service's process."""
     site_name = f"{run_id}-site"
     ledger = Ledger(tmp_path / "site.ledger")
     clock = time.thread_time_ns  # CPU time of this thread: what a worker can bill
@@ -75,6 +81,7 @@ def test_ledger_usage_equals_pipeline_bytes_exactly_and_cpu_within_5_percent(
         local_prefixes=[str(ISP)],
         log_sinks=ledger.log_sinks(site_name, clock=lambda: site.now),
         budget=Budget(clock=clock),
+        isolation=IsolationPolicy(deadline_ms=5000) if confined else None,
     )
     t0 = 1_764_028_800.0
     site.interval_start = t0  # the first metering interval starts now, not at the epoch
@@ -117,6 +124,9 @@ def test_ledger_usage_equals_pipeline_bytes_exactly_and_cpu_within_5_percent(
         slot = site.runtime.slot(*key)
         inner = slot.process
         assert inner is not None
+        if confined:
+            assert isinstance(inner, ConfinedService) and inner.wait_ready(20)
+            continue
 
         def timed(api: object, inner=inner, key=key) -> object:
             c0 = clock()
@@ -169,14 +179,27 @@ def test_ledger_usage_equals_pipeline_bytes_exactly_and_cpu_within_5_percent(
         assert billed[("zeta", "fw")]["drops"] == truth[("zeta", "fw")]["drops"] > 0
 
         # CPU: per service, the billed CPU time is within 5 % of the CPU time measured in its
-        # code; all of it was spent inside the pipeline calls the test timed
+        # code; all of it was spent inside the pipeline calls the test timed. Confined: the
+        # kernel's count for its process (since it entered its cgroup), within 2 %.
+        if confined:
+            for key, b in billed.items():
+                proxy = site.runtime.slot(*key).process
+                assert isinstance(proxy, ConfinedService) and proxy.proc is not None
+                assert proxy.restarts == 0
+                kernel = process_cpu_ns(proxy.proc.pid) - proxy._cpu_base
+                assert abs(b["cpu_ns"] - kernel) <= 0.02 * kernel, key
+                print(f"{key}: billed/kernel CPU = {b['cpu_ns'] / kernel:.4f}")
+            site.runtime.close()
         for key, b in billed.items():
+            if confined:
+                break
             assert in_service[key] > 0
             assert abs(b["cpu_ns"] - in_service[key]) <= 0.05 * in_service[key], key
             print(f"{key}: billed/measured CPU = {b['cpu_ns'] / in_service[key]:.4f}")
         metered_cpu = sum(b["cpu_ns"] for b in billed.values())
-        assert metered_cpu <= measured_cpu
-        print(f"billed CPU = {metered_cpu / measured_cpu:.1%} of the pipeline's CPU time")
+        assert confined or metered_cpu <= measured_cpu
+        if not confined:
+            print(f"billed CPU = {metered_cpu / measured_cpu:.1%} of the pipeline's CPU time")
 
         # logging API: every log() call landed in the ledger, attributed to its service
         logs = ledger.logs("acme", service="crunch")
@@ -193,4 +216,5 @@ def test_ledger_usage_equals_pipeline_bytes_exactly_and_cpu_within_5_percent(
         assert got[("crunch", "log_lines")] == 600
         assert inv.total == sum((li.amount for li in inv.lines), Decimal(0))
     finally:
+        site.runtime.close()
         ledger.close()

@@ -1,0 +1,1317 @@
+"""Kernel confinement of provider code: one process per provider service (issue #16).
+
+CPython has no in-process isolation boundary (see :mod:`pcsite_lite.sandbox`), so a site runs
+each provider's service in its own *confined process* and talks to it over a socketpair. The
+trusted side (the worker) keeps the packet, the circuit and every anti-spoofing check; the
+confined side gets a snapshot of what the Packet API reads, runs ``process(pkt)`` and returns
+the list of *actions* the service took (``shim.update``, ``forward_to``, ``drop``,
+``replicate``, ``encapsulate``, ``log``, ``store``, a new payload), which the worker replays on
+the real :class:`~pcsite_lite.api.PacketApi` -- so a refused action is refused exactly as in
+process. FIS reads (``fetch``, ``lookup``, ``isp_fetch``, ``isp_lookup``) are synchronous
+calls back to the worker; ``cache``/``cache_get``, ``aes`` and ``compress`` run in the
+confined process itself (the cache is node-local per service anyway).
+
+What the kernel enforces on the confined process (each applied before any provider code runs;
+:attr:`ConfinedService.measures` lists what was applied):
+
+* ``rlimits``: ``RLIMIT_AS`` (memory), ``RLIMIT_NOFILE``/``RLIMIT_FSIZE``/``RLIMIT_CORE``;
+* ``chroot`` to an empty directory and ``uid``: its own unprivileged UID/GID (when the
+  worker is root; the simulator's unprivileged lane skips these two);
+* ``cgroup``: its own cgroup-v1 ``memory`` (limit) and ``cpu,cpuacct`` (CPU quota and the
+  kernel's CPU accounting) group, when the hierarchy is writable;
+* ``seccomp``: no-new-privileges and a syscall allow-list (its channel, memory, futex,
+  clocks, signals, exit; no ``open``, ``socket``, ``exec``, ``fork``, ``ptrace``, ``kill``);
+  anything else fails with ``EPERM``.
+
+The worker enforces the deadline: a call that has not answered after ``deadline_ms`` plus
+``per_packet_ms`` for each packet it carries (:meth:`IsolationPolicy.deadline`) gets
+the process ``SIGKILL``\\ ed and the packet counted as ``service_timeout``; a process that died
+(OOM, a signal) counts as ``service_error``. A dead process is restarted, with exponential
+backoff, without blocking the worker: packets that arrive meanwhile are dropped as
+``service_unavailable`` (not a failure). CPU is billed from the kernel's per-process CPU clock
+of the confined process (``clock_gettime`` on its CPU-time clock), memory high-water from its
+cgroup (or ``VmHWM``).
+
+Wire format (SOCK_SEQPACKET; one message = ``!I`` length of a JSON head, the head, then raw
+bytes): worker -> process ``[meta..]`` + payload; process -> worker either
+``{"rpc": name, "args": [...]}`` (answered with ``{"r": value}``) or the final
+``{"a": [actions], "p": 0|1, "c": cache_bytes}`` (+ the new payload when ``p``), or
+``{"e": reason, "d": detail}``. The process never trusts the worker less than itself; the
+worker treats every byte from the process as hostile (size-bounded, JSON only, validated on
+replay).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Final
+
+from pcsite_lite.sandbox import ServiceUnavailable
+
+__all__ = [
+    "ConfinedService",
+    "IsolationPolicy",
+    "Prefetcher",
+    "ServiceFailed",
+    "ServiceUnavailable",
+    "check_source",
+    "process_cpu_ns",
+]
+
+_HEAD: Final = struct.Struct("!I")
+#: largest message the worker accepts from a confined process (a 64 KiB packet + head)
+MAX_MESSAGE: Final = 200_000
+#: FIS calls one packet may make back to the worker
+MAX_RPCS: Final = 64
+#: the error a confined service's FIS call gets when the site's FIS is down
+FIS_UNAVAILABLE: Final = "fis_unavailable"
+#: seconds between reads of a confined process's memory high-water
+MEMORY_EVERY: Final = 1.0
+#: packets, and payload bytes, in one batch message to a confined process
+MAX_BATCH: Final = 64
+MAX_BATCH_BYTES: Final = 96 * 1024
+#: base of the per-service UIDs (``uid = UID_BASE + crc32(psp/service) % UID_SPAN``)
+UID_BASE: Final = 0x30000000
+UID_SPAN: Final = 1 << 20
+CGROUP_ROOT: Final = "/sys/fs/cgroup"
+
+#: syscalls a confined process may make once provider code can run
+ALLOWED_SYSCALLS: Final = (
+    "read recvfrom recvmsg write sendto sendmsg poll ppoll futex clock_gettime "
+    "clock_getres gettimeofday clock_nanosleep nanosleep mmap munmap mremap mprotect brk "
+    "madvise rt_sigreturn rt_sigprocmask rt_sigaction sigaltstack exit exit_group "
+    "getrandom getpid gettid close sched_yield restart_syscall fstat newfstatat "
+    "getrusage set_robust_list rseq"
+).split()
+
+
+class ServiceFailed(Exception):
+    """The confined service failed (raised, died, or could not load); ``str()`` is the detail."""
+
+
+# ---------------------------------------------------------------- policy (worker side)
+class IsolationPolicy:
+    """How provider services run at a site. ``mode``: ``process`` (confined) or ``inprocess``
+    (every service in the worker: the simulator's lane). ``trusted``: ``"psp/service"`` names
+    that run in the worker even in ``process`` mode (operator-certified code)."""
+
+    def __init__(
+        self,
+        mode: str = "process",
+        *,
+        trusted: tuple[str, ...] = (),
+        deadline_ms: float = 20.0,
+        per_packet_ms: float = 1.0,
+        memory_mb: int = 512,
+        cpu_percent: int = 100,
+        startup_s: float = 5.0,
+        backoff_s: tuple[float, float] = (0.05, 5.0),
+        cpus: frozenset[int] | None = None,
+    ) -> None:
+        if mode not in ("process", "inprocess"):
+            raise ValueError("isolation mode is process or inprocess")
+        self.mode = mode
+        self.trusted = frozenset(trusted)
+        self.deadline_ms = deadline_ms
+        #: the deadline grows by this for each packet of a batch (FIS calls, real work)
+        self.per_packet_ms = per_packet_ms
+        self.memory_mb = memory_mb
+        self.cpu_percent = cpu_percent
+        self.startup_s = startup_s
+        self.backoff_s = backoff_s
+        #: vCPUs the confined processes may run on (None: the worker's)
+        self.cpus = cpus
+
+    def deadline(self, packets: int) -> float:
+        """Seconds a confined process may take to answer a message of ``packets`` packets."""
+        return (self.deadline_ms + packets * self.per_packet_ms) / 1000
+
+    def confined(self, psp: str, service: str) -> bool:
+        return self.mode == "process" and f"{psp}/{service}" not in self.trusted
+
+
+def process_cpu_ns(pid: int) -> int:
+    """CPU time (user + system, ns) the kernel accounted to process ``pid`` so far."""
+    return time.clock_gettime_ns(((~pid) << 3) | 2)  # CPUCLOCK_SCHED of the whole process
+
+
+def _uid_for(name: str) -> int:
+    import zlib
+
+    return UID_BASE + zlib.crc32(name.encode()) % UID_SPAN
+
+
+class _Cgroup:
+    """A cgroup-v1 group per confined process under ``memory`` and ``cpu``/``cpuacct``."""
+
+    def __init__(self, name: str, *, memory_bytes: int, cpu_percent: int) -> None:
+        self.dirs: list[Path] = []
+        for ctl in ("memory", "cpu", "cpuacct"):
+            base = Path(CGROUP_ROOT, ctl)
+            d = base / f"pcsite-{os.getpid()}" / name
+            if not base.is_dir():
+                continue
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+            except OSError:
+                continue
+            if d.resolve() in (x.resolve() for x in self.dirs):
+                continue  # cpu and cpuacct mounted together
+            self.dirs.append(d)
+        self._write("memory", "memory.limit_in_bytes", str(memory_bytes))
+        self._write("memory", "memory.memsw.limit_in_bytes", str(memory_bytes))
+        self._write("cpu", "cpu.cfs_quota_us", str(1000 * cpu_percent))  # period 100 ms
+
+    def _find(self, ctl: str, file: str) -> Path | None:
+        for d in self.dirs:
+            if (d / file).exists():
+                return d / file
+        return None
+
+    def _write(self, ctl: str, file: str, value: str) -> bool:
+        p = self._find(ctl, file)
+        if p is None:
+            return False
+        try:
+            p.write_text(value)
+            return True
+        except OSError:
+            return False
+
+    def attach(self, pid: int) -> bool:
+        ok = bool(self.dirs)
+        for d in self.dirs:
+            try:
+                (d / "cgroup.procs").write_text(str(pid))
+            except OSError:
+                ok = False
+        return ok
+
+    def read_int(self, file: str) -> int | None:
+        p = self._find("", file)
+        try:
+            return int(p.read_text()) if p is not None else None
+        except (OSError, ValueError):
+            return None
+
+    def remove(self) -> None:
+        for d in self.dirs:
+            for _ in range(50):
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.01)  # the killed process is still leaving the group
+            try:
+                d.parent.rmdir()  # the per-worker parent, once empty
+            except OSError:
+                pass
+        self.dirs = []
+
+
+def _send(sock: socket.socket, head: Any, tail: bytes = b"") -> None:
+    h = json.dumps(head, separators=(",", ":")).encode()
+    sock.send(_HEAD.pack(len(h)) + h + tail)
+
+
+def _decode(msg: bytes) -> tuple[Any, bytes]:
+    if len(msg) < 4:
+        raise ValueError("short message")
+    (n,) = _HEAD.unpack_from(msg)
+    if n > len(msg) - 4:
+        raise ValueError("bad head length")
+    return json.loads(msg[4 : 4 + n]), msg[4 + n :]
+
+
+# ---------------------------------------------------------------- the worker's proxy
+class ConfinedService:
+    """``process(pkt)`` of one provider service, run in a confined process.
+
+    Callable like the service's own ``process``: it snapshots the
+    :class:`~pcsite_lite.api.PacketApi`, exchanges messages with the process under the
+    deadline and replays the returned actions on ``pkt`` (raising what the pipeline counts:
+    :class:`~pcsite_lite.sandbox.BudgetExceeded`, :class:`~pcsite_lite.api.ApiError`,
+    :class:`ServiceFailed`, :class:`ServiceUnavailable`).
+    """
+
+    def __init__(
+        self,
+        source: bytes,
+        name: str,
+        *,
+        policy: IsolationPolicy | None = None,
+        max_ticks: int = 100_000,
+        max_ns: int = 10_000_000,
+    ) -> None:
+        self.source = source
+        self.name = name
+        self.policy = policy or IsolationPolicy()
+        self.max_ticks = max_ticks
+        self.max_ns = max_ns
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.sock: socket.socket | None = None
+        self.cgroup: _Cgroup | None = None
+        self.ready = False
+        self.measures: tuple[str, ...] = ()
+        self.restarts = 0
+        self.kills = 0
+        self._started = 0.0
+        self._not_before = 0.0
+        self._backoff = 0.0
+        self._cpu_base = 0
+        self.cpu_ns = 0  #: kernel-accounted CPU of every process of this service so far
+        self._taken = 0
+        self._next_memory = 0.0
+        self._inflight: list[tuple[list[Any], bytes, tuple[float, bytes]]] = []
+        #: results of the current batch, by (meta, payload) of the packet
+        self._results: dict[tuple[float, bytes], list[dict[str, Any]]] = {}
+        self.batch_hits = 0
+        self.mem_peak = 0  #: memory high-water (bytes) over its processes
+        self._last_cpu = 0
+        self._root = tempfile.mkdtemp(prefix="pcsite-confine-")
+        os.chmod(self._root, 0o555)
+        self._finalizer = weakref.finalize(self, _cleanup, self._state())
+        self._spawn()
+
+    # -- lifecycle
+    def _state(self) -> dict[str, Any]:
+        # what the finalizer needs (it may not hold self)
+        if not hasattr(self, "_st"):
+            self._st: dict[str, Any] = {"root": self._root}
+        return self._st
+
+    def _spawn(self) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pol = self.policy
+        args = [
+            sys.executable, "-I", "-m", "pcsite_lite.confine", "run",
+            "--fd", str(child.fileno()), "--name", self.name,
+            "--memory", str(pol.memory_mb << 20), "--root", self._root,
+            "--uid", str(_uid_for(self.name)),
+            "--ticks", str(self.max_ticks), "--max-ns", str(self.max_ns),
+        ]  # fmt: skip
+        env = {"LANG": "C.UTF-8"}
+        try:
+            proc = subprocess.Popen(
+                args, pass_fds=(child.fileno(),), env=env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+        finally:
+            child.close()
+        self.proc = proc
+        self.sock = parent
+        self.ready = False
+        if pol.cpus:
+            try:
+                os.sched_setaffinity(proc.pid, pol.cpus)
+            except OSError:
+                pass
+        self._started = time.monotonic()
+        self._last_cpu = 0
+        cg = None
+        if os.geteuid() == 0:
+            cg = _Cgroup(
+                f"{self.name.replace('/', '.')}.{proc.pid}",
+                memory_bytes=pol.memory_mb << 20,
+                cpu_percent=pol.cpu_percent,
+            )
+            if not cg.attach(proc.pid):
+                cg.remove()
+                cg = None
+        self.cgroup = cg
+        try:  # billing starts where the cgroup's accounting starts (exec is the platform's)
+            self._last_cpu = self._cpu_base = process_cpu_ns(proc.pid)
+        except OSError:
+            self._cpu_base = 0
+        st = self._state()
+        st["pid"] = proc.pid
+        st["proc"] = proc
+        st["cgroup"] = cg
+        # the source goes only after the cgroup holds the process
+        _send(parent, {"src": 1}, self.source)
+
+    def _reap(self, why: str) -> None:
+        """Kill the process (if alive), account it, schedule a restart with backoff."""
+        proc = self.proc
+        if proc is None:
+            return
+        self._meter(memory=True)
+        try:
+            proc.send_signal(signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # pragma: no cover - a D-state process
+            pass
+        if self.cgroup is not None:
+            peak = self.cgroup.read_int("memory.max_usage_in_bytes")
+            if peak:
+                self.mem_peak = max(self.mem_peak, peak)
+            self.cgroup.remove()
+            self.cgroup = None
+        if self.sock is not None:
+            self.sock.close()
+        self.proc = None
+        self.sock = None
+        self.ready = False
+        lo, hi = self.policy.backoff_s
+        self._backoff = min(hi, self._backoff * 2) if self._backoff else lo
+        self._not_before = time.monotonic() + self._backoff
+        self.last_exit = why
+
+    def stop(self) -> None:
+        """End the process now (the service was replaced); it restarts only if called again."""
+        self._reap("stopped")
+        self._backoff = 0.0
+        self._not_before = 0.0
+
+    def close(self) -> None:
+        """Stop the process for good and remove what it used (its cgroup, its root)."""
+        self._reap("closed")
+        self._finalizer()
+
+    def take_cpu(self) -> int:
+        """Kernel-accounted CPU (ns) of this service's processes since the last call."""
+        new = self.cpu_ns - self._taken
+        self._taken = self.cpu_ns
+        return new
+
+    def poll_ready(self) -> bool:
+        """True once the process has loaded the service (never blocks)."""
+        if not self.ready:
+            self._ensure_started()
+            if self.sock is not None:
+                self._wait_ready(0)
+        return self.ready
+
+    def status(self) -> dict[str, Any]:
+        """What an operator sees: confinement applied, restarts, deadline kills, memory."""
+        self._meter(memory=True)
+        return {
+            "mode": "confined",
+            "pid": self.proc.pid if self.proc is not None else None,
+            "ready": self.ready,
+            "measures": list(self.measures),
+            "restarts": self.restarts,
+            "deadline_kills": self.kills,
+            "cpu_ns": self.cpu_ns,
+            "memory_peak_bytes": self.mem_peak,
+        }
+
+    def _meter(self, memory: bool = False) -> None:
+        """Read the process's CPU clock (every call); its memory high-water when asked or at
+        most every :data:`MEMORY_EVERY` seconds (a file read)."""
+        proc = self.proc
+        if proc is None:
+            return
+        try:
+            cpu = process_cpu_ns(proc.pid)
+        except OSError:
+            return
+        if cpu > self._last_cpu:
+            self.cpu_ns += cpu - self._last_cpu
+            self._last_cpu = cpu
+        now = time.monotonic()
+        if not memory and now < self._next_memory:
+            return
+        self._next_memory = now + MEMORY_EVERY
+        if self.cgroup is not None:
+            peak = self.cgroup.read_int("memory.max_usage_in_bytes")
+        else:
+            peak = _vm_hwm(proc.pid)
+        if peak:
+            self.mem_peak = max(self.mem_peak, peak)
+
+    def _wait_ready(self, timeout: float) -> bool:
+        sock = self.sock
+        assert sock is not None
+        r, _, _ = select.select([sock], [], [], max(0.0, timeout))
+        if not r:
+            if time.monotonic() - self._started > self.policy.startup_s:
+                self._reap("startup timeout")
+                raise ServiceFailed("load_timeout: module code did not finish loading")
+            return False
+        head = self._recv()
+        if head.get("ready"):
+            self.ready = True
+            self.measures = tuple(str(m) for m in head.get("measures", ()))[:16]
+            self._backoff = 0.0 if self.restarts == 0 else self._backoff
+            return True
+        self._reap("load failed")
+        raise ServiceFailed(f"{head.get('e', 'load_error')}: {str(head.get('d', ''))[:200]}")
+
+    def wait_ready(self, timeout: float = 10.0) -> bool:
+        """Block until the process has loaded the service (tests, benchmarks)."""
+        end = time.monotonic() + timeout
+        while not self.ready:
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            self._ensure_started()
+            if self.sock is None:
+                time.sleep(min(left, 0.01))
+                continue
+            self._wait_ready(min(left, 0.05))
+        return True
+
+    def _ensure_started(self) -> None:
+        if self.proc is None and time.monotonic() >= self._not_before:
+            self.restarts += 1
+            self._spawn()
+
+    def _recv(self) -> Any:
+        sock = self.sock
+        assert sock is not None
+        try:
+            msg = sock.recv(MAX_MESSAGE)
+        except OSError as exc:
+            raise self._died(f"channel error: {exc}") from None
+        if not msg:
+            raise self._died("process exited")
+        try:
+            head, tail = _decode(msg)
+        except (ValueError, RecursionError) as exc:  # e.g. JSON nested past the parser
+            self._reap("garbled message")
+            raise ServiceFailed(f"garbled message from the confined process: {exc}") from None
+        if not isinstance(head, dict):
+            self._reap("garbled message")
+            raise ServiceFailed("garbled message from the confined process")
+        head["_tail"] = tail
+        return head
+
+    def _died(self, why: str) -> ServiceFailed:
+        proc = self.proc
+        code = proc.poll() if proc is not None else None
+        if code is None and proc is not None:
+            try:
+                code = proc.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                pass
+        self._reap(why)
+        sig = f"signal {-code}" if code is not None and code < 0 else f"exit {code}"
+        return ServiceFailed(f"confined process died ({why}, {sig})")
+
+    # -- the call
+    def __call__(self, api: Any) -> None:
+        results = self._results
+        if results:
+            # computed by the batch this packet arrived in (Prefetcher): found by its
+            # arrival time and bytes, which determine everything the snapshot holds
+            key = (api._now, bytes(api._pkt.buf))
+            queue = results.get(key)
+            if queue:
+                self.batch_hits += 1
+                head = queue.pop(0)
+                if not queue:
+                    del results[key]
+                self._apply(api, head)
+                return
+        meta, payload = snapshot(api)
+        if not self.ready:
+            self._ensure_started()
+            if self.sock is None or not self._wait_ready(0):
+                raise ServiceUnavailable(f"{self.name}: confined process starting")
+        deadline = time.monotonic() + self.policy.deadline(1)
+        head = self._exchange(meta, payload, api, deadline)
+        self._meter()
+        self._apply(api, head)
+
+    def _exchange(self, head: Any, tail: bytes, api: Any, deadline: float) -> Any:
+        """Send one message and serve the process's FIS calls until its answer (or the
+        deadline: then the process is killed and BudgetExceeded raised)."""
+        sock = self.sock
+        assert sock is not None
+        try:
+            _send(sock, head, tail)
+        except OSError as exc:
+            raise self._died(f"send failed: {exc}") from None
+        return self._exchange_sent(api, deadline, MAX_RPCS)
+
+    def _apply(self, api: Any, head: dict[str, Any]) -> None:
+        """Raise what a failed call counts as, or replay a successful call's actions."""
+        from pcsite_lite.sandbox import BudgetExceeded
+
+        err = head.get("e")
+        if err is None:
+            _replay(api, head)
+            return
+        detail = str(head.get("d", ""))[:300]
+        if err == "timeout":
+            raise BudgetExceeded
+        if err in ("api_misuse", "spoof_attempt"):
+            from pcsite_lite.api import ApiError
+
+            raise ApiError(err, detail)
+        if err == FIS_UNAVAILABLE:  # the site's FIS failed its call: a platform fault
+            from pcsite_lite.fis import FISUnavailableError
+
+            raise FISUnavailableError(detail)
+        if err == "dropped":  # the rest of a batch whose process was killed: counted once
+            raise ServiceUnavailable(detail, reason=str(head.get("r", "service_error")))
+        raise ServiceFailed(detail)
+
+    # -- batches
+    def submit(self, items: list[tuple[list[Any], bytes, tuple[float, bytes]]]) -> int:
+        """Send the snapshots of several packets in one message (the worker then calls
+        :meth:`collect`); returns how many were sent (a batch is bounded in bytes)."""
+        if not self.ready or self.sock is None or not items:
+            return 0
+        n = total = 0
+        for _, payload, _ in items:
+            if n >= MAX_BATCH or total + len(payload) > MAX_BATCH_BYTES:
+                break
+            n += 1
+            total += len(payload)
+        items = items[:n]
+        head = {"b": [m for m, _, _ in items], "n": [len(p) for _, p, _ in items]}
+        try:
+            _send(self.sock, head, b"".join(p for _, p, _ in items))
+        except OSError:
+            return 0  # the call path will find the process dead
+        self._inflight = items
+        return n
+
+    def collect(self, api: Any, deadline: float) -> None:
+        """Wait (until ``deadline``) for the answer to :meth:`submit`; keep the results for
+        the pipeline's calls. A missed deadline kills the process: the batch's first packet
+        counts as the service's failure (``service_timeout``), the rest are dropped with that
+        reason. ``api`` serves the batch's FIS calls (bound to the service's context)."""
+        items, self._inflight = self._inflight, []
+        if not items:
+            return
+        self._results.clear()  # results of an earlier batch no packet asked for
+        try:
+            if self.sock is None:
+                raise ServiceFailed("confined process gone")
+            reply = self._exchange_sent(api, deadline, MAX_RPCS * len(items))
+            self._meter()
+            results = reply.get("r")
+            lens = reply.get("n")
+            if not isinstance(results, list) or not isinstance(lens, list):
+                raise ServiceFailed("bad batch answer")
+            if len(results) != len(items) or len(lens) != len(items):
+                raise ServiceFailed("bad batch answer")
+            tail = reply["_tail"]
+            off = 0
+            for (_, _, key), res, ln in zip(items, results, lens, strict=True):
+                if not isinstance(res, dict) or type(ln) is not int or ln < 0:
+                    raise ServiceFailed("bad batch answer")
+                res["_tail"] = tail[off : off + ln]
+                off += ln
+                self._results.setdefault(key, []).append(res)
+        except BaseException as exc:  # BudgetExceeded, ServiceFailed, a garbled answer
+            from pcsite_lite.sandbox import BudgetExceeded
+
+            timeout = isinstance(exc, BudgetExceeded)
+            if not isinstance(exc, Exception | BudgetExceeded):
+                raise  # KeyboardInterrupt, SystemExit: not the service's doing
+            if not isinstance(exc, BudgetExceeded | ServiceFailed):
+                self._reap("bad batch answer")
+                exc = ServiceFailed(f"bad batch answer: {type(exc).__name__}")
+            self._results.clear()
+            first = {"e": "timeout"} if timeout else {"e": "error", "d": str(exc)}
+            why = "deadline" if timeout else str(exc)
+            rest = {
+                "e": "dropped",
+                "r": "service_timeout" if timeout else "service_error",
+                "d": f"batch lost with its process ({why})",
+            }
+            for i, (_, _, key) in enumerate(items):
+                self._results.setdefault(key, []).append(first if i == 0 else rest)
+
+    def _exchange_sent(self, api: Any, deadline: float, max_rpcs: int) -> Any:
+        """Serve FIS calls until the answer to the message just sent (see _exchange)."""
+        from pcsite_lite.sandbox import BudgetExceeded
+
+        sock = self.sock
+        assert sock is not None
+        rpcs = 0
+        while True:
+            left = deadline - time.monotonic()
+            r = select.select([sock], [], [], left)[0] if left > 0 else []
+            if not r:
+                self.kills += 1
+                self._reap("deadline")
+                raise BudgetExceeded
+            reply = self._recv()
+            rpc = reply.get("rpc")
+            if rpc is None:
+                return reply
+            rpcs += 1
+            if rpcs > max_rpcs:
+                self._reap("too many calls")
+                raise ServiceFailed(f"more than {MAX_RPCS} FIS calls per packet")
+            try:
+                _send(sock, _serve_rpc(api, rpc, reply.get("args", ())))
+            except (OSError, TypeError, ValueError) as exc:
+                raise self._died(f"reply failed: {exc}") from None
+
+
+class Prefetcher:
+    """Runs the confined services of a batch of received packets before the pipeline does:
+    one message per service with all its packets, the services' processes computing in
+    parallel, then one wait (bounded by the policy's deadline) -- instead of one round trip
+    per packet. The pipeline's call for each packet then finds its result
+    (:meth:`ConfinedService.__call__`); a packet whose snapshot differs (e.g. a receiver's
+    stage ran first) is computed by a round trip of its own.
+
+    Only packets the pipeline would hand to that service are prefetched (form 1: a live
+    circuit of this site, hop limit left, MAC verified; form 2: check verified, a registered
+    service ID; form 3: a registered destination; TTL left), so provider code never sees a
+    packet the pipeline would drop before it. Packets where a receiver's stage runs first take
+    one round trip each.
+    """
+
+    def __init__(self, site: Any) -> None:
+        from pcsite_lite.api import PacketApi
+
+        self.site = site
+        self._api = PacketApi()
+        self._rpc_api = PacketApi()
+
+    def __call__(self, packets: list[bytes], now: float) -> int:
+        """Prefetch the confined services' results for ``packets`` (arrived at ``now``);
+        returns how many packets went to a confined process. Never raises: on a platform
+        bug the packets take the one-round-trip path."""
+        try:
+            return self._prefetch(packets, now)
+        except Exception as exc:
+            self.site.runtime.event(now, "internal_error", "site", f"prefetch: {exc!r}")
+            return 0
+
+    @staticmethod
+    def _ready(slot: Any) -> bool:
+        from pcsite_lite.runtime import ACTIVE
+
+        p = slot.process
+        return type(p) is ConfinedService and slot.status == ACTIVE and p.ready
+
+    def _prefetch(self, packets: list[bytes], now: float) -> int:
+        from pcsock.wire import FORM_CIRCUIT, FORM_SERVICE, WireError, parse
+
+        site = self.site
+        runtime = site.runtime
+        groups: dict[ConfinedService, tuple[Any, list[Any]]] = {}
+        api = self._api
+        for data in packets:
+            try:
+                pkt = parse(data, verify_ip_checksum=False)
+            except (WireError, ValueError):
+                continue
+            form = pkt.form
+            if form == FORM_CIRCUIT and pkt.dst == site.public_addr:
+                c = site.circuits.get(pkt.label)
+                if c is None or c.expires <= now or not pkt.hop_limit:
+                    continue
+                if c.dest_addr is not None and site.destinations:
+                    continue  # a receiver's stage may run first: one round trip each
+                slot = c.slot
+                if slot is None:
+                    slot = c.slot = runtime.slot(c.psp, c.service)
+                if not self._ready(slot) or not pkt.verify_mac(c.in_key):
+                    continue
+                api._bind(pkt, slot.ctx, now, c, ())
+            elif form == FORM_CIRCUIT or pkt.ttl <= 1:
+                continue
+            else:
+                receiver = site.destinations.lookup(pkt.dst) if site.destinations else None
+                if form == FORM_SERVICE:
+                    if receiver is not None or not pkt.verify_check():
+                        continue
+                    reg = site.service_ids.get(pkt.service_id)
+                else:  # form 3: the destination owner's service
+                    reg = receiver
+                if reg is None or not self._ready(reg.slot):
+                    continue
+                slot = reg.slot
+                api._bind(pkt, slot.ctx, now, None, reg.allowed)
+            meta, payload = snapshot(api)
+            key = (now, bytes(pkt.buf))
+            groups.setdefault(slot.process, (slot.ctx, []))[1].append((meta, payload, key))
+        if not groups:
+            return 0
+        sent = {proxy: proxy.submit(items) for proxy, (_, items) in groups.items()}
+        # every process got its batch at t0 and computes in parallel; each may take its
+        # deadline from t0 (or from when the worker turns to it, if later: the worker
+        # answers one process's FIS calls at a time)
+        t0 = time.monotonic()
+        rpc = self._rpc_api
+        for proxy, (ctx, _) in groups.items():
+            n = sent[proxy]
+            if n:
+                rpc._ctx = ctx
+                budget = proxy.policy.deadline(n)
+                proxy.collect(rpc, max(t0 + budget, time.monotonic() + budget / 4))
+        return sum(sent.values())
+
+
+def snapshot(api: Any) -> tuple[list[Any], bytes]:
+    """What the confined process gets of the packet ``api`` is bound to: the shim fields,
+    addresses, protocol, ToS, TTL, arrival time (``meta``) and the payload bytes."""
+    p = api._pkt
+    # the shim view's fields (form, label, service ID, metadata, original source as an int,
+    # hop limit), then source and destination (ints), protocol, ToS, TTL, arrival time
+    return [*api.shim.read(), p.src, p.dst, p.next_proto, p.tos, p.ttl, api._now], bytes(
+        p.buf[p.payload_off :]
+    )
+
+
+def _serve_rpc(api: Any, rpc: Any, args: Any) -> Any:
+    from pcsite_lite.fis import FISUnavailableError
+
+    try:
+        return {"r": _RPCS[rpc](api, *args)}
+    except (KeyError, TypeError) as exc:
+        return {"x": "api_misuse", "d": str(exc)[:200]}
+    except FISUnavailableError as exc:  # the platform's fault: not counted against it
+        return {"x": FIS_UNAVAILABLE, "d": str(exc)[:200]}
+    except Exception as exc:  # ApiError(api_misuse) and FIS errors go back
+        return {"x": getattr(exc, "reason", "api_misuse"), "d": str(exc)[:200]}
+
+
+def _vm_hwm(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _cleanup(st: dict[str, Any]) -> None:
+    proc = st.get("proc")
+    if proc is not None and proc.poll() is None:
+        try:
+            proc.kill()
+            proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    cg = st.get("cgroup")
+    if cg is not None:
+        cg.remove()
+    try:
+        os.rmdir(st["root"])
+    except OSError:
+        pass
+
+
+def _rpc_fetch(api: Any, key: Any) -> Any:
+    return api.fetch(key)
+
+
+def _rpc_lookup(api: Any, table: Any, addr: Any) -> Any:
+    return api.lookup(str(table), addr)
+
+
+def _rpc_isp_fetch(api: Any, key: Any) -> Any:
+    return api.isp_fetch(str(key))
+
+
+def _rpc_isp_lookup(api: Any, table: Any, addr: Any) -> Any:
+    return api.isp_lookup(str(table), addr)
+
+
+_RPCS: Final[dict[str, Callable[..., Any]]] = {
+    "fetch": _rpc_fetch,
+    "lookup": _rpc_lookup,
+    "isp_fetch": _rpc_isp_fetch,
+    "isp_lookup": _rpc_isp_lookup,
+}
+
+
+def _replay(api: Any, head: dict[str, Any]) -> None:
+    """Carry out the confined service's actions on the real API (which validates them)."""
+    from pcsite_lite.api import ApiError
+
+    actions = head.get("a")
+    if not isinstance(actions, list) or len(actions) > 1024:
+        raise ServiceFailed("bad action list from the confined process")
+    ctx = api._ctx
+    cache_bytes = head.get("c", 0)
+    if type(cache_bytes) is int and cache_bytes > 0:
+        ctx.counters.cache_bytes += cache_bytes
+    if head.get("p"):
+        api.set_payload(head["_tail"])
+    for act in actions:
+        if not isinstance(act, list) or not act or not isinstance(act[0], str):
+            raise ServiceFailed("bad action from the confined process")
+        op, args = act[0], act[1:]
+        try:
+            if op == "fwd":
+                api.forward_to(*args)
+            elif op == "drop":
+                api.drop(*args)
+            elif op == "shim":
+                label, md = [*args, None, None][:2]
+                api.shim.update(label=label, metadata=md)
+            elif op == "rep":
+                api.replicate(args[0])
+            elif op == "encap":
+                api.encapsulate(*args)
+            elif op == "log":
+                api.log(*args)
+            elif op == "store":
+                api.store(*args)
+            elif op == "spoof":
+                raise api._refuse(str(args[0] if args else "")[:200])
+            else:
+                raise ApiError("api_misuse", f"unknown action {op!r}")
+        except TypeError as exc:
+            raise ApiError("api_misuse", f"{op}: {exc}") from None
+
+
+# ---------------------------------------------------------------- upload check (supervisor)
+def check_source(
+    source: bytes,
+    name: str,
+    *,
+    timeout: float = 2.0,
+    memory_bytes: int = 256 << 20,
+    cpu_seconds: int = 1,
+) -> tuple[str, str] | None:
+    """Compile, check and load ``source`` in a throw-away confined process (rlimits on CPU
+    time and address space, seccomp, a wall-clock ``timeout``); ``None`` if it loads, else
+    ``(reason, detail)`` with a :class:`~pcsite_lite.sandbox.ServiceLoadError` reason. The
+    caller runs nothing of the service."""
+    root = tempfile.mkdtemp(prefix="pcsite-check-")
+    os.chmod(root, 0o555)
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    args = [
+        sys.executable, "-I", "-m", "pcsite_lite.confine", "check",
+        "--fd", str(child.fileno()), "--name", name, "--memory", str(memory_bytes),
+        "--cpu", str(cpu_seconds), "--root", root, "--uid", str(_uid_for(name)),
+    ]  # fmt: skip
+    try:
+        proc = subprocess.Popen(
+            args, pass_fds=(child.fileno(),), env={"LANG": "C.UTF-8"},
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+    finally:
+        child.close()
+    try:
+        _send(parent, {"src": 1}, source)
+        r = select.select([parent], [], [], timeout)[0]
+        if not r:
+            return ("load_timeout", f"checking the module took more than {timeout} s")
+        msg = parent.recv(MAX_MESSAGE)
+        if not msg:
+            code = proc.wait(timeout=timeout)
+            if code in (-signal.SIGXCPU, -signal.SIGKILL):
+                return ("load_timeout", "module code ran out of CPU time")
+            return ("load_error", f"the checking process died ({code})")
+        head, _ = _decode(msg)
+        if head.get("ready"):
+            return None
+        return (str(head.get("e", "load_error")), str(head.get("d", ""))[:500])
+    except (OSError, ValueError) as exc:
+        return ("load_error", f"checking failed: {exc}")
+    finally:
+        parent.close()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        os.rmdir(root)
+
+
+# ---------------------------------------------------------------- the confined side
+def _seccomp(allowed: list[str]) -> Callable[[], None]:
+    """Build a filter allowing only ``allowed`` (others fail with EPERM); the returned
+    function loads it (and sets no_new_privs). Building opens the library: do it before the
+    file system goes away."""
+    import ctypes
+    import ctypes.util
+
+    path = ctypes.util.find_library("seccomp") or "libseccomp.so.2"
+    lib = ctypes.CDLL(path, use_errno=True)
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_init.argtypes = [ctypes.c_uint32]
+    lib.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
+                                     ctypes.c_uint]  # fmt: skip
+    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    lib.seccomp_load.argtypes = [ctypes.c_void_p]
+    lib.seccomp_release.argtypes = [ctypes.c_void_p]
+    errno_eperm = 0x00050000 | 1  # SCMP_ACT_ERRNO(EPERM)
+    allow = 0x7FFF0000  # SCMP_ACT_ALLOW
+    ctx = lib.seccomp_init(errno_eperm)
+    if not ctx:
+        raise OSError("seccomp_init failed")
+    for name in allowed:
+        nr = lib.seccomp_syscall_resolve_name(name.encode())
+        if nr < 0:
+            continue  # not on this architecture
+        if lib.seccomp_rule_add(ctx, allow, nr, 0) != 0:
+            lib.seccomp_release(ctx)
+            raise OSError(f"seccomp_rule_add({name}) failed")
+
+    def load() -> None:
+        try:
+            if lib.seccomp_load(ctx) != 0:
+                raise OSError("seccomp_load failed")
+        finally:
+            lib.seccomp_release(ctx)
+
+    return load
+
+
+def _confine(*, memory: int, root: str, uid: int, cpu: int | None, strict: bool) -> list[str]:
+    import ctypes
+    import resource
+
+    measures = []
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with the worker
+    if os.getppid() == 1:  # the worker is already gone
+        raise OSError("parent exited")
+    load_filter = _seccomp(ALLOWED_SYSCALLS)
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (16, 16))
+    if cpu is not None:
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    measures.append("rlimits")
+    if os.geteuid() == 0:
+        os.chroot(root)
+        os.chdir("/")
+        measures.append("chroot")
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+        measures.append("uid")
+        resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+    elif strict:
+        raise OSError("confinement needs root for chroot and setuid")
+    load_filter()
+    measures.append("seccomp")
+    return measures
+
+
+class _Local:
+    """The ``pkt`` a confined service sees: a snapshot plus a list of actions."""
+
+    __slots__ = ("_acts", "_cache", "_cache_new", "_changed", "_ctx", "_m", "_payload", "_rpc",
+                 "_shimv", "shim")  # fmt: skip
+
+    def __init__(self, rpc: Callable[..., Any], cache: dict[Any, bytes], ctx: Any) -> None:
+        self._rpc = rpc
+        self._cache = cache
+        self._ctx = ctx  # a ServiceContext: PacketApi.aes keeps its AES contexts there
+        self.shim = _LocalShim(self)
+
+    def _reset(self, meta: list[Any], payload: bytes) -> None:
+        self._m = meta
+        self._payload = bytearray(payload)
+        self._acts: list[list[Any]] = []
+        self._changed = False
+        self._cache_new = 0
+        self._shimv = None
+
+    # packet fields
+    form = property(lambda self: self._m[0])
+    src = property(lambda self: _INT2IP(self._m[6]))
+    dst = property(lambda self: _INT2IP(self._m[7]))
+    proto = property(lambda self: self._m[8])
+    tos = property(lambda self: self._m[9])
+    ttl = property(lambda self: self._m[10])
+    now = property(lambda self: self._m[11])
+    length = property(lambda self: len(self._payload))
+
+    def read(self, offset: int = 0, length: int | None = None) -> bytes:
+        if not isinstance(offset, int) or offset < 0:
+            raise _misuse("offset must be a non-negative int")
+        if length is None:
+            return bytes(self._payload[offset:])
+        if not isinstance(length, int) or length < 0:
+            raise _misuse("length must be a non-negative int")
+        return bytes(self._payload[offset : offset + length])
+
+    def write(self, offset: int, data: bytes) -> None:
+        if not isinstance(data, bytes | bytearray) or not isinstance(offset, int) or offset < 0:
+            raise _misuse("write(offset: int >= 0, data: bytes)")
+        if offset + len(data) > len(self._payload):
+            raise _misuse("write past the end of the payload (use set_payload to grow it)")
+        self._payload[offset : offset + len(data)] = data
+        self._changed = True
+
+    def set_payload(self, data: bytes) -> None:
+        if not isinstance(data, bytes | bytearray):
+            raise _misuse("set_payload(data: bytes)")
+        if len(data) > 0xFFFF - 60:
+            raise _misuse("payload too large for an IPv4 packet")
+        self._payload = bytearray(data)
+        self._changed = True
+
+    # FIS (calls back to the worker)
+    def fetch(self, key: Any) -> Any:
+        if not isinstance(key, str | int) or isinstance(key, bool):
+            raise _misuse("FIS keys are str or int")
+        return self._rpc("fetch", key)
+
+    def lookup(self, table: str, addr: Any) -> Any:
+        return self._rpc("lookup", str(table), addr if isinstance(addr, str | int) else None)
+
+    def isp_fetch(self, key: str) -> Any:
+        return self._rpc("isp_fetch", str(key))
+
+    def isp_lookup(self, table: str, addr: Any) -> Any:
+        return self._rpc("isp_lookup", str(table), addr if isinstance(addr, str | int) else None)
+
+    def store(self, key: Any, value: Any) -> None:
+        self._acts.append(["store", str(key), value])
+
+    # node-local cache (this process is per service and per worker: node-local already)
+    def cache(self, key: Any, buf: bytes) -> None:
+        if not isinstance(buf, bytes | bytearray):
+            raise _misuse("cache values are bytes")
+        if not isinstance(key, str | int | bytes) or isinstance(key, bool):
+            raise _misuse("cache keys are str, int or bytes")
+        size = len(buf) + (len(key) if isinstance(key, str | bytes) else 8)
+        if size > CACHE_LIMIT:
+            raise _misuse("value larger than the service's cache")
+        cache = self._cache
+        cache.pop(key, None)
+        while cache and sum(len(v) for v in cache.values()) + size > CACHE_LIMIT:
+            del cache[next(iter(cache))]
+        cache[key] = bytes(buf)
+        self._cache_new += size
+
+    def cache_get(self, key: Any) -> bytes | None:
+        return self._cache.get(key)
+
+    # building blocks: computed here, on the service's own CPU and memory
+    def aes(self, buf: bytes, key: bytes, decrypt: bool = False) -> bytes:
+        return _AES(self, buf, key, decrypt)
+
+    def compress(self, buf: bytes, decompress: bool = False) -> bytes:
+        return _COMPRESS(self, buf, decompress)
+
+    def log(self, text: str) -> None:
+        self._acts.append(["log", str(text)[:4096]])
+
+    # decisions (validated by the worker when it replays them)
+    def forward_to(self, next_hop: Any) -> None:
+        self._acts.append(["fwd", next_hop if isinstance(next_hop, str | int) else None])
+
+    def drop(self, reason: str = "") -> None:
+        self._acts.append(["drop", str(reason)[:200]])
+
+    def encapsulate(self, outer_dst: Any) -> None:
+        self._acts.append(["encap", outer_dst if isinstance(outer_dst, str | int) else None])
+
+    def replicate(self, targets: Any) -> None:
+        if isinstance(targets, str | bytes):
+            raise _misuse("replicate takes a list of targets")
+        out = []
+        for t in targets:
+            out.append(t if isinstance(t, str | int) and not isinstance(t, bool) else None)
+            if len(out) > 64:
+                raise _misuse("at most 64 replicas")
+        self._acts.append(["rep", out])
+
+
+class _LocalShim:
+    __slots__ = ("_api",)
+
+    def __init__(self, api: _Local) -> None:
+        self._api = api
+
+    def read(self) -> Any:
+        m = self._api._m
+        label = self.label
+        return _SHIMVIEW(m[0], label, m[2], m[3], _ip_or_none(m[4]), m[5])
+
+    form = property(lambda self: self._api._m[0])
+    service_id = property(lambda self: self._api._m[2])
+    metadata = property(lambda self: self._api._m[3])
+    orig_src = property(lambda self: _ip_or_none(self._api._m[4]))
+    hop_limit = property(lambda self: self._api._m[5])
+
+    @property
+    def label(self) -> Any:
+        return self._api._m[1]
+
+    def update(self, *, label: Any = None, metadata: Any = None, **other: Any) -> None:
+        if other:
+            detail = f"shim fields {sorted(other)} are not writable by services"
+            self._api._acts.append(["spoof", detail])  # refused on replay, even if caught
+            raise _misuse(detail)
+        if metadata is not None and (
+            not isinstance(metadata, int) or isinstance(metadata, bool) or not 0 <= metadata <= 255
+        ):
+            raise _misuse("metadata must be an int 0..255")
+        if label is not None:
+            if not isinstance(label, int) or isinstance(label, bool):
+                label = -1  # refused on replay
+            self._api._m[1] = label
+        self._api._acts.append(["shim", label, metadata])
+
+
+def _ip_or_none(v: Any) -> str | None:
+    return None if v is None else _INT2IP(v)
+
+
+def _misuse(detail: str) -> Exception:
+    from pcsite_lite.api import ApiError
+
+    return ApiError("api_misuse", detail)
+
+
+CACHE_LIMIT = 1 << 20
+_INT2IP: Any = None
+_AES: Any = None
+_COMPRESS: Any = None
+_SHIMVIEW: Any = None
+
+
+def _serve(fd: int, name: str, mode: str, memory: int, root: str, uid: int, cpu: int | None,
+           ticks: int, max_ns: int) -> int:  # fmt: skip
+    # Everything the runtime needs is imported before the filter goes on.
+    global _AES, _COMPRESS, _SHIMVIEW, CACHE_LIMIT, _INT2IP
+    import binascii  # noqa: F401  (services may import these: no file access after seccomp)
+    import math  # noqa: F401
+    import zlib  # noqa: F401
+
+    from pcsite_lite import api as apimod
+    from pcsite_lite.sandbox import Budget, BudgetExceeded, ServiceLoadError, load_service
+
+    _INT2IP = apimod.int2ip
+    _AES = apimod.PacketApi.aes
+    _COMPRESS = apimod.PacketApi.compress
+    CACHE_LIMIT = apimod.CACHE_LIMIT
+
+    def shimview(*fields: Any) -> Any:
+        return tuple.__new__(_LocalShimView, fields)
+
+    _SHIMVIEW = shimview
+    sock = socket.socket(fileno=fd)
+    strict = os.environ.get("PCSITE_CONFINE_STRICT") == "1"
+    try:
+        measures = _confine(memory=memory, root=root, uid=uid, cpu=cpu, strict=strict)
+    except OSError as exc:
+        _send(sock, {"e": "load_error", "d": f"cannot confine: {exc}"})
+        return 2
+    _head, source = _decode(sock.recv(MAX_MESSAGE))
+    # CPU time of this process: preemption on a loaded machine is not the service's; the
+    # worker's wall-clock deadline bounds the rest
+    budget = Budget(max_ticks=ticks, max_ns=max_ns, clock=time.thread_time_ns)
+    try:
+        loaded = load_service(source, name, budget=budget)
+    except ServiceLoadError as exc:
+        _send(sock, {"e": exc.reason, "d": str(exc)})
+        return 0
+    except MemoryError:
+        _send(sock, {"e": "load_error", "d": "MemoryError"})
+        return 0
+    _send(sock, {"ready": 1, "measures": measures})
+    if mode == "check":
+        return 0
+    process = loaded.process
+    cache: dict[Any, bytes] = {}
+
+    def rpc(call: str, *args: Any) -> Any:
+        _send(sock, {"rpc": call, "args": list(args)})
+        reply, _ = _decode(sock.recv(MAX_MESSAGE))
+        if "x" in reply:
+            raise apimod.ApiError(reply["x"], reply.get("d", ""))
+        return reply.get("r")
+
+    pkt = _Local(rpc, cache, apimod.ServiceContext("", ""))
+
+    # the ApiError a refused call raises here carries ``aes``/``compress``'s misuse too
+    def run_one(meta: list[Any], payload: bytes) -> tuple[dict[str, Any], bytes]:
+        pkt._reset(meta, payload)
+        budget.start(budget.clock())
+        try:
+            process(pkt)
+            out: dict[str, Any] = {"a": pkt._acts, "p": int(pkt._changed), "c": pkt._cache_new}
+            tail = bytes(pkt._payload) if pkt._changed else b""
+        except BudgetExceeded:
+            out, tail = {"e": "timeout"}, b""
+        except apimod.ApiError as exc:
+            out, tail = {"e": exc.reason, "d": exc.detail}, b""
+        except MemoryError:
+            out, tail = {"e": "error", "d": "MemoryError"}, b""
+        except RecursionError:
+            out, tail = {"e": "error", "d": "RecursionError"}, b""
+        except Exception as exc:
+            out, tail = {"e": "error", "d": f"{type(exc).__name__}: {exc}"[:300]}, b""
+        if budget.overrun:
+            out, tail = {"e": "timeout"}, b""
+        try:
+            json.dumps(out)
+        except (TypeError, ValueError):  # an action argument JSON cannot carry
+            out, tail = {"e": "api_misuse", "d": "action arguments must be JSON values"}, b""
+        return out, tail
+
+    while True:
+        msg = sock.recv(MAX_MESSAGE)
+        if not msg:
+            return 0
+        head, data = _decode(msg)
+        if isinstance(head, list):  # one packet
+            out, tail = run_one(head, data)
+            _send(sock, out, tail)
+            continue
+        results: list[dict[str, Any]] = []
+        tails: list[bytes] = []
+        size = off = 0
+        for meta, n in zip(head["b"], head["n"], strict=True):
+            out, tail = run_one(meta, data[off : off + n])
+            off += n
+            if size + len(tail) > MAX_BATCH_BYTES * 2:  # the answer must fit one message
+                out, tail = {"e": "error", "d": "batch answer too large"}, b""
+            size += len(tail)
+            results.append(out)
+            tails.append(tail)
+        _send(sock, {"r": results, "n": [len(t) for t in tails]}, b"".join(tails))
+
+
+class _LocalShimView(tuple):
+    __slots__ = ()
+    form = property(lambda s: s[0])
+    label = property(lambda s: s[1])
+    service_id = property(lambda s: s[2])
+    metadata = property(lambda s: s[3])
+    orig_src = property(lambda s: s[4])
+    hop_limit = property(lambda s: s[5])
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        return tuple(self)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="pcsite-confine")
+    ap.add_argument("mode", choices=("run", "check"))
+    ap.add_argument("--fd", type=int, required=True)
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--memory", type=int, required=True)
+    ap.add_argument("--root", required=True)
+    ap.add_argument("--uid", type=int, required=True)
+    ap.add_argument("--cpu", type=int, default=None)
+    ap.add_argument("--ticks", type=int, default=100_000)
+    ap.add_argument("--max-ns", type=int, default=10_000_000)
+    a = ap.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return _serve(a.fd, a.name, a.mode, a.memory, a.root, a.uid, a.cpu, a.ticks, a.max_ns)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

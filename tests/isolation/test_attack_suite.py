@@ -1,0 +1,30 @@
+"""Issue #16's attack suite, uploaded through the control API while another provider's
+circuit carries traffic (the short version of ``benchmarks/isolation.py``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.isolation import ATTACKS, run
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(240)]  # root: chroot, UIDs, cgroups
+
+
+def test_every_attack_is_blocked_at_load_stopped_at_run_or_confined() -> None:
+    figures = run(seconds=0.3, count=50)
+    records = {r["attack"]: r for r in figures["attacks"]}
+    assert set(records) == {a.name for a in ATTACKS}
+    for attack in ATTACKS:
+        r = records[attack.name]
+        assert r["outcome"] == attack.expect, r
+        if r["outcome"] != "blocked_at_load":
+            assert r["victim_delivered"] > 0, r  # the other provider kept its traffic
+    assert figures["isolation_escapes"] == 0
+    assert figures["isolation_worker_crashes"] == 0
+    # uploads are checked off the control API's event loop (loaded machines jitter a bit)
+    assert figures["isolation_supervisor_stalls_ms"] < 500
+    assert records["pow_at_load_bad_signature"]["reason"].startswith("422 bad_signature")
+    assert "forbidden_name" in records["match_hole_loop_in_process"]["reason"]
+    assert records["replicate_own_64"]["attacker_disabled"]
+    assert figures["metering_billed_vs_metered"] == pytest.approx(1.0, abs=0.02)
+    assert figures["metering_cpu_vs_kernel"] == pytest.approx(1.0, abs=0.05)

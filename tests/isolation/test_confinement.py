@@ -1,0 +1,338 @@
+"""The kernel boundary: what a confined process can no longer do, deadlines, OOM, restarts,
+kernel-accounted CPU, and the upload check that runs nothing in the caller."""
+
+from __future__ import annotations
+
+import binascii
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pcsite_lite.confine import ConfinedService, IsolationPolicy, check_source, process_cpu_ns
+from pcsite_lite.pipeline import Pipeline
+from pcsite_lite.site import Site
+from pcsite_lite.verdicts import Drop, Forward
+from pcsock.wire import HopKey, build_circuit_packet
+
+SITE_IP = "198.18.9.1"
+NEXT = "198.18.6.1"
+KEY = bytes(range(16))
+
+#: run after _confine() in a child: each attempt a provider's code could make if it got past
+#: the AST rules; prints which succeeded
+PROBE = r"""
+import json, os, socket, sys
+from pcsite_lite.confine import _confine
+measures = _confine(memory=256 << 20, root=sys.argv[1], uid=0x30000001, cpu=None, strict=False)
+out = {"measures": measures}
+def attempt(name, fn):
+    try:
+        fn()
+        out[name] = "allowed"
+    except BaseException as exc:
+        out[name] = type(exc).__name__
+attempt("open", lambda: open("/etc/hostname").read())
+attempt("openat_proc", lambda: os.open("/proc/self/status", os.O_RDONLY))
+attempt("socket", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+attempt("fork", os.fork)
+attempt("exec", lambda: os.execv("/bin/true", ["true"]))
+attempt("kill_init", lambda: os.kill(1, 0))
+attempt("setuid_root", lambda: os.setuid(0))
+attempt("alloc_1g", lambda: bytearray(1 << 30))
+os.write(1, json.dumps(out).encode())
+"""
+
+
+_SITES: list[Site] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_sites() -> Iterator[None]:
+    yield
+    while _SITES:
+        _SITES.pop().runtime.close()  # confined processes and their cgroups go
+
+
+def _site(**policy: Any) -> tuple[Site, Pipeline]:
+    # generous deadlines: a loaded test machine must not turn ordinary calls into timeouts
+    policy.setdefault("deadline_ms", 2000)
+    site = Site("c", SITE_IP, isolation=IsolationPolicy(**policy))
+    _SITES.append(site)
+    return site, Pipeline(site)
+
+
+def _circuit(site: Site, psp: str, service: str) -> int:
+    from pcsite_lite.circuits import OutHop
+
+    label = site.circuits.allocate(psp, now=0.0)
+    site.circuits.install(label, psp=psp, service=service, in_key=KEY,
+                          out_hops=[OutHop(label=7, next_hop=NEXT, key=HopKey(KEY))],
+                          expires=1e12)  # fmt: skip
+    return label
+
+
+def _pkt(label: int, payload: bytes = b"data") -> bytearray:
+    return build_circuit_packet(src="198.18.5.1", dst=SITE_IP, label=label, key=HopKey(KEY),
+                                payload=payload)  # fmt: skip
+
+
+def _deploy(site: Site, psp: str, service: str, src: str) -> ConfinedService:
+    slot = site.deploy(psp, service, src)
+    proxy = slot.process
+    assert isinstance(proxy, ConfinedService)
+    assert proxy.wait_ready(20), "confined process did not start"
+    return proxy
+
+
+def wait_until(pred: Callable[[], bool], timeout: float = 20.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.01)
+    return pred()
+
+
+@pytest.mark.netns  # root: chroot, setuid and cgroups
+def test_confined_process_cannot_open_connect_fork_exec_or_signal() -> None:
+    root = tempfile.mkdtemp()
+    try:
+        proc = subprocess.run([sys.executable, "-c", PROBE, root], capture_output=True,
+                              timeout=60, cwd=Path(__file__).parents[2])  # fmt: skip
+    finally:
+        os.rmdir(root)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    out = json.loads(proc.stdout)
+    assert out.pop("measures") == ["rlimits", "chroot", "uid", "seccomp"]
+    assert out.pop("alloc_1g") == "MemoryError"
+    assert all(v != "allowed" for v in out.values()), out
+
+
+def test_upload_check_runs_module_code_elsewhere_and_bounds_it() -> None:
+    before = time.process_time()
+    t0 = time.monotonic()
+    noop = b"def process(pkt): pass\n"
+    assert check_source(b"x = pow(3, 10**8)\n" + noop, "a/b")[0] == "load_timeout"
+    assert check_source(b"x = b'x' * 10**10\n" + noop, "a/b")[0] == "load_error"
+    assert check_source(b"while True:\n    pass\n", "a/b")[0] == "load_timeout"
+    assert check_source(b"import binascii\nbinascii.a2b_base64 = 1\n" + noop, "a/b") is None
+    assert check_source(b"x = 1\n", "a/b")[0] == "no_process"
+    assert time.monotonic() - t0 < 30
+    assert time.process_time() - before < 0.5  # the caller computed none of it
+    assert binascii.a2b_base64(b"aGk=") == b"hi"
+
+
+def test_deadline_kills_a_long_c_call_and_the_process_restarts() -> None:
+    site, pipe = _site(deadline_ms=300, backoff_s=(0.05, 0.2))
+    proxy = _deploy(site, "evil", "pow", "def process(pkt):\n"
+                    "    if pkt.read(0, 1) == b'p':\n        pow(3, 10**8)\n")  # fmt: skip
+    label = _circuit(site, "evil", "pow")
+    pid = proxy.proc.pid if proxy.proc else None
+    t0 = time.monotonic()
+    [v] = pipe.process(_pkt(label, b"pow"), 1.0)
+    assert time.monotonic() - t0 < 5
+    assert isinstance(v, Drop) and v.reason == "service_timeout"
+    assert proxy.kills == 1 and proxy.proc is None
+    # meanwhile: dropped as unavailable, not blamed; then a new process serves again
+    assert wait_until(lambda: isinstance(pipe.process(_pkt(label, b"ok"), 1.0)[0], Forward))
+    assert proxy.proc is not None and proxy.proc.pid != pid and proxy.restarts == 1
+    assert site.runtime.slot("evil", "pow").consecutive_failures == 0
+
+
+def test_memory_exhaustion_is_a_failure_of_that_service_only_and_disables_it() -> None:
+    site, pipe = _site(memory_mb=200)
+    evil = _deploy(site, "evil", "oom", "def process(pkt):\n    b'x' * 10**10\n")
+    good = _deploy(site, "good", "fwd", "def process(pkt):\n    pass\n")
+    bad_label, good_label = _circuit(site, "evil", "oom"), _circuit(site, "good", "fwd")
+    for _ in range(10):
+        [v] = pipe.process(_pkt(bad_label), 1.0)
+        assert isinstance(v, Drop) and v.reason == "service_error" and "MemoryError" in v.detail
+        assert isinstance(pipe.process(_pkt(good_label), 1.0)[0], Forward)
+    assert site.runtime.slot("evil", "oom").status == "disabled"
+    [v] = pipe.process(_pkt(bad_label), 1.0)
+    assert v.reason == "service_disabled"
+    assert evil.proc is None  # a disabled service's process is stopped
+    assert good.restarts == 0
+    site.runtime.enable("evil", "oom")  # the operator's call: it starts again
+    assert wait_until(lambda: evil.poll_ready())
+
+
+def test_a_killed_process_counts_as_a_failure_and_comes_back() -> None:
+    site, pipe = _site(backoff_s=(0.01, 0.05))
+    proxy = _deploy(site, "p", "s", "def process(pkt):\n    pass\n")
+    label = _circuit(site, "p", "s")
+    assert proxy.proc is not None
+    proxy.proc.kill()
+    proxy.proc.wait()
+    [v] = pipe.process(_pkt(label), 1.0)
+    assert isinstance(v, Drop) and v.reason == "service_error" and "died" in v.detail
+    assert wait_until(lambda: isinstance(pipe.process(_pkt(label), 1.0)[0], Forward))
+
+
+def test_confined_service_sees_the_packet_api_and_its_actions_are_checked() -> None:
+    site, pipe = _site()
+    site.fis.engine.put("p/s", "k", {"v": 5}, writer="p")
+    _deploy(site, "p", "s", "def process(pkt):\n"
+            "    v = pkt.fetch('k')['v']\n"
+            "    pkt.log('v=' + str(v) + ' len=' + str(pkt.length))\n"
+            "    pkt.cache('c', b'abc')\n"
+            "    pkt.set_payload(pkt.compress(pkt.read() * v))\n"
+            "    pkt.shim.update(label=7)\n"
+            "    pkt.forward_to(" + repr(NEXT) + ")\n")  # fmt: skip
+    _deploy(site, "p", "spoof", "def process(pkt):\n    pkt.forward_to('198.19.66.66')\n")
+    label, spoof = _circuit(site, "p", "s"), _circuit(site, "p", "spoof")
+    [v] = pipe.process(_pkt(label, b"ab"), 1.0)
+    assert isinstance(v, Forward) and v.next_hop == NEXT
+    import zlib
+
+    assert zlib.decompress(v.data[36:]) == b"ab" * 5
+    c = site.runtime.counters("p", "s")
+    assert (c.fis_reads, c.log_lines, c.cache_bytes) == (1, 1, 4)
+    [d] = pipe.process(_pkt(spoof), 1.0)
+    assert isinstance(d, Drop) and d.reason == "spoof_attempt"
+
+
+@pytest.mark.netns  # root: the cgroup's cpuacct is the kernel's second opinion
+def test_billed_cpu_is_what_the_kernel_accounted_to_the_process() -> None:
+    site, pipe = _site()
+    proxy = _deploy(site, "p", "burn", "def process(pkt):\n    sum(range(50000))\n")
+    label = _circuit(site, "p", "burn")
+    for _ in range(50):
+        assert isinstance(pipe.process(_pkt(label), 1.0)[0], Forward)
+    billed = site.runtime.counters("p", "burn").cpu_ns
+    assert proxy.proc is not None and proxy.cgroup is not None
+    kernel_clock = process_cpu_ns(proxy.proc.pid) - proxy._cpu_base
+    cpuacct = proxy.cgroup.read_int("cpuacct.usage")
+    assert cpuacct is not None and billed > 0
+    assert abs(billed - kernel_clock) / kernel_clock < 0.02
+    assert abs(billed - cpuacct) / cpuacct < 0.02
+    assert site.runtime.slot("p", "burn").as_dict()["isolation"]["memory_peak_bytes"] > 0
+
+
+def test_a_batch_goes_in_one_message_and_a_missed_batch_deadline_blames_once() -> None:
+    from pcsite_lite.confine import Prefetcher
+
+    site, pipe = _site(deadline_ms=300)
+    good = _deploy(site, "p", "s", "def process(pkt):\n    pkt.set_payload(pkt.read()[::-1])\n")
+    evil = _deploy(site, "evil", "pow", "def process(pkt):\n    pow(3, 10**8)\n")
+    label, bad = _circuit(site, "p", "s"), _circuit(site, "evil", "pow")
+    prefetch = Prefetcher(site)
+    batch = [bytes(_pkt(label, b"ab%d" % i)) for i in range(8)]
+    assert prefetch(batch, 5.0) == 8
+    out = [pipe.process(d, 5.0) for d in batch]
+    assert [bytes(v.data[36:]) for [v] in out] == [b"%dba" % i for i in range(8)]  # type: ignore[union-attr]
+    assert good.batch_hits == 8
+    evil_batch = [bytes(_pkt(bad, b"p%d" % i)) for i in range(5)]
+    assert prefetch(evil_batch, 6.0) == 5
+    assert evil.kills == 1
+    verdicts = [pipe.process(d, 6.0)[0] for d in evil_batch]
+    assert all(isinstance(v, Drop) and v.reason == "service_timeout" for v in verdicts)
+    assert site.runtime.slot("evil", "pow").consecutive_failures == 1  # one overrun, not five
+    assert site.drops["service_timeout"] == 5
+
+
+FIELDS = """
+def process(pkt):
+    s = pkt.shim.read()
+    seen = [pkt.form, pkt.src, pkt.dst, pkt.proto, pkt.tos, pkt.ttl, pkt.length, pkt.now,
+            s.form, s.label, s.metadata, s.orig_src, s.hop_limit, pkt.shim.orig_src,
+            pkt.shim.label, pkt.shim.metadata, pkt.read(1, 2), pkt.cache_get("k")]
+    pkt.cache("k", b"v")
+    pkt.shim.update(metadata=7)
+    pkt.set_payload(repr(seen).encode())
+"""
+
+
+def test_a_confined_service_sees_and_does_what_the_same_service_does_in_the_worker() -> None:
+    outs = []
+    for isolation in (IsolationPolicy(deadline_ms=2000), None):
+        site = Site("c", SITE_IP, isolation=isolation, randbits=lambda n: 4242)
+        _SITES.append(site)
+        slot = site.deploy("p", "f", FIELDS)
+        if isolation is not None:
+            assert isinstance(slot.process, ConfinedService) and slot.process.wait_ready(20)
+        pipe = Pipeline(site)
+        label = _circuit(site, "p", "f")
+        outs.append([pipe.process(_pkt(label, b"hello"), 3.5) for _ in range(2)])
+    assert outs[0] == outs[1]  # same bytes out, second packet sees the cache
+    assert b"'198.18.5.1'" in outs[0][1][0].data  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"\x00",  # short
+        b"\xff\xff\xff\xff{}",  # head length past the message
+        struct.pack("!I", 3) + b"[1]",  # not an object
+        struct.pack("!I", 60_000) + b"[" * 60_000,  # nested past the JSON parser
+        struct.pack("!I", 21) + b'{"a": [["fwd", 1, 2]]',  # not JSON
+        struct.pack("!I", 20) + b'{"a": [[1, 2, 3]]}  ',  # an action that is not one
+        struct.pack("!I", 24) + b'{"a": [["nosuch", 1]]}  ',  # an unknown action
+    ],
+)
+def test_garbage_from_a_confined_process_fails_that_packet_not_the_worker(answer: bytes) -> None:
+    site, pipe = _site()
+    proxy = _deploy(site, "p", "s", "def process(pkt):\n    pass\n")
+    label = _circuit(site, "p", "s")
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    assert proxy.sock is not None
+    proxy.sock.close()
+    proxy.sock = ours  # we play the confined process
+    theirs.send(answer)
+    [v] = pipe.process(_pkt(label), 1.0)
+    assert isinstance(v, Drop) and v.reason in ("service_error", "api_misuse"), v
+    theirs.close()
+
+
+def test_form2_and_form3_packets_are_batched_with_the_same_results() -> None:
+    from pcsite_lite.confine import Prefetcher
+
+    site, pipe = _site()
+    src = "def process(pkt):\n    pkt.set_payload(pkt.read() + pkt.dst.encode())\n"
+    sid = _deploy(site, "p", "sid", src)
+    dest = _deploy(site, "q", "dest", src)
+    site.register_service_id(9, "p", "sid")
+    site.register_destination("198.19.5.0/24", "q", "dest")
+    from pcsock.wire import build_ipv4, build_service_packet
+
+    batch = [
+        bytes(
+            build_service_packet(
+                src="198.18.5.1", dst="198.18.7.7", service_id=9, payload=b"s%d" % i
+            )
+        )
+        if i % 2
+        else bytes(build_ipv4(src="198.18.5.1", dst="198.19.5.9", proto=17, payload=b"d%d" % i))
+        for i in range(10)
+    ]
+    one_by_one = [pipe.process(d, 2.0) for d in batch]
+    assert all(isinstance(v, Forward) for [v] in one_by_one)
+    assert Prefetcher(site)(batch, 2.0) == 10
+    assert [pipe.process(d, 2.0) for d in batch] == one_by_one
+    assert sid.batch_hits == 5 and dest.batch_hits == 5
+
+
+def test_a_fis_outage_is_the_sites_fault_for_a_confined_service_too(tmp_path: Path) -> None:
+    from pcsite_lite.fis import CachedFIS, open_engine
+
+    fis = CachedFIS(open_engine(f"unix://{tmp_path}/gone.sock"))
+    site = Site("c", SITE_IP, fis=fis, isolation=IsolationPolicy(deadline_ms=2000))
+    _SITES.append(site)
+    pipe = Pipeline(site)
+    _deploy(site, "p", "f", "def process(pkt):\n    pkt.fetch('k')\n")
+    label = _circuit(site, "p", "f")
+    for i in range(12):
+        [v] = pipe.process(_pkt(label), float(i))
+        assert isinstance(v, Drop) and v.reason == "fis_unavailable" and v.service is None
+    slot = site.runtime.slot("p", "f")
+    assert slot.status == "active" and slot.failures == 0
