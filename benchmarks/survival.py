@@ -1,6 +1,6 @@
 """How a site survives SIGKILL: of the daemon (restart under load) and of a worker.
 
-Topology (benchmarks/_sitenet.py): sender S -- site A -- receiver D. ``--circuits`` form-1
+Topology (benchmarks/_site_rig.py): sender S -- site A -- receiver D. ``--circuits`` form-1
 circuits at A deliver to D; the load generator (a thread of this process, pinned to another
 vCPU than the daemon) sends numbered packets on every circuit at ``--rate`` per circuit per
 second; D's socket records which arrived and when. Rounds interleave the two faults:
@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import os
 import select
-import socket
 import statistics
 import struct
 import sys
@@ -41,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._report import emit
-from benchmarks._sitenet import SITE, D, S, SiteNet, site_net
+from benchmarks._site_rig import SiteRig, pin
 
 KEY = bytes(range(16))
 PORT = 9999
@@ -51,21 +50,14 @@ _REC = struct.Struct("!HI")  #: circuit index, sequence number
 class Traffic:
     """Numbered packets on every circuit (sent from S), arrivals recorded at D."""
 
-    def __init__(self, net: SiteNet, labels: list[int], rate: float) -> None:
+    def __init__(self, rig: SiteRig, labels: list[int], rate: float) -> None:
         from pcsock import wire
 
         self.sent: dict[tuple[int, int], float] = {}
         self.arrived: dict[tuple[int, int], float] = {}
-        self._tx = net.call_in("s", lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW,
-                                                         socket.IPPROTO_RAW))  # fmt: skip
-
-        def rx() -> socket.socket:
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.bind((D, PORT))
-            s.settimeout(0.1)
-            return s
-
-        self._rx = net.call_in("d", rx)
+        self._tx = rig.raw_sender()
+        self._rx = rig.udp_receiver(PORT)
+        self._site, self._src = rig.SITE, rig.S
         self._labels = labels
         self._rate = rate
         self._wire = wire
@@ -98,11 +90,11 @@ class Traffic:
             for i, label in enumerate(self._labels):
                 body = _REC.pack(i, seq)
                 payload = udp.pack(5555, PORT, 8 + len(body), 0) + body
-                pkt = self._wire.build_circuit_packet(src=S, dst=SITE, label=label, key=KEY,
-                                                      payload=payload)  # fmt: skip
+                pkt = self._wire.build_circuit_packet(src=self._src, dst=self._site, label=label,
+                                                      key=KEY, payload=payload)  # fmt: skip
                 self.sent[(i, seq)] = time.monotonic()
                 try:
-                    self._tx.sendto(bytes(pkt), (SITE, 0))
+                    self._tx.sendto(bytes(pkt), (self._site, 0))
                 except OSError:
                     pass
             seq += 1
@@ -136,40 +128,75 @@ class Traffic:
         raise RuntimeError(f"only {len(self.first_after(t))} of {n} circuits forwarded")
 
 
-def _install(net: SiteNet, circuits: int) -> list[int]:
-    c = net.client()
+def _proof(root: Any, prefix: str) -> str:
+    """A proof, valid for an hour, that acme owns ``prefix`` for its service "guard"."""
+    from pcsock.ownership import OwnershipClaim, ZoneKey, build_proof, reverse_zone
+
+    now = time.time()
+    claim = OwnershipClaim(prefix, "acme", "guard", now - 60, now + 3600)
+    zone = ZoneKey.generate(reverse_zone(prefix))
+    return str(build_proof([claim], zone, chain=[root], inception=now - 60,
+                           expiration=now + 3600))  # fmt: skip
+
+
+def _install(rig: SiteRig, root: Any, circuits: int) -> list[int]:
+    c = rig.client()
     labels = []
     for _ in range(circuits):
         label = c.allocate_circuit("relay", lifetime=3600)["label"]
-        c.install_hop(label, in_key=KEY, deliver=D, strip=True, lifetime=3600)
+        c.install_hop(label, in_key=KEY, deliver=rig.D, strip=True, lifetime=3600)
         labels.append(label)
     c.register_service_id("tagger")
-    prefix = "198.18.74.0/24"  # a destination registration (diverted, no traffic here)
-    c.register_destination(prefix, "guard", net.ownership_proof(prefix, "bench", "guard"))
+    # a destination registration (its prefix is diverted; no traffic goes there here)
+    c.register_destination(rig.OWNED, "guard", _proof(root, rig.OWNED))
     c.allocate_circuit("relay", lifetime=3600)  # a reservation, installed later
     return labels
 
 
-def _state(net: SiteNet) -> dict[str, int]:
-    st = net.client(None).status()
+def _start(rig: SiteRig) -> float:
+    """``pcsite run`` with the same config again; seconds until "site up"."""
+    rig.log.write_bytes(b"")  # the rig waits for "site up" in this log
+    t0 = time.monotonic()
+    rig.start()
+    return time.monotonic() - t0
+
+
+def _kill(rig: SiteRig) -> float:
+    """SIGKILL the daemon; the monotonic time it was dead."""
+    assert rig.proc is not None
+    rig.proc.kill()
+    rig.proc.wait()
+    return time.monotonic()
+
+
+def _leftovers(rig: SiteRig, running_workers: int) -> list[str]:
+    from pcsite_lite.daemon.config import load
+    from pcsite_lite.daemon.kernel import Kernel
+
+    cfg = load(rig.tmp / f"{rig.id}.toml")
+    return rig.in_ns("a", lambda: Kernel(cfg).leftovers(running_workers=running_workers))
+
+
+def _state(rig: SiteRig) -> dict[str, int]:
+    st = rig.client(admin=True).status()
     return {"circuits": int(st["circuits"]), "service_ids": len(st["service_ids"]),
             "destinations": len(st["destinations"])}  # fmt: skip
 
 
-def _daemon_round(net: SiteNet, traffic: Traffic, n: int) -> dict[str, Any]:
-    before = _state(net)
+def _daemon_round(rig: SiteRig, traffic: Traffic, n: int) -> dict[str, Any]:
+    before = _state(rig)
     traffic.wait_all_after(time.monotonic(), n, 10)
-    dead = net.kill()
-    net.start()
+    dead = _kill(rig)
+    _start(rig)
     resumed = traffic.wait_all_after(dead, n, 30)
-    after = _state(net)
+    after = _state(rig)
     lost = sum(max(0, before[k] - after.get(k, 0)) for k in before)
     return {"resume_s": max(resumed.values()) - dead, "state_lost": lost,
-            "leftovers_running": net.leftovers(net.workers)}  # fmt: skip
+            "leftovers_running": _leftovers(rig, rig.workers)}  # fmt: skip
 
 
-def _worker_round(net: SiteNet, traffic: Traffic, n: int) -> dict[str, Any]:
-    admin = net.client(None)
+def _worker_round(rig: SiteRig, traffic: Traffic, n: int) -> dict[str, Any]:
+    admin = rig.client(admin=True)
     traffic.wait_all_after(time.monotonic(), n, 10)
     victim = next(w for w in admin.status()["workers"] if w["index"] == 0)
     pidfd = os.pidfd_open(victim["pid"])
@@ -190,28 +217,30 @@ def _worker_round(net: SiteNet, traffic: Traffic, n: int) -> dict[str, Any]:
 
 
 def run(circuits: int, rate: float, rounds: int, workers: int) -> dict[str, Any]:
-    ncpu = os.cpu_count() or 1
-    site_cpus = "0" if ncpu > 1 else None
-    if ncpu > 1:  # the load generator (this process) on the other vCPUs than the daemon
-        os.sched_setaffinity(0, set(range(1, ncpu)))
+    from pcsock.ownership import ZoneKey
+
+    root = ZoneKey.generate("in-addr.arpa.")  # the site's DNSSEC trust anchor
+    pin(1)  # the load generator (this process); the daemon runs on vCPU 0
     res: dict[str, Any] = {"circuits": circuits, "rate_per_circuit": rate, "workers": workers,
                            "rounds": []}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="pcvbench") as tmp:
-        with site_net(Path(tmp), workers=workers, cpus=site_cpus) as net:
+        with SiteRig(Path(tmp), workers=workers, daemon_cpus="0",
+                     trust_anchor=root.ds_text()) as rig:  # fmt: skip
+            rig.stop()
             for r in range(rounds):
                 rd: dict[str, Any] = {}
                 # baseline: a cold start of the same command (fresh state, clean kernel)
-                for p in (Path(tmp) / "state").glob("*"):
+                for p in rig.ledger.parent.glob("*"):
                     if p.is_file():
                         p.unlink()
-                rd["cold_start_s"] = net.start()
-                labels = _install(net, circuits)
-                with Traffic(net, labels, rate) as traffic:
+                rd["cold_start_s"] = _start(rig)
+                labels = _install(rig, root, circuits)
+                with Traffic(rig, labels, rate) as traffic:
                     faults = [("daemon", _daemon_round), ("worker", _worker_round)]
                     if r % 2:
                         faults.reverse()  # interleave which fault comes first
                     for name, fn in faults:
-                        rd[name] = fn(net, traffic, len(labels))
+                        rd[name] = fn(rig, traffic, len(labels))
                 # the worker fault's window: from its death until it had its buckets back
                 # (+0.5 s); the other fault's losses fall outside it
                 dead, end = rd["worker"].pop("dead"), rd["worker"].pop("end")
@@ -222,8 +251,8 @@ def run(circuits: int, rate: float, rounds: int, workers: int) -> dict[str, Any]
                 rd["worker"]["inflight_lost"] = sum(
                     1 for k, t in sent if dead - 0.5 < t <= dead and k not in traffic.arrived
                 )
-                assert net.stop() == 0
-                rd["leftovers_stopped"] = net.leftovers(0)
+                assert rig.stop() == 0
+                rd["leftovers_stopped"] = _leftovers(rig, 0)
                 rd["kernel_leftovers"] = len(rd["daemon"]["leftovers_running"]) + len(
                     rd["leftovers_stopped"]
                 )
