@@ -4,6 +4,7 @@ pcsite run --config site.toml        # foreground; SIGHUP reloads, SIGTERM stops
 pcsite pki ca --out DIR              # control API TLS: a CA, then site certificates
 pcsite pki cert --ca DIR --name 198.18.0.1 --out DIR
 pcsite check-config --config site.toml
+pcsite cleanup --config site.toml    # remove what a killed instance left in the kernel
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     chk = sub.add_parser("check-config", help="validate a configuration file")
     chk.add_argument("--config", "-c", required=True)
     chk.add_argument("--json", action="store_true", help="print the parsed settings as JSON")
+    cln = sub.add_parser(
+        "cleanup",
+        help="remove the kernel state (nft table, rules, TUN devices, address) a killed "
+        "instance left; refused while the site runs",
+    )
+    cln.add_argument("--config", "-c", required=True)
     args = ap.parse_args(argv)
     try:
         cfg = load(args.config)
@@ -49,6 +56,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"{args.config}: ok (site {cfg.name}, {cfg.public_ip}, {cfg.workers} workers)")
         return 0
+    if args.cmd == "cleanup":
+        from pcsite_lite.daemon.supervisor import cleanup
+
+        status, found = cleanup(cfg)
+        if status:
+            print(f"pcsite: cleanup refused: {found[0]}", file=sys.stderr)
+        else:
+            print(f"removed: {', '.join(found)}" if found else "nothing to remove")
+        return status
     from pcsite_lite.daemon.supervisor import run_daemon
 
     try:

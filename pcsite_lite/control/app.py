@@ -359,7 +359,7 @@ def _h_dest(app: ControlApp, who: Principal, p: dict[str, str], b: dict[str, Jso
         "not_after": claim.not_after,
     }
     return 201, app.backend.register_destination(
-        psp, service, prefix, info, redirect_prefixes=redirect
+        psp, service, prefix, info, redirect_prefixes=redirect, proof=b["proof"]
     )
 
 

@@ -63,6 +63,7 @@ class ControlBackend(Protocol):
         claim: dict[str, Json],
         *,
         redirect_prefixes: list[str] | None = None,
+        proof: str | None = None,
     ) -> dict[str, Json]: ...
     def list_destinations(self, psp: str) -> list[dict[str, Json]]: ...
 

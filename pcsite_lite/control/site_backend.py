@@ -3,6 +3,20 @@
 Holds the master :class:`~pcsite_lite.daemon.state.SiteState`, writes the FIS through the
 engine (with the authenticated PSP as writer, so the FIS enforces namespaces too), and hands
 every data-plane change to ``broadcast`` so that the worker replicas follow.
+
+**Durability.** With a ``store`` (:class:`~pcsite_lite.daemon.store.SiteStore`, the daemon
+always passes one), every accepted change is committed there after it passed the master
+copy's checks and *before* it is broadcast or acknowledged. If the store refuses the write,
+the master copy is put back as it was and the caller gets 503 ``unavailable``: nothing is
+acknowledged that a restart would forget. :meth:`SiteBackend.restore` rebuilds the master copy
+at start.
+
+**Proof expiry.** A destination registration holds until its ownership proof expires (the
+claim's ``not_after`` or the earliest RRSIG expiration, whichever is first): :meth:`tick`
+lapses it then, and :meth:`recheck_proofs` validates every stored proof again against the
+current trust anchor (on a timer and on reload); a lapsed registration is removed from the
+workers and the kernel's divert set, logged, and counted in
+``pcsite_destinations_lapsed_total``.
 """
 
 from __future__ import annotations
@@ -15,7 +29,7 @@ from typing import Any
 from pcsite_lite import fis as fislib
 from pcsite_lite.circuits import CircuitError, OutHop
 from pcsite_lite.metering import Counters
-from pcsite_lite.metrics import WorkerStats, render
+from pcsite_lite.metrics import MetricFamily, WorkerStats, render
 from pcsock.wire import HopKey
 
 from .backend import Json
@@ -62,6 +76,33 @@ def _hexkey(v: Json, what: str) -> bytes:
     return key
 
 
+def _reinstall(table: Any, c: Any) -> None:
+    """Put circuit hop ``c`` back as it was (undoing a change the store refused)."""
+    table.install(c.in_label, psp=c.psp, service=c.service, in_key=c.in_key,
+                  out_hops=c.out_hops, expires=c.expires, destination=c.destination)  # fmt: skip
+
+
+def _proof_expiry(claim: dict[str, Json], proof: str | None) -> float | None:
+    """When a registration's proof stops being valid: the claim's ``not_after`` or the
+    earliest RRSIG expiration in the proof, whichever comes first."""
+    times: list[float] = []
+    na = claim.get("not_after")
+    if isinstance(na, int | float):
+        times.append(float(na))
+    if proof:
+        from pcsock import ownership
+
+        try:
+            for rrset in ownership.Proof(proof).rrsets():
+                for rd in rrset:
+                    exp = getattr(rd, "expiration", None)
+                    if isinstance(exp, int):
+                        times.append(float(exp))
+        except ownership.OwnershipError:
+            pass  # it validated a moment ago; the claim's time still bounds it
+    return min(times) if times else None
+
+
 class SiteBackend:
     """Implements :class:`~pcsite_lite.control.backend.ControlBackend` for the daemon."""
 
@@ -77,11 +118,16 @@ class SiteBackend:
         clock: Callable[[], float] = time.time,
         site_drops: Callable[[], list[tuple[str, str, int]]] = list,
         usage_export: Callable[[float], str] | None = None,
+        store: Any = None,
+        log_line: Callable[[str], None] = lambda msg: None,
     ) -> None:
         from pcsite_lite.daemon.state import SiteState
 
         self.cfg = cfg
         self.state = SiteState(cfg)
+        self.store = store
+        self._log = log_line
+        self.lapsed = 0  #: destination registrations whose ownership proof lapsed
         self._broadcast = broadcast
         self._status = status
         self._worker_stats = worker_stats
@@ -102,7 +148,7 @@ class SiteBackend:
                 raise  # never reached before: most likely a wrong URL
             # a restart during an outage: workers serve from their cache snapshots
             log.warning("starting while the FIS is unreachable (writes answer 503): %s", exc)
-        self._alloc_service: dict[int, str] = {}  # label -> service named at allocation
+        self._alloc_service = self.state.reserved_service  # label -> service at allocation
         self.repo: Any = None
         if cfg.repository is not None:
             from pcsite_lite.repository import Repository
@@ -114,12 +160,77 @@ class SiteBackend:
 
     def reconfigure(self, cfg: Any) -> None:
         self.cfg = cfg
+        self._save_credentials()
 
     def close(self) -> None:
         self.fis.close()
+        if self.store is not None:
+            self.store.close()
 
     def snapshot_ops(self) -> list[dict[str, Any]]:
         return self.state.snapshot_ops()
+
+    def iter_snapshot_ops(self) -> Any:
+        return self.state.iter_snapshot_ops()
+
+    # --- durability
+    def _durable(self, write: Callable[[Any], None], undo: Callable[[], object]) -> None:
+        """Commit a change the master copy accepted; on failure put the master back (undo)
+        and answer 503, so nothing is acknowledged that a restart would lose."""
+        if self.store is None:
+            return
+        from pcsite_lite.daemon.store import StoreError
+
+        try:
+            write(self.store)
+        except StoreError as exc:
+            try:
+                undo()
+            except Exception as undo_exc:  # the write failed; say so, whatever undo did
+                self._log(f"state store: cannot undo a refused change: {undo_exc}")
+            self._log(f"state store refused a change: {exc}")
+            raise ApiError("unavailable", f"the site's state store is unavailable: {exc}") from exc
+
+    def _save_credentials(self) -> None:
+        if self.store is None:
+            return
+        from pcsite_lite.daemon.store import StoreError
+
+        c = self.cfg.control
+        rows = [("isp", "isp", c.admin_token, None)]
+        rows += [(p.name, "psp", p.token, p.signing_key.hex() if p.signing_key else None)
+                 for p in c.psps]  # fmt: skip
+        try:
+            self.store.set_credentials(rows)
+        except StoreError as exc:
+            self._log(f"state store: cannot record the credentials table: {exc}")
+
+    def restore(self) -> dict[str, int]:
+        """Rebuild the master copy from the store (at start); counts of what came back."""
+        if self.store is None:
+            return {}
+        now = self._clock()
+        snap = self.store.load(now)
+        counts = self.state.restore(snap, self._log)
+        counts["expired"] = snap.expired
+        configured = {p.name for p in self.cfg.control.psps}
+        owners = {c.psp for c in self.state.circuits}
+        owners |= {r.psp for r in self.state.site.service_ids.values()}
+        owners |= {r.psp for _, r in self.state.site.destinations.items()}
+        for psp in sorted(owners - configured):
+            self._log(f"restored state of psp {psp!r}, which has no credential in the config")
+        self._save_credentials()
+        return counts
+
+    def apply_divert(self) -> None:
+        """Load the destination prefixes into the kernel's divert set (at start, on change)."""
+        if self._kernel is None:
+            return
+        prefixes = sorted(p for p, _ in self.state.site.destinations.items())
+        self._kernel.set_divert(prefixes)
+        for p in prefixes:
+            if p in self.state.claims:
+                self.state.claims[p]["diverted"] = True
 
     # --- site
     def health(self) -> dict[str, Json]:
@@ -155,8 +266,13 @@ class SiteBackend:
             ),
         }
         workers = self._worker_stats()  # first: it samples the kernel's drop counters
-        return render(workers, self._usage_totals(), site=self.cfg.name, gauges=gauges,
+        text = render(workers, self._usage_totals(), site=self.cfg.name, gauges=gauges,
                       site_drops=self._site_drops())  # fmt: skip
+        lapsed = MetricFamily("pcsite_destinations_lapsed_total", "counter",
+                              "Destination registrations removed because their ownership "
+                              "proof expired or no longer validated")  # fmt: skip
+        lapsed.add({"site": self.cfg.name}, self.lapsed)
+        return text + "\n".join(lapsed.lines()) + "\n"
 
     # --- service repository
     def _repo(self) -> Any:
@@ -232,6 +348,8 @@ class SiteBackend:
             label = self.state.circuits.allocate(psp, now=now, hold=lifetime)
         except CircuitError as exc:
             raise _circuit_error(exc) from exc
+        self._durable(lambda st: st.put_reservation(label, psp, service, now + lifetime),
+                      lambda: self.state.circuits.teardown(label, psp=psp))  # fmt: skip
         self._alloc_service[label] = service
         return {"label": label, "service": service, "expires": now + lifetime,
                 "site": self.cfg.public_ip}  # fmt: skip
@@ -256,17 +374,42 @@ class SiteBackend:
                 out_hops.append(OutHop(label=label, next_hop=deliver, key=None, final=True,
                                        strip=strip))  # fmt: skip
             service = hop.get("service") or self._reserved_service(psp, label)
+            prev = self.state.circuits.get(label)
+            held = self._held(label) if prev is None else None
             c = self.state.circuits.install(
                 label, psp=psp, service=service, in_key=in_key, out_hops=out_hops,
                 expires=now + lifetime, destination=hop.get("destination") or deliver, now=now,
             )  # fmt: skip
         except CircuitError as exc:
             raise _circuit_error(exc) from exc
-        self._alloc_service.pop(label, None)
         from pcsite_lite.daemon.state import circuit_op
 
-        self._broadcast(circuit_op(c))
+        op = circuit_op(c)
+        self._durable(lambda st: st.put_circuit(op),
+                      lambda: self._undo_install(label, psp, prev, held))  # fmt: skip
+        self._alloc_service.pop(label, None)
+        self._broadcast(op)
         return self._view(label, psp)
+
+    def _held(self, label: int) -> tuple[str, str, float] | None:
+        """The stored reservation of ``label`` (to restore it if a change is undone)."""
+        if self.store is None:
+            return None
+        from pcsite_lite.daemon.store import StoreError
+
+        try:
+            held: tuple[str, str, float] | None = self.store.reservation(label)
+        except StoreError as exc:
+            raise ApiError("unavailable", f"the site's state store is unavailable: {exc}") from exc
+        return held
+
+    def _undo_install(self, label: int, psp: str, prev: Any, held: Any) -> None:
+        table = self.state.circuits
+        if prev is not None:
+            _reinstall(table, prev)
+        else:
+            table.teardown(label, psp=psp)
+            table.reserve(label, psp, until=held[2] if held else self._clock() + 60.0)
 
     def _reserved_service(self, psp: str, label: int) -> str:
         existing = self.state.circuits.get(label)
@@ -275,18 +418,36 @@ class SiteBackend:
         return self._alloc_service.get(label, "default")
 
     def renew_circuit(self, psp: str, label: int, lifetime: float) -> dict[str, Json]:
+        old = self.state.circuits.get(label)
+        old_expires = old.expires if old is not None else 0.0
         try:
             c = self.state.circuits.renew(label, psp=psp, expires=self._clock() + lifetime)
         except CircuitError as exc:
             raise _circuit_error(exc) from exc
+        table = self.state.circuits
+        self._durable(lambda st: st.renew_circuit(label, c.expires),
+                      lambda: table.renew(label, psp=psp, expires=old_expires))  # fmt: skip
         self._broadcast({"op": "renew", "label": label, "expires": c.expires})
         return self._view(label, psp)
 
     def teardown_circuit(self, psp: str, label: int) -> None:
+        prev = self.state.circuits.get(label)
+        held = self._held(label) if prev is None else None
         try:
             self.state.circuits.teardown(label, psp=psp)
         except CircuitError as exc:
             raise _circuit_error(exc) from exc
+
+        def undo() -> None:
+            if prev is not None:
+                self.state.circuits.reserve(label, psp)
+                _reinstall(self.state.circuits, prev)
+            else:
+                until = held[2] if held else self._clock() + 60.0
+                self.state.circuits.reserve(label, psp, until=until)
+
+        self._durable(lambda st: st.delete_circuit(label), undo)
+        self._alloc_service.pop(label, None)
         self._broadcast({"op": "teardown", "label": label})
 
     def get_circuit(self, psp: str, label: int) -> dict[str, Json]:
@@ -363,13 +524,26 @@ class SiteBackend:
         if service_id is None:
             service_id = next(i for i in range(1, 1 << 24) if i not in site.service_ids)
         sid = service_id
+        prev = site.service_ids.get(sid)
         self._reg(lambda: site.register_service_id(sid, psp, service))
+
+        def undo() -> None:
+            if prev is None:
+                site.unregister_service_id(sid, psp)
+            else:
+                site.register_service_id(sid, prev.psp, prev.service)
+
+        self._durable(lambda st: st.put_service_id(sid, psp, service), undo)
         self._broadcast({"op": "service_id", "id": sid, "psp": psp, "service": service})
         return {"service_id": sid, "service": service}
 
     def release_service_id(self, psp: str, service_id: int) -> None:
         site = self.state.site
+        prev = site.service_ids.get(service_id)
         self._reg(lambda: site.unregister_service_id(service_id, psp))
+        assert prev is not None
+        self._durable(lambda st: st.delete_service_id(service_id),
+                      lambda: site.register_service_id(service_id, psp, prev.service))  # fmt: skip
         self._broadcast({"op": "release_id", "id": service_id})
 
     def register_destination(
@@ -380,21 +554,97 @@ class SiteBackend:
         claim: dict[str, Json],
         *,
         redirect_prefixes: list[str] | None = None,
+        proof: str | None = None,
     ) -> dict[str, Json]:
         site = self.state.site
         redirect = list(redirect_prefixes or [])
-        self._reg(
+        prev = site.destinations.get(prefix)
+        canon = self._reg(
             lambda: site.register_destination(prefix, psp, service, redirect_prefixes=redirect)
-        )
-        reg = {**claim, "prefix": prefix, "owner": psp, "service": service, "diverted": False,
+        ).key
+        expires = _proof_expiry(claim, proof)
+        reg = {**claim, "prefix": canon, "owner": psp, "service": service, "diverted": False,
                "redirect_prefixes": list(redirect)}  # fmt: skip
-        self.state.claims[prefix] = reg
-        self._broadcast({"op": "destination", "prefix": prefix, "psp": psp, "service": service,
+
+        def undo() -> None:
+            if prev is None:
+                site.unregister_destination(canon, psp)
+            else:
+                site.register_destination(canon, prev.psp, prev.service,
+                                          redirect_prefixes=prev.redirect_prefixes)  # fmt: skip
+
+        self._durable(lambda st: st.put_destination(canon, psp, service, redirect, dict(claim),
+                                                    proof, expires), undo)  # fmt: skip
+        self.state.claims[canon] = reg
+        self.state.proofs[canon] = (proof, expires)
+        self._broadcast({"op": "destination", "prefix": canon, "psp": psp, "service": service,
                          "redirect_prefixes": redirect})  # fmt: skip
         if self._kernel is not None:
-            self._kernel.set_divert(sorted(p for p, _ in site.destinations.items()))
-            reg["diverted"] = True
+            self.apply_divert()
         return dict(reg)
+
+    # --- proof expiry
+    def _lapse(self, prefix: str, why: str) -> None:
+        """Remove a destination registration whose ownership no longer holds."""
+        site = self.state.site
+        reg = site.destinations.get(prefix)
+        if reg is not None:
+            site.unregister_destination(prefix, reg.psp)
+        self.state.claims.pop(prefix, None)
+        self.state.proofs.pop(prefix, None)
+        if self.store is not None:
+            from pcsite_lite.daemon.store import StoreError
+
+            try:
+                self.store.delete_destination(prefix)
+            except StoreError as exc:  # it lapses again at the next start
+                self._log(f"state store: cannot delete lapsed destination {prefix}: {exc}")
+        self.lapsed += 1
+        owner = f"{reg.psp}/{reg.service}" if reg is not None else "?"
+        self._log(f"destination {prefix} ({owner}) lapsed: {why}")
+        self._broadcast({"op": "release_destination", "prefix": prefix})
+        if self._kernel is not None:
+            self.apply_divert()
+
+    def tick(self, now: float, *, circuits: bool = True) -> float | None:
+        """Lapse registrations whose proof expired; with ``circuits``, also forget expired
+        circuits (master copy and store). Returns the next proof expiry (the caller sleeps
+        until then at most)."""
+        for prefix, (_, expires) in list(self.state.proofs.items()):
+            if expires is not None and expires <= now:
+                self._lapse(prefix, f"ownership proof expired at {expires:.0f}")
+        if circuits and self.state.circuits.expire(now) and self.store is not None:
+            from pcsite_lite.daemon.store import StoreError
+
+            try:
+                self.store.expire(now)
+            except StoreError as exc:
+                self._log(f"state store: cannot forget expired circuits: {exc}")
+        pending = [e for _, e in self.state.proofs.values() if e is not None]
+        return min(pending) if pending else None
+
+    def recheck_proofs(self) -> int:
+        """Validate every stored proof again (current trust anchor, current time); lapse the
+        ones that fail. Returns how many lapsed."""
+        from pcsock import ownership
+
+        anchor = self.cfg.control.trust_anchor
+        n = 0
+        for prefix, (proof, _) in list(self.state.proofs.items()):
+            reg = self.state.site.destinations.get(prefix)
+            if reg is None or proof is None:
+                continue
+            if anchor is None:
+                self._lapse(prefix, "the site has no trust anchor any more")
+                n += 1
+                continue
+            try:
+                ownership.validate_proof(proof, prefix, anchor, self._clock(), owner=reg.psp,
+                                         service=reg.service)  # fmt: skip
+            except ownership.OwnershipError as exc:
+                self._lapse(prefix, f"ownership proof no longer valid: {exc.reason}: {exc.detail}")
+                n += 1
+        return n
 
     def list_destinations(self, psp: str) -> list[dict[str, Json]]:
         return [dict(d) for d in self.state.claims.values() if d["owner"] == psp]

@@ -256,7 +256,7 @@ def parse(doc: dict[str, Any], *, source: str = "", base_dir: Path | None = None
     if mode == "bare" and bare_next_hop is None:
         raise ConfigError("site.bare_next_hop", "is required in bare mode")
     fis_url = _get(doc, "site", "fis", str, "")
-    state_dir = _get(doc, "site", "state_dir", str, f"/run/pcsite-{name}")
+    state_dir = _get(doc, "site", "state_dir", str, f"/var/lib/pcsite/{name}")
     if not fis_url:
         fis_url = f"sqlite://{Path(state_dir) / 'fis.db'}"
     if not fis_url.startswith(("sqlite:", "redis:", "rediss:", "unix:")):

@@ -14,11 +14,24 @@ The load balancer runs in the kernel so that no packet pays an extra Python hop:
 
 The bucket map is replaced in one nft transaction (:meth:`Kernel.set_buckets`), which is how a
 crashed worker's buckets move to survivors. :meth:`Kernel.teardown` removes everything
-:meth:`Kernel.setup` added (also after a crash of a previous run: setup first tears down).
+:meth:`Kernel.setup` added.
+
+**Idempotent start.** A daemon killed with SIGKILL cannot clean up. What it changed that a
+successor could not tell from the system's own state (whether it added the public address,
+the sysctl values before it) is written to ``state_dir/kernel.json`` *before* the change is
+made; :meth:`Kernel.clear_leftovers` (run first at every start, and by ``pcsite cleanup``)
+reads it and removes the previous instance's nft table, fwmark rules, moved ``local`` rule,
+routes, TUN devices and address, and restores the sysctls. Workers die with their supervisor
+(``PR_SET_PDEATHSIG``), so the TUN devices they hold vanish with it.
 """
 
 from __future__ import annotations
 
+import ctypes
+import json
+import os
+import re
+import signal
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,10 +40,21 @@ from pcsock.wire import FORM_CIRCUIT, IPPROTO_PACKETCLOUD, UDP_PORT, VERSION
 
 from .config import SiteConfig
 
-__all__ = ["Kernel", "KernelError", "render_ruleset"]
+__all__ = ["Kernel", "KernelError", "die_with_parent", "render_ruleset"]
 
 _VF = VERSION << 4 | FORM_CIRCUIT  # 0x11: a form-1 shim's first byte
 LOCAL_PREF_MOVED = 100
+JOURNAL = "kernel.json"
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Ask the kernel to send ``sig`` to this process when its parent dies (Linux prctl)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the worker still stops when its control socket closes
 
 
 class KernelError(Exception):
@@ -85,6 +109,97 @@ class Kernel:
         self.cfg = cfg
         self._added_addr = False
         self._sysctl_saved: dict[str, str] = {}
+        self._journal = Path(cfg.state_dir) / JOURNAL
+
+    # --- the journal of what only this instance knows it changed
+    def _write_journal(self) -> None:
+        doc = {"added_addr": self._added_addr, "sysctls": self._sysctl_saved}
+        try:
+            self._journal.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._journal.with_suffix(".tmp")
+            with open(tmp, "w") as f:
+                json.dump(doc, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._journal)
+        except OSError as exc:
+            raise KernelError(f"cannot write {self._journal}: {exc}") from exc
+
+    def _read_journal(self) -> None:
+        """Adopt what a previous instance recorded (it did not live to undo it)."""
+        try:
+            doc = json.loads(self._journal.read_text())
+        except (OSError, ValueError):
+            return
+        if not isinstance(doc, dict):
+            return
+        self._added_addr = self._added_addr or bool(doc.get("added_addr"))
+        saved = doc.get("sysctls")
+        if isinstance(saved, dict):
+            for k, v in saved.items():
+                if isinstance(k, str) and isinstance(v, str) and ".." not in k:
+                    self._sysctl_saved.setdefault(k, v)
+
+    def _stale_tuns(self) -> list[str]:
+        """TUN devices named like this site's (``<tun_prefix><n>``) in this namespace."""
+        pat = re.compile(rf"^{re.escape(self.cfg.dataplane.tun_prefix)}\d+$")
+        out = []
+        for line in _run(["ip", "-o", "-d", "link", "show"], check=False).splitlines():
+            parts = line.split(":", 2)
+            if len(parts) < 3:
+                continue
+            name = parts[1].strip().split("@")[0]
+            if pat.match(name) and " tun type tun " in line:
+                out.append(name)
+        return out
+
+    def clear_leftovers(self) -> list[str]:
+        """Remove every kernel object a previous instance of this site left (SIGKILL, power
+        loss of a machine without reboot, ...). Call before opening the TUN devices.
+        Returns what was found (empty: nothing was left)."""
+        found = self.leftovers()
+        self._read_journal()
+        for dev in self._stale_tuns():
+            _run(["ip", "link", "del", dev], check=False)
+        self.teardown(quiet=True)
+        return found
+
+    def leftovers(self, *, running_workers: int = 0) -> list[str]:
+        """Kernel objects of this site beyond what ``running_workers`` workers need (0: a
+        stopped site, which should have none)."""
+        cfg = self.cfg
+        dp = cfg.dataplane
+        out: list[str] = []
+        tables = _run(["nft", "list", "tables"], check=False).split()
+        n_tables = sum(1 for i, w in enumerate(tables) if w == dp.nft_table and i >= 2
+                       and tables[i - 2] == "table" and tables[i - 1] == "ip")  # fmt: skip
+        if n_tables > (1 if running_workers else 0):
+            out.append(f"nft table ip {dp.nft_table}")
+        rules = _rules()
+        listed = [line.strip() for line in _run(["ip", "rule", "show"], check=False).splitlines()]
+        seen: set[int] = set()
+        for r in listed:  # a list: a duplicated rule counts twice
+            pref, _, sel = r.partition(":")
+            if not pref.isdigit():
+                continue
+            i = int(pref) - dp.rule_pref
+            if 0 <= i < 64 and f"fwmark {self.mark(i):#x} lookup {self.table(i)}" in sel:
+                if i >= running_workers or i in seen:
+                    out.append(f"rule {r}")
+                seen.add(i)
+        moved = f"{LOCAL_PREF_MOVED}:\tfrom all lookup local" in rules
+        if moved != bool(running_workers):
+            out.append("local rule at pref 100" if moved else "no local rule at pref 100")
+        at0 = "0:\tfrom all lookup local" in rules
+        if at0 == bool(running_workers):
+            out.append("local rule at pref 0" if at0 else "no local rule at pref 0")
+        for dev in self._stale_tuns():
+            m = re.search(r"\d+$", dev)
+            if m is None or int(m.group()) >= running_workers:
+                out.append(f"TUN device {dev}")
+        if not running_workers and self._journal.exists():
+            out.append(f"journal {self._journal}")
+        return out
 
     # --- helpers
     def mark(self, worker: int) -> int:
@@ -98,18 +213,22 @@ class Kernel:
         old = p.read_text().strip()
         if path not in self._sysctl_saved:
             self._sysctl_saved[path] = old
+            self._write_journal()  # before the change: a successor can undo it
         if old != value:
             p.write_text(value)
 
     # --- lifecycle
     def setup(self, marks: Sequence[int]) -> None:
         """Claim the public IP, route marks to TUN devices (which must exist), load nft."""
-        self.teardown(quiet=True)  # leftovers of a run that was killed
+        self._read_journal()  # leftovers of a run that was killed (TUN devices: see
+        self.teardown(quiet=True, keep_journal=True)  # clear_leftovers, before opening ours)
         cfg = self.cfg
         dp = cfg.dataplane
+        self._write_journal()
         if f" {cfg.public_ip}/" not in _run(["ip", "-4", "-o", "addr", "show"]):
-            _run(["ip", "addr", "add", f"{cfg.public_ip}/32", "dev", cfg.public_dev])
             self._added_addr = True
+            self._write_journal()  # before the change: a successor removes the address
+            _run(["ip", "addr", "add", f"{cfg.public_ip}/32", "dev", cfg.public_dev])
         self._sysctl("ip_forward", "1")
         self._sysctl("conf/all/rp_filter", "0")
         for i in range(cfg.workers):
@@ -146,7 +265,7 @@ class Kernel:
             script += f"add element ip {t} divert {{ {', '.join(prefixes)} }}\n"
         _run(["nft", "-f", "-"], stdin=script)
 
-    def teardown(self, *, quiet: bool = False) -> None:
+    def teardown(self, *, quiet: bool = False, keep_journal: bool = False) -> None:
         """Remove the nft table, rules, routes and address this site added; restore sysctls."""
         cfg = self.cfg
         dp = cfg.dataplane
@@ -172,4 +291,9 @@ class Kernel:
             if p.exists():
                 p.write_text(old)
         self._sysctl_saved.clear()
+        if not keep_journal:
+            try:
+                self._journal.unlink()
+            except OSError:
+                pass
         del quiet

@@ -17,6 +17,14 @@ Ops::
     {"op": "service_id", "id": N, "psp": P, "service": S}   /   {"op": "release_id", "id": N}
     {"op": "destination", "prefix": p, "psp": P, "service": S, "redirect_prefixes": [p]}
     {"op": "enable", "psp": P, "service": S}
+    {"op": "release_destination", "prefix": p}      (its ownership proof lapsed)
+    {"op": "synced", "seq": N}                      (end of a snapshot: the worker may now read
+                                                     its TUN queue; it acks N)
+
+The master is durable: :meth:`SiteState.restore` rebuilds it at start from what
+:class:`~pcsite_lite.daemon.store.SiteStore` holds. A snapshot is a generator
+(:meth:`SiteState.iter_snapshot_ops`) that the supervisor streams to a worker in frames of
+bounded size (``channel.py``), so neither the number nor the size of entries breaks it.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from __future__ import annotations
 import atexit
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -37,6 +45,7 @@ from pcsite_lite.verdicts import Verdict
 from pcsock import wire
 
 from .config import SiteConfig
+from .store import Snapshot
 
 __all__ = ["SiteState", "WorkerSite", "circuit_op", "fis_snapshot_path", "has_fis_snapshots"]
 
@@ -89,6 +98,9 @@ class SiteState:
         # the first usage interval starts now (not at 0, i.e. 1970)
         self.site = Site(cfg.name, cfg.public_ip, local_prefixes=cfg.isp_prefixes, now=time.time())
         self.claims: dict[str, dict[str, Any]] = {}  #: prefix -> validated ownership claim
+        #: prefix -> (proof text or None, time the proof stops being valid or None)
+        self.proofs: dict[str, tuple[str | None, float | None]] = {}
+        self.reserved_service: dict[int, str] = {}  #: label -> service named at allocation
 
     @property
     def circuits(self) -> Any:
@@ -96,23 +108,75 @@ class SiteState:
 
     def snapshot_ops(self) -> list[dict[str, Any]]:
         """Ops that rebuild a replica from nothing."""
+        return list(self.iter_snapshot_ops())
+
+    def iter_snapshot_ops(self) -> Iterator[dict[str, Any]]:
+        """The same, one op at a time (what a worker is streamed when it starts)."""
         site = self.site
-        ops: list[dict[str, Any]] = [circuit_op(c) for c in site.circuits]
-        ops += [
-            {"op": "service_id", "id": sid, "psp": r.psp, "service": r.service}
-            for sid, r in site.service_ids.items()
-        ]
-        ops += [
-            {
+        for c in site.circuits:  # a copy of the table's values: changes meanwhile are safe
+            yield circuit_op(c)  # (plain field reads: it cannot fail on an installed hop)
+        for sid, r in list(site.service_ids.items()):
+            yield {"op": "service_id", "id": sid, "psp": r.psp, "service": r.service}
+        for pfx, r in list(site.destinations.items()):
+            yield {
                 "op": "destination",
                 "prefix": pfx,
                 "psp": r.psp,
                 "service": r.service,
                 "redirect_prefixes": r.redirect_prefixes,
             }
-            for pfx, r in site.destinations.items()
-        ]
-        return ops
+
+    def restore(self, snap: Snapshot, log: Callable[[str], None]) -> dict[str, int]:
+        """Rebuild the master copy from the durable store (at start); returns counts.
+
+        A row the current code refuses (e.g. written by a bug) is logged and skipped: the
+        site starts with everything else.
+        """
+        site = self.site
+        n = {"circuits": 0, "reservations": 0, "service_ids": 0, "destinations": 0,
+             "skipped": len(snap.skipped)}  # fmt: skip
+        for why in snap.skipped:
+            log(f"state store: skipped {why}")
+        for op in snap.circuits:
+            try:
+                label = int(op["label"])
+                site.circuits.reserve(label, op["psp"])
+                site.circuits.install(
+                    label, psp=op["psp"], service=op["service"],
+                    in_key=bytes.fromhex(op["in_key"]), out_hops=_out_hops(op["out"]),
+                    expires=float(op["expires"]), destination=op.get("destination"),
+                )  # fmt: skip
+                n["circuits"] += 1
+            except Exception as exc:
+                n["skipped"] += 1
+                log(f"state store: skipped circuit {op.get('label')}: {exc}")
+        for label, psp, service, until in snap.reservations:
+            try:
+                site.circuits.reserve(label, psp, until=until)
+                self.reserved_service[label] = service
+                n["reservations"] += 1
+            except Exception as exc:
+                n["skipped"] += 1
+                log(f"state store: skipped reservation {label}: {exc}")
+        for sid, psp, service in snap.service_ids:
+            try:
+                site.register_service_id(sid, psp, service)
+                n["service_ids"] += 1
+            except Exception as exc:
+                n["skipped"] += 1
+                log(f"state store: skipped service ID {sid}: {exc}")
+        for prefix, psp, service, redirect, claim, proof, expires in snap.destinations:
+            try:
+                site.register_destination(prefix, psp, service, redirect_prefixes=redirect)
+                self.claims[prefix] = {**claim, "prefix": prefix, "owner": psp,
+                                       "service": service, "redirect_prefixes": redirect,
+                                       "diverted": False}  # fmt: skip
+                self.proofs[prefix] = (proof, expires)
+                n["destinations"] += 1
+            except Exception as exc:
+                n["skipped"] += 1
+                log(f"state store: skipped destination {prefix}: {exc}")
+        return n
 
 
 def fis_snapshot_path(cfg: SiteConfig, index: int) -> Path:
@@ -244,6 +308,12 @@ class WorkerSite:
             self._ensure_code(op["psp"], op["service"])
         elif kind == "enable":  # the owner re-enabled a service disabled for failing
             site.runtime.enable(op["psp"], op["service"])
+        elif kind == "release_destination":
+            reg = site.destinations.get(op["prefix"])
+            if reg is not None:
+                site.unregister_destination(op["prefix"], reg.psp)
+        elif kind == "synced":
+            pass  # the worker loop opens its TUN queue on this op (see worker.py)
         else:
             raise ValueError(f"unknown op {kind!r}")
 

@@ -2,14 +2,22 @@
 
 Lifecycle::
 
-    start   open one TUN device per worker, claim the public IP, load the nft split and
-            policy routes (kernel.py), spawn the workers, serve the control API
+    start   take the state directory's lock, remove what a killed previous instance left in
+            the kernel, restore the site state from the durable store (store.py), open one
+            TUN device per worker, claim the public IP, load the nft split and policy routes
+            (kernel.py), spawn the workers, serve the control API
     SIGHUP  reload: re-read the config; credentials, trust anchor and limits change in place,
             a changed worker count or address is refused with a message (restart for that)
     SIGTERM stop: tell workers to stop, wait, remove every kernel object, close TUN devices
     crash   a worker's exit is seen at once (pidfd); its buckets move to the survivors in one
             nft transaction, and it is restarted after ``restart_delay`` and given its share
-            back once it reports ready
+            back once it acknowledged the full state snapshot
+
+Workers converge by snapshot + change stream: a starting worker says hello, is streamed the
+master state (``SiteState.iter_snapshot_ops``) and then every change, in frames of bounded
+size (``channel.py``) through a bounded per-worker outbox; the snapshot ends with a
+``synced`` op. Only when the worker acknowledges it does it read its TUN queue and get its
+buckets. A worker that falls :data:`MAX_OUTBOX` bytes behind is restarted (and resyncs).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -33,9 +42,11 @@ from pcsite_lite.control.server import serve
 from pcsite_lite.lb import BucketTable
 from pcsite_lite.metrics import WorkerStats
 
+from . import channel
 from .config import ConfigError, SiteConfig, load
-from .kernel import Kernel
+from .kernel import Kernel, KernelError
 from .kstats import KernelDrops, Sample, fold, site_drops
+from .store import DB_NAME, SiteStore, StateLock, StoreError
 from .usage import UsageRecorder, drain_reports, export_since, totals
 
 __all__ = ["StartupError", "Supervisor", "run_daemon"]
@@ -44,6 +55,14 @@ __all__ = ["StartupError", "Supervisor", "run_daemon"]
 #: seconds without a message from a worker (it sends stats every 0.25 s) before the
 #: supervisor's watchdog kills it
 WATCHDOG_S: Final = 5.0
+#: bytes of state changes queued for one worker before it is restarted instead (it resyncs)
+MAX_OUTBOX: Final = 64 << 20
+#: longest pause between checks of expiring circuits and ownership proofs (seconds)
+TICK: Final = 1.0
+#: ownership proofs are validated again this often (and on SIGHUP), besides at expiry
+PROOF_RECHECK: Final = 300.0
+#: the master forgets expired circuits this often (workers expire their own on their clock)
+CIRCUIT_EXPIRY_SCAN: Final = 5.0
 
 
 class StartupError(Exception):
@@ -66,6 +85,12 @@ class WorkerSlot:
     acked: int = 0  #: highest state op sequence number this worker applied
     last_seen: float = 0.0  #: trio clock of the worker's last message (its heartbeat)
     watchdog_kills: int = 0
+    hello: bool = False  #: this incarnation asked for its state
+    marker: int | None = None  #: seq of its snapshot's ``synced`` op, once queued
+    outbox: deque[bytes] = field(default_factory=deque)  #: frames not yet sent
+    out_bytes: int = 0
+    wake: Any = None  #: trio.Event the sender waits on while the outbox is empty
+    synced_at: float = 0.0
 
 
 def _open_tun(name: str) -> Any:
@@ -93,11 +118,13 @@ class Supervisor:
         self._lb_lock = threading.Lock()  #: serialises bucket-map updates (see _rebalance)
         from pcsite_lite.control.site_backend import SiteBackend
 
+        self.store = SiteStore(os.path.join(cfg.state_dir, DB_NAME))
         self.backend = SiteBackend(cfg, broadcast=self.broadcast, status=self.status_json,
                                    worker_stats=self.worker_stats,
                                    worker_usage=self.worker_usage, kernel=self.kernel,
                                    site_drops=self.site_drops,
-                                   usage_export=self.usage_export)  # fmt: skip
+                                   usage_export=self.usage_export,
+                                   store=self.store, log_line=self.log)  # fmt: skip
         self.app = self._make_app(cfg)
 
     def log(self, msg: str) -> None:
@@ -147,17 +174,79 @@ class Supervisor:
         slot.sock = parent
         slot.pidfd = os.pidfd_open(slot.proc.pid)
         slot.ready = False
+        slot.hello = False
+        slot.marker = None
+        slot.acked = 0
+        slot.outbox.clear()
+        slot.out_bytes = 0
+
+    def _enqueue(self, slot: WorkerSlot, doc: dict[str, Any]) -> None:
+        frames = channel.frames(doc)
+        slot.outbox.extend(frames)
+        slot.out_bytes += sum(len(f) for f in frames)
+        if slot.wake is not None:
+            slot.wake.set()
+        if slot.out_bytes > MAX_OUTBOX and slot.proc is not None:
+            self.log(f"worker {slot.index} is {slot.out_bytes} bytes of state behind: restarting")
+            slot.outbox.clear()
+            slot.out_bytes = 0
+            slot.proc.kill()
 
     def broadcast(self, op: dict[str, Any]) -> None:
-        """Send a state change to every worker (each applies it to its replica and acks)."""
+        """Queue a state change for every worker that has asked for its state (each applies
+        it to its replica and acks); the others receive it in their snapshot."""
         self._seq += 1
-        data = json.dumps({**op, "seq": self._seq}).encode()
+        doc = {**op, "seq": self._seq}
         for s in self.slots:
-            if s.sock is not None and s.ready:
-                try:
-                    s.sock.send(data)
-                except OSError as exc:
-                    self.log(f"worker {s.index}: cannot send state: {exc}")
+            if s.sock is not None and s.hello:
+                self._enqueue(s, doc)
+
+    async def _send_frame(self, sock: socket.socket, frame: bytes) -> None:
+        while True:
+            try:
+                sock.send(frame)
+                return
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+
+    async def _sender(self, slot: WorkerSlot, sock: socket.socket) -> None:
+        """Stream the snapshot once the worker said hello, then its outbox, forever."""
+        while not slot.hello:
+            slot.wake = trio.Event()
+            await slot.wake.wait()
+        t0 = time.monotonic()
+        n = 0
+        for op in self.backend.iter_snapshot_ops():
+            for frame in channel.frames(op):
+                await self._send_frame(sock, frame)
+            n += 1
+            if n % 256 == 0:
+                await trio.sleep(0)  # let the control API run during a long snapshot
+        # after every change queued meanwhile: its ack means the replica is complete
+        slot.marker = self._seq
+        self._enqueue(slot, {"op": "synced", "seq": self._seq, "ops": n})
+        self.log(f"worker {slot.index}: snapshot of {n} ops streamed in "
+                 f"{(time.monotonic() - t0) * 1000:.0f} ms")  # fmt: skip
+        while True:
+            while slot.outbox:
+                frame = slot.outbox.popleft()
+                slot.out_bytes -= len(frame)
+                await self._send_frame(sock, frame)
+            slot.wake = trio.Event()
+            await slot.wake.wait()
+
+    async def _guarded(self, slot: WorkerSlot, what: str, fn: Any, *args: Any) -> None:
+        """Run one of a worker's tasks; an error ends that worker (it restarts and resyncs),
+        never the daemon."""
+        try:
+            await fn(slot, *args)
+        except OSError:
+            pass  # the worker went away: its pidfd reports it
+        except Exception as exc:
+            self.log(f"worker {slot.index}: {what} failed ({type(exc).__name__}: {exc}): "
+                     "restarting it")  # fmt: skip
+            if slot.proc is not None and slot.proc.poll() is None:
+                slot.proc.kill()
 
     def worker_stats(self) -> dict[int, WorkerStats]:
         out: dict[int, WorkerStats] = {}
@@ -222,8 +311,10 @@ class Supervisor:
             assert slot.proc is not None and slot.sock is not None
             sock = slot.sock
             async with trio.open_nursery() as n:
-                n.start_soon(self._read_worker, slot, sock)
                 n.start_soon(self._watchdog, slot)
+                n.start_soon(self._guarded, slot, "reading its messages", self._read_worker,
+                             sock)  # fmt: skip
+                n.start_soon(self._guarded, slot, "sending its state", self._sender, sock)
                 await trio.lowlevel.wait_readable(slot.pidfd)
                 n.cancel_scope.cancel()
             rc = slot.proc.wait()
@@ -233,6 +324,9 @@ class Supervisor:
             slot.sock = None
             was_ready = slot.ready
             slot.ready = False
+            slot.hello = False
+            slot.outbox.clear()
+            slot.out_bytes = 0
             if self._stopping:
                 return
             self.log(f"worker {slot.index} (pid {slot.proc.pid}) exited with {rc}")
@@ -284,14 +378,17 @@ class Supervisor:
                 doc = json.loads(msg)
                 if "ack" in doc:
                     slot.acked = max(slot.acked, int(doc["ack"]))
+                    if not slot.ready and slot.marker is not None and slot.acked >= slot.marker:
+                        # its replica holds the whole state: now it may take traffic
+                        slot.ready = True
+                        pid = slot.proc.pid if slot.proc else "?"
+                        self.log(f"worker {slot.index} ready (pid {pid}) with its state applied")
+                        await trio.to_thread.run_sync(self._rebalance)
                 elif "ready" in doc:
-                    # bring the new incarnation up to date before it gets buckets
-                    for op in self.backend.snapshot_ops():
-                        sock.send(json.dumps(op).encode())
-                    slot.acked = self._seq
-                    slot.ready = True
-                    self.log(f"worker {slot.index} ready (pid {doc.get('pid')})")
-                    await trio.to_thread.run_sync(self._rebalance)
+                    # the new incarnation asks for its state: the sender streams it
+                    slot.hello = True
+                    if slot.wake is not None:
+                        slot.wake.set()
                 elif "stats" in doc:
                     slot.stats = WorkerStats.from_json(doc["worker"])
                     slot.usage = doc.get("usage") or {}
@@ -333,15 +430,26 @@ class Supervisor:
         self.cfg = new
         self.backend.reconfigure(new)
         self.log("reloaded configuration")
+        try:
+            self.backend.recheck_proofs()  # the trust anchor may have changed
+        except Exception as exc:  # a failing check must not stop the site
+            self.log(f"re-checking ownership proofs: {type(exc).__name__}: {exc}")
 
     # --- main
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.cfg
         try:
+            left = self.kernel.clear_leftovers()
+            if left:
+                self.log(f"removed what a previous instance left: {', '.join(left)}")
+            restored = self.backend.restore()
+            if any(restored.values()):
+                self.log("restored " + ", ".join(f"{v} {k}" for k, v in restored.items()))
             for i in range(cfg.workers):
                 self.slots.append(WorkerSlot(i, _open_tun(cfg.tun_name(i))))
             self.kstats = KernelDrops({s.index: cfg.tun_name(s.index) for s in self.slots})
             self.kernel.setup(self.marks())
+            self.backend.apply_divert()
             for s in self.slots:
                 self._spawn(s)
             self.recorder = UsageRecorder(
@@ -351,6 +459,7 @@ class Supervisor:
                 for s in self.slots:
                     nursery.start_soon(self._watch_worker, s)
                 nursery.start_soon(self.recorder.run, cfg.metering.interval, self.log)
+                nursery.start_soon(self._maintain)
 
                 tls = cfg.tls.server_context() if cfg.tls is not None else None
 
@@ -407,11 +516,32 @@ class Supervisor:
             self.log(f"usage ledger: final append failed: {type(exc).__name__}: {exc}")
         self.recorder.close()
 
+    async def _maintain(self) -> None:
+        """Forget expired circuits; lapse destinations whose ownership proof expired (at
+        that time) and re-validate every proof on a timer."""
+        next_recheck = time.time() + PROOF_RECHECK
+        next_expire = 0.0
+        while True:
+            now = time.time()
+            try:
+                if now >= next_recheck:
+                    next_recheck = now + PROOF_RECHECK
+                    self.backend.recheck_proofs()
+                expire = now >= next_expire  # a scan of the table: not every tick
+                if expire:
+                    next_expire = now + CIRCUIT_EXPIRY_SCAN
+                due = self.backend.tick(now, circuits=expire)
+            except Exception as exc:  # a failing check must not stop the site
+                self.log(f"maintenance: {type(exc).__name__}: {exc}")
+                due = None
+            wait = TICK if due is None else min(TICK, max(0.05, due - time.time()))
+            await trio.sleep(wait)
+
     def _stop_workers(self) -> None:
         for s in self.slots:
             if s.sock is not None:
                 try:
-                    s.sock.send(b'{"op": "stop"}')
+                    s.sock.send(channel.frames({"op": "stop"})[0])
                 except OSError:
                     pass
         deadline = time.monotonic() + 2
@@ -443,16 +573,46 @@ def run_daemon(cfg: SiteConfig) -> int:
     except OSError as exc:
         print(f"pcsite: site.state_dir {cfg.state_dir}: {exc.strerror}", file=sys.stderr)
         return 2
+    lock = StateLock(cfg.state_dir)
+    try:
+        lock.acquire()
+    except StoreError as exc:
+        print(f"pcsite: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return _run_locked(cfg)
+    finally:
+        lock.release()
+
+
+def _run_locked(cfg: SiteConfig) -> int:
     try:
         sup = Supervisor(cfg)
+    except StoreError as exc:
+        print(f"pcsite: site.state_dir: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:  # FIS or repository unusable: name what failed
         print(f"pcsite: cannot open the site's stores (site.fis = {cfg.fis_url!r}, "
               f"site.repository = {cfg.repository!r}): {type(exc).__name__}: {exc}",
               file=sys.stderr)  # fmt: skip
-        return 2
+        return 1  # may be passing (the FIS engine restarting): a service manager retries
     try:
         trio.run(sup.run)
-    except StartupError as exc:
+    except (StartupError, KernelError) as exc:
         print(f"pcsite: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def cleanup(cfg: SiteConfig) -> tuple[int, list[str]]:
+    """``pcsite cleanup``: remove what a dead instance left in the kernel. Refused (exit 1)
+    while a daemon runs this site. Returns (exit status, what was found or why refused)."""
+    lock = StateLock(cfg.state_dir)
+    try:
+        lock.acquire()
+    except StoreError as exc:
+        return 1, [str(exc)]
+    try:
+        return 0, Kernel(cfg).clear_leftovers()
+    finally:
+        lock.release()

@@ -27,7 +27,9 @@ from typing import Any, Final
 from pcsite_lite.metrics import WorkerStats
 from pcsite_lite.verdicts import Forward, Verdict
 
+from .channel import ChannelError, Reassembler
 from .config import SiteConfig, load
+from .kernel import die_with_parent
 from .tunpump import TunPump
 
 __all__ = ["Processor", "bare_processor", "main", "run"]
@@ -113,6 +115,16 @@ class Replica:
             self.idle_ms = max(1, int(site.fis.staleness * 1000))
 
 
+def _send_blocking(ctl: socket.socket, data: bytes, timeout: float = 2.0) -> None:
+    """Send on the non-blocking control socket, waiting (bounded) while it is full: an ack
+    must not be lost (the supervisor gives a worker its buckets on the snapshot's ack)."""
+    try:
+        ctl.send(data)
+    except BlockingIOError:
+        select.select([], [ctl], [], timeout)
+        ctl.send(data)
+
+
 def run(cfg: SiteConfig, index: int, tun_fd: int, ctl: socket.socket) -> int:
     """The worker loop; returns when told to stop or when the supervisor goes away."""
     replica = Replica(cfg, index)
@@ -120,8 +132,10 @@ def run(cfg: SiteConfig, index: int, tun_fd: int, ctl: socket.socket) -> int:
     os.set_blocking(tun_fd, False)
     ctl.setblocking(False)
     poller = select.poll()
-    poller.register(tun_fd, select.POLLIN)
+    # the TUN queue is read only once the state snapshot is applied (the "synced" op): until
+    # then its packets wait in the queue instead of being dropped as unknown labels
     poller.register(ctl.fileno(), select.POLLIN)
+    inbox = Reassembler()
     dp = cfg.dataplane
     cpu = dp.cpu_of(index)
     if cpu is not None:
@@ -159,10 +173,18 @@ def run(cfg: SiteConfig, index: int, tun_fd: int, ctl: socket.socket) -> int:
                         return 0
                     if not msg:
                         return 0  # supervisor gone
-                    op = json.loads(msg)
+                    try:
+                        op = inbox.feed(msg)
+                    except ChannelError as exc:
+                        print(f"worker {index}: control message: {exc}", file=sys.stderr)
+                        continue
+                    if op is None:
+                        continue  # more frames of this message follow
                     if op.get("op") == "stop":
                         _last_report(ctl, index, stats, replica)
                         return 0
+                    if op.get("op") == "synced":
+                        poller.register(tun_fd, select.POLLIN)
                     try:
                         replica.apply(op)
                     except Exception as exc:
@@ -170,7 +192,7 @@ def run(cfg: SiteConfig, index: int, tun_fd: int, ctl: socket.socket) -> int:
                             f"worker {index}: cannot apply {op.get('op')}: {exc}", file=sys.stderr
                         )
                     if "seq" in op:  # the control API's settle() waits for this, not a timeout
-                        ctl.send(json.dumps({"ack": op["seq"]}).encode())
+                        _send_blocking(ctl, json.dumps({"ack": op["seq"]}).encode())
         now = time.monotonic()
         if now >= next_stats:
             next_stats = now + STATS_INTERVAL
@@ -211,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tun-fd", type=int, required=True)
     ap.add_argument("--ctl-fd", type=int, required=True)
     args = ap.parse_args(argv)
+    die_with_parent()  # a SIGKILLed supervisor takes its workers (and TUN devices) along
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when we stop
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # e.g. systemd's to the whole group: same

@@ -1,4 +1,4 @@
-"""The forwarding benchmark runs end to end (tiny durations) and writes its figures."""
+"""The benchmarks run end to end (tiny durations) and write their figures."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,3 +50,22 @@ def test_site_forwarding_benchmark_writes_every_figure(tmp_path: Path) -> None:
         assert r[mode]["steps"][0]["received"] > 100, (mode, r[mode]["steps"][0])
     assert len(doc["scaling_2w_vs_1w_rounds"]) == 1
     assert all(doc[k] == v or v != v for k, v in figures.items())  # also at the top level
+
+
+def _bench(tmp_path: Path, module: str, *args: str) -> dict[str, object]:
+    out = tmp_path / f"{module}.json"
+    cmd = [sys.executable, "-m", f"benchmarks.{module}", "--json", str(out), *args]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=200)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc: dict[str, object] = json.loads(out.read_text())
+    return doc
+
+
+def test_survival_benchmark_writes_every_figure(tmp_path: Path) -> None:
+    doc: dict[str, Any] = _bench(tmp_path, "survival", "--circuits", "3", "--rate", "30",
+                                 "--rounds", "1")  # fmt: skip
+    assert 0 < doc["restart_resume_s"] < 30 and doc["cold_start_s"] > 0
+    for name in ("restart_state_lost", "restart_kernel_leftovers",
+                 "worker_restart_lost_packets"):  # fmt: skip
+        assert isinstance(doc[name], int), name
+    assert doc["rounds"][0]["worker"]["sent_after"] > 0

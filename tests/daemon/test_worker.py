@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from pcsite_lite.circuits import CircuitError
-from pcsite_lite.daemon import worker
+from pcsite_lite.daemon import channel, worker
 from pcsite_lite.daemon.config import SiteConfig, parse
 from pcsite_lite.daemon.state import SiteState, WorkerSite
 from pcsock import wire
@@ -48,7 +48,7 @@ def _packet(label: int = 77, size: int = 100) -> bytes:
 class Loop:
     """``worker.run`` in a thread over socketpairs; ``stats()`` waits for a stats message."""
 
-    def __init__(self, cfg: SiteConfig) -> None:
+    def __init__(self, cfg: SiteConfig, *, sync: bool = True) -> None:
         self.tun, tun_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.ctl, ctl_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._keep = (tun_worker, ctl_worker)
@@ -59,9 +59,15 @@ class Loop:
         )
         self.thread.start()
         assert json.loads(self.ctl.recv(1 << 20))["ready"] == 0
+        if sync:  # an empty snapshot: the worker may read its TUN queue now
+            self.apply({"op": "synced"}, seq=0)
+
+    def send(self, doc: dict[str, Any]) -> None:
+        for frame in channel.frames(doc):
+            self.ctl.send(frame)
 
     def apply(self, op: dict[str, Any], seq: int) -> None:
-        self.ctl.send(json.dumps({**op, "seq": seq}).encode())
+        self.send({**op, "seq": seq})
         while json.loads(self.ctl.recv(1 << 20)).get("ack") != seq:
             pass
 
@@ -75,7 +81,7 @@ class Loop:
 
     def close(self) -> None:
         try:
-            self.ctl.send(b'{"op": "stop"}')
+            self.send({"op": "stop"})
         finally:
             self.thread.join(10)
             for s in (self.tun, self.ctl, *self._keep):
@@ -133,6 +139,61 @@ def test_worker_loop_closes_the_metering_window_after_each_batch(
         _run_traffic(loop)
     finally:
         loop.close()
+
+
+def test_worker_reads_no_packet_before_its_state_snapshot_is_applied(tmp_path: Path) -> None:
+    # packets that wait in the TUN queue while the worker starts are processed with the
+    # state, not dropped as unknown labels (ready means ready)
+    loop = Loop(_cfg(tmp_path), sync=False)
+    try:
+        for _ in range(10):
+            loop.tun.send(_packet())
+        time.sleep(0.3)  # a worker that read its queue now would drop all ten
+        loop.tun.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            loop.tun.recv(65536)
+        loop.send(_circuit_op())  # a snapshot op (no seq), then the end of the snapshot
+        loop.apply({"op": "synced"}, seq=7)
+        loop.tun.settimeout(10)
+        out = [loop.tun.recv(65536) for _ in range(10)]
+        assert all(wire.parse(o).label == 4242 for o in out)
+        doc = loop.stats_until(10)
+        assert doc["worker"]["drops"] == {}
+    finally:
+        loop.close()
+
+
+def test_a_hop_with_5000_out_hops_reaches_the_worker_in_frames(tmp_path: Path) -> None:
+    op = _circuit_op()
+    op["out"] = [{"label": 10_000 + i, "next_hop": NEXT, "key": K_OUT.hex(), "final": False,
+                  "strip": False} for i in range(5000)]  # fmt: skip
+    frames = channel.frames({**op, "seq": 1})
+    assert len(frames) > 10 and all(len(f) <= channel.FRAME for f in frames)
+    loop = Loop(_cfg(tmp_path))
+    try:
+        loop.apply(op, seq=1)  # acked: applied whole
+        loop.tun.send(_packet())
+        doc = loop.stats_until(1)
+        # the hop is installed (the label is known); the relay does not pick one of 5,000
+        assert "unknown_label" not in doc["worker"]["drops"], doc["worker"]["drops"]
+    finally:
+        loop.close()
+
+
+def test_reassembler_refuses_bad_frames_and_recovers() -> None:
+    r = channel.Reassembler(max_message=100)
+    with pytest.raises(channel.ChannelError):
+        r.feed(b'{"op": "x"}')  # no header
+    with pytest.raises(channel.ChannelError):
+        r.feed(channel.MORE + b"x" * 60 + b"")
+        r.feed(channel.MORE + b"x" * 60)  # over the bound
+    with pytest.raises(channel.ChannelError):
+        r.feed(channel.LAST + b"[" * 50_000)  # too deep / not JSON
+    assert r.feed(channel.frames({"a": 1})[0]) == {"a": 1}
+    big = {"k": "v" * 100_000}
+    r = channel.Reassembler()
+    got = [r.feed(f) for f in channel.frames(big)]
+    assert got[:-1] == [None] * (len(got) - 1) and got[-1] == big
 
 
 def _run_traffic(loop: Loop) -> None:
