@@ -414,9 +414,10 @@ class _RedisFeed(ChangeFeed):
         t = self._engine._text
         raw = self._engine._r.xrange(self._engine._log_key, f"{lo}-0", f"{hi}-0", count=1000)
         out = []
-        for entry_id, fields in raw:
+        for entry_id, fields in raw or ():
             num = int((t(entry_id) or "").partition("-")[0])
-            out.append((num, t(fields.get(b"w")) or "", t(fields.get(b"c")) or ""))
+            doc = fields or {}
+            out.append((num, t(doc.get(b"w")) or "", t(doc.get(b"c")) or ""))
         return out
 
     def _read_log(self, upto: int) -> list[Change]:

@@ -193,7 +193,7 @@ class _Connection:
 
     async def _receive(self) -> None:
         chunk = await self.stream.receive_some(65536)
-        self.h11.receive_data(chunk)  # b"" marks the end of the stream
+        self.h11.receive_data(bytes(chunk))  # b"" marks the end of the stream
 
     async def _next_request(self, lim: Limits) -> Request | None:
         """One complete request, or None when the client closed or stayed idle too long."""
