@@ -106,6 +106,11 @@ repository = "{state / "repo"}"
 tun_prefix = "pcbw"
 {dp}
 
+[services]
+# the operator's trusted lane (docs/security.md): this benchmark measures the dataplane, so
+# the source-routing service runs in the worker; benchmarks.isolation measures confinement
+trusted = ["{PSP}/srcroute"]
+
 [control]
 listen = "127.0.0.1:8080"
 admin_token = "{ADMIN}"
