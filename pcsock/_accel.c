@@ -240,7 +240,7 @@ int pc_frame(const uint8_t *p, size_t n, int verify_ip_checksum, long proto, lon
              pc_frame_t *f, char *detail, size_t detail_len) {
     unsigned b0, total, frag, ip_proto, ihl, off, vf, end;
     if (detail && detail_len) detail[0] = 0;
-    if (n < 10) {
+    if (n < 20) { /* before any field is looked at (§2.4: a 12-byte "version 12" is truncated) */
         DETAIL("%zu bytes is shorter than an IPv4 header", n);
         return PC_TRUNCATED;
     }

@@ -162,7 +162,7 @@ REASONS: Final = frozenset(
     {
         "truncated",  # fewer bytes than a header or the IP total length says
         "not_ipv4",  # IP version field is not 4
-        "bad_ip_header_length",  # IHL < 5 or beyond the packet
+        "bad_ip_header_length",  # IHL < 5
         "bad_ip_total_length",  # total length < header length
         "bad_ip_checksum",  # IPv4 header checksum does not verify
         "fragment",  # a fragment: sites do not reassemble (docs/protocol.md §6)
@@ -259,12 +259,16 @@ def internet_checksum(data: bytes | bytearray | memoryview) -> int:
 
 
 def _fold_update(check: int, old: int, new: int) -> int:
-    """RFC 1624 eqn. 3, HC' = ~(~HC + ~m + m'), for a field changing from ``old`` to ``new``.
+    """The checksum update of docs/protocol.md §5.3, ``HC' = (HC + m - m') mod 0xFFFF``, for a
+    field changing from ``old`` to ``new``.
 
     In one's-complement arithmetic ``~x`` is ``-x`` modulo 0xFFFF and a 32-bit value is the
-    sum of its 16-bit halves modulo 0xFFFF, so eqn. 3 is ``HC + m - m' (mod 0xFFFF)``. The
-    result is in 0..0xFFFE, exactly what a full recomputation gives (a header sum is never
-    zero). Works for 16- and 32-bit fields; callers map 0 to 0xFFFF for UDP (RFC 768).
+    sum of its 16-bit halves modulo 0xFFFF, so this is RFC 1624 eqn. 3, ``~(~HC + ~m + m')``,
+    up to the representation of zero. The result is in 0..0xFFFE, exactly what a full
+    recomputation gives (a header sum is never +0), which is the rule; eqn. 3 evaluated in
+    16-bit one's-complement arithmetic differs only when HC is 0xFFFF and the changed words go
+    from all ones to all zeros (it gives 0xFFFF, this gives 0). Works for 16- and 32-bit
+    fields; callers map 0 to 0xFFFF for UDP (RFC 768).
     """
     return (check + old - new) % 0xFFFF
 
@@ -602,8 +606,11 @@ class Packet:
 def _parse_ip_slow(
     data: bytes | bytearray | memoryview, b0: int, total: int
 ) -> tuple[int, bytearray]:
-    """IPv4 header checks for packets with options, trailing bytes or errors."""
+    """IPv4 header checks for packets with options, trailing bytes or errors, in the order of
+    docs/protocol.md §2.4 (fewer than 20 bytes is ``truncated`` before any field is looked at)."""
     n = len(data)
+    if n < 20:
+        raise WireError("truncated", f"{n} bytes is shorter than an IPv4 header")
     if b0 >> 4 != 4:
         raise WireError("not_ipv4", f"IP version {b0 >> 4}")
     if b0 & 15 < 5:
@@ -821,8 +828,11 @@ def switch_hop(
     with ``routes(label)`` (e.g. ``dict.get`` of a circuit table) for its :data:`Route`
     ``(in_key, out_label, dst, out_key)`` and does what :meth:`Packet.switch` does (the same
     code): verify the check under ``in_key`` in constant time, refuse hop limit 0, write the
-    outgoing label, decrement the hop limit, rewrite destination and (if given) source with an
-    incremental IPv4 (and non-zero UDP) checksum update, re-MAC under ``out_key``.
+    outgoing label, decrement the hop limit, rewrite destination and (if given; None keeps the
+    arriving source) source with an incremental IPv4 checksum update (docs/protocol.md §5.3:
+    equal to a full recomputation), send UDP mode with UDP checksum 0, re-MAC under
+    ``out_key``. It does not check that the packet is addressed to the caller (§5.3 step 1 is
+    the site's); bytes past the IPv4 total length are not part of the result.
 
     Returns the outgoing packet (a private ``bytearray``; ``data`` itself if it is a
     ``bytearray`` of exactly the IP total length, rewritten in place), or ``None`` for a
