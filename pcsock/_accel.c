@@ -354,8 +354,9 @@ void pc_hop_plan(const uint8_t *b, const pc_frame_t *f, uint32_t out_label, uint
     plan->dst = dst;
     plan->label = out_label;
     plan->hops = (uint8_t)(s[2] - 1);
-    /* RFC 1624 eqn. 3 in modular form (pcsock.wire._fold_update): HC + m - m' mod 0xFFFF,
-     * a 32-bit field being the sum of its halves mod 0xFFFF */
+    /* docs/protocol.md §5.3 (pcsock.wire._fold_update): HC + m - m' mod 0xFFFF, a 32-bit
+     * field being the sum of its halves mod 0xFFFF; always what a full recomputation gives
+     * (RFC 1624 eqn. 3 except at its +-0 edge, where eqn. 3 would write 0xFFFF) */
     v = (int64_t)load_be16(b + 10) + old_src + old_dst - plan->src - plan->dst;
     v %= 0xFFFF;
     if (v < 0) v += 0xFFFF;

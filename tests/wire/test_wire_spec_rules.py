@@ -65,6 +65,7 @@ def _v2() -> bytearray:
 ORDER = [
     # (what the packet breaks, packet, expected reason): the earlier rule of §2.4 wins
     ("IHL 15 in 49 bytes (4) and checksum (7)", _v1(b0=0x4F), "truncated"),
+    ("IHL 15 in 49 bytes (4) and total length 16 (5)", _v1(b0=0x4F, b3=16), "truncated"),
     ("IHL 4 (3) and checksum (7)", _v1(b0=0x44), "bad_ip_header_length"),
     ("version 6 (2) and IHL 4 (3)", _v1(b0=0x64), "not_ipv4"),
     ("total length 16 (5) and checksum (7)", _v1(b2=0, b3=16), "bad_ip_total_length"),
@@ -85,9 +86,10 @@ def test_the_first_broken_rule_of_section_2_4_gives_the_reason(
     assert reason(bytes(data)) == expect
 
 
-def test_udp_mode_fragment_comes_before_the_udp_length() -> None:
+def test_udp_mode_fragment_comes_before_the_udp_length_before_the_shim() -> None:
     raw = _v2()
     raw[24:26] = (99).to_bytes(2, "big")  # UDP length wrong (9)
+    raw[28] = 0x21  # and shim version 2 (10)
     assert reason(bytes(fix_ip(bytearray(raw)))) == "bad_udp_length"
     raw[6] = 0x20  # and more fragments (8)
     assert reason(bytes(fix_ip(raw))) == "fragment"
