@@ -55,10 +55,10 @@ from pcsite_lite.site import Registration, Site
 from pcsite_lite.verdicts import DROP_REASONS, Deliver, Drop, Forward, Verdict
 from pcsock import wire
 from pcsock.wire import (
+    DSCP_SERVICE,
     FORM_CIRCUIT,
     FORM_SERVICE,
     IPPROTO_PACKETCLOUD,
-    TOS_SERVICE,
     UDP_PORT,
     Packet,
     WireError,
@@ -695,9 +695,9 @@ class Pipeline:
         buf = pkt.buf
         # leave the site unflagged (no second diversion) and one hop older
         tos = pkt.tos
-        if tos == TOS_SERVICE:
-            tos = 0
-            pkt.set_tos(0)
+        if tos >> 2 == DSCP_SERVICE:  # DSCP 43 cleared, ECN bits kept (protocol.md §4.3)
+            tos &= 0x03
+            pkt.set_tos(tos)
         pkt.set_ttl(pkt.ttl - 1)
         action = api._action
         if action == ACT_NONE or action not in (ACT_ENCAP, ACT_REPLICATE):

@@ -29,7 +29,10 @@ def test_ttl_1_and_0_are_dropped_before_the_service_runs(ttl: int) -> None:
     assert lines == []
 
 
-@pytest.mark.parametrize(("tos", "out_tos"), [(wire.TOS_SERVICE, 0), (0x00, 0x00), (0x10, 0x10)])
+@pytest.mark.parametrize(
+    ("tos", "out_tos"),
+    [(wire.TOS_SERVICE, 0), (wire.TOS_SERVICE | 0x03, 0x03), (0x00, 0x00), (0x10, 0x10)],
+)
 def test_any_tos_is_served_the_flag_cleared_and_the_shim_kept(tos: int, out_tos: int) -> None:
     verdicts, lines = _serve(tos=tos, ttl=2)
     [v] = verdicts
