@@ -133,11 +133,12 @@ def test_circuit_traffic_to_the_prefix_is_filtered_by_its_original_source() -> N
     from pcsite_lite.circuits import OutHop
     from pcsite_lite.fis import namespace
     from pcsite_lite.pipeline import Pipeline
+    from pcsite_lite.sandbox import tick_budget
     from pcsite_lite.site import Site
     from pcsite_lite.verdicts import Deliver, Drop
     from pcsock.wire import build_circuit_packet
 
-    site = Site("C1", "198.18.254.1")
+    site = Site("C1", "198.18.254.1", budget=tick_budget())
     site.deploy(OWNER, "firewall", SERVICE_SOURCE)
     site.register_destination(PREFIX, OWNER, "firewall")
     site.deploy("relay", "srcroute", "def process(pkt):\n    pass\n")
