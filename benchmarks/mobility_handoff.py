@@ -52,6 +52,7 @@ from examples.mobility.control import SERVICE_SOURCE, MobileRouter
 from examples.mobility.scenario import run_handoff
 from pcsite_lite.fis import CachedFIS, SqliteFIS, namespace
 from pcsite_lite.pipeline import Pipeline
+from pcsite_lite.sandbox import tick_budget
 from pcsite_lite.site import Site
 from pcsite_lite.verdicts import Forward
 from pcsock.wire import build_ipv4
@@ -85,7 +86,7 @@ def wall_clock(handoffs: int) -> dict[str, Any]:
         site_engine = SqliteFIS(path)
         psp_engine = SqliteFIS(path)  # the PSP control plane's own connection
         cache = CachedFIS(site_engine, clock=time.monotonic)
-        site = Site("C1", "198.18.254.1", fis=cache)
+        site = Site("C1", "198.18.254.1", fis=cache, budget=tick_budget())
         site.deploy(PSP, SERVICE, SERVICE_SOURCE)
         site.register_destination(PREFIX, PSP, SERVICE, redirect_prefixes=["198.18.0.0/15"])
         pipe = Pipeline(site)

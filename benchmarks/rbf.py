@@ -34,6 +34,7 @@ from examples.rbf.control import SERVICE_SOURCE, RuleAuthority, carry
 from pcsite_lite.circuits import OutHop
 from pcsite_lite.fis import ISP, namespace
 from pcsite_lite.pipeline import Pipeline
+from pcsite_lite.sandbox import tick_budget
 from pcsite_lite.site import Site
 from pcsite_lite.verdicts import Forward
 from pcsock.wire import HopKey, build_circuit_packet
@@ -49,7 +50,8 @@ CHAIN16 += f" else if len < 100 then forward {C2} else drop none"
 
 
 def _site(service: str, source: str, rule: str | None) -> tuple[Pipeline, int, HopKey]:
-    site = Site("C1", C1)
+    # ticks bound the service (a busy machine must not time out the benchmark packet)
+    site = Site("C1", C1, budget=tick_budget())
     site.deploy(PSP, service, source)
     key = HopKey(b"bench-key-16byte")
     label = site.circuits.allocate(PSP, now=0.0)

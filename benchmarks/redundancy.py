@@ -36,7 +36,7 @@ from examples.redundancy.workload import workload
 from pcsite_lite.circuits import OutHop
 from pcsite_lite.fis import CachedFIS, SqliteFIS, namespace
 from pcsite_lite.pipeline import Pipeline
-from pcsite_lite.sandbox import Budget
+from pcsite_lite.sandbox import tick_budget
 from pcsite_lite.site import Site
 from pcsite_lite.verdicts import Forward
 from pcsock.wire import HopKey, build_circuit_packet, parse
@@ -52,7 +52,7 @@ def run(source: str, payloads: list[bytes], fis_path: str) -> dict[str, Any]:
     sites = []
     for name, ip in (("C1", C1), ("C2", C2)):
         cache = CachedFIS(engine, clock=lambda: clock["now"])
-        sites.append(Site(name, ip, fis=cache, budget=Budget(max_ns=100_000_000)))
+        sites.append(Site(name, ip, fis=cache, budget=tick_budget()))
     k1, k2 = HopKey(b"k1" * 8), HopKey(b"k2" * 8)
     for s in sites:
         s.deploy(PSP, SERVICE, source)

@@ -52,6 +52,7 @@ __all__ = [
     "FORBIDDEN_ATTRIBUTES",
     "FORBIDDEN_NAMES",
     "SAFE_BUILTINS",
+    "TICK_BACKSTOP_NS",
     "Budget",
     "BudgetExceeded",
     "LoadedService",
@@ -59,6 +60,7 @@ __all__ = [
     "ServiceUnavailable",
     "compile_service",
     "load_service",
+    "tick_budget",
 ]
 
 #: Modules a service may import: pure, with no attribute that leads to another module.
@@ -216,6 +218,18 @@ class Budget:
 #: The budget instrumented code ticks against. The pipeline is single-threaded per process
 #: (one pipeline runs at a time), so one budget serves every loaded service.
 BUDGET: Final = Budget()
+
+#: The wall-clock deadline of :func:`tick_budget`: a backstop only (5 s per packet).
+TICK_BACKSTOP_NS: Final = 5_000_000_000
+
+
+def tick_budget(max_ticks: int = 100_000) -> Budget:
+    """A per-packet budget for deterministic runs (the simulator, in-process example networks,
+    benchmarks): ``max_ticks`` bounds the service, so a packet's verdict does not depend on how
+    busy the machine is (a wall-clock deadline of a few ms fails a legitimate packet whenever
+    the thread is descheduled for that long); the wall-clock deadline, :data:`TICK_BACKSTOP_NS`,
+    is only a backstop. Real sites keep :data:`BUDGET`'s per-packet deadline."""
+    return Budget(max_ticks=max_ticks, max_ns=TICK_BACKSTOP_NS)
 
 
 def _module_copy(name: str) -> types.ModuleType:

@@ -3,7 +3,9 @@
 The simulator is an adapter like the TUN dataplane: sites run the real
 :class:`~pcsite_lite.pipeline.Pipeline` over real service files; nothing needs root. Events
 (packet arrivals) are ordered by time and then by creation, links lose packets with a seeded
-RNG, so a run with the same seed is the same run.
+RNG, so a run with the same seed is the same run. Sites count their services' per-packet CPU
+budget in ticks (:func:`~pcsite_lite.sandbox.tick_budget`: the wall-clock deadline is only a
+backstop), so no verdict depends on how busy the machine running the simulation is.
 
 Legacy routers forward by longest prefix (routes computed with :meth:`Network.compute_routes`:
 shortest delay paths through routers) and decrement the TTL. A router with a co-located site
@@ -36,6 +38,7 @@ from typing import Any
 from pcsite_lite.circuits import OutHop
 from pcsite_lite.lpm import LpmTable
 from pcsite_lite.pipeline import Pipeline
+from pcsite_lite.sandbox import tick_budget
 from pcsite_lite.site import Site
 from pcsite_lite.verdicts import Deliver, Drop
 from pcsock.wire import (
@@ -291,8 +294,10 @@ class Network:
 
     def site(self, name: str, public_ip: str, *, router: Router, **site_kwargs: Any) -> SiteNode:
         """A site co-located with ``router`` (linked to it with no delay); it starts (its
-        first usage interval, its packet clock) at the network's current time."""
+        first usage interval, its packet clock) at the network's current time. Its budget
+        is a :func:`~pcsite_lite.sandbox.tick_budget` unless ``budget`` is given."""
         site_kwargs.setdefault("now", self.now)
+        site_kwargs.setdefault("budget", tick_budget())
         node: SiteNode = self._add(SiteNode(self, name, Site(name, public_ip, **site_kwargs)))
         link = self.link(node, router, delay=0.0)
         router.attach_site(link)

@@ -502,6 +502,8 @@ MAX_CONNECTIONS = 256
 MAX_CONNECTIONS_PER_CLIENT = 32
 #: Seconds a connection may stay silent before it is closed.
 IDLE_TIMEOUT = 30.0
+#: Longest answer line the client reads (bytes, newline included).
+MAX_RESPONSE = 1024 * 1024
 
 
 def _error_line(code: str, message: str) -> bytes:
@@ -676,31 +678,63 @@ class LookupClient:
 
     def call(self, request: dict[str, Any]) -> dict[str, Any]:
         """Send one request; the response document (raises LookupServiceError if not ok)."""
+        data = json.dumps(request).encode() + b"\n"
         with self._lock:
-            for attempt in (0, 1):
-                if self._sock is None:
-                    self._connect()
-                try:
-                    self._file.write(json.dumps(request).encode() + b"\n")
-                    self._file.flush()
-                    line = self._file.readline()
-                    if not line:
-                        raise ConnectionResetError("lookup service closed the connection")
-                    break
-                except OSError as exc:
-                    self.close()
-                    if attempt:
-                        raise LookupServiceError("unavailable", str(exc)) from exc
-        try:
-            resp = json.loads(line)
-        except ValueError as exc:
-            raise LookupServiceError("bad_response", "answer is not JSON") from exc
+            line = self._exchange(data)
+            try:
+                resp = json.loads(line)
+                if not isinstance(resp, dict):
+                    raise ValueError("not an object")
+            except ValueError as exc:
+                self.close()  # whatever sent that, the stream is not one to trust further
+                raise LookupServiceError(
+                    "bad_response", f"answer is not a JSON object: {exc}"
+                ) from exc
         if not resp.get("ok"):
             err = resp.get("error") or {}
             raise LookupServiceError(
                 str(err.get("code", "bad_response")), str(err.get("message", ""))
             )
         return dict(resp)
+
+    def _exchange(self, data: bytes) -> bytes:
+        """Send one request line, read one answer line (with its newline).
+
+        A connection kept from an earlier call may have been closed by the server since (its
+        idle timeout): if it turns out closed before any answer, the request goes once more
+        over a fresh connection; the server closes only between requests, so it has not acted
+        on it. Nothing else is retried: after a timeout, or on a fresh connection, the server
+        may have acted on the request, and ``create`` is not idempotent. Any failure closes
+        the connection, so a late answer can never be read as the next call's.
+        """
+        for _ in range(2):
+            reused = self._sock is not None
+            if not reused:
+                self._connect()
+            try:
+                self._file.write(data)
+                self._file.flush()
+                line: bytes = self._file.readline(MAX_RESPONSE + 1)
+            except TimeoutError as exc:
+                self.close()
+                raise LookupServiceError(
+                    "unavailable", f"no answer from the lookup service within {self.timeout} s"
+                ) from exc
+            except OSError as exc:
+                self.close()
+                if reused:
+                    continue
+                raise LookupServiceError("unavailable", str(exc)) from exc
+            if line.endswith(b"\n") and len(line) <= MAX_RESPONSE:
+                return line
+            self.close()
+            if len(line) > MAX_RESPONSE:
+                raise LookupServiceError("bad_response", f"answer longer than {MAX_RESPONSE} bytes")
+            if line:
+                raise LookupServiceError("bad_response", "the answer was cut short")
+            if not reused:
+                raise LookupServiceError("unavailable", "lookup service closed the connection")
+        raise LookupServiceError("unavailable", "lookup service closed the connection")
 
     def create(
         self,

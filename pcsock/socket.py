@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import socket as _socket
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -52,6 +53,7 @@ __all__ = [
 #: by the ISP without anything in the packet.
 ordinary_socket = _socket.socket
 
+_T = TypeVar("_T")
 _RECV_BUF = 65535
 _SO_NO_CHECK = getattr(_socket, "SO_NO_CHECK", 11)  # Linux: send UDP with checksum 0
 
@@ -606,6 +608,37 @@ class AsyncPacketCloudSocket:
         await self.aclose()
 
 
+async def _blocking(fn: Callable[[], _T]) -> _T:
+    """Run blocking ``fn`` (a lookup-service call) in a new thread started from this one.
+
+    Not ``trio.to_thread.run_sync``: trio keeps its worker threads in one process-wide cache,
+    and a cached worker stays in the network namespace of the thread that started it, so a
+    connection it opens can reach another namespace's address, or leave the host through its
+    default route. A thread started here inherits this thread's namespace (a new thread gets
+    the namespaces of the thread that starts it). As with ``to_thread.run_sync``, waiting is
+    not cancellable: the call (bounded by the client's timeout) ends before cancellation acts.
+    """
+    token = trio.lowlevel.current_trio_token()
+    done = trio.Event()
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # re-raised in the caller
+            box["error"] = exc
+        finally:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(done.set)
+
+    threading.Thread(target=run, name="pcsock-lookup", daemon=True).start()
+    with trio.CancelScope(shield=True):
+        await done.wait()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
 class AsyncCircuitSocket(AsyncPacketCloudSocket):
     """The trio flavour of :class:`CircuitSocket`."""
 
@@ -623,12 +656,12 @@ class AsyncCircuitSocket(AsyncPacketCloudSocket):
     async def renew(self) -> None:
         if self._lookup is None:
             raise PcsockError("this circuit has no lookup service to renew it with")
-        self.circuit = await trio.to_thread.run_sync(self._lookup.renew, self.circuit)
+        self.circuit = await _blocking(lambda: self._lookup.renew(self.circuit))
 
     async def aclose(self) -> None:
         if not self._closed and self._lookup is not None and self.circuit.circuit_id:
             with contextlib.suppress(OSError):
-                await trio.to_thread.run_sync(self._lookup.teardown, self.circuit)
+                await _blocking(lambda: self._lookup.teardown(self.circuit))
         self.close()
 
     async def __aenter__(self) -> AsyncCircuitSocket:
@@ -648,13 +681,14 @@ async def open_circuit_async(
     sport: int = 0,
     encap_port: int = wire.UDP_PORT,
 ) -> AsyncCircuitSocket:
-    """trio: like :func:`open_circuit` (the lookup call runs in a worker thread)."""
+    """trio: like :func:`open_circuit` (the lookup call runs in a thread of its own, started
+    from the calling thread so that it shares its network namespace)."""
     from pcsock.lookup import LookupClient
 
     if isinstance(lookup, tuple):
         lookup = LookupClient(lookup[0], lookup[1])
     src = local_ip or local_address_for(destination)
-    circuit = await trio.to_thread.run_sync(
+    circuit = await _blocking(
         lambda: lookup.create(
             destination=destination, service=service, source=src, sites=sites, lifetime=lifetime
         )

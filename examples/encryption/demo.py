@@ -86,12 +86,13 @@ def run_testbed(*, prefix: str = "pcx", n: int = 100, progress: Any = None) -> d
             # an on-path attacker flips one ciphertext byte and re-injects it toward C2
             frame = bytearray(next(f for f in core_frames if _payloads([f])))
             frame[-1] ^= 1
-            drops0 = c2.stats()["drops"].get("service_drop", 0)
+            before = c2.stats()
+            drops0 = before["drops"].get("service_drop", 0)
             at_d.seen.clear()
             raw_sender(tb.node("RC")).sendto(bytes(frame), (c2.public_ip, 0))
-            time.sleep(0.3)
+            after = c2.stats_after(before["processed"] + 1)
             res["tampered_delivered"] = len(_payloads(at_d.drain()))
-            res["tampered_dropped"] = c2.stats()["drops"].get("service_drop", 0) - drops0
+            res["tampered_dropped"] = after["drops"].get("service_drop", 0) - drops0
             res["site_drops"] = {"C1": c1.stats()["drops"], "C2": c2.stats()["drops"]}
         finally:
             c1.close()

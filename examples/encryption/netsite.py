@@ -66,18 +66,6 @@ class PacketSite(NetSite):
             self.fis = SqliteFIS(str(fis))
             self.config["fis"] = str(fis)
 
-    def stats(self) -> dict[str, Any]:
-        """The site process's counters (retried while the process rewrites the file)."""
-        import json
-        import time
-
-        for _ in range(50):
-            try:
-                return super().stats()
-            except json.JSONDecodeError:
-                time.sleep(0.01)
-        return super().stats()
-
     def isp_lpm_put(self, table: str, prefix: str, value: Any) -> None:
         from pcsite_lite.fis import ISP
 

@@ -145,6 +145,16 @@ class NetSite:
         data: dict[str, Any] = json.loads(Path(self.config["stats"]).read_text())
         return data
 
+    def stats_after(self, processed: int, timeout: float = 10.0) -> dict[str, Any]:
+        """The stats once the site process has processed ``processed`` packets in all (it
+        writes them every 100 ms), or as they stand after ``timeout`` seconds."""
+        end = time.monotonic() + timeout
+        while True:
+            data = self.stats()
+            if data["processed"] >= processed or time.monotonic() >= end:
+                return data
+            time.sleep(0.02)
+
     def close(self) -> None:
         if self.process is not None:
             self.process.stop()

@@ -13,7 +13,8 @@ The FIS is a SQLite (WAL) file shared with the PSP's control script, which write
 its own connection: the site's node-local ``CachedFIS`` sees those writes within its staleness
 bound (5 ms), exactly as across the daemon's processes. Counters (drops by reason, service
 counters, and when the first packet was sent to each next hop, in ``time.monotonic()``) are
-written to ``stats`` as JSON every 100 ms and at exit.
+written to ``stats`` as JSON every 100 ms and at exit, each time atomically (temp file +
+rename), so a reader never sees a half-written file.
 
 Config (JSON)::
 
@@ -30,11 +31,13 @@ Run: ``python -m examples.firewall.netsite CONFIG.json`` (inside the site's name
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -43,11 +46,25 @@ ETH_P_IP = 0x0800
 PACKET_OUTGOING = 4
 NFT_TABLE = "pce_netsite"
 
-__all__ = ["main", "write_config"]
+__all__ = ["main", "write_atomic", "write_config"]
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path``'s content at once (temp file + rename): a process polling the file
+    reads the old content or the new, never a truncated or half-written one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def write_config(path: Path, config: dict[str, Any]) -> Path:
-    path.write_text(json.dumps(config, indent=2))
+    write_atomic(path, json.dumps(config, indent=2))
     return path
 
 
@@ -145,12 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     processed = 0
     first: dict[str, float] = {}  # next hop -> when the first packet was sent there
     next_dump = 0.0
-    stats_path.write_text(json.dumps(_stats(site, 0)))
+    write_atomic(stats_path, json.dumps(_stats(site, 0)))
     print("netsite up", flush=True)
     while running:
         now = time.monotonic()
         if now >= next_dump:
-            stats_path.write_text(json.dumps(_stats(site, processed, first)))
+            write_atomic(stats_path, json.dumps(_stats(site, processed, first)))
             next_dump = now + 0.1
         try:
             data, addr = rx.recvfrom(65535)
@@ -176,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"send to {v.next_hop} failed: {exc}", flush=True)
             elif isinstance(v, Drop):
                 pass
-    stats_path.write_text(json.dumps(_stats(site, processed, first)))
+    write_atomic(stats_path, json.dumps(_stats(site, processed, first)))
     return 0
 
 

@@ -133,11 +133,12 @@ def test_circuit_traffic_to_the_prefix_is_filtered_by_its_original_source() -> N
     from pcsite_lite.circuits import OutHop
     from pcsite_lite.fis import namespace
     from pcsite_lite.pipeline import Pipeline
+    from pcsite_lite.sandbox import tick_budget
     from pcsite_lite.site import Site
     from pcsite_lite.verdicts import Deliver, Drop
     from pcsock.wire import build_circuit_packet
 
-    site = Site("C1", "198.18.254.1")
+    site = Site("C1", "198.18.254.1", budget=tick_budget())
     site.deploy(OWNER, "firewall", SERVICE_SOURCE)
     site.register_destination(PREFIX, OWNER, "firewall")
     site.deploy("relay", "srcroute", "def process(pkt):\n    pass\n")
@@ -167,3 +168,17 @@ def test_circuit_traffic_to_the_prefix_is_filtered_by_its_original_source() -> N
     site.fis.lpm_put(namespace(OWNER, "firewall"), "whitelist", "198.18.60.10/32", {}, writer=OWNER)
     assert send("198.18.60.10") is Deliver
     assert send("198.18.77.1") is Drop  # the previous hop's address is not what counts
+
+
+def test_site_process_files_are_replaced_whole(tmp_path) -> None:
+    """The stats a demo polls are replaced by a rename: a reader holding the old file reads it
+    whole, a new reader reads the new one, never a truncated mix; no temp file is left."""
+    from examples.firewall.netsite import write_atomic
+
+    path = tmp_path / "stats.json"
+    write_atomic(path, "old" * 1000)
+    with path.open() as reader:
+        write_atomic(path, "new")
+        assert reader.read() == "old" * 1000
+    assert path.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["stats.json"]

@@ -113,6 +113,7 @@ def _mean_ms(xs: list[float]) -> float:
 def run_testbed(*, prefix: str = "pce", progress: Any = None) -> dict[str, Any]:
     """Build the testbed, run the handoff and the baseline with real packets."""
     from examples.firewall.demo import NetSite, iface
+    from examples.firewall.netsite import write_atomic
     from testbed.net import Testbed
 
     res: dict[str, Any] = {}
@@ -203,7 +204,7 @@ def run_testbed(*, prefix: str = "pce", progress: Any = None) -> dict[str, Any]:
             for s in sites:
                 tb.divert(s.info.router, PREFIX, remove=True)
             state = work / "ha.json"
-            state.write_text(json.dumps({"care_of": b_ip}))
+            write_atomic(state, json.dumps({"care_of": b_ip}))  # the home agent polls it
             ha_if = iface(tb, "HA", "Rhome")
             ha_ip = tb.node("HA").address
             tb.node("HA").start(

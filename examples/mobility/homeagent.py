@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
     path = Path(state)
     care_of: str | None = None
-    mtime = 0.0
+    mtime: tuple[int, int] | None = None
     running = True
 
     def stop(*_: object) -> None:
@@ -51,10 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     print("homeagent up", flush=True)
     while running:
         try:
-            m = path.stat().st_mtime
-            if m != mtime:
-                mtime = m
+            st = path.stat()
+            m = (st.st_ino, st.st_mtime_ns)  # the writer renames a new file into place
+            if m != mtime:  # (remembered once read: a failed read is tried again)
                 care_of = json.loads(path.read_text()).get("care_of")
+                mtime = m
         except (OSError, ValueError):
             pass
         try:

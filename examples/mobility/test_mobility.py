@@ -108,11 +108,12 @@ def test_service_id_packets_toward_the_mobile_prefix_do_not_disable_the_service(
     from examples.mobility.control import SERVICE_SOURCE
     from pcsite_lite.fis import namespace
     from pcsite_lite.pipeline import Pipeline
+    from pcsite_lite.sandbox import tick_budget
     from pcsite_lite.site import Site
     from pcsite_lite.verdicts import Forward
     from pcsock.wire import build_service_packet
 
-    site = Site("C1", "198.18.254.1")
+    site = Site("C1", "198.18.254.1", budget=tick_budget())
     site.deploy("mobpsp", "mobility", SERVICE_SOURCE)
     site.register_destination(
         "198.19.1.0/24", "mobpsp", "mobility", redirect_prefixes=["198.18.10.0/24"]

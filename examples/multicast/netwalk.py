@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pcsite_lite.pipeline import Pipeline
+from pcsite_lite.sandbox import tick_budget
 from pcsite_lite.site import Site
 from pcsite_lite.verdicts import Deliver, Drop, Forward
 
@@ -32,6 +33,7 @@ class NetWalk:
     now: float = 0.0
 
     def add_site(self, name: str, public_ip: str, **kw: Any) -> Site:
+        kw.setdefault("budget", tick_budget())  # as in pcsite_lite.sim: load-independent
         site = Site(name, public_ip, **kw)
         self.sites[public_ip] = site
         self.pipelines[public_ip] = Pipeline(site)

@@ -93,18 +93,19 @@ def run_testbed(*, prefix: str = "pcx", n: int = 20, progress: Any = None) -> di
                 if name == "congested":
                     c1.isp_lpm_put("congestion", f"{c2.public_ip}/32", {"level": 0.9})
                     time.sleep(0.05)  # > the FIS cache's 5 ms staleness bound
-                drops0 = c1.stats()["drops"].get("service_drop", 0)
+                before = c1.stats()
+                drops0 = before["drops"].get("service_drop", 0)
                 for _ in range(n):
                     tx.sendto(circuit.packet(s_ip, payload), (circuit.first_hop, 0))
                     time.sleep(0.001)
                 got = _arrivals(at_d.drain(0.3))
                 at_d.seen.clear()
-                time.sleep(0.15)
+                after = c1.stats_after(before["processed"] + n)
                 res[name] = {
                     "via_c2_meta7": got[c2.public_ip, 7],
                     "via_c2": got[c2.public_ip, 0],
                     "direct": got[c1.public_ip, 0],
-                    "dropped_at_c1": c1.stats()["drops"].get("service_drop", 0) - drops0,
+                    "dropped_at_c1": after["drops"].get("service_drop", 0) - drops0,
                 }
             res["c1_drops"] = c1.stats()["drops"]
         finally:

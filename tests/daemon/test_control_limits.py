@@ -37,6 +37,7 @@ from pcsite_lite.control.limits import (
 from pcsite_lite.control.server import ServerStats, serve_listeners, tls_context
 from pcsite_lite.control.site_backend import SiteBackend
 from pcsite_lite.daemon.config import ConfigError, parse
+from tests.support import wait_until
 
 from .netns_util import ADMIN, OTHER_TOKEN, PSP_TOKEN
 
@@ -124,15 +125,6 @@ def _holding(n: int, port: int) -> Iterator[list[socket.socket]]:
     finally:
         for s in socks:
             s.close()
-
-
-def wait_until(pred: Callable[[], bool], timeout: float = 10.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return pred()
 
 
 def _closed_by_peer(s: socket.socket, timeout: float = 10.0) -> bytes:

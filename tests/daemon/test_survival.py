@@ -19,6 +19,7 @@ from pcsite_lite.control.client import OutHop
 from pcsite_lite.daemon.config import load
 from pcsite_lite.daemon.kernel import Kernel
 from pcsock import wire
+from tests.support import wait_until
 
 from .netns_util import ADMIN, Chain, acme_public_hex, deploy_source_routing, in_ns
 from .test_site_netns import KA, KB, _udp
@@ -29,10 +30,7 @@ _SEQ = struct.Struct("!HId")  #: circuit index, sequence number, send time (mono
 
 
 def _wait(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.05)
+    assert wait_until(pred, timeout, 0.05), f"timed out waiting for {what}"
 
 
 def _relay(ch: Chain, deliver: str = Chain.D, service: str = "relay") -> int:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from pcsite_lite.pipeline import Pipeline
 from pcsite_lite.site import Site
 from pcsite_lite.verdicts import Drop, Forward
 from pcsock.wire import HopKey, build_circuit_packet
+from tests.support import wait_until
 
 SITE_IP = "198.18.9.1"
 NEXT = "198.18.6.1"
@@ -94,15 +95,6 @@ def _deploy(site: Site, psp: str, service: str, src: str) -> ConfinedService:
     return proxy
 
 
-def wait_until(pred: Callable[[], bool], timeout: float = 20.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return pred()
-
-
 @pytest.mark.netns  # root: chroot, setuid and cgroups
 def test_confined_process_cannot_open_connect_fork_exec_or_signal() -> None:
     root = tempfile.mkdtemp()
@@ -144,7 +136,7 @@ def test_deadline_kills_a_long_c_call_and_the_process_restarts() -> None:
     assert isinstance(v, Drop) and v.reason == "service_timeout"
     assert proxy.kills == 1 and proxy.proc is None
     # meanwhile: dropped as unavailable, not blamed; then a new process serves again
-    assert wait_until(lambda: isinstance(pipe.process(_pkt(label, b"ok"), 1.0)[0], Forward))
+    assert wait_until(lambda: isinstance(pipe.process(_pkt(label, b"ok"), 1.0)[0], Forward), 20)
     assert proxy.proc is not None and proxy.proc.pid != pid and proxy.restarts == 1
     assert site.runtime.slot("evil", "pow").consecutive_failures == 0
 
@@ -164,7 +156,7 @@ def test_memory_exhaustion_is_a_failure_of_that_service_only_and_disables_it() -
     assert evil.proc is None  # a disabled service's process is stopped
     assert good.restarts == 0
     site.runtime.enable("evil", "oom")  # the operator's call: it starts again
-    assert wait_until(lambda: evil.poll_ready())
+    assert wait_until(evil.poll_ready, 20)
 
 
 def test_a_killed_process_counts_as_a_failure_and_comes_back() -> None:
@@ -176,7 +168,7 @@ def test_a_killed_process_counts_as_a_failure_and_comes_back() -> None:
     proxy.proc.wait()
     [v] = pipe.process(_pkt(label), 1.0)
     assert isinstance(v, Drop) and v.reason == "service_error" and "died" in v.detail
-    assert wait_until(lambda: isinstance(pipe.process(_pkt(label), 1.0)[0], Forward))
+    assert wait_until(lambda: isinstance(pipe.process(_pkt(label), 1.0)[0], Forward), 20)
 
 
 def test_confined_service_sees_the_packet_api_and_its_actions_are_checked() -> None:

@@ -75,10 +75,33 @@ def test_async_circuit_round_trip(env):
                                             local_ip=S, port=9)  # fmt: skip
         async with first, s:
             await s.send(b"async")
-            with trio.fail_after(2):
+            with trio.fail_after(10):  # a hang guard, not a timing claim
                 d = await first.recv()
         return d, s.circuit.label
 
     d, label = call_in(ns, lambda: trio.run(main))
     assert d.payload == b"async" and d.label == label and d.source == S
     assert label not in site.circuits  # aclose tore it down
+
+
+def test_async_lookup_calls_stay_in_the_callers_namespace(env):
+    """trio caches its worker threads process-wide, and a cached worker stays in the network
+    namespace it was started in: the lookup calls must not run on one (here one from a
+    namespace without the lookup service's address, left idle just before)."""
+    ns, site, _ = env
+
+    async def main():
+        s = await pcsock.open_circuit_async(D, "srcroute", lookup=(PSP_IP, 7053), sites=["C1"],
+                                            local_ip=S, port=9)  # fmt: skip
+        async with s:
+            label = s.circuit.label
+            assert label in site.circuits
+            old = s.circuit.expires
+            await s.renew()
+            assert s.circuit.expires >= old
+        return label
+
+    with netns([]) as other:
+        call_in(other, lambda: trio.run(trio.to_thread.run_sync, lambda: None))  # an idle worker
+        label = call_in(ns, lambda: trio.run(main))
+    assert label not in site.circuits  # aclose tore it down, through the right namespace

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pcsite_lite.sandbox import BUDGET
 from pcsite_lite.sim import ServiceBench
 
 TAGGER = """
@@ -38,3 +39,32 @@ def test_the_tutorial_in_docs_runs_as_written() -> None:
     block = re.search(r"```python\n(.*?)```", tutorial, re.S)
     assert block is not None
     exec(compile(block.group(1), "docs/services.md", "exec"), {})
+
+
+LOOPS = """
+def process(pkt):
+    n = 0
+    for i in range(2000):
+        n += i
+    pkt.set_payload(str(n).encode())
+"""
+
+
+def test_simulated_sites_budget_ticks_so_a_descheduled_moment_fails_no_packet() -> None:
+    """Every clock read lands 100 ms later (as if the machine were too busy to run the
+    simulation): a legitimate packet still passes, a spinning service is still stopped."""
+    bench = ServiceBench(LOOPS)
+    spin = ServiceBench("def process(pkt):\n    while True:\n        pass\n")
+    for b in (bench, spin):
+        assert b.site.runtime.budget is not BUDGET  # (never re-clock the process-wide one)
+        ns = [0]
+
+        def clock(ns: list[int] = ns) -> int:
+            ns[0] += 100_000_000
+            return ns[0]
+
+        b.site.runtime.budget.clock = clock
+        b.c.pipeline.clock = clock
+    assert bench.send(b"x") == [str(sum(range(2000))).encode()]
+    assert bench.drops == {}
+    assert spin.send(b"x") == [] and spin.drops == {"service_timeout": 1}

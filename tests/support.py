@@ -1,0 +1,20 @@
+"""Helpers shared by the tests (``from tests.support import wait_until``)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+__all__ = ["wait_until"]
+
+
+def wait_until(pred: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> bool:
+    """Poll ``pred`` every ``interval`` seconds until it is true or ``timeout`` seconds have
+    passed; whether it became true. Tests wait for the condition they need, with a generous
+    timeout, instead of sleeping a fixed time and hoping a loaded machine kept up."""
+    end = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() >= end:
+            return bool(pred())
+        time.sleep(interval)
+    return True
