@@ -22,7 +22,9 @@ __all__ = ["TableSiteControl"]
 class TableSiteControl:
     """A site's :class:`pcsite_lite.circuits.CircuitTable` driven in process (simulator)."""
 
-    def __init__(self, table: CircuitTable, *, psp: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, table: CircuitTable, *, psp: str, clock: Callable[[], float] = time.time
+    ) -> None:
         self.table = table
         self.psp = psp
         self.clock = clock

@@ -109,7 +109,11 @@ def test_package_imports_only_what_the_layers_allow(package):
     [
         ("pcsock", "def f():\n    from pcsite_lite.circuits import OutHop\n", True),
         ("pcsock", "import testbed.net as tn\n", True),
-        ("pcsock", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pcdemo\n", True),
+        (
+            "pcsock",
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pcdemo\n",
+            True,
+        ),
         ("pcsock", "import importlib\nimportlib.import_module('examples.rbf.demo')\n", True),
         ("pcsock", "x = __import__('pcsite_lite')\n", True),
         ("testbed", "class A:\n    def m(self):\n        import pcsock.wire\n", True),
