@@ -1,6 +1,6 @@
 """Circuit setup time through a PSP lookup service, and pcsock send rate, on the Fig. 2 testbed.
 
-Builds the demo's real world (:class:`pcsock.demo_testbed.TestbedWorld`: namespaces, routers,
+Builds the demo's real world (:class:`pcdemo.testbed_world.TestbedWorld`: namespaces, routers,
 knot DNS, three ``pcsite run`` daemons, ``pcsock lookupd`` on the control network). Then, from
 S's namespace:
 
@@ -60,8 +60,8 @@ def _rate(send: Any, seconds: float) -> float:
 
 
 def run(circuits: int, seconds: float) -> dict[str, Any]:
-    from pcsock.demo import SRCROUTE
-    from pcsock.demo_testbed import TestbedWorld
+    from pcdemo.scenarios import SRCROUTE
+    from pcdemo.testbed_world import TestbedWorld
     from pcsock.socket import CircuitSocket
 
     world = TestbedWorld(prefix="pcs", progress=lambda m: print(m, file=sys.stderr))
@@ -97,8 +97,8 @@ def run(circuits: int, seconds: float) -> dict[str, Any]:
         # the same lookup protocol over TCP from S, but the PSP's broker drives in-process
         # circuit tables instead of the daemons' HTTP control APIs: the SDK's own share
         from pcsite_lite.site import Site
+        from pcsite_lite.table_control import TableSiteControl as Tables
         from pcsock.lookup import CircuitBroker, LookupClient, LookupServer, SiteEntry
-        from pcsock.lookup import TableSiteControl as Tables
 
         entries = [SiteEntry(n, ip, Tables(Site(n, ip).circuits, psp="acme"))
                    for n, ip in world.sites.items()]  # fmt: skip

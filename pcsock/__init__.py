@@ -12,7 +12,8 @@ Modules: :mod:`pcsock.wire` (the sans-IO wire codec), :mod:`pcsock.session` (the
 endpoint), :mod:`pcsock.socket` (blocking and trio sockets), :mod:`pcsock.lookup` (a PSP's
 circuit lookup service and its client), :mod:`pcsock.discovery` (DNS records for sites and
 lookup services), :mod:`pcsock.ownership` (DNSSEC prefix ownership proofs for form 3),
-:mod:`pcsock.demo` (the end-to-end demo), ``pcsock.scapy`` (scapy layers). See docs/pcsock.md.
+:mod:`pcsock.control` (the site control API's client), ``pcsock.scapy`` (scapy layers). The
+end-to-end demo is the separate package :mod:`pcdemo`. See docs/pcsock.md.
 """
 
 from typing import TYPE_CHECKING, Any

@@ -83,7 +83,7 @@ def _signup(args: argparse.Namespace) -> int:
             )
             return 0
         if args.action == "submit":
-            from pcsite_lite.control.client import ControlClient, ControlError
+            from pcsock.control import ControlClient, ControlError
 
             client = ControlClient(args.site, token=args.token, psp=args.psp,
                                    ca_file=args.ca_file)  # fmt: skip

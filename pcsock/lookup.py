@@ -29,9 +29,10 @@ several requests)::
 Error codes: ``bad_request``, ``unknown_site``, ``unknown_circuit``, ``no_sites``,
 ``site_refused`` (a site's control API said no; its code is in the message), ``unavailable``.
 
-Sites are reached through :class:`SiteControl` objects: :class:`HttpSiteControl` wraps the
-site daemon's control client (``pcsite_lite.control.client``); :class:`TableSiteControl`
-drives a :class:`pcsite_lite.circuits.CircuitTable` in process (the simulator).
+Sites are reached through :class:`SiteControl` objects: :class:`HttpSiteControl` calls a
+site daemon's control API (:mod:`pcsock.control`); the site package's
+``pcsite_lite.table_control.TableSiteControl`` drives a circuit table in process (the
+simulator, tests).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pcsock import wire
+from pcsock.control import ControlClient, ControlError, OutHop
 from pcsock.session import Circuit
 
 __all__ = [
@@ -59,7 +61,6 @@ __all__ = [
     "LookupServiceError",
     "SiteControl",
     "SiteEntry",
-    "TableSiteControl",
     "circuit_from_json",
     "circuit_to_json",
     "find_lookup",
@@ -118,15 +119,11 @@ class HttpSiteControl:
         timeout: float = 5.0,
         ca_file: str | None = None,
     ) -> None:
-        from pcsite_lite.control.client import ControlClient
-
         self.client = ControlClient(
             base_url, token=token, psp=psp, timeout=timeout, ca_file=ca_file
         )
 
     def _call(self, fn: Callable[..., Any], *a: Any, **kw: Any) -> Any:
-        from pcsite_lite.control.client import ControlError
-
         try:
             return fn(*a, **kw)
         except ControlError as exc:
@@ -148,8 +145,6 @@ class HttpSiteControl:
     ) -> None:
         # The control API takes the circuit's final destination on the last hop only
         # (``deliver``), so receiver-first precedence applies at the last site there.
-        from pcsite_lite.control.client import OutHop
-
         hops = [OutHop(out[0], out[1], out[2])] if out else None
         self._call(
             self.client.install_hop, label, in_key=in_key, out=hops, deliver=deliver,
@@ -164,59 +159,6 @@ class HttpSiteControl:
 
     def ping(self) -> None:
         self._call(self.client.health)
-
-
-class TableSiteControl:
-    """A site's :class:`pcsite_lite.circuits.CircuitTable` driven in process (simulator)."""
-
-    def __init__(self, table: Any, *, psp: str, clock: Callable[[], float] = time.time) -> None:
-        self.table = table
-        self.psp = psp
-        self.clock = clock
-
-    def _call(self, fn: Callable[..., Any], *a: Any, **kw: Any) -> Any:
-        from pcsite_lite.circuits import CircuitError
-
-        try:
-            return fn(*a, **kw)
-        except CircuitError as exc:
-            raise LookupServiceError("site_refused", f"{exc.code}: {exc.detail}") from exc
-
-    def allocate(self, service: str, lifetime: float) -> int:
-        return int(self._call(self.table.allocate, self.psp, now=self.clock()))
-
-    def install(
-        self,
-        label: int,
-        *,
-        service: str,
-        in_key: bytes,
-        out: tuple[int, str, bytes] | None,
-        deliver: str | None,
-        lifetime: float,
-        destination: str | None = None,
-    ) -> None:
-        from pcsite_lite.circuits import OutHop
-
-        if out is not None:
-            hops = [OutHop(label=out[0], next_hop=out[1], key=out[2])]  # type: ignore[arg-type]
-        else:
-            assert deliver is not None
-            hops = [OutHop(label=0, next_hop=deliver, key=None, final=True)]
-        now = self.clock()
-        self._call(
-            self.table.install, label, psp=self.psp, service=service, in_key=in_key,
-            out_hops=hops, expires=now + lifetime, destination=destination or deliver, now=now,
-        )  # fmt: skip
-
-    def renew(self, label: int, lifetime: float) -> None:
-        self._call(self.table.renew, label, psp=self.psp, expires=self.clock() + lifetime)
-
-    def teardown(self, label: int) -> None:
-        self._call(self.table.teardown, label, psp=self.psp)
-
-    def ping(self) -> None:
-        return None
 
 
 # --- the broker ------------------------------------------------------------------------------

@@ -279,12 +279,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print(f"  [{'ok' if outcome.ok else 'FAIL'}] {outcome.name}: {outcome.detail}")
     if args.testbed_only:
         pass
-    elif importlib.util.find_spec("pcsock.demo") is not None:
-        print("\nrunning the SDK's end-to-end demo (python -m pcsock.demo)")
-        failed += subprocess.call([sys.executable, "-m", "pcsock.demo"]) != 0
+    elif importlib.util.find_spec("pcdemo") is not None:
+        # a command, not an import: the testbed imports nothing of the packages above it
+        print("\nrunning the end-to-end service demo (python -m pcdemo)")
+        failed += subprocess.call([sys.executable, "-m", "pcdemo"]) != 0
     else:
         print(
-            "\nnot yet available: pcsock.demo (the SDK's end-to-end service demo); "
+            "\nnot installed: pcdemo (the end-to-end service demo); "
             "only the testbed's own scenarios ran"
         )
     print(
@@ -342,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--testbed-only",
         action="store_true",
-        help="only the testbed's own scenarios, not the SDK's pcsock.demo",
+        help="only the testbed's own scenarios, not the end-to-end demo (python -m pcdemo)",
     )
     p.set_defaults(fn=cmd_demo)
     graph.add_parser(sub, _load)

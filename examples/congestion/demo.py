@@ -10,7 +10,7 @@ when it first sent to GB (``time.monotonic``, the same clock across namespaces),
 ``switch_ms`` = that time - the time the ISP's write committed.
 
 ``python -m examples.congestion.demo`` runs it as root (else the simulator) and prints JSON.
-:func:`register` adds it to ``pcsock.demo``'s scenario registry.
+:func:`register` adds it to ``pcdemo``'s scenario registry.
 """
 
 from __future__ import annotations
@@ -152,8 +152,8 @@ def passed(res: dict[str, Any]) -> bool:
 
 
 def register() -> None:
-    """Add the demo to ``pcsock.demo``'s scenarios (testbed as root, else simulator)."""
-    from pcsock.demo import Outcome, World, scenario
+    """Add the demo to ``pcdemo``'s scenarios (testbed as root, else simulator)."""
+    from pcdemo.scenarios import Outcome, World, scenario
 
     @scenario("congest", "congestion-aware forwarding follows the ISP's FIS (§2.2 form 2)")
     def congestion_scenario(world: World) -> Outcome:

@@ -7,7 +7,7 @@ R2) and what D receives, then re-injects one captured ciphertext with a flipped 
 core router (an on-path attacker) and checks that C2 drops it.
 
 ``python -m examples.encryption.demo`` runs it as root (else the simulator) and prints JSON.
-:func:`register` adds it to ``pcsock.demo``'s scenario registry.
+:func:`register` adds it to ``pcdemo``'s scenario registry.
 """
 
 from __future__ import annotations
@@ -145,8 +145,8 @@ def passed(res: dict[str, Any]) -> bool:
 
 
 def register() -> None:
-    """Add the demo to ``pcsock.demo``'s scenarios (testbed as root, else simulator)."""
-    from pcsock.demo import Outcome, World, scenario
+    """Add the demo to ``pcdemo``'s scenarios (testbed as root, else simulator)."""
+    from pcdemo.scenarios import Outcome, World, scenario
 
     @scenario("encrypt", "encryption offload: ingress encrypts, egress decrypts (§2.6.1)")
     def encryption_scenario(world: World) -> Outcome:

@@ -8,7 +8,7 @@ crossing the core link RA -> RC (captured on RC's interface, plus the kernel's i
 counter) and what reaches S, then changes the whitelist on line and installs a StopIt filter.
 
 ``python -m examples.firewall.demo`` runs it as root (else the simulator test's network) and
-prints the figures as JSON. :func:`register` adds it to ``pcsock.demo``'s scenario registry.
+prints the figures as JSON. :func:`register` adds it to ``pcdemo``'s scenario registry.
 """
 
 from __future__ import annotations
@@ -455,8 +455,8 @@ def passed(res: dict[str, Any]) -> bool:
 
 
 def register() -> None:
-    """Add the firewall to ``pcsock.demo``'s scenarios (testbed as root, else simulator)."""
-    from pcsock.demo import Outcome, World, scenario
+    """Add the firewall to ``pcdemo``'s scenarios (testbed as root, else simulator)."""
+    from pcdemo.scenarios import Outcome, World, scenario
 
     @scenario("firewall", "destination-controlled firewall near the sources (§2.6.2)")
     def firewall_scenario(world: World) -> Outcome:

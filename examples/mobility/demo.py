@@ -258,8 +258,8 @@ def passed(res: dict[str, Any]) -> bool:
 
 
 def register() -> None:
-    """Add the mobility handoff to ``pcsock.demo``'s scenarios."""
-    from pcsock.demo import Outcome, World, scenario
+    """Add the mobility handoff to ``pcdemo``'s scenarios."""
+    from pcdemo.scenarios import Outcome, World, scenario
 
     @scenario("mobility", "in-network mobility: handoff vs home agent (§2.6.1)")
     def mobility_scenario(world: World) -> Outcome:

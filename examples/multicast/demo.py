@@ -215,8 +215,8 @@ def run_simulator() -> dict[str, Any]:
 
 
 def register() -> None:
-    """Add the multicast demo to ``pcsock.demo``'s scenarios."""
-    from pcsock.demo import Outcome, World, scenario
+    """Add the multicast demo to ``pcdemo``'s scenarios."""
+    from pcdemo.scenarios import Outcome, World, scenario
 
     @scenario("multicast", "inter-domain multicast over three domains (§2.6.2)")
     def multicast_scenario(world: World) -> Outcome:

@@ -12,7 +12,7 @@ either through C2 or straight to D. Phases, ``n`` packets each:
 
 D's capture shows who delivered each packet (C2's or C1's address) and its metadata.
 ``python -m examples.rbf.demo`` runs it as root (else the simulator) and prints JSON.
-:func:`register` adds it to ``pcsock.demo``'s scenario registry.
+:func:`register` adds it to ``pcdemo``'s scenario registry.
 """
 
 from __future__ import annotations
@@ -156,8 +156,8 @@ def passed(res: dict[str, Any]) -> bool:
 
 
 def register() -> None:
-    """Add the demo to ``pcsock.demo``'s scenarios (testbed as root, else simulator)."""
-    from pcsock.demo import Outcome, World, scenario
+    """Add the demo to ``pcdemo``'s scenarios (testbed as root, else simulator)."""
+    from pcdemo.scenarios import Outcome, World, scenario
 
     @scenario("rbf", "rule-based forwarding with certified rules (§2.6.2)")
     def rbf_scenario(world: World) -> Outcome:

@@ -9,7 +9,7 @@ captures the core link (RC's interface toward R1) and what D receives, and repor
 workload's known redundancy.
 
 ``python -m examples.redundancy.demo`` runs it as root (else the simulator) and prints JSON.
-:func:`register` adds it to ``pcsock.demo``'s scenario registry.
+:func:`register` adds it to ``pcdemo``'s scenario registry.
 """
 
 from __future__ import annotations
@@ -137,8 +137,8 @@ def passed(res: dict[str, Any]) -> bool:
 
 
 def register() -> None:
-    """Add the demo to ``pcsock.demo``'s scenarios (testbed as root, else simulator)."""
-    from pcsock.demo import Outcome, World, scenario
+    """Add the demo to ``pcdemo``'s scenarios (testbed as root, else simulator)."""
+    from pcdemo.scenarios import Outcome, World, scenario
 
     @scenario("re", "redundancy elimination between a site pair (§2.6.2)")
     def redundancy_scenario(world: World) -> Outcome:

@@ -4,7 +4,7 @@
 - :mod:`.limits`: the ``[limits]`` bounds and the pure checks behind them (body shape, token
   buckets, connection admission)
 - :mod:`.server`: trio + h11 adapter (optional TLS), enforcing the connection-level limits
-- :mod:`.client`: a small synchronous client raising :class:`~.client.ControlError`
+- :mod:`.client`: the SDK's client of this API (:mod:`pcsock.control`), re-exported
 - :mod:`.site_backend`: the site operations behind the routes
 """
 

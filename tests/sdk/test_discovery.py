@@ -107,7 +107,7 @@ def test_unreachable_server_times_out(dns_ns):
 
 
 def test_sites_of_the_fig2_testbed_are_discovered_through_its_knot_server():
-    from pcsock.demo import TOPOLOGY
+    from pcdemo.scenarios import TOPOLOGY
     from testbed.net import Testbed
     from testbed.topology import load
 

@@ -11,6 +11,7 @@ from sdk_nsutil import call_in, netns
 
 from pcsite_lite.pipeline import Pipeline
 from pcsite_lite.site import Site
+from pcsite_lite.table_control import TableSiteControl
 from pcsite_lite.verdicts import Deliver, Drop, Forward
 from pcsock import wire
 from pcsock.lookup import (
@@ -20,7 +21,6 @@ from pcsock.lookup import (
     LookupServer,
     LookupServiceError,
     SiteEntry,
-    TableSiteControl,
 )
 from pcsock.session import Session
 

@@ -120,7 +120,7 @@ def test_up_inspect_exec_down(tmp_path: Path) -> None:
 
 @pytest.mark.netns
 def test_demo_runs_the_testbed_scenarios() -> None:
-    # --testbed-only: the SDK's pcsock.demo has its own tests
+    # --testbed-only: the end-to-end demo (pcdemo) has its own tests
     out = tb("demo", "fig2", "--prefix", "pcw", "--testbed-only", timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     assert out.stdout.count("[ok]") == 4 and "[FAIL]" not in out.stdout

@@ -1,6 +1,6 @@
 """The PacketCloud demo: every service form end to end on the paper's Fig. 2 network.
 
-``python -m pcsock.demo`` (``./quickstart demo``) runs each registered scenario and prints a
+``python -m pcdemo`` (``./quickstart demo``) runs each registered scenario and prints a
 table (pass/fail, packets sent/received/dropped, median latency); it exits 1 if any scenario
 did not pass. As root it builds the Fig. 2 testbed (``testbed/topologies/fig2.toml``: Linux
 namespaces, legacy routers with policy routing, knot DNS, real site daemons) and sends real
@@ -20,7 +20,11 @@ form1+3    the circuit of form1 towards D, with D's firewall registered at the c
 
 Adding a scenario: write ``def my_scenario(world: World) -> Outcome`` using the
 :class:`World` methods and decorate it with ``@scenario("name", "title")``; it is then run by
-both worlds (``--only name`` runs just it).
+both worlds (``--only name`` runs just it). The example services (``examples/<name>/demo.py``)
+add theirs from their ``register()`` (:func:`load_examples`).
+
+This package sits above the SDK (``pcsock``), the site (``pcsite_lite``) and the testbed
+(``testbed``) and is the only one that needs all three (docs/architecture.md, "Packages").
 """
 
 from __future__ import annotations
@@ -254,7 +258,8 @@ class SimWorld(World):
 
     def __init__(self) -> None:
         from pcsite_lite import sim
-        from pcsock.lookup import BrokerClient, CircuitBroker, SiteEntry, TableSiteControl
+        from pcsite_lite.table_control import TableSiteControl
+        from pcsock.lookup import BrokerClient, CircuitBroker, SiteEntry
 
         hosts, sites, routers, links = _fig2()
         self.net = net = sim.Network(seed=1, trace=False)
@@ -582,7 +587,7 @@ def open_world(kind: str, *, prefix: str = "pcs", progress: Callable[[str], None
         w: World = SimWorld()
     else:
         try:
-            from pcsock.demo_testbed import TestbedWorld
+            from pcdemo.testbed_world import TestbedWorld
         except ImportError as exc:
             raise Missing(f"the testbed world ({exc})") from exc
         w = TestbedWorld(prefix=prefix, progress=progress)
@@ -610,12 +615,10 @@ EXAMPLE_DEMOS = (
 def load_examples() -> list[str]:
     """Register the example services' scenarios; returns the ones that could not load.
 
-    The examples live beside the packages in a source checkout (``examples/``); an installed
-    SDK without them runs the core scenarios only and says so.
+    ``examples`` is a package of the distribution (``pip install -e .`` makes it importable
+    from any working directory, and so in the processes the examples start themselves); an
+    installation without it runs the core scenarios only and says so.
     """
-    root = Path(__file__).resolve().parent.parent
-    if (root / "examples").is_dir() and str(root) not in sys.path:
-        sys.path.insert(0, str(root))
     missing = []
     for name in EXAMPLE_DEMOS:
         try:
@@ -626,7 +629,7 @@ def load_examples() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pcsock.demo", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m pcdemo", description=__doc__.split("\n")[0])
     ap.add_argument(
         "--world",
         choices=("auto", "testbed", "simulator"),
@@ -690,19 +693,12 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps(doc, indent=2))
     ok = bool(results) and all(o.status == "pass" for o in results)
     if args.report:
-        from pcsock import demo_report
+        from pcdemo import report
 
         try:
-            written = demo_report.write(doc, Path(args.report), TOPOLOGY)
+            written = report.write(doc, Path(args.report), TOPOLOGY)
         except (OSError, RuntimeError) as exc:
             print(f"report: {exc}", file=sys.stderr)
             return 1
         print(f"report: {len(written)} files in {args.report} (index.md)")
     return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    # run the registry of the importable module (scenarios other modules register there)
-    from pcsock.demo import main as _main
-
-    sys.exit(_main())

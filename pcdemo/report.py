@@ -1,12 +1,12 @@
-"""The demo's report (``python -m pcsock.demo --report DIR``): pictures beside the JSON.
+"""The demo's report (``python -m pcdemo --report DIR``): pictures beside the JSON.
 
 Writes into DIR:
 
 * ``results.json``: what ``--json`` writes;
 * ``<scenario>.svg`` for every scenario that recorded the ways its packets went
   (``Outcome.paths``, hops named by Fig. 2 nodes): the Fig. 2 drawing with those paths and
-  their delivered/dropped counts, drawn by ``testbed graph`` (run as a command with the
-  overlay as plain JSON, so this package imports nothing more of the testbed);
+  their delivered/dropped counts, drawn by ``testbed graph`` (run as a command, with the
+  overlay as plain JSON);
 * ``<scenario>.png`` for a scenario that recorded no path (the example services build their
   own networks): its sent/delivered/dropped counts and its checks;
 * ``latency.png``: the latency distribution of every scenario that measured one;

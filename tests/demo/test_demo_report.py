@@ -1,4 +1,4 @@
-"""``python -m pcsock.demo --report DIR``: a picture for every scenario and the latencies."""
+"""``python -m pcdemo --report DIR``: a picture for every scenario and the latencies."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pcsock import demo
+from pcdemo import scenarios as demo
 
 SVG = "{http://www.w3.org/2000/svg}"
 

@@ -30,8 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pcdemo.scenarios import D_PREFIX, PSP, SRCROUTE, TOPOLOGY, Missing, World
 from pcsock import ownership, wire
-from pcsock.demo import D_PREFIX, PSP, SRCROUTE, TOPOLOGY, Missing, World
 from pcsock.discovery import Resolver, psp_records
 from pcsock.lookup import LookupClient, find_lookup
 from pcsock.session import Circuit, Datagram
