@@ -32,13 +32,20 @@ backoff, without blocking the worker: packets that arrive meanwhile are dropped 
 of the confined process (``clock_gettime`` on its CPU-time clock), memory high-water from its
 cgroup (or ``VmHWM``).
 
-Wire format (SOCK_SEQPACKET; one message = ``!I`` length of a JSON head, the head, then raw
-bytes): worker -> process ``[meta..]`` + payload; process -> worker either
-``{"rpc": name, "args": [...]}`` (answered with ``{"r": value}``) or the final
-``{"a": [actions], "p": 0|1, "c": cache_bytes}`` (+ the new payload when ``p``), or
-``{"e": reason, "d": detail}``. The process never trusts the worker less than itself; the
-worker treats every byte from the process as hostile (size-bounded, JSON only, validated on
-replay).
+Wire format (SOCK_SEQPACKET, one message per send). Control messages (the source, ``ready``
+or a load error, FIS calls and their answers) are ``!I`` length of a JSON head, the head, then
+raw bytes: ``{"rpc": name, "args": [...]}`` answered with ``{"r": value}`` or ``{"x": reason,
+"d": detail}``. Packets go in binary *batch frames*, one message per batch each way, with no
+per-packet JSON: worker -> process ``b"B"``, ``!I`` count, one fixed :data:`_META` record per
+packet (shim fields with a presence bit each, addresses, protocol, ToS, TTL, arrival time,
+payload length), then the payloads back to back; process -> worker ``b"R"``, ``!II`` count and
+JSON length, one fixed :data:`_RES` record per packet (outcome code, payload changed, cache
+bytes, new payload length), one JSON array holding only the action lists (and error reasons)
+of the packets that have any, then the new payloads. A packet that only read fields, changed
+its payload or did nothing costs no JSON at all. The process never trusts the worker less
+than itself; the worker treats every byte from the process as hostile (size-bounded, counts
+and lengths checked against what it sent, JSON only, actions validated on replay; an error
+reason the worker did not cause -- a FIS outage -- is not believed).
 """
 
 from __future__ import annotations
@@ -58,7 +65,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from pcsite_lite.sandbox import ServiceUnavailable
+from pcsite_lite.api import ApiError
+from pcsite_lite.sandbox import BudgetExceeded, ServiceUnavailable
 
 __all__ = [
     "ConfinedService",
@@ -71,6 +79,19 @@ __all__ = [
 ]
 
 _HEAD: Final = struct.Struct("!I")
+#: a batch frame's packet record (worker -> process): form, presence bits of the shim fields
+#: (1 label, 2 service ID, 4 metadata, 8 original source, 16 hop limit), label, service ID,
+#: metadata, original source, hop limit, IPv4 source, destination, protocol, ToS, TTL,
+#: arrival time, payload length
+_META: Final = struct.Struct("!BBqqBIBIIBBBdI")
+#: a batch answer's head after its ``b"R"``: packet count, length of the JSON array
+_RHEAD: Final = struct.Struct("!II")
+#: a batch answer's packet record (process -> worker): outcome (0 done, no actions; 1 done,
+#: its actions are the JSON array's next item; 2 failed, the next item is [reason, detail]),
+#: payload changed (0/1), cache bytes written, new payload length
+_RES: Final = struct.Struct("!BBII")
+#: outcomes in a batch answer (``_DROPPED`` is the worker's own: never accepted off the wire)
+_OK, _ACTS, _FAILED, _DROPPED = 0, 1, 2, 3
 #: largest message the worker accepts from a confined process (a 64 KiB packet + head)
 MAX_MESSAGE: Final = 200_000
 #: FIS calls one packet may make back to the worker
@@ -276,9 +297,11 @@ class ConfinedService:
         self.cpu_ns = 0  #: kernel-accounted CPU of every process of this service so far
         self._taken = 0
         self._next_memory = 0.0
-        self._inflight: list[tuple[list[Any], bytes, tuple[float, bytes]]] = []
-        #: results of the current batch, by (meta, payload) of the packet
-        self._results: dict[tuple[float, bytes], list[dict[str, Any]]] = {}
+        self._inflight: list[tuple[bytes, bytes, tuple[float, bytes]]] = []
+        #: results of the current batch by (arrival time, packet bytes): a result tuple
+        #: (outcome, payload changed, cache bytes, actions or [reason, detail], new payload),
+        #: or a list of them when the same bytes came twice
+        self._results: dict[tuple[float, bytes], Any] = {}
         self.batch_hits = 0
         self.mem_peak = 0  #: memory high-water (bytes) over its processes
         self._last_cpu = 0
@@ -483,6 +506,10 @@ class ConfinedService:
             raise self._died(f"channel error: {exc}") from None
         if not msg:
             raise self._died("process exited")
+        return self._head(msg)
+
+    def _head(self, msg: bytes) -> dict[str, Any]:
+        """The JSON head of a control message from the process (its raw tail in ``_tail``)."""
         try:
             head, tail = _decode(msg)
         except (ValueError, RecursionError) as exc:  # e.g. JSON nested past the parser
@@ -513,13 +540,15 @@ class ConfinedService:
             # computed by the batch this packet arrived in (Prefetcher): found by its
             # arrival time and bytes, which determine everything the snapshot holds
             key = (api._now, bytes(api._pkt.buf))
-            queue = results.get(key)
-            if queue:
+            res = results.pop(key, None)
+            if res is not None:
+                if type(res) is list:  # the same bytes twice in one batch
+                    rest = res
+                    res = rest.pop(0)
+                    if rest:
+                        results[key] = rest
                 self.batch_hits += 1
-                head = queue.pop(0)
-                if not queue:
-                    del results[key]
-                self._apply(api, head)
+                self._apply(api, res)
                 return
         meta, payload = snapshot(api)
         if not self.ready:
@@ -527,48 +556,45 @@ class ConfinedService:
             if self.sock is None or not self._wait_ready(0):
                 raise ServiceUnavailable(f"{self.name}: confined process starting")
         deadline = time.monotonic() + self.policy.deadline(1)
-        head = self._exchange(meta, payload, api, deadline)
-        self._meter()
-        self._apply(api, head)
-
-    def _exchange(self, head: Any, tail: bytes, api: Any, deadline: float) -> Any:
-        """Send one message and serve the process's FIS calls until its answer (or the
-        deadline: then the process is killed and BudgetExceeded raised)."""
         sock = self.sock
         assert sock is not None
         try:
-            _send(sock, head, tail)
+            sock.send(b"".join((b"B", _HEAD.pack(1), meta, payload)))
         except OSError as exc:
             raise self._died(f"send failed: {exc}") from None
-        return self._exchange_sent(api, deadline, MAX_RPCS)
+        [res] = self._answer(api, deadline, 1, MAX_RPCS)
+        self._meter()
+        self._apply(api, res)
 
-    def _apply(self, api: Any, head: dict[str, Any]) -> None:
-        """Raise what a failed call counts as, or replay a successful call's actions."""
-        from pcsite_lite.sandbox import BudgetExceeded
-
-        err = head.get("e")
-        if err is None:
-            _replay(api, head)
+    def _apply(self, api: Any, res: tuple[Any, ...]) -> None:
+        """Replay a successful call's actions, or raise what a failed call counts as."""
+        code, changed, cache, extra, tail = res
+        if code <= _ACTS:
+            if cache:
+                api._ctx.counters.cache_bytes += cache
+            if changed:
+                api.set_payload(tail)
+            if code:
+                _replay(api, extra)
             return
-        detail = str(head.get("d", ""))[:300]
+        if code == _DROPPED:  # the rest of a batch whose process was killed: counted once
+            raise ServiceUnavailable(extra[1], reason=extra[0])
+        err, detail = extra
         if err == "timeout":
             raise BudgetExceeded
         if err in ("api_misuse", "spoof_attempt"):
-            from pcsite_lite.api import ApiError
-
             raise ApiError(err, detail)
         if err == FIS_UNAVAILABLE:  # the site's FIS failed its call: a platform fault
             from pcsite_lite.fis import FISUnavailableError
 
             raise FISUnavailableError(detail)
-        if err == "dropped":  # the rest of a batch whose process was killed: counted once
-            raise ServiceUnavailable(detail, reason=str(head.get("r", "service_error")))
         raise ServiceFailed(detail)
 
     # -- batches
-    def submit(self, items: list[tuple[list[Any], bytes, tuple[float, bytes]]]) -> int:
-        """Send the snapshots of several packets in one message (the worker then calls
-        :meth:`collect`); returns how many were sent (a batch is bounded in bytes)."""
+    def submit(self, items: list[tuple[bytes, bytes, tuple[float, bytes]]]) -> int:
+        """Send the snapshots (:func:`snapshot`) of several packets in one batch frame (the
+        worker then calls :meth:`collect`); returns how many were sent (a batch is bounded in
+        packets and bytes)."""
         if not self.ready or self.sock is None or not items:
             return 0
         n = total = 0
@@ -577,10 +603,13 @@ class ConfinedService:
                 break
             n += 1
             total += len(payload)
-        items = items[:n]
-        head = {"b": [m for m, _, _ in items], "n": [len(p) for _, p, _ in items]}
+        if n < len(items):
+            items = items[:n]
+        frame = [b"B", _HEAD.pack(n)]
+        frame += [m for m, _, _ in items]
+        frame += [p for _, p, _ in items]
         try:
-            _send(self.sock, head, b"".join(p for _, p, _ in items))
+            self.sock.send(b"".join(frame))
         except OSError:
             return 0  # the call path will find the process dead
         self._inflight = items
@@ -594,53 +623,39 @@ class ConfinedService:
         items, self._inflight = self._inflight, []
         if not items:
             return
-        self._results.clear()  # results of an earlier batch no packet asked for
+        results = self._results
+        results.clear()  # results of an earlier batch no packet asked for
         try:
             if self.sock is None:
                 raise ServiceFailed("confined process gone")
-            reply = self._exchange_sent(api, deadline, MAX_RPCS * len(items))
+            answers = self._answer(api, deadline, len(items), MAX_RPCS * len(items))
             self._meter()
-            results = reply.get("r")
-            lens = reply.get("n")
-            if not isinstance(results, list) or not isinstance(lens, list):
-                raise ServiceFailed("bad batch answer")
-            if len(results) != len(items) or len(lens) != len(items):
-                raise ServiceFailed("bad batch answer")
-            tail = reply["_tail"]
-            off = 0
-            for (_, _, key), res, ln in zip(items, results, lens, strict=True):
-                if not isinstance(res, dict) or type(ln) is not int or ln < 0:
-                    raise ServiceFailed("bad batch answer")
-                res["_tail"] = tail[off : off + ln]
-                off += ln
-                self._results.setdefault(key, []).append(res)
-        except BaseException as exc:  # BudgetExceeded, ServiceFailed, a garbled answer
-            from pcsite_lite.sandbox import BudgetExceeded
-
+        except (BudgetExceeded, Exception) as exc:  # a deadline, a death, a garbled answer
             timeout = isinstance(exc, BudgetExceeded)
-            if not isinstance(exc, Exception | BudgetExceeded):
-                raise  # KeyboardInterrupt, SystemExit: not the service's doing
             if not isinstance(exc, BudgetExceeded | ServiceFailed):
                 self._reap("bad batch answer")
                 exc = ServiceFailed(f"bad batch answer: {type(exc).__name__}")
-            self._results.clear()
-            first = {"e": "timeout"} if timeout else {"e": "error", "d": str(exc)}
             why = "deadline" if timeout else str(exc)
-            rest = {
-                "e": "dropped",
-                "r": "service_timeout" if timeout else "service_error",
-                "d": f"batch lost with its process ({why})",
-            }
-            for i, (_, _, key) in enumerate(items):
-                self._results.setdefault(key, []).append(first if i == 0 else rest)
+            first = (_FAILED, 0, 0, ["timeout", ""] if timeout else ["error", str(exc)], b"")
+            reason = "service_timeout" if timeout else "service_error"
+            rest = (_DROPPED, 0, 0, [reason, f"batch lost with its process ({why})"], b"")
+            answers = [first] + [rest] * (len(items) - 1)
+        for (_, _, key), res in zip(items, answers, strict=True):
+            old = results.get(key)
+            if old is None:
+                results[key] = res
+            elif type(old) is list:
+                old.append(res)
+            else:
+                results[key] = [old, res]
 
-    def _exchange_sent(self, api: Any, deadline: float, max_rpcs: int) -> Any:
-        """Serve FIS calls until the answer to the message just sent (see _exchange)."""
-        from pcsite_lite.sandbox import BudgetExceeded
-
+    def _answer(self, api: Any, deadline: float, n: int, max_rpcs: int) -> list[tuple[Any, ...]]:
+        """Serve the process's FIS calls until its answer to the batch of ``n`` packets just
+        sent; past ``deadline`` the process is killed and BudgetExceeded raised."""
         sock = self.sock
         assert sock is not None
         rpcs = 0
+        fis_down = False  # the site answered one of its FIS calls with an outage
         while True:
             left = deadline - time.monotonic()
             r = select.select([sock], [], [], left)[0] if left > 0 else []
@@ -648,16 +663,32 @@ class ConfinedService:
                 self.kills += 1
                 self._reap("deadline")
                 raise BudgetExceeded
-            reply = self._recv()
-            rpc = reply.get("rpc")
+            try:
+                msg = sock.recv(MAX_MESSAGE)
+            except OSError as exc:
+                raise self._died(f"channel error: {exc}") from None
+            if not msg:
+                raise self._died("process exited")
+            if msg[:1] == b"R":
+                try:
+                    return _decode_answer(msg, n, fis_down)
+                except (ValueError, TypeError, RecursionError, struct.error) as exc:
+                    self._reap("garbled message")
+                    raise ServiceFailed(f"garbled answer from the process: {exc}") from None
+            head = self._head(msg)
+            rpc = head.get("rpc")
             if rpc is None:
-                return reply
+                self._reap("garbled message")
+                raise ServiceFailed("garbled message from the confined process")
             rpcs += 1
             if rpcs > max_rpcs:
                 self._reap("too many calls")
                 raise ServiceFailed(f"more than {MAX_RPCS} FIS calls per packet")
+            answer = _serve_rpc(api, rpc, head.get("args", ()))
+            if answer.get("x") == FIS_UNAVAILABLE:
+                fis_down = True
             try:
-                _send(sock, _serve_rpc(api, rpc, reply.get("args", ())))
+                _send(sock, answer)
             except (OSError, TypeError, ValueError) as exc:
                 raise self._died(f"reply failed: {exc}") from None
 
@@ -760,15 +791,81 @@ class Prefetcher:
         return sum(sent.values())
 
 
-def snapshot(api: Any) -> tuple[list[Any], bytes]:
-    """What the confined process gets of the packet ``api`` is bound to: the shim fields,
-    addresses, protocol, ToS, TTL, arrival time (``meta``) and the payload bytes."""
+def snapshot(api: Any) -> tuple[bytes, bytes]:
+    """What the confined process gets of the packet ``api`` is bound to: its :data:`_META`
+    record (shim fields, addresses, protocol, ToS, TTL, arrival time, payload length) and
+    the payload bytes."""
     p = api._pkt
-    # the shim view's fields (form, label, service ID, metadata, original source as an int,
-    # hop limit), then source and destination (ints), protocol, ToS, TTL, arrival time
-    return [*api.shim.read(), p.src, p.dst, p.next_proto, p.tos, p.ttl, api._now], bytes(
-        p.buf[p.payload_off :]
-    )
+    form, label, sid, md, orig, hops = api.shim.read()  # orig: the original source's int
+    bits = 0
+    if label is not None:
+        bits = 1
+    else:
+        label = 0
+    if sid is not None:
+        bits |= 2
+    else:
+        sid = 0
+    if md is not None:
+        bits |= 4
+    else:
+        md = 0
+    if orig is not None:
+        bits |= 8
+    else:
+        orig = 0
+    if hops is not None:
+        bits |= 16
+    else:
+        hops = 0
+    buf = p.buf
+    off = p.payload_off
+    meta = _META.pack(form, bits, label, sid, md, orig, hops, p.src, p.dst, p.next_proto,
+                      p.tos, p.ttl, api._now, len(buf) - off)  # fmt: skip
+    return meta, buf[off:]
+
+
+def _decode_answer(msg: bytes, n: int, fis_down: bool) -> list[tuple[Any, ...]]:
+    """The results in a batch answer ``msg`` for ``n`` packets (hostile bytes: every count,
+    length and code is checked; ValueError/struct.error/RecursionError if anything is off).
+    A FIS outage is believed only if the site reported one to the process (``fis_down``)."""
+    count, jlen = _RHEAD.unpack_from(msg, 1)
+    if count != n:
+        raise ValueError(f"{count} results for {n} packets")
+    start = 1 + _RHEAD.size
+    end = start + n * _RES.size
+    off = end + jlen
+    if off > len(msg):
+        raise ValueError("answer shorter than its head says")
+    extra = json.loads(msg[end:off]) if jlen else []
+    if not isinstance(extra, list):
+        raise ValueError("the actions are not a list")
+    out: list[tuple[Any, ...]] = []
+    append = out.append
+    i = 0
+    for code, changed, cache, ln in _RES.iter_unpack(msg[start:end]):
+        x = None
+        if code:
+            if code > _FAILED or i >= len(extra):
+                raise ValueError("bad outcome code")
+            x = extra[i]
+            i += 1
+            if code == _FAILED:
+                if type(x) is not list or len(x) != 2 or not all(type(v) is str for v in x):
+                    raise ValueError("bad failure record")
+                if x[0] == FIS_UNAVAILABLE and not fis_down:
+                    x = ["error", "claimed a FIS outage the site did not report"]
+                else:
+                    x = [x[0], x[1][:300]]
+        if ln:
+            tail = msg[off : off + ln]
+            off += ln
+        else:
+            tail = b""
+        append((code, changed, cache, x, tail))
+    if i != len(extra) or off != len(msg):
+        raise ValueError("answer longer than its records")
+    return out
 
 
 def _serve_rpc(api: Any, rpc: Any, args: Any) -> Any:
@@ -835,19 +932,10 @@ _RPCS: Final[dict[str, Callable[..., Any]]] = {
 }
 
 
-def _replay(api: Any, head: dict[str, Any]) -> None:
+def _replay(api: Any, actions: Any) -> None:
     """Carry out the confined service's actions on the real API (which validates them)."""
-    from pcsite_lite.api import ApiError
-
-    actions = head.get("a")
     if not isinstance(actions, list) or len(actions) > 1024:
         raise ServiceFailed("bad action list from the confined process")
-    ctx = api._ctx
-    cache_bytes = head.get("c", 0)
-    if type(cache_bytes) is int and cache_bytes > 0:
-        ctx.counters.cache_bytes += cache_bytes
-    if head.get("p"):
-        api.set_payload(head["_tail"])
     for act in actions:
         if not isinstance(act, list) or not act or not isinstance(act[0], str):
             raise ServiceFailed("bad action from the confined process")
@@ -1005,8 +1093,8 @@ def _confine(*, memory: int, root: str, uid: int, cpu: int | None, strict: bool)
 class _Local:
     """The ``pkt`` a confined service sees: a snapshot plus a list of actions."""
 
-    __slots__ = ("_acts", "_cache", "_cache_new", "_changed", "_ctx", "_m", "_payload", "_rpc",
-                 "_shimv", "shim")  # fmt: skip
+    __slots__ = ("_acts", "_cache", "_cache_new", "_changed", "_ctx", "_lab", "_m", "_payload",
+                 "_rpc", "shim")  # fmt: skip
 
     def __init__(self, rpc: Callable[..., Any], cache: dict[Any, bytes], ctx: Any) -> None:
         self._rpc = rpc
@@ -1014,22 +1102,22 @@ class _Local:
         self._ctx = ctx  # a ServiceContext: PacketApi.aes keeps its AES contexts there
         self.shim = _LocalShim(self)
 
-    def _reset(self, meta: list[Any], payload: bytes) -> None:
-        self._m = meta
-        self._payload = bytearray(payload)
+    def _reset(self, meta: tuple[Any, ...], payload: bytes) -> None:
+        self._m = meta  # a _META record
+        self._payload: bytes | bytearray = payload  # a bytearray once written to
         self._acts: list[list[Any]] = []
         self._changed = False
         self._cache_new = 0
-        self._shimv = None
+        self._lab: Any = _UNSET  # the label chosen by shim.update
 
-    # packet fields
+    # packet fields (decoded from the record only when the service reads them)
     form = property(lambda self: self._m[0])
-    src = property(lambda self: _INT2IP(self._m[6]))
-    dst = property(lambda self: _INT2IP(self._m[7]))
-    proto = property(lambda self: self._m[8])
-    tos = property(lambda self: self._m[9])
-    ttl = property(lambda self: self._m[10])
-    now = property(lambda self: self._m[11])
+    src = property(lambda self: _INT2IP(self._m[7]))
+    dst = property(lambda self: _INT2IP(self._m[8]))
+    proto = property(lambda self: self._m[9])
+    tos = property(lambda self: self._m[10])
+    ttl = property(lambda self: self._m[11])
+    now = property(lambda self: self._m[12])
     length = property(lambda self: len(self._payload))
 
     def read(self, offset: int = 0, length: int | None = None) -> bytes:
@@ -1046,6 +1134,8 @@ class _Local:
             raise _misuse("write(offset: int >= 0, data: bytes)")
         if offset + len(data) > len(self._payload):
             raise _misuse("write past the end of the payload (use set_payload to grow it)")
+        if type(self._payload) is not bytearray:
+            self._payload = bytearray(self._payload)
         self._payload[offset : offset + len(data)] = data
         self._changed = True
 
@@ -1054,7 +1144,7 @@ class _Local:
             raise _misuse("set_payload(data: bytes)")
         if len(data) > 0xFFFF - 60:
             raise _misuse("payload too large for an IPv4 packet")
-        self._payload = bytearray(data)
+        self._payload = bytes(data)
         self._changed = True
 
     # FIS (calls back to the worker)
@@ -1132,19 +1222,23 @@ class _LocalShim:
         self._api = api
 
     def read(self) -> Any:
+        return _SHIMVIEW(self.form, self.label, self.service_id, self.metadata,
+                         self.orig_src, self.hop_limit)  # fmt: skip
+
+    def _field(self, bit: int, i: int) -> Any:
         m = self._api._m
-        label = self.label
-        return _SHIMVIEW(m[0], label, m[2], m[3], _ip_or_none(m[4]), m[5])
+        return m[i] if m[1] & bit else None
 
     form = property(lambda self: self._api._m[0])
-    service_id = property(lambda self: self._api._m[2])
-    metadata = property(lambda self: self._api._m[3])
-    orig_src = property(lambda self: _ip_or_none(self._api._m[4]))
-    hop_limit = property(lambda self: self._api._m[5])
+    service_id = property(lambda self: self._field(2, 3))
+    metadata = property(lambda self: self._field(4, 4))
+    orig_src = property(lambda self: _ip_or_none(self._field(8, 5)))
+    hop_limit = property(lambda self: self._field(16, 6))
 
     @property
     def label(self) -> Any:
-        return self._api._m[1]
+        lab = self._api._lab
+        return self._field(1, 2) if lab is _UNSET else lab
 
     def update(self, *, label: Any = None, metadata: Any = None, **other: Any) -> None:
         if other:
@@ -1158,7 +1252,7 @@ class _LocalShim:
         if label is not None:
             if not isinstance(label, int) or isinstance(label, bool):
                 label = -1  # refused on replay
-            self._api._m[1] = label
+            self._api._lab = label
         self._api._acts.append(["shim", label, metadata])
 
 
@@ -1173,6 +1267,7 @@ def _misuse(detail: str) -> Exception:
 
 
 CACHE_LIMIT = 1 << 20
+_UNSET: Final = object()
 _INT2IP: Any = None
 _AES: Any = None
 _COMPRESS: Any = None
@@ -1233,53 +1328,76 @@ def _serve(fd: int, name: str, mode: str, memory: int, root: str, uid: int, cpu:
 
     pkt = _Local(rpc, cache, apimod.ServiceContext("", ""))
 
+    # the action lists' one JSON encoder (compact; made once)
+    dumps = json.JSONEncoder(separators=(",", ":")).encode
+    clock = budget.clock
+
     # the ApiError a refused call raises here carries ``aes``/``compress``'s misuse too
-    def run_one(meta: list[Any], payload: bytes) -> tuple[dict[str, Any], bytes]:
+    def run_one(meta: tuple[Any, ...], payload: bytes) -> tuple[int, int, int, str | None, bytes]:
+        """(outcome, payload changed, cache bytes, actions or [reason, detail] as JSON, new
+        payload) of ``process`` on one packet."""
         pkt._reset(meta, payload)
-        budget.start(budget.clock())
+        budget.start(clock())
         try:
             process(pkt)
-            out: dict[str, Any] = {"a": pkt._acts, "p": int(pkt._changed), "c": pkt._cache_new}
-            tail = bytes(pkt._payload) if pkt._changed else b""
+            failed = None
         except BudgetExceeded:
-            out, tail = {"e": "timeout"}, b""
+            failed = ("timeout", "")
         except apimod.ApiError as exc:
-            out, tail = {"e": exc.reason, "d": exc.detail}, b""
+            failed = (exc.reason, exc.detail)
         except MemoryError:
-            out, tail = {"e": "error", "d": "MemoryError"}, b""
+            failed = ("error", "MemoryError")
         except RecursionError:
-            out, tail = {"e": "error", "d": "RecursionError"}, b""
+            failed = ("error", "RecursionError")
         except Exception as exc:
-            out, tail = {"e": "error", "d": f"{type(exc).__name__}: {exc}"[:300]}, b""
+            failed = ("error", f"{type(exc).__name__}: {exc}"[:300])
         if budget.overrun:
-            out, tail = {"e": "timeout"}, b""
-        try:
-            json.dumps(out)
-        except (TypeError, ValueError):  # an action argument JSON cannot carry
-            out, tail = {"e": "api_misuse", "d": "action arguments must be JSON values"}, b""
-        return out, tail
+            failed = ("timeout", "")
+        if failed is None:
+            changed = pkt._changed
+            tail = bytes(pkt._payload) if changed else b""
+            cache = min(pkt._cache_new, 0xFFFFFFFF)
+            acts = pkt._acts
+            if not acts:
+                return _OK, changed, cache, None, tail
+            try:
+                return _ACTS, changed, cache, dumps(acts), tail
+            except (TypeError, ValueError, RecursionError):  # an argument JSON cannot carry
+                failed = ("api_misuse", "action arguments must be JSON values")
+        return _FAILED, 0, 0, dumps([str(failed[0]), str(failed[1])]), b""
 
+    meta_size = _META.size
+    res_size = _RES.size
+    pack_res = _RES.pack_into
+    too_large = (_FAILED, 0, 0, '["error","batch answer too large"]', b"")
     while True:
         msg = sock.recv(MAX_MESSAGE)
         if not msg:
             return 0
-        head, data = _decode(msg)
-        if isinstance(head, list):  # one packet
-            out, tail = run_one(head, data)
-            _send(sock, out, tail)
-            continue
-        results: list[dict[str, Any]] = []
+        if msg[:1] != b"B":
+            return 2  # the worker speaks only in batch frames now
+        (n,) = _HEAD.unpack_from(msg, 1)
+        off = 5 + n * meta_size
+        recs = bytearray(n * res_size)
+        extra: list[str] = []
         tails: list[bytes] = []
-        size = off = 0
-        for meta, n in zip(head["b"], head["n"], strict=True):
-            out, tail = run_one(meta, data[off : off + n])
-            off += n
-            if size + len(tail) > MAX_BATCH_BYTES * 2:  # the answer must fit one message
-                out, tail = {"e": "error", "d": "batch answer too large"}, b""
-            size += len(tail)
-            results.append(out)
-            tails.append(tail)
-        _send(sock, {"r": results, "n": [len(t) for t in tails]}, b"".join(tails))
+        size = 0
+        at = 0
+        for meta in _META.iter_unpack(msg[5:off]):
+            ln = meta[13]
+            code, changed, cache, x, tail = run_one(meta, msg[off : off + ln])
+            off += ln
+            if tail:
+                if size + len(tail) > MAX_BATCH_BYTES * 2:  # the answer must fit one message
+                    code, changed, cache, x, tail = too_large
+                size += len(tail)
+                tails.append(tail)
+            if x is not None:
+                extra.append(x)
+            pack_res(recs, at, code, changed, cache, len(tail))
+            at += res_size
+        j = ("[" + ",".join(extra) + "]").encode() if extra else b""
+        sock.send(b"".join((b"R", _RHEAD.pack(n, len(j)), recs, j, *tails)))
 
 
 class _LocalShimView(tuple):

@@ -286,6 +286,68 @@ def test_garbage_from_a_confined_process_fails_that_packet_not_the_worker(answer
     theirs.close()
 
 
+def _answer(records: list[tuple[int, int, int, int]], extra: bytes = b"", tail: bytes = b"",
+            count: int | None = None) -> bytes:  # fmt: skip
+    """A batch answer as a confined process sends it: ``b"R"``, count and JSON length, one
+    (outcome, payload changed, cache bytes, payload length) record per packet, JSON, tails."""
+    n = len(records) if count is None else count
+    body = b"".join(struct.pack("!BBII", *r) for r in records)
+    return b"R" + struct.pack("!II", n, len(extra)) + body + extra + tail
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"R",  # short
+        _answer([(0, 0, 0, 0)], count=2),  # one result for two packets
+        _answer([(0, 0, 0, 0), (0, 0, 0, 0)]),  # two results for one packet
+        _answer([(1, 0, 0, 0)]),  # actions announced, none sent
+        _answer([(0, 1, 0, 100)], tail=b"short"),  # a payload shorter than its length
+        _answer([(0, 0, 0, 0)], tail=b"trailing"),  # bytes no record accounts for
+        _answer([(1, 0, 0, 0)], b'[[["nosuch",1]]]'),  # an unknown action
+        _answer([(1, 0, 0, 0)], b"[" * 60_000),  # nested past the JSON parser
+        _answer([(2, 0, 0, 0)], b"[[1,2]]"),  # a failure that is not [reason, detail]
+        # the worker's own outcome (the rest of a lost batch, not blamed): refused off the wire
+        _answer([(3, 0, 0, 0)], b'[["service_unavailable","not me"]]'),
+        # a FIS outage the site never reported: the service's failure, not the site's
+        _answer([(2, 0, 0, 0)], b'[["fis_unavailable","not me"]]'),
+    ],
+)
+def test_a_garbled_batch_answer_is_that_services_failure(answer: bytes) -> None:
+    site, pipe = _site()
+    proxy = _deploy(site, "p", "s", "def process(pkt):\n    pass\n")
+    label = _circuit(site, "p", "s")
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    assert proxy.sock is not None
+    proxy.sock.close()
+    proxy.sock = ours  # we play the confined process
+    theirs.send(answer)
+    [v] = pipe.process(_pkt(label), 1.0)
+    assert isinstance(v, Drop) and v.reason in ("service_error", "api_misuse"), v
+    assert site.runtime.slot("p", "s").consecutive_failures == 1  # counted against it
+    theirs.close()
+
+
+def test_a_well_formed_batch_answer_is_replayed() -> None:
+    site, pipe = _site()
+    proxy = _deploy(site, "p", "s", "def process(pkt):\n    pass\n")
+    label = _circuit(site, "p", "s")
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    assert proxy.sock is not None
+    proxy.sock.close()
+    proxy.sock = ours
+    # new payload, 3 cache bytes, then forward_to the circuit's next hop and a log line
+    theirs.send(_answer([(1, 1, 3, 5)], b'[[["fwd","%s"],["log","hi"]]]' % NEXT.encode(), b"hello"))
+    [v] = pipe.process(_pkt(label, b"x"), 1.0)
+    assert isinstance(v, Forward) and v.next_hop == NEXT and bytes(v.data[36:]) == b"hello"
+    c = site.runtime.counters("p", "s")
+    assert (c.cache_bytes, c.log_lines) == (3, 1)
+    frame = theirs.recv(1 << 16)  # what the worker sent: one batch frame of one packet
+    assert frame[:1] == b"B" and struct.unpack_from("!I", frame, 1) == (1,)
+    assert frame.endswith(b"x")
+    theirs.close()
+
+
 def test_form2_and_form3_packets_are_batched_with_the_same_results() -> None:
     from pcsite_lite.confine import Prefetcher
 
