@@ -21,9 +21,16 @@ An *escape* is any harm outside the attacker's process: a victim payload not equ
 worker replica raising. Figures (``--json PATH``):
 
 - ``isolation_escapes`` (goal 0);
-- ``isolation_supervisor_stalls_ms``: the longest the control API's event loop was late
-  (a 1 ms sleeper's worst lateness) while an attack was uploaded over HTTP; ``upload_ms``
-  per attack is how long the upload call itself took (the check runs off the event loop);
+- ``isolation_supervisor_stalls_ms``: control-API unavailability caused by an upload: the
+  extra latency of a legitimate API call (another PSP's ``GET /services``, issued back to back
+  by a probe thread) while an attack is uploaded, over the same call without an upload (the
+  slowest probe during the upload minus the slowest probe in a quiet window of the same length
+  right after it; worst attack, floored at 0); ``upload_ms`` per attack is how long the upload
+  call itself took (the check runs off the event loop);
+- ``isolation_event_loop_lateness_ms``: the longest the control API's event loop was late (a
+  1 ms sleeper's worst lateness) while an attack was uploaded -- scheduling jitter of the
+  whole machine included, so not the unavailability an upload causes (the previous meaning
+  of ``isolation_supervisor_stalls_ms``);
 - ``isolation_worker_crashes``: worker replicas lost (the harness's own process; 0 if it
   finished);
 - ``isolation_victim_rate_ratio``: the victim's delivered packets per second during the worst
@@ -133,6 +140,36 @@ ATTACKS: tuple[Attack, ...] = (
 )
 
 
+class Probe:
+    """A legitimate API call issued back to back in a thread: its latencies, by start time."""
+
+    def __init__(self, client: ControlClient) -> None:
+        self.client = client
+        self.samples: list[tuple[float, float]] = []  #: (start, latency s)
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            t = time.perf_counter()
+            try:
+                self.client.list_services()
+            except ControlError:
+                self.errors += 1
+            self.samples.append((t, time.perf_counter() - t))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+    def worst_ms(self, since: float, until: float) -> float:
+        """The slowest call that was in flight at any time in [since, until), in ms."""
+        lat = [d for t, d in self.samples if t < until and t + d >= since]
+        return max(lat, default=0.0) * 1000
+
+
 class ControlServer:
     """The control API served by trio in a thread, with a stall meter: a task that sleeps
     1 ms at a time and records how late it woke (the event loop's unavailability)."""
@@ -226,6 +263,10 @@ class Harness:
             p: ControlClient(self.server.url, token=d["token"], psp=p, timeout=30)
             for p, d in psps.items()
         }
+        #: the probe's own client: a legitimate PSP calling while the attacker uploads
+        self.probe_client = ControlClient(
+            self.server.url, token=psps["victim"]["token"], psp="victim", timeout=60
+        )
 
     def close(self) -> None:
         self.server.close()
@@ -283,17 +324,32 @@ def run_attack(h: Harness, attack: Attack, seconds: float, version: str) -> dict
     with the victim's for ``seconds``; returns the outcome record."""
     rec: dict[str, Any] = {"attack": attack.name, "expected": attack.expect, "escapes": 0}
     service = f"a{version}"
+    probe = Probe(h.probe_client)
+    time.sleep(0.02)  # the probe is calling before the upload starts
     t0 = time.perf_counter()
     h.server.reset()
+    refused: ControlError | None = None
     try:
         h.upload("attacker", service, version, attack.source, bad=attack.bad_signature)
-        rec["upload_ms"] = (time.perf_counter() - t0) * 1000
-        rec["stall_ms"] = h.server.max_stall_ms
     except ControlError as exc:
-        rec["upload_ms"] = (time.perf_counter() - t0) * 1000
-        rec["stall_ms"] = h.server.max_stall_ms
+        refused = exc
+    t1 = time.perf_counter()
+    rec["event_loop_lateness_ms"] = h.server.max_stall_ms
+    # the same call without an upload: a quiet window as long as the upload (at most 1 s)
+    quiet = min(t1 - t0, 1.0)
+    time.sleep(quiet)
+    probe.stop()
+    t2 = time.perf_counter()
+    during = probe.worst_ms(t0, t1)
+    without = probe.worst_ms(t2 - quiet, t2)
+    rec["upload_ms"] = (t1 - t0) * 1000
+    rec["probe_ms_during_upload"] = during
+    rec["probe_ms_without_upload"] = without
+    rec["probe_errors"] = probe.errors
+    rec["stall_ms"] = max(0.0, during - without)
+    if refused is not None:
         rec["outcome"] = "blocked_at_load"
-        rec["reason"] = str(exc)[:200]
+        rec["reason"] = str(refused)[:200]
         rec["victim_rate"] = None
         return rec
     # the supervisor still takes uploads (e.g. base64 decoding after a binascii attack)
@@ -478,6 +534,9 @@ def run(
         figures: dict[str, Any] = {
             "isolation_escapes": sum(r.get("escapes", 0) for r in records),
             "isolation_supervisor_stalls_ms": max(r.get("stall_ms", 0.0) for r in records),
+            "isolation_event_loop_lateness_ms": max(
+                r.get("event_loop_lateness_ms", 0.0) for r in records
+            ),
             "isolation_upload_ms_max": max(r.get("upload_ms", 0.0) for r in records),
             "isolation_worker_crashes": crashes,
             "isolation_victim_rate_ratio": (min(rates) / base["victim_rate"])
