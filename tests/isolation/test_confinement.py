@@ -233,6 +233,24 @@ def test_a_batch_goes_in_one_message_and_a_missed_batch_deadline_blames_once() -
     assert site.drops["service_timeout"] == 5
 
 
+def test_only_packets_the_pipeline_would_hand_to_the_service_are_batched() -> None:
+    from pcsite_lite.confine import Prefetcher
+
+    site, pipe = _site()
+    proxy = _deploy(site, "p", "s", "def process(pkt):\n    pkt.log(repr(pkt.read()))\n")
+    label = _circuit(site, "p", "s")
+    good = bytes(_pkt(label, b"good"))
+    bad_mac = bytearray(_pkt(label, b"forged"))
+    bad_mac[20 + 12] ^= 1  # the shim's MAC
+    unknown = bytes(_pkt(label + 1, b"nobody"))
+    assert Prefetcher(site)([good, bytes(bad_mac), unknown], 4.0) == 1
+    assert proxy.batch_hits == 0
+    [v] = pipe.process(good, 4.0)
+    assert isinstance(v, Forward) and proxy.batch_hits == 1
+    assert pipe.process(bytes(bad_mac), 4.0)[0].reason == "bad_mac"  # type: ignore[union-attr]
+    assert site.runtime.counters("p", "s").log_lines == 1  # the forged payload never ran
+
+
 FIELDS = """
 def process(pkt):
     s = pkt.shim.read()
