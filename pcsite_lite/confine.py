@@ -91,6 +91,10 @@ _RHEAD: Final = struct.Struct("!II")
 #: its actions are the JSON array's next item; 2 failed, the next item is [reason, detail]),
 #: payload changed (0/1), cache bytes written, new payload length
 _RES: Final = struct.Struct("!BBII")
+#: a form-1 packet without IP options: ToS, TTL, source, destination; and from the shim's
+#: second byte: next protocol, hop limit, metadata, label, original source
+_IP_FIELDS: Final = struct.Struct("!xB6xB3xII")
+_SHIM1_FIELDS: Final = struct.Struct("!BBBII")
 #: outcomes in a batch answer (``_DROPPED`` is the worker's own: never accepted off the wire)
 _OK, _ACTS, _FAILED, _DROPPED = 0, 1, 2, 3
 #: largest message the worker accepts from a confined process (a 64 KiB packet + head)
@@ -718,12 +722,6 @@ class Prefetcher:
         self._rpc_api = PacketApi()
         #: the pipeline's form-1 ingress in C (eligibility, circuit, MAC in one call), if built
         self._ax: Any = wire.accelerator()
-        # a reusable form-1 Packet over the received bytes (as the pipeline's fast path)
-        fpkt = wire.Packet.__new__(wire.Packet)
-        fpkt.ihl = 20
-        fpkt.form = wire.FORM_CIRCUIT
-        fpkt.shim_off = 0
-        self._fpkt = fpkt
 
     def __call__(self, packets: list[bytes], now: float) -> int:
         """Prefetch the confined services' results for ``packets`` (arrived at ``now``);
@@ -748,7 +746,6 @@ class Prefetcher:
         groups: dict[ConfinedService, tuple[Any, list[Any]]] = {}
         api = self._api
         ax = self._ax
-        fpkt = self._fpkt
         public = site.public_addr
         circuit_get = site.circuits.get
         ready = self._ready
@@ -766,15 +763,13 @@ class Prefetcher:
                     slot = c.slot = runtime.slot(c.psp, c.service)
                 if not ready(slot):
                     continue
-                if fpkt.shim_off != o:
-                    fpkt.shim_off = o
-                    fpkt.payload_off = o + 16
-                    fpkt.encap = "ip" if o == 20 else "udp"
-                fpkt.buf = data
-                api._bind(fpkt, slot.ctx, now, c, ())
-                meta, payload = snapshot(api)
-                key = (now, bytes(data))
-                groups.setdefault(slot.process, (slot.ctx, []))[1].append((meta, payload, key))
+                # snapshot() of this packet, read straight from its bytes
+                tos, ttl, src, dst = _IP_FIELDS.unpack_from(data)
+                proto, hops, md, label, orig = _SHIM1_FIELDS.unpack_from(data, o + 1)
+                meta = _META.pack(FORM_CIRCUIT, 29, label, 0, md, orig, hops, src, dst, proto,
+                                  tos, ttl, now, len(data) - o - 16)  # fmt: skip
+                item = (meta, data[o + 16 :], (now, bytes(data)))
+                groups.setdefault(slot.process, (slot.ctx, []))[1].append(item)
                 continue
             try:
                 pkt = parse(data, verify_ip_checksum=False)

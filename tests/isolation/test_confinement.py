@@ -263,9 +263,16 @@ def process(pkt):
 """
 
 
-def test_a_confined_service_sees_and_does_what_the_same_service_does_in_the_worker() -> None:
+@pytest.mark.parametrize("udp", [False, True], ids=["ip_mode", "udp_mode"])
+def test_a_confined_service_sees_and_does_what_the_same_service_does_in_the_worker(
+    udp: bool,
+) -> None:
+    from pcsite_lite.confine import Prefetcher
+
     outs = []
-    for isolation in (IsolationPolicy(deadline_ms=2000), None):
+    # one round trip per packet; batched (both packets, the same bytes, in one batch); in process
+    confined = IsolationPolicy(deadline_ms=2000)
+    for isolation, batched in ((confined, False), (confined, True), (None, False)):
         site = Site("c", SITE_IP, isolation=isolation, randbits=lambda n: 4242)
         _SITES.append(site)
         slot = site.deploy("p", "f", FIELDS)
@@ -273,8 +280,15 @@ def test_a_confined_service_sees_and_does_what_the_same_service_does_in_the_work
             assert isinstance(slot.process, ConfinedService) and slot.process.wait_ready(20)
         pipe = Pipeline(site)
         label = _circuit(site, "p", "f")
-        outs.append([pipe.process(_pkt(label, b"hello"), 3.5) for _ in range(2)])
-    assert outs[0] == outs[1]  # same bytes out, second packet sees the cache
+        data = build_circuit_packet(src="198.18.5.1", dst=SITE_IP, label=label, key=HopKey(KEY),
+                                    payload=b"hello", metadata=3, tos=4, ttl=33,
+                                    udp=udp)  # fmt: skip
+        if batched:
+            assert Prefetcher(site)([bytes(data)] * 2, 3.5) == 2
+        outs.append([pipe.process(bytes(data), 3.5) for _ in range(2)])
+        if batched:
+            assert isinstance(slot.process, ConfinedService) and slot.process.batch_hits == 2
+    assert outs[0] == outs[1] == outs[2]  # same bytes out, second packet sees the cache
     assert b"'198.18.5.1'" in outs[0][1][0].data  # type: ignore[union-attr]
 
 
@@ -408,3 +422,4 @@ def test_a_fis_outage_is_the_sites_fault_for_a_confined_service_too(tmp_path: Pa
         assert isinstance(v, Drop) and v.reason == "fis_unavailable" and v.service is None
     slot = site.runtime.slot("p", "f")
     assert slot.status == "active" and slot.failures == 0
+
