@@ -423,3 +423,24 @@ def test_a_fis_outage_is_the_sites_fault_for_a_confined_service_too(tmp_path: Pa
     slot = site.runtime.slot("p", "f")
     assert slot.status == "active" and slot.failures == 0
 
+
+def test_the_confined_budget_stops_a_call_after_its_cpu_time_or_ticks() -> None:
+    from pcsite_lite.confine import _CpuBudget
+    from pcsite_lite.sandbox import BudgetExceeded
+
+    budget = _CpuBudget(max_ticks=10**9, max_ns=3_000_000)
+    for _ in range(2):  # a second call starts afresh
+        wall0, cpu0 = time.perf_counter_ns(), time.thread_time_ns()
+        budget.start(budget.clock())
+        with pytest.raises(BudgetExceeded):
+            while budget.tick():
+                pass
+        assert budget.overrun
+        # stopped after 3 ms of CPU, or less CPU if it was preempted before its first check
+        assert time.perf_counter_ns() - wall0 >= 3_000_000
+        assert 0 < time.thread_time_ns() - cpu0 < 500_000_000
+    ticks = _CpuBudget(max_ticks=1000, max_ns=10**12)
+    ticks.start(ticks.clock())
+    with pytest.raises(BudgetExceeded):
+        for _ in range(1001):
+            ticks.tick()
