@@ -444,3 +444,33 @@ def test_the_confined_budget_stops_a_call_after_its_cpu_time_or_ticks() -> None:
     with pytest.raises(BudgetExceeded):
         for _ in range(1001):
             ticks.tick()
+
+
+def test_the_worker_polls_for_answers_only_when_the_process_has_other_vcpus() -> None:
+    from pcsite_lite.confine import Prefetcher
+
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("needs two vCPUs: the worker's and the tenants'")
+    try:
+        os.sched_setaffinity(0, {cpus[0]})  # the worker's vCPU
+        site, pipe = _site(cpus=frozenset(cpus[1:]))
+        polled = _deploy(
+            site, "p", "s", "def process(pkt):\n    pkt.set_payload(pkt.read()[::-1])\n"
+        )
+        label = _circuit(site, "p", "s")
+        batch = [bytes(_pkt(label, b"ab%d" % i)) for i in range(8)]
+        for _ in range(5):
+            assert Prefetcher(site)(batch, 5.0) == 8
+            out = [pipe.process(d, 5.0) for d in batch]
+            assert [bytes(v.data[36:]) for [v] in out] == [b"%dba" % i for i in range(8)]  # type: ignore[union-attr]
+        assert isinstance(pipe.process(_pkt(label, b"xy"), 6.0)[0], Forward)  # one round trip
+        assert polled.spin_hits + polled.spin_misses == 6
+        shared, _ = _site(cpus=frozenset(cpus))  # the worker's vCPU too: it sleeps at once
+        asleep = _deploy(shared, "p", "s", "def process(pkt):\n    pass\n")
+        assert isinstance(
+            Pipeline(shared).process(_pkt(_circuit(shared, "p", "s")), 1.0)[0], Forward
+        )
+        assert asleep.spin_hits + asleep.spin_misses == 0
+    finally:
+        os.sched_setaffinity(0, cpus)
