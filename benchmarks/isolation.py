@@ -22,7 +22,7 @@ worker replica raising. Figures (``--json PATH``):
 
 - ``isolation_escapes`` (goal 0);
 - ``isolation_supervisor_stalls_ms``: control-API unavailability caused by an upload: the
-  extra latency of a legitimate API call (another PSP's ``GET /services``, issued back to back
+  extra latency of a legitimate API call (a third PSP's ``GET /services``, issued every 2 ms
   by a probe thread) while an attack is uploaded, over the same call without an upload (the
   slowest probe during the upload minus the slowest probe in a quiet window of the same length
   right after it; worst attack, floored at 0); ``upload_ms`` per attack is how long the upload
@@ -141,7 +141,7 @@ ATTACKS: tuple[Attack, ...] = (
 
 
 class Probe:
-    """A legitimate API call issued back to back in a thread: its latencies, by start time."""
+    """A legitimate API call issued every 2 ms or so in a thread: its latencies, by start time."""
 
     def __init__(self, client: ControlClient) -> None:
         self.client = client
@@ -152,7 +152,8 @@ class Probe:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        # paced (a call every >= 2 ms: far below the control API's per-credential rate limit)
+        while not self._stop.wait(0.002):
             t = time.perf_counter()
             try:
                 self.client.list_services()
@@ -227,7 +228,7 @@ class Harness:
 
     def __post_init__(self) -> None:
         psps: dict[str, dict[str, str]] = {}
-        for name in ("victim", "attacker"):
+        for name in ("victim", "attacker", "observer"):
             key = generate_key()
             self.keys[name] = key
             psps[name] = {
@@ -263,9 +264,10 @@ class Harness:
             p: ControlClient(self.server.url, token=d["token"], psp=p, timeout=30)
             for p, d in psps.items()
         }
-        #: the probe's own client: a legitimate PSP calling while the attacker uploads
+        #: the probe's own client: a third PSP calling while the attacker uploads (its own
+        #: credential: its calls never eat into the victim's rate limit)
         self.probe_client = ControlClient(
-            self.server.url, token=psps["victim"]["token"], psp="victim", timeout=60
+            self.server.url, token=psps["observer"]["token"], psp="observer", timeout=60
         )
 
     def close(self) -> None:
