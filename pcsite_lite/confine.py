@@ -490,7 +490,7 @@ class ConfinedService:
                 self._reap("startup timeout")
                 raise ServiceFailed("load_timeout: module code did not finish loading")
             return False
-        head = self._recv()
+        head = self._head(self._recv())
         if head.get("ready"):
             self.ready = True
             self.measures = tuple(str(m) for m in head.get("measures", ()))[:16]
@@ -518,7 +518,8 @@ class ConfinedService:
             self.restarts += 1
             self._spawn()
 
-    def _recv(self) -> Any:
+    def _recv(self) -> bytes:
+        """One message from the process (it died if the channel failed or closed)."""
         sock = self.sock
         assert sock is not None
         try:
@@ -527,7 +528,7 @@ class ConfinedService:
             raise self._died(f"channel error: {exc}") from None
         if not msg:
             raise self._died("process exited")
-        return self._head(msg)
+        return msg
 
     def _head(self, msg: bytes) -> dict[str, Any]:
         """The JSON head of a control message from the process (its raw tail in ``_tail``)."""
@@ -709,11 +710,8 @@ class ConfinedService:
                     self.kills += 1
                     self._reap("deadline")
                     raise BudgetExceeded
-                try:
-                    msg = sock.recv(MAX_MESSAGE)
-                except OSError as exc:
-                    raise self._died(f"channel error: {exc}") from None
-            if not msg:
+                msg = self._recv()
+            elif not msg:
                 raise self._died("process exited")
             if msg[:1] == b"R":
                 try:
@@ -779,30 +777,37 @@ class Prefetcher:
         p = slot.process
         return type(p) is ConfinedService and slot.status == ACTIVE and p.ready
 
+    def _circuit_slot(self, c: Any, now: float, hops: int) -> Any:
+        """The slot of a ready confined service a form-1 packet on circuit ``c`` (None:
+        unknown label) with ``hops`` left goes to; None if the pipeline would not hand it to
+        one first (expired, no hops left, a receiver's stage runs first: one round trip)."""
+        if c is None or c.expires <= now or not hops:
+            return None
+        site = self.site
+        if c.dest_addr is not None and site.destinations:
+            return None
+        slot = c.slot
+        if slot is None:
+            slot = c.slot = site.runtime.slot(c.psp, c.service)
+        return slot if self._ready(slot) else None
+
     def _prefetch(self, packets: list[bytes], now: float) -> int:
         from pcsock.wire import FORM_CIRCUIT, FORM_SERVICE, WireError, parse
 
         site = self.site
-        runtime = site.runtime
         groups: dict[ConfinedService, tuple[Any, list[Any]]] = {}
         api = self._api
         ax = self._ax
         public = site.public_addr
         circuit_get = site.circuits.get
-        ready = self._ready
+        circuit_slot = self._circuit_slot
         for data in packets:
             # form 1 without options: the pipeline's own C ingress (same checks, same MAC)
             head = ax.form1_in(data, public, False, circuit_get) if ax is not None else None
             if head is not None:
                 c, o, hops, mac_ok = head
-                if c is None or c.expires <= now or not hops or not mac_ok:
-                    continue
-                if c.dest_addr is not None and site.destinations:
-                    continue  # a receiver's stage may run first: one round trip each
-                slot = c.slot
+                slot = circuit_slot(c, now, hops) if mac_ok else None
                 if slot is None:
-                    slot = c.slot = runtime.slot(c.psp, c.service)
-                if not ready(slot):
                     continue
                 # snapshot() of this packet, read straight from its bytes
                 tos, ttl, src, dst = _IP_FIELDS.unpack_from(data)
@@ -818,15 +823,9 @@ class Prefetcher:
                 continue
             form = pkt.form
             if form == FORM_CIRCUIT and pkt.dst == public:
-                c = site.circuits.get(pkt.label)
-                if c is None or c.expires <= now or not pkt.hop_limit:
-                    continue
-                if c.dest_addr is not None and site.destinations:
-                    continue  # a receiver's stage may run first: one round trip each
-                slot = c.slot
-                if slot is None:
-                    slot = c.slot = runtime.slot(c.psp, c.service)
-                if not self._ready(slot) or not pkt.verify_mac(c.in_key):
+                c = circuit_get(pkt.label)
+                slot = circuit_slot(c, now, pkt.hop_limit)
+                if slot is None or not pkt.verify_mac(c.in_key):
                     continue
                 api._bind(pkt, slot.ctx, now, c, ())
             elif form == FORM_CIRCUIT or pkt.ttl <= 1:
@@ -868,28 +867,14 @@ def snapshot(api: Any) -> tuple[bytes, bytes]:
     record (shim fields, addresses, protocol, ToS, TTL, arrival time, payload length) and
     the payload bytes."""
     p = api._pkt
-    form, label, sid, md, orig, hops = api.shim.read()  # orig: the original source's int
+    form, *shim = api.shim.read()  # label, service ID, metadata, original source (int), hops
     bits = 0
-    if label is not None:
-        bits = 1
-    else:
-        label = 0
-    if sid is not None:
-        bits |= 2
-    else:
-        sid = 0
-    if md is not None:
-        bits |= 4
-    else:
-        md = 0
-    if orig is not None:
-        bits |= 8
-    else:
-        orig = 0
-    if hops is not None:
-        bits |= 16
-    else:
-        hops = 0
+    for i, v in enumerate(shim):  # absent fields: presence bit clear, 0 in the record
+        if v is None:
+            shim[i] = 0
+        else:
+            bits |= 1 << i
+    label, sid, md, orig, hops = shim
     buf = p.buf
     off = p.payload_off
     meta = _META.pack(form, bits, label, sid, md, orig, hops, p.src, p.dst, p.next_proto,

@@ -305,17 +305,24 @@ def test_a_confined_service_sees_and_does_what_the_same_service_does_in_the_work
     ],
 )
 def test_garbage_from_a_confined_process_fails_that_packet_not_the_worker(answer: bytes) -> None:
+    _, v, theirs = _played(answer)
+    assert isinstance(v, Drop) and v.reason in ("service_error", "api_misuse"), v
+    theirs.close()
+
+
+def _played(answer: bytes, payload: bytes = b"data") -> tuple[Site, Any, socket.socket]:
+    """We play a confined service's process: ``answer`` is what it says to the next packet;
+    the site, that packet's verdict and our end of the channel."""
     site, pipe = _site()
     proxy = _deploy(site, "p", "s", "def process(pkt):\n    pass\n")
     label = _circuit(site, "p", "s")
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     assert proxy.sock is not None
     proxy.sock.close()
-    proxy.sock = ours  # we play the confined process
+    proxy.sock = ours
     theirs.send(answer)
-    [v] = pipe.process(_pkt(label), 1.0)
-    assert isinstance(v, Drop) and v.reason in ("service_error", "api_misuse"), v
-    theirs.close()
+    [v] = pipe.process(_pkt(label, payload), 1.0)
+    return site, v, theirs
 
 
 def _answer(records: list[tuple[int, int, int, int]], extra: bytes = b"", tail: bytes = b"",
@@ -346,31 +353,16 @@ def _answer(records: list[tuple[int, int, int, int]], extra: bytes = b"", tail: 
     ],
 )
 def test_a_garbled_batch_answer_is_that_services_failure(answer: bytes) -> None:
-    site, pipe = _site()
-    proxy = _deploy(site, "p", "s", "def process(pkt):\n    pass\n")
-    label = _circuit(site, "p", "s")
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    assert proxy.sock is not None
-    proxy.sock.close()
-    proxy.sock = ours  # we play the confined process
-    theirs.send(answer)
-    [v] = pipe.process(_pkt(label), 1.0)
+    site, v, theirs = _played(answer)
     assert isinstance(v, Drop) and v.reason in ("service_error", "api_misuse"), v
     assert site.runtime.slot("p", "s").consecutive_failures == 1  # counted against it
     theirs.close()
 
 
 def test_a_well_formed_batch_answer_is_replayed() -> None:
-    site, pipe = _site()
-    proxy = _deploy(site, "p", "s", "def process(pkt):\n    pass\n")
-    label = _circuit(site, "p", "s")
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    assert proxy.sock is not None
-    proxy.sock.close()
-    proxy.sock = ours
     # new payload, 3 cache bytes, then forward_to the circuit's next hop and a log line
-    theirs.send(_answer([(1, 1, 3, 5)], b'[[["fwd","%s"],["log","hi"]]]' % NEXT.encode(), b"hello"))
-    [v] = pipe.process(_pkt(label, b"x"), 1.0)
+    acts = b'[[["fwd","%s"],["log","hi"]]]' % NEXT.encode()
+    site, v, theirs = _played(_answer([(1, 1, 3, 5)], acts, b"hello"), b"x")
     assert isinstance(v, Forward) and v.next_hop == NEXT and bytes(v.data[36:]) == b"hello"
     c = site.runtime.counters("p", "s")
     assert (c.cache_bytes, c.log_lines) == (3, 1)
