@@ -576,7 +576,10 @@ def main(argv: list[str] | None = None) -> int:
     if not a.no_pin and len(cpus) > 1:
         os.sched_setaffinity(0, {cpus[0]})
         tenant = cpus[1:]
-    figures = run(a.seconds, a.count, tenant_cpus=tenant)
+    try:
+        figures = run(a.seconds, a.count, tenant_cpus=tenant)
+    finally:
+        os.sched_setaffinity(0, cpus)  # a caller in the same process keeps its vCPUs
     figures["pinned"] = {"worker": cpus[0], "tenants": tenant} if tenant else None
     for r in figures["attacks"]:
         print(f"{r['attack']:32s} {r.get('outcome', '?'):16s} {r.get('reason', '')[:70]}")
