@@ -61,7 +61,8 @@ import sys
 import tempfile
 import time
 import weakref
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -77,6 +78,7 @@ __all__ = [
     "ServiceUnavailable",
     "check_source",
     "process_cpu_ns",
+    "sweep_cgroups",
 ]
 
 _HEAD: Final = struct.Struct("!I")
@@ -110,6 +112,17 @@ MEMORY_EVERY: Final = 1.0
 SPIN_MAX_NS: Final = 500_000
 #: packets, and payload bytes, in one batch message to a confined process
 MAX_BATCH: Final = 64
+#: packets per batch message when the worker splits a received batch for one service: the
+#: process starts on the first message while the worker builds the next, and the worker runs
+#: the pipeline on one message's answers while the process computes the next
+CHUNK: Final = 16
+#: a batch past its deadline is overdue once its process used that much CPU on it, or once
+#: it has been waited for this many times its deadline (at least BACKSTOP_S seconds)
+BACKSTOP_FACTOR: Final = 10
+BACKSTOP_S: Final = 1.0
+#: batch messages one confined service may have in flight (its channel's bound: further
+#: packets for it are dropped as ``service_busy`` until answers come back)
+MAX_INFLIGHT: Final = 32
 MAX_BATCH_BYTES: Final = 96 * 1024
 #: base of the per-service UIDs (``uid = UID_BASE + crc32(psp/service) % UID_SPAN``)
 UID_BASE: Final = 0x30000000
@@ -252,6 +265,35 @@ class _Cgroup:
         self.dirs = []
 
 
+def sweep_cgroups(pid: int | None = None, root: str | None = None) -> list[str]:
+    """Remove the confined processes' cgroups a worker left behind when it was killed
+    (``pcsite-<pid>`` under each controller; its confined processes die with it, so the
+    groups are empty): those of worker ``pid``, or of every ``pcsite-<pid>`` whose process
+    is gone. Returns the directories removed; a group that still holds a process stays."""
+    removed: list[str] = []
+    for ctl in ("memory", "cpu", "cpuacct"):
+        base = Path(root or CGROUP_ROOT, ctl)
+        try:
+            parents = [base / f"pcsite-{pid}"] if pid else list(base.glob("pcsite-*"))
+        except OSError:
+            continue
+        for parent in parents:
+            owner = parent.name.removeprefix("pcsite-")
+            if not owner.isdigit() or (pid is None and Path(f"/proc/{owner}").exists()):
+                continue  # a live worker's groups
+            try:
+                children = [d for d in parent.iterdir() if d.is_dir()]
+            except OSError:
+                continue
+            for d in [*children, parent]:
+                try:
+                    d.rmdir()
+                    removed.append(str(d))
+                except OSError:
+                    pass
+    return removed
+
+
 def _send(sock: socket.socket, head: Any, tail: bytes = b"") -> None:
     h = json.dumps(head, separators=(",", ":")).encode()
     sock.send(_HEAD.pack(len(h)) + h + tail)
@@ -267,6 +309,41 @@ def _decode(msg: bytes) -> tuple[Any, bytes]:
 
 
 # ---------------------------------------------------------------- the worker's proxy
+class _Batch:
+    """One batch message in flight: its packets' (record, payload, key), the context that
+    serves its FIS calls, when it was sent, its deadline (monotonic s; 0 until the message
+    ahead of it is answered) and, once answered or lost, its results."""
+
+    __slots__ = ("cpu0", "ctx", "deadline", "fis_down", "items", "results", "rpcs", "sent_ns",
+                 "started")  # fmt: skip
+
+    def __init__(
+        self, items: list[tuple[bytes, bytes, tuple[float, bytes]]], ctx: Any, sent_ns: int,
+        deadline: float,
+    ) -> None:  # fmt: skip
+        self.items = items
+        self.ctx = ctx
+        self.sent_ns = sent_ns
+        self.deadline = deadline
+        self.rpcs = 0
+        self.fis_down = False
+        self.results: list[tuple[Any, ...]] = []
+        self.started = 0.0
+        self.cpu0: int | None = None
+
+    def start(self, now: float, budget: float, cpu_ns: int) -> None:
+        """The process turns to this batch at ``now`` (monotonic s), its CPU clock at
+        ``cpu_ns``: the deadline runs from here."""
+        self.started = now
+        self.deadline = now + budget
+        self.cpu0 = cpu_ns
+
+    @property
+    def now(self) -> float:
+        """The arrival time of its packets."""
+        return self.items[0][2][0]
+
+
 class ConfinedService:
     """``process(pkt)`` of one provider service, run in a confined process.
 
@@ -311,7 +388,10 @@ class ConfinedService:
         self.cpu_ns = 0  #: kernel-accounted CPU of every process of this service so far
         self._taken = 0
         self._next_memory = 0.0
-        self._inflight: list[tuple[bytes, bytes, tuple[float, bytes]]] = []
+        #: batch messages sent and not yet answered, oldest first (at most MAX_INFLIGHT)
+        self._inflight: deque[_Batch] = deque()
+        #: how long recent batch messages took to be answered (ns)
+        self.latency_ns: deque[int] = deque(maxlen=1024)
         #: results of the current batch by (arrival time, packet bytes): a result tuple
         #: (outcome, payload changed, cache bytes, actions or [reason, detail], new payload),
         #: or a list of them when the same bytes came twice
@@ -493,6 +573,7 @@ class ConfinedService:
         head = self._head(self._recv())
         if head.get("ready"):
             self.ready = True
+            self._meter()  # batch deadlines count the CPU the process uses from here
             self.measures = tuple(str(m) for m in head.get("measures", ()))[:16]
             self._backoff = 0.0 if self.restarts == 0 else self._backoff
             return True
@@ -572,6 +653,8 @@ class ConfinedService:
                 self.batch_hits += 1
                 self._apply(api, res)
                 return
+        if self._inflight:  # the channel carries batches: no round trip may cut in
+            raise ServiceUnavailable(f"{self.name}: batches in flight", reason="service_busy")
         meta, payload = snapshot(api)
         if not self.ready:
             self._ensure_started()
@@ -612,12 +695,14 @@ class ConfinedService:
             raise FISUnavailableError(detail)
         raise ServiceFailed(detail)
 
-    # -- batches
-    def submit(self, items: list[tuple[bytes, bytes, tuple[float, bytes]]]) -> int:
-        """Send the snapshots (:func:`snapshot`) of several packets in one batch frame (the
-        worker then calls :meth:`collect`); returns how many were sent (a batch is bounded in
-        packets and bytes)."""
-        if not self.ready or self.sock is None or not items:
+    # -- batches (the worker never waits on them: see Prefetcher)
+    def submit(self, items: list[tuple[bytes, bytes, tuple[float, bytes]]], ctx: Any = None) -> int:
+        """Send the snapshots (:func:`snapshot`) of up to :data:`MAX_BATCH` packets in one
+        batch frame without waiting for the answer (:meth:`poll` collects it); returns how
+        many were sent (0: the process is not ready, or :data:`MAX_INFLIGHT` messages are
+        already in flight). ``ctx`` serves the batch's FIS calls."""
+        q = self._inflight
+        if not self.ready or self.sock is None or not items or len(q) >= MAX_INFLIGHT:
             return 0
         n = total = 0
         for _, payload, _ in items:
@@ -634,35 +719,139 @@ class ConfinedService:
             self.sock.send(b"".join(frame))
         except OSError:
             return 0  # the call path will find the process dead
-        self._inflight = items
+        now = time.monotonic()
+        # the deadline runs from when the process can start on the message: now if nothing
+        # is ahead of it, else from the answer to the message ahead (set in poll)
+        batch = _Batch(items, ctx, time.monotonic_ns(), 0.0)
+        if not q:  # an idle process: its CPU clock is where its last answer left it
+            batch.start(now, self.policy.deadline(n), self._last_cpu)
+        q.append(batch)
         return n
 
-    def collect(self, api: Any, deadline: float) -> None:
-        """Wait (until ``deadline``) for the answer to :meth:`submit`; keep the results for
-        the pipeline's calls. A missed deadline kills the process: the batch's first packet
-        counts as the service's failure (``service_timeout``), the rest are dropped with that
-        reason. ``api`` serves the batch's FIS calls (bound to the service's context)."""
-        items, self._inflight = self._inflight, []
-        if not items:
-            return
-        results = self._results
-        results.clear()  # results of an earlier batch no packet asked for
+    def pending(self) -> bool:
+        """True while batch messages are in flight."""
+        return bool(self._inflight)
+
+    def poll(self, api: Any) -> list[_Batch]:
+        """The batches answered so far, in order (never blocks): serves the process's FIS
+        calls with ``api`` (bound to the batch's context here), and past the oldest batch's
+        deadline kills the process and returns every batch in flight with failure results
+        (the oldest batch's first packet counts as the service's failure,
+        ``service_timeout``; the rest are dropped with that reason)."""
+        done: list[_Batch] = []
+        q = self._inflight
+        recv = None if self.sock is None else self.sock.recv
+        while q:
+            head = q[0]
+            if recv is None:  # reaped meanwhile (e.g. the service was replaced): not blamed
+                done += self._lose_inflight(False, "confined process gone", blame=False)
+                break
+            try:
+                msg = recv(MAX_MESSAGE, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                if time.monotonic() > head.deadline and self._overdue(head):
+                    self.kills += 1
+                    self._reap("deadline")
+                    done += self._lose_inflight(True, "deadline")
+                break
+            except OSError as exc:
+                self._reap(f"channel error: {exc}")
+                done += self._lose_inflight(False, f"channel error: {exc}")
+                break
+            if not msg:
+                self._reap("process exited")
+                done += self._lose_inflight(False, "confined process died (process exited)")
+                break
+            if msg[:1] == b"R":
+                try:
+                    head.results = _decode_answer(msg, len(head.items), head.fis_down)
+                except (ValueError, TypeError, RecursionError, struct.error) as exc:
+                    self._reap("garbled message")
+                    done += self._lose_inflight(False, f"garbled answer: {exc}")
+                    break
+                q.popleft()
+                t = time.monotonic_ns()
+                took = t - head.sent_ns
+                self.latency_ns.append(took)
+                if self._spin_ns:  # poll for answers for about twice their recent time
+                    self._answer_ns += (took - self._answer_ns) >> 2
+                    self._spin_ns = min(SPIN_MAX_NS, max(50_000, 2 * self._answer_ns))
+                self._meter()
+                if q:
+                    q[0].start(t / 1e9, self.policy.deadline(len(q[0].items)), self._last_cpu)
+                done.append(head)
+                continue
+            if not self._serve_call(api, head, msg):
+                done += self._lose_inflight(False, "bad call from the confined process")
+                break
+        return done
+
+    def _overdue(self, head: _Batch) -> bool:
+        """Whether the oldest batch, past its wall-clock deadline, is overdue: the process
+        used more CPU on it than the deadline allows (the kernel's accounting: a process the
+        machine did not let run is not at fault; its deadline moves on by the CPU time it
+        still has), or it has been waited for :data:`BACKSTOP_FACTOR` times its deadline,
+        at least :data:`BACKSTOP_S` (a process that blocks instead of computing)."""
+        budget = self.policy.deadline(len(head.items))
+        now = time.monotonic()
+        if head.cpu0 is None or self.proc is None:
+            return True
+        if now - head.started > max(BACKSTOP_S, BACKSTOP_FACTOR * budget):
+            return True
         try:
-            if self.sock is None:
-                raise ServiceFailed("confined process gone")
-            answers = self._answer(api, deadline, len(items), MAX_RPCS * len(items))
-            self._meter()
-        except (BudgetExceeded, Exception) as exc:  # a deadline, a death, a garbled answer
-            timeout = isinstance(exc, BudgetExceeded)
-            if not isinstance(exc, BudgetExceeded | ServiceFailed):
-                self._reap("bad batch answer")
-                exc = ServiceFailed(f"bad batch answer: {type(exc).__name__}")
-            why = "deadline" if timeout else str(exc)
-            first = (_FAILED, 0, 0, ["timeout", ""] if timeout else ["error", str(exc)], b"")
-            reason = "service_timeout" if timeout else "service_error"
-            rest = (_DROPPED, 0, 0, [reason, f"batch lost with its process ({why})"], b"")
-            answers = [first] + [rest] * (len(items) - 1)
-        for (_, _, key), res in zip(items, answers, strict=True):
+            used = (process_cpu_ns(self.proc.pid) - head.cpu0) / 1e9
+        except OSError:
+            return True
+        if used >= budget:
+            return True
+        head.deadline = now + (budget - used)
+        return False
+
+    def _serve_call(self, api: Any, batch: _Batch, msg: bytes) -> bool:
+        """Answer one FIS call of the process (False: it broke the protocol; reaped)."""
+        try:
+            head = self._head(msg)
+        except ServiceFailed:
+            return False
+        rpc = head.get("rpc")
+        batch.rpcs += 1
+        if rpc is None or batch.rpcs > MAX_RPCS * len(batch.items):
+            self._reap("garbled message" if rpc is None else "too many calls")
+            return False
+        api._ctx = batch.ctx
+        answer = _serve_rpc(api, rpc, head.get("args", ()))
+        if answer.get("x") == FIS_UNAVAILABLE:
+            batch.fis_down = True
+        try:
+            _send(self.sock, answer)  # type: ignore[arg-type]
+        except (OSError, TypeError, ValueError) as exc:
+            self._reap(f"reply failed: {exc}")
+            return False
+        return True
+
+    def _lose_inflight(self, timeout: bool, why: str, blame: bool = True) -> list[_Batch]:
+        """Every batch in flight, with failure results (its process is gone): the oldest
+        batch's first packet counts as the service's failure if ``blame``, every other
+        packet is dropped with the same reason."""
+        lost = list(self._inflight)
+        self._inflight.clear()
+        reason = ("service_timeout" if timeout else "service_error") if blame else (
+            "service_unavailable")  # fmt: skip
+        rest = (_DROPPED, 0, 0, [reason, f"batch lost with its process ({why})"], b"")
+        first = (_FAILED, 0, 0, ["timeout", ""] if timeout else ["error", why], b"")
+        for i, b in enumerate(lost):
+            b.results = [rest] * len(b.items)
+            if i == 0 and blame:
+                b.results[0] = first
+        return lost
+
+    def install(self, batch: _Batch, keep: bool = False) -> None:
+        """Make ``batch``'s results the ones the pipeline's calls find (``keep``: add them
+        to those not yet asked for, else replace those)."""
+        results = self._results
+        if not keep:
+            results.clear()  # results no packet asked for
+        for (_, _, key), res in zip(batch.items, batch.results, strict=True):
             old = results.get(key)
             if old is None:
                 results[key] = res
@@ -738,18 +927,27 @@ class ConfinedService:
 
 
 class Prefetcher:
-    """Runs the confined services of a batch of received packets before the pipeline does:
-    one message per service with all its packets, the services' processes computing in
-    parallel, then one wait (bounded by the policy's deadline) -- instead of one round trip
-    per packet. The pipeline's call for each packet then finds its result
-    (:meth:`ConfinedService.__call__`); a packet whose snapshot differs (e.g. a receiver's
-    stage ran first) is computed by a round trip of its own.
+    """Hands the packets of a received batch that go to confined services to their processes
+    before the pipeline sees them, so that the worker never waits on provider code.
 
-    Only packets the pipeline would hand to that service are prefetched (form 1: a live
-    circuit of this site, hop limit left, MAC verified; form 2: check verified, a registered
-    service ID; form 3: a registered destination; TTL left), so provider code never sees a
-    packet the pipeline would drop before it. Packets where a receiver's stage runs first take
-    one round trip each.
+    :meth:`dispatch` sends each service's packets in batch messages of :data:`CHUNK` (the
+    processes compute in parallel with the worker, and with each other) and returns the
+    other packets, which the worker runs through the pipeline at once. :meth:`completed`
+    then yields each answered message's packets: the worker runs them through the pipeline,
+    whose call of the service finds the packet's result (:meth:`ConfinedService.__call__`).
+    A message that is not answered yet stays in flight while the worker goes on with the
+    next packets; one past its deadline gets its process killed (:meth:`ConfinedService.poll`).
+    So a service that stalls costs the other tenants nothing but its own packets.
+
+    Only packets the pipeline would hand to that service are sent (form 1: a live circuit of
+    this site, hop limit left, MAC verified; form 2: check verified, a registered service ID;
+    form 3: a registered destination; TTL left), so provider code never sees a packet the
+    pipeline would drop before it. A packet where a receiver's stage runs first, or whose
+    snapshot differs, takes one round trip of its own (or, with messages in flight, is
+    dropped as ``service_busy``).
+
+    Calling the prefetcher (``prefetcher(packets, now)``) sends and then waits for every
+    answer: the results are all there before the pipeline runs (tests, simple callers).
     """
 
     def __init__(self, site: Any) -> None:
@@ -761,16 +959,84 @@ class Prefetcher:
         self._rpc_api = PacketApi()
         #: the pipeline's form-1 ingress in C (eligibility, circuit, MAC in one call), if built
         self._ax: Any = wire.accelerator()
+        #: services with batch messages in flight (an ordered set)
+        self._busy: dict[ConfinedService, None] = {}
 
     def __call__(self, packets: list[bytes], now: float) -> int:
-        """Prefetch the confined services' results for ``packets`` (arrived at ``now``);
-        returns how many packets went to a confined process. Never raises: on a platform
-        bug the packets take the one-round-trip path."""
+        """Prefetch the confined services' results for ``packets`` (arrived at ``now``) and
+        wait for them; returns how many packets went to a confined process."""
+        held = self._send(packets, now)
+        for _ in self.completed(wait=True, keep=True):
+            pass
+        return len(held)
+
+    def dispatch(self, packets: list[bytes], now: float) -> list[bytes]:
+        """Send the packets of ``packets`` (arrived at ``now``) that go to confined services
+        to their processes; returns the others, for the pipeline now (the sent ones come
+        back from :meth:`completed`)."""
+        held = self._send(packets, now)
+        if not held:
+            return packets
+        return [d for i, d in enumerate(packets) if i not in held]
+
+    def pending(self) -> bool:
+        """True while batch messages are in flight."""
+        return bool(self._busy)
+
+    def completed(
+        self, wait: bool = False, keep: bool = False
+    ) -> Iterator[tuple[list[bytes], float]]:
+        """The packets of each answered batch message with their arrival time, in order per
+        service, their results installed for the pipeline's calls (``keep``: added to the
+        results not yet asked for, else in place of them). Busy-polls while an answer is due
+        within its service's window (processes on other vCPUs than the worker); ``wait``:
+        until nothing is in flight (each process's deadline bounds the wait)."""
+        rpc = self._rpc_api
+        busy = self._busy
+        slept = False  # answers found after a sleep, not while polling (for the status)
+        while busy:
+            for proxy in list(busy):
+                for batch in proxy.poll(rpc):
+                    if slept:
+                        proxy.spin_misses += 1
+                    else:
+                        proxy.spin_hits += 1
+                    proxy.install(batch, keep)
+                    yield [key[1] for _, _, key in batch.items], batch.now
+                if not proxy.pending():
+                    busy.pop(proxy, None)
+            if not busy:
+                return
+            now_ns = time.monotonic_ns()
+            if any(p._spin_ns and now_ns - p._inflight[0].sent_ns < p._spin_ns for p in busy):
+                continue  # an answer is due soon: poll again
+            if not wait:
+                return
+            socks = [p.sock for p in busy if p.sock is not None]
+            due = min(p._inflight[0].deadline or float("inf") for p in busy)
+            left = min(0.05, max(0.0, due - now_ns / 1e9))
+            if socks and left > 0:
+                select.select(socks, [], [], left)
+            slept = True
+
+    def _send(self, packets: list[bytes], now: float) -> set[int]:
+        """Batch messages for ``packets``; the indexes of the packets sent. Never raises: on
+        a platform bug the packets take the pipeline's path."""
         try:
-            return self._prefetch(packets, now)
+            groups = self._prefetch(packets, now)
         except Exception as exc:
             self.site.runtime.event(now, "internal_error", "site", f"prefetch: {exc!r}")
-            return 0
+            return set()
+        held: set[int] = set()
+        for proxy, (ctx, items, idxs) in groups.items():
+            if not proxy.pending():
+                proxy._results.clear()  # results of earlier batches no packet asked for
+            for i in range(0, len(items), CHUNK):
+                n = proxy.submit(items[i : i + CHUNK], ctx)
+                if n:
+                    held.update(idxs[i : i + n])
+                    self._busy[proxy] = None
+        return held
 
     @staticmethod
     def _ready(slot: Any) -> bool:
@@ -791,17 +1057,18 @@ class Prefetcher:
             slot = c.slot = site.runtime.slot(c.psp, c.service)
         return slot if self._ready(slot) else None
 
-    def _prefetch(self, packets: list[bytes], now: float) -> int:
+    def _prefetch(self, packets: list[bytes], now: float) -> dict[ConfinedService, Any]:
+        """Each confined service's (context, packet snapshots, packet indexes) of ``packets``."""
         from pcsock.wire import FORM_CIRCUIT, FORM_SERVICE, WireError, parse
 
         site = self.site
-        groups: dict[ConfinedService, tuple[Any, list[Any]]] = {}
+        groups: dict[ConfinedService, tuple[Any, list[Any], list[int]]] = {}
         api = self._api
         ax = self._ax
         public = site.public_addr
         circuit_get = site.circuits.get
         circuit_slot = self._circuit_slot
-        for data in packets:
+        for i, data in enumerate(packets):
             # form 1 without options: the pipeline's own C ingress (same checks, same MAC)
             head = ax.form1_in(data, public, False, circuit_get) if ax is not None else None
             if head is not None:
@@ -814,8 +1081,9 @@ class Prefetcher:
                 proto, hops, md, label, orig = _SHIM1_FIELDS.unpack_from(data, o + 1)
                 meta = _META.pack(FORM_CIRCUIT, 29, label, 0, md, orig, hops, src, dst, proto,
                                   tos, ttl, now, len(data) - o - 16)  # fmt: skip
-                item = (meta, data[o + 16 :], (now, bytes(data)))
-                groups.setdefault(slot.process, (slot.ctx, []))[1].append(item)
+                g = groups.setdefault(slot.process, (slot.ctx, [], []))
+                g[1].append((meta, data[o + 16 :], (now, bytes(data))))
+                g[2].append(i)
                 continue
             try:
                 pkt = parse(data, verify_ip_checksum=False)
@@ -844,22 +1112,10 @@ class Prefetcher:
                 api._bind(pkt, slot.ctx, now, None, reg.allowed)
             meta, payload = snapshot(api)
             key = (now, bytes(pkt.buf))
-            groups.setdefault(slot.process, (slot.ctx, []))[1].append((meta, payload, key))
-        if not groups:
-            return 0
-        sent = {proxy: proxy.submit(items) for proxy, (_, items) in groups.items()}
-        # every process got its batch at t0 and computes in parallel; each may take its
-        # deadline from t0 (or from when the worker turns to it, if later: the worker
-        # answers one process's FIS calls at a time)
-        t0 = time.monotonic()
-        rpc = self._rpc_api
-        for proxy, (ctx, _) in groups.items():
-            n = sent[proxy]
-            if n:
-                rpc._ctx = ctx
-                budget = proxy.policy.deadline(n)
-                proxy.collect(rpc, max(t0 + budget, time.monotonic() + budget / 4))
-        return sum(sent.values())
+            g = groups.setdefault(slot.process, (slot.ctx, [], []))
+            g[1].append((meta, payload, key))
+            g[2].append(i)
+        return groups
 
 
 def snapshot(api: Any) -> tuple[bytes, bytes]:
@@ -1376,9 +1632,20 @@ def _serve(fd: int, name: str, mode: str, memory: int, root: str, uid: int, cpu:
     process = loaded.process
     cache: dict[Any, bytes] = {}
 
+    # batch frames the worker sent while a call of this one waited for its reply (the
+    # worker keeps at most MAX_INFLIGHT in flight): handled, in order, after this one
+    backlog: deque[bytes] = deque()
+
     def rpc(call: str, *args: Any) -> Any:
         _send(sock, {"rpc": call, "args": list(args)})
-        reply, _ = _decode(sock.recv(MAX_MESSAGE))
+        while True:
+            msg = sock.recv(MAX_MESSAGE)
+            if msg[:1] != b"B":  # a reply's head length starts with a zero byte
+                break
+            if len(backlog) >= MAX_INFLIGHT:
+                os._exit(2)  # the worker broke its bound
+            backlog.append(msg)
+        reply, _ = _decode(msg)
         if "x" in reply:
             raise apimod.ApiError(reply["x"], reply.get("d", ""))
         return reply.get("r")
@@ -1428,7 +1695,7 @@ def _serve(fd: int, name: str, mode: str, memory: int, root: str, uid: int, cpu:
     pack_res = _RES.pack_into
     too_large = (_FAILED, 0, 0, '["error","batch answer too large"]', b"")
     while True:
-        msg = sock.recv(MAX_MESSAGE)
+        msg = backlog.popleft() if backlog else sock.recv(MAX_MESSAGE)
         if not msg:
             return 0
         if msg[:1] != b"B":

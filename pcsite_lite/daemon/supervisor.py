@@ -36,6 +36,7 @@ from typing import Any, Final
 
 import trio
 
+from pcsite_lite.confine import sweep_cgroups
 from pcsite_lite.control.app import ControlApp, Request, Response
 from pcsite_lite.control.auth import Credentials
 from pcsite_lite.control.server import serve
@@ -330,6 +331,8 @@ class Supervisor:
             if self._stopping:
                 return
             self.log(f"worker {slot.index} (pid {slot.proc.pid}) exited with {rc}")
+            # the cgroups of its confined processes (they died with it)
+            await trio.to_thread.run_sync(sweep_cgroups, slot.proc.pid)
             # fold this incarnation's counters into the base so counters stay monotonic
             for k in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "tx_errors"):
                 setattr(slot.base, k, getattr(slot.base, k) + getattr(slot.stats, k))
@@ -440,6 +443,7 @@ class Supervisor:
         cfg = self.cfg
         try:
             left = self.kernel.clear_leftovers()
+            left += [f"cgroup {d}" for d in sweep_cgroups()]  # of workers killed before
             if left:
                 self.log(f"removed what a previous instance left: {', '.join(left)}")
             restored = self.backend.restore()
@@ -613,6 +617,6 @@ def cleanup(cfg: SiteConfig) -> tuple[int, list[str]]:
     except StoreError as exc:
         return 1, [str(exc)]
     try:
-        return 0, Kernel(cfg).clear_leftovers()
+        return 0, Kernel(cfg).clear_leftovers() + [f"cgroup {d}" for d in sweep_cgroups()]
     finally:
         lock.release()

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Final
 
 from pcsite_lite import fastio
+from pcsite_lite.confine import Prefetcher
 from pcsite_lite.metrics import WorkerStats
 from pcsite_lite.verdicts import Deliver, Drop, Forward, Verdict
 
@@ -53,7 +54,7 @@ class TunPump:
         tx: str = "tun",
         account: Callable[[], object] = lambda: None,
         name: str = "worker",
-        prefetch: Callable[[list[bytes], float], object] | None = None,
+        prefetch: Prefetcher | None = None,
     ) -> None:
         self.fd = tun_fd
         #: runs the batch's confined provider services ahead (pcsite_lite.confine.Prefetcher)
@@ -111,16 +112,42 @@ class TunPump:
         # one clock read per batch (a batch lasts a few ms at most); the counters are locals
         # during the batch and written back once
         now = self.clock()
-        if self.prefetch is not None:
-            self.prefetch(packets, now)  # one message per confined service for the batch
-        process = self.process
         stats = self.stats
-        drops = stats.drops
+        stats.rx_packets += len(packets)
+        stats.rx_bytes += sum(map(len, packets))
+        prefetch = self.prefetch
         outs: list[bytes] = []
+        if prefetch is not None:
+            # packets for confined services go to their processes; the rest run now, then
+            # whatever the processes answered meanwhile (the rest stays in flight: pending())
+            self._run(prefetch.dispatch(packets, now), now, outs)
+            for held, t in prefetch.completed():
+                self._run(held, t, outs)
+        else:
+            self._run(packets, now, outs)
+        self._write(outs)
+
+    def pending(self) -> bool:
+        """True while packets wait in confined services' processes (see :meth:`flush`)."""
+        return self.prefetch is not None and self.prefetch.pending()
+
+    def flush(self) -> None:
+        """Run and send the packets whose confined services have answered since (and count
+        those whose process missed its deadline); the worker calls this while
+        :meth:`pending`, between reads."""
+        if self.prefetch is None:
+            return
+        outs: list[bytes] = []
+        for held, t in self.prefetch.completed():
+            self._run(held, t, outs)
+        self._write(outs)
+        self.account()
+
+    def _run(self, packets: list[bytes], now: float, outs: list[bytes]) -> None:
+        process = self.process
+        drops = self.stats.drops
         append = outs.append
-        rx_bytes = 0
         for data in packets:
-            rx_bytes += len(data)
             try:
                 verdicts = process(data, now)
             except Exception as exc:  # a pipeline bug must not kill the worker
@@ -134,10 +161,11 @@ class TunPump:
                 elif tv is Drop:
                     reason = v.reason  # type: ignore[union-attr]
                     drops[reason] = drops.get(reason, 0) + 1
-        stats.rx_packets += len(packets)
-        stats.rx_bytes += rx_bytes
+
+    def _write(self, outs: list[bytes]) -> None:
         if not outs:
             return
+        stats = self.stats
         if self._raw is None:
             written, errors, nbytes = fastio.write_batch(self.fd, outs)
         else:

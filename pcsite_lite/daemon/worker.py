@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
+from pcsite_lite.confine import Prefetcher
 from pcsite_lite.metrics import WorkerStats
 from pcsite_lite.verdicts import Forward, Verdict
 
@@ -94,7 +95,7 @@ class Replica:
         self.account: Callable[[], object] = lambda: None
         self.idle: Callable[[], None] = lambda: None
         #: ``(packets, now)``: run the batch's confined services ahead (None: none confined)
-        self.prefetch: Callable[[list[bytes], float], object] | None = None
+        self.prefetch: Prefetcher | None = None
         self.idle_ms = 100
         if cfg.mode == "bare":
             assert cfg.bare_next_hop is not None
@@ -155,9 +156,13 @@ def run(cfg: SiteConfig, index: int, tun_fd: int, ctl: socket.socket) -> int:
     more = False
     while True:
         # a drain that stopped at its batch limit left packets queued: do not block
-        events = poller.poll(0 if more else idle_ms)
+        # packets in confined services' processes: look for their answers every millisecond
+        pending = pump.pending()
+        events = poller.poll(0 if more else 1 if pending else idle_ms)
         more = False
-        if not events:
+        if pending:
+            pump.flush()
+        elif not events:
             # nothing to do: pay the FIS cache's change poll now rather than on the next packet
             replica.idle()
         for fd, _ in events:

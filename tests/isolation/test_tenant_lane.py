@@ -1,0 +1,162 @@
+"""The worker never waits on provider code: batch messages stay in flight while other
+tenants' packets go on (pcsite_lite.confine.Prefetcher.dispatch/completed); deadlines count
+the CPU the kernel accounted to the process; the in-flight bound drops with a reason."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from pcsite_lite import confine
+from pcsite_lite.confine import Prefetcher
+from pcsite_lite.verdicts import Drop, Forward
+from tests.isolation.test_confinement import _circuit, _deploy, _pkt, _site
+from tests.support import wait_until
+
+pytestmark = pytest.mark.netns  # root: chroot, setuid and cgroups
+
+REVERSE = "def process(pkt):\n    pkt.set_payload(pkt.read()[::-1])\n"
+STALL = "def process(pkt):\n    sum(range(10**10))\n"
+
+
+def _run(pipe, packets: list[bytes], now: float) -> dict[bytes, list]:
+    return {d: pipe.process(d, now) for d in packets}
+
+
+def test_a_stalled_tenant_does_not_hold_up_another_tenants_packets() -> None:
+    site, pipe = _site(deadline_ms=300, per_packet_ms=0)
+    _deploy(site, "good", "rev", REVERSE)
+    stalled = _deploy(site, "evil", "stall", STALL)
+    good, evil = _circuit(site, "good", "rev"), _circuit(site, "evil", "stall")
+    pre = Prefetcher(site)
+    batch = [bytes(_pkt(evil, b"e%d" % i)) for i in range(4)]
+    batch += [bytes(_pkt(good, b"g%d" % i)) for i in range(4)]
+    assert pre.dispatch(batch, 1.0) == []  # every packet went to its process
+    out: dict[bytes, list] = {}
+
+    # the good tenant's answers come back long before the stalled one's deadline
+    def good_back() -> bool:
+        for d, t in pre.completed():
+            out.update(_run(pipe, d, t))
+        return len(out) == 4
+
+    wait_until(good_back, timeout=10)
+    assert sorted(bytes(v.data[36:]) for [v] in out.values()) == [b"%dg" % i for i in range(4)]
+    assert stalled.pending()  # still in flight: nobody waited for it
+    # past its deadline (CPU time: it computes) the process is killed; its packets come back
+    # once: the first blamed as the service's failure, the rest dropped with that reason
+    for d, t in pre.completed(wait=True):
+        out.update(_run(pipe, d, t))
+    assert len(out) == 8 and not pre.pending()
+    verdicts = [out[d][0] for d in batch[:4]]
+    assert all(isinstance(v, Drop) and v.reason == "service_timeout" for v in verdicts)
+    slot = site.runtime.slot("evil", "stall")
+    assert slot.failures == 1 and stalled.kills == 1
+
+
+def test_a_process_the_machine_does_not_run_is_not_killed_before_the_backstop() -> None:
+    site, pipe = _site(deadline_ms=50, per_packet_ms=0)
+    proxy = _deploy(site, "p", "rev", REVERSE)
+    label = _circuit(site, "p", "rev")
+    pre = Prefetcher(site)
+    assert proxy.proc is not None
+    os.kill(proxy.proc.pid, signal.SIGSTOP)  # descheduled: uses no CPU
+    try:
+        t0 = time.monotonic()
+        assert pre.dispatch([bytes(_pkt(label, b"ab"))], 1.0) == []
+        # well past its 50 ms deadline, it is still waited for (it used no CPU) ...
+        while time.monotonic() - t0 < 0.3:
+            assert list(pre.completed()) == [] and proxy.pending() and proxy.kills == 0
+        # ... until the backstop: a process that does not compute is not waited for forever
+        [(data, _)] = list(pre.completed(wait=True))
+        assert time.monotonic() - t0 >= confine.BACKSTOP_S
+        assert proxy.kills == 1
+        [v] = pipe.process(data[0], 1.0)
+        assert isinstance(v, Drop) and v.reason == "service_timeout"
+    finally:
+        if proxy.proc is not None:
+            os.kill(proxy.proc.pid, signal.SIGCONT)
+
+
+def test_batches_in_flight_are_bounded_and_the_rest_dropped_with_a_reason(monkeypatch) -> None:
+    monkeypatch.setattr(confine, "MAX_INFLIGHT", 2)
+    site, pipe = _site()
+    proxy = _deploy(site, "p", "rev", REVERSE)
+    label = _circuit(site, "p", "rev")
+    pre = Prefetcher(site)
+    os.kill(proxy.proc.pid, signal.SIGSTOP)  # keep the first messages in flight
+    try:
+        batch = [bytes(_pkt(label, b"p%02d" % i)) for i in range(3 * confine.CHUNK)]
+        rest = pre.dispatch(batch, 1.0)
+        assert rest == batch[2 * confine.CHUNK :]  # two messages went, the third did not
+        out = [pipe.process(d, 1.0) for d in rest]
+        assert all(isinstance(v, Drop) and v.reason == "service_busy" for [v] in out)
+        assert site.runtime.slot("p", "rev").failures == 0  # not the service's fault
+    finally:
+        os.kill(proxy.proc.pid, signal.SIGCONT)
+    got = [pipe.process(d, t)[0] for held, t in pre.completed(wait=True) for d in held]
+    assert [bytes(v.data[36:]) for v in got] == [
+        (b"p%02d" % i)[::-1] for i in range(2 * confine.CHUNK)
+    ]
+    assert all(isinstance(v, Forward) for v in got)
+
+
+def test_fis_calls_and_later_batches_in_flight_do_not_mix_on_the_channel() -> None:
+    site, pipe = _site()
+    src = (
+        "def process(pkt):\n"
+        "    got = pkt.fetch('k')\n"
+        "    pkt.set_payload(pkt.read() + (b'+' if got is None else b'!'))\n"
+    )
+    _deploy(site, "p", "f", src)
+    label = _circuit(site, "p", "f")
+    pre = Prefetcher(site)
+    batches = [[bytes(_pkt(label, b"b%d-%d" % (j, i))) for i in range(confine.CHUNK)]
+               for j in range(6)]  # fmt: skip
+    out = []
+    for j, b in enumerate(batches):  # each message's FIS calls are served while the next go
+        assert pre.dispatch(b, float(j)) == []
+    for held, t in pre.completed(wait=True):
+        out += [pipe.process(d, t)[0] for d in held]
+    want = [d for b in batches for d in b]
+    assert len(out) == len(want)
+    assert all(isinstance(v, Forward) for v in out)
+    # every packet's own answer, in order: no reply went to the wrong call or batch
+    assert [bytes(v.data[36:]) for v in out] == [d[36:] + b"+" for d in want]
+
+
+def _dead_pid() -> int:
+    pid = 4_000_000
+    while os.path.exists(f"/proc/{pid}"):
+        pid -= 1
+    return pid
+
+
+def test_a_killed_workers_cgroups_are_swept_and_live_ones_kept() -> None:
+    from pcsite_lite.confine import CGROUP_ROOT, sweep_cgroups
+
+    dead, live = _dead_pid(), 1  # pid 1 is always alive
+    made = []
+    for ctl in ("memory", "cpuacct"):
+        for owner in (dead, live):
+            d = os.path.join(CGROUP_ROOT, ctl, f"pcsite-{owner}", "acme.svc.1")
+            if os.path.isdir(os.path.join(CGROUP_ROOT, ctl)):
+                os.makedirs(d, exist_ok=True)
+                made.append(d)
+    assert made, "no cgroup v1 hierarchy to test with"
+    try:
+        removed = sweep_cgroups()
+        for d in made:
+            gone = f"pcsite-{dead}" in d
+            assert os.path.isdir(d) is not gone, d
+            assert (d in removed) is gone
+        assert sweep_cgroups(live)  # a worker's own groups, by pid, once it exited
+        assert not any(os.path.isdir(d) for d in made)
+    finally:
+        for d in made:
+            for p in (d, os.path.dirname(d)):
+                if os.path.isdir(p):
+                    os.rmdir(p)
