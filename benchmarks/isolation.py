@@ -34,7 +34,8 @@ worker replica raising. Figures (``--json PATH``):
 - ``isolation_worker_crashes``: worker replicas lost (the harness's own process; 0 if it
   finished);
 - ``isolation_victim_rate_ratio``: the victim's delivered packets per second during the worst
-  attack over its rate beside a benign second provider (same loop, same run);
+  attack over its rate beside a benign second provider in the same loop right before that
+  attack (interleaved: each attack has its own baseline);
 - ``isolation_overhead_us_per_packet``: a no-op service confined minus the same service in
   the worker, per packet, batched as the worker runs it (``isolation_batch_size`` packets
   per message); ``confined_unbatched_us_per_packet``: one round trip per packet;
@@ -362,7 +363,12 @@ def run_attack(h: Harness, attack: Attack, seconds: float, version: str) -> dict
         rec["escape"] = f"later upload failed: {exc!r}"
     h.circuit("attacker", service)
     h.ready("attacker", service)
+    # the same loop beside the benign service right before: the attack's own baseline
+    # (interleaved rounds: a machine that got slower does not count as the attack's harm)
+    rec["victim_rate_benign"] = interleave(h, "attacker", "benign", seconds)["victim_rate"]
     rec.update(interleave(h, "attacker", service, seconds))
+    if rec["victim_rate_benign"]:
+        rec["victim_rate_ratio"] = rec["victim_rate"] / rec["victim_rate_benign"]
     slot = h.worker.site.runtime.slot("attacker", service)
     rec["attacker_status"] = slot.status
     rec["attacker_failures"] = slot.failures
@@ -553,7 +559,7 @@ def run(
                 records.append({"attack": attack.name, "outcome": "worker_crash",
                                 "error": repr(exc), "escapes": 1})  # fmt: skip
         ovh = overhead(h, count)
-        rates = [r["victim_rate"] for r in records if r.get("victim_rate") is not None]
+        ratios = [r["victim_rate_ratio"] for r in records if r.get("victim_rate_ratio")]
         figures: dict[str, Any] = {
             "isolation_escapes": sum(r.get("escapes", 0) for r in records),
             "isolation_supervisor_stalls_ms": max(r.get("stall_ms", 0.0) for r in records),
@@ -562,10 +568,11 @@ def run(
             ),
             "isolation_upload_ms_max": max(r.get("upload_ms", 0.0) for r in records),
             "isolation_worker_crashes": crashes,
-            "isolation_victim_rate_ratio": (min(rates) / base["victim_rate"])
-            if rates and base["victim_rate"]
-            else None,
-            "victim_baseline_rate": base["victim_rate"],
+            "isolation_victim_rate_ratio": min(ratios) if ratios else None,
+            "victim_baseline_rate": statistics.median(
+                [base["victim_rate"]]
+                + [r["victim_rate_benign"] for r in records if r.get("victim_rate_benign")]
+            ),
             **ovh,
             **metering(h),
             "attacks": records,
