@@ -211,13 +211,25 @@ def _send(args: argparse.Namespace) -> int:
             for _ in range(args.count):
                 s.send(args.message.encode(), metadata=args.metadata)
             print(f"sent {args.count} on circuit {s.circuit.circuit_id} via "
-                  f"{'->'.join(s.circuit.sites)} (first hop {s.circuit.first_hop})")  # fmt: skip
+                  f"{'->'.join(s.circuit.sites)} (first hop {s.circuit.first_hop})",
+                  flush=True)  # fmt: skip
             if args.wait:
                 try:
                     d = s.recv()
                     print(f"reply from {d.source}: {d.payload!r}")
                 except TimeoutError:
                     return _err(f"no reply within {args.wait} s")
+            elif args.linger > 0:
+                # leaving the block tears the circuit down at every site: a packet still on
+                # its way would die at the next site as unknown_label (issue #13 item 6)
+                time.sleep(args.linger)
+            if args.wait:
+                when = "after the reply"
+            elif args.linger > 0:
+                when = f"after {args.linger:g} s (--linger)"
+            else:
+                when = "at once (--linger 0): packets still in flight are dropped by the sites"
+            print(f"circuit {s.circuit.circuit_id} torn down {when}", flush=True)
     except OSError as exc:
         return _err(str(exc))
     return 0
@@ -305,6 +317,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metadata", type=int, default=0)
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--wait", type=float, default=0.0, help="seconds to wait for a reply")
+    p.add_argument(
+        "--linger",
+        type=float,
+        default=1.0,
+        help="without --wait: seconds the circuit stays up after sending, so the packets can "
+        "cross every site before the teardown reaches them (default 1)",
+    )
 
     p = sub.add_parser("recv", help="receive PacketCloud datagrams (and reply)")
     p.add_argument("--on", required=True, help="local address")
