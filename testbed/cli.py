@@ -1,5 +1,6 @@
 """``testbed``: build, inspect and remove PacketCloud namespace testbeds from the shell.
 
+testbed validate FILE                       # check a topology (every error, with its line)
 testbed up testbed/topologies/fig2.toml     # build, print what was built and the timings
 testbed status                              # every run on this machine
 testbed inspect [RUN] [--json]              # nodes, addresses, links, sites, processes
@@ -72,6 +73,36 @@ def _load(arg: str) -> Topology:
     if m:
         return line(int(m.group(1)))
     return load(_topology_path(arg))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Check a topology as ``up`` would (parse, validate, plan the addresses), build nothing."""
+    from testbed import plan
+
+    status = 0
+    for arg in args.topology:
+        try:
+            topo = _load(arg)
+            p = plan.make(topo)
+        except TopologyError as exc:
+            for e in exc.errors:
+                print(e, file=sys.stderr)
+            print(f"{arg}: {len(exc.errors)} error(s)", file=sys.stderr)
+            status = 2
+            continue
+        except ValueError as exc:  # the plan: e.g. addresses run out
+            print(f"{arg}: {exc}", file=sys.stderr)
+            status = 2
+            continue
+        kinds: dict[str, int] = {}
+        for n in topo.nodes.values():
+            kinds[n.kind] = kinds.get(n.kind, 0) + 1
+        print(
+            f"{arg}: ok: topology {topo.name}, {len(topo.nodes)} nodes "
+            f"({', '.join(f'{v} {k}' for k, v in sorted(kinds.items()))}), "
+            f"{len(p.links)} links, control network {topo.control_subnet}"
+        )
+    return status
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -298,6 +329,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="testbed", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("validate", help="check topology files without building anything")
+    p.add_argument("topology", nargs="+", help="a .toml file, a shipped name or line:K")
+    p.set_defaults(fn=cmd_validate)
     p = sub.add_parser("up", help="validate and build a topology, wait until ready")
     p.add_argument("topology", help="a .toml file, a shipped name (fig2, multidomain) or line:K")
     p.add_argument("--prefix", default="pct", help="name prefix of the run (default pct)")
