@@ -3,7 +3,7 @@
 pcsock signup keygen  --zone 64.18.198.in-addr.arpa. --out owner.key
 pcsock signup publish --key owner.key --prefix 198.18.64.0/24 --owner acme --service firewall
                       [--days 30] [--parent-key root.key] > zone.txt
-pcsock signup proof   --prefix 198.18.64.0/24 --server 198.18.0.18 --anchor-zone in-addr.arpa.
+pcsock signup proof   --prefix 198.18.64.0/24 --server 198.18.0.18 [--anchor-zone ZONE]
 pcsock signup submit  --prefix ... --service firewall --proof proof.txt \\
                       --site http://198.19.0.1:8080 --token ... --psp acme
 pcsock signup check   --prefix ... --proof proof.txt --anchor anchor.txt [--owner acme]
@@ -63,9 +63,26 @@ def _signup(args: argparse.Namespace) -> int:
             print(f"; DS for the parent zone: {key.ds_text()}", file=sys.stderr)
             return 0
         if args.action == "proof":
+            rev = ownership.reverse_zone(args.prefix).to_text()
+            anchor_zone = args.anchor_zone or rev
+            if not anchor_zone.endswith("."):
+                anchor_zone += "."
             proof = ownership.fetch_proof(
-                args.prefix, server=args.server, port=args.port, anchor_zone=args.anchor_zone
+                args.prefix, server=args.server, port=args.port, anchor_zone=anchor_zone
             )
+            keyed = {
+                f[0].lower()
+                for f in (line.split() for line in proof.text.splitlines())
+                if len(f) > 3 and f[3] == "DNSKEY"
+            }
+            for zone, role in ((anchor_zone, "the anchor zone"), (rev, "the reverse zone")):
+                if zone.lower() not in keyed:
+                    return _err(
+                        f"proof incomplete: {args.server} returned no DNSKEY for {role} {zone} "
+                        f"(is {zone} served there, and signed?)"
+                        + (" Name a signed zone it serves with --anchor-zone, by default the "
+                           f"reverse zone {rev} itself." if zone != rev else "")
+                    )  # fmt: skip
             sys.stdout.write(proof.text)
             return 0
         if args.action == "check":
@@ -281,7 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefix", required=True)
     p.add_argument("--server", required=True)
     p.add_argument("--port", type=int, default=53)
-    p.add_argument("--anchor-zone", default="in-addr.arpa.")
+    p.add_argument(
+        "--anchor-zone",
+        help="the zone whose DS/DNSKEY the site trusts (default: the prefix's reverse zone)",
+    )
     p = sa.add_parser("check", help="validate a proof against a trust anchor")
     p.add_argument("--prefix", required=True)
     p.add_argument("--proof", required=True)

@@ -8,6 +8,8 @@ testbed exec [--run RUN] NODE CMD...        # run a command in a node's namespac
 testbed capture [--run RUN] LINK [-w F]     # pcap of a link (tcpdump on its first end)
 testbed down [RUN]                          # stop the run's processes, remove its namespaces
 testbed clean --run RUN | --all-stale       # same, for runs whose owner died (even SIGKILL)
+testbed divert [--run RUN] ROUTER PREFIX    # form 3: divert a destination prefix to the site
+testbed dns zones|zone|sign|owner|anchor|key  # a run's DNS (see testbed dns --help)
 testbed demo [TOPOLOGY]                     # end-to-end scenarios with real packets
 testbed graph TOPOLOGY|RUN -o F.svg         # drawing (a run: with what is installed on it)
 testbed top [RUN] [--once] [--json]         # live packet rates, drops, worker load
@@ -24,8 +26,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from testbed import graph, netns, state, top
+from testbed.attach import attach
 from testbed.net import Testbed, default_progress
 from testbed.router import divert_argv
 from testbed.topology import Topology, TopologyError, line, load
@@ -52,14 +56,85 @@ def _pick_run(name: str | None) -> state.Run:
             return state.Run.load(name)
         except LookupError as exc:
             raise SystemExit(f"testbed: {exc}") from None
-    runs = [r for r in state.list_runs() if r.data.get("phase") == "up"]
-    if len(runs) == 1:
-        return runs[0]
-    if not runs:
-        raise SystemExit("testbed: no testbed is up (testbed up TOPOLOGY)")
-    raise SystemExit(
-        f"testbed: several runs are up ({', '.join(r.name for r in runs)}): pass --run"
+    try:
+        return attach().run_state
+    except LookupError as exc:
+        raise SystemExit(f"testbed: {exc}; pass --run") from None
+
+
+def cmd_dns(args: argparse.Namespace) -> int:
+    """A run's DNS server: list, add/replace, sign zones; ownership records; anchors; keys."""
+    _need_root()
+    try:
+        live = attach(args.run)
+    except LookupError as exc:
+        raise SystemExit(f"testbed: {exc}") from None
+    dns = live.dns
+    if dns is None:
+        raise SystemExit(f"testbed: run {live.run} runs no DNS server (a node of kind dns)")
+    origin = getattr(args, "zone", None)
+    if origin is not None and not origin.endswith("."):
+        origin += "."
+    try:
+        if args.action == "zones":
+            for z in sorted(dns.zones):
+                signed = "signed" if dns.signing_key(z) is not None else "unsigned"
+                print(f"{z:<40} {signed}")
+            print(f"served at {', '.join(dns.addresses)} (port 53)")
+        elif args.action == "zone":
+            dns.set_zone(origin, Path(args.file).read_text())
+            print(f"serving {origin} from {args.file}")
+        elif args.action == "sign":
+            dns.set_signed_zone(origin, Path(args.file).read_text())
+            print(f"serving {origin} signed; trust anchor:\n{dns.anchor_text(origin)}")
+        elif args.action == "owner":
+            now = time.time()
+            rec = dns.publish_owner(
+                args.prefix, args.owner, args.service, now - 60, now + args.days * 86400
+            )
+            print(rec)
+        elif args.action == "anchor":
+            print(dns.anchor_text(origin, dnskey=args.dnskey))
+        elif args.action == "key":
+            sys.stdout.write(dns.key_pem(origin).decode())
+    except KeyError as exc:
+        print(f"testbed: {exc.args[0]}", file=sys.stderr)
+        return 1
+    except (OSError, RuntimeError, TimeoutError) as exc:
+        print(f"testbed: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a zone file that does not parse (dnspython's exceptions)
+        print(f"testbed: {origin or args.prefix}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _dns_parser(sub: Any) -> None:
+    p = sub.add_parser("dns", help="manage a running testbed's DNS zones (form-3 sign-up)")
+    p.add_argument("--run")
+    acts = p.add_subparsers(dest="action", required=True)
+    acts.add_parser("zones", help="the zones served, and which are signed")
+    a = acts.add_parser("zone", help="add or replace a zone from a zone file (served as is)")
+    a.add_argument("zone")
+    a.add_argument("file")
+    a = acts.add_parser(
+        "sign", help="sign a zone file (with the zone's kept key, else a new one) and serve it"
     )
+    a.add_argument("zone")
+    a.add_argument("file")
+    a = acts.add_parser(
+        "owner", help="publish a destination-ownership TXT record in the prefix's reverse zone"
+    )
+    a.add_argument("prefix", help="e.g. 198.18.64.0/24 (its reverse zone must be served)")
+    a.add_argument("--owner", required=True, help="the PSP the owner authorises")
+    a.add_argument("--service", required=True)
+    a.add_argument("--days", type=float, default=30.0)
+    a = acts.add_parser("anchor", help="print a signed zone's trust anchor (DS, or --dnskey)")
+    a.add_argument("zone")
+    a.add_argument("--dnskey", action="store_true")
+    a = acts.add_parser("key", help="print a signed zone's key (pcsock signup publish --key)")
+    a.add_argument("zone")
+    p.set_defaults(fn=cmd_dns)
 
 
 def _need_root() -> None:
@@ -380,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         help="only the testbed's own scenarios, not the end-to-end demo (python -m pcdemo)",
     )
     p.set_defaults(fn=cmd_demo)
+    _dns_parser(sub)
     graph.add_parser(sub, _load)
     top.add_parser(sub, _pick_run)
     args = ap.parse_args(argv)
