@@ -108,8 +108,9 @@ class SiteControl(Protocol):
 
     def ping(self) -> None: ...
 
-    # Optional: ``services() -> set[str]``, the services with an active version at the site
-    # (for this PSP). A control that has it lets the broker refuse unknown services at setup.
+    # Optional: ``services() -> set[str] | None``, the services with an active version at the
+    # site (for this PSP), None if it cannot tell. A control that has it lets the broker
+    # refuse unknown services at setup.
 
 
 class HttpSiteControl:
@@ -165,10 +166,14 @@ class HttpSiteControl:
     def ping(self) -> None:
         self._call(self.client.health)
 
-    def services(self) -> set[str]:
-        """The PSP's services that have an active version at the site."""
-        listed = self._call(self.client.list_services)
-        return {str(s["service"]) for s in listed if isinstance(s, dict) and s.get("active")}
+    def services(self) -> set[str] | None:
+        """The PSP's services that have an active version at the site, or None when the site
+        lists no deployed code at all (no repository, or nothing uploaded yet): such a site
+        runs every circuit by its ``undeployed`` policy (docs/daemon.md), so it cannot tell."""
+        listed = [s for s in self._call(self.client.list_services) if isinstance(s, dict)]
+        if not any("versions" in s for s in listed):
+            return None
+        return {str(s["service"]) for s in listed if s.get("active")}
 
 
 # --- the broker ------------------------------------------------------------------------------
@@ -354,6 +359,8 @@ class CircuitBroker:
                 raise LookupServiceError(
                     "unavailable", f"site {site.name}: cannot list its services: {exc}"
                 ) from exc
+            if offered is None:
+                continue
             if service not in offered:
                 have = ", ".join(sorted(offered)) or "none"
                 raise LookupServiceError(

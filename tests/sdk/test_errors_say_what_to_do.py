@@ -179,3 +179,29 @@ def test_send_without_wait_keeps_the_circuit_while_packets_cross_and_says_so(cap
             assert "torn down after 0.6 s (--linger)" in out
         else:
             assert "torn down at once (--linger 0)" in out and "dropped by the sites" in out
+
+
+def test_http_control_lists_active_services_or_says_it_cannot_tell():
+    from types import SimpleNamespace
+
+    from pcsock.lookup import HttpSiteControl
+
+    c = HttpSiteControl("http://127.0.0.1:9", token="t" * 20, psp="acme")
+    c.client = SimpleNamespace(  # type: ignore[assignment]
+        list_services=lambda: [
+            {"service": "srcroute", "active": "v1", "versions": ["v1"]},
+            {"service": "uploaded_not_active", "active": None, "versions": ["v1"]},
+        ]
+    )
+    assert c.services() == {"srcroute"}
+    # no repository (or nothing uploaded): the site runs its `undeployed` policy, so the
+    # broker does not refuse
+    c.client = SimpleNamespace(list_services=lambda: [{"service": "srcroute"}])  # type: ignore[assignment]
+    assert c.services() is None
+    undecided = ListingControl()
+    undecided.services = lambda: None  # type: ignore[method-assign]
+    broker = CircuitBroker("acme", [SiteEntry("C1", A, undecided)])
+    try:
+        assert broker.create(destination=B, service="anything", sites=["C1"]).sites == ("C1",)
+    finally:
+        broker.close()
