@@ -7,10 +7,11 @@ pcsock signup proof   --prefix 198.18.64.0/24 --server 198.18.0.18 [--anchor-zon
 pcsock signup submit  --prefix ... --service firewall --proof proof.txt \\
                       --site http://198.19.0.1:8080 --token ... --psp acme
 pcsock signup check   --prefix ... --proof proof.txt --anchor anchor.txt [--owner acme]
-pcsock lookupd --config lookupd.json          # a PSP's circuit lookup service
+pcsock lookupd --config lookupd.json [--wait-sites 20]   # a PSP's circuit lookup service
 pcsock discover sites isp.example --server 198.18.0.18
 pcsock discover psp psp.example --server 198.18.0.18
-pcsock send --lookup 198.19.0.5:7053 --service srcroute --to 198.18.64.2 --sites C2,C3 hello
+pcsock send --lookup 198.18.99.2:7053 --service srcroute --to 198.18.64.2 --sites C2,C3 hello
+            [--wait 5] [--linger 1] [--retry 20]
 pcsock recv --on 198.18.64.2 [--count 1] [--reply ack]
 """
 
@@ -104,12 +105,20 @@ def _signup(args: argparse.Namespace) -> int:
 
             client = ControlClient(args.site, token=args.token, psp=args.psp,
                                    ca_file=args.ca_file)  # fmt: skip
-            try:
-                reg = client.register_destination(
-                    args.prefix, args.service, Path(args.proof).read_text()
-                )
-            except ControlError as exc:
-                return _err(f"the site refused the sign-up: {exc.code}: {exc.message}")
+            proof_text = Path(args.proof).read_text()
+            deadline = time.monotonic() + args.wait
+            while True:
+                try:
+                    reg = client.register_destination(args.prefix, args.service, proof_text)
+                    break
+                except ControlError as exc:
+                    refused = isinstance(exc.__cause__, ConnectionRefusedError)
+                    if refused and time.monotonic() < deadline:  # the site never saw it
+                        time.sleep(0.1)
+                        continue
+                    if exc.code == "connection":
+                        return _err(f"cannot reach the site: {exc.message}")
+                    return _err(f"the site refused the sign-up: {exc.code}: {exc.message}")
             print(json.dumps(reg))
             return 0
     except ownership.OwnershipError as exc:
@@ -165,6 +174,21 @@ def _lookupd(args: argparse.Namespace) -> int:
         for s in cfg["sites"]
     ]
     broker = CircuitBroker(cfg["psp"], entries, default_hops=int(cfg.get("default_hops", 1)))
+    deadline = time.monotonic() + args.wait_sites
+    while args.wait_sites > 0:
+        down = []
+        for e in entries:
+            try:
+                e.control.ping()
+            except OSError as exc:  # LookupServiceError is one
+                down.append(f"{e.name} ({exc})")
+        if not down:
+            break
+        if time.monotonic() >= deadline:
+            print(f"pcsock lookupd: sites not answering after {args.wait_sites:g} s: "
+                  f"{'; '.join(down)}", file=sys.stderr, flush=True)  # fmt: skip
+            break
+        time.sleep(0.2)
     if cfg.get("measure", True):
         rtt = broker.measure()
         print("site RTTs: " + ", ".join(f"{n}={v * 1e3:.2f}ms" for n, v in rtt.items()),
@@ -217,12 +241,25 @@ def _discover(args: argparse.Namespace) -> int:
 
 def _send(args: argparse.Namespace) -> int:
     import pcsock
+    from pcsock.lookup import LookupClient, LookupServiceError
 
     host, _, port = args.lookup.rpartition(":")
     sites = args.sites.split(",") if args.sites else None
+    lookup = LookupClient(host, int(port))
+    deadline = time.monotonic() + args.retry
+    while args.retry > 0:  # wait for the lookup service to listen (nothing was sent yet)
+        try:
+            lookup.call({"op": "sites"})
+            break
+        except LookupServiceError as exc:
+            if not isinstance(exc.__cause__, ConnectionRefusedError):
+                break  # open_circuit reports it
+            if time.monotonic() >= deadline:
+                return _err(str(exc))
+            time.sleep(0.1)
     try:
         with pcsock.open_circuit(
-            args.to, args.service, lookup=(host, int(port)), sites=sites, mode=args.mode,
+            args.to, args.service, lookup=lookup, sites=sites, mode=args.mode,
             port=args.port, timeout=args.wait,
         ) as s:  # fmt: skip
             for _ in range(args.count):
@@ -316,9 +353,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ca-file", help="CA certificate that signed the site's (https URLs)")
     p.add_argument("--token", required=True)
     p.add_argument("--psp", required=True)
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        help="seconds to keep trying while the site's control API refuses connections "
+        "(a daemon still starting)",
+    )
 
     p = sub.add_parser("lookupd", help="run a PSP circuit lookup service")
     p.add_argument("--config", required=True)
+    p.add_argument(
+        "--wait-sites",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before serving, wait up to SECONDS for every site's control API to answer",
+    )
 
     p = sub.add_parser("discover", help="find sites or PSP lookup services in DNS")
     p.add_argument("what", choices=("sites", "psp"))
@@ -337,6 +388,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metadata", type=int, default=0)
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--wait", type=float, default=0.0, help="seconds to wait for a reply")
+    p.add_argument(
+        "--retry",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="keep trying up to SECONDS while the lookup service refuses connections",
+    )
     p.add_argument(
         "--linger",
         type=float,

@@ -5,6 +5,7 @@ testbed up testbed/topologies/fig2.toml     # build, print what was built and th
 testbed status                              # every run on this machine
 testbed inspect [RUN] [--json]              # nodes, addresses, links, sites, processes
 testbed exec [--run RUN] NODE CMD...        # run a command in a node's namespace
+                                            # (RUN: --run, else $TESTBED_RUN, else the only run up)
 testbed capture [--run RUN] LINK [-w F]     # pcap of a link (tcpdump on its first end)
 testbed down [RUN]                          # stop the run's processes, remove its namespaces
 testbed clean --run RUN | --all-stale       # same, for runs whose owner died (even SIGKILL)
@@ -51,6 +52,7 @@ def _topology_path(arg: str) -> Path:
 
 
 def _pick_run(name: str | None) -> state.Run:
+    name = name or os.environ.get("TESTBED_RUN") or None
     if name:
         try:
             return state.Run.load(name)
@@ -66,7 +68,7 @@ def cmd_dns(args: argparse.Namespace) -> int:
     """A run's DNS server: list, add/replace, sign zones; ownership records; anchors; keys."""
     _need_root()
     try:
-        live = attach(args.run)
+        live = attach(args.run or os.environ.get("TESTBED_RUN") or None)
     except LookupError as exc:
         raise SystemExit(f"testbed: {exc}") from None
     dns = live.dns
@@ -183,7 +185,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     try:
         tb = Testbed(
-            _load(args.topology), prefix=args.prefix, progress=default_progress, persistent=True
+            _load(args.topology),
+            prefix=args.prefix,
+            progress=None if args.quiet else default_progress,
+            persistent=True,
         )
     except (TopologyError, ValueError) as exc:
         print(f"testbed: {exc}", file=sys.stderr)
@@ -198,7 +203,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     for proc in tb.processes:
         proc.popen.returncode = 0  # do not let Popen.__del__ reap or warn
     summary = tb.summary()
-    if args.json:
+    if args.quiet:
+        print(tb.run)
+    elif args.json:
         print(json.dumps(summary, indent=1))
     else:
         _print_summary(summary)
@@ -411,6 +418,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("topology", help="a .toml file, a shipped name (fig2, multidomain) or line:K")
     p.add_argument("--prefix", default="pct", help="name prefix of the run (default pct)")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print only the run name (export TESTBED_RUN=...)",
+    )
     p.set_defaults(fn=cmd_up)
     p = sub.add_parser("down", help="tear a run down")
     p.add_argument("run", nargs="?")
