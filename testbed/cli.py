@@ -105,6 +105,9 @@ def cmd_dns(args: argparse.Namespace) -> int:
     except (OSError, RuntimeError, TimeoutError) as exc:
         print(f"testbed: {exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # bad input: a prefix, an owner or service name, a zone name
+        print(f"testbed: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:  # a zone file that does not parse (dnspython's exceptions)
         print(f"testbed: {origin or args.prefix}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
