@@ -257,9 +257,12 @@ def _ipv4(key: str, v: str) -> str:
         raise ConfigError(key, f"{v!r} is not an IPv4 address") from None
 
 
-def _range(key: str, v: int | float, lo: float, hi: float) -> None:
+def _range(key: str, v: int | float, lo: float, hi: float) -> bool:
+    """Whether ``v`` is in range; if not, the mistake is reported (see :func:`_report`)."""
     if not lo <= v <= hi:
         _report(key, f"must be in {lo}..{hi}, got {v}")
+        return False
+    return True
 
 
 def _check_fis_credentials(url: str) -> None:
@@ -546,7 +549,8 @@ def _limits(doc: dict[str, Any]) -> Limits:
         default = getattr(defaults, key)
         typ: type | tuple[type, ...] = (int, float) if isinstance(default, float) else int
         v = _get(doc, "limits", key, typ, default)
-        _range(f"limits.{key}", v, *LIMIT_RANGES[key])
+        if not _range(f"limits.{key}", v, *LIMIT_RANGES[key]):
+            v = default  # reported; the cross-checks below see a sane value
         values[key] = float(v) if isinstance(default, float) else v
     lim = Limits(**values)
     if lim.max_connections_per_client > lim.max_connections:

@@ -51,6 +51,10 @@ def test_a_stopping_mistake_still_lets_later_sections_be_checked(tmp_path, capsy
     (tmp_path / "site.toml").write_text(text)  # site.public_ip missing stops [site]
     assert main(["check-config", "-c", str(tmp_path / "site.toml")]) == 2
     err = capsys.readouterr().err
+    assert err.splitlines()[0] == (
+        f"pcsite: bad configuration: {tmp_path / 'site.toml'}: line 1: site.public_ip: is required"
+    )
+    assert len(err.splitlines()) == 3
     assert "line 1: site.public_ip: is required" in err
     assert "line 6: control.nope: unknown key" in err
     assert "line 8: limits.max_connections: must be in" in err
