@@ -5,8 +5,9 @@ what it is, and every command and root-only code block runs, as written, on a te
 * ```sh blocks run here with bash (``set -euo pipefail``), as root, in a scratch directory
   that links the repository's ``.venv`` and ``testbed/`` (the tutorials are written for the
   repository root), with the virtualenv's commands on the ``PATH``;
-* ```python blocks marked ``# needs root`` run here on the run a shell block built (the
-  form-2 pair runs in tests/sdk/test_tutorial_form2.py);
+* ```python blocks marked ``# needs root`` run here on the run a shell block built, each in
+  its node's namespace (``testbed exec NODE .venv/bin/python FILE``) as the text says (the
+  form-2 pair also runs in one plain namespace in tests/sdk/test_tutorial_form2.py);
 * ```text and ```json blocks are formats and pictures, not commands (json ones must parse).
 
 :data:`COVERED` names the test that runs each command block; a block no test runs fails
@@ -57,8 +58,11 @@ COVERED = {
     ("tutorial-form1.md", "python", "pcsock.listen("): "test_form1_from_the_shell_and_sockets",
     ("tutorial-form1.md", "python", "open_circuit("): "test_form1_from_the_shell_and_sockets",
     ("tutorial-form1.md", "sh", "testbed down"): "test_form1_from_the_shell_and_sockets",
-    ("tutorial-form2.md", "python", "pcsock.listen("): "test_tutorial_form2.py",
-    ("tutorial-form2.md", "python", "service_socket("): "test_tutorial_form2.py",
+    ("tutorial-form2.md", "sh", "c1.toml"): "test_form2_on_the_testbed",
+    ("tutorial-form2.md", "python", "ControlClient("): "test_form2_on_the_testbed",
+    ("tutorial-form2.md", "python", "pcsock.listen("): "test_form2_on_the_testbed",
+    ("tutorial-form2.md", "python", "service_socket("): "test_form2_on_the_testbed",
+    ("tutorial-form2.md", "sh", "testbed down"): "test_form2_on_the_testbed",
     ("tutorial-form3.md", "sh", "signup publish"): "test_form3_signup_from_the_shell",
     ("tutorial-form3.md", "python", "testbed.attach("): "test_form3_attach_from_python",
 }
@@ -161,39 +165,75 @@ def test_form1_from_the_shell_and_sockets(workdir: Path) -> None:
         )  # fmt: skip
         # §4: D's program, then (once D listens) S's, each in its node as the text says
         run = (workdir / ".run").read_text().strip()
-        (workdir / "d.py").write_text(block(name, "python", "pcsock.listen("))
-        (workdir / "s.py").write_text(block(name, "python", "open_circuit("))
-        tb = [sys.executable, "-m", "testbed", "exec", "--run", run]
-        d = subprocess.Popen(
-            [*tb, "D", ".venv/bin/python", "d.py"], cwd=workdir, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        try:
-            deadline = time.monotonic() + 30
-            while (
-                "198.18.64.2:6253"
-                not in subprocess.run(
-                    [*tb, "D", "ss", "-Huln"], capture_output=True, text=True
-                ).stdout
-            ):
-                assert d.poll() is None and time.monotonic() < deadline, d.communicate()
-                time.sleep(0.1)
-            s = subprocess.run(
-                [*tb, "S", ".venv/bin/python", "s.py"], cwd=workdir, capture_output=True,
-                text=True, timeout=60,
-            )  # fmt: skip
-            d_out, d_err = d.communicate(timeout=30)
-        finally:
-            if d.poll() is None:
-                d.kill()
-                d.wait()
-        assert s.returncode == 0 and s.stdout.strip() == "b'ack'", (s.stdout, s.stderr)
+        d_out, s_out = _programs(
+            workdir,
+            run,
+            ("D", block(name, "python", "pcsock.listen(")),
+            ("S", block(name, "python", "open_circuit(")),
+        )
+        assert s_out.strip() == "b'ack'"
         source, _label, via, payload = d_out.split()
-        assert (source, via, payload) == ("198.18.10.2", "198.18.254.3", "b'hello'"), d_err
+        assert (source, via, payload) == ("198.18.10.2", "198.18.254.3", "b'hello'")
         # "When done"
         env_run = f"export TESTBED_RUN={run}\n"
         _ok(bash(env_run + block(name, "sh", "testbed down"), workdir))
         assert not (Path("/run/netns") / f"{run}-S").exists()
+    finally:
+        _down(workdir)
+
+
+def _programs(workdir: Path, run: str, rx: tuple[str, str], tx: tuple[str, str]) -> tuple[str, str]:
+    """Start ``rx`` = (node, code), wait until it listens on D's PacketCloud port, run ``tx``;
+    both programs' stdout."""
+    tb = [sys.executable, "-m", "testbed", "exec", "--run", run]
+    (workdir / "rx.py").write_text(rx[1])
+    (workdir / "tx.py").write_text(tx[1])
+    d = subprocess.Popen(
+        [*tb, rx[0], ".venv/bin/python", "rx.py"], cwd=workdir, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while (
+            "198.18.64.2:6253"
+            not in subprocess.run(
+                [*tb, rx[0], "ss", "-Huln"], capture_output=True, text=True
+            ).stdout
+        ):
+            assert d.poll() is None and time.monotonic() < deadline, d.communicate()
+            time.sleep(0.1)
+        s = subprocess.run(
+            [*tb, tx[0], ".venv/bin/python", "tx.py"], cwd=workdir, capture_output=True,
+            text=True, timeout=60,
+        )  # fmt: skip
+        assert s.returncode == 0, s.stderr
+        d_out, d_err = d.communicate(timeout=30)
+        assert d.returncode == 0, d_err
+    finally:
+        if d.poll() is None:
+            d.kill()
+            d.wait()
+    return d_out, s.stdout
+
+
+@pytest.mark.netns
+def test_form2_on_the_testbed(workdir: Path) -> None:
+    name = "tutorial-form2.md"
+    try:
+        _ok(bash(block(name, "sh", "c1.toml"), workdir))
+        run = (workdir / ".run").read_text().strip()
+        (workdir / "psp.py").write_text(block(name, "python", "ControlClient("))
+        reg = _ok(bash(f"testbed exec --run {run} PSP .venv/bin/python psp.py", workdir))
+        assert "'service_id': 49374" in reg
+        d_out, _ = _programs(
+            workdir,
+            run,
+            ("D", block(name, "python", "pcsock.listen(")),
+            ("S", block(name, "python", "service_socket(")),
+        )
+        # form 2, the service ID, metadata 0 (C1 runs the no-op), the payload: through C1
+        assert d_out.split() == ["2", "0xc0de", "0", "b'hello'"]
+        _ok(bash(f"export TESTBED_RUN={run}\n" + block(name, "sh", "testbed down"), workdir))
     finally:
         _down(workdir)
 
