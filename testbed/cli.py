@@ -66,6 +66,8 @@ def _pick_run(name: str | None) -> state.Run:
 
 def cmd_dns(args: argparse.Namespace) -> int:
     """A run's DNS server: list, add/replace, sign zones; ownership records; anchors; keys."""
+    from dns.exception import DNSException  # dnspython, as testbed.dns uses it
+
     _need_root()
     try:
         live = attach(args.run or os.environ.get("TESTBED_RUN") or None)
@@ -108,7 +110,7 @@ def cmd_dns(args: argparse.Namespace) -> int:
     except ValueError as exc:  # bad input: a prefix, an owner or service name, a zone name
         print(f"testbed: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # a zone file that does not parse (dnspython's exceptions)
+    except DNSException as exc:  # a zone file that does not parse
         print(f"testbed: {origin or args.prefix}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     return 0
