@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -289,8 +288,3 @@ def test_form3_attach_from_python(workdir: Path) -> None:
         assert "198.18.64.0/24" in out  # the diversion is in R1's set
     finally:
         _down(workdir)
-
-
-def test_scratch_directory_has_what_the_tutorials_use(workdir: Path) -> None:
-    assert (workdir / "testbed" / "topologies" / "fig2.toml").exists()
-    assert shutil.which("python", path=str(workdir / ".venv" / "bin"))
