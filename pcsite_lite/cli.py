@@ -3,7 +3,7 @@
 pcsite run --config site.toml        # foreground; SIGHUP reloads, SIGTERM stops cleanly
 pcsite pki ca --out DIR              # control API TLS: a CA, then site certificates
 pcsite pki cert --ca DIR --name 198.18.0.1 --out DIR
-pcsite check-config --config site.toml
+pcsite check-config --config site.toml     # or: pcsite validate -c site.toml
 pcsite cleanup --config site.toml    # remove what a killed instance left in the kernel
 """
 
@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run the site in the foreground")
     run.add_argument("--config", "-c", required=True)
     sub.add_parser("pki", help="control API certificates (pcsite pki --help)")
-    chk = sub.add_parser("check-config", help="validate a configuration file")
+    chk = sub.add_parser(
+        "check-config", aliases=["validate"], help="validate a configuration file (every mistake)"
+    )
     chk.add_argument("--config", "-c", required=True)
     chk.add_argument("--json", action="store_true", help="print the parsed settings as JSON")
     cln = sub.add_parser(
@@ -43,9 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load(args.config)
     except ConfigError as exc:
-        print(f"pcsite: bad configuration: {exc}", file=sys.stderr)
+        for e in exc.errors:  # every mistake found, one a line, with its line in the file
+            print(f"pcsite: bad configuration: {args.config}: {e}", file=sys.stderr)
         return 2
-    if args.cmd == "check-config":
+    if args.cmd in ("check-config", "validate"):
         if args.json:
             print(json.dumps({"name": cfg.name, "public_ip": cfg.public_ip,
                               "workers": cfg.workers, "mode": cfg.mode, "fis": cfg.fis_url,

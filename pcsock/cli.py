@@ -3,14 +3,15 @@
 pcsock signup keygen  --zone 64.18.198.in-addr.arpa. --out owner.key
 pcsock signup publish --key owner.key --prefix 198.18.64.0/24 --owner acme --service firewall
                       [--days 30] [--parent-key root.key] > zone.txt
-pcsock signup proof   --prefix 198.18.64.0/24 --server 198.18.0.18 --anchor-zone in-addr.arpa.
+pcsock signup proof   --prefix 198.18.64.0/24 --server 198.18.0.18 [--anchor-zone ZONE]
 pcsock signup submit  --prefix ... --service firewall --proof proof.txt \\
                       --site http://198.19.0.1:8080 --token ... --psp acme
 pcsock signup check   --prefix ... --proof proof.txt --anchor anchor.txt [--owner acme]
-pcsock lookupd --config lookupd.json          # a PSP's circuit lookup service
+pcsock lookupd --config lookupd.json [--wait-sites 20]   # a PSP's circuit lookup service
 pcsock discover sites isp.example --server 198.18.0.18
 pcsock discover psp psp.example --server 198.18.0.18
-pcsock send --lookup 198.19.0.5:7053 --service srcroute --to 198.18.64.2 --sites C2,C3 hello
+pcsock send --lookup 198.18.99.2:7053 --service srcroute --to 198.18.64.2 --sites C2,C3 hello
+            [--wait 5] [--linger 1] [--retry 20]
 pcsock recv --on 198.18.64.2 [--count 1] [--reply ack]
 """
 
@@ -63,9 +64,26 @@ def _signup(args: argparse.Namespace) -> int:
             print(f"; DS for the parent zone: {key.ds_text()}", file=sys.stderr)
             return 0
         if args.action == "proof":
+            rev = ownership.reverse_zone(args.prefix).to_text()
+            anchor_zone = args.anchor_zone or rev
+            if not anchor_zone.endswith("."):
+                anchor_zone += "."
             proof = ownership.fetch_proof(
-                args.prefix, server=args.server, port=args.port, anchor_zone=args.anchor_zone
+                args.prefix, server=args.server, port=args.port, anchor_zone=anchor_zone
             )
+            keyed = {
+                f[0].lower()
+                for f in (line.split() for line in proof.text.splitlines())
+                if len(f) > 3 and f[3] == "DNSKEY"
+            }
+            for zone, role in ((anchor_zone, "the anchor zone"), (rev, "the reverse zone")):
+                if zone.lower() not in keyed:
+                    return _err(
+                        f"proof incomplete: {args.server} returned no DNSKEY for {role} {zone} "
+                        f"(is {zone} served there, and signed?)"
+                        + (" Name a signed zone it serves with --anchor-zone, by default the "
+                           f"reverse zone {rev} itself." if zone != rev else "")
+                    )  # fmt: skip
             sys.stdout.write(proof.text)
             return 0
         if args.action == "check":
@@ -87,12 +105,20 @@ def _signup(args: argparse.Namespace) -> int:
 
             client = ControlClient(args.site, token=args.token, psp=args.psp,
                                    ca_file=args.ca_file)  # fmt: skip
-            try:
-                reg = client.register_destination(
-                    args.prefix, args.service, Path(args.proof).read_text()
-                )
-            except ControlError as exc:
-                return _err(f"the site refused the sign-up: {exc.code}: {exc.message}")
+            proof_text = Path(args.proof).read_text()
+            deadline = time.monotonic() + args.wait
+            while True:
+                try:
+                    reg = client.register_destination(args.prefix, args.service, proof_text)
+                    break
+                except ControlError as exc:
+                    refused = isinstance(exc.__cause__, ConnectionRefusedError)
+                    if refused and time.monotonic() < deadline:  # the site never saw it
+                        time.sleep(0.1)
+                        continue
+                    if exc.code == "connection":
+                        return _err(f"cannot reach the site: {exc.message}")
+                    return _err(f"the site refused the sign-up: {exc.code}: {exc.message}")
             print(json.dumps(reg))
             return 0
     except ownership.OwnershipError as exc:
@@ -148,6 +174,21 @@ def _lookupd(args: argparse.Namespace) -> int:
         for s in cfg["sites"]
     ]
     broker = CircuitBroker(cfg["psp"], entries, default_hops=int(cfg.get("default_hops", 1)))
+    deadline = time.monotonic() + args.wait_sites
+    while args.wait_sites > 0:
+        down = []
+        for e in entries:
+            try:
+                e.control.ping()
+            except OSError as exc:  # LookupServiceError is one
+                down.append(f"{e.name} ({exc})")
+        if not down:
+            break
+        if time.monotonic() >= deadline:
+            print(f"pcsock lookupd: sites not answering after {args.wait_sites:g} s: "
+                  f"{'; '.join(down)}", file=sys.stderr, flush=True)  # fmt: skip
+            break
+        time.sleep(0.2)
     if cfg.get("measure", True):
         rtt = broker.measure()
         print("site RTTs: " + ", ".join(f"{n}={v * 1e3:.2f}ms" for n, v in rtt.items()),
@@ -200,24 +241,49 @@ def _discover(args: argparse.Namespace) -> int:
 
 def _send(args: argparse.Namespace) -> int:
     import pcsock
+    from pcsock.lookup import LookupClient, LookupServiceError
 
     host, _, port = args.lookup.rpartition(":")
     sites = args.sites.split(",") if args.sites else None
+    lookup = LookupClient(host, int(port))
+    deadline = time.monotonic() + args.retry
+    while args.retry > 0:  # wait for the lookup service to listen (nothing was sent yet)
+        try:
+            lookup.call({"op": "sites"})
+            break
+        except LookupServiceError as exc:
+            if not isinstance(exc.__cause__, ConnectionRefusedError):
+                break  # open_circuit reports it
+            if time.monotonic() >= deadline:
+                return _err(str(exc))
+            time.sleep(0.1)
     try:
         with pcsock.open_circuit(
-            args.to, args.service, lookup=(host, int(port)), sites=sites, mode=args.mode,
+            args.to, args.service, lookup=lookup, sites=sites, mode=args.mode,
             port=args.port, timeout=args.wait,
         ) as s:  # fmt: skip
             for _ in range(args.count):
                 s.send(args.message.encode(), metadata=args.metadata)
             print(f"sent {args.count} on circuit {s.circuit.circuit_id} via "
-                  f"{'->'.join(s.circuit.sites)} (first hop {s.circuit.first_hop})")  # fmt: skip
+                  f"{'->'.join(s.circuit.sites)} (first hop {s.circuit.first_hop})",
+                  flush=True)  # fmt: skip
             if args.wait:
                 try:
                     d = s.recv()
                     print(f"reply from {d.source}: {d.payload!r}")
                 except TimeoutError:
                     return _err(f"no reply within {args.wait} s")
+            elif args.linger > 0:
+                # leaving the block tears the circuit down at every site: a packet still on
+                # its way would die at the next site as unknown_label (issue #13 item 6)
+                time.sleep(args.linger)
+            if args.wait:
+                when = "after the reply"
+            elif args.linger > 0:
+                when = f"after {args.linger:g} s (--linger)"
+            else:
+                when = "at once (--linger 0): packets still in flight are dropped by the sites"
+            print(f"circuit {s.circuit.circuit_id} torn down {when}", flush=True)
     except OSError as exc:
         return _err(str(exc))
     return 0
@@ -269,7 +335,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefix", required=True)
     p.add_argument("--server", required=True)
     p.add_argument("--port", type=int, default=53)
-    p.add_argument("--anchor-zone", default="in-addr.arpa.")
+    p.add_argument(
+        "--anchor-zone",
+        help="the zone whose DS/DNSKEY the site trusts (default: the prefix's reverse zone)",
+    )
     p = sa.add_parser("check", help="validate a proof against a trust anchor")
     p.add_argument("--prefix", required=True)
     p.add_argument("--proof", required=True)
@@ -284,9 +353,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ca-file", help="CA certificate that signed the site's (https URLs)")
     p.add_argument("--token", required=True)
     p.add_argument("--psp", required=True)
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        help="seconds to keep trying while the site's control API refuses connections "
+        "(a daemon still starting)",
+    )
 
     p = sub.add_parser("lookupd", help="run a PSP circuit lookup service")
     p.add_argument("--config", required=True)
+    p.add_argument(
+        "--wait-sites",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before serving, wait up to SECONDS for every site's control API to answer",
+    )
 
     p = sub.add_parser("discover", help="find sites or PSP lookup services in DNS")
     p.add_argument("what", choices=("sites", "psp"))
@@ -305,6 +388,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metadata", type=int, default=0)
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--wait", type=float, default=0.0, help="seconds to wait for a reply")
+    p.add_argument(
+        "--retry",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="keep trying up to SECONDS while the lookup service refuses connections",
+    )
+    p.add_argument(
+        "--linger",
+        type=float,
+        default=1.0,
+        help="without --wait: seconds the circuit stays up after sending, so the packets can "
+        "cross every site before the teardown reaches them (default 1)",
+    )
 
     p = sub.add_parser("recv", help="receive PacketCloud datagrams (and reply)")
     p.add_argument("--on", required=True, help="local address")

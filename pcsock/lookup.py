@@ -26,8 +26,10 @@ several requests)::
     -> {"op": "teardown", "id": "c1f0..."}                  <- {"ok": true}
     <- {"ok": false, "error": {"code": "unknown_site", "message": "..."}}
 
-Error codes: ``bad_request``, ``unknown_site``, ``unknown_circuit``, ``no_sites``,
-``site_refused`` (a site's control API said no; its code is in the message), ``unavailable``.
+Error codes: ``bad_request``, ``unknown_site``, ``unknown_service`` (a chosen site runs no
+active version of the service: refused at setup, not left to drop every packet as
+``service_unavailable``), ``unknown_circuit``, ``no_sites``, ``site_refused`` (a site's control
+API said no; its code is in the message), ``unavailable``.
 
 Sites are reached through :class:`SiteControl` objects: :class:`HttpSiteControl` calls a
 site daemon's control API (:mod:`pcsock.control`); the site package's
@@ -106,6 +108,10 @@ class SiteControl(Protocol):
 
     def ping(self) -> None: ...
 
+    # Optional: ``services() -> set[str] | None``, the services with an active version at the
+    # site (for this PSP), None if it cannot tell. A control that has it lets the broker
+    # refuse unknown services at setup.
+
 
 class HttpSiteControl:
     """A site's control API over HTTP (the daemon's :class:`ControlClient`)."""
@@ -160,6 +166,15 @@ class HttpSiteControl:
     def ping(self) -> None:
         self._call(self.client.health)
 
+    def services(self) -> set[str] | None:
+        """The PSP's services that have an active version at the site, or None when the site
+        lists no deployed code at all (no repository, or nothing uploaded yet): such a site
+        runs every circuit by its ``undeployed`` policy (docs/daemon.md), so it cannot tell."""
+        listed = [s for s in self._call(self.client.list_services) if isinstance(s, dict)]
+        if not any("versions" in s for s in listed):
+            return None
+        return {str(s["service"]) for s in listed if s.get("active")}
+
 
 # --- the broker ------------------------------------------------------------------------------
 
@@ -202,6 +217,7 @@ class CircuitBroker:
         self.default_hops = default_hops
         self.max_lifetime = max_lifetime
         self._circuits: dict[str, _Record] = {}
+        self._known_services: dict[tuple[str, str], float] = {}  # (site, service) -> until
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=max(2, min(16, len(self.sites))))
 
@@ -259,6 +275,7 @@ class CircuitBroker:
             raise LookupServiceError("bad_request", "service required")
         lifetime = min(max(float(lifetime), 1.0), self.max_lifetime)
         path = self.choose(sites, hops)
+        self._check_service(path, service)
         labels: list[Any] = [None] * len(path)
         try:
             futs = [self._pool.submit(s.control.allocate, service, lifetime) for s in path]
@@ -318,6 +335,41 @@ class CircuitBroker:
                 service,
             )
         return circuit
+
+    #: seconds a site's answer "service S is active" is trusted before asking again
+    SERVICES_TTL = 10.0
+
+    def _check_service(self, path: list[SiteEntry], service: str) -> None:
+        """Refuse (``unknown_service``) if a site on ``path`` runs no active ``service``.
+
+        Asked only of controls that can list services; a positive answer is cached for
+        :attr:`SERVICES_TTL` s, a negative one is always asked again (a deploy may follow).
+        """
+        now = time.monotonic()
+        for site in path:
+            lister = getattr(site.control, "services", None)
+            if lister is None:
+                continue
+            key = (site.name, service)
+            if self._known_services.get(key, 0.0) > now:
+                continue
+            try:
+                offered = lister()
+            except (OSError, LookupServiceError) as exc:
+                raise LookupServiceError(
+                    "unavailable", f"site {site.name}: cannot list its services: {exc}"
+                ) from exc
+            if offered is None:
+                continue
+            if service not in offered:
+                have = ", ".join(sorted(offered)) or "none"
+                raise LookupServiceError(
+                    "unknown_service",
+                    f"site {site.name} runs no service {service!r} for PSP {self.psp} "
+                    f"(active there: {have})",
+                )
+            with self._lock:
+                self._known_services[key] = now + self.SERVICES_TTL
 
     def _undo(self, hops: list[tuple[SiteEntry, int]]) -> None:
         """Tear hops down at their sites, in parallel; a site that fails expires it anyway."""
@@ -596,6 +648,18 @@ class LookupServer:
         self.close()
 
 
+def _hint(exc: OSError) -> str:
+    """The likely cause of a failed connection to a lookup service, for the error message."""
+    if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH) or isinstance(exc, TimeoutError):
+        return (
+            " (no route from this host: the lookup service must listen on an address senders"
+            " can reach, e.g. a PSP node with a data link, not one on the control network only)"
+        )
+    if exc.errno == errno.ECONNREFUSED:
+        return " (nothing listens there: is `pcsock lookupd` running on that address and port?)"
+    return ""
+
+
 class LookupClient:
     """The sender's side of the protocol (one TCP connection, reused; thread-safe)."""
 
@@ -612,7 +676,7 @@ class LookupClient:
             s = _socket.create_connection((self.host, self.port), timeout=self.timeout)
         except OSError as exc:
             raise LookupServiceError(
-                "unavailable", f"lookup service {self.host}:{self.port}: {exc}"
+                "unavailable", f"lookup service {self.host}:{self.port}: {exc}{_hint(exc)}"
             ) from exc
         s.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
         self._sock = s

@@ -21,6 +21,7 @@ protocol 253; needs root or CAP_NET_RAW, else :class:`PrivilegeError`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import socket as _socket
 import threading
 import time
@@ -34,6 +35,7 @@ from pcsock import wire
 from pcsock.session import Circuit, Datagram, Session
 
 __all__ = [
+    "AddressInUseError",
     "AsyncCircuitSocket",
     "AsyncPacketCloudSocket",
     "CircuitSocket",
@@ -66,6 +68,10 @@ class PrivilegeError(PcsockError, PermissionError):
     """Raw-IP mode was asked for without root / CAP_NET_RAW."""
 
 
+class AddressInUseError(PcsockError):
+    """Another socket already receives PacketCloud datagrams on this address (UDP mode)."""
+
+
 def local_address_for(destination: str) -> str:
     """The local IPv4 address the kernel would use toward ``destination`` (no packet sent)."""
     with _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM) as s:
@@ -81,15 +87,24 @@ def _open_transport(
     if mode == "udp":
         s = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
         try:
-            s.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+            # no SO_REUSEADDR: a second socket on the same address and port would silently
+            # take the first one's datagrams (issue #13 item 7); bind refuses it instead
             # UDP checksum 0 (RFC 768 "none"), as pcsock.wire builds it: the shim carries its own
             # check and every site rewrites the outer header (docs/protocol.md §2)
             s.setsockopt(_socket.SOL_SOCKET, _SO_NO_CHECK, 1)
             if tos:
                 s.setsockopt(_socket.IPPROTO_IP, _socket.IP_TOS, tos)
             s.bind((local_ip, port if bind else 0))
-        except OSError:
+        except OSError as exc:
             s.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise AddressInUseError(
+                    exc.errno,
+                    f"{local_ip}:{port} (UDP) is already used by another socket, e.g. a "
+                    f"pcsock.listen() on the same address: two sockets cannot both receive "
+                    f"PacketCloud datagrams there. Send from the listening socket (reply, "
+                    f"send_on), or give this one another local_ip",
+                ) from exc
             raise
         return s, s
     if mode != "ip":

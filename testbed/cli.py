@@ -1,12 +1,16 @@
 """``testbed``: build, inspect and remove PacketCloud namespace testbeds from the shell.
 
+testbed validate FILE                       # check a topology (every error, with its line)
 testbed up testbed/topologies/fig2.toml     # build, print what was built and the timings
 testbed status                              # every run on this machine
 testbed inspect [RUN] [--json]              # nodes, addresses, links, sites, processes
 testbed exec [--run RUN] NODE CMD...        # run a command in a node's namespace
+                                            # (RUN: --run, else $TESTBED_RUN, else the only run up)
 testbed capture [--run RUN] LINK [-w F]     # pcap of a link (tcpdump on its first end)
 testbed down [RUN]                          # stop the run's processes, remove its namespaces
 testbed clean --run RUN | --all-stale       # same, for runs whose owner died (even SIGKILL)
+testbed divert [--run RUN] ROUTER PREFIX    # form 3: divert a destination prefix to the site
+testbed dns zones|zone|sign|owner|anchor|key  # a run's DNS (see testbed dns --help)
 testbed demo [TOPOLOGY]                     # end-to-end scenarios with real packets
 testbed graph TOPOLOGY|RUN -o F.svg         # drawing (a run: with what is installed on it)
 testbed top [RUN] [--once] [--json]         # live packet rates, drops, worker load
@@ -23,8 +27,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from testbed import graph, netns, state, top
+from testbed.attach import attach
 from testbed.net import Testbed, default_progress
 from testbed.router import divert_argv
 from testbed.topology import Topology, TopologyError, line, load
@@ -46,19 +52,96 @@ def _topology_path(arg: str) -> Path:
 
 
 def _pick_run(name: str | None) -> state.Run:
+    name = name or os.environ.get("TESTBED_RUN") or None
     if name:
         try:
             return state.Run.load(name)
         except LookupError as exc:
             raise SystemExit(f"testbed: {exc}") from None
-    runs = [r for r in state.list_runs() if r.data.get("phase") == "up"]
-    if len(runs) == 1:
-        return runs[0]
-    if not runs:
-        raise SystemExit("testbed: no testbed is up (testbed up TOPOLOGY)")
-    raise SystemExit(
-        f"testbed: several runs are up ({', '.join(r.name for r in runs)}): pass --run"
+    try:
+        return attach().run_state
+    except LookupError as exc:
+        raise SystemExit(f"testbed: {exc}; pass --run") from None
+
+
+def cmd_dns(args: argparse.Namespace) -> int:
+    """A run's DNS server: list, add/replace, sign zones; ownership records; anchors; keys."""
+    from dns.exception import DNSException  # dnspython, as testbed.dns uses it
+
+    _need_root()
+    try:
+        live = attach(args.run or os.environ.get("TESTBED_RUN") or None)
+    except LookupError as exc:
+        raise SystemExit(f"testbed: {exc}") from None
+    dns = live.dns
+    if dns is None:
+        raise SystemExit(f"testbed: run {live.run} runs no DNS server (a node of kind dns)")
+    origin = getattr(args, "zone", None)
+    if origin is not None and not origin.endswith("."):
+        origin += "."
+    try:
+        if args.action == "zones":
+            for z in sorted(dns.zones):
+                signed = "signed" if dns.signing_key(z) is not None else "unsigned"
+                print(f"{z:<40} {signed}")
+            print(f"served at {', '.join(dns.addresses)} (port 53)")
+        elif args.action == "zone":
+            dns.set_zone(origin, Path(args.file).read_text())
+            print(f"serving {origin} from {args.file}")
+        elif args.action == "sign":
+            dns.set_signed_zone(origin, Path(args.file).read_text())
+            print(f"serving {origin} signed; trust anchor:\n{dns.anchor_text(origin)}")
+        elif args.action == "owner":
+            now = time.time()
+            rec = dns.publish_owner(
+                args.prefix, args.owner, args.service, now - 60, now + args.days * 86400
+            )
+            print(rec)
+        elif args.action == "anchor":
+            print(dns.anchor_text(origin, dnskey=args.dnskey))
+        elif args.action == "key":
+            sys.stdout.write(dns.key_pem(origin).decode())
+    except KeyError as exc:
+        print(f"testbed: {exc.args[0]}", file=sys.stderr)
+        return 1
+    except (OSError, RuntimeError, TimeoutError) as exc:
+        print(f"testbed: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # bad input: a prefix, an owner or service name, a zone name
+        print(f"testbed: {exc}", file=sys.stderr)
+        return 2
+    except DNSException as exc:  # a zone file that does not parse
+        print(f"testbed: {origin or args.prefix}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _dns_parser(sub: Any) -> None:
+    p = sub.add_parser("dns", help="manage a running testbed's DNS zones (form-3 sign-up)")
+    p.add_argument("--run")
+    acts = p.add_subparsers(dest="action", required=True)
+    acts.add_parser("zones", help="the zones served, and which are signed")
+    a = acts.add_parser("zone", help="add or replace a zone from a zone file (served as is)")
+    a.add_argument("zone")
+    a.add_argument("file")
+    a = acts.add_parser(
+        "sign", help="sign a zone file (with the zone's kept key, else a new one) and serve it"
     )
+    a.add_argument("zone")
+    a.add_argument("file")
+    a = acts.add_parser(
+        "owner", help="publish a destination-ownership TXT record in the prefix's reverse zone"
+    )
+    a.add_argument("prefix", help="e.g. 198.18.64.0/24 (its reverse zone must be served)")
+    a.add_argument("--owner", required=True, help="the PSP the owner authorises")
+    a.add_argument("--service", required=True)
+    a.add_argument("--days", type=float, default=30.0)
+    a = acts.add_parser("anchor", help="print a signed zone's trust anchor (DS, or --dnskey)")
+    a.add_argument("zone")
+    a.add_argument("--dnskey", action="store_true")
+    a = acts.add_parser("key", help="print a signed zone's key (pcsock signup publish --key)")
+    a.add_argument("zone")
+    p.set_defaults(fn=cmd_dns)
 
 
 def _need_root() -> None:
@@ -74,10 +157,43 @@ def _load(arg: str) -> Topology:
     return load(_topology_path(arg))
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Check a topology as ``up`` would (parse, validate, plan the addresses), build nothing."""
+    from testbed import plan
+
+    status = 0
+    for arg in args.topology:
+        try:
+            topo = _load(arg)
+            p = plan.make(topo)
+        except TopologyError as exc:
+            for e in exc.errors:
+                print(e, file=sys.stderr)
+            print(f"{arg}: {len(exc.errors)} error(s)", file=sys.stderr)
+            status = 2
+            continue
+        except ValueError as exc:  # the plan: e.g. addresses run out
+            print(f"{arg}: {exc}", file=sys.stderr)
+            status = 2
+            continue
+        kinds: dict[str, int] = {}
+        for n in topo.nodes.values():
+            kinds[n.kind] = kinds.get(n.kind, 0) + 1
+        print(
+            f"{arg}: ok: topology {topo.name}, {len(topo.nodes)} nodes "
+            f"({', '.join(f'{v} {k}' for k, v in sorted(kinds.items()))}), "
+            f"{len(p.links)} links, control network {topo.control_subnet}"
+        )
+    return status
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     try:
         tb = Testbed(
-            _load(args.topology), prefix=args.prefix, progress=default_progress, persistent=True
+            _load(args.topology),
+            prefix=args.prefix,
+            progress=None if args.quiet else default_progress,
+            persistent=True,
         )
     except (TopologyError, ValueError) as exc:
         print(f"testbed: {exc}", file=sys.stderr)
@@ -92,7 +208,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     for proc in tb.processes:
         proc.popen.returncode = 0  # do not let Popen.__del__ reap or warn
     summary = tb.summary()
-    if args.json:
+    if args.quiet:
+        print(tb.run)
+    elif args.json:
         print(json.dumps(summary, indent=1))
     else:
         _print_summary(summary)
@@ -298,10 +416,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="testbed", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("validate", help="check topology files without building anything")
+    p.add_argument("topology", nargs="+", help="a .toml file, a shipped name or line:K")
+    p.set_defaults(fn=cmd_validate)
     p = sub.add_parser("up", help="validate and build a topology, wait until ready")
     p.add_argument("topology", help="a .toml file, a shipped name (fig2, multidomain) or line:K")
     p.add_argument("--prefix", default="pct", help="name prefix of the run (default pct)")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print only the run name (export TESTBED_RUN=...)",
+    )
     p.set_defaults(fn=cmd_up)
     p = sub.add_parser("down", help="tear a run down")
     p.add_argument("run", nargs="?")
@@ -346,6 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         help="only the testbed's own scenarios, not the end-to-end demo (python -m pcdemo)",
     )
     p.set_defaults(fn=cmd_demo)
+    _dns_parser(sub)
     graph.add_parser(sub, _load)
     top.add_parser(sub, _pick_run)
     args = ap.parse_args(argv)

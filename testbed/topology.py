@@ -31,15 +31,19 @@ e.g. ``fig2.toml:14: node "C1" field "router": "R9" is not a node``.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "KINDS",
+    "LINK_FIELDS",
+    "NODE_FIELDS",
     "TESTBED_SPACE",
     "LinkSpec",
     "NodeSpec",
@@ -54,20 +58,6 @@ TESTBED_SPACE = ipaddress.IPv4Network("198.18.0.0/15")
 KINDS = ("host", "router", "site", "dns", "fis", "psp")
 _CONTROL_BY_DEFAULT = {"site", "dns", "fis", "psp"}
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,23}$")
-_NODE_KEYS = {
-    "name",
-    "kind",
-    "prefix",
-    "router",
-    "public_ip",
-    "compute_nodes",
-    "control",
-    "zone",
-    "signed_reverse",
-    "engine",
-    "description",
-}
-_LINK_KEYS = {"a", "b", "delay", "jitter", "loss", "rate", "subnet", "name"}
 _TOP_KEYS = {"name", "description", "control", "node", "link"}
 _TIME = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(us|ms|s)\s*$")
 _RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(bit|kbit|mbit|gbit)\s*$", re.IGNORECASE)
@@ -76,7 +66,11 @@ _TIME_MULT = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
 class TopologyError(ValueError):
-    """A topology that cannot be built; the message names file, line and field."""
+    """A topology that cannot be built; the message names file, line and field.
+
+    ``errors`` holds every mistake found (in line order), each a :class:`TopologyError`;
+    the message of one raised for several starts with the first and lists all, one a line.
+    """
 
     def __init__(self, source: str, line: int | None, where: str, message: str) -> None:
         loc = f"{source}:{line}" if line else source
@@ -84,6 +78,19 @@ class TopologyError(ValueError):
         self.source = source
         self.line = line
         self.where = where
+        self.message = message
+        self.errors: list[TopologyError] = [self]
+
+    @classmethod
+    def of(cls, errors: list[TopologyError]) -> TopologyError:
+        """One exception for ``errors`` (at least one), sorted by line."""
+        errors = sorted(errors, key=lambda e: (e.line is None, e.line or 0))
+        head = errors[0]
+        exc = cls(head.source, head.line, head.where, head.message)
+        if len(errors) > 1:
+            exc.args = ("\n".join(str(e) for e in errors) + f"\n({len(errors)} errors)",)
+        exc.errors = errors
+        return exc
 
 
 @dataclass(frozen=True)
@@ -221,280 +228,304 @@ def parse(text: str, source: str = "<topology>") -> Topology:
     return from_dict(data, source=source, text=text)
 
 
+# --- field tables: one row per key (add a key = add a row) -----------------------------------
+
+
+@dataclass(frozen=True)
+class Field:
+    """One key of a ``[[node]]`` or ``[[link]]`` table.
+
+    ``conv`` turns the TOML value into the spec's value or raises ``ValueError`` with the
+    message; ``kinds`` are the node kinds that may carry it (None: every kind); ``required``
+    (with ``missing``, the message) applies to those kinds.
+    """
+
+    key: str
+    attr: str
+    conv: Callable[[Any], Any]
+    kinds: tuple[str, ...] | None = None
+    required: bool = False
+    missing: str = "required"
+
+
+def _node_name(v: Any) -> str:
+    if not isinstance(v, str) or not _NAME.match(v):
+        raise ValueError(f"{v!r} must be a letter then up to 23 letters, digits or _")
+    return v
+
+
+def _kind(v: Any) -> str:
+    if v not in KINDS:
+        raise ValueError(f"{v!r} is not one of {list(KINDS)}")
+    return str(v)
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError("must be true or false")
+    return v
+
+
+def _text(v: Any) -> str:
+    if not isinstance(v, str):
+        raise ValueError(f"{v!r} must be a string")
+    return v
+
+
+def _int_in(lo: int, hi: int) -> Callable[[Any], int]:
+    def conv(v: Any) -> int:
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+            raise ValueError(f"must be {lo}..{hi}")
+        return v
+
+    return conv
+
+
+def _one_of(*choices: str) -> Callable[[Any], str]:
+    def conv(v: Any) -> str:
+        if v not in choices:
+            raise ValueError(f"must be {' or '.join(repr(c) for c in choices)}")
+        return str(v)
+
+    return conv
+
+
+def _zone(v: Any) -> str:
+    if not isinstance(v, str) or not re.match(r"^([A-Za-z0-9-]+\.)+$", v):
+        raise ValueError(f"{v!r} is not an absolute name like 'pc.test.'")
+    return v
+
+
+def _small_subnet(what: str) -> Callable[[Any], ipaddress.IPv4Network]:
+    def conv(v: Any) -> ipaddress.IPv4Network:
+        net = _subnet(v)
+        if net.prefixlen > 30:
+            raise ValueError(f"{what} must be /30 or larger")
+        return net
+
+    return conv
+
+
+def _reverse_prefixes(v: Any) -> list[ipaddress.IPv4Network]:
+    if not isinstance(v, list):
+        raise ValueError("must be a list of prefixes")
+    nets = [_subnet(p) for p in v]
+    for p in nets:
+        if p.prefixlen % 8:
+            raise ValueError(f"{p} must end on an octet boundary (/8, /16 or /24)")
+    return nets
+
+
+def _percent(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 100:
+        raise ValueError(f"{v!r} must be a percentage 0..100")
+    return float(v)
+
+
+NODE_FIELDS: tuple[Field, ...] = (
+    Field("name", "name", _node_name, required=True),
+    Field("kind", "kind", _kind, required=True),
+    Field("control", "control", _bool),
+    Field("description", "description", _text),
+    Field("router", "router", _node_name, ("site",), True, "the name of its co-located router"),
+    Field("public_ip", "public_ip", lambda v: _address(v), ("site",)),
+    Field("compute_nodes", "compute_nodes", _int_in(1, 64), ("site",)),
+    Field("prefix", "prefix", _small_subnet("a host prefix"), ("host",)),
+    Field("zone", "zone", _zone, ("dns",)),
+    Field("signed_reverse", "signed_reverse", _reverse_prefixes, ("dns",)),
+    Field("engine", "engine", _one_of("sqlite", "redis"), ("fis",)),
+)
+LINK_FIELDS: tuple[Field, ...] = (
+    Field("a", "a", _text, required=True, missing="the name of a node"),
+    Field("b", "b", _text, required=True, missing="the name of a node"),
+    Field("delay", "delay_ms", parse_time_ms),
+    Field("jitter", "jitter_ms", parse_time_ms),
+    Field("loss", "loss_pct", _percent),
+    Field("rate", "rate_bps", parse_rate_bps),
+    Field("subnet", "subnet", _small_subnet("a link subnet")),
+    Field("name", "name", _text),
+)
+CONTROL_FIELDS: tuple[Field, ...] = (Field("subnet", "subnet", lambda v: _subnet(v)),)
+
+
+class _Checker:
+    """Collects every mistake (with its line) instead of stopping at the first."""
+
+    def __init__(self, source: str, text: str) -> None:
+        self.source = source
+        self.loc = _Locator(text)
+        self.has_text = bool(text)
+        self.errors: list[TopologyError] = []
+
+    def err(self, table: str | None, index: int, key: str | None, where: str, msg: str) -> None:
+        line = self.loc.key_line(table, index, key) if self.has_text else None
+        self.errors.append(TopologyError(self.source, line, where, msg))
+
+    def fields(
+        self,
+        raw: dict[str, Any],
+        rows: tuple[Field, ...],
+        table: str | None,
+        index: int,
+        where: str,
+        kind: str | None = None,
+    ) -> dict[str, Any]:
+        """The converted values of ``raw`` per ``rows``; every problem is recorded.
+
+        ``kind`` None with node rows: the kind itself is wrong, so kind rules are not checked.
+        """
+        known = {f.key for f in rows}
+        for key in raw:
+            if key not in known:
+                self.err(table, index, key, f'{where} field "{key}"',
+                         f"unknown (expected one of {sorted(known)})")  # fmt: skip
+        out: dict[str, Any] = {}
+        for f in rows:
+            applies = f.kinds is None or kind is None or kind in f.kinds
+            if f.key not in raw:
+                if f.required and applies and (f.kinds is None or kind is not None):
+                    self.err(table, index, None, f'{where} field "{f.key}"', f.missing)
+                continue
+            if not applies:
+                assert f.kinds is not None
+                self.err(table, index, f.key, f'{where} field "{f.key}"',
+                         f"only allowed for {'/'.join(f.kinds)} nodes")  # fmt: skip
+                continue
+            try:
+                out[f.attr] = f.conv(raw[f.key])
+            except ValueError as exc:
+                self.err(table, index, f.key, f'{where} field "{f.key}"', str(exc))
+        return out
+
+
 def from_dict(data: dict[str, Any], source: str = "<topology>", text: str = "") -> Topology:
-    """Validate an already-parsed topology (the dict form of the TOML file)."""
-    loc = _Locator(text)
+    """Validate an already-parsed topology (the dict form of the TOML file).
 
-    def fail(table: str | None, index: int, key: str | None, where: str, msg: str) -> None:
-        raise TopologyError(source, loc.key_line(table, index, key) if text else None, where, msg)
-
+    Every mistake is reported, each with its line: the raised :class:`TopologyError` lists
+    them all (``.errors``).
+    """
+    ck = _Checker(source, text)
     for key in data:
         if key not in _TOP_KEYS:
-            fail(None, 0, key, f'field "{key}"', f"unknown (expected one of {sorted(_TOP_KEYS)})")
+            ck.err(None, 0, key, f'field "{key}"', f"unknown (expected one of {sorted(_TOP_KEYS)})")
     raw_nodes = data.get("node", [])
     raw_links = data.get("link", [])
     if not isinstance(raw_nodes, list) or not raw_nodes:
-        fail(None, 0, None, "", "a topology needs at least one [[node]]")
+        ck.err(None, 0, None, "", "a topology needs at least one [[node]]")
+        raw_nodes = []
     if not isinstance(raw_links, list):
-        fail(None, 0, "link", 'field "link"', "must be an array of tables ([[link]])")
+        ck.err(None, 0, "link", 'field "link"', "must be an array of tables ([[link]])")
+        raw_links = []
 
     nodes: dict[str, NodeSpec] = {}
+    node_index: dict[str, int] = {}  # name -> index of its [[node]] table
+    named = {r.get("name") for r in raw_nodes if isinstance(r, dict)}  # valid or not
     for i, raw in enumerate(raw_nodes):
-        where = f"node #{i + 1}"
         if not isinstance(raw, dict):
-            fail("node", i, None, where, "must be a table")
-        for key in raw:
-            if key not in _NODE_KEYS:
-                fail(
-                    "node",
-                    i,
-                    key,
-                    f'{where} field "{key}"',
-                    f"unknown (expected one of {sorted(_NODE_KEYS)})",
-                )
+            ck.err("node", i, None, f"node #{i + 1}", "must be a table")
+            continue
         name = raw.get("name")
-        if not isinstance(name, str) or not _NAME.match(name):
-            fail(
-                "node",
-                i,
-                "name",
-                f'{where} field "name"',
-                f"{name!r} must be a letter then up to 23 letters, digits or _",
-            )
-        where = f'node "{name}"'
-        if name in nodes:
-            fail("node", i, "name", f'{where} field "name"', "duplicate node name")
-        kind = raw.get("kind")
-        if kind not in KINDS:
-            fail(
-                "node", i, "kind", f'{where} field "kind"', f"{kind!r} is not one of {list(KINDS)}"
-            )
-        spec = NodeSpec(name=name, kind=kind, control=kind in _CONTROL_BY_DEFAULT)
-        if "control" in raw:
-            if not isinstance(raw["control"], bool):
-                fail("node", i, "control", f'{where} field "control"', "must be true or false")
-            spec.control = raw["control"]
-        if "description" in raw:
-            spec.description = str(raw["description"])
+        ok_name = isinstance(name, str) and bool(_NAME.match(name))
+        where = f'node "{name}"' if ok_name else f"node #{i + 1}"
+        kind = raw.get("kind") if raw.get("kind") in KINDS else None
+        vals = ck.fields(raw, NODE_FIELDS, "node", i, where, kind)
+        if ok_name and name in nodes:
+            ck.err("node", i, "name", f'{where} field "name"', "duplicate node name")
+            continue
+        if "name" not in vals or "kind" not in vals:
+            continue
+        vals.setdefault("control", vals["kind"] in _CONTROL_BY_DEFAULT)
+        nodes[vals["name"]] = NodeSpec(**vals)
+        node_index[vals["name"]] = i
 
-        def only(kinds: tuple[str, ...], key: str, raw=raw, kind=kind, i=i, where=where) -> None:
-            if key in raw and kind not in kinds:
-                fail(
-                    "node",
-                    i,
-                    key,
-                    f'{where} field "{key}"',
-                    f"only allowed for {'/'.join(kinds)} nodes",
-                )
-
-        for key, kinds in (
-            ("router", ("site",)),
-            ("public_ip", ("site",)),
-            ("compute_nodes", ("site",)),
-            ("prefix", ("host",)),
-            ("zone", ("dns",)),
-            ("signed_reverse", ("dns",)),
-            ("engine", ("fis",)),
+    for name, spec in nodes.items():
+        if (
+            spec.kind == "site"
+            and spec.router is not None
+            and (spec.router not in nodes or nodes[spec.router].kind != "router")
         ):
-            only(kinds, key)
-        try:
-            if "prefix" in raw:
-                spec.prefix = _subnet(raw["prefix"])
-            if "public_ip" in raw:
-                spec.public_ip = _address(raw["public_ip"])
-            if "signed_reverse" in raw:
-                if not isinstance(raw["signed_reverse"], list):
-                    raise ValueError("must be a list of prefixes")
-                spec.signed_reverse = [_subnet(p) for p in raw["signed_reverse"]]
-                for p in spec.signed_reverse:
-                    if p.prefixlen % 8:
-                        raise ValueError(f"{p} must end on an octet boundary (/8, /16 or /24)")
-        except ValueError as exc:
-            key = next(k for k in ("prefix", "public_ip", "signed_reverse") if k in raw)
-            fail("node", i, key, f'{where} field "{key}"', str(exc))
-        if kind == "site":
-            if not isinstance(raw.get("router"), str):
-                fail(
-                    "node",
-                    i,
-                    "router" if "router" in raw else None,
-                    f'{where} field "router"',
-                    "a site needs the name of its co-located router",
-                )
-            spec.router = raw["router"]
-            cn = raw.get("compute_nodes", 1)
-            if not isinstance(cn, int) or isinstance(cn, bool) or not 1 <= cn <= 64:
-                fail("node", i, "compute_nodes", f'{where} field "compute_nodes"', "must be 1..64")
-            spec.compute_nodes = cn
-        if kind == "dns" and "zone" in raw:
-            zone = raw["zone"]
-            if not isinstance(zone, str) or not re.match(r"^([A-Za-z0-9-]+\.)+$", zone):
-                fail(
-                    "node",
-                    i,
-                    "zone",
-                    f'{where} field "zone"',
-                    f"{zone!r} is not an absolute name like 'pc.test.'",
-                )
-            spec.zone = zone
-        if kind == "fis" and "engine" in raw:
-            if raw["engine"] not in ("sqlite", "redis"):
-                fail("node", i, "engine", f'{where} field "engine"', "must be 'sqlite' or 'redis'")
-            spec.engine = raw["engine"]
-        nodes[name] = spec
-
-    for i, raw in enumerate(raw_nodes):
-        spec = nodes[raw["name"]]
-        if spec.kind == "site" and (
-            spec.router not in nodes or nodes[spec.router].kind != "router"
-        ):
-            fail(
-                "node",
-                i,
-                "router",
-                f'node "{spec.name}" field "router"',
-                f"{spec.router!r} is not a router node",
-            )
+            ck.err("node", node_index[name], "router", f'node "{name}" field "router"',
+                   f"{spec.router!r} is not a router node")  # fmt: skip
 
     links: list[LinkSpec] = []
     pairs: set[frozenset[str]] = set()
     for i, raw in enumerate(raw_links):
-        where = f"link #{i + 1}"
         if not isinstance(raw, dict):
-            fail("link", i, None, where, "must be a table")
-        for key in raw:
-            if key not in _LINK_KEYS:
-                fail(
-                    "link",
-                    i,
-                    key,
-                    f'{where} field "{key}"',
-                    f"unknown (expected one of {sorted(_LINK_KEYS)})",
-                )
+            ck.err("link", i, None, f"link #{i + 1}", "must be a table")
+            continue
+        a, b = raw.get("a"), raw.get("b")
+        ends_ok = a in nodes and b in nodes
+        where = f"link {a}-{b}" if ends_ok else f"link #{i + 1}"
+        vals = ck.fields(raw, LINK_FIELDS, "link", i, where)
         for end in ("a", "b"):
-            if raw.get(end) not in nodes:
-                fail(
-                    "link",
-                    i,
-                    end if end in raw else None,
-                    f'{where} field "{end}"',
-                    f"{raw.get(end)!r} is not a node",
-                )
-        a, b = raw["a"], raw["b"]
-        where = f"link {a}-{b}"
+            if end in raw and raw[end] not in nodes and raw[end] not in named:
+                ck.err("link", i, end, f'{where} field "{end}"', f"{raw[end]!r} is not a node")
+        if vals.get("jitter_ms") and not vals.get("delay_ms"):
+            ck.err("link", i, "jitter", f'{where} field "jitter"', "jitter needs a delay")
+        if not ends_ok:
+            continue
         if a == b:
-            fail("link", i, "b", f'{where} field "b"', "a link needs two different nodes")
+            ck.err("link", i, "b", f'{where} field "b"', "a link needs two different nodes")
+            continue
         if frozenset((a, b)) in pairs:
-            fail("link", i, "b", where, "duplicate link between the same nodes")
+            ck.err("link", i, "b", where, "duplicate link between the same nodes")
+            continue
         pairs.add(frozenset((a, b)))
-        kw: dict[str, Any] = {}
-        for key, conv, attr in (
-            ("delay", parse_time_ms, "delay_ms"),
-            ("jitter", parse_time_ms, "jitter_ms"),
-            ("rate", parse_rate_bps, "rate_bps"),
-            ("subnet", _subnet, "subnet"),
-        ):
-            if key in raw:
-                try:
-                    kw[attr] = conv(raw[key])
-                except ValueError as exc:
-                    fail("link", i, key, f'{where} field "{key}"', str(exc))
-        if "loss" in raw:
-            loss = raw["loss"]
-            if isinstance(loss, bool) or not isinstance(loss, int | float) or not 0 <= loss <= 100:
-                fail(
-                    "link",
-                    i,
-                    "loss",
-                    f'{where} field "loss"',
-                    f"{loss!r} must be a percentage 0..100",
-                )
-            kw["loss_pct"] = float(loss)
-        if kw.get("jitter_ms") and not kw.get("delay_ms"):
-            fail("link", i, "jitter", f'{where} field "jitter"', "jitter needs a delay")
-        if kw.get("subnet") is not None and kw["subnet"].prefixlen > 30:
-            fail(
-                "link",
-                i,
-                "subnet",
-                f'{where} field "subnet"',
-                "a link subnet must be /30 or larger",
-            )
-        links.append(LinkSpec(a=a, b=b, name=str(raw.get("name", f"{a}-{b}")), **kw))
+        vals.setdefault("name", f"{a}-{b}")
+        links.append(LinkSpec(**vals))
 
     # implied site <-> router links
     for spec in nodes.values():
-        if spec.kind == "site" and frozenset((spec.name, spec.router)) not in pairs:
-            assert spec.router is not None
-            links.append(LinkSpec(a=spec.router, b=spec.name, name=f"{spec.router}-{spec.name}"))
-            pairs.add(frozenset((spec.name, spec.router)))
+        if spec.kind == "site" and spec.router in nodes:
+            if frozenset((spec.name, spec.router)) not in pairs:
+                assert spec.router is not None
+                links.append(
+                    LinkSpec(a=spec.router, b=spec.name, name=f"{spec.router}-{spec.name}")
+                )
+                pairs.add(frozenset((spec.name, spec.router)))
 
+    mentioned = {r.get(end) for r in raw_links if isinstance(r, dict) for end in ("a", "b")}
     # host prefixes become the subnet of the host's first link
-    for i, raw in enumerate(raw_nodes):
-        spec = nodes[raw["name"]]
+    for name, spec in nodes.items():
+        i = node_index[name]
+        if spec.kind == "host" and not any(name in (lk.a, lk.b) for lk in links):
+            if name not in mentioned:  # else its link is wrong, and reported already
+                ck.err("node", i, "name", f'node "{name}"', "a host needs at least one link")
+            continue
         if spec.prefix is None:
             continue
-        idx = next((k for k, lk in enumerate(links) if spec.name in (lk.a, lk.b)), None)
-        if idx is None:
-            fail("node", i, "prefix", f'node "{spec.name}" field "prefix"', "the host has no link")
-        assert idx is not None
-        if links[idx].subnet is not None and links[idx].subnet != spec.prefix:
-            fail(
-                "node",
-                i,
-                "prefix",
-                f'node "{spec.name}" field "prefix"',
-                f"conflicts with subnet {links[idx].subnet} of link {links[idx].name}",
-            )
-        if spec.prefix.prefixlen > 30:
-            fail("node", i, "prefix", f'node "{spec.name}" field "prefix"', "must be /30 or larger")
+        idx = next(k for k, lk in enumerate(links) if name in (lk.a, lk.b))
         old = links[idx]
-        links[idx] = LinkSpec(
-            old.a,
-            old.b,
-            old.delay_ms,
-            old.jitter_ms,
-            old.loss_pct,
-            old.rate_bps,
-            spec.prefix,
-            old.name,
-        )
+        if old.subnet is not None and old.subnet != spec.prefix:
+            ck.err("node", i, "prefix", f'node "{name}" field "prefix"',
+                   f"conflicts with subnet {old.subnet} of link {old.name}")  # fmt: skip
+            continue
+        links[idx] = dataclasses.replace(old, subnet=spec.prefix)
 
-    for i, raw in enumerate(raw_nodes):
-        spec = nodes[raw["name"]]
-        if spec.kind == "host" and not any(spec.name in (lk.a, lk.b) for lk in links):
-            fail("node", i, "name", f'node "{spec.name}"', "a host needs at least one link")
-
+    control_subnet = ipaddress.IPv4Network("198.19.0.0/24")
     control = data.get("control", {})
     if not isinstance(control, dict):
-        fail(None, 0, "control", 'field "control"', "must be a table")
-    control_subnet = ipaddress.IPv4Network("198.19.0.0/24")
-    for key in control:
-        if key != "subnet":
-            fail(None, 0, key, f'[control] field "{key}"', "unknown (expected subnet)")
-    if "subnet" in control:
-        try:
-            control_subnet = _subnet(control["subnet"])
-        except ValueError as exc:
-            fail(None, 0, "subnet", '[control] field "subnet"', str(exc))
+        ck.err(None, 0, "control", 'field "control"', "must be a table")
+    else:
+        control_subnet = ck.fields(control, CONTROL_FIELDS, "control", 0, "[control]").get(
+            "subnet", control_subnet
+        )
 
     # address overlaps
     used: list[tuple[ipaddress.IPv4Network, str]] = [(control_subnet, "the control network")]
-    for link in links:
-        if link.subnet is not None:
-            used.append((link.subnet, f"link {link.name}"))
-    for spec in nodes.values():
-        if spec.public_ip is not None:
-            used.append((ipaddress.IPv4Network(spec.public_ip), f"public IP of site {spec.name}"))
+    used += [(lk.subnet, f"link {lk.name}") for lk in links if lk.subnet is not None]
+    used += [
+        (ipaddress.IPv4Network(spec.public_ip), f"public IP of site {spec.name}")
+        for spec in nodes.values()
+        if spec.public_ip is not None
+    ]
     for x in range(len(used)):
         for y in range(x + 1, len(used)):
             if used[x][0].overlaps(used[y][0]):
-                raise TopologyError(
-                    source,
-                    None,
-                    "addresses",
-                    f"{used[x][1]} ({used[x][0]}) overlaps {used[y][1]} ({used[y][0]})",
-                )
+                what = f"{used[x][1]} ({used[x][0]}) overlaps {used[y][1]} ({used[y][0]})"
+                ck.errors.append(TopologyError(source, None, "addresses", what))
+    if ck.errors:
+        raise TopologyError.of(ck.errors)
     name = data.get("name", Path(source).stem)
     return Topology(
         name=str(name),

@@ -1,11 +1,17 @@
 """The site daemon's configuration file (TOML) and its validation.
 
-Every mistake is a :class:`ConfigError` naming the key (``site.workers``) and what is wrong;
-``pcsite check-config`` prints them. See ``docs/daemon.md`` for the reference with an example.
+Every mistake is a :class:`ConfigError` naming the key (``site.workers``), its line in the file
+and what is wrong. A file with several mistakes raises one :class:`ConfigError` listing them
+all (``.errors``): every unknown section and key, every wrong type and out-of-range value, and
+each other mistake that does not depend on an earlier one (the first such mistake in
+``[site]``, ``[dataplane]`` or ``[control]`` ends the checks of those three; ``[limits]``,
+``[metering]`` and ``[services]`` are still checked). ``pcsite check-config`` prints them.
+See ``docs/daemon.md`` for the reference with an example.
 """
 
 from __future__ import annotations
 
+import contextvars
 import ipaddress
 import re
 import tomllib
@@ -37,12 +43,72 @@ UNDEPLOYED: Final = ("noop", "drop")
 
 
 class ConfigError(Exception):
-    """A configuration the daemon refuses to run with; ``key`` names the offending setting."""
+    """A configuration the daemon refuses to run with; ``key`` names the offending setting,
+    ``line`` its line in the file (when known); ``errors`` every mistake found."""
 
-    def __init__(self, key: str, message: str) -> None:
+    def __init__(self, key: str, message: str, line: int | None = None) -> None:
         self.key = key
         self.message = message
-        super().__init__(f"{key}: {message}" if key else message)
+        self.line = line
+        self.errors: list[ConfigError] = [self]
+        where = f"line {line}: " if line else ""
+        super().__init__(f"{where}{key}: {message}" if key else f"{where}{message}")
+
+    @classmethod
+    def of(cls, errors: list[ConfigError], text: str = "") -> ConfigError:
+        """One error listing ``errors`` (each given its line in ``text``), in line order."""
+        located = [cls(e.key, e.message, e.line or _key_line(text, e.key)) for e in errors]
+        located.sort(key=lambda e: (e.line is None, e.line or 0))
+        head = located[0]
+        exc = cls(head.key, head.message, head.line)
+        if len(located) > 1:
+            exc.args = ("; ".join(str(e) for e in located) + f" ({len(located)} errors)",)
+        exc.errors = located
+        return exc
+
+
+def _key_line(text: str, key: str) -> int | None:
+    """The line of dotted ``key`` (``site.workers``, ``control.psps.acme.token``) in TOML
+    ``text``: the key under its table header, else the header, else None."""
+    if not text or not key:
+        return None
+    parts = key.split(".")
+    lines = text.splitlines()
+    for cut in range(len(parts), 0, -1):  # the longest table header that exists
+        header = re.compile(rf"^\s*\[\s*{re.escape('.'.join(parts[:cut]))}\s*\]\s*(#.*)?$")
+        start = next((i for i, ln in enumerate(lines) if header.match(ln)), None)
+        if start is None:
+            continue
+        rest = parts[cut:]
+        if not rest:
+            return start + 1
+        pat = re.compile(rf"^\s*{re.escape(rest[0])}\s*=")
+        for i in range(start + 1, len(lines)):
+            if lines[i].lstrip().startswith("["):
+                break
+            if pat.match(lines[i]):
+                return i + 1
+        return start + 1
+    return None
+
+
+#: While :func:`parse` runs: where mistakes that need not stop it are collected.
+_found: contextvars.ContextVar[list[ConfigError] | None] = contextvars.ContextVar(
+    "pcsite_config_errors", default=None
+)
+
+
+def _report(key: str, message: str) -> None:
+    """Record a mistake and go on (inside :func:`parse`), else raise it."""
+    found = _found.get()
+    if found is None:
+        raise ConfigError(key, message)
+    found.append(ConfigError(key, message))
+
+
+def _unknown(section: str, keys: Any, known: Any, message: str = "unknown key") -> None:
+    for k in sorted(set(keys) - set(known)):
+        _report(f"{section}.{k}", message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +242,11 @@ def _get(doc: dict[str, Any], section: str, key: str, typ: type | tuple[type, ..
     ok = isinstance(v, typ) and not (isinstance(v, bool) and typ in (int, float, (int, float)))
     if not ok:
         names = typ.__name__ if isinstance(typ, type) else "/".join(t.__name__ for t in typ)
-        raise ConfigError(f"{section}.{key}", f"must be {names}, got {type(v).__name__}")
+        msg = f"must be {names}, got {type(v).__name__}"
+        if required:
+            raise ConfigError(f"{section}.{key}", msg)
+        _report(f"{section}.{key}", msg)  # recorded; the default lets the rest be checked
+        return default
     return v
 
 
@@ -187,9 +257,12 @@ def _ipv4(key: str, v: str) -> str:
         raise ConfigError(key, f"{v!r} is not an IPv4 address") from None
 
 
-def _range(key: str, v: int | float, lo: float, hi: float) -> None:
+def _range(key: str, v: int | float, lo: float, hi: float) -> bool:
+    """Whether ``v`` is in range; if not, the mistake is reported (see :func:`_report`)."""
     if not lo <= v <= hi:
-        raise ConfigError(key, f"must be in {lo}..{hi}, got {v}")
+        _report(key, f"must be in {lo}..{hi}, got {v}")
+        return False
+    return True
 
 
 def _check_fis_credentials(url: str) -> None:
@@ -224,14 +297,70 @@ def _online_cpus() -> set[int] | None:
     return cpus
 
 
-def parse(doc: dict[str, Any], *, source: str = "", base_dir: Path | None = None) -> SiteConfig:
-    """Validate a parsed TOML document."""
-    known = {"site", "dataplane", "control", "metering", "limits", "tls", "services"}
-    extra = sorted(set(doc) - known)
-    if extra:
-        raise ConfigError(extra[0], f"unknown section (known: {', '.join(sorted(known))})")
-    base = base_dir or Path.cwd()
+_DATAPLANE_KEYS: Final = frozenset({
+    "tun_prefix", "mtu", "buckets", "table_base", "mark_base", "rule_pref", "nft_table",
+    "restart_delay", "tx", "cpus", "busy_poll_us", "batch", "queue_len",
+})  # fmt: skip
+_CONTROL_KEYS: Final = frozenset(
+    {"listen", "admin_token", "psps", "trust_anchor_file", "trust_anchor", "max_body"}
+)
 
+
+def _table(doc: dict[str, Any], section: str) -> dict[str, Any]:
+    sec = doc.get(section, {})
+    return sec if isinstance(sec, dict) else {}
+
+
+def parse(
+    doc: dict[str, Any], *, source: str = "", base_dir: Path | None = None, text: str = ""
+) -> SiteConfig:
+    """Validate a parsed TOML document (``text``, when given, locates mistakes by line).
+
+    Raises one :class:`ConfigError` listing every mistake found (see the module docstring).
+    """
+    found: list[ConfigError] = []
+    token = _found.set(found)
+    try:
+        known = {"site", "dataplane", "control", "metering", "limits", "tls", "services"}
+        for k in sorted(set(doc) - known):
+            _report(k, f"unknown section (known: {', '.join(sorted(known))})")
+        cfg: SiteConfig | None = None
+        try:
+            cfg = _parse(doc, source, base_dir or Path.cwd())
+        except ConfigError as exc:
+            found.append(exc)
+        # sections after the one that stopped are still checked, each on its own
+        for check in (
+            lambda: _unknown("dataplane", _table(doc, "dataplane"), _DATAPLANE_KEYS),
+            lambda: _unknown("control", _table(doc, "control"), _CONTROL_KEYS),
+            lambda: _limits(doc),
+            lambda: _metering(doc, "/", base_dir or Path.cwd()),
+            lambda: _services(doc),
+        ):
+            if cfg is None:
+                try:
+                    check()
+                except ConfigError as exc:
+                    found.append(exc)
+    finally:
+        _found.reset(token)
+    unique: list[ConfigError] = []
+    for e in found:  # a section checked twice reports its mistakes once
+        if all((e.key, e.message) != (u.key, u.message) for u in unique):
+            unique.append(e)
+    if unique:
+        raise ConfigError.of(unique, text)
+    assert cfg is not None
+    return cfg
+
+
+def _parse(doc: dict[str, Any], source: str, base: Path) -> SiteConfig:
+
+    if isinstance(doc.get("site", {}), dict):
+        _unknown("site", doc.get("site", {}),
+                 {"name", "public_ip", "public_dev", "workers", "mode", "bare_next_hop", "fis",
+                  "state_dir", "repository", "undeployed", "isp_prefixes",
+                  "allow_any_address"})  # fmt: skip
     name = _get(doc, "site", "name", str, None, required=True)
     if not _NAME_RE.match(name):
         raise ConfigError("site.name", "1-64 of letters, digits, '.', '_', '-'")
@@ -274,13 +403,6 @@ def parse(doc: dict[str, Any], *, source: str = "", base_dir: Path | None = None
             ipaddress.IPv4Network(p)
         except (ValueError, TypeError):
             raise ConfigError("site.isp_prefixes", f"{p!r} is not an IPv4 prefix") from None
-    extra_site = sorted(
-        set(doc.get("site", {}))
-        - {"name", "public_ip", "public_dev", "workers", "mode", "bare_next_hop", "fis",
-           "state_dir", "repository", "undeployed", "isp_prefixes", "allow_any_address"}
-    )  # fmt: skip
-    if extra_site:
-        raise ConfigError(f"site.{extra_site[0]}", "unknown key")
 
     d = "dataplane"
     tun_prefix = _get(doc, d, "tun_prefix", str, "pcst")
@@ -322,12 +444,7 @@ def parse(doc: dict[str, Any], *, source: str = "", base_dir: Path | None = None
         raise ConfigError("dataplane.tx", "must be tun or raw")
     if not _NAME_RE.match(dp.nft_table):
         raise ConfigError("dataplane.nft_table", "1-64 of letters, digits, '.', '_', '-'")
-    known_dp = {"tun_prefix", "mtu", "buckets", "table_base", "mark_base", "rule_pref",
-                "nft_table", "restart_delay", "tx", "cpus", "busy_poll_us", "batch",
-                "queue_len"}  # fmt: skip
-    extra_dp = sorted(set(doc.get(d, {})) - known_dp)
-    if extra_dp:
-        raise ConfigError(f"dataplane.{extra_dp[0]}", "unknown key")
+    _unknown(d, doc.get(d, {}), _DATAPLANE_KEYS)
 
     c = "control"
     listen = _get(doc, c, "listen", str, "127.0.0.1:8080")
@@ -362,9 +479,7 @@ def parse(doc: dict[str, Any], *, source: str = "", base_dir: Path | None = None
                 raise ConfigError(f"{key}.signing_key", "must be hex") from None
             if len(raw) != 32:
                 raise ConfigError(f"{key}.signing_key", "an Ed25519 public key is 32 bytes")
-        extra_p = sorted(set(pdoc) - {"token", "signing_key"})
-        if extra_p:
-            raise ConfigError(f"{key}.{extra_p[0]}", "unknown key")
+        _unknown(key, pdoc, {"token", "signing_key"})
         psps.append(PspConfig(pname, tok, raw))
     anchor = None
     anchor_file = _get(doc, c, "trust_anchor_file", str, None)
@@ -385,10 +500,7 @@ def parse(doc: dict[str, Any], *, source: str = "", base_dir: Path | None = None
             raise ConfigError("control.max_body", "differs from limits.max_body (drop one)")
         limits = replace(limits, max_body=old)
     max_body = limits.max_body
-    known_c = {"listen", "admin_token", "psps", "trust_anchor_file", "trust_anchor", "max_body"}
-    extra_c = sorted(set(doc.get(c, {})) - known_c)
-    if extra_c:
-        raise ConfigError(f"control.{extra_c[0]}", "unknown key")
+    _unknown(c, doc.get(c, {}), _CONTROL_KEYS)
     ctl = ControlConfig(host, int(port_s), admin, tuple(psps), anchor, max_body)
     metering = _metering(doc, state_dir, base)
     services = _services(doc)
@@ -421,9 +533,7 @@ def _metering(doc: dict[str, Any], state_dir: str, base: Path) -> MeteringConfig
         ledger = str(base / ledger)
     interval = float(_get(doc, m, "interval", (int, float), 0.5))
     _range("metering.interval", interval, 0.05, 60)
-    extra = sorted(set(doc.get(m, {})) - {"ledger", "interval"})
-    if extra:
-        raise ConfigError(f"metering.{extra[0]}", "unknown key")
+    _unknown(m, doc.get(m, {}), {"ledger", "interval"})
     return MeteringConfig(ledger, interval)
 
 
@@ -432,16 +542,15 @@ def _limits(doc: dict[str, Any]) -> Limits:
     sec = doc.get("limits", {})
     if not isinstance(sec, dict):
         raise ConfigError("limits", "must be a table")
-    extra = sorted(set(sec) - set(Limits.keys()))
-    if extra:
-        raise ConfigError(f"limits.{extra[0]}", f"unknown key (known: {', '.join(Limits.keys())})")
+    _unknown("limits", sec, Limits.keys(), f"unknown key (known: {', '.join(Limits.keys())})")
     values: dict[str, Any] = {}
     defaults = Limits()
     for key in Limits.keys():
         default = getattr(defaults, key)
         typ: type | tuple[type, ...] = (int, float) if isinstance(default, float) else int
         v = _get(doc, "limits", key, typ, default)
-        _range(f"limits.{key}", v, *LIMIT_RANGES[key])
+        if not _range(f"limits.{key}", v, *LIMIT_RANGES[key]):
+            v = default  # reported; the cross-checks below see a sane value
         values[key] = float(v) if isinstance(default, float) else v
     lim = Limits(**values)
     if lim.max_connections_per_client > lim.max_connections:
@@ -459,9 +568,7 @@ def _tls(doc: dict[str, Any], base: Path) -> TlsConfig | None:
     sec = doc["tls"]
     if not isinstance(sec, dict):
         raise ConfigError("tls", "must be a table")
-    extra = sorted(set(sec) - {"cert", "key"})
-    if extra:
-        raise ConfigError(f"tls.{extra[0]}", "unknown key (known: cert, key)")
+    _unknown("tls", sec, {"cert", "key"}, "unknown key (known: cert, key)")
     paths = {}
     for k in ("cert", "key"):
         p = Path(_get(doc, "tls", k, str, None, required=True))
@@ -510,9 +617,7 @@ def _services(doc: dict[str, Any]) -> ServicesConfig:
     _range("services.replicate_per_second", cfg.replicate_per_second, 1, 10_000_000)
     known = {"isolation", "trusted", "deadline_ms", "per_packet_ms", "memory_mb", "cpu_percent",
              "replicate_per_packet", "replicate_per_second", "cpus"}  # fmt: skip
-    extra = sorted(set(doc.get(s, {})) - known)
-    if extra:
-        raise ConfigError(f"services.{extra[0]}", "unknown key")
+    _unknown(s, doc.get(s, {}), known)
     return cfg
 
 
@@ -526,5 +631,8 @@ def load(path: str | Path) -> SiteConfig:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("", f"{p} is not valid TOML: {exc}") from None
-    return parse(doc, source=str(p), base_dir=p.parent)
+        m = re.search(r"line (\d+)", str(exc))
+        raise ConfigError(
+            "", f"{p} is not valid TOML: {exc}", int(m.group(1)) if m else None
+        ) from None
+    return parse(doc, source=str(p), base_dir=p.parent, text=text)

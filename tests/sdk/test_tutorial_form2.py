@@ -21,7 +21,9 @@ pytestmark = pytest.mark.netns
 def _section3_blocks() -> tuple[str, str]:
     text = DOC.read_text()
     section = text[text.index("## 3. With real sockets") :]
-    d_code, s_code = re.findall(r"```python\n(.*?)```", section, re.S)[:2]
+    code = re.findall(r"```python\n(.*?)```", section, re.S)
+    [d_code] = [c for c in code if "pcsock.listen(" in c]
+    [s_code] = [c for c in code if "service_socket(" in c]
     return d_code, s_code
 
 
