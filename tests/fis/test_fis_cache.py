@@ -139,7 +139,7 @@ def test_lost_change_feed_flushes_the_cache(store_url: str) -> None:
         mine = open_engine(store_url)
         theirs: FISEngine = SqliteFIS(store_url[len("sqlite://") :], keep_changes=0)
     else:
-        from pcsite_lite.fis_redis import RedisFIS
+        from pcsite_lite.fis import RedisFIS
 
         base, _, prefix = store_url.partition("?prefix=")
         mine = open_engine(store_url)

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import redis
 
-from pcsite_lite.fis import CachedFIS, namespace
-from pcsite_lite.fis_redis import RedisFIS
+from pcsite_lite.fis import CachedFIS, RedisFIS, namespace
 
 NS = namespace("acme", "srouting")
 

@@ -1,6 +1,6 @@
 """FIS engine on a real Redis server: for a site whose compute nodes span machines (§2.3).
 
-Same interface and rules as :class:`pcsite_lite.fis.SqliteFIS` (validation and the writer check
+Same interface and rules as :class:`~pcsite_lite.fis.SqliteFIS` (validation and the writer check
 live in :class:`~pcsite_lite.fis.FISEngine`); wrap it in :class:`~pcsite_lite.fis.CachedFIS` on
 every compute node. Layout under a key prefix (default ``"pcfis"``)::
 
@@ -48,14 +48,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from pcsite_lite.fis import (
-    Change,
-    ChangeFeed,
-    FISAuthError,
-    FISEngine,
-    FISUnavailableError,
-    check_namespace,
-)
+from pcsite_lite.fis.engine import Change, ChangeFeed, FISEngine
+from pcsite_lite.fis.errors import FISAuthError, FISUnavailableError
+from pcsite_lite.fis.names import check_namespace
 from pcsite_lite.lpm import MASKS, format_prefix
 
 __all__ = ["BACKOFF_MAX", "BACKOFF_MIN", "LOG_KEEP", "RedisFIS"]
