@@ -71,6 +71,7 @@ from pcsite_lite.fis.engine import Change, ChangeFeed, FISEngine
 from pcsite_lite.fis.errors import (
     FISAuthError,
     FISError,
+    FISNotReplicatedError,
     FISPermissionError,
     FISUnavailableError,
     FISValueError,
@@ -87,7 +88,7 @@ from pcsite_lite.fis.names import (
     label_key,
     namespace,
 )
-from pcsite_lite.fis.redis_engine import RedisFIS
+from pcsite_lite.fis.redis_engine import SENTINEL_SCHEME, RedisFIS
 from pcsite_lite.fis.sqlite_engine import SqliteFIS
 
 __all__ = [
@@ -100,6 +101,7 @@ __all__ = [
     "FISAuthError",
     "FISEngine",
     "FISError",
+    "FISNotReplicatedError",
     "FISPermissionError",
     "FISUnavailableError",
     "FISValueError",
@@ -122,9 +124,11 @@ def open_engine(url: str) -> FISEngine:
     """Open a FIS engine from a URL (what daemon configs and tests pass between processes).
 
     ``sqlite:///abs/path.db``, ``sqlite:relative.db`` or ``sqlite::memory:`` -> :class:`SqliteFIS`;
-    ``redis://host:port/db``, ``rediss://...`` or ``unix:///path/redis.sock`` ->
-    ``RedisFIS``; a ``prefix=NAME`` query parameter selects the Redis key
-    prefix (default ``pcfis``).
+    ``redis://host:port/db``, ``rediss://...``, ``unix:///path/redis.sock`` or
+    ``redis+sentinel://host:port[,host:port]/PRIMARY[/db]`` (a replicated primary found through
+    its Sentinels) -> :class:`RedisFIS`. Query parameters of the Redis forms: ``prefix=NAME``
+    (the key prefix, default ``pcfis``), ``wait=N`` (acknowledge a write once N replicas have
+    it) and ``wait_ms=MS`` (how long to wait for them, default 1000).
 
     >>> open_engine("sqlite::memory:").namespaces()
     []
@@ -135,10 +139,22 @@ def open_engine(url: str) -> FISEngine:
     if scheme == "sqlite":
         path = rest[2:] if rest.startswith("//") else rest
         return SqliteFIS(path or ":memory:")
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in ("redis", "rediss", "unix", SENTINEL_SCHEME):
         base, _, qs = url.partition("?")
-        query = parse_qsl(qs)
-        prefix = next((v for k, v in query if k == "prefix"), "pcfis")
-        rest_q = urlencode([(k, v) for k, v in query if k != "prefix"])
-        return RedisFIS(f"{base}?{rest_q}" if rest_q else base, prefix=prefix)
-    raise FISValueError(f"unknown FIS URL scheme {scheme!r} (sqlite, redis, rediss, unix)")
+        query = dict(parse_qsl(qs))
+        prefix = query.pop("prefix", "pcfis")
+        try:
+            wait = int(query.pop("wait", "0"))
+            wait_ms = int(query.pop("wait_ms", "1000"))
+        except ValueError:
+            raise FISValueError(f"FIS URL: wait and wait_ms must be integers: {url!r}") from None
+        rest_q = urlencode(query)
+        return RedisFIS(
+            f"{base}?{rest_q}" if rest_q else base,
+            prefix=prefix,
+            wait_replicas=wait,
+            wait_timeout=wait_ms / 1000,
+        )
+    raise FISValueError(
+        f"unknown FIS URL scheme {scheme!r} (sqlite, redis, rediss, unix, {SENTINEL_SCHEME})"
+    )

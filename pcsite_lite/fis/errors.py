@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "FISAuthError",
     "FISError",
+    "FISNotReplicatedError",
     "FISPermissionError",
     "FISUnavailableError",
     "FISValueError",
@@ -48,3 +49,11 @@ class FISAuthError(FISUnavailableError):
     error of the site, reported at start-up rather than retried."""
 
     reason = "unauthorized"
+
+
+class FISNotReplicatedError(FISUnavailableError):
+    """A write reached the primary but not the replicas it must reach before it counts as
+    acknowledged (``WAIT``): the caller must treat it as failed (it may or may not survive a
+    failover) and may retry it (FIS writes are idempotent)."""
+
+    reason = "not_replicated"

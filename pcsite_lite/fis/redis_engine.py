@@ -21,6 +21,16 @@ connection is repaired from the log: after re-subscribing, the feed reads the lo
 the last number it applied (``XRANGE``). Only when the log no longer reaches back that far, or
 the store's epoch changed (reset, another server), must the cache be flushed.
 
+Replication: ``redis+sentinel://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]/PRIMARY[/DB]`` reaches
+the current primary of a Redis primary + replicas group through its Sentinels (``open_engine``
+accepts it; :func:`sentinel_client` parses it). With ``wait_replicas=N`` (URL query ``wait=N``,
+``wait_ms=MS``, default 1000) a write returns only after ``WAIT N`` reports that N replicas have
+it; otherwise it raises :class:`~pcsite_lite.fis.FISNotReplicatedError` (the write may or may not
+survive a failover; it was not acknowledged). So an acknowledged write is on a replica before
+its writer hears "done", and Sentinel promotes the replica with the most data: a failover loses
+no acknowledged write. While there is no primary, writes raise
+:class:`~pcsite_lite.fis.FISUnavailableError` and node caches keep answering.
+
 Failures: every Redis error that means "the server cannot be reached or refuses us" (connection
 refused or lost, timeout, loading, authentication or ACL refusal) becomes
 :class:`~pcsite_lite.fis.FISUnavailableError`. After one, the engine fails fast (no network
@@ -47,13 +57,29 @@ from typing import Any, Final, TypeVar
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from pcsite_lite.fis.engine import Change, ChangeFeed, FISEngine
-from pcsite_lite.fis.errors import FISAuthError, FISUnavailableError
+from pcsite_lite.fis.errors import (
+    FISAuthError,
+    FISNotReplicatedError,
+    FISUnavailableError,
+    FISValueError,
+)
 from pcsite_lite.fis.names import check_namespace
 from pcsite_lite.lpm import MASKS, format_prefix
 
-__all__ = ["BACKOFF_MAX", "BACKOFF_MIN", "LOG_KEEP", "RedisFIS"]
+__all__ = [
+    "BACKOFF_MAX",
+    "BACKOFF_MIN",
+    "LOG_KEEP",
+    "SENTINEL_SCHEME",
+    "UNREACHABLE",
+    "RedisFIS",
+    "sentinel_client",
+]
+
+SENTINEL_SCHEME: Final = "redis+sentinel"
 
 LOG_KEEP: Final = 10000  #: change-log entries kept for catching up (approximately: MAXLEN ~)
 BACKOFF_MIN: Final = 0.02  #: seconds the engine fails fast after a failure ...
@@ -66,6 +92,8 @@ _UNREACHABLE = (
     redis.exceptions.AuthenticationWrongNumberOfArgsError,
     OSError,
 )
+
+UNREACHABLE: Final = _UNREACHABLE  #: for modules that share the engine's connection
 
 _REFUSED = (
     redis.AuthenticationError,
@@ -99,6 +127,7 @@ return n
 """
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 def _guarded(fn: F) -> F:
@@ -127,10 +156,51 @@ def _client_defaults() -> dict[str, Any]:
     }
 
 
+def sentinel_client(url: str, **kwargs: Any) -> tuple[redis.Redis, Callable[..., redis.Redis], str]:
+    """Parse ``redis+sentinel://[USER:PASSWORD@]HOST:PORT[,HOST:PORT]/PRIMARY[/DB]``.
+
+    Returns a client of the current primary, a factory of further such clients (keyword
+    arguments override the connection defaults) and a description for error messages.
+
+    >>> sentinel_client("redis+sentinel://127.0.0.1:1/pcfis/2")[2]
+    "Redis primary 'pcfis' (db 2) via Sentinel 127.0.0.1:1"
+    """
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        parts = urlsplit(url)
+        if parts.scheme != SENTINEL_SCHEME:
+            raise ValueError(f"scheme is not {SENTINEL_SCHEME}")
+        netloc = parts.netloc.rpartition("@")[2]
+        hosts = []
+        for hp in netloc.split(","):
+            host, _, port = hp.rpartition(":")
+            hosts.append((host.strip("[]"), int(port)))
+        path = [x for x in parts.path.split("/") if x]
+        if not hosts or not 1 <= len(path) <= 2:
+            raise ValueError("expected HOST:PORT[,HOST:PORT]/PRIMARY[/DB]")
+        name, db = path[0], int(path[1]) if len(path) == 2 else 0
+        user = unquote(parts.username) if parts.username else None
+        password = unquote(parts.password) if parts.password else None
+    except ValueError as exc:
+        raise FISValueError(f"bad Sentinel FIS URL {url!r}: {exc}") from None
+    timeouts = {"socket_connect_timeout": 0.2, "socket_timeout": 0.5}
+    sentinel = Sentinel(hosts, sentinel_kwargs=timeouts, **timeouts)
+    base = {**_client_defaults(), "db": db, "username": user, "password": password, **kwargs}
+
+    def factory(**over: Any) -> redis.Redis:
+        return sentinel.master_for(name, **{**base, **over})
+
+    where = ",".join(f"{h}:{p}" for h, p in hosts)
+    return factory(), factory, f"Redis primary {name!r} (db {db}) via Sentinel {where}"
+
+
 class RedisFIS(FISEngine):
-    """FIS on Redis. ``url``: ``redis://user:password@host:port/db`` or
-    ``unix:///path/to/redis.sock`` (or pass a ``redis.Redis`` as ``client``). ``prefix``
-    separates several stores on one server (tests use one per test)."""
+    """FIS on Redis. ``url``: ``redis://user:password@host:port/db``,
+    ``unix:///path/to/redis.sock`` or ``redis+sentinel://...`` (see the module docstring), or
+    pass a ``redis.Redis`` as ``client``. ``prefix`` separates several stores on one server
+    (tests use one per test). ``wait_replicas``/``wait_timeout``: acknowledge a write only once
+    that many replicas have it (``WAIT``)."""
 
     def __init__(
         self,
@@ -141,12 +211,23 @@ class RedisFIS(FISEngine):
         verify_interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         log_keep: int = LOG_KEEP,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
     ) -> None:
         super().__init__()
+        self._factory: Callable[..., redis.Redis] | None = None
+        where = ""
         if client is None:
             if url is None:
                 raise ValueError("RedisFIS needs a url or a client")
-            client = redis.Redis.from_url(url, **_client_defaults())
+            if url.startswith(SENTINEL_SCHEME + ":"):
+                client, self._factory, where = sentinel_client(url)
+            else:
+                client = redis.Redis.from_url(url, **_client_defaults())
+        if not 0 <= wait_replicas <= 64 or not 0 < wait_timeout <= 60:
+            raise FISValueError("wait_replicas must be 0..64 and wait_timeout 0..60 s")
+        self.wait_replicas = wait_replicas
+        self.wait_timeout = wait_timeout
         self._r: redis.Redis = client
         self.prefix = prefix
         self.channel = f"{prefix}:changes"
@@ -159,9 +240,58 @@ class RedisFIS(FISEngine):
         self._clock = clock
         self._backoff = 0.0
         self._retry_at = 0.0
-        kw = self._r.connection_pool.connection_kwargs
-        where = kw.get("path") or f"{kw.get('host', '?')}:{kw.get('port', '?')}"
-        self.where = f"Redis at {where} (prefix {prefix!r})"
+        if not where:
+            kw = self._r.connection_pool.connection_kwargs
+            where = "Redis at " + (kw.get("path") or f"{kw.get('host', '?')}:{kw.get('port', '?')}")
+        self.where = f"{where} (prefix {prefix!r})"
+
+    @property
+    def client(self) -> redis.Redis:
+        """The connection (pool) to the primary, for modules that keep more under the prefix."""
+        return self._r
+
+    def new_client(self) -> redis.Redis:
+        """Another client of the same server (primary) without retries: a broken link shows
+        (the change feed's pub/sub connection, blocking stream reads)."""
+        if self._factory is not None:
+            return self._factory(retry=Retry(NoBackoff(), 0))
+        kwargs = dict(self._r.connection_pool.connection_kwargs)
+        kwargs["retry"] = Retry(NoBackoff(), 0)
+        kwargs.pop("retry_on_error", None)
+        return redis.Redis(
+            connection_pool=redis.ConnectionPool(
+                connection_class=self._r.connection_pool.connection_class, **kwargs
+            )
+        )
+
+    def call(self, fn: Callable[[redis.Redis], T], *, write: bool = False) -> T:
+        """``fn(client)`` under the engine's back-off and error mapping (unreachable server:
+        :class:`FISUnavailableError`); ``write``: then wait for the replicas (see
+        :meth:`replicated`)."""
+        self._check_backoff()
+        try:
+            result = fn(self._r)
+        except _UNREACHABLE as exc:
+            raise self._unavailable(exc) from None
+        self._backoff = 0.0
+        if write:
+            self.replicated()
+        return result
+
+    def replicated(self) -> None:
+        """Return once ``wait_replicas`` replicas have every write of this connection so far;
+        :class:`FISNotReplicatedError` if they do not within ``wait_timeout``."""
+        if not self.wait_replicas:
+            return
+        try:
+            n = int(self._r.wait(self.wait_replicas, max(1, int(self.wait_timeout * 1000))))
+        except _UNREACHABLE as exc:
+            raise self._unavailable(exc) from None
+        if n < self.wait_replicas:
+            raise FISNotReplicatedError(
+                f"FIS write not acknowledged: {n} of {self.wait_replicas} replicas had it within "
+                f"{self.wait_timeout:g} s ({self.where}); it may or may not survive a failover"
+            )
 
     # failures
     def _check_backoff(self) -> None:
@@ -192,6 +322,8 @@ class RedisFIS(FISEngine):
             keys=[key, self._version_key, self._log_key, self._epoch_key],
             args=[op, self.channel, payload, self._log_keep, os.urandom(8).hex(), *args],
         )
+        if int(n) or op == "hset":
+            self.replicated()
         return int(n)
 
     @staticmethod
@@ -314,14 +446,7 @@ class _RedisFeed(ChangeFeed):
 
     def __init__(self, engine: RedisFIS) -> None:
         self._engine = engine
-        kwargs = dict(engine._r.connection_pool.connection_kwargs)
-        kwargs["retry"] = Retry(NoBackoff(), 0)  # surface a broken link instead of hiding it
-        kwargs.pop("retry_on_error", None)
-        self._client = redis.Redis(
-            connection_pool=redis.ConnectionPool(
-                connection_class=engine._r.connection_pool.connection_class, **kwargs
-            )
-        )
+        self._client = engine.new_client()  # no retries: surface a broken link
         self._ps: Any = None
         self._epoch: str | None = None  #: the store's epoch; None until first reached
         self._seq = 0  #: the last change number applied

@@ -1,0 +1,403 @@
+"""Site state through the FIS engine: the controller publishes, every compute node follows.
+
+A site that spans machines cannot hand its state to workers over pipes. The controller's
+accepted changes (circuits, service deployments, service-ID and destination registrations: the
+replication *ops* of :mod:`pcsite_lite.daemon.state`, plus ``deploy``/``undeploy``) go to the
+site's Redis FIS engine instead, and each node applies them to its own replica. FIS entries
+themselves need nothing more: every node reads them through its
+:class:`~pcsite_lite.fis.CachedFIS`, which follows the engine's change feed.
+
+Layout under a key prefix (default: the engine's prefix + ``":state"``, e.g. ``"pcfis:state"``),
+all written by one Lua script per publish, so a reader sees each committed op exactly once, in
+order, numbered::
+
+    {prefix}:version   int     the number of the last op (the state's version)
+    {prefix}:epoch     string  random identity of this state (set once; a reset changes it)
+    {prefix}:log       stream  entry "<version>-0": op = the op (JSON); last ``log_keep``
+    {prefix}:state     hash    entity -> the op that rebuilds it ("circuit:77" -> circuit op)
+
+The ``state`` hash is the versioned snapshot: ``GET version`` + ``HGETALL state`` in one
+``MULTI`` is the state as of that version. A node (:class:`StateSubscriber`) that joins, or that
+restarts, or whose log position was pruned away, loads the snapshot and applies the difference
+to what it holds (removed entities get their inverse op: ``teardown``, ``release_id``,
+``release_destination``, ``undeploy``); after that it reads the log past its version (``XRANGE``;
+``XREAD BLOCK`` when the caller wants to wait). It never needs the controller: the engine has
+everything. While the engine is away the node keeps its replica and forwards from it
+(``available`` is False); :meth:`StateSubscriber.save` / :meth:`~StateSubscriber.load` keep
+the replica in a file, so a node restarted while the engine is away starts with it.
+
+Writes go through the engine's :meth:`~pcsite_lite.fis.RedisFIS.call`, so they share its
+back-off, its error mapping (:class:`~pcsite_lite.fis.FISUnavailableError`) and its replica
+acknowledgement (``wait=N``: :class:`~pcsite_lite.fis.FISNotReplicatedError`).
+
+>>> entity_of({"op": "circuit", "label": 77, "psp": "acme"})
+'circuit:77'
+>>> inverse_op("destination:198.18.7.0/24")
+{'op': 'release_destination', 'prefix': '198.18.7.0/24'}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+
+import redis
+
+from pcsite_lite.fis import FISUnavailableError, FISValueError, RedisFIS
+from pcsite_lite.fis.redis_engine import UNREACHABLE
+
+__all__ = [
+    "MAX_OP_BYTES",
+    "StatePublisher",
+    "StateSubscriber",
+    "entity_of",
+    "inverse_op",
+]
+
+Op = dict[str, Any]
+MAX_OP_BYTES: Final = 256 * 1024  #: an op larger than this is refused (a deploy carries code)
+LOG_KEEP: Final = 10000  #: log entries kept for catching up (approximately)
+BATCH: Final = 1000  #: log entries read per round trip
+MAX_BLOCK_S: Final = 1.0  #: longest a poll may block (below the socket timeout)
+
+#: op kind -> (entity kind, the op's field naming the entity, whether the op removes it)
+_ENTITY: Final[dict[str, tuple[str, str, bool]]] = {
+    "circuit": ("circuit", "label", False),
+    "renew": ("circuit", "label", False),
+    "teardown": ("circuit", "label", True),
+    "service_id": ("service_id", "id", False),
+    "release_id": ("service_id", "id", True),
+    "destination": ("destination", "prefix", False),
+    "release_destination": ("destination", "prefix", True),
+    "deploy": ("deploy", "name", False),
+    "undeploy": ("deploy", "name", True),
+}
+#: entity kind -> (inverse op kind, its field); and the order a snapshot is applied in
+_INVERSE: Final = {
+    "deploy": ("undeploy", "name"),
+    "service_id": ("release_id", "id"),
+    "destination": ("release_destination", "prefix"),
+    "circuit": ("teardown", "label"),
+}
+
+# KEYS: 1 version, 2 log, 3 state, 4 epoch. ARGV: 1 log length kept, 2 an epoch candidate, then
+# quadruples (entity or "", op JSON, "set" | "del" | "keep", state JSON).
+_PUBLISH_LUA = """
+redis.call('SET', KEYS[4], ARGV[2], 'NX')
+local v = 0
+for i = 3, #ARGV, 4 do
+  v = redis.call('INCR', KEYS[1])
+  local r = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], v .. '-0', 'op', ARGV[i + 1])
+  if type(r) == 'table' and r.err then
+    redis.call('DEL', KEYS[2])
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], v .. '-0', 'op', ARGV[i + 1])
+  end
+  if ARGV[i + 2] == 'set' then
+    redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 3])
+  elseif ARGV[i + 2] == 'del' then
+    redis.call('HDEL', KEYS[3], ARGV[i])
+  end
+end
+return v
+"""
+
+
+def entity_of(op: Op) -> str | None:
+    """The entity an op creates, changes or removes (``"circuit:77"``), or ``None`` for an op
+    that changes no lasting state (``enable``: re-enable a failed service now)."""
+    spec = _ENTITY.get(str(op.get("op")))
+    if spec is None:
+        return None
+    kind, field, _ = spec
+    value = op.get(field)
+    if field == "name" and value is None:
+        value = f"{op.get('psp')}/{op.get('service')}"
+    if value is None:
+        raise FISValueError(f"state op {op.get('op')!r} lacks {field!r}")
+    return f"{kind}:{value}"
+
+
+def inverse_op(entity: str) -> Op:
+    """The op that removes ``entity`` from a node's replica."""
+    kind, _, value = entity.partition(":")
+    op_kind, field = _INVERSE[kind]
+    if field == "name":
+        psp, _, service = value.partition("/")
+        return {"op": op_kind, "psp": psp, "service": service}
+    return {"op": op_kind, field: int(value) if field in ("label", "id") else value}
+
+
+def _order(entity: str) -> int:
+    return list(_INVERSE).index(entity.partition(":")[0])
+
+
+def _dumps(doc: object) -> str:
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True, allow_nan=False)
+
+
+class _Keys:
+    def __init__(self, prefix: str) -> None:
+        self.version = f"{prefix}:version"
+        self.log = f"{prefix}:log"
+        self.state = f"{prefix}:state"
+        self.epoch = f"{prefix}:epoch"
+
+
+class StatePublisher:
+    """The controller's side: :meth:`publish` ops after the master copy accepted them.
+
+    ``engine``: the site's :class:`~pcsite_lite.fis.RedisFIS` (its connection, back-off and
+    replica acknowledgement are shared). A ``renew`` keeps the circuit's entity up to date (the
+    stored circuit op gets the new ``expires``).
+    """
+
+    def __init__(
+        self, engine: RedisFIS, *, prefix: str | None = None, log_keep: int = LOG_KEEP
+    ) -> None:
+        self.engine = engine
+        self.keys = _Keys(prefix or f"{engine.prefix}:state")
+        self._log_keep = log_keep
+        self._script = engine.client.register_script(_PUBLISH_LUA)
+
+    def publish(self, op: Op) -> int:
+        """Publish one op; returns its version (see :meth:`publish_many`)."""
+        return self.publish_many([op])
+
+    def publish_many(self, ops: Iterable[Op]) -> int:
+        """Publish ops atomically, in order; returns the version of the last one.
+
+        Raises :class:`FISValueError` for an op that is not JSON or larger than
+        :data:`MAX_OP_BYTES` (nothing is published), :class:`FISUnavailableError` when the
+        engine cannot be reached or the replicas did not acknowledge in time.
+        """
+        ops = list(ops)
+        renewed = [op for op in ops if op.get("op") == "renew"]
+        current: dict[str, Op] = {}
+        if renewed:
+            names = [entity_of(op) or "" for op in renewed]
+            raw = self.engine.call(lambda r: r.hmget(self.keys.state, names))
+            current = {n: json.loads(v) for n, v in zip(names, raw, strict=True) if v}
+        args: list[str] = []
+        for op in ops:
+            try:
+                text = _dumps(op)
+            except (TypeError, ValueError) as exc:
+                raise FISValueError(f"state op is not JSON: {exc}") from None
+            if len(text) > MAX_OP_BYTES:
+                raise FISValueError(f"state op of {len(text)} bytes (max {MAX_OP_BYTES})")
+            entity = entity_of(op)
+            action, state = "keep", ""
+            if entity is not None:
+                removes = _ENTITY[op["op"]][2]
+                if removes:
+                    action = "del"
+                elif op["op"] == "renew":
+                    base = current.get(entity)
+                    if base is not None:  # a renew of a circuit the state does not hold: log only
+                        base["expires"] = op["expires"]
+                        current[entity] = base
+                        action, state = "set", _dumps(base)
+                else:
+                    action, state = "set", text
+            args += [entity or "", text, action, state]
+        if not args:
+            return self.version()
+        k = self.keys
+        epoch = os.urandom(8).hex()
+        return int(
+            self.engine.call(
+                lambda r: self._script(
+                    keys=[k.version, k.log, k.state, k.epoch],
+                    args=[self._log_keep, epoch, *args],
+                    client=r,
+                ),
+                write=True,
+            )
+        )
+
+    def version(self) -> int:
+        return int(self.engine.call(lambda r: r.get(self.keys.version)) or 0)
+
+    def reset(self) -> None:
+        """Forget the whole state (a new epoch): every node resynchronises to an empty state."""
+        k = self.keys
+        self.engine.call(lambda r: r.delete(k.version, k.log, k.state, k.epoch), write=True)
+
+
+class StateSubscriber:
+    """A node's side: follows the published state and applies it with ``apply(op)``.
+
+    ``apply`` is the node's replica (``WorkerSite.apply``); an op it refuses is counted in
+    :attr:`errors` by exception type and skipped (the node keeps following). :attr:`state`
+    mirrors what was applied (entity -> op) at :attr:`version` of :attr:`epoch`.
+    """
+
+    def __init__(
+        self,
+        engine: RedisFIS,
+        apply: Callable[[Op], object],
+        *,
+        prefix: str | None = None,
+        max_ops_per_poll: int = 10 * BATCH,
+    ) -> None:
+        self.engine = engine
+        self.keys = _Keys(prefix or f"{engine.prefix}:state")
+        self._apply = apply
+        self._max = max_ops_per_poll
+        self._blocking: redis.Redis | None = None
+        self.state: dict[str, Op] = {}
+        self.version = 0
+        self.epoch: str | None = None
+        self.available = False  #: whether the last poll reached the engine
+        self.snapshots = 0  #: times the node (re)loaded the snapshot
+        self.applied = 0  #: ops applied (from the log or a snapshot difference)
+        self.errors: Counter[str] = Counter()  #: ops the replica refused, by exception type
+        self.last_error = ""
+
+    # --- applying ---
+    def _do(self, op: Op) -> None:
+        try:
+            self._apply(op)
+        except Exception as exc:  # the replica refused it: count, keep following
+            self.errors[type(exc).__name__] += 1
+            self.last_error = f"{op.get('op')}: {type(exc).__name__}: {exc}"[:300]
+        self.applied += 1
+
+    def _follow(self, op: Op) -> None:
+        entity = entity_of(op)
+        if entity is not None:
+            if _ENTITY[op["op"]][2]:
+                self.state.pop(entity, None)
+            elif op["op"] == "renew":
+                if entity in self.state:
+                    self.state[entity] = {**self.state[entity], "expires": op["expires"]}
+            else:
+                self.state[entity] = op
+        self._do(op)
+
+    def _converge(self, target: dict[str, Op]) -> None:
+        """Apply the difference between what the node holds and ``target``."""
+        for entity in sorted(set(self.state) - set(target), key=_order, reverse=True):
+            self._do(inverse_op(entity))
+            del self.state[entity]
+        for entity in sorted(target, key=_order):
+            if self.state.get(entity) != target[entity]:
+                self.state[entity] = target[entity]
+                self._do(target[entity])
+
+    # --- reading the engine ---
+    def _snapshot(self, r: redis.Redis) -> None:
+        pipe = r.pipeline(transaction=True)
+        pipe.get(self.keys.epoch)
+        pipe.get(self.keys.version)
+        pipe.hgetall(self.keys.state)
+        epoch, version, raw = pipe.execute()
+        target = {}
+        for k, v in raw.items():
+            try:
+                target[k.decode()] = json.loads(v)
+            except ValueError:
+                self.errors["BadSnapshotEntry"] += 1
+        self._converge(target)
+        self.epoch = epoch.decode() if epoch else None
+        self.version = int(version or 0)
+        self.snapshots += 1
+
+    def _entries(self, r: redis.Redis, after: int) -> list[tuple[int, Op]]:
+        out = []
+        for entry_id, fields in r.xrange(self.keys.log, f"{after + 1}-0", "+", count=BATCH):
+            num = int(entry_id.decode().partition("-")[0])
+            out.append((num, json.loads(fields[b"op"])))
+        return out
+
+    def _sync(self, r: redis.Redis) -> int:
+        before = self.applied
+        epoch, version = r.mget(self.keys.epoch, self.keys.version)
+        epoch_s = epoch.decode() if epoch else None
+        version_i = int(version or 0)
+        if epoch_s != self.epoch or version_i < self.version:
+            self._snapshot(r)  # a new node, another store, or a store that went back in time
+            return self.applied - before
+        while self.version < version_i and self.applied - before < self._max:
+            entries = self._entries(r, self.version)
+            if not entries or entries[0][0] != self.version + 1:
+                self._snapshot(r)  # the log no longer reaches back to us
+                break
+            for num, op in entries:
+                if num != self.version + 1:
+                    self._snapshot(r)
+                    return self.applied - before
+                self._follow(op)
+                self.version = num
+        return self.applied - before
+
+    def poll(self, block: float = 0.0) -> int:
+        """Apply what was published since the last poll; returns the number of ops applied.
+
+        ``block`` > 0: when nothing is new, wait up to that long (at most
+        :data:`MAX_BLOCK_S`) for the next op. Never raises for an unreachable engine: the
+        node keeps its replica (:attr:`available` becomes False) and catches up later.
+        """
+        try:
+            n = self.engine.call(self._sync)
+            if n == 0 and block > 0:
+                self._wait(min(block, MAX_BLOCK_S))
+                n = self.engine.call(self._sync)
+        except FISUnavailableError as exc:
+            self.available = False
+            self.last_error = str(exc)[:300]
+            return 0
+        except (ValueError, KeyError) as exc:  # a log entry not written by a publisher
+            self.errors[type(exc).__name__] += 1
+            self.epoch = None  # resynchronise from the snapshot next time
+            return 0
+        self.available = True
+        return n
+
+    def _wait(self, seconds: float) -> None:
+        if self._blocking is None:
+            self._blocking = self.engine.new_client()
+        try:
+            self._blocking.xread(
+                {self.keys.log: f"{self.version}-0"}, count=1, block=int(seconds * 1000)
+            )
+        except UNREACHABLE as exc:
+            self._blocking.close()
+            self._blocking = None
+            raise FISUnavailableError(f"state stream unavailable: {exc}") from None
+
+    # --- a node restarted while the engine is away ---
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Keep the replica in ``path`` (temp file + rename; mode 0600: providers' keys)."""
+        tmp = f"{os.fspath(path)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(
+                {"format": 1, "epoch": self.epoch, "version": self.version, "state": self.state}, f
+            )
+        os.replace(tmp, path)
+
+    def load(self, path: str | os.PathLike[str]) -> int:
+        """Apply a :meth:`save` file to the replica (before the engine is reached); returns the
+        number of entities loaded, 0 for a missing or unreadable file."""
+        try:
+            with open(path) as f:
+                doc = json.load(f)
+            if doc.get("format") != 1:
+                return 0
+            state = {str(k): dict(v) for k, v in doc["state"].items()}
+            epoch = None if doc["epoch"] is None else str(doc["epoch"])
+            version = int(doc["version"])
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return 0
+        self._converge(state)
+        self.epoch, self.version = epoch, version
+        return len(state)
+
+    def close(self) -> None:
+        if self._blocking is not None:
+            self._blocking.close()
+            self._blocking = None
