@@ -55,7 +55,7 @@ def _binary(name: str) -> str:
 class LocalRedisGroup:
     """``replicas`` Redis replicas of one primary and ``sentinels`` Sentinels (quorum: a
     majority) under ``workdir``. ``down_after_ms``: how long the primary must be silent before
-    Sentinel calls it down (the larger part of the failover time)."""
+    Sentinel calls it down (the larger part of the failover time). ``cpus``: pin the servers."""
 
     def __init__(
         self,
@@ -65,6 +65,7 @@ class LocalRedisGroup:
         sentinels: int = 1,
         down_after_ms: int = 500,
         failover_timeout_ms: int = 3000,
+        cpus: set[int] | None = None,
     ) -> None:
         if not 1 <= replicas <= 8 or not 1 <= sentinels <= 5:
             raise ValueError("replicas must be 1..8 and sentinels 1..5")
@@ -73,6 +74,7 @@ class LocalRedisGroup:
         self.n_sentinels = sentinels
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
+        self.cpus = cpus  #: pin every server to these vCPUs (benchmarks), or None
         self.procs: dict[int, subprocess.Popen[bytes]] = {}  #: port -> server process
         self.sentinel_ports: list[int] = []
         self.primary_port = 0
@@ -121,8 +123,13 @@ class LocalRedisGroup:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=die_with_parent,
+            preexec_fn=self._child_setup,
         )
+
+    def _child_setup(self) -> None:
+        die_with_parent()
+        if self.cpus:
+            os.sched_setaffinity(0, self.cpus)
 
     def start(self) -> None:
         self.primary_port = free_port()

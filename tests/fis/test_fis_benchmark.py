@@ -27,3 +27,19 @@ def test_fis_benchmark_writes_its_figures(tmp_path: Path, redis_url: str) -> Non
     ratio = figures["fis_cached_get_ns"] / figures["dict_get_ns"]
     assert figures["fis_cached_get_vs_dict"] == pytest.approx(ratio, rel=0.05)
     assert figures["quick"] is True
+
+
+def test_fis_failover_benchmark_writes_its_figures(tmp_path: Path) -> None:
+    out = tmp_path / "failover.json"
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks.fis_failover", "--quick", "--json", str(out)],
+        cwd=ROOT, check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    figures = json.loads(out.read_text())
+    assert figures["cluster_fis_acked_writes_lost"] == 0
+    assert figures["cluster_fis_acked_writes"] > 50  # the 50 before the kill, then more
+    assert 0 < figures["cluster_fis_failover_s"] < 60
+    assert figures["cluster_fis_wait_ratio"] == pytest.approx(
+        figures["cluster_fis_write_wait_us"] / figures["cluster_fis_write_nowait_us"], rel=1e-6
+    )
+    assert figures["quick"] is True
