@@ -40,17 +40,21 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
+import threading
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import redis
+import trio
 
 from pcsite_lite.fis import FISUnavailableError, FISValueError, RedisFIS
 from pcsite_lite.fis.redis_engine import UNREACHABLE
 
 __all__ = [
     "MAX_OP_BYTES",
+    "EngineFeedClient",
+    "EngineFeedServer",
     "StatePublisher",
     "StateSubscriber",
     "entity_of",
@@ -105,6 +109,26 @@ return v
 """
 
 
+# KEYS: 1 version, 2 log, 3 state, 4 the new state (renamed over it), 5 epoch. ARGV: 1 log
+# length kept, 2 an epoch candidate, 3 the resync op. The new state may be absent (empty).
+_REPLACE_LUA = """
+redis.call('SET', KEYS[5], ARGV[2], 'NX')
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('RENAME', KEYS[4], KEYS[3])
+else
+  redis.call('DEL', KEYS[3])
+end
+local v = redis.call('INCR', KEYS[1])
+local r = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], v .. '-0', 'op', ARGV[3])
+if type(r) == 'table' and r.err then
+  redis.call('DEL', KEYS[2])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], v .. '-0', 'op', ARGV[3])
+end
+return v
+"""
+RESYNC: Final = {"op": "resync"}  #: log entry: the state was replaced, load the snapshot
+
+
 def entity_of(op: Op) -> str | None:
     """The entity an op creates, changes or removes (``"circuit:77"``), or ``None`` for an op
     that changes no lasting state (``enable``: re-enable a failed service now)."""
@@ -143,6 +167,7 @@ class _Keys:
         self.version = f"{prefix}:version"
         self.log = f"{prefix}:log"
         self.state = f"{prefix}:state"
+        self.new_state = f"{prefix}:state-new"
         self.epoch = f"{prefix}:epoch"
 
 
@@ -161,6 +186,7 @@ class StatePublisher:
         self.keys = _Keys(prefix or f"{engine.prefix}:state")
         self._log_keep = log_keep
         self._script = engine.client.register_script(_PUBLISH_LUA)
+        self._replace = engine.client.register_script(_REPLACE_LUA)
 
     def publish(self, op: Op) -> int:
         """Publish one op; returns its version (see :meth:`publish_many`)."""
@@ -220,6 +246,36 @@ class StatePublisher:
 
     def version(self) -> int:
         return int(self.engine.call(lambda r: r.get(self.keys.version)) or 0)
+
+    def replace(self, ops: Iterable[Op], *, chunk: int = 1000) -> int:
+        """Make the published state exactly what ``ops`` build (the controller's master copy,
+        e.g. at start or after ops were lost); returns the new version. Written in chunks
+        beside the state, then swapped in with a ``resync`` log entry: nodes load the
+        snapshot and apply only the difference."""
+        state: dict[str, str] = {}
+        for op in ops:
+            entity = entity_of(op)
+            if entity is not None and not _ENTITY[op["op"]][2]:
+                text = _dumps(op)
+                if len(text) > MAX_OP_BYTES:
+                    raise FISValueError(f"state op of {len(text)} bytes (max {MAX_OP_BYTES})")
+                state[entity] = text
+        k = self.keys
+        items = list(state.items())
+
+        def write(r: redis.Redis) -> int:
+            r.delete(k.new_state)
+            for i in range(0, len(items), chunk):
+                r.hset(k.new_state, mapping=dict(items[i : i + chunk]))
+            return int(
+                self._replace(
+                    keys=[k.version, k.log, k.state, k.new_state, k.epoch],
+                    args=[self._log_keep, os.urandom(8).hex(), _dumps(RESYNC)],
+                    client=r,
+                )
+            )
+
+        return int(self.engine.call(write, write=True))
 
     def reset(self) -> None:
         """Forget the whole state (a new epoch): every node resynchronises to an empty state."""
@@ -327,8 +383,8 @@ class StateSubscriber:
                 self._snapshot(r)  # the log no longer reaches back to us
                 break
             for num, op in entries:
-                if num != self.version + 1:
-                    self._snapshot(r)
+                if num != self.version + 1 or op == RESYNC:
+                    self._snapshot(r)  # a hole, or the whole state was replaced
                     return self.applied - before
                 self._follow(op)
                 self.version = num
@@ -369,6 +425,15 @@ class StateSubscriber:
             self._blocking = None
             raise FISUnavailableError(f"state stream unavailable: {exc}") from None
 
+    def iter_snapshot_ops(self) -> Iterable[Op]:
+        """The ops that rebuild the node's replica (a restarted worker's snapshot)."""
+        for entity in sorted(self.state, key=_order):
+            yield self.state[entity]
+
+    def divert_prefixes(self) -> list[str]:
+        """Registered destination prefixes (the node diverts their traffic to its workers)."""
+        return sorted(op["prefix"] for e, op in self.state.items() if e.startswith("destination:"))
+
     # --- a node restarted while the engine is away ---
     def save(self, path: str | os.PathLike[str]) -> None:
         """Keep the replica in ``path`` (temp file + rename; mode 0600: providers' keys)."""
@@ -401,3 +466,172 @@ class StateSubscriber:
         if self._blocking is not None:
             self._blocking.close()
             self._blocking = None
+
+
+# --- drop-in feeds for a site's supervisor (controller and node roles) ---
+MAX_QUEUE: Final = 100_000  #: ops a controller holds while the engine is away, then resyncs
+PUBLISH_BATCH: Final = 500
+
+
+class EngineFeedServer:
+    """Controller side, for a supervisor: :meth:`publish` (from any thread) never blocks; a
+    thread of its own writes the ops to the engine in order, in batches, retrying while the
+    engine is away. At :meth:`start`, and whenever more than :data:`MAX_QUEUE` ops piled up,
+    it replaces the published state with ``snapshot()`` (the master copy), so what nodes
+    follow never lacks an accepted change for long."""
+
+    def __init__(
+        self,
+        publisher: StatePublisher,
+        snapshot: Callable[[], Iterable[Op]],
+        log: Callable[[str], None],
+        *,
+        retry: float = 0.2,
+    ) -> None:
+        self.publisher = publisher
+        self.snapshot = snapshot
+        self.log = log
+        self._retry = retry
+        self._q: deque[Op] = deque()
+        self._cv = threading.Condition()
+        self._resync = True  # the first thing: publish the master copy
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self.published = 0  #: ops written to the engine
+        self.resyncs = 0  #: times the whole state was replaced
+        self.version = 0  #: the engine's version after the last write
+        self.available = False
+
+    def publish(self, op: Op) -> None:
+        with self._cv:
+            if len(self._q) >= MAX_QUEUE:
+                self._q.clear()
+                self._resync = True
+            else:
+                self._q.append(op)
+            self._cv.notify()
+
+    def start(self) -> EngineFeedServer:
+        self._thread = threading.Thread(target=self._run, name="state-feed", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop after writing what is queued (if the engine takes it within ``timeout``)."""
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def idle(self) -> bool:
+        """Whether everything published so far is on the engine."""
+        with self._cv:
+            return not self._q and not self._resync and not self._busy
+
+    _busy = False
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._q and not self._resync and not self._stop:
+                    self._cv.wait()
+                if self._stop and (not self._q or not self.available):
+                    return
+                resync = self._resync
+                batch = (
+                    [] if resync else [self._q[i] for i in range(min(len(self._q), PUBLISH_BATCH))]
+                )
+                self._resync = False
+                self._busy = True
+            try:
+                if resync:
+                    self.version = self.publisher.replace(self.snapshot())
+                    self.resyncs += 1
+                else:
+                    self.version = self.publisher.publish_many(batch)
+                    self.published += len(batch)
+            except FISUnavailableError as exc:
+                if self.available:
+                    self.log(f"state feed: engine away ({exc}); holding changes")
+                self.available = False
+                with self._cv:
+                    self._resync = self._resync or resync
+                    self._busy = False
+                    self._cv.wait(self._retry)
+                continue
+            except FISValueError as exc:  # an op the engine cannot take: nodes would miss it
+                self.log(f"state feed: {exc}; republishing the whole state")
+                with self._cv:
+                    for _ in batch:
+                        self._q.popleft()
+                    self._resync = True
+                    self._busy = False
+                continue
+            with self._cv:
+                for _ in batch:
+                    self._q.popleft()
+                self._busy = False
+            if not self.available:
+                self.log("state feed: engine reachable")
+            self.available = True
+
+
+class EngineFeedClient:
+    """Node side, for a supervisor: ``await run()`` follows the engine; ``on_op(op)`` is
+    called (in the caller's trio thread) for every change and for the difference a snapshot
+    brings, ``on_synced()`` after each snapshot. :attr:`replica` offers
+    ``iter_snapshot_ops()`` and ``divert_prefixes()``; with ``state_file`` it survives a
+    restart while the engine is away."""
+
+    def __init__(
+        self,
+        subscriber_engine: RedisFIS,
+        *,
+        on_op: Callable[[Op], None],
+        on_synced: Callable[[], None],
+        log: Callable[[str], None],
+        state_file: str | os.PathLike[str] | None = None,
+        block: float = 0.5,
+        save_interval: float = 1.0,
+    ) -> None:
+        self._pending: list[Op] = []
+        self.replica = StateSubscriber(subscriber_engine, self._pending.append)
+        self.on_op, self.on_synced, self.log = on_op, on_synced, log
+        self.state_file = state_file
+        self.block = block
+        self.save_interval = save_interval
+        self.synced = False  #: the replica holds a whole state (it may be stale)
+        self.connected = False
+        if state_file is not None and self.replica.load(state_file):
+            self.synced = True  # forwarding from the saved copy until the engine is back
+            self._deliver()
+
+    def _deliver(self) -> None:
+        ops, self._pending[:] = list(self._pending), []
+        for op in ops:
+            self.on_op(op)
+
+    async def run(self) -> None:
+        next_save = 0.0
+        while True:
+            snapshots = self.replica.snapshots
+            n = await trio.to_thread.run_sync(self.replica.poll, self.block)
+            self._deliver()
+            if self.replica.available != self.connected:
+                self.connected = self.replica.available
+                self.log(
+                    "state feed: following the engine"
+                    if self.connected
+                    else f"state feed: engine away ({self.replica.last_error}); "
+                    "forwarding from the local copy"
+                )
+            if self.replica.snapshots != snapshots:
+                self.synced = True
+                self.on_synced()
+            if not self.connected:
+                await trio.sleep(self.block)
+            now = trio.current_time()
+            if self.state_file is not None and n and now >= next_save:
+                await trio.to_thread.run_sync(self.replica.save, self.state_file)
+                next_save = now + self.save_interval

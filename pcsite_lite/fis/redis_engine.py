@@ -24,12 +24,16 @@ the store's epoch changed (reset, another server), must the cache be flushed.
 Replication: ``redis+sentinel://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]/PRIMARY[/DB]`` reaches
 the current primary of a Redis primary + replicas group through its Sentinels (``open_engine``
 accepts it; :func:`sentinel_client` parses it). With ``wait_replicas=N`` (URL query ``wait=N``,
-``wait_ms=MS``, default 1000) a write returns only after ``WAIT N`` reports that N replicas have
-it; otherwise it raises :class:`~pcsite_lite.fis.FISNotReplicatedError` (the write may or may not
-survive a failover; it was not acknowledged). So an acknowledged write is on a replica before
-its writer hears "done", and Sentinel promotes the replica with the most data: a failover loses
-no acknowledged write. While there is no primary, writes raise
-:class:`~pcsite_lite.fis.FISUnavailableError` and node caches keep answering.
+``wait_ms=MS``, default 1000) a write returns only after ``WAIT`` reports that every replica
+attached to the primary, and at least N, has it; otherwise it raises
+:class:`~pcsite_lite.fis.FISNotReplicatedError` (the write may or may not survive a failover; it
+was not acknowledged). Every attached replica, because Sentinel picks the replica to promote by
+the replication offsets it last saw (``INFO``, refreshed every 10 s), which can be stale: a test
+caught it promoting an empty replica and losing writes that ``WAIT 1`` had acknowledged through
+the other one. A replica detached at the time of a write (link down) does not hold it, and
+Sentinel may still promote it if it was detached only briefly: the residual risk of Sentinel.
+While there is no primary, writes raise :class:`~pcsite_lite.fis.FISUnavailableError` and node
+caches keep answering.
 
 Failures: every Redis error that means "the server cannot be reached or refuses us" (connection
 refused or lost, timeout, loading, authentication or ACL refusal) becomes
@@ -279,17 +283,24 @@ class RedisFIS(FISEngine):
         return result
 
     def replicated(self) -> None:
-        """Return once ``wait_replicas`` replicas have every write of this connection so far;
-        :class:`FISNotReplicatedError` if they do not within ``wait_timeout``."""
+        """Return once every replica attached to the primary, and at least ``wait_replicas``,
+        has every write of this connection so far; :class:`FISNotReplicatedError` if they do
+        not within ``wait_timeout``.
+
+        Every attached replica, not just N of them: Sentinel promotes the replica whose
+        replication offset it *last saw* highest, which may be minutes old, so a write that
+        only some replicas hold could be lost by a failover that picks another one."""
         if not self.wait_replicas:
             return
         try:
-            n = int(self._r.wait(self.wait_replicas, max(1, int(self.wait_timeout * 1000))))
+            attached = int(self._r.info("replication").get("connected_slaves", 0))
+            need = max(self.wait_replicas, attached)
+            n = int(self._r.wait(need, max(1, int(self.wait_timeout * 1000))))
         except _UNREACHABLE as exc:
             raise self._unavailable(exc) from None
-        if n < self.wait_replicas:
+        if n < need:
             raise FISNotReplicatedError(
-                f"FIS write not acknowledged: {n} of {self.wait_replicas} replicas had it within "
+                f"FIS write not acknowledged: {n} of {need} replicas had it within "
                 f"{self.wait_timeout:g} s ({self.where}); it may or may not survive a failover"
             )
 
