@@ -61,6 +61,20 @@ def prefix() -> str:
     return f"st-{uuid.uuid4().hex[:10]}"
 
 
+Rig = tuple[StatePublisher, WorkerSite, StateSubscriber]
+
+
+@pytest.fixture
+def rig(redis_url: str, prefix: str, tmp_path: Path) -> Rig:
+    """A controller's publisher and one node (a real WorkerSite) following it."""
+    node = WorkerSite(_cfg(tmp_path))
+    return (
+        StatePublisher(_engine(redis_url, prefix)),
+        node,
+        StateSubscriber(_engine(redis_url, prefix), node.apply),
+    )
+
+
 def test_nodes_converge_from_the_log_and_a_late_node_from_the_snapshot(
     redis_url: str, prefix: str, tmp_path: Path
 ) -> None:
@@ -92,12 +106,8 @@ def test_nodes_converge_from_the_log_and_a_late_node_from_the_snapshot(
     assert _forwards(node2, 11) and not sub1.errors and not sub2.errors
 
 
-def test_a_pruned_log_falls_back_to_the_snapshot_and_removes_what_went_away(
-    redis_url: str, prefix: str, tmp_path: Path
-) -> None:
-    pub = StatePublisher(_engine(redis_url, prefix))
-    node = WorkerSite(_cfg(tmp_path))
-    sub = StateSubscriber(_engine(redis_url, prefix), node.apply)
+def test_a_pruned_log_falls_back_to_the_snapshot_and_removes_what_went_away(rig: Rig) -> None:
+    pub, node, sub = rig
     pub.publish_many([_circuit(21), _circuit(22)])
     assert sub.poll() == 2 and node.site.circuits.get(22) is not None
     pub.publish_many([{"op": "teardown", "label": 22}, _circuit(23)])
@@ -108,12 +118,8 @@ def test_a_pruned_log_falls_back_to_the_snapshot_and_removes_what_went_away(
     assert all(node.site.circuits.get(x) is not None for x in (21, 23, 24))
 
 
-def test_refused_ops_are_counted_and_bad_ops_refused_before_publishing(
-    redis_url: str, prefix: str, tmp_path: Path
-) -> None:
-    pub = StatePublisher(_engine(redis_url, prefix))
-    node = WorkerSite(_cfg(tmp_path))
-    sub = StateSubscriber(_engine(redis_url, prefix), node.apply)
+def test_refused_ops_are_counted_and_bad_ops_refused_before_publishing(rig: Rig) -> None:
+    pub, node, sub = rig
     pub.publish(_circuit(31))
     assert sub.poll() == 1
     pub.publish_many([_circuit(31, psp="evil"), _circuit(32)])  # the replica refuses the first
