@@ -605,7 +605,6 @@ class EngineFeedClient:
         self.connected = False
         if state_file is not None and self.replica.load(state_file):
             self.synced = True  # forwarding from the saved copy until the engine is back
-            self._deliver()
 
     def _deliver(self) -> None:
         ops, self._pending[:] = list(self._pending), []
@@ -613,6 +612,9 @@ class EngineFeedClient:
             self.on_op(op)
 
     async def run(self) -> None:
+        if self._pending:  # the saved copy loaded at start: hand it over first
+            self._deliver()
+            self.on_synced()
         next_save = 0.0
         while True:
             snapshots = self.replica.snapshots

@@ -60,7 +60,9 @@ class Node:
             self.circuits.discard(op["label"])
 
 
-def test_the_controller_publishes_its_master_copy_first_and_nodes_follow(redis_url: str) -> None:
+def test_the_controller_publishes_its_master_copy_first_and_nodes_follow(
+    redis_url: str, tmp_path: Path
+) -> None:
     prefix = f"sf-{uuid.uuid4().hex[:8]}"
     # what an earlier controller left on the engine: circuits 1 and 3
     StatePublisher(_engine(redis_url, prefix)).publish_many([_circuit(1), _circuit(3)])
@@ -75,6 +77,8 @@ def test_the_controller_publishes_its_master_copy_first_and_nodes_follow(redis_u
         on_synced=lambda: setattr(node, "synced", node.synced + 1),
         log=print,
         block=0.2,
+        state_file=tmp_path / "replica.json",
+        save_interval=0.0,
     )
 
     async def main() -> None:
@@ -96,6 +100,29 @@ def test_the_controller_publishes_its_master_copy_first_and_nodes_follow(redis_u
     assert client.synced and client.connected and node.synced >= 1
     labels = [op["label"] for op in client.replica.iter_snapshot_ops()]
     assert sorted(labels) == [2, 4, 5]
+
+    # the node restarts while the engine is unreachable: it forwards from its saved copy
+    restarted = Node()
+    away = EngineFeedClient(
+        _engine(f"unix://{tmp_path / 'no-such.sock'}", prefix),
+        on_op=restarted.on_op,
+        on_synced=lambda: None,
+        log=print,
+        block=0.05,
+        state_file=tmp_path / "replica.json",
+    )
+    assert away.synced and restarted.circuits == set()  # handed over when it runs
+
+    async def restart() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(away.run)
+            with trio.fail_after(10):
+                while restarted.circuits != {2, 4, 5}:
+                    await trio.sleep(0.02)
+            nursery.cancel_scope.cancel()
+
+    trio.run(restart)
+    assert not away.connected
 
 
 def test_changes_wait_on_the_controller_while_the_engine_is_away(
