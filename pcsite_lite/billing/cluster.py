@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from pcsite_lite.billing.ledger import Ledger, LedgerError
+from pcsite_lite.fis import FISUnavailableError
 from pcsite_lite.metering import Counters, UsageRecord
 
 __all__ = [
@@ -162,6 +163,7 @@ class CollectResult:
     deferred: int = 0  #: batches past a gap in a node's sequence, left for a later round
     records: list[UsageRecord] = field(default_factory=list)  #: appended to the ledger
     last_seq: dict[str, int] = field(default_factory=dict)  #: per node, after this round
+    skipped: dict[str, str] = field(default_factory=dict)  #: node -> why it was not collected
 
 
 class ClusterCollector:
@@ -222,17 +224,23 @@ class ClusterCollector:
         self, fetchers: dict[str, Callable[[int], list[UsageBatch]]], now: float
     ) -> CollectResult:
         """Fetch every node's batches past what was billed (``fetch(after_seq)``) and bill
-        them. A node that cannot be reached (``OSError``, ``ConnectionError``) is skipped this
-        round: its batches wait in its outbox."""
+        them. A node that cannot be reached (``OSError``, ``ConnectionError``, an unavailable
+        engine) or whose batches are malformed (:class:`LedgerError`) is skipped this round,
+        with the reason in :attr:`CollectResult.skipped`: its batches wait in its outbox and
+        the other nodes are billed."""
         last = self.last_seq()
         batches: list[UsageBatch] = []
+        skipped: dict[str, str] = {}
         for node, fetch in sorted(fetchers.items()):
             try:
                 got = fetch(last.get(node, 0))
-            except (OSError, ConnectionError):
+            except (OSError, ConnectionError, FISUnavailableError, LedgerError) as exc:
+                skipped[node] = f"{type(exc).__name__}: {exc}"[:300]
                 continue
             batches += [b for b in got if b.node == node]
-        return self.collect(batches, now)
+        result = self.collect(batches, now)
+        result.skipped = skipped
+        return result
 
 
 # --- transport through the FIS engine (a Redis stream per node) ---------------------------------

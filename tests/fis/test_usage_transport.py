@@ -49,9 +49,15 @@ def test_usage_batches_reach_the_ledger_once_through_the_engine(
         col = ClusterCollector(ledger, "s1")
         r1 = col.collect_from({"n1": fetcher("n1"), "n2": fetcher("n2", up=False)}, now=200.0)
         assert r1.taken == 5 and col.last_seq() == {"n1": 5}
+        assert r1.skipped == {"n2": "ConnectionError: n2 unreachable"}
         logs["n1"].append([_rec(106.0, 7)])
         fis.call(lambda r: push_batches(r, prefix, logs["n1"]), write=True)
-        r2 = col.collect_from({"n1": fetcher("n1"), "n2": fetcher("n2")}, now=210.0)
+        junk = fis.call(lambda r: r.xadd(f"{prefix}:usage:n3", {"b": "{not json"}, id="1-0"))
+        assert junk
+        r2 = col.collect_from(
+            {"n1": fetcher("n1"), "n2": fetcher("n2"), "n3": fetcher("n3")}, now=210.0
+        )
+        assert r2.skipped["n3"].startswith("LedgerError: malformed usage batch")
         assert r2.taken == 6 and r2.duplicates == 0 and col.last_seq() == {"n1": 6, "n2": 5}
         total = sum(r.counters.bytes_in for r in ledger.records())
         assert total == sum(1000 + i for i in range(5)) + 7 + sum(2000 + i for i in range(5))
