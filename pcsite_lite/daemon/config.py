@@ -267,7 +267,7 @@ def _range(key: str, v: int | float, lo: float, hi: float) -> bool:
 
 def _check_fis_credentials(url: str) -> None:
     """A FIS reached over the network is ACL-protected: the URL must name the site's user."""
-    if not url.startswith(("redis:", "rediss:")):
+    if not url.startswith(("redis:", "rediss:", "redis+sentinel:")):
         return  # sqlite: a local file; unix: a local socket (file permissions)
     from urllib.parse import urlsplit
 
@@ -388,8 +388,10 @@ def _parse(doc: dict[str, Any], source: str, base: Path) -> SiteConfig:
     state_dir = _get(doc, "site", "state_dir", str, f"/var/lib/pcsite/{name}")
     if not fis_url:
         fis_url = f"sqlite://{Path(state_dir) / 'fis.db'}"
-    if not fis_url.startswith(("sqlite:", "redis:", "rediss:", "unix:")):
-        raise ConfigError("site.fis", "must be a sqlite:, redis:, rediss: or unix: URL")
+    if not fis_url.startswith(("sqlite:", "redis:", "rediss:", "redis+sentinel:", "unix:")):
+        raise ConfigError(
+            "site.fis", "must be a sqlite:, redis:, rediss:, redis+sentinel: or unix: URL"
+        )
     _check_fis_credentials(fis_url)
     repository = _get(doc, "site", "repository", str, None)
     if repository is not None and not Path(repository).is_absolute():

@@ -66,3 +66,15 @@ def test_one_mistake_reads_as_before(tmp_path) -> None:
         load(tmp_path / "site.toml")
     assert len(info.value.errors) == 1 and info.value.key == "site.public_ip"
     assert str(info.value) == "line 3: site.public_ip: 'nope' is not an IPv4 address"
+
+
+def test_a_replicated_fis_url_is_accepted_with_credentials_only(tmp_path) -> None:
+    site = '[site]\nname = "C1"\npublic_ip = "198.18.254.1"\nfis = "{}"\n'
+    site += '[control]\nadmin_token = "0123456789abcdef0123456789abcdef"\n'
+    good = "redis+sentinel://pcsite:secret@127.0.0.1:26379,127.0.0.1:26380/pcfis?wait=1"
+    (tmp_path / "site.toml").write_text(site.format(good))
+    assert load(tmp_path / "site.toml").fis_url == good
+    (tmp_path / "site.toml").write_text(site.format("redis+sentinel://127.0.0.1:26379/pcfis"))
+    with pytest.raises(ConfigError) as info:
+        load(tmp_path / "site.toml")
+    assert info.value.key == "site.fis" and "credentials" in str(info.value)
