@@ -1,20 +1,25 @@
-"""The demo's real world: the Fig. 2 testbed with site daemons, a lookupd and knot DNS.
+"""The demo's real world: a topology built as a testbed, with site daemons, a lookupd and knot.
 
-Built with the testbed's API (``testbed.net.Testbed``, names ``pcs<run id>-...``) and always
-torn down. What runs where:
+Built with the testbed's API (``testbed.net.Testbed``, names ``pcs<run id>-...``) from the
+topology the demo was given (default Fig. 2) and always torn down. What runs where:
 
-* S, D: pcsock sockets (UDP-encapsulation mode: no privileges needed by the SDK) created in
-  their namespaces; D also has ordinary UDP sockets (form 3 needs nothing from the sender);
-* C1..C3: ``pcsite run`` (the site daemon) with its control API on the control network and
-  the demo's DNSSEC trust anchor; the API is HTTPS (``tls=True``, the default): the world
-  makes a CA for the run (``pcsite_lite.pki``), a certificate per site for its control
-  address, and every client (lookupd, the world's own calls) verifies against that CA;
-* PSP: ``pcsock lookupd`` on the control network (the PSP's lookup service); its address is
-  published in DNS as ``_pcpsp._tcp.acme.psp.test.`` and S finds it there. S joins the control
-  network for this (in the paper the sender reaches the PSP over the Internet; Fig. 2 has no
-  data link to the PSP);
-* DNS: knot serving the testbed's zones plus ``in-addr.arpa.`` (the demo's trust anchor zone)
-  and D's reverse zone with the ownership record, both signed by :mod:`pcsock.ownership`.
+* hosts: pcsock sockets (UDP-encapsulation mode: no privileges needed by the SDK) created in
+  the namespaces of the hosts the scenarios use (:meth:`pcdemo.roles.Roles.hosts_used`);
+  receivers also have ordinary UDP sockets (form 3 needs nothing from the sender);
+* every site on the control network: ``pcsite run`` (the site daemon) with its control API
+  on the control network and the demo's DNSSEC trust anchor; the API is HTTPS (``tls=True``,
+  the default): the world makes a CA for the run (``pcsite_lite.pki``), a certificate per
+  site for its control address, and every client (lookupd, the world's own calls) verifies
+  against that CA;
+* the PSP node (:attr:`Roles.psp`: one with a data link): ``pcsock lookupd`` listening on its
+  **data** address (hosts never reach the control network), talking to the sites' control
+  APIs over the control network; its address is published in DNS as
+  ``_pcpsp._tcp.acme.psp.test.`` and the sender finds it there;
+* the DNS node (:attr:`Roles.dns`): knot serving the testbed's zones plus ``in-addr.arpa.``
+  (the demo's trust anchor zone) and each signed-up receiver's reverse zone with the
+  ownership record, both signed by :mod:`pcsock.ownership`.
+
+A topology without a PSP or DNS node still builds; the scenarios that need them say so.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pcdemo.scenarios import D_PREFIX, PSP, SRCROUTE, TOPOLOGY, Missing, World
+from pcdemo.roles import Roles
+from pcdemo.scenarios import PSP, SRCROUTE, Missing, World, load_topology, resolve_topology
 from pcsock import ownership, wire
 from pcsock.discovery import Resolver, psp_records
 from pcsock.lookup import LookupClient, find_lookup
@@ -48,20 +54,21 @@ PLAIN_PORTS = (7, 9)
 
 
 class TestbedWorld(World):
-    """Fig. 2 in Linux namespaces (needs root)."""
+    """A topology in Linux namespaces (needs root)."""
 
     kind = "testbed"
 
-    def __init__(self, *, prefix: str = "pcs", progress: Callable[[str], None] = print,
-                 tls: bool = True) -> None:  # fmt: skip
+    def __init__(self, topology: str | Path | None = None, roles: Roles | None = None, *,
+                 prefix: str = "pcs", progress: Callable[[str], None] = print,
+                 tls: bool = True, scenarios: list[str] | None = None) -> None:  # fmt: skip
         from testbed.net import Testbed
-        from testbed.topology import load
 
-        topo = load(TOPOLOGY)
-        topo.nodes["S"].control = True  # S reaches the PSP's lookup service
+        self.topology_path = resolve_topology(topology)
+        topo, default_roles = load_topology(self.topology_path)
+        self.roles = roles or default_roles
         self.progress = progress
         self.tmp = Path(tempfile.mkdtemp(prefix="pcs-demo-"))
-        self.tb = Testbed(topo, prefix=prefix)
+        self.tb = Testbed(self.roles.topo, prefix=prefix)
         self.sockets: dict[str, list[socket.socket | PacketCloudSocket]] = {}
         self.endpoints: dict[str, PacketCloudSocket] = {}
         self.procs: list[Any] = []
@@ -69,6 +76,12 @@ class TestbedWorld(World):
         self._built = False
         self.tls = tls  #: control APIs over HTTPS, with a CA made for this run
         self.ca_file: Path | None = None
+        self._lookups: dict[str, LookupClient] = {}  #: sender host -> its lookup client
+        self._circuits: dict[int, str] = {}  #: circuit label -> the host that opened it
+        self._owners: dict[str, ownership.ZoneKey] = {}  #: prefix -> its reverse zone's key
+        from pcdemo.scenarios import CORE_SCENARIOS
+
+        self._used = self.roles.hosts_used(scenarios or list(CORE_SCENARIOS))
         try:
             self._build()
         except BaseException:
@@ -80,29 +93,20 @@ class TestbedWorld(World):
         t0 = time.monotonic()
         self.tb.up()
         self._built = True
-        tb = self.tb
-        self.hosts = {n: str(tb.node(n).address) for n in ("S", "D")}
-        self.sites = {n: tb.site(n).public_ip for n in ("C1", "C2", "C3")}
+        tb, roles = self.tb, self.roles
+        self.hosts = {h: str(tb.node(h).address) for h in roles.hosts}
+        self.sites = {n: tb.site(n).public_ip for n in roles.sites if roles.topo.nodes[n].control}
         self.routers = {n: tb.site(n).router for n in self.sites}
-        self.psp = tb.node("PSP")
-        psp_ip = self.psp.control_address
-        assert psp_ip is not None and tb.dns is not None
-        self.progress(f"testbed {tb.run} up in {time.monotonic() - t0:.1f}s")
-        # DNSSEC: the demo's anchor zone and D's reverse zone (replacing the testbed's own)
-        now = time.time()
+        self.psp = tb.node(roles.psp) if roles.psp else None
+        self.progress(f"testbed {tb.run} ({roles.topo.name}) up in {time.monotonic() - t0:.1f}s")
         from pcsite_lite.repository import generate_key
 
         self.psp_key = generate_key()  # signs the PSP's service code
         self.root = ownership.ZoneKey.generate("in-addr.arpa.")
-        self.owner = ownership.ZoneKey.generate(ownership.reverse_zone(D_PREFIX))
-        tb.dns.set_zone(
-            "in-addr.arpa.",
-            ownership.signed_zone_text(
-                self.root, children=[self.owner], inception=now - 3600, expiration=now + 86400,
-                nameserver="ns.pc.test.", serial=self._next_serial(),
-            ),
-        )  # fmt: skip
-        self._publish_owner_zone([])
+        self.dns = tb.dns if roles.dns else None
+        self.nameserver = f"ns.{roles.topo.nodes[roles.dns].zone}" if roles.dns else "ns."
+        if self.dns is not None:  # DNSSEC: the demo's anchor zone (replacing the testbed's)
+            self._publish_anchor_zone()
         anchor = self.tmp / "anchor.txt"
         anchor.write_text(self.root.ds_text() + "\n")
         if self.tls:  # this run's CA: it signs every site's control API certificate
@@ -110,18 +114,45 @@ class TestbedWorld(World):
 
             self._ca = pki.make_ca(f"PacketCloud testbed {tb.run} CA", days=2)
             self.ca_file = self._ca.write(self.tmp / "pki", "ca")[0]
-        # the PSP's lookup service in DNS
-        tb.dns.set_zone(
-            PSP_ZONE,
-            f"$TTL 300\n{PSP_ZONE} 300 IN SOA ns.pc.test. hostmaster.{PSP_ZONE} 1 3600 600 "
-            f"86400 60\n{PSP_ZONE} 300 IN NS ns.pc.test.\n"
-            + psp_records(PSP_ZONE, PSP, psp_ip, LOOKUP_PORT, ["srcroute"]),
-        )
-        # site daemons
+        # site daemons: on the control network (each its own process), and where a PSP or the
+        # world itself reaches them
         for name in self.sites:
             self._start_site(name, anchor)
-        self.progress(f"site daemons up ({', '.join(self.sites)})")
-        # the PSP's lookup service
+        self.progress(f"site daemons up ({', '.join(self.sites) or 'none'})")
+        if self.psp is not None:
+            self._start_lookupd()
+        # endpoints of the hosts the scenarios use
+        for h in self._used:
+            ip = self.hosts[h]
+
+            def mk_ep(ip: str = ip) -> PacketCloudSocket:
+                return PacketCloudSocket(ip)
+
+            ep = tb.node(h).call(mk_ep)
+            self.endpoints[h] = ep
+            self.sockets[h] = [ep]
+            for port in PLAIN_PORTS:
+
+                def mk(port: int = port, ip: str = ip) -> socket.socket:
+                    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    s.bind((ip, port))
+                    return s
+
+                self.sockets[h].append(tb.node(h).call(mk))
+        self.progress(f"ready in {time.monotonic() - t0:.1f}s")
+
+    def _start_lookupd(self) -> None:
+        """The PSP's lookup service on the PSP node's data address, published in DNS."""
+        assert self.psp is not None
+        psp_ip = self.psp.address
+        assert psp_ip is not None
+        if self.dns is not None:
+            self.dns.set_zone(
+                PSP_ZONE,
+                f"$TTL 300\n{PSP_ZONE} 300 IN SOA {self.nameserver} hostmaster.{PSP_ZONE} 1 3600 "
+                f"600 86400 60\n{PSP_ZONE} 300 IN NS {self.nameserver}\n"
+                + psp_records(PSP_ZONE, PSP, psp_ip, LOOKUP_PORT, ["srcroute"]),
+            )
         cfg = {
             "psp": PSP,
             "listen": f"{psp_ip}:{LOOKUP_PORT}",
@@ -139,53 +170,75 @@ class TestbedWorld(World):
         }
         path = self.tmp / "lookupd.json"
         path.write_text(json.dumps(cfg))
-        s_node = tb.node("S")
+        psp = self.psp
         self.procs.append(
-            self.psp.start(
+            psp.start(
                 [sys.executable, "-m", "pcsock.cli", "lookupd", "--config", str(path)],
                 name="lookupd",
-                ready=lambda: s_node.tcp_open(psp_ip, LOOKUP_PORT),
+                ready=lambda: psp.tcp_open(psp_ip, LOOKUP_PORT),
                 timeout=20,
             )
         )
-        # S finds the lookup service through DNS
-        resolver = Resolver([tb.dns.address])
-        self.lookup: LookupClient = s_node.call(lambda: find_lookup(resolver, PSP_ZONE, "srcroute"))
-        self.progress(f"lookup service found in DNS at {self.lookup.host}:{self.lookup.port}")
-        # endpoints
-        for h, ip in self.hosts.items():
+        self.progress(f"lookup service on {psp.name} at {psp_ip}:{LOOKUP_PORT} (data network)")
 
-            def mk_ep(ip: str = ip) -> PacketCloudSocket:
-                return PacketCloudSocket(ip)
-
-            ep = tb.node(h).call(mk_ep)
-            self.endpoints[h] = ep
-            self.sockets[h] = [ep]
-        for port in PLAIN_PORTS:
-
-            def mk(port: int = port) -> socket.socket:
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                s.bind((self.hosts["D"], port))
-                return s
-
-            self.sockets["D"].append(tb.node("D").call(mk))
-        self.progress(f"ready in {time.monotonic() - t0:.1f}s")
+    def _lookup(self, host: str) -> LookupClient:
+        """The PSP's lookup service as ``host`` finds it: through DNS (SRV/A/TXT)."""
+        if host not in self._lookups:
+            if self.psp is None or self.dns is None:
+                raise Missing("a PSP node and a DNS node (the topology has "
+                              f"{'no PSP' if self.psp is None else 'no DNS'} the demo can use)")  # fmt: skip
+            resolver = Resolver([self.dns.address])
+            self._lookups[host] = self.tb.node(host).call(
+                lambda: find_lookup(resolver, PSP_ZONE, "srcroute")
+            )
+            lk = self._lookups[host]
+            self.progress(f"{host} found the lookup service in DNS at {lk.host}:{lk.port}")
+        return self._lookups[host]
 
     def _next_serial(self) -> int:
         self._serial += 1
         return self._serial
 
-    def _publish_owner_zone(self, claims: list[ownership.OwnershipClaim]) -> None:
-        assert self.tb.dns is not None
+    def _publish_anchor_zone(self) -> None:
+        """``in-addr.arpa.``, signed with the demo's root key, delegating to every owner zone."""
+        assert self.dns is not None
         now = time.time()
-        records = [ownership.ownership_rrset(claims)] if claims else []
-        self.tb.dns.set_zone(
-            self.owner.zone.to_text(),
+        self.dns.set_zone(
+            "in-addr.arpa.",
             ownership.signed_zone_text(
-                self.owner, records=records, inception=now - 3600, expiration=now + 86400,
-                nameserver="ns.pc.test.", serial=self._next_serial(),
+                self.root, children=list(self._owners.values()), inception=now - 3600,
+                expiration=now + 86400, nameserver=self.nameserver, serial=self._next_serial(),
             ),
         )  # fmt: skip
+
+    def _owner(self, prefix: str) -> ownership.ZoneKey:
+        """The key of ``prefix``'s reverse zone (made, and delegated to, on first use)."""
+        if prefix not in self._owners:
+            self._owners[prefix] = ownership.ZoneKey.generate(ownership.reverse_zone(prefix))
+            self._publish_anchor_zone()
+        return self._owners[prefix]
+
+    def _publish_owner_zone(self, prefix: str, claims: list[ownership.OwnershipClaim]) -> None:
+        assert self.dns is not None
+        owner = self._owner(prefix)
+        now = time.time()
+        records = [ownership.ownership_rrset(claims)] if claims else []
+        self.dns.set_zone(
+            owner.zone.to_text(),
+            ownership.signed_zone_text(
+                owner, records=records, inception=now - 3600, expiration=now + 86400,
+                nameserver=self.nameserver, serial=self._next_serial(),
+            ),
+        )  # fmt: skip
+
+    def _control_node(self) -> Any:
+        """Where the world's own control calls come from: the PSP node, else the DNS node
+        (both on the control network)."""
+        node = self.psp or (self.tb.node(self.roles.dns) if self.roles.dns else None)
+        if node is None or node.control_address is None:
+            raise Missing("a PSP or DNS node on the control network (to reach the sites' "
+                          "control APIs)")  # fmt: skip
+        return node
 
     def _start_site(self, name: str, anchor: Path) -> None:
         info = self.tb.site(name)
@@ -221,7 +274,7 @@ class TestbedWorld(World):
             node.start(
                 [sys.executable, "-m", "pcsite_lite.cli", "run", "--config", str(cfg)],
                 name="pcsite",
-                ready=lambda: self.psp.tcp_open(addr, CONTROL_PORT),
+                ready=lambda: self._control_node().tcp_open(addr, CONTROL_PORT),
                 timeout=30,
             )
         )
@@ -238,7 +291,7 @@ class TestbedWorld(World):
         c = ControlClient(self._control_url(site), token=ADMIN_TOKEN if admin else PSP_TOKEN,
                           psp=None if admin else PSP,
                           ca_file=str(self.ca_file) if self.ca_file else None)  # fmt: skip
-        psp = self.psp
+        psp = self._control_node()
 
         class InPsp:  # every call from the PSP's namespace (the control network)
             def __getattr__(self, attr: str) -> Any:
@@ -285,15 +338,20 @@ class TestbedWorld(World):
                 ) from exc
 
     def circuit(self, src: str, dst: str, service: str, sites: list[str]) -> Circuit:
-        return self.tb.node(src).call(
-            lambda: self.lookup.create(
+        lookup = self._lookup(src)
+        c = self.tb.node(src).call(
+            lambda: lookup.create(
                 destination=self.hosts[dst], service=service, source=self.hosts[src],
                 sites=sites,
             )
         )  # fmt: skip
+        self._circuits[c.label] = src
+        return c
 
     def teardown(self, circuit: Circuit) -> None:
-        self.tb.node("S").call(lambda: self.lookup.teardown(circuit))
+        src = self._circuits.pop(circuit.label)
+        lookup = self._lookup(src)
+        self.tb.node(src).call(lambda: lookup.teardown(circuit))
 
     def register_service_id(self, site: str, service_id: int, service: str) -> None:
         self._control(site).register_service_id(service, service_id)
@@ -301,13 +359,15 @@ class TestbedWorld(World):
     def signup(self, prefix: str, service: str, sites: list[str], *, forged: bool = False) -> None:
         from pcsite_lite.control.client import ControlError
 
+        if self.dns is None:
+            raise Missing("a DNS node for the ownership proof")
         now = time.time()
         claim = ownership.OwnershipClaim(prefix, PSP, service, now - 60, now + 86400)
-        self._publish_owner_zone([claim])
-        assert self.tb.dns is not None
-        dns_ip = self.tb.dns.address
+        self._publish_owner_zone(prefix, [claim])
+        dns_ip = self.dns.address
+        owner = self._prefix_host(prefix)  # the prefix's owner fetches its proof
         proof = (
-            self.tb.node("D")
+            self.tb.node(owner)
             .call(lambda: ownership.fetch_proof(prefix, server=dns_ip, anchor_zone="in-addr.arpa."))
             .text
         )
@@ -319,6 +379,14 @@ class TestbedWorld(World):
             except ControlError as exc:
                 raise RuntimeError(f"{exc.code}: {exc.message}") from exc
             self.tb.divert(self.routers[site], prefix)  # the ISP configures its router
+
+    def withdraw(self, prefix: str, sites: list[str]) -> None:
+        for site in sites:
+            if prefix in self.tb.diversions(self.routers[site]):
+                self.tb.divert(self.routers[site], prefix, remove=True)
+
+    def _prefix_host(self, prefix: str) -> str:
+        return next(h for h in self.roles.hosts if self.roles.receiver_prefix(h) == prefix)
 
     def send_circuit(
         self, host: str, circuit: Circuit, payload: bytes, *, metadata: int = 0, dport: int = 0
@@ -410,10 +478,11 @@ class TestbedWorld(World):
                     pass
         for ep in self.endpoints.values():
             ep.close()
-        try:
-            self.lookup.close()
-        except AttributeError:
-            pass
+        for lookup in self._lookups.values():
+            try:
+                lookup.close()
+            except (AttributeError, OSError):
+                pass
         for p in reversed(self.procs):
             try:
                 p.stop()

@@ -58,7 +58,7 @@ TESTBED_SPACE = ipaddress.IPv4Network("198.18.0.0/15")
 KINDS = ("host", "router", "site", "dns", "fis", "psp")
 _CONTROL_BY_DEFAULT = {"site", "dns", "fis", "psp"}
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,23}$")
-_TOP_KEYS = {"name", "description", "control", "node", "link"}
+_TOP_KEYS = {"name", "description", "control", "node", "link", "demo"}
 _TIME = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(us|ms|s)\s*$")
 _RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(bit|kbit|mbit|gbit)\s*$", re.IGNORECASE)
 _RATE_MULT = {"bit": 1, "kbit": 10**3, "mbit": 10**6, "gbit": 10**9}
@@ -140,6 +140,10 @@ class Topology:
     )
     source: str = "<topology>"
     description: str = ""
+    #: the optional ``[demo]`` table: hints for the end-to-end demo (which hosts, sites, PSP and
+    #: DNS its scenarios use). The testbed only checks that it is a table; the demo (``pcdemo``,
+    #: which sits above the testbed) validates its keys.
+    demo: dict[str, Any] = field(default_factory=dict)
 
     def of_kind(self, kind: str) -> list[NodeSpec]:
         return [n for n in self.nodes.values() if n.kind == kind]
@@ -524,6 +528,9 @@ def from_dict(data: dict[str, Any], source: str = "<topology>", text: str = "") 
             if used[x][0].overlaps(used[y][0]):
                 what = f"{used[x][1]} ({used[x][0]}) overlaps {used[y][1]} ({used[y][0]})"
                 ck.errors.append(TopologyError(source, None, "addresses", what))
+    demo = data.get("demo", {})
+    if not isinstance(demo, dict):
+        ck.err(None, 0, "demo", 'field "demo"', "must be a table ([demo])")
     if ck.errors:
         raise TopologyError.of(ck.errors)
     name = data.get("name", Path(source).stem)
@@ -534,6 +541,7 @@ def from_dict(data: dict[str, Any], source: str = "<topology>", text: str = "") 
         control_subnet=control_subnet,
         source=source,
         description=str(data.get("description", "")),
+        demo=demo,
     )
 
 
