@@ -319,4 +319,4 @@ class Roles:
         return out
 
 
-_FORM = {"form1": "form 1", "form2": "form 2", "form3": "form 3", "form1+3": "forms 1+3"}
+_FORM = {"form1": "form 1", "form2": "form 2", "form3": "form 3", "form1+3": "form 1+3"}

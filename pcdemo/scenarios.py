@@ -44,6 +44,7 @@ import contextlib
 import importlib
 import json
 import os
+import re
 import signal
 import statistics
 import struct
@@ -267,20 +268,35 @@ class World:
 
 
 def resolve_topology(name: str | Path | None) -> Path:
-    """A topology file: a path, or the name of a shipped one (``fig2``, ``twodomain``, ...)."""
+    """A topology file: a path, the name of a shipped one (``fig2``, ``twodomain``, ...), or
+    ``line:K`` (the testbed benchmark's line, kept as is)."""
     if name is None:
         return TOPOLOGY
     p = Path(name)
-    if p.exists() or p.suffix == ".toml" or "/" in str(name):
+    if p.exists() or p.suffix == ".toml" or "/" in str(name) or _LINE.fullmatch(str(name)):
         return p
     return TOPOLOGIES / f"{name}.toml"
 
 
+_LINE = re.compile(r"line:(\d+)")
+
+
 def load_topology(path: Path, extra_scenarios: frozenset[str] = frozenset()) -> tuple[Any, Roles]:
     """(topology, roles) of ``path``; raises TopologyError / HintError with file and field."""
-    from testbed.topology import load
+    from testbed.topology import TopologyError, line, load
 
-    topo = load(path)
+    m = _LINE.fullmatch(str(path))
+    if m:
+        try:
+            topo = line(int(m.group(1)))
+        except ValueError as exc:
+            raise TopologyError(str(path), None, "", str(exc)) from None
+    else:
+        if not path.exists() and path.parent == TOPOLOGIES:
+            shipped = ", ".join(sorted(p.stem for p in TOPOLOGIES.glob("*.toml")))
+            raise TopologyError(path.stem, None, "", f"no such file or shipped topology "
+                                f"(shipped: {shipped})")  # fmt: skip
+        topo = load(path)
     return topo, Roles(topo, extra_scenarios=extra_scenarios)
 
 

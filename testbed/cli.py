@@ -399,8 +399,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         pass
     elif importlib.util.find_spec("pcdemo") is not None:
         # a command, not an import: the testbed imports nothing of the packages above it
-        print("\nrunning the end-to-end service demo (python -m pcdemo)")
-        failed += subprocess.call([sys.executable, "-m", "pcdemo"]) != 0
+        # on the same topology: its scenarios choose their hosts and sites from it by role
+        where = args.topology if re.fullmatch(r"line:\d+", args.topology) else str(
+            _topology_path(args.topology).resolve()
+        )
+        print(f"\nrunning the end-to-end service demo (python -m pcdemo --topology {where})")
+        cmd = [sys.executable, "-m", "pcdemo", "--topology", where, "--prefix", args.prefix]
+        failed += subprocess.call(cmd) != 0
     else:
         print(
             "\nnot installed: pcdemo (the end-to-end service demo); "
