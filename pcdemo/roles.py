@@ -120,10 +120,14 @@ class Roles:
                 table: dict[str, Any] = {}
                 for k, v in value.items():
                     if allowed is not None and k not in allowed:
-                        raise self._fail(f".{key}", f'unknown field "{k}" (one of {sorted(allowed)})')
+                        raise self._fail(
+                            f".{key}", f'unknown field "{k}" (one of {sorted(allowed)})'
+                        )
                     if k == "sites":
                         if not isinstance(v, list) or not v:
-                            raise self._fail(f".{key}", 'field "sites" must be a list of site names')
+                            raise self._fail(
+                                f".{key}", 'field "sites" must be a list of site names'
+                            )
                         table[k] = [self._node(f".{key}", k, s, "site") for s in v]
                         if len(set(table[k])) != len(table[k]):
                             raise self._fail(f".{key}", 'field "sites" names a site twice')
@@ -164,7 +168,7 @@ class Roles:
             why = {"psp": "its lookup service", "dns": "its name server"}[kind]
             return None, (
                 f"the {label} node {name} has no data link, so hosts cannot reach {why} "
-                f'(the control network is not routed to hosts): add a [[link]] from {name} '
+                f"(the control network is not routed to hosts): add a [[link]] from {name} "
                 "to a router"
             )
         return None, f"the {label} node {name} is not on the control network (control = false)"
@@ -262,7 +266,7 @@ class Roles:
                     raise NotApplicable(
                         f"form 2 on {route}: {on_path[0]}'s router is the first with a site on "
                         f"the path; its site daemon serves the flagged packets and clears the "
-                        f"flag, so {hinted} never sees them (hint site = \"{on_path[0]}\")"
+                        f'flag, so {hinted} never sees them (hint site = "{on_path[0]}")'
                     )
                 sites = (on_path[0],)
             elif scenario == "form3":

@@ -503,8 +503,7 @@ def form1(world: World) -> Outcome:
     ]  # fmt: skip
     out.counts = {x: f"carried {n}" for x, n in served.items()}
     out.detail = (
-        f"{snd}->{'->'.join(circ.sites)}->{rcv}, circuit label {circ.label:#x}; "
-        f"{len(acks)} replies"
+        f"{snd}->{'->'.join(circ.sites)}->{rcv}, circuit label {circ.label:#x}; {len(acks)} replies"
     )
     return out
 

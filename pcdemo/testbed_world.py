@@ -64,7 +64,7 @@ class TestbedWorld(World):
         from testbed.net import Testbed
 
         self.topology_path = resolve_topology(topology)
-        topo, default_roles = load_topology(self.topology_path)
+        _, default_roles = load_topology(self.topology_path)
         self.roles = roles or default_roles
         self.progress = progress
         self.tmp = Path(tempfile.mkdtemp(prefix="pcs-demo-"))
@@ -185,8 +185,8 @@ class TestbedWorld(World):
         """The PSP's lookup service as ``host`` finds it: through DNS (SRV/A/TXT)."""
         if host not in self._lookups:
             if self.psp is None or self.dns is None:
-                raise Missing("a PSP node and a DNS node (the topology has "
-                              f"{'no PSP' if self.psp is None else 'no DNS'} the demo can use)")  # fmt: skip
+                lacks = "no PSP" if self.psp is None else "no DNS"
+                raise Missing(f"a PSP node and a DNS node (the topology has {lacks} node to use)")
             resolver = Resolver([self.dns.address])
             self._lookups[host] = self.tb.node(host).call(
                 lambda: find_lookup(resolver, PSP_ZONE, "srcroute")

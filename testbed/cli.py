@@ -400,8 +400,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     elif importlib.util.find_spec("pcdemo") is not None:
         # a command, not an import: the testbed imports nothing of the packages above it
         # on the same topology: its scenarios choose their hosts and sites from it by role
-        where = args.topology if re.fullmatch(r"line:\d+", args.topology) else str(
-            _topology_path(args.topology).resolve()
+        where = (
+            args.topology
+            if re.fullmatch(r"line:\d+", args.topology)
+            else str(_topology_path(args.topology).resolve())
         )
         print(f"\nrunning the end-to-end service demo (python -m pcdemo --topology {where})")
         cmd = [sys.executable, "-m", "pcdemo", "--topology", where, "--prefix", args.prefix]

@@ -150,9 +150,10 @@ def test_core_scenarios_pass_on_each_shipped_topology_in_the_simulator(name, tmp
     assert {r["status"] for r in rows.values()} == {"pass"}, text
     assert f"topology {load(demo.TOPOLOGIES / f'{name}.toml').name}" in text
     assert "4/4 scenarios passed (simulator)" in text
-    assert json.loads(out.read_text())["topology"]["name"] == load(
-        demo.TOPOLOGIES / f"{name}.toml"
-    ).name
+    assert (
+        json.loads(out.read_text())["topology"]["name"]
+        == load(demo.TOPOLOGIES / f"{name}.toml").name
+    )
 
 
 def test_a_two_isp_topology_written_from_the_docs_passes_from_the_command_line(tmp_path):
@@ -204,7 +205,7 @@ def test_form2_needs_a_site_on_the_path_and_uses_the_first_one(tmp_path, capsys)
     # hinting a later site for form 2: the first site serves and clears the flag
     hinted = TWO_ISPS + '[demo.form2]\nsite = "site2a"\n'
     out = tmp_path / "demo.json"
-    rc, rows, _, _ = _run(["--world", "simulator", "--only", "form2", "--topology",
+    _, rows, _, _ = _run(["--world", "simulator", "--only", "form2", "--topology",
                            str(_write(tmp_path, hinted)), "--json", str(out)], capsys)  # fmt: skip
     assert rows["form2"]["status"] == "n/a"
     assert "site1a's router is the first with a site" in rows["form2"]["detail"]

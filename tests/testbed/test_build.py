@@ -120,7 +120,7 @@ def test_multidomain_up_down_with_diversions_and_nothing_left() -> None:
     before = _root_links()
     with Testbed.from_file(TOPOLOGIES / "multidomain.toml", prefix="pct") as tb:
         run = tb.run
-        assert len(state.run_namespaces(run)) == 15  # 14 nodes + control
+        assert len(state.run_namespaces(run)) == 16  # 15 nodes (with the PSP) + control
         for outcome in scenarios.run_all(tb):
             assert outcome.ok, f"{outcome.name}: {outcome.detail}"
         procs = [(p.pid, p.start_time) for p in tb.processes]
