@@ -115,7 +115,7 @@ class Roles:
             if isinstance(value, dict):
                 if key not in CORE_HINTS and key not in extra:
                     known = sorted([*CORE_HINTS, *extra])
-                    raise self._fail("", f"[demo.{key}]: no such scenario (one of {known})")
+                    raise self._fail(f".{key}", f"no such scenario (one of {known})")
                 allowed = CORE_HINTS.get(key)
                 table: dict[str, Any] = {}
                 for k, v in value.items():
@@ -315,6 +315,8 @@ class Roles:
         """Every host some applicable scenario sends from or to (endpoints are made up front)."""
         out: list[str] = []
         for name in scenarios:
+            if name not in CORE_HINTS:  # another scenario chooses (or builds) its own hosts
+                continue
             try:
                 c = self.cast(name)
             except NotApplicable:

@@ -317,8 +317,8 @@ class SimWorld(World):
         from pcsock.lookup import BrokerClient, CircuitBroker, SiteEntry
 
         self.topology_path = resolve_topology(topology)
-        topo, default_roles = load_topology(self.topology_path)
-        self.roles = roles or default_roles
+        self.roles = roles or load_topology(self.topology_path)[1]
+        topo = self.roles.topo
         plan = self.roles.plan
         self.net = net = sim.Network(seed=1, trace=False)
         self.sites = {n: str(p.public_ip) for n, p in plan.nodes.items() if p.kind == "site"}
@@ -798,6 +798,8 @@ def main(argv: list[str] | None = None) -> int:
     from testbed.topology import TopologyError
 
     path = resolve_topology(args.topology)
+    if args.core:  # the examples' names, so that their [demo.<name>] hints are known
+        load_examples()
     try:
         topo, roles = load_topology(path, frozenset(SCENARIOS) - frozenset(CORE_SCENARIOS))
     except (TopologyError, HintError) as exc:
@@ -828,6 +830,9 @@ def main(argv: list[str] | None = None) -> int:
             results = run_scenarios(world, args.only, own_topology=args.topology is not None)
     except Missing as exc:
         print(f"cannot run in the {kind}: missing {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # the world could not be built (it tore down what it made)
+        print(f"cannot build the {kind} of {where}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     finally:
         if main_thread:

@@ -64,8 +64,7 @@ class TestbedWorld(World):
         from testbed.net import Testbed
 
         self.topology_path = resolve_topology(topology)
-        _, default_roles = load_topology(self.topology_path)
-        self.roles = roles or default_roles
+        self.roles = roles or load_topology(self.topology_path)[1]
         self.progress = progress
         self.tmp = Path(tempfile.mkdtemp(prefix="pcs-demo-"))
         self.tb = Testbed(self.roles.topo, prefix=prefix)
