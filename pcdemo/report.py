@@ -4,11 +4,13 @@ Writes into DIR:
 
 * ``results.json``: what ``--json`` writes;
 * ``<scenario>.svg`` for every scenario that recorded the ways its packets went
-  (``Outcome.paths``, hops named by Fig. 2 nodes): the Fig. 2 drawing with those paths and
+  (``Outcome.paths``, hops named by the topology's nodes): the topology's drawing (Fig. 2 by
+  default, ``--topology``'s otherwise) with those paths and
   their delivered/dropped counts, drawn by ``testbed graph`` (run as a command, with the
   overlay as plain JSON);
 * ``<scenario>.png`` for a scenario that recorded no path (the example services build their
-  own networks): its sent/delivered/dropped counts and its checks;
+  own networks; a scenario the topology cannot host): its sent/delivered/dropped counts and
+  its checks, or why it was not applicable;
 * ``latency.png``: the latency distribution of every scenario that measured one;
 * ``index.md``: the table and the pictures.
 """
@@ -54,7 +56,10 @@ def _counts_picture(r: dict[str, Any], path: Path) -> None:
     tx.axis("off")
     lines = [f"{'✓' if ok else '✗'} {what}" for what, ok in r.get("checks", [])][:12]
     lines.append("")
-    lines.append("(this scenario builds its own network: no path on Fig. 2)")
+    if r["status"] == "n/a":  # what the topology lacks
+        lines.append(r.get("detail", "")[:300])
+    else:
+        lines.append("(no path recorded: this scenario builds its own network)")
     tx.text(0, 1, "\n".join(lines), va="top", fontsize=9, wrap=True)
     fig.suptitle(r.get("title", "")[:100], fontsize=10)
     fig.tight_layout()
@@ -141,7 +146,8 @@ def write(doc: dict[str, Any], out: Path, topology: Path) -> list[Path]:
         raise RuntimeError(f"pictures not written: {', '.join(missing)}")
     _latency_picture(results, doc.get("world", ""), out / "latency.png")
     lines = [
-        f"# PacketCloud demo ({doc.get('world', '?')})",
+        f"# PacketCloud demo ({doc.get('world', '?')}, topology "
+        f"{doc.get('topology', {}).get('name', topology.stem)})",
         "",
         "| scenario | result | sent | delivered | dropped | median latency |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
