@@ -113,8 +113,8 @@ class TestbedWorld(World):
 
             self._ca = pki.make_ca(f"PacketCloud testbed {tb.run} CA", days=2)
             self.ca_file = self._ca.write(self.tmp / "pki", "ca")[0]
-        # site daemons: on the control network (each its own process), and where a PSP or the
-        # world itself reaches them
+        # a site daemon at every site on the control network (the PSP's lookupd and the
+        # world's own control calls reach them there)
         for name in self.sites:
             self._start_site(name, anchor)
         self.progress(f"site daemons up ({', '.join(self.sites) or 'none'})")
