@@ -1,8 +1,8 @@
 """Circuit setup time through a PSP lookup service, and pcsock send rate, on the Fig. 2 testbed.
 
 Builds the demo's real world (:class:`pcdemo.testbed_world.TestbedWorld`: namespaces, routers,
-knot DNS, three ``pcsite run`` daemons, ``pcsock lookupd`` on the control network). Then, from
-S's namespace:
+knot DNS, three ``pcsite run`` daemons, ``pcsock lookupd`` on the PSP's data address, talking
+to the sites over the control network). Then, from S's namespace:
 
 * **circuit setup**: ``LookupClient.create`` of a three-site circuit S -> C1 -> C2 -> C3 -> D,
   timed from the request to the answer (the lookupd allocates a label at each site in
@@ -103,7 +103,7 @@ def run(circuits: int, seconds: float) -> dict[str, Any]:
         entries = [SiteEntry(n, ip, Tables(Site(n, ip).circuits, psp="acme"))
                    for n, ip in world.sites.items()]  # fmt: skip
         broker = CircuitBroker("acme", entries)
-        psp_ip = world.psp.control_address
+        psp_ip = world.psp.address  # its data address: S reaches it over the data network
         assert psp_ip is not None
         srv = world.psp.call(lambda: LookupServer(broker, psp_ip, 7054).start())
         local = LookupClient(psp_ip, 7054)

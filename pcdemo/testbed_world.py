@@ -180,6 +180,11 @@ class TestbedWorld(World):
         )
         self.progress(f"lookup service on {psp.name} at {psp_ip}:{LOOKUP_PORT} (data network)")
 
+    @property
+    def lookup(self) -> LookupClient:
+        """The lookup service as the default sender (Fig. 2: S) finds it through DNS."""
+        return self._lookup(self.roles.pair()[0])
+
     def _lookup(self, host: str) -> LookupClient:
         """The PSP's lookup service as ``host`` finds it: through DNS (SRV/A/TXT)."""
         if host not in self._lookups:
