@@ -170,8 +170,9 @@ def parts_ns(site: Site, label: int, data: bytes, count: int, repeats: int) -> d
     check_output(pipe.process(data, 1.0))
     api = pipe._fapi
     pipe._fpkt.buf = bytearray(data)
-    api._ctx = circuit.slot.ctx
-    api._circuit = circuit
+    decision = pipe._fdec
+    decision.ctx = circuit.slot.ctx
+    decision.circuit = circuit
     service = circuit.slot.process
     budget = site.runtime.budget
     compare = hmac.compare_digest
@@ -189,7 +190,7 @@ def parts_ns(site: Site, label: int, data: bytes, count: int, repeats: int) -> d
         budget.left = budget.max_ticks
         budget.deadline = time.perf_counter_ns() + 10**12
         service(api)
-        api._reset_decision()
+        decision.reset()
 
     def best(fn: Callable[[], None]) -> float:
         times = []

@@ -33,7 +33,7 @@ What a service can change, and nothing else (paper §2.4): the payload, the shim
 -- for a circuit -- the label/next hop, but only to one of the out hops the PSP installed for
 this circuit. The IP source, the shim's original source, hop limit and checks are the site's:
 the site rewrites the source to its own address and re-MACs after the service returns. A
-refused call raises :class:`ApiError` and the packet is dropped as ``spoof_attempt`` even if
+refused call raises :class:`PacketApiError` and the packet is dropped as ``spoof_attempt`` even if
 the service catches the error. Every call runs inside the service's metered CPU time; FIS
 reads/writes, cache bytes and log lines are also counted in the service's
 :class:`~pcsite_lite.metering.Counters`.
@@ -73,9 +73,9 @@ __all__ = [
     "ACT_FORWARD",
     "ACT_NONE",
     "ACT_REPLICATE",
-    "ApiError",
     "FisReader",
     "PacketApi",
+    "PacketApiError",
     "ServiceContext",
     "Shim",
     "ShimView",
@@ -96,7 +96,7 @@ CACHE_LIMIT: Final = 1 << 20
 _AES_KEYS: Final = 64  # AES-GCM contexts kept per service
 
 
-class ApiError(Exception):
+class PacketApiError(Exception):
     """A Packet API call the site refuses. ``reason``: ``spoof_attempt`` (a field, label or
     next hop the service does not own) or ``api_misuse`` (bad arguments)."""
 
@@ -213,8 +213,8 @@ _SHIM1: Final = struct.Struct("!2xBBII")
 _PLAIN_VIEW: Final = _new_view(ShimView, (0, None, None, None, None, None))
 
 
-def _misuse(detail: str) -> ApiError:
-    return ApiError("api_misuse", detail)
+def _misuse(detail: str) -> PacketApiError:
+    return PacketApiError("api_misuse", detail)
 
 
 def _addr(value: object, what: str) -> int:
@@ -229,19 +229,19 @@ def _addr(value: object, what: str) -> int:
 class Shim:
     """``pkt.shim``: read the shim, update its label or metadata."""
 
-    __slots__ = ("_api",)
+    __slots__ = ("_d",)
 
-    def __init__(self, api: PacketApi) -> None:
-        self._api = api
+    def __init__(self, decision: Decision) -> None:
+        self._d = decision
 
     def read(self) -> ShimView:
-        api = self._api
-        p = api._pkt
+        api = self._d
+        p = api.pkt
         form = p.form
         if form == FORM_CIRCUIT:
             hops, md, label, orig = _SHIM1.unpack_from(p.buf, p.shim_off)
-            if api._label is not None:
-                label = api._label
+            if api.label is not None:
+                label = api.label
             return _new_view(ShimView, (form, label, None, md, orig, hops))
         if form == FORM_SERVICE:
             return _new_view(ShimView, (form, None, p.service_id, p.metadata, None, None))
@@ -249,35 +249,35 @@ class Shim:
 
     @property
     def form(self) -> int:
-        return self._api._pkt.form
+        return self._d.pkt.form
 
     @property
     def label(self) -> int | None:
         """This hop's incoming label, or the out label the service already chose."""
-        api = self._api
-        p = api._pkt
+        api = self._d
+        p = api.pkt
         if p.form != FORM_CIRCUIT:
             return None
-        return api._label if api._label is not None else p.label
+        return api.label if api.label is not None else p.label
 
     @property
     def metadata(self) -> int | None:
-        p = self._api._pkt
+        p = self._d.pkt
         return p.metadata if p.form else None
 
     @property
     def orig_src(self) -> str | None:
-        p = self._api._pkt
+        p = self._d.pkt
         return int2ip(p.orig_src) if p.form == FORM_CIRCUIT else None
 
     @property
     def service_id(self) -> int | None:
-        p = self._api._pkt
+        p = self._d.pkt
         return p.service_id if p.form == FORM_SERVICE else None
 
     @property
     def hop_limit(self) -> int | None:
-        p = self._api._pkt
+        p = self._d.pkt
         return p.hop_limit if p.form == FORM_CIRCUIT else None
 
     def update(
@@ -286,83 +286,85 @@ class Shim:
         """Set the out label (form 1: must be one the circuit owns) and/or the metadata.
 
         Any other field (original source, hop limit, check, service ID) is refused."""
-        api = self._api
+        api = self._d
         if other:
-            raise api._refuse(f"shim fields {sorted(other)} are not writable by services")
+            raise api.refuse(f"shim fields {sorted(other)} are not writable by services")
         if label is not None:
-            circuit = api._circuit
+            circuit = api.circuit
             if circuit is None:
-                raise api._refuse("only a circuit (form-1) packet has a label")
+                raise api.refuse("only a circuit (form-1) packet has a label")
             if label not in circuit.by_label:
-                raise api._refuse(f"label {label!r} is not an out hop of this circuit")
-            api._label = label
-            if api._hop is not None and api._hop.label != label:
-                api._hop = None  # the last choice wins: egress follows the new label
+                raise api.refuse(f"label {label!r} is not an out hop of this circuit")
+            api.label = label
+            if api.hop is not None and api.hop.label != label:
+                api.hop = None  # the last choice wins: egress follows the new label
         if metadata is not None:
             if not isinstance(metadata, int) or isinstance(metadata, bool):
                 raise _misuse("metadata must be an int 0..255")
             if not 0 <= metadata <= 255:
                 raise _misuse("metadata must be an int 0..255")
-            if not api._pkt.form:
+            if not api.pkt.form:
                 raise _misuse("a plain packet has no shim metadata")
-            api._pkt.set_metadata(metadata)
-            api._md_changed = True
+            api.pkt.set_metadata(metadata)
+            api.md_changed = True
 
 
-class PacketApi:
-    """The ``pkt`` a service's ``process(pkt)`` receives (see the module docstring).
+class Decision:
+    """The site's side of one :class:`PacketApi`: the stage it is bound to and what the
+    service decided there. The pipeline (and :mod:`~pcsite_lite.confine`) creates it, hands
+    it to ``PacketApi(decision)``, binds it per packet and reads the outcome from it; the
+    service never sees it (its ``pkt`` keeps it in a private slot).
 
-    One instance per pipeline is reset for every packet and stage (no per-packet allocation).
+    Inputs (set by :meth:`bind`): ``pkt`` the packet, ``ctx`` the service's context, ``now``
+    the arrival time, ``circuit`` (form 1) and ``allowed`` (forms 2/3: the ``(net, mask)``
+    prefixes ``encapsulate``/``replicate`` may tunnel to).
+
+    Outputs (cleared by :meth:`reset`): ``action`` (an ``ACT_*`` constant), ``hop`` (form 1:
+    the :class:`~pcsite_lite.circuits.OutHop` ``forward_to`` chose), ``label`` (form 1: the
+    out label ``shim.update`` chose), ``detail`` (``drop``'s reason), ``encap`` (the tunnel
+    end point), ``replicas`` (``replicate``'s hops or addresses), ``spoof`` (the detail of a
+    refused call: the packet is dropped even if the service caught the error) and
+    ``md_changed`` (the shim metadata was rewritten).
     """
 
     __slots__ = (
-        "_action",
-        "_allowed",
-        "_circuit",
-        "_ctx",
-        "_detail",
-        "_encap",
-        "_hop",
-        "_label",
-        "_md_changed",
-        "_now",
-        "_pkt",
-        "_replicas",
-        "_shim",
-        "_spoof",
+        "action",
+        "allowed",
+        "circuit",
+        "ctx",
+        "detail",
+        "encap",
+        "hop",
+        "label",
+        "md_changed",
+        "now",
+        "pkt",
+        "replicas",
+        "spoof",
     )
 
-    _pkt: Packet
-    _ctx: ServiceContext
-    _circuit: Circuit | None
-    _allowed: tuple[tuple[int, int], ...]
-    _hop: OutHop | None
-    _label: int | None
-    _replicas: list[Any]
-    _encap: int
-    _spoof: str | None
+    pkt: Packet
+    ctx: ServiceContext
+    now: float
+    circuit: Circuit | None
+    allowed: tuple[tuple[int, int], ...]
+    action: int
+    hop: OutHop | None
+    label: int | None
+    detail: str
+    encap: int
+    replicas: list[Any]
+    spoof: str | None
+    md_changed: bool
 
     def __init__(self) -> None:
-        self._shim = Shim(self)
-        self._circuit = None
-        self._allowed = ()
-        self._replicas = []
-        self._now = 0.0
-        self._reset_decision()
+        self.now = 0.0
+        self.circuit = None
+        self.allowed = ()
+        self.replicas = []
+        self.reset()
 
-    # ---- platform side (the pipeline; not reachable from service code)
-    def _reset_decision(self) -> None:
-        self._action = ACT_NONE
-        self._hop = None
-        self._label = None
-        self._detail = ""
-        self._encap = 0
-        self._spoof = None
-        self._md_changed = False
-        if self._replicas:
-            self._replicas = []
-
-    def _bind(
+    def bind(
         self,
         pkt: Packet,
         ctx: ServiceContext,
@@ -370,26 +372,57 @@ class PacketApi:
         circuit: Circuit | None,
         allowed: tuple[tuple[int, int], ...],
     ) -> None:
-        """Point the API at one packet and one service stage (decision state cleared)."""
-        self._pkt = pkt
-        self._ctx = ctx
-        self._now = now
-        self._circuit = circuit
-        self._allowed = allowed
-        self._action = ACT_NONE
-        self._hop = None
-        self._label = None
-        self._spoof = None
-        self._md_changed = False
-        if self._replicas:
-            self._replicas = []
+        """Point at one packet and one service stage, outputs cleared."""
+        self.pkt = pkt
+        self.ctx = ctx
+        self.now = now
+        self.circuit = circuit
+        self.allowed = allowed
+        self.action = ACT_NONE
+        self.hop = None
+        self.label = None
+        self.spoof = None
+        self.md_changed = False
+        if self.replicas:
+            self.replicas = []
 
-    def _refuse(self, detail: str) -> ApiError:
-        self._spoof = detail
-        return ApiError("spoof_attempt", detail)
+    def reset(self) -> None:
+        """Clear every output."""
+        self.action = ACT_NONE
+        self.hop = None
+        self.label = None
+        self.detail = ""
+        self.encap = 0
+        self.spoof = None
+        self.md_changed = False
+        if self.replicas:
+            self.replicas = []
+
+    def refuse(self, detail: str) -> PacketApiError:
+        """Record a refused call (the packet becomes a ``spoof_attempt`` drop even if the
+        service catches the error) and return the error to raise."""
+        self.spoof = detail
+        return PacketApiError("spoof_attempt", detail)
+
+
+class PacketApi:
+    """The ``pkt`` a service's ``process(pkt)`` receives (see the module docstring).
+
+    One instance per pipeline is rebound for every packet and stage through its
+    :class:`Decision` (no per-packet allocation).
+    """
+
+    __slots__ = ("_d", "_shim")
+
+    def __init__(self, decision: Decision | None = None) -> None:
+        self._d = decision if decision is not None else Decision()
+        self._shim = Shim(self._d)
+
+    def _refuse(self, detail: str) -> PacketApiError:
+        return self._d.refuse(detail)
 
     def _may_redirect(self, addr: int) -> bool:
-        for net, mask in self._allowed:
+        for net, mask in self._d.allowed:
             if addr & mask == net:
                 return True
         return False
@@ -402,11 +435,11 @@ class PacketApi:
     @property
     def form(self) -> int:
         """0 plain (form 3), 1 circuit, 2 service ID."""
-        return self._pkt.form
+        return self._d.pkt.form
 
     @property
     def src(self) -> str:
-        return int2ip(self._pkt.src)
+        return int2ip(self._d.pkt.src)
 
     @src.setter
     def src(self, value: object) -> None:
@@ -414,7 +447,7 @@ class PacketApi:
 
     @property
     def dst(self) -> str:
-        return int2ip(self._pkt.dst)
+        return int2ip(self._d.pkt.dst)
 
     @dst.setter
     def dst(self, value: object) -> None:
@@ -423,30 +456,30 @@ class PacketApi:
     @property
     def proto(self) -> int:
         """The payload's protocol (the shim's next protocol; IP protocol for plain packets)."""
-        return self._pkt.next_proto
+        return self._d.pkt.next_proto
 
     @property
     def tos(self) -> int:
-        return self._pkt.tos
+        return self._d.pkt.tos
 
     @property
     def ttl(self) -> int:
-        return self._pkt.ttl
+        return self._d.pkt.ttl
 
     @property
     def length(self) -> int:
         """Payload length in bytes."""
-        p = self._pkt
+        p = self._d.pkt
         return len(p.buf) - p.payload_off
 
     @property
     def now(self) -> float:
         """Arrival time of the packet (the site's clock, seconds)."""
-        return self._now
+        return self._d.now
 
     def read(self, offset: int = 0, length: int | None = None) -> bytes:
         """``length`` payload bytes from ``offset`` (to the end if None); short at the end."""
-        p = self._pkt
+        p = self._d.pkt
         if not isinstance(offset, int) or offset < 0:
             raise _misuse("offset must be a non-negative int")
         start = p.payload_off + offset
@@ -458,7 +491,7 @@ class PacketApi:
 
     def write(self, offset: int, data: bytes | bytearray) -> None:
         """Overwrite payload bytes in place (must lie inside the payload)."""
-        p = self._pkt
+        p = self._d.pkt
         if not isinstance(data, bytes | bytearray) or not isinstance(offset, int) or offset < 0:
             raise _misuse("write(offset: int >= 0, data: bytes)")
         start = p.payload_off + offset
@@ -472,7 +505,7 @@ class PacketApi:
         """Replace the whole payload (any length); the site fixes lengths and checksums."""
         if not isinstance(data, bytes | bytearray):
             raise _misuse("set_payload(data: bytes)")
-        p = self._pkt
+        p = self._d.pkt
         if p.payload_off + len(data) > 0xFFFF:
             raise _misuse("payload too large for an IPv4 packet")
         del p.buf[p.payload_off :]
@@ -482,7 +515,7 @@ class PacketApi:
     # ---- FIS
     def fetch(self, key: str | int) -> Any:
         """Value of ``key`` in this service's FIS namespace (int keys: decimal text)."""
-        ctx = self._ctx
+        ctx = self._d.ctx
         ctx.counters.fis_reads += 1
         if type(key) is int:
             key = str(key)
@@ -492,25 +525,25 @@ class PacketApi:
 
     def lookup(self, table: str, addr: str | int) -> Any:
         """Longest-prefix match of ``addr`` in this service's FIS table ``table``."""
-        ctx = self._ctx
+        ctx = self._d.ctx
         ctx.counters.fis_reads += 1
         return ctx.fis.lookup(ctx.ns, table, _addr(addr, "lookup address"))
 
     def isp_fetch(self, key: str) -> Any:
         """Value of ``key`` in the ISP-published namespace (read only)."""
-        ctx = self._ctx
+        ctx = self._d.ctx
         ctx.counters.fis_reads += 1
         return ctx.fis.get("isp", str(key))
 
     def isp_lookup(self, table: str, addr: str | int) -> Any:
         """Longest-prefix match in an ISP-published table (e.g. ``"congestion"``)."""
-        ctx = self._ctx
+        ctx = self._d.ctx
         ctx.counters.fis_reads += 1
         return ctx.fis.lookup("isp", table, _addr(addr, "lookup address"))
 
     def store(self, key: str | int, value: Any) -> None:
         """Write ``key`` in this service's own FIS namespace (shared by the site's nodes)."""
-        ctx = self._ctx
+        ctx = self._d.ctx
         ctx.counters.fis_writes += 1
         ctx.fis.put(ctx.ns, str(key), value, writer=ctx.psp)
 
@@ -521,7 +554,7 @@ class PacketApi:
             raise _misuse("cache values are bytes")
         if not isinstance(key, str | int | bytes) or isinstance(key, bool):
             raise _misuse("cache keys are str, int or bytes")
-        ctx = self._ctx
+        ctx = self._d.ctx
         size = len(buf) + (len(key) if isinstance(key, str | bytes) else 8)
         if size > ctx.cache_limit:
             raise _misuse("value larger than the service's cache")
@@ -539,35 +572,16 @@ class PacketApi:
 
     def cache_get(self, key: str | int | bytes) -> bytes | None:
         """What :meth:`cache` stored under ``key`` on this node, or None."""
-        return self._ctx.cache.get(key)
+        return self._d.ctx.cache.get(key)
 
     # ---- building blocks
     def aes(self, buf: bytes, key: bytes, decrypt: bool = False) -> bytes:
         """AES-GCM: encrypt to ``nonce(12) || ciphertext || tag`` or decrypt that form.
 
-        Raises ApiError(api_misuse) for a bad key or a ciphertext that does not authenticate.
+        Raises PacketApiError(api_misuse) for a bad key or a ciphertext that does not
+        authenticate.
         """
-        if not isinstance(buf, bytes | bytearray) or not isinstance(key, bytes):
-            raise _misuse("aes(buf: bytes, key: bytes)")
-        ctx = self._ctx
-        gcm = ctx.aes_keys.get(key)
-        if gcm is None:
-            try:
-                gcm = AESGCM(key)
-            except ValueError as exc:
-                raise _misuse(f"AES key: {exc}") from None
-            if len(ctx.aes_keys) >= _AES_KEYS:
-                ctx.aes_keys.clear()
-            ctx.aes_keys[key] = gcm
-        if decrypt:
-            if len(buf) < 28:
-                raise _misuse("ciphertext too short")
-            try:
-                return gcm.decrypt(bytes(buf[:12]), bytes(buf[12:]), None)
-            except InvalidTag:
-                raise _misuse("ciphertext does not authenticate") from None
-        nonce = os.urandom(12)
-        return nonce + gcm.encrypt(nonce, bytes(buf), None)
+        return aes_gcm(self._d.ctx, buf, key, decrypt)
 
     def compress(self, buf: bytes, decompress: bool = False) -> bytes:
         """zlib compress (or decompress; output capped at 64 KiB)."""
@@ -587,7 +601,7 @@ class PacketApi:
     # ---- logging
     def log(self, text: str) -> None:
         """Append one accounting line to the service's log (billing stores it)."""
-        ctx = self._ctx
+        ctx = self._d.ctx
         ctx.counters.log_lines += 1
         if ctx.log_sink is not None:
             ctx.log_sink(str(text)[:4096])
@@ -597,38 +611,39 @@ class PacketApi:
         """Send the packet on. Form 1: ``next_hop`` must be an out hop of the circuit (with
         the label set by ``shim.update``, if any). Forms 2/3: only the packet's own
         destination (use :meth:`encapsulate` to redirect)."""
-        circuit = self._circuit
+        d = self._d
+        circuit = d.circuit
         if circuit is not None:
             if not isinstance(next_hop, str):
                 next_hop = int2ip(_addr(next_hop, "next hop"))
             hop: OutHop | None
-            if self._label is not None:
-                hop = circuit.by_label[self._label]
+            if d.label is not None:
+                hop = circuit.by_label[d.label]
                 if hop.next_hop != next_hop:
-                    raise self._refuse(f"label {self._label} does not lead to {next_hop}")
+                    raise self._refuse(f"label {d.label} does not lead to {next_hop}")
             else:
                 hop = circuit.by_addr.get(next_hop)
                 if hop is None:
                     raise self._refuse(f"{next_hop} is not an out hop of this circuit")
-            self._hop = hop
-        elif _addr(next_hop, "next hop") != self._pkt.dst:
+            d.hop = hop
+        elif _addr(next_hop, "next hop") != d.pkt.dst:
             raise self._refuse(f"{next_hop} is not the packet's destination")
-        self._action = ACT_FORWARD
+        d.action = ACT_FORWARD
 
     def drop(self, reason: str = "") -> None:
         """Drop the packet (``reason`` goes to the site's logs, the counter is service_drop)."""
-        self._action = ACT_DROP
-        self._detail = str(reason)[:200]
+        self._d.action = ACT_DROP
+        self._d.detail = str(reason)[:200]
 
     def encapsulate(self, outer_dst: str) -> None:
         """IP-in-IP (RFC 2003) the packet to ``outer_dst`` (forms 2/3; e.g. mobility). The
         outer source is the site; ``outer_dst`` must lie in the prefixes the ISP allowed for
         this registration."""
         addr = _addr(outer_dst, "tunnel end point")
-        if self._circuit is not None or not self._may_redirect(addr):
+        if self._d.circuit is not None or not self._may_redirect(addr):
             raise self._refuse(f"may not tunnel to {outer_dst}")
-        self._encap = addr
-        self._action = ACT_ENCAP
+        self._d.encap = addr
+        self._d.action = ACT_ENCAP
 
     def replicate(self, targets: Iterable[str | int]) -> None:
         """Send one copy per target. Form 1: each target is an out label (int) or next hop
@@ -639,8 +654,8 @@ class PacketApi:
         target twice is refused. Each copy is metered as egress bytes."""
         if isinstance(targets, str | bytes):
             raise _misuse("replicate takes a list of targets")
-        circuit = self._circuit
-        ctx = self._ctx
+        circuit = self._d.circuit
+        ctx = self._d.ctx
         cap = ctx.rep_max
         out: list[Any] = []
         for t in targets:
@@ -666,15 +681,46 @@ class PacketApi:
             raise _misuse("the same replica target twice")
         rate = ctx.rep_rate
         if rate is not None:
-            now = self._now
+            now = self._d.now
             tokens = min(float(rate), ctx.rep_tokens + max(0.0, now - ctx.rep_t) * rate)
             ctx.rep_t = now
             if tokens < len(out):
                 ctx.rep_tokens = tokens
                 raise _misuse(f"replicate over its cap of {rate} copies per second")
             ctx.rep_tokens = tokens - len(out)
-        self._replicas = out
-        self._action = ACT_REPLICATE
+        self._d.replicas = out
+        self._d.action = ACT_REPLICATE
+
+
+def aes_gcm(ctx: ServiceContext, buf: bytes, key: bytes, decrypt: bool = False) -> bytes:
+    """:meth:`PacketApi.aes` for the service of ``ctx`` (which keeps its AES contexts); the
+    confined runtime calls it too."""
+    if not isinstance(buf, bytes | bytearray) or not isinstance(key, bytes):
+        raise _misuse("aes(buf: bytes, key: bytes)")
+    gcm = ctx.aes_keys.get(key)
+    if gcm is None:
+        try:
+            gcm = AESGCM(key)
+        except ValueError as exc:
+            raise _misuse(f"AES key: {exc}") from None
+        if len(ctx.aes_keys) >= _AES_KEYS:
+            ctx.aes_keys.clear()
+        ctx.aes_keys[key] = gcm
+    if decrypt:
+        if len(buf) < 28:
+            raise _misuse("ciphertext too short")
+        try:
+            return gcm.decrypt(bytes(buf[:12]), bytes(buf[12:]), None)
+        except InvalidTag:
+            raise _misuse("ciphertext does not authenticate") from None
+    nonce = os.urandom(12)
+    return nonce + gcm.encrypt(nonce, bytes(buf), None)
+
+
+def decision_of(api: PacketApi) -> Decision:
+    """The :class:`Decision` of ``api`` (platform code that is handed a service's ``pkt``,
+    e.g. the confined runtime's proxy, reads the stage from it)."""
+    return api._d
 
 
 def _zero_udp_checksum(p: Packet) -> None:

@@ -66,7 +66,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
-from pcsite_lite.api import ApiError
+from pcsite_lite.api import PacketApiError, decision_of
 from pcsite_lite.runtime import ACTIVE
 from pcsite_lite.sandbox import Budget, BudgetExceeded, ServiceUnavailable
 
@@ -350,7 +350,7 @@ class ConfinedService:
     Callable like the service's own ``process``: it snapshots the
     :class:`~pcsite_lite.api.PacketApi`, exchanges messages with the process under the
     deadline and replays the returned actions on ``pkt`` (raising what the pipeline counts:
-    :class:`~pcsite_lite.sandbox.BudgetExceeded`, :class:`~pcsite_lite.api.ApiError`,
+    :class:`~pcsite_lite.sandbox.BudgetExceeded`, :class:`~pcsite_lite.api.PacketApiError`,
     :class:`ServiceFailed`, :class:`ServiceUnavailable`).
     """
 
@@ -642,7 +642,8 @@ class ConfinedService:
         if results:
             # computed by the batch this packet arrived in (Prefetcher): found by its
             # arrival time and bytes, which determine everything the snapshot holds
-            key = (api._now, bytes(api._pkt.buf))
+            d = decision_of(api)
+            key = (d.now, bytes(d.pkt.buf))
             res = results.pop(key, None)
             if res is not None:
                 if type(res) is list:  # the same bytes twice in one batch
@@ -676,7 +677,7 @@ class ConfinedService:
         code, changed, cache, extra, tail = res
         if code <= _ACTS:
             if cache:
-                api._ctx.counters.cache_bytes += cache
+                decision_of(api).ctx.counters.cache_bytes += cache
             if changed:
                 api.set_payload(tail)
             if code:
@@ -688,7 +689,7 @@ class ConfinedService:
         if err == "timeout":
             raise BudgetExceeded
         if err in ("api_misuse", "spoof_attempt"):
-            raise ApiError(err, detail)
+            raise PacketApiError(err, detail)
         if err == FIS_UNAVAILABLE:  # the site's FIS failed its call: a platform fault
             from pcsite_lite.fis import FISUnavailableError
 
@@ -818,7 +819,7 @@ class ConfinedService:
         if rpc is None or batch.rpcs > MAX_RPCS * len(batch.items):
             self._reap("garbled message" if rpc is None else "too many calls")
             return False
-        api._ctx = batch.ctx
+        decision_of(api).ctx = batch.ctx
         answer = _serve_rpc(api, rpc, head.get("args", ()))
         if answer.get("x") == FIS_UNAVAILABLE:
             batch.fis_down = True
@@ -951,12 +952,14 @@ class Prefetcher:
     """
 
     def __init__(self, site: Any) -> None:
-        from pcsite_lite.api import PacketApi
+        from pcsite_lite.api import Decision, PacketApi
         from pcsock import wire
 
         self.site = site
-        self._api = PacketApi()
-        self._rpc_api = PacketApi()
+        self._decision = Decision()
+        self._api = PacketApi(self._decision)
+        self._rpc_decision = Decision()
+        self._rpc_api = PacketApi(self._rpc_decision)
         #: the pipeline's form-1 ingress in C (eligibility, circuit, MAC in one call), if built
         self._ax: Any = wire.accelerator()
         #: services with batch messages in flight (an ordered set)
@@ -1095,7 +1098,7 @@ class Prefetcher:
                 slot = circuit_slot(c, now, pkt.hop_limit)
                 if slot is None or not pkt.verify_mac(c.in_key):
                     continue
-                api._bind(pkt, slot.ctx, now, c, ())
+                self._decision.bind(pkt, slot.ctx, now, c, ())
             elif form == FORM_CIRCUIT or pkt.ttl <= 1:
                 continue
             else:
@@ -1109,7 +1112,7 @@ class Prefetcher:
                 if reg is None or not self._ready(reg.slot):
                     continue
                 slot = reg.slot
-                api._bind(pkt, slot.ctx, now, None, reg.allowed)
+                self._decision.bind(pkt, slot.ctx, now, None, reg.allowed)
             meta, payload = snapshot(api)
             key = (now, bytes(pkt.buf))
             g = groups.setdefault(slot.process, (slot.ctx, [], []))
@@ -1122,7 +1125,8 @@ def snapshot(api: Any) -> tuple[bytes, bytes]:
     """What the confined process gets of the packet ``api`` is bound to: its :data:`_META`
     record (shim fields, addresses, protocol, ToS, TTL, arrival time, payload length) and
     the payload bytes."""
-    p = api._pkt
+    d = decision_of(api)
+    p = d.pkt
     form, *shim = api.shim.read()  # label, service ID, metadata, original source (int), hops
     bits = 0
     for i, v in enumerate(shim):  # absent fields: presence bit clear, 0 in the record
@@ -1134,7 +1138,7 @@ def snapshot(api: Any) -> tuple[bytes, bytes]:
     buf = p.buf
     off = p.payload_off
     meta = _META.pack(form, bits, label, sid, md, orig, hops, p.src, p.dst, p.next_proto,
-                      p.tos, p.ttl, api._now, len(buf) - off)  # fmt: skip
+                      p.tos, p.ttl, d.now, len(buf) - off)  # fmt: skip
     return meta, buf[off:]
 
 
@@ -1190,7 +1194,7 @@ def _serve_rpc(api: Any, rpc: Any, args: Any) -> Any:
         return {"x": "api_misuse", "d": str(exc)[:200]}
     except FISUnavailableError as exc:  # the platform's fault: not counted against it
         return {"x": FIS_UNAVAILABLE, "d": str(exc)[:200]}
-    except Exception as exc:  # ApiError(api_misuse) and FIS errors go back
+    except Exception as exc:  # PacketApiError(api_misuse) and FIS errors go back
         return {"x": getattr(exc, "reason", "api_misuse"), "d": str(exc)[:200]}
 
 
@@ -1270,11 +1274,11 @@ def _replay(api: Any, actions: Any) -> None:
             elif op == "store":
                 api.store(*args)
             elif op == "spoof":
-                raise api._refuse(str(args[0] if args else "")[:200])
+                raise decision_of(api).refuse(str(args[0] if args else "")[:200])
             else:
-                raise ApiError("api_misuse", f"unknown action {op!r}")
+                raise PacketApiError("api_misuse", f"unknown action {op!r}")
         except TypeError as exc:
-            raise ApiError("api_misuse", f"{op}: {exc}") from None
+            raise PacketApiError("api_misuse", f"{op}: {exc}") from None
 
 
 # ---------------------------------------------------------------- upload check (supervisor)
@@ -1505,7 +1509,7 @@ class _Local:
 
     # building blocks: computed here, on the service's own CPU and memory
     def aes(self, buf: bytes, key: bytes, decrypt: bool = False) -> bytes:
-        return _AES(self, buf, key, decrypt)
+        return _AES(self._ctx, buf, key, decrypt)
 
     def compress(self, buf: bytes, decompress: bool = False) -> bytes:
         return _COMPRESS(self, buf, decompress)
@@ -1580,9 +1584,9 @@ def _ip_or_none(v: Any) -> str | None:
 
 
 def _misuse(detail: str) -> Exception:
-    from pcsite_lite.api import ApiError
+    from pcsite_lite.api import PacketApiError
 
-    return ApiError("api_misuse", detail)
+    return PacketApiError("api_misuse", detail)
 
 
 CACHE_LIMIT = 1 << 20
@@ -1605,7 +1609,7 @@ def _serve(fd: int, name: str, mode: str, memory: int, root: str, uid: int, cpu:
     from pcsite_lite.sandbox import BudgetExceeded, ServiceLoadError, load_service
 
     _INT2IP = apimod.int2ip
-    _AES = apimod.PacketApi.aes
+    _AES = apimod.aes_gcm
     _COMPRESS = apimod.PacketApi.compress
     CACHE_LIMIT = apimod.CACHE_LIMIT
 
@@ -1653,7 +1657,7 @@ def _serve(fd: int, name: str, mode: str, memory: int, root: str, uid: int, cpu:
             backlog.append(msg)
         reply, _ = _decode(msg)
         if "x" in reply:
-            raise apimod.ApiError(reply["x"], reply.get("d", ""))
+            raise apimod.PacketApiError(reply["x"], reply.get("d", ""))
         return reply.get("r")
 
     pkt = _Local(rpc, cache, apimod.ServiceContext("", ""))
@@ -1662,7 +1666,7 @@ def _serve(fd: int, name: str, mode: str, memory: int, root: str, uid: int, cpu:
     dumps = json.JSONEncoder(separators=(",", ":")).encode
     clock = budget.clock
 
-    # the ApiError a refused call raises here carries ``aes``/``compress``'s misuse too
+    # the PacketApiError a refused call raises here carries ``aes``/``compress``'s misuse too
     def run_one(meta: tuple[Any, ...], payload: bytes) -> tuple[int, int, int, str | None, bytes]:
         """(outcome, payload changed, cache bytes, actions or [reason, detail] as JSON, new
         payload) of ``process`` on one packet."""
@@ -1673,7 +1677,7 @@ def _serve(fd: int, name: str, mode: str, memory: int, root: str, uid: int, cpu:
             failed = None
         except BudgetExceeded:
             failed = ("timeout", "")
-        except apimod.ApiError as exc:
+        except apimod.PacketApiError as exc:
             failed = (exc.reason, exc.detail)
         except MemoryError:
             failed = ("error", "MemoryError")

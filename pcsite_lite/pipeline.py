@@ -43,8 +43,9 @@ from pcsite_lite.api import (
     ACT_ENCAP,
     ACT_NONE,
     ACT_REPLICATE,
-    ApiError,
+    Decision,
     PacketApi,
+    PacketApiError,
     ServiceContext,
 )
 from pcsite_lite.circuits import Circuit, OutHop
@@ -73,10 +74,6 @@ __all__ = ["IPPROTO_IPIP", "Pipeline"]
 IPPROTO_IPIP: Final = 4
 
 _DROPS: Final = {reason: Drop(reason) for reason in DROP_REASONS}
-_NO_MAC: Final = b"\0\0\0\0"
-_ADDRS: Final = struct.Struct("!II")  # IPv4 source and destination (header bytes 12..19)
-_LABEL: Final = struct.Struct("!I")  # the form-1 shim's label (shim bytes 4..7)
-_H: Final = struct.Struct("!H")
 #: The fast path's one read of a form-1 packet in IP mode: IPv4 ver/ihl, total length,
 #: flags/fragment offset, protocol, source, destination; shim ver|form, hop limit,
 #: label (bytes 0..27).
@@ -84,13 +81,10 @@ _FAST: Final = struct.Struct("!BxHxxHxBxxIIBxBxI")
 #: In UDP mode the shim follows an 8-byte UDP header: UDP destination port and length, then
 #: the shim's ver|form, hop limit and label (read from byte 22).
 _FAST_UDP: Final = struct.Struct("!HHxxBxBxI")
-_CSUM_ADDRS: Final = struct.Struct("!HII")  # IPv4 checksum, source, destination (10..19)
 _VF_CIRCUIT: Final = 0x10 | FORM_CIRCUIT  # shim version 1, form 1
 _from_bytes = int.from_bytes
 _OVER_BUDGET: Final = "over its per-packet CPU budget"
 _new = object.__new__
-_set_data = Forward.__dict__["data"].__set__
-_set_next_hop = Forward.__dict__["next_hop"].__set__
 
 
 class Pipeline:
@@ -117,8 +111,14 @@ class Pipeline:
         if accel and ax is None:
             raise RuntimeError(f"the C accelerator is not available: {wire.PURE_REASON}")
         self._ax: Any = ax if accel is None or accel else None
+        #: the form-1 hop's egress (:func:`pcsock.wire.form1_out`, in C with the accelerator)
+        self._form1_out: Callable[..., bytes] = (
+            ax.form1_out if self._ax is not None else wire.PURE["form1_out"]
+        )
         self.verify_ip_checksum = verify_ip_checksum
-        self.api = PacketApi()
+        #: the general path's Packet API and its decision (bound per stage)
+        self.decision = Decision()
+        self.api = PacketApi(self.decision)
         self.runtime = site.runtime
         self.budget = site.runtime.budget
         self.clock: Callable[[], int] = cpu_clock or time.perf_counter_ns
@@ -133,9 +133,10 @@ class Pipeline:
         fpkt.buf = bytearray()
         self._fpkt = fpkt
         #: the fast path's Packet API, permanently bound to ``_fpkt`` with no redirect
-        #: prefixes; its decision state is reset after every use
-        self._fapi = PacketApi()
-        self._fapi._pkt = fpkt
+        #: prefixes; the fast path clears the outputs it reads after every use
+        self._fdec = Decision()
+        self._fdec.pkt = fpkt
+        self._fapi = PacketApi(self._fdec)
         self._circuit_get = site.circuits.get
         # CPU attribution (see account())
         self.thread_clock: Callable[[], int] = thread_clock or time.thread_time_ns
@@ -178,9 +179,9 @@ class Pipeline:
             if head is None:
                 return self._general(data, now)
             circuit, o, hops, mac_ok = head
-            return self._fast(data, now, circuit, o, hops, mac_ok, 0)
+            return self._fast(data, now, circuit, o, hops, mac_ok)
         if (type(data) is bytes or type(data) is bytearray) and len(data) >= 36:
-            b0, total, frag, proto, src, dst, vf, hops, label = _FAST.unpack_from(data)
+            b0, total, frag, proto, _src, dst, vf, hops, label = _FAST.unpack_from(data)
             o = 20 if proto == IPPROTO_PACKETCLOUD else 0  # the shim's offset; 0: not fast
             if proto == 17 and len(data) >= 44:
                 dport, ulen, vf, hops, label = _FAST_UDP.unpack_from(data, 22)
@@ -202,7 +203,7 @@ class Pipeline:
                         now, "internal_error", "site", f"{type(exc).__name__}: {exc}"
                     )
                     return [self._drop("internal_error")]
-                return self._fast(data, now, circuit, o, hops, None, src)
+                return self._fast(data, now, circuit, o, hops, None)
         return self._general(data, now)
 
     def _fast(
@@ -213,15 +214,12 @@ class Pipeline:
         o: int,
         hops: int,
         mac_ok: bool | None,
-        src: int,
     ) -> list[Verdict]:
         """The form-1 fast path after its ingress checks (see :meth:`process`): ``circuit``
         is the label's circuit (None: unknown), ``o`` the shim's offset (20 IP mode, 28 UDP
         mode), ``hops`` the hop limit, ``mac_ok`` the MAC verdict under the circuit's in key
-        if the C ingress computed it (None: computed here), ``src`` the IPv4 source (only
-        the pure-Python egress uses it)."""
+        if the C ingress computed it (None: computed here)."""
         site = self.site
-        ax = self._ax
         try:
             if circuit is None:
                 return [self._drop("unknown_label")]
@@ -252,126 +250,31 @@ class Pipeline:
                 fpkt.shim_off = o
                 fpkt.payload_off = o + 16
                 fpkt.encap = "ip" if o == 20 else "udp"
-            ctx = slot.ctx
-            api = self._fapi  # decision state is clear (reset after every use)
-            api._ctx = ctx
-            api._now = now
-            api._circuit = circuit
-            budget = self.budget
-            clock = self.clock
-            t0 = clock()
-            budget.left = budget.max_ticks  # Budget.start(t0), inlined
-            budget.deadline = t0 + budget.max_ns
-            budget.overrun = False
-            try:
-                process(api)
-            except BudgetExceeded:
-                self._charge(ctx, n, clock() - t0)
-                api._reset_decision()
-                return [self._fail(slot, now, "service_timeout", _OVER_BUDGET)]
-            except ApiError as exc:
-                self._charge(ctx, n, clock() - t0)
-                api._reset_decision()
-                return [self._fail(slot, now, exc.reason, exc.detail)]
-            except FISUnavailableError as exc:
-                api._reset_decision()
-                return [self._platform_fault(slot, now, exc)]
-            except ServiceUnavailable as exc:  # confined process (re)starting
-                api._reset_decision()
-                return [self._drop(exc.reason, slot, str(exc))]
-            except Exception as exc:
-                self._charge(ctx, n, clock() - t0)
-                api._reset_decision()
-                detail = f"{type(exc).__name__}: {exc}"
-                return [self._fail(slot, now, "service_error", detail)]
-            dt = clock() - t0
-            c = ctx.counters
-            c.packets += 1
-            c.bytes_in += n
-            if ctx.cpu_source is None:
-                c.cpu_ns += dt
-                w = ctx.window_ns
-                if not w:
-                    self._window_ctxs.append(ctx)
-                ctx.window_ns = w + dt
-            else:
-                c.cpu_ns += ctx.cpu_source()
-            action = api._action
-            hop = api._hop
-            if action or hop is not None or api._label is not None:
-                out_label = api._label
-                api._action = ACT_NONE
-                api._hop = None
-                api._label = None
-            else:
-                out_label = None
-            spoof = api._spoof
-            if budget.overrun or spoof is not None:
-                api._reset_decision()
-                if budget.overrun:
-                    return [self._fail(slot, now, "service_timeout", _OVER_BUDGET)]
-                return [self._fail(slot, now, "spoof_attempt", spoof or "")]
-            if slot.consecutive_failures:
-                slot.consecutive_failures = 0
-            if action == ACT_DROP:
-                return [self._drop("service_drop", slot, api._detail)]
+            d = self._fdec
+            d.ctx = slot.ctx
+            d.now = now
+            d.circuit = circuit
+            dropped = self._call(slot, self._fapi, d, n, now)
+            action = d.action
+            hop = d.hop
+            out_label = d.label
+            if action or hop is not None or out_label is not None:
+                d.action = ACT_NONE
+                d.hop = None
+                d.label = None
+            if dropped is not None:
+                return [dropped]
             if action == ACT_REPLICATE:
-                replicas = api._replicas
-                api._replicas = []
-                pkt = self._fpkt
-                return [self._emit_hop(pkt, r, hops, slot, copy=True) for r in replicas]
+                replicas = d.replicas
+                d.replicas = []
+                return [self._emit_hop(fpkt, r, hops, slot, copy=True) for r in replicas]
             if hop is None:
                 hop = circuit.by_label[out_label] if out_label is not None else circuit.default
                 if hop is None:
                     return [self._drop("no_decision", slot, "no out hop chosen")]
-            if hop.strip:
-                return [self._emit_hop(self._fpkt, hop, hops, slot, copy=False)]
-            addr = hop.addr
-            if ax is not None:
-                out = ax.form1_out(buf, o, hops - 1, hop.label, addr, hop.key)
-            else:
-                # egress: the codec's set_label, set_hop_limit, set_dst, set_src (to the
-                # site's address, where the packet arrived) and sign, fused. Values were
-                # range-checked at install; a service cannot change addresses or TTL, but
-                # set_payload may have rewritten length and checksum, so the checksum is
-                # read again.
-                _CSUM_ADDRS.pack_into(
-                    buf,
-                    10,
-                    ((buf[10] << 8 | buf[11]) + src - addr) % 0xFFFF,
-                    site.public_addr,
-                    addr,
-                )
-                buf[o + 2] = hops - 1
-                _LABEL.pack_into(buf, o + 4, hop.label)
-                mac = hop.mac
-                if mac is not None:
-                    h = mac.copy()
-                    h.update(buf[o : o + 12])
-                    h.update(hop.addr_bytes)
-                    buf[o + 12 : o + 16] = h.digest()
-                else:
-                    buf[o + 12 : o + 16] = _NO_MAC
-                if o == 28:  # the shim changed: no outer UDP checksum (protocol.md §2.2)
-                    buf[26] = buf[27] = 0
-                out = bytes(buf)
-            m = len(out)
-            c.bytes_out += m
-            local = self._locality.get(addr)
-            if local is None:
-                local = site.is_local(addr)
-            if local:
-                c.bytes_local += m
-            else:
-                c.bytes_interdomain += m
-            if hop.final:
-                return [Deliver(out, hop.next_hop, False)]
-            v = _new(Forward)  # Forward(out, next_hop) minus the frozen __setattr__
-            _set_data(v, out)
-            _set_next_hop(v, hop.next_hop)
-            return [v]
+            return [self._emit_hop(fpkt, hop, hops, slot, copy=False)]
         except Exception as exc:  # a platform bug, as in the general path
-            self._fapi._reset_decision()
+            self._fdec.reset()
             self.runtime.event(now, "internal_error", "site", f"{type(exc).__name__}: {exc}")
             return [self._drop("internal_error")]
 
@@ -473,22 +376,17 @@ class Pipeline:
         if process is None or slot.status != ACTIVE:
             reason = "service_disabled" if slot.status == DISABLED else "service_unavailable"
             return self._drop(reason, slot, slot.status_detail)
-        api = self.api
+        d = self.decision
+        d.bind(pkt, slot.ctx, now, circuit, allowed)
+        return self._call(slot, self.api, d, len(pkt.buf), now)
+
+    def _call(
+        self, slot: ServiceSlot, api: PacketApi, d: Decision, n: int, now: float
+    ) -> Drop | None:
+        """Call ``slot``'s (active) service on ``api`` (bound through ``d``, the packet
+        ``n`` bytes) under its CPU budget and meter it: None if it did not fail or drop (its
+        decision is in ``d``), else the drop (``d``'s outputs cleared if it failed)."""
         ctx = slot.ctx
-        # PacketApi._bind, inlined (this runs for every packet)
-        api._pkt = pkt
-        api._ctx = ctx
-        api._now = now
-        api._circuit = circuit
-        api._allowed = allowed
-        api._action = ACT_NONE
-        api._hop = None
-        api._label = None
-        api._spoof = None
-        api._md_changed = False
-        if api._replicas:
-            api._replicas = []
-        n = len(pkt.buf)
         budget = self.budget
         clock = self.clock
         t0 = clock()
@@ -496,29 +394,47 @@ class Pipeline:
         budget.deadline = t0 + budget.max_ns
         budget.overrun = False
         try:
-            process(api)
+            slot.process(api)  # type: ignore[misc]
         except BudgetExceeded:
             self._charge(ctx, n, clock() - t0)
-            return self._fail(slot, now, "service_timeout", "over its per-packet CPU budget")
-        except ApiError as exc:
+            d.reset()
+            return self._fail(slot, now, "service_timeout", _OVER_BUDGET)
+        except PacketApiError as exc:
             self._charge(ctx, n, clock() - t0)
+            d.reset()
             return self._fail(slot, now, exc.reason, exc.detail)
         except FISUnavailableError as exc:
+            d.reset()
             return self._platform_fault(slot, now, exc)
         except ServiceUnavailable as exc:  # confined process (re)starting: not its failure
+            d.reset()
             return self._drop(exc.reason, slot, str(exc))
         except Exception as exc:
             self._charge(ctx, n, clock() - t0)
+            d.reset()
             return self._fail(slot, now, "service_error", f"{type(exc).__name__}: {exc}")
-        self._charge(ctx, n, clock() - t0)
-        if budget.overrun:
-            return self._fail(slot, now, "service_timeout", "over its per-packet CPU budget")
-        if api._spoof is not None:
-            return self._fail(slot, now, "spoof_attempt", api._spoof)
+        dt = clock() - t0
+        c = ctx.counters  # _charge, inlined (this runs for every packet)
+        c.packets += 1
+        c.bytes_in += n
+        if ctx.cpu_source is None:
+            c.cpu_ns += dt
+            w = ctx.window_ns
+            if not w:
+                self._window_ctxs.append(ctx)
+            ctx.window_ns = w + dt
+        else:
+            c.cpu_ns += ctx.cpu_source()
+        spoof = d.spoof
+        if budget.overrun or spoof is not None:
+            d.reset()
+            if budget.overrun:
+                return self._fail(slot, now, "service_timeout", _OVER_BUDGET)
+            return self._fail(slot, now, "spoof_attempt", spoof or "")
         if slot.consecutive_failures:
             slot.consecutive_failures = 0
-        if api._action == ACT_DROP:
-            return self._drop("service_drop", slot, api._detail)
+        if d.action == ACT_DROP:
+            return self._drop("service_drop", slot, d.detail)
         return None
 
     def _platform_fault(self, slot: ServiceSlot, now: float, exc: Exception) -> Drop:
@@ -581,13 +497,12 @@ class Pipeline:
         dropped = self._run(slot, pkt, now, circuit, ())
         if dropped is not None:
             return [dropped]
-        api = self.api
-        action = api._action
-        if action == ACT_REPLICATE:
-            return [self._emit_hop(pkt, hop, hops, slot, copy=True) for hop in api._replicas]
-        hop = api._hop
+        d = self.decision
+        if d.action == ACT_REPLICATE:
+            return [self._emit_hop(pkt, hop, hops, slot, copy=True) for hop in d.replicas]
+        hop = d.hop
         if hop is None:
-            label = api._label
+            label = d.label
             hop = circuit.by_label[label] if label is not None else circuit.default
             if hop is None:
                 return [self._drop("no_decision", slot, "no out hop chosen")]
@@ -596,59 +511,34 @@ class Pipeline:
     def _emit_hop(
         self, pkt: Packet, hop: OutHop, hops: int, slot: ServiceSlot, copy: bool
     ) -> Verdict:
+        """The form-1 hop's egress, for the fast and the general path: the label swap,
+        hop limit, source (the site) and destination rewrite with the incremental checksum
+        update and the re-MAC are :func:`pcsock.wire.form1_out` (the one form-1 hop, in C
+        with the accelerator); a hop to a legacy receiver strips the shim instead. Then
+        metering and the verdict. ``copy``: work on a copy (one of several replicas)."""
         if copy:
             pkt = parse(bytearray(pkt.buf), verify_ip_checksum=False)
-        if hop.strip:
-            pkt.set_label(hop.label)
-            pkt.set_hop_limit(hops - 1)
-            pkt.set_dst(hop.addr)
+        addr = hop.addr
+        if hop.strip:  # the legacy receiver gets the original sender's packet
+            pkt.set_dst(addr)
             pkt.set_src(pkt.orig_src)
             out = bytes(pkt.strip_shim())
-            self._out(slot, out, hop.addr)
-            return Deliver(out, hop.next_hop, True)
-        if pkt.encap == "ip":
-            # The fast path: the four setters' work (label, hop limit, source and destination
-            # with one RFC 1624 checksum update) fused; values were range-checked when the
-            # circuit was installed. UDP encapsulation also patches the UDP checksum: setters.
-            b = pkt.buf
-            o = pkt.shim_off
-            old_src, old_dst = _ADDRS.unpack_from(b, 12)
-            src = self.site.public_addr
-            dst = hop.addr
-            _ADDRS.pack_into(b, 12, src, dst)
-            _LABEL.pack_into(b, o + 4, hop.label)
-            b[o + 2] = hops - 1
-            _H.pack_into(b, 10, ((b[10] << 8 | b[11]) + old_src + old_dst - src - dst) % 0xFFFF)
         else:
-            pkt.set_label(hop.label)
-            pkt.set_hop_limit(hops - 1)
-            pkt.set_dst(hop.addr)
-            pkt.set_src(self.site.public_addr)
-        if hop.key is not None:
-            pkt.sign(hop.key)
-        else:
-            o = pkt.shim_off + 12
-            pkt.buf[o : o + 4] = _NO_MAC
-        out = bytes(pkt.buf)
+            out = self._form1_out(pkt.buf, pkt.shim_off, hops - 1, hop.label, addr, hop.key)
         # metering, inlined from _out
         c = slot.ctx.counters
         n = len(out)
         c.bytes_out += n
-        local = self._locality.get(hop.addr)
+        local = self._locality.get(addr)
         if local is None:
-            local = self.site.is_local(hop.addr)
+            local = self.site.is_local(addr)
         if local:
             c.bytes_local += n
         else:
             c.bytes_interdomain += n
-        if hop.final:
-            return Deliver(out, hop.next_hop, False)
-        # Forward(out, hop.next_hop) without the frozen dataclass's per-field
-        # object.__setattr__ (half the cost of constructing it)
-        v = _new(Forward)
-        _set_data(v, out)
-        _set_next_hop(v, hop.next_hop)
-        return v
+        if hop.final or hop.strip:
+            return Deliver(out, hop.next_hop, hop.strip)
+        return Forward(out, hop.next_hop)
 
     # ---- form 2
     def _service_id(self, pkt: Packet, now: float) -> list[Verdict]:
@@ -663,7 +553,7 @@ class Pipeline:
             dropped = self._receiver_first(pkt.dst, pkt, now)
             if dropped is not None:
                 return [dropped]
-            if self.api._md_changed:  # the receiver's stage changed the metadata
+            if self.decision.md_changed:  # the receiver's stage changed the metadata
                 pkt.seal()
         return self._serve(reg, pkt, now)
 
@@ -682,8 +572,8 @@ class Pipeline:
         dropped = self._run(slot, pkt, now, None, reg.allowed)
         if dropped is not None:
             return [dropped]
-        api = self.api
-        if api._md_changed:
+        d = self.decision
+        if d.md_changed:
             if pkt.form == FORM_SERVICE:
                 pkt.seal()
             elif pkt.form == FORM_CIRCUIT:
@@ -699,12 +589,12 @@ class Pipeline:
             tos &= 0x03
             pkt.set_tos(tos)
         pkt.set_ttl(pkt.ttl - 1)
-        action = api._action
+        action = d.action
         if action == ACT_NONE or action not in (ACT_ENCAP, ACT_REPLICATE):
             out = bytes(buf)
             self._out(slot, out, pkt.dst)
             return [Forward(out, int2ip(pkt.dst))]
-        targets = [api._encap] if action == ACT_ENCAP else list(api._replicas)
+        targets = [d.encap] if action == ACT_ENCAP else list(d.replicas)
         verdicts: list[Verdict] = []
         for addr in targets:
             if len(buf) + 20 > 0xFFFF:

@@ -2,7 +2,9 @@
 
 :meth:`pcsite_lite.pipeline.Pipeline.process` turns bytes into a list of verdicts; adapters
 (the TUN dataplane, the simulator) carry them out. A packet replicated to several next hops is
-several :class:`Forward` verdicts; a dropped packet is one :class:`Drop`.
+several :class:`Forward` verdicts; a dropped packet is one :class:`Drop`. Verdicts are values:
+nobody changes one after it is made (they are slotted dataclasses, not frozen ones, because a
+frozen dataclass costs the per-packet path an ``object.__setattr__`` per field).
 
 Every ``Drop.reason`` is a stable token from :data:`DROP_REASONS` (the wire codec's
 :data:`pcsock.wire.REASONS` plus the pipeline's own), so counters and dashboards can key on it.
@@ -18,7 +20,7 @@ from pcsock.wire import REASONS as WIRE_REASONS
 __all__ = ["DROP_REASONS", "PIPELINE_REASONS", "Deliver", "Drop", "Forward", "Verdict"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Forward:
     """Send ``data`` (a complete IPv4 packet) toward ``next_hop`` (the packet's IP destination,
     dotted quad): another site, a tunnel end point, or the real destination of a form-2/3
@@ -28,7 +30,7 @@ class Forward:
     next_hop: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Deliver:
     """Last hop of a circuit: send ``data`` to the circuit's final destination ``next_hop``.
 
@@ -42,7 +44,7 @@ class Deliver:
     stripped: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Drop:
     """The packet is dropped. ``reason`` is a token from :data:`DROP_REASONS`; ``service`` is
     ``"psp/service"`` when a service caused or decided the drop; ``detail`` is free text for

@@ -344,8 +344,11 @@ int pc_hop_verify(const uint8_t *b, const pc_frame_t *f, pc_b2s_key *in_key, int
     return PC_OK;
 }
 
-void pc_hop_plan(const uint8_t *b, const pc_frame_t *f, uint32_t out_label, uint32_t dst,
-                 pc_b2s_key *out_key, const uint32_t *src, int use_memo, pc_hop_plan_t *plan) {
+/* pc_hop_plan with the outgoing hop limit given (form1_out's egress passes what the
+ * ingress read, minus one). */
+static void hop_plan(const uint8_t *b, const pc_frame_t *f, uint8_t hops, uint32_t out_label,
+                     uint32_t dst, pc_b2s_key *out_key, const uint32_t *src, int use_memo,
+                     pc_hop_plan_t *plan) {
     const uint8_t *s = b + f->off;
     uint8_t msg[16], tag[32];
     uint32_t old_src = load_be32(b + 12), old_dst = load_be32(b + 16);
@@ -353,8 +356,8 @@ void pc_hop_plan(const uint8_t *b, const pc_frame_t *f, uint32_t out_label, uint
     plan->src = src ? *src : old_src;
     plan->dst = dst;
     plan->label = out_label;
-    plan->hops = (uint8_t)(s[2] - 1);
-    /* docs/protocol.md §5.3 (pcsock.wire._fold_update): HC + m - m' mod 0xFFFF, a 32-bit
+    plan->hops = hops;
+    /* docs/protocol.md §5.3 (pcsock.wire.checksum_update): HC + m - m' mod 0xFFFF, a 32-bit
      * field being the sum of its halves mod 0xFFFF; always what a full recomputation gives
      * (RFC 1624 eqn. 3 except at its +-0 edge, where eqn. 3 would write 0xFFFF) */
     v = (int64_t)load_be16(b + 10) + old_src + old_dst - plan->src - plan->dst;
@@ -371,6 +374,11 @@ void pc_hop_plan(const uint8_t *b, const pc_frame_t *f, uint32_t out_label, uint
     } else {
         memset(plan->tag, 0, 4);
     }
+}
+
+void pc_hop_plan(const uint8_t *b, const pc_frame_t *f, uint32_t out_label, uint32_t dst,
+                 pc_b2s_key *out_key, const uint32_t *src, int use_memo, pc_hop_plan_t *plan) {
+    hop_plan(b, f, (uint8_t)(b[f->off + 2] - 1), out_label, dst, out_key, src, use_memo, plan);
 }
 
 void pc_hop_apply(uint8_t *b, const pc_frame_t *f, const pc_hop_plan_t *plan) {
@@ -937,20 +945,24 @@ static PyObject *py_form1_in(PyObject *mod, PyObject *const *args, Py_ssize_t na
 }
 
 /* form1_out(buf, shim_off, hop_limit, out_label, next_addr, out_key) -> bytes
- * The pipeline's egress, in place on the bytearray `buf`: IPv4 source := the destination it
- * arrived with (the site), destination := next_addr, one incremental checksum update (read
- * again: a service may have rewritten the payload), hop limit, label, the check under out_key
- * (a HopKey, or None for a zero check), no outer UDP checksum in UDP mode. Returns bytes(buf).
- * Values were range-checked when the circuit was installed. */
+ * pcsock.wire.form1_out: the pipeline's egress, in place on the bytearray `buf` (a form-1
+ * packet addressed to the site, shim at shim_off: the IPv4 header length, or that plus 8 in
+ * UDP mode). The hop's plan and apply (pc_hop_plan/pc_hop_apply, the same code as
+ * switch_hop): IPv4 source := the destination it arrived with (the site), destination :=
+ * next_addr, one incremental checksum update (read again: a service may have rewritten the
+ * payload), hop limit, label, the check under out_key (a HopKey, or None for a zero check),
+ * no outer UDP checksum in UDP mode. Returns bytes(buf). Values were range-checked when the
+ * circuit was installed. */
 static PyObject *py_form1_out(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     PyObject *buf;
     KeyObject *kout = NULL;
-    uint8_t *b, *s;
+    uint8_t *b;
     Py_ssize_t n;
     long o, hops;
     unsigned long label, addr;
-    uint32_t old_src;
-    int64_t v;
+    uint32_t site;
+    pc_frame_t f;
+    pc_hop_plan_t plan;
     (void)mod;
     if (check_args("form1_out", args, nargs, 6, 1) < 0) return NULL;
     buf = args[0];
@@ -959,43 +971,30 @@ static PyObject *py_form1_out(PyObject *mod, PyObject *const *args, Py_ssize_t n
     label = PyLong_AsUnsignedLong(args[3]);
     addr = PyLong_AsUnsignedLong(args[4]);
     if (PyErr_Occurred()) return NULL;
-    n = PyByteArray_GET_SIZE(buf);
-    if ((o != 20 && o != 28) || n < o + 16 || hops < 0 || hops > 255 || label > 0xFFFFFFFFUL ||
-        addr > 0xFFFFFFFFUL) {
+    if (hops < 0 || hops > 255 || label > 0xFFFFFFFFUL || addr > 0xFFFFFFFFUL) {
         PyErr_SetString(PyExc_ValueError, "form1_out(): bad arguments");
         return NULL;
     }
-    if (args[5] != Py_None) { /* before anything is written (Python code may run) */
+    if (args[5] != Py_None) { /* before anything is read (Python code may run) */
         kout = hopkey_ck(args[5]);
         if (kout == NULL) return NULL;
     }
     n = PyByteArray_GET_SIZE(buf);
-    if (n < o + 16) {
+    b = (uint8_t *)PyByteArray_AS_STRING(buf);
+    f.ihl = n >= 20 ? (b[0] & 15) * 4 : 0;
+    f.off = (int)o;
+    if (f.ihl < 20 || (o != f.ihl && o != f.ihl + 8) || n < o + 16) {
         Py_XDECREF(kout);
         PyErr_SetString(PyExc_ValueError, "form1_out(): bad arguments");
         return NULL;
     }
-    b = (uint8_t *)PyByteArray_AS_STRING(buf);
-    s = b + o;
-    old_src = load_be32(b + 12);
-    v = ((int64_t)load_be16(b + 10) + old_src - (int64_t)addr) % 0xFFFF;
-    if (v < 0) v += 0xFFFF;
-    store_be16(b + 10, (uint16_t)v);
-    memmove(b + 12, b + 16, 4); /* the site's address, where the packet arrived */
-    store_be32(b + 16, (uint32_t)addr);
-    s[2] = (uint8_t)hops;
-    store_be32(s + 4, (uint32_t)label);
-    if (kout == NULL) {
-        memset(s + 12, 0, 4);
-    } else {
-        uint8_t msg[16], tag[32];
-        memcpy(msg, s, 12);
-        memcpy(msg + 12, b + 16, 4);
-        pc_b2s_mac16(&kout->k, msg, tag, g_use_memo);
-        Py_DECREF(kout);
-        memcpy(s + 12, tag, 4);
-    }
-    if (o == 28) b[26] = b[27] = 0;
+    f.len = (size_t)n;
+    f.vf = b[o];
+    site = load_be32(b + 16); /* the site's address, where the packet arrived */
+    hop_plan(b, &f, (uint8_t)hops, (uint32_t)label, (uint32_t)addr,
+             kout == NULL ? NULL : &kout->k, &site, g_use_memo, &plan);
+    Py_XDECREF(kout);
+    pc_hop_apply(b, &f, &plan);
     return PyBytes_FromStringAndSize((const char *)b, n);
 }
 

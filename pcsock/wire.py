@@ -96,11 +96,14 @@ __all__ = [
     "build_circuit_packet",
     "build_ipv4",
     "build_service_packet",
+    "checksum_update",
     "circuit_mac",
+    "form1_out",
     "int2ip",
     "internet_checksum",
     "ip2int",
     "parse",
+    "patch_checksum",
     "service_check",
     "switch_hop",
     "use_accelerator",
@@ -258,9 +261,9 @@ def internet_checksum(data: bytes | bytearray | memoryview) -> int:
     return s ^ 0xFFFF
 
 
-def _fold_update(check: int, old: int, new: int) -> int:
-    """The checksum update of docs/protocol.md §5.3, ``HC' = (HC + m - m') mod 0xFFFF``, for a
-    field changing from ``old`` to ``new``.
+def checksum_update(check: int, old: int, new: int) -> int:
+    """The tree's one incremental checksum update (RFC 1624; docs/protocol.md §5.3):
+    ``HC' = (HC + m - m') mod 0xFFFF`` for a field changing from ``old`` to ``new``.
 
     In one's-complement arithmetic ``~x`` is ``-x`` modulo 0xFFFF and a 32-bit value is the
     sum of its 16-bit halves modulo 0xFFFF, so this is RFC 1624 eqn. 3, ``~(~HC + ~m + m')``,
@@ -268,9 +271,27 @@ def _fold_update(check: int, old: int, new: int) -> int:
     recomputation gives (a header sum is never +0), which is the rule; eqn. 3 evaluated in
     16-bit one's-complement arithmetic differs only when HC is 0xFFFF and the changed words go
     from all ones to all zeros (it gives 0xFFFF, this gives 0). Works for 16- and 32-bit
-    fields; callers map 0 to 0xFFFF for UDP (RFC 768).
+    fields and for several fields at once (pass the sums of their old and new values);
+    :func:`patch_checksum` applies it to a checksum in a buffer.
     """
     return (check + old - new) % 0xFFFF
+
+
+def patch_checksum(
+    buf: bytearray, off: int, old: int, new: int, *, udp: bool = False
+) -> None:
+    """Rewrite the 16-bit checksum at ``buf[off:off + 2]`` for a covered field changing from
+    ``old`` to ``new`` (:func:`checksum_update`). ``udp=True``: a UDP checksum, left at 0 if
+    it is 0 (none sent) and sent as 0xFFFF if it computes to 0 (RFC 768)."""
+    c = buf[off] << 8 | buf[off + 1]
+    if udp:
+        if not c:
+            return
+        c = checksum_update(c, old, new) or 0xFFFF
+    else:
+        c = checksum_update(c, old, new)
+    buf[off] = c >> 8
+    buf[off + 1] = c & 0xFF
 
 
 def _check_range(name: str, value: int, maximum: int) -> int:
@@ -444,29 +465,16 @@ class Packet:
     # ---- in-place rewrites
     def _patch_ip_checksum(self, old: int, new: int) -> None:
         """Update the IPv4 header checksum for a field change (RFC 1624 eqn. 3)."""
-        b = self.buf
-        c = _fold_update(b[10] << 8 | b[11], old, new)
-        b[10] = c >> 8
-        b[11] = c & 0xFF
-
-    def _patch_udp_checksum(self, old: int, new: int) -> None:
-        """Update a non-zero outer UDP checksum for an address change (pseudo-header)."""
-        o = self.ihl + 6
-        b = self.buf
-        c = b[o] << 8 | b[o + 1]
-        if c:  # zero means "no checksum" (RFC 768): leave it so
-            c = _fold_update(c, old, new) or 0xFFFF
-            b[o] = c >> 8
-            b[o + 1] = c & 0xFF
+        patch_checksum(self.buf, 10, old, new)
 
     def _set_addr(self, off: int, addr: int | str) -> None:
         new = ip2int(addr)
         b = self.buf
         old = b[off] << 24 | b[off + 1] << 16 | b[off + 2] << 8 | b[off + 3]
         _I.pack_into(b, off, new)
-        self._patch_ip_checksum(old, new)
-        if self.encap == "udp":
-            self._patch_udp_checksum(old, new)
+        patch_checksum(b, 10, old, new)
+        if self.encap == "udp":  # the UDP pseudo-header covers the addresses
+            patch_checksum(b, self.ihl + 6, old, new, udp=True)
 
     def set_dst(self, addr: int | str) -> None:
         """Rewrite the IPv4 destination, updating the header checksum incrementally (and a
@@ -732,6 +740,58 @@ _HDR_SHIM: Final = struct.Struct("!HII" + CIRCUIT_SHIM.format[1:])
 _MAC_INPUT: Final = struct.Struct("!BBBBIII")
 
 
+#: Form-1 shim bytes 0..11 (the MAC input without the destination).
+_SHIM_HEAD: Final = struct.Struct("!BBBBII")
+#: Form-1 shim bytes 2..15 as a hop writes them: hop limit, metadata, label, original
+#: source, check.
+_SHIM_TAIL: Final = struct.Struct("!BBII4s")
+_NO_MAC: Final = b"\0\0\0\0"
+
+
+def _rewrite(
+    b: bytearray,
+    ihl: int,
+    o: int,
+    hop_limit: int,
+    label: int,
+    dst: int,
+    key: HopKey | None,
+    src: int | None,
+) -> None:
+    """THE form-1 hop's rewrite (docs/protocol.md §5.3 steps 3-5), the one implementation
+    every caller uses (:func:`switch_hop`, :meth:`Packet.switch`, :func:`form1_out` and so
+    the site pipeline): write the outgoing ``label`` and ``hop_limit``, the IPv4 source
+    ``src`` (None: the destination the packet arrived with, i.e. the site) and destination
+    ``dst`` with one incremental header-checksum update
+    (:func:`checksum_update`), the check under ``key`` (None: a zero check, a hop to a
+    receiver that verifies none) and, in UDP mode (``o != ihl``), no outer UDP checksum
+    (§2.2). Every value is checked before anything is written: ``bad_field`` leaves ``b``
+    unchanged."""
+    hc, old_src, old_dst = _CSUM_SRC_DST.unpack_from(b, 10)
+    if src is None:
+        src = old_dst
+    vf, nproto, _, md, _, orig = _SHIM_HEAD.unpack_from(b, o)
+    try:  # packing the MAC input checks hop limit, label and destination
+        mac_input = _MAC_INPUT.pack(vf, nproto, hop_limit, md, label, orig, dst)
+    except struct.error:
+        raise WireError("bad_field", f"label {label!r} or address {dst!r} out of range") from None
+    if key is None:
+        mac = _NO_MAC
+    else:
+        h = key._proto.copy()
+        h.update(mac_input)
+        mac = h.digest()
+    try:
+        head = _CSUM_SRC_DST.pack(checksum_update(hc, old_src + old_dst, src + dst), src, dst)
+    except (struct.error, TypeError):
+        raise WireError("bad_field", f"source address {src!r} out of range") from None
+    b[10:20] = head
+    _SHIM_TAIL.pack_into(b, o + 2, hop_limit, md, label, orig, mac)
+    if o != ihl:  # UDP mode: the shim (UDP payload) changed, so send no checksum (§2.2)
+        u = ihl + 6
+        b[u] = b[u + 1] = 0
+
+
 def _hop(
     b: bytearray,
     ihl: int,
@@ -742,60 +802,28 @@ def _hop(
 ) -> bool:
     """The per-hop job of docs/protocol.md §5.3 on a form-1 shim at offset ``o`` of ``b``
     (validated by :func:`_frame`), for :func:`switch_hop` (``route`` looked up in ``routes``
-    by label) and :meth:`Packet.switch` (``route`` given). False if ``routes`` has no route for
-    the label; the buffer is unchanged if it returns False or raises."""
-    if o == 20:  # option-less IP mode: header and shim are contiguous, one unpack
-        hc, old_src, old_dst, vf, nproto, hops, md, label, orig, check = _HDR_SHIM.unpack_from(
-            b, 10
-        )
-    else:
-        hc, old_src, old_dst = _CSUM_SRC_DST.unpack_from(b, 10)
-        vf, nproto, hops, md, label, orig, check = CIRCUIT_SHIM.unpack_from(b, o)
+    by label) and :meth:`Packet.switch` (``route`` given): verify, then :func:`_rewrite`.
+    False if ``routes`` has no route for the label; the buffer is unchanged if it returns
+    False or raises."""
+    hops = b[o + 2]
+    label = _I.unpack_from(b, o + 4)[0]
     if route is None:
         route = routes(label)  # type: ignore[misc]
         if route is None:
             return False
     in_key, out_label, dst, out_key = route
     h = in_key._proto.copy()
-    h.update(_MAC_INPUT.pack(vf, nproto, hops, md, label, orig, old_dst))
-    if not _compare(h.digest(), check):
+    h.update(b[o : o + 12])
+    h.update(b[16:20])
+    if not _compare(h.digest(), b[o + 12 : o + 16]):
         raise WireError("bad_mac")
     if not hops:
         raise WireError("hop_limit_exceeded")
-    if src is None:
-        src = old_src
-    # Packing the MAC input checks the new label and destination before anything is written.
-    try:
-        mac_input = _MAC_INPUT.pack(vf, nproto, hops - 1, md, out_label, orig, dst)
-    except struct.error:
-        raise WireError(
-            "bad_field", f"label {out_label!r} or address {dst!r} out of range"
-        ) from None
-    h = out_key._proto.copy()
-    h.update(mac_input)
-    try:
-        # RFC 1624 eqn. 3 in modular form (see _fold_update), source and destination at once
-        new_hc = (hc + old_src + old_dst - src - dst) % 0xFFFF
-        if o == 20:
-            _HDR_SHIM.pack_into(
-                b, 10, new_hc, src, dst, vf, nproto, hops - 1, md, out_label, orig, h.digest()
-            )
-            return True
-        _CSUM_SRC_DST.pack_into(b, 10, new_hc, src, dst)
-    except (struct.error, TypeError):
-        # Only a bad source can fail here, and pack_into zeroes its whole span before it
-        # fails: write the original bytes back.
-        if o == 20:
-            _HDR_SHIM.pack_into(
-                b, 10, hc, old_src, old_dst, vf, nproto, hops, md, label, orig, check
-            )
-        else:
-            _CSUM_SRC_DST.pack_into(b, 10, hc, old_src, old_dst)
-        raise WireError("bad_field", f"source address {src!r} out of range") from None
-    CIRCUIT_SHIM.pack_into(b, o, vf, nproto, hops - 1, md, out_label, orig, h.digest())
-    if o != ihl:  # UDP mode: the shim (UDP payload) changed, so send no checksum (§2.2)
-        u = ihl + 6
-        b[u] = b[u + 1] = 0
+    if out_key is None:  # as in C: a Route's out key is a HopKey (form1_out takes None)
+        raise AttributeError("a route's outgoing hop key is None")
+    if src is None:  # keep the arriving source
+        src = _I.unpack_from(b, 12)[0]
+    _rewrite(b, ihl, o, hops - 1, out_label, dst, out_key, src)
     return True
 
 
@@ -844,6 +872,17 @@ def switch_hop(
     if vf == _VF_CIRCUIT and _hop(b, ihl, o, routes, None, src):
         return b
     return None
+
+
+def form1_out(
+    buf: bytearray, o: int, hop_limit: int, label: int, dst: int, key: HopKey | None
+) -> bytes:
+    """The site pipeline's form-1 egress, in place on ``buf`` (a form-1 packet addressed to
+    the site, shim at offset ``o``): :func:`_rewrite` with the IPv4 source set to the
+    destination the packet arrived with (the site) and the destination to ``dst``; returns
+    the outgoing bytes. ``pcsock._accel.form1_out`` in C (the same results)."""
+    _rewrite(buf, (buf[0] & 15) << 2, o, hop_limit, label, dst, key, None)
+    return bytes(buf)
 
 
 # --- building -------------------------------------------------------------------------------
@@ -1021,6 +1060,7 @@ PURE: Final[dict[str, Any]] = {
     "_frame": _frame,
     "switch_hop": switch_hop,
     "_switch_packet": _switch_packet,
+    "form1_out": form1_out,
     "_build_circuit": None,
 }
 _build_circuit: Any = None
@@ -1036,7 +1076,7 @@ def use_accelerator(flag: bool) -> bool:
     and benchmarks that compare them); returns the previous setting. Objects made before the
     switch (a Pipeline, a socket's senders) keep the implementation they were made with.
     RuntimeError if the accelerator is asked for but not available."""
-    global ACCELERATED, _frame, switch_hop, _switch_packet, _build_circuit
+    global ACCELERATED, _frame, switch_hop, _switch_packet, _build_circuit, form1_out
     previous = ACCELERATED
     if flag and _accel is None:
         raise RuntimeError(f"the C accelerator is not available: {PURE_REASON}")
@@ -1044,11 +1084,13 @@ def use_accelerator(flag: bool) -> bool:
         _frame = _accel.frame
         switch_hop = _accel.switch_hop
         _switch_packet = _accel.switch_packet
+        form1_out = _accel.form1_out
         _build_circuit = _accel.build_circuit
     else:
         _frame = PURE["_frame"]
         switch_hop = PURE["switch_hop"]
         _switch_packet = PURE["_switch_packet"]
+        form1_out = PURE["form1_out"]
         _build_circuit = None
     ACCELERATED = flag
     return previous

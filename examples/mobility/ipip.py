@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from pcsock.wire import build_ipv4, internet_checksum, ip2int
+from pcsock.wire import build_ipv4, internet_checksum, ip2int, patch_checksum
 
 __all__ = ["IPPROTO_IPIP", "TunnelError", "decapsulate", "encapsulate"]
 
@@ -59,13 +59,7 @@ def encapsulate(
     # decrement the inner TTL (RFC 2003 §3.1), RFC 1624 incremental checksum update
     old = body[8] << 8 | body[9]
     body[8] -= 1
-    new = body[8] << 8 | body[9]
-    hc = body[10] << 8 | body[11]
-    s = (~hc & 0xFFFF) + (~old & 0xFFFF) + new
-    s = (s & 0xFFFF) + (s >> 16)
-    s = (s & 0xFFFF) + (s >> 16)
-    hc = ~s & 0xFFFF
-    body[10], body[11] = hc >> 8, hc & 0xFF
+    patch_checksum(body, 10, old, body[8] << 8 | body[9])
     df = bool(body[6] & 0x40)
     return build_ipv4(
         src=src,

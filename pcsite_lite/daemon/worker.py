@@ -42,40 +42,18 @@ Processor = Callable[[bytes, float], list[Verdict]]
 
 def bare_processor(next_hop: str) -> Processor:
     """The benchmark baseline: rewrite the destination, forward (no parse, MAC or FIS)."""
-    from pcsock.wire import ip2int
+    from pcsock.wire import ip2int, patch_checksum
 
-    dst = ip2int(next_hop).to_bytes(4, "big")
+    n = ip2int(next_hop)
+    dst = n.to_bytes(4, "big")
 
     def process(data: bytes, _now: float) -> list[Verdict]:
         buf = bytearray(data)
-        old = buf[16:20]
+        old = int.from_bytes(buf[16:20], "big")
         buf[16:20] = dst
-        # RFC 1624 incremental checksum update for the 32-bit destination change
-        hc = buf[10] << 8 | buf[11]
-        o_ = int.from_bytes(old, "big")
-        n = int.from_bytes(dst, "big")
-        s = (~hc & 0xFFFF) + (~o_ >> 16 & 0xFFFF) + (~o_ & 0xFFFF) + (n >> 16) + (n & 0xFFFF)
-        s = (s & 0xFFFF) + (s >> 16)
-        s = (s & 0xFFFF) + (s >> 16)
-        s = ~s & 0xFFFF
-        buf[10] = s >> 8
-        buf[11] = s & 0xFF
+        patch_checksum(buf, 10, old, n)
         if buf[9] == 17:  # UDP: its checksum covers the destination too (pseudo-header)
-            o = (buf[0] & 15) * 4 + 6
-            uc = buf[o] << 8 | buf[o + 1]
-            if uc:  # 0: the sender sent none
-                s = (
-                    (~uc & 0xFFFF)
-                    + (~o_ >> 16 & 0xFFFF)
-                    + (~o_ & 0xFFFF)
-                    + (n >> 16)
-                    + (n & 0xFFFF)
-                )
-                s = (s & 0xFFFF) + (s >> 16)
-                s = (s & 0xFFFF) + (s >> 16)
-                s = ~s & 0xFFFF or 0xFFFF  # a computed 0 is sent as 0xFFFF (RFC 768)
-                buf[o] = s >> 8
-                buf[o + 1] = s & 0xFF
+            patch_checksum(buf, (buf[0] & 15) * 4 + 6, old, n, udp=True)
         return [Forward(bytes(buf), next_hop)]
 
     return process

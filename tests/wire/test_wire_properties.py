@@ -233,7 +233,7 @@ def test_rfc1624_incremental_update_equals_full_recomputation(
     new = value & ((1 << (8 * width)) - 1)
     if off == 0:
         new = 0x4500 | (new & 0xFF)  # keep version/IHL: only the ToS byte varies
-    incremental = wire._fold_update(int.from_bytes(hdr[10:12], "big"), old, new)
+    incremental = wire.checksum_update(int.from_bytes(hdr[10:12], "big"), old, new)
     hdr[off : off + width] = new.to_bytes(width, "big")
     hdr[10:12] = b"\0\0"
     assert incremental == wire.internet_checksum(hdr)
