@@ -64,7 +64,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pcsite_lite.circuits import OutHop
+from pcsite_lite.circuits import OutHopEntry
 from pcsite_lite.pipeline import Pipeline
 from pcsite_lite.sandbox import Budget, load_service
 from pcsite_lite.services import source
@@ -92,7 +92,7 @@ def make_site(service: str) -> tuple[Site, int]:
         psp=PSP,
         service=service,
         in_key=IN_KEY,
-        out_hops=[OutHop(OUT_LABEL, NEXT_HOP, OUT_KEY)],
+        out_hops=[OutHopEntry(OUT_LABEL, NEXT_HOP, OUT_KEY)],
         expires=1e12,
     )
     site.fis.put(

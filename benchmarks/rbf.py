@@ -31,7 +31,7 @@ from typing import Any
 from benchmarks._report import emit
 from examples.rbf import service as rbf
 from examples.rbf.control import SERVICE_SOURCE, RuleAuthority, carry
-from pcsite_lite.circuits import OutHop
+from pcsite_lite.circuits import OutHopEntry
 from pcsite_lite.fis import ISP, namespace
 from pcsite_lite.pipeline import Pipeline
 from pcsite_lite.sandbox import tick_budget
@@ -60,7 +60,7 @@ def _site(service: str, source: str, rule: str | None) -> tuple[Pipeline, int, H
         psp=PSP,
         service=service,
         in_key=key,
-        out_hops=[OutHop(9, C2, HopKey(b"next-key-16bytes")), OutHop(0, DST, None)],
+        out_hops=[OutHopEntry(9, C2, HopKey(b"next-key-16bytes")), OutHopEntry(0, DST, None)],
         expires=1e12,
     )
     ns = namespace(PSP, service)

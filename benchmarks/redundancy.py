@@ -33,7 +33,7 @@ from typing import Any
 from benchmarks._report import emit
 from examples.redundancy.control import SERVICE_SOURCE
 from examples.redundancy.workload import workload
-from pcsite_lite.circuits import OutHop
+from pcsite_lite.circuits import OutHopEntry
 from pcsite_lite.fis import CachedFIS, SqliteFIS, namespace
 from pcsite_lite.pipeline import Pipeline
 from pcsite_lite.sandbox import tick_budget
@@ -59,10 +59,10 @@ def run(source: str, payloads: list[bytes], fis_path: str) -> dict[str, Any]:
     l1 = sites[0].circuits.allocate(PSP, now=0.0)
     l2 = sites[1].circuits.allocate(PSP, now=0.0)
     sites[1].circuits.install(
-        l2, psp=PSP, service=SERVICE, in_key=k2, out_hops=[OutHop(0, DST, None)], expires=1e12
+        l2, psp=PSP, service=SERVICE, in_key=k2, out_hops=[OutHopEntry(0, DST, None)], expires=1e12
     )
     sites[0].circuits.install(
-        l1, psp=PSP, service=SERVICE, in_key=k1, out_hops=[OutHop(l2, C2, k2)], expires=1e12
+        l1, psp=PSP, service=SERVICE, in_key=k1, out_hops=[OutHopEntry(l2, C2, k2)], expires=1e12
     )
     ns = namespace(PSP, SERVICE)
     engine.put(ns, f"hop:{l1}", {"role": "encode"}, writer=PSP)

@@ -65,7 +65,7 @@ from pcsock.wire import (
 )
 
 if TYPE_CHECKING:
-    from pcsite_lite.circuits import Circuit, OutHop
+    from pcsite_lite.circuits import CircuitEntry, OutHopEntry
 
 __all__ = [
     "ACT_DROP",
@@ -320,7 +320,7 @@ class Decision:
     prefixes ``encapsulate``/``replicate`` may tunnel to).
 
     Outputs (cleared by :meth:`reset`): ``action`` (an ``ACT_*`` constant), ``hop`` (form 1:
-    the :class:`~pcsite_lite.circuits.OutHop` ``forward_to`` chose), ``label`` (form 1: the
+    the :class:`~pcsite_lite.circuits.OutHopEntry` ``forward_to`` chose), ``label`` (form 1: the
     out label ``shim.update`` chose), ``detail`` (``drop``'s reason), ``encap`` (the tunnel
     end point), ``replicas`` (``replicate``'s hops or addresses), ``spoof`` (the detail of a
     refused call: the packet is dropped even if the service caught the error) and
@@ -346,10 +346,10 @@ class Decision:
     pkt: Packet
     ctx: ServiceContext
     now: float
-    circuit: Circuit | None
+    circuit: CircuitEntry | None
     allowed: tuple[tuple[int, int], ...]
     action: int
-    hop: OutHop | None
+    hop: OutHopEntry | None
     label: int | None
     detail: str
     encap: int
@@ -369,7 +369,7 @@ class Decision:
         pkt: Packet,
         ctx: ServiceContext,
         now: float,
-        circuit: Circuit | None,
+        circuit: CircuitEntry | None,
         allowed: tuple[tuple[int, int], ...],
     ) -> None:
         """Point at one packet and one service stage, outputs cleared."""
@@ -616,7 +616,7 @@ class PacketApi:
         if circuit is not None:
             if not isinstance(next_hop, str):
                 next_hop = int2ip(_addr(next_hop, "next hop"))
-            hop: OutHop | None
+            hop: OutHopEntry | None
             if d.label is not None:
                 hop = circuit.by_label[d.label]
                 if hop.next_hop != next_hop:

@@ -8,7 +8,7 @@ control API) first :meth:`~CircuitTable.allocate`\\ s a label, then
 
     label = table.allocate("psp-a", now=t)
     table.install(label, psp="psp-a", service="srcroute", in_key=k_in,
-                  out_hops=[OutHop(label=77, next_hop="198.18.3.1", key=k_out)],
+                  out_hops=[OutHopEntry(label=77, next_hop="198.18.3.1", key=k_out)],
                   destination="198.18.9.9", expires=t + 600)
 
 Each hop holds: the PSP and service that own it, the incoming hop key (verifies the shim MAC),
@@ -34,7 +34,7 @@ from pcsock.wire import CIRCUIT_SHIM_LEN, HopKey, WireError, ip2int
 #: Length of the form-1 check (the truncated MAC) in bytes.
 MAC_LEN: Final = 4
 
-__all__ = ["CIRCUIT_ERRORS", "Circuit", "CircuitError", "CircuitTable", "OutHop"]
+__all__ = ["CIRCUIT_ERRORS", "CircuitEntry", "CircuitError", "CircuitTable", "OutHopEntry"]
 
 MAX_LABEL: Final = 0xFFFFFFFF
 
@@ -78,14 +78,18 @@ def _key(key: HopKey | bytes | None, what: str) -> HopKey | None:
         raise CircuitError("bad_hop", f"{what}: {exc}") from exc
 
 
-@dataclass(frozen=True, slots=True)
-class OutHop:
-    """One hop a circuit may leave the site by.
+@dataclass(slots=True)
+class OutHopEntry:
+    """One hop an installed circuit may leave the site by (the site's record; the control
+    API client's request for one is :class:`pcsock.control.OutHop`).
 
     ``label`` is the downstream hop's incoming label (chosen by the next site), ``next_hop``
     the address the packet is sent to, ``key`` the downstream hop key the site re-MACs with
     (``None``: the check is left zero, e.g. toward a receiver that does not verify). ``final``
     marks delivery to the circuit's destination; ``strip`` (final hops only) removes the shim.
+    ``addr`` (derived) is ``next_hop`` as a 32-bit integer. Nobody changes a record once it is
+    made (a slotted dataclass, not a frozen one: its derived fields are set in
+    ``__post_init__``).
     """
 
     label: int
@@ -94,41 +98,34 @@ class OutHop:
     final: bool = False
     strip: bool = False
     addr: int = field(init=False, repr=False, compare=False)
-    #: precomputed for the pipeline: ``next_hop`` as 4 bytes, the out key's MAC state
-    addr_bytes: bytes = field(init=False, repr=False, compare=False)
-    mac: Any = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.label, int) or not 0 <= self.label <= MAX_LABEL:
             raise CircuitError("bad_hop", f"out label must be a 32-bit integer: {self.label!r}")
         try:
-            addr = ip2int(self.next_hop)
+            self.addr = ip2int(self.next_hop)
         except WireError as exc:
             raise CircuitError("bad_hop", f"next hop: {exc}") from exc
         if self.strip and not self.final:
             raise CircuitError("bad_hop", "only a final hop can strip the shim")
-        key = _key(self.key, "out hop key")
-        object.__setattr__(self, "key", key)
-        object.__setattr__(self, "addr", addr)
-        object.__setattr__(self, "addr_bytes", addr.to_bytes(4, "big"))
-        object.__setattr__(self, "mac", None if key is None else mac_hasher(key))
+        self.key = _key(self.key, "out hop key")
 
 
 @dataclass(slots=True, eq=False)
-class Circuit:
+class CircuitEntry:
     """One installed circuit hop (incoming label -> owner, keys, allowed out hops)."""
 
     in_label: int
     psp: str
     service: str
     in_key: HopKey
-    out_hops: tuple[OutHop, ...]
+    out_hops: tuple[OutHopEntry, ...]
     destination: str | None
     expires: float
     # derived, precomputed once so the per-packet path does dict lookups only
-    by_label: dict[int, OutHop] = field(init=False, repr=False)
-    by_addr: dict[str, OutHop] = field(init=False, repr=False)
-    default: OutHop | None = field(init=False, repr=False)
+    by_label: dict[int, OutHopEntry] = field(init=False, repr=False)
+    by_addr: dict[str, OutHopEntry] = field(init=False, repr=False)
+    default: OutHopEntry | None = field(init=False, repr=False)
     dest_addr: int | None = field(init=False, repr=False)
     #: the in hop key's MAC state (the pipeline copies it per packet)
     in_mac: Any = field(init=False, repr=False)
@@ -145,13 +142,9 @@ class Circuit:
         self.dest_addr = None if self.destination is None else ip2int(self.destination)
         self.in_mac = mac_hasher(self.in_key)
 
-    @property
-    def service_key(self) -> tuple[str, str]:
-        return (self.psp, self.service)
-
 
 class CircuitTable:
-    """Incoming label -> :class:`Circuit`, with reservations and expiry.
+    """Incoming label -> :class:`CircuitEntry`, with reservations and expiry.
 
     ``randbits`` draws labels (default ``secrets.randbits``; tests may inject a seeded one).
     The per-packet path uses :attr:`get` (a bound ``dict.get``) and nothing else.
@@ -163,11 +156,11 @@ class CircuitTable:
         max_circuits: int = 1_000_000,
         randbits: Callable[[int], int] = secrets.randbits,
     ) -> None:
-        self._circuits: dict[int, Circuit] = {}
+        self._circuits: dict[int, CircuitEntry] = {}
         self._reserved: dict[int, tuple[str, float]] = {}  # label -> (psp, hold until)
         self._max = max_circuits
         self._randbits = randbits
-        #: ``get(label) -> Circuit | None``: the data path's lookup.
+        #: ``get(label) -> CircuitEntry | None``: the data path's lookup.
         self.get = self._circuits.get
 
     # ---- control plane
@@ -208,18 +201,18 @@ class CircuitTable:
         psp: str,
         service: str,
         in_key: HopKey | bytes,
-        out_hops: Iterable[OutHop],
+        out_hops: Iterable[OutHopEntry],
         expires: float,
         destination: str | None = None,
         now: float | None = None,
-    ) -> Circuit:
+    ) -> CircuitEntry:
         """Install (or replace) the hop for a label reserved by, or installed for, ``psp``."""
         self._check_owner(in_label, psp, now)
         hops = tuple(out_hops)
         if not hops:
             raise CircuitError("bad_request", "a circuit needs at least one out hop")
-        if not all(isinstance(h, OutHop) for h in hops):
-            raise CircuitError("bad_hop", "out hops must be OutHop records")
+        if not all(isinstance(h, OutHopEntry) for h in hops):
+            raise CircuitError("bad_hop", "out hops must be OutHopEntry records")
         if not service or not isinstance(service, str):
             raise CircuitError("bad_request", "service name required")
         key = _key(in_key, "in hop key")
@@ -229,7 +222,7 @@ class CircuitTable:
                 ip2int(destination)
             except WireError as exc:
                 raise CircuitError("bad_request", f"destination: {exc}") from exc
-        circuit = Circuit(
+        circuit = CircuitEntry(
             in_label=in_label,
             psp=psp,
             service=service,
@@ -242,7 +235,7 @@ class CircuitTable:
         self._circuits[in_label] = circuit
         return circuit
 
-    def renew(self, in_label: int, *, psp: str, expires: float) -> Circuit:
+    def renew(self, in_label: int, *, psp: str, expires: float) -> CircuitEntry:
         """Extend (or shorten) a circuit's lifetime."""
         circuit = self._owned(in_label, psp)
         circuit.expires = float(expires)
@@ -270,13 +263,13 @@ class CircuitTable:
     def __len__(self) -> int:
         return len(self._circuits)
 
-    def __iter__(self) -> Iterator[Circuit]:
+    def __iter__(self) -> Iterator[CircuitEntry]:
         return iter(list(self._circuits.values()))
 
     def __contains__(self, label: object) -> bool:
         return label in self._circuits
 
-    def owned_by(self, psp: str) -> list[Circuit]:
+    def owned_by(self, psp: str) -> list[CircuitEntry]:
         return [c for c in self._circuits.values() if c.psp == psp]
 
     # ---- helpers
@@ -295,7 +288,7 @@ class CircuitTable:
             return
         self._owned(in_label, psp)
 
-    def _owned(self, in_label: int, psp: str) -> Circuit:
+    def _owned(self, in_label: int, psp: str) -> CircuitEntry:
         circuit = self._circuits.get(in_label)
         if circuit is None:
             raise CircuitError("unknown_label", f"label {in_label}")

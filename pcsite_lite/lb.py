@@ -5,10 +5,14 @@ Pure and I/O-free. Two steps, kept apart so the kernel can do the first one:
 1. **Packet -> bucket** (:func:`bucket_key`, :func:`bucket_of`). Form-1 packets hash the
    incoming circuit label, so every packet of a circuit lands on one worker (circuit-dependent
    state stays on one node). Form-2 and form-3 packets hash the flow: the 5-tuple when the
-   payload carries UDP/TCP ports, else source and destination address. The daemon installs the
-   same split in nftables (``jhash`` over the label bits ``mod`` :data:`DEFAULT_BUCKETS`), so a
-   packet costs no extra Python hop; the Python functions here are the reference the tests
-   check the mapping's properties with (the daemon has no Python dispatcher).
+   payload carries UDP/TCP ports, else source and destination address; the bucket is
+   BLAKE2s of that key ``mod`` the bucket count. This is a *model*, not what the daemon runs:
+   the daemon classifies in nftables (``pcsite_lite.daemon.kernel.render_ruleset``) with the
+   same rule for form 1 (the incoming label) but a different hash (``jhash``, so packets land
+   in different buckets than here) and, for forms 2 and 3, source . destination address only
+   (no ports), so every flow between two hosts shares a worker. What the two share is the
+   property the tests check here: a circuit's packets stay on one worker. The daemon has no
+   Python dispatcher and uses only step 2 of this module.
 2. **Bucket -> worker** (:class:`BucketTable`). Each bucket goes to the worker with the highest
    rendezvous score ``H(bucket, worker)`` (highest-random-weight hashing). Removing a worker
    moves exactly its own buckets; adding one moves only the buckets it now wins — about
@@ -127,10 +131,6 @@ class BucketTable:
     def worker(self, bucket: int) -> Hashable:
         """The worker owning ``bucket``."""
         return self.assignment[bucket % self.buckets]
-
-    def worker_for(self, data: bytes | bytearray | memoryview) -> Hashable:
-        """The worker a whole IPv4 packet goes to under this table (the Python reference)."""
-        return self.assignment[bucket_of(bucket_key(data), self.buckets)]
 
     def with_workers(self, workers: Iterable[Hashable]) -> BucketTable:
         """The table for another worker set (same bucket count)."""

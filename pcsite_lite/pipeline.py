@@ -48,7 +48,7 @@ from pcsite_lite.api import (
     PacketApiError,
     ServiceContext,
 )
-from pcsite_lite.circuits import Circuit, OutHop
+from pcsite_lite.circuits import CircuitEntry, OutHopEntry
 from pcsite_lite.fis import FISUnavailableError
 from pcsite_lite.runtime import ACTIVE, DISABLED, ServiceSlot
 from pcsite_lite.sandbox import BudgetExceeded, ServiceUnavailable
@@ -210,7 +210,7 @@ class Pipeline:
         self,
         data: bytes | bytearray | memoryview,
         now: float,
-        circuit: Circuit | None,
+        circuit: CircuitEntry | None,
         o: int,
         hops: int,
         mac_ok: bool | None,
@@ -368,7 +368,7 @@ class Pipeline:
         slot: ServiceSlot,
         pkt: Packet,
         now: float,
-        circuit: Circuit | None,
+        circuit: CircuitEntry | None,
         allowed: tuple[tuple[int, int], ...],
     ) -> Drop | None:
         """Run ``slot``'s service; None if it did not fail (its decision is in ``self.api``)."""
@@ -509,7 +509,7 @@ class Pipeline:
         return [self._emit_hop(pkt, hop, hops, slot, copy=False)]
 
     def _emit_hop(
-        self, pkt: Packet, hop: OutHop, hops: int, slot: ServiceSlot, copy: bool
+        self, pkt: Packet, hop: OutHopEntry, hops: int, slot: ServiceSlot, copy: bool
     ) -> Verdict:
         """The form-1 hop's egress, for the fast and the general path: the label swap,
         hop limit, source (the site) and destination rewrite with the incremental checksum

@@ -504,9 +504,5 @@ class ServiceCache(Generic[T]):
             self._generation = generation
             self._active.clear()
 
-    def cached_digests(self) -> list[str]:
-        """Digests held, least recently used first."""
-        return [digest for _, _, digest in self._lru]
-
     def __len__(self) -> int:
         return len(self._lru)

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pcsite_lite.api import ServiceContext
 from pcsite_lite.metering import Counters
-from pcsite_lite.sandbox import BUDGET, Budget, LoadedService, ServiceLoadError, load_service
+from pcsite_lite.sandbox import BUDGET, Budget, LoadedService, load_service
 
 if TYPE_CHECKING:
     from pcsite_lite.confine import IsolationPolicy
@@ -329,14 +329,6 @@ class ServiceRuntime:
             slot.status = ACTIVE
             slot.status_detail = ""
             slot.consecutive_failures = 0
-
-    def try_deploy(self, psp: str, service: str, source: str | bytes) -> ServiceLoadError | None:
-        """:meth:`deploy`, returning the load error instead of raising it."""
-        try:
-            self.deploy(psp, service, source)
-        except ServiceLoadError as exc:
-            return exc
-        return None
 
     # ---- failures and events
     def failed(self, slot: ServiceSlot, now: float, kind: str, detail: str) -> None:

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pcsite_lite.circuits import OutHop
+from pcsite_lite.circuits import OutHopEntry
 from pcsite_lite.lpm import LpmTable
 from pcsite_lite.pipeline import Pipeline
 from pcsite_lite.sandbox import tick_budget
@@ -200,9 +200,6 @@ class Router(Node):
     def divert_prefix(self, prefix: str) -> None:
         """Policy-route traffic for ``prefix`` to the co-located site (form 3)."""
         self.diverted.insert(prefix, True)
-
-    def undivert_prefix(self, prefix: str) -> None:
-        self.diverted.discard(prefix)
 
     def receive(self, data: bytes, link: Link) -> None:
         try:
@@ -418,9 +415,9 @@ def install_circuit(
     for i in range(len(sites) - 1, -1, -1):
         final = i == len(sites) - 1
         hop = (
-            OutHop(final_label, destination, final_key, final=True, strip=strip)
+            OutHopEntry(final_label, destination, final_key, final=True, strip=strip)
             if final
-            else OutHop(labels[i + 1], sites[i + 1].site.public_ip, keys[i + 1])
+            else OutHopEntry(labels[i + 1], sites[i + 1].site.public_ip, keys[i + 1])
         )
         site = sites[i].site
         site.circuits.install(
@@ -484,7 +481,7 @@ class ServiceBench:
             psp=psp,
             service=service,
             in_key=self.in_key,
-            out_hops=[OutHop(self.out_label, self.d_ip, self.out_key, final=True)],
+            out_hops=[OutHopEntry(self.out_label, self.d_ip, self.out_key, final=True)],
             destination=self.d_ip,
             expires=1e9,
         )

@@ -229,12 +229,6 @@ class Site:
             self._locality[addr] = v
         return v
 
-    def set_local_prefixes(self, prefixes: Iterable[str]) -> None:
-        self.local_prefixes.clear()
-        for p in prefixes:
-            self.local_prefixes.insert(p, True)
-        self._locality.clear()
-
     def snapshot(self, now: float) -> list[UsageRecord]:
         """Usage of every service since the last snapshot, one record each; counters restart.
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pcsite_lite.circuits import CircuitError, CircuitTable, OutHop
+from pcsite_lite.circuits import CircuitError, CircuitTable, OutHopEntry
 from pcsock.lookup import LookupServiceError
 
 __all__ = ["TableSiteControl"]
@@ -50,10 +50,10 @@ class TableSiteControl:
         destination: str | None = None,
     ) -> None:
         if out is not None:
-            hops = [OutHop(label=out[0], next_hop=out[1], key=out[2])]  # type: ignore[arg-type]
+            hops = [OutHopEntry(label=out[0], next_hop=out[1], key=out[2])]  # type: ignore[arg-type]
         else:
             assert deliver is not None
-            hops = [OutHop(label=0, next_hop=deliver, key=None, final=True)]
+            hops = [OutHopEntry(label=0, next_hop=deliver, key=None, final=True)]
         now = self.clock()
         self._call(
             self.table.install, label, psp=self.psp, service=service, in_key=in_key,

@@ -107,7 +107,7 @@ def test_package_imports_only_what_the_layers_allow(package):
 @pytest.mark.parametrize(
     ("package", "source", "flagged"),
     [
-        ("pcsock", "def f():\n    from pcsite_lite.circuits import OutHop\n", True),
+        ("pcsock", "def f():\n    from pcsite_lite.circuits import OutHopEntry\n", True),
         ("pcsock", "import testbed.net as tn\n", True),
         (
             "pcsock",

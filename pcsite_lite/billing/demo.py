@@ -63,7 +63,7 @@ rounding = "half_up"
 
 def run(ledger_path: Path, packets: int, interval: int, start: float) -> tuple[str, float]:
     """Run the site over ``packets`` packets from ``start``; returns (site name, end time)."""
-    from pcsite_lite.circuits import OutHop
+    from pcsite_lite.circuits import OutHopEntry
     from pcsite_lite.pipeline import Pipeline
     from pcsite_lite.sandbox import Budget
     from pcsite_lite.site import Site
@@ -89,8 +89,8 @@ def run(ledger_path: Path, packets: int, interval: int, start: float) -> tuple[s
         key = wire.HopKey(b"demo-hop-key-in!")
         labels = []
         for hop in (
-            OutHop(label=901, next_hop="198.19.9.1", key=wire.HopKey(b"demo-hop-key-out")),
-            OutHop(label=0, next_hop="198.18.7.7", final=True, strip=True),
+            OutHopEntry(label=901, next_hop="198.19.9.1", key=wire.HopKey(b"demo-hop-key-out")),
+            OutHopEntry(label=0, next_hop="198.18.7.7", final=True, strip=True),
         ):
             label = site.circuits.allocate("acme", now=start)
             site.circuits.install(

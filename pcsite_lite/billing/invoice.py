@@ -103,12 +103,6 @@ class LineItem:
     unit_price: Decimal  #: per ``unit``
     amount: Decimal  #: rounded once from the exact amount
 
-    @property
-    def exact_amount(self) -> Fraction:
-        """The unrounded amount."""
-        per = next(r.per_unit for r in RESOURCES if r.name == self.resource)
-        return Fraction(self.usage) * Fraction(self.unit_price) / per
-
 
 @dataclass(frozen=True, slots=True)
 class Invoice:

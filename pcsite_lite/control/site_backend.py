@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pcsite_lite import fis as fislib
-from pcsite_lite.circuits import CircuitError, OutHop
+from pcsite_lite.circuits import CircuitError, OutHopEntry
 from pcsite_lite.metering import Counters
 from pcsite_lite.metrics import MetricFamily, WorkerStats, render
 from pcsock.wire import HopKey
@@ -364,14 +364,14 @@ class SiteBackend:
         if not 0 < lifetime <= 7 * 24 * 3600:
             raise ApiError("bad_field", "lifetime must be in (0, 604800] seconds")
         try:
-            out_hops: list[OutHop] = []
+            out_hops: list[OutHopEntry] = []
             for o in outs:
                 if not isinstance(o, dict) or not {"label", "next_hop"} <= set(o):
                     raise ApiError("bad_field", "each out hop is {label, next_hop, key}")
                 key = HopKey(_hexkey(o["key"], "out key")) if o.get("key") is not None else None
-                out_hops.append(OutHop(label=o["label"], next_hop=o["next_hop"], key=key))
+                out_hops.append(OutHopEntry(label=o["label"], next_hop=o["next_hop"], key=key))
             if deliver is not None:
-                out_hops.append(OutHop(label=label, next_hop=deliver, key=None, final=True,
+                out_hops.append(OutHopEntry(label=label, next_hop=deliver, key=None, final=True,
                                        strip=strip))  # fmt: skip
             service = hop.get("service") or self._reserved_service(psp, label)
             prev = self.state.circuits.get(label)

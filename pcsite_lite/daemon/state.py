@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from pcsite_lite import fis as fislib
-from pcsite_lite.circuits import Circuit, OutHop
+from pcsite_lite.circuits import CircuitEntry, OutHopEntry
 from pcsite_lite.pipeline import Pipeline
 from pcsite_lite.site import Site
 from pcsite_lite.verdicts import Verdict
@@ -54,7 +54,7 @@ NOOP_VERSION = "builtin-noop"
 READY_WAIT_S = 2.0
 
 
-def circuit_op(c: Circuit) -> dict[str, Any]:
+def circuit_op(c: CircuitEntry) -> dict[str, Any]:
     """The replication op that installs circuit hop ``c``."""
     return {
         "op": "circuit",
@@ -77,9 +77,9 @@ def circuit_op(c: Circuit) -> dict[str, Any]:
     }
 
 
-def _out_hops(doc: list[dict[str, Any]]) -> list[OutHop]:
+def _out_hops(doc: list[dict[str, Any]]) -> list[OutHopEntry]:
     return [
-        OutHop(
+        OutHopEntry(
             label=int(h["label"]),
             next_hop=str(h["next_hop"]),
             key=wire.HopKey(bytes.fromhex(h["key"])) if h.get("key") else None,

@@ -25,7 +25,7 @@ import pytest
 from pcsite_lite.billing.invoice import build_invoice
 from pcsite_lite.billing.ledger import Ledger
 from pcsite_lite.billing.prices import PriceSheet
-from pcsite_lite.circuits import OutHop
+from pcsite_lite.circuits import OutHopEntry
 from pcsite_lite.confine import ConfinedService, IsolationPolicy, process_cpu_ns
 from pcsite_lite.pipeline import Pipeline
 from pcsite_lite.sandbox import Budget
@@ -94,8 +94,8 @@ def test_ledger_usage_equals_pipeline_bytes_exactly_and_cpu_within_5_percent(
     k_in, k_out = wire.HopKey(b"i" * 16), wire.HopKey(b"o" * 16)
     labels = []
     for hop in (
-        OutHop(label=77, next_hop="198.19.9.1", key=k_out),  # to another ISP's site
-        OutHop(label=0, next_hop="198.18.7.7", final=True, strip=True),  # legacy receiver
+        OutHopEntry(label=77, next_hop="198.19.9.1", key=k_out),  # to another ISP's site
+        OutHopEntry(label=0, next_hop="198.18.7.7", final=True, strip=True),  # legacy receiver
     ):
         label = site.circuits.allocate("acme", now=t0)
         site.circuits.install(

@@ -298,13 +298,13 @@ def test_supervisor_streams_any_size_of_state_gives_buckets_only_on_the_ack_and_
     sup = Supervisor(_cfg(tmp_path), log=lambda msg: None)
     rebalanced: list[bool] = []
     monkeypatch.setattr(sup, "_rebalance", lambda: rebalanced.append(True))
-    from pcsite_lite.circuits import OutHop
+    from pcsite_lite.circuits import OutHopEntry
 
     # straight into the master copy (whatever limit the API sets on out hops per hop)
     table = sup.backend.state.circuits
     table.reserve(77, "acme")
     table.install(77, psp="acme", service="relay", in_key=bytes(range(16)),
-                  out_hops=[OutHop(10_000 + i, "198.18.9.9") for i in range(5000)],
+                  out_hops=[OutHopEntry(10_000 + i, "198.18.9.9") for i in range(5000)],
                   expires=time.time() + 600)  # fmt: skip
     ours, theirs = socketlib.socketpair(socketlib.AF_UNIX, socketlib.SOCK_SEQPACKET)
     ours.setblocking(False)

@@ -73,11 +73,11 @@ def _site(**policy: Any) -> tuple[Site, Pipeline]:
 
 
 def _circuit(site: Site, psp: str, service: str) -> int:
-    from pcsite_lite.circuits import OutHop
+    from pcsite_lite.circuits import OutHopEntry
 
     label = site.circuits.allocate(psp, now=0.0)
     site.circuits.install(label, psp=psp, service=service, in_key=KEY,
-                          out_hops=[OutHop(label=7, next_hop=NEXT, key=HopKey(KEY))],
+                          out_hops=[OutHopEntry(label=7, next_hop=NEXT, key=HopKey(KEY))],
                           expires=1e12)  # fmt: skip
     return label
 

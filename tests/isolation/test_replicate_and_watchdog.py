@@ -8,7 +8,7 @@ import time
 
 import trio
 
-from pcsite_lite.circuits import OutHop
+from pcsite_lite.circuits import OutHopEntry
 from pcsite_lite.daemon.supervisor import Supervisor, WorkerSlot
 from pcsite_lite.pipeline import Pipeline
 from pcsite_lite.site import Site
@@ -23,7 +23,7 @@ HOPS = [f"198.18.6.{i}" for i in range(1, 6)]
 def _site(caps: tuple[int, int | None]) -> tuple[Site, Pipeline, int]:
     site = Site("c", SITE_IP, replicate_caps=caps)
     label = site.circuits.allocate("p", now=0.0)
-    outs = [OutHop(label=10 + i, next_hop=h, key=HopKey(KEY)) for i, h in enumerate(HOPS)]
+    outs = [OutHopEntry(label=10 + i, next_hop=h, key=HopKey(KEY)) for i, h in enumerate(HOPS)]
     site.circuits.install(label, psp="p", service="rep", in_key=KEY, out_hops=outs,
                           expires=1e12)  # fmt: skip
     return site, Pipeline(site), label

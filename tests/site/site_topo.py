@@ -6,7 +6,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-from pcsite_lite.circuits import OutHop
+from pcsite_lite.circuits import OutHopEntry
 from pcsite_lite.pipeline import Pipeline
 from pcsite_lite.services import source
 from pcsite_lite.sim import Host, Network, Router, SiteNode
@@ -69,7 +69,7 @@ def circuit(
     service: str,
     *,
     psp: str = PSP,
-    out: list[OutHop] | None = None,
+    out: list[OutHopEntry] | None = None,
     destination: str | None = DEST,
     expires: float = 100.0,
 ) -> int:
@@ -79,7 +79,7 @@ def circuit(
         psp=psp,
         service=service,
         in_key=IN_KEY,
-        out_hops=out or [OutHop(77, NEXT_IP, OUT_KEY)],
+        out_hops=out or [OutHopEntry(77, NEXT_IP, OUT_KEY)],
         destination=destination,
         expires=expires,
     )

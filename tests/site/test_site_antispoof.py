@@ -21,7 +21,7 @@ from site_topo import (
     one_site,
 )
 
-from pcsite_lite.circuits import OutHop
+from pcsite_lite.circuits import OutHopEntry
 from pcsite_lite.services import source
 from pcsite_lite.sim import install_circuit
 from pcsite_lite.verdicts import Deliver, Drop, Forward
@@ -128,7 +128,10 @@ def process(pkt):
     site.deploy("p", "mc", src)
     k2 = HopKey(b"second-key-012345")
     label = circuit(
-        site, "mc", psp="p", out=[OutHop(77, NEXT_IP, OUT_KEY), OutHop(78, "198.18.6.2", k2)]
+        site,
+        "mc",
+        psp="p",
+        out=[OutHopEntry(77, NEXT_IP, OUT_KEY), OutHopEntry(78, "198.18.6.2", k2)],
     )
     [one] = pipe.process(circuit_packet(label, b"u"), 1.0)
     assert isinstance(one, Forward) and one.next_hop == "198.18.6.2"
@@ -204,10 +207,20 @@ def test_hop_limit_kills_a_circuit_loop_between_two_sites() -> None:
     k2, k3 = HopKey(b"k2" * 8), HopKey(b"k3" * 8)
     # a misconfigured PSP: C2 -> C3 -> C2 -> ...
     c2.circuits.install(
-        l2, psp=PSP, service="noop", in_key=k2, out_hops=[OutHop(l3, c3.public_ip, k3)], expires=1e9
+        l2,
+        psp=PSP,
+        service="noop",
+        in_key=k2,
+        out_hops=[OutHopEntry(l3, c3.public_ip, k3)],
+        expires=1e9,
     )
     c3.circuits.install(
-        l3, psp=PSP, service="noop", in_key=k3, out_hops=[OutHop(l2, c2.public_ip, k2)], expires=1e9
+        l3,
+        psp=PSP,
+        service="noop",
+        in_key=k3,
+        out_hops=[OutHopEntry(l2, c2.public_ip, k2)],
+        expires=1e9,
     )
     fig2.s.send(build_circuit_packet(src=fig2.s.ip, dst=c2.public_ip, label=l2, key=k2))
     fig2.net.run()

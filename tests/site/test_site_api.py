@@ -55,7 +55,7 @@ def process(pkt):
 
 
 def test_set_payload_in_udp_encapsulation_fixes_the_udp_length() -> None:
-    from pcsite_lite.circuits import OutHop
+    from pcsite_lite.circuits import OutHopEntry
     from pcsite_lite.pipeline import Pipeline
     from pcsite_lite.site import Site
     from pcsock.wire import HopKey, build_circuit_packet
@@ -65,7 +65,7 @@ def test_set_payload_in_udp_encapsulation_fixes_the_udp_length() -> None:
     k = HopKey(b"k" * 16)
     label = site.circuits.allocate(PSP, now=0)
     site.circuits.install(
-        label, psp=PSP, service="s", in_key=k, out_hops=[OutHop(3, NEXT_IP, k)], expires=10
+        label, psp=PSP, service="s", in_key=k, out_hops=[OutHopEntry(3, NEXT_IP, k)], expires=10
     )
     data = build_circuit_packet(src=SENDER, dst=SITE_IP, label=label, key=k, payload=b"a", udp=True)
     [v] = Pipeline(site).process(data, 1.0)
@@ -202,7 +202,7 @@ def process(pkt):
 def test_the_last_out_hop_choice_wins() -> None:
     from site_topo import OUT_KEY
 
-    from pcsite_lite.circuits import OutHop
+    from pcsite_lite.circuits import OutHopEntry
 
     src = """
 def process(pkt):
@@ -212,7 +212,9 @@ def process(pkt):
 """
     site, pipe, lines = one_site()
     site.deploy(PSP, "s", src)
-    label = circuit(site, "s", out=[OutHop(77, NEXT_IP, OUT_KEY), OutHop(78, "198.18.6.2")])
+    label = circuit(
+        site, "s", out=[OutHopEntry(77, NEXT_IP, OUT_KEY), OutHopEntry(78, "198.18.6.2")]
+    )
     [v] = pipe.process(circuit_packet(label), 1.0)
     assert isinstance(v, Forward) and v.next_hop == "198.18.6.2"
     assert parse(v.data).label == 78 and lines == ["label 78"]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from pcsite_lite.circuits import CircuitError, CircuitTable, OutHop
+from pcsite_lite.circuits import CircuitError, CircuitTable, OutHopEntry
 from pcsock.wire import HopKey
 
 K = HopKey(b"k" * 16)
-HOP = OutHop(5, "198.18.6.1", K)
+HOP = OutHopEntry(5, "198.18.6.1", K)
 
 
 def test_install_requires_a_reservation_by_the_same_psp() -> None:
@@ -24,7 +24,12 @@ def test_install_requires_a_reservation_by_the_same_psp() -> None:
     assert t.get(label) is c and c.default is HOP and c.in_key == HopKey(b"x" * 16)
     # the owner may replace it (new out hops), others may not touch it
     t.install(
-        label, psp="a", service="s", in_key=K, out_hops=[HOP, OutHop(6, "198.18.6.2")], expires=10
+        label,
+        psp="a",
+        service="s",
+        in_key=K,
+        out_hops=[HOP, OutHopEntry(6, "198.18.6.2")],
+        expires=10,
     )
     assert t.get(label).default is None and len(t) == 1
     for op in (lambda: t.renew(label, psp="b", expires=99), lambda: t.teardown(label, psp="b")):
@@ -62,11 +67,11 @@ def test_reservations_expire() -> None:
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: OutHop(-1, "198.18.6.1"),
-        lambda: OutHop(2**32, "198.18.6.1"),
-        lambda: OutHop(1, "not-an-ip"),
-        lambda: OutHop(1, "198.18.6.1", b"short"),
-        lambda: OutHop(1, "198.18.6.1", strip=True),
+        lambda: OutHopEntry(-1, "198.18.6.1"),
+        lambda: OutHopEntry(2**32, "198.18.6.1"),
+        lambda: OutHopEntry(1, "not-an-ip"),
+        lambda: OutHopEntry(1, "198.18.6.1", b"short"),
+        lambda: OutHopEntry(1, "198.18.6.1", strip=True),
     ],
 )
 def test_malformed_out_hops_are_refused(make) -> None:

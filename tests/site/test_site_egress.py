@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from site_topo import DEST, IN_KEY, PSP, SENDER, SITE_IP, one_site
 
-from pcsite_lite.circuits import OutHop
+from pcsite_lite.circuits import OutHopEntry
 from pcsite_lite.services import source
 from pcsite_lite.verdicts import Drop, Forward
 from pcsock.wire import HopKey, build_circuit_packet, int2ip, parse
@@ -43,7 +43,7 @@ def test_fused_egress_equals_the_codec_setters(
         psp=PSP,
         service="noop",
         in_key=IN_KEY,
-        out_hops=[OutHop(out_label, next_hop, out_key)],
+        out_hops=[OutHopEntry(out_label, next_hop, out_key)],
         expires=10,
     )
     data = build_circuit_packet(

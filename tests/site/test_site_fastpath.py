@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from site_topo import DEST, IN_KEY, NEXT_IP, OUT_KEY, PSP, SENDER, SITE_IP, circuit, one_site
 
-from pcsite_lite.circuits import OutHop
+from pcsite_lite.circuits import OutHopEntry
 from pcsite_lite.pipeline import Pipeline
 from pcsite_lite.services import source
 from pcsite_lite.site import Site
@@ -39,7 +39,10 @@ SERVICES = {
     "read": "def process(pkt):\n    s = pkt.shim.read()\n"
     "    pkt.log('%d %d %s' % (s.label, s.hop_limit, s.orig_src))\n",
 }
-TWO_HOPS = [OutHop(77, NEXT_IP, OUT_KEY), OutHop(78, "198.18.6.2", HopKey(b"other-key-0123456"))]
+TWO_HOPS = [
+    OutHopEntry(77, NEXT_IP, OUT_KEY),
+    OutHopEntry(78, "198.18.6.2", HopKey(b"other-key-0123456")),
+]
 
 
 class StepClock:
@@ -66,8 +69,8 @@ def _site() -> tuple[Site, dict[str, int]]:
                 writer=PSP,
             )
     for name, out in {
-        "final_strip": [OutHop(9, DEST, OUT_KEY, final=True, strip=True)],
-        "final_keep": [OutHop(9, DEST, None, final=True)],
+        "final_strip": [OutHopEntry(9, DEST, OUT_KEY, final=True, strip=True)],
+        "final_keep": [OutHopEntry(9, DEST, None, final=True)],
     }.items():
         site.deploy(PSP, name, source("noop"))
         labels[name] = circuit(site, name, out=out)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from site_topo import NEXT_IP, OUT_KEY, PSP, SRCROUTE, circuit, circuit_packet, one_site
 
-from pcsite_lite.circuits import OutHop
+from pcsite_lite.circuits import OutHopEntry
 from pcsite_lite.metering import Counters
 from pcsite_lite.services import source
 from pcsite_lite.verdicts import Drop, Forward
@@ -38,7 +38,7 @@ def test_counters_are_exact() -> None:
     pipe.clock = StepClock(250)
     site.deploy(PSP, "m", METERED)
     local = circuit(site, "m")  # out hop 198.18.6.1: inside the ISP
-    remote = circuit(site, "m", out=[OutHop(5, "198.19.200.1", OUT_KEY)])
+    remote = circuit(site, "m", out=[OutHopEntry(5, "198.19.200.1", OUT_KEY)])
     sizes = []
     for i in range(3):
         data = circuit_packet(local, b"x" * (10 + i))
@@ -141,7 +141,7 @@ def test_log_sinks_are_flushed_at_snapshot() -> None:
         psp=PSP,
         service="l",
         in_key=IN_KEY,
-        out_hops=[OutHop(1, NEXT_IP, OUT_KEY)],
+        out_hops=[OutHopEntry(1, NEXT_IP, OUT_KEY)],
         expires=10,
     )
     pipe.process(circuit_packet(label), 1.0)
