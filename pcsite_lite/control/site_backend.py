@@ -28,6 +28,15 @@ from typing import Any
 
 from pcsite_lite import fis as fislib
 from pcsite_lite.circuits import CircuitError, OutHopEntry
+from pcsite_lite.daemon.state import (
+    DestinationOp,
+    EnableOp,
+    ReleaseDestinationOp,
+    ReleaseIdOp,
+    RenewOp,
+    ServiceIdOp,
+    TeardownOp,
+)
 from pcsite_lite.metering import Counters
 from pcsite_lite.metrics import MetricFamily, WorkerStats, render
 from pcsock.wire import HopKey
@@ -427,7 +436,7 @@ class SiteBackend:
         table = self.state.circuits
         self._durable(lambda st: st.renew_circuit(label, c.expires),
                       lambda: table.renew(label, psp=psp, expires=old_expires))  # fmt: skip
-        self._broadcast({"op": "renew", "label": label, "expires": c.expires})
+        self._broadcast(RenewOp(label, c.expires).to_json())
         return self._view(label, psp)
 
     def teardown_circuit(self, psp: str, label: int) -> None:
@@ -448,7 +457,7 @@ class SiteBackend:
 
         self._durable(lambda st: st.delete_circuit(label), undo)
         self._alloc_service.pop(label, None)
-        self._broadcast({"op": "teardown", "label": label})
+        self._broadcast(TeardownOp(label).to_json())
 
     def get_circuit(self, psp: str, label: int) -> dict[str, Json]:
         return self._view(label, psp)
@@ -506,7 +515,7 @@ class SiteBackend:
         """Re-enable the PSP's service on every worker (after it was disabled for failing)."""
         if not any(s["service"] == service for s in self.list_services(psp)):
             raise ApiError("not_found", f"no service {service!r} at this site")
-        self._broadcast({"op": "enable", "psp": psp, "service": service})
+        self._broadcast(EnableOp(psp, service).to_json())
         return {"service": service, "status": "active"}
 
     # --- forms 2 and 3
@@ -534,7 +543,7 @@ class SiteBackend:
                 site.register_service_id(sid, prev.psp, prev.service)
 
         self._durable(lambda st: st.put_service_id(sid, psp, service), undo)
-        self._broadcast({"op": "service_id", "id": sid, "psp": psp, "service": service})
+        self._broadcast(ServiceIdOp(sid, psp, service).to_json())
         return {"service_id": sid, "service": service}
 
     def release_service_id(self, psp: str, service_id: int) -> None:
@@ -544,7 +553,7 @@ class SiteBackend:
         assert prev is not None
         self._durable(lambda st: st.delete_service_id(service_id),
                       lambda: site.register_service_id(service_id, psp, prev.service))  # fmt: skip
-        self._broadcast({"op": "release_id", "id": service_id})
+        self._broadcast(ReleaseIdOp(service_id).to_json())
 
     def register_destination(
         self,
@@ -577,8 +586,7 @@ class SiteBackend:
                                                     proof, expires), undo)  # fmt: skip
         self.state.claims[canon] = reg
         self.state.proofs[canon] = (proof, expires)
-        self._broadcast({"op": "destination", "prefix": canon, "psp": psp, "service": service,
-                         "redirect_prefixes": redirect})  # fmt: skip
+        self._broadcast(DestinationOp(canon, psp, service, tuple(redirect)).to_json())
         if self._kernel is not None:
             self.apply_divert()
         return dict(reg)
@@ -602,7 +610,7 @@ class SiteBackend:
         self.lapsed += 1
         owner = f"{reg.psp}/{reg.service}" if reg is not None else "?"
         self._log(f"destination {prefix} ({owner}) lapsed: {why}")
-        self._broadcast({"op": "release_destination", "prefix": prefix})
+        self._broadcast(ReleaseDestinationOp(prefix).to_json())
         if self._kernel is not None:
             self.apply_divert()
 

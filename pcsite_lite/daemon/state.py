@@ -8,18 +8,26 @@ so replicas converge. FIS entries and service code are not replicated this way: 
 opens the FIS engine (SQLite WAL on one machine, Redis across machines) behind a node-local
 cache, and loads code from the shared repository directory through a node-side LRU.
 
-Ops::
+Ops are typed (:data:`StateOp`: one frozen dataclass per kind); on the wire between
+supervisor and workers (and in the durable store, for circuits) each is its JSON document
+(:meth:`to_json`; :func:`decode_op` reads one back, ``ValueError`` if it is malformed)::
 
-    {"op": "circuit", "label": L, "psp": P, "service": S, "in_key": hex, "expires": t,
-     "out": [{"label", "next_hop", "key", "final", "strip"}], "destination": ip | null}
-    {"op": "teardown", "label": L}
-    {"op": "renew", "label": L, "expires": t}
-    {"op": "service_id", "id": N, "psp": P, "service": S}   /   {"op": "release_id", "id": N}
-    {"op": "destination", "prefix": p, "psp": P, "service": S, "redirect_prefixes": [p]}
-    {"op": "enable", "psp": P, "service": S}
-    {"op": "release_destination", "prefix": p}      (its ownership proof lapsed)
-    {"op": "synced", "seq": N}                      (end of a snapshot: the worker may now read
-                                                     its TUN queue; it acks N)
+    CircuitOp           {"op": "circuit", "label": L, "psp": P, "service": S, "in_key": hex,
+                         "expires": t, "out": [{"label", "next_hop", "key", "final", "strip"}],
+                         "destination": ip | null}
+    TeardownOp          {"op": "teardown", "label": L}
+    RenewOp             {"op": "renew", "label": L, "expires": t}
+    ServiceIdOp         {"op": "service_id", "id": N, "psp": P, "service": S}
+    ReleaseIdOp         {"op": "release_id", "id": N}
+    DestinationOp       {"op": "destination", "prefix": p, "psp": P, "service": S,
+                         "redirect_prefixes": [p]}
+    EnableOp            {"op": "enable", "psp": P, "service": S}
+    ReleaseDestinationOp {"op": "release_destination", "prefix": p}  (its proof lapsed)
+    SyncedOp            {"op": "synced", "seq": N}  (end of a snapshot: the worker may now
+                                                     read its TUN queue; it acks N)
+
+The supervisor adds ``"seq"`` to a broadcast document (the worker acks it); it is framing, not
+part of the op.
 
 The master is durable: :meth:`SiteState.restore` rebuilds it at start from what
 :class:`~pcsite_lite.daemon.store.SiteStore` holds. A snapshot is a generator
@@ -33,9 +41,10 @@ import atexit
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from pcsite_lite import fis as fislib
 from pcsite_lite.circuits import CircuitEntry, OutHopEntry
@@ -47,47 +56,280 @@ from pcsock import wire
 from .config import SiteConfig
 from .store import Snapshot
 
-__all__ = ["SiteState", "WorkerSite", "circuit_op", "fis_snapshot_path", "has_fis_snapshots"]
+__all__ = [
+    "CircuitOp",
+    "DestinationOp",
+    "EnableOp",
+    "ReleaseDestinationOp",
+    "ReleaseIdOp",
+    "RenewOp",
+    "ServiceIdOp",
+    "SiteState",
+    "StateOp",
+    "SyncedOp",
+    "TeardownOp",
+    "WorkerSite",
+    "circuit_op",
+    "decode_op",
+    "fis_snapshot_path",
+    "has_fis_snapshots",
+]
 
 NOOP_VERSION = "builtin-noop"
 #: how long applying an op waits for a confined service's process to load the service
 READY_WAIT_S = 2.0
 
 
-def circuit_op(c: CircuitEntry) -> dict[str, Any]:
-    """The replication op that installs circuit hop ``c``."""
-    return {
-        "op": "circuit",
-        "label": c.in_label,
-        "psp": c.psp,
-        "service": c.service,
-        "in_key": c.in_key.key.hex(),
-        "expires": c.expires,
-        "destination": c.destination,
-        "out": [
-            {
-                "label": h.label,
-                "next_hop": h.next_hop,
-                "key": h.key.key.hex() if h.key else None,
-                "final": h.final,
-                "strip": h.strip,
-            }
-            for h in c.out_hops
-        ],
-    }
+# --- replication ops ----------------------------------------------------------------------
+
+_T = TypeVar("_T")
 
 
-def _out_hops(doc: list[dict[str, Any]]) -> list[OutHopEntry]:
-    return [
-        OutHopEntry(
-            label=int(h["label"]),
-            next_hop=str(h["next_hop"]),
-            key=wire.HopKey(bytes.fromhex(h["key"])) if h.get("key") else None,
-            final=bool(h.get("final", False)),
-            strip=bool(h.get("strip", False)),
+def _get(doc: dict[str, Any], name: str, kind: type[_T], *, optional: bool = False) -> _T:
+    """Field ``name`` of an op document, of type ``kind`` (ValueError if not)."""
+    value = doc.get(name)
+    if value is None and optional:
+        return value  # type: ignore[return-value]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValueError(f"op {doc.get('op')!r}: {name} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class HopDoc:
+    """One out hop of a :class:`CircuitOp` (keys as hex)."""
+
+    label: int
+    next_hop: str
+    key: str | None
+    final: bool
+    strip: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"label": self.label, "next_hop": self.next_hop, "key": self.key,
+                "final": self.final, "strip": self.strip}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, doc: Any) -> HopDoc:
+        if not isinstance(doc, dict):
+            raise ValueError(f"an out hop must be an object, got {doc!r}")
+        return cls(
+            _get(doc, "label", int),
+            _get(doc, "next_hop", str),
+            _get(doc, "key", str, optional=True),
+            bool(doc.get("final", False)),
+            bool(doc.get("strip", False)),
         )
-        for h in doc
-    ]
+
+    def entry(self) -> OutHopEntry:
+        key = None if not self.key else wire.HopKey(bytes.fromhex(self.key))
+        return OutHopEntry(self.label, self.next_hop, key, self.final, self.strip)
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitOp:
+    """Install (or replace) circuit hop ``label``."""
+
+    KIND: ClassVar[str] = "circuit"
+    label: int
+    psp: str
+    service: str
+    in_key: str  #: hex
+    expires: float
+    destination: str | None
+    out: tuple[HopDoc, ...]
+
+    @classmethod
+    def of(cls, c: CircuitEntry) -> CircuitOp:
+        """The op that installs the installed hop ``c``."""
+        out = tuple(
+            HopDoc(h.label, h.next_hop, h.key.key.hex() if h.key else None, h.final, h.strip)
+            for h in c.out_hops
+        )
+        return cls(c.in_label, c.psp, c.service, c.in_key.key.hex(), c.expires, c.destination,
+                   out)  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": self.KIND, "label": self.label, "psp": self.psp, "service": self.service,
+                "in_key": self.in_key, "expires": self.expires,
+                "destination": self.destination,
+                "out": [h.to_json() for h in self.out]}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> CircuitOp:
+        out = doc.get("out")
+        if not isinstance(out, list):
+            raise ValueError("op 'circuit': out must be a list")
+        return cls(_get(doc, "label", int), _get(doc, "psp", str), _get(doc, "service", str),
+                   _get(doc, "in_key", str), _get(doc, "expires", float),
+                   _get(doc, "destination", str, optional=True),
+                   tuple(HopDoc.from_json(h) for h in out))  # fmt: skip
+
+    def install(self, site: Site) -> None:
+        """Install the hop in ``site``'s circuit table (its label held for its owner first:
+        a replica installs what the master accepted)."""
+        site.circuits.reserve(self.label, self.psp)
+        site.circuits.install(
+            self.label, psp=self.psp, service=self.service,
+            in_key=bytes.fromhex(self.in_key), out_hops=[h.entry() for h in self.out],
+            expires=self.expires, destination=self.destination,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class TeardownOp:
+    KIND: ClassVar[str] = "teardown"
+    label: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": self.KIND, "label": self.label}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> TeardownOp:
+        return cls(_get(doc, "label", int))
+
+
+@dataclass(frozen=True, slots=True)
+class RenewOp:
+    KIND: ClassVar[str] = "renew"
+    label: int
+    expires: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": self.KIND, "label": self.label, "expires": self.expires}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> RenewOp:
+        return cls(_get(doc, "label", int), _get(doc, "expires", float))
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceIdOp:
+    KIND: ClassVar[str] = "service_id"
+    id: int
+    psp: str
+    service: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": self.KIND, "id": self.id, "psp": self.psp, "service": self.service}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> ServiceIdOp:
+        return cls(_get(doc, "id", int), _get(doc, "psp", str), _get(doc, "service", str))
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseIdOp:
+    KIND: ClassVar[str] = "release_id"
+    id: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": self.KIND, "id": self.id}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> ReleaseIdOp:
+        return cls(_get(doc, "id", int))
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationOp:
+    KIND: ClassVar[str] = "destination"
+    prefix: str
+    psp: str
+    service: str
+    redirect_prefixes: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": self.KIND, "prefix": self.prefix, "psp": self.psp,
+                "service": self.service,
+                "redirect_prefixes": list(self.redirect_prefixes)}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> DestinationOp:
+        redirect = doc.get("redirect_prefixes") or []
+        if not isinstance(redirect, list | tuple) or not all(isinstance(p, str) for p in redirect):
+            raise ValueError("op 'destination': redirect_prefixes must be a list of prefixes")
+        return cls(_get(doc, "prefix", str), _get(doc, "psp", str), _get(doc, "service", str),
+                   tuple(redirect))  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class EnableOp:
+    KIND: ClassVar[str] = "enable"
+    psp: str
+    service: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": self.KIND, "psp": self.psp, "service": self.service}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> EnableOp:
+        return cls(_get(doc, "psp", str), _get(doc, "service", str))
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseDestinationOp:
+    KIND: ClassVar[str] = "release_destination"
+    prefix: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": self.KIND, "prefix": self.prefix}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> ReleaseDestinationOp:
+        return cls(_get(doc, "prefix", str))
+
+
+@dataclass(frozen=True, slots=True)
+class SyncedOp:
+    """The end of a snapshot (``seq`` and ``ops`` are the supervisor's framing)."""
+
+    KIND: ClassVar[str] = "synced"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": self.KIND}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> SyncedOp:
+        return cls()
+
+
+StateOp = (
+    CircuitOp
+    | TeardownOp
+    | RenewOp
+    | ServiceIdOp
+    | ReleaseIdOp
+    | DestinationOp
+    | EnableOp
+    | ReleaseDestinationOp
+    | SyncedOp
+)
+_OPS: dict[str, Any] = {
+    cls.KIND: cls
+    for cls in (CircuitOp, TeardownOp, RenewOp, ServiceIdOp, ReleaseIdOp, DestinationOp,
+                EnableOp, ReleaseDestinationOp, SyncedOp)
+}  # fmt: skip
+
+
+def decode_op(doc: Any) -> StateOp:
+    """The typed op of a JSON document (extra keys such as ``seq`` are ignored);
+    ValueError if it is not one."""
+    if not isinstance(doc, dict):
+        raise ValueError(f"an op must be an object, got {type(doc).__name__}")
+    cls = _OPS.get(doc.get("op"))  # type: ignore[arg-type]
+    if cls is None:
+        raise ValueError(f"unknown op {doc.get('op')!r}")
+    op: StateOp = cls.from_json(doc)
+    return op
+
+
+def circuit_op(c: CircuitEntry) -> dict[str, Any]:
+    """The replication op's document that installs circuit hop ``c`` (what the durable
+    store keeps)."""
+    return CircuitOp.of(c).to_json()
 
 
 class SiteState:
@@ -116,15 +358,9 @@ class SiteState:
         for c in site.circuits:  # a copy of the table's values: changes meanwhile are safe
             yield circuit_op(c)  # (plain field reads: it cannot fail on an installed hop)
         for sid, r in list(site.service_ids.items()):
-            yield {"op": "service_id", "id": sid, "psp": r.psp, "service": r.service}
+            yield ServiceIdOp(sid, r.psp, r.service).to_json()
         for pfx, r in list(site.destinations.items()):
-            yield {
-                "op": "destination",
-                "prefix": pfx,
-                "psp": r.psp,
-                "service": r.service,
-                "redirect_prefixes": r.redirect_prefixes,
-            }
+            yield DestinationOp(pfx, r.psp, r.service, tuple(r.redirect_prefixes)).to_json()
 
     def restore(self, snap: Snapshot, log: Callable[[str], None]) -> dict[str, int]:
         """Rebuild the master copy from the durable store (at start); returns counts.
@@ -139,13 +375,7 @@ class SiteState:
             log(f"state store: skipped {why}")
         for op in snap.circuits:
             try:
-                label = int(op["label"])
-                site.circuits.reserve(label, op["psp"])
-                site.circuits.install(
-                    label, psp=op["psp"], service=op["service"],
-                    in_key=bytes.fromhex(op["in_key"]), out_hops=_out_hops(op["out"]),
-                    expires=float(op["expires"]), destination=op.get("destination"),
-                )  # fmt: skip
+                CircuitOp.from_json(op).install(site)
                 n["circuits"] += 1
             except Exception as exc:
                 n["skipped"] += 1
@@ -265,57 +495,43 @@ class WorkerSite:
                 self.site.runtime.event(self.clock(), "load_failed", slot.name, str(exc))
 
     # --- replication
-    def apply(self, op: dict[str, Any]) -> None:
-        """Apply one replication op (see the module docstring)."""
+    def apply(self, op: StateOp | dict[str, Any]) -> None:
+        """Apply one replication op (or its JSON document; see the module docstring)."""
+        if isinstance(op, dict):
+            op = decode_op(op)
         site = self.site
-        kind = op["op"]
-        if kind == "circuit":
-            label = int(op["label"])
-            # a replica installs what the master accepted: hold the label for its owner first
-            site.circuits.reserve(label, op["psp"])
-            site.circuits.install(
-                label,
-                psp=op["psp"],
-                service=op["service"],
-                in_key=bytes.fromhex(op["in_key"]),
-                out_hops=_out_hops(op["out"]),
-                expires=float(op["expires"]),
-                destination=op.get("destination"),
-            )
-            self._ensure_code(op["psp"], op["service"])
-        elif kind == "teardown":
-            c = site.circuits.get(int(op["label"]))
-            if c is not None:
-                site.circuits.teardown(c.in_label, psp=c.psp)
-        elif kind == "renew":
-            c = site.circuits.get(int(op["label"]))
-            if c is not None:
-                site.circuits.renew(c.in_label, psp=c.psp, expires=float(op["expires"]))
-        elif kind == "service_id":
-            site.register_service_id(int(op["id"]), op["psp"], op["service"])
-            self._ensure_code(op["psp"], op["service"])
-        elif kind == "release_id":
-            reg = site.service_ids.get(int(op["id"]))
-            if reg is not None:
-                site.unregister_service_id(int(op["id"]), reg.psp)
-        elif kind == "destination":
-            site.register_destination(
-                op["prefix"],
-                op["psp"],
-                op["service"],
-                redirect_prefixes=op.get("redirect_prefixes") or (),
-            )
-            self._ensure_code(op["psp"], op["service"])
-        elif kind == "enable":  # the owner re-enabled a service disabled for failing
-            site.runtime.enable(op["psp"], op["service"])
-        elif kind == "release_destination":
-            reg = site.destinations.get(op["prefix"])
-            if reg is not None:
-                site.unregister_destination(op["prefix"], reg.psp)
-        elif kind == "synced":
-            pass  # the worker loop opens its TUN queue on this op (see worker.py)
-        else:
-            raise ValueError(f"unknown op {kind!r}")
+        match op:
+            case CircuitOp():
+                op.install(site)
+                self._ensure_code(op.psp, op.service)
+            case TeardownOp(label=label):
+                c = site.circuits.get(label)
+                if c is not None:
+                    site.circuits.teardown(c.in_label, psp=c.psp)
+            case RenewOp(label=label, expires=expires):
+                c = site.circuits.get(label)
+                if c is not None:
+                    site.circuits.renew(c.in_label, psp=c.psp, expires=expires)
+            case ServiceIdOp(id=sid, psp=psp, service=service):
+                site.register_service_id(sid, psp, service)
+                self._ensure_code(psp, service)
+            case ReleaseIdOp(id=sid):
+                reg = site.service_ids.get(sid)
+                if reg is not None:
+                    site.unregister_service_id(sid, reg.psp)
+            case DestinationOp(prefix=prefix, psp=psp, service=service):
+                site.register_destination(
+                    prefix, psp, service, redirect_prefixes=op.redirect_prefixes
+                )
+                self._ensure_code(psp, service)
+            case EnableOp(psp=psp, service=service):  # re-enabled after failing
+                site.runtime.enable(psp, service)
+            case ReleaseDestinationOp(prefix=prefix):
+                reg = site.destinations.get(prefix)
+                if reg is not None:
+                    site.unregister_destination(prefix, reg.psp)
+            case SyncedOp():
+                pass  # the worker loop opens its TUN queue on this op (see worker.py)
 
     def refresh(self) -> None:
         """Between batches: roll out versions activated in the repository, expire circuits."""
