@@ -38,7 +38,7 @@ OPS = [
         1e9,
         "198.18.9.9",
         (HopDoc(0, "198.18.9.9", None, True, True),),
-    ),  # fmt: skip
+    ),
     TeardownOp(77),
     RenewOp(77, 2e9),
     ServiceIdOp(5, "acme", "fw"),
