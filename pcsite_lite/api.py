@@ -54,6 +54,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from pcsite_lite.metering import Counters
+from pcsite_lite.verdicts import PipelineReason
 from pcsock.wire import (
     FORM_CIRCUIT,
     FORM_SERVICE,
@@ -214,7 +215,7 @@ _PLAIN_VIEW: Final = _new_view(ShimView, (0, None, None, None, None, None))
 
 
 def _misuse(detail: str) -> PacketApiError:
-    return PacketApiError("api_misuse", detail)
+    return PacketApiError(PipelineReason.API_MISUSE, detail)
 
 
 def _addr(value: object, what: str) -> int:
@@ -402,7 +403,7 @@ class Decision:
         """Record a refused call (the packet becomes a ``spoof_attempt`` drop even if the
         service catches the error) and return the error to raise."""
         self.spoof = detail
-        return PacketApiError("spoof_attempt", detail)
+        return PacketApiError(PipelineReason.SPOOF_ATTEMPT, detail)
 
 
 class PacketApi:

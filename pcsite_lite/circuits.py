@@ -27,6 +27,7 @@ import hashlib
 import secrets
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Final
 
 from pcsock.wire import CIRCUIT_SHIM_LEN, HopKey, WireError, ip2int
@@ -34,20 +35,29 @@ from pcsock.wire import CIRCUIT_SHIM_LEN, HopKey, WireError, ip2int
 #: Length of the form-1 check (the truncated MAC) in bytes.
 MAC_LEN: Final = 4
 
-__all__ = ["CIRCUIT_ERRORS", "CircuitEntry", "CircuitError", "CircuitTable", "OutHopEntry"]
+__all__ = [
+    "CIRCUIT_ERRORS",
+    "CircuitEntry",
+    "CircuitError",
+    "CircuitErrorCode",
+    "CircuitTable",
+    "OutHopEntry",
+]
 
 MAX_LABEL: Final = 0xFFFFFFFF
 
-#: Every code a :class:`CircuitError` can carry.
-CIRCUIT_ERRORS: Final = frozenset(
-    {
-        "unknown_label",  # no reservation or circuit with this label
-        "not_owner",  # the label belongs to another PSP
-        "bad_hop",  # an out hop / key / address / label is malformed
-        "bad_request",  # other malformed arguments (no out hops, past expiry, ...)
-        "table_full",  # the site holds its maximum number of circuits
-    }
-)
+class CircuitErrorCode(StrEnum):
+    """Every code a :class:`CircuitError` can carry (a ``str``)."""
+
+    UNKNOWN_LABEL = "unknown_label"  # no reservation or circuit with this label
+    NOT_OWNER = "not_owner"  # the label belongs to another PSP
+    BAD_HOP = "bad_hop"  # an out hop / key / address / label is malformed
+    BAD_REQUEST = "bad_request"  # other malformed arguments (no out hops, past expiry, ...)
+    TABLE_FULL = "table_full"  # the site holds its maximum number of circuits
+
+
+#: Every code a :class:`CircuitError` can carry, as a set.
+CIRCUIT_ERRORS: Final = frozenset(CircuitErrorCode)
 
 
 class CircuitError(Exception):

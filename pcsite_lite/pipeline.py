@@ -53,7 +53,7 @@ from pcsite_lite.fis import FISUnavailableError
 from pcsite_lite.runtime import ACTIVE, DISABLED, ServiceSlot
 from pcsite_lite.sandbox import BudgetExceeded, ServiceUnavailable
 from pcsite_lite.site import Registration, Site
-from pcsite_lite.verdicts import DROP_REASONS, Deliver, Drop, Forward, Verdict
+from pcsite_lite.verdicts import DROP_REASONS, Deliver, Drop, Forward, PipelineReason, Verdict
 from pcsock import wire
 from pcsock.wire import (
     DSCP_SERVICE,
@@ -63,6 +63,7 @@ from pcsock.wire import (
     UDP_PORT,
     Packet,
     WireError,
+    WireReason,
     build_ipv4,
     int2ip,
     parse,
@@ -174,8 +175,10 @@ class Pipeline:
                     data, site.public_addr, self.verify_ip_checksum, self._circuit_get
                 )
             except Exception as exc:  # a platform bug (e.g. in the circuit table)
-                self.runtime.event(now, "internal_error", "site", f"{type(exc).__name__}: {exc}")
-                return [self._drop("internal_error")]
+                self.runtime.event(
+                    now, PipelineReason.INTERNAL_ERROR, "site", f"{type(exc).__name__}: {exc}"
+                )
+                return [self._drop(PipelineReason.INTERNAL_ERROR)]
             if head is None:
                 return self._general(data, now)
             circuit, o, hops, mac_ok = head
@@ -200,9 +203,9 @@ class Pipeline:
                     circuit = self._circuit_get(label)
                 except Exception as exc:  # a platform bug, as in the general path
                     self.runtime.event(
-                        now, "internal_error", "site", f"{type(exc).__name__}: {exc}"
+                        now, PipelineReason.INTERNAL_ERROR, "site", f"{type(exc).__name__}: {exc}"
                     )
-                    return [self._drop("internal_error")]
+                    return [self._drop(PipelineReason.INTERNAL_ERROR)]
                 return self._fast(data, now, circuit, o, hops, None)
         return self._general(data, now)
 
@@ -222,9 +225,9 @@ class Pipeline:
         site = self.site
         try:
             if circuit is None:
-                return [self._drop("unknown_label")]
+                return [self._drop(PipelineReason.UNKNOWN_LABEL)]
             if circuit.expires <= now:
-                return [self._drop("circuit_expired")]
+                return [self._drop(PipelineReason.CIRCUIT_EXPIRED)]
             if circuit.dest_addr is not None and site.destinations:
                 return self._general(data, now)  # receiver-first precedence
             if mac_ok is None:
@@ -233,9 +236,9 @@ class Pipeline:
                 h.update(data[16:20])
                 mac_ok = _compare(h.digest(), data[o + 12 : o + 16])
             if not mac_ok:
-                return [self._drop("bad_mac")]
+                return [self._drop(WireReason.BAD_MAC)]
             if hops == 0:
-                return [self._drop("hop_limit_exceeded")]
+                return [self._drop(PipelineReason.HOP_LIMIT_EXCEEDED)]
             slot = circuit.slot
             if slot is None:
                 slot = circuit.slot = self.runtime.slot(circuit.psp, circuit.service)
@@ -271,12 +274,14 @@ class Pipeline:
             if hop is None:
                 hop = circuit.by_label[out_label] if out_label is not None else circuit.default
                 if hop is None:
-                    return [self._drop("no_decision", slot, "no out hop chosen")]
+                    return [self._drop(PipelineReason.NO_DECISION, slot, "no out hop chosen")]
             return [self._emit_hop(fpkt, hop, hops, slot, copy=False)]
         except Exception as exc:  # a platform bug, as in the general path
             self._fdec.reset()
-            self.runtime.event(now, "internal_error", "site", f"{type(exc).__name__}: {exc}")
-            return [self._drop("internal_error")]
+            self.runtime.event(
+                now, PipelineReason.INTERNAL_ERROR, "site", f"{type(exc).__name__}: {exc}"
+            )
+            return [self._drop(PipelineReason.INTERNAL_ERROR)]
 
     def process_batch(
         self, packets: Iterable[bytes | bytearray | memoryview], now: float
@@ -338,8 +343,10 @@ class Pipeline:
         except WireError as exc:
             return [self._drop(exc.reason)]
         except Exception as exc:  # a bug of the platform, never of the packet: count, log
-            self.runtime.event(now, "internal_error", "site", f"{type(exc).__name__}: {exc}")
-            return [self._drop("internal_error")]
+            self.runtime.event(
+                now, PipelineReason.INTERNAL_ERROR, "site", f"{type(exc).__name__}: {exc}"
+            )
+            return [self._drop(PipelineReason.INTERNAL_ERROR)]
 
     def _charge(self, ctx: ServiceContext, n: int, dt: int) -> None:
         """Meter one service call that took ``dt`` ns of the cheap clock (see :meth:`account`)."""
@@ -374,7 +381,11 @@ class Pipeline:
         """Run ``slot``'s service; None if it did not fail (its decision is in ``self.api``)."""
         process = slot.process
         if process is None or slot.status != ACTIVE:
-            reason = "service_disabled" if slot.status == DISABLED else "service_unavailable"
+            reason = (
+                PipelineReason.SERVICE_DISABLED
+                if slot.status == DISABLED
+                else PipelineReason.SERVICE_UNAVAILABLE
+            )
             return self._drop(reason, slot, slot.status_detail)
         d = self.decision
         d.bind(pkt, slot.ctx, now, circuit, allowed)
@@ -398,7 +409,7 @@ class Pipeline:
         except BudgetExceeded:
             self._charge(ctx, n, clock() - t0)
             d.reset()
-            return self._fail(slot, now, "service_timeout", _OVER_BUDGET)
+            return self._fail(slot, now, PipelineReason.SERVICE_TIMEOUT, _OVER_BUDGET)
         except PacketApiError as exc:
             self._charge(ctx, n, clock() - t0)
             d.reset()
@@ -412,7 +423,9 @@ class Pipeline:
         except Exception as exc:
             self._charge(ctx, n, clock() - t0)
             d.reset()
-            return self._fail(slot, now, "service_error", f"{type(exc).__name__}: {exc}")
+            return self._fail(
+                slot, now, PipelineReason.SERVICE_ERROR, f"{type(exc).__name__}: {exc}"
+            )
         dt = clock() - t0
         c = ctx.counters  # _charge, inlined (this runs for every packet)
         c.packets += 1
@@ -429,19 +442,19 @@ class Pipeline:
         if budget.overrun or spoof is not None:
             d.reset()
             if budget.overrun:
-                return self._fail(slot, now, "service_timeout", _OVER_BUDGET)
-            return self._fail(slot, now, "spoof_attempt", spoof or "")
+                return self._fail(slot, now, PipelineReason.SERVICE_TIMEOUT, _OVER_BUDGET)
+            return self._fail(slot, now, PipelineReason.SPOOF_ATTEMPT, spoof or "")
         if slot.consecutive_failures:
             slot.consecutive_failures = 0
         if d.action == ACT_DROP:
-            return self._drop("service_drop", slot, d.detail)
+            return self._drop(PipelineReason.SERVICE_DROP, slot, d.detail)
         return None
 
     def _platform_fault(self, slot: ServiceSlot, now: float, exc: Exception) -> Drop:
         """The site failed the packet (its FIS is unreachable): a site drop, not the service's
         failure, and the packet is not metered to the service."""
-        self.runtime.platform_fault(slot, now, "fis_unavailable", str(exc))
-        return self._drop("fis_unavailable")
+        self.runtime.platform_fault(slot, now, PipelineReason.FIS_UNAVAILABLE, str(exc))
+        return self._drop(PipelineReason.FIS_UNAVAILABLE)
 
     def _fail(self, slot: ServiceSlot, now: float, reason: str, detail: str) -> Drop:
         self.runtime.failed(slot, now, reason, detail)
@@ -476,17 +489,17 @@ class Pipeline:
             if site.destinations:
                 # a circuit packet diverted here by its destination prefix (form 3 + form 1)
                 return self._destination(pkt, now)
-            return [self._drop("not_for_site")]
+            return [self._drop(PipelineReason.NOT_FOR_SITE)]
         circuit = site.circuits.get(pkt.label)
         if circuit is None:
-            return [self._drop("unknown_label")]
+            return [self._drop(PipelineReason.UNKNOWN_LABEL)]
         if circuit.expires <= now:
-            return [self._drop("circuit_expired")]
+            return [self._drop(PipelineReason.CIRCUIT_EXPIRED)]
         if not pkt.verify_mac(circuit.in_key):
-            return [self._drop("bad_mac")]
+            return [self._drop(WireReason.BAD_MAC)]
         hops = pkt.hop_limit
         if hops == 0:
-            return [self._drop("hop_limit_exceeded")]
+            return [self._drop(PipelineReason.HOP_LIMIT_EXCEEDED)]
         slot = circuit.slot
         if slot is None:
             slot = circuit.slot = self.runtime.slot(circuit.psp, circuit.service)
@@ -505,7 +518,7 @@ class Pipeline:
             label = d.label
             hop = circuit.by_label[label] if label is not None else circuit.default
             if hop is None:
-                return [self._drop("no_decision", slot, "no out hop chosen")]
+                return [self._drop(PipelineReason.NO_DECISION, slot, "no out hop chosen")]
         return [self._emit_hop(pkt, hop, hops, slot, copy=False)]
 
     def _emit_hop(
@@ -543,12 +556,12 @@ class Pipeline:
     # ---- form 2
     def _service_id(self, pkt: Packet, now: float) -> list[Verdict]:
         if not pkt.verify_check():
-            return [self._drop("bad_check")]
+            return [self._drop(WireReason.BAD_CHECK)]
         reg = self.site.service_ids.get(pkt.service_id)
         if reg is None:
-            return [self._drop("no_service")]
+            return [self._drop(PipelineReason.NO_SERVICE)]
         if pkt.ttl <= 1:
-            return [self._drop("ttl_exceeded")]
+            return [self._drop(PipelineReason.TTL_EXCEEDED)]
         if self.site.destinations:
             dropped = self._receiver_first(pkt.dst, pkt, now)
             if dropped is not None:
@@ -561,9 +574,9 @@ class Pipeline:
     def _destination(self, pkt: Packet, now: float) -> list[Verdict]:
         reg = self.site.destinations.lookup(pkt.dst)
         if reg is None:
-            return [self._drop("no_service")]
+            return [self._drop(PipelineReason.NO_SERVICE)]
         if pkt.ttl <= 1:
-            return [self._drop("ttl_exceeded")]
+            return [self._drop(PipelineReason.TTL_EXCEEDED)]
         return self._serve(reg, pkt, now)
 
     def _serve(self, reg: Registration, pkt: Packet, now: float) -> list[Verdict]:
@@ -580,7 +593,12 @@ class Pipeline:
                 # a circuit packet in transit (diverted by its destination prefix): its MAC
                 # belongs to the next site, so nobody here may change what it covers
                 return [
-                    self._fail(slot, now, "spoof_attempt", "metadata of a transit circuit packet")
+                    self._fail(
+                        slot,
+                        now,
+                        PipelineReason.SPOOF_ATTEMPT,
+                        "metadata of a transit circuit packet",
+                    )
                 ]
         buf = pkt.buf
         # leave the site unflagged (no second diversion) and one hop older
@@ -598,7 +616,9 @@ class Pipeline:
         verdicts: list[Verdict] = []
         for addr in targets:
             if len(buf) + 20 > 0xFFFF:
-                verdicts.append(self._drop("too_big", slot, "no room for the tunnel header"))
+                verdicts.append(
+                    self._drop(PipelineReason.TOO_BIG, slot, "no room for the tunnel header")
+                )
                 continue
             out = bytes(
                 build_ipv4(

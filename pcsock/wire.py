@@ -65,6 +65,7 @@ import logging
 import os
 import struct
 from collections.abc import Callable
+from enum import StrEnum
 from hmac import compare_digest as _compare
 from typing import Any, Final
 
@@ -92,6 +93,7 @@ __all__ = [
     "Packet",
     "Route",
     "WireError",
+    "WireReason",
     "accelerator",
     "build_circuit_packet",
     "build_ipv4",
@@ -160,24 +162,28 @@ _new = object.__new__
 MAX_LABEL: Final = 0xFFFFFFFF
 MAX_SERVICE_ID: Final = 0xFFFFFF
 
-#: Every reason a :class:`WireError` can carry.
-REASONS: Final = frozenset(
-    {
-        "truncated",  # fewer bytes than a header or the IP total length says
-        "not_ipv4",  # IP version field is not 4
-        "bad_ip_header_length",  # IHL < 5
-        "bad_ip_total_length",  # total length < header length
-        "bad_ip_checksum",  # IPv4 header checksum does not verify
-        "fragment",  # a fragment: sites do not reassemble (docs/protocol.md §6)
-        "bad_udp_length",  # UDP length disagrees with the IP payload
-        "bad_version",  # shim version is not 1
-        "unknown_form",  # shim form is not 1 or 2
-        "bad_mac",  # form-1 check does not verify under the hop key
-        "bad_check",  # form-2 check does not verify
-        "hop_limit_exceeded",  # a form-1 packet reached a site with hop limit 0
-        "bad_field",  # a value given to an encoder or setter is out of range
-    }
-)
+
+class WireReason(StrEnum):
+    """Every reason a :class:`WireError` can carry (a ``str``: counters and JSON key on the
+    value)."""
+
+    TRUNCATED = "truncated"  # fewer bytes than a header or the IP total length says
+    NOT_IPV4 = "not_ipv4"  # IP version field is not 4
+    BAD_IP_HEADER_LENGTH = "bad_ip_header_length"  # IHL < 5
+    BAD_IP_TOTAL_LENGTH = "bad_ip_total_length"  # total length < header length
+    BAD_IP_CHECKSUM = "bad_ip_checksum"  # IPv4 header checksum does not verify
+    FRAGMENT = "fragment"  # a fragment: sites do not reassemble (docs/protocol.md §6)
+    BAD_UDP_LENGTH = "bad_udp_length"  # UDP length disagrees with the IP payload
+    BAD_VERSION = "bad_version"  # shim version is not 1
+    UNKNOWN_FORM = "unknown_form"  # shim form is not 1 or 2
+    BAD_MAC = "bad_mac"  # form-1 check does not verify under the hop key
+    BAD_CHECK = "bad_check"  # form-2 check does not verify
+    HOP_LIMIT_EXCEEDED = "hop_limit_exceeded"  # a form-1 packet reached a site with hop limit 0
+    BAD_FIELD = "bad_field"  # a value given to an encoder or setter is out of range
+
+
+#: Every reason a :class:`WireError` can carry, as a set.
+REASONS: Final = frozenset(WireReason)
 
 
 class WireError(Exception):
@@ -277,9 +283,7 @@ def checksum_update(check: int, old: int, new: int) -> int:
     return (check + old - new) % 0xFFFF
 
 
-def patch_checksum(
-    buf: bytearray, off: int, old: int, new: int, *, udp: bool = False
-) -> None:
+def patch_checksum(buf: bytearray, off: int, old: int, new: int, *, udp: bool = False) -> None:
     """Rewrite the 16-bit checksum at ``buf[off:off + 2]`` for a covered field changing from
     ``old`` to ``new`` (:func:`checksum_update`). ``udp=True``: a UDP checksum, left at 0 if
     it is 0 (none sent) and sent as 0xFFFF if it computes to 0 (RFC 768)."""

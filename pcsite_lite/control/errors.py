@@ -8,35 +8,68 @@ of the ``[limits]`` (``docs/security.md``) names the limit and its config key in
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Final
 
-__all__ = ["CODES", "ApiError"]
+__all__ = ["CODES", "ApiError", "ErrorCode"]
+
+
+class ErrorCode(StrEnum):
+    """Every code the API can answer with (a ``str``: the JSON carries the value)."""
+
+    BAD_REQUEST = "bad_request"  # malformed request line/headers, bad query, bad path parameter
+    BAD_JSON = "bad_json"  # body is not a JSON object
+    MISSING_FIELD = "missing_field"  # a required body field is absent
+    BAD_FIELD = "bad_field"  # a body field has the wrong type or an invalid value
+    UNAUTHENTICATED = "unauthenticated"  # no credential, or an unknown one
+    FORBIDDEN = "forbidden"  # authenticated, but not allowed to touch this resource
+    NOT_FOUND = "not_found"  # no such route or resource (also: another PSP's resource)
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    CONFLICT = "conflict"  # already exists / in use (e.g. a taken service ID)
+    GONE = "gone"  # the circuit hop expired
+    REQUEST_TIMEOUT = "request_timeout"  # the request did not arrive within limits.request_timeout
+    BODY_TOO_LARGE = "body_too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    BAD_SIGNATURE = "bad_signature"  # service code signature does not verify
+    OWNERSHIP_REJECTED = "ownership_rejected"  # the DNSSEC prefix ownership proof does not validate
+    SERVICE_REJECTED = "service_rejected"  # service code the sandbox refuses to load
+    # a [limits] bound on the body's shape (depth, entries, out hops)
+    LIMIT_EXCEEDED = "limit_exceeded"
+    HEADERS_TOO_LARGE = "headers_too_large"  # request line + headers over limits.max_header_bytes
+    # over the credential's request rate (Retry-After says when to retry)
+    RATE_LIMITED = "rate_limited"
+    # over the per-address or site-wide connection cap
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+    NOT_CONFIGURED = "not_configured"  # the site lacks what the call needs (e.g. no trust anchor)
+    INTERNAL = "internal"
+    UNAVAILABLE = "unavailable"
+
 
 #: Every code the API can answer with, and its HTTP status.
 CODES: Final[dict[str, int]] = {
-    "bad_request": 400,  # malformed request line/headers, bad query, bad path parameter
-    "bad_json": 400,  # body is not a JSON object
-    "missing_field": 400,  # a required body field is absent
-    "bad_field": 400,  # a body field has the wrong type or an invalid value
-    "unauthenticated": 401,  # no credential, or an unknown one
-    "forbidden": 403,  # authenticated, but not allowed to touch this resource
-    "not_found": 404,  # no such route or resource (also: another PSP's resource)
-    "method_not_allowed": 405,
-    "conflict": 409,  # already exists / in use (e.g. a taken service ID)
-    "gone": 410,  # the circuit hop expired
-    "request_timeout": 408,  # the request did not arrive within limits.request_timeout
-    "body_too_large": 413,
-    "unsupported_media_type": 415,
-    "bad_signature": 422,  # service code signature does not verify
-    "ownership_rejected": 422,  # the DNSSEC prefix ownership proof does not validate
-    "service_rejected": 422,  # service code the sandbox refuses to load
-    "limit_exceeded": 400,  # a [limits] bound on the body's shape (depth, entries, out hops)
-    "headers_too_large": 431,  # request line + headers over limits.max_header_bytes
-    "rate_limited": 429,  # over the credential's request rate (Retry-After says when to retry)
-    "too_many_connections": 429,  # over the per-address or site-wide connection cap
-    "not_configured": 501,  # the site lacks what the call needs (e.g. no trust anchor)
-    "internal": 500,
-    "unavailable": 503,
+    ErrorCode.BAD_REQUEST: 400,
+    ErrorCode.BAD_JSON: 400,
+    ErrorCode.MISSING_FIELD: 400,
+    ErrorCode.BAD_FIELD: 400,
+    ErrorCode.UNAUTHENTICATED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.CONFLICT: 409,
+    ErrorCode.GONE: 410,
+    ErrorCode.REQUEST_TIMEOUT: 408,
+    ErrorCode.BODY_TOO_LARGE: 413,
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
+    ErrorCode.BAD_SIGNATURE: 422,
+    ErrorCode.OWNERSHIP_REJECTED: 422,
+    ErrorCode.SERVICE_REJECTED: 422,
+    ErrorCode.LIMIT_EXCEEDED: 400,
+    ErrorCode.HEADERS_TOO_LARGE: 431,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.TOO_MANY_CONNECTIONS: 429,
+    ErrorCode.NOT_CONFIGURED: 501,
+    ErrorCode.INTERNAL: 500,
+    ErrorCode.UNAVAILABLE: 503,
 }
 
 
