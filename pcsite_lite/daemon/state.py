@@ -41,10 +41,10 @@ import atexit
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, get_type_hints
 
 from pcsite_lite import fis as fislib
 from pcsite_lite.circuits import CircuitEntry, OutHopEntry
@@ -97,6 +97,22 @@ def _get(doc: dict[str, Any], name: str, kind: type[_T], *, optional: bool = Fal
     return value
 
 
+class _Op:
+    """What every op has: its ``KIND`` (the document's ``"op"``), and -- for ops whose fields
+    are plain ``int``/``float``/``str`` values -- the document's fields in field order."""
+
+    __slots__ = ()
+    KIND: ClassVar[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"op": self.KIND, **{f.name: getattr(self, f.name) for f in fields(self)}}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Any:
+        hints = get_type_hints(cls)
+        return cls(*(_get(doc, f.name, hints[f.name]) for f in fields(cls)))  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True, slots=True)
 class HopDoc:
     """One out hop of a :class:`CircuitOp` (keys as hex)."""
@@ -129,7 +145,7 @@ class HopDoc:
 
 
 @dataclass(frozen=True, slots=True)
-class CircuitOp:
+class CircuitOp(_Op):
     """Install (or replace) circuit hop ``label``."""
 
     KIND: ClassVar[str] = "circuit"
@@ -179,62 +195,45 @@ class CircuitOp:
 
 
 @dataclass(frozen=True, slots=True)
-class TeardownOp:
+class TeardownOp(_Op):
+    """Remove circuit hop ``label``."""
+
     KIND: ClassVar[str] = "teardown"
     label: int
 
-    def to_json(self) -> dict[str, Any]:
-        return {"op": self.KIND, "label": self.label}
-
-    @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> TeardownOp:
-        return cls(_get(doc, "label", int))
-
 
 @dataclass(frozen=True, slots=True)
-class RenewOp:
+class RenewOp(_Op):
+    """Circuit hop ``label`` now expires at ``expires``."""
+
     KIND: ClassVar[str] = "renew"
     label: int
     expires: float
 
-    def to_json(self) -> dict[str, Any]:
-        return {"op": self.KIND, "label": self.label, "expires": self.expires}
-
-    @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> RenewOp:
-        return cls(_get(doc, "label", int), _get(doc, "expires", float))
-
 
 @dataclass(frozen=True, slots=True)
-class ServiceIdOp:
+class ServiceIdOp(_Op):
+    """Service ID ``id`` (form 2) runs ``psp``'s ``service``."""
+
     KIND: ClassVar[str] = "service_id"
     id: int
     psp: str
     service: str
 
-    def to_json(self) -> dict[str, Any]:
-        return {"op": self.KIND, "id": self.id, "psp": self.psp, "service": self.service}
-
-    @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> ServiceIdOp:
-        return cls(_get(doc, "id", int), _get(doc, "psp", str), _get(doc, "service", str))
-
 
 @dataclass(frozen=True, slots=True)
-class ReleaseIdOp:
+class ReleaseIdOp(_Op):
+    """Service ID ``id`` is free again."""
+
     KIND: ClassVar[str] = "release_id"
     id: int
 
-    def to_json(self) -> dict[str, Any]:
-        return {"op": self.KIND, "id": self.id}
-
-    @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> ReleaseIdOp:
-        return cls(_get(doc, "id", int))
-
 
 @dataclass(frozen=True, slots=True)
-class DestinationOp:
+class DestinationOp(_Op):
+    """Packets to ``prefix`` (form 3) run ``psp``'s ``service``, which may tunnel into
+    ``redirect_prefixes``."""
+
     KIND: ClassVar[str] = "destination"
     prefix: str
     psp: str
@@ -242,9 +241,7 @@ class DestinationOp:
     redirect_prefixes: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"op": self.KIND, "prefix": self.prefix, "psp": self.psp,
-                "service": self.service,
-                "redirect_prefixes": list(self.redirect_prefixes)}  # fmt: skip
+        return {**_Op.to_json(self), "redirect_prefixes": list(self.redirect_prefixes)}
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> DestinationOp:
@@ -256,44 +253,27 @@ class DestinationOp:
 
 
 @dataclass(frozen=True, slots=True)
-class EnableOp:
+class EnableOp(_Op):
+    """The owner re-enabled a service disabled for failing."""
+
     KIND: ClassVar[str] = "enable"
     psp: str
     service: str
 
-    def to_json(self) -> dict[str, Any]:
-        return {"op": self.KIND, "psp": self.psp, "service": self.service}
-
-    @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> EnableOp:
-        return cls(_get(doc, "psp", str), _get(doc, "service", str))
-
 
 @dataclass(frozen=True, slots=True)
-class ReleaseDestinationOp:
+class ReleaseDestinationOp(_Op):
+    """The registration of ``prefix`` ends (its ownership proof lapsed)."""
+
     KIND: ClassVar[str] = "release_destination"
     prefix: str
 
-    def to_json(self) -> dict[str, Any]:
-        return {"op": self.KIND, "prefix": self.prefix}
-
-    @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> ReleaseDestinationOp:
-        return cls(_get(doc, "prefix", str))
-
 
 @dataclass(frozen=True, slots=True)
-class SyncedOp:
+class SyncedOp(_Op):
     """The end of a snapshot (``seq`` and ``ops`` are the supervisor's framing)."""
 
     KIND: ClassVar[str] = "synced"
-
-    def to_json(self) -> dict[str, Any]:
-        return {"op": self.KIND}
-
-    @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> SyncedOp:
-        return cls()
 
 
 StateOp = (

@@ -206,22 +206,12 @@ def test_hop_limit_kills_a_circuit_loop_between_two_sites() -> None:
     l2, l3 = c2.circuits.allocate(PSP, now=0), c3.circuits.allocate(PSP, now=0)
     k2, k3 = HopKey(b"k2" * 8), HopKey(b"k3" * 8)
     # a misconfigured PSP: C2 -> C3 -> C2 -> ...
-    c2.circuits.install(
-        l2,
-        psp=PSP,
-        service="noop",
-        in_key=k2,
-        out_hops=[OutHopEntry(l3, c3.public_ip, k3)],
-        expires=1e9,
-    )
-    c3.circuits.install(
-        l3,
-        psp=PSP,
-        service="noop",
-        in_key=k3,
-        out_hops=[OutHopEntry(l2, c2.public_ip, k2)],
-        expires=1e9,
-    )
+    for site, label, key, nxt, out_label, out_key in ((c2, l2, k2, c3, l3, k3),
+                                                      (c3, l3, k3, c2, l2, k2)):  # fmt: skip
+        hop = OutHopEntry(out_label, nxt.public_ip, out_key)
+        site.circuits.install(
+            label, psp=PSP, service="noop", in_key=key, out_hops=[hop], expires=1e9
+        )
     fig2.s.send(build_circuit_packet(src=fig2.s.ip, dst=c2.public_ip, label=l2, key=k2))
     fig2.net.run()
     forwards = [e for e in fig2.net.trace or () if e.event == "forward"]
