@@ -771,10 +771,14 @@ def _rewrite(
     receiver that verifies none) and, in UDP mode (``o != ihl``), no outer UDP checksum
     (§2.2). Every value is checked before anything is written: ``bad_field`` leaves ``b``
     unchanged."""
-    hc, old_src, old_dst = _CSUM_SRC_DST.unpack_from(b, 10)
+    if o == 20:  # option-less IP mode: header and shim are contiguous, one unpack
+        old = _HDR_SHIM.unpack_from(b, 10)
+        hc, old_src, old_dst, vf, nproto, _, md, _, orig, _ = old
+    else:
+        hc, old_src, old_dst = _CSUM_SRC_DST.unpack_from(b, 10)
+        vf, nproto, _, md, _, orig = _SHIM_HEAD.unpack_from(b, o)
     if src is None:
         src = old_dst
-    vf, nproto, _, md, _, orig = _SHIM_HEAD.unpack_from(b, o)
     try:  # packing the MAC input checks hop limit, label and destination
         mac_input = _MAC_INPUT.pack(vf, nproto, hop_limit, md, label, orig, dst)
     except struct.error:
@@ -786,8 +790,14 @@ def _rewrite(
         h.update(mac_input)
         mac = h.digest()
     try:
-        head = _CSUM_SRC_DST.pack(checksum_update(hc, old_src + old_dst, src + dst), src, dst)
+        csum = checksum_update(hc, old_src + old_dst, src + dst)
+        if o == 20:
+            _HDR_SHIM.pack_into(b, 10, csum, src, dst, vf, nproto, hop_limit, md, label, orig, mac)
+            return
+        head = _CSUM_SRC_DST.pack(csum, src, dst)
     except (struct.error, TypeError):
+        if o == 20:  # only the source can be bad, and pack_into zeroed its span: restore it
+            _HDR_SHIM.pack_into(b, 10, *old)
         raise WireError("bad_field", f"source address {src!r} out of range") from None
     b[10:20] = head
     _SHIM_TAIL.pack_into(b, o + 2, hop_limit, md, label, orig, mac)
