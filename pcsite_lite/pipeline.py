@@ -153,10 +153,11 @@ class Pipeline:
         processed in place (no copy); other inputs are copied first.
 
         A form-1 packet (IP or UDP mode) without IP options, addressed to this site, takes the
-        *fast path* (:meth:`_fast`): the general path's checks in the same order with the same
+        *fast path* (here): the general path's checks in the same order with the same
         verdicts, counters and output bytes, specialised to that one layout (one struct
         unpack of the IPv4 header and shim, the circuit's precomputed MAC states, a
-        dedicated Packet API object, the codec's egress setters fused). What it does not
+        dedicated Packet API object; its service call and egress are the general path's
+        :meth:`_call` and :meth:`_emit_hop`). What it does not
         specialise -- a receiver-first destination, an inactive service, replicate, a final
         hop that strips the shim -- goes to the general path before anything changed.
 
@@ -169,61 +170,38 @@ class Pipeline:
         if self._window_wall0 is None:
             self._open_window()
         ax = self._ax
-        if ax is not None:  # the C accelerator's ingress: the same checks, the same MAC
-            try:
+        try:
+            # ingress: the label's circuit (None: unknown), the shim's offset (20 IP mode, 28
+            # UDP mode), the hop limit and (from C) the MAC verdict under the circuit's in key
+            if ax is not None:  # the C accelerator's ingress: the same checks, the same MAC
                 head = ax.form1_in(
                     data, site.public_addr, self.verify_ip_checksum, self._circuit_get
                 )
-            except Exception as exc:  # a platform bug (e.g. in the circuit table)
-                self.runtime.event(
-                    now, PipelineReason.INTERNAL_ERROR, "site", f"{type(exc).__name__}: {exc}"
-                )
-                return [self._drop(PipelineReason.INTERNAL_ERROR)]
-            if head is None:
-                return self._general(data, now)
-            circuit, o, hops, mac_ok = head
-            return self._fast(data, now, circuit, o, hops, mac_ok)
-        if (type(data) is bytes or type(data) is bytearray) and len(data) >= 36:
-            b0, total, frag, proto, _src, dst, vf, hops, label = _FAST.unpack_from(data)
-            o = 20 if proto == IPPROTO_PACKETCLOUD else 0  # the shim's offset; 0: not fast
-            if proto == 17 and len(data) >= 44:
-                dport, ulen, vf, hops, label = _FAST_UDP.unpack_from(data, 22)
-                if dport == UDP_PORT and ulen == total - 20:
-                    o = 28
-            if (
-                vf == _VF_CIRCUIT
-                and o
-                and b0 == 0x45
-                and total == len(data)
-                and dst == site.public_addr
-                and not frag & 0x3FFF
-                and (not self.verify_ip_checksum or not _from_bytes(data[:20], "big") % 0xFFFF)
-            ):
-                try:
-                    circuit = self._circuit_get(label)
-                except Exception as exc:  # a platform bug, as in the general path
-                    self.runtime.event(
-                        now, PipelineReason.INTERNAL_ERROR, "site", f"{type(exc).__name__}: {exc}"
-                    )
-                    return [self._drop(PipelineReason.INTERNAL_ERROR)]
-                return self._fast(data, now, circuit, o, hops, None)
-        return self._general(data, now)
-
-    def _fast(
-        self,
-        data: bytes | bytearray | memoryview,
-        now: float,
-        circuit: CircuitEntry | None,
-        o: int,
-        hops: int,
-        mac_ok: bool | None,
-    ) -> list[Verdict]:
-        """The form-1 fast path after its ingress checks (see :meth:`process`): ``circuit``
-        is the label's circuit (None: unknown), ``o`` the shim's offset (20 IP mode, 28 UDP
-        mode), ``hops`` the hop limit, ``mac_ok`` the MAC verdict under the circuit's in key
-        if the C ingress computed it (None: computed here)."""
-        site = self.site
-        try:
+                if head is None:
+                    return self._general(data, now)
+                circuit, o, hops, mac_ok = head
+            else:
+                if (type(data) is not bytes and type(data) is not bytearray) or len(data) < 36:
+                    return self._general(data, now)
+                b0, total, frag, proto, _src, dst, vf, hops, label = _FAST.unpack_from(data)
+                o = 20 if proto == IPPROTO_PACKETCLOUD else 0  # the shim's offset; 0: not fast
+                if proto == 17 and len(data) >= 44:
+                    dport, ulen, vf, hops, label = _FAST_UDP.unpack_from(data, 22)
+                    if dport == UDP_PORT and ulen == total - 20:
+                        o = 28
+                if not (
+                    vf == _VF_CIRCUIT
+                    and o
+                    and b0 == 0x45
+                    and total == len(data)
+                    and dst == site.public_addr
+                    and not frag & 0x3FFF
+                    and (not self.verify_ip_checksum or not _from_bytes(data[:20], "big") % 0xFFFF)
+                ):
+                    return self._general(data, now)
+                circuit = self._circuit_get(label)
+                mac_ok = None
+            # the general path's checks, in its order
             if circuit is None:
                 return [self._drop(PipelineReason.UNKNOWN_LABEL)]
             if circuit.expires <= now:
@@ -242,8 +220,7 @@ class Pipeline:
             slot = circuit.slot
             if slot is None:
                 slot = circuit.slot = self.runtime.slot(circuit.psp, circuit.service)
-            process = slot.process
-            if process is None or slot.status != ACTIVE:
+            if slot.process is None or slot.status != ACTIVE:
                 return self._general(data, now)  # its service_disabled/unavailable drop
             n = len(data)
             buf = data if type(data) is bytearray else bytearray(data)
@@ -276,7 +253,7 @@ class Pipeline:
                 if hop is None:
                     return [self._drop(PipelineReason.NO_DECISION, slot, "no out hop chosen")]
             return [self._emit_hop(fpkt, hop, hops, slot, copy=False)]
-        except Exception as exc:  # a platform bug, as in the general path
+        except Exception as exc:  # a platform bug (e.g. in the circuit table), as in _general
             self._fdec.reset()
             self.runtime.event(
                 now, PipelineReason.INTERNAL_ERROR, "site", f"{type(exc).__name__}: {exc}"
