@@ -167,12 +167,13 @@ globals_copy = []
 @pytest.mark.parametrize(
     ("src", "reason"),
     [
-        ("def process(pkt):\n    pkt._pkt.buf[12] = 1\n", "forbidden_attribute"),
-        ("def process(pkt):\n    return pkt.shim._api\n", "forbidden_attribute"),
+        ("def process(pkt):\n    pkt._d.pkt.buf[12] = 1\n", "forbidden_attribute"),
+        ("def process(pkt):\n    pkt._d.allowed = ((0, 0),)\n", "forbidden_attribute"),
+        ("def process(pkt):\n    return pkt.shim._d\n", "forbidden_attribute"),
         ("def process(pkt):\n    return pkt.read.__self__\n", "forbidden_attribute"),
-        ("def process(pkt):\n    return getattr(pkt, '_pkt')\n", "forbidden_name"),
+        ("def process(pkt):\n    return getattr(pkt, '_d')\n", "forbidden_name"),
         ("def process(pkt):\n    return type(pkt)\n", "forbidden_name"),
-        ("def process(pkt):\n    return '{0._pkt}'.format(pkt)\n", "forbidden_attribute"),
+        ("def process(pkt):\n    return '{0._d}'.format(pkt)\n", "forbidden_attribute"),
         ("def process(pkt):\n    return (x for x in []).gi_frame\n", "forbidden_attribute"),
         ("import os\ndef process(pkt):\n    pass\n", "forbidden_import"),
         ("from sys import modules\ndef process(pkt):\n    pass\n", "forbidden_import"),
