@@ -240,6 +240,30 @@ def test_rfc1624_incremental_update_equals_full_recomputation(
 
 
 @SETTINGS
+@given(src=u32, dst=u32, new_dst=u32, payload=st.binary(max_size=64))
+def test_patch_checksum_keeps_a_udp_checksum_valid_and_leaves_none_alone(
+    src: int, dst: int, new_dst: int, payload: bytes
+) -> None:
+    """A UDP checksum over the pseudo-header stays what a full recomputation gives (RFC 768:
+    0 is sent as 0xFFFF) when the destination changes; a checksum of 0 (none sent) stays 0."""
+
+    def udp_sum(d: int, udp: bytes) -> int:
+        pseudo = src.to_bytes(4, "big") + d.to_bytes(4, "big") + bytes((0, 17))
+        pseudo += len(udp).to_bytes(2, "big")
+        return wire.internet_checksum(pseudo + udp) or 0xFFFF
+
+    udp = bytearray(wire.UDP_HEADER.pack(1, 2, 8 + len(payload), 0) + payload)
+    udp[6:8] = udp_sum(dst, bytes(udp)).to_bytes(2, "big")
+    wire.patch_checksum(udp, 6, dst, new_dst, udp=True)
+    got = int.from_bytes(udp[6:8], "big")
+    udp[6:8] = b"\0\0"
+    assert got == udp_sum(new_dst, bytes(udp))
+    none = bytearray(udp)
+    wire.patch_checksum(none, 6, dst, new_dst, udp=True)
+    assert none[6:8] == b"\0\0"
+
+
+@SETTINGS
 @given(addr=u32, ttl=u8, tos=u8, payload=payloads)
 def test_setters_keep_the_ip_checksum_valid(addr: int, ttl: int, tos: int, payload: bytes) -> None:
     pkt = wire.parse(
