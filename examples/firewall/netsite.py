@@ -82,7 +82,7 @@ def _nft_silence(public_ip: str, iface: str) -> None:
 
 def build_site(cfg: dict[str, Any]) -> Any:
     """The Site object the config describes (services deployed, circuits installed)."""
-    from pcsite_lite.circuits import OutHop
+    from pcsite_lite.circuits import OutHopEntry as OutHop
     from pcsite_lite.fis import CachedFIS, SqliteFIS
     from pcsock.wire import HopKey
 

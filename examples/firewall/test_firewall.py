@@ -130,7 +130,7 @@ def test_circuit_traffic_to_the_prefix_is_filtered_by_its_original_source() -> N
     import struct
 
     from examples.firewall.control import SERVICE_SOURCE
-    from pcsite_lite.circuits import OutHop
+    from pcsite_lite.circuits import OutHopEntry as OutHop
     from pcsite_lite.fis import namespace
     from pcsite_lite.pipeline import Pipeline
     from pcsite_lite.sandbox import tick_budget

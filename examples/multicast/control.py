@@ -76,7 +76,7 @@ class LocalSite:
         return int(self.site.circuits.allocate(self.psp, now=self.site.now))
 
     def install(self, label: int, service: str, in_key: bytes, out: list[OutSpec]) -> None:
-        from pcsite_lite.circuits import OutHop
+        from pcsite_lite.circuits import OutHopEntry as OutHop
         from pcsock.wire import HopKey
 
         hops = [
