@@ -46,6 +46,7 @@ __all__ = [
 
 MAX_LABEL: Final = 0xFFFFFFFF
 
+
 class CircuitErrorCode(StrEnum):
     """Every code a :class:`CircuitError` can carry (a ``str``)."""
 
