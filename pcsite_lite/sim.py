@@ -201,6 +201,9 @@ class Router(Node):
         """Policy-route traffic for ``prefix`` to the co-located site (form 3)."""
         self.diverted.insert(prefix, True)
 
+    def undivert_prefix(self, prefix: str) -> None:
+        self.diverted.discard(prefix)
+
     def receive(self, data: bytes, link: Link) -> None:
         try:
             pkt = parse(data)
