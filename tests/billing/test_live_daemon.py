@@ -26,8 +26,7 @@ from pcsite_lite.billing.collect import parse_service_counters
 from pcsite_lite.billing.ledger import Ledger
 from pcsite_lite.control.client import OutHop
 from pcsock import wire
-
-from .live_site import ADMIN, LiveSite, have_tools, in_ns
+from tests.support.sites import ADMIN, LiveSite, have_tools, in_ns
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 

@@ -16,8 +16,7 @@ import pytest
 
 from pcsite_lite.control.client import OutHop
 from pcsock import wire
-
-from .netns_util import ADMIN, Chain, in_ns
+from tests.support.sites import ADMIN, Chain, in_ns
 
 pytestmark = [
     pytest.mark.netns,
@@ -76,7 +75,7 @@ def _capture(ch: Chain) -> socket.socket:
 
     def mk() -> socket.socket:
         s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
-        s.bind((f"pcd{ch.id}ba", 0))
+        s.bind((ch.iface("b", "a"), 0))
         s.settimeout(0.2)
         return s
 

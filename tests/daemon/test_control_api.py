@@ -20,8 +20,7 @@ from pcsite_lite.control.errors import CODES
 from pcsite_lite.control.server import serve
 from pcsite_lite.control.site_backend import SiteBackend
 from pcsite_lite.daemon.config import parse
-
-from .netns_util import ADMIN, OTHER_TOKEN, PSP_TOKEN
+from tests.support.sites import ADMIN, OTHER_TOKEN, PSP_TOKEN
 
 KEY = bytes(range(16)).hex()
 

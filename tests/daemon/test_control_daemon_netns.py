@@ -11,8 +11,7 @@ import pytest
 
 from pcsite_lite import pki
 from pcsite_lite.control.client import ControlClient, ControlError, OutHop
-
-from .netns_util import PSP_TOKEN, Chain, have_tools, in_ns, site_config
+from tests.support.sites import PSP_TOKEN, Chain, have_tools, in_ns, site_config
 
 pytestmark = [
     pytest.mark.netns,

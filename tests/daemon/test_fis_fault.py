@@ -24,8 +24,7 @@ import pytest
 
 from pcsite_lite.control.client import ControlError, OutHop
 from pcsock import wire
-
-from .netns_util import ADMIN, Chain, acme_public_hex, deploy_source_routing
+from tests.support.sites import ADMIN, Chain, acme_public_hex, deploy_source_routing
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(150)]
 

@@ -17,7 +17,7 @@ import pytest
 from pcsite_lite.daemon.config import DataplaneConfig
 from pcsite_lite.daemon.kstats import udp_socket_drops
 from pcsock import wire
-from tests.billing.live_site import ADMIN, LiveSite, have_tools
+from tests.support.sites import ADMIN, LiveSite, have_tools
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 K1 = bytes(range(16))

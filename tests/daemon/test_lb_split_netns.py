@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from pcsock import wire
-
-from .netns_util import ADMIN, Chain
+from tests.support.sites import ADMIN, Chain
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 

@@ -20,8 +20,8 @@ from pcsite_lite.daemon.config import load
 from pcsite_lite.daemon.kernel import Kernel
 from pcsock import wire
 from tests.support import wait_until
+from tests.support.sites import ADMIN, Chain, acme_public_hex, deploy_source_routing, in_ns
 
-from .netns_util import ADMIN, Chain, acme_public_hex, deploy_source_routing, in_ns
 from .test_site_netns import KA, KB, _udp
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]

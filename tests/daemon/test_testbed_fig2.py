@@ -14,8 +14,7 @@ import pytest
 
 from pcsite_lite.control.client import ControlClient, OutHop
 from pcsock import wire
-
-from .netns_util import ADMIN, PSP_TOKEN
+from tests.support.sites import ADMIN, PSP_TOKEN
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from sdk_knot import knot
-from sdk_nsutil import call_in, netns
 
 from pcsock.discovery import DiscoveryError, Resolver, psp_records, site_records
+from tests.support.knot import knot
+from tests.support.netns import call_in, netns
 
 DNS = "198.18.201.53"
 ISP = "isp.example."

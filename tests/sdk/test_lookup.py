@@ -7,7 +7,6 @@ import socket
 import time
 
 import pytest
-from sdk_nsutil import call_in, netns
 
 from pcsite_lite.pipeline import Pipeline
 from pcsite_lite.site import Site
@@ -23,6 +22,7 @@ from pcsock.lookup import (
     SiteEntry,
 )
 from pcsock.session import Session
+from tests.support.netns import call_in, netns
 
 S, D = "198.18.10.2", "198.18.64.2"
 IPS = {"C1": "198.18.254.1", "C2": "198.18.254.2", "C3": "198.18.254.3"}

@@ -1,4 +1,8 @@
-"""Helpers shared by the tests (``from tests.support import wait_until``)."""
+"""Helpers shared by the tests: ``from tests.support import wait_until``.
+
+Sub-modules: :mod:`tests.support.sites` (site daemons in line on a small testbed, the tests'
+keys and tokens), :mod:`tests.support.netns` (a throw-away namespace with loopback addresses).
+"""
 
 from __future__ import annotations
 
