@@ -28,9 +28,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from testbed import netns
-from testbed.net import Process, Testbed
+from testbed.net import Node, Process, Testbed
 
-__all__ = ["LINE1", "LINE2", "SiteRig", "in_namespace", "pin", "render_toml", "toml_value"]
+__all__ = [
+    "LINE1",
+    "LINE2",
+    "SiteRig",
+    "in_namespace",
+    "pin",
+    "render_toml",
+    "start_pcsite",
+    "toml_value",
+]
 
 T = TypeVar("T")
 _TOPOLOGIES = Path(__file__).resolve().parents[1] / "testbed" / "topologies"
@@ -71,6 +80,24 @@ def render_toml(doc: dict[str, Any]) -> str:
     for name, body in doc.items():
         table(name, body)
     return "\n".join(out)
+
+
+def start_pcsite(node: Node, config: Path, *, name: str = "pcsite",
+                 env: dict[str, str] | None = None, cpus: str | None = None,
+                 timeout: float = 30.0) -> Process:  # fmt: skip
+    """Start ``pcsite run --config CONFIG`` on testbed ``node``; return once its log says
+    "site up" (a daemon that exits or stays silent for ``timeout`` s raises, with its log).
+    ``cpus`` (a ``taskset -c`` list) pins it; without it, it may use every vCPU (not the
+    caller's pinning)."""
+    every = f"0-{(os.cpu_count() or 1) - 1}"
+    argv = ["taskset", "-c", cpus or every, sys.executable, "-m", "pcsite_lite.cli", "run",
+            "--config", str(config)]  # fmt: skip
+
+    def up() -> bool:  # the process is in the run's list before it is waited for
+        proc = next(p for p in reversed(node.tb.processes) if (p.node, p.name) == (node.name, name))
+        return "site up" in proc.log_text()
+
+    return node.start(argv, name=name, ready=up, timeout=timeout, env=env)
 
 
 def in_namespace(ns: str, target: Any) -> Any:
@@ -184,21 +211,16 @@ class SiteRig:
         else:
             path = self.tmp / f"site-{key}.toml"
             path.write_text(config)
-        every = f"0-{(os.cpu_count() or 1) - 1}"
-        argv = ["taskset", "-c", cpus or every, sys.executable, "-m", "pcsite_lite.cli", "run",
-                "--config", str(path)]  # fmt: skip
-
-        def up() -> bool:  # the process is in the run's list before it is waited for
-            proc = next(p for p in reversed(self.tb.processes) if p.name == f"pcsite-{key}")
-            return "site up" in proc.log_text()
-
-        proc = self.tb.node(node.upper()).start(
-            argv, name=f"pcsite-{key}", ready=up, timeout=timeout, env=env
-        )
+        proc = start_pcsite(self.tb.node(node.upper()), path, name=f"pcsite-{key}", env=env,
+                            cpus=cpus, timeout=timeout)  # fmt: skip
         self._processes[key] = proc
         self.procs[key] = proc.popen
         self.logs[key] = proc.log
         return path
+
+    def log_has(self, node: str, text: str) -> bool:
+        """Whether ``node``'s daemon log holds ``text`` (wait on it with a timeout)."""
+        return text in self.logs[node.lower()].read_text(errors="replace")
 
     def worker_pids(self, node: str = "a") -> list[int]:
         """The PIDs of the workers ``node``'s daemon reported ready (from its log)."""

@@ -200,10 +200,7 @@ def test_uploaded_service_reads_the_fis_entry_written_via_api_to_steer_the_circu
             ["redis-server", "--port", "0", "--unixsocket", str(sock), "--save", "",
              "--appendonly", "no"], stdout=subprocess.DEVNULL,
         )  # fmt: skip
-        for _ in range(100):
-            if sock.exists():
-                break
-            time.sleep(0.05)
+        assert wait_until(sock.exists, 10), "redis-server did not start"
         fis = f"unix://{sock}"
     try:
         with Chain(tmp_path) as ch:
@@ -228,7 +225,13 @@ def test_uploaded_service_reads_the_fis_entry_written_via_api_to_steer_the_circu
                         key=KA, payload=_udp(5555, 9999, b"x")))  # fmt: skip
             for out, rx, other in ((lb1, rx1, rx2), (lb2, rx2, rx1)):
                 ca.fis_put("srcroute", str(la), {"label": out, "next_hop": Chain.SITE_B})
-                time.sleep(0.1)  # > the cache staleness bound
+
+                def steered(rx: socket.socket = rx) -> bool:  # once the cache has the write
+                    tx.sendto(pkt, (Chain.SITE_A, 0))
+                    return bool(_drain(rx, 1, timeout=0.1))
+
+                assert wait_until(steered, 10)
+                _drain(rx, 100, timeout=0.3), _drain(other, 100, timeout=0.3)  # probes in flight
                 for _ in range(10):
                     tx.sendto(pkt, (Chain.SITE_A, 0))
                 assert len(_drain(rx, 10)) == 10
@@ -256,28 +259,21 @@ def test_sighup_reloads_credentials_and_refuses_changes_that_need_a_restart(
         new_token = "newpsp-token-0123456789abcdef"
         cfg.write_text(cfg.read_text() + f'\n[control.psps.newpsp]\ntoken = "{new_token}"\n')
         ch.procs["a"].send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 5
-        while "reloaded configuration" not in ch.logs["a"].read_text():
-            assert time.monotonic() < deadline, ch.logs["a"].read_text()
-            time.sleep(0.05)
+        assert wait_until(lambda: ch.log_has("a", "reloaded configuration"), 10), ch.logs[
+            "a"
+        ].read_text()
         assert ch.client("a", token=new_token, psp="newpsp").whoami()["name"] == "newpsp"
         # a worker count change needs a restart: refused, the site keeps running as it was
         cfg.write_text(cfg.read_text().replace("workers = 1", "workers = 3"))
         ch.procs["a"].send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 5
-        while "reload refused" not in ch.logs["a"].read_text():
-            assert time.monotonic() < deadline, ch.logs["a"].read_text()
-            time.sleep(0.05)
+        assert wait_until(lambda: ch.log_has("a", "reload refused"), 10), ch.logs["a"].read_text()
         assert "workers" in ch.logs["a"].read_text().split("reload refused")[1]
         status = ch.client("a", token=ADMIN, psp=None).status()
         assert len(status["workers"]) == 1
         # a broken file is refused too, with the key named
         cfg.write_text(cfg.read_text().replace("workers = 3", "workers = 0"))
         ch.procs["a"].send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 5
-        while "site.workers" not in ch.logs["a"].read_text():
-            assert time.monotonic() < deadline, ch.logs["a"].read_text()
-            time.sleep(0.05)
+        assert wait_until(lambda: ch.log_has("a", "site.workers"), 10), ch.logs["a"].read_text()
         assert ch.procs["a"].poll() is None
         assert ch.stop_site("a") == 0
 

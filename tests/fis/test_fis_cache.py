@@ -8,7 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +25,7 @@ from pcsite_lite.fis import (
     namespace,
     open_engine,
 )
+from tests.support import wait_until
 
 NS = namespace("acme", "srouting")
 
@@ -51,14 +52,14 @@ def engines(store_url: str) -> Iterator[tuple[FISEngine, FISEngine]]:
         theirs.close()
 
 
-def _settle(cache: CachedFIS, clock: FakeClock, check: object, tries: int = 200) -> None:
+def _settle(cache: CachedFIS, clock: FakeClock, check: Callable[[], object]) -> None:
     """Advance past the staleness bound until ``check()`` holds (Redis: pub/sub delivery)."""
-    for _ in range(tries):
+
+    def step() -> object:
         clock.advance(cache.staleness)
-        if check():  # type: ignore[operator]
-            return
-        time.sleep(0.002)
-    raise AssertionError("cache never converged")
+        return check()
+
+    assert wait_until(step, 10, 0.002), "cache never converged"
 
 
 def test_hit_is_answered_without_touching_the_engine(

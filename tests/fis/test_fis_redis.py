@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import redis
 
 from pcsite_lite.fis import CachedFIS, RedisFIS, namespace
+from tests.support import wait_until
 
 NS = namespace("acme", "srouting")
 
@@ -23,15 +23,14 @@ class FakeClock:
 
 
 def _converges(cache: CachedFIS, clock: FakeClock, want: object) -> bool:
-    for _ in range(300):
+    def step() -> bool:  # each poll moves the cache's clock past its staleness bound
         clock.now += cache.staleness
         try:
-            if cache.get(NS, "k") == want:
-                return True
+            return bool(cache.get(NS, "k") == want)
         except redis.ConnectionError:
-            pass  # the engine's own client may need a moment to reconnect
-        time.sleep(0.005)
-    return False
+            return False  # the engine's own client may need a moment to reconnect
+
+    return wait_until(step, 10, 0.005)
 
 
 def test_cache_keeps_following_writes_after_a_server_restart(

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from collections.abc import Iterator
 
 import pytest
 
 from pcsock.lookup import CircuitBroker, LookupServer
+from tests.support import wait_until
 
 
 @pytest.fixture
@@ -70,13 +70,12 @@ def test_connections_are_capped_in_all_and_per_address(broker: CircuitBroker) ->
         assert srv.refused == 2
         held[0].close()
         other.close()
+
         # a closed connection frees its slot
-        for _ in range(50):
+        def slot_free() -> bool:
             with _connect(port, "127.0.0.3") as again:
                 again.sendall(b'{"op": "sites"}\n')
-                if _line(again)["ok"] is True:
-                    break
-            time.sleep(0.02)
-        else:
-            pytest.fail("a slot never came free")
+                return _line(again)["ok"] is True
+
+        assert wait_until(slot_free, 10), "a slot never came free"
         held[1].close()
