@@ -39,9 +39,9 @@ import trio
 from pcsite_lite.confine import sweep_cgroups
 from pcsite_lite.control.app import ControlApp, Request, Response
 from pcsite_lite.control.auth import Credentials
-from pcsite_lite.control.server import serve
 from pcsite_lite.lb import BucketTable
 from pcsite_lite.metrics import WorkerStats
+from pcsock.httpserver import serve
 
 from . import channel
 from .config import ConfigError, SiteConfig, load

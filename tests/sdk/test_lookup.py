@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
 import json
-import socket
 import time
 
 import pytest
@@ -190,14 +190,18 @@ def test_lookup_server_over_tcp(net):
             assert len(sites["C2"].circuits) == 0
             client.close()
 
-            def raw_lines():
-                with socket.create_connection((addr, 7053), timeout=2) as s:
-                    f = s.makefile("rwb")
-                    f.write(b"{not json\n" + json.dumps({"op": "fly"}).encode() + b"\n")
-                    f.flush()
-                    return json.loads(f.readline()), json.loads(f.readline())
+            def raw_posts():  # two requests on one connection, as any HTTP client sends them
+                conn = http.client.HTTPConnection(addr, 7053, timeout=2)
+                out = []
+                for body in (b"{not json", json.dumps({"op": "fly"}).encode()):
+                    conn.request("POST", "/v1/lookup", body=body)
+                    resp = conn.getresponse()
+                    out.append((resp.status, json.loads(resp.read())))
+                conn.close()
+                return out
 
-            bad, unknown = call_in(ns, raw_lines)
+            (bad_status, bad), (status, unknown) = call_in(ns, raw_posts)
+            assert bad_status == 400 and status == 200
             assert bad["error"]["code"] == "bad_request" and not bad["ok"]
             assert (
                 unknown["error"]["code"] == "bad_request" and "fly" in unknown["error"]["message"]
