@@ -63,6 +63,7 @@ from pcsock.session import Circuit
 __all__ = [
     "BrokerClient",
     "CircuitBroker",
+    "HopSetup",
     "HttpSiteControl",
     "LookupClient",
     "LookupServer",
@@ -72,6 +73,7 @@ __all__ = [
     "circuit_from_json",
     "circuit_to_json",
     "find_lookup",
+    "site_refusals",
 ]
 
 
@@ -87,22 +89,26 @@ class LookupServiceError(OSError):
 # --- site control ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class HopSetup:
+    """What a site installs for one hop of a circuit: the service, the hop's key, and either
+    the next hop (``out``: its label, site address and key) or the destination it delivers
+    to (``deliver``, on the last hop); ``destination`` is the circuit's final one."""
+
+    service: str
+    in_key: bytes
+    out: tuple[int, str, bytes] | None
+    deliver: str | None
+    lifetime: float
+    destination: str | None = None
+
+
 class SiteControl(Protocol):
     """What the broker needs from one site's control plane."""
 
     def allocate(self, service: str, lifetime: float) -> int: ...
 
-    def install(
-        self,
-        label: int,
-        *,
-        service: str,
-        in_key: bytes,
-        out: tuple[int, str, bytes] | None,
-        deliver: str | None,
-        lifetime: float,
-        destination: str | None = None,
-    ) -> None: ...
+    def install(self, label: int, hop: HopSetup) -> None: ...
 
     def renew(self, label: int, lifetime: float) -> None: ...
 
@@ -113,6 +119,19 @@ class SiteControl(Protocol):
     # Optional: ``services() -> set[str] | None``, the services with an active version at the
     # site (for this PSP), None if it cannot tell. A control that has it lets the broker
     # refuse unknown services at setup.
+
+
+def site_refusals(refusal: type[Exception], describe: Callable[[Any], str]) -> Callable[..., Any]:
+    """A ``_call(fn, *a, **kw)`` for a :class:`SiteControl`: ``fn`` with a site's refusal
+    (``refusal``, described by ``describe``) raised as the ``site_refused`` lookup error."""
+
+    def call(_self: Any, fn: Callable[..., Any], *a: Any, **kw: Any) -> Any:
+        try:
+            return fn(*a, **kw)
+        except refusal as exc:
+            raise LookupServiceError("site_refused", describe(exc)) from exc
+
+    return call
 
 
 class HttpSiteControl:
@@ -131,33 +150,17 @@ class HttpSiteControl:
             base_url, token=token, psp=psp, timeout=timeout, ca_file=ca_file
         )
 
-    def _call(self, fn: Callable[..., Any], *a: Any, **kw: Any) -> Any:
-        try:
-            return fn(*a, **kw)
-        except ControlError as exc:
-            raise LookupServiceError("site_refused", f"{exc.code}: {exc.message}") from exc
+    _call = site_refusals(ControlError, lambda exc: f"{exc.code}: {exc.message}")
 
     def allocate(self, service: str, lifetime: float) -> int:
         return int(self._call(self.client.allocate_circuit, service, lifetime)["label"])
 
-    def install(
-        self,
-        label: int,
-        *,
-        service: str,
-        in_key: bytes,
-        out: tuple[int, str, bytes] | None,
-        deliver: str | None,
-        lifetime: float,
-        destination: str | None = None,
-    ) -> None:
+    def install(self, label: int, hop: HopSetup) -> None:
         # The control API takes the circuit's final destination on the last hop only
         # (``deliver``), so receiver-first precedence applies at the last site there.
-        hops = [OutHop(out[0], out[1], out[2])] if out else None
-        self._call(
-            self.client.install_hop, label, in_key=in_key, out=hops, deliver=deliver,
-            lifetime=lifetime,
-        )  # fmt: skip
+        hops = [OutHop(*hop.out)] if hop.out else None
+        self._call(self.client.install_hop, label, in_key=hop.in_key, out=hops,
+                   deliver=hop.deliver, lifetime=hop.lifetime)  # fmt: skip
 
     def renew(self, label: int, lifetime: float) -> None:
         self._call(self.client.renew_circuit, label, lifetime)
@@ -295,18 +298,9 @@ class CircuitBroker:
                 nxt = (
                     (labels[i + 1], path[i + 1].address, keys[i + 1]) if i + 1 < len(path) else None
                 )
-                jobs.append(
-                    self._pool.submit(
-                        site.control.install,
-                        labels[i],
-                        service=service,
-                        in_key=keys[i],
-                        out=nxt,
-                        deliver=None if nxt else destination,
-                        lifetime=lifetime,
-                        destination=destination,
-                    )
-                )
+                hop = HopSetup(service, keys[i], nxt, None if nxt else destination, lifetime,
+                               destination)  # fmt: skip
+                jobs.append(self._pool.submit(site.control.install, labels[i], hop))
             for j in jobs:
                 j.result()
         except BaseException as exc:

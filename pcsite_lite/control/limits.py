@@ -15,7 +15,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, fields
 from typing import Any, Final
 
-from pcsock.httpserver import retry_after_header
+from pcsock.httpserver import ServerLimits, retry_after_header
 
 from .errors import ApiError
 
@@ -32,29 +32,17 @@ __all__ = [
 
 
 @dataclass(frozen=True, slots=True)
-class Limits:
-    """Every bound of the control API; the names are the keys of ``[limits]``."""
+class Limits(ServerLimits):
+    """Every bound of the control API; the names are the keys of ``[limits]``: the HTTP
+    server's own (:class:`pcsock.httpserver.ServerLimits`: body and head size, connections,
+    timeouts) and these."""
 
-    #: Largest request body (bytes); service code uploads are the big ones.
-    max_body: int = 1 << 20
-    #: Request line plus headers (bytes); more is 431 ``headers_too_large``.
-    max_header_bytes: int = 16 * 1024
     #: Deepest JSON nesting of a body (``[[1]]`` is 2 deep).
     max_json_depth: int = 32
     #: JSON values in one body (every array element and object member counts one).
     max_entries: int = 10_000
     #: Out hops of one circuit hop (each becomes a replica of every packet).
     max_out_hops: int = 64
-    #: Open connections in all; at the cap the least recently active idle one is closed.
-    max_connections: int = 1024
-    #: Open connections from one client address; more are refused with 429.
-    max_connections_per_client: int = 32
-    #: Seconds a connection may wait for (the first byte of) its next request.
-    idle_timeout: float = 15.0
-    #: Seconds from a request's first byte to the end of its headers.
-    header_timeout: float = 5.0
-    #: Seconds from a request's first byte to the end of its body, and to send the answer.
-    request_timeout: float = 30.0
     #: Sustained requests per second per credential (0 = unlimited).
     rate: float = 500.0
     #: Requests a credential may make at once above ``rate`` (bucket size).
