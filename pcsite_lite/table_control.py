@@ -36,7 +36,7 @@ class TableSiteControl:
     def install(self, label: int, hop: HopSetup) -> None:
         if hop.out is not None:
             label_out, next_hop, key = hop.out
-            hops = [OutHop(label=label_out, next_hop=next_hop, key=key)]
+            hops = [OutHop(label=label_out, next_hop=next_hop, key=key)]  # type: ignore[arg-type]
         else:
             assert hop.deliver is not None
             hops = [OutHop(label=0, next_hop=hop.deliver, key=None, final=True)]

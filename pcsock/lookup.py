@@ -765,26 +765,13 @@ class LookupClient:
                 ) from exc
         raise LookupServiceError("unavailable", "lookup service closed the connection")
 
-    def create(
-        self,
-        *,
-        destination: str,
-        service: str,
-        source: str = "",
-        sites: Sequence[str] | None = None,
-        lifetime: float = 60.0,
-    ) -> Circuit:
-        r = self.call(
-            {
-                "op": "create",
-                "destination": destination,
-                "service": service,
-                "source": source,
-                "sites": list(sites) if sites else None,
-                "lifetime": lifetime,
-            }
-        )
-        return circuit_from_json(r["circuit"])
+    def create(self, *, destination: str, service: str, **options: Any) -> Circuit:
+        """A circuit to ``destination`` through ``service``; ``options`` are those of
+        :meth:`CircuitBroker.create` (``source``, ``sites``, ``lifetime``, ``hops``)."""
+        if options.get("sites"):
+            options["sites"] = list(options["sites"])
+        req = {"op": "create", "destination": destination, "service": service, **options}
+        return circuit_from_json(self.call(req)["circuit"])
 
     def renew(self, circuit: Circuit, lifetime: float | None = None) -> Circuit:
         req: dict[str, Any] = {"op": "renew", "id": circuit.circuit_id}

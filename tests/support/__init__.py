@@ -6,10 +6,11 @@ keys and tokens), :mod:`tests.support.netns` (a throw-away namespace with loopba
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
 
-__all__ = ["wait_until"]
+__all__ = ["stop_process", "wait_until"]
 
 
 def wait_until(pred: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> bool:
@@ -22,3 +23,13 @@ def wait_until(pred: Callable[[], object], timeout: float = 10.0, interval: floa
             return bool(pred())
         time.sleep(interval)
     return True
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    """SIGTERM ``proc``, SIGKILL it if it is still there after ``grace`` seconds; reap it."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(grace)

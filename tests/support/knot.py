@@ -13,7 +13,7 @@ import dns.message
 import dns.query
 
 from testbed.netns import call_in
-from tests.support import wait_until
+from tests.support import stop_process, wait_until
 
 
 @contextmanager
@@ -62,9 +62,4 @@ def knot(ns: str, address: str, zones: dict[str, str]) -> Iterator[None]:
                 raise RuntimeError(f"knotd did not start: {err}")
             yield
         finally:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
