@@ -23,6 +23,7 @@ the way); its own original source is the replier, so the exchange can go on.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from pcsock import wire
 
@@ -159,18 +160,8 @@ class Session:
                 self._shims[ck] = shim
             self.sent += 1
             return shim + self._transport(payload, sport, dport), (circuit.first_hop, circuit.port)
-        pkt = wire.build_circuit_packet(
-            src=self.local_ip,
-            dst=circuit.first_hop,
-            label=circuit.label,
-            key=circuit.key,
-            payload=self._transport(payload, sport, dport),
-            metadata=metadata,
-            udp=self.mode == "udp",
-            dport=circuit.port,
-            proto=self.proto,
-            ident=self._next_ident(),
-        )
+        common = self._common(circuit.first_hop, payload, sport, dport, metadata, circuit.port)
+        pkt = wire.build_circuit_packet(label=circuit.label, key=circuit.key, **common)
         return self._out(pkt), (circuit.first_hop, circuit.port)
 
     def encode_service(
@@ -187,17 +178,17 @@ class Session:
         """Form 2: toward the real ``destination``; the socket must set ToS 0xAC (UDP mode) —
         in IP mode the header built here carries it."""
         pkt = wire.build_service_packet(
-            src=self.local_ip,
-            dst=destination,
             service_id=service_id,
-            payload=self._transport(payload, sport, dport),
-            metadata=metadata,
-            udp=self.mode == "udp",
-            dport=port,
-            proto=self.proto,
-            ident=self._next_ident(),
+            **self._common(destination, payload, sport, dport, metadata, port),
         )
         return self._out(pkt), (destination, port)
+
+    def _common(self, dst: str, payload: bytes, sport: int, dport: int, metadata: int,
+                port: int) -> dict[str, Any]:  # fmt: skip
+        """The packet builders' arguments every form sends with."""
+        return {"src": self.local_ip, "dst": dst, "payload": self._transport(payload, sport, dport),
+                "metadata": metadata, "udp": self.mode == "udp", "dport": port,
+                "proto": self.proto, "ident": self._next_ident()}  # fmt: skip
 
     def encode_reply(
         self,
@@ -216,16 +207,7 @@ class Session:
         else:
             dst = to
         pkt = wire.build_circuit_packet(
-            src=self.local_ip,
-            dst=dst,
-            label=REPLY_LABEL,
-            key=None,
-            payload=self._transport(payload, sport, dport),
-            metadata=metadata,
-            udp=self.mode == "udp",
-            dport=port,
-            proto=self.proto,
-            ident=self._next_ident(),
+            label=REPLY_LABEL, key=None, **self._common(dst, payload, sport, dport, metadata, port)
         )
         return self._out(pkt), (dst, port)
 
