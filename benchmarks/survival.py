@@ -27,7 +27,6 @@ Figures are medians over the rounds (``*_max`` the worst round).
 
 from __future__ import annotations
 
-import argparse
 import os
 import select
 import statistics
@@ -39,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._report import emit
+from benchmarks._report import arguments, emit
 from benchmarks._site_rig import SiteRig, pin
 
 KEY = bytes(range(16))
@@ -278,15 +277,13 @@ def run(circuits: int, rate: float, rounds: int, workers: int) -> dict[str, Any]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="survival")
-    ap.add_argument("--json", help="write the figures (and every round) to this path")
-    ap.add_argument("--circuits", type=int, default=32)
-    ap.add_argument("--rate", type=float, default=50.0, help="packets/s per circuit")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--workers", type=int, default=2)
-    args = ap.parse_args(argv)
-    if os.geteuid() != 0:
-        print("survival: needs root (namespaces, TUN, nftables)", file=sys.stderr)
+    args = arguments(argv, "survival", __doc__, {
+        "--circuits": (int, 32, "form-1 circuits under load"),
+        "--rate": (float, 50.0, "packets/s per circuit"),
+        "--rounds": (int, 3, "interleaved rounds"),
+        "--workers": (int, 2, "site workers (at least 2)"),
+    }, root="namespaces, TUN, nftables")  # fmt: skip
+    if args is None:
         return 2
     if args.workers < 2:
         print("survival: --workers must be at least 2 (a survivor takes the buckets)",

@@ -190,16 +190,9 @@ class Session:
                 "metadata": metadata, "udp": self.mode == "udp", "dport": port,
                 "proto": self.proto, "ident": self._next_ident()}  # fmt: skip
 
-    def encode_reply(
-        self,
-        to: Datagram | str,
-        payload: bytes,
-        *,
-        metadata: int = 0,
-        port: int = wire.UDP_PORT,
-        sport: int = 0,
-        dport: int = 0,
-    ) -> tuple[bytes, tuple[str, int]]:
+    def encode_reply(self, to: Datagram | str, payload: bytes, *, metadata: int = 0,
+                     port: int = wire.UDP_PORT, sport: int = 0,
+                     dport: int = 0) -> tuple[bytes, tuple[str, int]]:  # fmt: skip
         """A direct reply (label 0) to a datagram's original source (or to an address); to a
         datagram, the application ports are swapped."""
         if isinstance(to, Datagram):
