@@ -16,6 +16,7 @@ import pytest
 
 from pcsite_lite.control.client import ControlError, OutHop
 from pcsock import wire
+from testbed.scenarios import drain as _drain
 from tests.support import wait_until
 from tests.support.sites import (
     ADMIN,
@@ -44,17 +45,6 @@ def _circuit(ch: Chain, deliver: str = Chain.D) -> int:
     la = ca.allocate_circuit("srcroute")["label"]
     ca.install_hop(la, in_key=KA, out=[OutHop(lb, Chain.SITE_B, KB)])
     return la
-
-
-def _drain(rx: socket.socket, want: int, timeout: float = 3.0) -> list[bytes]:
-    got: list[bytes] = []
-    end = time.monotonic() + timeout
-    while len(got) < want and time.monotonic() < end:
-        try:
-            got.append(rx.recv(2048))
-        except TimeoutError:
-            pass
-    return got
 
 
 @pytest.mark.parametrize("tx", ["tun", "raw"])
