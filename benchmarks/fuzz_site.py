@@ -168,8 +168,7 @@ def run(*, packets: int = 100_000, rate: float = 20_000, workers: int = 2,
 def main(argv: list[str] | None = None) -> int:
     args = arguments(argv, "fuzz_site", __doc__, {
         "--packets": (int, 100_000, "10^5 in CI; 10^6 long run"),
-        "--rate": (float, 20_000.0, "packets/s sent"),
-        "--workers": (int, 2, "site workers"),
+        "--rate": (float, 20_000.0, "packets/s sent"), "--workers": (int, 2, "site workers"),
         "--seed": (int, 17, "the fuzzer's seed"),
     }, root="namespaces, TUN, nftables")  # fmt: skip
     if args is None:

@@ -128,11 +128,10 @@ def run(*, rate: float = 2000, seconds: float = 3.0, kill_after: float = 2.0,
 
 def main(argv: list[str] | None = None) -> int:
     args = arguments(argv, "metering_stop", __doc__, {
-        "--rate": (float, 2000.0, "packets/s"),
+        "--rate": (float, 2000.0, "packets/s"), "--rounds": (int, 3, "interleaved rounds"),
         "--seconds": (float, 3.0, "load duration per round"),
         "--kill-after": (float, 2.0, "signal this far into it"),
         "--interval": (float, 0.5, "the site's metering.interval"),
-        "--rounds": (int, 3, "interleaved rounds"),
     }, root="namespaces, TUN, nftables")  # fmt: skip
     if args is None:
         return 2

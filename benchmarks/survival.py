@@ -278,9 +278,8 @@ def run(circuits: int, rate: float, rounds: int, workers: int) -> dict[str, Any]
 
 def main(argv: list[str] | None = None) -> int:
     args = arguments(argv, "survival", __doc__, {
-        "--circuits": (int, 32, "form-1 circuits under load"),
+        "--circuits": (int, 32, "form-1 circuits under load"), "--rounds": (int, 3, "rounds"),
         "--rate": (float, 50.0, "packets/s per circuit"),
-        "--rounds": (int, 3, "interleaved rounds"),
         "--workers": (int, 2, "site workers (at least 2)"),
     }, root="namespaces, TUN, nftables")  # fmt: skip
     if args is None:
