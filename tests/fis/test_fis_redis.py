@@ -9,17 +9,9 @@ from pathlib import Path
 import redis
 
 from pcsite_lite.fis import CachedFIS, RedisFIS, namespace
-from tests.support import wait_until
+from tests.support import FakeClock, wait_until
 
 NS = namespace("acme", "srouting")
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _converges(cache: CachedFIS, clock: FakeClock, want: object) -> bool:

@@ -16,6 +16,7 @@ from pcsite_lite.site import Site
 from pcsite_lite.verdicts import Drop
 from pcsock import wire
 from pcsock.wire import HopKey, build_circuit_packet, parse
+from tests.support import FakeClock
 
 #: the fast path runs on the C accelerator (pcsock._accel) when it is built, and on the
 #: pure-Python reference: every test here runs on both
@@ -40,15 +41,6 @@ SERVICES = {
     "    pkt.log('%d %d %s' % (s.label, s.hop_limit, s.orig_src))\n",
 }
 TWO_HOPS = [OutHop(77, NEXT_IP, OUT_KEY), OutHop(78, "198.18.6.2", HopKey(b"other-key-0123456"))]
-
-
-class StepClock:
-    def __init__(self) -> None:
-        self.t = 0
-
-    def __call__(self) -> int:
-        self.t += 100
-        return self.t
 
 
 def _site() -> tuple[Site, dict[str, int]]:
@@ -122,7 +114,9 @@ def test_fast_path_equals_general_path(verify: bool, accel: bool) -> None:
     results = []
     for general in (False, True):
         site, labels = _site()
-        pipe = Pipeline(site, verify_ip_checksum=verify, cpu_clock=StepClock(), accel=accel)
+        pipe = Pipeline(
+            site, verify_ip_checksum=verify, cpu_clock=FakeClock(0, step=100), accel=accel
+        )
         packets = _packets(labels)
         run = pipe._general if general else pipe.process
         to_general: list[str] = []
@@ -187,7 +181,9 @@ def test_accelerated_and_pure_pipelines_give_the_same_verdicts_drops_and_meterin
     results = []
     for accel in (True, False):
         site, labels = _site()
-        pipe = Pipeline(site, verify_ip_checksum=verify, cpu_clock=StepClock(), accel=accel)
+        pipe = Pipeline(
+            site, verify_ip_checksum=verify, cpu_clock=FakeClock(0, step=100), accel=accel
+        )
         packets = _packets(labels)
         for name, data, now in list(packets):
             for i in range(0, min(len(data), 40)):

@@ -8,6 +8,7 @@ from pcsite_lite.circuits import OutHop
 from pcsite_lite.metering import Counters
 from pcsite_lite.services import source
 from pcsite_lite.verdicts import Drop, Forward
+from tests.support import FakeClock
 
 METERED = """
 def process(pkt):
@@ -21,21 +22,9 @@ def process(pkt):
 """
 
 
-class StepClock:
-    """A CPU clock that advances exactly ``step`` ns per read."""
-
-    def __init__(self, step: int) -> None:
-        self.t = 0
-        self.step = step
-
-    def __call__(self) -> int:
-        self.t += self.step
-        return self.t
-
-
 def test_counters_are_exact() -> None:
     site, pipe, lines = one_site(local_prefixes=["198.18.6.0/24"])
-    pipe.clock = StepClock(250)
+    pipe.clock = FakeClock(step=250)
     site.deploy(PSP, "m", METERED)
     local = circuit(site, "m")  # out hop 198.18.6.1: inside the ISP
     remote = circuit(site, "m", out=[OutHop(5, "198.19.200.1", OUT_KEY)])

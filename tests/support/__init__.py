@@ -10,7 +10,7 @@ import subprocess
 import time
 from collections.abc import Callable
 
-__all__ = ["stop_process", "wait_until"]
+__all__ = ["FakeClock", "stop_process", "wait_until"]
 
 
 def wait_until(pred: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> bool:
@@ -33,3 +33,19 @@ def stop_process(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(grace)
+
+
+class FakeClock:
+    """A clock a test sets by hand: reads give ``now``; :meth:`advance` moves it. With
+    ``step``, every read first advances it by ``step`` (a CPU clock that ticks per read)."""
+
+    def __init__(self, now: float = 0, step: float = 0) -> None:
+        self.now = now
+        self.step = step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
