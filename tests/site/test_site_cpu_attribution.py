@@ -9,13 +9,12 @@ import sys
 import time
 from typing import Any
 
-from site_topo import circuit, circuit_packet, one_site
-
 from pcsite_lite.pipeline import Pipeline
 from pcsite_lite.sandbox import Budget
 from pcsite_lite.site import Site
 from pcsite_lite.verdicts import Forward
 from tests.support import wait_until
+from tests.support.site_topo import circuit, circuit_packet, one_site
 
 PSP = "acme"
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from site_topo import DEST, IN_KEY, NEXT_IP, OUT_KEY, PSP, SENDER, SITE_IP, circuit, one_site
 
 from pcsite_lite.circuits import OutHop
 from pcsite_lite.pipeline import Pipeline
@@ -17,6 +16,17 @@ from pcsite_lite.verdicts import Drop
 from pcsock import wire
 from pcsock.wire import HopKey, build_circuit_packet, parse
 from tests.support import FakeClock
+from tests.support.site_topo import (
+    DEST,
+    IN_KEY,
+    NEXT_IP,
+    OUT_KEY,
+    PSP,
+    SENDER,
+    SITE_IP,
+    circuit,
+    one_site,
+)
 
 #: the fast path runs on the C accelerator (pcsock._accel) when it is built, and on the
 #: pure-Python reference: every test here runs on both

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from site_topo import NEXT_IP, OUT_KEY, PSP, SRCROUTE, circuit, circuit_packet, one_site
-
 from pcsite_lite.circuits import OutHop
 from pcsite_lite.metering import Counters
 from pcsite_lite.services import source
 from pcsite_lite.verdicts import Drop, Forward
 from tests.support import FakeClock
+from tests.support.site_topo import (
+    NEXT_IP,
+    OUT_KEY,
+    PSP,
+    SRCROUTE,
+    circuit,
+    circuit_packet,
+    one_site,
+)
 
 METERED = """
 def process(pkt):
@@ -122,7 +129,7 @@ def test_log_sinks_are_flushed_at_snapshot() -> None:
     site = Site("c", "198.18.5.1", log_sinks=factory)
     pipe = Pipeline(site)
     site.deploy(PSP, "l", "def process(pkt):\n    pkt.log('hello ' + pkt.src)\n")
-    from site_topo import IN_KEY
+    from tests.support.site_topo import IN_KEY
 
     label = site.circuits.allocate(PSP, now=0)
     site.circuits.install(
