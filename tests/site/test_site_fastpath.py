@@ -53,6 +53,11 @@ SERVICES = {
 TWO_HOPS = [OutHop(77, NEXT_IP, OUT_KEY), OutHop(78, "198.18.6.2", HopKey(b"other-key-0123456"))]
 
 
+def _pipeline(site: Site, verify: bool, accel: bool) -> Pipeline:
+    """A pipeline whose CPU clock ticks 100 ns per read (exact, comparable counters)."""
+    return Pipeline(site, verify_ip_checksum=verify, cpu_clock=FakeClock(step=100), accel=accel)
+
+
 def _site() -> tuple[Site, dict[str, int]]:
     site, _, _ = one_site()
     labels = {}
@@ -124,9 +129,7 @@ def test_fast_path_equals_general_path(verify: bool, accel: bool) -> None:
     results = []
     for general in (False, True):
         site, labels = _site()
-        pipe = Pipeline(
-            site, verify_ip_checksum=verify, cpu_clock=FakeClock(0, step=100), accel=accel
-        )
+        pipe = _pipeline(site, verify, accel)
         packets = _packets(labels)
         run = pipe._general if general else pipe.process
         to_general: list[str] = []
@@ -191,9 +194,7 @@ def test_accelerated_and_pure_pipelines_give_the_same_verdicts_drops_and_meterin
     results = []
     for accel in (True, False):
         site, labels = _site()
-        pipe = Pipeline(
-            site, verify_ip_checksum=verify, cpu_clock=FakeClock(0, step=100), accel=accel
-        )
+        pipe = _pipeline(site, verify, accel)
         packets = _packets(labels)
         for name, data, now in list(packets):
             for i in range(0, min(len(data), 40)):
