@@ -19,7 +19,7 @@ import signal
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from pcdemo.rig import LINE1, LINE2, pin, render_toml
 from pcdemo.rig import SiteRig as _Rig
@@ -64,7 +64,7 @@ class SiteRig(_Rig):
         self.ledger = self.state / "usage.ledger"
         self.config = tmp / "site-a.toml"
 
-    def __enter__(self) -> SiteRig:
+    def __enter__(self) -> Self:
         super().__enter__()
         try:
             self.start()

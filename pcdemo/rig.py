@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from testbed import netns
 from testbed.net import Node, Process, Testbed
@@ -132,7 +132,7 @@ class SiteRig:
         self.logs: dict[str, Path] = {}
         self._processes: dict[str, Process] = {}
 
-    def __enter__(self) -> SiteRig:
+    def __enter__(self) -> Self:
         self.tb.up()
         try:
             for name, node in self.tb.nodes.items():

@@ -15,7 +15,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -139,7 +139,7 @@ class LiveSite(SiteRig):
                          psp_token=PSP_TOKEN, psp_key=ACME_KEY, setup=_far_site)  # fmt: skip
         self.workers = workers
 
-    def __enter__(self) -> LiveSite:
+    def __enter__(self) -> Self:
         super().__enter__()
         try:
             state = self.tmp / "state"
