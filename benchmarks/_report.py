@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +57,15 @@ QUICK_OPTIONS: dict[str, Option] = {
     "--packets": (int, 20000, "packets per measurement"),
     "--repeat": (int, 7, "repetitions (the median is reported)"),
 }
+
+
+def quick_main(argv: list[str] | None, name: str, doc: str | None, quick: int,
+               measure: Callable[[int, int, bool], dict[str, Any]]) -> int:  # fmt: skip
+    """``main`` of an in-process benchmark with :data:`QUICK_OPTIONS`: ``measure(packets,
+    repeat, quick)`` gives the figures (``--quick``: ``quick`` packets, 2 repetitions)."""
+    args = arguments(argv, f"python -m benchmarks.{name}", doc, QUICK_OPTIONS)
+    assert args is not None
+    n, repeat = (quick, 2) if args.quick else (args.packets, args.repeat)
+    emit({"benchmark": name, "packets": n, "repeat": repeat, **measure(n, repeat, args.quick)},
+         args.json)  # fmt: skip
+    return 0

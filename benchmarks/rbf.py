@@ -25,9 +25,8 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-from benchmarks._report import QUICK_OPTIONS, arguments, emit
+from benchmarks._report import quick_main
 from examples.rbf import service as rbf
 from examples.rbf.control import SERVICE_SOURCE, RuleAuthority, carry
 from pcsite_lite.circuits import OutHop
@@ -134,13 +133,7 @@ def measure(n: int, repeat: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = arguments(argv, "python -m benchmarks.rbf", __doc__, QUICK_OPTIONS)
-    assert args is not None
-    n, repeat = (100, 2) if args.quick else (args.packets, args.repeat)
-    out: dict[str, Any] = {"benchmark": "rbf", "packets": n, "repeat": repeat}
-    out.update(measure(n, repeat))
-    emit(out, args.json)
-    return 0
+    return quick_main(argv, "rbf", __doc__, 100, lambda n, repeat, _quick: measure(n, repeat))
 
 
 if __name__ == "__main__":
