@@ -15,7 +15,6 @@ import threading
 import time
 
 import pytest
-from sdk_nsutil import call_in, netns
 
 import pcsock
 from pcsock.cli import main
@@ -27,6 +26,7 @@ from pcsock.lookup import (
     SiteEntry,
 )
 from pcsock.socket import AddressInUseError
+from tests.support.netns import call_in, netns
 
 A, B = "198.18.201.1", "198.18.201.2"
 
