@@ -20,6 +20,7 @@ import pcsock
 from pcsock.cli import main
 from pcsock.lookup import (
     CircuitBroker,
+    HopSetup,
     LookupClient,
     LookupServer,
     LookupServiceError,
@@ -44,7 +45,7 @@ class RecordingControl:
         self._next += 1
         return self._next
 
-    def install(self, label: int, **kw: object) -> None:
+    def install(self, label: int, hop: HopSetup) -> None:
         self.calls.append(("install", time.monotonic()))
 
     def renew(self, label: int, lifetime: float) -> None:
