@@ -1,6 +1,6 @@
 """The live benchmarks' rigs: site daemons in line on a small testbed (:mod:`pcdemo.rig`).
 
-* :class:`SiteRig`: sender S -- site A -- receiver D (``testbed/topologies/site-line1.toml``),
+* :class:`SiteRig`: sender S -- site A -- receiver D (``pcdemo/topologies/site-line1.toml``),
   ``pcsite run`` on A started at once, pinned to ``daemon_cpus`` while the caller's load
   generator runs on another vCPU (:func:`pin`), as the benchmark rules ask; the fault
   benchmarks (survival, metering_stop, fuzz_site) use it;

@@ -1,7 +1,7 @@
 """Site daemons in line on a small testbed: the one harness of the live tests and benchmarks.
 
 A :class:`SiteRig` builds a topology with the testbed's API (:class:`testbed.net.Testbed`;
-``testbed/topologies/site-line1.toml`` is S -- A -- D, ``site-line2.toml`` is S -- A -- B -- D)
+``pcdemo/topologies/site-line1.toml`` is S -- A -- D, ``site-line2.toml`` is S -- A -- B -- D)
 and runs ``pcsite run`` in router nodes' namespaces, in line with the traffic
 (:meth:`SiteRig.start_daemon`, ready once its log says "site up"). Work inside a namespace
 (sockets, control-API calls) runs in a short thread there (:func:`testbed.netns.call_in`).
@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-_TOPOLOGIES = Path(__file__).resolve().parents[1] / "testbed" / "topologies"
+_TOPOLOGIES = Path(__file__).resolve().parent / "topologies"
 LINE1 = _TOPOLOGIES / "site-line1.toml"  #: S -- A -- D
 LINE2 = _TOPOLOGIES / "site-line2.toml"  #: S -- A -- B -- D
 CONTROL_URL = "http://127.0.0.1:8080"  #: where the rig's daemons serve their control API

@@ -1,6 +1,6 @@
 """Site daemons in line on a small testbed, for the live tests (:mod:`pcdemo.rig`).
 
-* :class:`Chain`: S -- A -- B -- D (``testbed/topologies/site-line2.toml``, namespaces
+* :class:`Chain`: S -- A -- B -- D (``pcdemo/topologies/site-line2.toml``, namespaces
   ``pcd<run id>-<node>``), daemons started per test on A and/or B (:meth:`Chain.start_site`);
 * :class:`LiveSite`: S -- A -- D (``site-line1.toml``, ``pcb<run id>-<node>``), a daemon on
   A started at once, in an ISP whose prefixes are :attr:`LiveSite.ISP_PREFIXES`.

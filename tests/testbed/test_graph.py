@@ -51,8 +51,7 @@ def test_svg_of_each_shipped_topology_names_every_node_and_link(name: str, tmp_p
             assert any(p.public_ip in t for t in texts), "a site's public IP is shown"
         if p.control:
             assert p.control.address in texts, "control addresses are on the control edges"
-    if plan.control_ports:  # (the site-line topologies have no control network)
-        assert any(t.startswith("control network") for t in texts)
+    assert any(t.startswith("control network") for t in texts)
     for lk in topo.links:
         if lk.delay_ms:
             assert f"{lk.delay_ms:g} ms" in texts
