@@ -16,6 +16,7 @@ daemon (the testbed's run state records every process it started).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -133,15 +134,14 @@ class SiteRig:
         self._processes: dict[str, Process] = {}
 
     def __enter__(self) -> Self:
-        self.tb.up()
-        try:
+        with contextlib.ExitStack() as undo:
+            undo.callback(self.close)  # a half-built rig is removed again
+            self.tb.up()
             for name, node in self.tb.nodes.items():
                 self.ns[name] = self.ns[name.lower()] = node.ns
             if self._setup:
                 self._setup(self)
-        except BaseException:
-            self.close()
-            raise
+            undo.pop_all()
         return self
 
     def __exit__(self, *exc: object) -> None:
