@@ -3,7 +3,7 @@
 The issue's attack: 24,000 idle TCP connections to the control API exhausted the daemon's
 descriptors and the API was unreachable for ~14 s. Here a control API server (the real
 ``ControlApp`` over the real ``SiteBackend`` with a SQLite FIS, served by
-``pcsite_lite.control.server`` with the **default** ``[limits]``) runs in its own process on
+``pcsock.httpserver`` with the **default** ``[limits]``) runs in its own process on
 127.0.0.1, pinned to vCPU 0. Flooder processes (pinned to vCPU 1) open ``--connections`` idle
 connections from ``--sources`` loopback addresses (127.1.x.y) as fast as they can and hold
 them; whenever the server closes one (evicted at the site-wide cap, or refused at the
@@ -94,10 +94,10 @@ def serve(state: Path, stats_path: Path) -> int:
 
     from pcsite_lite.control.app import ControlApp
     from pcsite_lite.control.auth import Credentials
-    from pcsite_lite.control.server import ServerStats
-    from pcsite_lite.control.server import serve as serve_api
     from pcsite_lite.control.site_backend import SiteBackend
     from pcsite_lite.daemon.config import parse
+    from pcsock.httpserver import ServerStats
+    from pcsock.httpserver import serve as serve_api
 
     _pin(0)
     cfg = parse({

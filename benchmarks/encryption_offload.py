@@ -26,16 +26,14 @@ Run: ``python -m benchmarks.encryption_offload [--json PATH] [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from benchmarks._report import emit
+from benchmarks._report import quick_main
 from pcsock.wire import HopKey, build_circuit_packet, build_ipv4
 
 SIZES = (64, 512, 1400)
@@ -104,20 +102,9 @@ def sites(n: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.encryption_offload", description=__doc__
-    )
-    parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
-    parser.add_argument("--quick", action="store_true", help="tiny counts (checks it works)")
-    parser.add_argument("--packets", type=int, default=20000)
-    parser.add_argument("--repeat", type=int, default=7)
-    args = parser.parse_args(argv)
-    n, repeat = (200, 2) if args.quick else (args.packets, args.repeat)
-    out: dict[str, Any] = {"benchmark": "encryption_offload", "packets": n, "repeat": repeat}
-    out.update(sender(n, repeat))
-    out.update(sites(50 if args.quick else 2000))
-    emit(out, args.json)
-    return 0
+    return quick_main(argv, "encryption_offload", __doc__, 200,
+                      lambda n, repeat, quick: {**sender(n, repeat),
+                                                **sites(50 if quick else 2000)})  # fmt: skip
 
 
 if __name__ == "__main__":

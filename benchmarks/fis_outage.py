@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._report import emit
+from pcdemo.rig import start_pcsite
 
 TOPOLOGY = {
     "name": "fisoutage",
@@ -217,14 +218,7 @@ token = "{PSP_TOKEN}"
 signing_key = "{public_key_bytes(key).hex()}"
 """)
         node = tb.node("C1")
-        proc = node.start(
-            ["taskset", "-c", str(site_cpu), sys.executable, "-m", "pcsite_lite.cli", "run",
-             "--config", str(cfg)],
-            name="pcsite",
-        )  # fmt: skip
-        _until(lambda: "site up" in proc.log_text() or not proc.alive, 30, "the site")
-        if not proc.alive:
-            raise RuntimeError(f"the site did not start:\n{proc.log_text()[-2000:]}")
+        proc = start_pcsite(node, cfg, cpus=str(site_cpu))
 
         client = ControlClient("http://127.0.0.1:8080", token=PSP_TOKEN, psp=PSP)
 

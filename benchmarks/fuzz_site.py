@@ -27,8 +27,6 @@ The daemon runs on vCPU 1, the sender on vCPU 0, paced at ``--rate`` packets/s.
 
 from __future__ import annotations
 
-import argparse
-import os
 import random
 import re
 import struct
@@ -39,7 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks._report import emit
+from benchmarks._report import arguments, emit
 from benchmarks._site_rig import SiteRig, pin
 
 KEY = bytes(range(16))
@@ -168,15 +166,12 @@ def run(*, packets: int = 100_000, rate: float = 20_000, workers: int = 2,
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="fuzz_site", description=__doc__.split("\n")[0])
-    ap.add_argument("--json", help="write results to this path")
-    ap.add_argument("--packets", type=int, default=100_000, help="10^5 in CI; 10^6 long run")
-    ap.add_argument("--rate", type=float, default=20_000, help="packets/s sent")
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=17)
-    args = ap.parse_args(argv)
-    if os.geteuid() != 0:
-        print("fuzz_site: needs root (namespaces, TUN, nftables)", file=sys.stderr)
+    args = arguments(argv, "fuzz_site", __doc__, {
+        "--packets": (int, 100_000, "10^5 in CI; 10^6 long run"),
+        "--rate": (float, 20_000.0, "packets/s sent"), "--workers": (int, 2, "site workers"),
+        "--seed": (int, 17, "the fuzzer's seed"),
+    }, root="namespaces, TUN, nftables")  # fmt: skip
+    if args is None:
         return 2
     emit(run(packets=args.packets, rate=args.rate, workers=args.workers, seed=args.seed),
          args.json)  # fmt: skip

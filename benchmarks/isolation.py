@@ -70,12 +70,12 @@ from benchmarks._report import emit
 from pcsite_lite.control.app import ControlApp
 from pcsite_lite.control.auth import Credentials
 from pcsite_lite.control.client import ControlClient, ControlError
-from pcsite_lite.control.server import serve
 from pcsite_lite.control.site_backend import SiteBackend
 from pcsite_lite.daemon.config import parse
 from pcsite_lite.daemon.state import WorkerSite
 from pcsite_lite.repository import generate_key, public_key_bytes, sign_service
 from pcsite_lite.verdicts import Deliver, Forward
+from pcsock.httpserver import serve
 from pcsock.wire import HopKey, build_circuit_packet
 
 SITE_IP = "198.18.9.1"

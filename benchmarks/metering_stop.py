@@ -24,8 +24,6 @@ The daemon runs on vCPU 1, the sender on vCPU 0.
 
 from __future__ import annotations
 
-import argparse
-import os
 import signal
 import statistics
 import struct
@@ -36,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._report import emit
+from benchmarks._report import arguments, emit
 from benchmarks._site_rig import SiteRig, pin
 
 KEY = bytes(range(16))
@@ -129,16 +127,13 @@ def run(*, rate: float = 2000, seconds: float = 3.0, kill_after: float = 2.0,
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="metering_stop", description=__doc__.split("\n")[0])
-    ap.add_argument("--json", help="write results to this path")
-    ap.add_argument("--rate", type=float, default=2000, help="packets/s")
-    ap.add_argument("--seconds", type=float, default=3.0, help="load duration per round")
-    ap.add_argument("--kill-after", type=float, default=2.0, help="signal this far into it")
-    ap.add_argument("--interval", type=float, default=0.5, help="the site's metering.interval")
-    ap.add_argument("--rounds", type=int, default=3)
-    args = ap.parse_args(argv)
-    if os.geteuid() != 0:
-        print("metering_stop: needs root (namespaces, TUN, nftables)", file=sys.stderr)
+    args = arguments(argv, "metering_stop", __doc__, {
+        "--rate": (float, 2000.0, "packets/s"), "--rounds": (int, 3, "interleaved rounds"),
+        "--seconds": (float, 3.0, "load duration per round"),
+        "--kill-after": (float, 2.0, "signal this far into it"),
+        "--interval": (float, 0.5, "the site's metering.interval"),
+    }, root="namespaces, TUN, nftables")  # fmt: skip
+    if args is None:
         return 2
     emit(run(rate=args.rate, seconds=args.seconds, kill_after=args.kill_after,
              interval=args.interval, rounds=args.rounds), args.json)  # fmt: skip

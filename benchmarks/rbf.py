@@ -22,13 +22,11 @@ Run: ``python -m benchmarks.rbf [--json PATH] [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
-from benchmarks._report import emit
+from benchmarks._report import quick_main
 from examples.rbf import service as rbf
 from examples.rbf.control import SERVICE_SOURCE, RuleAuthority, carry
 from pcsite_lite.circuits import OutHopEntry
@@ -135,17 +133,7 @@ def measure(n: int, repeat: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.rbf", description=__doc__)
-    parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
-    parser.add_argument("--quick", action="store_true", help="tiny counts (checks it works)")
-    parser.add_argument("--packets", type=int, default=20000)
-    parser.add_argument("--repeat", type=int, default=7)
-    args = parser.parse_args(argv)
-    n, repeat = (100, 2) if args.quick else (args.packets, args.repeat)
-    out: dict[str, Any] = {"benchmark": "rbf", "packets": n, "repeat": repeat}
-    out.update(measure(n, repeat))
-    emit(out, args.json)
-    return 0
+    return quick_main(argv, "rbf", __doc__, 100, lambda n, repeat, _quick: measure(n, repeat))
 
 
 if __name__ == "__main__":

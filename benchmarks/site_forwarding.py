@@ -1,6 +1,6 @@
 """Site forwarding throughput, added hop latency and worker CPU, against kernel forwarding.
 
-Topology (:mod:`benchmarks._sitechain`): sender S -- A -- B -- receiver D, each a network
+Topology (:mod:`benchmarks._site_rig`): sender S -- A -- B -- receiver D, each a network
 namespace; A is the device under test, B forwards in the kernel, D counts what arrives at its
 kernel (``Ip: InReceives``). Every mode runs on the same topology with the same packets:
 
@@ -56,7 +56,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks._sitechain import SiteChain
+from benchmarks._site_rig import SiteChain
 
 PAYLOAD = 64  # bytes after the shim (--payload)
 PROBES = 300  # latency probes per mode (--probes)

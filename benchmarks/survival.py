@@ -27,7 +27,6 @@ Figures are medians over the rounds (``*_max`` the worst round).
 
 from __future__ import annotations
 
-import argparse
 import os
 import select
 import statistics
@@ -39,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._report import emit
+from benchmarks._report import arguments, emit
 from benchmarks._site_rig import SiteRig, pin
 
 KEY = bytes(range(16))
@@ -155,7 +154,6 @@ def _install(rig: SiteRig, root: Any, circuits: int) -> list[int]:
 
 def _start(rig: SiteRig) -> float:
     """``pcsite run`` with the same config again; seconds until "site up"."""
-    rig.log.write_bytes(b"")  # the rig waits for "site up" in this log
     t0 = time.monotonic()
     rig.start()
     return time.monotonic() - t0
@@ -173,7 +171,7 @@ def _leftovers(rig: SiteRig, running_workers: int) -> list[str]:
     from pcsite_lite.daemon.config import load
     from pcsite_lite.daemon.kernel import Kernel
 
-    cfg = load(rig.tmp / f"{rig.id}.toml")
+    cfg = load(rig.config)
     return rig.in_ns("a", lambda: Kernel(cfg).leftovers(running_workers=running_workers))
 
 
@@ -279,15 +277,12 @@ def run(circuits: int, rate: float, rounds: int, workers: int) -> dict[str, Any]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="survival")
-    ap.add_argument("--json", help="write the figures (and every round) to this path")
-    ap.add_argument("--circuits", type=int, default=32)
-    ap.add_argument("--rate", type=float, default=50.0, help="packets/s per circuit")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--workers", type=int, default=2)
-    args = ap.parse_args(argv)
-    if os.geteuid() != 0:
-        print("survival: needs root (namespaces, TUN, nftables)", file=sys.stderr)
+    args = arguments(argv, "survival", __doc__, {
+        "--circuits": (int, 32, "form-1 circuits under load"), "--rounds": (int, 3, "rounds"),
+        "--rate": (float, 50.0, "packets/s per circuit"),
+        "--workers": (int, 2, "site workers (at least 2)"),
+    }, root="namespaces, TUN, nftables")  # fmt: skip
+    if args is None:
         return 2
     if args.workers < 2:
         print("survival: --workers must be at least 2 (a survivor takes the buckets)",

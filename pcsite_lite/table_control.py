@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 from pcsite_lite.circuits import CircuitError, CircuitTable, OutHopEntry
-from pcsock.lookup import LookupServiceError
+from pcsock.lookup import HopSetup, site_refusals
 
 __all__ = ["TableSiteControl"]
 
@@ -29,35 +28,23 @@ class TableSiteControl:
         self.psp = psp
         self.clock = clock
 
-    def _call(self, fn: Callable[..., Any], *a: Any, **kw: Any) -> Any:
-        try:
-            return fn(*a, **kw)
-        except CircuitError as exc:
-            raise LookupServiceError("site_refused", f"{exc.code}: {exc.detail}") from exc
+    _call = site_refusals(CircuitError, lambda exc: f"{exc.code}: {exc.detail}")
 
     def allocate(self, service: str, lifetime: float) -> int:
         return int(self._call(self.table.allocate, self.psp, now=self.clock()))
 
-    def install(
-        self,
-        label: int,
-        *,
-        service: str,
-        in_key: bytes,
-        out: tuple[int, str, bytes] | None,
-        deliver: str | None,
-        lifetime: float,
-        destination: str | None = None,
-    ) -> None:
-        if out is not None:
-            hops = [OutHopEntry(label=out[0], next_hop=out[1], key=out[2])]  # type: ignore[arg-type]
+    def install(self, label: int, hop: HopSetup) -> None:
+        if hop.out is not None:
+            label_out, next_hop, key = hop.out
+            hops = [OutHopEntry(label=label_out, next_hop=next_hop, key=key)]  # type: ignore[arg-type]
         else:
-            assert deliver is not None
-            hops = [OutHopEntry(label=0, next_hop=deliver, key=None, final=True)]
+            assert hop.deliver is not None
+            hops = [OutHopEntry(label=0, next_hop=hop.deliver, key=None, final=True)]
         now = self.clock()
         self._call(
-            self.table.install, label, psp=self.psp, service=service, in_key=in_key,
-            out_hops=hops, expires=now + lifetime, destination=destination or deliver, now=now,
+            self.table.install, label, psp=self.psp, service=hop.service, in_key=hop.in_key,
+            out_hops=hops, expires=now + hop.lifetime,
+            destination=hop.destination or hop.deliver, now=now,
         )  # fmt: skip
 
     def renew(self, label: int, lifetime: float) -> None:

@@ -187,14 +187,7 @@ class Resolver:
             target = rd.target.to_text()
             a = self.query(target, "A")
             assert a is not None
-            attrs: dict[str, str] = {}
-            for s in _txt_strings(self.query(target, "TXT", missing_ok=True)):
-                kv = _kv(s, SITE_TXT_VERSION)
-                if kv is not None:
-                    attrs = kv
-                    break
-                # tolerate unversioned key=value strings (e.g. "router=R2" "compute_nodes=2")
-                attrs.update(_kv(f"{SITE_TXT_VERSION} {s}", SITE_TXT_VERSION) or {})
+            attrs = self._txt_attrs(target, SITE_TXT_VERSION, unversioned=True)
             try:
                 forms = tuple(int(f) for f in attrs.get("forms", "1,2,3").split(",") if f)
             except ValueError as exc:
@@ -215,6 +208,18 @@ class Resolver:
         out.sort(key=lambda s: (s.priority, -s.weight, s.name))
         return out
 
+    def _txt_attrs(self, owner: str, version: str, *, unversioned: bool = False) -> dict[str, str]:
+        """The key=value pairs of ``owner``'s first TXT string of ``version``; with
+        ``unversioned``, bare key=value strings ("router=R2" "compute_nodes=2") count too."""
+        attrs: dict[str, str] = {}
+        for s in _txt_strings(self.query(owner, "TXT", missing_ok=True)):
+            kv = _kv(s, version)
+            if kv is not None:
+                return kv
+            if unversioned:
+                attrs.update(_kv(f"{version} {s}", version) or {})
+        return attrs
+
     def site(self, domain: str, name: str) -> SiteRecord:
         """The site called ``name`` (case-insensitive) in ``domain``."""
         for s in self.sites(domain):
@@ -227,12 +232,7 @@ class Resolver:
         owner = f"{PSP_SERVICE}.{dns.name.from_text(psp_domain)}"
         srv = self.query(owner, "SRV")
         assert srv is not None
-        attrs: dict[str, str] = {}
-        for s in _txt_strings(self.query(owner, "TXT", missing_ok=True)):
-            kv = _kv(s, PSP_TXT_VERSION)
-            if kv is not None:
-                attrs = kv
-                break
+        attrs = self._txt_attrs(owner, PSP_TXT_VERSION)
         out = []
         for rd in sorted(srv, key=lambda r: (r.priority, -r.weight)):
             target = rd.target.to_text()

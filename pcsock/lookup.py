@@ -14,8 +14,9 @@ A reference implementation a PSP can run (``pcsock lookupd``). For each request 
 Circuits live ``lifetime`` seconds unless renewed; teardown removes every hop. If any step
 fails, the hops already made are torn down and the sender gets a :class:`LookupServiceError`.
 
-Sender <-> lookup service protocol: one JSON object per line over TCP (a connection may carry
-several requests)::
+Sender <-> lookup service protocol: HTTP/1.1 on the tree's one HTTP server stack
+(:mod:`pcsock.httpserver`); each request is ``POST /v1/lookup`` with one JSON document, the
+answer one JSON document (a connection may carry several requests)::
 
     -> {"op": "create", "destination": "198.18.4.2", "service": "srcroute",
         "source": "198.18.1.2", "sites": ["C2", "C3"], "lifetime": 60}
@@ -40,6 +41,8 @@ simulator, tests).
 from __future__ import annotations
 
 import errno
+import functools
+import http.client
 import json
 import secrets
 import socket as _socket
@@ -50,13 +53,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import trio
+
 from pcsock import wire
 from pcsock.control import ControlClient, ControlError, OutHop
+from pcsock.httpserver import Request, Response, ServerLimits, ServerStats, serve_listeners
 from pcsock.session import Circuit
 
 __all__ = [
     "BrokerClient",
     "CircuitBroker",
+    "HopSetup",
     "HttpSiteControl",
     "LookupClient",
     "LookupServer",
@@ -66,11 +73,8 @@ __all__ = [
     "circuit_from_json",
     "circuit_to_json",
     "find_lookup",
+    "site_refusals",
 ]
-
-
-#: accept() errors that mean "out of descriptors/memory right now"
-_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class LookupServiceError(OSError):
@@ -85,22 +89,26 @@ class LookupServiceError(OSError):
 # --- site control ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class HopSetup:
+    """What a site installs for one hop of a circuit: the service, the hop's key, and either
+    the next hop (``out``: its label, site address and key) or the destination it delivers
+    to (``deliver``, on the last hop); ``destination`` is the circuit's final one."""
+
+    service: str
+    in_key: bytes
+    out: tuple[int, str, bytes] | None
+    deliver: str | None
+    lifetime: float
+    destination: str | None = None
+
+
 class SiteControl(Protocol):
     """What the broker needs from one site's control plane."""
 
     def allocate(self, service: str, lifetime: float) -> int: ...
 
-    def install(
-        self,
-        label: int,
-        *,
-        service: str,
-        in_key: bytes,
-        out: tuple[int, str, bytes] | None,
-        deliver: str | None,
-        lifetime: float,
-        destination: str | None = None,
-    ) -> None: ...
+    def install(self, label: int, hop: HopSetup) -> None: ...
 
     def renew(self, label: int, lifetime: float) -> None: ...
 
@@ -111,6 +119,19 @@ class SiteControl(Protocol):
     # Optional: ``services() -> set[str] | None``, the services with an active version at the
     # site (for this PSP), None if it cannot tell. A control that has it lets the broker
     # refuse unknown services at setup.
+
+
+def site_refusals(refusal: type[Exception], describe: Callable[[Any], str]) -> Callable[..., Any]:
+    """A ``_call(fn, *a, **kw)`` for a :class:`SiteControl`: ``fn`` with a site's refusal
+    (``refusal``, described by ``describe``) raised as the ``site_refused`` lookup error."""
+
+    def call(_self: Any, fn: Callable[..., Any], *a: Any, **kw: Any) -> Any:
+        try:
+            return fn(*a, **kw)
+        except refusal as exc:
+            raise LookupServiceError("site_refused", describe(exc)) from exc
+
+    return call
 
 
 class HttpSiteControl:
@@ -129,33 +150,17 @@ class HttpSiteControl:
             base_url, token=token, psp=psp, timeout=timeout, ca_file=ca_file
         )
 
-    def _call(self, fn: Callable[..., Any], *a: Any, **kw: Any) -> Any:
-        try:
-            return fn(*a, **kw)
-        except ControlError as exc:
-            raise LookupServiceError("site_refused", f"{exc.code}: {exc.message}") from exc
+    _call = site_refusals(ControlError, lambda exc: f"{exc.code}: {exc.message}")
 
     def allocate(self, service: str, lifetime: float) -> int:
         return int(self._call(self.client.allocate_circuit, service, lifetime)["label"])
 
-    def install(
-        self,
-        label: int,
-        *,
-        service: str,
-        in_key: bytes,
-        out: tuple[int, str, bytes] | None,
-        deliver: str | None,
-        lifetime: float,
-        destination: str | None = None,
-    ) -> None:
+    def install(self, label: int, hop: HopSetup) -> None:
         # The control API takes the circuit's final destination on the last hop only
         # (``deliver``), so receiver-first precedence applies at the last site there.
-        hops = [OutHop(out[0], out[1], out[2])] if out else None
-        self._call(
-            self.client.install_hop, label, in_key=in_key, out=hops, deliver=deliver,
-            lifetime=lifetime,
-        )  # fmt: skip
+        hops = [OutHop(*hop.out)] if hop.out else None
+        self._call(self.client.install_hop, label, in_key=hop.in_key, out=hops,
+                   deliver=hop.deliver, lifetime=hop.lifetime)  # fmt: skip
 
     def renew(self, label: int, lifetime: float) -> None:
         self._call(self.client.renew_circuit, label, lifetime)
@@ -293,18 +298,9 @@ class CircuitBroker:
                 nxt = (
                     (labels[i + 1], path[i + 1].address, keys[i + 1]) if i + 1 < len(path) else None
                 )
-                jobs.append(
-                    self._pool.submit(
-                        site.control.install,
-                        labels[i],
-                        service=service,
-                        in_key=keys[i],
-                        out=nxt,
-                        deliver=None if nxt else destination,
-                        lifetime=lifetime,
-                        destination=destination,
-                    )
-                )
+                hop = HopSetup(service, keys[i], nxt, None if nxt else destination, lifetime,
+                               destination)  # fmt: skip
+                jobs.append(self._pool.submit(site.control.install, labels[i], hop))
             for j in jobs:
                 j.result()
         except BaseException as exc:
@@ -489,32 +485,69 @@ def circuit_from_json(d: dict[str, Any]) -> Circuit:
 # --- server and client -----------------------------------------------------------------------
 
 
-#: Longest request line the lookup server reads (bytes, newline included).
-MAX_LINE = 64 * 1024
+#: The one path of the lookup service: ``POST`` a request document, get the answer document.
+LOOKUP_PATH = "/v1/lookup"
+#: Largest request body the lookup server reads (bytes).
+MAX_REQUEST = 64 * 1024
 #: Connections the lookup server holds at once, in all and from one address.
 MAX_CONNECTIONS = 256
 MAX_CONNECTIONS_PER_CLIENT = 32
 #: Seconds a connection may stay silent before it is closed.
 IDLE_TIMEOUT = 30.0
-#: Longest answer line the client reads (bytes, newline included).
+#: Requests served at once (each is a handful of blocking control-API calls to sites).
+SERVER_THREADS = 8
+#: Longest answer the client reads (bytes).
 MAX_RESPONSE = 1024 * 1024
 
 
-def _error_line(code: str, message: str) -> bytes:
-    return json.dumps({"ok": False, "error": {"code": code, "message": message}}).encode() + b"\n"
+class _LookupApp:
+    """The lookup service as an app of the HTTP server (:mod:`pcsock.httpserver`)."""
+
+    def __init__(self, broker: CircuitBroker, limits: ServerLimits) -> None:
+        self.broker = broker
+        self.limits = limits
+
+    @property
+    def max_body(self) -> int:
+        return self.limits.max_body
+
+    def offload(self, req: Request) -> bool:
+        return True  # the broker blocks on the sites' control APIs: never in the event loop
+
+    def handle(self, req: Request) -> Response:
+        if req.target.split("?", 1)[0] != LOOKUP_PATH:
+            return _answer(404, _error("not_found", f"the lookup service is at {LOOKUP_PATH}"))
+        if req.method != "POST":
+            return _answer(405, _error("method_not_allowed", f"POST to {LOOKUP_PATH}"))
+        try:
+            doc = json.loads(req.body)
+            if not isinstance(doc, dict):
+                raise ValueError("not an object")
+        except ValueError as exc:
+            return _answer(400, _error("bad_request", f"bad JSON: {exc}"))
+        return _answer(200, self.broker.handle(doc))
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"ok": False, "error": {"code": code, "message": message}}
+
+
+def _answer(status: int, doc: dict[str, Any]) -> Response:
+    return Response(status, json.dumps(doc).encode())
 
 
 class LookupServer:
-    """Serves a :class:`CircuitBroker` on TCP (JSON lines; one thread per connection).
+    """Serves a :class:`CircuitBroker` over HTTP (``POST /v1/lookup``, one JSON request
+    document per request, keep-alive) on the tree's HTTP server (:mod:`pcsock.httpserver`,
+    trio + h11), in a thread of its own so that blocking code (tests, the demo, the
+    benchmark) runs it as ``with LookupServer(...) as srv:``. The listening socket is bound
+    in the constructor (in the calling thread's network namespace).
 
-    Threads rather than trio here: each request is a handful of blocking control-API calls
-    the broker already fans out on its pool, and the server must be usable from plain
-    blocking code (tests, the demo, the benchmark) as ``with LookupServer(...) as srv:``.
-
-    Bounded: a line is read at most ``max_line`` bytes at a time, and a longer one is refused
-    (``bad_request``) and its connection closed without reading the rest; at most
-    ``max_connections`` connections (``max_per_client`` from one address) are served, more
-    are answered ``unavailable`` and closed; a connection silent for ``idle_timeout`` closes.
+    Bounded like the control API: a request body over ``max_body`` bytes is refused (413
+    ``body_too_large``) while it arrives; at most ``max_connections`` connections
+    (``max_per_client`` from one address) are held, more are answered 429
+    ``too_many_connections`` (at the total cap the least recently active idle connection is
+    closed first); a connection silent for ``idle_timeout`` closes; slow requests time out.
     """
 
     def __init__(
@@ -523,115 +556,77 @@ class LookupServer:
         host: str,
         port: int = 0,
         *,
-        max_line: int = MAX_LINE,
+        max_body: int = MAX_REQUEST,
         max_connections: int = MAX_CONNECTIONS,
         max_per_client: int = MAX_CONNECTIONS_PER_CLIENT,
         idle_timeout: float = IDLE_TIMEOUT,
+        threads: int = SERVER_THREADS,
     ) -> None:
         self.broker = broker
-        self.max_line = max_line
-        self.max_connections = max_connections
-        self.max_per_client = max_per_client
-        self.idle_timeout = idle_timeout
+        self.limits = ServerLimits(
+            max_body=max_body, max_connections=max_connections,
+            max_connections_per_client=max_per_client, idle_timeout=idle_timeout,
+        )  # fmt: skip
+        self.threads = threads
         self._sock = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
         self._sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
-        self._sock.listen(64)
+        self._sock.listen(128)
         self.address: tuple[str, int] = self._sock.getsockname()
+        self._stats: list[ServerStats] = []
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._cancel: trio.CancelScope | None = None
+        self._up = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="pcsock-lookupd", daemon=True)
+        # threads started from the caller's thread (its network namespace), not trio's
+        # process-wide worker cache: circuits expire through the sites' control APIs
+        self._thread = threading.Thread(target=self._run, name="pcsock-lookupd", daemon=True)
         self._expirer = threading.Thread(target=self._expire, name="pcsock-expire", daemon=True)
-        self._lock = threading.Lock()
-        self._open: dict[str, int] = {}  # client address -> connections being served
-        self.refused = 0  #: connections turned away at a cap
+
+    @property
+    def refused(self) -> int:
+        """Connections turned away at a cap."""
+        return self._stats[0].refused if self._stats else 0
 
     def start(self) -> LookupServer:
         self._thread.start()
         self._expirer.start()
+        self._up.wait(10)
         return self
+
+    def _run(self) -> None:
+        try:
+            trio.run(self._main)
+        finally:
+            self._up.set()
+            self._sock.close()
+
+    async def _main(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(self._sock))
+        with trio.CancelScope() as self._cancel:
+            async with trio.open_nursery() as n:
+                await n.start(functools.partial(
+                    serve_listeners, _LookupApp(self.broker, self.limits), [listener],
+                    stats=self._stats, offload_threads=self.threads,
+                ))  # fmt: skip
+                self._up.set()
 
     def _expire(self) -> None:
         while not self._stop.wait(1.0):
             self.broker.expire()
 
-    def _admit(self, client: str) -> str:
-        """'' if the connection may be served (and is counted), else why not."""
-        with self._lock:
-            if sum(self._open.values()) >= self.max_connections:
-                return f"the lookup service is at its limit of {self.max_connections} connections"
-            if self._open.get(client, 0) >= self.max_per_client:
-                return f"{self.max_per_client} connections from {client} are open"
-            self._open[client] = self._open.get(client, 0) + 1
-            return ""
-
-    def _leave(self, client: str) -> None:
-        with self._lock:
-            n = self._open.get(client, 0) - 1
-            if n > 0:
-                self._open[client] = n
-            else:
-                self._open.pop(client, None)
-
-    def _serve(self) -> None:
-        self._sock.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                conn, peer = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError as exc:
-                if self._stop.is_set() or exc.errno not in _CAPACITY_ERRNOS:
-                    return
-                self._stop.wait(0.05)  # out of descriptors for now: back off, keep serving
-                continue
-            why = self._admit(peer[0])
-            if why:
-                self.refused += 1
-                with conn:
-                    try:
-                        conn.settimeout(0.5)
-                        conn.sendall(_error_line("unavailable", why))
-                    except OSError:
-                        pass
-                continue
-            threading.Thread(target=self._conn, args=(conn, peer[0]), daemon=True).start()
-
-    def _conn(self, conn: _socket.socket, client: str) -> None:
-        conn.settimeout(self.idle_timeout)
-        try:
-            with conn, conn.makefile("rwb") as f:
-                while True:
-                    line = f.readline(self.max_line + 1)  # never more than the bound
-                    if not line:
-                        return
-                    if len(line) > self.max_line:
-                        f.write(_error_line(
-                            "bad_request", f"line longer than {self.max_line} bytes",
-                        ))  # fmt: skip
-                        f.flush()
-                        return  # the rest of the line is never read
-                    try:
-                        req = json.loads(line)
-                        if not isinstance(req, dict):
-                            raise ValueError("not an object")
-                        resp = self.broker.handle(req)
-                    except ValueError as exc:
-                        resp = {
-                            "ok": False,
-                            "error": {"code": "bad_request", "message": f"bad JSON: {exc}"},
-                        }
-                    f.write(json.dumps(resp).encode() + b"\n")
-                    f.flush()
-        except OSError:
-            return
-        finally:
-            self._leave(client)
-
     def close(self) -> None:
         self._stop.set()
-        self._sock.close()
+        token, scope = self._token, self._cancel
+        if token is not None and scope is not None:
+            try:
+                token.run_sync_soon(scope.cancel)
+            except trio.RunFinishedError:
+                pass
         if self._thread.is_alive():
-            self._thread.join(2)
+            self._thread.join(5)
+        self._sock.close()
 
     def serve_forever(self) -> None:
         self.start()
@@ -661,34 +656,35 @@ def _hint(exc: OSError) -> str:
 
 
 class LookupClient:
-    """The sender's side of the protocol (one TCP connection, reused; thread-safe)."""
+    """The sender's side: ``POST /v1/lookup`` over one kept HTTP/1.1 connection (thread-safe)."""
 
     def __init__(self, host: str, port: int, *, timeout: float = 5.0) -> None:
         self.host = host
         self.port = port
         self.timeout = timeout
-        self._sock: _socket.socket | None = None
-        self._file: Any = None
+        self._conn: http.client.HTTPConnection | None = None
         self._lock = threading.Lock()
 
-    def _connect(self) -> None:
+    def _connect(self) -> http.client.HTTPConnection:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
         try:
-            s = _socket.create_connection((self.host, self.port), timeout=self.timeout)
+            conn.connect()
         except OSError as exc:
+            conn.close()
             raise LookupServiceError(
                 "unavailable", f"lookup service {self.host}:{self.port}: {exc}{_hint(exc)}"
             ) from exc
-        s.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
-        self._sock = s
-        self._file = s.makefile("rwb")
+        if conn.sock is not None:
+            conn.sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+        return conn
 
     def call(self, request: dict[str, Any]) -> dict[str, Any]:
         """Send one request; the response document (raises LookupServiceError if not ok)."""
-        data = json.dumps(request).encode() + b"\n"
+        data = json.dumps(request).encode()
         with self._lock:
-            line = self._exchange(data)
+            status, body = self._exchange(data)
             try:
-                resp = json.loads(line)
+                resp = json.loads(body)
                 if not isinstance(resp, dict):
                     raise ValueError("not an object")
             except ValueError as exc:
@@ -696,15 +692,18 @@ class LookupClient:
                 raise LookupServiceError(
                     "bad_response", f"answer is not a JSON object: {exc}"
                 ) from exc
-        if not resp.get("ok"):
+        if status != 200 or not resp.get("ok"):
             err = resp.get("error") or {}
-            raise LookupServiceError(
-                str(err.get("code", "bad_response")), str(err.get("message", ""))
-            )
+            code = str(err.get("code", "bad_response"))
+            if status == 429 or status >= 500:  # a cap or an outage: try again later
+                code = "unavailable"
+            elif status != 200 and code not in _SERVICE_CODES:
+                code = "bad_request"  # the HTTP layer refused it (too large, too slow...)
+            raise LookupServiceError(code, str(err.get("message", "")))
         return dict(resp)
 
-    def _exchange(self, data: bytes) -> bytes:
-        """Send one request line, read one answer line (with its newline).
+    def _exchange(self, data: bytes) -> tuple[int, bytes]:
+        """Send one request, read its whole answer: (HTTP status, body).
 
         A connection kept from an earlier call may have been closed by the server since (its
         idle timeout): if it turns out closed before any answer, the request goes once more
@@ -713,55 +712,66 @@ class LookupClient:
         may have acted on the request, and ``create`` is not idempotent. Any failure closes
         the connection, so a late answer can never be read as the next call's.
         """
+        headers = {"content-type": "application/json", "accept": "application/json"}
         for _ in range(2):
-            reused = self._sock is not None
-            if not reused:
-                self._connect()
+            reused = self._conn is not None
+            if self._conn is None:
+                self._conn = self._connect()
+            conn = self._conn
             try:
-                self._file.write(data)
-                self._file.flush()
-                line: bytes = self._file.readline(MAX_RESPONSE + 1)
+                conn.request("POST", LOOKUP_PATH, body=data, headers=headers)
+                resp = conn.getresponse()
+                length = resp.getheader("content-length")
+                if length is not None and length.isdigit() and int(length) > MAX_RESPONSE:
+                    self.close()
+                    raise LookupServiceError(
+                        "bad_response", f"answer longer than {MAX_RESPONSE} bytes"
+                    )
+                body = resp.read(MAX_RESPONSE + 1)
+                if length is not None and length.isdigit() and len(body) < int(length):
+                    raise http.client.IncompleteRead(body, int(length) - len(body))
+                if len(body) > MAX_RESPONSE:
+                    self.close()
+                    raise LookupServiceError(
+                        "bad_response", f"answer longer than {MAX_RESPONSE} bytes"
+                    )
+                if not resp.isclosed():  # not read to its end: nothing more may follow
+                    self.close()
+                elif resp.will_close:
+                    self.close()
+                return resp.status, body
             except TimeoutError as exc:
                 self.close()
                 raise LookupServiceError(
                     "unavailable", f"no answer from the lookup service within {self.timeout} s"
                 ) from exc
-            except OSError as exc:
+            except http.client.IncompleteRead as exc:
+                self.close()
+                raise LookupServiceError("bad_response", "the answer was cut short") from exc
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 self.close()
                 if reused:
-                    continue
-                raise LookupServiceError("unavailable", str(exc)) from exc
-            if line.endswith(b"\n") and len(line) <= MAX_RESPONSE:
-                return line
-            self.close()
-            if len(line) > MAX_RESPONSE:
-                raise LookupServiceError("bad_response", f"answer longer than {MAX_RESPONSE} bytes")
-            if line:
-                raise LookupServiceError("bad_response", "the answer was cut short")
-            if not reused:
-                raise LookupServiceError("unavailable", "lookup service closed the connection")
+                    continue  # the kept connection was closed before it answered: once more
+                raise LookupServiceError(
+                    "unavailable", f"lookup service closed the connection ({exc})"
+                ) from exc
+            except http.client.HTTPException as exc:
+                self.close()
+                raise LookupServiceError("bad_response", f"not an HTTP answer: {exc}") from exc
+            except OSError as exc:
+                self.close()
+                raise LookupServiceError(
+                    "unavailable", f"lookup service {self.host}:{self.port}: {exc}"
+                ) from exc
         raise LookupServiceError("unavailable", "lookup service closed the connection")
 
-    def create(
-        self,
-        *,
-        destination: str,
-        service: str,
-        source: str = "",
-        sites: Sequence[str] | None = None,
-        lifetime: float = 60.0,
-    ) -> Circuit:
-        r = self.call(
-            {
-                "op": "create",
-                "destination": destination,
-                "service": service,
-                "source": source,
-                "sites": list(sites) if sites else None,
-                "lifetime": lifetime,
-            }
-        )
-        return circuit_from_json(r["circuit"])
+    def create(self, *, destination: str, service: str, **options: Any) -> Circuit:
+        """A circuit to ``destination`` through ``service``; ``options`` are those of
+        :meth:`CircuitBroker.create` (``source``, ``sites``, ``lifetime``, ``hops``)."""
+        if options.get("sites"):
+            options["sites"] = list(options["sites"])
+        req = {"op": "create", "destination": destination, "service": service, **options}
+        return circuit_from_json(self.call(req)["circuit"])
 
     def renew(self, circuit: Circuit, lifetime: float | None = None) -> Circuit:
         req: dict[str, Any] = {"op": "renew", "id": circuit.circuit_id}
@@ -773,15 +783,16 @@ class LookupClient:
         self.call({"op": "teardown", "id": circuit.circuit_id})
 
     def close(self) -> None:
-        if self._file is not None:
-            try:
-                self._file.close()
-            except OSError:
-                pass
-        if self._sock is not None:
-            self._sock.close()
-        self._sock = None
-        self._file = None
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = None
+
+
+#: The codes the lookup service itself answers with (the module docstring lists them).
+_SERVICE_CODES = frozenset({
+    "bad_request", "unknown_site", "unknown_service", "unknown_circuit", "no_sites", "site_refused",
+    "unavailable",
+})  # fmt: skip
 
 
 class BrokerClient:

@@ -23,6 +23,7 @@ the way); its own original source is the replier, so the exchange can go on.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from pcsock import wire
 
@@ -159,18 +160,8 @@ class Session:
                 self._shims[ck] = shim
             self.sent += 1
             return shim + self._transport(payload, sport, dport), (circuit.first_hop, circuit.port)
-        pkt = wire.build_circuit_packet(
-            src=self.local_ip,
-            dst=circuit.first_hop,
-            label=circuit.label,
-            key=circuit.key,
-            payload=self._transport(payload, sport, dport),
-            metadata=metadata,
-            udp=self.mode == "udp",
-            dport=circuit.port,
-            proto=self.proto,
-            ident=self._next_ident(),
-        )
+        common = self._common(circuit.first_hop, payload, sport, dport, metadata, circuit.port)
+        pkt = wire.build_circuit_packet(label=circuit.label, key=circuit.key, **common)
         return self._out(pkt), (circuit.first_hop, circuit.port)
 
     def encode_service(
@@ -187,28 +178,21 @@ class Session:
         """Form 2: toward the real ``destination``; the socket must set ToS 0xAC (UDP mode) —
         in IP mode the header built here carries it."""
         pkt = wire.build_service_packet(
-            src=self.local_ip,
-            dst=destination,
             service_id=service_id,
-            payload=self._transport(payload, sport, dport),
-            metadata=metadata,
-            udp=self.mode == "udp",
-            dport=port,
-            proto=self.proto,
-            ident=self._next_ident(),
+            **self._common(destination, payload, sport, dport, metadata, port),
         )
         return self._out(pkt), (destination, port)
 
-    def encode_reply(
-        self,
-        to: Datagram | str,
-        payload: bytes,
-        *,
-        metadata: int = 0,
-        port: int = wire.UDP_PORT,
-        sport: int = 0,
-        dport: int = 0,
-    ) -> tuple[bytes, tuple[str, int]]:
+    def _common(self, dst: str, payload: bytes, sport: int, dport: int, metadata: int,
+                port: int) -> dict[str, Any]:  # fmt: skip
+        """The packet builders' arguments every form sends with."""
+        return {"src": self.local_ip, "dst": dst, "payload": self._transport(payload, sport, dport),
+                "metadata": metadata, "udp": self.mode == "udp", "dport": port,
+                "proto": self.proto, "ident": self._next_ident()}  # fmt: skip
+
+    def encode_reply(self, to: Datagram | str, payload: bytes, *, metadata: int = 0,
+                     port: int = wire.UDP_PORT, sport: int = 0,
+                     dport: int = 0) -> tuple[bytes, tuple[str, int]]:  # fmt: skip
         """A direct reply (label 0) to a datagram's original source (or to an address); to a
         datagram, the application ports are swapped."""
         if isinstance(to, Datagram):
@@ -216,16 +200,7 @@ class Session:
         else:
             dst = to
         pkt = wire.build_circuit_packet(
-            src=self.local_ip,
-            dst=dst,
-            label=REPLY_LABEL,
-            key=None,
-            payload=self._transport(payload, sport, dport),
-            metadata=metadata,
-            udp=self.mode == "udp",
-            dport=port,
-            proto=self.proto,
-            ident=self._next_ident(),
+            label=REPLY_LABEL, key=None, **self._common(dst, payload, sport, dport, metadata, port)
         )
         return self._out(pkt), (dst, port)
 

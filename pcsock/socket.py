@@ -125,8 +125,9 @@ def _open_transport(
     return rx, tx
 
 
-class PacketCloudSocket:
-    """A PacketCloud endpoint bound to ``local_ip`` (blocking). See the module docstring."""
+class _Endpoint:
+    """What the blocking and the trio sockets share: the session (codec and counters), the
+    ports, the transport and how datagrams are framed before either sends them."""
 
     def __init__(
         self,
@@ -138,23 +139,16 @@ class PacketCloudSocket:
         proto: int = wire.IPPROTO_PACKETCLOUD,
         tos: int = 0,
         bind: bool = True,
-        accel: bool | None = None,
     ) -> None:
         self.session = Session(local_ip, mode=mode, proto=proto)
         self.app_port = app_port  #: application port: the source port of what this sends
         self.encap_port = encap_port
-        # the C accelerator's senders (accel=None: use it when pcsock.wire does)
-        ax = wire.accelerator()
-        if accel and ax is None:
-            raise PcsockError(f"the C accelerator is not available: {wire.PURE_REASON}")
-        self._ax: Any = ax if accel is None or accel else None
-        #: (first hop, port, label, key, metadata, sport, dport) -> _accel.Sender
-        self._senders: dict[tuple[Any, ...], Any] = {}
-        self._rx, self._tx = _open_transport(mode, local_ip, encap_port, proto, bind, tos)
-        self._timeout: float | None = None
+        rx, tx = _open_transport(mode, local_ip, encap_port, proto, bind, tos)
+        #: stdlib sockets (the trio flavour wraps them in trio sockets)
+        self._rx: Any = rx
+        self._tx: Any = tx
         self._closed = False
 
-    # -- stdlib-like surface
     @property
     def mode(self) -> str:
         return self.session.mode
@@ -163,6 +157,65 @@ class PacketCloudSocket:
     def local_ip(self) -> str:
         return self.session.local_ip
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _dest(self, addr: tuple[str, int]) -> tuple[str, int]:
+        """Where a frame goes: ``addr`` in UDP mode, its host (port 0) in raw-IP mode."""
+        if self._closed:
+            raise PcsockError("socket is closed")
+        return addr if self.session.mode == "udp" else (addr[0], 0)
+
+    def _circuit_frame(self, circuit: Circuit, payload: bytes, metadata: int,
+                       dport: int) -> tuple[bytes, tuple[str, int]]:  # fmt: skip
+        return self.session.encode_circuit(
+            circuit, payload, metadata=metadata, sport=self.app_port, dport=dport
+        )
+
+    def _service_frame(self, payload: bytes, destination: str, service_id: int, metadata: int,
+                       dport: int) -> tuple[bytes, tuple[str, int]]:  # fmt: skip
+        return self.session.encode_service(
+            destination, service_id, payload, metadata=metadata, port=self.encap_port,
+            sport=self.app_port, dport=dport,
+        )  # fmt: skip
+
+    def _reply_frame(self, to: Datagram | str, payload: bytes,
+                     metadata: int) -> tuple[bytes, tuple[str, int]]:  # fmt: skip
+        return self.session.encode_reply(
+            to, payload, metadata=metadata, port=self.encap_port, sport=self.app_port
+        )
+
+    def _decode(self, data: bytes, src: tuple[str, int]) -> Datagram | None:
+        return self.session.decode(data, src if self.session.mode == "udp" else None)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._rx.close()
+        if self._tx is not self._rx:
+            self._tx.close()
+
+
+class PacketCloudSocket(_Endpoint):
+    """A PacketCloud endpoint bound to ``local_ip`` (blocking). See the module docstring.
+
+    Keywords: ``mode`` ("udp" or "ip"), ``app_port``, ``encap_port``, ``proto``, ``tos``,
+    ``bind`` (as :class:`_Endpoint` takes them) and ``accel``."""
+
+    def __init__(self, local_ip: str, *, accel: bool | None = None, **kw: Any) -> None:
+        super().__init__(local_ip, **kw)
+        # the C accelerator's senders (accel=None: use it when pcsock.wire does)
+        ax = wire.accelerator()
+        if accel and ax is None:
+            raise PcsockError(f"the C accelerator is not available: {wire.PURE_REASON}")
+        self._ax: Any = ax if accel is None or accel else None
+        #: (first hop, port, label, key, metadata, sport, dport) -> _accel.Sender
+        self._senders: dict[tuple[Any, ...], Any] = {}
+        self._timeout: float | None = None
+
+    # -- stdlib-like surface
     def settimeout(self, timeout: float | None) -> None:
         self._timeout = timeout
 
@@ -172,13 +225,8 @@ class PacketCloudSocket:
     def fileno(self) -> int:
         return self._rx.fileno()
 
-    def _send(self, data: bytes, addr: tuple[str, int]) -> int:
-        if self._closed:
-            raise PcsockError("socket is closed")
-        if self.session.mode == "udp":
-            return self._tx.sendto(data, addr)
-        self._tx.sendto(data, (addr[0], 0))
-        return len(data)
+    def _send(self, data: bytes, addr: tuple[str, int]) -> None:
+        self._tx.sendto(data, self._dest(addr))
 
     @property
     def accelerated(self) -> bool:
@@ -223,10 +271,7 @@ class PacketCloudSocket:
             n: int = self._sender(circuit, metadata, dport).send(payload)
             self.session.sent += 1
             return n
-        data, addr = self.session.encode_circuit(
-            circuit, payload, metadata=metadata, sport=self.app_port, dport=dport
-        )
-        self._send(data, addr)
+        self._send(*self._circuit_frame(circuit, payload, metadata, dport))
         return len(payload)
 
     def send_many_on(
@@ -262,25 +307,13 @@ class PacketCloudSocket:
         """Send ``payload`` to ``destination`` asking for service ``service_id`` (form 2). In
         UDP mode the socket must have been made with ``tos=wire.TOS_SERVICE``
         (:func:`service_socket` does)."""
-        data, addr = self.session.encode_service(
-            destination,
-            service_id,
-            payload,
-            metadata=metadata,
-            port=self.encap_port,
-            sport=self.app_port,
-            dport=dport,
-        )
-        self._send(data, addr)
+        self._send(*self._service_frame(payload, destination, service_id, metadata, dport))
         return len(payload)
 
     def reply(self, to: Datagram | str, payload: bytes, *, metadata: int = 0) -> int:
         """Answer the original source of ``to`` directly (label 0, no sites; application
         ports swapped)."""
-        data, addr = self.session.encode_reply(
-            to, payload, metadata=metadata, port=self.encap_port, sport=self.app_port
-        )
-        self._send(data, addr)
+        self._send(*self._reply_frame(to, payload, metadata))
         return len(payload)
 
     def recv(self, timeout: float | None = ...) -> Datagram:  # type: ignore[assignment]
@@ -300,24 +333,15 @@ class PacketCloudSocket:
                 data, src = self._rx.recvfrom(_RECV_BUF)
             except (TimeoutError, BlockingIOError) as exc:
                 raise TimeoutError("timed out") from exc
-            d = self.session.decode(data, src if self.session.mode == "udp" else None)
+            d = self._decode(data, src)
             if d is not None:
                 return d
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError("timed out")
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
         self._senders.clear()
-        self._rx.close()
-        if self._tx is not self._rx:
-            self._tx.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
+        super().close()
 
     def __enter__(self) -> PacketCloudSocket:
         return self
@@ -531,68 +555,32 @@ def service_socket(
 # --- trio ------------------------------------------------------------------------------------
 
 
-class AsyncPacketCloudSocket:
-    """The trio flavour of :class:`PacketCloudSocket` (UDP or raw-IP mode)."""
+class AsyncPacketCloudSocket(_Endpoint):
+    """The trio flavour of :class:`PacketCloudSocket` (UDP or raw-IP mode; the same keywords
+    but ``accel``)."""
 
-    def __init__(
-        self,
-        local_ip: str,
-        *,
-        mode: str = "udp",
-        app_port: int = 0,
-        encap_port: int = wire.UDP_PORT,
-        proto: int = wire.IPPROTO_PACKETCLOUD,
-        tos: int = 0,
-        bind: bool = True,
-    ) -> None:
-        self.session = Session(local_ip, mode=mode, proto=proto)
-        self.app_port = app_port
-        self.encap_port = encap_port
-        rx, tx = _open_transport(mode, local_ip, encap_port, proto, bind, tos)
+    def __init__(self, local_ip: str, **kw: Any) -> None:
+        super().__init__(local_ip, **kw)
+        rx, tx = self._rx, self._tx
         self._rx = trio.socket.from_stdlib_socket(rx)
         self._tx = self._rx if tx is rx else trio.socket.from_stdlib_socket(tx)
-        self._closed = False
 
     async def _send(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self._closed:
-            raise PcsockError("socket is closed")
-        await self._tx.sendto(data, addr if self.session.mode == "udp" else (addr[0], 0))
+        await self._tx.sendto(data, self._dest(addr))
 
     async def send_on(
         self, circuit: Circuit, payload: bytes, *, metadata: int = 0, dport: int = 0
     ) -> int:
-        data, addr = self.session.encode_circuit(
-            circuit, payload, metadata=metadata, sport=self.app_port, dport=dport
-        )
-        await self._send(data, addr)
+        await self._send(*self._circuit_frame(circuit, payload, metadata, dport))
         return len(payload)
 
-    async def sendto_service(
-        self,
-        payload: bytes,
-        destination: str,
-        service_id: int,
-        *,
-        metadata: int = 0,
-        dport: int = 0,
-    ) -> int:
-        data, addr = self.session.encode_service(
-            destination,
-            service_id,
-            payload,
-            metadata=metadata,
-            port=self.encap_port,
-            sport=self.app_port,
-            dport=dport,
-        )
-        await self._send(data, addr)
+    async def sendto_service(self, payload: bytes, destination: str, service_id: int, *,
+                             metadata: int = 0, dport: int = 0) -> int:  # fmt: skip
+        await self._send(*self._service_frame(payload, destination, service_id, metadata, dport))
         return len(payload)
 
     async def reply(self, to: Datagram | str, payload: bytes, *, metadata: int = 0) -> int:
-        data, addr = self.session.encode_reply(
-            to, payload, metadata=metadata, port=self.encap_port, sport=self.app_port
-        )
-        await self._send(data, addr)
+        await self._send(*self._reply_frame(to, payload, metadata))
         return len(payload)
 
     async def recv(self) -> Datagram:
@@ -601,17 +589,9 @@ class AsyncPacketCloudSocket:
             if self._closed:
                 raise PcsockError("socket is closed")
             data, src = await self._rx.recvfrom(_RECV_BUF)
-            d = self.session.decode(data, src if self.session.mode == "udp" else None)
+            d = self._decode(data, src)
             if d is not None:
                 return d
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._rx.close()
-        if self._tx is not self._rx:
-            self._tx.close()
 
     async def aclose(self) -> None:
         self.close()

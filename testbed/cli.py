@@ -297,12 +297,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_exec(args: argparse.Namespace) -> int:
+def _node_ns(run_name: str | None, node: str) -> tuple[state.Run, str]:
+    """The run (as root) and the namespace of its ``node``; exits if there is none."""
     _need_root()
-    run = _pick_run(args.run)
-    ns = run.ns(args.node)
+    run = _pick_run(run_name)
+    ns = run.ns(node)
     if not netns.exists(ns):
-        raise SystemExit(f"testbed: run {run.name} has no node {args.node!r}")
+        raise SystemExit(f"testbed: run {run.name} has no node {node!r}")
+    return run, ns
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    _run, ns = _node_ns(args.run, args.node)
     cmd = args.cmd or ["sh"]
     return subprocess.call(["nsenter", f"--net={netns.path(ns)}", "--", *cmd])
 
@@ -342,11 +348,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
 def cmd_divert(args: argparse.Namespace) -> int:
     """Add/remove a destination diversion (form 3) on a router of a running testbed."""
-    _need_root()
-    run = _pick_run(args.run)
-    ns = run.ns(args.router)
-    if not netns.exists(ns):
-        raise SystemExit(f"testbed: run {run.name} has no node {args.router!r}")
+    run, ns = _node_ns(args.run, args.router)
     atts = run.data.get("summary", {}).get("attachments", {})
     if args.router not in atts:
         raise SystemExit(f"testbed: {args.router} has no co-located site")

@@ -464,6 +464,16 @@ class Testbed:
             max_workers=self.workers, thread_name_prefix=f"{self.prefix}-build"
         )
 
+    def _per_node(self, fn: Callable[[str], None], control: Callable[[], None]) -> None:
+        """``fn(node)`` for every node and ``control()`` for the control namespace (if the
+        topology has one), on the build pool; the first error is raised."""
+        with self._pool() as pool:
+            futures = [pool.submit(fn, n) for n in self.plan.nodes]
+            if self.control_ns:
+                futures.append(pool.submit(control))
+            for f in futures:
+                f.result()
+
     def _create_namespaces(self) -> None:
         jobs = [
             (self.run_state.ns(n), _ROUTER_SYSCTLS if p.forwards else _BASE_SYSCTLS)
@@ -526,12 +536,7 @@ class Testbed:
             batch.alias(planmod.CTL_BRIDGE_INDEX, self._alias("control"))
             batch.commit()
 
-        with self._pool() as pool:
-            futures = [pool.submit(build, n) for n in self.plan.nodes]
-            if self.control_ns:
-                futures.append(pool.submit(bridge))
-            for f in futures:
-                f.result()
+        self._per_node(build, bridge)
 
     def _configure(self) -> None:
         world = str(TESTBED_SPACE)
@@ -579,12 +584,7 @@ class Testbed:
                 batch.up(idx, master=planmod.CTL_BRIDGE_INDEX)
             batch.commit()
 
-        with self._pool() as pool:
-            futures = [pool.submit(configure, n) for n in self.plan.nodes]
-            if self.control_ns:
-                futures.append(pool.submit(ctl))
-            for f in futures:
-                f.result()
+        self._per_node(configure, ctl)
 
     def _shape(self, links: list[planmod.LinkPlan]) -> None:
         per_node: dict[str, list[str]] = {}

@@ -117,7 +117,7 @@ def test_package_imports_only_what_the_layers_allow(package):
         ("pcsock", "import importlib\nimportlib.import_module('examples.rbf.demo')\n", True),
         ("pcsock", "x = __import__('pcsite_lite')\n", True),
         ("testbed", "class A:\n    def m(self):\n        import pcsock.wire\n", True),
-        ("benchmarks", "def f():\n    from tests.daemon import netns_util\n", True),
+        ("benchmarks", "def f():\n    from tests.support import sites\n", True),
         ("pcsite_lite", "from pcsock import wire\nfrom pcsock.lookup import SiteEntry\n", False),
         ("pcsock", "from . import wire\nfrom .session import Circuit\nimport scapy\n", False),
         ("benchmarks", "from pcdemo.scenarios import SRCROUTE\nimport examples.rbf\n", False),

@@ -32,6 +32,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from pcsite_lite.metering import Counters, UsageRecord
 
@@ -309,16 +310,9 @@ class Ledger:
                 added += self._insert_log(line)
         return added
 
-    def log_sink(
-        self,
-        site: str,
-        psp: str,
-        service: str,
-        *,
-        batch: int = 1024,
-        clock: Callable[[], float] = time.time,
-    ) -> LogSink:
-        """A ``log(text)`` sink for one service of one PSP at ``site``.
+    def log_sink(self, site: str, psp: str, service: str, **options: Any) -> LogSink:
+        """A ``log(text)`` sink for one service of one PSP at ``site`` (``options``: ``batch``,
+        ``clock``, as :class:`LogSink` takes them).
 
         Lines are buffered and written ``batch`` lines at a time; ``batch=1`` makes every line
         durable before ``log`` returns. Call :meth:`LogSink.flush` at the end of each metering
@@ -326,7 +320,7 @@ class Ledger:
         the ``log`` call, i.e. inside the calling service's metered time, so keep ``batch``
         above the lines a service logs per interval.
         """
-        return LogSink(self, site, psp, service, batch=batch, clock=clock)
+        return LogSink(self, site, psp, service, **options)
 
     def log_sinks(
         self, site: str, *, batch: int = 1024, clock: Callable[[], float] = time.time

@@ -19,14 +19,16 @@ import math
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from pcsock.httpserver import Request, Response, retry_after_header
 
 from .auth import Credentials, Principal
 from .backend import ControlBackend, Json
 from .errors import CODES, ApiError
-from .limits import DEFAULT_LIMITS, Limits, RateLimiter, check_body_shape, retry_after_header
+from .limits import DEFAULT_LIMITS, Limits, RateLimiter, check_body_shape
 
 __all__ = [
     "API_VERSION",
@@ -45,28 +47,6 @@ DEFAULT_MAX_BODY: Final = DEFAULT_LIMITS.max_body
 MAX_LIFETIME: Final = 7 * 24 * 3600.0
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _KEY_RE: Final = re.compile(r"^[^\x00-\x1f]{1,256}$")
-
-
-@dataclass(frozen=True, slots=True)
-class Request:
-    """An HTTP request as the app sees it (header names lower-case)."""
-
-    method: str
-    target: str
-    headers: Mapping[str, str] = field(default_factory=dict)
-    body: bytes = b""
-    client: str = ""  #: the peer's address (rate limit of failed authentication)
-
-
-@dataclass(frozen=True, slots=True)
-class Response:
-    status: int
-    body: bytes
-    content_type: str = "application/json"
-    headers: tuple[tuple[str, str], ...] = ()  #: extra headers, e.g. Retry-After
-
-    def json(self) -> Any:
-        return json.loads(self.body)
 
 
 # --- body schemas ---------------------------------------------------------------------------

@@ -11,6 +11,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Final
 
+from pcsock.httpserver import HttpError
+
 __all__ = ["CODES", "ApiError", "ErrorCode"]
 
 
@@ -73,7 +75,7 @@ CODES: Final[dict[str, int]] = {
 }
 
 
-class ApiError(Exception):
+class ApiError(HttpError):
     """A request the control API refuses; ``code`` is a key of :data:`CODES`."""
 
     def __init__(
@@ -86,12 +88,5 @@ class ApiError(Exception):
     ) -> None:
         if code not in CODES:
             raise ValueError(f"unknown error code {code!r}")
-        self.code = code
-        self.message = message
-        self.status = status if status is not None else CODES[code]
-        self.retry_after = retry_after  #: seconds, sent as ``Retry-After`` (rounded up)
-        super().__init__(f"{code}: {message}")
-
-    def body(self) -> dict[str, dict[str, str]]:
-        """The JSON error document."""
-        return {"error": {"code": self.code, "message": self.message}}
+        super().__init__(code, message, status=status if status is not None else CODES[code],
+                         retry_after=retry_after)  # fmt: skip

@@ -136,7 +136,7 @@ class TlsConfig:
     key: str
 
     def server_context(self) -> Any:
-        from pcsite_lite.control.server import tls_context
+        from pcsock.httpserver import tls_context
 
         return tls_context(self.cert, self.key)
 

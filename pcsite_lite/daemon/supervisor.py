@@ -39,9 +39,9 @@ import trio
 from pcsite_lite.confine import sweep_cgroups
 from pcsite_lite.control.app import ControlApp, Request, Response
 from pcsite_lite.control.auth import Credentials
-from pcsite_lite.control.server import serve
 from pcsite_lite.lb import BucketTable
 from pcsite_lite.metrics import WorkerStats
+from pcsock.httpserver import serve
 
 from . import channel
 from .config import ConfigError, SiteConfig, load
@@ -113,6 +113,9 @@ class Supervisor:
         self._log = log or (lambda msg: print(f"pcsite[{cfg.name}]: {msg}", file=sys.stderr))
         self._stopping = False
         self._seq = 0  #: sequence number of the last broadcast state op
+        #: set (and replaced) whenever a worker acks state ops or stops being ready: what
+        #: settle() waits on instead of polling
+        self._acks = trio.Event()
         self.kstats: KernelDrops | None = None  #: the kernel's drop counters (after start)
         self.recorder: UsageRecorder | None = None  #: the usage ledger writer (after start)
         self._ksample: Sample | None = None
@@ -325,6 +328,7 @@ class Supervisor:
             slot.sock = None
             was_ready = slot.ready
             slot.ready = False
+            self._acked()  # settle() no longer waits for this worker
             slot.hello = False
             slot.outbox.clear()
             slot.out_bytes = 0
@@ -381,6 +385,7 @@ class Supervisor:
                 doc = json.loads(msg)
                 if "ack" in doc:
                     slot.acked = max(slot.acked, int(doc["ack"]))
+                    self._acked()
                     if not slot.ready and slot.marker is not None and slot.acked >= slot.marker:
                         # its replica holds the whole state: now it may take traffic
                         slot.ready = True
@@ -411,11 +416,16 @@ class Supervisor:
     def offload(self, req: Request) -> bool:
         return self.app.offload(req)
 
+    def _acked(self) -> None:
+        """Wake settle(): a worker acked state ops, or stopped being ready."""
+        self._acks.set()
+        self._acks = trio.Event()
+
     async def settle(self, timeout: float = 1.0) -> None:
         """Wait (bounded) until every live worker applied every broadcast state op."""
         with trio.move_on_after(timeout):
             while any(s.ready and s.acked < self._seq for s in self.slots):
-                await trio.sleep(0.0005)
+                await self._acks.wait()
 
     # --- reload
     def reload(self) -> None:

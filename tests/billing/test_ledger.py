@@ -8,7 +8,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -63,9 +62,8 @@ def test_sigkilled_writers_lose_no_acknowledged_record(tmp_path: Path, run_id: s
     acked: list[str] = []
     try:
         # let both writers acknowledge some records, then kill them mid-stream by PID
-        first = [p.stdout.readline() for p in procs if p.stdout]
-        assert all(line.endswith(b"\n") for line in first), [p.stderr for p in procs]
-        time.sleep(0.4)
+        first = [b"".join(p.stdout.readline() for _ in range(3)) for p in procs if p.stdout]
+        assert all(lines.count(b"\n") == 3 for lines in first), [p.stderr for p in procs]
         for p in procs:
             assert p.poll() is None, "a writer died before it was killed"
             os.kill(p.pid, signal.SIGKILL)

@@ -16,7 +16,6 @@ import json
 import os
 import re
 import struct
-import time
 from pathlib import Path
 
 import pytest
@@ -26,8 +25,8 @@ from pcsite_lite.billing.collect import parse_service_counters
 from pcsite_lite.billing.ledger import Ledger
 from pcsite_lite.control.client import OutHop
 from pcsock import wire
-
-from .live_site import ADMIN, LiveSite, have_tools, in_ns
+from tests.support import wait_until
+from tests.support.sites import ADMIN, LiveSite, have_tools, in_ns
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 
@@ -108,14 +107,14 @@ def test_live_daemon_usage_is_collected_billed_and_equals_the_dataplane_bytes(
         # wait until the workers have reported every packet (stats every 0.25 s)
         # wait until one scrape shows every packet metered (workers report every 0.25 s; a
         # worker's stats and usage arrive together, so one scrape is self-consistent)
-        deadline = time.monotonic() + 10
-        while True:
+        def all_metered() -> bool:
+            nonlocal text
             text = admin.metrics()
             metered = parse_service_counters(text).get((f"{site.id}-site", "acme", "relay"))
-            if metered is not None and metered.packets == n:
-                break
-            assert time.monotonic() < deadline, text
-            time.sleep(0.2)
+            return metered is not None and metered.packets == n
+
+        text = ""
+        assert wait_until(all_metered, 10, 0.2), text
         worker_cpu = _thread_cpu_ns(pids) - cpu_before
         assert acme.usage()["services"]["relay"]["packets"] == n  # the PSP's own view agrees
         rx_bytes = _worker_counter(text, "rx_bytes")
@@ -125,14 +124,12 @@ def test_live_daemon_usage_is_collected_billed_and_equals_the_dataplane_bytes(
 
         # the collection after the traffic: the site appends its usage to its own ledger every
         # metering.interval (0.5 s), so collect until the central ledger has every packet
-        deadline = time.monotonic() + 10
-        while True:
+        def all_collected() -> bool:
             assert in_ns(site.ns["a"], lambda: main(collect)) == 0
             with Ledger(ledger, create=False) as led:
-                if sum(r.counters.packets for r in led.records("acme")) >= n:
-                    break
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+                return sum(r.counters.packets for r in led.records("acme")) >= n
+
+        assert wait_until(all_collected, 10, 0.2)
         capsys.readouterr()
 
     with Ledger(ledger, create=False) as led:

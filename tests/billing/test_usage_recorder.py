@@ -11,27 +11,20 @@ from pcsite_lite.billing.ledger import Ledger, LedgerError
 from pcsite_lite.daemon.config import ConfigError, parse
 from pcsite_lite.daemon.usage import UsageRecorder, export_since, totals
 from pcsite_lite.metering import Counters
-
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
+from tests.support import FakeClock
 
 
 def test_recorder_appends_increases_over_contiguous_intervals(tmp_path: Path) -> None:
     usage = {("acme", "relay"): Counters(packets=10, bytes_in=1000)}
-    clock = Clock(100.0)
+    clock = FakeClock(100.0)
     rec = UsageRecorder("s1", tmp_path / "u.ledger", lambda: usage, clock=clock)
-    clock.t = 100.5
+    clock.now = 100.5
     assert rec.flush() == 1
-    clock.t = 101.0
+    clock.now = 101.0
     assert rec.flush() == 0  # nothing new: no record
     usage = {("acme", "relay"): Counters(packets=15, bytes_in=1500),
              ("acme", "fw"): Counters(packets=1)}  # fmt: skip
-    clock.t = 101.5
+    clock.now = 101.5
     assert rec.flush() == 2
     rec.close()
     with Ledger(tmp_path / "u.ledger", create=False) as led:
@@ -46,9 +39,9 @@ def test_recorder_appends_increases_over_contiguous_intervals(tmp_path: Path) ->
 
 def test_recorder_keeps_usage_queued_while_the_ledger_fails(tmp_path: Path) -> None:
     usage = {("acme", "relay"): Counters(packets=3)}
-    clock = Clock(10.0)
+    clock = FakeClock(10.0)
     rec = UsageRecorder("s1", tmp_path / "u.ledger", lambda: usage, clock=clock)
-    clock.t = 11.0
+    clock.now = 11.0
     rec.take()
     real = rec.ledger.append_many
 
@@ -61,7 +54,7 @@ def test_recorder_keeps_usage_queued_while_the_ledger_fails(tmp_path: Path) -> N
     assert len(rec.pending) == 1
     rec.ledger.append_many = real  # type: ignore[method-assign]
     usage = {("acme", "relay"): Counters(packets=5)}
-    clock.t = 12.0
+    clock.now = 12.0
     rec.take()
     assert rec.write() == 2 and rec.pending == []
     rec.close()
@@ -77,7 +70,7 @@ def test_totals_sum_workers() -> None:
 def test_collection_is_an_idempotent_export_with_a_cursor(tmp_path: Path) -> None:
     site = tmp_path / "site.ledger"
     usage = {("acme", "relay"): Counters(packets=1)}
-    clock = Clock(1000.0)
+    clock = FakeClock(1000.0)
     rec = UsageRecorder("s1", site, lambda: usage, clock=clock)
     asked: list[float] = []
 
@@ -88,7 +81,7 @@ def test_collection_is_an_idempotent_export_with_a_cursor(tmp_path: Path) -> Non
     with Ledger(tmp_path / "central.ledger") as central:
         for i in range(1, 4):
             usage = {("acme", "relay"): Counters(packets=i * 10)}
-            clock.t = 1000.0 + i
+            clock.now = 1000.0 + i
             rec.flush()
         r1, cursor = collect_export(central, "s1", fetch)
         assert (r1.records_added, cursor) == (3, 1002.0)
@@ -96,7 +89,7 @@ def test_collection_is_an_idempotent_export_with_a_cursor(tmp_path: Path) -> Non
         r2, _ = collect_export(central, "s1", fetch)
         assert (r2.records_added, r2.records_skipped) == (0, 1)
         usage = {("acme", "relay"): Counters(packets=45)}
-        clock.t = 1004.0
+        clock.now = 1004.0
         rec.flush()
         r3, cursor = collect_export(central, "s1", fetch)
         assert (r3.records_added, cursor) == (1, 1003.0)
@@ -135,10 +128,10 @@ def test_usage_export_route_is_the_isps_and_checks_its_argument(tmp_path: Path) 
     cfg = parse({"site": {"name": "s", "public_ip": "198.18.0.1", "state_dir": str(tmp_path),
                           "fis": f"sqlite://{tmp_path / 'fis.db'}"},
                  "control": {"admin_token": admin}})  # fmt: skip
-    clock = Clock(50.0)
+    clock = FakeClock(50.0)
     rec = UsageRecorder("s", tmp_path / "u.ledger", lambda: {("acme", "r"): Counters(packets=7)},
                         clock=clock)  # fmt: skip
-    clock.t = 51.0
+    clock.now = 51.0
     rec.flush()
     creds = Credentials(admin_token=admin, psp_tokens={"acme": psp})
 

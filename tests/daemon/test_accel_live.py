@@ -16,8 +16,8 @@ import pytest
 
 from pcsite_lite.control.client import OutHop
 from pcsock import wire
-
-from .netns_util import ADMIN, Chain, in_ns
+from tests.support import wait_until
+from tests.support.sites import ADMIN, Chain, in_ns
 
 pytestmark = [
     pytest.mark.netns,
@@ -76,7 +76,7 @@ def _capture(ch: Chain) -> socket.socket:
 
     def mk() -> socket.socket:
         s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800))
-        s.bind((f"pcd{ch.id}ba", 0))
+        s.bind((ch.iface("b", "a"), 0))
         s.settimeout(0.2)
         return s
 
@@ -122,17 +122,17 @@ def _run(tmp: Path, pure: bool) -> tuple[list[bytes], list[bytes], dict[str, str
                 except TimeoutError:
                     pass
             admin = ch.client("a", token=ADMIN, psp=None)
-            deadline = time.monotonic() + 10
-            while True:  # until site A has counted every packet
-                text = admin.metrics()
+
+            def counted() -> bool:  # site A has counted every packet
                 rxp = sum(
                     int(line.rsplit(" ", 1)[1])
-                    for line in text.splitlines()
+                    for line in admin.metrics().splitlines()
                     if line.startswith("pcsite_rx_packets_total")
                 )
-                if rxp >= len(packets) or time.monotonic() > deadline:
-                    break
-                time.sleep(0.1)
+                return rxp >= len(packets)
+
+            wait_until(counted, 10, 0.1)
+            text = admin.metrics()
             wire_ab: list[bytes] = []
             while True:
                 try:

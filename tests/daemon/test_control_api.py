@@ -17,11 +17,10 @@ from pcsite_lite.control.app import ROUTES, ControlApp, Request, openapi_documen
 from pcsite_lite.control.auth import Credentials
 from pcsite_lite.control.client import ControlClient, ControlError, OutHop
 from pcsite_lite.control.errors import CODES
-from pcsite_lite.control.server import serve
 from pcsite_lite.control.site_backend import SiteBackend
 from pcsite_lite.daemon.config import parse
-
-from .netns_util import ADMIN, OTHER_TOKEN, PSP_TOKEN
+from pcsock.httpserver import serve
+from tests.support.sites import ADMIN, OTHER_TOKEN, PSP_TOKEN
 
 KEY = bytes(range(16)).hex()
 

@@ -4,15 +4,14 @@ SIGHUP changes the limits in place while a changed ``[tls]`` waits for a restart
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
 from pcsite_lite import pki
 from pcsite_lite.control.client import ControlClient, ControlError, OutHop
-
-from .netns_util import PSP_TOKEN, Chain, have_tools, in_ns, site_config
+from tests.support import wait_until
+from tests.support.sites import PSP_TOKEN, Chain, have_tools, in_ns, site_config
 
 pytestmark = [
     pytest.mark.netns,
@@ -28,12 +27,7 @@ def _config(tmp: Path, out_hops: int, cert: Path, key: Path) -> str:
 
 
 def _wait_log(ch: Chain, text: str, timeout: float = 10.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if text in ch.logs["a"].read_text():
-            return True
-        time.sleep(0.05)
-    return False
+    return wait_until(lambda: ch.log_has("a", text), timeout)
 
 
 def test_daemon_serves_https_with_config_limits_and_reloads_them(tmp_path: Path) -> None:

@@ -28,18 +28,16 @@ from pcsite_lite.control.app import ControlApp, Request
 from pcsite_lite.control.auth import Credentials
 from pcsite_lite.control.client import ControlClient, ControlError
 from pcsite_lite.control.limits import (
-    ConnectionTable,
     Limits,
     RateLimiter,
     count_entries,
     json_depth,
 )
-from pcsite_lite.control.server import ServerStats, serve_listeners, tls_context
 from pcsite_lite.control.site_backend import SiteBackend
 from pcsite_lite.daemon.config import ConfigError, parse
+from pcsock.httpserver import ConnectionTable, ServerStats, serve_listeners, tls_context
 from tests.support import wait_until
-
-from .netns_util import ADMIN, OTHER_TOKEN, PSP_TOKEN
+from tests.support.sites import ADMIN, OTHER_TOKEN, PSP_TOKEN
 
 LEGIT = "127.0.0.2"  # the legitimate client's source address (all of 127/8 is loopback)
 FLOOD = "127.0.0.3"

@@ -21,8 +21,8 @@ from pcsite_lite.daemon.config import SiteConfig, parse
 from pcsite_lite.daemon.state import WorkerSite
 from pcsite_lite.daemon.store import DB_NAME, SiteStore, StateLock, StoreError
 from pcsock.ownership import OwnershipClaim, ZoneKey, build_proof, reverse_zone
+from tests.support.sites import ADMIN, OTHER_TOKEN, PSP_TOKEN
 
-from .netns_util import ADMIN, OTHER_TOKEN, PSP_TOKEN
 from .test_signup_metrics_cli import NOW, PREFIX, FakeKernel
 
 KEY = bytes(range(16)).hex()

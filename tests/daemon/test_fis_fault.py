@@ -24,20 +24,16 @@ import pytest
 
 from pcsite_lite.control.client import ControlError, OutHop
 from pcsock import wire
-
-from .netns_util import ADMIN, Chain, acme_public_hex, deploy_source_routing
+from tests.support import wait_until
+from tests.support.sites import ADMIN, Chain, acme_public_hex, deploy_source_routing
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(150)]
 
 KA, KB = bytes(range(16)), bytes(range(1, 17))
 
 
-def _until(pred: Callable[[], bool], timeout: float, what: str) -> float:
-    t0 = time.monotonic()
-    while not pred():
-        assert time.monotonic() - t0 < timeout, f"timed out waiting for {what}"
-        time.sleep(0.02)
-    return time.monotonic() - t0
+def _until(pred: Callable[[], bool], timeout: float, what: str) -> None:
+    assert wait_until(pred, timeout), f"timed out waiting for {what}"
 
 
 @contextmanager
@@ -119,6 +115,13 @@ class Traffic:
     def mark(self) -> int:
         return len(self.sent)
 
+    def run_for(self, seconds: float) -> int:
+        """Wait until ``seconds`` worth of packets (at the set rate) more were sent; the mark
+        then (a loaded machine that sends late makes the wait longer, not the window shorter)."""
+        want = self.mark() + int(seconds * self.rate)
+        _until(lambda: self.mark() >= want, 10 + 4 * seconds, f"{seconds} s of traffic")
+        return self.mark()
+
     def delivered(self, lo: int, hi: int, dst: str = Chain.D) -> float:
         """Share of packets lo..hi-1 that reached ``dst``."""
         return sum(1 for i in range(lo, hi) if i in self.got[dst]) / max(1, hi - lo)
@@ -149,12 +152,12 @@ def test_redis_killed_and_restarted_under_traffic(tmp_path: Path) -> None:
                 _until(lambda: len(tr.got[Chain.D]) > 50, 10, "the circuit to deliver")
                 before = tr.mark()
                 _until(snapshot.exists, 10, "the worker's FIS cache snapshot")
-                time.sleep(0.3)
+                tr.run_for(0.3)
 
                 # Redis crashes: forwarding goes on from the cache
                 redis.__exit__(None, None, None)
                 down = tr.mark()
-                time.sleep(1.0)
+                tr.run_for(1.0)
                 with pytest.raises(ControlError) as err:  # writes fail clearly
                     ca.fis_put("srcroute", str(la), {"label": lb2, "next_hop": Chain.SITE_B})
                 assert err.value.status == 503 and err.value.code == "unavailable"
@@ -171,8 +174,7 @@ def test_redis_killed_and_restarted_under_traffic(tmp_path: Path) -> None:
 
                 _until(back, 15, "the worker restart")
                 restarted = tr.mark()
-                time.sleep(1.0)
-                outage_end = tr.mark()
+                outage_end = tr.run_for(1.0)
                 assert tr.delivered(down, killed - 5) >= 0.95  # from the cache
                 assert tr.delivered(restarted + 20, outage_end) >= 0.95  # after its restart
 
@@ -192,8 +194,7 @@ def test_redis_killed_and_restarted_under_traffic(tmp_path: Path) -> None:
                 switched = tr.mark()
                 _until(lambda: any(i >= switched for i in tr.got[Chain.D2]), 10,
                        "the new entry to steer packets")  # fmt: skip
-                time.sleep(0.5)
-                end = tr.mark()
+                end = tr.run_for(0.5)
             assert tr.delivered(before, down) >= 0.95
             assert tr.delivered(end - 100, end - 20, Chain.D2) >= 0.95  # service still active
             metrics = admin.metrics()

@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import struct
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,8 @@ import pytest
 from pcsite_lite.daemon.config import DataplaneConfig
 from pcsite_lite.daemon.kstats import udp_socket_drops
 from pcsock import wire
-from tests.billing.live_site import ADMIN, LiveSite, have_tools
+from tests.support import wait_until
+from tests.support.sites import ADMIN, LiveSite, have_tools
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 K1 = bytes(range(16))
@@ -69,17 +69,25 @@ def test_tun_queue_drops_are_counted_and_packets_conserved(tmp_path: Path) -> No
         finally:
             os.kill(pid, signal.SIGCONT)
             tx.close()
-        deadline = time.monotonic() + 20
-        while True:
+
+        def delta(name: str, **labels: str) -> int:
+            return _sum(text, name, **labels) - _sum(before, name, **labels)
+
+        def settled() -> bool:  # every packet sent is accounted for, and none is in the worker
+            nonlocal text
             text = admin.metrics()
-            rx = _sum(text, "rx_packets") - _sum(before, "rx_packets")
-            if rx >= n or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        queue = _sum(text, "drops", reason="tun_queue") - _sum(before, "drops", reason="tun_queue")
-        nic = _sum(text, "drops", reason="nic_rx") - _sum(before, "drops", reason="nic_rx")
-        drops = _sum(text, "drops", worker="0") - _sum(before, "drops", worker="0")
-        txp = _sum(text, "tx_packets") - _sum(before, "tx_packets")
+            rx = delta("rx_packets")
+            return rx + delta("drops", reason="nic_rx") >= n and rx == delta("tx_packets") + delta(
+                "drops", worker="0"
+            )
+
+        text = before
+        wait_until(settled, 20, 0.2)
+        rx = delta("rx_packets")
+        queue = delta("drops", reason="tun_queue")
+        nic = delta("drops", reason="nic_rx")
+        drops = delta("drops", worker="0")
+        txp = delta("tx_packets")
     # the queue held what it could; the rest is a counted drop, not a silent loss
     assert queue >= n - qlen - 100, text
     assert 'reason="tun_queue"' in text

@@ -16,8 +16,7 @@ from pcsite_lite.daemon.config import parse
 from pcsite_lite.metering import Counters
 from pcsite_lite.metrics import WorkerStats, render
 from pcsock.ownership import OwnershipClaim, ZoneKey, build_proof, reverse_zone
-
-from .netns_util import ADMIN, OTHER_TOKEN, PSP_TOKEN
+from tests.support.sites import ADMIN, OTHER_TOKEN, PSP_TOKEN
 
 NOW = 1_795_000_000.0
 PREFIX = "198.18.5.0/24"

@@ -16,9 +16,16 @@ import pytest
 
 from pcsite_lite.control.client import ControlError, OutHop
 from pcsock import wire
+from testbed.scenarios import drain as _drain
 from tests.support import wait_until
-
-from .netns_util import ADMIN, OTHER_TOKEN, Chain, acme_public_hex, deploy_source_routing, in_ns, sh
+from tests.support.sites import (
+    ADMIN,
+    OTHER_TOKEN,
+    Chain,
+    acme_public_hex,
+    deploy_source_routing,
+    in_ns,
+)
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 
@@ -38,17 +45,6 @@ def _circuit(ch: Chain, deliver: str = Chain.D) -> int:
     la = ca.allocate_circuit("srcroute")["label"]
     ca.install_hop(la, in_key=KA, out=[OutHop(lb, Chain.SITE_B, KB)])
     return la
-
-
-def _drain(rx: socket.socket, want: int, timeout: float = 3.0) -> list[bytes]:
-    got: list[bytes] = []
-    end = time.monotonic() + timeout
-    while len(got) < want and time.monotonic() < end:
-        try:
-            got.append(rx.recv(2048))
-        except TimeoutError:
-            pass
-    return got
 
 
 @pytest.mark.parametrize("tx", ["tun", "raw"])
@@ -194,10 +190,7 @@ def test_uploaded_service_reads_the_fis_entry_written_via_api_to_steer_the_circu
             ["redis-server", "--port", "0", "--unixsocket", str(sock), "--save", "",
              "--appendonly", "no"], stdout=subprocess.DEVNULL,
         )  # fmt: skip
-        for _ in range(100):
-            if sock.exists():
-                break
-            time.sleep(0.05)
+        assert wait_until(sock.exists, 10), "redis-server did not start"
         fis = f"unix://{sock}"
     try:
         with Chain(tmp_path) as ch:
@@ -222,7 +215,13 @@ def test_uploaded_service_reads_the_fis_entry_written_via_api_to_steer_the_circu
                         key=KA, payload=_udp(5555, 9999, b"x")))  # fmt: skip
             for out, rx, other in ((lb1, rx1, rx2), (lb2, rx2, rx1)):
                 ca.fis_put("srcroute", str(la), {"label": out, "next_hop": Chain.SITE_B})
-                time.sleep(0.1)  # > the cache staleness bound
+
+                def steered(rx: socket.socket = rx) -> bool:  # once the cache has the write
+                    tx.sendto(pkt, (Chain.SITE_A, 0))
+                    return bool(_drain(rx, 1, timeout=0.1))
+
+                assert wait_until(steered, 10)
+                _drain(rx, 100, timeout=0.3), _drain(other, 100, timeout=0.3)  # probes in flight
                 for _ in range(10):
                     tx.sendto(pkt, (Chain.SITE_A, 0))
                 assert len(_drain(rx, 10)) == 10
@@ -250,28 +249,21 @@ def test_sighup_reloads_credentials_and_refuses_changes_that_need_a_restart(
         new_token = "newpsp-token-0123456789abcdef"
         cfg.write_text(cfg.read_text() + f'\n[control.psps.newpsp]\ntoken = "{new_token}"\n')
         ch.procs["a"].send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 5
-        while "reloaded configuration" not in ch.logs["a"].read_text():
-            assert time.monotonic() < deadline, ch.logs["a"].read_text()
-            time.sleep(0.05)
+        assert wait_until(lambda: ch.log_has("a", "reloaded configuration"), 10), ch.logs[
+            "a"
+        ].read_text()
         assert ch.client("a", token=new_token, psp="newpsp").whoami()["name"] == "newpsp"
         # a worker count change needs a restart: refused, the site keeps running as it was
         cfg.write_text(cfg.read_text().replace("workers = 1", "workers = 3"))
         ch.procs["a"].send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 5
-        while "reload refused" not in ch.logs["a"].read_text():
-            assert time.monotonic() < deadline, ch.logs["a"].read_text()
-            time.sleep(0.05)
+        assert wait_until(lambda: ch.log_has("a", "reload refused"), 10), ch.logs["a"].read_text()
         assert "workers" in ch.logs["a"].read_text().split("reload refused")[1]
         status = ch.client("a", token=ADMIN, psp=None).status()
         assert len(status["workers"]) == 1
         # a broken file is refused too, with the key named
         cfg.write_text(cfg.read_text().replace("workers = 3", "workers = 0"))
         ch.procs["a"].send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 5
-        while "site.workers" not in ch.logs["a"].read_text():
-            assert time.monotonic() < deadline, ch.logs["a"].read_text()
-            time.sleep(0.05)
+        assert wait_until(lambda: ch.log_has("a", "site.workers"), 10), ch.logs["a"].read_text()
         assert ch.procs["a"].poll() is None
         assert ch.stop_site("a") == 0
 
@@ -288,8 +280,7 @@ def test_forms_2_and_3_are_diverted_by_the_kernel_split_and_run_the_registered_s
 ) -> None:
     from pcsite_lite.repository import sign_service
     from pcsock.ownership import OwnershipClaim, ZoneKey, build_proof, reverse_zone
-
-    from .netns_util import ACME_KEY
+    from tests.support.sites import ACME_KEY
 
     prefix = "198.18.63.0/24"  # D's network, owned by acme
     now = time.time()
@@ -300,7 +291,6 @@ def test_forms_2_and_3_are_diverted_by_the_kernel_split_and_run_the_registered_s
     proof = build_proof([claim], own, chain=[root], inception=now - 60, expiration=now + 3600)
     with Chain(tmp_path) as ch:
         ch.start_site("a", 2, signing_key=acme_public_hex(), trust_anchor_file=str(anchor))
-        sh("ip", "netns", "exec", ch.ns["b"], "sysctl", "-qw", "net.ipv4.ip_forward=1")
         ca = ch.client("a")
         ca.upload_service("firewall", "1", FIREWALL,
                           sign_service(ACME_KEY, "acme", "firewall", "1", FIREWALL))  # fmt: skip
@@ -347,7 +337,7 @@ def test_unreachable_fis_is_a_clear_startup_error_with_nothing_left_behind(
             ch.start_site("a", 1, fis=f"unix://{tmp_path}/no-redis-here.sock")
         msg = str(e.value)
         assert "site.fis" in msg and "no-redis-here.sock" in msg and "Traceback" not in msg
-        ch.procs.pop("a")
+        assert "a" not in ch.procs  # it exited by itself
         rules = subprocess.run(["ip", "-n", ch.ns["a"], "rule"], capture_output=True,
                                text=True).stdout  # fmt: skip
         assert "fwmark" not in rules and "0:\tfrom all lookup local" in rules

@@ -20,8 +20,8 @@ from pcsite_lite.daemon.config import load
 from pcsite_lite.daemon.kernel import Kernel
 from pcsock import wire
 from tests.support import wait_until
+from tests.support.sites import ADMIN, Chain, acme_public_hex, deploy_source_routing, in_ns
 
-from .netns_util import ADMIN, Chain, acme_public_hex, deploy_source_routing, in_ns
 from .test_site_netns import KA, KB, _udp
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
@@ -72,7 +72,7 @@ class Load:
         """Stop sending; keep receiving for ``drain`` seconds (packets still on their way)."""
         self._stop_tx.set()
         self._tx_thread.join()
-        time.sleep(drain)
+        wait_until(lambda: all(k in self.got for k in list(self.sent)), drain, 0.05)
         self._stop_rx.set()
         for t in self._rx_threads:
             t.join()
@@ -207,7 +207,8 @@ def test_worker_sigkill_loses_no_packet_of_installed_circuits_beyond_those_in_fl
                 return bool(w["up"] and w["pid"] != victim["pid"] and w["buckets"] > 0)
 
             _wait(back, 10, "worker 0 restarted with its buckets")
-            time.sleep(0.5)
+            _wait(lambda: sum(t > killed for t in list(load_.sent.values())) > 600, 20,
+                  "traffic sent after the kill")  # fmt: skip
         sent_after = [k for k, t in load_.sent.items() if t > killed]
         lost_after = [k for k in sent_after if k not in load_.got]
         lost_before = [k for k, t in load_.sent.items() if t <= killed and k not in load_.got]

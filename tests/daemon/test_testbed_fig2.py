@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import socket
 import struct
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from pcdemo.rig import start_pcsite
 from pcsite_lite.control.client import ControlClient, OutHop
 from pcsock import wire
-
-from .netns_util import ADMIN, PSP_TOKEN
+from tests.support.sites import ADMIN, PSP_TOKEN
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
 
@@ -57,23 +56,7 @@ def test_fig2_sites_forward_a_form1_circuit_through_legacy_routers(tmp_path: Pat
             state.mkdir()
             cfg = tmp_path / f"{name}.toml"
             cfg.write_text(_config(info, state))
-            holder: dict[str, object] = {}
-
-            def up(h: dict[str, object] = holder) -> bool:
-                proc = h.get("p")
-                return proc is not None and "site up" in proc.log_text()  # type: ignore[attr-defined]
-
-            proc = tb.node(name).start(
-                [sys.executable, "-m", "pcsite_lite.cli", "run", "--config", str(cfg)],
-                name="pcsite", timeout=30,
-            )  # fmt: skip
-            holder["p"] = proc
-            deadline = time.monotonic() + 30
-            while not up():
-                assert proc.popen.poll() is None, proc.log_text()
-                assert time.monotonic() < deadline, proc.log_text()
-                time.sleep(0.05)
-            sites[name] = (info, proc)
+            sites[name] = (info, start_pcsite(tb.node(name), cfg))
 
         def client(name: str) -> ControlClient:
             return ControlClient("http://127.0.0.1:8080", token=PSP_TOKEN, psp="acme")

@@ -7,13 +7,14 @@ import contextlib
 import os
 import shutil
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
+
+from tests.support import stop_process, wait_until
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -56,27 +57,21 @@ def redis_server(
     )  # fmt: skip
     url = f"unix://{sock}"
     try:
-        deadline = time.monotonic() + 10
-        while True:
+
+        def answers() -> bool:
             try:
-                if redis.Redis.from_url(url).ping():
-                    break
+                return bool(redis.Redis.from_url(url).ping())
             except redis.AuthenticationError:
-                break  # up, and refusing the default user
+                return True  # up, and refusing the default user
             except (redis.ConnectionError, FileNotFoundError):
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log = logfile.read_text() if logfile.exists() else ""
-                pytest.fail(f"redis-server did not start (rc={proc.poll()}): {log[-500:]}")
-            time.sleep(0.02)
+                return proc.poll() is not None  # stop waiting for a dead server
+
+        if not wait_until(answers, 10) or proc.poll() is not None:
+            log = logfile.read_text() if logfile.exists() else ""
+            pytest.fail(f"redis-server did not start (rc={proc.poll()}): {log[-500:]}")
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,19 +25,9 @@ from pcsite_lite.fis import (
     namespace,
     open_engine,
 )
+from tests.support import FakeClock, wait_until
 
 NS = namespace("acme", "srouting")
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
@@ -51,14 +41,14 @@ def engines(store_url: str) -> Iterator[tuple[FISEngine, FISEngine]]:
         theirs.close()
 
 
-def _settle(cache: CachedFIS, clock: FakeClock, check: object, tries: int = 200) -> None:
+def _settle(cache: CachedFIS, clock: FakeClock, check: Callable[[], object]) -> None:
     """Advance past the staleness bound until ``check()`` holds (Redis: pub/sub delivery)."""
-    for _ in range(tries):
+
+    def step() -> object:
         clock.advance(cache.staleness)
-        if check():  # type: ignore[operator]
-            return
-        time.sleep(0.002)
-    raise AssertionError("cache never converged")
+        return check()
+
+    assert wait_until(step, 10, 0.002), "cache never converged"
 
 
 def test_hit_is_answered_without_touching_the_engine(
@@ -67,7 +57,7 @@ def test_hit_is_answered_without_touching_the_engine(
     mine, _ = engines
     mine.put(NS, "7", {"out_label": 9}, writer="acme")
     mine.lpm_put(NS, "routes", "198.18.0.0/15", "t", writer="acme")
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     cache = CachedFIS(mine, clock=clock)
     assert cache.get(NS, "7") == {"out_label": 9}
     assert cache.get(NS, "missing") is None
@@ -88,7 +78,7 @@ def test_hit_is_answered_without_touching_the_engine(
 
 def test_own_writes_invalidate_at_once(engines: tuple[FISEngine, FISEngine]) -> None:
     mine, _ = engines
-    clock = FakeClock()  # never advances: only the write itself can invalidate
+    clock = FakeClock(1000.0)  # never advances: only the write itself can invalidate
     cache = CachedFIS(mine, clock=clock)
     assert cache.get(NS, "k") is None
     cache.put(NS, "k", 1, writer="acme")
@@ -108,7 +98,7 @@ def test_other_writers_are_seen_after_the_staleness_bound(
     engines: tuple[FISEngine, FISEngine],
 ) -> None:
     mine, theirs = engines
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     cache = CachedFIS(mine, clock=clock, staleness=0.005)
     theirs.put(NS, "k", "old", writer="acme")
     theirs.lpm_put(ISP, CONGESTION, "198.18.0.0/16", {"level": 0.1}, writer=ISP)
@@ -144,7 +134,7 @@ def test_lost_change_feed_flushes_the_cache(store_url: str) -> None:
         base, _, prefix = store_url.partition("?prefix=")
         mine = open_engine(store_url)
         theirs = RedisFIS(base, prefix=prefix, log_keep=1)
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     cache = CachedFIS(mine, clock=clock)
     try:
         theirs.put(NS, "k", 1, writer="acme")
@@ -171,7 +161,7 @@ def test_broken_subscription_is_repaired_from_the_log_without_a_flush(redis_url:
     reads the missed changes from the log and drops only those entries."""
     url = f"{redis_url}?prefix=pcf-repair"
     mine, theirs = open_engine(url), open_engine(url)
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     theirs.put_many(NS, [("k", 1), ("same", "x")], writer="acme")
     cache = CachedFIS(mine, clock=clock)  # subscribed after that write
     try:
@@ -195,7 +185,7 @@ def test_broken_subscription_is_repaired_from_the_log_without_a_flush(redis_url:
 def test_cached_values_are_read_only(engines: tuple[FISEngine, FISEngine]) -> None:
     mine, _ = engines
     mine.put(NS, "k", {"hops": ["198.18.0.1"], "n": 1}, writer="acme")
-    cache = CachedFIS(mine, clock=FakeClock())
+    cache = CachedFIS(mine, clock=FakeClock(1000.0))
     value = cache.get(NS, "k")
     assert isinstance(value, FrozenDict) and value["hops"] == ["198.18.0.1"]
     with pytest.raises(TypeError):
@@ -214,7 +204,7 @@ def test_cached_values_are_read_only(engines: tuple[FISEngine, FISEngine]) -> No
 def test_cache_bounds_its_key_value_entries(engines: tuple[FISEngine, FISEngine]) -> None:
     mine, _ = engines
     mine.put_many(NS, [(str(i), i) for i in range(10)], writer="acme")
-    cache = CachedFIS(mine, clock=FakeClock(), max_entries=4)
+    cache = CachedFIS(mine, clock=FakeClock(1000.0), max_entries=4)
     for i in range(10):
         assert cache.get(NS, str(i)) == i
     assert len(cache) == 4
@@ -227,7 +217,7 @@ def test_namespace_view_reads_own_and_isp_namespaces(engines: tuple[FISEngine, F
     mine.put(NS, "7", "x", writer="acme")
     mine.put(ISP, "mtu", 1500, writer=ISP)
     mine.lpm_put(ISP, CONGESTION, "198.18.0.0/15", {"level": 0.2}, writer=ISP)
-    view = CachedFIS(mine, clock=FakeClock()).view(NS)
+    view = CachedFIS(mine, clock=FakeClock(1000.0)).view(NS)
     assert view.fetch("7") == "x"
     assert view.isp_fetch("mtu") == 1500
     assert view.isp_lookup(CONGESTION, "198.18.1.1") == {"level": 0.2}
@@ -235,7 +225,7 @@ def test_namespace_view_reads_own_and_isp_namespaces(engines: tuple[FISEngine, F
 
 
 def test_cache_rejects_bad_input_clearly(engines: tuple[FISEngine, FISEngine]) -> None:
-    cache = CachedFIS(engines[0], clock=FakeClock())
+    cache = CachedFIS(engines[0], clock=FakeClock(1000.0))
     with pytest.raises(FISValueError):
         cache.get("not a namespace", "k")
     with pytest.raises(FISValueError):
@@ -273,7 +263,7 @@ def test_real_clock_cache_sees_another_process_within_the_bound(store_url: str) 
 def test_a_bad_change_record_flushes_instead_of_failing(tmp_path: Path) -> None:
     path = str(tmp_path / "fis.db")
     node, other = SqliteFIS(path), SqliteFIS(path)
-    clock = FakeClock()
+    clock = FakeClock(1000.0)
     cache = CachedFIS(node, clock=clock)
     other.put(NS, "k", 1, writer="acme")
     other.lpm_put(NS, "r", "198.18.0.0/15", 1, writer="acme")

@@ -12,16 +12,14 @@ from pathlib import Path
 import pytest
 
 from pcsite_lite.fis import CachedFIS, FISUnavailableError, namespace, open_engine
+from tests.support import wait_until
 
 NS = namespace("acme", "srouting")
 StartRedis = Callable[..., contextlib.AbstractContextManager[str]]
 
 
 def _until(pred: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "condition never held"
-        time.sleep(0.01)
+    assert wait_until(pred, timeout, 0.01), "condition never held"
 
 
 def _reads(cache: CachedFIS, key: str) -> object:

@@ -3,35 +3,26 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import redis
 
 from pcsite_lite.fis import CachedFIS, RedisFIS, namespace
+from tests.support import FakeClock, wait_until
 
 NS = namespace("acme", "srouting")
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def _converges(cache: CachedFIS, clock: FakeClock, want: object) -> bool:
-    for _ in range(300):
+    def step() -> bool:  # each poll moves the cache's clock past its staleness bound
         clock.now += cache.staleness
         try:
-            if cache.get(NS, "k") == want:
-                return True
+            return bool(cache.get(NS, "k") == want)
         except redis.ConnectionError:
-            pass  # the engine's own client may need a moment to reconnect
-        time.sleep(0.005)
-    return False
+            return False  # the engine's own client may need a moment to reconnect
+
+    return wait_until(step, 10, 0.005)
 
 
 def test_cache_keeps_following_writes_after_a_server_restart(

@@ -27,17 +27,10 @@ from pcsite_lite.repository import (
     sign_file,
     sign_service,
 )
+from tests.support import FakeClock
 
 V1 = b"def process(pkt, api):\n    api.forward_to('198.18.1.1')\n"
 V2 = b"def process(pkt, api):\n    api.forward_to('198.18.2.1')\n"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 50.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -238,7 +231,7 @@ def test_cache_loads_on_first_use_and_evicts_least_recently_used(
     for name in ("a", "b", "c"):
         upload(repo, acme_key, "1", V1 + name.encode(), service=name)
         repo.activate("acme", name, "1")
-    cache: ServiceCache[str] = ServiceCache(repo, loader, capacity=2, clock=FakeClock())
+    cache: ServiceCache[str] = ServiceCache(repo, loader, capacity=2, clock=FakeClock(50.0))
     assert cache.get("acme", "a") == "a" and cache.get("acme", "b") == "b"
     assert cache.get("acme", "a") == "a"  # hit: a becomes most recent
     assert loaded == ["a", "b"]
@@ -271,7 +264,7 @@ def test_live_rollout_reaches_the_node_within_the_staleness_bound(
     upload(repo, acme_key, "1", V1)
     upload(repo, acme_key, "2", V2)
     repo.activate("acme", "srouting", "1")
-    clock = FakeClock()
+    clock = FakeClock(50.0)
     loads: list[str] = []
     cache: ServiceCache[bytes] = ServiceCache(
         repo, lambda c: loads.append(c.version) or c.code, staleness=0.005, clock=clock

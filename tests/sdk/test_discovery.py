@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from sdk_knot import knot
-from sdk_nsutil import call_in, netns
 
 from pcsock.discovery import DiscoveryError, Resolver, psp_records, site_records
+from tests.support import FakeClock
+from tests.support.knot import knot
+from tests.support.netns import call_in, netns
 
 DNS = "198.18.201.53"
 ISP = "isp.example."
@@ -38,14 +39,6 @@ def dns_ns():
         yield ns
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def test_sites_resolve_with_addresses_ports_and_attributes(dns_ns):
     r = Resolver([DNS])
     sites = call_in(dns_ns, lambda: r.sites(ISP))
@@ -66,14 +59,14 @@ def test_psp_lookup_service_resolves(dns_ns):
 
 
 def test_answers_are_cached_for_their_ttl(dns_ns):
-    clock = Clock()
+    clock = FakeClock(1000.0)
     r = Resolver([DNS], clock=clock)
     call_in(dns_ns, lambda: r.sites(ISP))
     first = r.queries
     assert first == 1 + 2 * 3  # SRV, then A and TXT per site
     call_in(dns_ns, lambda: r.sites(ISP))
     assert r.queries == first  # all from the cache
-    clock.t += 61  # past the 60 s TTL
+    clock.now += 61  # past the 60 s TTL
     call_in(dns_ns, lambda: r.sites(ISP))
     assert r.queries == 2 * first
 

@@ -15,18 +15,19 @@ import threading
 import time
 
 import pytest
-from sdk_nsutil import call_in, netns
 
 import pcsock
 from pcsock.cli import main
 from pcsock.lookup import (
     CircuitBroker,
+    HopSetup,
     LookupClient,
     LookupServer,
     LookupServiceError,
     SiteEntry,
 )
 from pcsock.socket import AddressInUseError
+from tests.support.netns import call_in, netns
 
 A, B = "198.18.201.1", "198.18.201.2"
 
@@ -44,7 +45,7 @@ class RecordingControl:
         self._next += 1
         return self._next
 
-    def install(self, label: int, **kw: object) -> None:
+    def install(self, label: int, hop: HopSetup) -> None:
         self.calls.append(("install", time.monotonic()))
 
     def renew(self, label: int, lifetime: float) -> None:

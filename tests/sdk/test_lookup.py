@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
 import json
-import socket
 import time
 
 import pytest
-from sdk_nsutil import call_in, netns
 
 from pcsite_lite.pipeline import Pipeline
 from pcsite_lite.site import Site
@@ -23,23 +22,17 @@ from pcsock.lookup import (
     SiteEntry,
 )
 from pcsock.session import Session
+from tests.support import FakeClock
+from tests.support.netns import call_in, netns
 
 S, D = "198.18.10.2", "198.18.64.2"
 IPS = {"C1": "198.18.254.1", "C2": "198.18.254.2", "C3": "198.18.254.3"}
 NOOP = "def process(pkt):\n    pass\n"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 @pytest.fixture
 def net():
-    clock = Clock()
+    clock = FakeClock(1000.0)
     sites = {}
     for name, ip in IPS.items():
         site = Site(name, ip)
@@ -76,7 +69,7 @@ def test_circuit_carries_packets_through_the_requested_sites_to_the_destination(
     sess = Session(S, mode="ip")
     raw, addr = sess.encode_circuit(c, b"payload", metadata=9)
     assert addr == (IPS["C2"], wire.UDP_PORT)
-    path, v = walk(sites, raw, clock.t)
+    path, v = walk(sites, raw, clock.now)
     assert path == ["C2", "C3"] and isinstance(v, Deliver) and v.next_hop == D
     d = Session(D, mode="ip").decode(v.data)
     assert d is not None and (d.source, d.payload, d.metadata, d.via) == (
@@ -89,7 +82,7 @@ def test_forged_key_is_dropped_by_the_first_site(net):
     c = broker.create(destination=D, service="srcroute", sites=["C2", "C3"])
     forged = type(c)(**{**c.__dict__, "key": wire.HopKey(bytes(16))})
     raw, _ = Session(S, mode="ip").encode_circuit(forged, b"x")
-    _, v = walk(sites, raw, clock.t)
+    _, v = walk(sites, raw, clock.now)
     assert isinstance(v, Drop) and v.reason == "bad_mac"
 
 
@@ -100,7 +93,7 @@ def test_teardown_removes_every_hop(net):
     broker.teardown(c.circuit_id)
     assert all(len(s.circuits) == 0 for s in sites.values()) and len(broker) == 0
     raw, _ = Session(S, mode="ip").encode_circuit(c, b"x")
-    _, v = walk(sites, raw, clock.t)
+    _, v = walk(sites, raw, clock.now)
     assert isinstance(v, Drop) and v.reason == "unknown_label"
     with pytest.raises(LookupServiceError) as e:
         broker.teardown(c.circuit_id)
@@ -110,14 +103,14 @@ def test_teardown_removes_every_hop(net):
 def test_circuits_expire_unless_renewed(net):
     sites, broker, clock = net
     c = broker.create(destination=D, service="srcroute", sites=["C2"], lifetime=10)
-    clock.t += 8
+    clock.now += 8
     c2 = broker.renew(c.circuit_id, 10)
-    assert c2.expires == clock.t + 10
-    clock.t += 8  # 16 s after creation: alive thanks to the renewal
+    assert c2.expires == clock.now + 10
+    clock.now += 8  # 16 s after creation: alive thanks to the renewal
     raw, _ = Session(S, mode="ip").encode_circuit(c2, b"x")
-    assert isinstance(walk(sites, raw, clock.t)[1], Deliver)
-    clock.t += 5
-    assert isinstance(walk(sites, raw, clock.t)[1], Drop)
+    assert isinstance(walk(sites, raw, clock.now)[1], Deliver)
+    clock.now += 5
+    assert isinstance(walk(sites, raw, clock.now)[1], Drop)
     assert broker.expire() == 1 and len(broker) == 0
 
 
@@ -190,14 +183,18 @@ def test_lookup_server_over_tcp(net):
             assert len(sites["C2"].circuits) == 0
             client.close()
 
-            def raw_lines():
-                with socket.create_connection((addr, 7053), timeout=2) as s:
-                    f = s.makefile("rwb")
-                    f.write(b"{not json\n" + json.dumps({"op": "fly"}).encode() + b"\n")
-                    f.flush()
-                    return json.loads(f.readline()), json.loads(f.readline())
+            def raw_posts():  # two requests on one connection, as any HTTP client sends them
+                conn = http.client.HTTPConnection(addr, 7053, timeout=2)
+                out = []
+                for body in (b"{not json", json.dumps({"op": "fly"}).encode()):
+                    conn.request("POST", "/v1/lookup", body=body)
+                    resp = conn.getresponse()
+                    out.append((resp.status, json.loads(resp.read())))
+                conn.close()
+                return out
 
-            bad, unknown = call_in(ns, raw_lines)
+            (bad_status, bad), (status, unknown) = call_in(ns, raw_posts)
+            assert bad_status == 400 and status == 200
             assert bad["error"]["code"] == "bad_request" and not bad["ok"]
             assert (
                 unknown["error"]["code"] == "bad_request" and "fly" in unknown["error"]["message"]

@@ -1,4 +1,4 @@
-"""The lookup client's connection handling against scripted servers (loopback, no root):
+"""The lookup client's connection handling against scripted HTTP servers (loopback, no root):
 which failures it retries (only a kept connection the server closed before answering), and
 that no failure leaves an answer on the connection for the next call to read."""
 
@@ -15,7 +15,7 @@ import pytest
 
 from pcsock.lookup import LookupClient, LookupServiceError
 
-OK = b'{"ok": true}\n'
+OK = b'{"ok": true}'
 
 #: a handler gets the connection's number (0, 1, ...) and its file; it returns when done
 Handler = Callable[[int, BinaryIO], None]
@@ -50,10 +50,17 @@ class Scripted:
                 pass
 
     def read(self, n: int, f: BinaryIO) -> bool:
+        """Read one HTTP request (head and Content-Length body); record its JSON body."""
         line = f.readline()
-        if line:
-            self.requests.append((n, json.loads(line)))
-        return bool(line)
+        if not line:
+            return False
+        length = 0
+        while (header := f.readline()) not in (b"\r\n", b"\n", b""):
+            name, _, value = header.decode().partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value)
+        self.requests.append((n, json.loads(f.read(length))))
+        return True
 
 
 @contextmanager
@@ -66,8 +73,11 @@ def scripted(handler: Callable[[Scripted, int, BinaryIO], None]) -> Iterator[Scr
         srv.sock.close()
 
 
-def reply(f: BinaryIO, data: bytes) -> None:
-    f.write(data)
+def reply(f: BinaryIO, body: bytes, *, length: int | None = None) -> None:
+    """An HTTP answer carrying ``body`` (announced as ``length`` bytes if given)."""
+    head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+    head += f"content-length: {len(body) if length is None else length}\r\n\r\n"
+    f.write(head.encode() + body)
     f.flush()
 
 
@@ -91,9 +101,9 @@ def test_no_answer_in_time_is_not_retried_and_a_late_answer_is_never_read() -> N
         while srv.read(n, f):
             if n == 0:  # the first connection answers late (after the client gave up)
                 srv.release.wait(10)
-                reply(f, b'{"ok": true, "late": 1}\n')
+                reply(f, b'{"ok": true, "late": 1}')
             else:
-                reply(f, b'{"ok": true, "fresh": 1}\n')
+                reply(f, b'{"ok": true, "fresh": 1}')
 
     with scripted(handler) as srv:
         client = LookupClient("127.0.0.1", srv.port, timeout=0.3)
@@ -126,25 +136,27 @@ def test_a_fresh_connection_closed_without_an_answer_is_not_retried() -> None:
 @pytest.mark.parametrize(
     ("answer", "why"),
     [
-        (b"HTTP/1.1 400 Bad Request\r\n", "not a JSON object"),
-        (b"[1, 2]\n", "not a JSON object"),
-        (b'{"ok": tr', "cut short"),
+        (b"[1, 2]", "not a JSON object"),  # an HTTP answer, not a JSON object
+        (b"garbage\r\n\r\n", "not an HTTP answer"),  # not HTTP at all
+        (b'{"ok": tr', "cut short"),  # fewer bytes than announced, then closed
     ],
 )
 def test_a_garbled_answer_is_a_bad_response_and_drops_the_connection(
     answer: bytes, why: str
 ) -> None:
-    cut = not answer.endswith(b"\n")
-
     def handler(srv: Scripted, n: int, f: BinaryIO) -> None:
         while srv.read(n, f):
             if n > 0:
                 reply(f, OK)
-            elif cut:
+            elif why == "cut short":
+                reply(f, answer, length=100)
+                return  # closes mid-body
+            elif why == "not an HTTP answer":
+                f.write(answer)
+                reply(f, b'{"ok": true, "stale": 1}')  # which the next call must not take
+            else:  # a valid answer follows, which the next call must not take
                 reply(f, answer)
-                return  # closes mid-line
-            else:  # a valid-looking line follows, which the next call must not take
-                reply(f, answer + b'{"ok": true, "stale": 1}\n')
+                reply(f, b'{"ok": true, "stale": 1}')
 
     with scripted(handler) as srv:
         client = LookupClient("127.0.0.1", srv.port, timeout=5)
@@ -157,3 +169,19 @@ def test_a_garbled_answer_is_a_bad_response_and_drops_the_connection(
         finally:
             client.close()
         assert [n for n, _ in srv.requests] == [0, 1]
+
+
+def test_an_http_refusal_is_a_lookup_error_with_the_servers_message() -> None:
+    def handler(srv: Scripted, n: int, f: BinaryIO) -> None:
+        srv.read(n, f)
+        body = b'{"error": {"code": "too_many_connections", "message": "2 connections open"}}'
+        f.write(b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: %d\r\n\r\n" % len(body))
+        f.write(body)
+        f.flush()
+
+    with scripted(handler) as srv:
+        client = LookupClient("127.0.0.1", srv.port, timeout=5)
+        with pytest.raises(LookupServiceError) as e:
+            client.call({"op": "sites"})
+        assert (e.value.code, e.value.message) == ("unavailable", "2 connections open")
+        client.close()

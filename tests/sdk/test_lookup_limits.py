@@ -1,16 +1,17 @@
-"""The lookup server's bounds: an over-long line is refused without reading the rest of it,
-and connections are capped in all and per address (loopback, no root)."""
+"""The lookup server's bounds (it runs on pcsock.httpserver, like the control API): a request
+body over the limit is refused without reading the rest of it, and connections are capped per
+address and in all (loopback, no root)."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
-import time
 from collections.abc import Iterator
 
 import pytest
 
-from pcsock.lookup import CircuitBroker, LookupServer
+from pcsock.lookup import LOOKUP_PATH, CircuitBroker, LookupServer
 
 
 @pytest.fixture
@@ -28,55 +29,58 @@ def _connect(port: int, src: str = "127.0.0.1") -> socket.socket:
     return s
 
 
-def _line(s: socket.socket) -> dict[str, object]:
-    buf = b""
-    while not buf.endswith(b"\n"):
-        chunk = s.recv(4096)
-        if not chunk:
-            break
-        buf += chunk
-    return json.loads(buf)
+def _head(length: int) -> bytes:
+    return (f"POST {LOOKUP_PATH} HTTP/1.1\r\nhost: lookup\r\ncontent-type: application/json\r\n"
+            f"content-length: {length}\r\n\r\n").encode()  # fmt: skip
 
 
-def test_an_over_long_line_is_refused_before_it_ends(broker: CircuitBroker) -> None:
-    with LookupServer(broker, "127.0.0.1", 0, max_line=1024) as srv:
+def _post(s: socket.socket, doc: object) -> None:
+    body = json.dumps(doc).encode()
+    s.sendall(_head(len(body)) + body)
+
+
+def _answer(s: socket.socket) -> tuple[int, dict[str, object]]:
+    resp = http.client.HTTPResponse(s)
+    resp.begin()
+    return resp.status, json.loads(resp.read())
+
+
+def _sites(s: socket.socket) -> bool:
+    _post(s, {"op": "sites"})
+    status, doc = _answer(s)
+    return status == 200 and doc["ok"] is True
+
+
+def test_an_over_long_request_is_refused_before_it_ends(broker: CircuitBroker) -> None:
+    with LookupServer(broker, "127.0.0.1", 0, max_body=1024) as srv:
         port = srv.address[1]
         with _connect(port) as s:
-            s.sendall(json.dumps({"op": "sites"}).encode() + b"\n")
-            assert _line(s)["ok"] is True
-            s.sendall(b"x" * 4096)  # and the line never ends: the server must not wait for it
-            err = _line(s)
-            assert err == {"ok": False, "error": {
-                "code": "bad_request", "message": "line longer than 1024 bytes"}}  # fmt: skip
+            assert _sites(s)
+            s.sendall(_head(4096) + b"x" * 100)  # and the body never ends: no wait for it
+            status, err = _answer(s)
+            assert status == 413 and err["error"] == {  # type: ignore[comparison-overlap]
+                "code": "body_too_large",
+                "message": "bodies are limited to 1024 bytes (limits.max_body)",
+            }
             assert s.recv(1) == b""  # then it closes the connection
 
 
-def test_connections_are_capped_in_all_and_per_address(broker: CircuitBroker) -> None:
+def test_connections_are_capped_per_address_and_in_all(broker: CircuitBroker) -> None:
     with LookupServer(broker, "127.0.0.1", 0, max_connections=3, max_per_client=2) as srv:
         port = srv.address[1]
         held = [_connect(port), _connect(port)]
-        for s in held:  # served (an answer proves the connection was admitted)
-            s.sendall(b'{"op": "sites"}\n')
-            assert _line(s)["ok"] is True
+        assert all(_sites(s) for s in held)  # served: an answer proves it was admitted
         with _connect(port) as third:
-            err = _line(third)
-            assert err["error"]["code"] == "unavailable"  # type: ignore[index]
+            status, err = _answer(third)
+            assert status == 429 and err["error"]["code"] == "too_many_connections"  # type: ignore[index]
             assert "2 connections from 127.0.0.1" in err["error"]["message"]  # type: ignore[index]
         other = _connect(port, "127.0.0.2")  # another address still gets in
-        other.sendall(b'{"op": "sites"}\n')
-        assert _line(other)["ok"] is True
-        with _connect(port, "127.0.0.3") as fourth:  # but the site-wide cap holds
-            assert "limit of 3 connections" in _line(fourth)["error"]["message"]  # type: ignore[index]
-        assert srv.refused == 2
-        held[0].close()
-        other.close()
-        # a closed connection frees its slot
-        for _ in range(50):
-            with _connect(port, "127.0.0.3") as again:
-                again.sendall(b'{"op": "sites"}\n')
-                if _line(again)["ok"] is True:
-                    break
-            time.sleep(0.02)
-        else:
-            pytest.fail("a slot never came free")
-        held[1].close()
+        assert _sites(other)
+        # at the cap in all, the least recently active idle connection makes room
+        with _connect(port, "127.0.0.3") as fourth:
+            assert _sites(fourth)
+            assert held[0].recv(1) == b""  # closed by the server
+            assert _sites(held[1]) and _sites(other)
+        assert srv.refused == 1
+        for s in (*held, other):
+            s.close()

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import trio
-from sdk_nsutil import call_in, netns
 
 import pcsock
 from pcsite_lite.site import Site
 from pcsite_lite.table_control import TableSiteControl
 from pcsock import wire
 from pcsock.lookup import CircuitBroker, LookupServer, SiteEntry
+from tests.support.netns import call_in, netns
 
 S, SITE, D, PSP_IP = "198.18.204.1", "198.18.204.2", "198.18.204.3", "198.18.204.4"
 

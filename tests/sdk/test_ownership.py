@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dns.rrset
 import pytest
-from sdk_knot import knot
-from sdk_nsutil import call_in, netns
 
 from pcsock.ownership import (
     OwnershipClaim,
@@ -19,6 +17,8 @@ from pcsock.ownership import (
     signed_zone_text,
     validate_proof,
 )
+from tests.support.knot import knot
+from tests.support.netns import call_in, netns
 
 NOW = 1_795_000_000.0
 PREFIX = "198.18.5.0/24"

@@ -70,7 +70,7 @@ def test_lookupd_configuration_is_validated(tmp_path, capsys):
 
 @pytest.mark.netns
 def test_discover_against_an_unreachable_server_fails_cleanly(capsys):
-    from sdk_nsutil import call_in, netns
+    from tests.support.netns import call_in, netns
 
     with netns(["198.18.205.1"]) as ns:  # no route to the server inside this namespace
         rc = call_in(ns, lambda: main(["discover", "sites", "isp.example.",

@@ -8,11 +8,11 @@ import socket
 from typing import Any
 
 import pytest
-from sdk_nsutil import call_in, netns
 
 from pcsock import wire
 from pcsock.session import Circuit, Session
 from pcsock.socket import CircuitSocket, PacketCloudSocket, PcsockError
+from tests.support.netns import call_in, netns
 
 KEY = wire.HopKey(bytes(range(16)))
 ACCEL = [True, False] if wire.accelerator() is not None else [False]

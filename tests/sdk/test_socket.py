@@ -9,11 +9,11 @@ import sys
 
 import pytest
 import trio
-from sdk_nsutil import call_in, netns
 
 import pcsock
 from pcsock import wire
 from pcsock.session import Circuit
+from tests.support.netns import call_in, netns
 
 A, B = "198.18.200.1", "198.18.200.2"
 KEY = wire.HopKey(bytes(range(16)))

@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from sdk_nsutil import call_in, netns
+
+from tests.support.netns import call_in, netns
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "tutorial-form2.md"
 D, S = "198.18.64.2", "198.18.0.10"

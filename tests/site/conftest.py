@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from site_topo import Fig2, make_fig2
+
+from tests.support.site_topo import Fig2, make_fig2
 
 
 @pytest.fixture

@@ -6,20 +6,6 @@ from __future__ import annotations
 import random
 
 import pytest
-from site_topo import (
-    DEST,
-    IN_KEY,
-    NEXT_IP,
-    OUT_KEY,
-    PSP,
-    SENDER,
-    SITE_IP,
-    SRCROUTE,
-    circuit,
-    circuit_packet,
-    make_fig2,
-    one_site,
-)
 
 from pcsite_lite.circuits import OutHopEntry
 from pcsite_lite.services import source
@@ -32,6 +18,20 @@ from pcsock.wire import (
     build_service_packet,
     int2ip,
     parse,
+)
+from tests.support.site_topo import (
+    DEST,
+    IN_KEY,
+    NEXT_IP,
+    OUT_KEY,
+    PSP,
+    SENDER,
+    SITE_IP,
+    SRCROUTE,
+    circuit,
+    circuit_packet,
+    make_fig2,
+    one_site,
 )
 
 ATTEMPTS = {

@@ -7,10 +7,19 @@ import zlib
 
 import pytest
 from scapy.layers.inet import IP
-from site_topo import DEST, NEXT_IP, PSP, SENDER, SITE_IP, circuit, circuit_packet, one_site
 
 from pcsite_lite.verdicts import Drop, Forward
 from pcsock.wire import build_ipv4, build_service_packet, parse
+from tests.support.site_topo import (
+    DEST,
+    NEXT_IP,
+    PSP,
+    SENDER,
+    SITE_IP,
+    circuit,
+    circuit_packet,
+    one_site,
+)
 
 
 def _run(src: str, data: bytes | bytearray, *, form: int = 1, **site_kw):
@@ -200,9 +209,8 @@ def process(pkt):
 
 
 def test_the_last_out_hop_choice_wins() -> None:
-    from site_topo import OUT_KEY
-
     from pcsite_lite.circuits import OutHopEntry
+    from tests.support.site_topo import OUT_KEY
 
     src = """
 def process(pkt):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 
 import pytest
-from site_topo import DEST, circuit, circuit_packet, one_site
 
 from pcsite_lite.runtime import ACTIVE, DISABLED
 from pcsite_lite.sandbox import Budget, ServiceLoadError, load_service
 from pcsite_lite.services import source
 from pcsite_lite.verdicts import Drop, Forward
+from tests.support.site_topo import DEST, circuit, circuit_packet, one_site
 
 RAISES = """
 def process(pkt):

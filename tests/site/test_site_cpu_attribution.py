@@ -9,12 +9,12 @@ import sys
 import time
 from typing import Any
 
-from site_topo import circuit, circuit_packet, one_site
-
 from pcsite_lite.pipeline import Pipeline
 from pcsite_lite.sandbox import Budget
 from pcsite_lite.site import Site
 from pcsite_lite.verdicts import Forward
+from tests.support import wait_until
+from tests.support.site_topo import circuit, circuit_packet, one_site
 
 PSP = "acme"
 
@@ -101,6 +101,13 @@ def process(pkt):
 """
 
 
+def _cpu_ticks(pid: int) -> int:
+    """User + system CPU clock ticks of process ``pid`` so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(") ", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
 def _competitor(cpu: int) -> subprocess.Popen[bytes]:
     code = f"import os\nos.sched_setaffinity(0, {{{cpu}}})\nwhile True:\n    pass\n"
     return subprocess.Popen([sys.executable, "-c", code])
@@ -137,7 +144,7 @@ def test_billed_cpu_tracks_thread_cpu_while_another_process_competes() -> None:
     os.sched_setaffinity(0, {cpu})
     busy = _competitor(cpu)
     try:
-        time.sleep(0.2)  # let it start spinning
+        assert wait_until(lambda: _cpu_ticks(busy.pid) > 5, 10)  # it is spinning
         wall_billed = 0
         for _ in range(8):  # 8 windows of 8 packets (each ~4 ms of CPU, several time slices)
             for _ in range(8):

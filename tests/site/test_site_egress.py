@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from site_topo import DEST, IN_KEY, PSP, SENDER, SITE_IP, one_site
 
 from pcsite_lite.circuits import OutHopEntry
 from pcsite_lite.services import source
 from pcsite_lite.verdicts import Drop, Forward
 from pcsock.wire import HopKey, build_circuit_packet, int2ip, parse
+from tests.support.site_topo import DEST, IN_KEY, PSP, SENDER, SITE_IP, one_site
 
 addresses = st.integers(0x01000000, 0xDFFFFFFF).map(int2ip)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from site_topo import DEST, IN_KEY, NEXT_IP, OUT_KEY, PSP, SENDER, SITE_IP, circuit, one_site
 
 from pcsite_lite.circuits import OutHopEntry
 from pcsite_lite.pipeline import Pipeline
@@ -16,6 +15,18 @@ from pcsite_lite.site import Site
 from pcsite_lite.verdicts import Drop
 from pcsock import wire
 from pcsock.wire import HopKey, build_circuit_packet, parse
+from tests.support import FakeClock
+from tests.support.site_topo import (
+    DEST,
+    IN_KEY,
+    NEXT_IP,
+    OUT_KEY,
+    PSP,
+    SENDER,
+    SITE_IP,
+    circuit,
+    one_site,
+)
 
 #: the fast path runs on the C accelerator (pcsock._accel) when it is built, and on the
 #: pure-Python reference: every test here runs on both
@@ -45,13 +56,9 @@ TWO_HOPS = [
 ]
 
 
-class StepClock:
-    def __init__(self) -> None:
-        self.t = 0
-
-    def __call__(self) -> int:
-        self.t += 100
-        return self.t
+def _pipeline(site: Site, verify: bool, accel: bool) -> Pipeline:
+    """A pipeline whose CPU clock ticks 100 ns per read (exact, comparable counters)."""
+    return Pipeline(site, verify_ip_checksum=verify, cpu_clock=FakeClock(step=100), accel=accel)
 
 
 def _site() -> tuple[Site, dict[str, int]]:
@@ -125,7 +132,7 @@ def test_fast_path_equals_general_path(verify: bool, accel: bool) -> None:
     results = []
     for general in (False, True):
         site, labels = _site()
-        pipe = Pipeline(site, verify_ip_checksum=verify, cpu_clock=StepClock(), accel=accel)
+        pipe = _pipeline(site, verify, accel)
         packets = _packets(labels)
         run = pipe._general if general else pipe.process
         to_general: list[str] = []
@@ -190,7 +197,7 @@ def test_accelerated_and_pure_pipelines_give_the_same_verdicts_drops_and_meterin
     results = []
     for accel in (True, False):
         site, labels = _site()
-        pipe = Pipeline(site, verify_ip_checksum=verify, cpu_clock=StepClock(), accel=accel)
+        pipe = _pipeline(site, verify, accel)
         packets = _packets(labels)
         for name, data, now in list(packets):
             for i in range(0, min(len(data), 40)):

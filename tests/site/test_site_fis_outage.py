@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from site_topo import PSP, circuit, circuit_packet, one_site
-
 from pcsite_lite.fis import CachedFIS, namespace, open_engine
 from pcsite_lite.runtime import ACTIVE
 from pcsite_lite.verdicts import Drop, Forward
+from tests.support.site_topo import PSP, circuit, circuit_packet, one_site
 
 FETCHES = """
 def process(pkt):

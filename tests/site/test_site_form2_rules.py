@@ -4,10 +4,10 @@ TTL 1 and 0 dropped before the service runs, the flag cleared, TTL - 1, the shim
 from __future__ import annotations
 
 import pytest
-from site_topo import DEST, PSP, SENDER, one_site
 
 from pcsite_lite.verdicts import Drop, Forward
 from pcsock import wire
+from tests.support.site_topo import DEST, PSP, SENDER, one_site
 
 LOG = "def process(pkt):\n    pkt.log('ran')\n"
 

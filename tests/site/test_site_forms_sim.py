@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from scapy.layers.inet import IP, UDP  # independent dissector for the tunnel check
-from site_topo import Fig2
 
 from pcsock.wire import TOS_SERVICE, build_ipv4, build_service_packet, int2ip, parse
+from tests.support.site_topo import Fig2
 
 COUNT_SERVICE = """
 def process(pkt):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from site_topo import NEXT_IP, OUT_KEY, PSP, SITE_IP, circuit, circuit_packet, one_site
+from tests.support.site_topo import NEXT_IP, OUT_KEY, PSP, SITE_IP, circuit, circuit_packet, one_site
 
 from pcsite_lite.pipeline import Pipeline
 from pcsite_lite.services import source

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from site_topo import NEXT_IP, OUT_KEY, PSP, SRCROUTE, circuit, circuit_packet, one_site
-
 from pcsite_lite.circuits import OutHopEntry
 from pcsite_lite.metering import Counters
 from pcsite_lite.services import source
 from pcsite_lite.verdicts import Drop, Forward
+from tests.support import FakeClock
+from tests.support.site_topo import (
+    NEXT_IP,
+    OUT_KEY,
+    PSP,
+    SRCROUTE,
+    circuit,
+    circuit_packet,
+    one_site,
+)
 
 METERED = """
 def process(pkt):
@@ -21,21 +29,9 @@ def process(pkt):
 """
 
 
-class StepClock:
-    """A CPU clock that advances exactly ``step`` ns per read."""
-
-    def __init__(self, step: int) -> None:
-        self.t = 0
-        self.step = step
-
-    def __call__(self) -> int:
-        self.t += self.step
-        return self.t
-
-
 def test_counters_are_exact() -> None:
     site, pipe, lines = one_site(local_prefixes=["198.18.6.0/24"])
-    pipe.clock = StepClock(250)
+    pipe.clock = FakeClock(step=250)
     site.deploy(PSP, "m", METERED)
     local = circuit(site, "m")  # out hop 198.18.6.1: inside the ISP
     remote = circuit(site, "m", out=[OutHopEntry(5, "198.19.200.1", OUT_KEY)])
@@ -133,7 +129,7 @@ def test_log_sinks_are_flushed_at_snapshot() -> None:
     site = Site("c", "198.18.5.1", log_sinks=factory)
     pipe = Pipeline(site)
     site.deploy(PSP, "l", "def process(pkt):\n    pkt.log('hello ' + pkt.src)\n")
-    from site_topo import IN_KEY
+    from tests.support.site_topo import IN_KEY
 
     label = site.circuits.allocate(PSP, now=0)
     site.circuits.install(

@@ -3,10 +3,9 @@ if it drops the packet the sender's never runs."""
 
 from __future__ import annotations
 
-from site_topo import DEST, OUT_KEY, SENDER, circuit, circuit_packet, one_site
-
 from pcsite_lite.verdicts import Deliver, Drop, Forward
 from pcsock.wire import build_service_packet, parse
+from tests.support.site_topo import DEST, OUT_KEY, SENDER, circuit, circuit_packet, one_site
 
 SENDER_SVC = """
 def process(pkt):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from site_topo import NEXT_IP, PSP, circuit, circuit_packet
-
 from pcsite_lite.pipeline import Pipeline
 from pcsite_lite.repository import (
     Repository,
@@ -17,6 +15,7 @@ from pcsite_lite.repository import (
 from pcsite_lite.runtime import ACTIVE, UNAVAILABLE, load_from_repository, repository_resolver
 from pcsite_lite.site import Site
 from pcsite_lite.verdicts import Drop, Forward
+from tests.support.site_topo import NEXT_IP, PSP, circuit, circuit_packet
 
 V1 = b"def process(pkt):\n    pkt.log('v1')\n"
 V2 = b"def process(pkt):\n    pkt.log('v2')\n"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from site_topo import DEST, PSP, SENDER, circuit, circuit_packet, one_site
 
 from pcsite_lite.services import source
 from pcsite_lite.verdicts import DROP_REASONS, Deliver, Drop, Forward
 from pcsock.wire import build_ipv4, build_service_packet, parse
+from tests.support.site_topo import DEST, PSP, SENDER, circuit, circuit_packet, one_site
 
 SITE, PIPE, _ = one_site()
 SITE.deploy(PSP, "sr", source("source_routing"))

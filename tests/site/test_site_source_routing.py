@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from site_topo import PSP, SRCROUTE, Fig2, make_fig2
-
 from pcsite_lite.sim import Host, Received, install_circuit
 from pcsock.wire import FORM_CIRCUIT, build_ipv4, int2ip, parse
+from tests.support.site_topo import PSP, SRCROUTE, Fig2, make_fig2
 
 
 def test_packet_follows_the_source_route_and_d_replies_to_the_original_source(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import sys
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from testbed import graph, live, top
 from testbed.cli import main as cli
 from testbed.plan import make
 from testbed.topology import line, load
+from tests.support import wait_until
 
 TOPOLOGIES = Path(__file__).resolve().parents[2] / "testbed" / "topologies"
 SVG = "{http://www.w3.org/2000/svg}"
@@ -242,6 +242,7 @@ def test_drawing_of_a_live_run_shows_each_installed_circuit_in_order(tmp_path: P
 
     if os.geteuid() != 0:
         pytest.skip("needs root")
+    from pcdemo.rig import start_pcsite
     from pcsite_lite.control.client import ControlClient, OutHop
     from testbed import Testbed
 
@@ -256,17 +257,7 @@ def test_drawing_of_a_live_run_shows_each_installed_circuit_in_order(tmp_path: P
                 f'[control]\nlisten = "127.0.0.1:8080"\nadmin_token = "{ADMIN}"\n\n'
                 f'[control.psps.acme]\ntoken = "{PSP_TOKEN}"\n'
             )
-            node = tb.node(name)
-            proc = node.start(
-                [sys.executable, "-m", "pcsite_lite.cli", "run", "--config", str(cfg)],
-                name="pcsite",
-                timeout=30,
-                ready=lambda node=node: node.tcp_open("127.0.0.1", 8080),
-            )
-            deadline = time.monotonic() + 30
-            while "site up" not in proc.log_text():
-                assert proc.alive and time.monotonic() < deadline, proc.log_text()
-                time.sleep(0.05)
+            start_pcsite(tb.node(name), cfg)
             tb.register_control(name, "http://127.0.0.1:8080", ADMIN, ["acme"])
 
         def client() -> ControlClient:
@@ -327,15 +318,18 @@ def test_drawing_of_a_live_run_shows_each_installed_circuit_in_order(tmp_path: P
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         try:
-            deadline = time.monotonic() + 20
-            line = ""
+            samples = 0
             assert view.stdout is not None
-            while "links of run" not in line:  # a pipe gets one block per sample
-                assert time.monotonic() < deadline and view.poll() is None, "no output"
-                if select.select([view.stdout], [], [], 0.5)[0]:
-                    line = view.stdout.readline()
-            time.sleep(0.5)
-            view.send_signal(signal.SIGINT)
+
+            def sampled_twice() -> bool:  # a pipe gets one block per sample
+                nonlocal samples
+                assert view.poll() is None, "top exited"
+                if select.select([view.stdout], [], [], 0.2)[0]:
+                    samples += "links of run" in view.stdout.readline()
+                return samples >= 2
+
+            assert wait_until(sampled_twice, 20, 0), "no output"
+            view.send_signal(signal.SIGINT)  # while it loops over samples
             _, err = view.communicate(timeout=10)
         finally:
             if view.poll() is None:

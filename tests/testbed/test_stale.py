@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import wait_until
+
 pytestmark = pytest.mark.netns
 
 BUILDER = """
@@ -50,10 +52,8 @@ def test_sigkilled_builder_is_dead_and_cleaned_at_once(tmp_path: Path) -> None:
         assert [(r["run"], r["phase"], r["stale"]) for r in st] == [(run, "building", False)]
         # SIGKILL and do not reap: the builder stays a zombie with its /proc entry
         os.kill(builder.pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while Path(f"/proc/{builder.pid}/stat").read_text().split(") ")[1][0] != "Z":
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        stat = Path(f"/proc/{builder.pid}/stat")
+        assert wait_until(lambda: stat.read_text().split(") ")[1][0] == "Z", 10, 0.01)
         t0 = time.monotonic()
         st = json.loads(_tb(env, "status", "--json").stdout)
         assert [(r["run"], r["phase"], r["stale"]) for r in st] == [(run, "dead", True)]

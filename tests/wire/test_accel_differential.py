@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from wire_vectors import load, packet
 
 from pcsock import wire
+from tests.support.wire_vectors import load, packet
 
 accel = wire._accel
 KA = bytes(range(16))

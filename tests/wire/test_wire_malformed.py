@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from wire_vectors import load, packet
 
 from pcsock import wire
+from tests.support.wire_vectors import load, packet
 
 VECTORS = load("vector") + load("hop")
 IDS = [v["name"] for v in VECTORS]

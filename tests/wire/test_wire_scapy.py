@@ -10,10 +10,10 @@ from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.packet import Packet as ScapyPacket
 from scapy.packet import Raw
-from wire_vectors import load, num, packet
 
 from pcsock import wire
 from pcsock.scapy import PacketCloudCircuit, PacketCloudService, circuit_check, sign_circuit
+from tests.support.wire_vectors import load, num, packet
 
 warnings.filterwarnings("ignore", message=".*No IP underlayer.*")
 

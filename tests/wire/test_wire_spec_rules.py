@@ -10,9 +10,9 @@ import re
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from wire_vectors import DOC, by_name, packet
 
 from pcsock import wire
+from tests.support.wire_vectors import DOC, by_name, packet
 
 KEY = wire.HopKey(bytes(range(16)))
 OTHER = wire.HopKey(bytes(range(16, 32)))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from wire_vectors import by_name, load, num, packet
 
 from pcsock import wire
+from tests.support.wire_vectors import by_name, load, num, packet
 
 VECTORS = load("vector")
 HOPS = load("hop")

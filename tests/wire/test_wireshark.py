@@ -13,10 +13,10 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.utils import wrpcap
-from wire_vectors import by_name, load, packet
 
 from pcsock import wire
 from pcsock.scapy import PacketCloudService
+from tests.support.wire_vectors import by_name, load, packet
 
 ROOT = Path(__file__).resolve().parents[2]
 LUA = ROOT / "contrib" / "wireshark" / "packetcloud.lua"

@@ -1,26 +1,33 @@
-"""Serve a :class:`~.app.HttpApp` over HTTP/1.1 (or HTTPS) with trio and h11, within limits.
+"""The tree's one HTTP server: serve an app over HTTP/1.1 (or HTTPS) with trio and h11, within
+limits. The site's control API (``pcsite_lite.control``) and the PSP's lookup service
+(:mod:`pcsock.lookup`) both run on it.
 
-The server is a thin adapter: h11 parses, the app answers, h11 serialises. Everything a client
-can make it hold is bounded by the app's :class:`~.limits.Limits`:
+The server is a thin adapter: h11 parses, the app answers (:class:`Request` in,
+:class:`Response` out), h11 serialises. Everything a client can make it hold is bounded by the
+app's ``limits`` (:class:`ServerLimits`, or any object with those attributes):
 
 - **connections**: at most ``max_connections_per_client`` per address (more are answered 429
-  ``too_many_connections`` and closed) and ``max_connections`` in all; at the site-wide cap the
-  least recently active connection that is not being answered is closed to admit the new one,
-  so idle connections cannot lock clients out. The cap is also kept below the process's
-  descriptor limit (raised soft -> hard at start), and an ``accept()`` that fails for lack of
-  descriptors or memory (``EMFILE``...) sheds an idle connection, backs off and keeps serving;
+  ``too_many_connections`` and closed) and ``max_connections`` in all; at the cap the least
+  recently active connection that is not being answered is closed to admit the new one, so
+  idle connections cannot lock clients out (:class:`ConnectionTable`). The cap is also kept
+  below the process's descriptor limit (raised soft -> hard at start), and an ``accept()``
+  that fails for lack of descriptors or memory (``EMFILE``...) sheds an idle connection,
+  backs off and keeps serving;
 - **time**: ``idle_timeout`` to start a request, ``header_timeout`` to finish its headers,
   ``request_timeout`` to finish its body and to take the answer (slow-loris bounds);
 - **size**: ``max_header_bytes`` (431) and ``max_body`` (413), checked while reading.
 
-Protocol errors get the same JSON error document as application errors, then the connection
+Protocol errors get the same JSON error document as application errors
+(``{"error": {"code": ..., "message": ...}}``, :class:`HttpError`), then the connection
 closes. With ``tls`` (an :class:`ssl.SSLContext`), every connection is a :class:`trio.SSLStream`.
+The messages name the bounds by their site-config keys (``limits.max_body``...).
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import resource
 import select
@@ -28,23 +35,198 @@ import socket
 import ssl
 import time
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Final, Protocol
 
 import h11
 import trio
 
-from .app import Request, Response
-from .errors import ApiError
-from .limits import DEFAULT_LIMITS, Conn, ConnectionTable, Limits, retry_after_header
+__all__ = [
+    "Conn",
+    "ConnectionTable",
+    "HttpApp",
+    "HttpError",
+    "Request",
+    "Response",
+    "ServerLimits",
+    "ServerStats",
+    "raise_fd_limit",
+    "retry_after_header",
+    "serve",
+    "serve_listeners",
+    "tls_context",
+]
 
-__all__ = ["HttpApp", "ServerStats", "raise_fd_limit", "serve", "serve_listeners", "tls_context"]
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """An HTTP request as the app sees it (header names lower-case)."""
+
+    method: str
+    target: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    client: str = ""  #: the peer's address (rate limit of failed authentication)
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()  #: extra headers, e.g. Retry-After
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class HttpError(Exception):
+    """An answer that refuses a request: an HTTP ``status`` plus a stable machine-readable
+    ``code`` and a ``message`` for people; 429 answers carry ``Retry-After``."""
+
+    def __init__(self, code: str, message: str, *, status: int,
+                 retry_after: float | None = None) -> None:  # fmt: skip
+        self.code = code
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after  #: seconds, sent as ``Retry-After`` (rounded up)
+        super().__init__(f"{code}: {message}")
+
+    def body(self) -> dict[str, dict[str, str]]:
+        """The JSON error document."""
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """The bounds the server itself enforces (the site's ``[limits]`` has these and more)."""
+
+    #: Largest request body (bytes).
+    max_body: int = 1 << 20
+    #: Request line plus headers (bytes); more is 431 ``headers_too_large``.
+    max_header_bytes: int = 16 * 1024
+    #: Open connections in all; at the cap the least recently active idle one is closed.
+    max_connections: int = 1024
+    #: Open connections from one client address; more are refused with 429.
+    max_connections_per_client: int = 32
+    #: Seconds a connection may wait for (the first byte of) its next request.
+    idle_timeout: float = 15.0
+    #: Seconds from a request's first byte to the end of its headers.
+    header_timeout: float = 5.0
+    #: Seconds from a request's first byte to the end of its body, and to send the answer.
+    request_timeout: float = 30.0
+
+
+DEFAULT_LIMITS: Final = ServerLimits()
+
+
+def retry_after_header(seconds: float) -> str:
+    """``Retry-After`` takes whole seconds: round up, at least 1."""
+    return str(max(1, math.ceil(seconds)))
+
+
+# --- connections ----------------------------------------------------------------------------
+
+
+class Conn:
+    """One admitted connection: its client address and a way to close it from outside."""
+
+    __slots__ = ("busy", "cancel", "client", "evicted", "gone")
+
+    def __init__(self, client: str, cancel: Callable[[], None]) -> None:
+        self.client = client
+        self.cancel = cancel
+        self.busy = False  #: a request is being answered (never evicted then)
+        self.evicted = False  #: closed by the table to make room
+        self.gone = False  #: no longer counted (evicted or released)
+
+
+class ConnectionTable:
+    """Admission of connections under a site-wide and a per-address cap.
+
+    A new connection from an address at ``per_client`` is refused. At ``total``, the least
+    recently active connection that is not answering a request is evicted to make room (an
+    idle flood cannot lock legitimate clients out); only when every connection is busy is the
+    new one refused. Connections mark activity with :meth:`touch` and :meth:`set_busy`.
+    """
+
+    def __init__(self, total: int, per_client: int) -> None:
+        self.total = total
+        self.per_client = per_client
+        self._per: dict[str, int] = {}
+        self._lru: OrderedDict[Conn, None] = OrderedDict()  # evictable, oldest first
+        self._open = 0  #: admitted and not evicted nor released
+        self.evictions = 0
+        self.refusals = 0
+
+    def __len__(self) -> int:
+        return self._open
+
+    def count(self, client: str) -> int:
+        return self._per.get(client, 0)
+
+    def admit(self, client: str, cancel: Callable[[], None]) -> tuple[Conn | None, str]:
+        """A :class:`Conn`, or None and the reason it was refused."""
+        if self._per.get(client, 0) >= self.per_client:
+            self.refusals += 1
+            return None, (
+                f"{self.per_client} connections from {client} are open "
+                "(limits.max_connections_per_client)"
+            )
+        while self._open >= self.total:
+            if not self.evict_oldest():
+                self.refusals += 1
+                return None, f"all {self.total} connections are busy (limits.max_connections)"
+        conn = Conn(client, cancel)
+        self._per[client] = self._per.get(client, 0) + 1
+        self._lru[conn] = None
+        self._open += 1
+        return conn, ""
+
+    def evict_oldest(self) -> bool:
+        """Close the least recently active non-busy connection; False if there is none."""
+        if not self._lru:
+            return False
+        conn, _ = self._lru.popitem(last=False)
+        conn.evicted = True
+        self._forget(conn)
+        self.evictions += 1
+        conn.cancel()
+        return True
+
+    def touch(self, conn: Conn) -> None:
+        if conn in self._lru:
+            self._lru.move_to_end(conn)
+
+    def set_busy(self, conn: Conn, busy: bool) -> None:
+        if conn.gone:
+            return
+        conn.busy = busy
+        if busy:
+            self._lru.pop(conn, None)
+        else:
+            self._lru[conn] = None  # most recently active
+
+    def release(self, conn: Conn) -> None:
+        if not conn.gone:
+            self._lru.pop(conn, None)
+            self._forget(conn)
+
+    def _forget(self, conn: Conn) -> None:
+        conn.gone = True
+        self._open -= 1
+        n = self._per.get(conn.client, 0) - 1
+        if n > 0:
+            self._per[conn.client] = n
+        else:
+            self._per.pop(conn.client, None)
 
 
 class HttpApp(Protocol):
-    """What the server serves: :class:`~.app.ControlApp` or anything that dispatches to one.
+    """What the server serves (the site's ``ControlApp``, the lookup service's app...).
 
     If the object also has an ``async settle()`` method, the server awaits it after each
     request and before answering (the daemon waits there until every worker applied the
@@ -58,15 +240,14 @@ class HttpApp(Protocol):
     def max_body(self) -> int: ...
 
     @property
-    def limits(self) -> Limits: ...
+    def limits(self) -> ServerLimits: ...
 
     def handle(self, req: Request) -> Response: ...
 
 
-_SERVER: Final = b"pcsite-control/1"
-#: offloaded requests (``app.offload(req)`` true) handled at once; the rest wait their turn
+_SERVER: Final = b"packetcloud/1"
+#: offloaded requests (``app.offload(req)`` true) handled at once by default; the rest queue
 OFFLOAD_THREADS: Final = 2
-_OFFLOAD_LIMITER: Final = trio.CapacityLimiter(OFFLOAD_THREADS)
 #: accept() errors that mean "out of descriptors/memory right now": shed, back off, go on.
 _CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 #: Descriptors kept free for everything but connections (workers, TUN, FIS, logs).
@@ -110,7 +291,7 @@ def raise_fd_limit() -> int:
     return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 
-def connection_cap(limits: Limits, fd_soft: int) -> int:
+def connection_cap(limits: ServerLimits, fd_soft: int) -> int:
     """The site-wide cap in force: the configured one, kept ``FD_RESERVE`` (and a quarter of
     the descriptors) below the descriptor limit."""
     return max(1, min(limits.max_connections, fd_soft - max(FD_RESERVE, fd_soft // 4)))
@@ -147,7 +328,7 @@ async def _send(stream: trio.abc.Stream, conn: h11.Connection, resp: Response) -
     await stream.send_all(data + (conn.send(h11.EndOfMessage()) or b""))
 
 
-def _error_headers(err: ApiError, body: bytes) -> list[tuple[bytes, bytes]]:
+def _error_headers(err: HttpError, body: bytes) -> list[tuple[bytes, bytes]]:
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
@@ -159,7 +340,7 @@ def _error_headers(err: ApiError, body: bytes) -> list[tuple[bytes, bytes]]:
     return headers
 
 
-def _error_bytes(err: ApiError) -> bytes:
+def _error_bytes(err: HttpError) -> bytes:
     """A complete ``Connection: close`` error response, outside any h11 connection."""
     body = json.dumps(err.body()).encode()
     head = f"HTTP/1.1 {err.status} {HTTPStatus(err.status).phrase}\r\n".encode()
@@ -167,7 +348,7 @@ def _error_bytes(err: ApiError) -> bytes:
     return head + b"\r\n" + body
 
 
-async def _fail(stream: trio.abc.Stream, conn: h11.Connection, err: ApiError) -> None:
+async def _fail(stream: trio.abc.Stream, conn: h11.Connection, err: HttpError) -> None:
     if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
         return
     body = json.dumps(err.body()).encode()
@@ -195,7 +376,7 @@ class _Connection:
         chunk = await self.stream.receive_some(65536)
         self.h11.receive_data(bytes(chunk))  # b"" marks the end of the stream
 
-    async def _next_request(self, lim: Limits) -> Request | None:
+    async def _next_request(self, lim: ServerLimits) -> Request | None:
         """One complete request, or None when the client closed or stayed idle too long."""
         conn = self.h11
         # idle: nothing of the next request has arrived yet
@@ -227,8 +408,10 @@ class _Connection:
             raise h11.RemoteProtocolError("request head too large", error_status_hint=431)
         clen = dict(head.headers).get(b"content-length")
         if clen is not None and int(clen) > lim.max_body:
-            raise ApiError(
-                "body_too_large", f"bodies are limited to {lim.max_body} bytes (limits.max_body)"
+            raise HttpError(
+                "body_too_large",
+                f"bodies are limited to {lim.max_body} bytes (limits.max_body)",
+                status=413,
             )
         body = bytearray()
         with trio.fail_at(start + lim.request_timeout):
@@ -239,8 +422,8 @@ class _Connection:
                 elif isinstance(event, h11.Data):
                     body += event.data
                     if len(body) > lim.max_body:
-                        raise ApiError("body_too_large", f"bodies are limited to {lim.max_body} "
-                                       "bytes (limits.max_body)")  # fmt: skip
+                        raise HttpError("body_too_large", f"bodies are limited to {lim.max_body} "
+                                        "bytes (limits.max_body)", status=413)  # fmt: skip
                 elif isinstance(event, h11.EndOfMessage):
                     break
                 elif isinstance(event, h11.ConnectionClosed):
@@ -262,23 +445,24 @@ class _Connection:
                 req = await self._next_request(lim)
             except trio.TooSlowError:
                 self.server.stats.timeouts += 1
-                await self._fail_in_time(ApiError(
+                await self._fail_in_time(HttpError(
                     "request_timeout", f"the request did not arrive in time "
                     f"(limits.header_timeout {lim.header_timeout:g} s, limits.request_timeout "
-                    f"{lim.request_timeout:g} s)",
+                    f"{lim.request_timeout:g} s)", status=408,
                 ), lim)  # fmt: skip
                 return
             except h11.RemoteProtocolError as exc:
                 if exc.error_status_hint == 431:
-                    err = ApiError(
+                    err = HttpError(
                         "headers_too_large",
                         f"request head over {lim.max_header_bytes} bytes (limits.max_header_bytes)",
+                        status=431,
                     )
                 else:
-                    err = ApiError("bad_request", f"HTTP error: {exc}")
+                    err = HttpError("bad_request", f"HTTP error: {exc}", status=400)
                 await self._fail_in_time(err, lim)
                 return
-            except ApiError as err:
+            except HttpError as err:
                 await self._fail_in_time(err, lim)
                 return
             if req is None:
@@ -288,7 +472,7 @@ class _Connection:
             if offload is not None and offload(req):
                 # e.g. a service upload whose check may take a while: the event loop (other
                 # requests, the workers' heartbeats) must not wait for it
-                resp = await trio.to_thread.run_sync(app.handle, req, limiter=_OFFLOAD_LIMITER)
+                resp = await self.server.offload(app.handle, req)
             else:
                 resp = app.handle(req)
             settle = getattr(app, "settle", None)
@@ -306,7 +490,7 @@ class _Connection:
             except h11.LocalProtocolError:
                 return
 
-    async def _fail_in_time(self, err: ApiError, lim: Limits) -> None:
+    async def _fail_in_time(self, err: HttpError, lim: ServerLimits) -> None:
         with trio.move_on_after(min(lim.request_timeout, 5.0)):
             await _fail(self.stream, self.h11, err)
 
@@ -315,10 +499,10 @@ class _Connection:
         if self.h11.their_state is h11.IDLE and not self.h11.trailing_data[0]:
             return
         with trio.CancelScope(deadline=trio.current_time() + 0.2, shield=True):
-            await _fail(self.stream, self.h11, ApiError(
-                "too_many_connections", "the site is at its connection limit "
+            await _fail(self.stream, self.h11, HttpError(
+                "too_many_connections", "the server is at its connection limit "
                 "(limits.max_connections); this connection was the least recently active",
-                retry_after=1.0,
+                status=429, retry_after=1.0,
             ))  # fmt: skip
 
 
@@ -392,11 +576,14 @@ class _Waiting:
 
 
 class _Server:
-    def __init__(self, app: HttpApp, tls: ssl.SSLContext | None,
-                 log: Callable[[str], None]) -> None:  # fmt: skip
+    def __init__(self, app: HttpApp, tls: ssl.SSLContext | None, log: Callable[[str], None],
+                 offload_threads: int = OFFLOAD_THREADS) -> None:  # fmt: skip
         self.app = app
         self.tls = tls
         self.log = log
+        # the server's own threads (not trio's process-wide cache): they are started from the
+        # server's thread, so they share its network namespace, and die with the server
+        self.pool = ThreadPoolExecutor(offload_threads, thread_name_prefix="httpserver")
         self.fd_soft = raise_fd_limit()
         lim = self.limits
         self.table = ConnectionTable(connection_cap(lim, self.fd_soft),
@@ -407,8 +594,25 @@ class _Server:
         self._last_accept_log = 0.0
 
     @property
-    def limits(self) -> Limits:
+    def limits(self) -> ServerLimits:
         return getattr(self.app, "limits", DEFAULT_LIMITS)
+
+    async def offload(self, fn: Callable[[Request], Response], req: Request) -> Response:
+        """``fn(req)`` in one of the server's threads (at most ``offload_threads`` at once,
+        the rest queue); the event loop goes on meanwhile."""
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+
+        def wake(_f: Future[Response]) -> None:
+            try:
+                token.run_sync_soon(done.set)
+            except trio.RunFinishedError:
+                pass
+
+        fut = self.pool.submit(fn, req)
+        fut.add_done_callback(wake)
+        await done.wait()
+        return fut.result()
 
     def _update_caps(self) -> None:
         lim = self.limits
@@ -477,7 +681,7 @@ class _Server:
         now = time.monotonic()
         if now - self._last_accept_log > 5.0:
             self._last_accept_log = now
-            self.log(f"control API: accept() failed ({errno.errorcode.get(exc.errno or 0)}); "
+            self.log(f"HTTP server: accept() failed ({errno.errorcode.get(exc.errno or 0)}); "
                      f"{len(self.table)} connections open, shedding idle ones and retrying "
                      f"({self.stats.accept_errors} so far)")  # fmt: skip
         await trio.sleep(backoff)
@@ -503,7 +707,7 @@ class _Server:
 
     def _refuse(self, conn: socket.socket | trio.SocketStream, why: str,
                 nursery: trio.Nursery) -> None:  # fmt: skip
-        err = ApiError("too_many_connections", why, retry_after=1.0)
+        err = HttpError("too_many_connections", why, status=429, retry_after=1.0)
         sock = conn.socket if isinstance(conn, trio.SocketStream) else conn
         if self.tls is None:
             # a fresh socket's send buffer is empty: answer without waiting, then close
@@ -522,7 +726,7 @@ class _Server:
             conn = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
         nursery.start_soon(self._refuse_tls, conn, err)
 
-    async def _refuse_tls(self, stream: trio.SocketStream, err: ApiError) -> None:
+    async def _refuse_tls(self, stream: trio.SocketStream, err: HttpError) -> None:
         try:
             with trio.move_on_after(1.0):
                 tls = trio.SSLStream(stream, self.tls, server_side=True, https_compatible=True)  # type: ignore[arg-type]
@@ -583,18 +787,23 @@ async def serve_listeners(
     tls: ssl.SSLContext | None = None,
     log: Callable[[str], None] | None = None,
     stats: list[ServerStats] | None = None,
+    offload_threads: int = OFFLOAD_THREADS,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on already-bound listeners until cancelled (``stats``, if given, gets
-    the server's :class:`ServerStats` appended)."""
-    server = _Server(app, tls, log or (lambda msg: None))
+    the server's :class:`ServerStats` appended; ``offload_threads`` requests the app
+    offloads are handled at once)."""
+    server = _Server(app, tls, log or (lambda msg: None), offload_threads)
     if stats is not None:
         stats.append(server.stats)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(server.waiting.run, nursery)
-        for ln in listeners:
-            nursery.start_soon(server.accept_loop, ln, nursery)
-        task_status.started(listeners)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.waiting.run, nursery)
+            for ln in listeners:
+                nursery.start_soon(server.accept_loop, ln, nursery)
+            task_status.started(listeners)
+    finally:
+        server.pool.shutdown(wait=False, cancel_futures=True)
 
 
 async def serve(
@@ -606,6 +815,7 @@ async def serve(
     log: Callable[[str], None] | None = None,
     stats: list[ServerStats] | None = None,
     on_ready: Callable[[int], None] | None = None,
+    offload_threads: int = OFFLOAD_THREADS,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Bind ``host:port`` (port 0 picks one), report the port, serve until cancelled."""
@@ -614,4 +824,5 @@ async def serve(
     if on_ready is not None:
         on_ready(bound)
     task_status.started(bound)
-    await serve_listeners(app, listeners, tls=tls, log=log, stats=stats)
+    await serve_listeners(app, listeners, tls=tls, log=log, stats=stats,
+                          offload_threads=offload_threads)  # fmt: skip

@@ -1,10 +1,9 @@
-"""Test helper: a real knot DNS server in a throw-away namespace, serving zone texts."""
+"""A real knot DNS server in a throw-away namespace, serving zone texts (the SDK tests)."""
 
 from __future__ import annotations
 
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,7 +11,9 @@ from pathlib import Path
 import dns.exception
 import dns.message
 import dns.query
-from sdk_nsutil import call_in
+
+from testbed.netns import call_in
+from tests.support import stop_process, wait_until
 
 
 @contextmanager
@@ -47,22 +48,18 @@ def knot(ns: str, address: str, zones: dict[str, str]) -> Iterator[None]:
         )
         try:
             first = next(iter(zones))
-            deadline = time.monotonic() + 10
-            while True:
+
+            def answers() -> bool:
+                q = dns.message.make_query(first, "SOA")
                 try:
-                    q = dns.message.make_query(first, "SOA")
-                    call_in(ns, lambda q=q: dns.query.udp(q, address, timeout=0.2))
-                    break
+                    call_in(ns, lambda: dns.query.udp(q, address, timeout=0.2))
                 except (dns.exception.DNSException, OSError):
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        err = proc.stderr.read().decode() if proc.stderr else ""
-                        raise RuntimeError(f"knotd did not start: {err}") from None
-                    time.sleep(0.05)
+                    return proc.poll() is not None  # stop waiting for a dead server
+                return True
+
+            if not wait_until(answers, 10, 0.05) or proc.poll() is not None:
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                raise RuntimeError(f"knotd did not start: {err}")
             yield
         finally:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
