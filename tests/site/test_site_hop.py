@@ -8,12 +8,20 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.support.site_topo import NEXT_IP, OUT_KEY, PSP, SITE_IP, circuit, circuit_packet, one_site
 
 from pcsite_lite.pipeline import Pipeline
 from pcsite_lite.services import source
 from pcsite_lite.verdicts import Drop, Forward, PipelineReason
 from pcsock import wire
+from tests.support.site_topo import (
+    NEXT_IP,
+    OUT_KEY,
+    PSP,
+    SITE_IP,
+    circuit,
+    circuit_packet,
+    one_site,
+)
 
 ACCEL = [False, True] if wire.accelerator() is not None else [False]
 
