@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from examples.firewall import netsite as base
-from examples.firewall.demo import Capture, NetSite
+from examples.firewall.netsite import NetSite
+from pcdemo.example_testbed import Capture
 
 __all__ = ["PacketSite", "capture", "main", "raw_sender"]
 
@@ -96,7 +97,7 @@ def raw_sender(node: Any) -> socket.socket:
 def capture(tb: Any, node: str, peer: str) -> Capture:
     """IPv4 packets arriving at ``node`` on its interface toward ``peer`` (a 16 MiB receive
     buffer, so a demo can send its whole burst before draining)."""
-    from examples.firewall.demo import iface
+    from pcdemo.example_testbed import iface
 
     cap = Capture.open(tb.node(node), iface(tb, node, peer))
     cap.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)

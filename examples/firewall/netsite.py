@@ -39,6 +39,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ ETH_P_IP = 0x0800
 PACKET_OUTGOING = 4
 NFT_TABLE = "pce_netsite"
 
-__all__ = ["main", "write_atomic", "write_config"]
+__all__ = ["NetSite", "main", "write_atomic", "write_config"]
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -133,6 +134,131 @@ def _stats(site: Any, processed: int, first: dict[str, float] | None = None) -> 
         "drops": dict(site.drops),
         "services": {slot.ctx.name: slot.ctx.counters.as_dict() for slot in site.runtime.slots()},
     }
+
+
+class NetSite:
+    """The PSP's handle on a stand-in site process in a testbed site (examples not yet on
+    ``pcsite run``)."""
+
+    def __init__(self, tb: Any, site: str, psp: str, workdir: Path) -> None:
+        from pcsite_lite.fis import SqliteFIS
+
+        self.tb = tb
+        self.info = tb.site(site)
+        self.public_ip: str = self.info.public_ip
+        self.psp = psp
+        self.workdir = workdir
+        self.fis_path = workdir / f"{site}-fis.sqlite"
+        self.fis = SqliteFIS(str(self.fis_path))  # the PSP's own connection
+        self.config: dict[str, Any] = {
+            "name": site,
+            "public_ip": self.info.public_ip,
+            "iface": self.info.data_iface,
+            "fis": str(self.fis_path),
+            "stats": str(workdir / f"{site}-stats.json"),
+            "psp": psp,
+            "deploy": [],
+            "destinations": [],
+            "circuits": [],
+        }
+        self.process: Any = None
+
+    def _ns(self, service: str) -> str:
+        from pcsite_lite.fis import namespace
+
+        return namespace(self.psp, service)
+
+    # --- SiteHandle
+    def deploy(self, service: str, source: str) -> None:
+        path = self.workdir / f"{service}.py"
+        path.write_text(source)
+        self.config["deploy"].append({"service": service, "source": str(path)})
+
+    def register_destination(
+        self, prefix: str, service: str, redirect_prefixes: Iterable[str] | str = ()
+    ) -> None:
+        """Register ``prefix``; the third argument is the mobility service's redirect prefixes,
+        or the firewall's ownership proof (a str: this stand-in trusts the PSP's validation)."""
+        if isinstance(redirect_prefixes, str):
+            redirect_prefixes = ()
+        self.config["destinations"].append(
+            {"prefix": prefix, "service": service, "redirect_prefixes": list(redirect_prefixes)}
+        )
+        self.tb.divert(self.info.router, prefix)  # the ISP's part, after the proof
+
+    def fis_put(self, service: str, key: str, value: Any) -> None:
+        self.fis.put(self._ns(service), key, value, writer=self.psp)
+
+    def fis_delete(self, service: str, key: str) -> None:
+        self.fis.delete(self._ns(service), key, writer=self.psp)
+
+    def fis_lpm_put(self, service: str, table: str, prefix: str, value: Any) -> None:
+        self.fis.lpm_put(self._ns(service), table, prefix, value, writer=self.psp)
+
+    def fis_lpm_delete(self, service: str, table: str, prefix: str) -> None:
+        self.fis.lpm_delete(self._ns(service), table, prefix, writer=self.psp)
+
+    def allocate_label(self, service: str) -> int:
+        """A fresh incoming label for this site (chosen here; the site installs it at start)."""
+        import secrets
+
+        taken = {c["label"] for c in self.config["circuits"]}
+        while True:
+            label = secrets.randbits(32)
+            if label and label not in taken:
+                self.config["circuits"].append({"label": label, "service": service})
+                return label
+
+    def install(
+        self, label: int, service: str, in_key: bytes, out: list[tuple[int, str, bytes | None]]
+    ) -> None:
+        """Set a circuit's hop (before :meth:`start`; afterwards the hop must not change)."""
+        entry = next(c for c in self.config["circuits"] if c["label"] == label)
+        hop = {
+            "label": label,
+            "service": service,
+            "in_key": in_key.hex(),
+            "out": [
+                {"label": lb, "next_hop": nh, "key": None if k is None else k.hex()}
+                for lb, nh, k in out
+            ],
+        }
+        if self.process is not None and entry != hop:
+            raise RuntimeError("the namespace site installs circuits at start only")
+        entry.update(hop)
+
+    # --- process
+    def start(self) -> None:
+        cfg = write_config(self.workdir / f"{self.info.name}.json", self.config)
+        self.process = self.tb.node(self.info.name).start(
+            [sys.executable, "-m", "examples.firewall.netsite", str(cfg)],
+            name="netsite",
+            ready=lambda: "netsite up" in self.process_log(),
+            timeout=20,
+        )
+
+    def process_log(self) -> str:
+        logs = sorted((self.tb.run_state.dir / "logs").glob(f"{self.info.name}-netsite-*.log"))
+        return logs[-1].read_text() if logs else ""
+
+    def stats(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(Path(self.config["stats"]).read_text())
+        return data
+
+    def stats_after(self, processed: int, timeout: float = 10.0) -> dict[str, Any]:
+        """The stats once the site process has processed ``processed`` packets in all (it
+        writes them every 100 ms), or as they stand after ``timeout`` seconds."""
+        end = time.monotonic() + timeout
+        while True:
+            data = self.stats()
+            if data["processed"] >= processed or time.monotonic() >= end:
+                return data
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+        self.fis.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -112,8 +112,8 @@ def _mean_ms(xs: list[float]) -> float:
 
 def run_testbed(*, prefix: str = "pce", progress: Any = None) -> dict[str, Any]:
     """Build the testbed, run the handoff and the baseline with real packets."""
-    from examples.firewall.demo import NetSite, iface
-    from examples.firewall.netsite import write_atomic
+    from examples.firewall.netsite import NetSite, write_atomic
+    from pcdemo.example_testbed import iface
     from testbed.net import Testbed
 
     res: dict[str, Any] = {}

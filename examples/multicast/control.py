@@ -9,8 +9,8 @@ the update uses the new tree.
 
 Sites are reached through a :class:`SiteHandle`: :class:`LocalSite` drives a
 :class:`pcsite_lite.site.Site` object in process (the simulator, tests);
-``examples.firewall.demo.DaemonSite`` a real site daemon through its control API, and
-``examples.firewall.demo.NetSite`` the namespace stand-in.
+:class:`pcsock.control.SiteHandle` a real site daemon through its control API (the namespace
+demo).
 
 Receivers get the payload after the 44-byte multicast header (:func:`receive_payload`): the
 Packet API's ``replicate`` sends one payload to every target, so local receivers get the same
