@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from pcsock.control import ControlClient, SiteHandle
@@ -207,6 +208,10 @@ class ExampleTestbed:
     def node(self, name: str) -> Any:
         return self.tb.node(name)
 
+    def path(self, name: str) -> Path:
+        """A path in this testbed's work directory (removed with it)."""
+        return self.tmp / name
+
     def address(self, name: str) -> str:
         addr = self.tb.node(name).address
         if addr is None:
@@ -220,11 +225,13 @@ class ExampleTestbed:
         *,
         trust_anchor: str | None = None,
         others: Iterable[str] = (),
-        config: str = "",
+        fis: Path | None = None,
+        extra: str = "",
     ) -> SiteHandle:
         """Start ``pcsite run`` in site ``name``'s namespace (once) and return ``psp``'s handle
-        on it. ``others``: further PSPs the site serves; ``config``: extra TOML lines for the
-        ``[site]`` table (e.g. ``service_deadline_ms = 50``)."""
+        on it. ``others``: further PSPs the site serves; ``fis``: a SQLite FIS file (sites given
+        the same file share their FIS); ``extra``: further TOML tables of the site's config
+        (e.g. ``"[services]\ndeadline_ms = 50"``)."""
         from pcsite_lite.repository import public_key_bytes, sign_service
 
         if (name, psp) in self.sites:
@@ -241,7 +248,7 @@ class ExampleTestbed:
                 "workers = 1",
                 f'state_dir = "{state}"',
                 f'repository = "{state / "repo"}"',
-                config,
+                f'fis = "sqlite://{fis}"' if fis is not None else "",
                 "",
                 "[dataplane]",
                 'tun_prefix = "pcew"',
@@ -259,7 +266,7 @@ class ExampleTestbed:
                 lines += ["", f"[control.psps.{p}]", f'token = "{psp_token(p)}"',
                           f'signing_key = "{signing}"']  # fmt: skip
             cfg = self.tmp / f"{name}.toml"
-            cfg.write_text("\n".join(lines) + "\n")
+            cfg.write_text("\n".join(lines) + "\n\n" + extra + "\n")
             health = ControlClient(f"http://{CONTROL}", token=ADMIN_TOKEN, timeout=2.0)
 
             def up() -> bool:
@@ -375,26 +382,23 @@ def tx_packets(node: Any, iface: str) -> int:
 
 
 # --- the command line of every example
-def main(
-    argv: list[str] | None,
-    *,
-    prog: str,
-    description: str,
-    default_topology: Path,
-    run_testbed: Callable[..., dict[str, Any]],
-    run_simulator: Callable[..., dict[str, Any]],
-    passed: Callable[[dict[str, Any]], bool],
-) -> int:
-    """``python -m examples.<name>.demo [--topology FILE] [--world ...]``: run the demo and
-    print its figures as JSON; exit 0 if it passed, 1 if not, 2 if the topology lacks what the
-    example needs."""
-    ap = argparse.ArgumentParser(prog=prog, description=description)
+def main(demo: ModuleType, argv: list[str] | None = None) -> int:
+    """``python -m examples.<name>.demo [--topology FILE] [--world ...]``: run the example's
+    demo (``demo``: its module, with ``TOPOLOGY``, ``run_testbed``, ``run_simulator`` and
+    ``passed``) and print its figures as JSON; exit 0 if it passed, 1 if not, 2 if the
+    topology lacks what the example needs."""
+    default = Path(demo.TOPOLOGY)
+    ap = argparse.ArgumentParser(
+        prog=f"python -m {demo.__name__}",
+        description=(demo.__doc__ or "").strip().split("\n")[0]
+        + " Real packets on the site daemons as root, else the simulator; prints JSON.",
+    )
     ap.add_argument(
         "--topology",
         metavar="FILE",
         type=Path,
-        default=default_topology,
-        help=f"the testbed topology (default: {default_topology.name}, next to the example)",
+        default=default,
+        help=f"the testbed topology (default: {default.name}, the example's own)",
     )
     ap.add_argument(
         "--world",
@@ -413,11 +417,11 @@ def main(
         if kind == "testbed":
             if args.prefix:
                 kw["prefix"] = args.prefix
-            result = run_testbed(progress=print, **kw)
+            result = demo.run_testbed(progress=print, **kw)
         else:
-            result = run_simulator(**kw)
+            result = demo.run_simulator(**kw)
     except TopologyLacks as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
+        print(f"python -m {demo.__name__}: {exc}", file=sys.stderr)
         return 2
     print(json.dumps({"world": kind, **result}, indent=2, default=str))
-    return 0 if passed(result) else 1
+    return 0 if demo.passed(result) else 1

@@ -178,16 +178,7 @@ def run_simulator(n: int = 200, topology: Path = TOPOLOGY) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     from pcdemo.example_testbed import main as example_main
 
-    return example_main(
-        argv,
-        prog="python -m examples.firewall.demo",
-        description="The destination-controlled firewall (paper §2.6.2) with real packets on "
-        "the site daemon (root), else in the simulator; prints the figures as JSON.",
-        default_topology=TOPOLOGY,
-        run_testbed=run_testbed,
-        run_simulator=run_simulator,
-        passed=passed,
-    )
+    return example_main(sys.modules[__name__], argv)
 
 
 if __name__ == "__main__":
