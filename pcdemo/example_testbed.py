@@ -24,6 +24,7 @@ import functools
 import json
 import os
 import socket
+import struct
 import sys
 import tempfile
 import time
@@ -53,6 +54,8 @@ __all__ = [
 ETH_P_IP = 0x0800
 PACKET_OUTGOING = 4
 SO_RCVBUFFORCE = 33  # Linux; not exported by the socket module
+SO_TIMESTAMPNS = 35  # Linux: each packet's arrival time (CLOCK_REALTIME) as a cmsg
+_TIMESPEC = struct.Struct("@qq")
 CONTROL = "127.0.0.1:8080"  #: each site daemon's control API, on its namespace's loopback
 ADMIN_TOKEN = "example-isp-admin-0123456789abcdef"
 
@@ -179,7 +182,8 @@ class ExampleTestbed:
         self.tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}-ex-"))
         self.tb = Testbed(topo, prefix=prefix, progress=progress)
         self.key = generate_key()  #: the PSPs' repository signing key (one for the demo)
-        self.sites: dict[tuple[str, str], SiteHandle] = {}  #: (site, PSP) -> handle
+        #: (site, PSP, ISP credential?) -> handle
+        self.sites: dict[tuple[str, str, bool], SiteHandle] = {}
         self.daemons: set[str] = set()  #: sites whose daemon runs
         self.procs: list[Any] = []
 
@@ -227,15 +231,18 @@ class ExampleTestbed:
         others: Iterable[str] = (),
         fis: Path | None = None,
         extra: str = "",
+        isp: bool = False,
     ) -> SiteHandle:
         """Start ``pcsite run`` in site ``name``'s namespace (once) and return ``psp``'s handle
         on it. ``others``: further PSPs the site serves; ``fis``: a SQLite FIS file (sites given
         the same file share their FIS); ``extra``: further TOML tables of the site's config
-        (e.g. ``"[services]\ndeadline_ms = 50"``)."""
+        (e.g. ``"[services]\ndeadline_ms = 50"``); ``isp``: the handle holds the ISP's
+        credential, acting for ``psp`` (what only the ISP may do: redirect prefixes, its own
+        FIS namespace)."""
         from pcsite_lite.repository import public_key_bytes, sign_service
 
-        if (name, psp) in self.sites:
-            return self.sites[(name, psp)]
+        if (name, psp, isp) in self.sites:
+            return self.sites[(name, psp, isp)]
         info = self.tb.site(name)
         node = self.tb.node(name)
         if name not in self.daemons:
@@ -284,7 +291,8 @@ class ExampleTestbed:
                 )
             )
             self.daemons.add(name)
-        client = ControlClient(f"http://{CONTROL}", token=psp_token(psp), psp=psp)
+        token = ADMIN_TOKEN if isp else psp_token(psp)
+        client = ControlClient(f"http://{CONTROL}", token=token, psp=psp)
         handle = SiteHandle(
             client,
             public_ip=str(info.public_ip),
@@ -292,27 +300,24 @@ class ExampleTestbed:
             signer=functools.partial(sign_service, self.key, psp),
             via=node.call,
         )
-        self.sites[(name, psp)] = handle
+        self.sites[(name, psp, isp)] = handle
         return handle
 
     def divert(self, site: str, prefix: str) -> None:
         """The ISP's router part of a sign-up: ``site``'s router diverts ``prefix`` to it."""
         self.tb.divert(self.tb.site(site).router, prefix)
 
-    def isp_call(self, site: str, method: str, *args: Any, **kwargs: Any) -> Any:
-        """Call ``site``'s control API as the ISP (admin credential), in its namespace."""
-        client = ControlClient(f"http://{CONTROL}", token=ADMIN_TOKEN)
-        return self.tb.node(site).call(lambda: getattr(client, method)(*args, **kwargs))
-
 
 # --- packets
 @dataclass
 class Capture:
     """IPv4 packets arriving on an interface (an AF_PACKET socket in the node's namespace,
-    16 MiB receive buffer so a demo can send its whole burst before draining)."""
+    16 MiB receive buffer so a demo can send its whole burst before draining); ``times`` has
+    the kernel's arrival time (``time.time()`` clock) of each packet in ``seen``."""
 
     sock: socket.socket
     seen: list[bytes] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
 
     @classmethod
     def open(cls, node: Any, iface: str) -> Capture:
@@ -321,6 +326,7 @@ class Capture:
             s.bind((iface, ETH_P_IP))
             s.settimeout(0.05)
             s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
+            s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             return s
 
         return cls(node.call(mk))
@@ -330,11 +336,12 @@ class Capture:
         deadline = time.monotonic() + quiet
         while time.monotonic() < deadline:
             try:
-                data, addr = self.sock.recvfrom(65535)
+                data, anc, _flags, addr = self.sock.recvmsg(65535, 64)
             except TimeoutError:
                 continue
             if addr[2] != PACKET_OUTGOING:
                 self.seen.append(data)
+                self.times.append(_arrival(anc))
                 deadline = time.monotonic() + quiet
         return self.seen
 
@@ -342,6 +349,7 @@ class Capture:
         """Drain and hand over what was seen (only IP protocol ``proto`` if given)."""
         out = [d for d in self.drain(quiet) if proto is None or (len(d) >= 20 and d[9] == proto)]
         self.seen.clear()
+        self.times.clear()
         return out
 
     def count(self, *, dst: str, srcs: set[str]) -> int:
@@ -351,10 +359,19 @@ class Capture:
             if socket.inet_ntoa(d[16:20]) == dst and socket.inet_ntoa(d[12:16]) in srcs:
                 n += 1
         self.seen.clear()
+        self.times.clear()
         return n
 
     def close(self) -> None:
         self.sock.close()
+
+
+def _arrival(ancillary: list[tuple[int, int, bytes]]) -> float:
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
+            sec, nsec = _TIMESPEC.unpack_from(data)
+            return sec + nsec / 1e9
+    return time.time()
 
 
 def iface(tb: Any, node: str, peer: str) -> str:

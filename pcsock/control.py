@@ -254,11 +254,27 @@ class ControlClient:
         path = f"/v1/isp/fis/{quote(namespace, safe='')}/kv/{quote(key, safe='')}"
         self.request("PUT", path, {"value": value})
 
+    def isp_fis_lpm_put(self, table: str, prefix: str, value: Any) -> None:
+        """The ISP publishes a longest-prefix entry in its namespace (``isp``), e.g. a link's
+        congestion level in table ``congestion``."""
+        path = f"/v1/isp/fis/isp/lpm/{quote(table, safe='')}"
+        self.request("PUT", path, {"prefix": prefix, "value": value})
+
     # --- forms 2 and 3, usage
-    def register_service_id(self, service: str, service_id: int | None = None) -> dict[str, Any]:
+    def register_service_id(
+        self,
+        service: str,
+        service_id: int | None = None,
+        *,
+        redirect_prefixes: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Form 2: bind a service ID to the PSP's ``service``. ``redirect_prefixes`` (where the
+        service may redirect its packets) need the ISP credential (acting for the PSP)."""
         body: dict[str, Any] = {"service": service}
         if service_id is not None:
             body["service_id"] = service_id
+        if redirect_prefixes:
+            body["redirect_prefixes"] = list(redirect_prefixes)
         return self.request("POST", self._p("/service-ids"), body)
 
     def release_service_id(self, service_id: int) -> None:
@@ -344,8 +360,17 @@ class SiteHandle:
             "register_destination", prefix, service, proof, redirect_prefixes=redirect_prefixes
         )
 
-    def register_service_id(self, service_id: int, service: str) -> dict[str, Any]:
-        return self._call("register_service_id", service, service_id)
+    def register_service_id(
+        self, service_id: int, service: str, redirect_prefixes: list[str] | None = None
+    ) -> dict[str, Any]:
+        """Form 2; ``redirect_prefixes`` need a handle with the ISP's credential."""
+        return self._call(
+            "register_service_id", service, service_id, redirect_prefixes=redirect_prefixes
+        )
+
+    def isp_lpm_put(self, table: str, prefix: str, value: Any) -> None:
+        """The ISP's network information (a handle with the ISP's credential)."""
+        self._call("isp_fis_lpm_put", table, prefix, value)
 
     # --- FIS
     def fis_put(self, service: str, key: str, value: Any) -> None:

@@ -14,7 +14,8 @@ Ops::
      "out": [{"label", "next_hop", "key", "final", "strip"}], "destination": ip | null}
     {"op": "teardown", "label": L}
     {"op": "renew", "label": L, "expires": t}
-    {"op": "service_id", "id": N, "psp": P, "service": S}   /   {"op": "release_id", "id": N}
+    {"op": "service_id", "id": N, "psp": P, "service": S, "redirect_prefixes": [p]}
+    {"op": "release_id", "id": N}
     {"op": "destination", "prefix": p, "psp": P, "service": S, "redirect_prefixes": [p]}
     {"op": "enable", "psp": P, "service": S}
     {"op": "release_destination", "prefix": p}      (its ownership proof lapsed)
@@ -116,7 +117,8 @@ class SiteState:
         for c in site.circuits:  # a copy of the table's values: changes meanwhile are safe
             yield circuit_op(c)  # (plain field reads: it cannot fail on an installed hop)
         for sid, r in list(site.service_ids.items()):
-            yield {"op": "service_id", "id": sid, "psp": r.psp, "service": r.service}
+            yield {"op": "service_id", "id": sid, "psp": r.psp, "service": r.service,
+                   "redirect_prefixes": list(r.redirect_prefixes)}  # fmt: skip
         for pfx, r in list(site.destinations.items()):
             yield {
                 "op": "destination",
@@ -160,7 +162,8 @@ class SiteState:
                 log(f"state store: skipped reservation {label}: {exc}")
         for sid, psp, service in snap.service_ids:
             try:
-                site.register_service_id(sid, psp, service)
+                red = snap.service_id_redirects.get(sid, [])
+                site.register_service_id(sid, psp, service, redirect_prefixes=red)
                 n["service_ids"] += 1
             except Exception as exc:
                 n["skipped"] += 1
@@ -292,7 +295,8 @@ class WorkerSite:
             if c is not None:
                 site.circuits.renew(c.in_label, psp=c.psp, expires=float(op["expires"]))
         elif kind == "service_id":
-            site.register_service_id(int(op["id"]), op["psp"], op["service"])
+            red = op.get("redirect_prefixes") or ()
+            site.register_service_id(int(op["id"]), op["psp"], op["service"], redirect_prefixes=red)
             self._ensure_code(op["psp"], op["service"])
         elif kind == "release_id":
             reg = site.service_ids.get(int(op["id"]))
