@@ -20,6 +20,7 @@ testbed (docs/architecture.md, "Packages"):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -49,6 +50,7 @@ __all__ = [
     "sim_network",
     "tx_packets",
     "wait_until",
+    "write_atomic",
 ]
 
 ETH_P_IP = 0x0800
@@ -306,6 +308,20 @@ class ExampleTestbed:
     def divert(self, site: str, prefix: str) -> None:
         """The ISP's router part of a sign-up: ``site``'s router diverts ``prefix`` to it."""
         self.tb.divert(self.tb.site(site).router, prefix)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path``'s content at once (temp file + rename): a process polling the file
+    reads the old content or the new, never a truncated or half-written one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 # --- packets

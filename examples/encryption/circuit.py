@@ -3,8 +3,8 @@
 Used by the examples whose service runs at two or more presences on one path (encryption
 offload, redundancy elimination, rule-based forwarding). Sites are any handle with
 ``public_ip``, ``allocate_label(service)`` and ``install(label, service, in_key, out)`` --
-``examples.multicast.control.LocalSite`` (simulator) and ``examples.firewall.demo.NetSite``
-(namespace testbed) both are.
+``examples.multicast.control.LocalSite`` (simulator) and :class:`pcsock.control.SiteHandle`
+(a site daemon, the namespace testbed) both are.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ keys (FIS ``key:<epoch>``, ``epoch``). The keys go only to the sites' FIS: the s
 the circuit (first site, label, hop key) and nothing else.
 
 Sites are handles as in :mod:`examples.multicast.control` (``LocalSite`` in the simulator,
-``examples.firewall.demo.NetSite`` in the namespace testbed).
+:class:`pcsock.control.SiteHandle` of a site daemon in the namespace testbed).
 """
 
 from __future__ import annotations

@@ -170,10 +170,11 @@ def test_circuit_traffic_to_the_prefix_is_filtered_by_its_original_source() -> N
     assert send("198.18.77.1") is Drop  # the previous hop's address is not what counts
 
 
-def test_site_process_files_are_replaced_whole(tmp_path) -> None:
-    """The stats a demo polls are replaced by a rename: a reader holding the old file reads it
-    whole, a new reader reads the new one, never a truncated mix; no temp file is left."""
-    from examples.firewall.netsite import write_atomic
+def test_files_a_process_polls_are_replaced_whole(tmp_path) -> None:
+    """A file a demo's process polls is replaced by a rename: a reader holding the old file
+    reads it whole, a new reader reads the new one, never a truncated mix; no temp file is
+    left."""
+    from pcdemo.example_testbed import write_atomic
 
     path = tmp_path / "stats.json"
     write_atomic(path, "old" * 1000)

@@ -11,8 +11,9 @@
 * :class:`HomeAgent` is the baseline: Mobile IP's home agent on the home network, which
   tunnels from there (the triangle route this example is compared against).
 
-Sites are reached through a :class:`SiteHandle`; :class:`LocalSite` drives a simulator site
-and its router in process.
+Sites are reached through a :class:`SiteHandle`: :class:`LocalSite` drives a simulator site
+and its router in process; :class:`pcsock.control.SiteHandle` a site daemon through its control
+API (the namespace demo).
 """
 
 from __future__ import annotations
@@ -46,10 +47,10 @@ BINDINGS = "bindings"
 class SiteHandle(Protocol):
     """What the mobility control plane needs from one site."""
 
-    def deploy(self, service: str, source: str) -> None: ...
+    def deploy(self, service: str, source: str) -> Any: ...
     def register_destination(
-        self, prefix: str, service: str, redirect_prefixes: Iterable[str]
-    ) -> None: ...
+        self, prefix: str, service: str, proof: str, *, redirect_prefixes: list[str]
+    ) -> Any: ...
     def fis_lpm_put(self, service: str, table: str, prefix: str, value: Any) -> None: ...
 
 
@@ -68,8 +69,10 @@ class LocalSite:
         self.site.deploy(self.psp, service, source)
 
     def register_destination(
-        self, prefix: str, service: str, redirect_prefixes: Iterable[str]
+        self, prefix: str, service: str, proof: str, *, redirect_prefixes: list[str]
     ) -> None:
+        """The simulator's ISP takes the ownership ``proof`` as validated (the site daemon
+        validates it against its trust anchor)."""
         self.site.register_destination(
             prefix, self.psp, service, redirect_prefixes=list(redirect_prefixes)
         )
@@ -92,21 +95,27 @@ class MobilityPSP:
         *,
         access_prefixes: Iterable[str],
         service: str = SERVICE,
+        proof: str = "",
     ) -> None:
         self.prefix = prefix
         self.sites = list(sites)
         self.service = service
         self.access_prefixes = list(access_prefixes)
+        self.proof = proof  #: the DNSSEC proof that the PSP may serve ``prefix``
         self.registry = BindingRegistry()
         self.registry.register(prefix, router_key)
         self.current: Binding | None = None
         self.refused: list[str] = []
 
     def deploy(self) -> None:
-        """Upload the service and register the prefix at every site."""
+        """Upload the service and register the prefix at every site; the access prefixes are
+        where the service may tunnel to (the ISP's approval: a site daemon takes them only
+        from a handle with the ISP's credential)."""
         for s in self.sites:
             s.deploy(self.service, SERVICE_SOURCE)
-            s.register_destination(self.prefix, self.service, self.access_prefixes)
+            s.register_destination(
+                self.prefix, self.service, self.proof, redirect_prefixes=self.access_prefixes
+            )
 
     def handle_update(self, raw: bytes) -> Binding | None:
         """Verify a binding update; on success write it to every site's FIS."""
