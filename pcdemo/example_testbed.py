@@ -9,6 +9,8 @@ testbed (docs/architecture.md, "Packages"):
   (:class:`TopologyLacks`);
 * :func:`sim_network` builds the simulator's network (:mod:`pcsite_lite.sim`) from the same
   file, with the addresses the testbed gives the same nodes: an example's topology exists once;
+  :class:`SimSite` is the PSP's handle on a simulated site, with the calls of
+  :class:`pcsock.control.SiteHandle` (so an example's control plane drives either);
 * :class:`ExampleTestbed` builds the testbed and starts the real site daemon (``pcsite run``)
   in a site's namespace on demand; the PSP reaches it through :class:`pcsock.control.SiteHandle`
   (signed uploads to the site's repository, circuits, FIS and sign-ups through the control API);
@@ -41,6 +43,7 @@ __all__ = [
     "Capture",
     "ExampleTestbed",
     "Needs",
+    "SimSite",
     "TopologyLacks",
     "capture",
     "iface",
@@ -162,6 +165,91 @@ def sim_network(path: str | Path, *, seed: int = 1) -> SimNetwork:
             links[(lk.a, lk.b)] = links[(lk.b, lk.a)] = link
     net.compute_routes()
     return SimNetwork(net, nodes, links, addresses)
+
+
+class SimSite:
+    """A PSP's handle on a simulated site (a :class:`pcsite_lite.site.Site`, or the
+    ``pcsite_lite.sim`` node holding one): the calls of :class:`pcsock.control.SiteHandle`,
+    made on the site object in process. The simulator's ISP takes ownership proofs as
+    validated (a site daemon validates them against its trust anchor) and approves every
+    redirect prefix asked for; with ``router``, a destination sign-up also has that simulated
+    router divert the prefix (the ISP's part)."""
+
+    def __init__(self, site: Any, psp: str, *, router: Any = None, lifetime: float = 1e9) -> None:
+        self.node = site if hasattr(site, "pipeline") else None  #: the sim node, if given
+        self.site = site.site if self.node is not None else site
+        self.psp = psp
+        self.router = router
+        self.lifetime = lifetime
+        self.public_ip: str = self.site.public_ip
+        self.name: str = self.site.name
+
+    def _ns(self, service: str) -> str:
+        from pcsite_lite.fis import namespace
+
+        return namespace(self.psp, service)
+
+    # --- services, destinations, service IDs
+    def deploy(self, service: str, source: str) -> None:
+        self.site.deploy(self.psp, service, source)
+
+    def register_destination(
+        self, prefix: str, service: str, proof: str = "", *, redirect_prefixes: Any = None
+    ) -> None:
+        self.site.register_destination(
+            prefix, self.psp, service, redirect_prefixes=list(redirect_prefixes or ())
+        )
+        if self.router is not None:
+            self.router.divert_prefix(prefix)
+
+    def register_service_id(
+        self, service_id: int, service: str, redirect_prefixes: list[str] | None = None
+    ) -> None:
+        self.site.register_service_id(
+            service_id, self.psp, service, redirect_prefixes=tuple(redirect_prefixes or ())
+        )
+
+    # --- FIS
+    def fis_put(self, service: str, key: str, value: Any) -> None:
+        self.site.fis.put(self._ns(service), key, value, writer=self.psp)
+
+    def fis_get(self, service: str, key: str) -> Any:
+        return self.site.fis.get(self._ns(service), key)
+
+    def fis_delete(self, service: str, key: str) -> None:
+        self.site.fis.delete(self._ns(service), key, writer=self.psp)
+
+    def fis_lpm_put(self, service: str, table: str, prefix: str, value: Any) -> None:
+        self.site.fis.lpm_put(self._ns(service), table, prefix, value, writer=self.psp)
+
+    def fis_lpm_delete(self, service: str, table: str, prefix: str) -> None:
+        self.site.fis.lpm_delete(self._ns(service), table, prefix, writer=self.psp)
+
+    def isp_lpm_put(self, table: str, prefix: str, value: Any) -> None:
+        from pcsite_lite.fis import ISP
+
+        self.site.fis.lpm_put(ISP, table, prefix, value, writer=ISP)
+
+    # --- circuits
+    def allocate_label(self, service: str) -> int:
+        return int(self.site.circuits.allocate(self.psp, now=self.site.now))
+
+    def install(self, label: int, service: str, in_key: bytes, out: list[Any]) -> None:
+        """Install the hop at ``label``: ``out`` as (label, next hop, key or None) tuples or
+        :class:`pcsock.control.OutHop`."""
+        from pcsite_lite.circuits import OutHop
+        from pcsock.wire import HopKey
+
+        hops = []
+        for o in out:
+            lb, nh, k = (o.label, o.next_hop, o.key) if hasattr(o, "next_hop") else o
+            hops.append(OutHop(label=lb, next_hop=nh, key=None if k is None else HopKey(k)))
+        now = self.site.now
+        self.site.circuits.install(label, psp=self.psp, service=service, in_key=in_key,
+                                   out_hops=hops, expires=now + self.lifetime, now=now)  # fmt: skip
+
+    def counters(self, service: str) -> dict[str, int]:
+        return dict(self.site.runtime.slot(self.psp, service).ctx.counters.as_dict())
 
 
 # --- the testbed, with real site daemons

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from examples.encryption.circuit import SimSite
 from examples.mobility.ipip import decapsulate
+from pcdemo.example_testbed import SimSite
 from pcsite_lite.fis import ISP, CachedFIS, SqliteFIS
 from pcsite_lite.sim import Host, Network, Received, SiteNode
 from pcsock.wire import build_service_packet, parse

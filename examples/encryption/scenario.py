@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pcdemo.example_testbed import SimSite
 from pcsite_lite.sim import Host, Link, Network, SiteNode
 from pcsock.wire import parse
 
-from .circuit import Chain, SimSite
+from .circuit import Chain
 from .control import EncryptionPSP
 
 __all__ = ["PSP", "World", "build_world", "send"]

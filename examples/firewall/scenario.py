@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.packet import Packet
 
+from pcdemo.example_testbed import SimSite
 from pcsite_lite.sim import Host, Link, Network, SiteNode
 from pcsock.ownership import OwnershipClaim, ZoneKey, build_proof, reverse_zone
 
-from .control import FirewallPSP, LocalSite
+from .control import FirewallPSP
 
 __all__ = ["NOW", "OWNER", "PREFIX", "SERVER", "World", "build_world", "proof", "traffic_mix"]
 
@@ -71,7 +72,9 @@ def build_world(*, sign_up: bool = True) -> World:
     }
     net.compute_routes()
     psp = FirewallPSP(
-        OWNER, [LocalSite(sites["Ca"], ra, OWNER), LocalSite(sites["Cb"], rb, OWNER)], quota=2
+        OWNER,
+        [SimSite(sites["Ca"], OWNER, router=ra), SimSite(sites["Cb"], OWNER, router=rb)],
+        quota=2,
     )
     if sign_up:
         text, anchor = proof()

@@ -25,10 +25,11 @@ import struct
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from pcdemo.example_testbed import SimSite
 from pcsite_lite.sim import Host, Network, Received
 from pcsock.wire import build_ipv4, ip2int, parse
 
-from .control import HomeAgent, LocalSite, MobileRouter, MobilityPSP
+from .control import HomeAgent, MobileRouter, MobilityPSP
 
 __all__ = ["HandoffResult", "run_handoff"]
 
@@ -139,7 +140,7 @@ def run_handoff(
     mrb.on_receive = mr.on("B", lambda: net.now)
     ha = HomeAgent(HA_IP)
     # the baseline's home agent verifies the same signed updates but writes no site FIS
-    sites = [LocalSite(c1, rcn, "mobpsp"), LocalSite(c2, rcore, "mobpsp")]
+    sites = [SimSite(c1, "mobpsp", router=rcn), SimSite(c2, "mobpsp", router=rcore)]
     psp = MobilityPSP(
         PREFIX,
         router.public_key,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from examples.encryption.circuit import SimSite
+from pcdemo.example_testbed import SimSite
 from pcsite_lite.sim import Host, Network, SiteNode
 from pcsock.wire import parse
 

@@ -15,7 +15,8 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-from examples.encryption.circuit import Chain, SimSite
+from examples.encryption.circuit import Chain
+from pcdemo.example_testbed import SimSite
 from pcsite_lite.fis import CachedFIS, SqliteFIS
 from pcsite_lite.sim import Host, Link, Network, SiteNode
 from pcsock.wire import parse
