@@ -45,6 +45,7 @@ __all__ = [
     "Needs",
     "SimSite",
     "TopologyLacks",
+    "addresses",
     "capture",
     "iface",
     "load_topology",
@@ -120,6 +121,15 @@ def load_topology(path: str | Path, needs: Needs) -> Any:
     return topo
 
 
+def addresses(path: str | Path) -> dict[str, str]:
+    """Every node's address in the topology in ``path`` (a site's: its public IP), as the
+    testbed and :func:`sim_network` assign them."""
+    from testbed.plan import make
+    from testbed.topology import load
+
+    return {n: str(p.address) for n, p in make(load(path)).nodes.items() if p.address}
+
+
 @dataclass
 class SimNetwork:
     """A topology in the simulator: ``nodes`` by name (hosts, routers, sites) and the links
@@ -131,9 +141,15 @@ class SimNetwork:
     addresses: dict[str, str]  #: host/router address, site public IP
 
 
-def sim_network(path: str | Path, *, seed: int = 1) -> SimNetwork:
+def sim_network(
+    path: str | Path,
+    *,
+    seed: int = 1,
+    site_kwargs: Callable[[str, Any], dict[str, Any]] | None = None,
+) -> SimNetwork:
     """The simulator's network of the topology in ``path`` (same names and addresses as the
-    testbed's; hosts own their topology prefix; links keep their delay)."""
+    testbed's; hosts own their topology prefix; links keep their delay). ``site_kwargs(name,
+    net)``: further arguments of a site (``pcsite_lite.sim.Network.site``, e.g. its FIS)."""
     from pcsite_lite import sim
     from testbed.plan import make
     from testbed.topology import load
@@ -155,7 +171,10 @@ def sim_network(path: str | Path, *, seed: int = 1) -> SimNetwork:
         addresses[name] = str(p.address)
     for name, spec in topo.nodes.items():
         if spec.kind == "site":
-            nodes[name] = net.site(name, str(plan.nodes[name].public_ip), router=nodes[spec.router])
+            extra = site_kwargs(name, net) if site_kwargs is not None else {}
+            nodes[name] = net.site(
+                name, str(plan.nodes[name].public_ip), router=nodes[spec.router], **extra
+            )
             addresses[name] = str(plan.nodes[name].public_ip)
     links: dict[tuple[str, str], Any] = {}
     for lk in topo.links:

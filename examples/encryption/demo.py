@@ -116,7 +116,7 @@ def run_simulator(n: int = 100, topology: Path = TOPOLOGY) -> dict[str, Any]:
     """The same flow in ``pcsite_lite.sim``."""
     from .scenario import build_world, send
 
-    w = build_world()
+    w = build_world(topology)
     core: list[bytes] = []
     orig = w.core.transmit
 

@@ -117,8 +117,8 @@ def run_testbed(
 def run_simulator(n: int = 20, topology: Path = TOPOLOGY) -> dict[str, Any]:
     from .scenario import build_world, send
 
-    w = build_world()
-    c2, d = "198.18.254.2", w.dest.ip
+    w = build_world(topology)
+    c1, c2, d = w.sites["C1"].ip, w.sites["C2"].ip, w.dest.ip
     w.psp.bind(w.circuit, w.authority.certify(rule_text(c2, d)))
     w.psp.admit(w.authority.certify(f"if site == C1 then forward {d} else forward"))
     res: dict[str, Any] = {"n": n}
@@ -133,7 +133,7 @@ def run_simulator(n: int = 20, topology: Path = TOPOLOGY) -> dict[str, Any]:
         res[name] = {
             "via_c2_meta7": got[c2, 7],
             "via_c2": got[c2, 0],
-            "direct": got["198.18.254.1", 0],
+            "direct": got[c1, 0],
             "dropped_at_c1": len(w.sites["C1"].drops) - drops0,
         }
     return res

@@ -116,7 +116,7 @@ def run_simulator(n: int = 300, topology: Path = TOPOLOGY) -> dict[str, Any]:
     from .scenario import build_world, send
 
     payloads, repeated = workload(n, redundancy=0.5)
-    w = build_world()
+    w = build_world(topology=topology)
     got = send(w, payloads)
     core = [b"\0" * k for k in w.core_payload_bytes]
     res = _figures(payloads, repeated, core, got)
