@@ -73,9 +73,9 @@ def run_testbed(
     with ExampleTestbed(topo, prefix=prefix, progress=progress) as etb:
         tb = etb.tb
         shared = etb.path("pair-fis.sqlite")  # the packet store both sites use
-        # the wall-clock guard per packet; the service needs ~1.5 ms of CPU, but this
+        # the wall-clock guards per packet; the service needs ~1.5 ms of CPU, but this
         # machine's cores are shared with other jobs, which can preempt a site for longer
-        extra = "[services]\ndeadline_ms = 200\nper_packet_ms = 50"
+        extra = "[services]\npacket_budget_ms = 100\ndeadline_ms = 200\nper_packet_ms = 100"
         c1 = etb.site("C1", PSP, fis=shared, extra=extra)
         c2 = etb.site("C2", PSP, fis=shared, extra=extra)
         psp = RedundancyPSP(c1, c2)

@@ -41,6 +41,7 @@ from typing import Any
 from pcsite_lite import fis as fislib
 from pcsite_lite.circuits import Circuit, OutHop
 from pcsite_lite.pipeline import Pipeline
+from pcsite_lite.sandbox import Budget
 from pcsite_lite.site import Site
 from pcsite_lite.verdicts import Verdict
 from pcsock import wire
@@ -192,13 +193,14 @@ def has_fis_snapshots(cfg: SiteConfig) -> bool:
     return any(Path(cfg.state_dir).glob("fis-cache-*.json"))
 
 
-def _resolver(cfg: SiteConfig) -> Any:
+def _resolver(cfg: SiteConfig, budget: Budget) -> Any:
+    """Services from the repository, ticking against the site's ``budget``."""
     if cfg.repository is None:
         return None
     from pcsite_lite.repository import Repository, ServiceCache
     from pcsite_lite.runtime import load_from_repository, repository_resolver
 
-    loader = partial(load_from_repository, isolation=cfg.services.policy())
+    loader = partial(load_from_repository, isolation=cfg.services.policy(), budget=budget)
     cache = ServiceCache(Repository(cfg.repository), loader=loader)
     return repository_resolver(cache)
 
@@ -227,17 +229,19 @@ class WorkerSite:
         self._fis_was_available = True
         if self._fis_snapshot is not None:
             self.fis.load_snapshot(self._fis_snapshot)
+        budget = Budget(max_ns=int(cfg.services.packet_budget_ms * 1e6))
         self.site = Site(
             cfg.name,
             cfg.public_ip,
             fis=self.fis,
             local_prefixes=cfg.isp_prefixes,
-            resolver=_resolver(cfg),
+            resolver=_resolver(cfg, budget),
             now=clock(),  # the first usage interval starts at start-up (not in 1970)
             replicate_caps=(
                 cfg.services.replicate_per_packet,
                 cfg.services.replicate_per_second,
             ),
+            budget=budget,
         )
         self.pipeline = Pipeline(self.site, verify_ip_checksum=False)
         # confined service processes end with the worker (they also die with it: PDEATHSIG)
