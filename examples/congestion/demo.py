@@ -122,11 +122,13 @@ def run_simulator(
     n: int = 400, interval: float = 0.0005, topology: Path = TOPOLOGY
 ) -> dict[str, Any]:
     """The same stream in ``pcsite_lite.sim`` (virtual time; FIS staleness 5 ms)."""
-    from .scenario import GATEWAYS, build_world
+    from .scenario import build_world
 
+    topo = load_topology(topology, NEEDS)
+    access = next((lk.delay_ms for lk in topo.links if {lk.a, lk.b} == {"S", "R1"}), 0.0) / 1e3
     with tempfile.TemporaryDirectory(prefix="pcx-cg-") as tmp:
-        w = build_world(Path(tmp) / "fis.sqlite")
-        ga, gb = GATEWAYS["A"], GATEWAYS["B"]
+        w = build_world(Path(tmp) / "fis.sqlite", topology=topology)
+        ga, gb = w.gateways["A"].ip, w.gateways["B"].ip
         w.isp.publish(f"{ga}/32", 0.1)
         w.isp.publish(f"{gb}/32", 0.5)
         flip_at = n // 2
@@ -140,7 +142,7 @@ def run_simulator(
         via_b = [s for s, g in seq.items() if g == "B"]
 
         def at_site(s: int) -> float:
-            return s * interval + 0.001  # the 1 ms access link; the site is at R1
+            return s * interval + access  # over the access link; the site is at R1
 
         first_b = at_site(min(via_b))
         return {
