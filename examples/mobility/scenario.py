@@ -1,17 +1,17 @@
 """The mobility handoff experiment in the simulator (used by the tests and the benchmark).
 
-Topology (one-way link delays)::
+The network is the namespace demo's, from the same file (``mobility.toml``; one-way link
+delays)::
 
-    CN ── Rcn[site C1] ──5ms── Rcore[site C2] ──20ms── Rhome ── HA (home of 198.19.1.0/24)
-            │                    │    └─1ms── PSP control host
+    CN ── Rcn[site C1] ──5ms── Rcore[site C2] ──20ms── Rhome ── HA (home of the mobile network)
+            │                    │    └── PSP control host
            2ms                  2ms
             │                    │
-           Rva ── MR@A          Rvb ── MR@B
-        198.18.10.2           198.18.20.2
+           Rva ── MRA            Rvb ── MRB      (the mobile router's two access networks)
 
-A correspondent node (CN) streams UDP to a device in the mobile network ``198.19.1.0/24``
-every ``interval`` seconds. The mobile router (MR) starts at access network A; at ``move_at``
-it leaves A (from then on, what reaches A is lost), attaches at B and sends its signed binding
+A correspondent node (CN) streams UDP to a device in the mobile network (HA's prefix) every
+``interval`` seconds. The mobile router (MR) starts at access network A; at ``move_at`` it
+leaves A (from then on, what reaches A is lost), attaches at B and sends its signed binding
 update in a packet: to the PSP's control host (PacketCloud) or to the home agent (baseline,
 Mobile IP triangle routing). We measure the handoff (from the binding update taking effect to
 the first packet at the new address), the packets lost, and the one-way delay CN -> device
@@ -23,24 +23,30 @@ from __future__ import annotations
 import functools
 import struct
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
-from pcdemo.example_testbed import SimSite
-from pcsite_lite.sim import Host, Network, Received
+from pcdemo.example_testbed import SimSite, addresses, sim_network
+from pcsite_lite.sim import Host, Received
 from pcsock.wire import build_ipv4, ip2int, parse
 
 from .control import HomeAgent, MobileRouter, MobilityPSP
 
 __all__ = ["HandoffResult", "run_handoff"]
 
-PREFIX = "198.19.1.0/24"
-DEVICE = "198.19.1.5"
-CN_IP = "198.18.100.10"
-MR_A = "198.18.10.2"
-MR_B = "198.18.20.2"
-HA_IP = "198.18.30.10"
-PSP_IP = "198.18.40.10"
-ACCESS = ["198.18.10.0/24", "198.18.20.0/24"]
+TOPOLOGY = Path(__file__).with_name("mobility.toml")
+_ADDRESS = addresses(TOPOLOGY)
+
+
+def _net24(addr: str) -> str:
+    return addr.rsplit(".", 1)[0] + ".0/24"
+
+
+HA_IP, CN_IP, PSP_IP = _ADDRESS["HA"], _ADDRESS["CN"], _ADDRESS["PSP"]
+PREFIX = _net24(HA_IP)  #: the mobile network: HA's prefix in the file (its home)
+DEVICE = PREFIX.rsplit(".", 1)[0] + ".5"
+MR_A, MR_B = _ADDRESS["MRA"], _ADDRESS["MRB"]
+ACCESS = [_net24(MR_A), _net24(MR_B)]
 _DATA = struct.Struct("!Id")  # sequence number, send time
 
 
@@ -110,29 +116,10 @@ def run_handoff(
     """Run one handoff and measure it (simulated time)."""
     if mode not in ("packetcloud", "home_agent"):
         raise ValueError("mode is packetcloud or home_agent")
-    net = Network(seed=seed, trace=False)
-    cn = net.host("CN", CN_IP)
-    rcn = net.router("Rcn", "198.18.100.1")
-    rcore = net.router("Rcore", "198.18.0.2")
-    rhome = net.router("Rhome", "198.18.30.1")
-    rva = net.router("Rva", "198.18.10.1")
-    rvb = net.router("Rvb", "198.18.20.1")
-    ha_host = net.host("HA", HA_IP, prefix=PREFIX)
-    mra = net.host("MRa", MR_A)
-    mrb = net.host("MRb", MR_B)
-    psp_host = net.host("PSP", PSP_IP)
-    net.link(cn, rcn, delay=0.0005)
-    net.link(rcn, rcore, delay=0.005)
-    net.link(rcore, rhome, delay=0.020)
-    net.link(ha_host, rhome, delay=0.0005)
-    net.link(rcn, rva, delay=0.002)
-    net.link(rcore, rvb, delay=0.002)
-    net.link(mra, rva, delay=0.0005)
-    net.link(mrb, rvb, delay=0.0005)
-    net.link(psp_host, rcore, delay=0.001)
-    c1 = net.site("C1", "198.18.254.1", router=rcn)
-    c2 = net.site("C2", "198.18.254.2", router=rcore)
-    net.compute_routes()
+    sn = sim_network(TOPOLOGY, seed=seed)
+    net, n = sn.net, sn.nodes
+    cn, ha_host, mra, mrb, psp_host = n["CN"], n["HA"], n["MRA"], n["MRB"], n["PSP"]
+    rcn, rcore, c1, c2 = n["Rcn"], n["Rcore"], n["C1"], n["C2"]
 
     router = MobileRouter(PREFIX)
     mr = _MR(router)
