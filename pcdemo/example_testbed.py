@@ -549,6 +549,8 @@ def main(demo: ModuleType, argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--prefix", help="testbed name prefix (default: the example's)")
     args = ap.parse_args(argv)
+    from testbed.topology import TopologyError
+
     kind = args.world
     if kind == "auto":
         kind = "testbed" if os.geteuid() == 0 else "simulator"
@@ -560,7 +562,7 @@ def main(demo: ModuleType, argv: list[str] | None = None) -> int:
             result = demo.run_testbed(progress=print, **kw)
         else:
             result = demo.run_simulator(**kw)
-    except TopologyLacks as exc:
+    except (TopologyLacks, TopologyError) as exc:
         print(f"python -m {demo.__name__}: {exc}", file=sys.stderr)
         return 2
     print(json.dumps({"world": kind, **result}, indent=2, default=str))

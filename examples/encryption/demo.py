@@ -39,7 +39,7 @@ NEEDS = Needs(
     hosts=("S", "D"),
     routers=("R1", "RC", "R2"),
     sites=("C1", "C2"),
-    links=(("R1", "RC"), ("R2", "D")),
+    links=(("R1", "RC"), ("RC", "R2"), ("R2", "D")),
 )
 
 __all__ = ["passed", "register", "run_simulator", "run_testbed"]
@@ -116,6 +116,7 @@ def run_simulator(n: int = 100, topology: Path = TOPOLOGY) -> dict[str, Any]:
     """The same flow in ``pcsite_lite.sim``."""
     from .scenario import build_world, send
 
+    load_topology(topology, NEEDS)
     w = build_world(topology)
     core: list[bytes] = []
     orig = w.core.transmit

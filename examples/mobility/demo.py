@@ -251,7 +251,11 @@ def run_simulator(topology: Path = TOPOLOGY) -> dict[str, Any]:
     """The same experiment in ``pcsite_lite.sim`` (simulated time)."""
     from .scenario import run_handoff
 
-    pc, ha = run_handoff("packetcloud"), run_handoff("home_agent")
+    load_topology(topology, NEEDS)
+    pc, ha = (
+        run_handoff("packetcloud", topology=topology),
+        run_handoff("home_agent", topology=topology),
+    )
     return {
         "sent": pc.sent,
         "received": pc.received,

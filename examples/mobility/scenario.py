@@ -35,18 +35,21 @@ from .control import HomeAgent, MobileRouter, MobilityPSP
 __all__ = ["HandoffResult", "run_handoff"]
 
 TOPOLOGY = Path(__file__).with_name("mobility.toml")
-_ADDRESS = addresses(TOPOLOGY)
 
 
 def _net24(addr: str) -> str:
     return addr.rsplit(".", 1)[0] + ".0/24"
 
 
-HA_IP, CN_IP, PSP_IP = _ADDRESS["HA"], _ADDRESS["CN"], _ADDRESS["PSP"]
-PREFIX = _net24(HA_IP)  #: the mobile network: HA's prefix in the file (its home)
-DEVICE = PREFIX.rsplit(".", 1)[0] + ".5"
-MR_A, MR_B = _ADDRESS["MRA"], _ADDRESS["MRB"]
-ACCESS = [_net24(MR_A), _net24(MR_B)]
+def _plan(topology: Path) -> dict[str, Any]:
+    """The addresses the experiment uses, from the topology file."""
+    a = addresses(topology)
+    prefix = _net24(a["HA"])  # the mobile network: HA's prefix (its home)
+    return {"ha": a["HA"], "cn": a["CN"], "psp": a["PSP"], "prefix": prefix,
+            "device": prefix.rsplit(".", 1)[0] + ".5", "mr_a": a["MRA"], "mr_b": a["MRB"],
+            "access": [_net24(a["MRA"]), _net24(a["MRB"])]}  # fmt: skip
+
+
 _DATA = struct.Struct("!Id")  # sequence number, send time
 
 
@@ -112,27 +115,31 @@ def run_handoff(
     move_at: float = 0.2,
     duration: float = 0.4,
     seed: int = 1,
+    topology: Path = TOPOLOGY,
 ) -> HandoffResult:
     """Run one handoff and measure it (simulated time)."""
+    p = _plan(topology)
+    prefix, device, cn_ip, ha_ip, psp_ip = p["prefix"], p["device"], p["cn"], p["ha"], p["psp"]
+    mr_a, mr_b, access = p["mr_a"], p["mr_b"], p["access"]
     if mode not in ("packetcloud", "home_agent"):
         raise ValueError("mode is packetcloud or home_agent")
-    sn = sim_network(TOPOLOGY, seed=seed)
+    sn = sim_network(topology, seed=seed)
     net, n = sn.net, sn.nodes
     cn, ha_host, mra, mrb, psp_host = n["CN"], n["HA"], n["MRA"], n["MRB"], n["PSP"]
     rcn, rcore, c1, c2 = n["Rcn"], n["Rcore"], n["C1"], n["C2"]
 
-    router = MobileRouter(PREFIX)
+    router = MobileRouter(prefix)
     mr = _MR(router)
     mra.on_receive = mr.on("A", lambda: net.now)
     mrb.on_receive = mr.on("B", lambda: net.now)
-    ha = HomeAgent(HA_IP)
+    ha = HomeAgent(ha_ip)
     # the baseline's home agent verifies the same signed updates but writes no site FIS
     sites = [SimSite(c1, "mobpsp", router=rcn), SimSite(c2, "mobpsp", router=rcore)]
     psp = MobilityPSP(
-        PREFIX,
+        prefix,
         router.public_key,
         sites if mode == "packetcloud" else [],
-        access_prefixes=ACCESS,
+        access_prefixes=access,
     )
     update_time: list[float] = []
 
@@ -144,8 +151,8 @@ def run_handoff(
                 update_time.append(net.now)
 
         psp_host.on_receive = psp_receive
-        psp.handle_update(router.move_to(MR_A))  # initial binding, before traffic
-        bu_dst = PSP_IP
+        psp.handle_update(router.move_to(mr_a))  # initial binding, before traffic
+        bu_dst = psp_ip
     else:
 
         def ha_receive(host: Host, r: Received) -> None:
@@ -160,11 +167,11 @@ def run_handoff(
             if out is not None:
                 host.send(out)
 
-        ha_addr = ip2int(HA_IP)
+        ha_addr = ip2int(ha_ip)
         ha_host.on_receive = ha_receive
-        psp.handle_update(router.move_to(MR_A))
-        ha.care_of = MR_A
-        bu_dst = HA_IP
+        psp.handle_update(router.move_to(mr_a))
+        ha.care_of = mr_a
+        bu_dst = ha_ip
 
     sent: dict[int, float] = {}
     n_packets = int(duration / interval)
@@ -172,16 +179,16 @@ def run_handoff(
     def send(seq: int) -> None:
         udp = struct.pack("!HHHH", 40000, 5004, 8 + _DATA.size, 0) + _DATA.pack(seq, net.now)
         sent[seq] = net.now
-        cn.send(build_ipv4(src=CN_IP, dst=DEVICE, proto=17, payload=udp, ident=seq & 0xFFFF))
+        cn.send(build_ipv4(src=cn_ip, dst=device, proto=17, payload=udp, ident=seq & 0xFFFF))
 
     for i in range(n_packets):
         net.schedule(i * interval, functools.partial(send, i))
 
     def move() -> None:
         mr.live = "B"
-        bu = router.move_to(MR_B)
+        bu = router.move_to(mr_b)
         udp = struct.pack("!HHHH", 5005, 5005, 8 + len(bu), 0) + bu
-        mrb.send(build_ipv4(src=MR_B, dst=bu_dst, proto=17, payload=udp))
+        mrb.send(build_ipv4(src=mr_b, dst=bu_dst, proto=17, payload=udp))
 
     net.schedule(move_at, move)
     net.run()

@@ -152,8 +152,15 @@ def passed(res: dict[str, Any]) -> bool:
 
 def run_simulator(topology: Path = TOPOLOGY) -> dict[str, Any]:
     """A summary of the simulator test's network (five domains), for machines without root."""
+    from pcdemo.example_testbed import TopologyLacks
+
     from .scenario import build_world, copies
 
+    if Path(topology).resolve() != TOPOLOGY.resolve():
+        raise TopologyLacks(
+            f"{topology}: the multicast simulator runs its own five-domain network "
+            "(examples/multicast/scenario.py), not a topology file; use --world testbed"
+        )
     net, psp, links, hosts, logs = build_world()
     members = ["198.18.2.11", "198.18.4.11", "198.18.5.11"]
     for ip in members:

@@ -117,6 +117,7 @@ def run_testbed(
 def run_simulator(n: int = 20, topology: Path = TOPOLOGY) -> dict[str, Any]:
     from .scenario import build_world, send
 
+    load_topology(topology, NEEDS)
     w = build_world(topology)
     c1, c2, d = w.sites["C1"].ip, w.sites["C2"].ip, w.dest.ip
     w.psp.bind(w.circuit, w.authority.certify(rule_text(c2, d)))

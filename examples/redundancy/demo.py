@@ -115,6 +115,7 @@ def run_testbed(
 def run_simulator(n: int = 300, topology: Path = TOPOLOGY) -> dict[str, Any]:
     from .scenario import build_world, send
 
+    load_topology(topology, NEEDS)
     payloads, repeated = workload(n, redundancy=0.5)
     w = build_world(topology=topology)
     got = send(w, payloads)
