@@ -61,6 +61,16 @@ def _payloads(frames: list[bytes]) -> list[tuple[int, bytes]]:
     return out
 
 
+def chain_io(etb: ExampleTestbed, psp: Any) -> tuple[Any, Any, Any, Any, str]:
+    """On ``chain.toml``'s testbed: ``psp``'s circuit S -> C1 -> C2 -> D (``psp.connect``),
+    captures on the core (RC, toward R1) and at D, a raw sender at S, and S's address."""
+    s_ip, d_ip = etb.address("S"), etb.address("D")
+    chain = psp.connect(d_ip)
+    core = capture(etb.tb, "RC", "R1")
+    at_d = capture(etb.tb, "D", "R2")
+    return chain, core, at_d, raw_sender(etb.tb.node("S")), s_ip
+
+
 def run_testbed(
     *, prefix: str = "pcx", n: int = 100, progress: Any = None, topology: Path = TOPOLOGY
 ) -> dict[str, Any]:
@@ -73,11 +83,7 @@ def run_testbed(
         c1, c2 = etb.site("C1", PSP), etb.site("C2", PSP)
         psp = EncryptionPSP(c1, c2)
         psp.deploy()
-        s_ip, d_ip = etb.address("S"), etb.address("D")
-        chain = psp.connect(d_ip)
-        core = capture(tb, "RC", "R1")
-        at_d = capture(tb, "D", "R2")
-        tx = raw_sender(tb.node("S"))
+        chain, core, at_d, tx, s_ip = chain_io(etb, psp)
         for i in range(n):
             tx.sendto(chain.packet(s_ip, message(i)), (chain.first_hop, 0))
             time.sleep(0.0005)

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from examples.encryption.demo import NEEDS
-from pcdemo.example_testbed import ExampleTestbed, capture, load_topology, raw_sender, wait_until
+from examples.encryption.demo import NEEDS, chain_io
+from pcdemo.example_testbed import ExampleTestbed, load_topology, wait_until
 from pcsock.wire import WireError, parse
 
 from .control import SERVICE, RedundancyPSP
@@ -71,7 +71,6 @@ def run_testbed(
     topo = load_topology(topology, NEEDS)
     payloads, repeated = workload(n, redundancy=0.5)
     with ExampleTestbed(topo, prefix=prefix, progress=progress) as etb:
-        tb = etb.tb
         shared = etb.path("pair-fis.sqlite")  # the packet store both sites use
         # the wall-clock guards per packet; the service needs ~1.5 ms of CPU, but this
         # machine's cores are shared with other jobs, which can preempt a site for longer
@@ -80,11 +79,7 @@ def run_testbed(
         c2 = etb.site("C2", PSP, fis=shared, extra=extra)
         psp = RedundancyPSP(c1, c2)
         psp.deploy()
-        s_ip, d_ip = etb.address("S"), etb.address("D")
-        chain = psp.connect(d_ip)
-        core = capture(tb, "RC", "R1")
-        at_d = capture(tb, "D", "R2")
-        tx = raw_sender(tb.node("S"))
+        chain, core, at_d, tx, s_ip = chain_io(etb, psp)
         t0 = time.monotonic()
         for i, p in enumerate(payloads):
             delay = t0 + i * interval - time.monotonic()
