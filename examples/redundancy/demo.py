@@ -72,9 +72,11 @@ def run_testbed(
     payloads, repeated = workload(n, redundancy=0.5)
     with ExampleTestbed(topo, prefix=prefix, progress=progress) as etb:
         shared = etb.path("pair-fis.sqlite")  # the packet store both sites use
-        # the wall-clock guards per packet; the service needs ~1.5 ms of CPU, but this
-        # machine's cores are shared with other jobs, which can preempt a site for longer
-        extra = "[services]\npacket_budget_ms = 100\ndeadline_ms = 200\nper_packet_ms = 100"
+        # The ISP's own service (PSP "isp-re") runs in the workers' trusted lane: confined, on
+        # this loaded 2-vCPU machine 2-13 % of its packets were dropped as service_busy (a
+        # packet not in a prefetched batch while batches are in flight). Its per-packet
+        # budget: the encoder needs ~1.5 ms of CPU, but other jobs can preempt a site longer.
+        extra = '[services]\ntrusted = ["isp-re/re"]\npacket_budget_ms = 100'
         c1 = etb.site("C1", PSP, fis=shared, extra=extra)
         c2 = etb.site("C2", PSP, fis=shared, extra=extra)
         psp = RedundancyPSP(c1, c2)
