@@ -64,6 +64,10 @@ SO_TIMESTAMPNS = 35  # Linux: each packet's arrival time (CLOCK_REALTIME) as a c
 _TIMESPEC = struct.Struct("@qq")
 CONTROL = "127.0.0.1:8080"  #: each site daemon's control API, on its namespace's loopback
 ADMIN_TOKEN = "example-isp-admin-0123456789abcdef"
+#: the ``[services]`` settings of the examples' site daemons: the default per-packet budget
+#: (10 ms) and batch deadline (20 ms) are tripped when other jobs preempt a site on a loaded
+#: 2-vCPU machine (measured: congestion and redundancy demos at load average ~10)
+SERVICES: dict[str, Any] = {"packet_budget_ms": 50, "deadline_ms": 200}
 
 
 def psp_token(psp: str) -> str:
@@ -339,13 +343,13 @@ class ExampleTestbed:
         trust_anchor: str | None = None,
         others: Iterable[str] = (),
         fis: Path | None = None,
-        extra: str = "",
+        services: dict[str, Any] | None = None,
         isp: bool = False,
     ) -> SiteHandle:
         """Start ``pcsite run`` in site ``name``'s namespace (once) and return ``psp``'s handle
         on it. ``others``: further PSPs the site serves; ``fis``: a SQLite FIS file (sites given
-        the same file share their FIS); ``extra``: further TOML tables of the site's config
-        (e.g. ``"[services]\ndeadline_ms = 50"``); ``isp``: the handle holds the ISP's
+        the same file share their FIS); ``services``: ``[services]`` settings over
+        :data:`SERVICES` (e.g. ``{"trusted": ["isp-re/re"]}``); ``isp``: the handle holds the ISP's
         credential, acting for ``psp`` (what only the ISP may do: redirect prefixes, its own
         FIS namespace)."""
         from pcsite_lite.repository import public_key_bytes, sign_service
@@ -382,7 +386,9 @@ class ExampleTestbed:
                 lines += ["", f"[control.psps.{p}]", f'token = "{psp_token(p)}"',
                           f'signing_key = "{signing}"']  # fmt: skip
             cfg = self.tmp / f"{name}.toml"
-            cfg.write_text("\n".join(lines) + "\n\n" + extra + "\n")
+            lines += ["", "[services]"]
+            lines += [f"{k} = {json.dumps(v)}" for k, v in {**SERVICES, **(services or {})}.items()]
+            cfg.write_text("\n".join(lines) + "\n")
             health = ControlClient(f"http://{CONTROL}", token=ADMIN_TOKEN, timeout=2.0)
 
             def up() -> bool:

@@ -76,9 +76,9 @@ def run_testbed(
         # this loaded 2-vCPU machine 2-13 % of its packets were dropped as service_busy (a
         # packet not in a prefetched batch while batches are in flight). Its per-packet
         # budget: the encoder needs ~1.5 ms of CPU, but other jobs can preempt a site longer.
-        extra = '[services]\ntrusted = ["isp-re/re"]\npacket_budget_ms = 100'
-        c1 = etb.site("C1", PSP, fis=shared, extra=extra)
-        c2 = etb.site("C2", PSP, fis=shared, extra=extra)
+        services = {"trusted": ["isp-re/re"], "packet_budget_ms": 100}
+        c1 = etb.site("C1", PSP, fis=shared, services=services)
+        c2 = etb.site("C2", PSP, fis=shared, services=services)
         psp = RedundancyPSP(c1, c2)
         psp.deploy()
         chain, core, at_d, tx, s_ip = chain_io(etb, psp)
