@@ -542,13 +542,18 @@ class PacketApi:
         return self._ctx.cache.get(key)
 
     # ---- building blocks
-    def aes(self, buf: bytes, key: bytes, decrypt: bool = False) -> bytes:
-        """AES-GCM: encrypt to ``nonce(12) || ciphertext || tag`` or decrypt that form.
+    def aes(self, buf: bytes, key: bytes, decrypt: bool = False, aad: bytes = b"") -> bytes:
+        """AES-GCM: encrypt to ``nonce(12) || ciphertext || tag`` or decrypt that form;
+        ``aad``: associated data the tag also covers (at most 256 bytes; decrypting needs the
+        same bytes).
 
         Raises ApiError(api_misuse) for a bad key or a ciphertext that does not authenticate.
         """
         if not isinstance(buf, bytes | bytearray) or not isinstance(key, bytes):
             raise _misuse("aes(buf: bytes, key: bytes)")
+        if not isinstance(aad, bytes | bytearray) or len(aad) > 256:
+            raise _misuse("aes(..., aad: bytes of at most 256)")
+        ad = bytes(aad) or None
         ctx = self._ctx
         gcm = ctx.aes_keys.get(key)
         if gcm is None:
@@ -563,11 +568,11 @@ class PacketApi:
             if len(buf) < 28:
                 raise _misuse("ciphertext too short")
             try:
-                return gcm.decrypt(bytes(buf[:12]), bytes(buf[12:]), None)
+                return gcm.decrypt(bytes(buf[:12]), bytes(buf[12:]), ad)
             except InvalidTag:
                 raise _misuse("ciphertext does not authenticate") from None
         nonce = os.urandom(12)
-        return nonce + gcm.encrypt(nonce, bytes(buf), None)
+        return nonce + gcm.encrypt(nonce, bytes(buf), ad)
 
     def compress(self, buf: bytes, decompress: bool = False) -> bytes:
         """zlib compress (or decompress; output capped at 64 KiB)."""

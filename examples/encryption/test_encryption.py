@@ -41,7 +41,8 @@ def test_plaintext_from_the_sender_reaches_the_destination_and_only_ciphertext_c
         assert msg not in body and len(body) == len(msg) + 28  # nonce + GCM tag
         # the key lives in the FIS (the PSP has it), never with the sender
         key = w.psp.keys[epoch]
-        assert AESGCM(key).decrypt(body[:12], body[12:], None) == msg
+        # the metadata byte (sealed, epoch) is the associated data the tag covers
+        assert AESGCM(key).decrypt(body[:12], body[12:], bytes([pkt.metadata])) == msg
     assert w.sites["C1"].site.drops == {} and w.sites["C2"].site.drops == {}
 
 
