@@ -87,6 +87,9 @@ def run_testbed(
         for i in range(n):
             tx.sendto(chain.packet(s_ip, message(i)), (chain.first_hop, 0))
             time.sleep(0.0005)
+        # C2 has run its service on all of them (a loaded site may still be busy when a
+        # capture's quiet period would end) before the captures are read
+        wait_until(lambda: c2.counters(SERVICE).get("packets", 0) >= n, timeout=10)
         core_frames = list(core.drain())
         d_frames = list(at_d.drain())
         on_core = [(m, p) for m, p in _payloads(core_frames) if p]
@@ -102,7 +105,6 @@ def run_testbed(
         def c2_drops() -> int:
             return int(c2.counters(SERVICE).get("drops", 0))
 
-        wait_until(lambda: c2.counters(SERVICE).get("packets", 0) >= n, timeout=5)
         drops0 = c2_drops()
         frame = bytearray(next(f for f in core_frames if _payloads([f])))
         frame[-1] ^= 1

@@ -99,9 +99,9 @@ def run_testbed(
             for _ in range(n):
                 tx.sendto(circuit.packet(s_ip, payload), (circuit.first_hop, 0))
                 time.sleep(0.001)
+            seen += n  # C1 has run the service on the phase's packets, then D's capture is read
+            wait_until(lambda k=seen: c1_counters().get("packets", 0) >= k, timeout=10)
             got = _arrivals(at_d.take(0.3))
-            seen += n
-            wait_until(lambda k=seen: c1_counters().get("packets", 0) >= k, timeout=5)
             res[name] = {
                 "via_c2_meta7": got[c2.public_ip, 7],
                 "via_c2": got[c2.public_ip, 0],

@@ -88,16 +88,16 @@ def run_testbed(
             if delay > 0:
                 time.sleep(delay)
             tx.sendto(chain.packet(s_ip, p), (chain.first_hop, 0))
+        counters = {}
+        for s in (c1, c2):  # both sites have run the service on every packet (usage reports)
+            wait_until(lambda s=s: s.counters(SERVICE).get("packets", 0) >= n, timeout=10)
+            counters[s.name] = s.counters(SERVICE)
         res = _figures(
             payloads,
             repeated,
             _circuit_payloads(core.drain(0.5)),
             _circuit_payloads(at_d.drain(0.5)),
         )
-        counters = {}
-        for s in (c1, c2):  # the workers report usage
-            wait_until(lambda s=s: s.counters(SERVICE).get("packets", 0) >= n, timeout=5)
-            counters[s.name] = s.counters(SERVICE)
         res["service_drops"] = {k: c.get("drops", 0) for k, c in counters.items()}
         res["site_processed"] = {k: c.get("packets", 0) for k, c in counters.items()}
         res["service_cpu_ms_per_packet"] = {
