@@ -25,7 +25,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pcdemo.example_testbed import ExampleTestbed, Needs, capture, load_topology, raw_sender
+from pcdemo.example_testbed import (
+    ExampleTestbed,
+    Needs,
+    capture,
+    load_topology,
+    raw_sender,
+    wait_until,
+)
 from pcsock.wire import WireError, build_service_packet, parse
 
 from .control import SERVICE, SERVICE_ID, CongestionPSP, IspCongestion
@@ -104,6 +111,9 @@ def run_testbed(
             if i == flip_at:
                 isp.publish(f"{ga}/32", 0.95)  # the ISP sees A's link congested
                 t_flip = time.time()
+        # C1 has run its service on every packet before the captures are read (a loaded
+        # site can outlast a capture's quiet period)
+        wait_until(lambda: c1.counters(SERVICE).get("packets", 0) >= n, timeout=10)
         via_a, via_b = _seqs(at_a.drain(0.3)), _seqs(at_b.drain(0.3))
         first_b = min((t for t, f in zip(at_b.times, at_b.seen, strict=True) if _seqs([f])),
                       default=None)  # fmt: skip

@@ -85,6 +85,8 @@ def run_testbed(
             raw.sendto(psp.sender_packet(64501, GROUP, src=src, payload=b"frame%03d" % i),
                        (site_a, 0))  # fmt: skip
             time.sleep(0.002)
+        for h in handles.values():  # every site has run the service on every packet
+            wait_until(lambda h=h: h.counters(psp.service).get("packets", 0) >= n, timeout=10)
 
         def copies(data_prefix: bytes) -> dict[str, Counter[bytes]]:
             out: dict[str, Counter[bytes]] = {}
