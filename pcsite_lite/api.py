@@ -576,13 +576,15 @@ class PacketApi:
         return self._d.ctx.cache.get(key)
 
     # ---- building blocks
-    def aes(self, buf: bytes, key: bytes, decrypt: bool = False) -> bytes:
-        """AES-GCM: encrypt to ``nonce(12) || ciphertext || tag`` or decrypt that form.
+    def aes(self, buf: bytes, key: bytes, decrypt: bool = False, aad: bytes = b"") -> bytes:
+        """AES-GCM: encrypt to ``nonce(12) || ciphertext || tag`` or decrypt that form;
+        ``aad``: associated data the tag also covers (at most 256 bytes; decrypting needs the
+        same bytes).
 
         Raises PacketApiError(api_misuse) for a bad key or a ciphertext that does not
         authenticate.
         """
-        return aes_gcm(self._d.ctx, buf, key, decrypt)
+        return aes_gcm(self._d.ctx, buf, key, decrypt, aad)
 
     def compress(self, buf: bytes, decompress: bool = False) -> bytes:
         """zlib compress (or decompress; output capped at 64 KiB)."""
@@ -693,11 +695,16 @@ class PacketApi:
         self._d.action = ACT_REPLICATE
 
 
-def aes_gcm(ctx: ServiceContext, buf: bytes, key: bytes, decrypt: bool = False) -> bytes:
+def aes_gcm(
+    ctx: ServiceContext, buf: bytes, key: bytes, decrypt: bool = False, aad: bytes = b""
+) -> bytes:
     """:meth:`PacketApi.aes` for the service of ``ctx`` (which keeps its AES contexts); the
     confined runtime calls it too."""
     if not isinstance(buf, bytes | bytearray) or not isinstance(key, bytes):
         raise _misuse("aes(buf: bytes, key: bytes)")
+    if not isinstance(aad, bytes | bytearray) or len(aad) > 256:
+        raise _misuse("aes(..., aad: bytes of at most 256)")
+    ad = bytes(aad) or None
     gcm = ctx.aes_keys.get(key)
     if gcm is None:
         try:
@@ -711,11 +718,11 @@ def aes_gcm(ctx: ServiceContext, buf: bytes, key: bytes, decrypt: bool = False) 
         if len(buf) < 28:
             raise _misuse("ciphertext too short")
         try:
-            return gcm.decrypt(bytes(buf[:12]), bytes(buf[12:]), None)
+            return gcm.decrypt(bytes(buf[:12]), bytes(buf[12:]), ad)
         except InvalidTag:
             raise _misuse("ciphertext does not authenticate") from None
     nonce = os.urandom(12)
-    return nonce + gcm.encrypt(nonce, bytes(buf), None)
+    return nonce + gcm.encrypt(nonce, bytes(buf), ad)
 
 
 def decision_of(api: PacketApi) -> Decision:

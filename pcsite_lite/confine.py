@@ -1508,8 +1508,8 @@ class _Local:
         return self._cache.get(key)
 
     # building blocks: computed here, on the service's own CPU and memory
-    def aes(self, buf: bytes, key: bytes, decrypt: bool = False) -> bytes:
-        return _AES(self._ctx, buf, key, decrypt)
+    def aes(self, buf: bytes, key: bytes, decrypt: bool = False, aad: bytes = b"") -> bytes:
+        return _AES(self._ctx, buf, key, decrypt, aad)
 
     def compress(self, buf: bytes, decompress: bool = False) -> bytes:
         return _COMPRESS(self, buf, decompress)

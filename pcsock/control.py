@@ -20,11 +20,12 @@ import http.client
 import json
 import os
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-__all__ = ["ControlClient", "ControlError", "OutHop"]
+__all__ = ["ControlClient", "ControlError", "OutHop", "SiteHandle"]
 
 
 class ControlError(Exception):
@@ -253,11 +254,27 @@ class ControlClient:
         path = f"/v1/isp/fis/{quote(namespace, safe='')}/kv/{quote(key, safe='')}"
         self.request("PUT", path, {"value": value})
 
+    def isp_fis_lpm_put(self, table: str, prefix: str, value: Any) -> None:
+        """The ISP publishes a longest-prefix entry in its namespace (``isp``), e.g. a link's
+        congestion level in table ``congestion``."""
+        path = f"/v1/isp/fis/isp/lpm/{quote(table, safe='')}"
+        self.request("PUT", path, {"prefix": prefix, "value": value})
+
     # --- forms 2 and 3, usage
-    def register_service_id(self, service: str, service_id: int | None = None) -> dict[str, Any]:
+    def register_service_id(
+        self,
+        service: str,
+        service_id: int | None = None,
+        *,
+        redirect_prefixes: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Form 2: bind a service ID to the PSP's ``service``. ``redirect_prefixes`` (where the
+        service may redirect its packets) need the ISP credential (acting for the PSP)."""
         body: dict[str, Any] = {"service": service}
         if service_id is not None:
             body["service_id"] = service_id
+        if redirect_prefixes:
+            body["redirect_prefixes"] = list(redirect_prefixes)
         return self.request("POST", self._p("/service-ids"), body)
 
     def release_service_id(self, service_id: int) -> None:
@@ -284,3 +301,113 @@ class ControlClient:
 
     def usage(self) -> dict[str, Any]:
         return self.request("GET", self._p("/usage"))
+
+
+class SiteHandle:
+    """A PSP's handle on one site: what a PSP's control plane (an example service's
+    ``control.py``, the demo, a script from the docs) does there, over the control API.
+
+    ``signer(service, version, code) -> signature`` signs uploads for the site's service
+    repository (e.g. ``functools.partial(pcsite_lite.repository.sign_service, key, psp)``);
+    ``via(fn)`` runs each call (default: directly; a testbed passes a function that runs it in
+    a network namespace). Circuits get ``lifetime`` seconds.
+
+    >>> site = SiteHandle(client, public_ip="198.18.254.1", signer=sign)  # doctest: +SKIP
+    >>> site.deploy("crypt", source)                                       # doctest: +SKIP
+    >>> label = site.allocate_label("crypt")                               # doctest: +SKIP
+    >>> site.install(label, "crypt", key, [OutHop(0, "198.18.32.2")])      # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        client: ControlClient,
+        *,
+        public_ip: str,
+        name: str = "",
+        signer: Callable[[str, str, bytes], bytes] | None = None,
+        via: Callable[[Callable[[], Any]], Any] | None = None,
+        lifetime: float = 3600.0,
+    ) -> None:
+        self.client = client
+        self.public_ip = public_ip
+        self.name = name or public_ip
+        self.signer = signer
+        self.via = via or (lambda fn: fn())
+        self.lifetime = lifetime
+        self._versions: dict[str, int] = {}
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        fn = getattr(self.client, method)
+        return self.via(lambda: fn(*args, **kwargs))
+
+    # --- services
+    def deploy(self, service: str, source: str) -> str:
+        """Upload ``source`` as the service's next version (signed) and activate it."""
+        if self.signer is None:
+            raise ValueError("deploy needs a signer (the PSP's repository signing key)")
+        version = str(self._versions.get(service, 0) + 1)
+        code = source.encode()
+        self._call("upload_service", service, version, code, self.signer(service, version, code))
+        self._call("activate_service", service, version)
+        self._versions[service] = int(version)
+        return version
+
+    # --- destinations and service IDs
+    def register_destination(
+        self, prefix: str, service: str, proof: str, *, redirect_prefixes: list[str] | None = None
+    ) -> dict[str, Any]:
+        return self._call(
+            "register_destination", prefix, service, proof, redirect_prefixes=redirect_prefixes
+        )
+
+    def register_service_id(
+        self, service_id: int, service: str, redirect_prefixes: list[str] | None = None
+    ) -> dict[str, Any]:
+        """Form 2; ``redirect_prefixes`` need a handle with the ISP's credential."""
+        return self._call(
+            "register_service_id", service, service_id, redirect_prefixes=redirect_prefixes
+        )
+
+    def isp_lpm_put(self, table: str, prefix: str, value: Any) -> None:
+        """The ISP's network information (a handle with the ISP's credential)."""
+        self._call("isp_fis_lpm_put", table, prefix, value)
+
+    # --- FIS
+    def fis_put(self, service: str, key: str, value: Any) -> None:
+        self._call("fis_put", service, key, value)
+
+    def fis_get(self, service: str, key: str) -> Any:
+        return self._call("fis_get", service, key)
+
+    def fis_delete(self, service: str, key: str) -> None:
+        self._call("fis_delete", service, key)
+
+    def fis_lpm_put(self, service: str, table: str, prefix: str, value: Any) -> None:
+        self._call("fis_lpm_put", service, table, prefix, value)
+
+    def fis_lpm_delete(self, service: str, table: str, prefix: str) -> None:
+        self._call("fis_lpm_delete", service, table, prefix)
+
+    # --- circuits
+    def allocate_label(self, service: str) -> int:
+        return int(self._call("allocate_circuit", service, self.lifetime)["label"])
+
+    def install(
+        self,
+        label: int,
+        service: str,
+        in_key: bytes,
+        out: list[OutHop] | list[tuple[int, str, bytes | None]],
+    ) -> None:
+        """Install the hop at ``label`` (allocated for ``service``): its out hops; one whose
+        key is None goes to a receiver that verifies no MAC."""
+        hops = [o if isinstance(o, OutHop) else OutHop(*o) for o in out]
+        self._call("install_hop", label, in_key=in_key, out=hops, lifetime=self.lifetime)
+
+    def teardown(self, label: int) -> None:
+        self._call("teardown_circuit", label)
+
+    # --- usage
+    def counters(self, service: str) -> dict[str, int]:
+        """The service's counters at this site (``packets``, ``drops``, ...; all workers)."""
+        return dict(self._call("usage")["services"].get(service, {}))

@@ -6,8 +6,9 @@ may use) and writes the destination -> gateways table (FIS LPM ``"egress"``).
 
 :class:`IspCongestion` is the ISP's side: it publishes each gateway link's congestion level
 in the ISP namespace (``pcsite_lite.fis.ISP``, table ``pcsite_lite.fis.CONGESTION``) of every
-site. Site handles: ``examples.encryption.circuit.SimSite`` (simulator) or
-``examples.congestion.demo.CongestionNetSite`` (namespace testbed).
+site. Site handles: :class:`pcdemo.example_testbed.SimSite` (simulator) or
+:class:`pcsock.control.SiteHandle` with the ISP's credential (a site daemon, the namespace
+testbed).
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The congestion example's simulated network (``pcsite_lite.sim``), for tests and the demo.
 
-::
+The network is the namespace demo's, from the same file (``congestion.toml``)::
 
-                       ┌── RA ── GA (gateway A) ──┐
-    S ── R1[C1] ───────┤                          ├── RD ── D (198.19.9.0/24)
-                       └── RB ── GB (gateway B) ──┘
+                       ┌─2ms─ RA ── GA (gateway A) ─5ms─┐
+    S ── R1[C1] ───────┤                                ├── RD ── D (its prefix)
+                       └─2ms─ RB ── GB (gateway B) ─5ms─┘
 
 S sends form-2 packets to D; R1 diverts them (DSCP) to C1, whose service tunnels each to the
 gateway whose link the ISP reports less congested; the gateways decapsulate
@@ -19,19 +19,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from examples.encryption.circuit import SimSite
 from examples.mobility.ipip import decapsulate
+from pcdemo.example_testbed import SimSite, addresses, sim_network
 from pcsite_lite.fis import ISP, CachedFIS, SqliteFIS
 from pcsite_lite.sim import Host, Network, Received, SiteNode
 from pcsock.wire import build_service_packet, parse
 
 from .control import SERVICE_ID, CongestionPSP, IspCongestion
 
-__all__ = ["GATEWAYS", "PSP", "World", "build_world"]
+__all__ = ["DEST_PREFIX", "GATEWAYS", "PSP", "TOPOLOGY", "World", "build_world"]
 
 PSP = "adaptco"
-DEST_PREFIX = "198.19.9.0/24"
-GATEWAYS = {"A": "198.18.21.2", "B": "198.18.22.2"}
+TOPOLOGY = Path(__file__).with_name("congestion.toml")
+_ADDRESS = addresses(TOPOLOGY)
+DEST_PREFIX = _ADDRESS["D"].rsplit(".", 1)[0] + ".0/24"  #: D's prefix in the file
+GATEWAYS = {"A": _ADDRESS["GA"], "B": _ADDRESS["GB"]}
 
 
 class IspWriter:
@@ -64,26 +66,13 @@ class World:
         )
 
 
-def build_world(fis_path: Path) -> World:
-    net = Network(trace=False)
-    r1 = net.router("R1", "198.18.1.1")
-    ra = net.router("RA", "198.18.21.1")
-    rb = net.router("RB", "198.18.22.1")
-    rd = net.router("RD", "198.19.9.1")
-    s = net.host("S", "198.18.1.10")
-    d = net.host("D", "198.19.9.10", prefix=DEST_PREFIX)
-    gws = {k: net.host("G" + k, ip) for k, ip in GATEWAYS.items()}
-    net.link(s, r1)
-    net.link(r1, ra, delay=0.002)
-    net.link(r1, rb, delay=0.002)
-    net.link(gws["A"], ra)
-    net.link(gws["B"], rb)
-    net.link(ra, rd, delay=0.010)
-    net.link(rb, rd, delay=0.010)
-    net.link(rd, d)
-    fis = CachedFIS(SqliteFIS(str(fis_path)), clock=lambda: net.now)
-    site = net.site("C1", "198.18.254.1", router=r1, fis=fis)
-    net.compute_routes()
+def build_world(fis_path: Path, *, topology: Path = TOPOLOGY) -> World:
+    def fis(name: str, net: Network) -> dict[str, Any]:
+        return {"fis": CachedFIS(SqliteFIS(str(fis_path)), clock=lambda: net.now)}
+
+    sn = sim_network(topology, site_kwargs=fis)
+    net, s, d, site = sn.net, sn.nodes["S"], sn.nodes["D"], sn.nodes["C1"]
+    gws = {"A": sn.nodes["GA"], "B": sn.nodes["GB"]}
     via: list[tuple[float, str, bytes]] = []
 
     def gateway(name: str) -> Any:
@@ -97,7 +86,7 @@ def build_world(fis_path: Path) -> World:
     for name, g in gws.items():
         g.on_receive = gateway(name)
     psp = CongestionPSP([SimSite(site, PSP)])
-    psp.deploy(list(GATEWAYS.values()))
-    psp.route(DEST_PREFIX, [GATEWAYS["A"], GATEWAYS["B"]])
+    psp.deploy([g.ip for g in gws.values()])
+    psp.route(d.prefixes[-1], [gws["A"].ip, gws["B"].ip])  # D's prefix in the file
     isp = IspCongestion([IspWriter(str(fis_path))])
     return World(net, psp, isp, s, d, gws, site, via)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from examples.congestion.demo import passed, run_simulator, run_testbed
+from examples.congestion.demo import SWITCH_BOUND_MS, passed, run_simulator, run_testbed
 
 
 def test_the_demo_flow_passes_in_the_simulator() -> None:
@@ -14,11 +14,13 @@ def test_the_demo_flow_passes_in_the_simulator() -> None:
 
 
 @pytest.mark.netns
-def test_the_site_follows_the_isps_congestion_update_within_10_ms_with_real_packets() -> None:
+def test_the_site_daemon_follows_the_isps_congestion_update_with_real_packets() -> None:
+    """On ``pcsite run``: the ISP registers the service ID with the gateways as redirect
+    prefixes and publishes congestion through the control API."""
     res = run_testbed(n=400)
     assert res["via_a"] + res["via_b"] == 400  # every packet tunnelled to a gateway
     assert res["b_before_flip"] == 0  # before: all through the less congested A
     assert res["a_after_switch"] == 0  # after the first packet through B: none through A
-    assert res["switch_ms"] is not None and 0 <= res["switch_ms"] <= 10
-    assert set(res["site_drops"]) <= {"no_service"}  # the gateways' ICMP replies to C1
+    assert res["switch_ms"] is not None and 0 <= res["switch_ms"] <= SWITCH_BOUND_MS
+    assert res["service_drops"] == 0
     assert passed(res)

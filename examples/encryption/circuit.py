@@ -3,8 +3,8 @@
 Used by the examples whose service runs at two or more presences on one path (encryption
 offload, redundancy elimination, rule-based forwarding). Sites are any handle with
 ``public_ip``, ``allocate_label(service)`` and ``install(label, service, in_key, out)`` --
-``examples.multicast.control.LocalSite`` (simulator) and ``examples.firewall.demo.NetSite``
-(namespace testbed) both are.
+:class:`pcdemo.example_testbed.SimSite` (simulator) and :class:`pcsock.control.SiteHandle`
+(a site daemon, the namespace testbed) both are.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from pcsock.wire import build_circuit_packet
 
-__all__ = ["Chain", "SimSite", "open_chain"]
+__all__ = ["Chain", "open_chain"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,57 +54,3 @@ def open_chain(sites: Sequence[Any], service: str, destination: str) -> Chain:
             out = [(labels[i + 1], sites[i + 1].public_ip, keys[i + 1])]
         sites[i].install(labels[i], service, keys[i], out)
     return Chain(sites[0].public_ip, labels[0], keys[0], tuple(labels))
-
-
-class SimSite:
-    """A simulator site (``pcsite_lite.sim.SiteNode``) as a PSP's site handle: the
-    ``examples.multicast.control.LocalSite`` calls plus ``fis_delete``, ``fis_lpm_put`` and
-    the ISP's writes (``isp_put``/``isp_lpm_put``, namespace ``isp``)."""
-
-    def __init__(self, node: Any, psp: str) -> None:
-        from examples.multicast.control import LocalSite
-
-        self.node = node
-        self.site = node.site
-        self.psp = psp
-        self.public_ip: str = node.site.public_ip
-        self.name: str = node.site.name
-        self._local = LocalSite(node.site, psp)
-
-    def _ns(self, service: str) -> str:
-        from pcsite_lite.fis import namespace
-
-        return namespace(self.psp, service)
-
-    def deploy(self, service: str, source: str) -> None:
-        self._local.deploy(service, source)
-
-    def allocate_label(self, service: str) -> int:
-        return self._local.allocate_label(service)
-
-    def install(
-        self, label: int, service: str, in_key: bytes, out: list[tuple[int, str, bytes | None]]
-    ) -> None:
-        self._local.install(label, service, in_key, out)
-
-    def fis_put(self, service: str, key: str, value: Any) -> None:
-        self._local.fis_put(service, key, value)
-
-    def fis_delete(self, service: str, key: str) -> None:
-        self.site.fis.delete(self._ns(service), key, writer=self.psp)
-
-    def fis_lpm_put(self, service: str, table: str, prefix: str, value: Any) -> None:
-        self.site.fis.lpm_put(self._ns(service), table, prefix, value, writer=self.psp)
-
-    def isp_lpm_put(self, table: str, prefix: str, value: Any) -> None:
-        from pcsite_lite.fis import ISP
-
-        self.site.fis.lpm_put(ISP, table, prefix, value, writer=ISP)
-
-    def register_service_id(
-        self, service_id: int, service: str, redirect_prefixes: list[str] | None = None
-    ) -> None:
-        """Form 2: the ISP registers ``service_id`` for this PSP's ``service``."""
-        self.site.register_service_id(
-            service_id, self.psp, service, redirect_prefixes=tuple(redirect_prefixes or ())
-        )

@@ -6,8 +6,8 @@ role of the circuit's label there (FIS ``hop:<label>``), and generates and rotat
 keys (FIS ``key:<epoch>``, ``epoch``). The keys go only to the sites' FIS: the sender receives
 the circuit (first site, label, hop key) and nothing else.
 
-Sites are handles as in :mod:`examples.multicast.control` (``LocalSite`` in the simulator,
-``examples.firewall.demo.NetSite`` in the namespace testbed).
+Sites are a PSP's site handles: :class:`pcdemo.example_testbed.SimSite` in the simulator,
+:class:`pcsock.control.SiteHandle` of a site daemon in the namespace testbed.
 """
 
 from __future__ import annotations

@@ -1,32 +1,46 @@
 """The encryption-offload demo with real packets in a namespace testbed (and its simulator twin).
 
 :func:`run_testbed` builds ``chain.toml`` (prefix ``pcx`` + a run id; always torn down), runs
-the service in site processes at C1 and C2 (:mod:`.netsite`), opens S's circuit and sends
+the service on the real site daemon (``pcsite run``) at C1 and C2 (uploaded signed through the
+control API, which also installs the circuit and the keys' FIS entries), opens S's circuit and sends
 ``n`` plaintext packets from S. It captures what crosses the core (on RC's interface toward
 R2) and what D receives, then re-injects one captured ciphertext with a flipped byte from the
 core router (an on-path attacker) and checks that C2 drops it.
 
-``python -m examples.encryption.demo`` runs it as root (else the simulator) and prints JSON.
+``python -m examples.encryption.demo [--topology FILE]`` runs it as root (else the simulator)
+and prints JSON.
 :func:`register` adds it to ``pcdemo``'s scenario registry.
 """
 
 from __future__ import annotations
 
-import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from pcdemo.example_testbed import (
+    ExampleTestbed,
+    Needs,
+    capture,
+    load_topology,
+    raw_sender,
+    wait_until,
+)
 from pcsock.wire import WireError, parse
 
-from .control import EncryptionPSP
-from .netsite import PacketSite, capture, raw_sender
+from .control import SERVICE, EncryptionPSP
 from .service import open_metadata
 
 TOPOLOGY = Path(__file__).with_name("chain.toml")
 PSP = "vpnco"
+#: S -- R1 (site C1) -- RC -- R2 (site C2) -- D
+NEEDS = Needs(
+    hosts=("S", "D"),
+    routers=("R1", "RC", "R2"),
+    sites=("C1", "C2"),
+    links=(("R1", "RC"), ("RC", "R2"), ("R2", "D")),
+)
 
 __all__ = ["passed", "register", "run_simulator", "run_testbed"]
 
@@ -47,64 +61,71 @@ def _payloads(frames: list[bytes]) -> list[tuple[int, bytes]]:
     return out
 
 
-def run_testbed(*, prefix: str = "pcx", n: int = 100, progress: Any = None) -> dict[str, Any]:
-    """Build the testbed, run the demo with real packets, return the figures."""
-    from testbed.net import Testbed
+def chain_io(etb: ExampleTestbed, psp: Any) -> tuple[Any, Any, Any, Any, str]:
+    """On ``chain.toml``'s testbed: ``psp``'s circuit S -> C1 -> C2 -> D (``psp.connect``),
+    captures on the core (RC, toward R1) and at D, a raw sender at S, and S's address."""
+    s_ip, d_ip = etb.address("S"), etb.address("D")
+    chain = psp.connect(d_ip)
+    core = capture(etb.tb, "RC", "R1")
+    at_d = capture(etb.tb, "D", "R2")
+    return chain, core, at_d, raw_sender(etb.tb.node("S")), s_ip
 
+
+def run_testbed(
+    *, prefix: str = "pcx", n: int = 100, progress: Any = None, topology: Path = TOPOLOGY
+) -> dict[str, Any]:
+    """Build the testbed, run the demo with real packets on the site daemons, return the
+    figures."""
+    topo = load_topology(topology, NEEDS)
     res: dict[str, Any] = {"sent": n}
-    with (
-        tempfile.TemporaryDirectory(prefix="pcx-crypt-") as tmp,
-        Testbed.from_file(TOPOLOGY, prefix=prefix, progress=progress) as tb,
-    ):
-        c1 = PacketSite(tb, "C1", PSP, Path(tmp))
-        c2 = PacketSite(tb, "C2", PSP, Path(tmp))
-        try:
-            psp = EncryptionPSP(c1, c2)
-            psp.deploy()
-            d_ip = tb.node("D").address
-            s_ip = tb.node("S").address
-            assert d_ip is not None and s_ip is not None
-            chain = psp.connect(d_ip)
-            c1.start()
-            c2.start()
-            core = capture(tb, "RC", "R1")
-            at_d = capture(tb, "D", "R2")
-            tx = raw_sender(tb.node("S"))
-            for i in range(n):
-                tx.sendto(chain.packet(s_ip, message(i)), (chain.first_hop, 0))
-                time.sleep(0.0005)
-            core_frames = list(core.drain())
-            d_frames = list(at_d.drain())
-            on_core = [(m, p) for m, p in _payloads(core_frames) if p]
-            got = [p for _, p in _payloads(d_frames)]
-            res["received_plaintext_ok"] = sum(got.count(message(i)) == 1 for i in range(n))
-            res["core_packets"] = len(on_core)
-            res["core_sealed"] = sum(open_metadata(m) == (True, psp.epoch) for m, _ in on_core)
-            res["core_plaintext_leaks"] = sum(
-                any(message(i) in p for i in range(n)) or b"attack at dawn" in p for _, p in on_core
-            )
-            # an on-path attacker flips one ciphertext byte and re-injects it toward C2
-            frame = bytearray(next(f for f in core_frames if _payloads([f])))
-            frame[-1] ^= 1
-            before = c2.stats()
-            drops0 = before["drops"].get("service_drop", 0)
-            at_d.seen.clear()
-            raw_sender(tb.node("RC")).sendto(bytes(frame), (c2.public_ip, 0))
-            after = c2.stats_after(before["processed"] + 1)
-            res["tampered_delivered"] = len(_payloads(at_d.drain()))
-            res["tampered_dropped"] = after["drops"].get("service_drop", 0) - drops0
-            res["site_drops"] = {"C1": c1.stats()["drops"], "C2": c2.stats()["drops"]}
-        finally:
-            c1.close()
-            c2.close()
+    with ExampleTestbed(topo, prefix=prefix, progress=progress) as etb:
+        tb = etb.tb
+        c1, c2 = etb.site("C1", PSP), etb.site("C2", PSP)
+        psp = EncryptionPSP(c1, c2)
+        psp.deploy()
+        chain, core, at_d, tx, s_ip = chain_io(etb, psp)
+        for i in range(n):
+            tx.sendto(chain.packet(s_ip, message(i)), (chain.first_hop, 0))
+            time.sleep(0.0005)
+        # C2 has run its service on all of them (a loaded site may still be busy when a
+        # capture's quiet period would end) before the captures are read
+        wait_until(lambda: c2.counters(SERVICE).get("packets", 0) >= n, timeout=10)
+        core_frames = list(core.drain())
+        d_frames = list(at_d.drain())
+        on_core = [(m, p) for m, p in _payloads(core_frames) if p]
+        got = [p for _, p in _payloads(d_frames)]
+        res["received_plaintext_ok"] = sum(got.count(message(i)) == 1 for i in range(n))
+        res["core_packets"] = len(on_core)
+        res["core_sealed"] = sum(open_metadata(m) == (True, psp.epoch) for m, _ in on_core)
+        res["core_plaintext_leaks"] = sum(
+            any(message(i) in p for i in range(n)) or b"attack at dawn" in p for _, p in on_core
+        )
+
+        # an on-path attacker flips one ciphertext byte and re-injects it toward C2
+        def c2_drops() -> int:
+            return int(c2.counters(SERVICE).get("drops", 0))
+
+        drops0 = c2_drops()
+        frame = bytearray(next(f for f in core_frames if _payloads([f])))
+        frame[-1] ^= 1
+        at_d.seen.clear()
+        attacker = raw_sender(tb.node("RC"))
+        attacker.sendto(bytes(frame), (c2.public_ip, 0))
+        wait_until(lambda: c2_drops() > drops0, timeout=5)
+        res["tampered_delivered"] = len(_payloads(at_d.drain()))
+        res["tampered_dropped"] = c2_drops() - drops0
+        res["site_drops"] = {"C1": c1.counters(SERVICE).get("drops", 0), "C2": c2_drops()}
+        for sock in (tx, attacker, core, at_d):
+            sock.close()
     return res
 
 
-def run_simulator(n: int = 100) -> dict[str, Any]:
+def run_simulator(n: int = 100, topology: Path = TOPOLOGY) -> dict[str, Any]:
     """The same flow in ``pcsite_lite.sim``."""
     from .scenario import build_world, send
 
-    w = build_world()
+    load_topology(topology, NEEDS)
+    w = build_world(topology)
     core: list[bytes] = []
     orig = w.core.transmit
 
@@ -161,9 +182,11 @@ def register() -> None:
         return out
 
 
-if __name__ == "__main__":
-    import os
+def main(argv: list[str] | None = None) -> int:
+    from pcdemo.example_testbed import main as example_main
 
-    result = run_testbed(progress=print) if os.geteuid() == 0 else run_simulator()
-    print(json.dumps(result, indent=2))
-    sys.exit(0 if passed(result) else 1)
+    return example_main(sys.modules[__name__], argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

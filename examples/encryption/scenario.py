@@ -1,8 +1,8 @@
 """The encryption example's simulated network (``pcsite_lite.sim``), for tests and the demo.
 
-::
+The network is the namespace demo's, from the same file (``chain.toml``)::
 
-    M (mobile) -- R1[C1: encrypt] --20ms-- Rcore --20ms-- R2[C2: decrypt] -- D
+    S (mobile) -- R1[C1: encrypt] --2ms-- RC --2ms-- R2[C2: decrypt] -- D
 
 :func:`build_world` deploys the service at C1 and C2 and opens M's circuit; :func:`send`
 pushes payloads through it and returns what D received.
@@ -11,16 +11,19 @@ pushes payloads through it and returns what D received.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+from pcdemo.example_testbed import SimSite, sim_network
 from pcsite_lite.sim import Host, Link, Network, SiteNode
 from pcsock.wire import parse
 
-from .circuit import Chain, SimSite
+from .circuit import Chain
 from .control import EncryptionPSP
 
 __all__ = ["PSP", "World", "build_world", "send"]
 
 PSP = "vpnco"
+TOPOLOGY = Path(__file__).with_name("chain.toml")
 
 
 @dataclass
@@ -31,27 +34,17 @@ class World:
     mobile: Host
     dest: Host
     sites: dict[str, SiteNode]
-    core: Link  #: Rcore -> R2, where the ciphertext travels
+    core: Link  #: RC -- R2, where the ciphertext travels
 
 
-def build_world() -> World:
-    net = Network(trace=False)
-    r1 = net.router("R1", "198.18.1.1")
-    rc = net.router("Rcore", "198.18.0.1")
-    r2 = net.router("R2", "198.18.2.1")
-    m = net.host("M", "198.18.1.10")
-    d = net.host("D", "198.18.2.10")
-    net.link(m, r1)
-    net.link(r1, rc, delay=0.020)
-    core = net.link(rc, r2, delay=0.020)
-    net.link(r2, d)
-    sites = {"C1": net.site("C1", "198.18.254.1", router=r1)}
-    sites["C2"] = net.site("C2", "198.18.254.2", router=r2)
-    net.compute_routes()
+def build_world(topology: Path = TOPOLOGY) -> World:
+    sn = sim_network(topology)
+    sites = {n: sn.nodes[n] for n in ("C1", "C2")}
     psp = EncryptionPSP(SimSite(sites["C1"], PSP), SimSite(sites["C2"], PSP))
     psp.deploy()
+    d = sn.nodes["D"]
     chain = psp.connect(d.ip)
-    return World(net, psp, chain, m, d, sites, core)
+    return World(sn.net, psp, chain, sn.nodes["S"], d, sites, sn.links["RC", "R2"])
 
 
 def send(w: World, payloads: list[bytes]) -> list[bytes]:

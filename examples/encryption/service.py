@@ -12,7 +12,8 @@ never sees them:
 
 The shim's metadata byte carries the state between the two presences: bit 7 = sealed,
 bits 0-6 = the key epoch. The payload between them is the Packet API's ``aes`` form
-``nonce(12) || ciphertext || tag(16)`` (AES-GCM from ``cryptography``). A payload that does not
+``nonce(12) || ciphertext || tag(16)`` (AES-GCM from ``cryptography``), with the metadata byte
+as associated data: the tag binds the epoch the packet claims. A payload that does not
 authenticate at the egress (tampered on the way, wrong epoch) is dropped with the reason
 ``crypt_auth_failed``; an unknown epoch with ``crypt_no_key``; plaintext arriving where
 ciphertext is expected with ``crypt_not_sealed``.
@@ -56,8 +57,9 @@ def process(pkt):
         key = epoch_key(pkt, epoch)
         if key is None:
             return pkt.drop("crypt_no_key")
-        pkt.set_payload(pkt.aes(pkt.read(), key))
-        pkt.shim.update(metadata=seal_metadata(epoch))
+        sealed = seal_metadata(epoch)
+        pkt.set_payload(pkt.aes(pkt.read(), key, aad=bytes([sealed])))
+        pkt.shim.update(metadata=sealed)
         return None
     if not sealed:
         return pkt.drop("crypt_not_sealed")
@@ -65,7 +67,7 @@ def process(pkt):
     if key is None:
         return pkt.drop("crypt_no_key")
     try:
-        plain = pkt.aes(pkt.read(), key, decrypt=True)
+        plain = pkt.aes(pkt.read(), key, decrypt=True, aad=bytes([pkt.shim.metadata]))
     except Exception:
         return pkt.drop("crypt_auth_failed")
     pkt.set_payload(plain)

@@ -41,7 +41,8 @@ def test_plaintext_from_the_sender_reaches_the_destination_and_only_ciphertext_c
         assert msg not in body and len(body) == len(msg) + 28  # nonce + GCM tag
         # the key lives in the FIS (the PSP has it), never with the sender
         key = w.psp.keys[epoch]
-        assert AESGCM(key).decrypt(body[:12], body[12:], None) == msg
+        # the metadata byte (sealed, epoch) is the associated data the tag covers
+        assert AESGCM(key).decrypt(body[:12], body[12:], bytes([pkt.metadata])) == msg
     assert w.sites["C1"].site.drops == {} and w.sites["C2"].site.drops == {}
 
 
@@ -74,7 +75,8 @@ def test_key_rotation_keeps_in_flight_packets_until_the_old_epoch_is_retired():
     w = build_world()
     first = w.psp.epoch
     w.mobile.send(w.chain.packet(w.mobile.ip, b"old epoch"))
-    w.net.run(until=w.net.now + 0.030)  # sealed under `first`, still on its way to C2
+    # sealed under `first` at C1, still on the two 2 ms links to C2
+    w.net.run(until=w.net.now + 0.002)
     second = w.psp.rotate()
     assert second == first + 1
     w.net.run()
@@ -82,7 +84,7 @@ def test_key_rotation_keeps_in_flight_packets_until_the_old_epoch_is_retired():
     assert send(w, [b"new epoch"]) == [b"new epoch"]
     # packets sealed under a retired epoch are refused with a reason
     w.mobile.send(w.chain.packet(w.mobile.ip, b"late"))
-    w.net.run(until=w.net.now + 0.030)
+    w.net.run(until=w.net.now + 0.002)
     w.psp.rotate()
     w.psp.retire(second)
     w.net.run()

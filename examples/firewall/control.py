@@ -12,73 +12,25 @@ of the service. :class:`FirewallPSP`:
   :class:`.stopit.FilterManager` (only for its own destinations, per-owner quota, capped
   duration) and deletes them when they expire.
 
-Sites are reached through a :class:`SiteHandle`; :class:`LocalSite` drives a simulator site
-and its router in process.
+Sites are reached through a PSP's site handle: :class:`pcsock.control.SiteHandle` (a site
+daemon, through its control API) or :class:`pcdemo.example_testbed.SimSite` (a simulated site).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from pcsock.ownership import OwnershipClaim, Proof, validate_proof
 
 from .stopit import Filter, FilterManager
 
-__all__ = ["SERVICE", "SERVICE_SOURCE", "FirewallPSP", "LocalSite", "SiteHandle"]
+__all__ = ["SERVICE", "SERVICE_SOURCE", "FirewallPSP"]
 
 SERVICE = "firewall"
 SERVICE_SOURCE = Path(__file__).with_name("service.py").read_text()
 WHITELIST = "whitelist"
-
-
-class SiteHandle(Protocol):
-    """What the firewall control plane needs from one site."""
-
-    def deploy(self, service: str, source: str) -> None: ...
-    def register_destination(self, prefix: str, service: str, proof: str) -> None: ...
-    def fis_put(self, service: str, key: str, value: Any) -> None: ...
-    def fis_delete(self, service: str, key: str) -> None: ...
-    def fis_lpm_put(self, service: str, table: str, prefix: str, value: Any) -> None: ...
-    def fis_lpm_delete(self, service: str, table: str, prefix: str) -> None: ...
-
-
-class LocalSite:
-    """A simulator site (``pcsite_lite.sim.SiteNode``) and its router, driven in process.
-
-    ``register_destination`` also plays the ISP's part: the router diverts the prefix.
-    """
-
-    def __init__(self, node: Any, router: Any, psp: str) -> None:
-        self.site = node.site
-        self.router = router
-        self.psp = psp
-
-    def _ns(self, service: str) -> str:
-        from pcsite_lite.fis import namespace
-
-        return namespace(self.psp, service)
-
-    def deploy(self, service: str, source: str) -> None:
-        self.site.deploy(self.psp, service, source)
-
-    def register_destination(self, prefix: str, service: str, proof: str) -> None:
-        # the simulator's ISP takes the control plane's validation of ``proof`` as given
-        self.site.register_destination(prefix, self.psp, service)
-        self.router.divert_prefix(prefix)
-
-    def fis_put(self, service: str, key: str, value: Any) -> None:
-        self.site.fis.put(self._ns(service), key, value, writer=self.psp)
-
-    def fis_delete(self, service: str, key: str) -> None:
-        self.site.fis.delete(self._ns(service), key, writer=self.psp)
-
-    def fis_lpm_put(self, service: str, table: str, prefix: str, value: Any) -> None:
-        self.site.fis.lpm_put(self._ns(service), table, prefix, value, writer=self.psp)
-
-    def fis_lpm_delete(self, service: str, table: str, prefix: str) -> None:
-        self.site.fis.lpm_delete(self._ns(service), table, prefix, writer=self.psp)
 
 
 class FirewallPSP:
@@ -87,7 +39,7 @@ class FirewallPSP:
     def __init__(
         self,
         owner: str,
-        sites: Iterable[SiteHandle],
+        sites: Iterable[Any],
         *,
         quota: int = 64,
         service: str = SERVICE,

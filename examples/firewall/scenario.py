@@ -1,30 +1,46 @@
 """The firewall example's simulated network (``pcsite_lite.sim``), for tests and the demo.
 
-Attacker A and client G behind access router Ra (site Ca), a partner network behind Rb (site
-Cb), both 10 ms from the core router, and the web server ``198.19.0.80`` (prefix
-``198.19.0.0/24``) 5 ms further. :func:`build_world` signs the prefix up (a DNSSEC proof built
-offline) so the firewall runs at Ca and Cb; :func:`traffic_mix` sends a seeded mix of wanted
-and unwanted packets and counts what crossed the core.
+The network is the namespace demo's, from the same file (``firewall.toml``): attacker A and
+client G behind access router RA (site CA), a partner network W behind RB (site CB), both 2 ms
+from the core router RC, and the web server S (its prefix) behind RD. :func:`build_world`
+signs the prefix up (a DNSSEC proof built offline) so the firewall runs at CA and CB;
+:func:`traffic_mix` sends a seeded mix of wanted and unwanted packets and counts what crossed
+the core.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.packet import Packet
 
+from pcdemo.example_testbed import SimSite, addresses, sim_network
 from pcsite_lite.sim import Host, Link, Network, SiteNode
 from pcsock.ownership import OwnershipClaim, ZoneKey, build_proof, reverse_zone
 
-from .control import FirewallPSP, LocalSite
+from .control import FirewallPSP
 
-__all__ = ["NOW", "OWNER", "PREFIX", "SERVER", "World", "build_world", "proof", "traffic_mix"]
+__all__ = [
+    "ADDRESS",
+    "NOW",
+    "OWNER",
+    "PREFIX",
+    "SERVER",
+    "TOPOLOGY",
+    "World",
+    "build_world",
+    "proof",
+    "traffic_mix",
+]
 
+TOPOLOGY = Path(__file__).with_name("firewall.toml")
+ADDRESS = addresses(TOPOLOGY)  #: every node's address (a site's: its public IP)
 NOW = 1_795_000_000.0  # wall-clock time of the sign-up (the proof's validity window)
-PREFIX = "198.19.0.0/24"
-SERVER = "198.19.0.80"
+SERVER = ADDRESS["S"]
+PREFIX = SERVER.rsplit(".", 1)[0] + ".0/24"  #: the server's network (S's prefix in the file)
 OWNER = "webco"
 
 
@@ -46,37 +62,22 @@ def proof(owner: str = OWNER) -> tuple[str, str]:
     return proof.text, root.ds_text()
 
 
-def build_world(*, sign_up: bool = True) -> World:
+def build_world(*, sign_up: bool = True, topology: Path = TOPOLOGY) -> World:
     """The network, with the firewall signed up and deployed unless ``sign_up`` is False."""
-    net = Network(trace=False)
-    ra = net.router("Ra", "198.18.60.1")
-    rb = net.router("Rb", "198.18.50.1")
-    rcore = net.router("Rcore", "198.18.0.1")
-    rd = net.router("Rd", "198.18.70.1")
-    hosts = {
-        "attacker": net.host("A", "198.18.60.10"),
-        "client": net.host("G", "198.18.60.20"),
-        "partner": net.host("W", "198.18.50.7"),
-        "server": net.host("S", SERVER, prefix=PREFIX),
-    }
-    net.link(hosts["attacker"], ra)
-    net.link(hosts["client"], ra)
-    net.link(hosts["partner"], rb)
-    core = {"Ra": net.link(ra, rcore, delay=0.010), "Rb": net.link(rb, rcore, delay=0.010)}
-    net.link(rcore, rd, delay=0.005)
-    net.link(hosts["server"], rd)
-    sites = {
-        "Ca": net.site("Ca", "198.18.254.1", router=ra),
-        "Cb": net.site("Cb", "198.18.254.2", router=rb),
-    }
-    net.compute_routes()
+    sn = sim_network(topology)
+    n = sn.nodes
+    hosts = {"attacker": n["A"], "client": n["G"], "partner": n["W"], "server": n["S"]}
+    sites = {"CA": n["CA"], "CB": n["CB"]}
+    core = {"RA": sn.links["RA", "RC"], "RB": sn.links["RB", "RC"]}
     psp = FirewallPSP(
-        OWNER, [LocalSite(sites["Ca"], ra, OWNER), LocalSite(sites["Cb"], rb, OWNER)], quota=2
+        OWNER,
+        [SimSite(sites["CA"], OWNER, router=n["RA"]), SimSite(sites["CB"], OWNER, router=n["RB"])],
+        quota=2,
     )
     if sign_up:
         text, anchor = proof()
         psp.sign_up(PREFIX, text, anchor, now=NOW)
-    return World(net, psp, hosts, sites, core)
+    return World(sn.net, psp, hosts, sites, core)
 
 
 def traffic_mix(w: World, n: int = 1000) -> tuple[int, int, int]:
@@ -85,7 +86,7 @@ def traffic_mix(w: World, n: int = 1000) -> tuple[int, int, int]:
     Returns (wanted packets sent, frames on the attacker side's core link, server receptions).
     """
     rng = random.Random(7)
-    core0, got0, wanted = w.core["Ra"].sent, len(w.hosts["server"].inbox), 0
+    core0, got0, wanted = w.core["RA"].sent, len(w.hosts["server"].inbox), 0
     for i in range(n):
         l4: Packet
         if i % 4 == 0:
@@ -99,4 +100,4 @@ def traffic_mix(w: World, n: int = 1000) -> tuple[int, int, int]:
         h = w.hosts[who]
         h.send(bytes(IP(src=h.ip, dst=SERVER) / l4))
     w.net.run()
-    return wanted, w.core["Ra"].sent - core0, len(w.hosts["server"].inbox) - got0
+    return wanted, w.core["RA"].sent - core0, len(w.hosts["server"].inbox) - got0

@@ -11,15 +11,15 @@
 * :class:`HomeAgent` is the baseline: Mobile IP's home agent on the home network, which
   tunnels from there (the triangle route this example is compared against).
 
-Sites are reached through a :class:`SiteHandle`; :class:`LocalSite` drives a simulator site
-and its router in process.
+Sites are reached through a PSP's site handle: :class:`pcsock.control.SiteHandle` (a site
+daemon, through its control API) or :class:`pcdemo.example_testbed.SimSite` (a simulated site).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -32,53 +32,13 @@ __all__ = [
     "SERVICE",
     "SERVICE_SOURCE",
     "HomeAgent",
-    "LocalSite",
     "MobileRouter",
     "MobilityPSP",
-    "SiteHandle",
 ]
 
 SERVICE = "mobility"
 SERVICE_SOURCE = Path(__file__).with_name("service.py").read_text()
 BINDINGS = "bindings"
-
-
-class SiteHandle(Protocol):
-    """What the mobility control plane needs from one site."""
-
-    def deploy(self, service: str, source: str) -> None: ...
-    def register_destination(
-        self, prefix: str, service: str, redirect_prefixes: Iterable[str]
-    ) -> None: ...
-    def fis_lpm_put(self, service: str, table: str, prefix: str, value: Any) -> None: ...
-
-
-class LocalSite:
-    """A simulator site (``pcsite_lite.sim.SiteNode``) and its router, driven in process.
-
-    ``register_destination`` also plays the ISP's part: the router diverts the prefix.
-    """
-
-    def __init__(self, node: Any, router: Any, psp: str) -> None:
-        self.site = node.site
-        self.router = router
-        self.psp = psp
-
-    def deploy(self, service: str, source: str) -> None:
-        self.site.deploy(self.psp, service, source)
-
-    def register_destination(
-        self, prefix: str, service: str, redirect_prefixes: Iterable[str]
-    ) -> None:
-        self.site.register_destination(
-            prefix, self.psp, service, redirect_prefixes=list(redirect_prefixes)
-        )
-        self.router.divert_prefix(prefix)
-
-    def fis_lpm_put(self, service: str, table: str, prefix: str, value: Any) -> None:
-        from pcsite_lite.fis import namespace
-
-        self.site.fis.lpm_put(namespace(self.psp, service), table, prefix, value, writer=self.psp)
 
 
 class MobilityPSP:
@@ -88,25 +48,31 @@ class MobilityPSP:
         self,
         prefix: str,
         router_key: Ed25519PublicKey,
-        sites: Iterable[SiteHandle],
+        sites: Iterable[Any],
         *,
         access_prefixes: Iterable[str],
         service: str = SERVICE,
+        proof: str = "",
     ) -> None:
         self.prefix = prefix
         self.sites = list(sites)
         self.service = service
         self.access_prefixes = list(access_prefixes)
+        self.proof = proof  #: the DNSSEC proof that the PSP may serve ``prefix``
         self.registry = BindingRegistry()
         self.registry.register(prefix, router_key)
         self.current: Binding | None = None
         self.refused: list[str] = []
 
     def deploy(self) -> None:
-        """Upload the service and register the prefix at every site."""
+        """Upload the service and register the prefix at every site; the access prefixes are
+        where the service may tunnel to (the ISP's approval: a site daemon takes them only
+        from a handle with the ISP's credential)."""
         for s in self.sites:
             s.deploy(self.service, SERVICE_SOURCE)
-            s.register_destination(self.prefix, self.service, self.access_prefixes)
+            s.register_destination(
+                self.prefix, self.service, self.proof, redirect_prefixes=self.access_prefixes
+            )
 
     def handle_update(self, raw: bytes) -> Binding | None:
         """Verify a binding update; on success write it to every site's FIS."""

@@ -1,8 +1,10 @@
 """The mobility demo with real packets in a namespace testbed (and its simulator twin).
 
-:func:`run_testbed` builds ``mobility.toml`` (prefix ``pce`` + a run id; always torn down),
-runs the mobility service in site processes at C1 and C2 (the real pipeline; FIS files the PSP
-writes on line), and streams UDP from CN to a device of the mobile network every millisecond.
+:func:`run_testbed` builds ``mobility.toml`` (or ``--topology FILE``; prefix ``pce`` + a run
+id; always torn down), runs the mobility service on the real site daemons (``pcsite run``) at C1
+and C2 (signed upload; the mobile network's prefix signed up with a DNSSEC ownership proof, the
+ISP approving the access networks as redirect prefixes; bindings written on line through the
+control API), and streams UDP from CN to a device of the mobile network every millisecond.
 
 1. **Handoff**: the mobile router starts at A; mid-stream it leaves A (what reaches A from then
    on is lost), and MRB sends its Ed25519-signed binding update in a UDP packet to the PSP's
@@ -14,7 +16,8 @@ writes on line), and streams UDP from CN to a device of the mobile network every
    tunnels to B instead (Mobile IP triangle routing): the one-way delay CN -> device, for the
    path-length ratio.
 
-``python -m examples.mobility.demo`` runs it as root (else the simulator) and prints JSON.
+``python -m examples.mobility.demo [--topology FILE]`` runs it as root (else the simulator) and
+prints JSON.
 """
 
 from __future__ import annotations
@@ -23,18 +26,26 @@ import json
 import socket
 import struct
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from .control import MobileRouter, MobilityPSP
+from pcdemo.example_testbed import ExampleTestbed, Needs, iface, load_topology, write_atomic
+
+from .control import SERVICE, MobileRouter, MobilityPSP
 from .ipip import TunnelError, decapsulate
 
 TOPOLOGY = Path(__file__).with_name("mobility.toml")
-PREFIX = "198.19.1.0/24"
-DEVICE = "198.19.1.5"
+#: the correspondent CN, the mobile network's home HA (its prefix is the mobile network's), the
+#: mobile router's two access networks (MRA behind Rva, MRB behind Rvb), the PSP's control host
+NEEDS = Needs(
+    hosts=("CN", "HA", "MRA", "MRB", "PSP"),
+    routers=("Rva", "Rvb", "Rhome"),
+    sites=("C1", "C2"),
+    links=(("Rva", "MRA"), ("Rvb", "MRB"), ("Rhome", "HA")),
+)
+PSP_NAME = "mobpsp"
 PORT = 5004
 BU_PORT = 5005
 ETH_P_IP = 0x0800
@@ -90,13 +101,13 @@ class Receiver:
         self.sock.close()
 
 
-def _stream(node: Any, seconds: float, start_seq: int, interval: float = 0.001) -> int:
+def _stream(node: Any, device: str, seconds: float, start_seq: int, interval: float = 0.001) -> int:
     """Send UDP to the device every ``interval`` from ``node`` (a thread); return the count."""
     sock = node.call(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
     n = 0
     t0 = time.monotonic()
     while time.monotonic() - t0 < seconds:
-        sock.sendto(_DATA.pack(start_seq + n, time.monotonic()), (DEVICE, PORT))
+        sock.sendto(_DATA.pack(start_seq + n, time.monotonic()), (device, PORT))
         n += 1
         next_t = t0 + n * interval
         delay = next_t - time.monotonic()
@@ -110,34 +121,43 @@ def _mean_ms(xs: list[float]) -> float:
     return 1e3 * sum(xs) / len(xs) if xs else float("nan")
 
 
-def run_testbed(*, prefix: str = "pce", progress: Any = None) -> dict[str, Any]:
-    """Build the testbed, run the handoff and the baseline with real packets."""
-    from examples.firewall.demo import NetSite, iface
-    from examples.firewall.netsite import write_atomic
-    from testbed.net import Testbed
+def _proof(prefix: str, now: float) -> tuple[str, str]:
+    """(proof that PSP_NAME may run the mobility service for ``prefix``, trust anchor)."""
+    from pcsock.ownership import OwnershipClaim, ZoneKey, build_proof, reverse_zone
 
+    root = ZoneKey.generate("in-addr.arpa.")
+    own = ZoneKey.generate(reverse_zone(prefix))
+    claim = OwnershipClaim(prefix, PSP_NAME, SERVICE, now - 3600, now + 86400)
+    proof = build_proof([claim], own, chain=[root], inception=now - 60, expiration=now + 3600)
+    return proof.text, root.ds_text()
+
+
+def run_testbed(
+    *, prefix: str = "pce", progress: Any = None, topology: Path = TOPOLOGY
+) -> dict[str, Any]:
+    """Build the testbed, run the handoff and the baseline with real packets."""
+    import ipaddress
+
+    topo = load_topology(topology, NEEDS)
+    mobile = str(topo.nodes["HA"].prefix)  # the mobile network's (home) prefix
+    device = str(ipaddress.IPv4Network(mobile)[5])
+    access = [str(topo.nodes[h].prefix) for h in ("MRA", "MRB")]
     res: dict[str, Any] = {}
-    with (
-        tempfile.TemporaryDirectory(prefix="pce-mob-") as tmp,
-        Testbed.from_file(TOPOLOGY, prefix=prefix, progress=progress) as tb,
-    ):
-        work = Path(tmp)
-        sites = [NetSite(tb, "C1", "mobpsp", work), NetSite(tb, "C2", "mobpsp", work)]
-        receivers: list[Receiver] = []
+    receivers: list[Receiver] = []
+    with ExampleTestbed(topo, prefix=prefix, progress=progress) as etb:
+        tb = etb.tb
+        proof, anchor = _proof(mobile, time.time())
+        # the ISP registers the prefix for the PSP: it approves the access networks as where
+        # the service may tunnel to (redirect prefixes)
+        sites = [etb.site(n, PSP_NAME, trust_anchor=anchor, isp=True) for n in ("C1", "C2")]
         try:
-            a_ip, b_ip = tb.node("MRA").address, tb.node("MRB").address
-            psp_ip = tb.node("PSP").address
-            assert a_ip and b_ip and psp_ip
-            router = MobileRouter(PREFIX)
-            psp = MobilityPSP(
-                PREFIX,
-                router.public_key,
-                sites,
-                access_prefixes=["198.18.10.0/24", "198.18.20.0/24"],
-            )
+            a_ip, b_ip, psp_ip = etb.address("MRA"), etb.address("MRB"), etb.address("PSP")
+            router = MobileRouter(mobile)
+            psp = MobilityPSP(mobile, router.public_key, sites, access_prefixes=access,
+                              proof=proof)  # fmt: skip
             psp.deploy()
             for s in sites:
-                s.start()
+                etb.divert(s.name, mobile)  # the ISP's routers, after the sign-up
             assert psp.handle_update(router.move_to(a_ip)) is not None
             at_a = Receiver(tb.node("MRA"), iface(tb, "MRA", "Rva"), a_ip)
             at_b = Receiver(tb.node("MRB"), iface(tb, "MRB", "Rvb"), b_ip)
@@ -166,7 +186,7 @@ def run_testbed(*, prefix: str = "pce", progress: Any = None) -> dict[str, Any]:
             time.sleep(0.1)  # FIS staleness, warm caches
             sent_box: dict[str, int] = {}
             sender = threading.Thread(
-                target=lambda: sent_box.setdefault("n", _stream(tb.node("CN"), 0.8, 0))
+                target=lambda: sent_box.setdefault("n", _stream(tb.node("CN"), device, 0.8, 0))
             )
             sender.start()
             time.sleep(0.4)
@@ -196,27 +216,24 @@ def run_testbed(*, prefix: str = "pce", progress: Any = None) -> dict[str, Any]:
             res["move_to_first_packet_at_b_ms"] = (first_b - times["moved"]) * 1e3
             res["delay_before_ms"] = _mean_ms([r - s for s, r in at_a.got.values()])
             res["delay_after_ms"] = _mean_ms([r - s for s, r in at_b.got.values()])
-            res["site_drops"] = {s.info.name: s.stats()["drops"] for s in sites}
-            c1_first_b = sites[0].stats()["first_sent_to"].get(b_ip, float("nan"))
-            res["fis_written_to_site_redirect_ms"] = (c1_first_b - times["fis_written"]) * 1e3
-            res["bu_arrival_to_site_redirect_ms"] = (c1_first_b - times["bu_arrived"]) * 1e3
+            res["service_drops"] = {s.name: s.counters(SERVICE).get("drops", 0) for s in sites}
             # baseline: no diversion; the home agent tunnels from the home network
             for s in sites:
-                tb.divert(s.info.router, PREFIX, remove=True)
-            state = work / "ha.json"
+                tb.divert(tb.site(s.name).router, mobile, remove=True)
+            state = etb.path("ha.json")
             write_atomic(state, json.dumps({"care_of": b_ip}))  # the home agent polls it
             ha_if = iface(tb, "HA", "Rhome")
             ha_ip = tb.node("HA").address
             tb.node("HA").start(
                 [sys.executable, "-m", "examples.mobility.homeagent", ha_if, str(ha_ip),
-                 PREFIX, DEVICE, str(state)],
+                 mobile, device, str(state)],
                 name="homeagent",
                 ready=lambda: any("homeagent up" in p.read_text() for p in
                                   (tb.run_state.dir / "logs").glob("HA-homeagent-*.log")),
                 timeout=20,
             )  # fmt: skip
             at_b.got.clear()
-            base = _stream(tb.node("CN"), 0.3, 100_000)
+            base = _stream(tb.node("CN"), device, 0.3, 100_000)
             time.sleep(0.3)
             res["home_agent_sent"] = base
             res["home_agent_received"] = len(at_b.got)
@@ -227,16 +244,18 @@ def run_testbed(*, prefix: str = "pce", progress: Any = None) -> dict[str, Any]:
         finally:
             for r in receivers:
                 r.close()
-            for s in sites:
-                s.close()
     return res
 
 
-def run_simulator() -> dict[str, Any]:
+def run_simulator(topology: Path = TOPOLOGY) -> dict[str, Any]:
     """The same experiment in ``pcsite_lite.sim`` (simulated time)."""
     from .scenario import run_handoff
 
-    pc, ha = run_handoff("packetcloud"), run_handoff("home_agent")
+    load_topology(topology, NEEDS)
+    pc, ha = (
+        run_handoff("packetcloud", topology=topology),
+        run_handoff("home_agent", topology=topology),
+    )
     return {
         "sent": pc.sent,
         "received": pc.received,
@@ -282,9 +301,11 @@ def register() -> None:
         return out
 
 
-if __name__ == "__main__":
-    import os
+def main(argv: list[str] | None = None) -> int:
+    from pcdemo.example_testbed import main as example_main
 
-    result = run_testbed(progress=print) if os.geteuid() == 0 else run_simulator()
-    print(json.dumps(result, indent=2))
-    sys.exit(0 if passed(result) else 1)
+    return example_main(sys.modules[__name__], argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,17 +1,17 @@
 """The mobility handoff experiment in the simulator (used by the tests and the benchmark).
 
-Topology (one-way link delays)::
+The network is the namespace demo's, from the same file (``mobility.toml``; one-way link
+delays)::
 
-    CN ── Rcn[site C1] ──5ms── Rcore[site C2] ──20ms── Rhome ── HA (home of 198.19.1.0/24)
-            │                    │    └─1ms── PSP control host
+    CN ── Rcn[site C1] ──5ms── Rcore[site C2] ──20ms── Rhome ── HA (home of the mobile network)
+            │                    │    └── PSP control host
            2ms                  2ms
             │                    │
-           Rva ── MR@A          Rvb ── MR@B
-        198.18.10.2           198.18.20.2
+           Rva ── MRA            Rvb ── MRB      (the mobile router's two access networks)
 
-A correspondent node (CN) streams UDP to a device in the mobile network ``198.19.1.0/24``
-every ``interval`` seconds. The mobile router (MR) starts at access network A; at ``move_at``
-it leaves A (from then on, what reaches A is lost), attaches at B and sends its signed binding
+A correspondent node (CN) streams UDP to a device in the mobile network (HA's prefix) every
+``interval`` seconds. The mobile router (MR) starts at access network A; at ``move_at`` it
+leaves A (from then on, what reaches A is lost), attaches at B and sends its signed binding
 update in a packet: to the PSP's control host (PacketCloud) or to the home agent (baseline,
 Mobile IP triangle routing). We measure the handoff (from the binding update taking effect to
 the first packet at the new address), the packets lost, and the one-way delay CN -> device
@@ -23,23 +23,33 @@ from __future__ import annotations
 import functools
 import struct
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
-from pcsite_lite.sim import Host, Network, Received
+from pcdemo.example_testbed import SimSite, addresses, sim_network
+from pcsite_lite.sim import Host, Received
 from pcsock.wire import build_ipv4, ip2int, parse
 
-from .control import HomeAgent, LocalSite, MobileRouter, MobilityPSP
+from .control import HomeAgent, MobileRouter, MobilityPSP
 
 __all__ = ["HandoffResult", "run_handoff"]
 
-PREFIX = "198.19.1.0/24"
-DEVICE = "198.19.1.5"
-CN_IP = "198.18.100.10"
-MR_A = "198.18.10.2"
-MR_B = "198.18.20.2"
-HA_IP = "198.18.30.10"
-PSP_IP = "198.18.40.10"
-ACCESS = ["198.18.10.0/24", "198.18.20.0/24"]
+TOPOLOGY = Path(__file__).with_name("mobility.toml")
+
+
+def _net24(addr: str) -> str:
+    return addr.rsplit(".", 1)[0] + ".0/24"
+
+
+def _plan(topology: Path) -> dict[str, Any]:
+    """The addresses the experiment uses, from the topology file."""
+    a = addresses(topology)
+    prefix = _net24(a["HA"])  # the mobile network: HA's prefix (its home)
+    return {"ha": a["HA"], "cn": a["CN"], "psp": a["PSP"], "prefix": prefix,
+            "device": prefix.rsplit(".", 1)[0] + ".5", "mr_a": a["MRA"], "mr_b": a["MRB"],
+            "access": [_net24(a["MRA"]), _net24(a["MRB"])]}  # fmt: skip
+
+
 _DATA = struct.Struct("!Id")  # sequence number, send time
 
 
@@ -105,46 +115,31 @@ def run_handoff(
     move_at: float = 0.2,
     duration: float = 0.4,
     seed: int = 1,
+    topology: Path = TOPOLOGY,
 ) -> HandoffResult:
     """Run one handoff and measure it (simulated time)."""
+    p = _plan(topology)
+    prefix, device, cn_ip, ha_ip, psp_ip = p["prefix"], p["device"], p["cn"], p["ha"], p["psp"]
+    mr_a, mr_b, access = p["mr_a"], p["mr_b"], p["access"]
     if mode not in ("packetcloud", "home_agent"):
         raise ValueError("mode is packetcloud or home_agent")
-    net = Network(seed=seed, trace=False)
-    cn = net.host("CN", CN_IP)
-    rcn = net.router("Rcn", "198.18.100.1")
-    rcore = net.router("Rcore", "198.18.0.2")
-    rhome = net.router("Rhome", "198.18.30.1")
-    rva = net.router("Rva", "198.18.10.1")
-    rvb = net.router("Rvb", "198.18.20.1")
-    ha_host = net.host("HA", HA_IP, prefix=PREFIX)
-    mra = net.host("MRa", MR_A)
-    mrb = net.host("MRb", MR_B)
-    psp_host = net.host("PSP", PSP_IP)
-    net.link(cn, rcn, delay=0.0005)
-    net.link(rcn, rcore, delay=0.005)
-    net.link(rcore, rhome, delay=0.020)
-    net.link(ha_host, rhome, delay=0.0005)
-    net.link(rcn, rva, delay=0.002)
-    net.link(rcore, rvb, delay=0.002)
-    net.link(mra, rva, delay=0.0005)
-    net.link(mrb, rvb, delay=0.0005)
-    net.link(psp_host, rcore, delay=0.001)
-    c1 = net.site("C1", "198.18.254.1", router=rcn)
-    c2 = net.site("C2", "198.18.254.2", router=rcore)
-    net.compute_routes()
+    sn = sim_network(topology, seed=seed)
+    net, n = sn.net, sn.nodes
+    cn, ha_host, mra, mrb, psp_host = n["CN"], n["HA"], n["MRA"], n["MRB"], n["PSP"]
+    rcn, rcore, c1, c2 = n["Rcn"], n["Rcore"], n["C1"], n["C2"]
 
-    router = MobileRouter(PREFIX)
+    router = MobileRouter(prefix)
     mr = _MR(router)
     mra.on_receive = mr.on("A", lambda: net.now)
     mrb.on_receive = mr.on("B", lambda: net.now)
-    ha = HomeAgent(HA_IP)
+    ha = HomeAgent(ha_ip)
     # the baseline's home agent verifies the same signed updates but writes no site FIS
-    sites = [LocalSite(c1, rcn, "mobpsp"), LocalSite(c2, rcore, "mobpsp")]
+    sites = [SimSite(c1, "mobpsp", router=rcn), SimSite(c2, "mobpsp", router=rcore)]
     psp = MobilityPSP(
-        PREFIX,
+        prefix,
         router.public_key,
         sites if mode == "packetcloud" else [],
-        access_prefixes=ACCESS,
+        access_prefixes=access,
     )
     update_time: list[float] = []
 
@@ -156,8 +151,8 @@ def run_handoff(
                 update_time.append(net.now)
 
         psp_host.on_receive = psp_receive
-        psp.handle_update(router.move_to(MR_A))  # initial binding, before traffic
-        bu_dst = PSP_IP
+        psp.handle_update(router.move_to(mr_a))  # initial binding, before traffic
+        bu_dst = psp_ip
     else:
 
         def ha_receive(host: Host, r: Received) -> None:
@@ -172,11 +167,11 @@ def run_handoff(
             if out is not None:
                 host.send(out)
 
-        ha_addr = ip2int(HA_IP)
+        ha_addr = ip2int(ha_ip)
         ha_host.on_receive = ha_receive
-        psp.handle_update(router.move_to(MR_A))
-        ha.care_of = MR_A
-        bu_dst = HA_IP
+        psp.handle_update(router.move_to(mr_a))
+        ha.care_of = mr_a
+        bu_dst = ha_ip
 
     sent: dict[int, float] = {}
     n_packets = int(duration / interval)
@@ -184,16 +179,16 @@ def run_handoff(
     def send(seq: int) -> None:
         udp = struct.pack("!HHHH", 40000, 5004, 8 + _DATA.size, 0) + _DATA.pack(seq, net.now)
         sent[seq] = net.now
-        cn.send(build_ipv4(src=CN_IP, dst=DEVICE, proto=17, payload=udp, ident=seq & 0xFFFF))
+        cn.send(build_ipv4(src=cn_ip, dst=device, proto=17, payload=udp, ident=seq & 0xFFFF))
 
     for i in range(n_packets):
         net.schedule(i * interval, functools.partial(send, i))
 
     def move() -> None:
         mr.live = "B"
-        bu = router.move_to(MR_B)
+        bu = router.move_to(mr_b)
         udp = struct.pack("!HHHH", 5005, 5005, 8 + len(bu), 0) + bu
-        mrb.send(build_ipv4(src=MR_B, dst=bu_dst, proto=17, payload=udp))
+        mrb.send(build_ipv4(src=mr_b, dst=bu_dst, proto=17, payload=udp))
 
     net.schedule(move_at, move)
     net.run()

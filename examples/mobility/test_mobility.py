@@ -10,8 +10,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from examples.mobility.control import LocalSite, MobileRouter, MobilityPSP
+from examples.mobility.control import MobileRouter, MobilityPSP
 from examples.mobility.scenario import run_handoff
+from pcdemo.example_testbed import SimSite
 from pcsite_lite.sim import Network
 from pcsock.wire import build_ipv4
 
@@ -47,7 +48,7 @@ def _one_site() -> tuple[Network, MobilityPSP, MobileRouter, list[bytes], Callab
     psp = MobilityPSP(
         "198.19.1.0/24",
         router.public_key,
-        [LocalSite(node, r, "mobpsp")],
+        [SimSite(node, "mobpsp", router=r)],
         access_prefixes=["198.18.10.0/24"],
     )
     psp.deploy()

@@ -7,10 +7,8 @@ Membership lives in the FIS: every join or leave rewrites each site's table (:mo
 a new version, which is also the key of the first site's tree cache, so the next packet after
 the update uses the new tree.
 
-Sites are reached through a :class:`SiteHandle`: :class:`LocalSite` drives a
-:class:`pcsite_lite.site.Site` object in process (the simulator, tests);
-``examples.firewall.demo.DaemonSite`` a real site daemon through its control API, and
-``examples.firewall.demo.NetSite`` the namespace stand-in.
+Sites are reached through a PSP's site handle: :class:`pcsock.control.SiteHandle` (a site
+daemon, through its control API) or :class:`pcdemo.example_testbed.SimSite` (a simulated site).
 
 Receivers get the payload after the 44-byte multicast header (:func:`receive_payload`): the
 Packet API's ``replicate`` sends one payload to every target, so local receivers get the same
@@ -22,7 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from pcsock.wire import FORM_CIRCUIT, build_circuit_packet, parse
 
@@ -32,9 +30,7 @@ from .header import HEADER_LEN, MulticastHeader
 __all__ = [
     "SERVICE",
     "SERVICE_SOURCE",
-    "LocalSite",
     "MulticastPSP",
-    "SiteHandle",
     "receive_payload",
 ]
 
@@ -42,55 +38,6 @@ SERVICE = "multicast"
 #: The service file this PSP uploads.
 SERVICE_SOURCE = (Path(__file__).with_name("service.py")).read_text()
 OutSpec = tuple[int, str, bytes | None]  # (label, next hop, hop key or None)
-
-
-class SiteHandle(Protocol):
-    """What the multicast control plane needs from one site."""
-
-    public_ip: str
-
-    def deploy(self, service: str, source: str) -> None: ...
-    def fis_put(self, service: str, key: str, value: Any) -> None: ...
-    def allocate_label(self, service: str) -> int: ...
-    def install(self, label: int, service: str, in_key: bytes, out: list[OutSpec]) -> None: ...
-
-
-class LocalSite:
-    """A :class:`pcsite_lite.site.Site` driven in process (its FIS written as ``psp``)."""
-
-    def __init__(self, site: Any, psp: str, *, lifetime: float = 1e9) -> None:
-        self.site = site
-        self.psp = psp
-        self.public_ip: str = site.public_ip
-        self.lifetime = lifetime
-
-    def deploy(self, service: str, source: str) -> None:
-        self.site.deploy(self.psp, service, source)
-
-    def fis_put(self, service: str, key: str, value: Any) -> None:
-        from pcsite_lite.fis import namespace
-
-        self.site.fis.put(namespace(self.psp, service), key, value, writer=self.psp)
-
-    def allocate_label(self, service: str) -> int:
-        return int(self.site.circuits.allocate(self.psp, now=self.site.now))
-
-    def install(self, label: int, service: str, in_key: bytes, out: list[OutSpec]) -> None:
-        from pcsite_lite.circuits import OutHopEntry as OutHop
-        from pcsock.wire import HopKey
-
-        hops = [
-            OutHop(label=lb, next_hop=nh, key=None if k is None else HopKey(k)) for lb, nh, k in out
-        ]
-        self.site.circuits.install(
-            label,
-            psp=self.psp,
-            service=service,
-            in_key=in_key,
-            out_hops=hops,
-            expires=self.site.now + self.lifetime,
-            now=self.site.now,
-        )
 
 
 class MulticastPSP:
@@ -105,7 +52,7 @@ class MulticastPSP:
     def __init__(
         self,
         adjacency: Mapping[int, set[int] | frozenset[int]],
-        sites: Mapping[int, SiteHandle],
+        sites: Mapping[int, Any],
         *,
         service: str = SERVICE,
         allowed: Mapping[int, list[str]] | None = None,

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections import Counter
 
+from pcdemo.example_testbed import SimSite
 from pcsite_lite.sim import Host, Link, Network, Router
 
-from .control import LocalSite, MulticastPSP, receive_payload
+from .control import MulticastPSP, receive_payload
 from .tree import adjacency_from_links
 
 __all__ = ["AS_LINKS", "DOMAINS", "build_world", "copies"]
@@ -41,7 +42,7 @@ def build_world() -> tuple[
             router=r,
             log_sinks=lambda psp, svc: logs.append,
         )
-        handles[a] = LocalSite(node.site, "mcpsp")
+        handles[a] = SimSite(node.site, "mcpsp")
         for i in (1, 2):
             h = net.host(f"H{_n(a)}{i}", f"198.18.{_n(a)}.{10 + i}")
             net.link(h, r, delay=0.0002)

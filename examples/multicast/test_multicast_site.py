@@ -6,9 +6,10 @@ from collections import Counter
 
 import pytest
 
-from examples.multicast.control import LocalSite, MulticastPSP, receive_payload
+from examples.multicast.control import MulticastPSP, receive_payload
 from examples.multicast.netwalk import NetWalk
 from examples.multicast.tree import adjacency_from_links
+from pcdemo.example_testbed import SimSite
 
 LINKS = [
     (64501, 64502),
@@ -31,7 +32,7 @@ def _setup() -> tuple[NetWalk, MulticastPSP, list[str]]:
         site = net.add_site(
             f"as{a}", f"198.18.{a - 64500}.1", log_sinks=lambda psp, svc: logs.append
         )
-        handles[a] = LocalSite(site, "mcpsp")
+        handles[a] = SimSite(site, "mcpsp")
     psp = MulticastPSP(ADJ, handles)
     psp.deploy()
     return net, psp, logs

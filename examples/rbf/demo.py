@@ -1,8 +1,10 @@
 """The rule-based forwarding demo with real packets in a namespace testbed (and simulator twin).
 
-:func:`run_testbed` builds ``examples/encryption/chain.toml`` (prefix ``pcx`` + a run id;
-always torn down) and runs the service in site processes at C1 and C2. S's circuit leaves C1
-either through C2 or straight to D. Phases, ``n`` packets each:
+:func:`run_testbed` builds ``examples/encryption/chain.toml`` (or ``--topology FILE``; prefix
+``pcx`` + a run id; always torn down) and runs the service on the real site daemons (``pcsite
+run``) at C1 and C2 (signed upload, circuits, rules and the ISP's congestion report through the
+control API). S's circuit leaves C1 either through C2 or straight to D. Phases, ``n`` packets
+each:
 
 1. ``bound``: the authority's rule bound to the circuit sends small packets through C2 with
    metadata 7 and drops packets over 100 bytes (``big``);
@@ -11,24 +13,24 @@ either through C2 or straight to D. Phases, ``n`` packets each:
    with one byte changed; ``uncertified``: a rule signed by another key.
 
 D's capture shows who delivered each packet (C2's or C1's address) and its metadata.
-``python -m examples.rbf.demo`` runs it as root (else the simulator) and prints JSON.
+``python -m examples.rbf.demo [--topology FILE]`` runs it as root (else the simulator) and
+prints JSON.
 :func:`register` adds it to ``pcdemo``'s scenario registry.
 """
 
 from __future__ import annotations
 
-import json
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from examples.encryption.netsite import PacketSite, capture, raw_sender
+from examples.encryption.demo import NEEDS
+from pcdemo.example_testbed import ExampleTestbed, capture, load_topology, raw_sender, wait_until
 from pcsock.wire import WireError, int2ip, parse
 
-from .control import RbfPSP, RuleAuthority, carry
+from .control import SERVICE, RbfPSP, RuleAuthority, carry
 
 TOPOLOGY = Path(__file__).resolve().parent.parent / "encryption" / "chain.toml"
 PSP = "rbfco"
@@ -65,60 +67,59 @@ def _arrivals(frames: list[bytes]) -> Counter[tuple[str, int]]:
     return out
 
 
-def run_testbed(*, prefix: str = "pcx", n: int = 20, progress: Any = None) -> dict[str, Any]:
-    from testbed.net import Testbed
-
+def run_testbed(
+    *, prefix: str = "pcx", n: int = 20, progress: Any = None, topology: Path = TOPOLOGY
+) -> dict[str, Any]:
+    topo = load_topology(topology, NEEDS)
     res: dict[str, Any] = {"n": n}
-    with (
-        tempfile.TemporaryDirectory(prefix="pcx-rbf-") as tmp,
-        Testbed.from_file(TOPOLOGY, prefix=prefix, progress=progress) as tb,
-    ):
-        c1 = PacketSite(tb, "C1", PSP, Path(tmp))
-        c2 = PacketSite(tb, "C2", PSP, Path(tmp))
-        try:
-            authority = RuleAuthority()
-            psp = RbfPSP([c1, c2], authority.public_key)
-            psp.deploy()
-            d_ip, s_ip = tb.node("D").address, tb.node("S").address
-            assert d_ip and s_ip
-            circuit = psp.connect(c1, [c2], d_ip)
-            psp.bind(circuit, authority.certify(rule_text(c2.public_ip, d_ip)))
-            plan = phases(authority, c2.public_ip, d_ip)
-            psp.admit(authority.certify(f"if site == C1 then forward {d_ip} else forward"))
-            c1.start()
-            c2.start()
-            at_d = capture(tb, "D", "R2")
-            tx = raw_sender(tb.node("S"))
-            for name, (payload,) in plan.items():
-                if name == "congested":
-                    c1.isp_lpm_put("congestion", f"{c2.public_ip}/32", {"level": 0.9})
-                    time.sleep(0.05)  # > the FIS cache's 5 ms staleness bound
-                before = c1.stats()
-                drops0 = before["drops"].get("service_drop", 0)
-                for _ in range(n):
-                    tx.sendto(circuit.packet(s_ip, payload), (circuit.first_hop, 0))
-                    time.sleep(0.001)
-                got = _arrivals(at_d.drain(0.3))
-                at_d.seen.clear()
-                after = c1.stats_after(before["processed"] + n)
-                res[name] = {
-                    "via_c2_meta7": got[c2.public_ip, 7],
-                    "via_c2": got[c2.public_ip, 0],
-                    "direct": got[c1.public_ip, 0],
-                    "dropped_at_c1": after["drops"].get("service_drop", 0) - drops0,
-                }
-            res["c1_drops"] = c1.stats()["drops"]
-        finally:
-            c1.close()
-            c2.close()
+    with ExampleTestbed(topo, prefix=prefix, progress=progress) as etb:
+        tb = etb.tb
+        c1, c2 = etb.site("C1", PSP), etb.site("C2", PSP)
+        isp1 = etb.site("C1", PSP, isp=True)  # the ISP's own writes at C1
+        authority = RuleAuthority()
+        psp = RbfPSP([c1, c2], authority.public_key)
+        psp.deploy()
+        s_ip, d_ip = etb.address("S"), etb.address("D")
+        circuit = psp.connect(c1, [c2], d_ip)
+        psp.bind(circuit, authority.certify(rule_text(c2.public_ip, d_ip)))
+        plan = phases(authority, c2.public_ip, d_ip)
+        psp.admit(authority.certify(f"if site == C1 then forward {d_ip} else forward"))
+        at_d = capture(tb, "D", "R2")
+        tx = raw_sender(tb.node("S"))
+        seen = 0  # packets C1's service has run on so far
+
+        def c1_counters() -> dict[str, int]:
+            return c1.counters(SERVICE)
+
+        for name, (payload,) in plan.items():
+            if name == "congested":
+                isp1.isp_lpm_put("congestion", f"{c2.public_ip}/32", {"level": 0.9})
+                time.sleep(0.05)  # > the FIS cache's 5 ms staleness bound
+            drops0 = c1_counters().get("drops", 0)
+            for _ in range(n):
+                tx.sendto(circuit.packet(s_ip, payload), (circuit.first_hop, 0))
+                time.sleep(0.001)
+            seen += n  # C1 has run the service on the phase's packets, then D's capture is read
+            wait_until(lambda k=seen: c1_counters().get("packets", 0) >= k, timeout=10)
+            got = _arrivals(at_d.take(0.3))
+            res[name] = {
+                "via_c2_meta7": got[c2.public_ip, 7],
+                "via_c2": got[c2.public_ip, 0],
+                "direct": got[c1.public_ip, 0],
+                "dropped_at_c1": c1_counters().get("drops", 0) - drops0,
+            }
+        res["c1_service_drops"] = c1_counters().get("drops", 0)
+        for sock in (tx, at_d):
+            sock.close()
     return res
 
 
-def run_simulator(n: int = 20) -> dict[str, Any]:
+def run_simulator(n: int = 20, topology: Path = TOPOLOGY) -> dict[str, Any]:
     from .scenario import build_world, send
 
-    w = build_world()
-    c2, d = "198.18.254.2", w.dest.ip
+    load_topology(topology, NEEDS)
+    w = build_world(topology)
+    c1, c2, d = w.sites["C1"].ip, w.sites["C2"].ip, w.dest.ip
     w.psp.bind(w.circuit, w.authority.certify(rule_text(c2, d)))
     w.psp.admit(w.authority.certify(f"if site == C1 then forward {d} else forward"))
     res: dict[str, Any] = {"n": n}
@@ -133,7 +134,7 @@ def run_simulator(n: int = 20) -> dict[str, Any]:
         res[name] = {
             "via_c2_meta7": got[c2, 7],
             "via_c2": got[c2, 0],
-            "direct": got["198.18.254.1", 0],
+            "direct": got[c1, 0],
             "dropped_at_c1": len(w.sites["C1"].drops) - drops0,
         }
     return res
@@ -173,9 +174,11 @@ def register() -> None:
         return out
 
 
-if __name__ == "__main__":
-    import os
+def main(argv: list[str] | None = None) -> int:
+    from pcdemo.example_testbed import main as example_main
 
-    result = run_testbed(progress=print) if os.geteuid() == 0 else run_simulator()
-    print(json.dumps(result, indent=2))
-    sys.exit(0 if passed(result) else 1)
+    return example_main(sys.modules[__name__], argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

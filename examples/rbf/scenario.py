@@ -1,8 +1,8 @@
 """The RBF example's simulated network (``pcsite_lite.sim``), for tests and the demo.
 
-::
+The network is the namespace demo's, from the same file (``examples/encryption/chain.toml``)::
 
-    S -- R1[C1] --5ms-- R2[C2] --5ms-- R3 -- D
+    S -- R1[C1] --2ms-- RC --2ms-- R2[C2] -- D
 
 S's circuit starts at C1 with two out hops: through C2 (which delivers to D) or straight to D.
 The rule -- bound to the circuit's labels or carried in the payload -- chooses, drops, or
@@ -12,8 +12,10 @@ marks the packet's metadata. Packets arriving through C2 carry C2's source addre
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from examples.encryption.circuit import SimSite
+from examples.encryption.scenario import TOPOLOGY
+from pcdemo.example_testbed import SimSite, sim_network
 from pcsite_lite.sim import Host, Network, SiteNode
 from pcsock.wire import parse
 
@@ -36,22 +38,10 @@ class World:
     handles: dict[str, SimSite]
 
 
-def build_world() -> World:
-    net = Network(trace=False)
-    r1 = net.router("R1", "198.18.1.1")
-    r2 = net.router("R2", "198.18.2.1")
-    r3 = net.router("R3", "198.18.3.1")
-    s = net.host("S", "198.18.1.10")
-    d = net.host("D", "198.18.3.10")
-    net.link(s, r1)
-    net.link(r1, r2, delay=0.005)
-    net.link(r2, r3, delay=0.005)
-    net.link(r3, d)
-    sites = {
-        "C1": net.site("C1", "198.18.254.1", router=r1),
-        "C2": net.site("C2", "198.18.254.2", router=r2),
-    }
-    net.compute_routes()
+def build_world(topology: Path = TOPOLOGY) -> World:
+    sn = sim_network(topology)
+    net, s, d = sn.net, sn.nodes["S"], sn.nodes["D"]
+    sites = {n: sn.nodes[n] for n in ("C1", "C2")}
     handles = {k: SimSite(v, PSP) for k, v in sites.items()}
     authority = RuleAuthority()
     psp = RbfPSP(list(handles.values()), authority.public_key)

@@ -6,15 +6,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from examples.encryption.scenario import TOPOLOGY
 from examples.rbf import service as rbf
 from examples.rbf.control import CertifiedRule, RuleAuthority, RuleRejected, carry
 from examples.rbf.scenario import build_world, send
+from pcdemo.example_testbed import addresses
 
-C2 = "198.18.254.2"
-D = "198.18.3.10"
+ADDRESS = addresses(TOPOLOGY)  #: the example's one topology (chain.toml)
+C1, C2, D, S = ADDRESS["C1"], ADDRESS["C2"], ADDRESS["D"], ADDRESS["S"]
+S_NET = S.rsplit(".", 1)[0] + ".0/24"
 RULE = (
     f"if len > 100 then drop too_big else if site == C2 then forward "
-    f"else if src in 198.18.1.0/24 and not congestion@{C2} > 0.5 then meta 7, forward {C2} "
+    f"else if src in {S_NET} and not congestion@{C2} > 0.5 then meta 7, forward {C2} "
     f"else forward {D}"
 )
 
@@ -24,7 +27,7 @@ def test_a_certified_rule_bound_to_the_circuit_chooses_the_hop_and_the_metadata(
     w.psp.bind(w.circuit, w.authority.certify(RULE))
     assert send(w, b"small") == [(C2, 7, b"small")]  # through C2, marked
     w.handles["C1"].isp_lpm_put("congestion", f"{C2}/32", {"level": 0.9})
-    assert send(w, b"small") == [("198.18.254.1", 0, b"small")]  # C2 congested: straight to D
+    assert send(w, b"small") == [(C1, 0, b"small")]  # C2 congested: straight to D
     assert send(w, b"x" * 101) == []
     assert [d.detail for d in w.sites["C1"].drops] == ["rbf:too_big"]
 

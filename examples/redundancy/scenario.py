@@ -1,8 +1,8 @@
 """The redundancy example's simulated network (``pcsite_lite.sim``), for tests and benchmarks.
 
-::
+The network is the namespace demo's, from the same file (``examples/encryption/chain.toml``)::
 
-    S -- R1[C1: encode] --20ms-- Rcore --20ms-- R2[C2: decode] -- D
+    S -- R1[C1: encode] --2ms-- RC --2ms-- R2[C2: decode] -- D
               \\_____________ one FIS (the packet store) _____________/
 
 C1 and C2 each keep their own node-local ``CachedFIS`` over one shared engine, as two sites of
@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from examples.encryption.circuit import Chain, SimSite
+from examples.encryption.circuit import Chain
+from examples.encryption.scenario import TOPOLOGY
+from pcdemo.example_testbed import SimSite, sim_network
 from pcsite_lite.fis import CachedFIS, SqliteFIS
 from pcsite_lite.sim import Host, Link, Network, SiteNode
 from pcsock.wire import parse
@@ -35,34 +38,24 @@ class World:
     sender: Host
     dest: Host
     sites: dict[str, SiteNode]
-    core: Link  #: Rcore -> R2, between the two sites
+    core: Link  #: RC -- R2, between the two sites
     fis: Any  #: the shared engine
     core_payload_bytes: list[int]  #: shim payload bytes of every frame on the core link
 
 
-def build_world(*, staleness: float = 0.005) -> World:
-    """The sites' per-packet budget is the simulator's tick budget (a verdict never depends on
-    machine load); the testbed's site processes keep a wall-clock deadline (``demo.py``)."""
-    net = Network(trace=False)
+def build_world(*, staleness: float = 0.005, topology: Path = TOPOLOGY) -> World:
+    """The network of ``chain.toml`` (the namespace demo's); the sites share one FIS engine.
+    The sites' per-packet budget is the simulator's tick budget (a verdict never depends on
+    machine load); the testbed's site daemons keep a wall-clock deadline (``demo.py``)."""
     engine = SqliteFIS(":memory:")
 
-    def fis() -> CachedFIS:
-        return CachedFIS(engine, clock=lambda: net.now, staleness=staleness)
+    def fis(name: str, net: Network) -> dict[str, Any]:
+        return {"fis": CachedFIS(engine, clock=lambda: net.now, staleness=staleness)}
 
-    r1 = net.router("R1", "198.18.1.1")
-    rc = net.router("Rcore", "198.18.0.1")
-    r2 = net.router("R2", "198.18.2.1")
-    s = net.host("S", "198.18.1.10")
-    d = net.host("D", "198.18.2.10")
-    net.link(s, r1)
-    net.link(r1, rc, delay=0.020)
-    core = net.link(rc, r2, delay=0.020)
-    net.link(r2, d)
-    sites = {
-        name: net.site(name, ip, router=r, fis=fis())
-        for name, ip, r in (("C1", "198.18.254.1", r1), ("C2", "198.18.254.2", r2))
-    }
-    net.compute_routes()
+    sn = sim_network(topology, site_kwargs=fis)
+    net, core = sn.net, sn.links["RC", "R2"]
+    sites = {n: sn.nodes[n] for n in ("C1", "C2")}
+    s, d = sn.nodes["S"], sn.nodes["D"]
     psp = RedundancyPSP(SimSite(sites["C1"], PSP), SimSite(sites["C2"], PSP))
     psp.deploy()
     chain = psp.connect(d.ip)

@@ -137,13 +137,13 @@ def test_the_site_pair_removes_known_redundancy_and_delivers_every_payload_intac
 
 
 def test_an_evicted_store_entry_is_a_counted_miss_at_the_egress_not_a_corrupt_packet() -> None:
-    w = build_world()
+    w = build_world(staleness=0.0005)  # the egress sees the overwrite within the 4 ms path
     payloads, _ = workload(60, redundancy=1.0, pool=1)
     assert send(w, payloads[:30]) == payloads[:30]
     # the packet is encoded at C1; while it crosses the core the store is overwritten (e.g.
     # flushed): the egress cannot find what it refers to
     w.sender.send(w.chain.packet(w.sender.ip, payloads[30]))
-    w.net.run(until=w.net.now + 0.010)
+    w.net.run(until=w.net.now + 0.001)
     ns = namespace("isp-re", "re")
     for slot in range(64):
         w.fis.put(ns, re.slot_key(slot), {"id": 0, "t": 0.0, "d": ""}, writer="isp-re")

@@ -297,12 +297,23 @@ def _h_isp_fis(app: ControlApp, who: Principal, p: dict[str, str], b: dict[str, 
     return 204, None
 
 
+def _h_isp_lpm(app: ControlApp, who: Principal, p: dict[str, str], b: dict[str, Json]) -> Any:
+    if p["namespace"] != "isp":
+        raise ApiError("not_found", "the ISP writes only its own FIS namespace, isp")
+    app.backend.isp_fis_lpm_put(_name(p, "table"), _prefix(b["prefix"]), b["value"])
+    return 204, None
+
+
 def _h_sid(app: ControlApp, who: Principal, p: dict[str, str], b: dict[str, Json]) -> Any:
     sid = b.get("service_id")
     if sid is not None and not 0 < sid <= 0xFFFFFF:
         raise ApiError("bad_field", "service_id must be in 1..16777215")
     service = _name({"service": b["service"]}, "service")
-    return 201, app.backend.register_service_id(p["psp"], service, sid)
+    redirect = _redirect_prefixes(b.get("redirect_prefixes", []))
+    if redirect and not who.is_isp:
+        # where a form-2 service may redirect its traffic is the ISP's decision
+        raise ApiError("forbidden", "redirect_prefixes need the ISP's approval (ISP credential)")
+    return 201, app.backend.register_service_id(p["psp"], service, sid, redirect_prefixes=redirect)
 
 
 def _h_sid_del(app: ControlApp, who: Principal, p: dict[str, str], b: dict[str, Json]) -> Any:
@@ -441,12 +452,21 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("PUT", "/v1/isp/fis/{namespace}/kv/{key}", "putIspFisEntry",
           "Publish ISP network information services may read (ISP)", "isp", _h_isp_fis,
           body=(Field("value", "any", "any JSON value"),), ok_status=204, errors=_FIS),
+    Route("PUT", "/v1/isp/fis/{namespace}/lpm/{table}", "putIspFisRoute",
+          "Publish a longest-prefix-match entry of ISP network information, e.g. link "
+          "congestion (ISP; namespace isp)", "isp", _h_isp_lpm,
+          body=(Field("prefix", "string", "IPv4 prefix, e.g. 198.18.4.0/24"),
+                Field("value", "any", "any JSON value")), ok_status=204,
+          errors=_FIS_NF),
     Route("POST", f"{_P}/service-ids", "registerServiceId",
           "Register a form-2 service ID for a service", "psp", _h_sid,
           body=(Field("service", "string", "the PSP's service"),
                 Field("service_id", "integer", "the 24-bit ID wanted (site picks if absent)",
-                      required=False)),
-          ok_status=201, errors=("conflict",)),
+                      required=False),
+                Field("redirect_prefixes", "array", "prefixes the service may redirect "
+                      "(encapsulate or replicate) its packets to; ISP credential only",
+                      required=False, items="string")),
+          ok_status=201, errors=("conflict", "forbidden")),
     Route("DELETE", f"{_P}/service-ids/{{service_id}}", "releaseServiceId",
           "Release a form-2 service ID", "psp", _h_sid_del, ok_status=204, errors=_NF),
     Route("GET", f"{_P}/destinations", "listDestinations",

@@ -510,6 +510,9 @@ class SiteBackend:
     def isp_fis_put(self, namespace: str, key: str, value: Json) -> None:
         self._fis(lambda: self.fis.put(fislib.ISP, key, value, writer=fislib.ISP))
 
+    def isp_fis_lpm_put(self, table: str, prefix: str, value: Json) -> None:
+        self._fis(lambda: self.fis.lpm_put(fislib.ISP, table, prefix, value, writer=fislib.ISP))
+
     # --- service status
     def enable_service(self, psp: str, service: str) -> Json:
         """Re-enable the PSP's service on every worker (after it was disabled for failing)."""
@@ -528,23 +531,32 @@ class SiteBackend:
             code = {"not_owner": "not_found"}.get(exc.code, exc.code)
             raise ApiError(code, f"{exc.code}: {exc.detail}") from exc
 
-    def register_service_id(self, psp: str, service: str, service_id: int | None) -> Json:
+    def register_service_id(
+        self,
+        psp: str,
+        service: str,
+        service_id: int | None,
+        *,
+        redirect_prefixes: list[str] | None = None,
+    ) -> Json:
         site = self.state.site
         if service_id is None:
             service_id = next(i for i in range(1, 1 << 24) if i not in site.service_ids)
         sid = service_id
+        red = list(redirect_prefixes or [])
         prev = site.service_ids.get(sid)
-        self._reg(lambda: site.register_service_id(sid, psp, service))
+        self._reg(lambda: site.register_service_id(sid, psp, service, redirect_prefixes=red))
 
         def undo() -> None:
             if prev is None:
                 site.unregister_service_id(sid, psp)
             else:
-                site.register_service_id(sid, prev.psp, prev.service)
+                site.register_service_id(sid, prev.psp, prev.service,
+                                         redirect_prefixes=prev.redirect_prefixes)  # fmt: skip
 
-        self._durable(lambda st: st.put_service_id(sid, psp, service), undo)
-        self._broadcast(ServiceIdOp(sid, psp, service).to_json())
-        return {"service_id": sid, "service": service}
+        self._durable(lambda st: st.put_service_id(sid, psp, service, red), undo)
+        self._broadcast(ServiceIdOp(sid, psp, service, tuple(red)).to_json())
+        return {"service_id": sid, "service": service, "redirect_prefixes": red}
 
     def release_service_id(self, psp: str, service_id: int) -> None:
         site = self.state.site

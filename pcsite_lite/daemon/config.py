@@ -181,6 +181,8 @@ class ServicesConfig:
     trusted: tuple[str, ...] = ()  #: "psp/service" names the operator runs in the worker
     deadline_ms: float = 20.0  #: a confined call not answered by then: process killed
     per_packet_ms: float = 1.0  #: ... plus this per packet of the batch
+    #: a service's budget per packet (wall clock from its start; the sandbox's ``Budget``)
+    packet_budget_ms: float = 10.0
     memory_mb: int = 512  #: RLIMIT_AS and memory cgroup limit of a confined process
     cpu_percent: int = 100  #: CPU cgroup quota of a confined process (% of one CPU)
     replicate_per_packet: int = 16  #: most copies one packet may become
@@ -602,6 +604,7 @@ def _services(doc: dict[str, Any]) -> ServicesConfig:
         trusted=tuple(trusted),
         deadline_ms=float(_get(doc, s, "deadline_ms", (int, float), 20.0)),
         per_packet_ms=float(_get(doc, s, "per_packet_ms", (int, float), 1.0)),
+        packet_budget_ms=float(_get(doc, s, "packet_budget_ms", (int, float), 10.0)),
         memory_mb=_get(doc, s, "memory_mb", int, 512),
         cpu_percent=_get(doc, s, "cpu_percent", int, 100),
         replicate_per_packet=_get(doc, s, "replicate_per_packet", int, 16),
@@ -613,12 +616,14 @@ def _services(doc: dict[str, Any]) -> ServicesConfig:
         raise ConfigError("services.cpus", "a list of CPU numbers")
     _range("services.deadline_ms", cfg.deadline_ms, 1, 10_000)
     _range("services.per_packet_ms", cfg.per_packet_ms, 0, 1_000)
+    _range("services.packet_budget_ms", cfg.packet_budget_ms, 0.1, 1_000)
     _range("services.memory_mb", cfg.memory_mb, 64, 1 << 20)
     _range("services.cpu_percent", cfg.cpu_percent, 1, 6400)
     _range("services.replicate_per_packet", cfg.replicate_per_packet, 1, 64)
     _range("services.replicate_per_second", cfg.replicate_per_second, 1, 10_000_000)
     known = {"isolation", "trusted", "deadline_ms", "per_packet_ms", "memory_mb", "cpu_percent",
-             "replicate_per_packet", "replicate_per_second", "cpus"}  # fmt: skip
+             "replicate_per_packet", "replicate_per_second", "cpus",
+             "packet_budget_ms"}  # fmt: skip
     _unknown(s, doc.get(s, {}), known)
     return cfg
 

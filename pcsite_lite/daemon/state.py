@@ -17,7 +17,8 @@ supervisor and workers (and in the durable store, for circuits) each is its JSON
                          "destination": ip | null}
     TeardownOp          {"op": "teardown", "label": L}
     RenewOp             {"op": "renew", "label": L, "expires": t}
-    ServiceIdOp         {"op": "service_id", "id": N, "psp": P, "service": S}
+    ServiceIdOp         {"op": "service_id", "id": N, "psp": P, "service": S,
+                         "redirect_prefixes": [p]}
     ReleaseIdOp         {"op": "release_id", "id": N}
     DestinationOp       {"op": "destination", "prefix": p, "psp": P, "service": S,
                          "redirect_prefixes": [p]}
@@ -49,6 +50,7 @@ from typing import Any, ClassVar, TypeVar, get_type_hints
 from pcsite_lite import fis as fislib
 from pcsite_lite.circuits import CircuitEntry, OutHopEntry
 from pcsite_lite.pipeline import Pipeline
+from pcsite_lite.sandbox import Budget
 from pcsite_lite.site import Site
 from pcsite_lite.verdicts import Verdict
 from pcsock import wire
@@ -213,12 +215,22 @@ class RenewOp(_Op):
 
 @dataclass(frozen=True, slots=True)
 class ServiceIdOp(_Op):
-    """Service ID ``id`` (form 2) runs ``psp``'s ``service``."""
+    """Service ID ``id`` (form 2) runs ``psp``'s ``service``, which may tunnel into
+    ``redirect_prefixes`` (ISP-approved)."""
 
     KIND: ClassVar[str] = "service_id"
     id: int
     psp: str
     service: str
+    redirect_prefixes: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {**_Op.to_json(self), "redirect_prefixes": list(self.redirect_prefixes)}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> ServiceIdOp:
+        return cls(_get(doc, "id", int), _get(doc, "psp", str), _get(doc, "service", str),
+                   _prefixes(doc, "service_id"))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,11 +257,15 @@ class DestinationOp(_Op):
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> DestinationOp:
-        redirect = doc.get("redirect_prefixes") or []
-        if not isinstance(redirect, list | tuple) or not all(isinstance(p, str) for p in redirect):
-            raise ValueError("op 'destination': redirect_prefixes must be a list of prefixes")
         return cls(_get(doc, "prefix", str), _get(doc, "psp", str), _get(doc, "service", str),
-                   tuple(redirect))  # fmt: skip
+                   _prefixes(doc, "destination"))  # fmt: skip
+
+
+def _prefixes(doc: dict[str, Any], kind: str) -> tuple[str, ...]:
+    redirect = doc.get("redirect_prefixes") or []
+    if not isinstance(redirect, list | tuple) or not all(isinstance(p, str) for p in redirect):
+        raise ValueError(f"op {kind!r}: redirect_prefixes must be a list of prefixes")
+    return tuple(redirect)
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,7 +354,7 @@ class SiteState:
         for c in site.circuits:  # a copy of the table's values: changes meanwhile are safe
             yield circuit_op(c)  # (plain field reads: it cannot fail on an installed hop)
         for sid, r in list(site.service_ids.items()):
-            yield ServiceIdOp(sid, r.psp, r.service).to_json()
+            yield ServiceIdOp(sid, r.psp, r.service, tuple(r.redirect_prefixes)).to_json()
         for pfx, r in list(site.destinations.items()):
             yield DestinationOp(pfx, r.psp, r.service, tuple(r.redirect_prefixes)).to_json()
 
@@ -370,7 +386,8 @@ class SiteState:
                 log(f"state store: skipped reservation {label}: {exc}")
         for sid, psp, service in snap.service_ids:
             try:
-                site.register_service_id(sid, psp, service)
+                red = snap.service_id_redirects.get(sid, [])
+                site.register_service_id(sid, psp, service, redirect_prefixes=red)
                 n["service_ids"] += 1
             except Exception as exc:
                 n["skipped"] += 1
@@ -399,13 +416,14 @@ def has_fis_snapshots(cfg: SiteConfig) -> bool:
     return any(Path(cfg.state_dir).glob("fis-cache-*.json"))
 
 
-def _resolver(cfg: SiteConfig) -> Any:
+def _resolver(cfg: SiteConfig, budget: Budget) -> Any:
+    """Services from the repository, ticking against the site's ``budget``."""
     if cfg.repository is None:
         return None
     from pcsite_lite.repository import Repository, ServiceCache
     from pcsite_lite.runtime import load_from_repository, repository_resolver
 
-    loader = partial(load_from_repository, isolation=cfg.services.policy())
+    loader = partial(load_from_repository, isolation=cfg.services.policy(), budget=budget)
     cache = ServiceCache(Repository(cfg.repository), loader=loader)
     return repository_resolver(cache)
 
@@ -434,17 +452,19 @@ class WorkerSite:
         self._fis_was_available = True
         if self._fis_snapshot is not None:
             self.fis.load_snapshot(self._fis_snapshot)
+        budget = Budget(max_ns=int(cfg.services.packet_budget_ms * 1e6))
         self.site = Site(
             cfg.name,
             cfg.public_ip,
             fis=self.fis,
             local_prefixes=cfg.isp_prefixes,
-            resolver=_resolver(cfg),
+            resolver=_resolver(cfg, budget),
             now=clock(),  # the first usage interval starts at start-up (not in 1970)
             replicate_caps=(
                 cfg.services.replicate_per_packet,
                 cfg.services.replicate_per_second,
             ),
+            budget=budget,
         )
         self.pipeline = Pipeline(self.site, verify_ip_checksum=False)
         # confined service processes end with the worker (they also die with it: PDEATHSIG)
@@ -493,7 +513,9 @@ class WorkerSite:
                 if c is not None:
                     site.circuits.renew(c.in_label, psp=c.psp, expires=expires)
             case ServiceIdOp(id=sid, psp=psp, service=service):
-                site.register_service_id(sid, psp, service)
+                site.register_service_id(
+                    sid, psp, service, redirect_prefixes=list(op.redirect_prefixes)
+                )
                 self._ensure_code(psp, service)
             case ReleaseIdOp(id=sid):
                 reg = site.service_ids.get(sid)

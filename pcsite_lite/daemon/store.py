@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS reservations (
     label INTEGER PRIMARY KEY, psp TEXT NOT NULL, service TEXT NOT NULL, until REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS service_ids (
     id INTEGER PRIMARY KEY, psp TEXT NOT NULL, service TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS service_id_redirects (id INTEGER PRIMARY KEY, redirect TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS destinations (
     prefix TEXT PRIMARY KEY, psp TEXT NOT NULL, service TEXT NOT NULL,
     redirect TEXT NOT NULL, claim TEXT NOT NULL, proof TEXT, expires REAL);
@@ -75,6 +76,8 @@ class Snapshot:
     circuits: list[dict[str, Any]] = field(default_factory=list)  #: replication ops
     reservations: list[tuple[int, str, str, float]] = field(default_factory=list)
     service_ids: list[tuple[int, str, str]] = field(default_factory=list)
+    #: service ID -> the prefixes the ISP approved for its service to redirect to
+    service_id_redirects: dict[int, list[str]] = field(default_factory=dict)
     destinations: list[DestinationRow] = field(default_factory=list)
     credentials: dict[str, tuple[str, str]] = field(default_factory=dict)  #: name -> (role, sha)
     skipped: list[str] = field(default_factory=list)  #: rows that did not parse, and why
@@ -164,11 +167,20 @@ class SiteStore:
         ])  # fmt: skip
 
     # --- registrations
-    def put_service_id(self, sid: int, psp: str, service: str) -> None:
-        self._tx([("INSERT OR REPLACE INTO service_ids VALUES (?, ?, ?)", (sid, psp, service))])
+    def put_service_id(
+        self, sid: int, psp: str, service: str, redirect: Iterable[str] = ()
+    ) -> None:
+        red = list(redirect)
+        self._tx([
+            ("INSERT OR REPLACE INTO service_ids VALUES (?, ?, ?)", (sid, psp, service)),
+            ("DELETE FROM service_id_redirects WHERE id=?", (sid,)),
+            *([("INSERT INTO service_id_redirects VALUES (?, ?)", (sid, json.dumps(red)))]
+              if red else []),
+        ])  # fmt: skip
 
     def delete_service_id(self, sid: int) -> None:
-        self._tx([("DELETE FROM service_ids WHERE id=?", (sid,))])
+        self._tx([("DELETE FROM service_ids WHERE id=?", (sid,)),
+                  ("DELETE FROM service_id_redirects WHERE id=?", (sid,))])  # fmt: skip
 
     def put_destination(
         self,
@@ -228,6 +240,14 @@ class SiteStore:
                 "SELECT id, psp, service FROM service_ids ORDER BY id"
             ):
                 snap.service_ids.append((int(sid), str(psp), str(service)))
+            for sid, redirect in db.execute("SELECT id, redirect FROM service_id_redirects"):
+                try:
+                    red = json.loads(redirect)
+                    if not isinstance(red, list) or not all(isinstance(p, str) for p in red):
+                        raise ValueError("redirect must be a list of prefixes")
+                    snap.service_id_redirects[int(sid)] = red
+                except (ValueError, TypeError) as exc:
+                    snap.skipped.append(f"service ID {sid}'s redirect prefixes: {exc}")
             for prefix, psp, service, redirect, claim, proof, expires in db.execute(
                 "SELECT prefix, psp, service, redirect, claim, proof, expires FROM destinations"
             ):

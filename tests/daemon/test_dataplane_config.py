@@ -105,3 +105,25 @@ def test_two_workers_ready_together_both_keep_buckets(tmp_path: Path) -> None:
         assert set(sup.table.assignment) == {0, 1}
     finally:
         sup.backend.close()
+
+
+def test_a_services_per_packet_budget_is_configured_and_bounded(tmp_path: Path) -> None:
+    from pcsite_lite.daemon.state import WorkerSite
+
+    def cfg(**services: Any) -> SiteConfig:
+        return parse({"site": {"name": "pcd2-t", "public_ip": "198.18.9.1",
+                               "fis": f"sqlite://{tmp_path / 'fis.db'}",
+                               "state_dir": str(tmp_path)},
+                      "services": services,
+                      "control": {"admin_token": "pcd2-admin-token-0123456789abcdef"}})  # fmt: skip
+
+    assert cfg().services.packet_budget_ms == 10.0
+    worker = WorkerSite(cfg(packet_budget_ms=50))
+    try:
+        assert worker.site.runtime.budget.max_ns == 50_000_000  # what every service gets
+    finally:
+        worker.site.runtime.close()
+    for bad in (0, 5000, "10"):
+        with pytest.raises(ConfigError) as exc:
+            cfg(packet_budget_ms=bad)
+        assert exc.value.key == "services.packet_budget_ms"

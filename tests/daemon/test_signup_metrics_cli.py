@@ -190,3 +190,65 @@ def test_check_config_reports_the_bad_key_and_exit_codes(tmp_path: Path) -> None
     assert ko.returncode == 2 and "site.workers" in ko.stderr and "Traceback" not in ko.stderr
     missing = subprocess.run([*run, str(tmp_path / "nope.toml")], capture_output=True, text=True)
     assert missing.returncode == 2 and "cannot read" in missing.stderr
+
+
+def _call(app: ControlApp, method: str, path: str, token: str, doc: object) -> object:
+    import json
+
+    return app.handle(Request(method, path, {"authorization": f"Bearer {token}"},
+                              json.dumps(doc).encode()))  # fmt: skip
+
+
+def test_a_service_ids_redirect_prefixes_need_the_isp_and_survive_replicas_and_restarts(
+    tmp_path: Path, keys: tuple[ZoneKey, ZoneKey]
+) -> None:
+    from pcsite_lite.daemon.state import SiteState, WorkerSite
+    from pcsite_lite.daemon.store import SiteStore
+
+    app = _app(tmp_path, keys[0].ds_text(), FakeKernel())
+    gateways = ["198.18.42.2/32", "198.18.43.2/32"]
+    doc = {"service": "congestion", "service_id": 0xC6F0, "redirect_prefixes": gateways}
+    r = _call(app, "POST", "/v1/psps/acme/service-ids", PSP_TOKEN, doc)  # the PSP alone
+    assert (r.status, r.json()["error"]["code"]) == (403, "forbidden")  # type: ignore[attr-defined]
+    bad = {**doc, "redirect_prefixes": ["198.18.42.2/24"]}  # host bits set
+    r = _call(app, "POST", "/v1/psps/acme/service-ids", ADMIN, bad)
+    assert (r.status, r.json()["error"]["code"]) == (400, "bad_field")  # type: ignore[attr-defined]
+    r = _call(app, "POST", "/v1/psps/acme/service-ids", ADMIN, doc)  # the ISP, for the PSP
+    assert r.status == 201 and r.json()["redirect_prefixes"] == gateways  # type: ignore[attr-defined]
+    state = app.backend.state  # type: ignore[attr-defined]
+    assert state.site.service_ids[0xC6F0].redirect_prefixes == gateways
+    replica = WorkerSite(state.cfg)  # a worker rebuilt from the master
+    for op in state.snapshot_ops():
+        replica.apply(op)
+    assert replica.site.service_ids[0xC6F0].redirect_prefixes == gateways
+    store = SiteStore(tmp_path / "site.db")  # what a restarted site reads back
+    store.put_service_id(0xC6F0, "acme", "congestion", gateways)
+    store.put_service_id(7, "acme", "plain")
+    assert store.load(NOW).service_id_redirects == {0xC6F0: gateways}
+    restarted = SiteState(state.cfg)
+    restarted.restore(store.load(NOW), log=lambda _: None)
+    assert restarted.site.service_ids[0xC6F0].redirect_prefixes == gateways
+    store.delete_service_id(0xC6F0)
+    assert store.load(NOW).service_id_redirects == {}
+    store.close()
+    r = _call(app, "POST", "/v1/psps/acme/service-ids", PSP_TOKEN, {"service": "other"})
+    assert r.status == 201 and r.json()["redirect_prefixes"] == []  # type: ignore[attr-defined]
+
+
+def test_the_isp_writes_longest_prefix_entries_of_its_namespace_and_only_the_isp(
+    tmp_path: Path, keys: tuple[ZoneKey, ZoneKey]
+) -> None:
+    from pcsite_lite import fis
+
+    app = _app(tmp_path, keys[0].ds_text(), FakeKernel())
+    entry = {"prefix": "198.18.42.0/24", "value": {"level": 0.95}}
+    r = _call(app, "PUT", "/v1/isp/fis/isp/lpm/congestion", PSP_TOKEN, entry)
+    assert r.status == 403  # type: ignore[attr-defined]
+    r = _call(app, "PUT", "/v1/isp/fis/acme.x/lpm/congestion", ADMIN, entry)
+    assert (r.status, r.json()["error"]["code"]) == (404, "not_found")  # type: ignore[attr-defined]
+    r = _call(app, "PUT", "/v1/isp/fis/isp/lpm/congestion", ADMIN, {**entry, "prefix": "x"})
+    assert r.status == 400  # type: ignore[attr-defined]
+    r = _call(app, "PUT", "/v1/isp/fis/isp/lpm/congestion", ADMIN, entry)
+    assert r.status == 204, r.body  # type: ignore[attr-defined]
+    store = app.backend.fis  # type: ignore[attr-defined]
+    assert dict(store.lpm_items(fis.ISP, fis.CONGESTION)) == {"198.18.42.0/24": {"level": 0.95}}

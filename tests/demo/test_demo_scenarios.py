@@ -50,8 +50,7 @@ def test_example_scenarios_are_registered_and_pass_from_another_directory(tmp_pa
 def test_the_examples_helper_processes_import_from_another_directory(tmp_path):
     # what the examples start in the testbed world (python -m examples.<name>.<module>)
     mods = [
-        "examples.firewall.netsite",
-        "examples.encryption.netsite",
+        "pcdemo.example_testbed",
         "examples.mobility.homeagent",
     ]
     code = f"import importlib\nfor m in {mods!r}:\n    importlib.import_module(m)\n"

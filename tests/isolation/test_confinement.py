@@ -22,7 +22,7 @@ from pcsite_lite.confine import ConfinedService, IsolationPolicy, check_source, 
 from pcsite_lite.pipeline import Pipeline
 from pcsite_lite.site import Site
 from pcsite_lite.verdicts import Drop, Forward
-from pcsock.wire import HopKey, build_circuit_packet
+from pcsock.wire import HopKey, build_circuit_packet, parse
 from tests.support import wait_until
 
 SITE_IP = "198.18.9.1"
@@ -192,6 +192,20 @@ def test_confined_service_sees_the_packet_api_and_its_actions_are_checked() -> N
     assert (c.fis_reads, c.log_lines, c.cache_bytes) == (1, 1, 4)
     [d] = pipe.process(_pkt(spoof), 1.0)
     assert isinstance(d, Drop) and d.reason == "spoof_attempt"
+
+
+@pytest.mark.netns  # root: chroot, setuid and cgroups
+def test_a_confined_service_seals_with_associated_data() -> None:
+    site, pipe = _site()
+    key = bytes(range(16))
+    _deploy(site, "p", "seal", "def process(pkt):\n"
+            f"    pkt.set_payload(pkt.aes(pkt.read(), {key!r}, aad=b'hop'))\n")  # fmt: skip
+    [v] = pipe.process(_pkt(_circuit(site, "p", "seal"), b"secret"), 1.0)
+    assert isinstance(v, Forward)
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    sealed = bytes(parse(v.data).payload)
+    assert AESGCM(key).decrypt(sealed[:12], sealed[12:], b"hop") == b"secret"
 
 
 @pytest.mark.netns  # root: the cgroup's cpuacct is the kernel's second opinion

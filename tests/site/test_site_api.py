@@ -226,3 +226,28 @@ def process(pkt):
     [v] = pipe.process(circuit_packet(label), 1.0)
     assert isinstance(v, Forward) and v.next_hop == "198.18.6.2"
     assert parse(v.data).label == 78 and lines == ["label 78"]
+
+
+def test_aes_associated_data_is_covered_by_the_tag() -> None:
+    key = bytes(range(32))
+    enc = f"""
+def process(pkt):
+    pkt.set_payload(pkt.aes(pkt.read(), bytes.fromhex("{key.hex()}"), aad=b"epoch:1"))
+"""
+
+    def dec(aad: str) -> str:
+        return f"""
+def process(pkt):
+    pkt.set_payload(pkt.aes(pkt.read(), bytes.fromhex("{key.hex()}"), decrypt=True, aad={aad}))
+"""
+
+    _, [v1], _ = _run(enc, b"secret payload")
+    sealed = bytes(parse(v1.data).payload)
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    assert AESGCM(key).decrypt(sealed[:12], sealed[12:], b"epoch:1") == b"secret payload"
+    _, [ok], _ = _run(dec('b"epoch:1"'), sealed)
+    assert isinstance(ok, Forward) and bytes(parse(ok.data).payload) == b"secret payload"
+    for other in ('b"epoch:2"', 'b""', "'epoch:1'", 'b"x" * 257'):  # another AAD, or a bad one
+        _, [v], _ = _run(dec(other), sealed)
+        assert isinstance(v, Drop) and v.reason == "api_misuse", other

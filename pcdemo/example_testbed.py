@@ -1,0 +1,575 @@
+"""What every example's namespace demo shares: its topology, its sites, its packet I/O.
+
+One module for the examples (``examples/<name>/demo.py``), above the SDK, the site and the
+testbed (docs/architecture.md, "Packages"):
+
+* :func:`load_topology` reads an example's topology file (its TOML, or the user's own with
+  ``--topology FILE``) and checks that it has what the example needs (nodes by name, which of
+  them are sites, hosts and routers, links), naming everything it lacks in one message
+  (:class:`TopologyLacks`);
+* :func:`sim_network` builds the simulator's network (:mod:`pcsite_lite.sim`) from the same
+  file, with the addresses the testbed gives the same nodes: an example's topology exists once;
+  :class:`SimSite` is the PSP's handle on a simulated site, with the calls of
+  :class:`pcsock.control.SiteHandle` (so an example's control plane drives either);
+* :class:`ExampleTestbed` builds the testbed and starts the real site daemon (``pcsite run``)
+  in a site's namespace on demand; the PSP reaches it through :class:`pcsock.control.SiteHandle`
+  (signed uploads to the site's repository, circuits, FIS and sign-ups through the control API);
+* :class:`Capture`, :func:`capture`, :func:`raw_sender`, :func:`iface`, :func:`tx_packets`:
+  packets seen on, and sent from, a node's namespace;
+* :func:`main` is every example's command line (``python -m examples.<name>.demo --help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import os
+import socket
+import struct
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from pcsock.control import ControlClient, SiteHandle
+
+__all__ = [
+    "Capture",
+    "ExampleTestbed",
+    "Needs",
+    "SimSite",
+    "TopologyLacks",
+    "addresses",
+    "capture",
+    "iface",
+    "load_topology",
+    "main",
+    "raw_sender",
+    "sim_network",
+    "tx_packets",
+    "wait_until",
+    "write_atomic",
+]
+
+ETH_P_IP = 0x0800
+PACKET_OUTGOING = 4
+SO_RCVBUFFORCE = 33  # Linux; not exported by the socket module
+SO_TIMESTAMPNS = 35  # Linux: each packet's arrival time (CLOCK_REALTIME) as a cmsg
+_TIMESPEC = struct.Struct("@qq")
+CONTROL = "127.0.0.1:8080"  #: each site daemon's control API, on its namespace's loopback
+ADMIN_TOKEN = "example-isp-admin-0123456789abcdef"
+#: the ``[services]`` settings of the examples' site daemons: the default per-packet budget
+#: (10 ms) and batch deadline (20 ms) are tripped when other jobs preempt a site on a loaded
+#: 2-vCPU machine (measured: congestion and redundancy demos at load average ~10)
+SERVICES: dict[str, Any] = {"packet_budget_ms": 50, "deadline_ms": 200}
+
+
+def psp_token(psp: str) -> str:
+    return f"example-{psp}-token-0123456789abcdef"
+
+
+def wait_until(pred: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> bool:
+    """Poll ``pred`` until it is true or ``timeout`` seconds have passed; whether it became
+    true (a loaded machine gets the time it needs; nothing sleeps a fixed time and hopes)."""
+    end = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() >= end:
+            return bool(pred())
+        time.sleep(interval)
+    return True
+
+
+# --- topology
+class TopologyLacks(ValueError):
+    """A topology file lacks what an example needs (every missing part in one message)."""
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What an example needs of its topology: node names by kind, and links (pairs)."""
+
+    hosts: tuple[str, ...] = ()
+    routers: tuple[str, ...] = ()
+    sites: tuple[str, ...] = ()  #: sites (each on a router)
+    links: tuple[tuple[str, str], ...] = ()  #: links the demo captures on
+
+    def check(self, topo: Any, source: str) -> None:
+        lacks = []
+        for kind, names in (("host", self.hosts), ("router", self.routers), ("site", self.sites)):
+            for n in names:
+                spec = topo.nodes.get(n)
+                if spec is None:
+                    lacks.append(f"a {kind} named {n!r}")
+                elif spec.kind != kind:
+                    lacks.append(f"{n!r} to be a {kind} (it is a {spec.kind})")
+        have = {frozenset((lk.a, lk.b)) for lk in topo.links}
+        for a, b in self.links:
+            if frozenset((a, b)) not in have:
+                lacks.append(f"a link {a} -- {b}")
+        if lacks:
+            raise TopologyLacks(f"{source}: this example needs " + "; ".join(lacks))
+
+
+def load_topology(path: str | Path, needs: Needs) -> Any:
+    """The topology in ``path`` (``testbed.topology.Topology``), checked against ``needs``."""
+    from testbed.topology import load
+
+    topo = load(path)
+    needs.check(topo, str(path))
+    return topo
+
+
+def addresses(path: str | Path) -> dict[str, str]:
+    """Every node's address in the topology in ``path`` (a site's: its public IP), as the
+    testbed and :func:`sim_network` assign them."""
+    from testbed.plan import make
+    from testbed.topology import load
+
+    return {n: str(p.address) for n, p in make(load(path)).nodes.items() if p.address}
+
+
+@dataclass
+class SimNetwork:
+    """A topology in the simulator: ``nodes`` by name (hosts, routers, sites) and the links
+    by their two ends (``links[("A", "B")]`` and ``links[("B", "A")]`` are the same link)."""
+
+    net: Any
+    nodes: dict[str, Any]
+    links: dict[tuple[str, str], Any]
+    addresses: dict[str, str]  #: host/router address, site public IP
+
+
+def sim_network(
+    path: str | Path,
+    *,
+    seed: int = 1,
+    site_kwargs: Callable[[str, Any], dict[str, Any]] | None = None,
+) -> SimNetwork:
+    """The simulator's network of the topology in ``path`` (same names and addresses as the
+    testbed's; hosts own their topology prefix; links keep their delay). ``site_kwargs(name,
+    net)``: further arguments of a site (``pcsite_lite.sim.Network.site``, e.g. its FIS)."""
+    from pcsite_lite import sim
+    from testbed.plan import make
+    from testbed.topology import load
+
+    topo = load(path)
+    plan = make(topo)
+    net = sim.Network(seed=seed, trace=False)
+    nodes: dict[str, Any] = {}
+    addresses: dict[str, str] = {}
+    for name, spec in topo.nodes.items():
+        p = plan.nodes[name]
+        if spec.kind == "router":
+            nodes[name] = net.router(name, str(p.address))
+        elif spec.kind == "host":
+            prefix = str(spec.prefix) if getattr(spec, "prefix", None) else None
+            nodes[name] = net.host(name, str(p.address), prefix=prefix)
+        else:
+            continue
+        addresses[name] = str(p.address)
+    for name, spec in topo.nodes.items():
+        if spec.kind == "site":
+            extra = site_kwargs(name, net) if site_kwargs is not None else {}
+            nodes[name] = net.site(
+                name, str(plan.nodes[name].public_ip), router=nodes[spec.router], **extra
+            )
+            addresses[name] = str(plan.nodes[name].public_ip)
+    links: dict[tuple[str, str], Any] = {}
+    for lk in topo.links:
+        if lk.a in nodes and lk.b in nodes and "site" not in (topo.nodes[lk.a].kind,
+                                                              topo.nodes[lk.b].kind):  # fmt: skip
+            link = net.link(nodes[lk.a], nodes[lk.b], delay=lk.delay_ms / 1e3)
+            links[(lk.a, lk.b)] = links[(lk.b, lk.a)] = link
+    net.compute_routes()
+    return SimNetwork(net, nodes, links, addresses)
+
+
+class SimSite:
+    """A PSP's handle on a simulated site (a :class:`pcsite_lite.site.Site`, or the
+    ``pcsite_lite.sim`` node holding one): the calls of :class:`pcsock.control.SiteHandle`,
+    made on the site object in process. The simulator's ISP takes ownership proofs as
+    validated (a site daemon validates them against its trust anchor) and approves every
+    redirect prefix asked for; with ``router``, a destination sign-up also has that simulated
+    router divert the prefix (the ISP's part)."""
+
+    def __init__(self, site: Any, psp: str, *, router: Any = None, lifetime: float = 1e9) -> None:
+        self.node = site if hasattr(site, "pipeline") else None  #: the sim node, if given
+        self.site = site.site if self.node is not None else site
+        self.psp = psp
+        self.router = router
+        self.lifetime = lifetime
+        self.public_ip: str = self.site.public_ip
+        self.name: str = self.site.name
+
+    def _ns(self, service: str) -> str:
+        from pcsite_lite.fis import namespace
+
+        return namespace(self.psp, service)
+
+    # --- services, destinations, service IDs
+    def deploy(self, service: str, source: str) -> None:
+        self.site.deploy(self.psp, service, source)
+
+    def register_destination(
+        self, prefix: str, service: str, proof: str = "", *, redirect_prefixes: Any = None
+    ) -> None:
+        self.site.register_destination(
+            prefix, self.psp, service, redirect_prefixes=list(redirect_prefixes or ())
+        )
+        if self.router is not None:
+            self.router.divert_prefix(prefix)
+
+    def register_service_id(
+        self, service_id: int, service: str, redirect_prefixes: list[str] | None = None
+    ) -> None:
+        self.site.register_service_id(
+            service_id, self.psp, service, redirect_prefixes=tuple(redirect_prefixes or ())
+        )
+
+    # --- FIS
+    def fis_put(self, service: str, key: str, value: Any) -> None:
+        self.site.fis.put(self._ns(service), key, value, writer=self.psp)
+
+    def fis_get(self, service: str, key: str) -> Any:
+        return self.site.fis.get(self._ns(service), key)
+
+    def fis_delete(self, service: str, key: str) -> None:
+        self.site.fis.delete(self._ns(service), key, writer=self.psp)
+
+    def fis_lpm_put(self, service: str, table: str, prefix: str, value: Any) -> None:
+        self.site.fis.lpm_put(self._ns(service), table, prefix, value, writer=self.psp)
+
+    def fis_lpm_delete(self, service: str, table: str, prefix: str) -> None:
+        self.site.fis.lpm_delete(self._ns(service), table, prefix, writer=self.psp)
+
+    def isp_lpm_put(self, table: str, prefix: str, value: Any) -> None:
+        from pcsite_lite.fis import ISP
+
+        self.site.fis.lpm_put(ISP, table, prefix, value, writer=ISP)
+
+    # --- circuits
+    def allocate_label(self, service: str) -> int:
+        return int(self.site.circuits.allocate(self.psp, now=self.site.now))
+
+    def install(self, label: int, service: str, in_key: bytes, out: list[Any]) -> None:
+        """Install the hop at ``label``: ``out`` as (label, next hop, key or None) tuples or
+        :class:`pcsock.control.OutHop`."""
+        from pcsite_lite.circuits import OutHopEntry
+        from pcsock.wire import HopKey
+
+        hops = []
+        for o in out:
+            lb, nh, k = (o.label, o.next_hop, o.key) if hasattr(o, "next_hop") else o
+            hops.append(OutHopEntry(label=lb, next_hop=nh, key=None if k is None else HopKey(k)))
+        now = self.site.now
+        self.site.circuits.install(label, psp=self.psp, service=service, in_key=in_key,
+                                   out_hops=hops, expires=now + self.lifetime, now=now)  # fmt: skip
+
+    def counters(self, service: str) -> dict[str, int]:
+        return dict(self.site.runtime.slot(self.psp, service).ctx.counters.as_dict())
+
+
+# --- the testbed, with real site daemons
+class ExampleTestbed:
+    """An example's namespace testbed (always torn down) with site daemons on demand.
+
+    >>> with ExampleTestbed(TOPOLOGY, prefix="pce") as etb:       # doctest: +SKIP
+    ...     ca = etb.site("CA", "webco", trust_anchor=anchor)
+    ...     ca.deploy("firewall", source)
+    """
+
+    def __init__(
+        self, topology: Any, *, prefix: str, progress: Callable[[str], None] | None = None
+    ) -> None:
+        from pcsite_lite.repository import generate_key
+        from testbed.net import Testbed
+        from testbed.topology import Topology, load
+
+        topo = topology if isinstance(topology, Topology) else load(topology)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}-ex-"))
+        self.tb = Testbed(topo, prefix=prefix, progress=progress)
+        self.key = generate_key()  #: the PSPs' repository signing key (one for the demo)
+        #: (site, PSP, ISP credential?) -> handle
+        self.sites: dict[tuple[str, str, bool], SiteHandle] = {}
+        self.daemons: set[str] = set()  #: sites whose daemon runs
+        self.procs: list[Any] = []
+
+    def __enter__(self) -> ExampleTestbed:
+        try:
+            self.tb.up()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for p in reversed(self.procs):
+            p.stop()
+        self.procs.clear()
+        try:
+            self.tb.down()
+        finally:
+            import shutil
+
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def node(self, name: str) -> Any:
+        return self.tb.node(name)
+
+    def path(self, name: str) -> Path:
+        """A path in this testbed's work directory (removed with it)."""
+        return self.tmp / name
+
+    def address(self, name: str) -> str:
+        addr = self.tb.node(name).address
+        if addr is None:
+            raise TopologyLacks(f"{name} has no address")
+        return str(addr)
+
+    def site(
+        self,
+        name: str,
+        psp: str,
+        *,
+        trust_anchor: str | None = None,
+        others: Iterable[str] = (),
+        fis: Path | None = None,
+        services: dict[str, Any] | None = None,
+        isp: bool = False,
+    ) -> SiteHandle:
+        """Start ``pcsite run`` in site ``name``'s namespace (once) and return ``psp``'s handle
+        on it. ``others``: further PSPs the site serves; ``fis``: a SQLite FIS file (sites given
+        the same file share their FIS); ``services``: ``[services]`` settings over
+        :data:`SERVICES` (e.g. ``{"trusted": ["isp-re/re"]}``); ``isp``: the handle holds the ISP's
+        credential, acting for ``psp`` (what only the ISP may do: redirect prefixes, its own
+        FIS namespace)."""
+        from pcsite_lite.repository import public_key_bytes, sign_service
+
+        if (name, psp, isp) in self.sites:
+            return self.sites[(name, psp, isp)]
+        info = self.tb.site(name)
+        node = self.tb.node(name)
+        if name not in self.daemons:
+            state = self.tmp / f"{name}-state"
+            state.mkdir()
+            lines = [
+                "[site]",
+                f'name = "{name}"',
+                f'public_ip = "{info.public_ip}"',
+                "workers = 1",
+                f'state_dir = "{state}"',
+                f'repository = "{state / "repo"}"',
+                f'fis = "sqlite://{fis}"' if fis is not None else "",
+                "",
+                "[dataplane]",
+                'tun_prefix = "pcew"',
+                "",
+                "[control]",
+                f'listen = "{CONTROL}"',
+                f'admin_token = "{ADMIN_TOKEN}"',
+            ]
+            if trust_anchor is not None:
+                anchor = self.tmp / f"{name}-anchor.txt"
+                anchor.write_text(trust_anchor + "\n")
+                lines.append(f'trust_anchor_file = "{anchor}"')
+            signing = public_key_bytes(self.key).hex()
+            for p in dict.fromkeys([psp, *others]):
+                lines += ["", f"[control.psps.{p}]", f'token = "{psp_token(p)}"',
+                          f'signing_key = "{signing}"']  # fmt: skip
+            cfg = self.tmp / f"{name}.toml"
+            lines += ["", "[services]"]
+            lines += [f"{k} = {json.dumps(v)}" for k, v in {**SERVICES, **(services or {})}.items()]
+            cfg.write_text("\n".join(lines) + "\n")
+            health = ControlClient(f"http://{CONTROL}", token=ADMIN_TOKEN, timeout=2.0)
+
+            def up() -> bool:
+                try:
+                    return bool(node.call(health.health, timeout=5.0)["ok"])
+                except Exception:
+                    return False
+
+            self.procs.append(
+                node.start(
+                    [sys.executable, "-m", "pcsite_lite.cli", "run", "--config", str(cfg)],
+                    name="pcsite",
+                    ready=up,
+                    timeout=30,
+                )
+            )
+            self.daemons.add(name)
+        token = ADMIN_TOKEN if isp else psp_token(psp)
+        client = ControlClient(f"http://{CONTROL}", token=token, psp=psp)
+        handle = SiteHandle(
+            client,
+            public_ip=str(info.public_ip),
+            name=name,
+            signer=functools.partial(sign_service, self.key, psp),
+            via=node.call,
+        )
+        self.sites[(name, psp, isp)] = handle
+        return handle
+
+    def divert(self, site: str, prefix: str) -> None:
+        """The ISP's router part of a sign-up: ``site``'s router diverts ``prefix`` to it."""
+        self.tb.divert(self.tb.site(site).router, prefix)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path``'s content at once (temp file + rename): a process polling the file
+    reads the old content or the new, never a truncated or half-written one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+# --- packets
+@dataclass
+class Capture:
+    """IPv4 packets arriving on an interface (an AF_PACKET socket in the node's namespace,
+    16 MiB receive buffer so a demo can send its whole burst before draining); ``times`` has
+    the kernel's arrival time (``time.time()`` clock) of each packet in ``seen``."""
+
+    sock: socket.socket
+    seen: list[bytes] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, node: Any, iface: str) -> Capture:
+        def mk() -> socket.socket:
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
+            s.bind((iface, ETH_P_IP))
+            s.settimeout(0.05)
+            s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
+            s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            return s
+
+        return cls(node.call(mk))
+
+    def drain(self, quiet: float = 0.3) -> list[bytes]:
+        """Everything seen so far, reading until nothing arrives for ``quiet`` seconds."""
+        deadline = time.monotonic() + quiet
+        while time.monotonic() < deadline:
+            try:
+                data, anc, _flags, addr = self.sock.recvmsg(65535, 64)
+            except TimeoutError:
+                continue
+            if addr[2] != PACKET_OUTGOING:
+                self.seen.append(data)
+                self.times.append(_arrival(anc))
+                deadline = time.monotonic() + quiet
+        return self.seen
+
+    def take(self, quiet: float = 0.3, *, proto: int | None = None) -> list[bytes]:
+        """Drain and hand over what was seen (only IP protocol ``proto`` if given)."""
+        out = [d for d in self.drain(quiet) if proto is None or (len(d) >= 20 and d[9] == proto)]
+        self.seen.clear()
+        self.times.clear()
+        return out
+
+    def count(self, *, dst: str, srcs: set[str]) -> int:
+        """Drain, count the packets from ``srcs`` to ``dst``, and forget what was seen."""
+        n = 0
+        for d in self.drain():
+            if socket.inet_ntoa(d[16:20]) == dst and socket.inet_ntoa(d[12:16]) in srcs:
+                n += 1
+        self.seen.clear()
+        self.times.clear()
+        return n
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _arrival(ancillary: list[tuple[int, int, bytes]]) -> float:
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
+            sec, nsec = _TIMESPEC.unpack_from(data)
+            return sec + nsec / 1e9
+    return time.time()
+
+
+def iface(tb: Any, node: str, peer: str) -> str:
+    """The name of ``node``'s interface toward ``peer``."""
+    plan = tb.node(node).plan.iface_to(peer)
+    if plan is None:
+        raise TopologyLacks(f"{node} has no link to {peer}")
+    return str(plan.name)
+
+
+def capture(tb: Any, node: str, peer: str) -> Capture:
+    """IPv4 packets arriving at ``node`` on its interface toward ``peer``."""
+    return Capture.open(tb.node(node), iface(tb, node, peer))
+
+
+def raw_sender(node: Any) -> socket.socket:
+    """A raw IPv4 socket in ``node``'s namespace (send whole packets with ``sendto``)."""
+    return node.call(lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW))
+
+
+def tx_packets(node: Any, iface: str) -> int:
+    """The kernel's count of packets ``node`` sent on ``iface`` (-1 if unreadable)."""
+    rc, out, _ = node.run(["ip", "-s", "-j", "link", "show", "dev", iface])
+    return int(json.loads(out)[0]["stats64"]["tx"]["packets"]) if rc == 0 else -1
+
+
+# --- the command line of every example
+def main(demo: ModuleType, argv: list[str] | None = None) -> int:
+    """``python -m examples.<name>.demo [--topology FILE] [--world ...]``: run the example's
+    demo (``demo``: its module, with ``TOPOLOGY``, ``run_testbed``, ``run_simulator`` and
+    ``passed``) and print its figures as JSON; exit 0 if it passed, 1 if not, 2 if the
+    topology lacks what the example needs."""
+    default = Path(demo.TOPOLOGY)
+    ap = argparse.ArgumentParser(
+        prog=f"python -m {demo.__name__}",
+        description=(demo.__doc__ or "").strip().split("\n")[0]
+        + " Real packets on the site daemons as root, else the simulator; prints JSON.",
+    )
+    ap.add_argument(
+        "--topology",
+        metavar="FILE",
+        type=Path,
+        default=default,
+        help=f"the testbed topology (default: {default.name}, the example's own)",
+    )
+    ap.add_argument(
+        "--world",
+        choices=("auto", "testbed", "simulator"),
+        default="auto",
+        help="real packets in a namespace testbed (needs root) or the simulator "
+        "(default: the testbed as root, else the simulator)",
+    )
+    ap.add_argument("--prefix", help="testbed name prefix (default: the example's)")
+    args = ap.parse_args(argv)
+    from testbed.topology import TopologyError
+
+    kind = args.world
+    if kind == "auto":
+        kind = "testbed" if os.geteuid() == 0 else "simulator"
+    kw: dict[str, Any] = {"topology": args.topology}
+    try:
+        if kind == "testbed":
+            if args.prefix:
+                kw["prefix"] = args.prefix
+            result = demo.run_testbed(progress=print, **kw)
+        else:
+            result = demo.run_simulator(**kw)
+    except (TopologyLacks, TopologyError) as exc:
+        print(f"python -m {demo.__name__}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({"world": kind, **result}, indent=2, default=str))
+    return 0 if demo.passed(result) else 1
