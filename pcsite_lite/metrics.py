@@ -33,6 +33,8 @@ class WorkerStats:
     tx_bytes: int = 0
     tx_errors: int = 0  #: sends the kernel refused (no route, buffer full)
     drops: dict[str, int] = field(default_factory=dict)  #: reason -> packets
+    #: packets switched entirely in C (pcsite_lite.native), a subset of rx_packets
+    native_packets: int = 0
     alive: bool = True
     restarts: int = 0
 
