@@ -77,7 +77,7 @@ def test_native_pump_equals_the_python_pump() -> None:
     rng = random.Random(5)
     packets = []
     for i in range(600):
-        la = rng.choice(labels + [999])
+        la = rng.choice([*labels, 999])
         udp = rng.random() < 0.3
         key = K_IN if rng.random() < 0.95 else HopKey(b"wrong-key-0123456")
         packets.append(bytes(build_circuit_packet(src=SENDER, dst=SITE, label=la, key=key,
