@@ -111,6 +111,7 @@ class NativeSwitch:
         #: counters for tests and the worker's stats
         self.learned = 0
         self.clears = 0
+        self.faults = 0
 
     # ---- keeping the mirror consistent
     def _signature(self) -> tuple[Any, ...]:
@@ -181,6 +182,15 @@ class NativeSwitch:
             ctx.window_ns = w + dt
             if slot.consecutive_failures:  # a success, as in the pipeline
                 slot.consecutive_failures = 0
+
+    def _fault(self, exc: Exception) -> None:
+        """A bug in the mirror must not stop the worker: empty the table (its packets take
+        the pipeline and are learned again) and tell the operator, as the pipeline does."""
+        self.invalidate()
+        self.faults += 1
+        self.site.runtime.event(
+            self.site.now, "internal_error", "site", f"native: {type(exc).__name__}: {exc}"
+        )
 
     def learn(self, label: int) -> bool:
         """Resolve circuit ``label`` into the table (natively switched, or always punted);
@@ -279,9 +289,12 @@ class NativeSwitch:
                 self.settle()
             py_outs.append(handle(sw.packet(j)))
             label = sw.missed(j)
-            if label >= 0:
-                self.learn(label)
-            self.check()
+            try:
+                if label >= 0:
+                    self.learn(label)
+                self.check()
+            except Exception as exc:  # a platform bug: switch nothing natively until fixed
+                self._fault(exc)
             i = j + 1
         if sw.pending:
             self.settle()

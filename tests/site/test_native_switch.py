@@ -284,3 +284,19 @@ def test_confined_and_undeclared_services_are_never_native() -> None:
     assert native.declared_kernel(b.site.runtime.slot(PSP, "drop")) is None  # unknown kernel
     slot.ctx.cpu_source = lambda: 0  # what a confined service's slot carries
     assert native.declared_kernel(slot) is None
+
+
+def test_a_fault_in_the_mirror_leaves_packets_to_the_pipeline() -> None:
+    a, b = Side("pure"), Side("native")
+    assert b.native is not None
+
+    def broken(*_: Any) -> Any:
+        raise RuntimeError("mirror bug")
+
+    b.native._resolve = broken  # type: ignore[method-assign]
+    pk = [packet(a.labels["sr"]), packet(a.labels["noop"])] * 10
+    _compare(a, b, [(pk, 1.0), (pk, 2.0)])
+    assert b.native.faults > 0 and b.native.sw.entries == 0
+    assert b.calls == a.calls  # every packet took the pipeline
+    assert any(e.kind == "internal_error" and "mirror bug" in e.detail
+               for e in b.site.runtime.events)  # fmt: skip
