@@ -1164,7 +1164,9 @@ static int wait_writable(int fd) {
     return -1;
 }
 
-static PyObject *Sender_send(SenderObject *self, PyObject *payload) {
+/* One datagram; block: wait while the socket buffer is full (else raise BlockingIOError, the
+ * datagram not sent and its IPv4 identification not used). */
+static PyObject *sender_send(SenderObject *self, PyObject *payload, int block) {
     Py_buffer pl;
     uint8_t head[SENDER_PREFIX_MAX];
     struct iovec iov[2];
@@ -1194,6 +1196,11 @@ static PyObject *Sender_send(SenderObject *self, PyObject *payload) {
             continue;
         }
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            if (!block) {
+                if (self->ip_header) self->ident = (uint16_t)(self->ident - 1);
+                PyErr_SetFromErrno(PyExc_OSError); /* BlockingIOError */
+                goto fail;
+            }
             if (wait_writable(self->fd) < 0) goto fail;
             continue;
         }
@@ -1207,6 +1214,15 @@ static PyObject *Sender_send(SenderObject *self, PyObject *payload) {
 fail:
     PyBuffer_Release(&pl);
     return NULL;
+}
+
+static PyObject *Sender_send(SenderObject *self, PyObject *payload) {
+    return sender_send(self, payload, 1);
+}
+
+/* send_nowait(payload): as send, for an event loop: BlockingIOError instead of waiting. */
+static PyObject *Sender_send_nowait(SenderObject *self, PyObject *payload) {
+    return sender_send(self, payload, 0);
 }
 
 /* send_many(payloads) -> count: every payload as its own datagram, up to 64 per sendmmsg(2)
@@ -1295,6 +1311,8 @@ static PyObject *Sender_get_ident(SenderObject *self, void *closure) {
 static PyMethodDef Sender_methods[] = {
     {"send", (PyCFunction)Sender_send, METH_O,
      "send(payload) -> len(payload): one datagram (prefix + payload, one sendmsg)"},
+    {"send_nowait", (PyCFunction)Sender_send_nowait, METH_O,
+     "send_nowait(payload) -> len(payload): as send; BlockingIOError when the socket is full"},
     {"send_many", (PyCFunction)Sender_send_many, METH_O,
      "send_many(payloads) -> count: one datagram each, batched with sendmmsg"},
     {NULL, NULL, 0, NULL},

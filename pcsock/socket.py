@@ -125,6 +125,45 @@ def _open_transport(
     return rx, tx
 
 
+def _accelerator(accel: bool | None) -> Any:
+    """The C accelerator a socket sends circuit datagrams through (``accel=None``: use it when
+    pcsock.wire does), or None for the pure-Python path."""
+    ax = wire.accelerator()
+    if accel and ax is None:
+        raise PcsockError(f"the C accelerator is not available: {wire.PURE_REASON}")
+    return ax if accel is None or accel else None
+
+
+def _circuit_sender(sock: Any, circuit: Circuit, metadata: int, dport: int) -> Any:
+    """``sock``'s accelerator sender for datagrams on ``circuit`` with this metadata and these
+    application ports: the circuit's sealed prefix (its MAC computed once), sent ahead of each
+    payload by one ``sendmsg`` (``sendmmsg`` for batches) without a copy. ``sock`` has
+    ``_ax``, ``_senders``, ``_tx``, ``session`` and ``app_port``."""
+    key = (
+        circuit.first_hop, circuit.port, circuit.label, circuit.key, metadata,
+        sock.app_port, dport,
+    )  # fmt: skip
+    sender = sock._senders.get(key)
+    if sender is None:
+        session = sock.session
+        prefix = session.circuit_prefix(
+            circuit, metadata=metadata, sport=sock.app_port, dport=dport
+        )
+        ip = session.mode == "ip"
+        if len(sock._senders) >= 256:  # bounded: circuits come and go
+            sock._senders.clear()
+        sender = sock._ax.Sender(
+            sock._tx.fileno(),
+            wire.ip2int(circuit.first_hop),
+            0 if ip else circuit.port,
+            prefix,
+            ip,
+            session.ident,
+        )
+        sock._senders[key] = sender
+    return sender
+
+
 class PacketCloudSocket:
     """A PacketCloud endpoint bound to ``local_ip`` (blocking). See the module docstring."""
 
@@ -144,10 +183,7 @@ class PacketCloudSocket:
         self.app_port = app_port  #: application port: the source port of what this sends
         self.encap_port = encap_port
         # the C accelerator's senders (accel=None: use it when pcsock.wire does)
-        ax = wire.accelerator()
-        if accel and ax is None:
-            raise PcsockError(f"the C accelerator is not available: {wire.PURE_REASON}")
-        self._ax: Any = ax if accel is None or accel else None
+        self._ax: Any = _accelerator(accel)
         #: (first hop, port, label, key, metadata, sport, dport) -> _accel.Sender
         self._senders: dict[tuple[Any, ...], Any] = {}
         self._rx, self._tx = _open_transport(mode, local_ip, encap_port, proto, bind, tos)
@@ -186,33 +222,9 @@ class PacketCloudSocket:
         return self._ax is not None
 
     def _sender(self, circuit: Circuit, metadata: int, dport: int) -> Any:
-        """The accelerator's sender for datagrams on ``circuit`` with this metadata and these
-        application ports: the circuit's sealed prefix (its MAC computed once), sent ahead of
-        each payload by one ``sendmsg`` (``sendmmsg`` for batches) without a copy."""
         if self._closed:
             raise PcsockError("socket is closed")
-        key = (
-            circuit.first_hop, circuit.port, circuit.label, circuit.key, metadata,
-            self.app_port, dport,
-        )  # fmt: skip
-        sender = self._senders.get(key)
-        if sender is None:
-            prefix = self.session.circuit_prefix(
-                circuit, metadata=metadata, sport=self.app_port, dport=dport
-            )
-            ip = self.session.mode == "ip"
-            if len(self._senders) >= 256:  # bounded: circuits come and go
-                self._senders.clear()
-            sender = self._ax.Sender(
-                self._tx.fileno(),
-                wire.ip2int(circuit.first_hop),
-                0 if ip else circuit.port,
-                prefix,
-                ip,
-                self.session.ident,
-            )
-            self._senders[key] = sender
-        return sender
+        return _circuit_sender(self, circuit, metadata, dport)
 
     def send_on(
         self, circuit: Circuit, payload: bytes, *, metadata: int = 0, dport: int = 0
@@ -532,7 +544,9 @@ def service_socket(
 
 
 class AsyncPacketCloudSocket:
-    """The trio flavour of :class:`PacketCloudSocket` (UDP or raw-IP mode)."""
+    """The trio flavour of :class:`PacketCloudSocket` (UDP or raw-IP mode). Circuit datagrams
+    go out through the C accelerator's senders as in the blocking socket (``accel``), without
+    blocking the event loop: a full socket buffer waits in trio."""
 
     def __init__(
         self,
@@ -544,14 +558,22 @@ class AsyncPacketCloudSocket:
         proto: int = wire.IPPROTO_PACKETCLOUD,
         tos: int = 0,
         bind: bool = True,
+        accel: bool | None = None,
     ) -> None:
         self.session = Session(local_ip, mode=mode, proto=proto)
         self.app_port = app_port
         self.encap_port = encap_port
+        self._ax: Any = _accelerator(accel)
+        self._senders: dict[tuple[Any, ...], Any] = {}
         rx, tx = _open_transport(mode, local_ip, encap_port, proto, bind, tos)
         self._rx = trio.socket.from_stdlib_socket(rx)
         self._tx = self._rx if tx is rx else trio.socket.from_stdlib_socket(tx)
         self._closed = False
+
+    @property
+    def accelerated(self) -> bool:
+        """True if circuit datagrams go out through the C accelerator's senders."""
+        return self._ax is not None
 
     async def _send(self, data: bytes, addr: tuple[str, int]) -> None:
         if self._closed:
@@ -561,6 +583,19 @@ class AsyncPacketCloudSocket:
     async def send_on(
         self, circuit: Circuit, payload: bytes, *, metadata: int = 0, dport: int = 0
     ) -> int:
+        if self._ax is not None:
+            if self._closed:
+                raise PcsockError("socket is closed")
+            sender = _circuit_sender(self, circuit, metadata, dport)
+            while True:
+                try:
+                    n: int = sender.send_nowait(payload)
+                    break
+                except BlockingIOError:
+                    await self._tx.wait_writable()
+            self.session.sent += 1
+            await trio.lowlevel.checkpoint()
+            return n
         data, addr = self.session.encode_circuit(
             circuit, payload, metadata=metadata, sport=self.app_port, dport=dport
         )
