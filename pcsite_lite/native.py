@@ -107,11 +107,14 @@ class NativeSwitch:
         self._index: dict[ServiceSlot, int] = {}
         #: what each service with table entries looked like when they were learned
         self._seen: dict[ServiceSlot, tuple[Any, ...]] = {}
+        #: label -> (FIS namespace, key, the cached value object) its decision was made from
+        self._fis_deps: dict[int, tuple[str, str, Any]] = {}
         self._sig = self._signature()
         #: counters for tests and the worker's stats
         self.learned = 0
         self.clears = 0
         self.faults = 0
+        self.relearned = 0
 
     # ---- keeping the mirror consistent
     def _signature(self) -> tuple[Any, ...]:
@@ -128,15 +131,30 @@ class NativeSwitch:
         """Forget every entry (after a change of site state; entries are learned again)."""
         self.sw.clear()
         self._seen.clear()
+        self._fis_deps.clear()
         self.clears += 1
 
     def check(self) -> None:
-        """Empty the table if anything a decision depends on changed since it was learned."""
+        """Empty the table if anything a decision depends on changed since it was learned.
+
+        When only FIS entries changed (the node cache applied updates, but flushed nothing),
+        only the decisions made from a value the cache no longer holds are resolved again:
+        a service writing its FIS namespace all the time does not empty the table."""
         sig = self._signature()
         if sig != self._sig:
-            self._sig = sig
-            self.invalidate()
-            return
+            old, self._sig = self._sig, sig
+            cached = getattr(self.site.fis, "cached", None)
+            if cached is None or old[1:] != sig[1:]:
+                self.invalidate()
+                return
+            stale = [label for label, (ns, key, value) in self._fis_deps.items()
+                     if cached(ns, key) is not value]  # fmt: skip
+            for label in stale:
+                del self._fis_deps[label]
+                if not self.learn(label):
+                    self.invalidate()  # its circuit is gone: nothing stale may stay
+                    return
+                self.relearned += 1
         for slot, seen in self._seen.items():
             if seen != (slot.status, slot.process, slot.code):
                 self.invalidate()
@@ -244,6 +262,13 @@ class NativeSwitch:
             hop = c.default
         elif kernel == "srcroute":
             hop = self._srcroute(c, slot)
+            if hop is not None:
+                ctx = slot.ctx
+                key = str(c.in_label)
+                cached = getattr(ctx.fis, "cached", None)
+                if cached is None:
+                    return "", None  # no way to tell when its value changes: the pipeline
+                self._fis_deps[c.in_label] = (ctx.ns, key, cached(ctx.ns, key))
         else:
             return "", None
         if hop is None or hop.strip:

@@ -300,3 +300,22 @@ def test_a_fault_in_the_mirror_leaves_packets_to_the_pipeline() -> None:
     assert b.calls == a.calls  # every packet took the pipeline
     assert any(e.kind == "internal_error" and "mirror bug" in e.detail
                for e in b.site.runtime.events)  # fmt: skip
+
+
+def test_fis_updates_re_resolve_only_the_decisions_they_change() -> None:
+    a, b = Side("pure"), Side("native")
+    assert b.native is not None
+    sr, second = a.labels["sr"], a.labels["sr_second"]
+    pk = [packet(sr), packet(second), packet(a.labels["noop"])] * 10
+    _compare(a, b, [(pk, 1.0), (pk, 1.5)])
+    clears, calls = b.native.clears, b.calls
+    for side in (a, b):  # another key of the same namespace
+        side.site.fis.put(f"{PSP}/sr", "unrelated", {"x": 1}, writer=PSP)
+    _compare(a, b, [(pk, 2.0)])
+    assert (b.native.clears, b.calls) == (clears, calls)  # nothing re-learned, all native
+    for side in (a, b):  # sr_second's route moves to its first out hop
+        side.site.fis.put(f"{PSP}/sr_second", str(second), FIS["sr"], writer=PSP)
+    out = b.batch(pk, 3.0)
+    assert out == a.batch(pk, 3.0)
+    assert b.native.relearned == 1 and b.native.clears == clears and b.calls == calls
+    assert b.state() == a.state()
