@@ -94,9 +94,8 @@ class NativeSwitch:
     """
 
     def __init__(self, pipeline: Any, *, batch: int = 256, bufsize: int = 65536) -> None:
-        ok, why = available()
-        if not ok:
-            raise RuntimeError(f"native switching is not available: {why}")
+        if _switch is None:  # (the worker asks available(), which also honours PURE)
+            raise RuntimeError(f"native switching is not available: {_WHY_NOT}")
         self.pipeline = pipeline
         self.site = pipeline.site
         self.sw: Any = _switch.Switch(
