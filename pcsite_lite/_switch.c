@@ -361,31 +361,10 @@ static PyObject *Switch_load(SwitchObject *s, PyObject *seq) {
     return PyLong_FromSsize_t(n);
 }
 
-/* The fast path's eligibility (pcsite_lite.pipeline / pcsock._accel form1_in): IPv4 without
- * options, total length = length, protocol 253 (shim at 20) or UDP to 6253 with a consistent
- * length (shim at 28), shim version 1 form 1, addressed to the site, not a fragment. Returns
- * the shim offset or 0. The worker's pipeline does not verify the IPv4 checksum (TUN). */
+/* The pipeline's fast-path eligibility (pc_form1_offset, shared with pcsock._accel's
+ * form1_in): the shim offset, or 0. */
 static inline int eligible(const SwitchObject *s, const uint8_t *p, size_t n) {
-    int o;
-    if (n < 36) return 0;
-    if (p[9] == 253) {
-        o = 20;
-    } else if (p[9] == 17 && n >= 44 && be16(p + 22) == 6253 &&
-               be16(p + 24) == (unsigned)be16(p + 2) - 20) {
-        o = 28;
-    } else {
-        return 0;
-    }
-    if (p[o] != 0x11 || p[0] != 0x45 || be16(p + 2) != n || be32(p + 16) != s->site ||
-        (be16(p + 6) & 0x3FFF))
-        return 0;
-    if (s->verify) {
-        uint32_t sum = 0;
-        int i;
-        for (i = 0; i < 20; i += 2) sum += be16(p + i);
-        if (sum % 0xFFFF) return 0;
-    }
-    return o;
+    return pc_form1_offset(p, n, s->site, s->verify);
 }
 
 static PyObject *Switch_peek(SwitchObject *s, PyObject *unused) {

@@ -171,18 +171,11 @@ class TunPump:
         stats.native_packets += n - punted
         if self._raw is None:
             written, errors, nbytes = sw.write(self.fd, py_outs)
+            stats.tx_packets += written
+            stats.tx_bytes += nbytes
+            stats.tx_errors += errors
         else:
-            outs = sw.outputs(py_outs)
-            raw, step = self._raw.fileno(), fastio.MAX_BATCH
-            written = errors = nbytes = 0
-            for i in range(0, len(outs), step):
-                w, e, b = fastio.send_ip_batch(raw, outs[i : i + step])
-                written += w
-                errors += e
-                nbytes += b
-        stats.tx_packets += written
-        stats.tx_bytes += nbytes
-        stats.tx_errors += errors
+            self._send_raw(sw.outputs(py_outs))
 
     def _handle(self, packets: list[bytes]) -> None:
         # one clock read per batch (a batch lasts a few ms at most); the counters are locals
@@ -241,17 +234,22 @@ class TunPump:
     def _write(self, outs: list[bytes]) -> None:
         if not outs:
             return
+        if self._raw is not None:
+            self._send_raw(outs)
+            return
+        written, errors, nbytes = fastio.write_batch(self.fd, outs)
         stats = self.stats
-        if self._raw is None:
-            written, errors, nbytes = fastio.write_batch(self.fd, outs)
-        else:
-            raw, step = self._raw.fileno(), fastio.MAX_BATCH  # replicas may exceed one call
-            written = errors = nbytes = 0
-            for i in range(0, len(outs), step):
-                w, e, b = fastio.send_ip_batch(raw, outs[i : i + step])
-                written += w
-                errors += e
-                nbytes += b
         stats.tx_packets += written
         stats.tx_bytes += nbytes
         stats.tx_errors += errors
+
+    def _send_raw(self, outs: list[bytes]) -> None:
+        """``tx = "raw"``: ``sendmmsg`` the batch's output on the raw socket, counted."""
+        assert self._raw is not None
+        raw, step = self._raw.fileno(), fastio.MAX_BATCH  # replicas may exceed one call
+        stats = self.stats
+        for i in range(0, len(outs), step):
+            w, e, b = fastio.send_ip_batch(raw, outs[i : i + step])
+            stats.tx_packets += w
+            stats.tx_errors += e
+            stats.tx_bytes += b
