@@ -70,8 +70,8 @@ except ImportError as exc:  # no compiler when the package was installed
 
 def available() -> tuple[bool, str]:
     """Whether native switching can run here, and if not why."""
-    if os.environ.get("PACKETCLOUD_PURE") == "1":
-        return False, "PACKETCLOUD_PURE=1"
+    if os.environ.get("PACKETCLOUD_PURE", "") not in ("", "0"):  # as pcsock.wire reads it
+        return False, "PACKETCLOUD_PURE is set"
     if _switch is None:
         return False, _WHY_NOT
     return True, ""
