@@ -167,7 +167,7 @@ def _time_native(sw: native.NativeSwitch, batch: list[bytes], count: int) -> flo
     """us per packet of the native switch on batches of ``batch`` (load + switch + meter)."""
     rounds = max(1, count // len(batch))
 
-    def punt(data: bytes) -> list[bytes]:  # never in steady state: every packet is native
+    def punt(_i: int, data: bytes) -> list[bytes]:  # never in steady state: all are native
         raise AssertionError("a packet left the native path")
 
     load, run_batch = sw.sw.load, sw.run_batch

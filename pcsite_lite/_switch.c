@@ -24,7 +24,7 @@
  *   clear()                  forget every entry (generation bump)
  *   read(fd, limit, spin_ns=0) -> (packets, bytes)   a batch from a non-blocking packet fd
  *   load(packets) -> n       a batch from a list of bytes (tests, benchmarks)
- *   peek() -> list[bytes]    the batch's packets run() would not switch (lookup only)
+ *   peek() -> [(i, bytes)]   the batch's packets run() would not switch (lookup only)
  *   run(start, now) -> i     switch packets start.. in order; i: the first punted one (or n)
  *   packet(i) -> bytes       packet i as it is now
  *   missed(i) -> label | -1  the label of punted packet i if the table had no entry for it
@@ -377,13 +377,13 @@ static PyObject *Switch_peek(SwitchObject *s, PyObject *unused) {
         int o = eligible(s, p, s->lens[i]);
         entry_t *e = o ? lookup(s, be32(p + o + 4)) : NULL;
         if (e == NULL || e->kind != E_NATIVE) {
-            PyObject *b = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)s->lens[i]);
-            if (b == NULL || PyList_Append(out, b) < 0) {
-                Py_XDECREF(b);
+            PyObject *t = Py_BuildValue("(iy#)", i, (const char *)p, (Py_ssize_t)s->lens[i]);
+            if (t == NULL || PyList_Append(out, t) < 0) {
+                Py_XDECREF(t);
                 Py_DECREF(out);
                 return NULL;
             }
-            Py_DECREF(b);
+            Py_DECREF(t);
         }
     }
     return out;
@@ -619,7 +619,8 @@ static PyMethodDef Switch_methods[] = {
     {"clear", (PyCFunction)Switch_clear, METH_NOARGS, "forget every entry"},
     {"read", (PyCFunction)Switch_read, METH_VARARGS, "read(fd, limit, spin_ns=0)"},
     {"load", (PyCFunction)Switch_load, METH_O, "load(packets) -> n"},
-    {"peek", (PyCFunction)Switch_peek, METH_NOARGS, "packets run() would not switch"},
+    {"peek", (PyCFunction)Switch_peek, METH_NOARGS,
+     "peek() -> [(index, bytes)]: the packets run() would not switch"},
     {"run", (PyCFunction)Switch_run, METH_VARARGS, "run(start, now) -> first punted index"},
     {"packet", (PyCFunction)Switch_packet, METH_O, "packet(i) -> bytes"},
     {"missed", (PyCFunction)Switch_missed, METH_O, "missed(i) -> label or -1"},

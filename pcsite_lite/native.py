@@ -295,10 +295,12 @@ class NativeSwitch:
         return hop
 
     # ---- one batch
-    def run_batch(self, now: float, handle: Callable[[bytes], list[bytes] | None]) -> list[Any]:
+    def run_batch(
+        self, now: float, handle: Callable[[int, bytes], list[bytes] | None]
+    ) -> list[Any]:
         """Switch the loaded batch (arrived by ``now``) in order: natively where the table
-        says so, every other packet through ``handle(data) -> outputs``. Returns the punted
-        packets' outputs in order (for ``Switch.write`` / ``Switch.outputs``)."""
+        says so, every other packet through ``handle(index, data) -> outputs``. Returns the
+        punted packets' outputs in order (for ``Switch.write`` / ``Switch.outputs``)."""
         sw = self.sw
         self.begin(now)
         run = sw.run
@@ -311,7 +313,7 @@ class NativeSwitch:
                 break
             if sw.pending:
                 self.settle()
-            py_outs.append(handle(sw.packet(j)))
+            py_outs.append(handle(j, sw.packet(j)))
             label = sw.missed(j)
             try:
                 if label >= 0:
@@ -331,7 +333,7 @@ class NativeSwitch:
 
         process = self.pipeline.process
 
-        def handle(data: bytes) -> list[bytes]:
+        def handle(_i: int, data: bytes) -> list[bytes]:
             return [v.data for v in process(data, now) if type(v) in (Forward, Deliver)]
 
         self.sw.load(list(packets))

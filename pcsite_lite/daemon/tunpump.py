@@ -134,17 +134,27 @@ class TunPump:
         assert native is not None
         sw = native.sw
         now = self.clock()
-        if self.prefetch is not None:
-            # the packets the switch will not take (confined services are never native)
-            self.prefetch(sw.peek(), now)
+        prefetch = self.prefetch
+        held: set[int] = set()
+        if prefetch is not None:
+            # the packets the switch will not take (confined services are never native): those
+            # for confined services go to their processes, the pipeline runs them once answered
+            peeked = sw.peek()
+            data = [d for _, d in peeked]
+            run_now = prefetch.dispatch(data, now)
+            if len(run_now) != len(data):
+                kept = {id(d) for d in run_now}
+                held = {i for i, d in peeked if id(d) not in kept}
         process = self.process
         drops = self.stats.drops
         name = self.name
         punted = 0
 
-        def handle(data: bytes) -> list[bytes] | None:
+        def handle(i: int, data: bytes) -> list[bytes] | None:
             nonlocal punted
             punted += 1
+            if i in held:
+                return None  # in a confined process: see completed() below
             try:
                 verdicts = process(data, now)
             except Exception as exc:  # a pipeline bug must not kill the worker
@@ -176,6 +186,11 @@ class TunPump:
             stats.tx_errors += errors
         else:
             self._send_raw(sw.outputs(py_outs))
+        if prefetch is not None:  # what the confined processes answered meanwhile
+            outs: list[bytes] = []
+            for done, t in prefetch.completed():
+                self._run(done, t, outs)
+            self._write(outs)
 
     def _handle(self, packets: list[bytes]) -> None:
         # one clock read per batch (a batch lasts a few ms at most); the counters are locals
