@@ -35,15 +35,12 @@ from pcsite_lite.verdicts import Deliver, Forward
 from pcsock import wire
 from pcsock.wire import HopKey, build_circuit_packet, build_service_packet
 
-PSP = "acme"
-SITE_IP = "198.18.5.1"
-NEXT_IP = "198.18.6.1"
-SENDER = "198.18.0.10"
-DEST = "198.18.9.10"
-IN_KEY = HopKey(b"in-key-0123456789")
-OUT_KEY = HopKey(b"out-key-012345678")
+PSP = "fuzz"
+SITE_IP = "198.18.20.1"  #: the site; its next hops: NEXT_IP (local), OTHER_IP (not)
+NEXT_IP, OTHER_IP = "198.18.21.1", "198.18.21.2"
+SENDER, DEST = "198.18.19.10", "198.18.29.10"
+IN_KEY, OUT_KEY = HopKey(bytes(range(40, 56))), HopKey(bytes(range(60, 80)))
 BATCH = 256
-OTHER_IP = "198.18.6.2"
 OTHER_KEY = HopKey(b"other-key-0123456")
 SR = source("source_routing")
 SERVICES: dict[str, str] = {
@@ -76,7 +73,7 @@ def make_site(max_failures: int = 10) -> tuple[Site, dict[str, int]]:
         "c",
         SITE_IP,
         randbits=rng.getrandbits,
-        local_prefixes=["198.18.6.0/31"],
+        local_prefixes=["198.18.21.0/31"],
         max_failures=max_failures,
     )
     labels = {}
@@ -116,7 +113,7 @@ def base_packets(labels: dict[str, int]) -> list[bytes]:
         packet(sr, key=HopKey(b"wrong-key-0123456")),  # bad_mac
         packet(sr, hop_limit=0),  # hop_limit_exceeded
         packet(12345),  # unknown_label
-        packet(sr, dst="198.18.5.2"),  # not_for_site
+        packet(sr, dst="198.18.20.2"),  # not_for_site
         packet(sr, udp=True, dport=6254),  # plain UDP to the site: no_service
         packet(sr)[:30],  # truncated
         bytes(build_service_packet(src=SENDER, dst=DEST, service_id=4242, payload=b"s")),

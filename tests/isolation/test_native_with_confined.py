@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,18 +21,12 @@ from pcsite_lite.site import Site
 from pcsock.wire import HopKey, build_circuit_packet
 from tests.support import wait_until
 
+from .test_confinement import _SITES, _close_sites  # noqa: F401 (the autouse fixture)
+
 pytestmark = pytest.mark.skipif(native._switch is None, reason=native._WHY_NOT)
 
 SITE_IP, NEXT = "198.18.9.1", "198.18.6.1"
 KEY = HopKey(bytes(range(16)))
-_SITES: list[Site] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_sites() -> Iterator[None]:
-    yield
-    while _SITES:
-        _SITES.pop().runtime.close()  # confined processes and their cgroups go
 
 
 def _site() -> tuple[Site, dict[str, int]]:
