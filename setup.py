@@ -42,6 +42,17 @@ setup(
             extra_compile_args=["-O3", "-std=gnu11", "-Wall", "-Wextra"],
             optional=True,
         ),
+        # the worker's native form-1 switch (pcsite_lite.native): the accelerator's plain-C hop
+        # (pcsock/_accel.c without its Python glue) and a circuit table mirrored from Python
+        Extension(
+            "pcsite_lite._switch",
+            sources=["pcsite_lite/_switch.c", "pcsock/_accel.c"],
+            depends=["pcsock/_accel.h"],
+            include_dirs=["pcsock"],
+            define_macros=[("PC_ACCEL_NO_PYTHON", "1")],
+            extra_compile_args=["-O3", "-std=gnu11", "-Wall", "-Wextra", "-fvisibility=hidden"],
+            optional=True,
+        ),
     ],
     cmdclass={"build_ext": OptionalBuildExt},
 )

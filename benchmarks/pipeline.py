@@ -12,17 +12,24 @@ verdict. Its output is checked (label, destination, MAC) before anything is time
 Baseline, in the same run: the *no-op pipeline* -- parse the same packet and return a
 ``Forward`` of its bytes -- the least any pipeline does per packet.
 
-Every pipeline figure is measured twice in the same invocation: with the C accelerator
-(``pcsock._accel``: the form-1 fast path's ingress and egress in C; ``pipeline_accelerated``)
-and on the pure-Python path (suffix ``_pure``). The service, its budget and the metering are
-Python in both.
+The job is measured on three paths in the same invocation: the worker's *native switch*
+(``pcsite_lite.native``: the source-routing service declares ``NATIVE = "srcroute"``, so the
+whole hop and its metering run in C on batches of 256 packets, loaded into the switch's
+buffers as a TUN read would), the Python pipeline with the C accelerator (``pcsock._accel``:
+the form-1 fast path's ingress and egress in C; the service, its budget and the metering in
+Python), and the pure-Python pipeline.
 
 Figures (``--json PATH``):
 
-- ``pipeline_us_per_packet`` / ``pipeline_us_per_packet_pure``: the job above;
+- ``pipeline_us_per_packet``: the job on the best path built here (``pipeline_path``:
+  ``native``, ``accelerated`` or ``pure``); ``pipeline_us_per_packet_accel`` the Python
+  pipeline with the accelerator, ``pipeline_us_per_packet_pure`` the pure-Python pipeline;
+- ``pipeline_native_speedup``: the accelerated pipeline's figure divided by the native one;
 - ``pipeline_accel_speedup``: the pure figure divided by the accelerated one;
-- ``pipeline_vs_noop``: that divided by the no-op pipeline's time;
+- ``pipeline_vs_noop``: ``pipeline_us_per_packet`` divided by the no-op pipeline's time
+  (``pipeline_vs_noop_accel``, ``_pure``: the same for the other paths);
 - ``noop_us_per_packet``: the no-op pipeline;
+- the variants below are the Python pipeline's (accelerated; ``_pure`` suffixed: pure);
 - ``pipeline_noop_service_us_per_packet``: the pipeline running a service that does nothing
   (the platform's own cost: MAC verify, metering, budget, egress);
 - ``pipeline_verify_ip_us_per_packet``: the job also verifying the IPv4 header checksum;
@@ -64,6 +71,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pcsite_lite import native
 from pcsite_lite.circuits import OutHopEntry
 from pcsite_lite.pipeline import Pipeline
 from pcsite_lite.sandbox import Budget, load_service
@@ -142,6 +150,32 @@ def _time_batches(pipe: Pipeline, batch: list[bytes], count: int) -> float:
     t0 = time.process_time()
     for _ in range(rounds):
         pipe.process_batch(batch, 1.0)
+    return (time.process_time() - t0) / (rounds * len(batch)) * 1e6
+
+
+def _native_switch(site: Site, data: bytes) -> native.NativeSwitch:
+    """A native switch over ``site`` (as a worker builds it), its output checked."""
+    sw = native.NativeSwitch(Pipeline(site, verify_ip_checksum=False), batch=BATCH)
+    [out] = sw.switch([data], 1.0)  # the first packet takes the pipeline and is learned
+    check_output([Forward(out, NEXT_HOP)])
+    [out] = sw.switch([data], 1.0)
+    check_output([Forward(out, NEXT_HOP)])
+    return sw
+
+
+def _time_native(sw: native.NativeSwitch, batch: list[bytes], count: int) -> float:
+    """us per packet of the native switch on batches of ``batch`` (load + switch + meter)."""
+    rounds = max(1, count // len(batch))
+
+    def punt(_i: int, data: bytes) -> list[bytes]:  # never in steady state: all are native
+        raise AssertionError("a packet left the native path")
+
+    load, run_batch = sw.sw.load, sw.run_batch
+    t0 = time.process_time()
+    for _ in range(rounds):
+        load(batch)
+        run_batch(1.0, punt)
+    sw.pipeline.account()
     return (time.process_time() - t0) / (rounds * len(batch)) * 1e6
 
 
@@ -313,6 +347,13 @@ def run(count: int, repeats: int) -> dict[str, Any]:
         more, check = _variants(accel, sfx)
         jobs.update(more)
         checks += check
+    native_ok = native.available()[0]  # built, and PACKETCLOUD_PURE not set
+    if native_ok:
+        nat_site, nat_label = make_site("source_routing")
+        nat = _native_switch(nat_site, make_packet(nat_label))
+        # (the flag is the codec's mode while it runs: the switch does not use the codec)
+        jobs["pipeline_native"] = (nat, [make_packet(nat_label)] * BATCH, accel_available)
+        checks.append((nat_site, 0, 2))
     wire.use_accelerator(False)
     tr_site, tr_label = make_site("source_routing")
     settrace_variant(tr_site, "source_routing")
@@ -327,7 +368,9 @@ def run(count: int, repeats: int) -> dict[str, Any]:
         for _ in range(repeats):
             for name, (job, data, accel) in jobs.items():
                 wire.use_accelerator(accel)  # the codec calls of the general path follow it
-                if isinstance(job, Pipeline):
+                if isinstance(job, native.NativeSwitch):
+                    raw[name].append(_time_native(job, data, count))
+                elif isinstance(job, Pipeline):
                     raw[name].append(_time_batches(job, data, count))
                 else:
                     raw[name].append(_time(job, data, count))
@@ -337,6 +380,7 @@ def run(count: int, repeats: int) -> dict[str, Any]:
     for site, singles, setup in checks:
         counters = site.runtime.counters(PSP, "source_routing")
         expected = setup + repeats * (count * singles + max(1, count // BATCH) * BATCH)
+        # the FIS read is metered as the service's, natively too
         if counters.packets != expected or counters.fis_reads != expected:
             raise AssertionError(f"metering drifted: {counters}")
     sr_site, sr_label = make_site("source_routing")
@@ -352,6 +396,15 @@ def run(count: int, repeats: int) -> dict[str, Any]:
         figures[f"pipeline_vs_noop{sfx}"] = round(best["pipeline" + sfx] / best["noop"], 3)
     if accel_available:
         figures["pipeline_accel_speedup"] = round(best["pipeline_pure"] / best["pipeline"], 3)
+        figures["pipeline_us_per_packet_accel"] = figures["pipeline_us_per_packet"]
+        figures["pipeline_vs_noop_accel"] = figures["pipeline_vs_noop"]
+    figures["pipeline_path"] = "accelerated" if accel_available else "pure"
+    if native_ok:
+        figures["pipeline_path"] = "native"
+        figures["pipeline_us_per_packet"] = round(best["pipeline_native"], 3)
+        figures["pipeline_vs_noop"] = round(best["pipeline_native"] / best["noop"], 3)
+        python_best = best["pipeline"]  # the accelerated pipeline, or the pure one
+        figures["pipeline_native_speedup"] = round(python_best / best["pipeline_native"], 3)
     figures.update(
         {
             "noop_us_per_packet": round(best["noop"], 3),
@@ -385,16 +438,24 @@ def main(argv: list[str] | None = None) -> int:
     figures = run(count, repeats)
     impl = "C accelerator" if figures["pipeline_accelerated"] else "pure Python"
     lines = [f"pipeline, {impl} (source routing, MAC verify, FIS cache hit, metering):"]
+    if figures["pipeline_path"] == "native":
+        lines.append(
+            f"  native switch  {figures['pipeline_us_per_packet']:.2f} us/packet "
+            f"({figures['pipeline_native_speedup']:.1f}x the Python pipeline; "
+            f"vs no-op pipeline {figures['pipeline_vs_noop']:.2f}x)"
+        )
     for sfx, what in [("", impl), ("_pure", "pure Python")][
         : 2 if figures["pipeline_accelerated"] else 1
     ]:
+        # the Python pipeline's own figures (suffix _accel where the native switch leads)
+        own = "_accel" if not sfx and "pipeline_us_per_packet_accel" in figures else sfx
         lines.append(
-            f"  {what:14s} {figures['pipeline_us_per_packet' + sfx]:.2f} us/packet "
+            f"  {what:14s} {figures['pipeline_us_per_packet' + own]:.2f} us/packet "
             f"(no-op service {figures['pipeline_noop_service_us_per_packet' + sfx]:.2f}, "
             f"IP checksum verify {figures['pipeline_verify_ip_us_per_packet' + sfx]:.2f}, "
             f"general path {figures['pipeline_general_path_us_per_packet' + sfx]:.2f}, "
             f"batches with account() {figures['pipeline_accounted_us_per_packet' + sfx]:.2f}; "
-            f"vs no-op pipeline {figures['pipeline_vs_noop' + sfx]:.2f}x)"
+            f"vs no-op pipeline {figures['pipeline_vs_noop' + own]:.2f}x)"
         )
     lines += [
         f"no-op pipeline (parse + forward): {figures['noop_us_per_packet']:.2f} us/packet",

@@ -30,8 +30,20 @@ Method (docs/benchmarks.md):
   accepted load run, per packet the worker received; and the workers' CPU share during the
   ping-pong with the default busy-poll window, without one (``_no_busy_poll``) and with one
   longer than the probes' spacing (``_spin``: the worker never sleeps; what a wake-up costs).
-* **Both paths**: every site figure for the accelerated path and, suffixed ``_pure``, for the
-  pure-Python path (the daemon started with ``PACKETCLOUD_PURE=1``).
+* **Three paths**: every site figure for the default dataplane, where the worker switches
+  natively declared circuits in C (``pcsite_lite.native``; the shipped source-routing
+  service declares it; unsuffixed), suffixed ``_accel`` for the Python pipeline with the C
+  accelerator (``[dataplane] native = false``), and suffixed ``_pure`` for the pure-Python
+  path (the daemon started with ``PACKETCLOUD_PURE=1``). ``native_share_1w*`` is the share of
+  the accepted load run's packets the worker switched in C.
+* **The TUN floor**: on A (no daemon), a TUN device's per-packet cost measured alone, in CPU
+  time of the measuring thread: a batch of packets queued into it (routed to it by a raw
+  socket) then read out with the native switch's batched reads (``tun_read_us_per_packet``),
+  and packets written into it and dropped by a blackhole route (``tun_write_us_per_packet``:
+  the syscall and the kernel's receive path up to the routing decision). That is what a TUN
+  dataplane pays per packet on top of the kernel's own forwarding work;
+  ``tun_floor_pps`` = 10^6 / (read + write) and ``tun_floor_vs_kernel`` relates it to kernel
+  forwarding measured in the same round.
 * **Rounds**: ``--rounds`` interleaved rounds (every mode once per round); each figure is the
   median over the rounds; ``scaling_2w_vs_1w_rounds`` and the per-worker shares give each round.
 
@@ -58,6 +70,9 @@ from typing import Any
 
 from benchmarks._site_rig import SiteChain
 
+#: (figure suffix, dataplane) of every site path measured: native C switch, the Python
+#: pipeline with the accelerator, the pure-Python path
+PATHS = (("", "native"), ("_accel", "accel"), ("_pure", "pure"))
 PAYLOAD = 64  # bytes after the shim (--payload)
 PROBES = 300  # latency probes per mode (--probes)
 CIRCUITS = 64  # circuits the load spreads over (one circuit always lands on one worker)
@@ -144,12 +159,16 @@ class Workers:
 
     def snapshot(self) -> dict[str, list[int]]:
         rx: dict[int, int] = {}
+        native: dict[int, int] = {}
         for line in self.admin.metrics().splitlines():
-            if line.startswith("pcsite_rx_packets_total{"):
-                w = int(re.search(r'worker="(\d+)"', line).group(1))  # type: ignore[union-attr]
-                rx[w] = int(float(line.rsplit(" ", 1)[1]))
+            for prefix, into in (("pcsite_rx_packets_total{", rx),
+                                 ("pcsite_native_packets_total{", native)):  # fmt: skip
+                if line.startswith(prefix):
+                    w = int(re.search(r'worker="(\d+)"', line).group(1))  # type: ignore[union-attr]
+                    into[w] = int(float(line.rsplit(" ", 1)[1]))
         return {
             "rx": [rx.get(i, 0) for i in range(len(self.pids))],
+            "native": [native.get(i, 0) for i in range(len(self.pids))],
             "cpu_ns": [_sched_ns(p) for p in self.pids],
         }
 
@@ -193,6 +212,7 @@ def _offer(
         res["worker_rx"] = d["rx"]
         res["worker_share"] = [x / total for x in d["rx"]]
         res["worker_cpu_us_per_packet"] = sum(d["cpu_ns"]) / total / 1000
+        res["native_share"] = sum(d["native"]) / total
     return res
 
 
@@ -270,6 +290,82 @@ def _latency(
     return res
 
 
+# --- the TUN floor -----------------------------------------------------------------------------
+TUN_FLOOR_PACKETS = 2048
+
+
+def _tun_floor(ch: SiteChain, payload: int, count: int) -> dict[str, float]:
+    """Per-packet TUN read and write cost on A (see the module doc), with the C loops the
+    worker uses (also under PACKETCLOUD_PURE: this measures the kernel); NaN if not built."""
+    from pcsite_lite import native
+
+    try:
+        from pcsite_lite import _fastio  # type: ignore[attr-defined]
+    except ImportError:
+        _fastio = None
+    if native._switch is None or _fastio is None:
+        return {"read_us": float("nan"), "write_us": float("nan")}
+    name = f"pcbt{ch.id}"
+    net_in, net_out = "198.18.70", "198.18.71"
+
+    def measure() -> dict[str, float]:
+        import pytun
+
+        from pcsock import wire
+
+        tun = pytun.TunTapDevice(name=name, flags=pytun.IFF_TUN | pytun.IFF_NO_PI)
+        raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        try:
+            tun.addr, tun.netmask, tun.mtu = f"{net_in}.1", "255.255.255.0", 1500
+            tun.up()
+            _ip_ns(ch, "link", "set", "dev", name, "txqueuelen", str(count + 64))
+            _ip_ns(ch, "route", "add", "blackhole", f"{net_out}.0/24")
+            pkt = bytes(wire.build_ipv4(src=f"{net_in}.1", dst=f"{net_in}.2", proto=17,
+                                        payload=bytes(8 + payload)))  # fmt: skip
+            pkts = [pkt] * count
+            sent = 0
+            while sent < count:  # queued into the TUN device by the kernel's output path
+                w, _, _ = _fastio.send_ip_batch(raw.fileno(), pkts[sent : sent + 256])
+                sent += w or 1
+            fd = tun.fileno()
+            os.set_blocking(fd, False)
+            sw = native._switch.Switch(0, 256, 2048)
+            got = 0
+            # CPU time of this thread (the syscalls and the kernel work done in them), not
+            # wall time: what a packet costs, without the preemptions of a shared machine
+            t0 = time.thread_time()
+            while True:
+                n, _ = sw.read(fd, 256)
+                if not n:
+                    break
+                got += n
+            t_read = time.thread_time() - t0
+            back = bytes(wire.build_ipv4(src=f"{net_out}.9", dst=f"{net_out}.2", proto=17,
+                                         payload=bytes(8 + payload)))  # fmt: skip
+            t0 = time.thread_time()
+            for i in range(0, count, 256):
+                _fastio.write_batch(fd, [back] * min(256, count - i))
+            t_write = time.thread_time() - t0
+            return {
+                "read_us": t_read / got * 1e6 if got else float("nan"),
+                "write_us": t_write / count * 1e6,
+                "read_packets": got,
+            }
+        finally:
+            raw.close()
+            tun.close()
+            subprocess.run(["ip", "-n", ch.ns["a"], "route", "del", "blackhole",
+                            f"{net_out}.0/24"], capture_output=True)  # fmt: skip
+
+    return ch.call("a", measure)
+
+
+def _ip_ns(ch: SiteChain, *args: str) -> None:
+    proc = subprocess.run(["ip", "-n", ch.ns["a"], *args], capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
+
+
 # --- one round ---------------------------------------------------------------------------------
 class Bench:
     def __init__(self, ch: SiteChain, args: argparse.Namespace) -> None:
@@ -284,10 +380,14 @@ class Bench:
             a.quick,
         )
 
-    def start(self, workers: int, pure: bool, **dataplane: Any) -> Workers:
+    def start(self, workers: int, path: str, **dataplane: Any) -> Workers:
+        """The site on ``path`` (``native``, ``accel`` or ``pure``, see :data:`PATHS`)."""
         cpus = self.a.worker_cpus[:workers]
+        if path != "native":
+            dataplane["native"] = False
         cfg = self.ch.site_config(workers, cpus=cpus, **dataplane)
-        self.ch.start_site(cfg, {"PACKETCLOUD_PURE": "1"} if pure else {})
+        # (explicitly: a benchmark run under PACKETCLOUD_PURE=1 still measures every path)
+        self.ch.start_site(cfg, {"PACKETCLOUD_PURE": "1" if path == "pure" else "0"})
         return Workers(self.ch)
 
     def circuits(self) -> list[int]:
@@ -325,6 +425,7 @@ class Bench:
         res["kernel_ip"] = self.search(ch.D, 0, demo, None)
         res["kernel_udp"] = self.search(ch.D, UDP_PORT, demo_udp, None)
         res["kernel_latency"] = _latency(ch, ch.D, self.prober(1000), a.probes)
+        res["tun_floor"] = _tun_floor(ch, a.payload + 16, 256 if a.quick else TUN_FLOOR_PACKETS)
 
         # the bare TUN forwarder (1 worker): the floor of the TUN design
         cfg = ch.site_config(1, mode="bare", cpus=a.worker_cpus[:1])
@@ -334,10 +435,9 @@ class Bench:
         finally:
             ch.stop_site()
 
-        for pure in (False, True):
-            sfx = "_pure" if pure else ""
+        for sfx, path in PATHS:
             for workers in (1, 2):
-                w = self.start(workers, pure)
+                w = self.start(workers, path)
                 try:
                     labels = self.circuits()
                     ip = [self.packet(la, plain, False) for la in labels]
@@ -352,7 +452,7 @@ class Bench:
                     ch.stop_site()
             # UDP mode with both directions batched: TUN reads in batches, results sent with
             # sendmmsg on a raw socket (tx = "raw") instead of one TUN write each
-            w = self.start(1, pure, tx="raw")
+            w = self.start(1, path, tx="raw")
             try:
                 labels = self.circuits()
                 udp = [self.packet(la, plain, True) for la in labels]
@@ -362,7 +462,7 @@ class Bench:
         # the busy-poll window's effect: latency and worker CPU at low rate without it, and
         # with a window longer than the probes' spacing (the worker never blocks: no wake-up)
         for key, window in (("no_busy_poll", 0), ("spin", SPIN_US)):
-            w = self.start(1, False, busy_poll_us=window)
+            w = self.start(1, "native", busy_poll_us=window)
             try:
                 labels = self.circuits()
                 res[f"site_latency_{key}"] = _latency(
@@ -389,8 +489,13 @@ def _figures(r: dict[str, Any]) -> dict[str, float]:
         "hop_latency_added_us_median_spin": r["site_latency_spin"]["median_us"]
         - r["kernel_latency"]["median_us"],
         "worker_cpu_frac_ping_spin": r["site_latency_spin"]["worker_cpu_frac"],
+        "tun_read_us_per_packet": r["tun_floor"]["read_us"],
+        "tun_write_us_per_packet": r["tun_floor"]["write_us"],
     }
-    for sfx in ("", "_pure"):
+    floor = 1e6 / (r["tun_floor"]["read_us"] + r["tun_floor"]["write_us"])
+    f["tun_floor_pps"] = floor
+    f["tun_floor_vs_kernel"] = _ratio(floor, r["kernel_ip"]["pps"])
+    for sfx, _ in PATHS:
         ip1, ip2 = r[f"site_ip_1w{sfx}"], r[f"site_ip_2w{sfx}"]
         f[f"site_pps_ip_1w{sfx}"] = ip1["pps"]
         f[f"site_vs_kernel_1w{sfx}"] = _ratio(ip1["pps"], r["kernel_ip"]["pps"])
@@ -409,6 +514,7 @@ def _figures(r: dict[str, Any]) -> dict[str, float]:
         f[f"worker_cpu_frac_ping{sfx}"] = lat["worker_cpu_frac"]
         acc = ip1["accepted"] or ip1["steps"][0]
         f[f"worker_cpu_us_per_packet_1w{sfx}"] = acc.get("worker_cpu_us_per_packet", float("nan"))
+        f[f"native_share_1w{sfx}"] = acc.get("native_share", float("nan"))
     return f
 
 
@@ -443,7 +549,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             res["rounds"].append(bench.round())
     rounds = [r["figures"] for r in res["rounds"]]
     figures = {n: _median([r[n] for r in rounds]) for n in rounds[0]}
-    for sfx in ("", "_pure"):
+    for sfx, _ in PATHS:
         per_round = [r[f"scaling_2w_vs_1w{sfx}"] for r in rounds]
         figures[f"scaling_2w_vs_1w_min{sfx}"] = min(per_round)
         res[f"scaling_2w_vs_1w_rounds{sfx}"] = per_round

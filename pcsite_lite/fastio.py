@@ -143,7 +143,7 @@ def _py_send_ip_batch(fd: int, packets: Sequence[bytes]) -> tuple[int, int, int]
 
 def _load() -> bool:
     global read_batch, write_batch, recv_batch, send_batch, send_ip_batch
-    if os.environ.get("PACKETCLOUD_PURE") == "1":
+    if os.environ.get("PACKETCLOUD_PURE", "") not in ("", "0"):  # as pcsock.wire reads it
         print("pcsite_lite.fastio: PACKETCLOUD_PURE=1, batched I/O runs in Python", file=sys.stderr)
         return False
     try:

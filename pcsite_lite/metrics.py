@@ -33,6 +33,8 @@ class WorkerStats:
     tx_bytes: int = 0
     tx_errors: int = 0  #: sends the kernel refused (no route, buffer full)
     drops: dict[str, int] = field(default_factory=dict)  #: reason -> packets
+    #: packets switched entirely in C (pcsite_lite.native), a subset of rx_packets
+    native_packets: int = 0
     alive: bool = True
     restarts: int = 0
 
@@ -118,6 +120,7 @@ def render(
     txp = fam("pcsite_tx_packets_total", "counter", "Packets a worker sent on")
     txb = fam("pcsite_tx_bytes_total", "counter", "Bytes a worker sent on")
     txe = fam("pcsite_tx_errors_total", "counter", "Sends the kernel refused")
+    nat = fam("pcsite_native_packets_total", "counter", "Packets a worker switched in C")
     drp = fam("pcsite_drops_total", "counter", "Packets dropped, by reason")
     alv = fam("pcsite_worker_up", "gauge", "1 if the worker process is alive")
     rst = fam("pcsite_worker_restarts_total", "counter", "Times the worker was restarted")
@@ -129,6 +132,7 @@ def render(
         txp.add(lb, w.tx_packets)
         txb.add(lb, w.tx_bytes)
         txe.add(lb, w.tx_errors)
+        nat.add(lb, w.native_packets)
         for reason in sorted(w.drops):
             drp.add({**lb, "reason": reason}, w.drops[reason])
         alv.add(lb, 1 if w.alive else 0)

@@ -331,6 +331,29 @@ int pc_frame(const uint8_t *p, size_t n, int verify_ip_checksum, long proto, lon
     return PC_OK;
 }
 
+int pc_form1_offset(const uint8_t *p, size_t n, uint32_t site_addr, int verify_ip_checksum) {
+    int o;
+    if (n < 36) return 0;
+    if (p[9] == 253) {
+        o = 20;
+    } else if (p[9] == 17 && n >= 44 && load_be16(p + 22) == 6253 &&
+               load_be16(p + 24) == (unsigned)load_be16(p + 2) - 20) {
+        o = 28;
+    } else {
+        return 0;
+    }
+    if (p[o] != VF_CIRCUIT || p[0] != 0x45 || load_be16(p + 2) != n ||
+        load_be32(p + 16) != site_addr || (load_be16(p + 6) & 0x3FFF))
+        return 0;
+    if (verify_ip_checksum) {
+        uint64_t s = 0;
+        int i;
+        for (i = 0; i < 20; i += 2) s += load_be16(p + i);
+        if (s % 0xFFFF) return 0;
+    }
+    return o;
+}
+
 /* ---- the per-hop job -------------------------------------------------------------------- */
 
 int pc_hop_verify(const uint8_t *b, const pc_frame_t *f, pc_b2s_key *in_key, int use_memo) {
@@ -887,23 +910,10 @@ static PyObject *py_form1_in(PyObject *mod, PyObject *const *args, Py_ssize_t na
     if (site_addr == (unsigned long)-1 && PyErr_Occurred()) return NULL;
     verify = PyObject_IsTrue(args[2]);
     if (verify < 0) return NULL;
-    if (p[9] == 253) {
-        o = 20;
-    } else if (p[9] == 17 && n >= 44 && load_be16(p + 22) == 6253 &&
-               load_be16(p + 24) == (unsigned)load_be16(p + 2) - 20) {
-        o = 28;
-    } else {
-        Py_RETURN_NONE;
-    }
-    if (p[o] != VF_CIRCUIT || p[0] != 0x45 || load_be16(p + 2) != n ||
-        load_be32(p + 16) != site_addr || (load_be16(p + 6) & 0x3FFF))
-        Py_RETURN_NONE;
-    if (verify) {
-        uint64_t s = 0;
-        int i;
-        for (i = 0; i < 20; i += 2) s += load_be16(p + i);
-        if (s % 0xFFFF) Py_RETURN_NONE;
-    }
+    /* (a site address beyond 32 bits matches no packet) */
+    if (site_addr > 0xFFFFFFFFUL) Py_RETURN_NONE;
+    o = pc_form1_offset(p, n, (uint32_t)site_addr, verify);
+    if (!o) Py_RETURN_NONE;
     /* the MAC input and check, copied before any Python code runs (it could change `data`) */
     memcpy(msg, p + o, 12);
     memcpy(msg + 12, p + 16, 4);
@@ -1163,7 +1173,9 @@ static int wait_writable(int fd) {
     return -1;
 }
 
-static PyObject *Sender_send(SenderObject *self, PyObject *payload) {
+/* One datagram; block: wait while the socket buffer is full (else raise BlockingIOError, the
+ * datagram not sent and its IPv4 identification not used). */
+static PyObject *sender_send(SenderObject *self, PyObject *payload, int block) {
     Py_buffer pl;
     uint8_t head[SENDER_PREFIX_MAX];
     struct iovec iov[2];
@@ -1193,6 +1205,11 @@ static PyObject *Sender_send(SenderObject *self, PyObject *payload) {
             continue;
         }
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            if (!block) {
+                if (self->ip_header) self->ident = (uint16_t)(self->ident - 1);
+                PyErr_SetFromErrno(PyExc_OSError); /* BlockingIOError */
+                goto fail;
+            }
             if (wait_writable(self->fd) < 0) goto fail;
             continue;
         }
@@ -1206,6 +1223,15 @@ static PyObject *Sender_send(SenderObject *self, PyObject *payload) {
 fail:
     PyBuffer_Release(&pl);
     return NULL;
+}
+
+static PyObject *Sender_send(SenderObject *self, PyObject *payload) {
+    return sender_send(self, payload, 1);
+}
+
+/* send_nowait(payload): as send, for an event loop: BlockingIOError instead of waiting. */
+static PyObject *Sender_send_nowait(SenderObject *self, PyObject *payload) {
+    return sender_send(self, payload, 0);
 }
 
 /* send_many(payloads) -> count: every payload as its own datagram, up to 64 per sendmmsg(2)
@@ -1294,6 +1320,8 @@ static PyObject *Sender_get_ident(SenderObject *self, void *closure) {
 static PyMethodDef Sender_methods[] = {
     {"send", (PyCFunction)Sender_send, METH_O,
      "send(payload) -> len(payload): one datagram (prefix + payload, one sendmsg)"},
+    {"send_nowait", (PyCFunction)Sender_send_nowait, METH_O,
+     "send_nowait(payload) -> len(payload): as send; BlockingIOError when the socket is full"},
     {"send_many", (PyCFunction)Sender_send_many, METH_O,
      "send_many(payloads) -> count: one datagram each, batched with sendmmsg"},
     {NULL, NULL, 0, NULL},

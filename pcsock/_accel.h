@@ -107,6 +107,12 @@ void pc_hop_apply(uint8_t *b, const pc_frame_t *f, const pc_hop_plan_t *plan);
 int pc_hop(uint8_t *b, const pc_frame_t *f, pc_b2s_key *in_key, uint32_t out_label,
            uint32_t dst, pc_b2s_key *out_key, const uint32_t *src, int use_memo);
 
+/* The pipeline's form-1 fast path eligibility (pcsite_lite.pipeline): IPv4 without options,
+ * total length = n, protocol 253 (shim at 20) or UDP to port 6253 with a consistent UDP length
+ * (shim at 28), shim version 1 form 1, destination = site_addr, not a fragment, and the IPv4
+ * header checksum if verify_ip_checksum. Returns the shim offset, or 0 (not that packet). */
+int pc_form1_offset(const uint8_t *p, size_t n, uint32_t site_addr, int verify_ip_checksum);
+
 /* The label of a framed form-1 packet. */
 static inline uint32_t pc_label(const uint8_t *b, const pc_frame_t *f) {
     const uint8_t *s = b + f->off + 4;

@@ -139,10 +139,18 @@ class _Endpoint:
         proto: int = wire.IPPROTO_PACKETCLOUD,
         tos: int = 0,
         bind: bool = True,
+        accel: bool | None = None,
     ) -> None:
         self.session = Session(local_ip, mode=mode, proto=proto)
         self.app_port = app_port  #: application port: the source port of what this sends
         self.encap_port = encap_port
+        # the C accelerator's senders (accel=None: use it when pcsock.wire does)
+        ax = wire.accelerator()
+        if accel and ax is None:
+            raise PcsockError(f"the C accelerator is not available: {wire.PURE_REASON}")
+        self._ax: Any = ax if accel is None or accel else None
+        #: (first hop, port, label, key, metadata, sport, dport) -> _accel.Sender
+        self._senders: dict[tuple[Any, ...], Any] = {}
         rx, tx = _open_transport(mode, local_ip, encap_port, proto, bind, tos)
         #: stdlib sockets (the trio flavour wraps them in trio sockets)
         self._rx: Any = rx
@@ -186,55 +194,14 @@ class _Endpoint:
             to, payload, metadata=metadata, port=self.encap_port, sport=self.app_port
         )
 
-    def _decode(self, data: bytes, src: tuple[str, int]) -> Datagram | None:
-        return self.session.decode(data, src if self.session.mode == "udp" else None)
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._rx.close()
-        if self._tx is not self._rx:
-            self._tx.close()
-
-
-class PacketCloudSocket(_Endpoint):
-    """A PacketCloud endpoint bound to ``local_ip`` (blocking). See the module docstring.
-
-    Keywords: ``mode`` ("udp" or "ip"), ``app_port``, ``encap_port``, ``proto``, ``tos``,
-    ``bind`` (as :class:`_Endpoint` takes them) and ``accel``."""
-
-    def __init__(self, local_ip: str, *, accel: bool | None = None, **kw: Any) -> None:
-        super().__init__(local_ip, **kw)
-        # the C accelerator's senders (accel=None: use it when pcsock.wire does)
-        ax = wire.accelerator()
-        if accel and ax is None:
-            raise PcsockError(f"the C accelerator is not available: {wire.PURE_REASON}")
-        self._ax: Any = ax if accel is None or accel else None
-        #: (first hop, port, label, key, metadata, sport, dport) -> _accel.Sender
-        self._senders: dict[tuple[Any, ...], Any] = {}
-        self._timeout: float | None = None
-
-    # -- stdlib-like surface
-    def settimeout(self, timeout: float | None) -> None:
-        self._timeout = timeout
-
-    def gettimeout(self) -> float | None:
-        return self._timeout
-
-    def fileno(self) -> int:
-        return self._rx.fileno()
-
-    def _send(self, data: bytes, addr: tuple[str, int]) -> None:
-        self._tx.sendto(data, self._dest(addr))
-
     @property
     def accelerated(self) -> bool:
         """True if circuit datagrams go out through the C accelerator's senders."""
         return self._ax is not None
 
     def _sender(self, circuit: Circuit, metadata: int, dport: int) -> Any:
-        """The accelerator's sender for datagrams on ``circuit`` with this metadata and these
+        """The accelerator's sender (on the transport's descriptor: the trio flavour's too)
+        for datagrams on ``circuit`` with this metadata and these
         application ports: the circuit's sealed prefix (its MAC computed once), sent ahead of
         each payload by one ``sendmsg`` (``sendmmsg`` for batches) without a copy."""
         if self._closed:
@@ -261,6 +228,41 @@ class PacketCloudSocket(_Endpoint):
             )
             self._senders[key] = sender
         return sender
+
+    def _decode(self, data: bytes, src: tuple[str, int]) -> Datagram | None:
+        return self.session.decode(data, src if self.session.mode == "udp" else None)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._rx.close()
+        if self._tx is not self._rx:
+            self._tx.close()
+
+
+class PacketCloudSocket(_Endpoint):
+    """A PacketCloud endpoint bound to ``local_ip`` (blocking). See the module docstring.
+
+    Keywords: ``mode`` ("udp" or "ip"), ``app_port``, ``encap_port``, ``proto``, ``tos``,
+    ``bind`` (as :class:`_Endpoint` takes them) and ``accel``."""
+
+    def __init__(self, local_ip: str, **kw: Any) -> None:
+        super().__init__(local_ip, **kw)
+        self._timeout: float | None = None
+
+    # -- stdlib-like surface
+    def settimeout(self, timeout: float | None) -> None:
+        self._timeout = timeout
+
+    def gettimeout(self) -> float | None:
+        return self._timeout
+
+    def fileno(self) -> int:
+        return self._rx.fileno()
+
+    def _send(self, data: bytes, addr: tuple[str, int]) -> None:
+        self._tx.sendto(data, self._dest(addr))
 
     def send_on(
         self, circuit: Circuit, payload: bytes, *, metadata: int = 0, dport: int = 0
@@ -556,8 +558,9 @@ def service_socket(
 
 
 class AsyncPacketCloudSocket(_Endpoint):
-    """The trio flavour of :class:`PacketCloudSocket` (UDP or raw-IP mode; the same keywords
-    but ``accel``)."""
+    """The trio flavour of :class:`PacketCloudSocket` (UDP or raw-IP mode; the same keywords).
+    Circuit datagrams go out through the C accelerator's senders as in the blocking socket
+    (``accel``), without blocking the event loop: a full socket buffer waits in trio."""
 
     def __init__(self, local_ip: str, **kw: Any) -> None:
         super().__init__(local_ip, **kw)
@@ -571,6 +574,17 @@ class AsyncPacketCloudSocket(_Endpoint):
     async def send_on(
         self, circuit: Circuit, payload: bytes, *, metadata: int = 0, dport: int = 0
     ) -> int:
+        if self._ax is not None:
+            sender = self._sender(circuit, metadata, dport)
+            while True:
+                try:
+                    n: int = sender.send_nowait(payload)
+                    break
+                except BlockingIOError:
+                    await self._tx.wait_writable()
+            self.session.sent += 1
+            await trio.lowlevel.checkpoint()
+            return n
         await self._send(*self._circuit_frame(circuit, payload, metadata, dport))
         return len(payload)
 

@@ -161,6 +161,9 @@ class DataplaneConfig:
     batch: int = 256
     #: packets that may wait in a worker's TUN device (its txqueuelen; the kernel's is 500)
     queue_len: int = 1000
+    #: switch packets of natively declared services in C (pcsite_lite.native); false: every
+    #: packet through the Python pipeline
+    native: bool = True
 
     def cpu_of(self, worker: int) -> int | None:
         """The vCPU worker ``worker`` is pinned to, or None."""
@@ -301,7 +304,7 @@ def _online_cpus() -> set[int] | None:
 
 _DATAPLANE_KEYS: Final = frozenset({
     "tun_prefix", "mtu", "buckets", "table_base", "mark_base", "rule_pref", "nft_table",
-    "restart_delay", "tx", "cpus", "busy_poll_us", "batch", "queue_len",
+    "restart_delay", "tx", "cpus", "busy_poll_us", "batch", "queue_len", "native",
 })  # fmt: skip
 _CONTROL_KEYS: Final = frozenset(
     {"listen", "admin_token", "psps", "trust_anchor_file", "trust_anchor", "max_body"}
@@ -426,6 +429,7 @@ def _parse(doc: dict[str, Any], source: str, base: Path) -> SiteConfig:
         busy_poll_us=_get(doc, d, "busy_poll_us", int, 50),
         batch=_get(doc, d, "batch", int, 256),
         queue_len=_get(doc, d, "queue_len", int, 1000),
+        native=_get(doc, d, "native", bool, True),
     )
     _range("dataplane.mtu", dp.mtu, 576, 65535)
     _range("dataplane.buckets", dp.buckets, 1, 65536)

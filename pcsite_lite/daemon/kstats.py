@@ -153,6 +153,7 @@ def fold(stats: WorkerStats, kernel: Mapping[str, int]) -> WorkerStats:
         tx_packets=max(0, stats.tx_packets - kernel.get("tun_out", 0)),
         tx_bytes=stats.tx_bytes,
         tx_errors=stats.tx_errors,
+        native_packets=stats.native_packets,
         drops=drops,
         alive=stats.alive,
         restarts=stats.restarts,

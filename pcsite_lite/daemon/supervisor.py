@@ -261,6 +261,7 @@ class Supervisor:
                 tx_packets=s.base.tx_packets + s.stats.tx_packets,
                 tx_bytes=s.base.tx_bytes + s.stats.tx_bytes,
                 tx_errors=s.base.tx_errors + s.stats.tx_errors,
+                native_packets=s.base.native_packets + s.stats.native_packets,
                 drops={
                     k: s.base.drops.get(k, 0) + s.stats.drops.get(k, 0)
                     for k in {*s.base.drops, *s.stats.drops}
@@ -338,7 +339,8 @@ class Supervisor:
             # the cgroups of its confined processes (they died with it)
             await trio.to_thread.run_sync(sweep_cgroups, slot.proc.pid)
             # fold this incarnation's counters into the base so counters stay monotonic
-            for k in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "tx_errors"):
+            for k in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "tx_errors",
+                      "native_packets"):  # fmt: skip
                 setattr(slot.base, k, getattr(slot.base, k) + getattr(slot.stats, k))
             for k, v in slot.stats.drops.items():
                 slot.base.drops[k] = slot.base.drops.get(k, 0) + v

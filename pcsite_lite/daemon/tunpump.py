@@ -17,6 +17,12 @@ Forwarded packets of a batch are written back with one :func:`~pcsite_lite.fasti
 call (``tx = "tun"``) or sent with ``sendmmsg`` on a raw socket (``tx = "raw"``,
 :func:`~pcsite_lite.fastio.send_ip_batch`). Counters stay in
 locals during a batch and go to :class:`~pcsite_lite.metrics.WorkerStats` once per batch.
+
+With a :class:`~pcsite_lite.native.NativeSwitch` (``native=``), a batch is read into the C
+switch's buffers instead; packets of natively run circuits are switched and metered there,
+the others go through ``process`` one at a time in arrival order (see
+:meth:`NativeSwitch.run_batch <pcsite_lite.native.NativeSwitch.run_batch>`), and the batch's
+output leaves in order with one C call.
 """
 
 from __future__ import annotations
@@ -25,12 +31,15 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from pcsite_lite import fastio
 from pcsite_lite.confine import Prefetcher
 from pcsite_lite.metrics import WorkerStats
 from pcsite_lite.verdicts import Deliver, Drop, Forward, Verdict
+
+if TYPE_CHECKING:
+    from pcsite_lite.native import NativeSwitch
 
 __all__ = ["MAX_BATCHES", "TunPump"]
 
@@ -55,8 +64,11 @@ class TunPump:
         account: Callable[[], object] = lambda: None,
         name: str = "worker",
         prefetch: Prefetcher | None = None,
+        native: NativeSwitch | None = None,
     ) -> None:
         self.fd = tun_fd
+        #: the C switch (None: every packet goes through ``process``)
+        self.native = native
         #: runs the batch's confined provider services ahead (pcsite_lite.confine.Prefetcher)
         self.prefetch = prefetch
         self.process = process
@@ -88,8 +100,13 @@ class TunPump:
         read_batch = fastio.read_batch
         fd, n = self.fd, self.batch
         spin = 0  # the wake-up that called us found packets waiting: no spin for the first read
+        sw = self.native.sw if self.native is not None else None
         for _ in range(MAX_BATCHES):
-            packets = read_batch(fd, n, spin)
+            if sw is not None:
+                got, nbytes = sw.read(fd, n, spin)
+                packets = got  # only its truth value matters below
+            else:
+                packets = read_batch(fd, n, spin)
             if not packets:
                 if spin:
                     self.spin_misses += 1
@@ -100,13 +117,80 @@ class TunPump:
             if spin:
                 self.spin_hits += 1
                 self.window_ns = self.max_window_ns
-            self._handle(packets)
+            if sw is not None:
+                self._switch(got, nbytes)
+            else:
+                self._handle(packets)  # type: ignore[arg-type]
             # bill services this batch's thread CPU before the next wait (time spent waiting
             # inside a metering window would count as preemption)
             self.account()
             self._last_batch_ns = time.monotonic_ns()
             spin = self.window_ns
         return True
+
+    def _switch(self, n: int, nbytes: int) -> None:
+        """The batch of ``n`` packets (``nbytes``) in the native switch's buffers."""
+        native = self.native
+        assert native is not None
+        sw = native.sw
+        now = self.clock()
+        prefetch = self.prefetch
+        held: set[int] = set()
+        if prefetch is not None:
+            # the packets the switch will not take (confined services are never native): those
+            # for confined services go to their processes, the pipeline runs them once answered
+            peeked = sw.peek()
+            data = [d for _, d in peeked]
+            run_now = prefetch.dispatch(data, now)
+            if len(run_now) != len(data):
+                kept = {id(d) for d in run_now}
+                held = {i for i, d in peeked if id(d) not in kept}
+        process = self.process
+        drops = self.stats.drops
+        name = self.name
+        punted = 0
+
+        def handle(i: int, data: bytes) -> list[bytes] | None:
+            nonlocal punted
+            punted += 1
+            if i in held:
+                return None  # in a confined process: see completed() below
+            try:
+                verdicts = process(data, now)
+            except Exception as exc:  # a pipeline bug must not kill the worker
+                drops["internal_error"] = drops.get("internal_error", 0) + 1
+                print(f"{name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                return None
+            outs = None
+            for v in verdicts:
+                tv = type(v)
+                if tv is Forward or tv is Deliver:
+                    if outs is None:
+                        outs = [v.data]  # type: ignore[union-attr]
+                    else:
+                        outs.append(v.data)  # type: ignore[union-attr]
+                elif tv is Drop:
+                    reason = v.reason  # type: ignore[union-attr]
+                    drops[reason] = drops.get(reason, 0) + 1
+            return outs
+
+        py_outs = native.run_batch(now, handle)
+        stats = self.stats
+        stats.rx_packets += n
+        stats.rx_bytes += nbytes
+        stats.native_packets += n - punted
+        if self._raw is None:
+            written, errors, nbytes = sw.write(self.fd, py_outs)
+            stats.tx_packets += written
+            stats.tx_bytes += nbytes
+            stats.tx_errors += errors
+        else:
+            self._send_raw(sw.outputs(py_outs))
+        if prefetch is not None:  # what the confined processes answered meanwhile
+            outs: list[bytes] = []
+            for done, t in prefetch.completed():
+                self._run(done, t, outs)
+            self._write(outs)
 
     def _handle(self, packets: list[bytes]) -> None:
         # one clock read per batch (a batch lasts a few ms at most); the counters are locals
@@ -165,17 +249,22 @@ class TunPump:
     def _write(self, outs: list[bytes]) -> None:
         if not outs:
             return
+        if self._raw is not None:
+            self._send_raw(outs)
+            return
+        written, errors, nbytes = fastio.write_batch(self.fd, outs)
         stats = self.stats
-        if self._raw is None:
-            written, errors, nbytes = fastio.write_batch(self.fd, outs)
-        else:
-            raw, step = self._raw.fileno(), fastio.MAX_BATCH  # replicas may exceed one call
-            written = errors = nbytes = 0
-            for i in range(0, len(outs), step):
-                w, e, b = fastio.send_ip_batch(raw, outs[i : i + step])
-                written += w
-                errors += e
-                nbytes += b
         stats.tx_packets += written
         stats.tx_bytes += nbytes
         stats.tx_errors += errors
+
+    def _send_raw(self, outs: list[bytes]) -> None:
+        """``tx = "raw"``: ``sendmmsg`` the batch's output on the raw socket, counted."""
+        assert self._raw is not None
+        raw, step = self._raw.fileno(), fastio.MAX_BATCH  # replicas may exceed one call
+        stats = self.stats
+        for i in range(0, len(outs), step):
+            w, e, b = fastio.send_ip_batch(raw, outs[i : i + step])
+            stats.tx_packets += w
+            stats.tx_errors += e
+            stats.tx_bytes += b

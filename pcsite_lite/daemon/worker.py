@@ -74,6 +74,8 @@ class Replica:
         self.idle: Callable[[], None] = lambda: None
         #: ``(packets, now)``: run the batch's confined services ahead (None: none confined)
         self.prefetch: Prefetcher | None = None
+        #: the native C switch (None: every packet through ``process``)
+        self.native: Any = None
         self.idle_ms = 100
         if cfg.mode == "bare":
             assert cfg.bare_next_hop is not None
@@ -92,6 +94,16 @@ class Replica:
             self.idle = site.idle
             self.prefetch = site.prefetch
             self.idle_ms = max(1, int(site.fis.staleness * 1000))
+            if cfg.dataplane.native:
+                from pcsite_lite.native import NativeSwitch, available
+
+                ok, why = available()
+                if ok:
+                    self.native = NativeSwitch(
+                        site.pipeline, batch=cfg.dataplane.batch, bufsize=cfg.dataplane.mtu
+                    )
+                else:
+                    print(f"native switching off: {why}", file=sys.stderr)
 
 
 def _send_blocking(ctl: socket.socket, data: bytes, timeout: float = 2.0) -> None:
@@ -127,7 +139,8 @@ def run(cfg: SiteConfig, index: int, tun_fd: int, ctl: socket.socket) -> int:
                   file=sys.stderr)  # fmt: skip
     pump = TunPump(tun_fd, replica.process, replica.clock, stats, batch=dp.batch,
                    busy_poll_us=dp.busy_poll_us, tx=dp.tx, account=replica.account,
-                   name=f"worker {index}", prefetch=replica.prefetch)  # fmt: skip
+                   name=f"worker {index}", prefetch=replica.prefetch,
+                   native=replica.native)  # fmt: skip
     next_stats = 0.0
     ctl.send(json.dumps({"ready": index, "pid": os.getpid()}).encode())
     idle_ms = replica.idle_ms
@@ -174,6 +187,8 @@ def run(cfg: SiteConfig, index: int, tun_fd: int, ctl: socket.socket) -> int:
                         print(
                             f"worker {index}: cannot apply {op.get('op')}: {exc}", file=sys.stderr
                         )
+                    if replica.native is not None:
+                        replica.native.invalidate()  # the C table learns the new state again
                     if "seq" in op:  # the control API's settle() waits for this, not a timeout
                         _send_blocking(ctl, json.dumps({"ack": op["seq"]}).encode())
         now = time.monotonic()

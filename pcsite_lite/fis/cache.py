@@ -136,6 +136,18 @@ class CachedFIS:
             else:
                 t.insert(change.key, freeze(value))
 
+    def cached(self, ns: str, key: str) -> Any:
+        """The value ``get`` would answer from memory (the very object), or ``None`` if the
+        key is not cached: lets a mirror of decisions (``pcsite_lite.native``) tell which of
+        the values it used an update replaced, without reading the engine."""
+        return self._kv.get((ns, key))
+
+    def refresh_if_due(self) -> None:
+        """:meth:`refresh` if ``staleness`` has passed since the last poll (what every read
+        does first; the native switch calls it once per batch)."""
+        if self._clock() >= self._deadline:
+            self.refresh()
+
     def refresh(self) -> None:
         """Apply every change other writers made since the last poll (normally automatic).
 

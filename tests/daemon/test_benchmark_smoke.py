@@ -30,7 +30,7 @@ def test_site_forwarding_benchmark_writes_every_figure(tmp_path: Path) -> None:
     measured = ("hop_latency_added_us_median", "worker_cpu_us_per_packet_1w",
                 "worker_cpu_frac_ping", "worker_share_2w_w0", "worker_share_2w_w1")  # fmt: skip
     for base in ratios + measured:
-        for name in (base, f"{base}_pure"):
+        for name in (base, f"{base}_accel", f"{base}_pure"):
             assert isinstance(figures[name], float), name
             # a ratio is NaN only when no rate tried lost < 1 % (a loaded machine); the others
             # are always measured
@@ -40,13 +40,19 @@ def test_site_forwarding_benchmark_writes_every_figure(tmp_path: Path) -> None:
     for name in ("hop_latency_added_us_median_no_busy_poll", "worker_cpu_frac_ping_no_busy_poll",
                  "hop_latency_added_us_median_spin", "worker_cpu_frac_ping_spin"):  # fmt: skip
         assert figures[name] == figures[name], name
+    # the TUN floor: a read and a write each cost something, and bound the TUN design
+    assert figures["tun_read_us_per_packet"] > 0 and figures["tun_write_us_per_packet"] > 0
+    assert figures["tun_floor_pps"] > 0
+    # the default dataplane switched the load in C; the Python paths did not
+    assert figures["native_share_1w"] > 0.5
+    assert figures["native_share_1w_accel"] == 0 == figures["native_share_1w_pure"]
     # both workers of the two-worker site received packets, and the shares add up
     assert figures["worker_share_2w_w0"] > 0 and figures["worker_share_2w_w1"] > 0
     assert abs(figures["worker_share_2w_w0"] + figures["worker_share_2w_w1"] - 1) < 1e-9
     r = doc["rounds"][0]
     for mode in ("kernel_ip", "kernel_udp", "bare_udp_1w", "site_ip_1w", "site_udp_1w",
                  "site_udp_1w_batched", "site_udp_1w_batched_pure",
-                 "site_ip_2w", "site_ip_1w_pure"):  # fmt: skip
+                 "site_ip_2w", "site_ip_1w_pure", "site_ip_1w_accel"):  # fmt: skip
         assert r[mode]["steps"][0]["received"] > 100, (mode, r[mode]["steps"][0])
     assert len(doc["scaling_2w_vs_1w_rounds"]) == 1
     assert all(doc[k] == v or v != v for k, v in figures.items())  # also at the top level

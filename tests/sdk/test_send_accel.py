@@ -129,3 +129,40 @@ def test_raw_ip_mode_packets_are_whole_valid_ipv4_packets(accel: bool) -> None:
     assert all(p.verify_mac(KEY) and p.label == 77 and p.metadata == 1 for p in pkts)
     assert len({int.from_bytes(p.buf[4:6], "big") for p in pkts}) == 71  # fresh identifications
     assert all(p.proto == 253 and wire.int2ip(p.orig_src) == a for p in pkts)
+
+
+@pytest.mark.parametrize("accel", ACCEL)
+def test_trio_socket_sends_the_sessions_bytes(accel: bool) -> None:
+    """The trio socket's circuit datagrams: through the accelerator's senders (without
+    blocking the event loop) or the pure path, the same bytes as Session.encode_circuit."""
+    import trio
+
+    from pcsock.socket import AsyncPacketCloudSocket
+
+    with _receiver() as rx:
+        port = rx.getsockname()[1]
+        circuit = Circuit("127.0.0.1", 0xC0FFEE, KEY, "x", port=port)
+        ref = Session("127.0.0.1")
+
+        async def main() -> int:
+            async with AsyncPacketCloudSocket(
+                "127.0.0.1", bind=False, app_port=4000, accel=accel
+            ) as tx:
+                assert tx.accelerated == accel
+                for md, payload in zip([0, 7, 0, 255], PAYLOADS):
+                    assert await tx.send_on(circuit, payload, metadata=md, dport=53) == len(payload)
+                for i in range(100):
+                    await tx.send_on(circuit, b"%d" % i, metadata=1, dport=9)
+                return tx.session.sent
+
+        assert trio.run(main) == len(PAYLOADS) + 100
+        got = _drain(rx, len(PAYLOADS) + 100)
+        want = [
+            ref.encode_circuit(circuit, p, metadata=md, sport=4000, dport=53)[0]
+            for md, p in zip([0, 7, 0, 255], PAYLOADS)
+        ]
+        want += [
+            ref.encode_circuit(circuit, b"%d" % i, metadata=1, sport=4000, dport=9)[0]
+            for i in range(100)
+        ]
+        assert got == want
