@@ -70,7 +70,10 @@ class LbKernel(Kernel):
         if f"{LOCAL_PREF_MOVED}:\tfrom all lookup local" not in _rules():
             _run(["ip", "rule", "add", "pref", str(LOCAL_PREF_MOVED), "lookup", "local"])
         _run(["ip", "rule", "del", "pref", "0", "lookup", "local"], check=False)
-        _run(["nft", "-f", "-"], stdin=render_ruleset(cfg, marks))
+        script = render_ruleset(cfg, marks)
+        if not marks:  # no node yet: an empty map (the packets stay unmarked, not split)
+            script = "".join(ln for ln in script.splitlines(True) if "add element" not in ln)
+        _run(["nft", "-f", "-"], stdin=script)
 
     def set_node(self, slot: int, addr: str) -> None:
         dp = self.cfg.dataplane
@@ -202,9 +205,22 @@ class LoadBalancer:
                 await trio.to_thread.run_sync(self._apply)
 
 
-async def run_until_signal(lb: LoadBalancer) -> None:
+def leaf(exc: BaseException) -> BaseException:
+    """The first real error inside trio's exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+async def run_until_signal(lb: LoadBalancer, then: Any = None) -> None:
+    """Run the LB until SIGTERM/SIGINT, or (with ``then``, an async function: the
+    controller's supervisor, which handles the signals itself) until ``then()`` returns."""
     async with trio.open_nursery() as n:
         await n.start(lb.run)
+        if then is not None:
+            await then()
+            n.cancel_scope.cancel()
+            return
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
             async for _ in sigs:
                 break

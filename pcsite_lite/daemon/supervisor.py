@@ -664,12 +664,12 @@ def run_daemon(cfg: SiteConfig, roles: frozenset[str] = ALL_IN_ONE) -> int:
 
 def _run_locked(cfg: SiteConfig, roles: frozenset[str]) -> int:
     if roles == {"lb"}:
-        from pcsite_lite.cluster.lb import LoadBalancer, run_until_signal
+        from pcsite_lite.cluster.lb import LoadBalancer, leaf, run_until_signal
 
         try:
             trio.run(run_until_signal, LoadBalancer(cfg))
-        except KernelError as exc:
-            print(f"pcsite: {exc}", file=sys.stderr)
+        except (KernelError, OSError, BaseExceptionGroup) as exc:
+            print(f"pcsite: load balancer: {leaf(exc)}", file=sys.stderr)
             return 1
         return 0
     try:
@@ -684,17 +684,12 @@ def _run_locked(cfg: SiteConfig, roles: frozenset[str]) -> int:
         return 1  # may be passing (the FIS engine restarting): a service manager retries
     try:
         if "lb" in roles:  # lb + controller in one process (one state directory, one lock)
-            from pcsite_lite.cluster.lb import LoadBalancer
+            from pcsite_lite.cluster.lb import LoadBalancer, leaf, run_until_signal
 
-            lb = LoadBalancer(cfg)
-
-            async def both() -> None:
-                async with trio.open_nursery() as n:
-                    await n.start(lb.run)
-                    await sup.run()
-                    n.cancel_scope.cancel()
-
-            trio.run(both)
+            try:
+                trio.run(run_until_signal, LoadBalancer(cfg), sup.run)
+            except BaseExceptionGroup as eg:
+                raise leaf(eg) from None
         else:
             trio.run(sup.run)
     except (StartupError, KernelError) as exc:
