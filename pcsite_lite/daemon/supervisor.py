@@ -468,8 +468,9 @@ class Supervisor:
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.cfg
         try:
-            left = self.kernel.clear_leftovers()
-            left += [f"cgroup {d}" for d in sweep_cgroups()]  # of workers killed before
+            left = self.kernel.clear_leftovers() if self.is_node else []
+            if self.is_node:
+                left += [f"cgroup {d}" for d in sweep_cgroups()]  # of workers killed before
             if left:
                 self.log(f"removed what a previous instance left: {', '.join(left)}")
             if self.is_controller:
@@ -541,7 +542,8 @@ class Supervisor:
             self._stopping = True
             self._stop_workers()
             self._final_usage()
-            self.kernel.teardown()
+            if self.is_node:  # a controller alone changed nothing in the kernel
+                self.kernel.teardown()
             for s in self.slots:
                 s.tun.close()
             self.backend.close()
