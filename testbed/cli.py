@@ -324,7 +324,8 @@ def cmd_fail(args: argparse.Namespace) -> int:
         raise SystemExit(f"testbed: {args.node!r} is not a compute node of run {run.name} "
                          f"(compute nodes: {', '.join(names) or 'none'})")  # fmt: skip
     up = args.command == "recover"
-    clustermod.set_link(run.ns(args.node), up=up)
+    gw = next(c["lb_address"] for c in clusters.values() if args.node in c.get("netns", {}))
+    clustermod.set_link(run.ns(args.node), up, gw)
     print(f"{args.node}: internal link {'restored' if up else 'cut'}")
     return 0
 

@@ -90,6 +90,9 @@ def build(cp: ClusterPlan, ns_of: dict[str, str]) -> None:
         _ip(node, "route", "add", "default", "via", cp.lb_address, "dev", INTERNAL_DEV)
 
 
-def set_link(ns: str, up: bool) -> None:
-    """Cut (``up=False``) or restore a compute node's internal link."""
+def set_link(ns: str, up: bool, gateway: str) -> None:
+    """Cut (``up=False``) or restore a compute node's internal link; restoring also puts
+    back its default route through the LB at ``gateway`` (the kernel drops it at link down)."""
     _ip(ns, "link", "set", INTERNAL_DEV, "up" if up else "down")
+    if up:
+        _ip(ns, "route", "replace", "default", "via", gateway, "dev", INTERNAL_DEV)

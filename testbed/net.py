@@ -846,14 +846,18 @@ class Testbed:
                 proc.popen.kill()
                 proc.popen.wait(5)
                 self._forget(proc.pid)
-        clustermod.set_link(node.ns, up=False)
+        clustermod.set_link(node.ns, False, self._gateway(name))
 
     def recover(self, name: str) -> None:
         """Restore a failed compute node's internal link (restart its processes yourself)."""
         node = self.node(name)
         if node.kind != "compute":
             raise KeyError(f"{name!r} is a {node.kind}, not a compute node")
-        clustermod.set_link(node.ns, up=True)
+        clustermod.set_link(node.ns, True, self._gateway(name))
+
+    def _gateway(self, name: str) -> str:
+        return next(c.lb_address for c in self.clusters.values()
+                    if any(m.name == name for m in c.members))  # fmt: skip
 
     def _forget(self, pid: int) -> None:
         self.processes = [p for p in self.processes if p.pid != pid]
