@@ -50,11 +50,12 @@ def failover(rounds: int, nodes: int, circuits: int, rate: float) -> tuple[float
     with ClusterSite(Path(tempfile.mkdtemp(prefix="pcbench-cluster-")), nodes=nodes) as cs:
         labels = cs.circuits(circuits)
         for _ in range(rounds):
-            with Load(cs, labels, rate=rate) as load:
+            load = Load(cs, labels, rate=rate)
+            own = owners(cs, load, labels)  # before the load starts
+            with load:
                 deadline = time.monotonic() + 10
                 while len(load.got) < 2 * circuits and time.monotonic() < deadline:
                     time.sleep(0.02)
-                own = owners(cs, load, labels)
                 victim = max(set(own.values()), key=list(own.values()).count)
                 time.sleep(0.3)
                 t_kill = time.monotonic()

@@ -302,7 +302,9 @@ class Load:
 
 def owners(cs: ClusterSite, load: Load, labels: list[int]) -> dict[int, str]:
     """Circuit index -> the compute node the LB sends it to (probed one circuit at a time,
-    watching which node's TUN devices count the packets)."""
+    watching which node's TUN devices count the packets). Call it while no load runs
+    (before ``with load:``): a circuit whose packets show up on more than one node is left
+    out."""
     out = {}
     names = cs.node_names()
     for i, label in enumerate(labels):
@@ -310,8 +312,8 @@ def owners(cs: ClusterSite, load: Load, labels: list[int]) -> dict[int, str]:
         load.probe(label)
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            grew = [n for n in names if cs.tun_rx(n) >= before[n] + 3]
-            if grew:
+            grew = [n for n in names if cs.tun_rx(n) > before[n]]
+            if len(grew) == 1 and cs.tun_rx(grew[0]) >= before[grew[0]] + 3:
                 out[i] = grew[0]
                 break
             time.sleep(0.01)

@@ -45,10 +45,11 @@ def test_the_state_reached_every_node_and_nodes_refuse_changes(cs: ClusterSite) 
 
 
 def test_node_kill_resumes_its_circuits_within_1s_and_others_lose_nothing(cs) -> None:
-    with Load(cs, cs.labels, rate=100) as load:
+    load = Load(cs, cs.labels, rate=100)
+    own = owners(cs, load, cs.labels)  # before the load starts
+    assert len(own) == K and len(set(own.values())) >= 2, own
+    with load:
         _settled(cs, load)
-        own = owners(cs, load, cs.labels)
-        assert len(own) == K and len(set(own.values())) >= 2, own
         victim = max(set(own.values()), key=lambda n: list(own.values()).count(n))
         time.sleep(0.3)
         t_kill = time.monotonic()
