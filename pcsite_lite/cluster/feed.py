@@ -28,11 +28,33 @@ from typing import Any, Final
 
 import trio
 
-__all__ = ["FeedClient", "FeedError", "FeedServer", "OpReplica"]
+__all__ = ["FeedClient", "FeedError", "FeedServer", "OpReplica", "leaf", "merge_usage"]
 
 MAX_LINE: Final = 1 << 20  #: bytes of one op line
 MAX_BACKLOG: Final = 32 << 20  #: bytes queued for one node before it is cut off (it resyncs)
 _HELLO: Final = b"pcsite-feed-1|"
+
+
+def merge_usage(per_worker: list[dict[str, dict[str, int]]]) -> dict[str, dict[str, int]]:
+    """One ``"psp/service" -> counters`` document from several (a node's report)."""
+    out: dict[str, dict[str, int]] = {}
+    for doc in per_worker:
+        for name, fields in doc.items():
+            acc = out.setdefault(name, {})
+            for k, v in fields.items():
+                acc[k] = acc.get(k, 0) + int(v)
+    return out
+
+
+def valid_report(doc: Any) -> bool:
+    """A node's report: ``{"node": str, "inc": str, "usage": {name: {counter: int}}}``."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("node"), str):
+        return False
+    if not isinstance(doc.get("inc"), str) or not isinstance(doc.get("usage"), dict):
+        return False
+    return all(isinstance(n, str) and isinstance(f, dict) and all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+        for k, v in f.items()) for n, f in doc["usage"].items())  # fmt: skip
 
 
 class FeedError(Exception):
@@ -116,8 +138,10 @@ class FeedServer:
     any thread) queues one change for every connected node."""
 
     def __init__(self, snapshot: Callable[[], Iterator[dict[str, Any]]], secret: bytes,
-                 log: Callable[[str], None]) -> None:  # fmt: skip
+                 log: Callable[[str], None],
+                 on_report: Callable[[dict[str, Any]], None] | None = None) -> None:  # fmt: skip
         self.snapshot = snapshot
+        self.on_report = on_report  #: what a node reports back (its metered usage)
         self.secret = secret
         self.log = log
         self.subs: set[_Sub] = set()
@@ -163,9 +187,9 @@ class FeedServer:
                 self.log(f"feed: {peer} failed authentication")
                 return
             await self._stream(stream, peer)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError,
-                FeedError, OSError) as exc:  # fmt: skip
-            self.log(f"feed: {peer} gone ({type(exc).__name__})")
+        except Exception as exc:  # a node's connection never takes the controller down
+            err = leaf(exc)
+            self.log(f"feed: {peer} gone ({type(err).__name__}: {err})")
         finally:
             await stream.aclose()
 
@@ -175,34 +199,53 @@ class FeedServer:
             self.subs.add(sub)  # before the snapshot: changes meanwhile are queued, not lost
         self.nodes += 1
         try:
-            n = 0
-            buf = bytearray()
-            for op in self.snapshot():
-                buf += json.dumps(op, separators=(",", ":")).encode() + b"\n"
-                n += 1
-                if len(buf) > 65536:
-                    await stream.send_all(bytes(buf))
-                    buf.clear()
-            buf += json.dumps({"op": "synced", "ops": n}).encode() + b"\n"
-            await stream.send_all(bytes(buf))
-            self.log(f"feed: {peer} sent a snapshot of {n} ops")
-            while True:
-                with self._lock:
-                    if sub.cut:
-                        raise FeedError("fell too far behind")
-                    lines = list(sub.q)
-                    sub.q.clear()
-                    sub.size = 0
-                    if not lines:
-                        sub.wake = trio.Event()
-                if lines:
-                    await stream.send_all(b"".join(lines))
-                else:
-                    await sub.wake.wait()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._reports, stream)
+                await self._send(stream, peer, sub)
         finally:
             self.nodes -= 1
             with self._lock:
                 self.subs.discard(sub)
+
+    async def _reports(self, stream: trio.SocketStream) -> None:
+        buf = bytearray()
+        while True:
+            doc = json.loads(await _read_line(stream, buf, MAX_LINE))
+            if isinstance(doc, dict) and self.on_report is not None:
+                self.on_report(doc)
+
+    async def _send(self, stream: trio.SocketStream, peer: str, sub: _Sub) -> None:
+        n = 0
+        buf = bytearray()
+        for op in self.snapshot():
+            buf += json.dumps(op, separators=(",", ":")).encode() + b"\n"
+            n += 1
+            if len(buf) > 65536:
+                await stream.send_all(bytes(buf))
+                buf.clear()
+        buf += json.dumps({"op": "synced", "ops": n}).encode() + b"\n"
+        await stream.send_all(bytes(buf))
+        self.log(f"feed: {peer} sent a snapshot of {n} ops")
+        while True:
+            with self._lock:
+                if sub.cut:
+                    raise FeedError("fell too far behind")
+                lines = list(sub.q)
+                sub.q.clear()
+                sub.size = 0
+                if not lines:
+                    sub.wake = trio.Event()
+            if lines:
+                await stream.send_all(b"".join(lines))
+            else:
+                await sub.wake.wait()
+
+
+def leaf(exc: BaseException) -> BaseException:
+    """The first real error inside trio's exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 async def _read_line(stream: trio.SocketStream, buf: bytearray, limit: int) -> bytes:
@@ -226,8 +269,11 @@ class FeedClient:
     ``on_synced()`` after each snapshot."""
 
     def __init__(self, host: str, port: int, secret: bytes, *, on_op: Callable[[dict[str, Any]], None],
-                 on_synced: Callable[[], None], log: Callable[[str], None]) -> None:  # fmt: skip
+                 on_synced: Callable[[], None], log: Callable[[str], None],
+                 report: Callable[[], dict[str, Any]] | None = None,
+                 report_interval: float = 0.25) -> None:  # fmt: skip
         self.host, self.port, self.secret = host, port, secret
+        self.report, self.report_interval = report, report_interval
         self.on_op, self.on_synced, self.log = on_op, on_synced, log
         self.replica = OpReplica()
         self.synced = False  #: the replica holds a whole snapshot (it may be stale)
@@ -238,8 +284,8 @@ class FeedClient:
         while True:
             try:
                 await self._session()
-            except (OSError, FeedError, trio.BrokenResourceError, trio.TooSlowError,
-                    ValueError, KeyError) as exc:  # fmt: skip
+            except Exception as exc:  # never ends: the node forwards from its copy meanwhile
+                exc = leaf(exc)
                 if self.connected:
                     self.log(f"feed from {self.host}:{self.port} lost ({exc}); "
                              "forwarding from the local copy")  # fmt: skip
@@ -271,7 +317,17 @@ class FeedClient:
             self.synced = self.connected = True
             self.on_synced()
             self.log(f"feed from {self.host}:{self.port}: {len(fresh)} ops in the snapshot")
-            while True:
-                op = json.loads(await _read_line(stream, buf, MAX_LINE))
-                self.replica.apply(op)
-                self.on_op(op)
+            async with trio.open_nursery() as n:
+                if self.report is not None:
+                    n.start_soon(self._report, stream)
+                while True:
+                    op = json.loads(await _read_line(stream, buf, MAX_LINE))
+                    self.replica.apply(op)
+                    self.on_op(op)
+
+    async def _report(self, stream: trio.SocketStream) -> None:
+        assert self.report is not None
+        while True:
+            line = json.dumps(self.report(), separators=(",", ":")).encode() + b"\n"
+            await stream.send_all(line)
+            await trio.sleep(self.report_interval)

@@ -32,12 +32,20 @@ from typing import Any
 import trio
 
 from pcsite_lite.daemon.config import SiteConfig
-from pcsite_lite.daemon.kernel import LOCAL_PREF_MOVED, Kernel, _rules, _run, render_ruleset
+from pcsite_lite.daemon.kernel import (
+    LOCAL_PREF_MOVED,
+    Kernel,
+    KernelError,
+    _rules,
+    _run,
+    render_ruleset,
+)
 
 from .config import ClusterConfig
+from .feed import leaf
 from .membership import HeartbeatError, Membership, decode
 
-__all__ = ["LbKernel", "LoadBalancer"]
+__all__ = ["LbKernel", "LoadBalancer", "leaf", "run_until_signal"]
 
 LB_JOURNAL = "lb-kernel.json"
 STATUS = "lb-status.json"
@@ -100,7 +108,9 @@ class LbKernel(Kernel):
 class LoadBalancer:
     """The ``lb`` role of ``pcsite run``."""
 
-    def __init__(self, cfg: SiteConfig, *, log: Any = None) -> None:
+    def __init__(self, cfg: SiteConfig, *, log: Any = None, follow_feed: bool = False) -> None:
+        """``follow_feed``: an LB without a co-located controller subscribes to the
+        controller's state feed for the form-3 prefixes it must divert."""
         if cfg.cluster is None:
             raise ValueError("the lb role needs a [cluster] section")
         self.cfg = cfg
@@ -111,6 +121,19 @@ class LoadBalancer:
         self.changes: list[tuple[float, list[str]]] = []  #: (time, nodes in the table)
         self._log = log or (lambda m: print(f"pcsite-lb[{cfg.name}]: {m}", file=sys.stderr))
         self._status = Path(cfg.state_dir) / STATUS
+        self.feed: Any = None
+        if follow_feed:
+            from .feed import FeedClient
+
+            self.feed = FeedClient(*self.cl.controller, self.cl.secret, on_op=self._feed_op,
+                                   on_synced=lambda: None, log=self.log)  # fmt: skip
+
+    def _feed_op(self, op: dict[str, Any]) -> None:
+        if op.get("op") in ("destination", "release_destination"):
+            try:
+                self.kernel.set_divert(self.feed.replica.divert_prefixes())
+            except KernelError as exc:
+                self.log(f"divert set: {exc}")
 
     def log(self, msg: str) -> None:
         self._log(msg)
@@ -167,7 +190,10 @@ class LoadBalancer:
                      f"{self.cl.lb[0]}:{self.cl.lb[1]}")  # fmt: skip
             self._write_status()
             task_status.started()
-            await self._loop(sock)
+            async with trio.open_nursery() as n:
+                if self.feed is not None:
+                    n.start_soon(self.feed.run)
+                await self._loop(sock)
         finally:
             sock.close()
             self.kernel.teardown()
@@ -203,13 +229,6 @@ class LoadBalancer:
                     pass
             if self.members.expire(now):
                 await trio.to_thread.run_sync(self._apply)
-
-
-def leaf(exc: BaseException) -> BaseException:
-    """The first real error inside trio's exception groups."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc
 
 
 async def run_until_signal(lb: LoadBalancer, then: Any = None) -> None:

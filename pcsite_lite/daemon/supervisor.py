@@ -39,6 +39,7 @@ import trio
 from pcsite_lite.confine import sweep_cgroups
 from pcsite_lite.control.app import ControlApp, Request, Response
 from pcsite_lite.control.auth import Credentials
+from pcsite_lite.cluster.feed import merge_usage, valid_report
 from pcsite_lite.control.server import serve
 from pcsite_lite.lb import BucketTable
 from pcsite_lite.metrics import WorkerStats
@@ -116,6 +117,8 @@ class Supervisor:
         self.feed: Any = None  #: cluster.feed.FeedServer (controller with [cluster])
         self.feed_client: Any = None  #: cluster.feed.FeedClient (node without controller)
         self.heartbeater: Any = None  #: cluster.node.Heartbeater (node with [cluster])
+        #: node name -> {"inc": its process's id, "usage": cumulative, "base": earlier ones}
+        self.remote_usage: dict[str, dict[str, Any]] = {}
         self.watchdog_s = WATCHDOG_S
         self.kernel = Kernel(cfg)
         self.slots: list[WorkerSlot] = []
@@ -306,7 +309,26 @@ class Supervisor:
                     for k, v in doc.items():
                         acc[k] = acc.get(k, 0) + int(v)
             out.append(merged)
+        for r in self.remote_usage.values():  # compute nodes (reported over the feed)
+            out.append(merge_usage([r["base"], r["usage"]]))
         return out
+
+    def _node_report(self, doc: dict[str, Any]) -> None:
+        """A compute node's cumulative usage; a new incarnation (restart) starts from zero,
+        so the last report of the old one is folded into the base: counters stay monotonic
+        and the ledger gets each node's usage once (up to a crashed node's last 0.25 s)."""
+        if not valid_report(doc):
+            self.log("feed: malformed node report dropped")
+            return
+        cur = self.remote_usage.get(doc["node"])
+        if cur is None:
+            self.remote_usage[doc["node"]] = {"inc": doc["inc"], "usage": doc["usage"],
+                                              "base": {}}  # fmt: skip
+            return
+        if cur["inc"] != doc["inc"]:
+            cur["base"] = merge_usage([cur["base"], cur["usage"]])
+            cur["inc"] = doc["inc"]
+        cur["usage"] = doc["usage"]
 
     def status_json(self) -> dict[str, Any]:
         return {
@@ -485,6 +507,8 @@ class Supervisor:
                 self.backend.apply_divert()
                 for s in self.slots:
                     self._spawn(s)
+            elif self.backend._kernel is not None:  # the LB's kernel (lb,controller)
+                self.backend.apply_divert()
             self._cluster_setup()
             self.recorder = UsageRecorder(
                 cfg.name, cfg.metering.ledger, lambda: totals(self.worker_usage())
@@ -558,10 +582,17 @@ class Supervisor:
         from pcsite_lite.cluster.node import Heartbeater
 
         if self.is_controller:
-            self.feed = FeedServer(self.backend.iter_snapshot_ops, cl.secret, self.log)
+            self.feed = FeedServer(self.backend.iter_snapshot_ops, cl.secret, self.log,
+                                   on_report=self._node_report)  # fmt: skip
         if self.is_node and not self.is_controller:
+            inc = os.urandom(8).hex()
+
+            def report() -> dict[str, Any]:
+                return {"node": cl.node, "inc": inc, "usage": merge_usage(self.worker_usage())}
+
             client = FeedClient(*cl.controller, cl.secret, on_op=self._remote_op,
-                                on_synced=lambda: None, log=self.log)  # fmt: skip
+                                on_synced=lambda: None, log=self.log,
+                                report=report)  # fmt: skip
             self.feed_client = client
             self._snapshot = lambda: client.replica.iter_snapshot_ops()
         if self.is_node:
@@ -669,7 +700,7 @@ def _run_locked(cfg: SiteConfig, roles: frozenset[str]) -> int:
         from pcsite_lite.cluster.lb import LoadBalancer, leaf, run_until_signal
 
         try:
-            trio.run(run_until_signal, LoadBalancer(cfg))
+            trio.run(run_until_signal, LoadBalancer(cfg, follow_feed=True))
         except (KernelError, OSError, BaseExceptionGroup) as exc:
             print(f"pcsite: load balancer: {leaf(exc)}", file=sys.stderr)
             return 1
@@ -688,8 +719,10 @@ def _run_locked(cfg: SiteConfig, roles: frozenset[str]) -> int:
         if "lb" in roles:  # lb + controller in one process (one state directory, one lock)
             from pcsite_lite.cluster.lb import LoadBalancer, leaf, run_until_signal
 
+            lb = LoadBalancer(cfg)
+            sup.backend._kernel = lb.kernel  # form-3 prefixes: the LB diverts them too
             try:
-                trio.run(run_until_signal, LoadBalancer(cfg), sup.run)
+                trio.run(run_until_signal, lb, sup.run)
             except BaseExceptionGroup as eg:
                 raise leaf(eg) from None
         else:
