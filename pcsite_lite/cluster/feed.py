@@ -23,7 +23,7 @@ import json
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Final
 
 import trio
@@ -271,9 +271,15 @@ class FeedClient:
     def __init__(self, host: str, port: int, secret: bytes, *, on_op: Callable[[dict[str, Any]], None],
                  on_synced: Callable[[], None], log: Callable[[str], None],
                  report: Callable[[], dict[str, Any]] | None = None,
-                 report_interval: float = 0.25) -> None:  # fmt: skip
+                 report_interval: float = 0.25, node: str = "",
+                 settle: Callable[[], Awaitable[None]] | None = None) -> None:  # fmt: skip
+        """``settle()``: waits until this node's workers applied what ``on_op`` passed them;
+        then the node acknowledges the op's ``seq`` (the controller's API call waits for the
+        acknowledgements, bounded, as it waits for its own workers)."""
         self.host, self.port, self.secret = host, port, secret
         self.report, self.report_interval = report, report_interval
+        self.node, self.settle = node, settle
+        self._send_lock = trio.Lock()
         self.on_op, self.on_synced, self.log = on_op, on_synced, log
         self.replica = OpReplica()
         self.synced = False  #: the replica holds a whole snapshot (it may be stale)
@@ -324,10 +330,16 @@ class FeedClient:
                     op = json.loads(await _read_line(stream, buf, MAX_LINE))
                     self.replica.apply(op)
                     self.on_op(op)
+                    if self.settle is not None and isinstance(op.get("seq"), int):
+                        await self.settle()
+                        await self._send(stream, {"node": self.node, "ack": op["seq"]})
+
+    async def _send(self, stream: trio.SocketStream, doc: dict[str, Any]) -> None:
+        async with self._send_lock:
+            await stream.send_all(json.dumps(doc, separators=(",", ":")).encode() + b"\n")
 
     async def _report(self, stream: trio.SocketStream) -> None:
         assert self.report is not None
         while True:
-            line = json.dumps(self.report(), separators=(",", ":")).encode() + b"\n"
-            await stream.send_all(line)
+            await self._send(stream, self.report())
             await trio.sleep(self.report_interval)

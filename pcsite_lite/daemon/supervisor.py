@@ -119,6 +119,8 @@ class Supervisor:
         self.heartbeater: Any = None  #: cluster.node.Heartbeater (node with [cluster])
         #: node name -> {"inc": its process's id, "usage": cumulative, "base": earlier ones}
         self.remote_usage: dict[str, dict[str, Any]] = {}
+        #: node name -> (highest op seq it acknowledged, time.monotonic() it was last heard)
+        self.remote_acked: dict[str, tuple[int, float]] = {}
         self.watchdog_s = WATCHDOG_S
         self.kernel = Kernel(cfg)
         self.slots: list[WorkerSlot] = []
@@ -213,10 +215,10 @@ class Supervisor:
     def broadcast(self, op: dict[str, Any]) -> None:
         """Queue a state change for every worker that has asked for its state (each applies
         it to its replica and acks); the others receive it in their snapshot."""
-        if self.feed is not None:
-            self.feed.publish(op)
         self._seq += 1
         doc = {**op, "seq": self._seq}
+        if self.feed is not None:
+            self.feed.publish(doc)
         for s in self.slots:
             if s.sock is not None and s.hello:
                 self._enqueue(s, doc)
@@ -317,9 +319,16 @@ class Supervisor:
         """A compute node's cumulative usage; a new incarnation (restart) starts from zero,
         so the last report of the old one is folded into the base: counters stay monotonic
         and the ledger gets each node's usage once (up to a crashed node's last 0.25 s)."""
+        node, ack = doc.get("node"), doc.get("ack")
+        if isinstance(node, str) and isinstance(ack, int) and not isinstance(ack, bool):
+            prev = self.remote_acked.get(node, (0, 0.0))[0]
+            self.remote_acked[node] = (max(prev, ack), time.monotonic())
+            return
         if not valid_report(doc):
             self.log("feed: malformed node report dropped")
             return
+        self.remote_acked[doc["node"]] = (self.remote_acked.get(doc["node"], (0, 0.0))[0],
+                                          time.monotonic())  # fmt: skip
         cur = self.remote_usage.get(doc["node"])
         if cur is None:
             self.remote_usage[doc["node"]] = {"inc": doc["inc"], "usage": doc["usage"],
@@ -461,7 +470,10 @@ class Supervisor:
     async def settle(self, timeout: float = 1.0) -> None:
         """Wait (bounded) until every live worker applied every broadcast state op."""
         with trio.move_on_after(timeout):
-            while any(s.ready and s.acked < self._seq for s in self.slots):
+            while any(s.ready and s.acked < self._seq for s in self.slots) or any(
+                acked < self._seq and time.monotonic() - seen < 1.0  # connected nodes
+                for acked, seen in self.remote_acked.values()
+            ):
                 await trio.sleep(0.0005)
 
     # --- reload
@@ -592,7 +604,7 @@ class Supervisor:
 
             client = FeedClient(*cl.controller, cl.secret, on_op=self._remote_op,
                                 on_synced=lambda: None, log=self.log,
-                                report=report)  # fmt: skip
+                                report=report, node=cl.node, settle=self.settle)  # fmt: skip
             self.feed_client = client
             self._snapshot = lambda: client.replica.iter_snapshot_ops()
         if self.is_node:
