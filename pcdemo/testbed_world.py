@@ -297,7 +297,8 @@ class TestbedWorld(World):
         API where a one-machine site has it), ``pcsite run --role node`` in each node's."""
         cp = self.tb.cluster(name)
         base = cfg.read_text().replace(  # one FIS for the site's machines
-            f'state_dir = "{state}"\n', f'state_dir = "{state}"\nfis = "sqlite:///{self.tmp}/fis-{name}.db"\n'
+            f'state_dir = "{state}"\n',
+            f'state_dir = "{state}"\nfis = "sqlite:///{self.tmp}/fis-{name}.db"\n',
         )
 
         def write(role: str, ip: str) -> Path:

@@ -913,8 +913,10 @@ class Testbed:
                 for s in self.topo.of_kind("site")
             },  # credentials stay out of the state file (the sites get them from fis_url)
             "clusters": {
-                site: {**c.summary(), "netns": {m.name: self.run_state.ns(m.name)
-                                                for m in c.members}}  # fmt: skip
+                site: {
+                    **c.summary(),
+                    "netns": {m.name: self.run_state.ns(m.name) for m in c.members},
+                }
                 for site, c in self.clusters.items()
             },
             "dns": self.dns.address if self.dns else None,

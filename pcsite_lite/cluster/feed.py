@@ -268,8 +268,9 @@ class FeedClient:
     for every change after the first snapshot (and for removals found on a resync);
     ``on_synced()`` after each snapshot."""
 
-    def __init__(self, host: str, port: int, secret: bytes, *, on_op: Callable[[dict[str, Any]], None],
-                 on_synced: Callable[[], None], log: Callable[[str], None],
+    def __init__(self, host: str, port: int, secret: bytes, *,
+                 on_op: Callable[[dict[str, Any]], None], on_synced: Callable[[], None],
+                 log: Callable[[str], None],
                  report: Callable[[], dict[str, Any]] | None = None,
                  report_interval: float = 0.25, node: str = "",
                  settle: Callable[[], Awaitable[None]] | None = None) -> None:  # fmt: skip

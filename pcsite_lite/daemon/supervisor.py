@@ -36,10 +36,10 @@ from typing import Any, Final
 
 import trio
 
+from pcsite_lite.cluster.feed import merge_usage, valid_report
 from pcsite_lite.confine import sweep_cgroups
 from pcsite_lite.control.app import ControlApp, Request, Response
 from pcsite_lite.control.auth import Credentials
-from pcsite_lite.cluster.feed import merge_usage, valid_report
 from pcsite_lite.control.server import serve
 from pcsite_lite.lb import BucketTable
 from pcsite_lite.metrics import WorkerStats
@@ -550,10 +550,14 @@ class Supervisor:
                 deadline = trio.current_time() + 10
                 # up = every worker ready and the bucket map already spread over all of them
                 # (a load that starts at "site up" must not find one worker with every bucket)
-                while self.is_node and (
-                    not all(s.ready for s in self.slots)
-                    or set(self.table.workers) != {s.index for s in self.slots}
-                ) and trio.current_time() < deadline:
+                while (
+                    self.is_node
+                    and (
+                        not all(s.ready for s in self.slots)
+                        or set(self.table.workers) != {s.index for s in self.slots}
+                    )
+                    and trio.current_time() < deadline
+                ):
                     await trio.sleep(0.02)
                 if self.is_node and not any(s.ready for s in self.slots):
                     raise StartupError(

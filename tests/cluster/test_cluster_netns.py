@@ -9,7 +9,6 @@ the table first) loses nothing at all.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
