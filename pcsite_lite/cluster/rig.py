@@ -104,9 +104,12 @@ ttl = 0.3
 class ClusterSite:
     """``with ClusterSite(tmp, nodes=3) as cs:`` -- a built testbed with the site running."""
 
-    def __init__(self, tmp: Path, nodes: int = 3, workers: int = 1, prefix: str = "pcq") -> None:
+    def __init__(self, tmp: Path, nodes: int = 3, workers: int = 1, prefix: str = "pcq",
+                 start: int | None = None) -> None:  # fmt: skip
+        """``start``: run only the first ``start`` compute nodes (default: all)."""
         self.tmp = tmp
         self.n = nodes
+        self.start = nodes if start is None else start
         self.workers = workers
         self.tb = Testbed(parse(TOPOLOGY.format(n=nodes)), prefix=prefix, services=False)
         self.procs: dict[str, Any] = {}
@@ -142,9 +145,9 @@ class ClusterSite:
             self._cmd(cfg, "lb,controller"), name="pcsite-lb",
             ready=lambda: (self.lb_state / "lb-status.json").exists(), timeout=20,
         )  # fmt: skip
-        for m in cp.members:
+        for m in cp.members[: self.start]:
             self.start_node(m.name)
-        self.wait_table(set(self.node_names()))
+        self.wait_table(set(self.node_names()[: self.start]))
 
     def start_node(self, name: str) -> None:
         cp = self.tb.cluster("s1")
