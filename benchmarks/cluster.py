@@ -58,7 +58,7 @@ def moved_fraction(circuits: int, n: int = 4) -> float:
 
 
 def failover(rounds: int, nodes: int, circuits: int, rate: float) -> tuple[float, int]:
-    from pcsite_lite.cluster.rig import ClusterSite, Load, owners
+    from benchmarks._cluster_rig import ClusterSite, Load, owners
 
     times, lost = [], []
     with ClusterSite(Path(tempfile.mkdtemp(prefix="pcbench-cluster-")), nodes=nodes) as cs:
@@ -100,7 +100,7 @@ def lb_cost(packets: int, rounds: int) -> tuple[float, float]:
     from pcsite_lite.cluster.config import parse_cluster
     from pcsite_lite.cluster.lb import LbKernel
     from pcsite_lite.cluster.maglev import MaglevTable
-    from pcsite_lite.cluster.rig import TOPOLOGY
+    from benchmarks._cluster_rig import TOPOLOGY
     from pcsite_lite.daemon.config import ConfigError, parse
     from pcsock import wire
     from testbed.net import Testbed
@@ -190,7 +190,7 @@ def node_cpu(
     counts: tuple[int, ...], seconds: float, rate: float, circuits: int
 ) -> dict[int, float]:
     """Per node count: median over nodes of CPU us per packet the node processed."""
-    from pcsite_lite.cluster.rig import ClusterSite, Load
+    from benchmarks._cluster_rig import ClusterSite, Load
 
     out = {}
     for k in counts:

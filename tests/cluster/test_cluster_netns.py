@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from pcsite_lite.cluster.rig import ClusterSite, Load, owners
+from benchmarks._cluster_rig import ClusterSite, Load, owners
 from testbed.netns import call_in
 from tests.support import wait_until
 
