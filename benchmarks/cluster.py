@@ -97,10 +97,10 @@ def lb_cost(packets: int, rounds: int) -> tuple[float, float]:
     """(us per packet through the LB split, us per packet plainly forwarded) medians."""
     from dataclasses import replace
 
+    from benchmarks._cluster_rig import TOPOLOGY
     from pcsite_lite.cluster.config import parse_cluster
     from pcsite_lite.cluster.lb import LbKernel
     from pcsite_lite.cluster.maglev import MaglevTable
-    from benchmarks._cluster_rig import TOPOLOGY
     from pcsite_lite.daemon.config import ConfigError, parse
     from pcsock import wire
     from testbed.net import Testbed

@@ -20,8 +20,10 @@ the kernel (nftables ``jhash``), looks the position up in a kernel map filled fr
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Final
+
+from pcsite_lite.lb import moved_fraction  # the same measure as the worker split's table
 
 __all__ = ["DEFAULT_SIZE", "MaglevTable", "is_prime", "moved_fraction"]
 
@@ -99,12 +101,3 @@ class MaglevTable:
 
     def __repr__(self) -> str:
         return f"MaglevTable(nodes={list(self.nodes)!r}, size={self.size})"
-
-
-def moved_fraction(before: Sequence[str], after: Sequence[str]) -> float:
-    """Share of positions whose node differs between two tables' ``entries``."""
-    if len(before) != len(after):
-        raise ValueError("tables differ in size")
-    if not before:
-        return 0.0
-    return sum(1 for a, b in zip(before, after) if a != b) / len(before)
