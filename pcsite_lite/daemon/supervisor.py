@@ -54,6 +54,8 @@ from .usage import UsageRecorder, drain_reports, export_since, totals
 __all__ = ["StartupError", "Supervisor", "run_daemon"]
 
 
+#: compute nodes a controller keeps usage and acknowledgements of
+MAX_NODES: Final = 256
 #: the roles of a one-machine site (``pcsite run`` without ``--role``)
 ALL_IN_ONE: Final = frozenset({"node", "controller"})
 #: seconds without a message from a worker (it sends stats every 0.25 s) before the
@@ -320,6 +322,12 @@ class Supervisor:
         so the last report of the old one is folded into the base: counters stay monotonic
         and the ledger gets each node's usage once (up to a crashed node's last 0.25 s)."""
         node, ack = doc.get("node"), doc.get("ack")
+        if (
+            isinstance(node, str)
+            and node not in self.remote_acked
+            and (len(self.remote_acked) >= MAX_NODES)
+        ):
+            return
         if isinstance(node, str) and isinstance(ack, int) and not isinstance(ack, bool):
             prev = self.remote_acked.get(node, (0, 0.0))[0]
             self.remote_acked[node] = (max(prev, ack), time.monotonic())
@@ -330,6 +338,9 @@ class Supervisor:
         self.remote_acked[doc["node"]] = (self.remote_acked.get(doc["node"], (0, 0.0))[0],
                                           time.monotonic())  # fmt: skip
         cur = self.remote_usage.get(doc["node"])
+        if cur is None and len(self.remote_usage) >= MAX_NODES:
+            self.log(f"feed: report of a {MAX_NODES + 1}th node {doc['node']!r} dropped")
+            return
         if cur is None:
             self.remote_usage[doc["node"]] = {"inc": doc["inc"], "usage": doc["usage"],
                                               "base": {}}  # fmt: skip
@@ -352,6 +363,11 @@ class Supervisor:
                 for s in self.slots
             ],
             "buckets": self.cfg.dataplane.buckets,
+            "roles": sorted(self.roles),
+            "nodes": {  # compute nodes on the state feed (a controller with [cluster])
+                name: {"acked": acked, "heard_s_ago": round(time.monotonic() - seen, 3)}
+                for name, (acked, seen) in sorted(self.remote_acked.items())
+            },
         }  # fmt: skip
 
     async def _watch_worker(self, slot: WorkerSlot) -> None:

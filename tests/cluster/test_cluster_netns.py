@@ -41,6 +41,14 @@ def test_the_state_reached_every_node_and_nodes_refuse_changes(cs: ClusterSite) 
     with pytest.raises(ControlError) as ei:
         call_in(node.ns, lambda: c.allocate_circuit("relay"), timeout=None)
     assert "controller" in str(ei.value)
+    # the controller sees every node on its feed, each having acknowledged every change
+    admin = ControlClient(f"http://{cs.tb.cluster('s1').lb_address}:8080",
+                          token="isp-admin-token-0123456789", psp=None)  # fmt: skip
+    st = call_in(cs.tb.node("s1").ns, admin.status, timeout=None)
+    assert st["roles"] == ["controller"] and set(st["nodes"]) == set(cs.node_names())
+    assert wait_until(lambda: all(
+        n["acked"] >= K for n in call_in(cs.tb.node("s1").ns, admin.status)["nodes"].values()
+    ), 10)  # fmt: skip
 
 
 def test_node_kill_resumes_its_circuits_within_1s_and_others_lose_nothing(cs) -> None:
