@@ -154,7 +154,8 @@ class Membership:
             return False
         self._in = live
         self.version += 1
-        self._table = MaglevTable(live, self.size) if live else None
+        # from the previous table: only the nodes that came or went change positions
+        self._table = MaglevTable(live, self.size, previous=self._table) if live else None
         return True
 
     def table(self) -> MaglevTable | None:
