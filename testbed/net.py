@@ -445,6 +445,8 @@ class Testbed:
                     public_ip=str(self.plan.nodes[spec.name].public_ip),
                     compute_nodes=spec.compute_nodes,
                 )
+                if spec.nodes > 1:  # a multi-machine site (testbed/cluster.py)
+                    d.update(nodes=spec.nodes, fis_replicas=spec.fis_replicas)
             if spec.kind == "dns":
                 d.update(zone=spec.zone, signed_reverse=[str(p) for p in spec.signed_reverse])
             if spec.kind == "fis":
