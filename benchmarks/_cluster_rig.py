@@ -105,8 +105,10 @@ class ClusterSite:
     """``with ClusterSite(tmp, nodes=3) as cs:`` -- a built testbed with the site running."""
 
     def __init__(self, tmp: Path, nodes: int = 3, workers: int = 1, prefix: str = "pcq",
-                 start: int | None = None) -> None:  # fmt: skip
-        """``start``: run only the first ``start`` compute nodes (default: all)."""
+                 start: int | None = None, split: bool = False) -> None:  # fmt: skip
+        """``start``: run only the first ``start`` compute nodes (default: all); ``split``:
+        the LB and the controller as two processes (``--role lb``, ``--role controller``)."""
+        self.split = split
         self.tmp = tmp
         self.n = nodes
         self.start = nodes if start is None else start
@@ -141,8 +143,14 @@ class ClusterSite:
         cp = self.tb.cluster("s1")
         cfg = _config(self.tmp, self.public_ip, cp.lb_address, cp.lb_address, "lb", 1)
         self.lb_state = self.tmp / "lb"
+        if self.split:  # the controller has its own state directory (and lock)
+            ctl = _config(self.tmp, self.public_ip, cp.lb_address, cp.lb_address, "ctl", 1)
+            self.procs["ctl"] = self.tb.node("s1").start(
+                self._cmd(ctl, "controller"), name="pcsite-ctl",
+                ready=lambda: self.tb.node("s1").tcp_open(cp.lb_address, 8080), timeout=20,
+            )  # fmt: skip
         self.procs["s1"] = self.tb.node("s1").start(
-            self._cmd(cfg, "lb,controller"), name="pcsite-lb",
+            self._cmd(cfg, "lb" if self.split else "lb,controller"), name="pcsite-lb",
             ready=lambda: (self.lb_state / "lb-status.json").exists(), timeout=20,
         )  # fmt: skip
         for m in cp.members[: self.start]:

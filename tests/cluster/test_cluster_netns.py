@@ -86,3 +86,17 @@ def test_node_drain_loses_nothing(cs: ClusterSite) -> None:
     assert load.lost(set(range(K)), t0 - 0.5, t1) == 0
     cs.start_node(name)
     cs.wait_table(set(cs.node_names()))
+
+
+def test_lb_and_controller_as_separate_processes(tmp_path) -> None:
+    # ``--role lb`` and ``--role controller`` apart (as on two machines): circuits installed
+    # at the controller reach the nodes, the LB splits their packets, nothing is lost
+    with ClusterSite(tmp_path, nodes=2, split=True) as site:
+        labels = site.circuits(4)
+        with Load(site, labels, rate=50) as load:
+            assert wait_until(lambda: len(load.got) >= 40, 10), site.procs["s1"].log_text()
+            t1 = time.monotonic() - 0.3
+        assert load.lost(set(range(4)), 0, t1) == 0
+        assert site.in_table() == set(site.node_names())
+        # the LB alone follows the controller's feed (for the form-3 prefixes it diverts)
+        assert wait_until(lambda: "feed from" in site.procs["s1"].log_text(), 5)
