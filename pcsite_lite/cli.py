@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="run the site in the foreground")
     run.add_argument("--config", "-c", required=True)
+    run.add_argument("--role", default="",
+                     help="lb, node, controller or a comma-separated mix (needs [cluster]); "
+                     "default: the whole site on this machine")  # fmt: skip
     sub.add_parser("pki", help="control API certificates (pcsite pki --help)")
     chk = sub.add_parser(
         "check-config", aliases=["validate"], help="validate a configuration file (every mistake)"
@@ -68,10 +71,19 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"removed: {', '.join(found)}" if found else "nothing to remove")
         return status
-    from pcsite_lite.daemon.supervisor import run_daemon
+    from pcsite_lite.daemon.supervisor import ALL_IN_ONE, run_daemon
 
+    roles = ALL_IN_ONE
+    if args.role:
+        from pcsite_lite.cluster.config import parse_roles
+
+        try:
+            roles = parse_roles(args.role)
+        except ValueError as exc:
+            print(f"pcsite: {exc}", file=sys.stderr)
+            return 2
     try:
-        return run_daemon(cfg)
+        return run_daemon(cfg, roles)
     except Exception as exc:
         print(f"pcsite: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

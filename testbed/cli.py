@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from testbed import cluster as clustermod
 from testbed import graph, netns, state, top
 from testbed.attach import attach
 from testbed.net import Testbed, default_progress
@@ -235,6 +236,11 @@ def _print_summary(s: dict) -> None:
             f"{lk['name']:<10} {lk['a']:<10} {lk['b']:<10} {lk['subnet']:<18} "
             f"{lk['shaping'] or '-'}"
         )
+    for site, c in (s.get("clusters") or {}).items():
+        print(f"site {site}: LB {c['lb_address']} on internal {c['internal']}, "
+              f"fis_replicas {c['fis_replicas']}")  # fmt: skip
+        for m in c["nodes"]:
+            print(f"  compute node {m['name']:<10} {c['netns'][m['name']]:<22} {m['address']}")
     for p in s.get("processes", []):
         print(f"process {p['name']} on {p['node']} pid {p['pid']}")
     if s.get("dns"):
@@ -311,6 +317,23 @@ def cmd_exec(args: argparse.Namespace) -> int:
     _run, ns = _node_ns(args.run, args.node)
     cmd = args.cmd or ["sh"]
     return subprocess.call(["nsenter", f"--net={netns.path(ns)}", "--", *cmd])
+
+
+def cmd_fail(args: argparse.Namespace) -> int:
+    """``testbed fail NODE`` / ``testbed recover NODE``: cut or restore a compute node's
+    internal link (the processes keep running: the LB sees the node fall silent)."""
+    _need_root()
+    run = _pick_run(args.run)
+    clusters = (run.data.get("summary") or {}).get("clusters") or {}
+    if not any(args.node in c.get("netns", {}) for c in clusters.values()):
+        names = [n for c in clusters.values() for n in c.get("netns", {})]
+        raise SystemExit(f"testbed: {args.node!r} is not a compute node of run {run.name} "
+                         f"(compute nodes: {', '.join(names) or 'none'})")  # fmt: skip
+    up = args.command == "recover"
+    gw = next(c["lb_address"] for c in clusters.values() if args.node in c.get("netns", {}))
+    clustermod.set_link(run.ns(args.node), up, gw)
+    print(f"{args.node}: internal link {'restored' if up else 'cut'}")
+    return 0
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
@@ -454,6 +477,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("node")
     p.add_argument("cmd", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_exec)
+    for name, what in (("fail", "cut"), ("recover", "restore")):
+        p = sub.add_parser(name, help=f"{what} a compute node's internal link (nodes = N sites)")
+        p.add_argument("--run")
+        p.add_argument("node")
+        p.set_defaults(fn=cmd_fail)
     p = sub.add_parser("capture", help="write a pcap of a link")
     p.add_argument("--run")
     p.add_argument("link")

@@ -27,6 +27,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
+from testbed import cluster as clustermod
 from testbed import netns, state
 from testbed import plan as planmod
 from testbed.netlink import Batch
@@ -288,6 +289,7 @@ class Testbed:
         self.topo = topology if isinstance(topology, Topology) else load(topology)
         self.prefix = prefix
         self.plan = planmod.make(self.topo)
+        self.clusters = clustermod.plan(self.topo)  #: multi-node sites (testbed/cluster.py)
         self.progress = progress or (lambda _msg: None)
         self.persistent = persistent
         self.workers = workers
@@ -371,6 +373,7 @@ class Testbed:
         self._t0 = time.monotonic()
         self.run_state = state.Run.new(self.prefix, self.topo.name)
         names = [self.run_state.ns(n) for n in self.plan.nodes]
+        names += [self.run_state.ns(m.name) for c in self.clusters.values() for m in c.members]
         if self.control_ns:
             names.append(self.control_ns)
         self.run_state.data.update(
@@ -378,6 +381,11 @@ class Testbed:
         )
         self.run_state.save()
         self.nodes = {name: Node(self, p) for name, p in self.plan.nodes.items()}
+        for c in self.clusters.values():
+            for m in c.members:
+                iface = planmod.IfacePlan(clustermod.INTERNAL_DEV, 0, m.address,
+                                          c.subnet.prefixlen, "internal", c.site)  # fmt: skip
+                self.nodes[m.name] = Node(self, planmod.NodePlan(m.name, "compute", [iface]))
         try:
             n_links = len(self.plan.links) + len(self.plan.control_ports)
             self._step(f"creating {len(names)} namespaces", self._create_namespaces)
@@ -386,6 +394,11 @@ class Testbed:
             if lines:
                 self._step(f"starting {len(lines)} delay lines", lambda: self._delay_lines(lines))
             self._step("addresses, routes, router attachments", self._configure)
+            if self.clusters:
+                self._step(
+                    f"internal networks of {len(self.clusters)} multi-node site(s)",
+                    lambda: [clustermod.build(c, self._ns_map()) for c in self.clusters.values()],
+                )
             shaped = [lp for lp in self.plan.links if lp.spec.rate_bps]
             if shaped:
                 self._step(
@@ -432,6 +445,8 @@ class Testbed:
                     public_ip=str(self.plan.nodes[spec.name].public_ip),
                     compute_nodes=spec.compute_nodes,
                 )
+                if spec.nodes > 1:  # a multi-machine site (testbed/cluster.py)
+                    d.update(nodes=spec.nodes, fis_replicas=spec.fis_replicas)
             if spec.kind == "dns":
                 d.update(zone=spec.zone, signed_reverse=[str(p) for p in spec.signed_reverse])
             if spec.kind == "fis":
@@ -481,6 +496,8 @@ class Testbed:
         ]
         if self.control_ns:
             jobs.append((self.control_ns, _BASE_SYSCTLS))
+        for c in self.clusters.values():
+            jobs += [(self.run_state.ns(m.name), _BASE_SYSCTLS) for m in c.members]
         with self._pool() as pool:
             list(pool.map(lambda j: netns.create(*j), jobs))
 
@@ -811,6 +828,39 @@ class Testbed:
         self.site(site)  # a site of this run
         register_control(self.run_state.dir, site, url, token, psps)
 
+    def _ns_map(self) -> dict[str, str]:
+        return {name: node.ns for name, node in self.nodes.items()}
+
+    def cluster(self, site: str) -> clustermod.ClusterPlan:
+        """The internal network and compute nodes of a site with ``nodes > 1``."""
+        try:
+            return self.clusters[site]
+        except KeyError:
+            raise KeyError(f"site {site!r} has no compute-node namespaces (nodes = 1)") from None
+
+    def fail(self, name: str, *, kill: bool = True) -> None:
+        """Fail compute node ``name``: kill its processes (``kill``) and cut its link."""
+        node = self.node(name)
+        if node.kind != "compute":
+            raise KeyError(f"{name!r} is a {node.kind}, not a compute node")
+        if kill:
+            for proc in [p for p in self.processes if p.node == name]:
+                proc.popen.kill()
+                proc.popen.wait(5)
+                self._forget(proc.pid)
+        clustermod.set_link(node.ns, False, self._gateway(name))
+
+    def recover(self, name: str) -> None:
+        """Restore a failed compute node's internal link (restart its processes yourself)."""
+        node = self.node(name)
+        if node.kind != "compute":
+            raise KeyError(f"{name!r} is a {node.kind}, not a compute node")
+        clustermod.set_link(node.ns, True, self._gateway(name))
+
+    def _gateway(self, name: str) -> str:
+        return next(c.lb_address for c in self.clusters.values()
+                    if any(m.name == name for m in c.members))  # fmt: skip
+
     def _forget(self, pid: int) -> None:
         self.processes = [p for p in self.processes if p.pid != pid]
         try:
@@ -864,6 +914,13 @@ class Testbed:
                 s.name: {**asdict(self.site(s.name)), "fis_redis": self.redis_url}
                 for s in self.topo.of_kind("site")
             },  # credentials stay out of the state file (the sites get them from fis_url)
+            "clusters": {
+                site: {
+                    **c.summary(),
+                    "netns": {m.name: self.run_state.ns(m.name) for m in c.members},
+                }
+                for site, c in self.clusters.items()
+            },
             "dns": self.dns.address if self.dns else None,
             "redis": self.redis_url,
             "processes": [{"node": p.node, "name": p.name, "pid": p.pid} for p in self.processes],

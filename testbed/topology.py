@@ -121,6 +121,8 @@ class NodeSpec:
     router: str | None = None  # site: its co-located router
     public_ip: ipaddress.IPv4Address | None = None  # site
     compute_nodes: int = 1  # site
+    nodes: int = 1  # site: compute-node machines (> 1: an LB and an internal network)
+    fis_replicas: int = 0  # site: FIS replicas (the FIS helper builds them)
     prefix: ipaddress.IPv4Network | None = None  # host
     zone: str = "pc.test."  # dns: the discovery zone
     signed_reverse: list[ipaddress.IPv4Network] = field(default_factory=list)  # dns
@@ -334,6 +336,10 @@ NODE_FIELDS: tuple[Field, ...] = (
     Field("router", "router", _node_name, ("site",), True, "the name of its co-located router"),
     Field("public_ip", "public_ip", lambda v: _address(v), ("site",)),
     Field("compute_nodes", "compute_nodes", _int_in(1, 64), ("site",)),
+    # a multi-machine site (docs/cluster.md): an LB namespace, ``nodes`` compute-node
+    # namespaces on an internal bridge, ``fis_replicas`` FIS replicas
+    Field("nodes", "nodes", _int_in(1, 16), ("site",)),
+    Field("fis_replicas", "fis_replicas", _int_in(0, 4), ("site",)),
     Field("prefix", "prefix", _small_subnet("a host prefix"), ("host",)),
     Field("zone", "zone", _zone, ("dns",)),
     Field("signed_reverse", "signed_reverse", _reverse_prefixes, ("dns",)),

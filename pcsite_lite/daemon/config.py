@@ -229,6 +229,7 @@ class SiteConfig:
     source: str = field(default="", compare=False)  #: the file it was read from
     metering: MeteringConfig = MeteringConfig("", 0.5)
     services: ServicesConfig = field(default_factory=ServicesConfig)
+    cluster: Any = None  #: ``[cluster]`` (pcsite_lite.cluster.config.ClusterConfig) or None
 
     def tun_name(self, index: int) -> str:
         return f"{self.dataplane.tun_prefix}{index}"
@@ -326,7 +327,8 @@ def parse(
     found: list[ConfigError] = []
     token = _found.set(found)
     try:
-        known = {"site", "dataplane", "control", "metering", "limits", "tls", "services"}
+        known = {"site", "dataplane", "control", "metering", "limits", "tls", "services",
+                 "cluster"}  # fmt: skip
         for k in sorted(set(doc) - known):
             _report(k, f"unknown section (known: {', '.join(sorted(known))})")
         cfg: SiteConfig | None = None
@@ -531,6 +533,7 @@ def _parse(doc: dict[str, Any], source: str, base: Path) -> SiteConfig:
         source=source,
         metering=metering,
         services=services,
+        cluster=_cluster(doc),
     )
 
 
@@ -592,6 +595,12 @@ def _tls(doc: dict[str, Any], base: Path) -> TlsConfig | None:
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError("tls.cert", f"{paths['cert']} with {paths['key']}: {exc}") from None
     return tls
+
+
+def _cluster(doc: dict[str, Any]) -> Any:
+    from pcsite_lite.cluster.config import parse_cluster
+
+    return parse_cluster(doc.get("cluster"), ConfigError)
 
 
 def _services(doc: dict[str, Any]) -> ServicesConfig:

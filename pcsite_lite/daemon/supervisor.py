@@ -36,6 +36,7 @@ from typing import Any, Final
 
 import trio
 
+from pcsite_lite.cluster.feed import merge_usage, valid_report
 from pcsite_lite.confine import sweep_cgroups
 from pcsite_lite.control.app import ControlApp, Request, Response
 from pcsite_lite.control.auth import Credentials
@@ -53,6 +54,10 @@ from .usage import UsageRecorder, drain_reports, export_since, totals
 __all__ = ["StartupError", "Supervisor", "run_daemon"]
 
 
+#: compute nodes a controller keeps usage and acknowledgements of
+MAX_NODES: Final = 256
+#: the roles of a one-machine site (``pcsite run`` without ``--role``)
+ALL_IN_ONE: Final = frozenset({"node", "controller"})
 #: seconds without a message from a worker (it sends stats every 0.25 s) before the
 #: supervisor's watchdog kills it
 WATCHDOG_S: Final = 5.0
@@ -103,8 +108,21 @@ def _open_tun(name: str) -> Any:
 class Supervisor:
     """Owns the kernel state, the workers and the control API of one site."""
 
-    def __init__(self, cfg: SiteConfig, *, log: Any = None) -> None:
+    def __init__(self, cfg: SiteConfig, *, log: Any = None,
+                 roles: frozenset[str] = ALL_IN_ONE) -> None:  # fmt: skip
         self.cfg = cfg
+        #: "node": TUN devices, kernel split, workers; "controller": the control API and the
+        #: master state (streamed to remote nodes when [cluster] is set); both: one machine
+        self.roles = roles
+        self.is_node = "node" in roles
+        self.is_controller = "controller" in roles
+        self.feed: Any = None  #: cluster.feed.FeedServer (controller with [cluster])
+        self.feed_client: Any = None  #: cluster.feed.FeedClient (node without controller)
+        self.heartbeater: Any = None  #: cluster.node.Heartbeater (node with [cluster])
+        #: node name -> {"inc": its process's id, "usage": cumulative, "base": earlier ones}
+        self.remote_usage: dict[str, dict[str, Any]] = {}
+        #: node name -> (highest op seq it acknowledged, time.monotonic() it was last heard)
+        self.remote_acked: dict[str, tuple[int, float]] = {}
         self.watchdog_s = WATCHDOG_S
         self.kernel = Kernel(cfg)
         self.slots: list[WorkerSlot] = []
@@ -129,6 +147,9 @@ class Supervisor:
                                    site_drops=self.site_drops,
                                    usage_export=self.usage_export,
                                    store=self.store, log_line=self.log)  # fmt: skip
+        if not self.is_node:
+            self.backend._kernel = None  # no nft table here: the nodes divert form 3
+        self._snapshot = self.backend.iter_snapshot_ops  #: what a starting worker is streamed
         self.app = self._make_app(cfg)
 
     def log(self, msg: str) -> None:
@@ -201,6 +222,8 @@ class Supervisor:
         it to its replica and acks); the others receive it in their snapshot."""
         self._seq += 1
         doc = {**op, "seq": self._seq}
+        if self.feed is not None:
+            self.feed.publish(doc)
         for s in self.slots:
             if s.sock is not None and s.hello:
                 self._enqueue(s, doc)
@@ -220,7 +243,7 @@ class Supervisor:
             await slot.wake.wait()
         t0 = time.monotonic()
         n = 0
-        for op in self.backend.iter_snapshot_ops():
+        for op in self._snapshot():
             for frame in channel.frames(op):
                 await self._send_frame(sock, frame)
             n += 1
@@ -294,7 +317,43 @@ class Supervisor:
                     for k, v in doc.items():
                         acc[k] = acc.get(k, 0) + int(v)
             out.append(merged)
+        for r in self.remote_usage.values():  # compute nodes (reported over the feed)
+            out.append(merge_usage([r["base"], r["usage"]]))
         return out
+
+    def _node_report(self, doc: dict[str, Any]) -> None:
+        """A compute node's cumulative usage; a new incarnation (restart) starts from zero,
+        so the last report of the old one is folded into the base: counters stay monotonic
+        and the ledger gets each node's usage once (up to a crashed node's last 0.25 s)."""
+        node, ack = doc.get("node"), doc.get("ack")
+        if (
+            isinstance(node, str)
+            and node not in self.remote_acked
+            and (len(self.remote_acked) >= MAX_NODES)
+        ):
+            return
+        if isinstance(node, str) and isinstance(ack, int) and not isinstance(ack, bool):
+            prev = self.remote_acked.get(node, (0, 0.0))[0]
+            self.remote_acked[node] = (max(prev, ack), time.monotonic())
+            self._acked()  # wake settle()
+            return
+        if not valid_report(doc):
+            self.log("feed: malformed node report dropped")
+            return
+        self.remote_acked[doc["node"]] = (self.remote_acked.get(doc["node"], (0, 0.0))[0],
+                                          time.monotonic())  # fmt: skip
+        cur = self.remote_usage.get(doc["node"])
+        if cur is None and len(self.remote_usage) >= MAX_NODES:
+            self.log(f"feed: report of a {MAX_NODES + 1}th node {doc['node']!r} dropped")
+            return
+        if cur is None:
+            self.remote_usage[doc["node"]] = {"inc": doc["inc"], "usage": doc["usage"],
+                                              "base": {}}  # fmt: skip
+            return
+        if cur["inc"] != doc["inc"]:
+            cur["base"] = merge_usage([cur["base"], cur["usage"]])
+            cur["inc"] = doc["inc"]
+        cur["usage"] = doc["usage"]
 
     def status_json(self) -> dict[str, Any]:
         return {
@@ -309,6 +368,11 @@ class Supervisor:
                 for s in self.slots
             ],
             "buckets": self.cfg.dataplane.buckets,
+            "roles": sorted(self.roles),
+            "nodes": {  # compute nodes on the state feed (a controller with [cluster])
+                name: {"acked": acked, "heard_s_ago": round(time.monotonic() - seen, 3)}
+                for name, (acked, seen) in sorted(self.remote_acked.items())
+            },
         }  # fmt: skip
 
     async def _watch_worker(self, slot: WorkerSlot) -> None:
@@ -413,6 +477,15 @@ class Supervisor:
         return self.app.limits
 
     def handle(self, req: Request) -> Response:
+        if not self.is_controller and req.method not in ("GET", "HEAD"):
+            from pcsite_lite.control.app import error_response
+            from pcsite_lite.control.errors import ApiError
+
+            cl = self.cfg.cluster
+            where = f" at {cl.controller[0]}" if cl is not None else ""
+            return error_response(ApiError(
+                "forbidden", f"this is a compute node: send state changes to the controller{where}"
+            ))  # fmt: skip
         return self.app.handle(req)
 
     def offload(self, req: Request) -> bool:
@@ -426,8 +499,14 @@ class Supervisor:
     async def settle(self, timeout: float = 1.0) -> None:
         """Wait (bounded) until every live worker applied every broadcast state op."""
         with trio.move_on_after(timeout):
-            while any(s.ready and s.acked < self._seq for s in self.slots):
-                await self._acks.wait()
+            while any(s.ready and s.acked < self._seq for s in self.slots) or any(
+                acked < self._seq and time.monotonic() - seen < 1.0  # connected nodes
+                for acked, seen in self.remote_acked.values()
+            ):
+                # woken by an ack (a worker's or a node's); a node that fell silent stops
+                # counting after 1 s, which no event marks: look again every 50 ms
+                with trio.move_on_after(0.05):
+                    await self._acks.wait()
 
     # --- reload
     def reload(self) -> None:
@@ -436,7 +515,8 @@ class Supervisor:
         except ConfigError as exc:
             self.log(f"reload refused, keeping the running config: {exc}")
             return
-        fixed = ("public_ip", "public_dev", "workers", "mode", "fis_url", "dataplane", "tls")
+        fixed = ("public_ip", "public_dev", "workers", "mode", "fis_url", "dataplane", "tls",
+                 "cluster")  # fmt: skip
         changed = [k for k in fixed if getattr(new, k) != getattr(self.cfg, k)]
         if changed:
             self.log(f"reload refused: {', '.join(changed)} need a restart")
@@ -454,20 +534,26 @@ class Supervisor:
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.cfg
         try:
-            left = self.kernel.clear_leftovers()
-            left += [f"cgroup {d}" for d in sweep_cgroups()]  # of workers killed before
+            left = self.kernel.clear_leftovers() if self.is_node else []
+            if self.is_node:
+                left += [f"cgroup {d}" for d in sweep_cgroups()]  # of workers killed before
             if left:
                 self.log(f"removed what a previous instance left: {', '.join(left)}")
-            restored = self.backend.restore()
-            if any(restored.values()):
-                self.log("restored " + ", ".join(f"{v} {k}" for k, v in restored.items()))
-            for i in range(cfg.workers):
-                self.slots.append(WorkerSlot(i, _open_tun(cfg.tun_name(i))))
-            self.kstats = KernelDrops({s.index: cfg.tun_name(s.index) for s in self.slots})
-            self.kernel.setup(self.marks())
-            self.backend.apply_divert()
-            for s in self.slots:
-                self._spawn(s)
+            if self.is_controller:
+                restored = self.backend.restore()
+                if any(restored.values()):
+                    self.log("restored " + ", ".join(f"{v} {k}" for k, v in restored.items()))
+            if self.is_node:
+                for i in range(cfg.workers):
+                    self.slots.append(WorkerSlot(i, _open_tun(cfg.tun_name(i))))
+                self.kstats = KernelDrops({s.index: cfg.tun_name(s.index) for s in self.slots})
+                self.kernel.setup(self.marks())
+                self.backend.apply_divert()
+                for s in self.slots:
+                    self._spawn(s)
+            elif self.backend._kernel is not None:  # the LB's kernel (lb,controller)
+                self.backend.apply_divert()
+            self._cluster_setup()
             self.recorder = UsageRecorder(
                 cfg.name, cfg.metering.ledger, lambda: totals(self.worker_usage())
             )
@@ -476,6 +562,13 @@ class Supervisor:
                     nursery.start_soon(self._watch_worker, s)
                 nursery.start_soon(self.recorder.run, cfg.metering.interval, self.log)
                 nursery.start_soon(self._maintain)
+                if self.feed is not None:
+                    assert cfg.cluster is not None
+                    await nursery.start(self.feed.serve, *cfg.cluster.controller)
+                    self.log("state feed on {}:{}".format(*cfg.cluster.controller))
+                for task in (self.feed_client, self.heartbeater):
+                    if task is not None:
+                        nursery.start_soon(task.run)
 
                 tls = cfg.tls.server_context() if cfg.tls is not None else None
 
@@ -490,11 +583,15 @@ class Supervisor:
                 # up = every worker ready and the bucket map already spread over all of them
                 # (a load that starts at "site up" must not find one worker with every bucket)
                 while (
-                    not all(s.ready for s in self.slots)
-                    or set(self.table.workers) != {s.index for s in self.slots}
-                ) and trio.current_time() < deadline:
+                    self.is_node
+                    and (
+                        not all(s.ready for s in self.slots)
+                        or set(self.table.workers) != {s.index for s in self.slots}
+                    )
+                    and trio.current_time() < deadline
+                ):
                     await trio.sleep(0.02)
-                if not any(s.ready for s in self.slots):
+                if self.is_node and not any(s.ready for s in self.slots):
                     raise StartupError(
                         "no worker came up within 10 s (see the worker errors above)"
                     )
@@ -508,6 +605,8 @@ class Supervisor:
                             self.reload()
                             continue
                         self.log(f"stopping on signal {signal.Signals(signum).name}")
+                        if self.heartbeater is not None:
+                            await self.heartbeater.drain()  # planned stop: lose nothing
                         break
                 self._stopping = True
                 nursery.cancel_scope.cancel()
@@ -515,11 +614,51 @@ class Supervisor:
             self._stopping = True
             self._stop_workers()
             self._final_usage()
-            self.kernel.teardown()
+            if self.is_node:  # a controller alone changed nothing in the kernel
+                self.kernel.teardown()
             for s in self.slots:
                 s.tun.close()
             self.backend.close()
             self.log("stopped")
+
+    def _cluster_setup(self) -> None:
+        """The parts of a multi-machine site this process runs (nothing without [cluster])."""
+        cl = self.cfg.cluster
+        if cl is None:
+            return
+        from pcsite_lite.cluster.feed import FeedClient, FeedServer
+        from pcsite_lite.cluster.node import Heartbeater
+
+        if self.is_controller:
+            self.feed = FeedServer(self.backend.iter_snapshot_ops, cl.secret, self.log,
+                                   on_report=self._node_report)  # fmt: skip
+        if self.is_node and not self.is_controller:
+            inc = os.urandom(8).hex()
+
+            def report() -> dict[str, Any]:
+                return {"node": cl.node, "inc": inc, "usage": merge_usage(self.worker_usage())}
+
+            client = FeedClient(*cl.controller, cl.secret, on_op=self._remote_op,
+                                on_synced=lambda: None, log=self.log,
+                                report=report, node=cl.node, settle=self.settle)  # fmt: skip
+            self.feed_client = client
+            self._snapshot = lambda: client.replica.iter_snapshot_ops()
+        if self.is_node:
+            fc = self.feed_client
+
+            def ready() -> bool:
+                return any(s.ready for s in self.slots) and (fc is None or fc.synced)
+
+            self.heartbeater = Heartbeater(cl, ready, self.log)
+
+    def _remote_op(self, op: dict[str, Any]) -> None:
+        """A change from the controller's feed: to this node's workers (and its divert set)."""
+        self.broadcast(op)
+        if op.get("op") in ("destination", "release_destination"):
+            try:
+                self.kernel.set_divert(self.feed_client.replica.divert_prefixes())
+            except KernelError as exc:
+                self.log(f"divert set: {exc}")
 
     def _final_usage(self) -> None:
         """Append the usage the workers reported up to their stop (SIGTERM loses none)."""
@@ -579,8 +718,11 @@ class Supervisor:
                 s.pidfd = -1
 
 
-def run_daemon(cfg: SiteConfig) -> int:
-    """Run the site until SIGTERM/SIGINT; the exit status."""
+def run_daemon(cfg: SiteConfig, roles: frozenset[str] = ALL_IN_ONE) -> int:
+    """Run the site (or the given roles of it) until SIGTERM/SIGINT; the exit status."""
+    if roles != ALL_IN_ONE and cfg.cluster is None:
+        print("pcsite: --role needs a [cluster] section in the configuration", file=sys.stderr)
+        return 2
     if os.geteuid() != 0:
         print("pcsite: running a site needs root (TUN, nftables, policy routing)", file=sys.stderr)
         return 2
@@ -596,14 +738,23 @@ def run_daemon(cfg: SiteConfig) -> int:
         print(f"pcsite: {exc}", file=sys.stderr)
         return 2
     try:
-        return _run_locked(cfg)
+        return _run_locked(cfg, roles)
     finally:
         lock.release()
 
 
-def _run_locked(cfg: SiteConfig) -> int:
+def _run_locked(cfg: SiteConfig, roles: frozenset[str]) -> int:
+    if roles == {"lb"}:
+        from pcsite_lite.cluster.lb import LoadBalancer, leaf, run_until_signal
+
+        try:
+            trio.run(run_until_signal, LoadBalancer(cfg, follow_feed=True))
+        except (KernelError, OSError, BaseExceptionGroup) as exc:
+            print(f"pcsite: load balancer: {leaf(exc)}", file=sys.stderr)
+            return 1
+        return 0
     try:
-        sup = Supervisor(cfg)
+        sup = Supervisor(cfg, roles=roles - {"lb"})
     except StoreError as exc:
         print(f"pcsite: site.state_dir: {exc}", file=sys.stderr)
         return 2
@@ -613,7 +764,17 @@ def _run_locked(cfg: SiteConfig) -> int:
               file=sys.stderr)  # fmt: skip
         return 1  # may be passing (the FIS engine restarting): a service manager retries
     try:
-        trio.run(sup.run)
+        if "lb" in roles:  # lb + controller in one process (one state directory, one lock)
+            from pcsite_lite.cluster.lb import LoadBalancer, leaf, run_until_signal
+
+            lb = LoadBalancer(cfg)
+            sup.backend._kernel = lb.kernel  # form-3 prefixes: the LB diverts them too
+            try:
+                trio.run(run_until_signal, lb, sup.run)
+            except BaseExceptionGroup as eg:
+                raise leaf(eg) from None
+        else:
+            trio.run(sup.run)
     except (StartupError, KernelError) as exc:
         print(f"pcsite: {exc}", file=sys.stderr)
         return 1

@@ -109,3 +109,46 @@ def test_line_generator_matches_mininet_linear_counts_and_aggregates_routes() ->
     r1 = p.nodes["r1"]
     hop = [r for r in r1.routes if net.subnet_of(ipaddress.IPv4Network(r.dst))]
     assert len(hop) == 1 and hop[0].gateway == p.nodes["r2"].iface_to("r1").address
+
+
+def test_site_nodes_and_fis_replicas_plan_an_internal_network() -> None:
+    from testbed import cluster
+
+    text = """
+name = "c"
+[[node]]
+name = "r"
+kind = "router"
+[[node]]
+name = "a"
+kind = "site"
+router = "r"
+nodes = 3
+fis_replicas = 2
+[[node]]
+name = "b"
+kind = "site"
+router = "r"
+[[link]]
+a = "a"
+b = "r"
+[[link]]
+a = "b"
+b = "r"
+"""
+    topo = topology.parse(text)
+    plans = cluster.plan(topo)
+    assert list(plans) == ["a"]  # b has one node: a one-machine site as before
+    cp = plans["a"]
+    assert cp.lb_address == "198.19.128.1" and cp.fis_replicas == 2
+    assert [(m.name, m.address) for m in cp.members] == [
+        ("a_n1", "198.19.128.2"), ("a_n2", "198.19.128.3"), ("a_n3", "198.19.128.4"),
+    ]  # fmt: skip
+    assert cp.subnet.subnet_of(TESTBED_SPACE)
+    for bad, key in [("nodes = 0", "nodes"), ("nodes = 17", "nodes"),
+                     ("fis_replicas = 5", "fis_replicas"), ('nodes = "3"', "nodes")]:  # fmt: skip
+        err = _err(text.replace("nodes = 3", bad) if "fis" not in bad
+                   else text.replace("fis_replicas = 2", bad))  # fmt: skip
+        assert f'"{key}"' in str(err)
+    err = _err(text.replace('kind = "router"', 'kind = "router"\nnodes = 2'))
+    assert "only allowed for site nodes" in str(err)

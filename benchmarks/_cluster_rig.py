@@ -1,0 +1,331 @@
+"""A multi-node site on a testbed, for the netns tests and ``benchmarks/cluster.py``.
+
+``h1 -- r1 -- h2`` with site ``s1`` beside ``r1``: the LB and the controller run in
+``s1``'s namespace (``pcsite run --role lb,controller``), compute node ``s1_n<i>`` runs
+``pcsite run --role node``. :class:`Load` sends form-1 packets on many circuits from ``h1``
+and records what ``h2`` receives, per circuit and sequence number.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pcsock import wire
+from pcsock.control import ControlClient
+from testbed.net import Testbed
+from testbed.netns import call_in
+from testbed.topology import parse
+
+ADMIN = "isp-admin-token-0123456789"
+PSP = "acme-token-0123456789abcdef"
+SECRET = "cluster-secret-0123456789"
+KEY = bytes(range(16))
+PORT = 9999
+_SEQ = struct.Struct("!HId")
+
+TOPOLOGY = """
+name = "cluster{n}"
+[[node]]
+name = "h1"
+kind = "host"
+[[node]]
+name = "h2"
+kind = "host"
+[[node]]
+name = "r1"
+kind = "router"
+[[node]]
+name = "s1"
+kind = "site"
+router = "r1"
+control = false
+nodes = {n}
+[[link]]
+a = "h1"
+b = "r1"
+[[link]]
+a = "r1"
+b = "h2"
+[[link]]
+a = "r1"
+b = "s1"
+"""
+
+
+def _config(tmp: Path, public_ip: str, lb: str, me: str, node: str, workers: int) -> Path:
+    state = tmp / node
+    state.mkdir(parents=True, exist_ok=True)
+    path = tmp / f"{node}.toml"
+    path.write_text(f"""
+[site]
+name = "s1"
+public_ip = "{public_ip}"
+public_dev = "lo"
+workers = {workers}
+state_dir = "{state}"
+fis = "sqlite:///{tmp / "fis.db"}"
+
+[dataplane]
+tun_prefix = "pccw"
+nft_table = "pccl"
+restart_delay = 0.3
+
+[services]
+isolation = "inprocess"
+
+[control]
+listen = "{me}:8080"
+admin_token = "{ADMIN}"
+
+[control.psps.acme]
+token = "{PSP}"
+
+[cluster]
+internal_dev = "int0"
+internal_ip = "{me}"
+lb = "{lb}:6254"
+controller = "{lb}:6255"
+node = "{node}"
+secret = "{SECRET}"
+heartbeat = 0.05
+ttl = 0.3
+""")
+    return path
+
+
+class ClusterSite:
+    """``with ClusterSite(tmp, nodes=3) as cs:`` -- a built testbed with the site running."""
+
+    def __init__(self, tmp: Path, nodes: int = 3, workers: int = 1, prefix: str = "pcq",
+                 start: int | None = None, split: bool = False) -> None:  # fmt: skip
+        """``start``: run only the first ``start`` compute nodes (default: all); ``split``:
+        the LB and the controller as two processes (``--role lb``, ``--role controller``)."""
+        self.split = split
+        self.tmp = tmp
+        self.n = nodes
+        self.start = nodes if start is None else start
+        self.workers = workers
+        self.tb = Testbed(parse(TOPOLOGY.format(n=nodes)), prefix=prefix, services=False)
+        self.procs: dict[str, Any] = {}
+
+    def __enter__(self) -> ClusterSite:
+        self.tb.up()
+        try:
+            self._start()
+        except BaseException:
+            self.tb.down()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.tb.down()
+
+    @property
+    def public_ip(self) -> str:
+        return self.tb.site("s1").public_ip
+
+    def node_names(self) -> list[str]:
+        return [m.name for m in self.tb.cluster("s1").members]
+
+    def _cmd(self, cfg: Path, role: str) -> list[str]:
+        return [sys.executable, "-m", "pcsite_lite.cli", "run", "--config", str(cfg),
+                "--role", role]  # fmt: skip
+
+    def _start(self) -> None:
+        cp = self.tb.cluster("s1")
+        cfg = _config(self.tmp, self.public_ip, cp.lb_address, cp.lb_address, "lb", 1)
+        self.lb_state = self.tmp / "lb"
+        if self.split:  # the controller has its own state directory (and lock)
+            ctl = _config(self.tmp, self.public_ip, cp.lb_address, cp.lb_address, "ctl", 1)
+            self.procs["ctl"] = self.tb.node("s1").start(
+                self._cmd(ctl, "controller"), name="pcsite-ctl",
+                ready=lambda: self.tb.node("s1").tcp_open(cp.lb_address, 8080), timeout=20,
+            )  # fmt: skip
+        self.procs["s1"] = self.tb.node("s1").start(
+            self._cmd(cfg, "lb" if self.split else "lb,controller"), name="pcsite-lb",
+            ready=lambda: (self.lb_state / "lb-status.json").exists(), timeout=20,
+        )  # fmt: skip
+        for m in cp.members[: self.start]:
+            self.start_node(m.name)
+        self.wait_table(set(self.node_names()[: self.start]))
+
+    def start_node(self, name: str) -> None:
+        cp = self.tb.cluster("s1")
+        m = next(x for x in cp.members if x.name == name)
+        cfg = _config(self.tmp, self.public_ip, cp.lb_address, m.address, name, self.workers)
+        self.procs[name] = self.tb.node(name).start(self._cmd(cfg, "node"), name="pcsite-node")
+
+    def lb_status(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.lb_state / "lb-status.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def in_table(self) -> set[str]:
+        return {n["node"] for n in self.lb_status().get("nodes", []) if n["in_table"]}
+
+    def wait_table(self, want: set[str], timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.in_table() != want:
+            if time.monotonic() > deadline:
+                logs = {n: p.log_text()[-1500:] for n, p in self.procs.items()}
+                raise AssertionError(f"LB table {self.in_table()} != {want}: {logs}")
+            time.sleep(0.05)
+
+    def client(self) -> Any:
+        url = f"http://{self.tb.cluster('s1').lb_address}:8080"
+        c = ControlClient(url, token=PSP, psp="acme")
+        ns = self.tb.node("s1").ns
+
+        class InNs:
+            def __getattr__(self, name: str) -> Any:
+                fn = getattr(c, name)
+                return lambda *a, **k: call_in(ns, lambda: fn(*a, **k), timeout=None)
+
+        return InNs()
+
+    def circuits(self, k: int) -> list[int]:
+        """``k`` one-hop circuits s1 -> h2 (the shipped no-op: deliver, shim stripped)."""
+        c = self.client()
+        h2 = self.tb.node("h2").address
+        labels = []
+        for _ in range(k):
+            label = c.allocate_circuit("relay", lifetime=600)["label"]
+            c.install_hop(label, in_key=KEY, deliver=h2, strip=True)
+            labels.append(label)
+        return labels
+
+    def tun_rx(self, name: str) -> int:
+        """Packets the kernel handed to compute node ``name``'s workers."""
+        total = 0
+        for i in range(self.workers):
+            out = subprocess.run(["ip", "-n", self.tb.node(name).ns, "-j", "-s", "link", "show",
+                                  f"pccw{i}"], capture_output=True, text=True)  # fmt: skip
+            if out.returncode == 0:
+                total += json.loads(out.stdout)[0]["stats64"]["tx"]["packets"]
+        return total
+
+
+class Load:
+    """Form-1 traffic on ``labels`` at ``rate`` rounds per second, h1 -> s1 -> h2."""
+
+    def __init__(self, cs: ClusterSite, labels: list[int], rate: float = 100.0) -> None:
+        self.cs, self.labels, self.rate = cs, labels, rate
+        self.sent: dict[tuple[int, int], float] = {}
+        self.got: dict[tuple[int, int], float] = {}
+        self._stop = threading.Event()
+        self._stop_rx = threading.Event()
+        h1, h2 = cs.tb.node("h1"), cs.tb.node("h2")
+        self.src = h1.address
+        self.tx = call_in(h1.ns, lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW,
+                                                       socket.IPPROTO_RAW))  # fmt: skip
+
+        def mk() -> socket.socket:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+            s.bind(("0.0.0.0", PORT))
+            s.settimeout(0.1)
+            return s
+
+        self.rx = call_in(h2.ns, mk)
+        self.threads = [threading.Thread(target=self._send, daemon=True),
+                        threading.Thread(target=self._recv, daemon=True)]  # fmt: skip
+
+    def probe(self, label: int, n: int = 3) -> None:
+        for _ in range(n):
+            self._one(0xFFFF, label, 0)
+
+    def _one(self, i: int, label: int, seq: int) -> float:
+        now = time.monotonic()
+        payload = struct.pack("!HHHH", 5555, PORT, 8 + _SEQ.size, 0) + _SEQ.pack(i, seq, now)
+        pkt = wire.build_circuit_packet(src=self.src, dst=self.cs.public_ip, label=label,
+                                        key=KEY, payload=payload)  # fmt: skip
+        try:
+            self.tx.sendto(bytes(pkt), (self.cs.public_ip, 0))
+        except OSError:
+            pass
+        return now
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self, drain: float = 0.5) -> None:
+        self._stop.set()
+        time.sleep(drain)
+        self._stop_rx.set()
+        for t in self.threads:
+            t.join(5)
+        self.tx.close()
+        self.rx.close()
+
+    def _send(self) -> None:
+        seq = 0
+        period = 1 / self.rate
+        nxt = time.monotonic()
+        while not self._stop.is_set():
+            for i, label in enumerate(self.labels):
+                self.sent[(i, seq)] = self._one(i, label, seq)
+            seq += 1
+            nxt += period
+            time.sleep(max(0.0, nxt - time.monotonic()))
+
+    def _recv(self) -> None:
+        while not self._stop_rx.is_set():
+            try:
+                data = self.rx.recv(2048)
+            except (TimeoutError, OSError):
+                continue
+            if len(data) >= _SEQ.size:
+                i, seq, _ = _SEQ.unpack_from(data)
+                if i != 0xFFFF:
+                    self.got[(i, seq)] = time.monotonic()
+
+    def lost(self, circuits: set[int], t0: float, t1: float) -> int:
+        """Packets on ``circuits`` sent in [t0, t1] that never arrived."""
+        return sum(1 for (i, s), t in list(self.sent.items())
+                   if i in circuits and t0 <= t <= t1 and (i, s) not in self.got)  # fmt: skip
+
+    def resumed(self, circuits: set[int], after: float) -> float:
+        """Seconds from ``after`` until every circuit in ``circuits`` delivered a packet sent
+        after it (inf if one never did)."""
+        worst = 0.0
+        for i in circuits:
+            firsts = [self.got[k] for k, t in list(self.sent.items())
+                      if k[0] == i and t > after and k in self.got]  # fmt: skip
+            if not firsts:
+                return float("inf")
+            worst = max(worst, min(firsts) - after)
+        return worst
+
+
+def owners(cs: ClusterSite, load: Load, labels: list[int]) -> dict[int, str]:
+    """Circuit index -> the compute node the LB sends it to (probed one circuit at a time,
+    watching which node's TUN devices count the packets). Call it while no load runs
+    (before ``with load:``): a circuit whose packets show up on more than one node is left
+    out."""
+    out = {}
+    names = cs.node_names()
+    for i, label in enumerate(labels):
+        before = {n: cs.tun_rx(n) for n in names}
+        load.probe(label)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            grew = [n for n in names if cs.tun_rx(n) > before[n]]
+            if len(grew) == 1 and cs.tun_rx(grew[0]) >= before[grew[0]] + 3:
+                out[i] = grew[0]
+                break
+            time.sleep(0.01)
+    return out

@@ -1,0 +1,256 @@
+"""A site spanning machines (docs/cluster.md): node failover and the Maglev table's churn.
+
+* ``cluster_moved_fraction``: share of ``--circuits`` random circuit labels whose compute
+  node changed when one of N = 4 nodes died (median over the four choices of the dead node;
+  the labels go to table positions by a keyed hash, as the kernel's ``jhash`` does; goal
+  <= 1/N + 5 %). Pure computation.
+* ``cluster_failover_ms``: on a testbed site with ``--nodes`` compute nodes (root), form-1
+  load on ``--circuits-live`` circuits; the compute node with most circuits is killed
+  (SIGKILL + link cut); the time until every one of its circuits delivered a packet sent
+  after the kill (median over ``--rounds``; goal <= 1000 ms). ``cluster_failover_lost_other``:
+  packets lost on the other nodes' circuits in the same window (worst round; goal 0).
+
+* ``cluster_lb_us_per_packet``: a site with 4 compute-node namespaces where nothing runs
+  (they drop what arrives); from ``h1``, through ``r1``, the LB namespace and on to a node,
+  ``--packets`` form-1 packets (labels varied) for the public IP, split by the real LB
+  kernel state (:class:`~pcsite_lite.cluster.lb.LbKernel`: nft jhash -> Maglev map -> fwmark
+  -> policy route), against the same packets to an address the LB plainly routes to a node
+  (same path, same hops, no split). Sender pinned to one vCPU; wall time per packet of the
+  whole synchronous path (veth delivery runs in the sender's softirq); rounds interleaved;
+  the difference of the medians.
+* ``cluster_node_cpu_us_per_packet_{1,2,4}``: a site running 1, 2 and 4 compute nodes
+  (``pcsite run --role node``, one worker each), offered ``--cpu-rate`` x nodes rounds/s so
+  each node sees the same packet rate; each node's CPU time (supervisor + worker, ``/proc``,
+  minus its idle CPU over an equal window before the load) over the packets its TUN device
+  handed its worker; the median over nodes (goal: flat within 15 % from 1 to 4 nodes).
+
+    .venv/bin/python -m benchmarks.cluster --json /tmp/cluster.json
+    .venv/bin/python -m benchmarks.cluster --rounds 1 --circuits 2000 --json /tmp/c.json  # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pcsite_lite.cluster.maglev import MaglevTable
+
+
+def moved_fraction(circuits: int, n: int = 4) -> float:
+    nodes = [f"node{i}" for i in range(n)]
+    table = MaglevTable(nodes)
+    pos = [int.from_bytes(hashlib.blake2s(os.urandom(4), digest_size=4).digest(), "big")
+           % table.size for _ in range(circuits)]  # fmt: skip
+    fractions = []
+    for gone in nodes:
+        after = table.with_nodes([x for x in nodes if x != gone])
+        fractions.append(sum(table.entries[p] != after.entries[p] for p in pos) / circuits)
+    return statistics.median(fractions)
+
+
+def failover(rounds: int, nodes: int, circuits: int, rate: float) -> tuple[float, int]:
+    from benchmarks._cluster_rig import ClusterSite, Load, owners
+
+    times, lost = [], []
+    with ClusterSite(Path(tempfile.mkdtemp(prefix="pcbench-cluster-")), nodes=nodes) as cs:
+        labels = cs.circuits(circuits)
+        for _ in range(rounds):
+            load = Load(cs, labels, rate=rate)
+            own = owners(cs, load, labels)  # before the load starts
+            with load:
+                deadline = time.monotonic() + 10
+                while len(load.got) < 2 * circuits and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                victim = max(set(own.values()), key=list(own.values()).count)
+                time.sleep(0.3)
+                t_kill = time.monotonic()
+                cs.tb.fail(victim)
+                cs.wait_table(set(cs.node_names()) - {victim}, timeout=5)
+                time.sleep(1.5)
+                t_end = time.monotonic() - 0.3
+            dead = {i for i, n in own.items() if n == victim}
+            times.append(load.resumed(dead, t_kill) * 1000)
+            lost.append(load.lost(set(own) - dead, t_kill - 0.5, t_end))
+            cs.tb.recover(victim)
+            cs.start_node(victim)
+            cs.wait_table(set(cs.node_names()))
+    return statistics.median(times), max(lost)
+
+
+def _send_loop(tx: socket.socket, pkts: list[bytes], dst: str) -> float:
+    t0 = time.perf_counter()
+    for p in pkts:
+        tx.sendto(p, (dst, 0))
+    return time.perf_counter() - t0
+
+
+def lb_cost(packets: int, rounds: int) -> tuple[float, float]:
+    """(us per packet through the LB split, us per packet plainly forwarded) medians."""
+    from dataclasses import replace
+
+    from benchmarks._cluster_rig import TOPOLOGY
+    from pcsite_lite.cluster.config import parse_cluster
+    from pcsite_lite.cluster.lb import LbKernel
+    from pcsite_lite.cluster.maglev import MaglevTable
+    from pcsite_lite.daemon.config import ConfigError, parse
+    from pcsock import wire
+    from testbed.net import Testbed
+    from testbed.netns import call_in
+    from testbed.topology import parse as parse_topo
+
+    tmp = Path(tempfile.mkdtemp(prefix="pcbench-lb-"))
+    with Testbed(parse_topo(TOPOLOGY.format(n=4)), prefix="pcb", services=False) as tb:
+        cp = tb.cluster("s1")
+        site = tb.site("s1")
+        doc = {"site": {"name": "s1", "public_ip": site.public_ip, "public_dev": "lo",
+                        "state_dir": str(tmp)},
+               "control": {"admin_token": "bench-admin-token-0123456789"}}  # fmt: skip
+        cl = parse_cluster({"internal_dev": "int0", "internal_ip": cp.lb_address,
+                            "lb": cp.lb_address, "controller": cp.lb_address,
+                            "secret": "bench-secret-0123456789"}, ConfigError)  # fmt: skip
+        cfg = replace(parse(doc), cluster=cl)
+        kernel = LbKernel(cfg, cl)
+        table = MaglevTable([m.name for m in cp.members], cl.table_size)
+        slot = {m.name: i for i, m in enumerate(cp.members)}
+        lb_ns = tb.node("s1").ns
+
+        def setup() -> None:
+            kernel.setup([kernel.mark(slot[n]) for n in table.entries])
+            for m in cp.members:
+                kernel.set_node(slot[m.name], m.address)
+
+        for m in cp.members:  # sinks that drop in silence (no ICMP back): blackhole routes
+            ns = tb.node(m.name).ns
+            subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+                           check=True)  # fmt: skip
+            for dst in (f"{site.public_ip}/32", "198.18.200.0/24"):
+                subprocess.run(["ip", "-n", ns, "route", "add", "blackhole", dst], check=True)
+        subprocess.run(["ip", "-n", lb_ns, "route", "add", "198.18.200.0/24", "via",
+                        cp.members[0].address], check=True)  # fmt: skip
+        call_in(lb_ns, setup)
+        try:
+            r1 = tb.node("r1").ns
+            subprocess.run(["ip", "-n", r1, "route", "add", "198.18.200.0/24", "via",
+                            site.data_address], check=True)  # fmt: skip
+            h1 = tb.node("h1")
+            tx = call_in(h1.ns, lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW,
+                                                      socket.IPPROTO_RAW))  # fmt: skip
+            key = bytes(16)
+            payload = bytes(64)
+            split = [bytes(wire.build_circuit_packet(src=h1.address, dst=site.public_ip,
+                                                     label=1 + i, key=key, payload=payload))
+                     for i in range(packets)]  # fmt: skip
+            plain = [bytes(wire.build_circuit_packet(src=h1.address, dst="198.18.200.1",
+                                                     label=1 + i, key=key, payload=payload))
+                     for i in range(packets)]  # fmt: skip
+            cpus = sorted(os.sched_getaffinity(0))
+            os.sched_setaffinity(0, {cpus[0]})
+            try:
+                a, b = [], []
+                _send_loop(tx, plain[: packets // 10], "198.18.200.1")  # warm ARP and caches
+                _send_loop(tx, split[: packets // 10], site.public_ip)
+                for _ in range(rounds):  # plain: without the LB's nft table and rules at all
+                    call_in(lb_ns, kernel.teardown)
+                    a.append(_send_loop(tx, plain, "198.18.200.1") / packets * 1e6)
+                    call_in(lb_ns, setup)
+                    b.append(_send_loop(tx, split, site.public_ip) / packets * 1e6)
+            finally:
+                os.sched_setaffinity(0, cpus)
+            tx.close()
+        finally:
+            call_in(lb_ns, kernel.teardown)
+    return statistics.median(b), statistics.median(a)
+
+
+def _cpu_ns(pid: int) -> int:
+    """CPU time of ``pid``, its threads and its children, in ns (``/proc/*/schedstat``)."""
+    total = 0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                total += int((task / "schedstat").read_text().split()[0])
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def node_cpu(
+    counts: tuple[int, ...], seconds: float, rate: float, circuits: int
+) -> dict[int, float]:
+    """Per node count: median over nodes of CPU us per packet the node processed."""
+    from benchmarks._cluster_rig import ClusterSite, Load
+
+    out = {}
+    for k in counts:
+        tmp = Path(tempfile.mkdtemp(prefix=f"pcbench-nodes{k}-"))
+        with ClusterSite(tmp, nodes=max(2, k), start=k) as cs:
+            labels = cs.circuits(circuits)
+            names = cs.node_names()[:k]
+            i0 = {n: _cpu_ns(cs.procs[n].pid) for n in names}
+            time.sleep(seconds)  # idle: heartbeats, stats, feed reports
+            idle = {n: _cpu_ns(cs.procs[n].pid) - i0[n] for n in names}
+            with Load(cs, labels, rate=rate * k) as load:  # the same packet rate per node
+                deadline = time.monotonic() + 10
+                while len(load.got) < 2 * circuits and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                c0 = {n: _cpu_ns(cs.procs[n].pid) for n in names}
+                p0 = {n: cs.tun_rx(n) for n in names}
+                time.sleep(seconds)
+                c1 = {n: _cpu_ns(cs.procs[n].pid) for n in names}
+                p1 = {n: cs.tun_rx(n) for n in names}
+            per = [(c1[n] - c0[n] - idle[n]) / 1e3 / (p1[n] - p0[n])
+                   for n in names if p1[n] > p0[n]]  # fmt: skip
+            out[k] = statistics.median(per) if per else float("nan")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="benchmarks.cluster", description=__doc__.split("\n")[0])
+    ap.add_argument("--json", metavar="PATH", help="write the figures here")
+    ap.add_argument("--circuits", type=int, default=100000, help="labels for the churn figure")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--nodes", type=int, default=3)
+    ap.add_argument("--circuits-live", type=int, default=12)
+    ap.add_argument("--rate", type=float, default=100.0, help="rounds per second of the load")
+    ap.add_argument("--packets", type=int, default=20000, help="packets per LB-cost round")
+    ap.add_argument("--cpu-seconds", type=float, default=5.0, help="CPU window per node count")
+    ap.add_argument(
+        "--cpu-rate",
+        type=float,
+        default=25.0,
+        help="rounds per second per node of the CPU load (x --circuits-live)",
+    )
+    args = ap.parse_args(argv)
+    out = {"cluster_moved_fraction": round(moved_fraction(args.circuits), 4)}
+    if os.geteuid() == 0:
+        ms, lost = failover(args.rounds, args.nodes, args.circuits_live, args.rate)
+        out.update(cluster_failover_ms=round(ms, 1), cluster_failover_lost_other=lost)
+        lb_us, plain_us = lb_cost(args.packets, args.rounds)
+        out.update(cluster_lb_us_per_packet=round(lb_us - plain_us, 3),
+                   cluster_lb_path_us_per_packet=round(lb_us, 3),
+                   cluster_plain_path_us_per_packet=round(plain_us, 3))  # fmt: skip
+        cpu = node_cpu((1, 2, 4), args.cpu_seconds, args.cpu_rate, args.circuits_live)
+        for k, v in cpu.items():
+            out[f"cluster_node_cpu_us_per_packet_{k}"] = round(v, 2)
+    else:
+        print("benchmarks.cluster: not root: failover figures skipped", file=sys.stderr)
+    print(json.dumps(out, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

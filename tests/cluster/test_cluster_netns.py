@@ -1,0 +1,102 @@
+"""A three-node site on the testbed (root): node kill and node drain under load.
+
+The LB (``pcsite run --role lb,controller``) splits form-1 circuits over three compute nodes
+(``--role node``) by a Maglev table; a killed node's circuits forward again from the
+survivors within 1 s and the other circuits lose nothing; a drained node (SIGTERM: it leaves
+the table first) loses nothing at all.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from benchmarks._cluster_rig import ClusterSite, Load, owners
+from testbed.netns import call_in
+from tests.support import wait_until
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(240)]
+
+K = 12  #: circuits
+
+
+@pytest.fixture(scope="module")
+def cs(tmp_path_factory: pytest.TempPathFactory):
+    with ClusterSite(tmp_path_factory.mktemp("cluster"), nodes=3) as site:
+        site.labels = site.circuits(K)
+        yield site
+
+
+def _settled(cs: ClusterSite, load: Load) -> None:
+    assert wait_until(lambda: len(load.got) >= 2 * K, 10), "no traffic through the site"
+
+
+def test_the_state_reached_every_node_and_nodes_refuse_changes(cs: ClusterSite) -> None:
+    from pcsock.control import ControlClient, ControlError
+
+    node = cs.tb.node("s1_n1")
+    c = ControlClient(f"http://{node.address}:8080", token="acme-token-0123456789abcdef",
+                      psp="acme")  # fmt: skip
+    with pytest.raises(ControlError) as ei:
+        call_in(node.ns, lambda: c.allocate_circuit("relay"), timeout=None)
+    assert "controller" in str(ei.value)
+    # the controller sees every node on its feed, each having acknowledged every change
+    admin = ControlClient(f"http://{cs.tb.cluster('s1').lb_address}:8080",
+                          token="isp-admin-token-0123456789", psp=None)  # fmt: skip
+    st = call_in(cs.tb.node("s1").ns, admin.status, timeout=None)
+    assert st["roles"] == ["controller"] and set(st["nodes"]) == set(cs.node_names())
+    assert wait_until(lambda: all(
+        n["acked"] >= K for n in call_in(cs.tb.node("s1").ns, admin.status)["nodes"].values()
+    ), 10)  # fmt: skip
+
+
+def test_node_kill_resumes_its_circuits_within_1s_and_others_lose_nothing(cs) -> None:
+    load = Load(cs, cs.labels, rate=100)
+    own = owners(cs, load, cs.labels)  # before the load starts
+    assert len(own) == K and len(set(own.values())) >= 2, own
+    with load:
+        _settled(cs, load)
+        victim = max(set(own.values()), key=lambda n: list(own.values()).count(n))
+        time.sleep(0.3)
+        t_kill = time.monotonic()
+        cs.tb.fail(victim)  # SIGKILL its processes and cut its link
+        survivors = set(cs.node_names()) - {victim}
+        cs.wait_table(survivors, timeout=5)
+        assert wait_until(lambda: load.resumed(set(own), t_kill) < 5, 10)
+        time.sleep(0.5)
+        t_end = time.monotonic() - 0.3
+    dead = {i for i, n in own.items() if n == victim}
+    assert load.resumed(dead, t_kill) < 1.0
+    assert load.lost(set(own) - dead, t_kill - 0.5, t_end) == 0
+    cs.tb.recover(victim)
+    cs.start_node(victim)
+    cs.wait_table(set(cs.node_names()))
+
+
+def test_node_drain_loses_nothing(cs: ClusterSite) -> None:
+    with Load(cs, cs.labels, rate=100) as load:
+        _settled(cs, load)
+        t0 = time.monotonic()
+        name = cs.node_names()[-1]
+        cs.procs[name].stop(grace=10)  # SIGTERM: drains first
+        assert cs.in_table() == set(cs.node_names()) - {name}
+        time.sleep(0.5)
+        t1 = time.monotonic() - 0.3
+    assert load.lost(set(range(K)), t0 - 0.5, t1) == 0
+    cs.start_node(name)
+    cs.wait_table(set(cs.node_names()))
+
+
+def test_lb_and_controller_as_separate_processes(tmp_path) -> None:
+    # ``--role lb`` and ``--role controller`` apart (as on two machines): circuits installed
+    # at the controller reach the nodes, the LB splits their packets, nothing is lost
+    with ClusterSite(tmp_path, nodes=2, split=True) as site:
+        labels = site.circuits(4)
+        with Load(site, labels, rate=50) as load:
+            assert wait_until(lambda: len(load.got) >= 40, 10), site.procs["s1"].log_text()
+            t1 = time.monotonic() - 0.3
+        assert load.lost(set(range(4)), 0, t1) == 0
+        assert site.in_table() == set(site.node_names())
+        # the LB alone follows the controller's feed (for the form-3 prefixes it diverts)
+        assert wait_until(lambda: "feed from" in site.procs["s1"].log_text(), 5)

@@ -1,0 +1,127 @@
+"""The state feed (OpReplica, server and client over loopback), [cluster] and --role."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from pcsite_lite.cluster.config import parse_cluster, parse_roles
+from pcsite_lite.cluster.feed import FeedClient, FeedServer, OpReplica
+from pcsite_lite.daemon.config import ConfigError
+
+SECRET = b"feed-secret-0123456789"
+
+
+def circuit(label: int, expires: float = 100.0) -> dict:
+    return {"op": "circuit", "label": label, "psp": "acme", "service": "relay", "in_key": "00",
+            "expires": expires, "destination": None, "out": []}  # fmt: skip
+
+
+def test_replica_applies_changes_and_diffs() -> None:
+    r = OpReplica()
+    r.apply(circuit(1))
+    r.apply(circuit(2))
+    r.apply({"op": "renew", "label": 2, "expires": 500.0, "seq": 9})
+    r.apply({"op": "service_id", "id": 7, "psp": "acme", "service": "relay"})
+    r.apply({"op": "destination", "prefix": "198.18.9.0/24", "psp": "acme", "service": "fw",
+             "redirect_prefixes": []})  # fmt: skip
+    r.apply({"op": "teardown", "label": 1})
+    r.apply({"op": "synced", "seq": 3})  # not state: ignored
+    ops = list(r.iter_snapshot_ops())
+    assert [o["op"] for o in ops] == ["circuit", "service_id", "destination"]
+    assert ops[0]["expires"] == 500.0 and "seq" not in ops[0]
+    assert r.divert_prefixes() == ["198.18.9.0/24"]
+    newer = OpReplica()
+    newer.apply(circuit(2))
+    assert sorted(map(str, r.removal_ops(newer))) == sorted(map(str, [
+        {"op": "release_id", "id": 7},
+        {"op": "release_destination", "prefix": "198.18.9.0/24"},
+    ]))  # fmt: skip
+
+
+def test_feed_snapshot_then_changes_then_resync() -> None:
+    state = OpReplica()
+    state.apply(circuit(1))
+    got: list[dict] = []
+    logs: list[str] = []
+
+    async def main() -> None:
+        server = FeedServer(state.iter_snapshot_ops, SECRET, logs.append)
+        async with trio.open_nursery() as n:
+            port = await n.start(server.serve, "127.0.0.1", 0)
+            client = FeedClient("127.0.0.1", port, SECRET, on_op=got.append,
+                                on_synced=lambda: None, log=logs.append)  # fmt: skip
+            n.start_soon(client.run)
+            with trio.fail_after(10):
+                while not client.synced:
+                    await trio.sleep(0.01)
+                assert [o["label"] for o in got] == [1]  # the snapshot is news the first time
+                for op in (circuit(2), {"op": "teardown", "label": 1}):
+                    state.apply(op)
+                    server.publish(op)
+                while len(client.replica) != 1 or 2 not in [k[1] for k in client.replica.ops]:
+                    await trio.sleep(0.01)
+            assert [o["op"] for o in got] == ["circuit", "circuit", "teardown"]
+            # a wrong secret is refused and sees nothing
+            bad: list[dict] = []
+            intruder = FeedClient("127.0.0.1", port, b"wrong-secret-000000", on_op=bad.append,
+                                  on_synced=lambda: None, log=logs.append)  # fmt: skip
+            n.start_soon(intruder.run)
+            with trio.fail_after(10):
+                while not any("failed authentication" in m for m in logs):
+                    await trio.sleep(0.01)
+            assert not bad and not intruder.synced
+            n.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def test_cluster_section_errors_name_the_key() -> None:
+    good = {"internal_dev": "int0", "internal_ip": "198.19.128.2", "lb": "198.19.128.1",
+            "controller": "198.19.128.1:7000", "secret": "s" * 16}  # fmt: skip
+    cl = parse_cluster(good, ConfigError)
+    assert cl.lb == ("198.19.128.1", 6254) and cl.controller[1] == 7000
+    assert cl.node == "n-198.19.128.2" and cl.table_size == 4093
+    assert parse_cluster(None, ConfigError) is None
+    for change, key in [
+        ({"secret": "short"}, "cluster.secret"),
+        ({"lb": "nowhere:1"}, "cluster.lb"),
+        ({"controller": "198.19.128.1:70000"}, "cluster.controller"),
+        ({"table_size": 4096}, "cluster.table_size"),
+        ({"heartbeat": 1.0, "ttl": 1.5}, "cluster.ttl"),
+        ({"colour": "red"}, "cluster.colour"),
+        ({"internal_ip": "x"}, "cluster.internal_ip"),
+    ]:
+        with pytest.raises(ConfigError) as ei:
+            parse_cluster({**good, **change}, ConfigError)
+        assert ei.value.key == key
+    with pytest.raises(ConfigError) as ei:
+        parse_cluster({k: v for k, v in good.items() if k != "lb"}, ConfigError)
+    assert ei.value.key == "cluster.lb"
+
+
+def test_roles() -> None:
+    assert parse_roles("lb,controller") == {"lb", "controller"}
+    assert parse_roles("node") == {"node"}
+    for bad, msg in [("gateway", "not one of"), ("", "empty"), ("lb,node", "cannot share")]:
+        with pytest.raises(ValueError, match=msg):
+            parse_roles(bad)
+
+
+def test_pcsite_run_role_without_cluster_is_a_clear_error(tmp_path, capsys) -> None:
+    from pcsite_lite.cli import main
+
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(f"""
+[site]
+name = "s"
+public_ip = "198.18.254.1"
+state_dir = "{tmp_path}"
+[control]
+admin_token = "isp-admin-token-0123456789"
+""")
+    assert main(["run", "--config", str(cfg), "--role", "bogus"]) == 2
+    assert "not one of" in capsys.readouterr().err
+    # refused before anything is touched
+    assert main(["run", "--config", str(cfg), "--role", "node"]) == 2
+    assert "needs a [cluster] section" in capsys.readouterr().err
