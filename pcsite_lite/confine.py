@@ -66,7 +66,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
-from pcsite_lite.api import PacketApiError, decision_of
+from pcsite_lite.api import PacketApi, PacketApiError, decision_of
 from pcsite_lite.runtime import ACTIVE
 from pcsite_lite.sandbox import Budget, BudgetExceeded, ServiceUnavailable
 
@@ -390,6 +390,9 @@ class ConfinedService:
         self._next_memory = 0.0
         #: batch messages sent and not yet answered, oldest first (at most MAX_INFLIGHT)
         self._inflight: deque[_Batch] = deque()
+        #: batches answered while a one-packet round trip waited for the channel (poll
+        #: hands them out first)
+        self._answered: list[_Batch] = []
         #: how long recent batch messages took to be answered (ns)
         self.latency_ns: deque[int] = deque(maxlen=1024)
         #: results of the current batch by (arrival time, packet bytes): a result tuple
@@ -655,7 +658,7 @@ class ConfinedService:
                 self._apply(api, res)
                 return
         if self._inflight:  # the channel carries batches: no round trip may cut in
-            raise ServiceUnavailable(f"{self.name}: batches in flight", reason="service_busy")
+            self._finish_inflight()
         meta, payload = snapshot(api)
         if not self.ready:
             self._ensure_started()
@@ -730,16 +733,30 @@ class ConfinedService:
         return n
 
     def pending(self) -> bool:
-        """True while batch messages are in flight."""
-        return bool(self._inflight)
+        """True while batch messages are in flight or answered and not yet taken."""
+        return bool(self._inflight or self._answered)
 
-    def poll(self, api: Any) -> list[_Batch]:
+    def _finish_inflight(self) -> None:
+        """Wait for every batch in flight (each bounded by its deadline) before a round trip
+        of one packet (a packet the batches could not carry, e.g. one a receiver's service
+        ran on first); their answers wait in :attr:`_answered` for :meth:`poll`."""
+        api = PacketApi()
+        while self._inflight:
+            self._answered += self.poll(api, keep_answered=False)
+            if self._inflight and self.sock is not None:
+                head = self._inflight[0]
+                left = (head.deadline or time.monotonic()) - time.monotonic()
+                select.select([self.sock], [], [], min(0.05, max(0.0005, left)))
+
+    def poll(self, api: Any, keep_answered: bool = True) -> list[_Batch]:
         """The batches answered so far, in order (never blocks): serves the process's FIS
         calls with ``api`` (bound to the batch's context here), and past the oldest batch's
         deadline kills the process and returns every batch in flight with failure results
         (the oldest batch's first packet counts as the service's failure,
         ``service_timeout``; the rest are dropped with that reason)."""
         done: list[_Batch] = []
+        if keep_answered and self._answered:  # answered while a round trip waited
+            done, self._answered = self._answered, []
         q = self._inflight
         recv = None if self.sock is None else self.sock.recv
         while q:
@@ -1011,6 +1028,8 @@ class Prefetcher:
             if not busy:
                 return
             now_ns = time.monotonic_ns()
+            if any(p._answered for p in busy):
+                continue  # answered while a round trip waited: hand them out
             if any(p._spin_ns and now_ns - p._inflight[0].sent_ns < p._spin_ns for p in busy):
                 continue  # an answer is due soon: poll again
             if not wait:
@@ -1035,7 +1054,16 @@ class Prefetcher:
             if not proxy.pending():
                 proxy._results.clear()  # results of earlier batches no packet asked for
             for i in range(0, len(items), CHUNK):
-                n = proxy.submit(items[i : i + CHUNK], ctx)
+                chunk = items[i : i + CHUNK]
+                n = proxy.submit(chunk, ctx)
+                if not n and proxy.ready and len(proxy._inflight) >= MAX_INFLIGHT:
+                    # its channel is full: these are dropped as ``service_busy`` (not its
+                    # failure), in their turn, by the pipeline's call finding that result
+                    over = _Batch(chunk, ctx, 0, 0.0)
+                    why = ["service_busy", f"{MAX_INFLIGHT} batch messages in flight"]
+                    over.results = [(_DROPPED, 0, 0, why, b"")] * len(chunk)
+                    proxy._answered.append(over)
+                    n = len(chunk)
                 if n:
                     held.update(idxs[i : i + n])
                     self._busy[proxy] = None

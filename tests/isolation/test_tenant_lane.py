@@ -90,10 +90,12 @@ def test_batches_in_flight_are_bounded_and_the_rest_dropped_with_a_reason(monkey
     os.kill(proxy.proc.pid, signal.SIGSTOP)  # keep the first messages in flight
     try:
         batch = [bytes(_pkt(label, b"p%02d" % i)) for i in range(3 * confine.CHUNK)]
-        rest = pre.dispatch(batch, 1.0)
-        assert rest == batch[2 * confine.CHUNK :]  # two messages went, the third did not
-        out = [pipe.process(d, 1.0) for d in rest]
-        assert all(isinstance(v, Drop) and v.reason == "service_busy" for [v] in out)
+        assert pre.dispatch(batch, 1.0) == []  # two messages went, the third is refused
+        assert len(proxy._inflight) == 2
+        # the refused ones come back at once, dropped with the reason, not blamed
+        over = [pipe.process(d, t) for held, t in pre.completed() for d in held]
+        assert len(over) == confine.CHUNK
+        assert all(isinstance(v, Drop) and v.reason == "service_busy" for [v] in over)
         assert site.runtime.slot("p", "rev").failures == 0  # not the service's fault
     finally:
         os.kill(proxy.proc.pid, signal.SIGCONT)
@@ -102,6 +104,22 @@ def test_batches_in_flight_are_bounded_and_the_rest_dropped_with_a_reason(monkey
         (b"p%02d" % i)[::-1] for i in range(2 * confine.CHUNK)
     ]
     assert all(isinstance(v, Forward) for v in got)
+
+
+def test_a_packet_batches_cannot_carry_waits_for_them_instead_of_being_dropped() -> None:
+    site, pipe = _site()
+    _deploy(site, "p", "rev", REVERSE)
+    label = _circuit(site, "p", "rev")
+    pre = Prefetcher(site)
+    batch = [bytes(_pkt(label, b"q%02d" % i)) for i in range(2 * confine.CHUNK)]
+    assert pre.dispatch(batch, 1.0) == []
+    # a packet the prefetcher could not carry (its snapshot differs: here, another arrival
+    # time) takes one round trip: it waits out the batches in flight, then goes
+    [v] = pipe.process(bytes(_pkt(label, b"alone")), 2.0)
+    assert isinstance(v, Forward) and bytes(v.data[36:]) == b"enola"
+    # the batches' answers were kept, and come out in order
+    got = [pipe.process(d, t)[0] for held, t in pre.completed(wait=True) for d in held]
+    assert [bytes(v.data[36:]) for v in got] == [(b"q%02d" % i)[::-1] for i in range(32)]
 
 
 def test_fis_calls_and_later_batches_in_flight_do_not_mix_on_the_channel() -> None:
