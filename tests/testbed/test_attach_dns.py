@@ -17,33 +17,19 @@ import pytest
 
 import testbed
 from testbed.cli import main
+from tests.support.topologies import link, node, topology_toml
 
 pytestmark = pytest.mark.netns
 
-MINI = """\
-name = "mini"
-[[node]]
-name = "D"
-kind = "host"
-prefix = "198.18.64.0/24"
-[[node]]
-name = "R1"
-kind = "router"
-[[node]]
-name = "C1"
-kind = "site"
-router = "R1"
-[[node]]
-name = "DNS"
-kind = "dns"
-signed_reverse = ["198.18.64.0/24"]
-[[link]]
-a = "D"
-b = "R1"
-[[link]]
-a = "DNS"
-b = "R1"
-"""
+MINI = topology_toml(
+    "mini",
+    node("D", "host", prefix="198.18.64.0/24"),
+    node("R1", "router"),
+    node("C1", "site", router="R1"),
+    node("DNS", "dns", signed_reverse=["198.18.64.0/24"]),
+    link("D", "R1"),
+    link("DNS", "R1"),
+)
 REV = "64.18.198.in-addr.arpa."
 
 

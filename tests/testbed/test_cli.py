@@ -10,29 +10,17 @@ from pathlib import Path
 import pytest
 
 from testbed import state
+from tests.support.topologies import link, node, topology_toml
 
-TOPO = """\
-name = "cli"
-[[node]]
-name = "h1"
-kind = "host"
-[[node]]
-name = "r"
-kind = "router"
-[[node]]
-name = "h2"
-kind = "host"
-[[link]]
-a = "h1"
-b = "r"
-[[link]]
-a = "h2"
-b = "r"
-[[node]]
-name = "c"
-kind = "site"
-router = "r"
-"""
+TOPO = topology_toml(
+    "cli",
+    node("h1", "host"),
+    node("r", "router"),
+    node("h2", "host"),
+    link("h1", "r"),
+    link("h2", "r"),
+    node("c", "site", router="r"),
+)
 
 
 def tb(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

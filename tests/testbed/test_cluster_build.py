@@ -9,23 +9,16 @@ import sys
 
 import pytest
 
+from tests.support.topologies import link, node, topology_toml
+
 pytestmark = pytest.mark.netns
 
-TOPO = """\
-name = "clb"
-[[node]]
-name = "r"
-kind = "router"
-[[node]]
-name = "s"
-kind = "site"
-router = "r"
-control = false
-nodes = 3
-[[link]]
-a = "s"
-b = "r"
-"""
+TOPO = topology_toml(
+    "clb",
+    node("r", "router"),
+    node("s", "site", router="r", control=False, nodes=3),
+    link("s", "r"),
+)
 
 
 def tb(*args: str) -> subprocess.CompletedProcess[str]:

@@ -11,38 +11,20 @@ import time
 import pytest
 
 from testbed import Testbed, scenarios, topology
+from tests.support.topologies import link, node, topology_toml
 
 pytestmark = pytest.mark.netns
 
-TOPO = """\
-name = "shaping"
-[[node]]
-name = "a"
-kind = "host"
-[[node]]
-name = "r"
-kind = "router"
-[[node]]
-name = "b"
-kind = "host"
-[[link]]
-a = "a"
-b = "r"
-delay = "10ms"
-[[link]]
-a = "r"
-b = "b"
-rate = "20mbit"
-[[node]]
-name = "c"
-kind = "host"
-[[link]]
-a = "c"
-b = "r"
-delay = "5ms"
-jitter = "2ms"
-loss = 20
-"""
+TOPO = topology_toml(
+    "shaping",
+    node("a", "host"),
+    node("r", "router"),
+    node("b", "host"),
+    link("a", "r", delay="10ms"),
+    link("r", "b", rate="20mbit"),
+    node("c", "host"),
+    link("c", "r", delay="5ms", jitter="2ms", loss=20),
+)
 
 
 @pytest.fixture(scope="module")

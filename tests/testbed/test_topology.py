@@ -9,6 +9,7 @@ import pytest
 from testbed import plan, topology
 from testbed.cli import TOPOLOGIES
 from testbed.topology import TESTBED_SPACE, TopologyError
+from tests.support.topologies import link, node, topology_toml
 
 
 @pytest.mark.parametrize("name", ["fig2", "multidomain"])
@@ -42,18 +43,7 @@ def _err(text: str) -> TopologyError:
     return info.value
 
 
-GOOD = """\
-name = "t"
-[[node]]
-name = "h"
-kind = "host"
-[[node]]
-name = "r"
-kind = "router"
-[[link]]
-a = "h"
-b = "r"
-"""
+GOOD = topology_toml("t", node("h", "host"), node("r", "router"), link("h", "r"))
 
 
 def test_unknown_link_endpoint_names_file_line_and_field() -> None:
