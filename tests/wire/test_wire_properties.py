@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pcsock import wire
+from tests.support.site_topo import circuit_packet
 
 u8 = st.integers(0, 0xFF)
 u16 = st.integers(0, 0xFFFF)
@@ -36,124 +38,57 @@ def test_internet_checksum_matches_rfc1071_reference(data: bytes) -> None:
     assert wire.internet_checksum(data) == reference_checksum(data)
 
 
+#: the fields both packet forms have (keywords of the builders)
+IP_FIELDS = {
+    "src": u32,
+    "dst": u32,
+    "metadata": u8,
+    "next_proto": u8,
+    "ttl": u8,
+    "tos": u8,
+    "ident": u16,
+    "udp": st.booleans(),
+    "sport": u16,
+    "dport": st.integers(1, 0xFFFF),
+    "payload": payloads,
+}
+CIRCUIT_FIELDS = {**IP_FIELDS, "label": u32, "orig_src": u32, "hop_limit": u8, "key": keys}
+SERVICE_FIELDS = {**IP_FIELDS, "service_id": u24}
+
+
+def _parse_and_check_ip_fields(raw: bytearray, f: dict[str, Any], form: int) -> wire.Packet:
+    """Parse what a builder made of ``f``; the fields both forms carry came back."""
+    pkt = wire.parse(bytes(raw), udp_port=f["dport"])
+    assert pkt.form == form and pkt.encap == ("udp" if f["udp"] else "ip")
+    assert (pkt.src, pkt.dst, pkt.ttl, pkt.tos) == (f["src"], f["dst"], f["ttl"], f["tos"])
+    assert (pkt.metadata, pkt.next_proto) == (f["metadata"], f["next_proto"])
+    assert bytes(pkt.payload) == f["payload"] and bytes(raw[4:6]) == f["ident"].to_bytes(2, "big")
+    assert pkt.udp_ports == ((f["sport"], f["dport"]) if f["udp"] else None)
+    return pkt
+
+
 @SETTINGS
-@given(
-    src=u32,
-    dst=u32,
-    label=u32,
-    metadata=u8,
-    orig_src=u32,
-    next_proto=u8,
-    hop_limit=u8,
-    ttl=u8,
-    tos=u8,
-    ident=u16,
-    udp=st.booleans(),
-    sport=u16,
-    dport=st.integers(1, 0xFFFF),
-    key=keys,
-    payload=payloads,
-)
-def test_circuit_packet_round_trips_every_field(
-    src: int,
-    dst: int,
-    label: int,
-    metadata: int,
-    orig_src: int,
-    next_proto: int,
-    hop_limit: int,
-    ttl: int,
-    tos: int,
-    ident: int,
-    udp: bool,
-    sport: int,
-    dport: int,
-    key: bytes,
-    payload: bytes,
-) -> None:
-    raw = wire.build_circuit_packet(
-        src=src,
-        dst=dst,
-        label=label,
-        key=key,
-        payload=payload,
-        metadata=metadata,
-        orig_src=orig_src,
-        next_proto=next_proto,
-        hop_limit=hop_limit,
-        ttl=ttl,
-        tos=tos,
-        ident=ident,
-        udp=udp,
-        sport=sport,
-        dport=dport,
-    )
-    pkt = wire.parse(bytes(raw), udp_port=dport)
-    assert pkt.form == wire.FORM_CIRCUIT and pkt.encap == ("udp" if udp else "ip")
-    assert (pkt.src, pkt.dst, pkt.ttl, pkt.tos) == (src, dst, ttl, tos)
-    assert (pkt.label, pkt.metadata, pkt.orig_src) == (label, metadata, orig_src)
-    assert (pkt.next_proto, pkt.hop_limit) == (next_proto, hop_limit)
-    assert bytes(pkt.payload) == payload and len(pkt) == len(raw)
-    assert bytes(raw[4:6]) == ident.to_bytes(2, "big") and raw[6] & 0x40  # DF set
-    assert pkt.udp_ports == ((sport, dport) if udp else None)
-    assert pkt.verify_mac(wire.HopKey(key))
+@given(st.fixed_dictionaries(CIRCUIT_FIELDS))
+def test_circuit_packet_round_trips_every_field(f: dict[str, Any]) -> None:
+    raw = wire.build_circuit_packet(**f)
+    pkt = _parse_and_check_ip_fields(raw, f, wire.FORM_CIRCUIT)
+    assert (pkt.label, pkt.orig_src, pkt.hop_limit) == (f["label"], f["orig_src"], f["hop_limit"])
+    assert len(pkt) == len(raw) and raw[6] & 0x40  # DF set
+    assert pkt.verify_mac(wire.HopKey(f["key"]))
     assert wire.internet_checksum(pkt.buf[:20]) == 0
     # stripping the shim gives back the original packet a legacy receiver expects
     plain = pkt.strip_shim()
-    assert len(plain) == 20 + len(payload) and plain[2:4] == len(plain).to_bytes(2, "big")
-    assert plain[9] == next_proto and plain[20:] == payload
+    assert len(plain) == 20 + len(f["payload"]) and plain[2:4] == len(plain).to_bytes(2, "big")
+    assert plain[9] == f["next_proto"] and plain[20:] == f["payload"]
     assert plain[12:20] == raw[12:20] and wire.internet_checksum(plain[:20]) == 0
 
 
 @SETTINGS
-@given(
-    src=u32,
-    dst=u32,
-    service_id=u24,
-    metadata=u8,
-    next_proto=u8,
-    ttl=u8,
-    tos=u8,
-    ident=u16,
-    udp=st.booleans(),
-    sport=u16,
-    dport=st.integers(1, 0xFFFF),
-    payload=payloads,
-)
-def test_service_packet_round_trips_every_field(
-    src: int,
-    dst: int,
-    service_id: int,
-    metadata: int,
-    next_proto: int,
-    ttl: int,
-    tos: int,
-    ident: int,
-    udp: bool,
-    sport: int,
-    dport: int,
-    payload: bytes,
-) -> None:
-    raw = wire.build_service_packet(
-        src=src,
-        dst=dst,
-        service_id=service_id,
-        payload=payload,
-        metadata=metadata,
-        next_proto=next_proto,
-        ttl=ttl,
-        tos=tos,
-        ident=ident,
-        udp=udp,
-        sport=sport,
-        dport=dport,
-    )
-    pkt = wire.parse(raw, udp_port=dport)
-    assert pkt.form == wire.FORM_SERVICE and pkt.encap == ("udp" if udp else "ip")
-    assert (pkt.src, pkt.dst, pkt.ttl, pkt.tos) == (src, dst, ttl, tos)
-    assert (pkt.service_id, pkt.metadata, pkt.next_proto) == (service_id, metadata, next_proto)
-    assert bytes(pkt.payload) == payload and bytes(raw[4:6]) == ident.to_bytes(2, "big")
-    assert pkt.udp_ports == ((sport, dport) if udp else None)
+@given(st.fixed_dictionaries(SERVICE_FIELDS))
+def test_service_packet_round_trips_every_field(f: dict[str, Any]) -> None:
+    raw = wire.build_service_packet(**f)
+    pkt = _parse_and_check_ip_fields(raw, f, wire.FORM_SERVICE)
+    assert pkt.service_id == f["service_id"]
     assert pkt.verify_check()
 
 
@@ -182,15 +117,7 @@ def test_switch_equals_setters_and_full_recomputation(
     payload: bytes,
     site: int | None,
 ) -> None:
-    raw = wire.build_circuit_packet(
-        src="198.18.0.1",
-        dst="198.18.1.1",
-        label=label,
-        key=k_in,
-        hop_limit=hop_limit,
-        payload=payload,
-        udp=udp,
-    )
+    raw = circuit_packet(label, payload, key=k_in, hop_limit=hop_limit, udp=udp)
     if udp:  # a sender that set a (made-up) UDP checksum: it must be carried along correctly
         raw[26:28] = udp_checksum.to_bytes(2, "big")
     fused = wire.parse(bytes(raw))

@@ -13,6 +13,7 @@ from scapy.packet import Raw
 
 from pcsock import wire
 from pcsock.scapy import PacketCloudCircuit, PacketCloudService, circuit_check, sign_circuit
+from tests.support.site_topo import circuit_packet
 from tests.support.wire_vectors import load, num, packet
 
 warnings.filterwarnings("ignore", message=".*No IP underlayer.*")
@@ -144,15 +145,13 @@ def test_wire_built_circuit_packets_dissect_in_scapy(
 ) -> None:
     key = wire.HopKey(bytes(range(16)))
     raw = bytes(
-        wire.build_circuit_packet(
-            src="198.18.0.1",
-            dst="198.18.1.1",
-            label=label,
+        circuit_packet(
+            label,
+            payload,
             key=key,
             metadata=metadata,
             orig_src=orig_src,
             next_proto=next_proto,
-            payload=payload,
             udp=udp,
         )
     )

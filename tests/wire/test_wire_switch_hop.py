@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pcsock import wire
+from tests.support.site_topo import SENDER, circuit_packet
 from tests.support.wire_vectors import load, packet
 
 VECTORS = load("vector") + load("hop")
@@ -81,15 +82,7 @@ def test_switch_hop_equals_parse_and_packet_switch(
     known: bool,
 ) -> None:
     k_in, k_out = wire.HopKey(b"i" * 16), wire.HopKey(b"o" * 32)
-    raw = wire.build_circuit_packet(
-        src="198.18.0.1",
-        dst="198.18.1.1",
-        label=label,
-        key=k_in,
-        hop_limit=hop_limit,
-        payload=payload,
-        udp=udp,
-    )
+    raw = circuit_packet(label, payload, key=k_in, hop_limit=hop_limit, udp=udp)
     if udp:
         raw[26:28] = udp_checksum.to_bytes(2, "big")
     if options:
@@ -106,7 +99,7 @@ def test_switch_hop_equals_parse_and_packet_switch(
         assert got[0] == "ok" and got[1] is not None
         out = wire.parse(got[1])  # verifies the IPv4 header checksum in full
         assert (out.label, out.dst, out.hop_limit) == (out_label, out_dst, hop_limit - 1)
-        assert out.src == (wire.ip2int("198.18.0.1") if site is None else site)
+        assert out.src == (wire.ip2int(SENDER) if site is None else site)
         assert out.verify_mac(k_out) and out.ihl == (24 if options else 20)
 
 
