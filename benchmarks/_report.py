@@ -22,6 +22,11 @@ def emit(figures: dict[str, Any], json_path: str | None) -> None:
             print(f"{key:45s} {value:10.3f}")
         elif isinstance(value, int) and not isinstance(value, bool):
             print(f"{key:45s} {value:10d}")
+    write_json(figures, json_path)
+
+
+def write_json(figures: dict[str, Any], json_path: str | None) -> None:
+    """Write ``figures`` as JSON to ``json_path`` (its folder made), if there is one."""
     if json_path:
         path = Path(json_path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -46,8 +46,6 @@ Run: ``python -m benchmarks.codec [--json PATH] [--quick] [--count N]``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import socket
 import struct
@@ -55,9 +53,9 @@ import sys
 import time
 from collections.abc import Callable
 from hmac import compare_digest
-from pathlib import Path
 from typing import Any
 
+from benchmarks._report import QUICK_OPTIONS, arguments, write_json
 from pcsock import wire
 
 IN_KEY = wire.HopKey(bytes(range(16)))
@@ -306,11 +304,11 @@ def run(count: int, scapy_count: int, repeats: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.codec", description=__doc__)
-    parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
-    parser.add_argument("--quick", action="store_true", help="tiny counts (checks it works)")
-    parser.add_argument("--count", type=int, help="packets per timed run for pcsock.wire")
-    args = parser.parse_args(argv)
+    args = arguments(argv, "python -m benchmarks.codec", __doc__, {
+        "--quick": QUICK_OPTIONS["--quick"],
+        "--count": (int, None, "packets per timed run for pcsock.wire"),
+    })  # fmt: skip
+    assert args is not None
     if args.quick:
         count, scapy_count, repeats = 200, 10, 1
     else:
@@ -356,10 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(figures, indent=2) + "\n")
-        print(f"wrote {path}")
+        write_json(figures, args.json)
+        print(f"wrote {args.json}")
     return 0
 
 

@@ -26,6 +26,7 @@ import sys
 from typing import Any
 
 from benchmarks._report import emit
+from pcdemo.onesite import open_circuit
 from pcsite_lite import native
 from pcsite_lite.circuits import OutHopEntry as OutHop
 from pcsite_lite.pipeline import Pipeline
@@ -86,9 +87,8 @@ def make_site(max_failures: int = 10) -> tuple[Site, dict[str, int]]:
             out = [OutHop(9, DEST, None, final=True)]
         elif name == "final_strip":
             out = [OutHop(9, DEST, OUT_KEY, final=True, strip=True)]
-        label = site.circuits.allocate(PSP, now=0.0)
-        site.circuits.install(label, psp=PSP, service=name, in_key=IN_KEY, out_hops=out,
-                              destination=None, expires=100.0)  # fmt: skip
+        label = open_circuit(site, psp=PSP, service=name, in_key=IN_KEY, out_hops=out,
+                             expires=100.0)  # fmt: skip
         labels[name] = label
         if name in FIS:
             site.fis.put(f"{PSP}/{name}", str(label), FIS[name], writer=PSP)

@@ -62,15 +62,14 @@ Run: ``python -m benchmarks.pipeline [--json PATH] [--quick] [--count N]``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from benchmarks._report import QUICK_OPTIONS, arguments, write_json
+from pcdemo.onesite import open_circuit
 from pcsite_lite import native
 from pcsite_lite.circuits import OutHopEntry
 from pcsite_lite.pipeline import Pipeline
@@ -94,15 +93,9 @@ def make_site(service: str) -> tuple[Site, int]:
     """A site running ``service`` (a shipped service file) on one installed circuit."""
     site = Site("bench", SITE_IP, local_prefixes=["198.18.0.0/15"])
     site.deploy(PSP, service, source(service))
-    label = site.circuits.allocate(PSP, now=0.0)
-    site.circuits.install(
-        label,
-        psp=PSP,
-        service=service,
-        in_key=IN_KEY,
-        out_hops=[OutHopEntry(OUT_LABEL, NEXT_HOP, OUT_KEY)],
-        expires=1e12,
-    )
+    hop = OutHopEntry(OUT_LABEL, NEXT_HOP, OUT_KEY)
+    label = open_circuit(site, psp=PSP, service=service, in_key=IN_KEY, out_hops=[hop],
+                         expires=1e12)  # fmt: skip
     site.fis.put(
         f"{PSP}/{service}", str(label), {"label": OUT_LABEL, "next_hop": NEXT_HOP}, writer=PSP
     )
@@ -428,12 +421,12 @@ def run(count: int, repeats: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.pipeline", description=__doc__)
-    parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
-    parser.add_argument("--quick", action="store_true", help="tiny run (checks it works)")
-    parser.add_argument("--count", type=int, default=20000, help="packets per round")
-    parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds")
-    args = parser.parse_args(argv)
+    args = arguments(argv, "python -m benchmarks.pipeline", __doc__, {
+        "--quick": QUICK_OPTIONS["--quick"],
+        "--count": (int, 20000, "packets per round"),
+        "--repeats": (int, 7, "interleaved rounds"),
+    })  # fmt: skip
+    assert args is not None
     count, repeats = (200, 2) if args.quick else (args.count, args.repeats)
     figures = run(count, repeats)
     impl = "C accelerator" if figures["pipeline_accelerated"] else "pure Python"
@@ -467,10 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         f"(CPU time, best of {repeats} rounds of {count} packets)",
     ]
     print("\n".join(lines))
-    if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(figures, indent=2) + "\n")
+    write_json(figures, args.json)
     return 0
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from benchmarks._report import quick_main
 from examples.rbf import service as rbf
 from examples.rbf.control import SERVICE_SOURCE, RuleAuthority, carry
+from pcdemo.onesite import open_circuit
 from pcsite_lite.circuits import OutHopEntry
 from pcsite_lite.fis import ISP, namespace
 from pcsite_lite.pipeline import Pipeline
@@ -52,15 +53,8 @@ def _site(service: str, source: str, rule: str | None) -> tuple[Pipeline, int, H
     site = Site("C1", C1, budget=tick_budget())
     site.deploy(PSP, service, source)
     key = HopKey(b"bench-key-16byte")
-    label = site.circuits.allocate(PSP, now=0.0)
-    site.circuits.install(
-        label,
-        psp=PSP,
-        service=service,
-        in_key=key,
-        out_hops=[OutHopEntry(9, C2, HopKey(b"next-key-16bytes")), OutHopEntry(0, DST, None)],
-        expires=1e12,
-    )
+    hops = [OutHopEntry(9, C2, HopKey(b"next-key-16bytes")), OutHopEntry(0, DST, None)]
+    label = open_circuit(site, psp=PSP, service=service, in_key=key, out_hops=hops, expires=1e12)
     ns = namespace(PSP, service)
     site.fis.put(ns, "site", "C1", writer=PSP)
     site.fis.put(ns, str(label), {"label": 9, "next_hop": C2}, writer=PSP)  # source routing

@@ -24,7 +24,6 @@ Run (root): ``python -m benchmarks.testbed_vs_mininet [--sizes 20,100,200] [--js
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -32,7 +31,8 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+from benchmarks._report import arguments, write_json
 
 OURS = """
 import json, sys, time
@@ -79,22 +79,13 @@ def run_mininet(k: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="20,100,200", help="comma-separated K values")
-    ap.add_argument("--quick", action="store_true", help="only K=5")
-    ap.add_argument(
-        "--repeat", type=int, default=1, help="runs per size and tool; the best of each is reported"
-    )
-    ap.add_argument("--json", metavar="PATH", help="write the figures as JSON")
-    ap.add_argument(
-        "--settle",
-        type=float,
-        default=3.0,
-        help="seconds to wait between runs (the kernel frees namespaces lazily)",
-    )
-    args = ap.parse_args(argv)
-    if os.geteuid() != 0:
-        print("needs root (namespaces)", file=sys.stderr)
+    args = arguments(argv, "python -m benchmarks.testbed_vs_mininet", __doc__, {
+        "--sizes": (str, "20,100,200", "comma-separated K values"),
+        "--quick": (bool, False, "only K=5"),
+        "--repeat": (int, 1, "runs per size and tool; the best of each is reported"),
+        "--settle": (float, 3.0, "seconds between runs (the kernel frees namespaces lazily)"),
+    }, root="namespaces")  # fmt: skip
+    if args is None:
         return 2
     sizes = [5] if args.quick else [int(x) for x in args.sizes.split(",") if x]
     figures: dict[str, object] = {}
@@ -128,10 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         "kernel": platform.release(),
         "python": platform.python_version(),
     }
-    if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(figures, indent=2) + "\n")
+    write_json(figures, args.json)
     return 0
 
 

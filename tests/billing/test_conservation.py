@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from pcdemo.onesite import open_circuit
 from pcsite_lite.billing.invoice import build_invoice
 from pcsite_lite.billing.ledger import Ledger
 from pcsite_lite.billing.prices import PriceSheet
@@ -62,6 +63,10 @@ def process(pkt):
 """
 
 
+#: the site's services, (PSP, name) -> code
+SERVICES = {("acme", "crunch"): CRUNCH, ("acme", "relay"): RELAY, ("zeta", "fw"): FIREWALL}
+
+
 def _is_local(data: bytes) -> bool:
     return ipaddress.ip_address(data[16:20]) in ISP
 
@@ -86,9 +91,8 @@ def test_ledger_usage_equals_pipeline_bytes_exactly_and_cpu_within_5_percent(
     t0 = 1_764_028_800.0
     site.interval_start = t0  # the first metering interval starts now, not at the epoch
     pipeline = Pipeline(site, cpu_clock=clock)
-    site.deploy("acme", "crunch", CRUNCH)
-    site.deploy("acme", "relay", RELAY)
-    site.deploy("zeta", "fw", FIREWALL)
+    for (psp, name), code in SERVICES.items():
+        site.deploy(psp, name, code)
     site.register_service_id(7, "acme", "crunch")
     site.register_destination("198.19.5.0/24", "zeta", "fw")
     k_in, k_out = wire.HopKey(b"i" * 16), wire.HopKey(b"o" * 16)
@@ -97,11 +101,8 @@ def test_ledger_usage_equals_pipeline_bytes_exactly_and_cpu_within_5_percent(
         OutHopEntry(label=77, next_hop="198.19.9.1", key=k_out),  # to another ISP's site
         OutHopEntry(label=0, next_hop="198.18.7.7", final=True, strip=True),  # legacy receiver
     ):
-        label = site.circuits.allocate("acme", now=t0)
-        site.circuits.install(
-            label, psp="acme", service="relay", in_key=k_in, out_hops=[hop], expires=t0 + 3600
-        )
-        labels.append(label)
+        labels.append(open_circuit(site, psp="acme", service="relay", in_key=k_in, out_hops=[hop],
+                                   expires=t0 + 3600, now=t0))  # fmt: skip
 
     def packet(i: int) -> tuple[bytes, tuple[str, str]]:
         payload = bytes([i % 7]) + bytes(20 + i % 300)
@@ -120,7 +121,7 @@ def test_ledger_usage_equals_pipeline_bytes_exactly_and_cpu_within_5_percent(
 
     # an independent meter around each service's code, outside the pipeline's own metering
     in_service: Counter[tuple[str, str]] = Counter()
-    for key in (("acme", "crunch"), ("acme", "relay"), ("zeta", "fw")):
+    for key in SERVICES:
         slot = site.runtime.slot(*key)
         inner = slot.process
         assert inner is not None

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from pcdemo.onesite import open_circuit
 from pcsite_lite import native
 from pcsite_lite.circuits import OutHopEntry as OutHop
 from pcsite_lite.daemon.tunpump import TunPump
@@ -33,9 +34,8 @@ def _site() -> tuple[Site, list[int]]:
     site.deploy("acme", "plain", "def process(pkt):\n    pass\n")
     labels = []
     for svc in ("sr", "sr", "plain"):
-        la = site.circuits.allocate("acme", now=0.0)
-        site.circuits.install(la, psp="acme", service=svc, in_key=K_IN,
-                              out_hops=[OutHop(7, NEXT, K_OUT)], expires=1e12)  # fmt: skip
+        la = open_circuit(site, psp="acme", service=svc, in_key=K_IN,
+                          out_hops=[OutHop(7, NEXT, K_OUT)], expires=1e12)  # fmt: skip
         site.fis.put("acme/sr", str(la), {"label": 7, "next_hop": NEXT}, writer="acme")
         labels.append(la)
     return site, labels

@@ -8,6 +8,7 @@ import zlib
 import pytest
 from scapy.layers.inet import IP
 
+from pcdemo.onesite import open_circuit
 from pcsite_lite.verdicts import Drop, Forward
 from pcsock.wire import build_ipv4, build_service_packet, parse
 from tests.support.site_topo import (
@@ -72,10 +73,8 @@ def test_set_payload_in_udp_encapsulation_fixes_the_udp_length() -> None:
     site = Site("c", SITE_IP)
     site.deploy(PSP, "s", "def process(pkt):\n    pkt.set_payload(b'z' * 40)\n")
     k = HopKey(b"k" * 16)
-    label = site.circuits.allocate(PSP, now=0)
-    site.circuits.install(
-        label, psp=PSP, service="s", in_key=k, out_hops=[OutHopEntry(3, NEXT_IP, k)], expires=10
-    )
+    hop = OutHopEntry(3, NEXT_IP, k)
+    label = open_circuit(site, psp=PSP, service="s", in_key=k, out_hops=[hop], expires=10)
     data = build_circuit_packet(src=SENDER, dst=SITE_IP, label=label, key=k, payload=b"a", udp=True)
     [v] = Pipeline(site).process(data, 1.0)
     assert isinstance(v, Forward)

@@ -10,7 +10,7 @@ from pcsite_lite.circuits import OutHopEntry
 from pcsite_lite.services import source
 from pcsite_lite.verdicts import Drop, Forward
 from pcsock.wire import HopKey, build_circuit_packet, int2ip, parse
-from tests.support.site_topo import DEST, IN_KEY, PSP, SENDER, SITE_IP, one_site
+from tests.support.site_topo import DEST, PSP, SITE_IP, circuit, circuit_packet, one_site
 
 addresses = st.integers(0x01000000, 0xDFFFFFFF).map(int2ip)
 
@@ -37,25 +37,9 @@ def test_fused_egress_equals_the_codec_setters(
     site, pipe, _ = one_site()
     site.deploy(PSP, "noop", source("noop"))
     out_key = HopKey(key)
-    label = site.circuits.allocate(PSP, now=0)
-    site.circuits.install(
-        label,
-        psp=PSP,
-        service="noop",
-        in_key=IN_KEY,
-        out_hops=[OutHopEntry(out_label, next_hop, out_key)],
-        expires=10,
-    )
-    data = build_circuit_packet(
-        src=SENDER,
-        dst=SITE_IP,
-        label=label,
-        key=IN_KEY,
-        payload=payload,
-        metadata=metadata,
-        hop_limit=hop_limit,
-        udp=udp,
-    )
+    hop = OutHopEntry(out_label, next_hop, out_key)
+    label = circuit(site, "noop", out=[hop], destination=None, expires=10)
+    data = circuit_packet(label, payload, metadata=metadata, hop_limit=hop_limit, udp=udp)
     expected = parse(bytes(data))
     expected.set_label(out_label)
     expected.set_hop_limit(hop_limit - 1)

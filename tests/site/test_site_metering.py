@@ -129,17 +129,7 @@ def test_log_sinks_are_flushed_at_snapshot() -> None:
     site = Site("c", "198.18.5.1", log_sinks=factory)
     pipe = Pipeline(site)
     site.deploy(PSP, "l", "def process(pkt):\n    pkt.log('hello ' + pkt.src)\n")
-    from tests.support.site_topo import IN_KEY
-
-    label = site.circuits.allocate(PSP, now=0)
-    site.circuits.install(
-        label,
-        psp=PSP,
-        service="l",
-        in_key=IN_KEY,
-        out_hops=[OutHopEntry(1, NEXT_IP, OUT_KEY)],
-        expires=10,
-    )
+    label = circuit(site, "l", out=[OutHopEntry(1, NEXT_IP, OUT_KEY)], destination=None, expires=10)
     pipe.process(circuit_packet(label), 1.0)
     site.snapshot(2.0)
     sink = sinks[(PSP, "l")]

@@ -6,6 +6,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
+from pcdemo.onesite import open_circuit
 from pcsite_lite.circuits import OutHopEntry
 from pcsite_lite.pipeline import Pipeline
 from pcsite_lite.services import source
@@ -73,17 +74,9 @@ def circuit(
     destination: str | None = DEST,
     expires: float = 100.0,
 ) -> int:
-    label = site.circuits.allocate(psp, now=0.0)
-    site.circuits.install(
-        label,
-        psp=psp,
-        service=service,
-        in_key=IN_KEY,
-        out_hops=out or [OutHopEntry(77, NEXT_IP, OUT_KEY)],
-        destination=destination,
-        expires=expires,
-    )
-    return label
+    out_hops = out or [OutHopEntry(77, NEXT_IP, OUT_KEY)]
+    return open_circuit(site, psp=psp, service=service, in_key=IN_KEY, out_hops=out_hops,
+                        destination=destination, expires=expires)  # fmt: skip
 
 
 def circuit_packet(
