@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 from benchmarks import _plot
 from benchmarks.__main__ import main
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.bench import run_benchmark
 
 
 def test_figures_ratios_and_round_spreads_are_found() -> None:
@@ -40,11 +36,7 @@ def test_plot_draws_every_result_and_says_when_there_is_none(tmp_path, capsys) -
     results.mkdir()
     # real output of two benchmarks, tiny counts
     for name in ("pipeline", "codec"):
-        subprocess.run(
-            [sys.executable, "-m", f"benchmarks.{name}", "--quick", "--json",
-             str(results / f"{name}.json")],
-            cwd=ROOT, check=True, capture_output=True, timeout=120,
-        )  # fmt: skip
+        run_benchmark(name, results, "--quick")
     (results / "broken.json").write_text("{not json")
     (results / "empty.json").write_text(json.dumps({"python": "3.11"}))
     out = tmp_path / "plots"

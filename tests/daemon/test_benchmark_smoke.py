@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]
+from tests.support.bench import run_benchmark
 
-ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]
 
 
 def test_site_forwarding_benchmark_writes_every_figure(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.site_forwarding", "--json", str(out),
-         "--circuits", "32", "--quick"],
-        cwd=ROOT, capture_output=True, text=True, timeout=280,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    doc = json.loads(out.read_text())
+    doc = run_benchmark("site_forwarding", tmp_path, "--circuits", "32", "--quick", timeout=280)
     figures = doc["figures"]
     ratios = ("site_vs_kernel_1w", "site_vs_kernel_udp_1w", "site_vs_kernel_udp_batched",
               "scaling_2w_vs_1w")  # fmt: skip
@@ -58,18 +47,9 @@ def test_site_forwarding_benchmark_writes_every_figure(tmp_path: Path) -> None:
     assert all(doc[k] == v or v != v for k, v in figures.items())  # also at the top level
 
 
-def _bench(tmp_path: Path, module: str, *args: str) -> dict[str, object]:
-    out = tmp_path / f"{module}.json"
-    cmd = [sys.executable, "-m", f"benchmarks.{module}", "--json", str(out), *args]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=200)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    doc: dict[str, object] = json.loads(out.read_text())
-    return doc
-
-
 def test_survival_benchmark_writes_every_figure(tmp_path: Path) -> None:
-    doc: dict[str, Any] = _bench(tmp_path, "survival", "--circuits", "3", "--rate", "30",
-                                 "--rounds", "1")  # fmt: skip
+    doc = run_benchmark("survival", tmp_path, "--circuits", "3", "--rate", "30", "--rounds", "1",
+                        timeout=200)  # fmt: skip
     assert 0 < doc["restart_resume_s"] < 30 and doc["cold_start_s"] > 0
     for name in ("restart_state_lost", "restart_kernel_leftovers",
                  "worker_restart_lost_packets"):  # fmt: skip

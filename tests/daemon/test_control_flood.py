@@ -5,16 +5,14 @@ so it also proves the benchmark writes every figure."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support.bench import run_benchmark
+
 pytestmark = pytest.mark.timeout(240)
 
-ROOT = Path(__file__).resolve().parents[2]
 FIGURES = (
     "api_flood_p99_ms", "api_flood_baseline_p99_ms", "api_flood_p99_ratio_vs_baseline",
     "api_flood_p50_ms", "api_flood_baseline_p50_ms", "api_flood_errors",
@@ -24,15 +22,10 @@ FIGURES = (
 
 
 def test_idle_connection_flood_leaves_a_legitimate_client_under_100ms_p99(tmp_path: Path) -> None:
-    out = tmp_path / "flood.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.api_flood", "--json", str(out),
-         "--connections", "3000", "--sources", "60", "--flooders", "1", "--reopen-rate", "1000",
-         "--seconds", "4", "--rate", "50", "--rounds", "1", "--settle", "1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=200,
+    f = run_benchmark("api_flood", tmp_path,
+        "--connections", "3000", "--sources", "60", "--flooders", "1", "--reopen-rate", "1000",
+        "--seconds", "4", "--rate", "50", "--rounds", "1", "--settle", "1", timeout=200,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    f = json.loads(out.read_text())
     for name in FIGURES:
         assert isinstance(f[name], int | float), name
     # the flood really was over the cap: the server evicted idle connections to admit ...

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import fuzz_site, metering_stop
+from tests.support.bench import run_benchmark
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(240)]
 
@@ -53,22 +54,13 @@ def test_sigkill_under_metered_load_loses_at_most_the_flush_interval(tmp_path: P
 
 
 def test_the_benchmarks_write_their_figures(tmp_path: Path) -> None:
-    import json
-    import subprocess
-    import sys
-
-    root = Path(__file__).resolve().parents[2]
     for args, names in (
-        (["benchmarks.fuzz_site", "--packets", "300"],
+        (["fuzz_site", "--packets", "300"],
          ("fuzz_packets", "fuzz_crashes", "fuzz_unaccounted")),
-        (["benchmarks.metering_stop", "--rounds", "1", "--seconds", "0.8", "--kill-after",
+        (["metering_stop", "--rounds", "1", "--seconds", "0.8", "--kill-after",
           "0.5", "--rate", "500"],
          ("metering_lost_on_stop_sigterm", "metering_lost_on_stop_sigkill_s")),
     ):  # fmt: skip
-        out = tmp_path / f"{args[0]}.json"
-        proc = subprocess.run([sys.executable, "-m", *args, "--json", str(out)], cwd=root,
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        doc = json.loads(out.read_text())
+        doc = run_benchmark(args[0], tmp_path, *args[1:])
         for name in names:
             assert isinstance(doc[name], int | float), (name, doc)

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.bench import run_benchmark
 
 
 def test_fis_benchmark_writes_its_figures(tmp_path: Path, redis_url: str) -> None:
-    out = tmp_path / "fis.json"
-    subprocess.run(
-        [sys.executable, "-m", "benchmarks.fis", "--quick", "--json", str(out),
-         "--redis", f"{redis_url}?prefix=pcf-bench"],
-        cwd=ROOT, check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
-    figures = json.loads(out.read_text())
+    figures = run_benchmark("fis", tmp_path, "--quick", "--redis", f"{redis_url}?prefix=pcf-bench")
     for name in ("dict_get_ns", "fis_cached_get_ns", "fis_cached_lookup_ns", "lpm_lookup_ns",
                  "sqlite_get_us", "sqlite_lookup_us", "redis_get_us",
                  "fis_sqlite_invalidation_ms_max", "fis_redis_invalidation_ms_max"):  # fmt: skip
@@ -30,12 +21,7 @@ def test_fis_benchmark_writes_its_figures(tmp_path: Path, redis_url: str) -> Non
 
 
 def test_fis_failover_benchmark_writes_its_figures(tmp_path: Path) -> None:
-    out = tmp_path / "failover.json"
-    subprocess.run(
-        [sys.executable, "-m", "benchmarks.fis_failover", "--quick", "--json", str(out)],
-        cwd=ROOT, check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
-    figures = json.loads(out.read_text())
+    figures = run_benchmark("fis_failover", tmp_path, "--quick")
     assert figures["cluster_fis_acked_writes_lost"] == 0
     assert figures["cluster_fis_acked_writes"] > 50  # the 50 before the kill, then more
     assert 0 < figures["cluster_fis_failover_s"] < 60

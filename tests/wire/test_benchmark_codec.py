@@ -7,29 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.bench import ROOT, assert_positive, run_benchmark
 
 
 def test_codec_benchmark_quick_run_writes_its_figures(tmp_path: Path) -> None:
-    out = tmp_path / "codec.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.codec", "--quick", "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    figures = json.loads(out.read_text())
-    for key in (
-        "codec_us_per_packet",
-        "codec_vs_scapy",
-        "codec_us_per_packet_verify_ip",
-        "codec_us_per_packet_packet",
-        "codec_us_per_packet_setters",
-        "scapy_us_per_packet",
-    ):
-        assert isinstance(figures[key], float) and figures[key] > 0, key
+    figures = run_benchmark("codec", tmp_path, "--quick")
+    assert_positive(figures, "codec_us_per_packet", "codec_vs_scapy",
+                    "codec_us_per_packet_verify_ip", "codec_us_per_packet_packet",
+                    "codec_us_per_packet_setters", "scapy_us_per_packet")  # fmt: skip
     # the ratio is what it says it is
     ratio = figures["scapy_us_per_packet"] / figures["codec_us_per_packet"]
     assert abs(figures["codec_vs_scapy"] - ratio) < 1e-6 * ratio
