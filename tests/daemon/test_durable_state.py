@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from pcdemo.rig import render_toml
 from pcsite_lite.control.app import ControlApp, Request
 from pcsite_lite.control.auth import Credentials
 from pcsite_lite.control.site_backend import SiteBackend
@@ -233,14 +234,8 @@ def test_rows_that_do_not_parse_are_skipped_and_the_rest_restored(tmp_path: Path
 
 def test_one_daemon_per_state_dir_and_cleanup_refuses_a_running_site(tmp_path: Path) -> None:
     cfg = tmp_path / "site.toml"
-    cfg.write_text(f"""
-[site]
-name = "t1"
-public_ip = "198.18.9.1"
-state_dir = "{tmp_path}"
-[control]
-admin_token = "{ADMIN}"
-""")
+    site = {"name": "t1", "public_ip": "198.18.9.1", "state_dir": str(tmp_path)}
+    cfg.write_text(render_toml({"site": site, "control": {"admin_token": ADMIN}}))
     with StateLock(tmp_path):
         with pytest.raises(StoreError, match="another pcsite runs this site"):
             StateLock(tmp_path).acquire()

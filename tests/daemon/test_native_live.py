@@ -17,14 +17,8 @@ import pytest
 
 from pcsite_lite.control.client import OutHop
 from pcsock import wire
-from tests.support.sites import (
-    ADMIN,
-    Chain,
-    acme_public_hex,
-    deploy_source_routing,
-    in_ns,
-    site_config,
-)
+from tests.support import sites
+from tests.support.sites import Chain
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(150)]
 
@@ -35,7 +29,7 @@ N_GOOD = 120
 def _start(ch: Chain, tmp: Path, native: bool, pure: bool) -> None:
     state = tmp / "state-a"
     state.mkdir(exist_ok=True)
-    text = site_config("site-a", Chain.SITE_A, 1, state, signing_key=acme_public_hex())
+    text = sites.site_config("site-a", Chain.SITE_A, 1, state, signing_key=sites.acme_public_hex())
     text = text.replace("[dataplane]\n", f"[dataplane]\nnative = {str(native).lower()}\n")
     # srcroute in the operator's trusted lane (a confined service is never run natively)
     text = text.replace("[control]\n", '[services]\ntrusted = ["acme/srcroute"]\n\n[control]\n')
@@ -61,7 +55,7 @@ def _capture(ch: Chain) -> tuple[socket.socket, socket.socket]:
             s.setblocking(False)
         return ip, udp
 
-    return in_ns(ch.ns["d"], mk)
+    return sites.in_ns(ch.ns["d"], mk)
 
 
 def _drain(socks: tuple[socket.socket, ...], want: int, timeout: float) -> list[list[bytes]]:
@@ -99,7 +93,7 @@ def _traffic(labels: dict[str, int]) -> list[bytes]:
 
 
 def _metrics(ch: Chain) -> dict[str, float]:
-    text = ch.client("a", token=ADMIN, psp=None).metrics()
+    text = ch.client("a", token=sites.ADMIN, psp=None).metrics()
     out = {}
     for line in text.splitlines():
         m = re.match(r"(pcsite_(?:drops|native_packets|service_\w+)_total)\{(.*)\} (\S+)$", line)
@@ -116,7 +110,7 @@ def test_native_python_and_pure_paths_forward_identical_packets(tmp_path: Path) 
                         "net.ipv4.ip_forward=1"], check=True)  # fmt: skip
         _start(ch, tmp_path, native=True, pure=False)
         ca = ch.client("a")
-        deploy_source_routing(ca)
+        sites.deploy_source_routing(ca)
         labels = {}
         for name, svc in (("sr", "srcroute"), ("sr_udp", "srcroute"), ("noop", "plainnoop")):
             la = ca.allocate_circuit(svc, lifetime=3600)["label"]

@@ -45,6 +45,15 @@ def repo(tmp_path: Path, acme_key: Ed25519PrivateKey) -> Repository:
     return r
 
 
+@pytest.fixture
+def two_versions(repo: Repository, acme_key: Ed25519PrivateKey) -> Repository:
+    """``repo`` with acme's srouting uploaded as version 1 (:data:`V1`, active) and 2 (``V2``)."""
+    upload(repo, acme_key, "1", V1)
+    upload(repo, acme_key, "2", V2)
+    repo.activate("acme", "srouting", "1")
+    return repo
+
+
 def upload(repo: Repository, key: Ed25519PrivateKey, version: str, code: bytes,
            psp: str = "acme", service: str = "srouting") -> None:  # fmt: skip
     repo.upload(psp, service, version, code, sign_service(key, psp, service, version, code))
@@ -127,10 +136,8 @@ def test_tampered_blob_is_rejected_on_load(repo: Repository, acme_key: Ed25519Pr
     assert reason(exc) == "digest_mismatch" and len(cache) == 0
 
 
-def test_tampered_record_is_rejected_on_load(repo: Repository, acme_key: Ed25519PrivateKey) -> None:
-    upload(repo, acme_key, "1", V1)
-    upload(repo, acme_key, "2", V2)
-    repo.activate("acme", "srouting", "1")
+def test_tampered_record_is_rejected_on_load(two_versions: Repository) -> None:
+    repo = two_versions
     # point version 1's record at version 2's (genuine, stored) code
     rec_path = repo.root / "services" / "acme" / "srouting" / "1.json"
     rec = json.loads(rec_path.read_text())
@@ -258,12 +265,8 @@ def test_failing_loader_is_reported_and_nothing_is_cached(
     assert len(cache) == 0
 
 
-def test_live_rollout_reaches_the_node_within_the_staleness_bound(
-    repo: Repository, acme_key: Ed25519PrivateKey
-) -> None:
-    upload(repo, acme_key, "1", V1)
-    upload(repo, acme_key, "2", V2)
-    repo.activate("acme", "srouting", "1")
+def test_live_rollout_reaches_the_node_within_the_staleness_bound(two_versions: Repository) -> None:
+    repo = two_versions
     clock = FakeClock(50.0)
     loads: list[str] = []
     cache: ServiceCache[bytes] = ServiceCache(
@@ -300,12 +303,8 @@ print("2", flush=True)
 """
 
 
-def test_rollout_by_another_process_reaches_running_nodes(
-    repo: Repository, acme_key: Ed25519PrivateKey
-) -> None:
-    upload(repo, acme_key, "1", V1)
-    upload(repo, acme_key, "2", V2)
-    repo.activate("acme", "srouting", "1")
+def test_rollout_by_another_process_reaches_running_nodes(two_versions: Repository) -> None:
+    repo = two_versions
     node = subprocess.Popen(
         [sys.executable, "-c", _NODE, str(repo.root)], stdout=subprocess.PIPE, text=True
     )

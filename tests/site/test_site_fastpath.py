@@ -14,19 +14,9 @@ from pcsite_lite.services import source
 from pcsite_lite.site import Site
 from pcsite_lite.verdicts import Drop
 from pcsock import wire
-from pcsock.wire import HopKey, build_circuit_packet, parse
+from pcsock.wire import HopKey, parse
 from tests.support import FakeClock
-from tests.support.site_topo import (
-    DEST,
-    IN_KEY,
-    NEXT_IP,
-    OUT_KEY,
-    PSP,
-    SENDER,
-    SITE_IP,
-    circuit,
-    one_site,
-)
+from tests.support.site_topo import DEST, NEXT_IP, OUT_KEY, PSP, circuit, circuit_packet, one_site
 
 #: the fast path runs on the C accelerator (pcsock._accel) when it is built, and on the
 #: pure-Python reference: every test here runs on both
@@ -89,11 +79,7 @@ def _site() -> tuple[Site, dict[str, int]]:
 
 def _packets(labels: dict[str, int]) -> list[tuple[str, bytes, float]]:
     def pkt(label: int, **kw: Any) -> bytes:
-        args: dict[str, Any] = dict(
-            src=SENDER, dst=SITE_IP, label=label, key=IN_KEY, payload=b"0123456789"
-        )
-        args.update(kw)
-        return bytes(build_circuit_packet(**args))
+        return bytes(circuit_packet(label, b"0123456789", **kw))
 
     out = [(name, pkt(label, metadata=3), 1.0) for name, label in labels.items()]
     # the same behaviours in UDP mode (shim after UDP port 6253), which has its own fast path
@@ -162,11 +148,7 @@ def test_fast_path_equals_general_path(verify: bool, accel: bool) -> None:
 def test_fast_path_output_verifies_and_payload_change_keeps_the_checksum(accel: bool) -> None:
     site, labels = _site()
     pipe = Pipeline(site, accel=accel)
-    data = bytes(
-        build_circuit_packet(
-            src=SENDER, dst=SITE_IP, label=labels["grow"], key=IN_KEY, payload=b"abc"
-        )
-    )
+    data = bytes(circuit_packet(labels["grow"], b"abc"))
     [v] = pipe.process(data, 1.0)
     out = parse(v.data)  # verifies the IPv4 header checksum
     assert bytes(out.payload) == b"abc-and-more" and out.verify_mac(OUT_KEY)
@@ -177,9 +159,7 @@ def test_fast_path_output_verifies_and_payload_change_keeps_the_checksum(accel: 
 def test_a_bytearray_is_processed_in_place_and_a_drop_leaves_it_unchanged(accel: bool) -> None:
     site, labels = _site()
     pipe = Pipeline(site, accel=accel)
-    bad = build_circuit_packet(
-        src=SENDER, dst=SITE_IP, label=labels["noop"], key=HopKey(b"wrong-key-0123456")
-    )
+    bad = circuit_packet(labels["noop"], b"", key=HopKey(b"wrong-key-0123456"))
     before = bytes(bad)
     [v] = pipe.process(bad, 1.0)
     assert isinstance(v, Drop) and v.reason == "bad_mac" and bytes(bad) == before

@@ -86,10 +86,11 @@ def circuit_packet(
     key: HopKey = IN_KEY,
     hop_limit: int = 16,
     src: str = SENDER,
+    dst: str = SITE_IP,
     **fields: Any,
 ) -> bytearray:
-    """A form-1 packet from ``src`` to the site on circuit ``label``; ``fields`` are the other
-    keywords of :func:`pcsock.wire.build_circuit_packet` (``udp``, ``metadata``, ...)."""
+    """A form-1 packet from ``src`` to the site (``dst``) on circuit ``label``; ``fields`` are
+    the other keywords of :func:`pcsock.wire.build_circuit_packet` (``udp``, ``metadata``...)."""
     return build_circuit_packet(
-        src=src, dst=SITE_IP, label=label, key=key, payload=payload, hop_limit=hop_limit, **fields
+        src=src, dst=dst, label=label, key=key, payload=payload, hop_limit=hop_limit, **fields
     )
