@@ -74,3 +74,17 @@ def quick_main(argv: list[str] | None, name: str, doc: str | None, quick: int,
     emit({"benchmark": name, "packets": n, "repeat": repeat, **measure(n, repeat, args.quick)},
          args.json)  # fmt: skip
     return 0
+
+
+def options_main(argv: list[str] | None, name: str, doc: str | None,
+                 options: dict[str, Option], run: Callable[..., dict[str, Any]],
+                 *, root: str | None = None) -> int:  # fmt: skip
+    """``main`` of a benchmark whose options are the keywords of its ``run`` (``--kill-after``
+    is ``kill_after``): parse them (see :func:`arguments`), run, :func:`emit` the figures;
+    2 without root where it needs root."""
+    args = arguments(argv, name, doc, options, root=root)
+    if args is None:
+        return 2
+    names = [flag[2:].replace("-", "_") for flag in options]  # argparse's names of the options
+    emit(run(**{n: getattr(args, n) for n in names}), args.json)
+    return 0

@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks._report import arguments, emit
+from benchmarks._report import options_main
 from benchmarks._site_rig import SiteRig, pin
 
 KEY = bytes(range(16))
@@ -166,16 +166,11 @@ def run(*, packets: int = 100_000, rate: float = 20_000, workers: int = 2,
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = arguments(argv, "fuzz_site", __doc__, {
+    return options_main(argv, "fuzz_site", __doc__, {
         "--packets": (int, 100_000, "10^5 in CI; 10^6 long run"),
         "--rate": (float, 20_000.0, "packets/s sent"), "--workers": (int, 2, "site workers"),
         "--seed": (int, 17, "the fuzzer's seed"),
-    }, root="namespaces, TUN, nftables")  # fmt: skip
-    if args is None:
-        return 2
-    emit(run(packets=args.packets, rate=args.rate, workers=args.workers, seed=args.seed),
-         args.json)  # fmt: skip
-    return 0
+    }, run, root="namespaces, TUN, nftables")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._report import arguments, emit
+from benchmarks._report import options_main
 from benchmarks._site_rig import SiteRig, pin
 
 KEY = bytes(range(16))
@@ -127,17 +127,12 @@ def run(*, rate: float = 2000, seconds: float = 3.0, kill_after: float = 2.0,
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = arguments(argv, "metering_stop", __doc__, {
+    return options_main(argv, "metering_stop", __doc__, {
         "--rate": (float, 2000.0, "packets/s"), "--rounds": (int, 3, "interleaved rounds"),
         "--seconds": (float, 3.0, "load duration per round"),
         "--kill-after": (float, 2.0, "signal this far into it"),
         "--interval": (float, 0.5, "the site's metering.interval"),
-    }, root="namespaces, TUN, nftables")  # fmt: skip
-    if args is None:
-        return 2
-    emit(run(rate=args.rate, seconds=args.seconds, kill_after=args.kill_after,
-             interval=args.interval, rounds=args.rounds), args.json)  # fmt: skip
-    return 0
+    }, run, root="namespaces, TUN, nftables")  # fmt: skip
 
 
 if __name__ == "__main__":
