@@ -31,7 +31,7 @@ both worlds (``--only name`` runs just it). ``world.roles`` (:class:`pcdemo.role
 chooses hosts and sites from the topology; a scenario that does so registers with
 ``topology=True`` (one that builds its own network is marked as such in the table when
 ``--topology`` is given). The example services (``examples/<name>/demo.py``) add theirs from
-their ``register()`` (:func:`load_examples`).
+their ``SCENARIO`` and ``outcome()`` (:func:`example_scenario`, :func:`load_examples`).
 
 This package sits above the SDK (``pcsock``), the site (``pcsite_lite``) and the testbed
 (``testbed``) and is the only one that needs all three (docs/architecture.md, "Packages").
@@ -722,7 +722,7 @@ def open_world(kind: str, *, prefix: str = "pcs", progress: Callable[[str], None
 #: The four service-form scenarios defined in this module.
 CORE_SCENARIOS = ("form1", "form2", "form3", "form1+3")
 
-#: Example services (``examples/<name>/demo.py``) whose ``register()`` adds a scenario.
+#: Example services (``examples/<name>/demo.py``), each a scenario (:func:`example_scenario`).
 EXAMPLE_DEMOS = (
     "examples.multicast.demo",
     "examples.mobility.demo",
@@ -744,10 +744,24 @@ def load_examples() -> list[str]:
     missing = []
     for name in EXAMPLE_DEMOS:
         try:
-            importlib.import_module(name).register()
+            example_scenario(importlib.import_module(name))
         except ImportError as exc:
             missing.append(f"{name} ({exc})")
     return missing
+
+
+def example_scenario(demo: Any) -> None:
+    """Register an example's demo (``examples/<name>/demo.py``) as a scenario: its
+    ``SCENARIO`` is the row's (name, title); the testbed world runs its ``run_testbed()``, the
+    simulator its ``run_simulator()``; its ``outcome(out, result)`` fills the row."""
+    name, title = demo.SCENARIO
+
+    def run(world: World) -> Outcome:
+        out = Outcome(name)
+        demo.outcome(out, demo.run_testbed() if world.kind == "testbed" else demo.run_simulator())
+        return out
+
+    scenario(name, title)(run)
 
 
 def main(argv: list[str] | None = None) -> int:

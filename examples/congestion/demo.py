@@ -9,10 +9,6 @@ gateway A's link less congested; midway it reports A congested (a longest-prefix
 FIS namespace, through the control API). Captures at GA and GB show which gateway each packet
 took; ``switch_ms`` = the kernel's arrival time of the first packet at GB - the time the ISP's
 write was acknowledged - the configured delay of the link R1 -- RB.
-
-``python -m examples.congestion.demo [--topology FILE]`` runs it as root (else the simulator)
-and prints JSON.
-:func:`register` adds it to ``pcdemo``'s scenario registry.
 """
 
 from __future__ import annotations
@@ -32,6 +28,9 @@ from pcdemo.example_testbed import (
     load_topology,
     raw_sender,
     wait_until,
+)
+from pcdemo.example_testbed import (
+    main as example_main,
 )
 from pcsock.wire import WireError, build_service_packet, parse
 
@@ -54,7 +53,7 @@ EARLY_S = 0.050
 #: (median 5.9 ms on the daemon); a loaded 2-vCPU CI machine has taken 11 ms
 SWITCH_BOUND_MS = 20.0
 
-__all__ = ["passed", "register", "run_simulator", "run_testbed"]
+__all__ = ["SCENARIO", "main", "outcome", "passed", "run_simulator", "run_testbed"]
 
 
 def _seqs(frames: list[bytes]) -> list[int]:
@@ -181,30 +180,23 @@ def passed(res: dict[str, Any]) -> bool:
     )
 
 
-def register() -> None:
-    """Add the demo to ``pcdemo``'s scenarios (testbed as root, else simulator)."""
-    from pcdemo.scenarios import Outcome, World, scenario
-
-    @scenario("congest", "congestion-aware forwarding follows the ISP's FIS (§2.2 form 2)")
-    def congestion_scenario(world: World) -> Outcome:
-        out = Outcome("congest")
-        res = run_testbed() if world.kind == "testbed" else run_simulator()
-        out.sent, out.received = res["sent"], res["via_a"] + res["via_b"]
-        out.dropped = out.sent - out.received
-        out.check("every packet tunnelled to a gateway", out.received == out.sent)
-        out.check("less congested gateway before and after", passed(res))
-        out.check(
-            f"switch within {SWITCH_BOUND_MS:g} ms",
-            res["switch_ms"] is not None and res["switch_ms"] <= SWITCH_BOUND_MS,
-        )
-        out.detail = f"switched {res['switch_ms']} ms after the ISP's update"
-        return out
+#: the demo's row in ``python -m pcdemo`` (:func:`pcdemo.scenarios.example_scenario`)
+SCENARIO = ("congest", "congestion-aware forwarding follows the ISP's FIS (§2.2 form 2)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pcdemo.example_testbed import main as example_main
+def outcome(out: Any, res: dict[str, Any]) -> None:
+    out.sent, out.received = res["sent"], res["via_a"] + res["via_b"]
+    out.dropped = out.sent - out.received
+    out.check("every packet tunnelled to a gateway", out.received == out.sent)
+    out.check("less congested gateway before and after", passed(res))
+    out.check(
+        f"switch within {SWITCH_BOUND_MS:g} ms",
+        res["switch_ms"] is not None and res["switch_ms"] <= SWITCH_BOUND_MS,
+    )
+    out.detail = f"switched {res['switch_ms']} ms after the ISP's update"
 
-    return example_main(sys.modules[__name__], argv)
+
+main = functools.partial(example_main, sys.modules[__name__])
 
 
 if __name__ == "__main__":

@@ -6,14 +6,11 @@ control API, which also installs the circuit and the keys' FIS entries), opens S
 ``n`` plaintext packets from S. It captures what crosses the core (on RC's interface toward
 R2) and what D receives, then re-injects one captured ciphertext with a flipped byte from the
 core router (an on-path attacker) and checks that C2 drops it.
-
-``python -m examples.encryption.demo [--topology FILE]`` runs it as root (else the simulator)
-and prints JSON.
-:func:`register` adds it to ``pcdemo``'s scenario registry.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from pathlib import Path
@@ -26,6 +23,9 @@ from pcdemo.example_testbed import (
     load_topology,
     raw_sender,
     wait_until,
+)
+from pcdemo.example_testbed import (
+    main as example_main,
 )
 from pcsock.wire import WireError, parse
 
@@ -42,7 +42,7 @@ NEEDS = Needs(
     links=(("R1", "RC"), ("RC", "R2"), ("R2", "D")),
 )
 
-__all__ = ["passed", "register", "run_simulator", "run_testbed"]
+__all__ = ["SCENARIO", "main", "outcome", "passed", "run_simulator", "run_testbed"]
 
 
 def message(i: int) -> bytes:
@@ -165,27 +165,20 @@ def passed(res: dict[str, Any]) -> bool:
     )
 
 
-def register() -> None:
-    """Add the demo to ``pcdemo``'s scenarios (testbed as root, else simulator)."""
-    from pcdemo.scenarios import Outcome, World, scenario
-
-    @scenario("encrypt", "encryption offload: ingress encrypts, egress decrypts (§2.6.1)")
-    def encryption_scenario(world: World) -> Outcome:
-        out = Outcome("encrypt")
-        res = run_testbed() if world.kind == "testbed" else run_simulator()
-        out.sent, out.received = res["sent"], res["received_plaintext_ok"]
-        out.dropped = res["tampered_dropped"]
-        out.check("every plaintext delivered once", res["received_plaintext_ok"] == res["sent"])
-        out.check("only ciphertext on the core", res["core_plaintext_leaks"] == 0)
-        out.check("tampered ciphertext dropped", res["tampered_dropped"] == 1)
-        out.detail = f"{res['core_sealed']}/{res['core_packets']} core packets sealed"
-        return out
+#: the demo's row in ``python -m pcdemo`` (:func:`pcdemo.scenarios.example_scenario`)
+SCENARIO = ("encrypt", "encryption offload: ingress encrypts, egress decrypts (§2.6.1)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pcdemo.example_testbed import main as example_main
+def outcome(out: Any, res: dict[str, Any]) -> None:
+    out.sent, out.received = res["sent"], res["received_plaintext_ok"]
+    out.dropped = res["tampered_dropped"]
+    out.check("every plaintext delivered once", res["received_plaintext_ok"] == res["sent"])
+    out.check("only ciphertext on the core", res["core_plaintext_leaks"] == 0)
+    out.check("tampered ciphertext dropped", res["tampered_dropped"] == 1)
+    out.detail = f"{res['core_sealed']}/{res['core_packets']} core packets sealed"
 
-    return example_main(sys.modules[__name__], argv)
+
+main = functools.partial(example_main, sys.modules[__name__])
 
 
 if __name__ == "__main__":

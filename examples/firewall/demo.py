@@ -10,11 +10,11 @@ interface, plus the kernel's interface counter) and what reaches S, then changes
 on line and installs a StopIt filter (FIS writes through the control API).
 
 ``python -m examples.firewall.demo [--topology FILE]`` runs it as root (else the simulator)
-and prints the figures as JSON. :func:`register` adds it to ``pcdemo``'s scenario registry.
-"""
+and prints the figures as JSON."""
 
 from __future__ import annotations
 
+import functools
 import random
 import socket
 import sys
@@ -31,6 +31,9 @@ from pcdemo.example_testbed import (
     raw_sender,
     tx_packets,
     wait_until,
+)
+from pcdemo.example_testbed import (
+    main as example_main,
 )
 
 from .control import SERVICE, FirewallPSP
@@ -53,7 +56,7 @@ SIM_NEEDS = Needs(
 OWNER = "webco"
 SIGNUP_TIME = 1_795_000_000.0
 
-__all__ = ["passed", "register", "run_simulator", "run_testbed"]
+__all__ = ["SCENARIO", "main", "outcome", "passed", "run_simulator", "run_testbed"]
 
 
 def _proof(prefix: str, now: float = SIGNUP_TIME) -> tuple[str, str]:
@@ -154,25 +157,16 @@ def passed(res: dict[str, Any]) -> bool:
     )
 
 
-def register() -> None:
-    """Add the firewall to ``pcdemo``'s scenarios (testbed as root, else simulator)."""
-    from pcdemo.scenarios import Outcome, World, scenario
+#: the demo's row in ``python -m pcdemo`` (:func:`pcdemo.scenarios.example_scenario`)
+SCENARIO = ("firewall", "destination-controlled firewall near the sources (§2.6.2)")
 
-    @scenario("firewall", "destination-controlled firewall near the sources (§2.6.2)")
-    def firewall_scenario(world: World) -> Outcome:
-        out = Outcome("firewall")
-        if world.kind == "testbed":
-            res = run_testbed()
-        else:
-            res = run_simulator()
-        out.sent, out.received = res["sent"], res["server_packets"]
-        out.dropped = res["sent"] - res["server_packets"]
-        out.check("only wanted traffic crossed the core", res["core_link_packets"] == res["wanted"])
-        out.check(
-            "the server got exactly the wanted traffic", res["server_packets"] == res["wanted"]
-        )
-        out.detail = f"{res['core_link_packets']}/{res['sent']} packets crossed the core"
-        return out
+
+def outcome(out: Any, res: dict[str, Any]) -> None:
+    out.sent, out.received = res["sent"], res["server_packets"]
+    out.dropped = res["sent"] - res["server_packets"]
+    out.check("only wanted traffic crossed the core", res["core_link_packets"] == res["wanted"])
+    out.check("the server got exactly the wanted traffic", res["server_packets"] == res["wanted"])
+    out.detail = f"{res['core_link_packets']}/{res['sent']} packets crossed the core"
 
 
 def run_simulator(n: int = 200, topology: Path = TOPOLOGY) -> dict[str, Any]:
@@ -184,10 +178,7 @@ def run_simulator(n: int = 200, topology: Path = TOPOLOGY) -> dict[str, Any]:
     return {"sent": n, "wanted": wanted, "core_link_packets": core, "server_packets": got}
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pcdemo.example_testbed import main as example_main
-
-    return example_main(sys.modules[__name__], argv)
+main = functools.partial(example_main, sys.modules[__name__])
 
 
 if __name__ == "__main__":

@@ -15,13 +15,11 @@ control API), and streams UDP from CN to a device of the mobile network every mi
 2. **Baseline**: the sites' diversion is removed and a home agent process on the home network
    tunnels to B instead (Mobile IP triangle routing): the one-way delay CN -> device, for the
    path-length ratio.
-
-``python -m examples.mobility.demo [--topology FILE]`` runs it as root (else the simulator) and
-prints JSON.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import socket
 import struct
@@ -31,7 +29,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pcdemo.example_testbed import ExampleTestbed, Needs, iface, load_topology, write_atomic
+from pcdemo.example_testbed import (
+    ExampleTestbed,
+    Needs,
+    iface,
+    load_topology,
+    write_atomic,
+)
+from pcdemo.example_testbed import (
+    main as example_main,
+)
 
 from .control import SERVICE, MobileRouter, MobilityPSP
 from .ipip import TunnelError, decapsulate
@@ -51,7 +58,7 @@ BU_PORT = 5005
 ETH_P_IP = 0x0800
 _DATA = struct.Struct("!Id")
 
-__all__ = ["register", "run_simulator", "run_testbed"]
+__all__ = ["SCENARIO", "main", "outcome", "run_simulator", "run_testbed"]
 
 
 class Receiver:
@@ -276,35 +283,28 @@ def passed(res: dict[str, Any]) -> bool:
     )
 
 
-def register() -> None:
-    """Add the mobility handoff to ``pcdemo``'s scenarios."""
-    from pcdemo.scenarios import Outcome, World, scenario
-
-    @scenario("mobility", "in-network mobility: handoff vs home agent (§2.6.1)")
-    def mobility_scenario(world: World) -> Outcome:
-        out = Outcome("mobility")
-        res = run_testbed() if world.kind == "testbed" else run_simulator()
-        out.sent, out.received = res["sent"], res["received"]
-        out.dropped = res["packets_lost"]
-        out.latency_ms = round(res["delay_after_ms"], 3)
-        # the update must reach the site within 10 ms; the rest is the path to the new address
-        out.check(
-            "handoff <= 10 ms + path delay",
-            res["mobility_handoff_ms"] <= 10.0 + res["delay_after_ms"],
-        )
-        out.check("only in-flight packets lost", res["packets_lost"] == res["lost_at_old_address"])
-        out.check("shorter than triangle routing", res["path_length_ratio_vs_triangle"] < 0.5)
-        out.detail = (
-            f"handoff {res['mobility_handoff_ms']:.1f} ms, {res['packets_lost']} lost, path "
-            f"{res['path_length_ratio_vs_triangle']:.2f}x the home agent's"
-        )
-        return out
+#: the demo's row in ``python -m pcdemo`` (:func:`pcdemo.scenarios.example_scenario`)
+SCENARIO = ("mobility", "in-network mobility: handoff vs home agent (§2.6.1)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pcdemo.example_testbed import main as example_main
+def outcome(out: Any, res: dict[str, Any]) -> None:
+    out.sent, out.received = res["sent"], res["received"]
+    out.dropped = res["packets_lost"]
+    out.latency_ms = round(res["delay_after_ms"], 3)
+    # the update must reach the site within 10 ms; the rest is the path to the new address
+    out.check(
+        "handoff <= 10 ms + path delay",
+        res["mobility_handoff_ms"] <= 10.0 + res["delay_after_ms"],
+    )
+    out.check("only in-flight packets lost", res["packets_lost"] == res["lost_at_old_address"])
+    out.check("shorter than triangle routing", res["path_length_ratio_vs_triangle"] < 0.5)
+    out.detail = (
+        f"handoff {res['mobility_handoff_ms']:.1f} ms, {res['packets_lost']} lost, path "
+        f"{res['path_length_ratio_vs_triangle']:.2f}x the home agent's"
+    )
 
-    return example_main(sys.modules[__name__], argv)
+
+main = functools.partial(example_main, sys.modules[__name__])
 
 
 if __name__ == "__main__":

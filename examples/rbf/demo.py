@@ -13,13 +13,11 @@ each:
    with one byte changed; ``uncertified``: a rule signed by another key.
 
 D's capture shows who delivered each packet (C2's or C1's address) and its metadata.
-``python -m examples.rbf.demo [--topology FILE]`` runs it as root (else the simulator) and
-prints JSON.
-:func:`register` adds it to ``pcdemo``'s scenario registry.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from collections import Counter
@@ -27,7 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from examples.encryption.demo import NEEDS
-from pcdemo.example_testbed import ExampleTestbed, capture, load_topology, raw_sender, wait_until
+from pcdemo.example_testbed import (
+    ExampleTestbed,
+    capture,
+    load_topology,
+    raw_sender,
+    wait_until,
+)
+from pcdemo.example_testbed import (
+    main as example_main,
+)
 from pcsock.wire import WireError, int2ip, parse
 
 from .control import SERVICE, RbfPSP, RuleAuthority, carry
@@ -35,7 +42,7 @@ from .control import SERVICE, RbfPSP, RuleAuthority, carry
 TOPOLOGY = Path(__file__).resolve().parent.parent / "encryption" / "chain.toml"
 PSP = "rbfco"
 
-__all__ = ["passed", "phases", "register", "run_simulator", "run_testbed"]
+__all__ = ["SCENARIO", "main", "outcome", "passed", "phases", "run_simulator", "run_testbed"]
 
 
 def rule_text(c2: str, d: str) -> str:
@@ -156,28 +163,21 @@ def passed(res: dict[str, Any]) -> bool:
     )
 
 
-def register() -> None:
-    """Add the demo to ``pcdemo``'s scenarios (testbed as root, else simulator)."""
-    from pcdemo.scenarios import Outcome, World, scenario
-
-    @scenario("rbf", "rule-based forwarding with certified rules (§2.6.2)")
-    def rbf_scenario(world: World) -> Outcome:
-        out = Outcome("rbf")
-        res = run_testbed() if world.kind == "testbed" else run_simulator()
-        n = res["n"]
-        out.sent = 6 * n
-        out.received = sum(res[p]["via_c2_meta7"] + res[p]["via_c2"] + res[p]["direct"]
-                           for p in ("bound", "congested", "carried"))  # fmt: skip
-        out.dropped = sum(res[p]["dropped_at_c1"] for p in ("big", "tampered", "uncertified"))
-        out.check("certified rules decide, others are dropped", passed(res))
-        out.detail = "bound, congested, carried rules obeyed; tampered/uncertified dropped"
-        return out
+#: the demo's row in ``python -m pcdemo`` (:func:`pcdemo.scenarios.example_scenario`)
+SCENARIO = ("rbf", "rule-based forwarding with certified rules (§2.6.2)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pcdemo.example_testbed import main as example_main
+def outcome(out: Any, res: dict[str, Any]) -> None:
+    n = res["n"]
+    out.sent = 6 * n
+    out.received = sum(res[p]["via_c2_meta7"] + res[p]["via_c2"] + res[p]["direct"]
+                       for p in ("bound", "congested", "carried"))  # fmt: skip
+    out.dropped = sum(res[p]["dropped_at_c1"] for p in ("big", "tampered", "uncertified"))
+    out.check("certified rules decide, others are dropped", passed(res))
+    out.detail = "bound, congested, carried rules obeyed; tampered/uncertified dropped"
 
-    return example_main(sys.modules[__name__], argv)
+
+main = functools.partial(example_main, sys.modules[__name__])
 
 
 if __name__ == "__main__":

@@ -8,14 +8,11 @@ one packet every 4 ms,
 captures the core link (RC's interface toward R1) and what D receives, and reports
 ``re_bytes_saved_ratio`` (1 - payload bytes on the core / payload bytes sent) against the
 workload's known redundancy.
-
-``python -m examples.redundancy.demo [--topology FILE]`` runs it as root (else the simulator)
-and prints JSON.
-:func:`register` adds it to ``pcdemo``'s scenario registry.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from pathlib import Path
@@ -23,6 +20,7 @@ from typing import Any
 
 from examples.encryption.demo import NEEDS, chain_io
 from pcdemo.example_testbed import ExampleTestbed, load_topology, wait_until
+from pcdemo.example_testbed import main as example_main
 from pcsock.wire import WireError, parse
 
 from .control import SERVICE, RedundancyPSP
@@ -31,7 +29,7 @@ from .workload import workload
 TOPOLOGY = Path(__file__).resolve().parent.parent / "encryption" / "chain.toml"
 PSP = "isp-re"
 
-__all__ = ["passed", "register", "run_simulator", "run_testbed"]
+__all__ = ["SCENARIO", "main", "outcome", "passed", "run_simulator", "run_testbed"]
 
 
 def _circuit_payloads(frames: list[bytes]) -> list[bytes]:
@@ -130,32 +128,25 @@ def passed(res: dict[str, Any]) -> bool:
     )
 
 
-def register() -> None:
-    """Add the demo to ``pcdemo``'s scenarios (testbed as root, else simulator)."""
-    from pcdemo.scenarios import Outcome, World, scenario
-
-    @scenario("re", "redundancy elimination between a site pair (§2.6.2)")
-    def redundancy_scenario(world: World) -> Outcome:
-        out = Outcome("re")
-        res = run_testbed() if world.kind == "testbed" else run_simulator()
-        out.sent, out.received = res["sent"], res["received_intact"]
-        out.dropped = res["sent"] - res["received"]
-        out.check("every payload delivered intact", res["received_intact"] == res["sent"])
-        out.check(
-            "most known redundancy removed",
-            res["re_bytes_saved_ratio"] > 0.8 * res["known_redundancy"],
-        )
-        out.detail = (
-            f"saved {res['re_bytes_saved_ratio']:.1%} of payload bytes "
-            f"(known redundancy {res['known_redundancy']:.1%})"
-        )
-        return out
+#: the demo's row in ``python -m pcdemo`` (:func:`pcdemo.scenarios.example_scenario`)
+SCENARIO = ("re", "redundancy elimination between a site pair (§2.6.2)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pcdemo.example_testbed import main as example_main
+def outcome(out: Any, res: dict[str, Any]) -> None:
+    out.sent, out.received = res["sent"], res["received_intact"]
+    out.dropped = res["sent"] - res["received"]
+    out.check("every payload delivered intact", res["received_intact"] == res["sent"])
+    out.check(
+        "most known redundancy removed",
+        res["re_bytes_saved_ratio"] > 0.8 * res["known_redundancy"],
+    )
+    out.detail = (
+        f"saved {res['re_bytes_saved_ratio']:.1%} of payload bytes "
+        f"(known redundancy {res['known_redundancy']:.1%})"
+    )
 
-    return example_main(sys.modules[__name__], argv)
+
+main = functools.partial(example_main, sys.modules[__name__])
 
 
 if __name__ == "__main__":
