@@ -15,8 +15,15 @@ testbed (docs/architecture.md, "Packages"):
   in a site's namespace on demand; the PSP reaches it through :class:`pcsock.control.SiteHandle`
   (signed uploads to the site's repository, circuits, FIS and sign-ups through the control API);
 * :class:`Capture`, :func:`capture`, :func:`raw_sender`, :func:`iface`, :func:`tx_packets`:
-  packets seen on, and sent from, a node's namespace;
-* :func:`main` is every example's command line (``python -m examples.<name>.demo --help``).
+  packets seen on, and sent from, a node's namespace; :func:`circuit_packets`, the form-1
+  packets among captured frames;
+* an example's demo (``examples/<name>/demo.py``) says what it needs (``TOPOLOGY``,
+  ``NEEDS``, ``PREFIX``) and what it does in each world (``on_testbed(etb, topo)``,
+  ``on_simulator(path)``); :func:`run_testbed` and :func:`run_simulator` run it there (the
+  topology loaded and checked, the testbed built and torn down), :func:`main` is its command
+  line (``python -m examples.<name>.demo [--topology FILE] [--world ...]``, ``--help``: runs
+  it as root, else in the simulator, and prints its figures as JSON), and
+  :func:`pcdemo.scenarios.example_scenario` makes it a row of ``python -m pcdemo``.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from types import ModuleType
 from typing import Any
 
 from pcsock.control import ControlClient, SiteHandle
+from pcsock.wire import FORM_CIRCUIT, WireError, parse
 
 __all__ = [
     "Capture",
@@ -47,10 +55,13 @@ __all__ = [
     "TopologyLacks",
     "addresses",
     "capture",
+    "circuit_packets",
     "iface",
     "load_topology",
     "main",
     "raw_sender",
+    "run_simulator",
+    "run_testbed",
     "sim_network",
     "tx_packets",
     "wait_until",
@@ -125,13 +136,14 @@ def load_topology(path: str | Path, needs: Needs) -> Any:
     return topo
 
 
-def addresses(path: str | Path) -> dict[str, str]:
-    """Every node's address in the topology in ``path`` (a site's: its public IP), as the
-    testbed and :func:`sim_network` assign them."""
+def addresses(topology: Any) -> dict[str, str]:
+    """Every node's address in ``topology`` (a ``testbed.topology.Topology`` or the path of its
+    file; a site's: its public IP), as the testbed and :func:`sim_network` assign them."""
     from testbed.plan import make
-    from testbed.topology import load
+    from testbed.topology import Topology, load
 
-    return {n: str(p.address) for n, p in make(load(path)).nodes.items() if p.address}
+    topo = topology if isinstance(topology, Topology) else load(topology)
+    return {n: str(p.address) for n, p in make(topo).nodes.items() if p.address}
 
 
 @dataclass
@@ -503,6 +515,20 @@ def _arrival(ancillary: list[tuple[int, int, bytes]]) -> float:
     return time.time()
 
 
+def circuit_packets(frames: Iterable[bytes]) -> list[Any]:
+    """The form-1 (circuit) packets among captured IPv4 ``frames``, parsed
+    (:class:`pcsock.wire.Packet`); frames that are not PacketCloud packets are skipped."""
+    out = []
+    for f in frames:
+        try:
+            p = parse(f)
+        except WireError:
+            continue
+        if p.form == FORM_CIRCUIT:
+            out.append(p)
+    return out
+
+
 def iface(tb: Any, node: str, peer: str) -> str:
     """The name of ``node``'s interface toward ``peer``."""
     plan = tb.node(node).plan.iface_to(peer)
@@ -527,12 +553,42 @@ def tx_packets(node: Any, iface: str) -> int:
     return int(json.loads(out)[0]["stats64"]["tx"]["packets"]) if rc == 0 else -1
 
 
-# --- the command line of every example
+# --- running an example's demo in either world, and its command line
+def run_testbed(
+    demo: ModuleType,
+    *,
+    prefix: str | None = None,
+    progress: Callable[[str], None] | None = None,
+    topology: str | Path | None = None,
+    **params: Any,
+) -> dict[str, Any]:
+    """Run an example's demo with real packets: its topology (``topology``, default the
+    demo's ``TOPOLOGY``) checked against its ``NEEDS`` and built as a testbed (name prefix
+    ``prefix``, default its ``PREFIX``, + a run id; always torn down); then its
+    ``on_testbed(etb, topo, **params)`` gives the figures."""
+    topo = load_topology(topology or demo.TOPOLOGY, demo.NEEDS)
+    with ExampleTestbed(topo, prefix=prefix or demo.PREFIX, progress=progress) as etb:
+        result: dict[str, Any] = demo.on_testbed(etb, topo, **params)
+    return result
+
+
+def run_simulator(
+    demo: ModuleType, *, topology: str | Path | None = None, **params: Any
+) -> dict[str, Any]:
+    """Run an example's demo in the simulator (:mod:`pcsite_lite.sim`) on the same topology
+    file, checked against its ``SIM_NEEDS`` (or ``NEEDS``): its ``on_simulator(path,
+    **params)`` gives the figures."""
+    path = Path(topology or demo.TOPOLOGY)
+    load_topology(path, getattr(demo, "SIM_NEEDS", demo.NEEDS))
+    result: dict[str, Any] = demo.on_simulator(path, **params)
+    return result
+
+
 def main(demo: ModuleType, argv: list[str] | None = None) -> int:
     """``python -m examples.<name>.demo [--topology FILE] [--world ...]``: run the example's
-    demo (``demo``: its module, with ``TOPOLOGY``, ``run_testbed``, ``run_simulator`` and
-    ``passed``) and print its figures as JSON; exit 0 if it passed, 1 if not, 2 if the
-    topology lacks what the example needs."""
+    demo (``demo``: its module, with ``TOPOLOGY``, ``NEEDS``, ``PREFIX``, ``on_testbed``,
+    ``on_simulator`` and ``passed``) and print its figures as JSON; exit 0 if it passed, 1 if
+    not, 2 if the topology lacks what the example needs."""
     default = Path(demo.TOPOLOGY)
     ap = argparse.ArgumentParser(
         prog=f"python -m {demo.__name__}",
@@ -565,9 +621,9 @@ def main(demo: ModuleType, argv: list[str] | None = None) -> int:
         if kind == "testbed":
             if args.prefix:
                 kw["prefix"] = args.prefix
-            result = demo.run_testbed(progress=print, **kw)
+            result = run_testbed(demo, progress=print, **kw)
         else:
-            result = demo.run_simulator(**kw)
+            result = run_simulator(demo, **kw)
     except (TopologyLacks, TopologyError) as exc:
         print(f"python -m {demo.__name__}: {exc}", file=sys.stderr)
         return 2

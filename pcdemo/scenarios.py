@@ -56,6 +56,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pcdemo.example_testbed import run_simulator, run_testbed
 from pcdemo.roles import HintError, NotApplicable, Roles
 from pcsock import wire
 from pcsock.session import Circuit, Datagram, Session
@@ -752,13 +753,14 @@ def load_examples() -> list[str]:
 
 def example_scenario(demo: Any) -> None:
     """Register an example's demo (``examples/<name>/demo.py``) as a scenario: its
-    ``SCENARIO`` is the row's (name, title); the testbed world runs its ``run_testbed()``, the
-    simulator its ``run_simulator()``; its ``outcome(out, result)`` fills the row."""
+    ``SCENARIO`` is the row's (name, title); the testbed world runs it with real packets, the
+    simulator world in the simulator (:mod:`pcdemo.example_testbed`); its ``outcome(out,
+    result)`` fills the row."""
     name, title = demo.SCENARIO
 
     def run(world: World) -> Outcome:
         out = Outcome(name)
-        demo.outcome(out, demo.run_testbed() if world.kind == "testbed" else demo.run_simulator())
+        demo.outcome(out, run_testbed(demo) if world.kind == "testbed" else run_simulator(demo))
         return out
 
     scenario(name, title)(run)

@@ -11,38 +11,19 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from pcsock.wire import build_circuit_packet
+from pcsite_lite.sim import CircuitHandle as Chain
+from pcsock.wire import HopKey
 
 __all__ = ["Chain", "open_chain"]
 
 
-@dataclass(frozen=True, slots=True)
-class Chain:
-    """What the sender gets: the first site, the first label and hop key; and every label."""
-
-    first_hop: str
-    label: int
-    key: bytes
-    labels: tuple[int, ...]  #: incoming label at each site, in path order
-
-    def packet(self, src: str, payload: bytes, *, metadata: int = 0) -> bytearray:
-        """A form-1 packet from ``src`` into the circuit."""
-        return build_circuit_packet(
-            src=src,
-            dst=self.first_hop,
-            label=self.label,
-            key=self.key,
-            payload=payload,
-            metadata=metadata,
-        )
-
-
 def open_chain(sites: Sequence[Any], service: str, destination: str) -> Chain:
     """Allocate a label at every site and install the hops back to front; the last site
-    forwards to ``destination`` (label 0, no MAC: the receiver does not verify)."""
+    forwards to ``destination`` (label 0, no MAC: the receiver does not verify). The sender's
+    part is a :class:`pcsite_lite.sim.CircuitHandle` (first site, label, hop key; every label
+    in path order; ``packet()`` builds a form-1 packet into the circuit)."""
     if not sites:
         raise ValueError("a chain needs at least one site")
     labels = [s.allocate_label(service) for s in sites]
@@ -53,4 +34,4 @@ def open_chain(sites: Sequence[Any], service: str, destination: str) -> Chain:
         else:
             out = [(labels[i + 1], sites[i + 1].public_ip, keys[i + 1])]
         sites[i].install(labels[i], service, keys[i], out)
-    return Chain(sites[0].public_ip, labels[0], keys[0], tuple(labels))
+    return Chain(sites[0].public_ip, labels[0], HopKey(keys[0]), tuple(labels))

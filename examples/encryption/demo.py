@@ -10,7 +10,6 @@ core router (an on-path attacker) and checks that C2 drops it.
 
 from __future__ import annotations
 
-import functools
 import sys
 import time
 from pathlib import Path
@@ -20,18 +19,16 @@ from pcdemo.example_testbed import (
     ExampleTestbed,
     Needs,
     capture,
-    load_topology,
+    circuit_packets,
+    main,
     raw_sender,
     wait_until,
 )
-from pcdemo.example_testbed import (
-    main as example_main,
-)
-from pcsock.wire import WireError, parse
 
 from .control import SERVICE, EncryptionPSP
 from .service import open_metadata
 
+PREFIX = "pcx"  #: its testbed's name prefix
 TOPOLOGY = Path(__file__).with_name("chain.toml")
 PSP = "vpnco"
 #: S -- R1 (site C1) -- RC -- R2 (site C2) -- D
@@ -42,7 +39,7 @@ NEEDS = Needs(
     links=(("R1", "RC"), ("RC", "R2"), ("R2", "D")),
 )
 
-__all__ = ["SCENARIO", "main", "outcome", "passed", "run_simulator", "run_testbed"]
+__all__ = ["SCENARIO", "on_simulator", "on_testbed", "outcome", "passed"]
 
 
 def message(i: int) -> bytes:
@@ -50,15 +47,7 @@ def message(i: int) -> bytes:
 
 
 def _payloads(frames: list[bytes]) -> list[tuple[int, bytes]]:
-    out = []
-    for f in frames:
-        try:
-            p = parse(f)
-        except WireError:
-            continue
-        if p.form == 1:
-            out.append((p.metadata, bytes(p.payload)))
-    return out
+    return [(p.metadata, bytes(p.payload)) for p in circuit_packets(frames)]
 
 
 def chain_io(etb: ExampleTestbed, psp: Any) -> tuple[Any, Any, Any, Any, str]:
@@ -71,60 +60,55 @@ def chain_io(etb: ExampleTestbed, psp: Any) -> tuple[Any, Any, Any, Any, str]:
     return chain, core, at_d, raw_sender(etb.tb.node("S")), s_ip
 
 
-def run_testbed(
-    *, prefix: str = "pcx", n: int = 100, progress: Any = None, topology: Path = TOPOLOGY
-) -> dict[str, Any]:
+def on_testbed(etb: ExampleTestbed, topo: Any, *, n: int = 100) -> dict[str, Any]:
     """Build the testbed, run the demo with real packets on the site daemons, return the
     figures."""
-    topo = load_topology(topology, NEEDS)
     res: dict[str, Any] = {"sent": n}
-    with ExampleTestbed(topo, prefix=prefix, progress=progress) as etb:
-        tb = etb.tb
-        c1, c2 = etb.site("C1", PSP), etb.site("C2", PSP)
-        psp = EncryptionPSP(c1, c2)
-        psp.deploy()
-        chain, core, at_d, tx, s_ip = chain_io(etb, psp)
-        for i in range(n):
-            tx.sendto(chain.packet(s_ip, message(i)), (chain.first_hop, 0))
-            time.sleep(0.0005)
-        # C2 has run its service on all of them (a loaded site may still be busy when a
-        # capture's quiet period would end) before the captures are read
-        wait_until(lambda: c2.counters(SERVICE).get("packets", 0) >= n, timeout=10)
-        core_frames = list(core.drain())
-        d_frames = list(at_d.drain())
-        on_core = [(m, p) for m, p in _payloads(core_frames) if p]
-        got = [p for _, p in _payloads(d_frames)]
-        res["received_plaintext_ok"] = sum(got.count(message(i)) == 1 for i in range(n))
-        res["core_packets"] = len(on_core)
-        res["core_sealed"] = sum(open_metadata(m) == (True, psp.epoch) for m, _ in on_core)
-        res["core_plaintext_leaks"] = sum(
-            any(message(i) in p for i in range(n)) or b"attack at dawn" in p for _, p in on_core
-        )
+    tb = etb.tb
+    c1, c2 = etb.site("C1", PSP), etb.site("C2", PSP)
+    psp = EncryptionPSP(c1, c2)
+    psp.deploy()
+    chain, core, at_d, tx, s_ip = chain_io(etb, psp)
+    for i in range(n):
+        tx.sendto(chain.packet(s_ip, message(i)), (chain.first_hop, 0))
+        time.sleep(0.0005)
+    # C2 has run its service on all of them (a loaded site may still be busy when a
+    # capture's quiet period would end) before the captures are read
+    wait_until(lambda: c2.counters(SERVICE).get("packets", 0) >= n, timeout=10)
+    core_frames = list(core.drain())
+    d_frames = list(at_d.drain())
+    on_core = [(m, p) for m, p in _payloads(core_frames) if p]
+    got = [p for _, p in _payloads(d_frames)]
+    res["received_plaintext_ok"] = sum(got.count(message(i)) == 1 for i in range(n))
+    res["core_packets"] = len(on_core)
+    res["core_sealed"] = sum(open_metadata(m) == (True, psp.epoch) for m, _ in on_core)
+    res["core_plaintext_leaks"] = sum(
+        any(message(i) in p for i in range(n)) or b"attack at dawn" in p for _, p in on_core
+    )
 
-        # an on-path attacker flips one ciphertext byte and re-injects it toward C2
-        def c2_drops() -> int:
-            return int(c2.counters(SERVICE).get("drops", 0))
+    # an on-path attacker flips one ciphertext byte and re-injects it toward C2
+    def c2_drops() -> int:
+        return int(c2.counters(SERVICE).get("drops", 0))
 
-        drops0 = c2_drops()
-        frame = bytearray(next(f for f in core_frames if _payloads([f])))
-        frame[-1] ^= 1
-        at_d.seen.clear()
-        attacker = raw_sender(tb.node("RC"))
-        attacker.sendto(bytes(frame), (c2.public_ip, 0))
-        wait_until(lambda: c2_drops() > drops0, timeout=5)
-        res["tampered_delivered"] = len(_payloads(at_d.drain()))
-        res["tampered_dropped"] = c2_drops() - drops0
-        res["site_drops"] = {"C1": c1.counters(SERVICE).get("drops", 0), "C2": c2_drops()}
-        for sock in (tx, attacker, core, at_d):
-            sock.close()
+    drops0 = c2_drops()
+    frame = bytearray(next(f for f in core_frames if _payloads([f])))
+    frame[-1] ^= 1
+    at_d.seen.clear()
+    attacker = raw_sender(tb.node("RC"))
+    attacker.sendto(bytes(frame), (c2.public_ip, 0))
+    wait_until(lambda: c2_drops() > drops0, timeout=5)
+    res["tampered_delivered"] = len(_payloads(at_d.drain()))
+    res["tampered_dropped"] = c2_drops() - drops0
+    res["site_drops"] = {"C1": c1.counters(SERVICE).get("drops", 0), "C2": c2_drops()}
+    for sock in (tx, attacker, core, at_d):
+        sock.close()
     return res
 
 
-def run_simulator(n: int = 100, topology: Path = TOPOLOGY) -> dict[str, Any]:
+def on_simulator(topology: Path, *, n: int = 100) -> dict[str, Any]:
     """The same flow in ``pcsite_lite.sim``."""
     from .scenario import build_world, send
 
-    load_topology(topology, NEEDS)
     w = build_world(topology)
     core: list[bytes] = []
     orig = w.core.transmit
@@ -178,8 +162,5 @@ def outcome(out: Any, res: dict[str, Any]) -> None:
     out.detail = f"{res['core_sealed']}/{res['core_packets']} core packets sealed"
 
 
-main = functools.partial(example_main, sys.modules[__name__])
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.modules[__name__]))

@@ -16,29 +16,20 @@ domains and sends ``n`` packets from SA:
 
 from __future__ import annotations
 
-import functools
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pcdemo.example_testbed import (
-    Capture,
-    ExampleTestbed,
-    iface,
-    raw_sender,
-    wait_until,
-)
-from pcdemo.example_testbed import (
-    main as example_main,
-)
+from pcdemo.example_testbed import Capture, ExampleTestbed, iface, main, raw_sender, wait_until
 from pcsock.wire import IPPROTO_PACKETCLOUD
 
 from .control import receive_payload
-from .scenario import GROUP, PSP, SENDER, TOPOLOGY, Plan, build_world
+from .scenario import GROUP, NEEDS, PSP, SENDER, TOPOLOGY, Plan, build_world
 
-__all__ = ["SCENARIO", "main", "outcome", "passed", "run_simulator", "run_testbed"]
+PREFIX = "pce"  #: its testbed's name prefix
+__all__ = ["NEEDS", "SCENARIO", "TOPOLOGY", "on_simulator", "on_testbed", "outcome", "passed"]
 
 
 def _payloads(packets: list[bytes], data_prefix: bytes) -> Counter[bytes]:
@@ -50,63 +41,58 @@ def _payloads(packets: list[bytes], data_prefix: bytes) -> Counter[bytes]:
     return out
 
 
-def run_testbed(
-    *, prefix: str = "pce", n: int = 20, progress: Any = None, topology: Path = TOPOLOGY
-) -> dict[str, Any]:
+def on_testbed(etb: ExampleTestbed, topo: Any, *, n: int = 20) -> dict[str, Any]:
     """Build the multi-domain testbed and run the multicast demo with real packets on the
     site daemons (one per domain)."""
-    plan = Plan(topology)
-    with ExampleTestbed(topology, prefix=prefix, progress=progress) as etb:
-        tb = etb.tb
-        handles = {a: etb.site(d.site, PSP) for a, d in plan.domains.items()}
-        psp = plan.psp(handles)
-        taps = {
-            plan.address[h]: Capture.open(
-                tb.node(h), iface(tb, h, plan.domains[plan.asn[h]].router)
-            )
-            for h in plan.receivers()
+    plan = Plan(topo)
+    tb = etb.tb
+    handles = {a: etb.site(d.site, PSP) for a, d in plan.domains.items()}
+    psp = plan.psp(handles)
+    taps = {
+        plan.address[h]: Capture.open(tb.node(h), iface(tb, h, plan.domains[plan.asn[h]].router))
+        for h in plan.receivers()
+    }
+    link_taps = {
+        f"{a}->{b}": Capture.open(tb.node(b), iface(tb, b, a)) for a, b in plan.router_pairs
+    }
+    raw = raw_sender(tb.node(SENDER))
+    site_a = handles[plan.asn[SENDER]]
+    time.sleep(0.1)  # > the FIS staleness bound
+    for i in range(n):
+        raw.sendto(plan.packet(psp, b"frame%03d" % i), (site_a.public_ip, 0))
+        time.sleep(0.002)
+    for h in handles.values():  # every site has run the service on every packet
+        wait_until(lambda h=h: h.counters(psp.service).get("packets", 0) >= n, timeout=10)
+
+    def received(data_prefix: bytes) -> dict[str, Counter[bytes]]:
+        return {
+            h: _payloads(tap.take(proto=IPPROTO_PACKETCLOUD), data_prefix)
+            for h, tap in taps.items()
         }
-        link_taps = {
-            f"{a}->{b}": Capture.open(tb.node(b), iface(tb, b, a)) for a, b in plan.router_pairs
-        }
-        raw = raw_sender(tb.node(SENDER))
-        site_a = handles[plan.asn[SENDER]]
-        time.sleep(0.1)  # > the FIS staleness bound
-        for i in range(n):
-            raw.sendto(plan.packet(psp, b"frame%03d" % i), (site_a.public_ip, 0))
-            time.sleep(0.002)
-        for h in handles.values():  # every site has run the service on every packet
-            wait_until(lambda h=h: h.counters(psp.service).get("packets", 0) >= n, timeout=10)
 
-        def received(data_prefix: bytes) -> dict[str, Counter[bytes]]:
-            return {
-                h: _payloads(tap.take(proto=IPPROTO_PACKETCLOUD), data_prefix)
-                for h, tap in taps.items()
-            }
+    first = received(b"frame")
+    link_frames = {k: len(t.take(0.1, proto=IPPROTO_PACKETCLOUD)) for k, t in link_taps.items()}
 
-        first = received(b"frame")
-        link_frames = {k: len(t.take(0.1, proto=IPPROTO_PACKETCLOUD)) for k, t in link_taps.items()}
+    def computations() -> int:  # the service logs one line per tree computation
+        return int(site_a.counters(psp.service).get("log_lines", 0))
 
-        def computations() -> int:  # the service logs one line per tree computation
-            return int(site_a.counters(psp.service).get("log_lines", 0))
-
-        wait_until(lambda: computations() >= 1, timeout=5)  # the workers report usage
-        tree_computations = computations()
-        # a leave and a join, then the very next packet
-        plan.change(psp)
-        time.sleep(0.05)  # > the 5 ms FIS staleness bound
-        raw.sendto(plan.packet(psp, b"after"), (site_a.public_ip, 0))
-        res = plan.summary(n, first, received(b"after"))
-        res["link_frames"] = link_frames
-        res["tree_computations_at_A"] = tree_computations
-        wait_until(lambda: computations() >= 2, timeout=5)
-        res["tree_computations_at_A_after"] = computations()
-        for sock in (raw, *taps.values(), *link_taps.values()):
-            sock.close()
+    wait_until(lambda: computations() >= 1, timeout=5)  # the workers report usage
+    tree_computations = computations()
+    # a leave and a join, then the very next packet
+    plan.change(psp)
+    time.sleep(0.05)  # > the 5 ms FIS staleness bound
+    raw.sendto(plan.packet(psp, b"after"), (site_a.public_ip, 0))
+    res = plan.summary(n, first, received(b"after"))
+    res["link_frames"] = link_frames
+    res["tree_computations_at_A"] = tree_computations
+    wait_until(lambda: computations() >= 2, timeout=5)
+    res["tree_computations_at_A_after"] = computations()
+    for sock in (raw, *taps.values(), *link_taps.values()):
+        sock.close()
     return res
 
 
-def run_simulator(n: int = 20, topology: Path = TOPOLOGY) -> dict[str, Any]:
+def on_simulator(topology: Path, *, n: int = 20) -> dict[str, Any]:
     """The same demo in ``pcsite_lite.sim`` on the same topology file."""
     w = build_world(topology)
     plan = w.plan
@@ -166,8 +152,5 @@ def outcome(out: Any, res: dict[str, Any]) -> None:
     out.detail = f"{m} members in 3 domains; inter-domain frames {res['link_frames']}"
 
 
-main = functools.partial(example_main, sys.modules[__name__])
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.modules[__name__]))

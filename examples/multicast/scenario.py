@@ -107,11 +107,10 @@ class Plan:
     """The demo on a topology: its domains, inter-domain links and addresses (the same in
     the testbed and in the simulator)."""
 
-    def __init__(self, topology: Path) -> None:
-        topo = load_topology(topology, NEEDS)
+    def __init__(self, topo: Any) -> None:
         self.domains = domains(topo)
         self.links = as_links(topo, self.domains)
-        self.address = addresses(topology)
+        self.address = addresses(topo)
         self.asn = {h: a for a, d in self.domains.items() for h in d.hosts}
         #: directed router pairs of the inter-domain links (``("RA", "RB")``)
         self.router_pairs = [
@@ -184,7 +183,7 @@ class World:
 
 def build_world(topology: Path = TOPOLOGY) -> World:
     """The topology in the simulator; the PSP over its sites, the members joined."""
-    plan = Plan(topology)
+    plan = Plan(load_topology(topology, NEEDS))
     logs: list[str] = []
     sn = sim_network(
         topology, site_kwargs=lambda name, net: {"log_sinks": lambda p, s: logs.append}

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import pytest
 
-from examples.multicast.demo import passed, run_simulator
+from examples.multicast import demo
+from examples.multicast.demo import passed
 from examples.multicast.scenario import SENDER, build_world, domains
-from pcdemo.example_testbed import TopologyLacks
+from pcdemo.example_testbed import TopologyLacks, run_simulator
 from testbed.topology import load
 
 
@@ -31,7 +32,7 @@ def test_the_simulator_reads_the_demos_topology_file() -> None:
 
 
 def test_members_in_three_domains_get_one_copy_and_links_carry_only_the_tree() -> None:
-    res = run_simulator(n=20)
+    res = run_simulator(demo, n=20)
     assert res["members_with_every_packet_once"] == 4  # in domains A, B and C
     assert res["non_member_copies"] == 0
     lf = res["link_frames"]

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from examples.multicast.demo import passed, run_testbed
+from examples.multicast import demo
+from examples.multicast.demo import passed
+from pcdemo.example_testbed import run_testbed
 
 
 @pytest.mark.netns
 def test_members_in_three_domains_get_one_copy_and_links_carry_only_the_tree() -> None:
     """On the real site daemons: signed upload, circuits and FIS through the control API."""
-    res = run_testbed(n=20)
+    res = run_testbed(demo, n=20)
     assert res["members_with_every_packet_once"] == 4  # in domains A, B and C
     assert res["non_member_copies"] == 0
     lf = res["link_frames"]
