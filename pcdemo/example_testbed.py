@@ -9,8 +9,9 @@ testbed (docs/architecture.md, "Packages"):
   (:class:`TopologyLacks`);
 * :func:`sim_network` builds the simulator's network (:mod:`pcsite_lite.sim`) from the same
   file, with the addresses the testbed gives the same nodes: an example's topology exists once;
-  :class:`SimSite` is the PSP's handle on a simulated site, with the calls of
-  :class:`pcsock.control.SiteHandle` (so an example's control plane drives either);
+  :func:`tap` sees the frames a simulated link carries; :class:`SimSite` is the PSP's handle
+  on a simulated site, with the calls of :class:`pcsock.control.SiteHandle` (so an example's
+  control plane drives either);
 * :class:`ExampleTestbed` builds the testbed and starts the real site daemon (``pcsite run``)
   in a site's namespace on demand; the PSP reaches it through :class:`pcsock.control.SiteHandle`
   (signed uploads to the site's repository, circuits, FIS and sign-ups through the control API);
@@ -63,6 +64,7 @@ __all__ = [
     "run_simulator",
     "run_testbed",
     "sim_network",
+    "tap",
     "tx_packets",
     "wait_until",
     "write_atomic",
@@ -200,6 +202,22 @@ def sim_network(
             links[(lk.a, lk.b)] = links[(lk.b, lk.a)] = link
     net.compute_routes()
     return SimNetwork(net, nodes, links, addresses)
+
+
+def tap(link: Any, seen: Callable[[Any, bytes], None]) -> Callable[[], None]:
+    """Have ``seen(sender, frame)`` called with every frame the simulated ``link`` carries
+    (either way, before it travels on); returns the call that removes the tap."""
+    send = link.transmit
+
+    def tapped(sender: Any, data: bytes) -> None:
+        seen(sender, data)
+        send(sender, data)
+
+    def untap() -> None:
+        link.transmit = send
+
+    link.transmit = tapped
+    return untap
 
 
 class SimSite:
@@ -429,6 +447,21 @@ class ExampleTestbed:
         )
         self.sites[(name, psp, isp)] = handle
         return handle
+
+    def capture(self, node: str, peer: str) -> Capture:
+        """IPv4 packets arriving at ``node`` on its interface toward ``peer``."""
+        return capture(self.tb, node, peer)
+
+    def raw_sender(self, node: str) -> socket.socket:
+        """A raw IPv4 socket in ``node``'s namespace (send whole packets with ``sendto``)."""
+        return raw_sender(self.tb.node(node))
+
+    @staticmethod
+    def wait_served(site: SiteHandle, service: str, packets: int, timeout: float = 10.0) -> bool:
+        """Wait until ``service`` at ``site`` has run on ``packets`` packets (its usage
+        counter): what a demo waits for before it reads its captures, since a loaded site may
+        still be busy when a capture's quiet period ends. Whether it got there."""
+        return wait_until(lambda: site.counters(service).get("packets", 0) >= packets, timeout)
 
     def divert(self, site: str, prefix: str) -> None:
         """The ISP's router part of a sign-up: ``site``'s router diverts ``prefix`` to it."""

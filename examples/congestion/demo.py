@@ -24,11 +24,8 @@ from typing import Any
 from pcdemo.example_testbed import (
     ExampleTestbed,
     Needs,
-    capture,
     load_topology,
     main,
-    raw_sender,
-    wait_until,
 )
 from pcsock.wire import WireError, build_service_packet, parse
 
@@ -74,7 +71,6 @@ def on_testbed(
 ) -> dict[str, Any]:
     link_ms = next(lk.delay_ms for lk in topo.links if {lk.a, lk.b} == {"R1", "RB"})
     res: dict[str, Any] = {"sent": n}
-    tb = etb.tb
     # the ISP registers the service ID and publishes
     c1 = etb.site("C1", PSP, isp=True)
     ga, gb = etb.address("GA"), etb.address("GB")
@@ -85,9 +81,9 @@ def on_testbed(
     isp = IspCongestion([c1])
     isp.publish(f"{ga}/32", 0.1)
     isp.publish(f"{gb}/32", 0.5)
-    at_a = capture(tb, "GA", "RA")
-    at_b = capture(tb, "GB", "RB")
-    tx = raw_sender(tb.node("S"))
+    at_a = etb.capture("GA", "RA")
+    at_b = etb.capture("GB", "RB")
+    tx = etb.raw_sender("S")
     flip_at = n // 2
     t_flip = 0.0
     t0 = time.monotonic()
@@ -104,7 +100,7 @@ def on_testbed(
             t_flip = time.time()
     # C1 has run its service on every packet before the captures are read (a loaded
     # site can outlast a capture's quiet period)
-    wait_until(lambda: c1.counters(SERVICE).get("packets", 0) >= n, timeout=10)
+    etb.wait_served(c1, SERVICE, n)
     via_a, via_b = _seqs(at_a.drain(0.3)), _seqs(at_b.drain(0.3))
     first_b = min((t for t, f in zip(at_b.times, at_b.seen, strict=True) if _seqs([f])),
                   default=None)  # fmt: skip

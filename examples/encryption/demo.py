@@ -18,10 +18,9 @@ from typing import Any
 from pcdemo.example_testbed import (
     ExampleTestbed,
     Needs,
-    capture,
     circuit_packets,
     main,
-    raw_sender,
+    tap,
     wait_until,
 )
 
@@ -55,16 +54,15 @@ def chain_io(etb: ExampleTestbed, psp: Any) -> tuple[Any, Any, Any, Any, str]:
     captures on the core (RC, toward R1) and at D, a raw sender at S, and S's address."""
     s_ip, d_ip = etb.address("S"), etb.address("D")
     chain = psp.connect(d_ip)
-    core = capture(etb.tb, "RC", "R1")
-    at_d = capture(etb.tb, "D", "R2")
-    return chain, core, at_d, raw_sender(etb.tb.node("S")), s_ip
+    core = etb.capture("RC", "R1")
+    at_d = etb.capture("D", "R2")
+    return chain, core, at_d, etb.raw_sender("S"), s_ip
 
 
 def on_testbed(etb: ExampleTestbed, topo: Any, *, n: int = 100) -> dict[str, Any]:
     """Build the testbed, run the demo with real packets on the site daemons, return the
     figures."""
     res: dict[str, Any] = {"sent": n}
-    tb = etb.tb
     c1, c2 = etb.site("C1", PSP), etb.site("C2", PSP)
     psp = EncryptionPSP(c1, c2)
     psp.deploy()
@@ -74,7 +72,7 @@ def on_testbed(etb: ExampleTestbed, topo: Any, *, n: int = 100) -> dict[str, Any
         time.sleep(0.0005)
     # C2 has run its service on all of them (a loaded site may still be busy when a
     # capture's quiet period would end) before the captures are read
-    wait_until(lambda: c2.counters(SERVICE).get("packets", 0) >= n, timeout=10)
+    etb.wait_served(c2, SERVICE, n)
     core_frames = list(core.drain())
     d_frames = list(at_d.drain())
     on_core = [(m, p) for m, p in _payloads(core_frames) if p]
@@ -94,7 +92,7 @@ def on_testbed(etb: ExampleTestbed, topo: Any, *, n: int = 100) -> dict[str, Any
     frame = bytearray(next(f for f in core_frames if _payloads([f])))
     frame[-1] ^= 1
     at_d.seen.clear()
-    attacker = raw_sender(tb.node("RC"))
+    attacker = etb.raw_sender("RC")
     attacker.sendto(bytes(frame), (c2.public_ip, 0))
     wait_until(lambda: c2_drops() > drops0, timeout=5)
     res["tampered_delivered"] = len(_payloads(at_d.drain()))
@@ -111,18 +109,12 @@ def on_simulator(topology: Path, *, n: int = 100) -> dict[str, Any]:
 
     w = build_world(topology)
     core: list[bytes] = []
-    orig = w.core.transmit
-
-    def tap(sender: Any, data: bytes) -> None:
-        core.append(data)
-        orig(sender, data)
-
-    w.core.transmit = tap  # type: ignore[method-assign]
+    untap = tap(w.core, lambda _sender, frame: core.append(frame))
     got = send(w, [message(i) for i in range(n)])
     on_core = _payloads(core)
     frame = bytearray(core[0])
     frame[-1] ^= 1
-    w.core.transmit = orig  # type: ignore[method-assign]
+    untap()
     before = len(w.dest.inbox)
     w.sites["C2"].receive(bytes(frame), w.core)
     w.net.run()

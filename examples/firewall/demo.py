@@ -22,14 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from pcdemo.example_testbed import (
-    Capture,
     ExampleTestbed,
     Needs,
     iface,
     main,
-    raw_sender,
     tx_packets,
-    wait_until,
 )
 
 from .control import SERVICE, FirewallPSP
@@ -103,9 +100,9 @@ def on_testbed(etb: ExampleTestbed, topo: Any, *, n: int = 200) -> dict[str, Any
     etb.divert("CA", server_prefix)  # the ISP's part: RA diverts the prefix to CA
     a, g = etb.address("A"), etb.address("G")
     ra_out = iface(tb, "RA", "RC")
-    core = Capture.open(tb.node("RC"), iface(tb, "RC", "RA"))
-    at_s = Capture.open(tb.node("S"), iface(tb, "S", "RD"))
-    senders = {a: raw_sender(tb.node("A")), g: raw_sender(tb.node("G"))}
+    core = etb.capture("RC", "RA")
+    at_s = etb.capture("S", "RD")
+    senders = {a: etb.raw_sender("A"), g: etb.raw_sender("G")}
     mix = _mix(n, a, g, server)
     tx0 = tx_packets(tb.node("RA"), ra_out)
     for pkt, _wanted in mix:  # 2000 packets/s: see the README on bursts and service_busy
@@ -116,7 +113,7 @@ def on_testbed(etb: ExampleTestbed, topo: Any, *, n: int = 200) -> dict[str, Any
     res["wanted"] = wanted
     # CA has run the firewall on every packet before the captures are read (the workers
     # report usage; a loaded site can outlast a capture's quiet period)
-    wait_until(lambda: ca.counters(SERVICE).get("packets", 0) >= n, timeout=10)
+    etb.wait_served(ca, SERVICE, n)
     res["core_link_packets"] = core.count(dst=server, srcs={a, g})
     res["server_packets"] = at_s.count(dst=server, srcs={a, g})
     res["core_iface_tx_delta"] = tx_packets(tb.node("RA"), ra_out) - tx0

@@ -22,7 +22,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pcdemo.example_testbed import Capture, ExampleTestbed, iface, main, raw_sender, wait_until
+from pcdemo.example_testbed import ExampleTestbed, main, wait_until
 from pcsock.wire import IPPROTO_PACKETCLOUD
 
 from .control import receive_payload
@@ -45,24 +45,20 @@ def on_testbed(etb: ExampleTestbed, topo: Any, *, n: int = 20) -> dict[str, Any]
     """Build the multi-domain testbed and run the multicast demo with real packets on the
     site daemons (one per domain)."""
     plan = Plan(topo)
-    tb = etb.tb
     handles = {a: etb.site(d.site, PSP) for a, d in plan.domains.items()}
     psp = plan.psp(handles)
     taps = {
-        plan.address[h]: Capture.open(tb.node(h), iface(tb, h, plan.domains[plan.asn[h]].router))
-        for h in plan.receivers()
+        plan.address[h]: etb.capture(h, plan.domains[plan.asn[h]].router) for h in plan.receivers()
     }
-    link_taps = {
-        f"{a}->{b}": Capture.open(tb.node(b), iface(tb, b, a)) for a, b in plan.router_pairs
-    }
-    raw = raw_sender(tb.node(SENDER))
+    link_taps = {f"{a}->{b}": etb.capture(b, a) for a, b in plan.router_pairs}
+    raw = etb.raw_sender(SENDER)
     site_a = handles[plan.asn[SENDER]]
     time.sleep(0.1)  # > the FIS staleness bound
     for i in range(n):
         raw.sendto(plan.packet(psp, b"frame%03d" % i), (site_a.public_ip, 0))
         time.sleep(0.002)
     for h in handles.values():  # every site has run the service on every packet
-        wait_until(lambda h=h: h.counters(psp.service).get("packets", 0) >= n, timeout=10)
+        etb.wait_served(h, psp.service, n)
 
     def received(data_prefix: bytes) -> dict[str, Counter[bytes]]:
         return {

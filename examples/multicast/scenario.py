@@ -28,6 +28,7 @@ from pcdemo.example_testbed import (
     addresses,
     load_topology,
     sim_network,
+    tap,
 )
 from pcsite_lite.sim import Host, Network
 
@@ -197,10 +198,7 @@ def build_world(topology: Path = TOPOLOGY) -> World:
 
 
 def _count_frames(link: Any, frames: Counter[str]) -> None:
-    send = link.transmit
-
-    def counted(sender: Any, data: bytes) -> None:
+    def count(sender: Any, _frame: bytes) -> None:
         frames[f"{sender.name}->{link.other(sender).name}"] += 1
-        send(sender, data)
 
-    link.transmit = counted
+    tap(link, count)

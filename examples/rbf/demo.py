@@ -26,11 +26,8 @@ from typing import Any
 from examples.encryption.demo import NEEDS
 from pcdemo.example_testbed import (
     ExampleTestbed,
-    capture,
     circuit_packets,
     main,
-    raw_sender,
-    wait_until,
 )
 from pcsock.wire import int2ip
 
@@ -66,7 +63,6 @@ def _arrivals(frames: list[bytes]) -> Counter[tuple[str, int]]:
 
 def on_testbed(etb: ExampleTestbed, topo: Any, *, n: int = 20) -> dict[str, Any]:
     res: dict[str, Any] = {"n": n}
-    tb = etb.tb
     c1, c2 = etb.site("C1", PSP), etb.site("C2", PSP)
     isp1 = etb.site("C1", PSP, isp=True)  # the ISP's own writes at C1
     authority = RuleAuthority()
@@ -77,8 +73,8 @@ def on_testbed(etb: ExampleTestbed, topo: Any, *, n: int = 20) -> dict[str, Any]
     psp.bind(circuit, authority.certify(rule_text(c2.public_ip, d_ip)))
     plan = phases(authority, c2.public_ip, d_ip)
     psp.admit(authority.certify(f"if site == C1 then forward {d_ip} else forward"))
-    at_d = capture(tb, "D", "R2")
-    tx = raw_sender(tb.node("S"))
+    at_d = etb.capture("D", "R2")
+    tx = etb.raw_sender("S")
     seen = 0  # packets C1's service has run on so far
 
     def c1_counters() -> dict[str, int]:
@@ -93,7 +89,7 @@ def on_testbed(etb: ExampleTestbed, topo: Any, *, n: int = 20) -> dict[str, Any]
             tx.sendto(circuit.packet(s_ip, payload), (circuit.first_hop, 0))
             time.sleep(0.001)
         seen += n  # C1 has run the service on the phase's packets, then D's capture is read
-        wait_until(lambda k=seen: c1_counters().get("packets", 0) >= k, timeout=10)
+        etb.wait_served(c1, SERVICE, seen)
         got = _arrivals(at_d.take(0.3))
         res[name] = {
             "via_c2_meta7": got[c2.public_ip, 7],

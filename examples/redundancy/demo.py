@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from examples.encryption.demo import NEEDS, chain_io
-from pcdemo.example_testbed import ExampleTestbed, circuit_packets, main, wait_until
+from pcdemo.example_testbed import ExampleTestbed, circuit_packets, main
 
 from .control import SERVICE, RedundancyPSP
 from .workload import workload
@@ -71,7 +71,7 @@ def on_testbed(
         tx.sendto(chain.packet(s_ip, p), (chain.first_hop, 0))
     counters = {}
     for s in (c1, c2):  # both sites have run the service on every packet (usage reports)
-        wait_until(lambda s=s: s.counters(SERVICE).get("packets", 0) >= n, timeout=10)
+        etb.wait_served(s, SERVICE, n)
         counters[s.name] = s.counters(SERVICE)
     res = _figures(
         payloads,

@@ -18,7 +18,7 @@ from typing import Any
 
 from examples.encryption.circuit import Chain
 from examples.encryption.scenario import TOPOLOGY, ChainNet, chain_net
-from pcdemo.example_testbed import SimSite
+from pcdemo.example_testbed import SimSite, tap
 from pcsite_lite.fis import CachedFIS, SqliteFIS
 from pcsite_lite.sim import Network
 from pcsock.wire import parse
@@ -52,13 +52,7 @@ def build_world(*, staleness: float = 0.005, topology: Path = TOPOLOGY) -> World
     psp.deploy()
     chain = psp.connect(cn.dest.ip)
     sizes: list[int] = []
-    core, orig = cn.core, cn.core.transmit
-
-    def transmit(sender: Any, data: bytes) -> None:
-        sizes.append(len(parse(data).payload))
-        orig(sender, data)
-
-    core.transmit = transmit  # type: ignore[method-assign]
+    tap(cn.core, lambda _sender, frame: sizes.append(len(parse(frame).payload)))
     return World(**vars(cn), psp=psp, chain=chain, fis=engine, core_payload_bytes=sizes)
 
 
