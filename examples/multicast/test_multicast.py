@@ -1,4 +1,4 @@
-"""Inter-domain multicast in the simulator, on the namespace demo's topology file.
+"""Inter-domain multicast in the simulator and in the namespace testbed, on one topology file.
 
 Three domains in a ring (``testbed/topologies/multidomain.toml``): each a border router with a
 co-located site and receiver hosts; the sender SA is in domain A. Link counters on the
@@ -13,7 +13,7 @@ import pytest
 from examples.multicast import demo
 from examples.multicast.demo import passed
 from examples.multicast.scenario import SENDER, build_world, domains
-from pcdemo.example_testbed import TopologyLacks, run_simulator
+from pcdemo.example_testbed import TopologyLacks, run_simulator, run_testbed
 from testbed.topology import load
 
 
@@ -31,12 +31,19 @@ def test_the_simulator_reads_the_demos_topology_file() -> None:
     assert w.psp.sites[64501].public_ip == "198.18.254.10"
 
 
-def test_members_in_three_domains_get_one_copy_and_links_carry_only_the_tree() -> None:
-    res = run_simulator(demo, n=20)
+@pytest.mark.parametrize(
+    "world",
+    ["simulator", pytest.param("testbed", marks=pytest.mark.netns)],
+)
+def test_members_in_three_domains_get_one_copy_and_links_carry_only_the_tree(world: str) -> None:
+    """The same demo in both worlds; on the testbed, on the real site daemons (signed upload,
+    circuits and FIS through the control API) with real packets captured."""
+    res = run_testbed(demo, n=20) if world == "testbed" else run_simulator(demo, n=20)
     assert res["members_with_every_packet_once"] == 4  # in domains A, B and C
     assert res["non_member_copies"] == 0
     lf = res["link_frames"]
     assert lf["RA->RB"] == 20 and lf["RA->RC"] == 20
+    # nothing around the ring, nothing back upstream
     assert lf["RB->RC"] == lf["RC->RB"] == lf["RB->RA"] == lf["RC->RA"] == 0
     assert res["tree_computations_at_A"] == 1  # one tree computation for 20 packets
     # a leave in C and a join of the other C host change the very next packet
