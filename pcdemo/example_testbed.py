@@ -34,6 +34,7 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import socket
 import struct
 import sys
@@ -45,6 +46,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from pcdemo.rig import wait_until
 from pcsock.control import ControlClient, SiteHandle
 from pcsock.wire import FORM_CIRCUIT, WireError, parse
 
@@ -85,17 +87,6 @@ SERVICES: dict[str, Any] = {"packet_budget_ms": 50, "deadline_ms": 200}
 
 def psp_token(psp: str) -> str:
     return f"example-{psp}-token-0123456789abcdef"
-
-
-def wait_until(pred: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> bool:
-    """Poll ``pred`` until it is true or ``timeout`` seconds have passed; whether it became
-    true (a loaded machine gets the time it needs; nothing sleeps a fixed time and hopes)."""
-    end = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() >= end:
-            return bool(pred())
-        time.sleep(interval)
-    return True
 
 
 # --- topology
@@ -307,7 +298,8 @@ class SimSite:
 
 # --- the testbed, with real site daemons
 class ExampleTestbed:
-    """An example's namespace testbed (always torn down) with site daemons on demand.
+    """An example's namespace testbed (always torn down) with site daemons on demand; its
+    work directory ``tmp`` (configs, state, FIS files) is made once the testbed is up.
 
     >>> with ExampleTestbed(TOPOLOGY, prefix="pce") as etb:       # doctest: +SKIP
     ...     ca = etb.site("CA", "webco", trust_anchor=anchor)
@@ -322,7 +314,7 @@ class ExampleTestbed:
         from testbed.topology import Topology, load
 
         topo = topology if isinstance(topology, Topology) else load(topology)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}-ex-"))
+        self.prefix = prefix
         self.tb = Testbed(topo, prefix=prefix, progress=progress)
         self.key = generate_key()  #: the PSPs' repository signing key (one for the demo)
         #: (site, PSP, ISP credential?) -> handle
@@ -331,11 +323,8 @@ class ExampleTestbed:
         self.procs: list[Any] = []
 
     def __enter__(self) -> ExampleTestbed:
-        try:
-            self.tb.up()
-        except BaseException:
-            self.close()
-            raise
+        self.tb.up()  # on a failure it removes what it built, and re-raises
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-ex-"))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -348,8 +337,6 @@ class ExampleTestbed:
         try:
             self.tb.down()
         finally:
-            import shutil
-
             shutil.rmtree(self.tmp, ignore_errors=True)
 
     def node(self, name: str) -> Any:

@@ -133,6 +133,16 @@ class Outcome:
         self.checks.append((what, bool(ok)))
         return bool(ok)
 
+    def delivered(
+        self, got: list[tuple[Datagram, float]], timed: list[tuple[Datagram, float]] | None = None
+    ) -> None:
+        """Count what the receiver collected (``got``: datagrams with arrival times) against
+        ``sent``, and the one-way latencies of the probes in ``timed`` (default: all of them)."""
+        self.received = len(got)
+        self.dropped = self.sent - len(got)
+        lat = _lat(got if timed is None else timed)
+        self.latency_ms, self.latencies_ms = _median_ms(lat), _all_ms(lat)
+
     def finish(self) -> Outcome:
         if self.status not in ("missing", "n/a"):
             failed = [w for w, ok in self.checks if not ok]
@@ -464,10 +474,14 @@ def _lat(got: list[tuple[Datagram, float]]) -> list[float]:
     return [t - p[1] for d, t in got if (p := unprobe(d.payload))]
 
 
+def _cast(world: World, name: str) -> tuple[Outcome, Any]:
+    """A topology scenario's outcome row and who plays which part (:mod:`pcdemo.roles`)."""
+    return Outcome(name), world.roles.cast(name)
+
+
 @scenario("form1", "Form 1: circuit through the PSP's sites, receiver replies", topology=True)
 def form1(world: World) -> Outcome:
-    out = Outcome("form1")
-    c = world.roles.cast("form1")
+    out, c = _cast(world, "form1")
     snd, rcv, sites = c.sender, c.receiver, list(c.sites)
     world.deploy(sites, "srcroute", SRCROUTE)
     circ = world.circuit(snd, rcv, "srcroute", sites)
@@ -478,8 +492,7 @@ def form1(world: World) -> Outcome:
             world.send_circuit(snd, circ, probe(i, world.now()), metadata=1, dport=ALLOWED_PORT)
         out.sent = N
         got = world.collect(rcv, N, timeout=3.0)
-        out.received = len(got)
-        lat = _lat(got)
+        out.delivered(got)
         out.check(f"{rcv} received {N}", len(got) == N)
         out.check(f"original source is {snd}", all(d.source == world.hosts[snd] for d, _ in got))
         served = {x: world.service_packets(x, "srcroute") - before[x] for x in sites}
@@ -493,9 +506,6 @@ def form1(world: World) -> Outcome:
                                                   for a, _ in acks))  # fmt: skip
     finally:
         world.teardown(circ)
-    out.dropped = N - len(got)
-    out.latency_ms = _median_ms(lat)
-    out.latencies_ms = _all_ms(lat)
     hops = [snd, *circ.sites, rcv]
     out.paths = [
         _path(f"circuit {circ.label:#x}", hops, f"{len(got)} delivered, {out.dropped} dropped",
@@ -512,8 +522,7 @@ def form1(world: World) -> Outcome:
 @scenario("form2", "Form 2: service ID + DSCP flag, diverted to the first site on the path",
           topology=True)  # fmt: skip
 def form2(world: World) -> Outcome:
-    out = Outcome("form2")
-    c = world.roles.cast("form2")
+    out, c = _cast(world, "form2")
     snd, rcv, site = c.sender, c.receiver, c.sites[0]
     world.deploy([site], "marker", MARKER)
     world.register_service_id(site, SERVICE_ID, "marker")
@@ -522,8 +531,7 @@ def form2(world: World) -> Outcome:
         world.send_service(snd, rcv, SERVICE_ID, probe(i, world.now()), dport=ALLOWED_PORT)
     out.sent = N
     got = world.collect(rcv, N, timeout=3.0)
-    out.received = len(got)
-    out.dropped = N - len(got)
+    out.delivered(got)
     served = world.service_packets(site, "marker") - before
     out.check(f"{rcv} received {N}", len(got) == N)
     out.check("service ID kept", all(d.service_id == SERVICE_ID for d, _ in got))
@@ -531,8 +539,6 @@ def form2(world: World) -> Outcome:
     out.check(f"{site} served each once", served == N)
     if any(d.tos is not None for d, _ in got):  # raw receivers see the IP header
         out.check("flag cleared after the site", all(d.tos == 0 for d, _ in got))
-    lat = _lat(got)
-    out.latency_ms, out.latencies_ms = _median_ms(lat), _all_ms(lat)
     router = world.routers[site]
     out.detail = (
         f"{c.route}: {router} diverted to {site}, which set metadata {MARK:#x} "
@@ -547,8 +553,7 @@ def form2(world: World) -> Outcome:
 @scenario("form3", "Form 3: DNSSEC sign-up, destination firewall at a site on the path",
           topology=True)  # fmt: skip
 def form3(world: World) -> Outcome:
-    out = Outcome("form3")
-    c = world.roles.cast("form3")
+    out, c = _cast(world, "form3")
     snd, rcv, site, prefix = c.sender, c.receiver, c.sites[0], c.prefix
     world.deploy([site], "firewall", FIREWALL)
     try:
@@ -568,14 +573,11 @@ def form3(world: World) -> Outcome:
         world.withdraw(prefix, [site])
     ok = [(d, t) for d, t in got if d.dport == ALLOWED_PORT]
     blocked = [d for d, _ in got if d.dport == BLOCKED_PORT]
-    out.received = len(got)
-    out.dropped = out.sent - len(got)
+    out.delivered(got, ok)
     out.check(f"{N} to port {ALLOWED_PORT} passed", len(ok) == N)
     out.check(f"port {BLOCKED_PORT} blocked in the network", not blocked)
     out.check("plain packets (no shim)", all(d.form == wire.FORM_NONE for d, _ in got))
     out.check(f"{site} firewall ran on all", ran >= 2 * N)
-    lat = _lat(ok)
-    out.latency_ms, out.latencies_ms = _median_ms(lat), _all_ms(lat)
     out.detail = (
         f"{prefix} ({rcv}) owned by {PSP} (DNSSEC), diverted at {world.routers[site]} to "
         f"{site}; {len(blocked)} of {N} port-{BLOCKED_PORT} passed"
@@ -594,8 +596,7 @@ def form3(world: World) -> Outcome:
 def form13(world: World) -> Outcome:
     # the receiver's firewall is registered at the circuit's last site: there both services
     # apply to the packet and the receiver's must run first (paper §2.2)
-    out = Outcome("form1+3")
-    c = world.roles.cast("form1+3")
+    out, c = _cast(world, "form1+3")
     snd, rcv, sites, prefix = c.sender, c.receiver, list(c.sites), c.prefix
     last = sites[-1]
     world.deploy(sites, "srcroute", SRCROUTE)
@@ -616,14 +617,11 @@ def form13(world: World) -> Outcome:
     finally:
         world.withdraw(prefix, [last])
     ok = [(d, t) for d, t in got if d.dport == ALLOWED_PORT]
-    out.received = len(got)
-    out.dropped = out.sent - len(got)
+    out.delivered(got, ok)
     out.check(f"{N} to port {ALLOWED_PORT} arrived over the circuit", len(ok) == N)
     out.check("circuit packets (form 1)", all(d.form == wire.FORM_CIRCUIT for d, _ in got))
     out.check(f"port {BLOCKED_PORT} dropped", all(d.dport != BLOCKED_PORT for d, _ in got))
     out.check("sender's service never saw the dropped ones", served == N)
-    lat = _lat(ok)
-    out.latency_ms, out.latencies_ms = _median_ms(lat), _all_ms(lat)
     out.detail = (
         f"{snd}->{'->'.join(circ.sites)}->{rcv}: sender's service at {last} ran {served} "
         f"times for {2 * N} packets"

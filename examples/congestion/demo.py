@@ -21,12 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pcdemo.example_testbed import (
-    ExampleTestbed,
-    Needs,
-    load_topology,
-    main,
-)
+from pcdemo.example_testbed import ExampleTestbed, Needs, load_topology, main
 from pcsock.wire import WireError, build_service_packet, parse
 
 from .control import SERVICE, SERVICE_ID, CongestionPSP, IspCongestion

@@ -40,21 +40,24 @@ def open_chain(sites: Sequence[Any], service: str, destination: str) -> Chain:
 
 
 class SitePairPSP:
-    """A PSP whose service (``source``) runs at ``ingress`` and ``egress``: each sender's
-    circuit crosses both, and each site learns the role of the circuit's label there (FIS
-    ``hop:<label>`` -> ``{"role": ROLES[0]}`` at the ingress, ``ROLES[1]`` at the egress)."""
+    """A PSP whose service runs at ``ingress`` and ``egress``: each sender's circuit crosses
+    both, and each site learns the role of the circuit's label there (FIS ``hop:<label>`` ->
+    ``{"role": ROLES[0]}`` at the ingress, ``ROLES[1]`` at the egress). A subclass names its
+    service (``SERVICE``, the default ``service`` name), its source file's text (``SOURCE``)
+    and the two ``ROLES``."""
 
+    SERVICE: str
+    SOURCE: str
     ROLES: tuple[str, str]
 
-    def __init__(self, ingress: Any, egress: Any, *, service: str, source: str) -> None:
+    def __init__(self, ingress: Any, egress: Any, *, service: str | None = None) -> None:
         self.ingress, self.egress = ingress, egress
-        self.service = service
-        self.source = source
+        self.service = service or self.SERVICE
 
     def deploy(self) -> None:
         """Upload the service to both sites."""
         for s in (self.ingress, self.egress):
-            s.deploy(self.service, self.source)
+            s.deploy(self.service, self.SOURCE)
 
     def connect(self, destination: str) -> Chain:
         """A circuit ingress -> egress -> ``destination`` for one sender."""

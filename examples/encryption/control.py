@@ -27,10 +27,10 @@ SERVICE_SOURCE = Path(__file__).with_name("service.py").read_text()
 class EncryptionPSP(SitePairPSP):
     """One PSP's encryption offload between ``ingress`` and ``egress`` sites."""
 
-    ROLES = ("encrypt", "decrypt")
+    SERVICE, SOURCE, ROLES = SERVICE, SERVICE_SOURCE, ("encrypt", "decrypt")
 
-    def __init__(self, ingress: Any, egress: Any, *, service: str = SERVICE) -> None:
-        super().__init__(ingress, egress, service=service, source=SERVICE_SOURCE)
+    def __init__(self, ingress: Any, egress: Any, *, service: str | None = None) -> None:
+        super().__init__(ingress, egress, service=service)
         self.epoch = -1
         self.keys: dict[int, bytes] = {}
 

@@ -15,14 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pcdemo.example_testbed import (
-    ExampleTestbed,
-    Needs,
-    circuit_packets,
-    main,
-    tap,
-    wait_until,
-)
+from pcdemo.example_testbed import ExampleTestbed, Needs, circuit_packets, main, tap, wait_until
 
 from .control import SERVICE, EncryptionPSP
 from .service import open_metadata

@@ -21,13 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pcdemo.example_testbed import (
-    ExampleTestbed,
-    Needs,
-    iface,
-    main,
-    tx_packets,
-)
+from pcdemo.example_testbed import ExampleTestbed, Needs, iface, main, tx_packets
 
 from .control import SERVICE, FirewallPSP
 

@@ -24,11 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from examples.encryption.demo import NEEDS
-from pcdemo.example_testbed import (
-    ExampleTestbed,
-    circuit_packets,
-    main,
-)
+from pcdemo.example_testbed import ExampleTestbed, circuit_packets, main
 from pcsock.wire import int2ip
 
 from .control import SERVICE, RbfPSP, RuleAuthority, carry

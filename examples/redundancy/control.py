@@ -9,7 +9,6 @@ label there (FIS ``hop:<label>`` -> ``{"role": "encode" | "decode"}``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from examples.encryption.circuit import SitePairPSP
 
@@ -22,7 +21,4 @@ SERVICE_SOURCE = Path(__file__).with_name("service.py").read_text()
 class RedundancyPSP(SitePairPSP):
     """Redundancy elimination between ``ingress`` and ``egress`` (sites sharing a FIS)."""
 
-    ROLES = ("encode", "decode")
-
-    def __init__(self, ingress: Any, egress: Any, *, service: str = SERVICE) -> None:
-        super().__init__(ingress, egress, service=service, source=SERVICE_SOURCE)
+    SERVICE, SOURCE, ROLES = SERVICE, SERVICE_SOURCE, ("encode", "decode")

@@ -7,22 +7,10 @@ keys and tokens), :mod:`tests.support.netns` (a throw-away namespace with loopba
 from __future__ import annotations
 
 import subprocess
-import time
-from collections.abc import Callable
+
+from pcdemo.rig import wait_until  # the one poll-until helper (tests, demos, the rig)
 
 __all__ = ["FakeClock", "stop_process", "wait_until"]
-
-
-def wait_until(pred: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> bool:
-    """Poll ``pred`` every ``interval`` seconds until it is true or ``timeout`` seconds have
-    passed; whether it became true. Tests wait for the condition they need, with a generous
-    timeout, instead of sleeping a fixed time and hoping a loaded machine kept up."""
-    end = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() >= end:
-            return bool(pred())
-        time.sleep(interval)
-    return True
 
 
 def stop_process(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
