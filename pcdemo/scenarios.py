@@ -30,8 +30,11 @@ Adding a scenario: write ``def my_scenario(world: World) -> Outcome`` using the
 both worlds (``--only name`` runs just it). ``world.roles`` (:class:`pcdemo.roles.Roles`)
 chooses hosts and sites from the topology; a scenario that does so registers with
 ``topology=True`` (one that builds its own network is marked as such in the table when
-``--topology`` is given). The example services (``examples/<name>/demo.py``) add theirs from
-their ``SCENARIO`` and ``outcome()`` (:func:`example_scenario`, :func:`load_examples`).
+``--topology`` is given), or with ``@cast_scenario("name", "title")`` as
+``def my_scenario(world, out, cast) -> None``, which gets its row and its cast made for it
+(the four service-form scenarios are written so). The example services
+(``examples/<name>/demo.py``) add theirs from their ``SCENARIO`` and ``outcome()``
+(:func:`example_scenario`, :func:`load_examples`).
 
 This package sits above the SDK (``pcsock``), the site (``pcsite_lite``) and the testbed
 (``testbed``) and is the only one that needs all three (docs/architecture.md, "Packages").
@@ -177,6 +180,24 @@ def scenario(name: str, title: str, *, topology: bool = False
 
     def deco(fn: Callable[[World], Outcome]) -> Callable[[World], Outcome]:
         SCENARIOS[name] = Scenario(name, title, fn, topology)
+        return fn
+
+    return deco
+
+
+def cast_scenario(name: str, title: str) -> Callable[[Callable[[World, Outcome, Any], None]], Any]:
+    """Register ``fn(world, out, cast)`` as a scenario on the world's topology
+    (``topology=True``): its row ``out`` and who plays which part (``cast``:
+    ``world.roles.cast(name)``, which raises :class:`NotApplicable` when the topology lacks
+    someone) are made here; ``fn`` fills the row."""
+
+    def deco(fn: Callable[[World, Outcome, Any], None]) -> Callable[[World, Outcome, Any], None]:
+        def run(world: World) -> Outcome:
+            out = Outcome(name)
+            fn(world, out, world.roles.cast(name))
+            return out
+
+        scenario(name, title, topology=True)(run)
         return fn
 
     return deco
@@ -474,14 +495,8 @@ def _lat(got: list[tuple[Datagram, float]]) -> list[float]:
     return [t - p[1] for d, t in got if (p := unprobe(d.payload))]
 
 
-def _cast(world: World, name: str) -> tuple[Outcome, Any]:
-    """A topology scenario's outcome row and who plays which part (:mod:`pcdemo.roles`)."""
-    return Outcome(name), world.roles.cast(name)
-
-
-@scenario("form1", "Form 1: circuit through the PSP's sites, receiver replies", topology=True)
-def form1(world: World) -> Outcome:
-    out, c = _cast(world, "form1")
+@cast_scenario("form1", "Form 1: circuit through the PSP's sites, receiver replies")
+def form1(world: World, out: Outcome, c: Any) -> None:
     snd, rcv, sites = c.sender, c.receiver, list(c.sites)
     world.deploy(sites, "srcroute", SRCROUTE)
     circ = world.circuit(snd, rcv, "srcroute", sites)
@@ -516,13 +531,10 @@ def form1(world: World) -> Outcome:
     out.detail = (
         f"{snd}->{'->'.join(circ.sites)}->{rcv}, circuit label {circ.label:#x}; {len(acks)} replies"
     )
-    return out
 
 
-@scenario("form2", "Form 2: service ID + DSCP flag, diverted to the first site on the path",
-          topology=True)  # fmt: skip
-def form2(world: World) -> Outcome:
-    out, c = _cast(world, "form2")
+@cast_scenario("form2", "Form 2: service ID + DSCP flag, diverted to the first site on the path")
+def form2(world: World, out: Outcome, c: Any) -> None:
     snd, rcv, site = c.sender, c.receiver, c.sites[0]
     world.deploy([site], "marker", MARKER)
     world.register_service_id(site, SERVICE_ID, "marker")
@@ -547,13 +559,10 @@ def form2(world: World) -> Outcome:
     out.paths = [_path(f"DSCP 43, diverted by {router}", [snd, site, rcv],
                        f"{len(got)} delivered, {out.dropped} dropped")]  # fmt: skip
     out.counts = {site: f"marked {served}"}
-    return out
 
 
-@scenario("form3", "Form 3: DNSSEC sign-up, destination firewall at a site on the path",
-          topology=True)  # fmt: skip
-def form3(world: World) -> Outcome:
-    out, c = _cast(world, "form3")
+@cast_scenario("form3", "Form 3: DNSSEC sign-up, destination firewall at a site on the path")
+def form3(world: World, out: Outcome, c: Any) -> None:
     snd, rcv, site, prefix = c.sender, c.receiver, c.sites[0], c.prefix
     world.deploy([site], "firewall", FIREWALL)
     try:
@@ -588,15 +597,12 @@ def form3(world: World) -> Outcome:
               f"{N - len(blocked)} of {N} dropped at {site}"),
     ]  # fmt: skip
     out.counts = {site: f"firewall ran {ran}"}
-    return out
 
 
-@scenario("form1+3", "Forms 1+3: receiver's firewall runs before the sender's service",
-          topology=True)  # fmt: skip
-def form13(world: World) -> Outcome:
+@cast_scenario("form1+3", "Forms 1+3: receiver's firewall runs before the sender's service")
+def form13(world: World, out: Outcome, c: Any) -> None:
     # the receiver's firewall is registered at the circuit's last site: there both services
     # apply to the packet and the receiver's must run first (paper §2.2)
-    out, c = _cast(world, "form1+3")
     snd, rcv, sites, prefix = c.sender, c.receiver, list(c.sites), c.prefix
     last = sites[-1]
     world.deploy(sites, "srcroute", SRCROUTE)
@@ -635,7 +641,6 @@ def form13(world: World) -> Outcome:
               [None, circ.label] + [None] * (len(hops) - 3)),
     ]  # fmt: skip
     out.counts = {last: f"sender's service ran {served}"}
-    return out
 
 
 # --- running ----------------------------------------------------------------------------------
