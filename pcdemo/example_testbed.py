@@ -607,8 +607,10 @@ def main(demo: ModuleType, argv: list[str] | None = None) -> int:
     ``on_simulator`` and ``passed``) and print its figures as JSON; exit 0 if it passed, 1 if
     not, 2 if the topology lacks what the example needs."""
     default = Path(demo.TOPOLOGY)
+    # run as ``python -m examples.<name>.demo`` the module is ``__main__``; its spec has the name
+    name = demo.__spec__.name if getattr(demo, "__spec__", None) else demo.__name__
     ap = argparse.ArgumentParser(
-        prog=f"python -m {demo.__name__}",
+        prog=f"python -m {name}",
         description=(demo.__doc__ or "").strip().split("\n")[0]
         + " Real packets on the site daemons as root, else the simulator; prints JSON.",
     )
@@ -642,7 +644,7 @@ def main(demo: ModuleType, argv: list[str] | None = None) -> int:
         else:
             result = run_simulator(demo, **kw)
     except (TopologyLacks, TopologyError) as exc:
-        print(f"python -m {demo.__name__}: {exc}", file=sys.stderr)
+        print(f"python -m {name}: {exc}", file=sys.stderr)
         return 2
     print(json.dumps({"world": kind, **result}, indent=2, default=str))
     return 0 if demo.passed(result) else 1
