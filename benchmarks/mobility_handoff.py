@@ -156,9 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         if os.geteuid() != 0:
             print("--testbed needs root (network namespaces)", file=sys.stderr)
             return 2
-        from examples.mobility.demo import run_testbed
+        from examples.mobility import demo
+        from pcdemo.example_testbed import run_testbed
 
-        tb = run_testbed(prefix="pce")
+        tb = run_testbed(demo)
         out.update({f"testbed_{k}": v for k, v in tb.items() if not isinstance(v, dict)})
     emit(out, args.json)
     return 0

@@ -40,6 +40,7 @@ __all__ = [
     "render_toml",
     "start_pcsite",
     "toml_value",
+    "wait_until",
 ]
 
 T = TypeVar("T")
@@ -242,7 +243,8 @@ class SiteRig:
             p.kill()
             rc = p.wait()
         proc.stop()  # forget it in the run state
-        _wait_gone(pids, 10.0)  # workers leave once their control socket closes
+        # workers leave once their control socket closes
+        wait_until(lambda: not any(os.path.exists(f"/proc/{p}") for p in pids), 10.0)
         return rc
 
     def client(self, node: str = "a", *, admin: bool = False, token: str | None = None,
@@ -283,7 +285,14 @@ class SiteRig:
         self.tb.down()
 
 
-def _wait_gone(pids: list[int], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while any(os.path.exists(f"/proc/{p}") for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.02)
+def wait_until(pred: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> bool:
+    """Poll ``pred`` every ``interval`` seconds until it is true or ``timeout`` seconds have
+    passed; whether it became true. Tests, demos and the rig wait for the condition they need,
+    with a generous timeout, instead of sleeping a fixed time and hoping a loaded machine kept
+    up."""
+    end = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() >= end:
+            return bool(pred())
+        time.sleep(interval)
+    return True

@@ -30,8 +30,11 @@ Adding a scenario: write ``def my_scenario(world: World) -> Outcome`` using the
 both worlds (``--only name`` runs just it). ``world.roles`` (:class:`pcdemo.roles.Roles`)
 chooses hosts and sites from the topology; a scenario that does so registers with
 ``topology=True`` (one that builds its own network is marked as such in the table when
-``--topology`` is given). The example services (``examples/<name>/demo.py``) add theirs from
-their ``register()`` (:func:`load_examples`).
+``--topology`` is given), or with ``@cast_scenario("name", "title")`` as
+``def my_scenario(world, out, cast) -> None``, which gets its row and its cast made for it
+(the four service-form scenarios are written so). The example services
+(``examples/<name>/demo.py``) add theirs from their ``SCENARIO`` and ``outcome()``
+(:func:`example_scenario`, :func:`load_examples`).
 
 This package sits above the SDK (``pcsock``), the site (``pcsite_lite``) and the testbed
 (``testbed``) and is the only one that needs all three (docs/architecture.md, "Packages").
@@ -56,6 +59,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pcdemo.example_testbed import run_simulator, run_testbed
 from pcdemo.roles import HintError, NotApplicable, Roles
 from pcsock import wire
 from pcsock.session import Circuit, Datagram, Session
@@ -132,6 +136,16 @@ class Outcome:
         self.checks.append((what, bool(ok)))
         return bool(ok)
 
+    def delivered(
+        self, got: list[tuple[Datagram, float]], timed: list[tuple[Datagram, float]] | None = None
+    ) -> None:
+        """Count what the receiver collected (``got``: datagrams with arrival times) against
+        ``sent``, and the one-way latencies of the probes in ``timed`` (default: all of them)."""
+        self.received = len(got)
+        self.dropped = self.sent - len(got)
+        lat = _lat(got if timed is None else timed)
+        self.latency_ms, self.latencies_ms = _median_ms(lat), _all_ms(lat)
+
     def finish(self) -> Outcome:
         if self.status not in ("missing", "n/a"):
             failed = [w for w, ok in self.checks if not ok]
@@ -166,6 +180,24 @@ def scenario(name: str, title: str, *, topology: bool = False
 
     def deco(fn: Callable[[World], Outcome]) -> Callable[[World], Outcome]:
         SCENARIOS[name] = Scenario(name, title, fn, topology)
+        return fn
+
+    return deco
+
+
+def cast_scenario(name: str, title: str) -> Callable[[Callable[[World, Outcome, Any], None]], Any]:
+    """Register ``fn(world, out, cast)`` as a scenario on the world's topology
+    (``topology=True``): its row ``out`` and who plays which part (``cast``:
+    ``world.roles.cast(name)``, which raises :class:`NotApplicable` when the topology lacks
+    someone) are made here; ``fn`` fills the row."""
+
+    def deco(fn: Callable[[World, Outcome, Any], None]) -> Callable[[World, Outcome, Any], None]:
+        def run(world: World) -> Outcome:
+            out = Outcome(name)
+            fn(world, out, world.roles.cast(name))
+            return out
+
+        scenario(name, title, topology=True)(run)
         return fn
 
     return deco
@@ -463,10 +495,8 @@ def _lat(got: list[tuple[Datagram, float]]) -> list[float]:
     return [t - p[1] for d, t in got if (p := unprobe(d.payload))]
 
 
-@scenario("form1", "Form 1: circuit through the PSP's sites, receiver replies", topology=True)
-def form1(world: World) -> Outcome:
-    out = Outcome("form1")
-    c = world.roles.cast("form1")
+@cast_scenario("form1", "Form 1: circuit through the PSP's sites, receiver replies")
+def form1(world: World, out: Outcome, c: Any) -> None:
     snd, rcv, sites = c.sender, c.receiver, list(c.sites)
     world.deploy(sites, "srcroute", SRCROUTE)
     circ = world.circuit(snd, rcv, "srcroute", sites)
@@ -477,8 +507,7 @@ def form1(world: World) -> Outcome:
             world.send_circuit(snd, circ, probe(i, world.now()), metadata=1, dport=ALLOWED_PORT)
         out.sent = N
         got = world.collect(rcv, N, timeout=3.0)
-        out.received = len(got)
-        lat = _lat(got)
+        out.delivered(got)
         out.check(f"{rcv} received {N}", len(got) == N)
         out.check(f"original source is {snd}", all(d.source == world.hosts[snd] for d, _ in got))
         served = {x: world.service_packets(x, "srcroute") - before[x] for x in sites}
@@ -492,9 +521,6 @@ def form1(world: World) -> Outcome:
                                                   for a, _ in acks))  # fmt: skip
     finally:
         world.teardown(circ)
-    out.dropped = N - len(got)
-    out.latency_ms = _median_ms(lat)
-    out.latencies_ms = _all_ms(lat)
     hops = [snd, *circ.sites, rcv]
     out.paths = [
         _path(f"circuit {circ.label:#x}", hops, f"{len(got)} delivered, {out.dropped} dropped",
@@ -505,14 +531,10 @@ def form1(world: World) -> Outcome:
     out.detail = (
         f"{snd}->{'->'.join(circ.sites)}->{rcv}, circuit label {circ.label:#x}; {len(acks)} replies"
     )
-    return out
 
 
-@scenario("form2", "Form 2: service ID + DSCP flag, diverted to the first site on the path",
-          topology=True)  # fmt: skip
-def form2(world: World) -> Outcome:
-    out = Outcome("form2")
-    c = world.roles.cast("form2")
+@cast_scenario("form2", "Form 2: service ID + DSCP flag, diverted to the first site on the path")
+def form2(world: World, out: Outcome, c: Any) -> None:
     snd, rcv, site = c.sender, c.receiver, c.sites[0]
     world.deploy([site], "marker", MARKER)
     world.register_service_id(site, SERVICE_ID, "marker")
@@ -521,8 +543,7 @@ def form2(world: World) -> Outcome:
         world.send_service(snd, rcv, SERVICE_ID, probe(i, world.now()), dport=ALLOWED_PORT)
     out.sent = N
     got = world.collect(rcv, N, timeout=3.0)
-    out.received = len(got)
-    out.dropped = N - len(got)
+    out.delivered(got)
     served = world.service_packets(site, "marker") - before
     out.check(f"{rcv} received {N}", len(got) == N)
     out.check("service ID kept", all(d.service_id == SERVICE_ID for d, _ in got))
@@ -530,8 +551,6 @@ def form2(world: World) -> Outcome:
     out.check(f"{site} served each once", served == N)
     if any(d.tos is not None for d, _ in got):  # raw receivers see the IP header
         out.check("flag cleared after the site", all(d.tos == 0 for d, _ in got))
-    lat = _lat(got)
-    out.latency_ms, out.latencies_ms = _median_ms(lat), _all_ms(lat)
     router = world.routers[site]
     out.detail = (
         f"{c.route}: {router} diverted to {site}, which set metadata {MARK:#x} "
@@ -540,14 +559,10 @@ def form2(world: World) -> Outcome:
     out.paths = [_path(f"DSCP 43, diverted by {router}", [snd, site, rcv],
                        f"{len(got)} delivered, {out.dropped} dropped")]  # fmt: skip
     out.counts = {site: f"marked {served}"}
-    return out
 
 
-@scenario("form3", "Form 3: DNSSEC sign-up, destination firewall at a site on the path",
-          topology=True)  # fmt: skip
-def form3(world: World) -> Outcome:
-    out = Outcome("form3")
-    c = world.roles.cast("form3")
+@cast_scenario("form3", "Form 3: DNSSEC sign-up, destination firewall at a site on the path")
+def form3(world: World, out: Outcome, c: Any) -> None:
     snd, rcv, site, prefix = c.sender, c.receiver, c.sites[0], c.prefix
     world.deploy([site], "firewall", FIREWALL)
     try:
@@ -567,14 +582,11 @@ def form3(world: World) -> Outcome:
         world.withdraw(prefix, [site])
     ok = [(d, t) for d, t in got if d.dport == ALLOWED_PORT]
     blocked = [d for d, _ in got if d.dport == BLOCKED_PORT]
-    out.received = len(got)
-    out.dropped = out.sent - len(got)
+    out.delivered(got, ok)
     out.check(f"{N} to port {ALLOWED_PORT} passed", len(ok) == N)
     out.check(f"port {BLOCKED_PORT} blocked in the network", not blocked)
     out.check("plain packets (no shim)", all(d.form == wire.FORM_NONE for d, _ in got))
     out.check(f"{site} firewall ran on all", ran >= 2 * N)
-    lat = _lat(ok)
-    out.latency_ms, out.latencies_ms = _median_ms(lat), _all_ms(lat)
     out.detail = (
         f"{prefix} ({rcv}) owned by {PSP} (DNSSEC), diverted at {world.routers[site]} to "
         f"{site}; {len(blocked)} of {N} port-{BLOCKED_PORT} passed"
@@ -585,16 +597,12 @@ def form3(world: World) -> Outcome:
               f"{N - len(blocked)} of {N} dropped at {site}"),
     ]  # fmt: skip
     out.counts = {site: f"firewall ran {ran}"}
-    return out
 
 
-@scenario("form1+3", "Forms 1+3: receiver's firewall runs before the sender's service",
-          topology=True)  # fmt: skip
-def form13(world: World) -> Outcome:
+@cast_scenario("form1+3", "Forms 1+3: receiver's firewall runs before the sender's service")
+def form13(world: World, out: Outcome, c: Any) -> None:
     # the receiver's firewall is registered at the circuit's last site: there both services
     # apply to the packet and the receiver's must run first (paper §2.2)
-    out = Outcome("form1+3")
-    c = world.roles.cast("form1+3")
     snd, rcv, sites, prefix = c.sender, c.receiver, list(c.sites), c.prefix
     last = sites[-1]
     world.deploy(sites, "srcroute", SRCROUTE)
@@ -615,14 +623,11 @@ def form13(world: World) -> Outcome:
     finally:
         world.withdraw(prefix, [last])
     ok = [(d, t) for d, t in got if d.dport == ALLOWED_PORT]
-    out.received = len(got)
-    out.dropped = out.sent - len(got)
+    out.delivered(got, ok)
     out.check(f"{N} to port {ALLOWED_PORT} arrived over the circuit", len(ok) == N)
     out.check("circuit packets (form 1)", all(d.form == wire.FORM_CIRCUIT for d, _ in got))
     out.check(f"port {BLOCKED_PORT} dropped", all(d.dport != BLOCKED_PORT for d, _ in got))
     out.check("sender's service never saw the dropped ones", served == N)
-    lat = _lat(ok)
-    out.latency_ms, out.latencies_ms = _median_ms(lat), _all_ms(lat)
     out.detail = (
         f"{snd}->{'->'.join(circ.sites)}->{rcv}: sender's service at {last} ran {served} "
         f"times for {2 * N} packets"
@@ -636,7 +641,6 @@ def form13(world: World) -> Outcome:
               [None, circ.label] + [None] * (len(hops) - 3)),
     ]  # fmt: skip
     out.counts = {last: f"sender's service ran {served}"}
-    return out
 
 
 # --- running ----------------------------------------------------------------------------------
@@ -722,7 +726,7 @@ def open_world(kind: str, *, prefix: str = "pcs", progress: Callable[[str], None
 #: The four service-form scenarios defined in this module.
 CORE_SCENARIOS = ("form1", "form2", "form3", "form1+3")
 
-#: Example services (``examples/<name>/demo.py``) whose ``register()`` adds a scenario.
+#: Example services (``examples/<name>/demo.py``), each a scenario (:func:`example_scenario`).
 EXAMPLE_DEMOS = (
     "examples.multicast.demo",
     "examples.mobility.demo",
@@ -744,10 +748,25 @@ def load_examples() -> list[str]:
     missing = []
     for name in EXAMPLE_DEMOS:
         try:
-            importlib.import_module(name).register()
+            example_scenario(importlib.import_module(name))
         except ImportError as exc:
             missing.append(f"{name} ({exc})")
     return missing
+
+
+def example_scenario(demo: Any) -> None:
+    """Register an example's demo (``examples/<name>/demo.py``) as a scenario: its
+    ``SCENARIO`` is the row's (name, title); the testbed world runs it with real packets, the
+    simulator world in the simulator (:mod:`pcdemo.example_testbed`); its ``outcome(out,
+    result)`` fills the row."""
+    name, title = demo.SCENARIO
+
+    def run(world: World) -> Outcome:
+        out = Outcome(name)
+        demo.outcome(out, run_testbed(demo) if world.kind == "testbed" else run_simulator(demo))
+        return out
+
+    scenario(name, title)(run)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,10 +9,6 @@ gateway A's link less congested; midway it reports A congested (a longest-prefix
 FIS namespace, through the control API). Captures at GA and GB show which gateway each packet
 took; ``switch_ms`` = the kernel's arrival time of the first packet at GB - the time the ISP's
 write was acknowledged - the configured delay of the link R1 -- RB.
-
-``python -m examples.congestion.demo [--topology FILE]`` runs it as root (else the simulator)
-and prints JSON.
-:func:`register` adds it to ``pcdemo``'s scenario registry.
 """
 
 from __future__ import annotations
@@ -25,18 +21,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pcdemo.example_testbed import (
-    ExampleTestbed,
-    Needs,
-    capture,
-    load_topology,
-    raw_sender,
-    wait_until,
-)
+from pcdemo.example_testbed import ExampleTestbed, Needs, load_topology, main
 from pcsock.wire import WireError, build_service_packet, parse
 
 from .control import SERVICE, SERVICE_ID, CongestionPSP, IspCongestion
 
+PREFIX = "pcx"  #: its testbed's name prefix
 TOPOLOGY = Path(__file__).with_name("congestion.toml")
 PSP = "adaptco"
 #: S -- R1 (site C1); R1 -- RA -- GA and R1 -- RB -- GB (the gateways); D behind RD
@@ -54,7 +44,7 @@ EARLY_S = 0.050
 #: (median 5.9 ms on the daemon); a loaded 2-vCPU CI machine has taken 11 ms
 SWITCH_BOUND_MS = 20.0
 
-__all__ = ["passed", "register", "run_simulator", "run_testbed"]
+__all__ = ["SCENARIO", "on_simulator", "on_testbed", "outcome", "passed"]
 
 
 def _seqs(frames: list[bytes]) -> list[int]:
@@ -71,69 +61,59 @@ def _seqs(frames: list[bytes]) -> list[int]:
     return out
 
 
-def run_testbed(
-    *,
-    prefix: str = "pcx",
-    n: int = 600,
-    interval: float = 0.001,
-    progress: Any = None,
-    topology: Path = TOPOLOGY,
+def on_testbed(
+    etb: ExampleTestbed, topo: Any, *, n: int = 600, interval: float = 0.001
 ) -> dict[str, Any]:
-    topo = load_topology(topology, NEEDS)
     link_ms = next(lk.delay_ms for lk in topo.links if {lk.a, lk.b} == {"R1", "RB"})
     res: dict[str, Any] = {"sent": n}
-    with ExampleTestbed(topo, prefix=prefix, progress=progress) as etb:
-        tb = etb.tb
-        # the ISP registers the service ID and publishes
-        c1 = etb.site("C1", PSP, isp=True)
-        ga, gb = etb.address("GA"), etb.address("GB")
-        s_ip, d_ip = etb.address("S"), etb.address("D")
-        psp = CongestionPSP([c1])
-        psp.deploy([ga, gb])
-        psp.route(str(topo.nodes["D"].prefix), [ga, gb])
-        isp = IspCongestion([c1])
-        isp.publish(f"{ga}/32", 0.1)
-        isp.publish(f"{gb}/32", 0.5)
-        at_a = capture(tb, "GA", "RA")
-        at_b = capture(tb, "GB", "RB")
-        tx = raw_sender(tb.node("S"))
-        flip_at = n // 2
-        t_flip = 0.0
-        t0 = time.monotonic()
-        for i in range(n):
-            delay = t0 + i * interval - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            pkt = build_service_packet(
-                src=s_ip, dst=d_ip, service_id=SERVICE_ID, payload=struct.pack("!I", i) + b"x"
-            )
-            tx.sendto(pkt, (d_ip, 0))
-            if i == flip_at:
-                isp.publish(f"{ga}/32", 0.95)  # the ISP sees A's link congested
-                t_flip = time.time()
-        # C1 has run its service on every packet before the captures are read (a loaded
-        # site can outlast a capture's quiet period)
-        wait_until(lambda: c1.counters(SERVICE).get("packets", 0) >= n, timeout=10)
-        via_a, via_b = _seqs(at_a.drain(0.3)), _seqs(at_b.drain(0.3))
-        first_b = min((t for t, f in zip(at_b.times, at_b.seen, strict=True) if _seqs([f])),
-                      default=None)  # fmt: skip
-        res["via_a"] = len(via_a)
-        res["via_b"] = len(via_b)
-        # sent at least EARLY_S before the ISP's update
-        early = flip_at - int(EARLY_S / interval)
-        res["a_before_flip"] = sum(s < early for s in via_a)
-        res["b_before_flip"] = sum(s < early for s in via_b)
-        res["a_after_switch"] = sum(s > min(via_b, default=n) for s in via_a)
-        res["switch_ms"] = None if first_b is None else round((first_b - t_flip) * 1e3 - link_ms, 3)
-        res["service_drops"] = c1.counters(SERVICE).get("drops", 0)
-        for sock in (tx, at_a, at_b):
-            sock.close()
+    # the ISP registers the service ID and publishes
+    c1 = etb.site("C1", PSP, isp=True)
+    ga, gb = etb.address("GA"), etb.address("GB")
+    s_ip, d_ip = etb.address("S"), etb.address("D")
+    psp = CongestionPSP([c1])
+    psp.deploy([ga, gb])
+    psp.route(str(topo.nodes["D"].prefix), [ga, gb])
+    isp = IspCongestion([c1])
+    isp.publish(f"{ga}/32", 0.1)
+    isp.publish(f"{gb}/32", 0.5)
+    at_a = etb.capture("GA", "RA")
+    at_b = etb.capture("GB", "RB")
+    tx = etb.raw_sender("S")
+    flip_at = n // 2
+    t_flip = 0.0
+    t0 = time.monotonic()
+    for i in range(n):
+        delay = t0 + i * interval - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        pkt = build_service_packet(
+            src=s_ip, dst=d_ip, service_id=SERVICE_ID, payload=struct.pack("!I", i) + b"x"
+        )
+        tx.sendto(pkt, (d_ip, 0))
+        if i == flip_at:
+            isp.publish(f"{ga}/32", 0.95)  # the ISP sees A's link congested
+            t_flip = time.time()
+    # C1 has run its service on every packet before the captures are read (a loaded
+    # site can outlast a capture's quiet period)
+    etb.wait_served(c1, SERVICE, n)
+    via_a, via_b = _seqs(at_a.drain(0.3)), _seqs(at_b.drain(0.3))
+    first_b = min((t for t, f in zip(at_b.times, at_b.seen, strict=True) if _seqs([f])),
+                  default=None)  # fmt: skip
+    res["via_a"] = len(via_a)
+    res["via_b"] = len(via_b)
+    # sent at least EARLY_S before the ISP's update
+    early = flip_at - int(EARLY_S / interval)
+    res["a_before_flip"] = sum(s < early for s in via_a)
+    res["b_before_flip"] = sum(s < early for s in via_b)
+    res["a_after_switch"] = sum(s > min(via_b, default=n) for s in via_a)
+    res["switch_ms"] = None if first_b is None else round((first_b - t_flip) * 1e3 - link_ms, 3)
+    res["service_drops"] = c1.counters(SERVICE).get("drops", 0)
+    for sock in (tx, at_a, at_b):
+        sock.close()
     return res
 
 
-def run_simulator(
-    n: int = 400, interval: float = 0.0005, topology: Path = TOPOLOGY
-) -> dict[str, Any]:
+def on_simulator(topology: Path, *, n: int = 400, interval: float = 0.0005) -> dict[str, Any]:
     """The same stream in ``pcsite_lite.sim`` (virtual time; FIS staleness 5 ms)."""
     from .scenario import build_world
 
@@ -181,31 +161,21 @@ def passed(res: dict[str, Any]) -> bool:
     )
 
 
-def register() -> None:
-    """Add the demo to ``pcdemo``'s scenarios (testbed as root, else simulator)."""
-    from pcdemo.scenarios import Outcome, World, scenario
-
-    @scenario("congest", "congestion-aware forwarding follows the ISP's FIS (§2.2 form 2)")
-    def congestion_scenario(world: World) -> Outcome:
-        out = Outcome("congest")
-        res = run_testbed() if world.kind == "testbed" else run_simulator()
-        out.sent, out.received = res["sent"], res["via_a"] + res["via_b"]
-        out.dropped = out.sent - out.received
-        out.check("every packet tunnelled to a gateway", out.received == out.sent)
-        out.check("less congested gateway before and after", passed(res))
-        out.check(
-            f"switch within {SWITCH_BOUND_MS:g} ms",
-            res["switch_ms"] is not None and res["switch_ms"] <= SWITCH_BOUND_MS,
-        )
-        out.detail = f"switched {res['switch_ms']} ms after the ISP's update"
-        return out
+#: the demo's row in ``python -m pcdemo`` (:func:`pcdemo.scenarios.example_scenario`)
+SCENARIO = ("congest", "congestion-aware forwarding follows the ISP's FIS (§2.2 form 2)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pcdemo.example_testbed import main as example_main
-
-    return example_main(sys.modules[__name__], argv)
+def outcome(out: Any, res: dict[str, Any]) -> None:
+    out.sent, out.received = res["sent"], res["via_a"] + res["via_b"]
+    out.dropped = out.sent - out.received
+    out.check("every packet tunnelled to a gateway", out.received == out.sent)
+    out.check("less congested gateway before and after", passed(res))
+    out.check(
+        f"switch within {SWITCH_BOUND_MS:g} ms",
+        res["switch_ms"] is not None and res["switch_ms"] <= SWITCH_BOUND_MS,
+    )
+    out.detail = f"switched {res['switch_ms']} ms after the ISP's update"
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.modules[__name__]))

@@ -16,7 +16,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from .circuit import Chain, open_chain
+from .circuit import SitePairPSP
 
 __all__ = ["SERVICE", "SERVICE_SOURCE", "EncryptionPSP"]
 
@@ -24,19 +24,19 @@ SERVICE = "crypt"
 SERVICE_SOURCE = Path(__file__).with_name("service.py").read_text()
 
 
-class EncryptionPSP:
+class EncryptionPSP(SitePairPSP):
     """One PSP's encryption offload between ``ingress`` and ``egress`` sites."""
 
-    def __init__(self, ingress: Any, egress: Any, *, service: str = SERVICE) -> None:
-        self.ingress, self.egress = ingress, egress
-        self.service = service
+    SERVICE, SOURCE, ROLES = SERVICE, SERVICE_SOURCE, ("encrypt", "decrypt")
+
+    def __init__(self, ingress: Any, egress: Any, *, service: str | None = None) -> None:
+        super().__init__(ingress, egress, service=service)
         self.epoch = -1
         self.keys: dict[int, bytes] = {}
 
     def deploy(self) -> None:
         """Upload the service to both sites and install the first key."""
-        for s in (self.ingress, self.egress):
-            s.deploy(self.service, SERVICE_SOURCE)
+        super().deploy()
         self.rotate()
 
     def rotate(self) -> int:
@@ -59,10 +59,3 @@ class EncryptionPSP:
         self.keys.pop(epoch, None)
         for s in (self.ingress, self.egress):
             s.fis_delete(self.service, f"key:{epoch}")
-
-    def connect(self, destination: str) -> Chain:
-        """A circuit ingress -> egress -> ``destination`` for one sender."""
-        chain = open_chain([self.ingress, self.egress], self.service, destination)
-        self.ingress.fis_put(self.service, f"hop:{chain.labels[0]}", {"role": "encrypt"})
-        self.egress.fis_put(self.service, f"hop:{chain.labels[1]}", {"role": "decrypt"})
-        return chain

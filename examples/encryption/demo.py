@@ -6,10 +6,6 @@ control API, which also installs the circuit and the keys' FIS entries), opens S
 ``n`` plaintext packets from S. It captures what crosses the core (on RC's interface toward
 R2) and what D receives, then re-injects one captured ciphertext with a flipped byte from the
 core router (an on-path attacker) and checks that C2 drops it.
-
-``python -m examples.encryption.demo [--topology FILE]`` runs it as root (else the simulator)
-and prints JSON.
-:func:`register` adds it to ``pcdemo``'s scenario registry.
 """
 
 from __future__ import annotations
@@ -19,19 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pcdemo.example_testbed import (
-    ExampleTestbed,
-    Needs,
-    capture,
-    load_topology,
-    raw_sender,
-    wait_until,
-)
-from pcsock.wire import WireError, parse
+from pcdemo.example_testbed import ExampleTestbed, Needs, circuit_packets, main, tap, wait_until
 
 from .control import SERVICE, EncryptionPSP
 from .service import open_metadata
 
+PREFIX = "pcx"  #: its testbed's name prefix
 TOPOLOGY = Path(__file__).with_name("chain.toml")
 PSP = "vpnco"
 #: S -- R1 (site C1) -- RC -- R2 (site C2) -- D
@@ -42,7 +31,7 @@ NEEDS = Needs(
     links=(("R1", "RC"), ("RC", "R2"), ("R2", "D")),
 )
 
-__all__ = ["passed", "register", "run_simulator", "run_testbed"]
+__all__ = ["SCENARIO", "on_simulator", "on_testbed", "outcome", "passed"]
 
 
 def message(i: int) -> bytes:
@@ -50,15 +39,7 @@ def message(i: int) -> bytes:
 
 
 def _payloads(frames: list[bytes]) -> list[tuple[int, bytes]]:
-    out = []
-    for f in frames:
-        try:
-            p = parse(f)
-        except WireError:
-            continue
-        if p.form == 1:
-            out.append((p.metadata, bytes(p.payload)))
-    return out
+    return [(p.metadata, bytes(p.payload)) for p in circuit_packets(frames)]
 
 
 def chain_io(etb: ExampleTestbed, psp: Any) -> tuple[Any, Any, Any, Any, str]:
@@ -66,79 +47,67 @@ def chain_io(etb: ExampleTestbed, psp: Any) -> tuple[Any, Any, Any, Any, str]:
     captures on the core (RC, toward R1) and at D, a raw sender at S, and S's address."""
     s_ip, d_ip = etb.address("S"), etb.address("D")
     chain = psp.connect(d_ip)
-    core = capture(etb.tb, "RC", "R1")
-    at_d = capture(etb.tb, "D", "R2")
-    return chain, core, at_d, raw_sender(etb.tb.node("S")), s_ip
+    core = etb.capture("RC", "R1")
+    at_d = etb.capture("D", "R2")
+    return chain, core, at_d, etb.raw_sender("S"), s_ip
 
 
-def run_testbed(
-    *, prefix: str = "pcx", n: int = 100, progress: Any = None, topology: Path = TOPOLOGY
-) -> dict[str, Any]:
+def on_testbed(etb: ExampleTestbed, topo: Any, *, n: int = 100) -> dict[str, Any]:
     """Build the testbed, run the demo with real packets on the site daemons, return the
     figures."""
-    topo = load_topology(topology, NEEDS)
     res: dict[str, Any] = {"sent": n}
-    with ExampleTestbed(topo, prefix=prefix, progress=progress) as etb:
-        tb = etb.tb
-        c1, c2 = etb.site("C1", PSP), etb.site("C2", PSP)
-        psp = EncryptionPSP(c1, c2)
-        psp.deploy()
-        chain, core, at_d, tx, s_ip = chain_io(etb, psp)
-        for i in range(n):
-            tx.sendto(chain.packet(s_ip, message(i)), (chain.first_hop, 0))
-            time.sleep(0.0005)
-        # C2 has run its service on all of them (a loaded site may still be busy when a
-        # capture's quiet period would end) before the captures are read
-        wait_until(lambda: c2.counters(SERVICE).get("packets", 0) >= n, timeout=10)
-        core_frames = list(core.drain())
-        d_frames = list(at_d.drain())
-        on_core = [(m, p) for m, p in _payloads(core_frames) if p]
-        got = [p for _, p in _payloads(d_frames)]
-        res["received_plaintext_ok"] = sum(got.count(message(i)) == 1 for i in range(n))
-        res["core_packets"] = len(on_core)
-        res["core_sealed"] = sum(open_metadata(m) == (True, psp.epoch) for m, _ in on_core)
-        res["core_plaintext_leaks"] = sum(
-            any(message(i) in p for i in range(n)) or b"attack at dawn" in p for _, p in on_core
-        )
+    c1, c2 = etb.site("C1", PSP), etb.site("C2", PSP)
+    psp = EncryptionPSP(c1, c2)
+    psp.deploy()
+    chain, core, at_d, tx, s_ip = chain_io(etb, psp)
+    for i in range(n):
+        tx.sendto(chain.packet(s_ip, message(i)), (chain.first_hop, 0))
+        time.sleep(0.0005)
+    # C2 has run its service on all of them (a loaded site may still be busy when a
+    # capture's quiet period would end) before the captures are read
+    etb.wait_served(c2, SERVICE, n)
+    core_frames = list(core.drain())
+    d_frames = list(at_d.drain())
+    on_core = [(m, p) for m, p in _payloads(core_frames) if p]
+    got = [p for _, p in _payloads(d_frames)]
+    res["received_plaintext_ok"] = sum(got.count(message(i)) == 1 for i in range(n))
+    res["core_packets"] = len(on_core)
+    res["core_sealed"] = sum(open_metadata(m) == (True, psp.epoch) for m, _ in on_core)
+    res["core_plaintext_leaks"] = sum(
+        any(message(i) in p for i in range(n)) or b"attack at dawn" in p for _, p in on_core
+    )
 
-        # an on-path attacker flips one ciphertext byte and re-injects it toward C2
-        def c2_drops() -> int:
-            return int(c2.counters(SERVICE).get("drops", 0))
+    # an on-path attacker flips one ciphertext byte and re-injects it toward C2
+    def c2_drops() -> int:
+        return int(c2.counters(SERVICE).get("drops", 0))
 
-        drops0 = c2_drops()
-        frame = bytearray(next(f for f in core_frames if _payloads([f])))
-        frame[-1] ^= 1
-        at_d.seen.clear()
-        attacker = raw_sender(tb.node("RC"))
-        attacker.sendto(bytes(frame), (c2.public_ip, 0))
-        wait_until(lambda: c2_drops() > drops0, timeout=5)
-        res["tampered_delivered"] = len(_payloads(at_d.drain()))
-        res["tampered_dropped"] = c2_drops() - drops0
-        res["site_drops"] = {"C1": c1.counters(SERVICE).get("drops", 0), "C2": c2_drops()}
-        for sock in (tx, attacker, core, at_d):
-            sock.close()
+    drops0 = c2_drops()
+    frame = bytearray(next(f for f in core_frames if _payloads([f])))
+    frame[-1] ^= 1
+    at_d.seen.clear()
+    attacker = etb.raw_sender("RC")
+    attacker.sendto(bytes(frame), (c2.public_ip, 0))
+    wait_until(lambda: c2_drops() > drops0, timeout=5)
+    res["tampered_delivered"] = len(_payloads(at_d.drain()))
+    res["tampered_dropped"] = c2_drops() - drops0
+    res["site_drops"] = {"C1": c1.counters(SERVICE).get("drops", 0), "C2": c2_drops()}
+    for sock in (tx, attacker, core, at_d):
+        sock.close()
     return res
 
 
-def run_simulator(n: int = 100, topology: Path = TOPOLOGY) -> dict[str, Any]:
+def on_simulator(topology: Path, *, n: int = 100) -> dict[str, Any]:
     """The same flow in ``pcsite_lite.sim``."""
     from .scenario import build_world, send
 
-    load_topology(topology, NEEDS)
     w = build_world(topology)
     core: list[bytes] = []
-    orig = w.core.transmit
-
-    def tap(sender: Any, data: bytes) -> None:
-        core.append(data)
-        orig(sender, data)
-
-    w.core.transmit = tap  # type: ignore[method-assign]
+    untap = tap(w.core, lambda _sender, frame: core.append(frame))
     got = send(w, [message(i) for i in range(n)])
     on_core = _payloads(core)
     frame = bytearray(core[0])
     frame[-1] ^= 1
-    w.core.transmit = orig  # type: ignore[method-assign]
+    untap()
     before = len(w.dest.inbox)
     w.sites["C2"].receive(bytes(frame), w.core)
     w.net.run()
@@ -165,28 +134,18 @@ def passed(res: dict[str, Any]) -> bool:
     )
 
 
-def register() -> None:
-    """Add the demo to ``pcdemo``'s scenarios (testbed as root, else simulator)."""
-    from pcdemo.scenarios import Outcome, World, scenario
-
-    @scenario("encrypt", "encryption offload: ingress encrypts, egress decrypts (§2.6.1)")
-    def encryption_scenario(world: World) -> Outcome:
-        out = Outcome("encrypt")
-        res = run_testbed() if world.kind == "testbed" else run_simulator()
-        out.sent, out.received = res["sent"], res["received_plaintext_ok"]
-        out.dropped = res["tampered_dropped"]
-        out.check("every plaintext delivered once", res["received_plaintext_ok"] == res["sent"])
-        out.check("only ciphertext on the core", res["core_plaintext_leaks"] == 0)
-        out.check("tampered ciphertext dropped", res["tampered_dropped"] == 1)
-        out.detail = f"{res['core_sealed']}/{res['core_packets']} core packets sealed"
-        return out
+#: the demo's row in ``python -m pcdemo`` (:func:`pcdemo.scenarios.example_scenario`)
+SCENARIO = ("encrypt", "encryption offload: ingress encrypts, egress decrypts (§2.6.1)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pcdemo.example_testbed import main as example_main
-
-    return example_main(sys.modules[__name__], argv)
+def outcome(out: Any, res: dict[str, Any]) -> None:
+    out.sent, out.received = res["sent"], res["received_plaintext_ok"]
+    out.dropped = res["tampered_dropped"]
+    out.check("every plaintext delivered once", res["received_plaintext_ok"] == res["sent"])
+    out.check("only ciphertext on the core", res["core_plaintext_leaks"] == 0)
+    out.check("tampered ciphertext dropped", res["tampered_dropped"] == 1)
+    out.detail = f"{res['core_sealed']}/{res['core_packets']} core packets sealed"
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.modules[__name__]))

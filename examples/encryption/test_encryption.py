@@ -65,7 +65,7 @@ def test_tampered_ciphertext_is_dropped_with_a_reason_and_never_delivered():
 def test_a_sender_cannot_smuggle_unsealed_data_past_the_egress_or_pick_its_own_epoch():
     w = build_world()
     # a packet that claims to be sealed already is refused at the ingress
-    w.mobile.send(w.chain.packet(w.mobile.ip, b"x" * 40, metadata=0x80))
+    w.sender.send(w.chain.packet(w.sender.ip, b"x" * 40, metadata=0x80))
     w.net.run()
     assert [d.detail for d in w.sites["C1"].drops] == ["crypt_already_sealed"]
     assert w.dest.inbox == []
@@ -74,7 +74,7 @@ def test_a_sender_cannot_smuggle_unsealed_data_past_the_egress_or_pick_its_own_e
 def test_key_rotation_keeps_in_flight_packets_until_the_old_epoch_is_retired():
     w = build_world()
     first = w.psp.epoch
-    w.mobile.send(w.chain.packet(w.mobile.ip, b"old epoch"))
+    w.sender.send(w.chain.packet(w.sender.ip, b"old epoch"))
     # sealed under `first` at C1, still on the two 2 ms links to C2
     w.net.run(until=w.net.now + 0.002)
     second = w.psp.rotate()
@@ -83,7 +83,7 @@ def test_key_rotation_keeps_in_flight_packets_until_the_old_epoch_is_retired():
     assert [bytes(parse(r.data).payload) for r in w.dest.inbox] == [b"old epoch"]
     assert send(w, [b"new epoch"]) == [b"new epoch"]
     # packets sealed under a retired epoch are refused with a reason
-    w.mobile.send(w.chain.packet(w.mobile.ip, b"late"))
+    w.sender.send(w.chain.packet(w.sender.ip, b"late"))
     w.net.run(until=w.net.now + 0.002)
     w.psp.rotate()
     w.psp.retire(second)

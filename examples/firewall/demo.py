@@ -10,8 +10,7 @@ interface, plus the kernel's interface counter) and what reaches S, then changes
 on line and installs a StopIt filter (FIS writes through the control API).
 
 ``python -m examples.firewall.demo [--topology FILE]`` runs it as root (else the simulator)
-and prints the figures as JSON. :func:`register` adds it to ``pcdemo``'s scenario registry.
-"""
+and prints the figures as JSON."""
 
 from __future__ import annotations
 
@@ -22,19 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pcdemo.example_testbed import (
-    Capture,
-    ExampleTestbed,
-    Needs,
-    iface,
-    load_topology,
-    raw_sender,
-    tx_packets,
-    wait_until,
-)
+from pcdemo.example_testbed import ExampleTestbed, Needs, iface, main, tx_packets
 
 from .control import SERVICE, FirewallPSP
 
+PREFIX = "pce"  #: its testbed's name prefix
 TOPOLOGY = Path(__file__).with_name("firewall.toml")
 #: attacker A and client G behind RA (site CA), core RC, the web server S (its prefix) behind RD
 NEEDS = Needs(
@@ -53,7 +44,7 @@ SIM_NEEDS = Needs(
 OWNER = "webco"
 SIGNUP_TIME = 1_795_000_000.0
 
-__all__ = ["passed", "register", "run_simulator", "run_testbed"]
+__all__ = ["SCENARIO", "on_simulator", "on_testbed", "outcome", "passed"]
 
 
 def _proof(prefix: str, now: float = SIGNUP_TIME) -> tuple[str, str]:
@@ -87,58 +78,54 @@ def _mix(n: int, a: str, g: str, server: str, seed: int = 7) -> list[tuple[bytes
     return out
 
 
-def run_testbed(
-    *, prefix: str = "pce", n: int = 200, progress: Any = None, topology: Path = TOPOLOGY
-) -> dict[str, Any]:
+def on_testbed(etb: ExampleTestbed, topo: Any, *, n: int = 200) -> dict[str, Any]:
     """Build the testbed, run the firewall demo with real packets on the site daemon, return
     the figures (raises :class:`pcdemo.example_testbed.TopologyLacks` for a topology without
     the nodes the demo needs)."""
-    topo = load_topology(topology, NEEDS)
     res: dict[str, Any] = {}
-    with ExampleTestbed(topo, prefix=prefix, progress=progress) as etb:
-        tb = etb.tb
-        server = etb.address("S")
-        server_prefix = str(topo.nodes["S"].prefix)
-        now = time.time()
-        proof, anchor = _proof(server_prefix, now)
-        ca = etb.site("CA", OWNER, trust_anchor=anchor)
-        psp = FirewallPSP(OWNER, [ca], quota=4)
-        psp.sign_up(server_prefix, proof, anchor, now=now)  # the site validates it again
-        etb.divert("CA", server_prefix)  # the ISP's part: RA diverts the prefix to CA
-        a, g = etb.address("A"), etb.address("G")
-        ra_out = iface(tb, "RA", "RC")
-        core = Capture.open(tb.node("RC"), iface(tb, "RC", "RA"))
-        at_s = Capture.open(tb.node("S"), iface(tb, "S", "RD"))
-        senders = {a: raw_sender(tb.node("A")), g: raw_sender(tb.node("G"))}
-        mix = _mix(n, a, g, server)
-        tx0 = tx_packets(tb.node("RA"), ra_out)
-        for pkt, _wanted in mix:  # 2000 packets/s: see the README on bursts and service_busy
-            senders[socket.inet_ntoa(pkt[12:16])].sendto(pkt, (server, 0))
-            time.sleep(0.0005)
-        wanted = sum(w for _, w in mix)
-        res["sent"] = n
-        res["wanted"] = wanted
-        # CA has run the firewall on every packet before the captures are read (the workers
-        # report usage; a loaded site can outlast a capture's quiet period)
-        wait_until(lambda: ca.counters(SERVICE).get("packets", 0) >= n, timeout=10)
-        res["core_link_packets"] = core.count(dst=server, srcs={a, g})
-        res["server_packets"] = at_s.count(dst=server, srcs={a, g})
-        res["core_iface_tx_delta"] = tx_packets(tb.node("RA"), ra_out) - tx0
-        res["site_drops"] = {"service_drop": int(ca.counters(SERVICE).get("drops", 0))}
-        # on line: whitelist the attacker's host, then stop it with a StopIt filter
-        from scapy.layers.inet import IP, UDP
+    tb = etb.tb
+    server = etb.address("S")
+    server_prefix = str(topo.nodes["S"].prefix)
+    now = time.time()
+    proof, anchor = _proof(server_prefix, now)
+    ca = etb.site("CA", OWNER, trust_anchor=anchor)
+    psp = FirewallPSP(OWNER, [ca], quota=4)
+    psp.sign_up(server_prefix, proof, anchor, now=now)  # the site validates it again
+    etb.divert("CA", server_prefix)  # the ISP's part: RA diverts the prefix to CA
+    a, g = etb.address("A"), etb.address("G")
+    ra_out = iface(tb, "RA", "RC")
+    core = etb.capture("RC", "RA")
+    at_s = etb.capture("S", "RD")
+    senders = {a: etb.raw_sender("A"), g: etb.raw_sender("G")}
+    mix = _mix(n, a, g, server)
+    tx0 = tx_packets(tb.node("RA"), ra_out)
+    for pkt, _wanted in mix:  # 2000 packets/s: see the README on bursts and service_busy
+        senders[socket.inet_ntoa(pkt[12:16])].sendto(pkt, (server, 0))
+        time.sleep(0.0005)
+    wanted = sum(w for _, w in mix)
+    res["sent"] = n
+    res["wanted"] = wanted
+    # CA has run the firewall on every packet before the captures are read (the workers
+    # report usage; a loaded site can outlast a capture's quiet period)
+    etb.wait_served(ca, SERVICE, n)
+    res["core_link_packets"] = core.count(dst=server, srcs={a, g})
+    res["server_packets"] = at_s.count(dst=server, srcs={a, g})
+    res["core_iface_tx_delta"] = tx_packets(tb.node("RA"), ra_out) - tx0
+    res["site_drops"] = {"service_drop": int(ca.counters(SERVICE).get("drops", 0))}
+    # on line: whitelist the attacker's host, then stop it with a StopIt filter
+    from scapy.layers.inet import IP, UDP
 
-        probe = bytes(IP(src=a, dst=server) / UDP(sport=999, dport=5000))
-        psp.allow_source(f"{a}/32")
-        time.sleep(0.05)  # > the 5 ms FIS staleness bound
-        senders[a].sendto(probe, (server, 0))
-        res["whitelisted_probe_at_server"] = at_s.count(dst=server, srcs={a})
-        psp.stopit(a, server, duration=60, now=time.time())  # sites' clock: wall time
-        time.sleep(0.05)
-        senders[a].sendto(probe, (server, 0))
-        res["stopped_probe_at_server"] = at_s.count(dst=server, srcs={a})
-        for sock in (*senders.values(), core, at_s):
-            sock.close()
+    probe = bytes(IP(src=a, dst=server) / UDP(sport=999, dport=5000))
+    psp.allow_source(f"{a}/32")
+    time.sleep(0.05)  # > the 5 ms FIS staleness bound
+    senders[a].sendto(probe, (server, 0))
+    res["whitelisted_probe_at_server"] = at_s.count(dst=server, srcs={a})
+    psp.stopit(a, server, duration=60, now=time.time())  # sites' clock: wall time
+    time.sleep(0.05)
+    senders[a].sendto(probe, (server, 0))
+    res["stopped_probe_at_server"] = at_s.count(dst=server, srcs={a})
+    for sock in (*senders.values(), core, at_s):
+        sock.close()
     return res
 
 
@@ -154,41 +141,25 @@ def passed(res: dict[str, Any]) -> bool:
     )
 
 
-def register() -> None:
-    """Add the firewall to ``pcdemo``'s scenarios (testbed as root, else simulator)."""
-    from pcdemo.scenarios import Outcome, World, scenario
-
-    @scenario("firewall", "destination-controlled firewall near the sources (§2.6.2)")
-    def firewall_scenario(world: World) -> Outcome:
-        out = Outcome("firewall")
-        if world.kind == "testbed":
-            res = run_testbed()
-        else:
-            res = run_simulator()
-        out.sent, out.received = res["sent"], res["server_packets"]
-        out.dropped = res["sent"] - res["server_packets"]
-        out.check("only wanted traffic crossed the core", res["core_link_packets"] == res["wanted"])
-        out.check(
-            "the server got exactly the wanted traffic", res["server_packets"] == res["wanted"]
-        )
-        out.detail = f"{res['core_link_packets']}/{res['sent']} packets crossed the core"
-        return out
+#: the demo's row in ``python -m pcdemo`` (:func:`pcdemo.scenarios.example_scenario`)
+SCENARIO = ("firewall", "destination-controlled firewall near the sources (§2.6.2)")
 
 
-def run_simulator(n: int = 200, topology: Path = TOPOLOGY) -> dict[str, Any]:
+def outcome(out: Any, res: dict[str, Any]) -> None:
+    out.sent, out.received = res["sent"], res["server_packets"]
+    out.dropped = res["sent"] - res["server_packets"]
+    out.check("only wanted traffic crossed the core", res["core_link_packets"] == res["wanted"])
+    out.check("the server got exactly the wanted traffic", res["server_packets"] == res["wanted"])
+    out.detail = f"{res['core_link_packets']}/{res['sent']} packets crossed the core"
+
+
+def on_simulator(topology: Path, *, n: int = 200) -> dict[str, Any]:
     """The same mix in the simulator (``pcsite_lite.sim``), for machines without root."""
     from .scenario import build_world, traffic_mix
 
-    load_topology(topology, SIM_NEEDS)
     wanted, core, got = traffic_mix(build_world(topology=topology), n)
     return {"sent": n, "wanted": wanted, "core_link_packets": core, "server_packets": got}
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pcdemo.example_testbed import main as example_main
-
-    return example_main(sys.modules[__name__], argv)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.modules[__name__]))

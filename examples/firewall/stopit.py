@@ -21,6 +21,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Final
 
+from examples.errors import ReasonError
+
 from .service import filter_key
 
 __all__ = ["MAX_DURATION", "Filter", "FilterError", "FilterManager", "filter_key"]
@@ -29,12 +31,8 @@ __all__ = ["MAX_DURATION", "Filter", "FilterError", "FilterManager", "filter_key
 MAX_DURATION: Final = 3600.0
 
 
-class FilterError(ValueError):
+class FilterError(ReasonError):
     """A refused filter request; ``reason``: unknown_owner, not_owner, quota, bad_request."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        self.reason = reason
-        super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,14 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from examples.firewall.demo import main, passed, run_testbed
+from examples.firewall import demo
+from examples.firewall.demo import passed
+from pcdemo.example_testbed import main, run_testbed
 
 
 @pytest.mark.netns
 def test_firewall_drops_unwanted_traffic_at_the_source_side_site_with_real_packets() -> None:
     """On the real site daemon: signed upload, control-API sign-up (the daemon validates the
     DNSSEC proof), FIS changes through the control API, the daemon's TUN dataplane."""
-    res = run_testbed(n=200)
+    res = run_testbed(demo, n=200)
     assert res["wanted"] == 50
     # captured on the core router's interface: only the 50 web packets crossed the core
     assert res["core_link_packets"] == 50
@@ -29,7 +31,7 @@ def test_firewall_drops_unwanted_traffic_at_the_source_side_site_with_real_packe
 
 def test_help_prints_help_and_runs_nothing(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        main(["--help"])
+        main(demo, ["--help"])
     assert exc.value.code == 0
     assert "--topology FILE" in capsys.readouterr().out
 
@@ -42,6 +44,6 @@ def test_a_topology_without_the_demo_nodes_is_refused_naming_what_it_lacks(
         'name = "two"\n[[node]]\nname = "A"\nkind = "host"\n'
         '[[node]]\nname = "RA"\nkind = "router"\n[[link]]\na = "A"\nb = "RA"\n'
     )
-    assert main(["--topology", str(topo), "--world", "testbed"]) == 2
+    assert main(demo, ["--topology", str(topo), "--world", "testbed"]) == 2
     err = capsys.readouterr().err
     assert "a host named 'G'" in err and "a site named 'CA'" in err and "a link RA -- RC" in err

@@ -34,6 +34,8 @@ from typing import Final
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from examples.errors import ReasonError
+
 __all__ = [
     "UPDATE_LEN",
     "Binding",
@@ -50,12 +52,8 @@ UPDATE_LEN: Final = _BODY.size + SIG_LEN  # 85
 _CONTEXT: Final = b"PacketCloud binding update v1"
 
 
-class BindingError(ValueError):
+class BindingError(ReasonError):
     """A refused binding update; ``reason`` is machine-readable."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        self.reason = reason
-        super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,9 +15,6 @@ control API), and streams UDP from CN to a device of the mobile network every mi
 2. **Baseline**: the sites' diversion is removed and a home agent process on the home network
    tunnels to B instead (Mobile IP triangle routing): the one-way delay CN -> device, for the
    path-length ratio.
-
-``python -m examples.mobility.demo [--topology FILE]`` runs it as root (else the simulator) and
-prints JSON.
 """
 
 from __future__ import annotations
@@ -31,11 +28,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pcdemo.example_testbed import ExampleTestbed, Needs, iface, load_topology, write_atomic
+from pcdemo.example_testbed import ExampleTestbed, Needs, iface, main, write_atomic
 
 from .control import SERVICE, MobileRouter, MobilityPSP
 from .ipip import TunnelError, decapsulate
 
+PREFIX = "pce"  #: its testbed's name prefix
 TOPOLOGY = Path(__file__).with_name("mobility.toml")
 #: the correspondent CN, the mobile network's home HA (its prefix is the mobile network's), the
 #: mobile router's two access networks (MRA behind Rva, MRB behind Rvb), the PSP's control host
@@ -51,7 +49,7 @@ BU_PORT = 5005
 ETH_P_IP = 0x0800
 _DATA = struct.Struct("!Id")
 
-__all__ = ["register", "run_simulator", "run_testbed"]
+__all__ = ["SCENARIO", "on_simulator", "on_testbed", "outcome"]
 
 
 class Receiver:
@@ -132,126 +130,119 @@ def _proof(prefix: str, now: float) -> tuple[str, str]:
     return proof.text, root.ds_text()
 
 
-def run_testbed(
-    *, prefix: str = "pce", progress: Any = None, topology: Path = TOPOLOGY
-) -> dict[str, Any]:
+def on_testbed(etb: ExampleTestbed, topo: Any) -> dict[str, Any]:
     """Build the testbed, run the handoff and the baseline with real packets."""
     import ipaddress
 
-    topo = load_topology(topology, NEEDS)
     mobile = str(topo.nodes["HA"].prefix)  # the mobile network's (home) prefix
     device = str(ipaddress.IPv4Network(mobile)[5])
     access = [str(topo.nodes[h].prefix) for h in ("MRA", "MRB")]
     res: dict[str, Any] = {}
     receivers: list[Receiver] = []
-    with ExampleTestbed(topo, prefix=prefix, progress=progress) as etb:
-        tb = etb.tb
-        proof, anchor = _proof(mobile, time.time())
-        # the ISP registers the prefix for the PSP: it approves the access networks as where
-        # the service may tunnel to (redirect prefixes)
-        sites = [etb.site(n, PSP_NAME, trust_anchor=anchor, isp=True) for n in ("C1", "C2")]
-        try:
-            a_ip, b_ip, psp_ip = etb.address("MRA"), etb.address("MRB"), etb.address("PSP")
-            router = MobileRouter(mobile)
-            psp = MobilityPSP(mobile, router.public_key, sites, access_prefixes=access,
-                              proof=proof)  # fmt: skip
-            psp.deploy()
-            for s in sites:
-                etb.divert(s.name, mobile)  # the ISP's routers, after the sign-up
-            assert psp.handle_update(router.move_to(a_ip)) is not None
-            at_a = Receiver(tb.node("MRA"), iface(tb, "MRA", "Rva"), a_ip)
-            at_b = Receiver(tb.node("MRB"), iface(tb, "MRB", "Rvb"), b_ip)
-            receivers = [at_a, at_b]
-            at_a.live = True
-            # warm the neighbour (ARP) caches on both access paths, as in a running network
-            for target in (a_ip, b_ip):
-                tb.node("C1").run(["ping", "-c", "2", "-i", "0.2", "-W", "1", "-q", target])
-            # the PSP's control host receives binding updates over UDP
-            bu_sock = tb.node("PSP").call(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
-            bu_sock.bind((psp_ip, BU_PORT))
-            bu_sock.settimeout(2.0)
-            times: dict[str, float] = {}
+    tb = etb.tb
+    proof, anchor = _proof(mobile, time.time())
+    # the ISP registers the prefix for the PSP: it approves the access networks as where
+    # the service may tunnel to (redirect prefixes)
+    sites = [etb.site(n, PSP_NAME, trust_anchor=anchor, isp=True) for n in ("C1", "C2")]
+    try:
+        a_ip, b_ip, psp_ip = etb.address("MRA"), etb.address("MRB"), etb.address("PSP")
+        router = MobileRouter(mobile)
+        psp = MobilityPSP(mobile, router.public_key, sites, access_prefixes=access,
+                          proof=proof)  # fmt: skip
+        psp.deploy()
+        for s in sites:
+            etb.divert(s.name, mobile)  # the ISP's routers, after the sign-up
+        assert psp.handle_update(router.move_to(a_ip)) is not None
+        at_a = Receiver(tb.node("MRA"), iface(tb, "MRA", "Rva"), a_ip)
+        at_b = Receiver(tb.node("MRB"), iface(tb, "MRB", "Rvb"), b_ip)
+        receivers = [at_a, at_b]
+        at_a.live = True
+        # warm the neighbour (ARP) caches on both access paths, as in a running network
+        for target in (a_ip, b_ip):
+            tb.node("C1").run(["ping", "-c", "2", "-i", "0.2", "-W", "1", "-q", target])
+        # the PSP's control host receives binding updates over UDP
+        bu_sock = tb.node("PSP").call(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        bu_sock.bind((psp_ip, BU_PORT))
+        bu_sock.settimeout(2.0)
+        times: dict[str, float] = {}
 
-            def psp_server() -> None:
-                try:
-                    raw, _ = bu_sock.recvfrom(2048)
-                except TimeoutError:
-                    return
-                times["bu_arrived"] = time.monotonic()
-                if psp.handle_update(raw) is not None:
-                    times["fis_written"] = time.monotonic()
+        def psp_server() -> None:
+            try:
+                raw, _ = bu_sock.recvfrom(2048)
+            except TimeoutError:
+                return
+            times["bu_arrived"] = time.monotonic()
+            if psp.handle_update(raw) is not None:
+                times["fis_written"] = time.monotonic()
 
-            server = threading.Thread(target=psp_server)
-            server.start()
-            time.sleep(0.1)  # FIS staleness, warm caches
-            sent_box: dict[str, int] = {}
-            sender = threading.Thread(
-                target=lambda: sent_box.setdefault("n", _stream(tb.node("CN"), device, 0.8, 0))
-            )
-            sender.start()
-            time.sleep(0.4)
-            # the handoff: leave A, attach at B, send the signed update from B
-            at_a.live = False
-            at_b.live = True
-            times["moved"] = time.monotonic()
-            bu = router.move_to(b_ip)
-            mr_sock = tb.node("MRB").call(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
-            mr_sock.sendto(bu, (psp_ip, BU_PORT))
-            mr_sock.close()
-            sender.join()
-            server.join()
-            time.sleep(0.3)
-            sent = sent_box["n"]
-            got = {**at_a.got, **at_b.got}
-            first_b = min((r for _, r in at_b.got.values()), default=float("nan"))
-            res["sent"] = sent
-            res["received"] = len(got)
-            res["packets_lost"] = sent - len(got)
-            res["lost_at_old_address"] = at_a.lost
-            # as in the simulator: from the binding taking effect (FIS written) to the first
-            # packet at the new address; and the parts of it
-            res["mobility_handoff_ms"] = (first_b - times["fis_written"]) * 1e3
-            res["bu_arrival_to_first_at_b_ms"] = (first_b - times["bu_arrived"]) * 1e3
-            res["bu_to_fis_written_ms"] = (times["fis_written"] - times["bu_arrived"]) * 1e3
-            res["move_to_first_packet_at_b_ms"] = (first_b - times["moved"]) * 1e3
-            res["delay_before_ms"] = _mean_ms([r - s for s, r in at_a.got.values()])
-            res["delay_after_ms"] = _mean_ms([r - s for s, r in at_b.got.values()])
-            res["service_drops"] = {s.name: s.counters(SERVICE).get("drops", 0) for s in sites}
-            # baseline: no diversion; the home agent tunnels from the home network
-            for s in sites:
-                tb.divert(tb.site(s.name).router, mobile, remove=True)
-            state = etb.path("ha.json")
-            write_atomic(state, json.dumps({"care_of": b_ip}))  # the home agent polls it
-            ha_if = iface(tb, "HA", "Rhome")
-            ha_ip = tb.node("HA").address
-            tb.node("HA").start(
-                [sys.executable, "-m", "examples.mobility.homeagent", ha_if, str(ha_ip),
-                 mobile, device, str(state)],
-                name="homeagent",
-                ready=lambda: any("homeagent up" in p.read_text() for p in
-                                  (tb.run_state.dir / "logs").glob("HA-homeagent-*.log")),
-                timeout=20,
-            )  # fmt: skip
-            at_b.got.clear()
-            base = _stream(tb.node("CN"), device, 0.3, 100_000)
-            time.sleep(0.3)
-            res["home_agent_sent"] = base
-            res["home_agent_received"] = len(at_b.got)
-            res["home_agent_delay_ms"] = _mean_ms([r - s for s, r in at_b.got.values()])
-            res["path_length_ratio_vs_triangle"] = (
-                res["delay_after_ms"] / res["home_agent_delay_ms"]
-            )
-        finally:
-            for r in receivers:
-                r.close()
+        server = threading.Thread(target=psp_server)
+        server.start()
+        time.sleep(0.1)  # FIS staleness, warm caches
+        sent_box: dict[str, int] = {}
+        sender = threading.Thread(
+            target=lambda: sent_box.setdefault("n", _stream(tb.node("CN"), device, 0.8, 0))
+        )
+        sender.start()
+        time.sleep(0.4)
+        # the handoff: leave A, attach at B, send the signed update from B
+        at_a.live = False
+        at_b.live = True
+        times["moved"] = time.monotonic()
+        bu = router.move_to(b_ip)
+        mr_sock = tb.node("MRB").call(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        mr_sock.sendto(bu, (psp_ip, BU_PORT))
+        mr_sock.close()
+        sender.join()
+        server.join()
+        time.sleep(0.3)
+        sent = sent_box["n"]
+        got = {**at_a.got, **at_b.got}
+        first_b = min((r for _, r in at_b.got.values()), default=float("nan"))
+        res["sent"] = sent
+        res["received"] = len(got)
+        res["packets_lost"] = sent - len(got)
+        res["lost_at_old_address"] = at_a.lost
+        # as in the simulator: from the binding taking effect (FIS written) to the first
+        # packet at the new address; and the parts of it
+        res["mobility_handoff_ms"] = (first_b - times["fis_written"]) * 1e3
+        res["bu_arrival_to_first_at_b_ms"] = (first_b - times["bu_arrived"]) * 1e3
+        res["bu_to_fis_written_ms"] = (times["fis_written"] - times["bu_arrived"]) * 1e3
+        res["move_to_first_packet_at_b_ms"] = (first_b - times["moved"]) * 1e3
+        res["delay_before_ms"] = _mean_ms([r - s for s, r in at_a.got.values()])
+        res["delay_after_ms"] = _mean_ms([r - s for s, r in at_b.got.values()])
+        res["service_drops"] = {s.name: s.counters(SERVICE).get("drops", 0) for s in sites}
+        # baseline: no diversion; the home agent tunnels from the home network
+        for s in sites:
+            tb.divert(tb.site(s.name).router, mobile, remove=True)
+        state = etb.path("ha.json")
+        write_atomic(state, json.dumps({"care_of": b_ip}))  # the home agent polls it
+        ha_if = iface(tb, "HA", "Rhome")
+        ha_ip = tb.node("HA").address
+        tb.node("HA").start(
+            [sys.executable, "-m", "examples.mobility.homeagent", ha_if, str(ha_ip),
+             mobile, device, str(state)],
+            name="homeagent",
+            ready=lambda: any("homeagent up" in p.read_text() for p in
+                              (tb.run_state.dir / "logs").glob("HA-homeagent-*.log")),
+            timeout=20,
+        )  # fmt: skip
+        at_b.got.clear()
+        base = _stream(tb.node("CN"), device, 0.3, 100_000)
+        time.sleep(0.3)
+        res["home_agent_sent"] = base
+        res["home_agent_received"] = len(at_b.got)
+        res["home_agent_delay_ms"] = _mean_ms([r - s for s, r in at_b.got.values()])
+        res["path_length_ratio_vs_triangle"] = res["delay_after_ms"] / res["home_agent_delay_ms"]
+    finally:
+        for r in receivers:
+            r.close()
     return res
 
 
-def run_simulator(topology: Path = TOPOLOGY) -> dict[str, Any]:
+def on_simulator(topology: Path) -> dict[str, Any]:
     """The same experiment in ``pcsite_lite.sim`` (simulated time)."""
     from .scenario import run_handoff
 
-    load_topology(topology, NEEDS)
     pc, ha = (
         run_handoff("packetcloud", topology=topology),
         run_handoff("home_agent", topology=topology),
@@ -276,36 +267,26 @@ def passed(res: dict[str, Any]) -> bool:
     )
 
 
-def register() -> None:
-    """Add the mobility handoff to ``pcdemo``'s scenarios."""
-    from pcdemo.scenarios import Outcome, World, scenario
-
-    @scenario("mobility", "in-network mobility: handoff vs home agent (§2.6.1)")
-    def mobility_scenario(world: World) -> Outcome:
-        out = Outcome("mobility")
-        res = run_testbed() if world.kind == "testbed" else run_simulator()
-        out.sent, out.received = res["sent"], res["received"]
-        out.dropped = res["packets_lost"]
-        out.latency_ms = round(res["delay_after_ms"], 3)
-        # the update must reach the site within 10 ms; the rest is the path to the new address
-        out.check(
-            "handoff <= 10 ms + path delay",
-            res["mobility_handoff_ms"] <= 10.0 + res["delay_after_ms"],
-        )
-        out.check("only in-flight packets lost", res["packets_lost"] == res["lost_at_old_address"])
-        out.check("shorter than triangle routing", res["path_length_ratio_vs_triangle"] < 0.5)
-        out.detail = (
-            f"handoff {res['mobility_handoff_ms']:.1f} ms, {res['packets_lost']} lost, path "
-            f"{res['path_length_ratio_vs_triangle']:.2f}x the home agent's"
-        )
-        return out
+#: the demo's row in ``python -m pcdemo`` (:func:`pcdemo.scenarios.example_scenario`)
+SCENARIO = ("mobility", "in-network mobility: handoff vs home agent (§2.6.1)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pcdemo.example_testbed import main as example_main
-
-    return example_main(sys.modules[__name__], argv)
+def outcome(out: Any, res: dict[str, Any]) -> None:
+    out.sent, out.received = res["sent"], res["received"]
+    out.dropped = res["packets_lost"]
+    out.latency_ms = round(res["delay_after_ms"], 3)
+    # the update must reach the site within 10 ms; the rest is the path to the new address
+    out.check(
+        "handoff <= 10 ms + path delay",
+        res["mobility_handoff_ms"] <= 10.0 + res["delay_after_ms"],
+    )
+    out.check("only in-flight packets lost", res["packets_lost"] == res["lost_at_old_address"])
+    out.check("shorter than triangle routing", res["path_length_ratio_vs_triangle"] < 0.5)
+    out.detail = (
+        f"handoff {res['mobility_handoff_ms']:.1f} ms, {res['packets_lost']} lost, path "
+        f"{res['path_length_ratio_vs_triangle']:.2f}x the home agent's"
+    )
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.modules[__name__]))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from examples.errors import ReasonError
 from pcsock.wire import build_ipv4, internet_checksum, ip2int, patch_checksum
 
 __all__ = ["IPPROTO_IPIP", "TunnelError", "decapsulate", "encapsulate"]
@@ -25,22 +26,21 @@ IPPROTO_IPIP: Final = 4
 OUTER_TTL: Final = 64
 
 
-class TunnelError(ValueError):
+class TunnelError(ReasonError):
     """An unusable packet for the tunnel; ``reason`` is a drop reason a site can count."""
 
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
 
-
-def _check_inner(pkt: bytes | bytearray | memoryview) -> int:
+def _lengths(pkt: bytes | bytearray | memoryview, which: str) -> tuple[int, int]:
+    """(header length, total length) of the IPv4 packet ``pkt``; :class:`TunnelError`
+    ``<which>not_ipv4`` or ``<which>bad_length`` (``which``: "ipip_" for the outer packet,
+    "ipip_inner_" for the inner one)."""
     if len(pkt) < 20 or pkt[0] >> 4 != 4:
-        raise TunnelError("ipip_inner_not_ipv4")
+        raise TunnelError(which + "not_ipv4")
     ihl = (pkt[0] & 15) * 4
     total = pkt[2] << 8 | pkt[3]
     if ihl < 20 or total < ihl or total > len(pkt):
-        raise TunnelError("ipip_inner_bad_length")
-    return total
+        raise TunnelError(which + "bad_length")
+    return ihl, total
 
 
 def encapsulate(
@@ -52,7 +52,7 @@ def encapsulate(
     ident: int = 0,
 ) -> bytearray:
     """``inner`` (a whole IPv4 packet) wrapped in an outer IPv4 header ``src -> dst``."""
-    total = _check_inner(inner)
+    _ihl, total = _lengths(inner, "ipip_inner_")
     body = bytearray(inner[:total])
     if body[8] <= 1:
         raise TunnelError("ipip_ttl_exceeded")
@@ -78,18 +78,13 @@ def decapsulate(outer: bytes | bytearray | memoryview, *, local: str | int | Non
 
     ``local`` is the decapsulator's address: an inner packet *from* it is a tunnel loop.
     """
-    if len(outer) < 20 or outer[0] >> 4 != 4:
-        raise TunnelError("ipip_not_ipv4")
-    ihl = (outer[0] & 15) * 4
-    total = outer[2] << 8 | outer[3]
-    if ihl < 20 or total < ihl or total > len(outer):
-        raise TunnelError("ipip_bad_length")
+    ihl, total = _lengths(outer, "ipip_")
     if internet_checksum(outer[:ihl]) != 0:
         raise TunnelError("ipip_bad_checksum")
     if outer[9] != IPPROTO_IPIP:
         raise TunnelError("ipip_not_ipip")
     inner = bytes(outer[ihl:total])
-    inner_total = _check_inner(inner)
+    _ihl, inner_total = _lengths(inner, "ipip_inner_")
     if inner_total != len(inner):
         raise TunnelError("ipip_inner_bad_length")
     if local is not None and int.from_bytes(inner[12:16], "big") == ip2int(local):

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from examples.mobility.demo import run_testbed
+from examples.mobility import demo
+from pcdemo.example_testbed import run_testbed
 
 
 @pytest.mark.netns
 def test_handoff_with_real_packets_loses_only_in_flight_packets_and_beats_the_home_agent() -> None:
     """On ``pcsite run``: a DNSSEC sign-up with the ISP's redirect prefixes, bindings through
     the control API, the confined service tunnelling to the care-of address."""
-    res = run_testbed()
+    res = run_testbed(demo)
     assert res["sent"] >= 500
     # every lost packet reached the old address after the router had left it
     assert res["packets_lost"] == res["lost_at_old_address"]

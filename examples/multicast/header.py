@@ -24,6 +24,8 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
+from examples.errors import ReasonError
+
 __all__ = ["HEADER", "HEADER_LEN", "MAGIC", "MD_TREE", "HeaderError", "MulticastHeader"]
 
 MAGIC: Final = b"MC"
@@ -34,12 +36,8 @@ HEADER_LEN: Final = HEADER.size  # 44
 MD_TREE: Final = 0x01
 
 
-class HeaderError(ValueError):
+class HeaderError(ReasonError):
     """A payload that does not start with a valid multicast header; ``reason`` says why."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,8 @@ Each site is a real :class:`pcsite_lite.site.Site` with a real
 that owns its next-hop address, one hop per "link" (counted per (from, to) pair). Routers are
 not modelled: this checks what the services decide, hop by hop, with the site runtime and the
 Packet API exactly as deployed. ``pcsite_lite.sim`` adds routers, delays and the clock.
+
+:data:`GRAPH` is the small inter-domain graph the walks run over.
 """
 
 from __future__ import annotations
@@ -18,7 +20,23 @@ from pcsite_lite.sandbox import tick_budget
 from pcsite_lite.site import Site
 from pcsite_lite.verdicts import Deliver, Drop, Forward
 
-__all__ = ["NetWalk"]
+from .tree import adjacency_from_links
+
+__all__ = ["GRAPH", "NetWalk"]
+
+#: a small inter-domain graph (AS -> neighbours) with a cycle (64501-64502-64504-64503-64501)
+#: and stubs (64505 behind 64504, 64506 behind 64502, 64507 behind 64503)
+GRAPH = adjacency_from_links(
+    [
+        (64501, 64502),
+        (64501, 64503),
+        (64502, 64504),
+        (64503, 64504),
+        (64504, 64505),
+        (64502, 64506),
+        (64503, 64507),
+    ]
+)
 
 
 @dataclass

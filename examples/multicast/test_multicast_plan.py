@@ -9,20 +9,10 @@ from collections import Counter
 from typing import Any
 
 from examples.multicast.bgp import best_paths, members_of, site_table
+from examples.multicast.netwalk import GRAPH
 from examples.multicast.service import plan
-from examples.multicast.tree import adjacency_from_links
 
-# a small inter-domain graph with a cycle (64501-64502-64504-64503-64501) and stubs
-LINKS = [
-    (64501, 64502),
-    (64501, 64503),
-    (64502, 64504),
-    (64503, 64504),
-    (64504, 64505),
-    (64502, 64506),
-    (64503, 64507),
-]
-ADJ = adjacency_from_links(LINKS)
+ADJ = GRAPH  #: a ring of four with stubs (:data:`examples.multicast.netwalk.GRAPH`)
 SITE = {a: f"198.18.{a - 64500}.1" for a in ADJ}
 AS_OF = {ip: a for a, ip in SITE.items()}
 

@@ -7,20 +7,10 @@ from collections import Counter
 import pytest
 
 from examples.multicast.control import MulticastPSP, receive_payload
-from examples.multicast.netwalk import NetWalk
-from examples.multicast.tree import adjacency_from_links
+from examples.multicast.netwalk import GRAPH, NetWalk
 from pcdemo.example_testbed import SimSite
 
-LINKS = [
-    (64501, 64502),
-    (64501, 64503),
-    (64502, 64504),
-    (64503, 64504),
-    (64504, 64505),
-    (64502, 64506),
-    (64503, 64507),
-]
-ADJ = adjacency_from_links(LINKS)
+ADJ = GRAPH  #: a ring of four with stubs (:data:`examples.multicast.netwalk.GRAPH`)
 SENDER = "198.18.1.100"
 
 

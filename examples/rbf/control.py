@@ -26,6 +26,8 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from examples.errors import ReasonError
+
 from . import service as rules
 
 __all__ = [
@@ -43,12 +45,8 @@ SERVICE = "rbf"
 SERVICE_SOURCE = Path(__file__).with_name("service.py").read_text()
 
 
-class RuleRejected(ValueError):
+class RuleRejected(ReasonError):
     """``reason``: ``bad_signature`` or ``bad_rule``."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        self.reason = reason
-        super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
 @dataclass(frozen=True, slots=True)

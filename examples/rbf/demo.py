@@ -13,9 +13,6 @@ each:
    with one byte changed; ``uncertified``: a rule signed by another key.
 
 D's capture shows who delivered each packet (C2's or C1's address) and its metadata.
-``python -m examples.rbf.demo [--topology FILE]`` runs it as root (else the simulator) and
-prints JSON.
-:func:`register` adds it to ``pcdemo``'s scenario registry.
 """
 
 from __future__ import annotations
@@ -27,15 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from examples.encryption.demo import NEEDS
-from pcdemo.example_testbed import ExampleTestbed, capture, load_topology, raw_sender, wait_until
-from pcsock.wire import WireError, int2ip, parse
+from pcdemo.example_testbed import ExampleTestbed, circuit_packets, main
+from pcsock.wire import int2ip
 
 from .control import SERVICE, RbfPSP, RuleAuthority, carry
 
+PREFIX = "pcx"  #: its testbed's name prefix
 TOPOLOGY = Path(__file__).resolve().parent.parent / "encryption" / "chain.toml"
 PSP = "rbfco"
 
-__all__ = ["passed", "phases", "register", "run_simulator", "run_testbed"]
+__all__ = ["NEEDS", "SCENARIO", "on_simulator", "on_testbed", "outcome", "passed", "phases"]
 
 
 def rule_text(c2: str, d: str) -> str:
@@ -56,68 +54,54 @@ def phases(authority: RuleAuthority, c2: str, d: str) -> dict[str, list[bytes]]:
 
 
 def _arrivals(frames: list[bytes]) -> Counter[tuple[str, int]]:
-    out: Counter[tuple[str, int]] = Counter()
-    for f in frames:
-        try:
-            p = parse(f)
-        except WireError:
-            continue
-        if p.form == 1:
-            out[int2ip(p.src), p.metadata] += 1
-    return out
+    return Counter((int2ip(p.src), p.metadata) for p in circuit_packets(frames))
 
 
-def run_testbed(
-    *, prefix: str = "pcx", n: int = 20, progress: Any = None, topology: Path = TOPOLOGY
-) -> dict[str, Any]:
-    topo = load_topology(topology, NEEDS)
+def on_testbed(etb: ExampleTestbed, topo: Any, *, n: int = 20) -> dict[str, Any]:
     res: dict[str, Any] = {"n": n}
-    with ExampleTestbed(topo, prefix=prefix, progress=progress) as etb:
-        tb = etb.tb
-        c1, c2 = etb.site("C1", PSP), etb.site("C2", PSP)
-        isp1 = etb.site("C1", PSP, isp=True)  # the ISP's own writes at C1
-        authority = RuleAuthority()
-        psp = RbfPSP([c1, c2], authority.public_key)
-        psp.deploy()
-        s_ip, d_ip = etb.address("S"), etb.address("D")
-        circuit = psp.connect(c1, [c2], d_ip)
-        psp.bind(circuit, authority.certify(rule_text(c2.public_ip, d_ip)))
-        plan = phases(authority, c2.public_ip, d_ip)
-        psp.admit(authority.certify(f"if site == C1 then forward {d_ip} else forward"))
-        at_d = capture(tb, "D", "R2")
-        tx = raw_sender(tb.node("S"))
-        seen = 0  # packets C1's service has run on so far
+    c1, c2 = etb.site("C1", PSP), etb.site("C2", PSP)
+    isp1 = etb.site("C1", PSP, isp=True)  # the ISP's own writes at C1
+    authority = RuleAuthority()
+    psp = RbfPSP([c1, c2], authority.public_key)
+    psp.deploy()
+    s_ip, d_ip = etb.address("S"), etb.address("D")
+    circuit = psp.connect(c1, [c2], d_ip)
+    psp.bind(circuit, authority.certify(rule_text(c2.public_ip, d_ip)))
+    plan = phases(authority, c2.public_ip, d_ip)
+    psp.admit(authority.certify(f"if site == C1 then forward {d_ip} else forward"))
+    at_d = etb.capture("D", "R2")
+    tx = etb.raw_sender("S")
+    seen = 0  # packets C1's service has run on so far
 
-        def c1_counters() -> dict[str, int]:
-            return c1.counters(SERVICE)
+    def c1_counters() -> dict[str, int]:
+        return c1.counters(SERVICE)
 
-        for name, (payload,) in plan.items():
-            if name == "congested":
-                isp1.isp_lpm_put("congestion", f"{c2.public_ip}/32", {"level": 0.9})
-                time.sleep(0.05)  # > the FIS cache's 5 ms staleness bound
-            drops0 = c1_counters().get("drops", 0)
-            for _ in range(n):
-                tx.sendto(circuit.packet(s_ip, payload), (circuit.first_hop, 0))
-                time.sleep(0.001)
-            seen += n  # C1 has run the service on the phase's packets, then D's capture is read
-            wait_until(lambda k=seen: c1_counters().get("packets", 0) >= k, timeout=10)
-            got = _arrivals(at_d.take(0.3))
-            res[name] = {
-                "via_c2_meta7": got[c2.public_ip, 7],
-                "via_c2": got[c2.public_ip, 0],
-                "direct": got[c1.public_ip, 0],
-                "dropped_at_c1": c1_counters().get("drops", 0) - drops0,
-            }
-        res["c1_service_drops"] = c1_counters().get("drops", 0)
-        for sock in (tx, at_d):
-            sock.close()
+    for name, (payload,) in plan.items():
+        if name == "congested":
+            isp1.isp_lpm_put("congestion", f"{c2.public_ip}/32", {"level": 0.9})
+            time.sleep(0.05)  # > the FIS cache's 5 ms staleness bound
+        drops0 = c1_counters().get("drops", 0)
+        for _ in range(n):
+            tx.sendto(circuit.packet(s_ip, payload), (circuit.first_hop, 0))
+            time.sleep(0.001)
+        seen += n  # C1 has run the service on the phase's packets, then D's capture is read
+        etb.wait_served(c1, SERVICE, seen)
+        got = _arrivals(at_d.take(0.3))
+        res[name] = {
+            "via_c2_meta7": got[c2.public_ip, 7],
+            "via_c2": got[c2.public_ip, 0],
+            "direct": got[c1.public_ip, 0],
+            "dropped_at_c1": c1_counters().get("drops", 0) - drops0,
+        }
+    res["c1_service_drops"] = c1_counters().get("drops", 0)
+    for sock in (tx, at_d):
+        sock.close()
     return res
 
 
-def run_simulator(n: int = 20, topology: Path = TOPOLOGY) -> dict[str, Any]:
+def on_simulator(topology: Path, *, n: int = 20) -> dict[str, Any]:
     from .scenario import build_world, send
 
-    load_topology(topology, NEEDS)
     w = build_world(topology)
     c1, c2, d = w.sites["C1"].ip, w.sites["C2"].ip, w.dest.ip
     w.psp.bind(w.circuit, w.authority.certify(rule_text(c2, d)))
@@ -156,29 +140,19 @@ def passed(res: dict[str, Any]) -> bool:
     )
 
 
-def register() -> None:
-    """Add the demo to ``pcdemo``'s scenarios (testbed as root, else simulator)."""
-    from pcdemo.scenarios import Outcome, World, scenario
-
-    @scenario("rbf", "rule-based forwarding with certified rules (§2.6.2)")
-    def rbf_scenario(world: World) -> Outcome:
-        out = Outcome("rbf")
-        res = run_testbed() if world.kind == "testbed" else run_simulator()
-        n = res["n"]
-        out.sent = 6 * n
-        out.received = sum(res[p]["via_c2_meta7"] + res[p]["via_c2"] + res[p]["direct"]
-                           for p in ("bound", "congested", "carried"))  # fmt: skip
-        out.dropped = sum(res[p]["dropped_at_c1"] for p in ("big", "tampered", "uncertified"))
-        out.check("certified rules decide, others are dropped", passed(res))
-        out.detail = "bound, congested, carried rules obeyed; tampered/uncertified dropped"
-        return out
+#: the demo's row in ``python -m pcdemo`` (:func:`pcdemo.scenarios.example_scenario`)
+SCENARIO = ("rbf", "rule-based forwarding with certified rules (§2.6.2)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pcdemo.example_testbed import main as example_main
-
-    return example_main(sys.modules[__name__], argv)
+def outcome(out: Any, res: dict[str, Any]) -> None:
+    n = res["n"]
+    out.sent = 6 * n
+    out.received = sum(res[p]["via_c2_meta7"] + res[p]["via_c2"] + res[p]["direct"]
+                       for p in ("bound", "congested", "carried"))  # fmt: skip
+    out.dropped = sum(res[p]["dropped_at_c1"] for p in ("big", "tampered", "uncertified"))
+    out.check("certified rules decide, others are dropped", passed(res))
+    out.detail = "bound, congested, carried rules obeyed; tampered/uncertified dropped"
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.modules[__name__]))

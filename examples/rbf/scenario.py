@@ -14,9 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from examples.encryption.scenario import TOPOLOGY
-from pcdemo.example_testbed import SimSite, sim_network
-from pcsite_lite.sim import Host, Network, SiteNode
+from examples.encryption.scenario import TOPOLOGY, ChainNet, chain_net
+from pcdemo.example_testbed import SimSite
 from pcsock.wire import parse
 
 from .control import RbfCircuit, RbfPSP, RuleAuthority
@@ -27,27 +26,21 @@ PSP = "rbfco"
 
 
 @dataclass
-class World:
-    net: Network
+class World(ChainNet):
     psp: RbfPSP
     authority: RuleAuthority
     circuit: RbfCircuit
-    sender: Host
-    dest: Host
-    sites: dict[str, SiteNode]
     handles: dict[str, SimSite]
 
 
 def build_world(topology: Path = TOPOLOGY) -> World:
-    sn = sim_network(topology)
-    net, s, d = sn.net, sn.nodes["S"], sn.nodes["D"]
-    sites = {n: sn.nodes[n] for n in ("C1", "C2")}
-    handles = {k: SimSite(v, PSP) for k, v in sites.items()}
+    cn = chain_net(topology)
+    handles = {k: SimSite(v, PSP) for k, v in cn.sites.items()}
     authority = RuleAuthority()
     psp = RbfPSP(list(handles.values()), authority.public_key)
     psp.deploy()
-    circuit = psp.connect(handles["C1"], [handles["C2"]], d.ip)
-    return World(net, psp, authority, circuit, s, d, sites, handles)
+    circuit = psp.connect(handles["C1"], [handles["C2"]], cn.dest.ip)
+    return World(**vars(cn), psp=psp, authority=authority, circuit=circuit, handles=handles)
 
 
 def send(w: World, payload: bytes) -> list[tuple[str, int, bytes]]:

@@ -152,19 +152,19 @@ def parse(text):
             return ("meta", int(val))
         raise RuleError("unknown action " + tok)
 
-    def cond():
-        left = conj()
-        while peek() == "or":
-            take("or")
-            left = ("or", left, conj())
+    def joined(op, operand):
+        # operands joined by ``op``, left-associative: ("or", ("or", a, b), c)
+        left = operand()
+        while peek() == op:
+            take(op)
+            left = (op, left, operand())
         return left
 
+    def cond():
+        return joined("or", conj)
+
     def conj():
-        left = neg()
-        while peek() == "and":
-            take("and")
-            left = ("and", left, neg())
-        return left
+        return joined("and", neg)
 
     def neg():
         enter()

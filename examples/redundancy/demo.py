@@ -8,10 +8,6 @@ one packet every 4 ms,
 captures the core link (RC's interface toward R1) and what D receives, and reports
 ``re_bytes_saved_ratio`` (1 - payload bytes on the core / payload bytes sent) against the
 workload's known redundancy.
-
-``python -m examples.redundancy.demo [--topology FILE]`` runs it as root (else the simulator)
-and prints JSON.
-:func:`register` adds it to ``pcdemo``'s scenario registry.
 """
 
 from __future__ import annotations
@@ -22,28 +18,20 @@ from pathlib import Path
 from typing import Any
 
 from examples.encryption.demo import NEEDS, chain_io
-from pcdemo.example_testbed import ExampleTestbed, load_topology, wait_until
-from pcsock.wire import WireError, parse
+from pcdemo.example_testbed import ExampleTestbed, circuit_packets, main
 
 from .control import SERVICE, RedundancyPSP
 from .workload import workload
 
+PREFIX = "pcx"  #: its testbed's name prefix
 TOPOLOGY = Path(__file__).resolve().parent.parent / "encryption" / "chain.toml"
 PSP = "isp-re"
 
-__all__ = ["passed", "register", "run_simulator", "run_testbed"]
+__all__ = ["NEEDS", "SCENARIO", "on_simulator", "on_testbed", "outcome", "passed"]
 
 
 def _circuit_payloads(frames: list[bytes]) -> list[bytes]:
-    out = []
-    for f in frames:
-        try:
-            p = parse(f)
-        except WireError:
-            continue
-        if p.form == 1:
-            out.append(bytes(p.payload))
-    return out
+    return [bytes(p.payload) for p in circuit_packets(frames)]
 
 
 def _figures(payloads: list[bytes], repeated: int, core: list[bytes], got: list[bytes]) -> dict:
@@ -60,59 +48,51 @@ def _figures(payloads: list[bytes], repeated: int, core: list[bytes], got: list[
     }
 
 
-def run_testbed(
-    *,
-    prefix: str = "pcx",
-    n: int = 300,
-    interval: float = 0.004,
-    progress: Any = None,
-    topology: Path = TOPOLOGY,
+def on_testbed(
+    etb: ExampleTestbed, topo: Any, *, n: int = 300, interval: float = 0.004
 ) -> dict[str, Any]:
-    topo = load_topology(topology, NEEDS)
     payloads, repeated = workload(n, redundancy=0.5)
-    with ExampleTestbed(topo, prefix=prefix, progress=progress) as etb:
-        shared = etb.path("pair-fis.sqlite")  # the packet store both sites use
-        # The ISP's own service (PSP "isp-re") runs in the workers' trusted lane: confined, on
-        # this loaded 2-vCPU machine 2-13 % of its packets were dropped as service_busy (a
-        # packet not in a prefetched batch while batches are in flight). Its per-packet
-        # budget: the encoder needs ~1.5 ms of CPU, but other jobs can preempt a site longer.
-        services = {"trusted": ["isp-re/re"], "packet_budget_ms": 100}
-        c1 = etb.site("C1", PSP, fis=shared, services=services)
-        c2 = etb.site("C2", PSP, fis=shared, services=services)
-        psp = RedundancyPSP(c1, c2)
-        psp.deploy()
-        chain, core, at_d, tx, s_ip = chain_io(etb, psp)
-        t0 = time.monotonic()
-        for i, p in enumerate(payloads):
-            delay = t0 + i * interval - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            tx.sendto(chain.packet(s_ip, p), (chain.first_hop, 0))
-        counters = {}
-        for s in (c1, c2):  # both sites have run the service on every packet (usage reports)
-            wait_until(lambda s=s: s.counters(SERVICE).get("packets", 0) >= n, timeout=10)
-            counters[s.name] = s.counters(SERVICE)
-        res = _figures(
-            payloads,
-            repeated,
-            _circuit_payloads(core.drain(0.5)),
-            _circuit_payloads(at_d.drain(0.5)),
-        )
-        res["service_drops"] = {k: c.get("drops", 0) for k, c in counters.items()}
-        res["site_processed"] = {k: c.get("packets", 0) for k, c in counters.items()}
-        res["service_cpu_ms_per_packet"] = {
-            k: round(c.get("cpu_ns", 0) / max(1, c.get("packets", 0)) / 1e6, 3)
-            for k, c in counters.items()
-        }
-        for sock in (tx, core, at_d):
-            sock.close()
+    shared = etb.path("pair-fis.sqlite")  # the packet store both sites use
+    # The ISP's own service (PSP "isp-re") runs in the workers' trusted lane: confined, on
+    # this loaded 2-vCPU machine 2-13 % of its packets were dropped as service_busy (a
+    # packet not in a prefetched batch while batches are in flight). Its per-packet
+    # budget: the encoder needs ~1.5 ms of CPU, but other jobs can preempt a site longer.
+    services = {"trusted": ["isp-re/re"], "packet_budget_ms": 100}
+    c1 = etb.site("C1", PSP, fis=shared, services=services)
+    c2 = etb.site("C2", PSP, fis=shared, services=services)
+    psp = RedundancyPSP(c1, c2)
+    psp.deploy()
+    chain, core, at_d, tx, s_ip = chain_io(etb, psp)
+    t0 = time.monotonic()
+    for i, p in enumerate(payloads):
+        delay = t0 + i * interval - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        tx.sendto(chain.packet(s_ip, p), (chain.first_hop, 0))
+    counters = {}
+    for s in (c1, c2):  # both sites have run the service on every packet (usage reports)
+        etb.wait_served(s, SERVICE, n)
+        counters[s.name] = s.counters(SERVICE)
+    res = _figures(
+        payloads,
+        repeated,
+        _circuit_payloads(core.drain(0.5)),
+        _circuit_payloads(at_d.drain(0.5)),
+    )
+    res["service_drops"] = {k: c.get("drops", 0) for k, c in counters.items()}
+    res["site_processed"] = {k: c.get("packets", 0) for k, c in counters.items()}
+    res["service_cpu_ms_per_packet"] = {
+        k: round(c.get("cpu_ns", 0) / max(1, c.get("packets", 0)) / 1e6, 3)
+        for k, c in counters.items()
+    }
+    for sock in (tx, core, at_d):
+        sock.close()
     return res
 
 
-def run_simulator(n: int = 300, topology: Path = TOPOLOGY) -> dict[str, Any]:
+def on_simulator(topology: Path, *, n: int = 300) -> dict[str, Any]:
     from .scenario import build_world, send
 
-    load_topology(topology, NEEDS)
     payloads, repeated = workload(n, redundancy=0.5)
     w = build_world(topology=topology)
     got = send(w, payloads)
@@ -130,33 +110,23 @@ def passed(res: dict[str, Any]) -> bool:
     )
 
 
-def register() -> None:
-    """Add the demo to ``pcdemo``'s scenarios (testbed as root, else simulator)."""
-    from pcdemo.scenarios import Outcome, World, scenario
-
-    @scenario("re", "redundancy elimination between a site pair (§2.6.2)")
-    def redundancy_scenario(world: World) -> Outcome:
-        out = Outcome("re")
-        res = run_testbed() if world.kind == "testbed" else run_simulator()
-        out.sent, out.received = res["sent"], res["received_intact"]
-        out.dropped = res["sent"] - res["received"]
-        out.check("every payload delivered intact", res["received_intact"] == res["sent"])
-        out.check(
-            "most known redundancy removed",
-            res["re_bytes_saved_ratio"] > 0.8 * res["known_redundancy"],
-        )
-        out.detail = (
-            f"saved {res['re_bytes_saved_ratio']:.1%} of payload bytes "
-            f"(known redundancy {res['known_redundancy']:.1%})"
-        )
-        return out
+#: the demo's row in ``python -m pcdemo`` (:func:`pcdemo.scenarios.example_scenario`)
+SCENARIO = ("re", "redundancy elimination between a site pair (§2.6.2)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pcdemo.example_testbed import main as example_main
-
-    return example_main(sys.modules[__name__], argv)
+def outcome(out: Any, res: dict[str, Any]) -> None:
+    out.sent, out.received = res["sent"], res["received_intact"]
+    out.dropped = res["sent"] - res["received"]
+    out.check("every payload delivered intact", res["received_intact"] == res["sent"])
+    out.check(
+        "most known redundancy removed",
+        res["re_bytes_saved_ratio"] > 0.8 * res["known_redundancy"],
+    )
+    out.detail = (
+        f"saved {res['re_bytes_saved_ratio']:.1%} of payload bytes "
+        f"(known redundancy {res['known_redundancy']:.1%})"
+    )
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.modules[__name__]))

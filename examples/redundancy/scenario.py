@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from examples.encryption.circuit import Chain
-from examples.encryption.scenario import TOPOLOGY
-from pcdemo.example_testbed import SimSite, sim_network
+from examples.encryption.scenario import TOPOLOGY, ChainNet, chain_net
+from pcdemo.example_testbed import SimSite, tap
 from pcsite_lite.fis import CachedFIS, SqliteFIS
-from pcsite_lite.sim import Host, Link, Network, SiteNode
+from pcsite_lite.sim import Network
 from pcsock.wire import parse
 
 from .control import RedundancyPSP
@@ -31,14 +31,9 @@ PSP = "isp-re"
 
 
 @dataclass
-class World:
-    net: Network
+class World(ChainNet):
     psp: RedundancyPSP
     chain: Chain
-    sender: Host
-    dest: Host
-    sites: dict[str, SiteNode]
-    core: Link  #: RC -- R2, between the two sites
     fis: Any  #: the shared engine
     core_payload_bytes: list[int]  #: shim payload bytes of every frame on the core link
 
@@ -52,22 +47,13 @@ def build_world(*, staleness: float = 0.005, topology: Path = TOPOLOGY) -> World
     def fis(name: str, net: Network) -> dict[str, Any]:
         return {"fis": CachedFIS(engine, clock=lambda: net.now, staleness=staleness)}
 
-    sn = sim_network(topology, site_kwargs=fis)
-    net, core = sn.net, sn.links["RC", "R2"]
-    sites = {n: sn.nodes[n] for n in ("C1", "C2")}
-    s, d = sn.nodes["S"], sn.nodes["D"]
-    psp = RedundancyPSP(SimSite(sites["C1"], PSP), SimSite(sites["C2"], PSP))
+    cn = chain_net(topology, site_kwargs=fis)
+    psp = RedundancyPSP(SimSite(cn.sites["C1"], PSP), SimSite(cn.sites["C2"], PSP))
     psp.deploy()
-    chain = psp.connect(d.ip)
+    chain = psp.connect(cn.dest.ip)
     sizes: list[int] = []
-    orig = core.transmit
-
-    def transmit(sender: Any, data: bytes) -> None:
-        sizes.append(len(parse(data).payload))
-        orig(sender, data)
-
-    core.transmit = transmit  # type: ignore[method-assign]
-    return World(net, psp, chain, s, d, sites, core, engine, sizes)
+    tap(cn.core, lambda _sender, frame: sizes.append(len(parse(frame).payload)))
+    return World(**vars(cn), psp=psp, chain=chain, fis=engine, core_payload_bytes=sizes)
 
 
 def send(w: World, payloads: list[bytes], *, interval: float = 0.001) -> list[bytes]:

@@ -8,7 +8,15 @@ import pytest
 
 from examples.encryption import demo as encryption
 from examples.rbf import demo as rbf
-from pcdemo.example_testbed import Needs, TopologyLacks, addresses, load_topology, sim_network
+from pcdemo.example_testbed import (
+    Needs,
+    TopologyLacks,
+    addresses,
+    load_topology,
+    run_simulator,
+    sim_network,
+)
+from pcdemo.example_testbed import main as example_main
 
 #: the chain of examples/encryption/chain.toml, written differently: other prefixes and public
 #: IPs, other link delays, and one more router (with a host) off the core
@@ -93,9 +101,9 @@ def test_the_simulator_builds_the_topology_file_with_the_testbeds_addresses(
 
 
 def test_examples_run_on_another_topology_file_with_the_same_roles(other_chain: Path) -> None:
-    res = encryption.run_simulator(n=10, topology=other_chain)
+    res = run_simulator(encryption, n=10, topology=other_chain)
     assert res["received_plaintext_ok"] == 10 and encryption.passed(res)
-    res = rbf.run_simulator(n=3, topology=other_chain)
+    res = run_simulator(rbf, n=3, topology=other_chain)
     assert res["bound"]["via_c2_meta7"] == 3 and rbf.passed(res)
 
 
@@ -110,10 +118,10 @@ def test_a_topology_lacking_what_an_example_needs_names_every_missing_part(
     msg = str(exc.value)
     assert "a host named 'Q'" in msg and "'C2' to be a site (it is a router)" in msg
     assert "a link S -- D" in msg
-    assert encryption.main(["--topology", str(bad), "--world", "simulator"]) == 2
+    assert example_main(encryption, ["--topology", str(bad), "--world", "simulator"]) == 2
     assert "C2" in capsys.readouterr().err
     # a file that is not a valid topology: its errors, no traceback
     broken = tmp_path / "broken.toml"
     broken.write_text(OTHER_CHAIN.replace('kind = "host"', 'kind = "hots"', 1))
-    assert encryption.main(["--topology", str(broken), "--world", "simulator"]) == 2
+    assert example_main(encryption, ["--topology", str(broken), "--world", "simulator"]) == 2
     assert "broken.toml" in capsys.readouterr().err

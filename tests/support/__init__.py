@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import subprocess
 
-# one poller for the tests, the examples and the demo (pcdemo is above every package they use)
-from pcdemo.example_testbed import wait_until
+from pcdemo.rig import wait_until  # the one poll-until helper (tests, demos, the rig)
 
 __all__ = ["FakeClock", "stop_process", "wait_until"]
 
