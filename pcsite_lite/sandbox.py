@@ -208,6 +208,13 @@ class Budget:
             self._check(left)
         return True
 
+    def charge(self, ticks: int) -> None:
+        """Count a building block's work as ``ticks`` and check the clock (it may overrun the
+        budget: :class:`BudgetExceeded`, as a loop's tick would)."""
+        left = self.left - ticks
+        self.left = left
+        self._check(left)
+
     def _check(self, left: int) -> None:
         if left < 0 or self.clock() > self.deadline:
             self.left = -1

@@ -109,8 +109,11 @@ class Site:
         now: float | None = None,
         isolation: Any = None,
         replicate_caps: tuple[int, int | None] | None = None,
+        node_id: str = "0",
     ) -> None:
         self.name = name
+        #: which node (and worker) of the site this state runs on (``pkt.node_id``)
+        self.node_id = node_id
         try:
             self.public_addr = ip2int(public_ip)
         except WireError as exc:
@@ -136,6 +139,7 @@ class Site:
             events=events,
             isolation=isolation,
             replicate_caps=replicate_caps,
+            identity=(name, node_id),
         )
         self.local_prefixes: LpmTable[bool] = LpmTable()
         for p in local_prefixes:

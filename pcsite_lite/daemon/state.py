@@ -416,6 +416,14 @@ def has_fis_snapshots(cfg: SiteConfig) -> bool:
     return any(Path(cfg.state_dir).glob("fis-cache-*.json"))
 
 
+def node_id(cfg: SiteConfig, index: int | None) -> str:
+    """``pkt.node_id`` of worker ``index``: ``"<worker>"`` at a one-machine site,
+    ``"<cluster node>/<worker>"`` on a node of a cluster site."""
+    worker = "0" if index is None else str(index)
+    cluster = cfg.cluster
+    return worker if cluster is None else f"{cluster.node}/{worker}"
+
+
 def _resolver(cfg: SiteConfig, budget: Budget) -> Any:
     """Services from the repository, ticking against the site's ``budget``."""
     if cfg.repository is None:
@@ -465,6 +473,7 @@ class WorkerSite:
                 cfg.services.replicate_per_second,
             ),
             budget=budget,
+            node_id=node_id(cfg, index),
         )
         self.pipeline = Pipeline(self.site, verify_ip_checksum=False)
         # confined service processes end with the worker (they also die with it: PDEATHSIG)
