@@ -621,9 +621,10 @@ class Pipeline:
         verdicts: list[Verdict] = []
         for i, addr in enumerate(targets):
             buf = pkt.buf
-            if payloads is not None and payloads[i] is not None:
+            data = None if payloads is None else payloads[i]
+            if data is not None:
                 inner = parse(bytearray(buf), verify_ip_checksum=False)
-                replace_payload(inner, payloads[i])
+                replace_payload(inner, data)
                 buf = inner.buf
             if len(buf) + 20 > 0xFFFF:
                 verdicts.append(

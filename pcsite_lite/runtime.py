@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from pcsite_lite.api import ServiceContext
+from pcsite_lite.api import REPLICATE_PER_PACKET, ServiceContext
 from pcsite_lite.metering import Counters
 from pcsite_lite.sandbox import BUDGET, Budget, LoadedService, load_service
 
@@ -231,15 +231,14 @@ class ServiceRuntime:
         return slot
 
     def _context(self, psp: str, service: str, sink: Any) -> ServiceContext:
-        caps = {} if self.replicate_caps is None else {"replicate_caps": self.replicate_caps}
         return ServiceContext(
             psp,
             service,
             fis=self.fis,
             log_sink=sink,
+            replicate_caps=self.replicate_caps or (REPLICATE_PER_PACKET, None),
             identity=self.identity,
             budget=self.budget,
-            **caps,
         )
 
     def _resolve(self, slot: ServiceSlot, psp: str, service: str) -> None:

@@ -62,10 +62,10 @@ def test_the_new_calls_do_the_same_in_every_lane() -> None:
         if batched:
             assert isinstance(slot.process, ConfinedService) and slot.process.batch_hits == 1
         assert all(isinstance(v, Forward) for v in out), out
-        assert site.runtime.counters("p", "x").bytes_out == sum(len(v.data) for v in out)  # type: ignore[union-attr]
+        assert site.runtime.counters("p", "x").bytes_out == sum(len(v.data) for v in out)
         outs.append(out)
     assert outs[0] == outs[1] == outs[2]
-    payloads = [bytes(parse(v.data).payload) for v in outs[0]]  # type: ignore[union-attr]
+    payloads = [bytes(parse(v.data).payload) for v in outs[0]]
     assert payloads == [b"c9|n1/0|TrueFalse:hello", b"hello"]
 
 

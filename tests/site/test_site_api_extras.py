@@ -44,14 +44,14 @@ def test_form1_copies_carry_their_own_payloads_are_well_formed_and_metered() -> 
     src = "def process(pkt):\n    pkt.replicate([77, 78], [b'to-77:' + pkt.read(), None])\n"
     site, pipe, _, label = _two_hops(src)
     out = pipe.process(circuit_packet(label, b"body"), 1.0)
-    assert [v.next_hop for v in out] == [NEXT_IP, OTHER_IP]  # type: ignore[union-attr]
-    first, second = (parse(v.data) for v in out)  # type: ignore[union-attr]  # IP checksums
+    assert [v.next_hop for v in out] == [NEXT_IP, OTHER_IP]
+    first, second = (parse(v.data) for v in out)  # IP checksums
     assert bytes(first.payload) == b"to-77:body" and bytes(second.payload) == b"body"
     assert first.label == 77 and first.verify_mac(OUT_KEY)
     assert second.label == 78 and second.verify_mac(OTHER_KEY)
-    assert IP(out[0].data).len == len(out[0].data)  # type: ignore[union-attr]
+    assert IP(out[0].data).len == len(out[0].data)
     c = site.runtime.counters(PSP, "s")
-    assert c.bytes_out == sum(len(v.data) for v in out) == 2 * len(out[1].data) + 6  # type: ignore[union-attr]
+    assert c.bytes_out == sum(len(v.data) for v in out) == 2 * len(out[1].data) + 6
 
 
 def test_form2_tunnel_copies_carry_their_own_inner_payloads() -> None:
@@ -64,11 +64,11 @@ def test_form2_tunnel_copies_carry_their_own_inner_payloads() -> None:
     site.register_service_id(9, PSP, "s", redirect_prefixes=["198.18.7.0/24"])
     data = build_service_packet(src=SENDER, dst=DEST, service_id=9, payload=b"original")
     out = pipe.process(data, 1.0)
-    assert [v.next_hop for v in out] == ["198.18.7.1", "198.18.7.2"]  # type: ignore[union-attr]
-    inner = [parse(bytes(IP(v.data).payload)) for v in out]  # type: ignore[union-attr]
+    assert [v.next_hop for v in out] == ["198.18.7.1", "198.18.7.2"]
+    inner = [parse(bytes(IP(v.data).payload)) for v in out]
     assert [bytes(p.payload) for p in inner] == [b"original", b"short"]
     assert all(p.service_id == 9 and p.verify_check() and p.ttl == 63 for p in inner)
-    assert site.runtime.counters(PSP, "s").bytes_out == sum(len(v.data) for v in out)  # type: ignore[union-attr]
+    assert site.runtime.counters(PSP, "s").bytes_out == sum(len(v.data) for v in out)
 
 
 @pytest.mark.parametrize(
@@ -149,7 +149,7 @@ def test_a_service_learns_its_site_and_node() -> None:
     site, pipe, _ = one_site(node_id="n2/1")
     site.deploy(PSP, "s", IDENTITY)
     [v] = pipe.process(circuit_packet(circuit(site, "s")), 1.0)
-    assert bytes(parse(v.data).payload) == b"c n2/1"  # type: ignore[union-attr]
+    assert bytes(parse(v.data).payload) == b"c n2/1"
     bench = ServiceBench(IDENTITY)  # the simulator: the site's name, node "0"
     [out] = bench.send(b"", form=1)
     assert out.split()[1] == b"0" and out.split()[0].decode() == bench.site.name
@@ -162,5 +162,5 @@ def test_daemon_workers_have_distinct_node_ids() -> None:
 
     one = SimpleNamespace(cluster=None)
     node = SimpleNamespace(cluster=SimpleNamespace(node="n3"))
-    assert [node_id(one, i) for i in (0, 1)] == ["0", "1"]  # type: ignore[arg-type]
-    assert [node_id(node, i) for i in (0, 1)] == ["n3/0", "n3/1"]  # type: ignore[arg-type]
+    assert [node_id(one, i) for i in (0, 1)] == ["0", "1"]
+    assert [node_id(node, i) for i in (0, 1)] == ["n3/0", "n3/1"]
