@@ -542,17 +542,7 @@ class Pipeline:
             out = bytes(pkt.strip_shim())
         else:
             out = self._form1_out(pkt.buf, pkt.shim_off, hops - 1, hop.label, addr, hop.key)
-        # metering, inlined from _out
-        c = slot.ctx.counters
-        n = len(out)
-        c.bytes_out += n
-        local = self._locality.get(addr)
-        if local is None:
-            local = self.site.is_local(addr)
-        if local:
-            c.bytes_local += n
-        else:
-            c.bytes_interdomain += n
+        self._out(slot, out, addr)
         if hop.final or hop.strip:
             return Deliver(out, hop.next_hop, hop.strip)
         return Forward(out, hop.next_hop)
