@@ -1,5 +1,11 @@
 """The control API's backend over a running site (the daemon's supervisor process).
 
+The HTTP layer (:mod:`.app`) authenticates, checks that a PSP only names itself, validates
+JSON shapes and then calls one :class:`SiteBackend` method (all synchronous and short). The
+backend owns the site state and enforces per-object ownership (a circuit label or service ID
+owned by another PSP answers ``not_found``/``conflict``); every method raises
+:class:`~.errors.ApiError` for a refused request.
+
 Holds the master :class:`~pcsite_lite.daemon.state.SiteState`, writes the FIS through the
 engine (with the authenticated PSP as writer, so the FIS enforces namespaces too), and hands
 every data-plane change to ``broadcast`` so that the worker replicas follow.
@@ -41,8 +47,7 @@ from pcsite_lite.metering import Counters
 from pcsite_lite.metrics import MetricFamily, WorkerStats, render
 from pcsock.wire import HopKey
 
-from .backend import Json
-from .errors import ApiError
+from .errors import ApiError, Json
 
 __all__ = ["SiteBackend"]
 
@@ -113,7 +118,7 @@ def _proof_expiry(claim: dict[str, Json], proof: str | None) -> float | None:
 
 
 class SiteBackend:
-    """Implements :class:`~pcsite_lite.control.backend.ControlBackend` for the daemon."""
+    """The site operations behind the control API's routes, for the daemon."""
 
     def __init__(
         self,
