@@ -1,14 +1,9 @@
 """The Packet API (paper Table 1): the only way a service touches a packet.
 
 A service module defines ``process(pkt)``; ``pkt`` is a :class:`PacketApi`. The paper's §2.1
-source-routing service reads, in full (``pcsite_lite/services/source_routing.py``)::
-
-    def process(pkt):
-        hop = pkt.fetch(pkt.shim.read().label)
-        if hop is None:
-            return pkt.drop("no route")
-        pkt.shim.update(label=hop["label"])
-        pkt.forward_to(hop["next_hop"])
+source-routing service (``pcsite_lite/services/source_routing.py``) is five lines of it:
+``fetch`` the out hop of ``shim.read().label``, ``drop`` without one, else ``shim.update`` the
+label and ``forward_to`` the next hop.
 
 =================  ==========================================================================
 Table 1 category   Calls

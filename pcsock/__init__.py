@@ -46,7 +46,8 @@ _LAZY = {
     "OwnershipError": "pcsock.ownership",
 }
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # (re-exported through __all__, which names every _LAZY entry)
+    # ruff: noqa: F401
     from pcsock.discovery import DiscoveryError, Resolver
     from pcsock.lookup import LookupClient, LookupServiceError
     from pcsock.ownership import OwnershipError
@@ -81,31 +82,5 @@ def __getattr__(name: str) -> Any:
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "IPPROTO_PACKETCLOUD",
-    "TOS_SERVICE",
-    "UDP_PORT",
-    "AsyncCircuitSocket",
-    "AsyncPacketCloudSocket",
-    "Circuit",
-    "CircuitSocket",
-    "Datagram",
-    "DiscoveryError",
-    "HopKey",
-    "LookupClient",
-    "LookupServiceError",
-    "OwnershipError",
-    "PacketCloudSocket",
-    "PcsockError",
-    "PrivilegeError",
-    "Resolver",
-    "ServiceSocket",
-    "Session",
-    "WireError",
-    "listen",
-    "local_address_for",
-    "open_circuit",
-    "open_circuit_async",
-    "ordinary_socket",
-    "service_socket",
-]
+#: the wire constants above and every lazily loaded name
+__all__ = ["IPPROTO_PACKETCLOUD", "TOS_SERVICE", "UDP_PORT", "HopKey", "WireError", *_LAZY]
