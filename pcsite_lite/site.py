@@ -43,6 +43,7 @@ from pcsite_lite.lpm import MASKS, LpmTable, PrefixError, format_prefix, parse_p
 from pcsite_lite.metering import Counters, UsageRecord
 from pcsite_lite.runtime import LogSinkFactory, Resolver, ServiceRuntime, ServiceSlot, SiteEvent
 from pcsite_lite.sandbox import BUDGET, Budget
+from pcsock.errors import CodedError
 from pcsock.wire import WireError, int2ip, ip2int
 
 __all__ = ["REGISTRATION_ERRORS", "Registration", "RegistrationError", "Site"]
@@ -54,14 +55,10 @@ _NOW: Final = attrgetter("now")
 REGISTRATION_ERRORS: Final = frozenset({"bad_request", "conflict", "not_owner", "not_found"})
 
 
-class RegistrationError(Exception):
+class RegistrationError(CodedError):
     """A registration request the site refuses; ``code`` is in REGISTRATION_ERRORS."""
 
-    def __init__(self, code: str, detail: str = "") -> None:
-        assert code in REGISTRATION_ERRORS, code
-        self.code = code
-        self.detail = detail
-        super().__init__(f"{code}: {detail}" if detail else code)
+    CODES = REGISTRATION_ERRORS
 
 
 def _prefixes(prefixes: Iterable[str]) -> tuple[tuple[int, int], ...]:

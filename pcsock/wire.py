@@ -69,6 +69,8 @@ from enum import StrEnum
 from hmac import compare_digest as _compare
 from typing import Any, Final
 
+from pcsock.errors import CodedError
+
 __all__ = [
     "ACCELERATED",
     "CIRCUIT_SHIM",
@@ -186,18 +188,14 @@ class WireReason(StrEnum):
 REASONS: Final = frozenset(WireReason)
 
 
-class WireError(Exception):
+class WireError(CodedError):
     """A packet (or a value for one) that does not follow docs/protocol.md.
 
     ``reason`` is a short machine-readable token from :data:`REASONS`; drops on the data path
     are counted under it.
     """
 
-    def __init__(self, reason: str, detail: str = "") -> None:
-        assert reason in REASONS, reason
-        self.reason = reason
-        self.detail = detail
-        super().__init__(f"{reason}: {detail}" if detail else reason)
+    CODES = REASONS
 
 
 # --- the C accelerator -----------------------------------------------------------------------
