@@ -430,6 +430,20 @@ class Decision:
         return PacketApiError(PipelineReason.SPOOF_ATTEMPT, detail)
 
 
+def _address(field: str, refusal: str) -> property:
+    """A :class:`PacketApi` address as a dotted quad; assigning it is refused (``spoof_attempt``
+    with ``refusal``)."""
+    get = attrgetter(field)
+
+    def read(api: PacketApi) -> str:
+        return int2ip(get(api._d.pkt))
+
+    def refuse(api: PacketApi, value: object) -> None:
+        raise api._refuse(refusal)
+
+    return property(read, refuse, doc=f"The packet's IPv4 {field} (read only).")
+
+
 class PacketApi:
     """The ``pkt`` a service's ``process(pkt)`` receives (see the module docstring).
 
@@ -462,21 +476,8 @@ class PacketApi:
         """0 plain (form 3), 1 circuit, 2 service ID."""
         return self._d.pkt.form
 
-    @property
-    def src(self) -> str:
-        return int2ip(self._d.pkt.src)
-
-    @src.setter
-    def src(self, value: object) -> None:
-        raise self._refuse("the IP source is the site's to set")
-
-    @property
-    def dst(self) -> str:
-        return int2ip(self._d.pkt.dst)
-
-    @dst.setter
-    def dst(self, value: object) -> None:
-        raise self._refuse("the IP destination changes only through forward_to/encapsulate")
+    src = _address("src", "the IP source is the site's to set")
+    dst = _address("dst", "the IP destination changes only through forward_to/encapsulate")
 
     @property
     def proto(self) -> int:
