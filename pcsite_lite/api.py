@@ -401,14 +401,7 @@ class Decision:
         self.now = now
         self.circuit = circuit
         self.allowed = allowed
-        self.action = ACT_NONE
-        self.hop = None
-        self.label = None
-        self.spoof = None
-        self.md_changed = False
-        if self.replicas:
-            self.replicas = []
-            self.payloads = None
+        self.reset()
 
     def reset(self) -> None:
         """Clear every output."""
