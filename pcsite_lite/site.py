@@ -72,6 +72,14 @@ def _prefixes(prefixes: Iterable[str]) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
+def _check_owner(reg: Registration | None, psp: str, what: str) -> None:
+    """Refuse to change ``what`` unless its registration ``reg`` exists and is ``psp``'s."""
+    if reg is None:
+        raise RegistrationError("not_found", what)
+    if reg.psp != psp:
+        raise RegistrationError("not_owner", what)
+
+
 @dataclass(frozen=True, slots=True)
 class Registration:
     """A form-2 service ID or form-3 destination prefix bound to a PSP's service."""
@@ -181,11 +189,7 @@ class Site:
         return reg
 
     def unregister_service_id(self, service_id: int, psp: str) -> None:
-        reg = self.service_ids.get(service_id)
-        if reg is None:
-            raise RegistrationError("not_found", f"service ID {service_id}")
-        if reg.psp != psp:
-            raise RegistrationError("not_owner", f"service ID {service_id}")
+        _check_owner(self.service_ids.get(service_id), psp, f"service ID {service_id}")
         del self.service_ids[service_id]
 
     # ---- form 3: destination prefixes
@@ -212,11 +216,7 @@ class Site:
             canon = format_prefix(*parse_prefix(prefix))
         except PrefixError as exc:
             raise RegistrationError("bad_request", str(exc)) from None
-        reg = self.destinations.get(canon)
-        if reg is None:
-            raise RegistrationError("not_found", canon)
-        if reg.psp != psp:
-            raise RegistrationError("not_owner", canon)
+        _check_owner(self.destinations.get(canon), psp, canon)
         self.destinations.delete(canon)
 
     # ---- metering
