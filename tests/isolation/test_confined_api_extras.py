@@ -93,3 +93,27 @@ def test_well_formed_replica_payloads_from_a_confined_process_go_out() -> None:
     _SITES.append(site)
     assert isinstance(v, Forward) and bytes(parse(v.data).payload) == b"abc"
     theirs.close()
+
+
+def test_a_batch_answer_past_its_bound_fails_only_the_packets_beyond_it() -> None:
+    # 40 000-byte copies travel as ~53 KB of base64 each: three fit one answer, the fourth not
+    big = "def process(pkt):\n    pkt.replicate([7], [bytes(40000)])\n"
+    site = Site("c9", SITE_IP, isolation=IsolationPolicy(deadline_ms=2000))
+    _SITES.append(site)
+    slot = site.deploy("p", "x", big)
+    assert isinstance(slot.process, ConfinedService) and slot.process.wait_ready(20)
+    label = site.circuits.allocate("p", now=0.0)
+    hop = OutHopEntry(label=7, next_hop=HOPS[0], key=HopKey(KEY))
+    site.circuits.install(label, psp="p", service="x", in_key=KEY, out_hops=[hop], expires=1e12)
+    packets = [
+        bytes(build_circuit_packet(src="198.18.5.1", dst=SITE_IP, label=label, key=HopKey(KEY),
+                                   payload=bytes([i])))
+        for i in range(4)
+    ]  # fmt: skip
+    assert Prefetcher(site)(packets, 2.0) == 4
+    pipe = Pipeline(site)
+    out = [pipe.process(p, 2.0) for p in packets]
+    assert slot.process.batch_hits == 4  # all four answered in the one message
+    assert [type(v) for [v] in out] == [Forward, Forward, Forward, Drop]
+    assert len(parse(out[0][0].data).payload) == 40000  # type: ignore[union-attr]
+    assert "too large" in out[3][0].detail  # type: ignore[union-attr]
