@@ -16,6 +16,7 @@ lookup services), :mod:`pcsock.ownership` (DNSSEC prefix ownership proofs for fo
 end-to-end demo is the separate package :mod:`pcdemo`. See docs/pcsock.md.
 """
 
+# ruff: noqa: F401  (a re-export module: its imports are its interface)
 from typing import TYPE_CHECKING, Any
 
 from pcsock.wire import IPPROTO_PACKETCLOUD, TOS_SERVICE, UDP_PORT, HopKey, WireError
@@ -46,8 +47,7 @@ _LAZY = {
     "OwnershipError": "pcsock.ownership",
 }
 
-if TYPE_CHECKING:  # (re-exported through __all__, which names every _LAZY entry)
-    # ruff: noqa: F401
+if TYPE_CHECKING:  # re-exported: __all__ names every _LAZY entry (ruff cannot see that)
     from pcsock.discovery import DiscoveryError, Resolver
     from pcsock.lookup import LookupClient, LookupServiceError
     from pcsock.ownership import OwnershipError
