@@ -108,11 +108,17 @@ static PyObject *read_batch(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* The (fd, packets) arguments of write_batch and send_ip_batch (``format`` "iO:name"): the
+ * packets as a fast sequence, or NULL with the error set. */
+static PyObject *fd_and_packets(PyObject *args, const char *format, int *fd) {
+    PyObject *seq;
+    if (!PyArg_ParseTuple(args, format, fd, &seq)) return NULL;
+    return PySequence_Fast(seq, "packets must be a sequence");
+}
+
 static PyObject *write_batch(PyObject *self, PyObject *args) {
     int fd;
-    PyObject *seq;
-    if (!PyArg_ParseTuple(args, "iO:write_batch", &fd, &seq)) return NULL;
-    PyObject *fast = PySequence_Fast(seq, "write_batch: packets must be a sequence");
+    PyObject *fast = fd_and_packets(args, "iO:write_batch", &fd);
     if (!fast) return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
     long written = 0, errors = 0;
@@ -261,9 +267,7 @@ static PyObject *send_batch(PyObject *self, PyObject *args) {
  * and skipped, the rest go on. */
 static PyObject *send_ip_batch(PyObject *self, PyObject *args) {
     int fd;
-    PyObject *seq;
-    if (!PyArg_ParseTuple(args, "iO:send_ip_batch", &fd, &seq)) return NULL;
-    PyObject *fast = PySequence_Fast(seq, "send_ip_batch: packets must be a sequence");
+    PyObject *fast = fd_and_packets(args, "iO:send_ip_batch", &fd);
     if (!fast) return NULL;
     Py_ssize_t total = PySequence_Fast_GET_SIZE(fast);
     int n = total > MAX_BATCH ? MAX_BATCH : (int)total;

@@ -38,6 +38,7 @@
 #define PY_SSIZE_T_CLEAN
 #define _GNU_SOURCE
 #include <Python.h>
+#include <structmember.h>
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -602,11 +603,6 @@ static PyObject *Switch_take(SwitchObject *s, PyObject *unused) {
     return res;
 }
 
-static PyObject *Switch_get_entries(SwitchObject *s, void *closure) {
-    (void)closure;
-    return PyLong_FromUnsignedLong(s->count);
-}
-
 static PyObject *Switch_get_pending(SwitchObject *s, void *closure) {
     (void)closure;
     return PyBool_FromLong(s->ntouched > 0);
@@ -630,14 +626,15 @@ static PyMethodDef Switch_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyObject *Switch_get_n(SwitchObject *s, void *closure) {
-    (void)closure;
-    return PyLong_FromLong(s->n);
-}
+/* the counts Python reads as they are (read only) */
+static PyMemberDef Switch_members[] = {
+    {"n", T_INT, offsetof(SwitchObject, n), READONLY, "packets in the current batch"},
+    {"entries", T_UINT, offsetof(SwitchObject, count), READONLY,
+     "entries of the current generation"},
+    {NULL, 0, 0, 0, NULL},
+};
 
 static PyGetSetDef Switch_getset[] = {
-    {"n", (getter)Switch_get_n, NULL, "packets in the current batch", NULL},
-    {"entries", (getter)Switch_get_entries, NULL, "entries of the current generation", NULL},
     {"pending", (getter)Switch_get_pending, NULL, "metering not yet taken", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
@@ -649,6 +646,7 @@ static PyTypeObject SwitchType = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "the worker's native form-1 switch (see the module source)",
     .tp_methods = Switch_methods,
+    .tp_members = Switch_members,
     .tp_getset = Switch_getset,
     .tp_init = (initproc)Switch_init,
     .tp_new = PyType_GenericNew,

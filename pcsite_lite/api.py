@@ -1,14 +1,9 @@
 """The Packet API (paper Table 1): the only way a service touches a packet.
 
 A service module defines ``process(pkt)``; ``pkt`` is a :class:`PacketApi`. The paper's §2.1
-source-routing service reads, in full (``pcsite_lite/services/source_routing.py``)::
-
-    def process(pkt):
-        hop = pkt.fetch(pkt.shim.read().label)
-        if hop is None:
-            return pkt.drop("no route")
-        pkt.shim.update(label=hop["label"])
-        pkt.forward_to(hop["next_hop"])
+source-routing service (``pcsite_lite/services/source_routing.py``) is five lines of it:
+``fetch`` the out hop of ``shim.read().label``, ``drop`` without one, else ``shim.update`` the
+label and ``forward_to`` the next hop.
 
 =================  ==========================================================================
 Table 1 category   Calls
@@ -20,9 +15,13 @@ Shim info          ``shim.read()``, ``shim.update(label=..., metadata=...)``, ``
 FIS lookup         ``fetch(key)``, ``lookup(table, addr)``, ``store(key, value)``,
                    ``isp_fetch(key)``, ``isp_lookup(table, addr)`` (ISP-published tables)
 Caching            ``cache(key, buf)``, ``cache_get(key)`` (node-local, best effort)
-Building blocks    ``aes(buf, key, decrypt=False)`` (AES-GCM), ``compress(buf, decompress=False)``
+Building blocks    ``aes(buf, key, decrypt=False, aad=b"")`` (AES-GCM),
+                   ``compress(buf, decompress=False)``,
+                   ``ed25519_verify(public_key, signature, message)``
+Node identity      ``site_id``, ``node_id``
 Logging            ``log(text)``
-Delivery           ``forward_to(next_hop)``, ``replicate(targets)``, ``encapsulate(outer_dst)``
+Delivery           ``forward_to(next_hop)``, ``replicate(targets, payloads=None)``,
+                   ``encapsulate(outer_dst)``
 Drop               ``drop(reason)``
 =================  ==========================================================================
 
@@ -50,7 +49,8 @@ from collections.abc import Callable, Iterable
 from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any, Final
 
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from pcsite_lite.metering import Counters
@@ -90,11 +90,18 @@ ACT_REPLICATE: Final = 4
 
 #: Default cap on the copies one packet may become through ``replicate``.
 REPLICATE_PER_PACKET: Final = 16
+#: Most bytes of per-target payloads one ``replicate`` call may carry (all copies together).
+REPLICATE_PAYLOAD_BYTES: Final = 0xFFFF
+#: Most bytes an ``ed25519_verify`` message may have (an IPv4 packet's largest payload).
+VERIFY_MESSAGE_BYTES: Final = 0xFFFF
+#: Budget ticks one ``ed25519_verify`` costs (about 60 us of CPU, the time of ~1000 loop
+#: iterations); the budget also reads its clock after each one.
+VERIFY_TICKS: Final = 1000
 
 #: A service's node-local cache holds at most this many bytes (keys + values); older entries
 #: are evicted first. Best effort (paper §2.4): another node does not see it.
 CACHE_LIMIT: Final = 1 << 20
-_AES_KEYS: Final = 64  # AES-GCM contexts kept per service
+_AES_KEYS: Final = 64  # AES-GCM contexts (and Ed25519 public keys) kept per service
 
 
 class PacketApiError(Exception):
@@ -125,6 +132,7 @@ class ServiceContext:
 
     __slots__ = (
         "aes_keys",
+        "budget",
         "cache",
         "cache_limit",
         "cache_used",
@@ -133,6 +141,7 @@ class ServiceContext:
         "fis",
         "log_sink",
         "name",
+        "node_id",
         "ns",
         "psp",
         "rep_max",
@@ -140,6 +149,8 @@ class ServiceContext:
         "rep_t",
         "rep_tokens",
         "service",
+        "site_id",
+        "verify_keys",
         "window_ns",
     )
 
@@ -153,6 +164,8 @@ class ServiceContext:
         counters: Counters | None = None,
         cache_limit: int = CACHE_LIMIT,
         replicate_caps: tuple[int, int | None] = (REPLICATE_PER_PACKET, None),
+        identity: tuple[str, str] = ("", "0"),
+        budget: Any = None,
     ) -> None:
         self.psp = psp
         self.service = service
@@ -165,6 +178,11 @@ class ServiceContext:
         self.cache_used = 0
         self.cache_limit = cache_limit
         self.aes_keys: dict[bytes, AESGCM] = {}
+        self.verify_keys: dict[bytes, Ed25519PublicKey] = {}
+        #: the site's name and which node (and worker) of it runs the service
+        self.site_id, self.node_id = identity
+        #: the per-call budget the service ticks against (a building block charges it)
+        self.budget = budget
         #: service time (cheap clock, ns) not yet scaled by ``Pipeline.account``
         self.window_ns = 0
         #: a confined service: ``() -> ns`` of kernel-accounted CPU of its process since the
@@ -323,7 +341,8 @@ class Decision:
     Outputs (cleared by :meth:`reset`): ``action`` (an ``ACT_*`` constant), ``hop`` (form 1:
     the :class:`~pcsite_lite.circuits.OutHopEntry` ``forward_to`` chose), ``label`` (form 1: the
     out label ``shim.update`` chose), ``detail`` (``drop``'s reason), ``encap`` (the tunnel
-    end point), ``replicas`` (``replicate``'s hops or addresses), ``spoof`` (the detail of a
+    end point), ``replicas`` (``replicate``'s hops or addresses), ``payloads`` (None, or
+    ``replicate``'s payload per replica: None keeps the packet's), ``spoof`` (the detail of a
     refused call: the packet is dropped even if the service caught the error) and
     ``md_changed`` (the shim metadata was rewritten).
     """
@@ -339,6 +358,7 @@ class Decision:
         "label",
         "md_changed",
         "now",
+        "payloads",
         "pkt",
         "replicas",
         "spoof",
@@ -355,6 +375,7 @@ class Decision:
     detail: str
     encap: int
     replicas: list[Any]
+    payloads: list[bytes | None] | None
     spoof: str | None
     md_changed: bool
 
@@ -363,6 +384,7 @@ class Decision:
         self.circuit = None
         self.allowed = ()
         self.replicas = []
+        self.payloads = None
         self.reset()
 
     def bind(
@@ -379,13 +401,7 @@ class Decision:
         self.now = now
         self.circuit = circuit
         self.allowed = allowed
-        self.action = ACT_NONE
-        self.hop = None
-        self.label = None
-        self.spoof = None
-        self.md_changed = False
-        if self.replicas:
-            self.replicas = []
+        self.reset()
 
     def reset(self) -> None:
         """Clear every output."""
@@ -398,12 +414,27 @@ class Decision:
         self.md_changed = False
         if self.replicas:
             self.replicas = []
+            self.payloads = None
 
     def refuse(self, detail: str) -> PacketApiError:
         """Record a refused call (the packet becomes a ``spoof_attempt`` drop even if the
         service catches the error) and return the error to raise."""
         self.spoof = detail
         return PacketApiError(PipelineReason.SPOOF_ATTEMPT, detail)
+
+
+def _address(field: str, refusal: str) -> property:
+    """A :class:`PacketApi` address as a dotted quad; assigning it is refused (``spoof_attempt``
+    with ``refusal``)."""
+    get = attrgetter(field)
+
+    def read(api: PacketApi) -> str:
+        return int2ip(get(api._d.pkt))
+
+    def refuse(api: PacketApi, value: object) -> None:
+        raise api._refuse(refusal)
+
+    return property(read, refuse, doc=f"The packet's IPv4 {field} (read only).")
 
 
 class PacketApi:
@@ -438,21 +469,8 @@ class PacketApi:
         """0 plain (form 3), 1 circuit, 2 service ID."""
         return self._d.pkt.form
 
-    @property
-    def src(self) -> str:
-        return int2ip(self._d.pkt.src)
-
-    @src.setter
-    def src(self, value: object) -> None:
-        raise self._refuse("the IP source is the site's to set")
-
-    @property
-    def dst(self) -> str:
-        return int2ip(self._d.pkt.dst)
-
-    @dst.setter
-    def dst(self, value: object) -> None:
-        raise self._refuse("the IP destination changes only through forward_to/encapsulate")
+    src = _address("src", "the IP source is the site's to set")
+    dst = _address("dst", "the IP destination changes only through forward_to/encapsulate")
 
     @property
     def proto(self) -> int:
@@ -477,6 +495,19 @@ class PacketApi:
     def now(self) -> float:
         """Arrival time of the packet (the site's clock, seconds)."""
         return self._d.now
+
+    # ---- node identity
+    @property
+    def site_id(self) -> str:
+        """The name of the site running the service (the same on every node of the site)."""
+        return self._d.ctx.site_id
+
+    @property
+    def node_id(self) -> str:
+        """Which node of the site (and which worker of it) runs this call: distinct for every
+        copy of the service's module state, so several copies can split work (e.g. a ring of
+        FIS slots) without writing over each other."""
+        return self._d.ctx.node_id
 
     def read(self, offset: int = 0, length: int | None = None) -> bytes:
         """``length`` payload bytes from ``offset`` (to the end if None); short at the end."""
@@ -509,9 +540,7 @@ class PacketApi:
         p = self._d.pkt
         if p.payload_off + len(data) > 0xFFFF:
             raise _misuse("payload too large for an IPv4 packet")
-        del p.buf[p.payload_off :]
-        p.buf += data
-        _fix_lengths(p)
+        replace_payload(p, data)
 
     # ---- FIS
     def fetch(self, key: str | int) -> Any:
@@ -601,6 +630,14 @@ class PacketApi:
             raise _misuse("decompressed data exceeds 64 KiB")
         return out
 
+    def ed25519_verify(self, public_key: bytes, signature: bytes, message: bytes) -> bool:
+        """True if ``signature`` (64 bytes) is ``public_key``'s (32 bytes, raw) Ed25519
+        signature over ``message`` (at most 64 KiB), else False.
+
+        Raises PacketApiError(api_misuse) for arguments of the wrong type or size. Each call
+        costs :data:`VERIFY_TICKS` of the per-packet budget."""
+        return ed25519_verify(self._d.ctx, public_key, signature, message)
+
     # ---- logging
     def log(self, text: str) -> None:
         """Append one accounting line to the service's log (billing stores it)."""
@@ -648,13 +685,18 @@ class PacketApi:
         self._d.encap = addr
         self._d.action = ACT_ENCAP
 
-    def replicate(self, targets: Iterable[str | int]) -> None:
+    def replicate(
+        self, targets: Iterable[str | int], payloads: Iterable[bytes | None] | None = None
+    ) -> None:
         """Send one copy per target. Form 1: each target is an out label (int) or next hop
         (str) of the circuit. Forms 2/3: each target is a tunnel end point (as encapsulate).
+        ``payloads``: one per target, the payload that copy carries instead of the packet's
+        (None: the packet's); at most :data:`REPLICATE_PAYLOAD_BYTES` together.
 
         Amplification is capped (``ServiceContext.rep_max`` copies per packet, default
         :data:`REPLICATE_PER_PACKET`; ``rep_rate`` copies per second per service); the same
-        target twice is refused. Each copy is metered as egress bytes."""
+        target twice is refused. Each copy is checked as one target alone would be and metered
+        as egress bytes (with its own payload's length)."""
         if isinstance(targets, str | bytes):
             raise _misuse("replicate takes a list of targets")
         circuit = self._d.circuit
@@ -682,6 +724,9 @@ class PacketApi:
                 out.append(addr)
         if len(set(map(id, out) if circuit is not None else out)) != len(out):
             raise _misuse("the same replica target twice")
+        per_copy = None
+        if payloads is not None:
+            per_copy = _replica_payloads(payloads, len(out), 0xFFFF - self._d.pkt.payload_off)
         rate = ctx.rep_rate
         if rate is not None:
             now = self._d.now
@@ -692,7 +737,68 @@ class PacketApi:
                 raise _misuse(f"replicate over its cap of {rate} copies per second")
             ctx.rep_tokens = tokens - len(out)
         self._d.replicas = out
+        self._d.payloads = per_copy
         self._d.action = ACT_REPLICATE
+
+
+def _replica_payloads(payloads: Any, n: int, room: int) -> list[bytes | None]:
+    """``replicate``'s per-target payloads, checked: one per target, bytes or None, each
+    fitting an IPv4 packet (``room`` bytes after the headers), all together at most
+    :data:`REPLICATE_PAYLOAD_BYTES`."""
+    if isinstance(payloads, str | bytes | bytearray) or not isinstance(payloads, list | tuple):
+        raise _misuse("replicate payloads are a list (one per target)")
+    if len(payloads) != n:
+        raise _misuse(f"{len(payloads)} payloads for {n} replica targets")
+    out: list[bytes | None] = []
+    total = 0
+    for data in payloads:
+        if data is None:
+            out.append(None)
+            continue
+        if not isinstance(data, bytes | bytearray):
+            raise _misuse("replicate payloads are bytes or None")
+        if len(data) > room:
+            raise _misuse("a replica payload too large for an IPv4 packet")
+        total += len(data)
+        out.append(bytes(data))
+    if total > REPLICATE_PAYLOAD_BYTES:
+        raise _misuse(f"replica payloads over {REPLICATE_PAYLOAD_BYTES} bytes together")
+    return out
+
+
+def ed25519_verify(
+    ctx: ServiceContext, public_key: bytes, signature: bytes, message: bytes
+) -> bool:
+    """:meth:`PacketApi.ed25519_verify` for the service of ``ctx`` (which keeps its parsed
+    public keys and its budget); the confined runtime calls it too."""
+    if not (
+        isinstance(public_key, bytes | bytearray)
+        and isinstance(signature, bytes | bytearray)
+        and isinstance(message, bytes | bytearray)
+    ):
+        raise _misuse("ed25519_verify(public_key: bytes, signature: bytes, message: bytes)")
+    if len(public_key) != 32 or len(signature) != 64:
+        raise _misuse("Ed25519 keys are 32 bytes and signatures 64")
+    if len(message) > VERIFY_MESSAGE_BYTES:
+        raise _misuse(f"Ed25519 messages are at most {VERIFY_MESSAGE_BYTES} bytes")
+    budget = ctx.budget
+    if budget is not None:
+        budget.charge(VERIFY_TICKS)
+    key = bytes(public_key)
+    pub = ctx.verify_keys.get(key)
+    if pub is None:
+        try:
+            pub = Ed25519PublicKey.from_public_bytes(key)
+        except ValueError:
+            return False
+        if len(ctx.verify_keys) >= _AES_KEYS:
+            ctx.verify_keys.clear()
+        ctx.verify_keys[key] = pub
+    try:
+        pub.verify(bytes(signature), bytes(message))
+    except InvalidSignature:
+        return False
+    return True
 
 
 def aes_gcm(
@@ -734,6 +840,13 @@ def decision_of(api: PacketApi) -> Decision:
 def _zero_udp_checksum(p: Packet) -> None:
     """The payload changed: an outer UDP checksum would be stale, so send none (RFC 768)."""
     p.buf[p.ihl + 6] = p.buf[p.ihl + 7] = 0
+
+
+def replace_payload(p: Packet, data: bytes | bytearray) -> None:
+    """Make ``data`` the payload of ``p`` (it must fit an IPv4 packet) and fix its lengths."""
+    del p.buf[p.payload_off :]
+    p.buf += data
+    _fix_lengths(p)
 
 
 def _fix_lengths(p: Packet) -> None:

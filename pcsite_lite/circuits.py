@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final
 
+from pcsock.errors import CodedError
 from pcsock.wire import CIRCUIT_SHIM_LEN, HopKey, WireError, ip2int
 
 #: Length of the form-1 check (the truncated MAC) in bytes.
@@ -61,14 +62,10 @@ class CircuitErrorCode(StrEnum):
 CIRCUIT_ERRORS: Final = frozenset(CircuitErrorCode)
 
 
-class CircuitError(Exception):
+class CircuitError(CodedError):
     """A control-plane request the circuit table refuses; ``code`` is in CIRCUIT_ERRORS."""
 
-    def __init__(self, code: str, detail: str = "") -> None:
-        assert code in CIRCUIT_ERRORS, code
-        self.code = code
-        self.detail = detail
-        super().__init__(f"{code}: {detail}" if detail else code)
+    CODES = CIRCUIT_ERRORS
 
 
 def mac_hasher(key: HopKey) -> Any:

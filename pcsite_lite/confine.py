@@ -50,6 +50,7 @@ reason the worker did not cause -- a FIS outage -- is not believed).
 
 from __future__ import annotations
 
+import binascii
 import json
 import os
 import select
@@ -1269,12 +1270,49 @@ def _rpc_isp_lookup(api: Any, table: Any, addr: Any) -> Any:
     return api.isp_lookup(str(table), addr)
 
 
+def _rpc_identity(api: Any) -> Any:
+    return [api.site_id, api.node_id]
+
+
 _RPCS: Final[dict[str, Callable[..., Any]]] = {
     "fetch": _rpc_fetch,
     "lookup": _rpc_lookup,
     "isp_fetch": _rpc_isp_fetch,
     "isp_lookup": _rpc_isp_lookup,
+    "identity": _rpc_identity,
 }
+
+
+def _b64(payloads: Any) -> Any:
+    """``replicate``'s per-target payloads as JSON can carry them: bytes as base64 text;
+    None, and anything the worker's check must refuse (False), as they are."""
+    if not isinstance(payloads, list | tuple):
+        return False
+    if len(payloads) > 64:
+        raise _misuse("at most 64 replicas")
+    out: list[Any] = []
+    for p in payloads:
+        if isinstance(p, bytes | bytearray):
+            out.append(_B2A(p, newline=False).decode())
+        else:
+            out.append(None if p is None else False)
+    return out
+
+
+def _unb64(payloads: Any) -> Any:
+    """:func:`_b64`'s inverse on the worker's side (hostile: bad text becomes False, which
+    ``replicate`` refuses)."""
+    if not isinstance(payloads, list):
+        return payloads
+    out = []
+    for p in payloads:
+        if isinstance(p, str):
+            try:
+                p = binascii.a2b_base64(p, strict_mode=True)
+            except (binascii.Error, ValueError):
+                p = False
+        out.append(p)
+    return out
 
 
 def _replay(api: Any, actions: Any) -> None:
@@ -1294,7 +1332,7 @@ def _replay(api: Any, actions: Any) -> None:
                 label, md = [*args, None, None][:2]
                 api.shim.update(label=label, metadata=md)
             elif op == "rep":
-                api.replicate(args[0])
+                api.replicate(args[0], *map(_unb64, args[1:2]))
             elif op == "encap":
                 api.encapsulate(*args)
             elif op == "log":
@@ -1444,13 +1482,14 @@ def _confine(*, memory: int, root: str, uid: int, cpu: int | None, strict: bool)
 class _Local:
     """The ``pkt`` a confined service sees: a snapshot plus a list of actions."""
 
-    __slots__ = ("_acts", "_cache", "_cache_new", "_changed", "_ctx", "_lab", "_m", "_payload",
-                 "_rpc", "shim")  # fmt: skip
+    __slots__ = ("_acts", "_cache", "_cache_new", "_changed", "_ctx", "_ident", "_lab", "_m",
+                 "_payload", "_rpc", "shim")  # fmt: skip
 
     def __init__(self, rpc: Callable[..., Any], cache: dict[Any, bytes], ctx: Any) -> None:
         self._rpc = rpc
         self._cache = cache
         self._ctx = ctx  # a ServiceContext: PacketApi.aes keeps its AES contexts there
+        self._ident: list[str] | None = None  # (site, node): asked of the worker once
         self.shim = _LocalShim(self)
 
     def _reset(self, meta: tuple[Any, ...], payload: bytes) -> None:
@@ -1470,6 +1509,17 @@ class _Local:
     ttl = property(lambda self: self._m[11])
     now = property(lambda self: self._m[12])
     length = property(lambda self: len(self._payload))
+
+    def _identity(self) -> list[str]:
+        if self._ident is None:
+            ident = self._rpc("identity")
+            if not isinstance(ident, list) or len(ident) != 2:
+                raise _misuse("no node identity")
+            self._ident = [str(ident[0]), str(ident[1])]
+        return self._ident
+
+    site_id = property(lambda self: self._identity()[0])
+    node_id = property(lambda self: self._identity()[1])
 
     def read(self, offset: int = 0, length: int | None = None) -> bytes:
         if not isinstance(offset, int) or offset < 0:
@@ -1542,6 +1592,9 @@ class _Local:
     def compress(self, buf: bytes, decompress: bool = False) -> bytes:
         return _COMPRESS(self, buf, decompress)
 
+    def ed25519_verify(self, public_key: bytes, signature: bytes, message: bytes) -> bool:
+        return _VERIFY(self._ctx, public_key, signature, message)
+
     def log(self, text: str) -> None:
         self._acts.append(["log", str(text)[:4096]])
 
@@ -1555,7 +1608,7 @@ class _Local:
     def encapsulate(self, outer_dst: Any) -> None:
         self._acts.append(["encap", outer_dst if isinstance(outer_dst, str | int) else None])
 
-    def replicate(self, targets: Any) -> None:
+    def replicate(self, targets: Any, payloads: Any = None) -> None:
         if isinstance(targets, str | bytes):
             raise _misuse("replicate takes a list of targets")
         out = []
@@ -1563,7 +1616,7 @@ class _Local:
             out.append(t if isinstance(t, str | int) and not isinstance(t, bool) else None)
             if len(out) > 64:
                 raise _misuse("at most 64 replicas")
-        self._acts.append(["rep", out])
+        self._acts.append(["rep", out] if payloads is None else ["rep", out, _b64(payloads)])
 
 
 class _LocalShim:
@@ -1621,6 +1674,8 @@ CACHE_LIMIT = 1 << 20
 _UNSET: Final = object()
 _INT2IP: Any = None
 _AES: Any = None
+_VERIFY: Any = None
+_B2A: Any = None
 _COMPRESS: Any = None
 _SHIMVIEW: Any = None
 
@@ -1628,9 +1683,8 @@ _SHIMVIEW: Any = None
 def _serve(fd: int, name: str, mode: str, memory: int, root: str, uid: int, cpu: int | None,
            ticks: int, max_ns: int) -> int:  # fmt: skip
     # Everything the runtime needs is imported before the filter goes on.
-    global _AES, _COMPRESS, _SHIMVIEW, CACHE_LIMIT, _INT2IP
-    import binascii  # noqa: F401  (services may import these: no file access after seccomp)
-    import math  # noqa: F401
+    global _AES, _VERIFY, _B2A, _COMPRESS, _SHIMVIEW, CACHE_LIMIT, _INT2IP
+    import math  # noqa: F401  (services may import these and binascii: no file access after seccomp)
     import zlib  # noqa: F401
 
     from pcsite_lite import api as apimod
@@ -1638,6 +1692,8 @@ def _serve(fd: int, name: str, mode: str, memory: int, root: str, uid: int, cpu:
 
     _INT2IP = apimod.int2ip
     _AES = apimod.aes_gcm
+    _VERIFY = apimod.ed25519_verify
+    _B2A = binascii.b2a_base64
     _COMPRESS = apimod.PacketApi.compress
     CACHE_LIMIT = apimod.CACHE_LIMIT
 
@@ -1688,7 +1744,7 @@ def _serve(fd: int, name: str, mode: str, memory: int, root: str, uid: int, cpu:
             raise apimod.PacketApiError(reply["x"], reply.get("d", ""))
         return reply.get("r")
 
-    pkt = _Local(rpc, cache, apimod.ServiceContext("", ""))
+    pkt = _Local(rpc, cache, apimod.ServiceContext("", "", budget=budget))
 
     # the action lists' one JSON encoder (compact; made once)
     dumps = json.JSONEncoder(separators=(",", ":")).encode
@@ -1749,10 +1805,12 @@ def _serve(fd: int, name: str, mode: str, memory: int, root: str, uid: int, cpu:
             ln = meta[13]
             code, changed, cache, x, tail = run_one(meta, msg[off : off + ln])
             off += ln
+            grow = len(tail) + (len(x) if x is not None else 0)
+            if size + grow > MAX_BATCH_BYTES * 2:  # the answer must fit one message
+                code, changed, cache, x, tail = too_large
+                grow = len(x)
+            size += grow
             if tail:
-                if size + len(tail) > MAX_BATCH_BYTES * 2:  # the answer must fit one message
-                    code, changed, cache, x, tail = too_large
-                size += len(tail)
                 tails.append(tail)
             if x is not None:
                 extra.append(x)

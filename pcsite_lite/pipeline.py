@@ -47,6 +47,7 @@ from pcsite_lite.api import (
     PacketApi,
     PacketApiError,
     ServiceContext,
+    replace_payload,
 )
 from pcsite_lite.circuits import CircuitEntry, OutHopEntry
 from pcsite_lite.fis import FISUnavailableError
@@ -245,9 +246,10 @@ class Pipeline:
             if dropped is not None:
                 return [dropped]
             if action == ACT_REPLICATE:
-                replicas = d.replicas
+                replicas, payloads = d.replicas, d.payloads
                 d.replicas = []
-                return [self._emit_hop(fpkt, r, hops, slot, copy=True) for r in replicas]
+                d.payloads = None
+                return self._replicate_hops(fpkt, replicas, payloads, hops, slot)
             if hop is None:
                 hop = circuit.by_label[out_label] if out_label is not None else circuit.default
                 if hop is None:
@@ -489,7 +491,7 @@ class Pipeline:
             return [dropped]
         d = self.decision
         if d.action == ACT_REPLICATE:
-            return [self._emit_hop(pkt, hop, hops, slot, copy=True) for hop in d.replicas]
+            return self._replicate_hops(pkt, d.replicas, d.payloads, hops, slot)
         hop = d.hop
         if hop is None:
             label = d.label
@@ -498,16 +500,41 @@ class Pipeline:
                 return [self._drop(PipelineReason.NO_DECISION, slot, "no out hop chosen")]
         return [self._emit_hop(pkt, hop, hops, slot, copy=False)]
 
+    def _replicate_hops(
+        self,
+        pkt: Packet,
+        replicas: list[OutHopEntry],
+        payloads: list[bytes | None] | None,
+        hops: int,
+        slot: ServiceSlot,
+    ) -> list[Verdict]:
+        """A form-1 ``replicate``: one copy per out hop, each with its own payload if given."""
+        if payloads is None:
+            return [self._emit_hop(pkt, hop, hops, slot, copy=True) for hop in replicas]
+        return [
+            self._emit_hop(pkt, hop, hops, slot, copy=True, payload=data)
+            for hop, data in zip(replicas, payloads, strict=True)
+        ]
+
     def _emit_hop(
-        self, pkt: Packet, hop: OutHopEntry, hops: int, slot: ServiceSlot, copy: bool
+        self,
+        pkt: Packet,
+        hop: OutHopEntry,
+        hops: int,
+        slot: ServiceSlot,
+        copy: bool,
+        payload: bytes | None = None,
     ) -> Verdict:
         """The form-1 hop's egress, for the fast and the general path: the label swap,
         hop limit, source (the site) and destination rewrite with the incremental checksum
         update and the re-MAC are :func:`pcsock.wire.form1_out` (the one form-1 hop, in C
         with the accelerator); a hop to a legacy receiver strips the shim instead. Then
-        metering and the verdict. ``copy``: work on a copy (one of several replicas)."""
+        metering and the verdict. ``copy``: work on a copy (one of several replicas), with
+        ``payload`` instead of the packet's if it is not None."""
         if copy:
             pkt = parse(bytearray(pkt.buf), verify_ip_checksum=False)
+            if payload is not None:
+                replace_payload(pkt, payload)
         addr = hop.addr
         if hop.strip:  # the legacy receiver gets the original sender's packet
             pkt.set_dst(addr)
@@ -515,17 +542,7 @@ class Pipeline:
             out = bytes(pkt.strip_shim())
         else:
             out = self._form1_out(pkt.buf, pkt.shim_off, hops - 1, hop.label, addr, hop.key)
-        # metering, inlined from _out
-        c = slot.ctx.counters
-        n = len(out)
-        c.bytes_out += n
-        local = self._locality.get(addr)
-        if local is None:
-            local = self.site.is_local(addr)
-        if local:
-            c.bytes_local += n
-        else:
-            c.bytes_interdomain += n
+        self._out(slot, out, addr)
         if hop.final or hop.strip:
             return Deliver(out, hop.next_hop, hop.strip)
         return Forward(out, hop.next_hop)
@@ -590,8 +607,15 @@ class Pipeline:
             self._out(slot, out, pkt.dst)
             return [Forward(out, int2ip(pkt.dst))]
         targets = [d.encap] if action == ACT_ENCAP else list(d.replicas)
+        payloads = d.payloads if action == ACT_REPLICATE else None
         verdicts: list[Verdict] = []
-        for addr in targets:
+        for i, addr in enumerate(targets):
+            buf = pkt.buf
+            data = None if payloads is None else payloads[i]
+            if data is not None:
+                inner = parse(bytearray(buf), verify_ip_checksum=False)
+                replace_payload(inner, data)
+                buf = inner.buf
             if len(buf) + 20 > 0xFFFF:
                 verdicts.append(
                     self._drop(PipelineReason.TOO_BIG, slot, "no room for the tunnel header")

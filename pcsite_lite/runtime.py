@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
-from pcsite_lite.api import ServiceContext
+from pcsite_lite.api import REPLICATE_PER_PACKET, ServiceContext
 from pcsite_lite.metering import Counters
 from pcsite_lite.sandbox import BUDGET, Budget, LoadedService, load_service
 
@@ -199,8 +199,11 @@ class ServiceRuntime:
         keep_events: int = 1000,
         isolation: IsolationPolicy | None = None,
         replicate_caps: tuple[int, int | None] | None = None,
+        identity: tuple[str, str] = ("", "0"),
     ) -> None:
         self.replicate_caps = replicate_caps
+        #: (site name, node ID) the Packet API's ``site_id``/``node_id`` answer
+        self.identity = identity
         #: where provider code runs (None: every service in this process, the trusted lane)
         self.isolation = isolation
         self.fis = fis
@@ -228,10 +231,14 @@ class ServiceRuntime:
         return slot
 
     def _context(self, psp: str, service: str, sink: Any) -> ServiceContext:
-        if self.replicate_caps is None:
-            return ServiceContext(psp, service, fis=self.fis, log_sink=sink)
         return ServiceContext(
-            psp, service, fis=self.fis, log_sink=sink, replicate_caps=self.replicate_caps
+            psp,
+            service,
+            fis=self.fis,
+            log_sink=sink,
+            replicate_caps=self.replicate_caps or (REPLICATE_PER_PACKET, None),
+            identity=self.identity,
+            budget=self.budget,
         )
 
     def _resolve(self, slot: ServiceSlot, psp: str, service: str) -> None:

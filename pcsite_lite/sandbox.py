@@ -208,6 +208,13 @@ class Budget:
             self._check(left)
         return True
 
+    def charge(self, ticks: int) -> None:
+        """Count a building block's work as ``ticks`` and check the clock (it may overrun the
+        budget: :class:`BudgetExceeded`, as a loop's tick would)."""
+        left = self.left - ticks
+        self.left = left
+        self._check(left)
+
     def _check(self, left: int) -> None:
         if left < 0 or self.clock() > self.deadline:
             self.left = -1
@@ -388,20 +395,12 @@ class _Instrument(ast.NodeTransformer):
     def _prepend(self, body: list[ast.stmt]) -> list[ast.stmt]:
         return [ast.Expr(value=_tick_call()), *body]
 
-    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
+    def _tick_body(self, node: ast.FunctionDef | ast.While | ast.For) -> ast.AST:
         self.generic_visit(node)
         node.body = self._prepend(node.body)
         return node
 
-    def visit_While(self, node: ast.While) -> ast.AST:
-        self.generic_visit(node)
-        node.body = self._prepend(node.body)
-        return node
-
-    def visit_For(self, node: ast.For) -> ast.AST:
-        self.generic_visit(node)
-        node.body = self._prepend(node.body)
-        return node
+    visit_FunctionDef = visit_While = visit_For = _tick_body
 
     def visit_Lambda(self, node: ast.Lambda) -> ast.AST:
         self.generic_visit(node)

@@ -134,9 +134,22 @@ class Node:
         self.ip = int2ip(self.addr)
         self.links: list[Link] = []
         self.prefixes: list[str] = [f"{self.ip}/32"]
+        self.dropped = 0  #: packets this node did not take or pass on
+
+    def _drop(self, why: str) -> None:
+        self.dropped += 1
+        self.net.record(self.name, "drop", why)
 
     def receive(self, data: bytes, link: Link) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _parse(self, data: bytes) -> Packet | None:
+        """``data`` parsed, or None after its drop as malformed."""
+        try:
+            return parse(data)
+        except WireError as exc:
+            self._drop(f"malformed: {exc.reason}")
+            return None
 
     def send(self, data: bytes | bytearray) -> None:
         """Hand a packet to the first link (the default gateway)."""
@@ -155,7 +168,6 @@ class Host(Node):
     def __init__(self, net: Network, name: str, addr: str, prefix: str | None = None) -> None:
         super().__init__(net, name, addr)
         self.inbox: list[Received] = []
-        self.rejected = 0
         self.on_receive: Callable[[Host, Received], None] | None = None
         self._accept: LpmTable[bool] = LpmTable()
         self._accept.insert(f"{self.ip}/32", True)
@@ -164,15 +176,11 @@ class Host(Node):
             self.prefixes.append(prefix)
 
     def receive(self, data: bytes, link: Link) -> None:
-        try:
-            pkt = parse(data)
-        except WireError as exc:
-            self.rejected += 1
-            self.net.record(self.name, "drop", f"malformed: {exc.reason}")
+        pkt = self._parse(data)
+        if pkt is None:
             return
         if self._accept.lookup(pkt.dst) is None:
-            self.rejected += 1
-            self.net.record(self.name, "drop", f"not mine: {int2ip(pkt.dst)}")
+            self._drop(f"not mine: {int2ip(pkt.dst)}")
             return
         got = Received(self.net.now, data, pkt)
         self.inbox.append(got)
@@ -192,7 +200,6 @@ class Router(Node):
         self.site_link: Link | None = None
         self.divert_tos = True
         self.diverted: LpmTable[bool] = LpmTable()
-        self.dropped = 0
 
     def attach_site(self, link: Link) -> None:
         self.site_link = link
@@ -205,18 +212,14 @@ class Router(Node):
         self.diverted.discard(prefix)
 
     def receive(self, data: bytes, link: Link) -> None:
-        try:
-            pkt = parse(data)
-        except WireError as exc:
-            self.dropped += 1
-            self.net.record(self.name, "drop", f"malformed: {exc.reason}")
+        pkt = self._parse(data)
+        if pkt is None:
             return
         if pkt.dst == self.addr:
             self.net.record(self.name, "recv", _summary(data))
             return
         if pkt.ttl <= 1:
-            self.dropped += 1
-            self.net.record(self.name, "drop", "ttl exceeded")
+            self._drop("ttl exceeded")
             return
         pkt.set_ttl(pkt.ttl - 1)
         out = bytes(pkt.buf)
@@ -232,8 +235,7 @@ class Router(Node):
                 return
         route = self.routes.lookup(pkt.dst)
         if route is None:
-            self.dropped += 1
-            self.net.record(self.name, "drop", f"no route to {int2ip(pkt.dst)}")
+            self._drop(f"no route to {int2ip(pkt.dst)}")
             return
         route.transmit(self, out)
 

@@ -43,6 +43,7 @@ from pcsite_lite.lpm import MASKS, LpmTable, PrefixError, format_prefix, parse_p
 from pcsite_lite.metering import Counters, UsageRecord
 from pcsite_lite.runtime import LogSinkFactory, Resolver, ServiceRuntime, ServiceSlot, SiteEvent
 from pcsite_lite.sandbox import BUDGET, Budget
+from pcsock.errors import CodedError
 from pcsock.wire import WireError, int2ip, ip2int
 
 __all__ = ["REGISTRATION_ERRORS", "Registration", "RegistrationError", "Site"]
@@ -54,14 +55,10 @@ _NOW: Final = attrgetter("now")
 REGISTRATION_ERRORS: Final = frozenset({"bad_request", "conflict", "not_owner", "not_found"})
 
 
-class RegistrationError(Exception):
+class RegistrationError(CodedError):
     """A registration request the site refuses; ``code`` is in REGISTRATION_ERRORS."""
 
-    def __init__(self, code: str, detail: str = "") -> None:
-        assert code in REGISTRATION_ERRORS, code
-        self.code = code
-        self.detail = detail
-        super().__init__(f"{code}: {detail}" if detail else code)
+    CODES = REGISTRATION_ERRORS
 
 
 def _prefixes(prefixes: Iterable[str]) -> tuple[tuple[int, int], ...]:
@@ -73,6 +70,14 @@ def _prefixes(prefixes: Iterable[str]) -> tuple[tuple[int, int], ...]:
             raise RegistrationError("bad_request", str(exc)) from None
         out.append((net, MASKS[plen]))
     return tuple(out)
+
+
+def _check_owner(reg: Registration | None, psp: str, what: str) -> None:
+    """Refuse to change ``what`` unless its registration ``reg`` exists and is ``psp``'s."""
+    if reg is None:
+        raise RegistrationError("not_found", what)
+    if reg.psp != psp:
+        raise RegistrationError("not_owner", what)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +114,11 @@ class Site:
         now: float | None = None,
         isolation: Any = None,
         replicate_caps: tuple[int, int | None] | None = None,
+        node_id: str = "0",
     ) -> None:
         self.name = name
+        #: which node (and worker) of the site this state runs on (``pkt.node_id``)
+        self.node_id = node_id
         try:
             self.public_addr = ip2int(public_ip)
         except WireError as exc:
@@ -136,6 +144,7 @@ class Site:
             events=events,
             isolation=isolation,
             replicate_caps=replicate_caps,
+            identity=(name, node_id),
         )
         self.local_prefixes: LpmTable[bool] = LpmTable()
         for p in local_prefixes:
@@ -180,11 +189,7 @@ class Site:
         return reg
 
     def unregister_service_id(self, service_id: int, psp: str) -> None:
-        reg = self.service_ids.get(service_id)
-        if reg is None:
-            raise RegistrationError("not_found", f"service ID {service_id}")
-        if reg.psp != psp:
-            raise RegistrationError("not_owner", f"service ID {service_id}")
+        _check_owner(self.service_ids.get(service_id), psp, f"service ID {service_id}")
         del self.service_ids[service_id]
 
     # ---- form 3: destination prefixes
@@ -211,11 +216,7 @@ class Site:
             canon = format_prefix(*parse_prefix(prefix))
         except PrefixError as exc:
             raise RegistrationError("bad_request", str(exc)) from None
-        reg = self.destinations.get(canon)
-        if reg is None:
-            raise RegistrationError("not_found", canon)
-        if reg.psp != psp:
-            raise RegistrationError("not_owner", canon)
+        _check_owner(self.destinations.get(canon), psp, canon)
         self.destinations.delete(canon)
 
     # ---- metering

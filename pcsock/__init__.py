@@ -16,6 +16,7 @@ lookup services), :mod:`pcsock.ownership` (DNSSEC prefix ownership proofs for fo
 end-to-end demo is the separate package :mod:`pcdemo`. See docs/pcsock.md.
 """
 
+# ruff: noqa: F401  (a re-export module: its imports are its interface)
 from typing import TYPE_CHECKING, Any
 
 from pcsock.wire import IPPROTO_PACKETCLOUD, TOS_SERVICE, UDP_PORT, HopKey, WireError
@@ -46,7 +47,7 @@ _LAZY = {
     "OwnershipError": "pcsock.ownership",
 }
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # re-exported: __all__ names every _LAZY entry (ruff cannot see that)
     from pcsock.discovery import DiscoveryError, Resolver
     from pcsock.lookup import LookupClient, LookupServiceError
     from pcsock.ownership import OwnershipError
@@ -81,31 +82,5 @@ def __getattr__(name: str) -> Any:
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "IPPROTO_PACKETCLOUD",
-    "TOS_SERVICE",
-    "UDP_PORT",
-    "AsyncCircuitSocket",
-    "AsyncPacketCloudSocket",
-    "Circuit",
-    "CircuitSocket",
-    "Datagram",
-    "DiscoveryError",
-    "HopKey",
-    "LookupClient",
-    "LookupServiceError",
-    "OwnershipError",
-    "PacketCloudSocket",
-    "PcsockError",
-    "PrivilegeError",
-    "Resolver",
-    "ServiceSocket",
-    "Session",
-    "WireError",
-    "listen",
-    "local_address_for",
-    "open_circuit",
-    "open_circuit_async",
-    "ordinary_socket",
-    "service_socket",
-]
+#: the wire constants above and every lazily loaded name
+__all__ = ["IPPROTO_PACKETCLOUD", "TOS_SERVICE", "UDP_PORT", "HopKey", "WireError", *_LAZY]

@@ -316,6 +316,12 @@ def _recv(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seconds(p: argparse.ArgumentParser, flag: str, what: str, default: float = 0.0) -> None:
+    """A duration option: ``flag SECONDS`` (``what`` it does; ``default`` seconds)."""
+    p.add_argument(flag, type=float, default=default, metavar="SECONDS",
+                   help=f"{what} (default {default:g})")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="pcsock", description="PacketCloud SDK tools")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -353,23 +359,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ca-file", help="CA certificate that signed the site's (https URLs)")
     p.add_argument("--token", required=True)
     p.add_argument("--psp", required=True)
-    p.add_argument(
-        "--wait",
-        type=float,
-        default=0.0,
-        help="seconds to keep trying while the site's control API refuses connections "
-        "(a daemon still starting)",
-    )
+    _seconds(p, "--wait", "keep trying while the site's control API refuses connections "
+             "(a daemon still starting)")  # fmt: skip
 
     p = sub.add_parser("lookupd", help="run a PSP circuit lookup service")
     p.add_argument("--config", required=True)
-    p.add_argument(
-        "--wait-sites",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="before serving, wait up to SECONDS for every site's control API to answer",
-    )
+    _seconds(p, "--wait-sites", "before serving, wait that long for every site's control API")
 
     p = sub.add_parser("discover", help="find sites or PSP lookup services in DNS")
     p.add_argument("what", choices=("sites", "psp"))
@@ -387,21 +382,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=0, help="destination application port")
     p.add_argument("--metadata", type=int, default=0)
     p.add_argument("--count", type=int, default=1)
-    p.add_argument("--wait", type=float, default=0.0, help="seconds to wait for a reply")
-    p.add_argument(
-        "--retry",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="keep trying up to SECONDS while the lookup service refuses connections",
-    )
-    p.add_argument(
-        "--linger",
-        type=float,
-        default=1.0,
-        help="without --wait: seconds the circuit stays up after sending, so the packets can "
-        "cross every site before the teardown reaches them (default 1)",
-    )
+    _seconds(p, "--wait", "wait that long for a reply")
+    _seconds(p, "--retry", "keep trying that long while the lookup service refuses connections")
+    _seconds(p, "--linger", "without --wait: the circuit stays up that long after sending, so "
+             "the packets can cross every site before the teardown reaches them", 1.0)  # fmt: skip
 
     p = sub.add_parser("recv", help="receive PacketCloud datagrams (and reply)")
     p.add_argument("--on", required=True, help="local address")

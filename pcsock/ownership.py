@@ -58,6 +58,8 @@ import dns.zone
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from pcsock.errors import CodedError
+
 __all__ = [
     "OWNER_LABEL",
     "REASONS",
@@ -96,14 +98,10 @@ REASONS: Final = frozenset(
 )
 
 
-class OwnershipError(Exception):
+class OwnershipError(CodedError):
     """An ownership proof that is rejected; ``reason`` is one of :data:`REASONS`."""
 
-    def __init__(self, reason: str, detail: str = "") -> None:
-        assert reason in REASONS, reason
-        self.reason = reason
-        self.detail = detail
-        super().__init__(f"{reason}: {detail}" if detail else reason)
+    CODES = REASONS
 
 
 # --- names -----------------------------------------------------------------------------------

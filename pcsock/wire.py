@@ -69,6 +69,8 @@ from enum import StrEnum
 from hmac import compare_digest as _compare
 from typing import Any, Final
 
+from pcsock.errors import CodedError
+
 __all__ = [
     "ACCELERATED",
     "CIRCUIT_SHIM",
@@ -186,18 +188,14 @@ class WireReason(StrEnum):
 REASONS: Final = frozenset(WireReason)
 
 
-class WireError(Exception):
+class WireError(CodedError):
     """A packet (or a value for one) that does not follow docs/protocol.md.
 
     ``reason`` is a short machine-readable token from :data:`REASONS`; drops on the data path
     are counted under it.
     """
 
-    def __init__(self, reason: str, detail: str = "") -> None:
-        assert reason in REASONS, reason
-        self.reason = reason
-        self.detail = detail
-        super().__init__(f"{reason}: {detail}" if detail else reason)
+    CODES = REASONS
 
 
 # --- the C accelerator -----------------------------------------------------------------------
@@ -467,10 +465,6 @@ class Packet:
             raise WireError("unknown_form", f"field needs form {form}, packet is form {self.form}")
 
     # ---- in-place rewrites
-    def _patch_ip_checksum(self, old: int, new: int) -> None:
-        """Update the IPv4 header checksum for a field change (RFC 1624 eqn. 3)."""
-        patch_checksum(self.buf, 10, old, new)
-
     def _set_addr(self, off: int, addr: int | str) -> None:
         new = ip2int(addr)
         b = self.buf
@@ -489,21 +483,23 @@ class Packet:
         """Rewrite the IPv4 source (platform use only: a site sends from its own address)."""
         self._set_addr(12, addr)
 
+    def _set_header_byte(self, off: int, name: str, value: int) -> None:
+        """Rewrite IPv4 header byte ``off``, updating the header checksum incrementally
+        (RFC 1624 over the 16-bit word that holds it)."""
+        _check_range(name, value, 255)
+        b = self.buf
+        w = off & ~1
+        old = b[w] << 8 | b[w + 1]
+        b[off] = value
+        patch_checksum(b, 10, old, b[w] << 8 | b[w + 1])
+
     def set_ttl(self, ttl: int) -> None:
         """Rewrite the IPv4 TTL, updating the header checksum incrementally."""
-        _check_range("ttl", ttl, 255)
-        b = self.buf
-        old = b[8] << 8 | b[9]
-        b[8] = ttl
-        self._patch_ip_checksum(old, b[8] << 8 | b[9])
+        self._set_header_byte(8, "ttl", ttl)
 
     def set_tos(self, tos: int) -> None:
         """Rewrite the IPv4 ToS byte (e.g. clear the form-2 DSCP flag), updating the checksum."""
-        _check_range("tos", tos, 255)
-        b = self.buf
-        old = b[0] << 8 | b[1]
-        b[1] = tos
-        self._patch_ip_checksum(old, b[0] << 8 | b[1])
+        self._set_header_byte(1, "tos", tos)
 
     def switch(
         self, in_key: HopKey, label: int, dst: int, out_key: HopKey, src: int | None = None
@@ -545,25 +541,25 @@ class Packet:
         self._shim_changed()
 
     # ---- checks
-    def verify_mac(self, key: HopKey) -> bool:
-        """True if the form-1 check verifies under ``key`` (constant-time compare)."""
+    def _mac(self, key: HopKey) -> bytes:
+        """The form-1 check of the current shim (bytes 0..11) and destination under ``key``."""
         self._need_form(FORM_CIRCUIT)
         o = self.shim_off
-        b = self.buf
         h = key._proto.copy()
-        h.update(b[o : o + 12])
-        h.update(b[16:20])
-        return _compare(h.digest(), b[o + 12 : o + 16])
+        h.update(self.buf[o : o + 12])
+        h.update(self.buf[16:20])
+        return h.digest()
+
+    def verify_mac(self, key: HopKey) -> bool:
+        """True if the form-1 check verifies under ``key`` (constant-time compare)."""
+        o = self.shim_off
+        return _compare(self._mac(key), self.buf[o + 12 : o + 16])
 
     def sign(self, key: HopKey) -> None:
         """Write the form-1 check for the current shim and destination under ``key``."""
-        self._need_form(FORM_CIRCUIT)
+        mac = self._mac(key)
         o = self.shim_off
-        b = self.buf
-        h = key._proto.copy()
-        h.update(b[o : o + 12])
-        h.update(b[16:20])
-        b[o + 12 : o + 16] = h.digest()
+        self.buf[o + 12 : o + 16] = mac
         self._shim_changed()
 
     def verify_check(self) -> bool:
@@ -783,12 +779,7 @@ def _rewrite(
         mac_input = _MAC_INPUT.pack(vf, nproto, hop_limit, md, label, orig, dst)
     except struct.error:
         raise WireError("bad_field", f"label {label!r} or address {dst!r} out of range") from None
-    if key is None:
-        mac = _NO_MAC
-    else:
-        h = key._proto.copy()
-        h.update(mac_input)
-        mac = h.digest()
+    mac = _NO_MAC if key is None else key.mac(mac_input)
     try:
         csum = checksum_update(hc, old_src + old_dst, src + dst)
         if o == 20:

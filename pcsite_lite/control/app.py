@@ -20,15 +20,17 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from pcsock.httpserver import Request, Response, retry_after_header
 
 from .auth import Credentials, Principal
-from .backend import ControlBackend, Json
-from .errors import CODES, ApiError
+from .errors import CODES, ApiError, Json
 from .limits import DEFAULT_LIMITS, Limits, RateLimiter, check_body_shape
+
+if TYPE_CHECKING:  # the one backend (its methods are what the routes call)
+    from .site_backend import SiteBackend
 
 __all__ = [
     "API_VERSION",
@@ -606,7 +608,7 @@ class ControlApp:
 
     def __init__(
         self,
-        backend: ControlBackend,
+        backend: SiteBackend,
         credentials: Credentials,
         *,
         trust_anchor: str | None = None,

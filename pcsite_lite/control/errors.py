@@ -9,11 +9,13 @@ of the ``[limits]`` (``docs/security.md``) names the limit and its config key in
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Final
+from typing import Any, Final
 
 from pcsock.httpserver import HttpError
 
-__all__ = ["CODES", "ApiError", "ErrorCode"]
+__all__ = ["CODES", "ApiError", "ErrorCode", "Json"]
+
+Json = Any  #: a JSON-compatible value (request bodies, answers, error details)
 
 
 class ErrorCode(StrEnum):

@@ -1,5 +1,11 @@
 """The control API's backend over a running site (the daemon's supervisor process).
 
+The HTTP layer (:mod:`.app`) authenticates, checks that a PSP only names itself, validates
+JSON shapes and then calls one :class:`SiteBackend` method (all synchronous and short). The
+backend owns the site state and enforces per-object ownership (a circuit label or service ID
+owned by another PSP answers ``not_found``/``conflict``); every method raises
+:class:`~.errors.ApiError` for a refused request.
+
 Holds the master :class:`~pcsite_lite.daemon.state.SiteState`, writes the FIS through the
 engine (with the authenticated PSP as writer, so the FIS enforces namespaces too), and hands
 every data-plane change to ``broadcast`` so that the worker replicas follow.
@@ -41,8 +47,7 @@ from pcsite_lite.metering import Counters
 from pcsite_lite.metrics import MetricFamily, WorkerStats, render
 from pcsock.wire import HopKey
 
-from .backend import Json
-from .errors import ApiError
+from .errors import ApiError, Json
 
 __all__ = ["SiteBackend"]
 
@@ -112,8 +117,23 @@ def _proof_expiry(claim: dict[str, Json], proof: str | None) -> float | None:
     return min(times) if times else None
 
 
+def _put_back(
+    prev: Any, register: Callable[..., Any], unregister: Callable[..., Any], key: Any, psp: str
+) -> Callable[[], None]:
+    """The undo of a form-2/3 registration under ``key`` that the store refused: the previous
+    registration ``prev`` again, or none (``psp``'s new one removed)."""
+
+    def undo() -> None:
+        if prev is None:
+            unregister(key, psp)
+        else:
+            register(key, prev.psp, prev.service, redirect_prefixes=prev.redirect_prefixes)
+
+    return undo
+
+
 class SiteBackend:
-    """Implements :class:`~pcsite_lite.control.backend.ControlBackend` for the daemon."""
+    """The site operations behind the control API's routes, for the daemon."""
 
     def __init__(
         self,
@@ -546,14 +566,7 @@ class SiteBackend:
         red = list(redirect_prefixes or [])
         prev = site.service_ids.get(sid)
         self._reg(lambda: site.register_service_id(sid, psp, service, redirect_prefixes=red))
-
-        def undo() -> None:
-            if prev is None:
-                site.unregister_service_id(sid, psp)
-            else:
-                site.register_service_id(sid, prev.psp, prev.service,
-                                         redirect_prefixes=prev.redirect_prefixes)  # fmt: skip
-
+        undo = _put_back(prev, site.register_service_id, site.unregister_service_id, sid, psp)
         self._durable(lambda st: st.put_service_id(sid, psp, service, red), undo)
         self._broadcast(ServiceIdOp(sid, psp, service, tuple(red)).to_json())
         return {"service_id": sid, "service": service, "redirect_prefixes": red}
@@ -562,9 +575,10 @@ class SiteBackend:
         site = self.state.site
         prev = site.service_ids.get(service_id)
         self._reg(lambda: site.unregister_service_id(service_id, psp))
-        assert prev is not None
-        self._durable(lambda st: st.delete_service_id(service_id),
-                      lambda: site.register_service_id(service_id, psp, prev.service))  # fmt: skip
+        assert prev is not None  # (its redirect prefixes come back too if the store refuses)
+        sid = service_id
+        undo = _put_back(prev, site.register_service_id, site.unregister_service_id, sid, psp)
+        self._durable(lambda st: st.delete_service_id(sid), undo)
         self._broadcast(ReleaseIdOp(service_id).to_json())
 
     def register_destination(
@@ -586,14 +600,7 @@ class SiteBackend:
         expires = _proof_expiry(claim, proof)
         reg = {**claim, "prefix": canon, "owner": psp, "service": service, "diverted": False,
                "redirect_prefixes": list(redirect)}  # fmt: skip
-
-        def undo() -> None:
-            if prev is None:
-                site.unregister_destination(canon, psp)
-            else:
-                site.register_destination(canon, prev.psp, prev.service,
-                                          redirect_prefixes=prev.redirect_prefixes)  # fmt: skip
-
+        undo = _put_back(prev, site.register_destination, site.unregister_destination, canon, psp)
         self._durable(lambda st: st.put_destination(canon, psp, service, redirect, dict(claim),
                                                     proof, expires), undo)  # fmt: skip
         self.state.claims[canon] = reg

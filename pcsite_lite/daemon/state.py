@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar, get_type_hints
+from typing import Any, ClassVar, TypeVar, dataclass_transform, get_type_hints
 
 from pcsite_lite import fis as fislib
 from pcsite_lite.circuits import CircuitEntry, OutHopEntry
@@ -115,6 +115,42 @@ class _Op:
         return cls(*(_get(doc, f.name, hints[f.name]) for f in fields(cls)))  # type: ignore[arg-type]
 
 
+_OPS: dict[str, Any] = {}  #: "op" -> op class (:func:`decode_op`)
+
+
+@dataclass_transform(frozen_default=True)
+def _op(kind: str) -> Callable[[type[_T]], type[_T]]:
+    """Declare a replication op: a frozen, slotted dataclass whose document's ``"op"`` is
+    ``kind``, registered for :func:`decode_op`."""
+
+    def declare(cls: type[_T]) -> type[_T]:
+        cls.KIND = kind  # type: ignore[attr-defined]
+        op = dataclass(frozen=True, slots=True)(cls)
+        _OPS[kind] = op
+        return op
+
+    return declare
+
+
+class _RegistrationOp(_Op):
+    """A form-2/3 registration op: its key field first, then ``psp``, ``service`` and the
+    ISP-approved ``redirect_prefixes`` (a JSON list)."""
+
+    __slots__ = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {**_Op.to_json(self), "redirect_prefixes": list(self.redirect_prefixes)}  # type: ignore[attr-defined]
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Any:
+        key = fields(cls)[0]  # type: ignore[arg-type]
+        redirect = doc.get("redirect_prefixes") or []
+        if not isinstance(redirect, list | tuple) or not all(isinstance(p, str) for p in redirect):
+            raise ValueError(f"op {cls.KIND!r}: redirect_prefixes must be a list of prefixes")
+        return cls(_get(doc, key.name, get_type_hints(cls)[key.name]), _get(doc, "psp", str),  # type: ignore[call-arg]
+                   _get(doc, "service", str), tuple(redirect))  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True)
 class HopDoc:
     """One out hop of a :class:`CircuitOp` (keys as hex)."""
@@ -146,11 +182,10 @@ class HopDoc:
         return OutHopEntry(self.label, self.next_hop, key, self.final, self.strip)
 
 
-@dataclass(frozen=True, slots=True)
+@_op("circuit")
 class CircuitOp(_Op):
     """Install (or replace) circuit hop ``label``."""
 
-    KIND: ClassVar[str] = "circuit"
     label: int
     psp: str
     service: str
@@ -196,100 +231,68 @@ class CircuitOp(_Op):
         )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
+@_op("teardown")
 class TeardownOp(_Op):
     """Remove circuit hop ``label``."""
 
-    KIND: ClassVar[str] = "teardown"
     label: int
 
 
-@dataclass(frozen=True, slots=True)
+@_op("renew")
 class RenewOp(_Op):
     """Circuit hop ``label`` now expires at ``expires``."""
 
-    KIND: ClassVar[str] = "renew"
     label: int
     expires: float
 
 
-@dataclass(frozen=True, slots=True)
-class ServiceIdOp(_Op):
+@_op("service_id")
+class ServiceIdOp(_RegistrationOp):
     """Service ID ``id`` (form 2) runs ``psp``'s ``service``, which may tunnel into
     ``redirect_prefixes`` (ISP-approved)."""
 
-    KIND: ClassVar[str] = "service_id"
     id: int
     psp: str
     service: str
     redirect_prefixes: tuple[str, ...] = ()
 
-    def to_json(self) -> dict[str, Any]:
-        return {**_Op.to_json(self), "redirect_prefixes": list(self.redirect_prefixes)}
 
-    @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> ServiceIdOp:
-        return cls(_get(doc, "id", int), _get(doc, "psp", str), _get(doc, "service", str),
-                   _prefixes(doc, "service_id"))  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
+@_op("release_id")
 class ReleaseIdOp(_Op):
     """Service ID ``id`` is free again."""
 
-    KIND: ClassVar[str] = "release_id"
     id: int
 
 
-@dataclass(frozen=True, slots=True)
-class DestinationOp(_Op):
+@_op("destination")
+class DestinationOp(_RegistrationOp):
     """Packets to ``prefix`` (form 3) run ``psp``'s ``service``, which may tunnel into
     ``redirect_prefixes``."""
 
-    KIND: ClassVar[str] = "destination"
     prefix: str
     psp: str
     service: str
     redirect_prefixes: tuple[str, ...] = ()
 
-    def to_json(self) -> dict[str, Any]:
-        return {**_Op.to_json(self), "redirect_prefixes": list(self.redirect_prefixes)}
 
-    @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> DestinationOp:
-        return cls(_get(doc, "prefix", str), _get(doc, "psp", str), _get(doc, "service", str),
-                   _prefixes(doc, "destination"))  # fmt: skip
-
-
-def _prefixes(doc: dict[str, Any], kind: str) -> tuple[str, ...]:
-    redirect = doc.get("redirect_prefixes") or []
-    if not isinstance(redirect, list | tuple) or not all(isinstance(p, str) for p in redirect):
-        raise ValueError(f"op {kind!r}: redirect_prefixes must be a list of prefixes")
-    return tuple(redirect)
-
-
-@dataclass(frozen=True, slots=True)
+@_op("enable")
 class EnableOp(_Op):
     """The owner re-enabled a service disabled for failing."""
 
-    KIND: ClassVar[str] = "enable"
     psp: str
     service: str
 
 
-@dataclass(frozen=True, slots=True)
+@_op("release_destination")
 class ReleaseDestinationOp(_Op):
     """The registration of ``prefix`` ends (its ownership proof lapsed)."""
 
-    KIND: ClassVar[str] = "release_destination"
     prefix: str
 
 
-@dataclass(frozen=True, slots=True)
+@_op("synced")
 class SyncedOp(_Op):
     """The end of a snapshot (``seq`` and ``ops`` are the supervisor's framing)."""
-
-    KIND: ClassVar[str] = "synced"
 
 
 StateOp = (
@@ -303,11 +306,6 @@ StateOp = (
     | ReleaseDestinationOp
     | SyncedOp
 )
-_OPS: dict[str, Any] = {
-    cls.KIND: cls
-    for cls in (CircuitOp, TeardownOp, RenewOp, ServiceIdOp, ReleaseIdOp, DestinationOp,
-                EnableOp, ReleaseDestinationOp, SyncedOp)
-}  # fmt: skip
 
 
 def decode_op(doc: Any) -> StateOp:
@@ -416,6 +414,14 @@ def has_fis_snapshots(cfg: SiteConfig) -> bool:
     return any(Path(cfg.state_dir).glob("fis-cache-*.json"))
 
 
+def node_id(cfg: SiteConfig, index: int | None) -> str:
+    """``pkt.node_id`` of worker ``index``: ``"<worker>"`` at a one-machine site,
+    ``"<cluster node>/<worker>"`` on a node of a cluster site."""
+    worker = "0" if index is None else str(index)
+    cluster = cfg.cluster
+    return worker if cluster is None else f"{cluster.node}/{worker}"
+
+
 def _resolver(cfg: SiteConfig, budget: Budget) -> Any:
     """Services from the repository, ticking against the site's ``budget``."""
     if cfg.repository is None:
@@ -465,6 +471,7 @@ class WorkerSite:
                 cfg.services.replicate_per_second,
             ),
             budget=budget,
+            node_id=node_id(cfg, index),
         )
         self.pipeline = Pipeline(self.site, verify_ip_checksum=False)
         # confined service processes end with the worker (they also die with it: PDEATHSIG)

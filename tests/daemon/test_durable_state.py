@@ -169,6 +169,25 @@ def test_a_refused_store_write_answers_503_and_changes_nothing(
     a.close()
 
 
+def test_a_refused_release_puts_the_service_id_back_with_its_redirect_prefixes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pcsite_lite.control.errors import ApiError
+
+    a = Site(tmp_path, "")
+    a.backend.register_service_id("acme", "t", 9, redirect_prefixes=["198.18.7.0/24"])
+
+    def refuse(*_: Any) -> None:
+        raise StoreError("disk full")
+
+    monkeypatch.setattr(a.store, "_tx", refuse)
+    with pytest.raises(ApiError):
+        a.backend.release_service_id("acme", 9)
+    reg = a.backend.state.site.service_ids[9]
+    assert (reg.psp, reg.service, reg.redirect_prefixes) == ("acme", "t", ["198.18.7.0/24"])
+    a.close()
+
+
 def test_an_expired_proof_lapses_with_a_log_line_a_metric_and_a_release_op(
     tmp_path: Path, zkeys: tuple[ZoneKey, ZoneKey]
 ) -> None:

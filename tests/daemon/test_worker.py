@@ -236,3 +236,12 @@ def test_bare_forwarder_keeps_ip_and_udp_checksums_valid() -> None:
     pseudo = out[12:20] + struct.pack("!HH", 17, len(udp))
     assert _csum(pseudo + out[20:]) == 0xFFFF  # and so does the UDP checksum
     assert out[20:26] == pkt[20:26] and out[28:] == pkt[28:]
+
+
+def test_a_worker_tells_its_services_which_site_and_worker_they_run_on(tmp_path: Path) -> None:
+    replica = WorkerSite(_cfg(tmp_path), index=3)
+    src = "def process(pkt):\n    pkt.set_payload((pkt.site_id + ' ' + pkt.node_id).encode())\n"
+    replica.site.deploy("acme", "relay", src)
+    replica.apply(_circuit_op())
+    [v] = replica.pipeline.process(_packet(), time.time())
+    assert bytes(wire.parse(v.data).payload) == b"pcd2-t 3"  # type: ignore[union-attr]
