@@ -242,8 +242,10 @@ def _print_summary(s: dict) -> None:
         for m in c["nodes"]:
             print(f"  compute node {m['name']:<10} {c['netns'][m['name']]:<22} {m['address']}")
         for m in c.get("fis", []):
-            print(f"  FIS machine  {m['name']:<10} {c['netns'][m['name']]:<22} {m['address']} "
-                  "(Redis 6379, Sentinel 26379)")
+            print(
+                f"  FIS machine  {m['name']:<10} {c['netns'][m['name']]:<22} {m['address']} "
+                "(Redis 6379, Sentinel 26379)"
+            )
     for p in s.get("processes", []):
         print(f"process {p['name']} on {p['node']} pid {p['pid']}")
     if s.get("dns"):
@@ -488,8 +490,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("cmd", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_exec)
     for name, what in (("fail", "cut"), ("recover", "restore")):
-        p = sub.add_parser(name, help=f"{what} a compute node's internal link or a FIS machine "
-                           "(nodes = N, fis_replicas = M sites)")
+        p = sub.add_parser(
+            name,
+            help=f"{what} a compute node's internal link or a FIS machine "
+            "(nodes = N, fis_replicas = M sites)",
+        )
         p.add_argument("--run")
         p.add_argument("node")
         p.set_defaults(fn=cmd_fail)

@@ -734,8 +734,14 @@ class Testbed:
         d = self._member_dir(m)
         conf = d / "sentinel.conf"
         if not conf.exists():  # Sentinel keeps its view of the group in it
-            text = clustermod.sentinel_conf(m, str(d), primary, len(cp.fis) // 2 + 1,
-                                            self.redis_passwords["sentinel"], len(cp.fis) - 1)
+            text = clustermod.sentinel_conf(
+                m,
+                str(d),
+                primary,
+                len(cp.fis) // 2 + 1,
+                self.redis_passwords["sentinel"],
+                len(cp.fis) - 1,
+            )
             _write_private(conf, text)
         node = self.node(m.name)
         node.start([REDIS_SENTINEL, str(conf)], name="sentinel",
