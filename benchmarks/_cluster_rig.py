@@ -48,6 +48,7 @@ kind = "site"
 router = "r1"
 control = false
 nodes = {n}
+fis_replicas = {m}
 [[link]]
 a = "h1"
 b = "r1"
@@ -60,7 +61,8 @@ b = "s1"
 """
 
 
-def _config(tmp: Path, public_ip: str, lb: str, me: str, node: str, workers: int) -> Path:
+def _config(tmp: Path, public_ip: str, lb: str, me: str, node: str, workers: int,
+            fis: str) -> Path:  # fmt: skip
     state = tmp / node
     state.mkdir(parents=True, exist_ok=True)
     path = tmp / f"{node}.toml"
@@ -71,7 +73,7 @@ public_ip = "{public_ip}"
 public_dev = "lo"
 workers = {workers}
 state_dir = "{state}"
-fis = "sqlite:///{tmp / "fis.db"}"
+fis = "{fis}"
 
 [dataplane]
 tun_prefix = "pccw"
@@ -105,15 +107,19 @@ class ClusterSite:
     """``with ClusterSite(tmp, nodes=3) as cs:`` -- a built testbed with the site running."""
 
     def __init__(self, tmp: Path, nodes: int = 3, workers: int = 1, prefix: str = "pcq",
-                 start: int | None = None, split: bool = False) -> None:  # fmt: skip
+                 start: int | None = None, split: bool = False,
+                 fis_replicas: int = 0) -> None:  # fmt: skip
         """``start``: run only the first ``start`` compute nodes (default: all); ``split``:
-        the LB and the controller as two processes (``--role lb``, ``--role controller``)."""
+        the LB and the controller as two processes (``--role lb``, ``--role controller``);
+        ``fis_replicas``: the site's FIS replicated on that many machines (the testbed builds
+        them; every machine of the site gets its Sentinel URL), else one SQLite file."""
         self.split = split
         self.tmp = tmp
         self.n = nodes
         self.start = nodes if start is None else start
         self.workers = workers
-        self.tb = Testbed(parse(TOPOLOGY.format(n=nodes)), prefix=prefix, services=False)
+        self.tb = Testbed(parse(TOPOLOGY.format(n=nodes, m=fis_replicas)), prefix=prefix,
+                          services=fis_replicas > 0)  # fmt: skip
         self.procs: dict[str, Any] = {}
 
     def __enter__(self) -> ClusterSite:
@@ -135,16 +141,25 @@ class ClusterSite:
     def node_names(self) -> list[str]:
         return [m.name for m in self.tb.cluster("s1").members]
 
+    @property
+    def fis(self) -> str:
+        """The FIS URL every machine of the site is configured with."""
+        return self.tb.site("s1").fis_redis or f"sqlite:///{self.tmp / 'fis.db'}"
+
+    def _config(self, me: str, node: str, workers: int) -> Path:
+        lb = self.tb.cluster("s1").lb_address
+        return _config(self.tmp, self.public_ip, lb, me, node, workers, self.fis)
+
     def _cmd(self, cfg: Path, role: str) -> list[str]:
         return [sys.executable, "-m", "pcsite_lite.cli", "run", "--config", str(cfg),
                 "--role", role]  # fmt: skip
 
     def _start(self) -> None:
         cp = self.tb.cluster("s1")
-        cfg = _config(self.tmp, self.public_ip, cp.lb_address, cp.lb_address, "lb", 1)
+        cfg = self._config(cp.lb_address, "lb", 1)
         self.lb_state = self.tmp / "lb"
         if self.split:  # the controller has its own state directory (and lock)
-            ctl = _config(self.tmp, self.public_ip, cp.lb_address, cp.lb_address, "ctl", 1)
+            ctl = self._config(cp.lb_address, "ctl", 1)
             self.procs["ctl"] = self.tb.node("s1").start(
                 self._cmd(ctl, "controller"), name="pcsite-ctl",
                 ready=lambda: self.tb.node("s1").tcp_open(cp.lb_address, 8080), timeout=20,
@@ -160,7 +175,7 @@ class ClusterSite:
     def start_node(self, name: str) -> None:
         cp = self.tb.cluster("s1")
         m = next(x for x in cp.members if x.name == name)
-        cfg = _config(self.tmp, self.public_ip, cp.lb_address, m.address, name, self.workers)
+        cfg = self._config(m.address, name, self.workers)
         self.procs[name] = self.tb.node(name).start(self._cmd(cfg, "node"), name="pcsite-node")
 
     def lb_status(self) -> dict[str, Any]:

@@ -108,7 +108,7 @@ def lb_cost(packets: int, rounds: int) -> tuple[float, float]:
     from testbed.topology import parse as parse_topo
 
     tmp = Path(tempfile.mkdtemp(prefix="pcbench-lb-"))
-    with Testbed(parse_topo(TOPOLOGY.format(n=4)), prefix="pcb", services=False) as tb:
+    with Testbed(parse_topo(TOPOLOGY.format(n=4, m=0)), prefix="pcb", services=False) as tb:
         cp = tb.cluster("s1")
         site = tb.site("s1")
         doc = {"site": {"name": "s1", "public_ip": site.public_ip, "public_dev": "lo",

@@ -955,7 +955,9 @@ class Testbed:
         node = self.node(name)
         if node.kind not in CLUSTER_KINDS:
             raise KeyError(f"{name!r} is a {node.kind}, not a compute node or FIS machine")
-        if kill:
+        if kill:  # remembered for `testbed recover` (state.restart_node)
+            mine = [p for p in self.run_state.data["processes"] if p["node"] == name]
+            self.run_state.data.setdefault("killed", {}).setdefault(name, []).extend(mine)
             for proc in [p for p in self.processes if p.node == name]:
                 proc.popen.kill()
                 proc.popen.wait(5)
@@ -973,6 +975,7 @@ class Testbed:
         cp = self._cluster_of(name)
         m = cp.member(name)
         if node.kind == "fis" and m is not None and not self._running(name):
+            self.run_state.data.get("killed", {}).pop(name, None)
             self._start_fis_member(cp, m, primary=None)
             self._start_sentinel(cp, m, cp.fis[0])
 
@@ -1062,7 +1065,9 @@ def redis_acl(passwords: dict[str, str], prefix: str = "pcfis") -> str:
     and change channel; ``isp`` reads them and writes only the ISP namespace (network
     information) plus the change bookkeeping every write updates. With a replicated FIS,
     ``replica`` may only replicate and ``sentinel`` only run what Sentinel sends a server."""
-    base = "+@connection +ping -@dangerous"
+    # ``info`` and ``wait`` (after ``-@dangerous``, which takes ``info``): a replicated FIS
+    # acknowledges a write once every attached replica has it (RedisFIS.replicated)
+    base = "+@connection +ping -@dangerous +info +wait"
     site = f"resetkeys ~{prefix}:* resetchannels &{prefix}:changes -@all +@read +@write "
     site += f"+@pubsub +@scripting {base}"
     return (
