@@ -2,7 +2,7 @@
 fis_replicas = 3`` builds a Redis primary, two replicas and three Sentinels on the site's
 internal network; every machine of the site reaches the FIS by its Sentinel URL.
 
-``testbed fail`` on the FIS primary (SIGKILL of its Redis and Sentinel, link cut): form-1
+``testbed fail`` (the command) on the FIS primary (SIGKILL of its Redis and Sentinel, link cut): form-1
 circuits keep forwarding from the compute nodes' state; FIS writes fail with the clear
 error while there is no primary and succeed again after the Sentinels' failover; an
 acknowledged write made before the kill is still there; ``recover`` brings the old primary
@@ -29,6 +29,13 @@ K = 6  #: circuits
 NS = namespace("acme", "relay")
 
 
+def _cli(*args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "testbed", *args], capture_output=True,
+                         text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 def test_fis_primary_kill_keeps_forwarding_and_writes_resume_after_failover(tmp_path) -> None:
     with ClusterSite(tmp_path, nodes=3, fis_replicas=3, prefix="pcl15t") as cs:
         tb = cs.tb
@@ -47,7 +54,7 @@ def test_fis_primary_kill_keeps_forwarding_and_writes_resume_after_failover(tmp_
         with Load(cs, labels, rate=100) as load:
             assert wait_until(lambda: len(load.got) >= 2 * K, 15), "no traffic through the site"
             t_kill = time.monotonic()
-            tb.fail("s1_f1")
+            assert _cli("fail", "--run", tb.run, "s1_f1").endswith("internal link cut\n")
             refused: list[str] = []
 
             def write() -> bool:
@@ -71,9 +78,7 @@ def test_fis_primary_kill_keeps_forwarding_and_writes_resume_after_failover(tmp_
         assert call_in(lb, lambda: (fis.get(NS, "before"), fis.get(NS, "after"))) == (1, 2)
 
         # `testbed recover` restarts the machine; the Sentinels make it a replica
-        out = subprocess.run([sys.executable, "-m", "testbed", "recover", "--run", tb.run,
-                              "s1_f1"], capture_output=True, text=True, timeout=60)  # fmt: skip
-        assert out.returncode == 0, out.stderr
+        assert "2 processes started" in _cli("recover", "--run", tb.run, "s1_f1")
         f1 = cp.fis[0]
 
         def role() -> str:
@@ -82,8 +87,7 @@ def test_fis_primary_kill_keeps_forwarding_and_writes_resume_after_failover(tmp_
             return tb.node("s1_f1").run(argv, timeout=5).stdout.split("\n")[0]
 
         assert wait_until(lambda: role() == "slave", 30), role()
-        listed = json.loads(subprocess.run([sys.executable, "-m", "testbed", "inspect", tb.run,
-                                            "--json"], capture_output=True, text=True,
-                                           timeout=60).stdout)  # fmt: skip
+        listed = json.loads(_cli("inspect", tb.run, "--json"))
         assert "s1_f1" in listed["clusters"]["s1"]["netns"]
+        assert "FIS machine  s1_f2" in _cli("inspect", tb.run)
         fis.close()
