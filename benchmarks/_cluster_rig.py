@@ -9,6 +9,7 @@ and records what ``h2`` receives, per circuit and sequence number.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 import subprocess
@@ -108,11 +109,13 @@ class ClusterSite:
 
     def __init__(self, tmp: Path, nodes: int = 3, workers: int = 1, prefix: str = "pcq",
                  start: int | None = None, split: bool = False,
-                 fis_replicas: int = 0) -> None:  # fmt: skip
+                 fis_replicas: int = 0, cpus: set[int] | None = None) -> None:  # fmt: skip
         """``start``: run only the first ``start`` compute nodes (default: all); ``split``:
         the LB and the controller as two processes (``--role lb``, ``--role controller``);
         ``fis_replicas``: the site's FIS replicated on that many machines (the testbed builds
-        them; every machine of the site gets its Sentinel URL), else one SQLite file."""
+        them; every machine of the site gets its Sentinel URL), else one SQLite file;
+        ``cpus``: run every process of the site (LB, controller, nodes) on these vCPUs."""
+        self.cpus = cpus
         self.split = split
         self.tmp = tmp
         self.n = nodes
@@ -141,6 +144,10 @@ class ClusterSite:
     def node_names(self) -> list[str]:
         return [m.name for m in self.tb.cluster("s1").members]
 
+    def running(self) -> list[str]:
+        """The compute nodes started with the site."""
+        return self.node_names()[: self.start]
+
     @property
     def fis(self) -> str:
         """The FIS URL every machine of the site is configured with."""
@@ -151,7 +158,8 @@ class ClusterSite:
         return _config(self.tmp, self.public_ip, lb, me, node, workers, self.fis)
 
     def _cmd(self, cfg: Path, role: str) -> list[str]:
-        return [sys.executable, "-m", "pcsite_lite.cli", "run", "--config", str(cfg),
+        pin = ["taskset", "-c", ",".join(map(str, sorted(self.cpus)))] if self.cpus else []
+        return [*pin, sys.executable, "-m", "pcsite_lite.cli", "run", "--config", str(cfg),
                 "--role", role]  # fmt: skip
 
     def _start(self) -> None:
@@ -232,8 +240,10 @@ class ClusterSite:
 class Load:
     """Form-1 traffic on ``labels`` at ``rate`` rounds per second, h1 -> s1 -> h2."""
 
-    def __init__(self, cs: ClusterSite, labels: list[int], rate: float = 100.0) -> None:
-        self.cs, self.labels, self.rate = cs, labels, rate
+    def __init__(self, cs: ClusterSite, labels: list[int], rate: float = 100.0,
+                 cpu: int | None = None) -> None:  # fmt: skip
+        """``cpu``: run the sending and receiving threads on this vCPU."""
+        self.cs, self.labels, self.rate, self.cpu = cs, labels, rate, cpu
         self.sent: dict[tuple[int, int], float] = {}
         self.got: dict[tuple[int, int], float] = {}
         self._stop = threading.Event()
@@ -283,10 +293,19 @@ class Load:
         self._stop_rx.set()
         for t in self.threads:
             t.join(5)
+        self.close()
+
+    def close(self) -> None:
+        """Close the sockets (a Load used only to :meth:`probe` is never started)."""
         self.tx.close()
         self.rx.close()
 
+    def _pin(self) -> None:
+        if self.cpu is not None:
+            os.sched_setaffinity(0, {self.cpu})  # this thread only
+
     def _send(self) -> None:
+        self._pin()
         seq = 0
         period = 1 / self.rate
         nxt = time.monotonic()
@@ -298,6 +317,7 @@ class Load:
             time.sleep(max(0.0, nxt - time.monotonic()))
 
     def _recv(self) -> None:
+        self._pin()
         while not self._stop_rx.is_set():
             try:
                 data = self.rx.recv(2048)

@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from pcsite_lite.cluster.maglev import MaglevTable
 
@@ -171,49 +172,132 @@ def lb_cost(packets: int, rounds: int) -> tuple[float, float]:
     return statistics.median(b), statistics.median(a)
 
 
-def _cpu_ns(pid: int) -> int:
-    """CPU time of ``pid``, its threads and its children, in ns (``/proc/*/schedstat``)."""
-    total = 0
-    todo = [pid]
-    while todo:
-        p = todo.pop()
+GEN_CPU = 0  #: the load generator's vCPU (its sends' kernel path runs there too)
+NODE_CPU = 1  #: every site process's vCPU (LB, controller, compute nodes)
+
+
+def _node_cpu_ns(ns: str) -> tuple[int, dict[int, int]]:
+    """CPU time the kernel accounted to the processes in network namespace ``ns`` (every
+    thread, live or exited: the process CPU clock), and per PID."""
+    from pcsite_lite.confine import process_cpu_ns
+    from testbed.state import processes_in
+
+    per = {}
+    for pid in processes_in([ns]):
         try:
-            for task in Path(f"/proc/{p}/task").iterdir():
-                total += int((task / "schedstat").read_text().split()[0])
-                todo += [int(c) for c in (task / "children").read_text().split()]
-        except (OSError, ValueError, IndexError):
+            per[pid] = process_cpu_ns(pid)
+        except OSError:  # exited meanwhile
             continue
-    return total
+    return sum(per.values()), per
+
+
+def _delta(before: dict[int, int], after: dict[int, int]) -> int:
+    """CPU used between two per-PID snapshots (a process that started meanwhile counts in
+    full; one that exited meanwhile is lost: workers do not restart in a healthy run)."""
+    return sum(v - before.get(pid, 0) for pid, v in after.items())
+
+
+def balanced_circuits(cs: Any, per_node: int, *, tries: int = 8) -> list[int]:
+    """Labels of exactly ``per_node`` circuits on each running compute node of ``cs`` (the
+    LB's split, probed), so every node gets the same packet rate."""
+    from benchmarks._cluster_rig import Load, owners
+
+    names = cs.running()
+    chosen: dict[str, list[int]] = {n: [] for n in names}
+    for _ in range(tries):
+        labels = cs.circuits(per_node * len(names))
+        probe = Load(cs, labels)
+        try:
+            own = owners(cs, probe, labels)
+        finally:
+            probe.close()
+        for i, node in own.items():
+            if node in chosen and len(chosen[node]) < per_node:
+                chosen[node].append(labels[i])
+        if all(len(v) == per_node for v in chosen.values()):
+            return [label for v in chosen.values() for label in v]
+    raise RuntimeError(f"could not place {per_node} circuits on each node: {chosen}")
 
 
 def node_cpu(
-    counts: tuple[int, ...], seconds: float, rate: float, circuits: int
-) -> dict[int, float]:
-    """Per node count: median over nodes of CPU us per packet the node processed."""
+    counts: tuple[int, ...], seconds: float, pps: float, per_node: int, rounds: int
+) -> dict[str, float]:
+    """CPU per packet of a compute node on sites of 1, 2 and 4 nodes (docs/cluster.md).
+
+    One site per node count, all built first and alive throughout; ``rounds`` rounds, each
+    loading every site once in turn (the order rotates per round). A loaded site's nodes
+    each carry exactly ``per_node`` circuits at ``pps`` packets/s per node; the other sites'
+    nodes are idle in the same window and give each node's idle CPU rate (heartbeats, feed
+    reports, stats). Per node and window: (its processes' CPU - its idle rate x window) /
+    the packets its TUN devices handed its workers. The load generator runs on vCPU
+    ``GEN_CPU``, every site process on ``NODE_CPU``. Figures per node count: medians over
+    every (round, node) sample."""
+    from contextlib import ExitStack
+
     from benchmarks._cluster_rig import ClusterSite, Load
 
-    out = {}
+    sites: dict[int, Any] = {}
+    labels: dict[int, list[int]] = {}
+    busy: dict[int, list[tuple[str, int, int, float]]] = {k: [] for k in counts}
+    idle: dict[tuple[int, str], list[float]] = {}  # (site, node) -> ns per s while idle
+    with ExitStack() as stack:
+        for k in counts:
+            tmp = Path(tempfile.mkdtemp(prefix=f"pcbench-nodes{k}-"))
+            # (a site needs nodes > 1 to have an LB: the 1-node site runs one of two)
+            sites[k] = stack.enter_context(
+                ClusterSite(tmp, nodes=max(2, k), start=k, cpus={NODE_CPU})
+            )
+            labels[k] = balanced_circuits(sites[k], per_node)
+        rate = pps / per_node  # rounds/s: each round sends one packet per circuit
+        for r in range(rounds):
+            for k in counts[r % len(counts) :] + counts[: r % len(counts)]:
+                cs = sites[k]
+                with Load(cs, labels[k], rate=rate, cpu=GEN_CPU) as load:
+                    deadline = time.monotonic() + 10
+                    while len(load.got) < 2 * len(labels[k]) and time.monotonic() < deadline:
+                        time.sleep(0.02)
+                    time.sleep(0.3)  # warm-up
+                    c0 = {(j, n): _node_cpu_ns(sites[j].tb.node(n).ns)[1]
+                          for j in counts for n in sites[j].running()}  # fmt: skip
+                    p0 = {n: cs.tun_rx(n) for n in cs.running()}
+                    t0 = time.monotonic()
+                    time.sleep(seconds)
+                    c1 = {key: _node_cpu_ns(sites[key[0]].tb.node(key[1]).ns)[1] for key in c0}
+                    p1 = {n: cs.tun_rx(n) for n in cs.running()}
+                    window = time.monotonic() - t0
+                for (j, n), before in c0.items():
+                    used = _delta(before, c1[(j, n)])
+                    if j == k:
+                        busy[k].append((n, used, p1[n] - p0[n], window))
+                    else:
+                        idle.setdefault((j, n), []).append(used / window)
+    out: dict[str, float] = {}
     for k in counts:
-        tmp = Path(tempfile.mkdtemp(prefix=f"pcbench-nodes{k}-"))
-        with ClusterSite(tmp, nodes=max(2, k), start=k) as cs:
-            labels = cs.circuits(circuits)
-            names = cs.node_names()[:k]
-            i0 = {n: _cpu_ns(cs.procs[n].pid) for n in names}
-            time.sleep(seconds)  # idle: heartbeats, stats, feed reports
-            idle = {n: _cpu_ns(cs.procs[n].pid) - i0[n] for n in names}
-            with Load(cs, labels, rate=rate * k) as load:  # the same packet rate per node
-                deadline = time.monotonic() + 10
-                while len(load.got) < 2 * circuits and time.monotonic() < deadline:
-                    time.sleep(0.02)
-                c0 = {n: _cpu_ns(cs.procs[n].pid) for n in names}
-                p0 = {n: cs.tun_rx(n) for n in names}
-                time.sleep(seconds)
-                c1 = {n: _cpu_ns(cs.procs[n].pid) for n in names}
-                p1 = {n: cs.tun_rx(n) for n in names}
-            per = [(c1[n] - c0[n] - idle[n]) / 1e3 / (p1[n] - p0[n])
-                   for n in names if p1[n] > p0[n]]  # fmt: skip
-            out[k] = statistics.median(per) if per else float("nan")
+        net, gross, pkts, idles = [], [], [], []
+        for n, used, packets, window in busy[k]:
+            rest = statistics.median(idle.get((k, n), [0.0]))
+            idles.append(rest)
+            pkts.append(packets)
+            if packets > 0:
+                net.append((used - rest * window) / 1e3 / packets)
+                gross.append(used / 1e3 / packets)
+        out[f"cluster_node_cpu_us_per_packet_{k}"] = _med(net)
+        out[f"cluster_node_cpu_gross_us_per_packet_{k}"] = _med(gross)
+        out[f"cluster_node_idle_cpu_ms_per_s_{k}"] = _med([v / 1e6 for v in idles])
+        out[f"cluster_node_packets_per_window_{k}"] = _med(pkts)
+        out[f"cluster_node_packets_spread_{k}"] = _spread(pkts)
+    out["cluster_node_cpu_spread"] = _spread([out[f"cluster_node_cpu_us_per_packet_{k}"]
+                                              for k in counts])  # fmt: skip
     return out
+
+
+def _spread(xs: list[float]) -> float:
+    """max / min - 1 (0: all equal; the flatness goal is <= 0.15)."""
+    return round(max(xs) / min(xs) - 1, 4) if xs and min(xs) > 0 else float("nan")
+
+
+def _med(xs: list[float]) -> float:
+    return round(statistics.median(xs), 3) if xs else float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,13 +309,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--circuits-live", type=int, default=12)
     ap.add_argument("--rate", type=float, default=100.0, help="rounds per second of the load")
     ap.add_argument("--packets", type=int, default=20000, help="packets per LB-cost round")
-    ap.add_argument("--cpu-seconds", type=float, default=5.0, help="CPU window per node count")
-    ap.add_argument(
-        "--cpu-rate",
-        type=float,
-        default=25.0,
-        help="rounds per second per node of the CPU load (x --circuits-live)",
-    )
+    ap.add_argument("--cpu-seconds", type=float, default=3.0,
+                    help="CPU window per site and round")  # fmt: skip
+    ap.add_argument("--cpu-pps", type=float, default=300.0,
+                    help="packets per second per compute node in the CPU rounds")  # fmt: skip
+    ap.add_argument("--cpu-circuits", type=int, default=3,
+                    help="circuits per compute node in the CPU rounds")  # fmt: skip
+    ap.add_argument("--cpu-rounds", type=int, default=0,
+                    help="interleaved CPU rounds (default: --rounds)")  # fmt: skip
     args = ap.parse_args(argv)
     out = {"cluster_moved_fraction": round(moved_fraction(args.circuits), 4)}
     if os.geteuid() == 0:
@@ -241,9 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         out.update(cluster_lb_us_per_packet=round(lb_us - plain_us, 3),
                    cluster_lb_path_us_per_packet=round(lb_us, 3),
                    cluster_plain_path_us_per_packet=round(plain_us, 3))  # fmt: skip
-        cpu = node_cpu((1, 2, 4), args.cpu_seconds, args.cpu_rate, args.circuits_live)
-        for k, v in cpu.items():
-            out[f"cluster_node_cpu_us_per_packet_{k}"] = round(v, 2)
+        out.update(node_cpu((1, 2, 4), args.cpu_seconds, args.cpu_pps, args.cpu_circuits,
+                            args.cpu_rounds or args.rounds))  # fmt: skip
     else:
         print("benchmarks.cluster: not root: failover figures skipped", file=sys.stderr)
     print(json.dumps(out, indent=1))
