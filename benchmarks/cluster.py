@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--packets", type=int, default=20000, help="packets per LB-cost round")
     ap.add_argument("--cpu-seconds", type=float, default=3.0,
                     help="CPU window per site and round")  # fmt: skip
-    ap.add_argument("--cpu-pps", type=float, default=300.0,
+    ap.add_argument("--cpu-pps", type=float, default=1000.0,
                     help="packets per second per compute node in the CPU rounds")  # fmt: skip
     ap.add_argument("--cpu-circuits", type=int, default=3,
                     help="circuits per compute node in the CPU rounds")  # fmt: skip

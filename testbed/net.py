@@ -337,16 +337,15 @@ class Testbed:
         p = node.plan
         spec = self.topo.nodes[name]
         assert spec.router and p.public_ip
-        iface = p.iface_to(spec.router)
-        assert iface is not None
+        mine, router_side = planmod.site_link(p, self.plan.nodes[spec.router])
         return SiteInfo(
             name=name,
             netns=node.ns,
             public_ip=p.public_ip,
             router=spec.router,
-            data_iface=iface.name,
-            data_address=iface.address,
-            gateway=iface.peer_address,
+            data_iface=mine.name,
+            data_address=mine.address,
+            gateway=router_side.address,
             control_iface=p.control.name if p.control else None,
             control_address=p.control.address if p.control else None,
             control_subnet=str(self.plan.control_subnet),
