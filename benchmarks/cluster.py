@@ -18,14 +18,23 @@
   (same path, same hops, no split). Sender pinned to one vCPU; wall time per packet of the
   whole synchronous path (veth delivery runs in the sender's softirq); rounds interleaved;
   the difference of the medians.
-* ``cluster_node_cpu_us_per_packet_{1,2,4}``: a site running 1, 2 and 4 compute nodes
-  (``pcsite run --role node``, one worker each), offered ``--cpu-rate`` x nodes rounds/s so
-  each node sees the same packet rate; each node's CPU time (supervisor + worker, ``/proc``,
-  minus its idle CPU over an equal window before the load) over the packets its TUN device
-  handed its worker; the median over nodes (goal: flat within 15 % from 1 to 4 nodes).
+* ``cluster_node_cpu_us_per_packet_{1,2,4}``: CPU per packet of one compute node on sites of
+  1, 2 and 4 nodes (goal: flat within 15 %; ``cluster_node_cpu_spread`` is max / min - 1 of
+  the three). Three sites built at once, each node given exactly ``--cpu-circuits`` circuits
+  (probed through the LB's split) at ``--cpu-pps`` packets/s; the generator pinned to vCPU 0,
+  every site process to vCPU 1; ``--cpu-rounds`` rounds of an idle window then a load window
+  with every site loaded at once (so the shared vCPU is as busy for every node count). Per
+  node and window: the kernel-accounted CPU of the processes in the node's namespace (the
+  process CPU clock) minus its idle rate over the window, over the packets its TUN devices
+  handed its workers; medians over every (round, node). Beside it, per node count:
+  ``cluster_node_cpu_gross_us_per_packet_K`` (without the idle subtraction),
+  ``cluster_node_idle_cpu_ms_per_s_K``, ``cluster_node_packets_per_window_K`` and
+  ``cluster_node_packets_spread_K`` (the per-node packet counts' max / min - 1) and
+  ``cluster_node_packets_per_wakeup_K`` (packets over the node's voluntary context switches).
 
     .venv/bin/python -m benchmarks.cluster --json /tmp/cluster.json
-    .venv/bin/python -m benchmarks.cluster --rounds 1 --circuits 2000 --json /tmp/c.json  # smoke
+    .venv/bin/python -m benchmarks.cluster --rounds 1 --circuits 2000 --cpu-seconds 0.5 \
+        --packets 2000 --json /tmp/c.json  # smoke
 """
 
 from __future__ import annotations
@@ -176,25 +185,34 @@ GEN_CPU = 0  #: the load generator's vCPU (its sends' kernel path runs there too
 NODE_CPU = 1  #: every site process's vCPU (LB, controller, compute nodes)
 
 
-def _node_cpu_ns(ns: str) -> tuple[int, dict[int, int]]:
-    """CPU time the kernel accounted to the processes in network namespace ``ns`` (every
-    thread, live or exited: the process CPU clock), and per PID."""
+def _node_usage(ns: str) -> dict[int, tuple[int, int]]:
+    """Per PID of the processes in network namespace ``ns``: the CPU time the kernel
+    accounted to it (ns; every thread, live or exited: the process CPU clock) and its
+    threads' voluntary context switches (sleeps: wake-ups)."""
     from pcsite_lite.confine import process_cpu_ns
     from testbed.state import processes_in
 
     per = {}
     for pid in processes_in([ns]):
         try:
-            per[pid] = process_cpu_ns(pid)
-        except OSError:  # exited meanwhile
+            sleeps = 0
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                for line in (task / "status").read_text().splitlines():
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        sleeps += int(line.split()[1])
+            per[pid] = (process_cpu_ns(pid), sleeps)
+        except (OSError, ValueError):  # exited meanwhile
             continue
-    return sum(per.values()), per
+    return per
 
 
-def _delta(before: dict[int, int], after: dict[int, int]) -> int:
-    """CPU used between two per-PID snapshots (a process that started meanwhile counts in
+def _delta(
+    before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]
+) -> tuple[int, int]:
+    """CPU (ns) and sleeps between two snapshots (a process that started meanwhile counts in
     full; one that exited meanwhile is lost: workers do not restart in a healthy run)."""
-    return sum(v - before.get(pid, 0) for pid, v in after.items())
+    cpu = sum(v[0] - before.get(pid, (0, 0))[0] for pid, v in after.items())
+    return cpu, sum(v[1] - before.get(pid, (0, 0))[1] for pid, v in after.items())
 
 
 def balanced_circuits(cs: Any, per_node: int, *, tries: int = 8) -> list[int]:
@@ -224,22 +242,28 @@ def node_cpu(
 ) -> dict[str, float]:
     """CPU per packet of a compute node on sites of 1, 2 and 4 nodes (docs/cluster.md).
 
-    One site per node count, all built first and alive throughout; ``rounds`` rounds, each
-    loading every site once in turn (the order rotates per round). A loaded site's nodes
-    each carry exactly ``per_node`` circuits at ``pps`` packets/s per node; the other sites'
-    nodes are idle in the same window and give each node's idle CPU rate (heartbeats, feed
-    reports, stats). Per node and window: (its processes' CPU - its idle rate x window) /
-    the packets its TUN devices handed its workers. The load generator runs on vCPU
-    ``GEN_CPU``, every site process on ``NODE_CPU``. Figures per node count: medians over
-    every (round, node) sample."""
+    One site per node count, all built first and alive throughout. Each node carries exactly
+    ``per_node`` circuits (probed through the LB's split) at ``pps`` packets/s. ``rounds``
+    rounds, each an idle window (no load: each node's idle CPU rate, i.e. heartbeats, feed
+    reports, stats) then a load window in which *every* site is loaded at once: the site
+    processes share vCPU ``NODE_CPU`` (the generator has ``GEN_CPU``), and a node's CPU per
+    packet drops when that vCPU is busier, so loading one site at a time would favour the
+    sites with more nodes. Per node and load window: (its processes' kernel-accounted CPU -
+    its idle rate x window) / the packets its TUN devices handed its workers. Figures per
+    node count: medians over every (round, node) sample."""
     from contextlib import ExitStack
 
     from benchmarks._cluster_rig import ClusterSite, Load
 
     sites: dict[int, Any] = {}
     labels: dict[int, list[int]] = {}
-    busy: dict[int, list[tuple[str, int, int, float]]] = {k: [] for k in counts}
+    busy: dict[int, list[tuple[str, int, int, float, int]]] = {k: [] for k in counts}
     idle: dict[tuple[int, str], list[float]] = {}  # (site, node) -> ns per s while idle
+
+    def usage() -> dict[tuple[int, str], dict[int, tuple[int, int]]]:
+        return {(k, n): _node_usage(sites[k].tb.node(n).ns) for k in counts
+                for n in sites[k].running()}  # fmt: skip
+
     with ExitStack() as stack:
         for k in counts:
             tmp = Path(tempfile.mkdtemp(prefix=f"pcbench-nodes{k}-"))
@@ -249,43 +273,45 @@ def node_cpu(
             )
             labels[k] = balanced_circuits(sites[k], per_node)
         rate = pps / per_node  # rounds/s: each round sends one packet per circuit
-        for r in range(rounds):
-            for k in counts[r % len(counts) :] + counts[: r % len(counts)]:
-                cs = sites[k]
-                with Load(cs, labels[k], rate=rate, cpu=GEN_CPU) as load:
-                    deadline = time.monotonic() + 10
-                    while len(load.got) < 2 * len(labels[k]) and time.monotonic() < deadline:
-                        time.sleep(0.02)
-                    time.sleep(0.3)  # warm-up
-                    c0 = {(j, n): _node_cpu_ns(sites[j].tb.node(n).ns)[1]
-                          for j in counts for n in sites[j].running()}  # fmt: skip
-                    p0 = {n: cs.tun_rx(n) for n in cs.running()}
-                    t0 = time.monotonic()
-                    time.sleep(seconds)
-                    c1 = {key: _node_cpu_ns(sites[key[0]].tb.node(key[1]).ns)[1] for key in c0}
-                    p1 = {n: cs.tun_rx(n) for n in cs.running()}
-                    window = time.monotonic() - t0
-                for (j, n), before in c0.items():
-                    used = _delta(before, c1[(j, n)])
-                    if j == k:
-                        busy[k].append((n, used, p1[n] - p0[n], window))
-                    else:
-                        idle.setdefault((j, n), []).append(used / window)
+        for _ in range(rounds):
+            c0, t0 = usage(), time.monotonic()
+            time.sleep(seconds)
+            c1, window = usage(), time.monotonic() - t0
+            for key, before in c0.items():
+                idle.setdefault(key, []).append(_delta(before, c1[key])[0] / window)
+            with ExitStack() as loads:
+                got = [loads.enter_context(Load(sites[k], labels[k], rate=rate, cpu=GEN_CPU)).got
+                       for k in counts]  # fmt: skip
+                deadline = time.monotonic() + 10
+                while (any(len(g) < 2 * len(labels[k]) for g, k in zip(got, counts, strict=True))
+                       and time.monotonic() < deadline):  # fmt: skip
+                    time.sleep(0.02)
+                time.sleep(0.3)  # warm-up
+                c0, t0 = usage(), time.monotonic()
+                p0 = {(k, n): sites[k].tun_rx(n) for k, n in c0}
+                time.sleep(seconds)
+                c1, window = usage(), time.monotonic() - t0
+                p1 = {(k, n): sites[k].tun_rx(n) for k, n in c0}
+            for (k, n), before in c0.items():
+                used, sleeps = _delta(before, c1[(k, n)])
+                busy[k].append((n, used, p1[(k, n)] - p0[(k, n)], window, sleeps))
     out: dict[str, float] = {}
     for k in counts:
-        net, gross, pkts, idles = [], [], [], []
-        for n, used, packets, window in busy[k]:
+        net, gross, pkts, idles, batch = [], [], [], [], []
+        for n, used, packets, window, sleeps in busy[k]:
             rest = statistics.median(idle.get((k, n), [0.0]))
             idles.append(rest)
             pkts.append(packets)
             if packets > 0:
                 net.append((used - rest * window) / 1e3 / packets)
                 gross.append(used / 1e3 / packets)
+                batch.append(packets / max(1, sleeps))
         out[f"cluster_node_cpu_us_per_packet_{k}"] = _med(net)
         out[f"cluster_node_cpu_gross_us_per_packet_{k}"] = _med(gross)
         out[f"cluster_node_idle_cpu_ms_per_s_{k}"] = _med([v / 1e6 for v in idles])
         out[f"cluster_node_packets_per_window_{k}"] = _med(pkts)
         out[f"cluster_node_packets_spread_{k}"] = _spread(pkts)
+        out[f"cluster_node_packets_per_wakeup_{k}"] = _med(batch)
     out["cluster_node_cpu_spread"] = _spread([out[f"cluster_node_cpu_us_per_packet_{k}"]
                                               for k in counts])  # fmt: skip
     return out
