@@ -803,6 +803,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown scenario(s): {', '.join(unknown)}", file=sys.stderr)
         return 2
+    if (args.fis_replicas and args.nodes <= 1) or not 0 <= args.fis_replicas <= 4:
+        print("--fis-replicas takes 0..4 and needs --nodes > 1 (the FIS machines sit on a "
+              "multi-machine site's internal network)", file=sys.stderr)  # fmt: skip
+        return 2
     from testbed.topology import TopologyError
 
     path = resolve_topology(args.topology)
