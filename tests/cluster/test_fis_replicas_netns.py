@@ -2,11 +2,11 @@
 fis_replicas = 3`` builds a Redis primary, two replicas and three Sentinels on the site's
 internal network; every machine of the site reaches the FIS by its Sentinel URL.
 
-``testbed fail`` (the command) on the FIS primary (SIGKILL of its Redis and Sentinel, link cut): form-1
-circuits keep forwarding from the compute nodes' state; FIS writes fail with the clear
-error while there is no primary and succeed again after the Sentinels' failover; an
-acknowledged write made before the kill is still there; ``recover`` brings the old primary
-back as a replica of the new one.
+``testbed fail`` (the command) on the FIS primary (SIGKILL of its Redis and Sentinel, link
+cut): form-1 circuits keep forwarding from the compute nodes' state; FIS writes fail with the
+clear error while there is no primary and succeed again after the Sentinels' failover; an
+acknowledged write made before the kill is still there; ``testbed recover`` brings the old
+primary back as a replica of the new one.
 """
 
 from __future__ import annotations
