@@ -702,7 +702,7 @@ class Testbed:
         primary, its replicas and the other Sentinels."""
         self._redis_acl()
         for m in cp.fis:
-            self._start_fis_member(cp, m, primary=None if m is cp.fis[0] else cp.fis[0])
+            self._start_fis_member(m, primary=None if m is cp.fis[0] else cp.fis[0])
         for m in cp.fis:
             self._start_sentinel(cp, m, cp.fis[0])
         deadline = time.monotonic() + 30
@@ -716,7 +716,7 @@ class Testbed:
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
         return d
 
-    def _start_fis_member(self, cp: clustermod.ClusterPlan, m: clustermod.MemberPlan,
+    def _start_fis_member(self, m: clustermod.MemberPlan,
                           primary: clustermod.MemberPlan | None) -> None:  # fmt: skip
         d = self._member_dir(m)
         conf = d / "redis.conf"
@@ -975,7 +975,7 @@ class Testbed:
         m = cp.member(name)
         if node.kind == "fis" and m is not None and not self._running(name):
             self.run_state.data.get("killed", {}).pop(name, None)
-            self._start_fis_member(cp, m, primary=None)
+            self._start_fis_member(m, primary=None)
             self._start_sentinel(cp, m, cp.fis[0])
 
     def _cluster_of(self, name: str) -> clustermod.ClusterPlan:
