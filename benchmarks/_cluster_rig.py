@@ -9,6 +9,7 @@ and records what ``h2`` receives, per circuit and sequence number.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 import subprocess
@@ -48,6 +49,7 @@ kind = "site"
 router = "r1"
 control = false
 nodes = {n}
+fis_replicas = {m}
 [[link]]
 a = "h1"
 b = "r1"
@@ -60,7 +62,8 @@ b = "s1"
 """
 
 
-def _config(tmp: Path, public_ip: str, lb: str, me: str, node: str, workers: int) -> Path:
+def _config(tmp: Path, public_ip: str, lb: str, me: str, node: str, workers: int,
+            fis: str) -> Path:  # fmt: skip
     state = tmp / node
     state.mkdir(parents=True, exist_ok=True)
     path = tmp / f"{node}.toml"
@@ -71,7 +74,7 @@ public_ip = "{public_ip}"
 public_dev = "lo"
 workers = {workers}
 state_dir = "{state}"
-fis = "sqlite:///{tmp / "fis.db"}"
+fis = "{fis}"
 
 [dataplane]
 tun_prefix = "pccw"
@@ -105,15 +108,21 @@ class ClusterSite:
     """``with ClusterSite(tmp, nodes=3) as cs:`` -- a built testbed with the site running."""
 
     def __init__(self, tmp: Path, nodes: int = 3, workers: int = 1, prefix: str = "pcq",
-                 start: int | None = None, split: bool = False) -> None:  # fmt: skip
+                 start: int | None = None, split: bool = False,
+                 fis_replicas: int = 0, cpus: set[int] | None = None) -> None:  # fmt: skip
         """``start``: run only the first ``start`` compute nodes (default: all); ``split``:
-        the LB and the controller as two processes (``--role lb``, ``--role controller``)."""
+        the LB and the controller as two processes (``--role lb``, ``--role controller``);
+        ``fis_replicas``: the site's FIS replicated on that many machines (the testbed builds
+        them; every machine of the site gets its Sentinel URL), else one SQLite file;
+        ``cpus``: run every process of the site (LB, controller, nodes) on these vCPUs."""
+        self.cpus = cpus
         self.split = split
         self.tmp = tmp
         self.n = nodes
         self.start = nodes if start is None else start
         self.workers = workers
-        self.tb = Testbed(parse(TOPOLOGY.format(n=nodes)), prefix=prefix, services=False)
+        self.tb = Testbed(parse(TOPOLOGY.format(n=nodes, m=fis_replicas)), prefix=prefix,
+                          services=fis_replicas > 0)  # fmt: skip
         self.procs: dict[str, Any] = {}
 
     def __enter__(self) -> ClusterSite:
@@ -135,16 +144,30 @@ class ClusterSite:
     def node_names(self) -> list[str]:
         return [m.name for m in self.tb.cluster("s1").members]
 
+    def running(self) -> list[str]:
+        """The compute nodes started with the site."""
+        return self.node_names()[: self.start]
+
+    @property
+    def fis(self) -> str:
+        """The FIS URL every machine of the site is configured with."""
+        return self.tb.site("s1").fis_redis or f"sqlite:///{self.tmp / 'fis.db'}"
+
+    def _config(self, me: str, node: str, workers: int) -> Path:
+        lb = self.tb.cluster("s1").lb_address
+        return _config(self.tmp, self.public_ip, lb, me, node, workers, self.fis)
+
     def _cmd(self, cfg: Path, role: str) -> list[str]:
-        return [sys.executable, "-m", "pcsite_lite.cli", "run", "--config", str(cfg),
+        pin = ["taskset", "-c", ",".join(map(str, sorted(self.cpus)))] if self.cpus else []
+        return [*pin, sys.executable, "-m", "pcsite_lite.cli", "run", "--config", str(cfg),
                 "--role", role]  # fmt: skip
 
     def _start(self) -> None:
         cp = self.tb.cluster("s1")
-        cfg = _config(self.tmp, self.public_ip, cp.lb_address, cp.lb_address, "lb", 1)
+        cfg = self._config(cp.lb_address, "lb", 1)
         self.lb_state = self.tmp / "lb"
         if self.split:  # the controller has its own state directory (and lock)
-            ctl = _config(self.tmp, self.public_ip, cp.lb_address, cp.lb_address, "ctl", 1)
+            ctl = self._config(cp.lb_address, "ctl", 1)
             self.procs["ctl"] = self.tb.node("s1").start(
                 self._cmd(ctl, "controller"), name="pcsite-ctl",
                 ready=lambda: self.tb.node("s1").tcp_open(cp.lb_address, 8080), timeout=20,
@@ -160,7 +183,7 @@ class ClusterSite:
     def start_node(self, name: str) -> None:
         cp = self.tb.cluster("s1")
         m = next(x for x in cp.members if x.name == name)
-        cfg = _config(self.tmp, self.public_ip, cp.lb_address, m.address, name, self.workers)
+        cfg = self._config(m.address, name, self.workers)
         self.procs[name] = self.tb.node(name).start(self._cmd(cfg, "node"), name="pcsite-node")
 
     def lb_status(self) -> dict[str, Any]:
@@ -217,8 +240,10 @@ class ClusterSite:
 class Load:
     """Form-1 traffic on ``labels`` at ``rate`` rounds per second, h1 -> s1 -> h2."""
 
-    def __init__(self, cs: ClusterSite, labels: list[int], rate: float = 100.0) -> None:
-        self.cs, self.labels, self.rate = cs, labels, rate
+    def __init__(self, cs: ClusterSite, labels: list[int], rate: float = 100.0,
+                 cpu: int | None = None) -> None:  # fmt: skip
+        """``cpu``: run the sending and receiving threads on this vCPU."""
+        self.cs, self.labels, self.rate, self.cpu = cs, labels, rate, cpu
         self.sent: dict[tuple[int, int], float] = {}
         self.got: dict[tuple[int, int], float] = {}
         self._stop = threading.Event()
@@ -268,10 +293,19 @@ class Load:
         self._stop_rx.set()
         for t in self.threads:
             t.join(5)
+        self.close()
+
+    def close(self) -> None:
+        """Close the sockets (a Load used only to :meth:`probe` is never started)."""
         self.tx.close()
         self.rx.close()
 
+    def _pin(self) -> None:
+        if self.cpu is not None:
+            os.sched_setaffinity(0, {self.cpu})  # this thread only
+
     def _send(self) -> None:
+        self._pin()
         seq = 0
         period = 1 / self.rate
         nxt = time.monotonic()
@@ -283,6 +317,7 @@ class Load:
             time.sleep(max(0.0, nxt - time.monotonic()))
 
     def _recv(self) -> None:
+        self._pin()
         while not self._stop_rx.is_set():
             try:
                 data = self.rx.recv(2048)

@@ -18,14 +18,23 @@
   (same path, same hops, no split). Sender pinned to one vCPU; wall time per packet of the
   whole synchronous path (veth delivery runs in the sender's softirq); rounds interleaved;
   the difference of the medians.
-* ``cluster_node_cpu_us_per_packet_{1,2,4}``: a site running 1, 2 and 4 compute nodes
-  (``pcsite run --role node``, one worker each), offered ``--cpu-rate`` x nodes rounds/s so
-  each node sees the same packet rate; each node's CPU time (supervisor + worker, ``/proc``,
-  minus its idle CPU over an equal window before the load) over the packets its TUN device
-  handed its worker; the median over nodes (goal: flat within 15 % from 1 to 4 nodes).
+* ``cluster_node_cpu_us_per_packet_{1,2,4}``: CPU per packet of one compute node on sites of
+  1, 2 and 4 nodes (goal: flat within 15 %; ``cluster_node_cpu_spread`` is max / min - 1 of
+  the three). Three sites built at once, each node given exactly ``--cpu-circuits`` circuits
+  (probed through the LB's split) at ``--cpu-pps`` packets/s; the generator pinned to vCPU 0,
+  every site process to vCPU 1; ``--cpu-rounds`` rounds of an idle window then a load window
+  with every site loaded at once (so the shared vCPU is as busy for every node count). Per
+  node and window: the kernel-accounted CPU of the processes in the node's namespace (the
+  process CPU clock) minus its idle rate over the window, over the packets its TUN devices
+  handed its workers; medians over every (round, node). Beside it, per node count:
+  ``cluster_node_cpu_gross_us_per_packet_K`` (without the idle subtraction),
+  ``cluster_node_idle_cpu_ms_per_s_K``, ``cluster_node_packets_per_window_K`` and
+  ``cluster_node_packets_spread_K`` (the per-node packet counts' max / min - 1) and
+  ``cluster_node_packets_per_wakeup_K`` (packets over the node's voluntary context switches).
 
     .venv/bin/python -m benchmarks.cluster --json /tmp/cluster.json
-    .venv/bin/python -m benchmarks.cluster --rounds 1 --circuits 2000 --json /tmp/c.json  # smoke
+    .venv/bin/python -m benchmarks.cluster --rounds 1 --circuits 2000 --cpu-seconds 0.5 \
+        --packets 2000 --json /tmp/c.json  # smoke
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from pcsite_lite.cluster.maglev import MaglevTable
 
@@ -108,7 +118,7 @@ def lb_cost(packets: int, rounds: int) -> tuple[float, float]:
     from testbed.topology import parse as parse_topo
 
     tmp = Path(tempfile.mkdtemp(prefix="pcbench-lb-"))
-    with Testbed(parse_topo(TOPOLOGY.format(n=4)), prefix="pcb", services=False) as tb:
+    with Testbed(parse_topo(TOPOLOGY.format(n=4, m=0)), prefix="pcb", services=False) as tb:
         cp = tb.cluster("s1")
         site = tb.site("s1")
         doc = {"site": {"name": "s1", "public_ip": site.public_ip, "public_dev": "lo",
@@ -171,49 +181,149 @@ def lb_cost(packets: int, rounds: int) -> tuple[float, float]:
     return statistics.median(b), statistics.median(a)
 
 
-def _cpu_ns(pid: int) -> int:
-    """CPU time of ``pid``, its threads and its children, in ns (``/proc/*/schedstat``)."""
-    total = 0
-    todo = [pid]
-    while todo:
-        p = todo.pop()
+GEN_CPU = 0  #: the load generator's vCPU (its sends' kernel path runs there too)
+NODE_CPU = 1  #: every site process's vCPU (LB, controller, compute nodes)
+
+
+def _node_usage(ns: str) -> dict[int, tuple[int, int]]:
+    """Per PID of the processes in network namespace ``ns``: the CPU time the kernel
+    accounted to it (ns; every thread, live or exited: the process CPU clock) and its
+    threads' voluntary context switches (sleeps: wake-ups)."""
+    from pcsite_lite.confine import process_cpu_ns
+    from testbed.state import processes_in
+
+    per = {}
+    for pid in processes_in([ns]):
         try:
-            for task in Path(f"/proc/{p}/task").iterdir():
-                total += int((task / "schedstat").read_text().split()[0])
-                todo += [int(c) for c in (task / "children").read_text().split()]
-        except (OSError, ValueError, IndexError):
+            sleeps = 0
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                for line in (task / "status").read_text().splitlines():
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        sleeps += int(line.split()[1])
+            per[pid] = (process_cpu_ns(pid), sleeps)
+        except (OSError, ValueError):  # exited meanwhile
             continue
-    return total
+    return per
+
+
+def _delta(
+    before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]
+) -> tuple[int, int]:
+    """CPU (ns) and sleeps between two snapshots (a process that started meanwhile counts in
+    full; one that exited meanwhile is lost: workers do not restart in a healthy run)."""
+    cpu = sum(v[0] - before.get(pid, (0, 0))[0] for pid, v in after.items())
+    return cpu, sum(v[1] - before.get(pid, (0, 0))[1] for pid, v in after.items())
+
+
+def balanced_circuits(cs: Any, per_node: int, *, tries: int = 8) -> list[int]:
+    """Labels of exactly ``per_node`` circuits on each running compute node of ``cs`` (the
+    LB's split, probed), so every node gets the same packet rate."""
+    from benchmarks._cluster_rig import Load, owners
+
+    names = cs.running()
+    chosen: dict[str, list[int]] = {n: [] for n in names}
+    for _ in range(tries):
+        labels = cs.circuits(per_node * len(names))
+        probe = Load(cs, labels)
+        try:
+            own = owners(cs, probe, labels)
+        finally:
+            probe.close()
+        for i, node in own.items():
+            if node in chosen and len(chosen[node]) < per_node:
+                chosen[node].append(labels[i])
+        if all(len(v) == per_node for v in chosen.values()):
+            return [label for v in chosen.values() for label in v]
+    raise RuntimeError(f"could not place {per_node} circuits on each node: {chosen}")
 
 
 def node_cpu(
-    counts: tuple[int, ...], seconds: float, rate: float, circuits: int
-) -> dict[int, float]:
-    """Per node count: median over nodes of CPU us per packet the node processed."""
+    counts: tuple[int, ...], seconds: float, pps: float, per_node: int, rounds: int
+) -> dict[str, float]:
+    """CPU per packet of a compute node on sites of 1, 2 and 4 nodes (docs/cluster.md).
+
+    One site per node count, all built first and alive throughout. Each node carries exactly
+    ``per_node`` circuits (probed through the LB's split) at ``pps`` packets/s. ``rounds``
+    rounds, each an idle window (no load: each node's idle CPU rate, i.e. heartbeats, feed
+    reports, stats) then a load window in which *every* site is loaded at once: the site
+    processes share vCPU ``NODE_CPU`` (the generator has ``GEN_CPU``), and a node's CPU per
+    packet drops when that vCPU is busier, so loading one site at a time would favour the
+    sites with more nodes. Per node and load window: (its processes' kernel-accounted CPU -
+    its idle rate x window) / the packets its TUN devices handed its workers. Figures per
+    node count: medians over every (round, node) sample."""
+    from contextlib import ExitStack
+
     from benchmarks._cluster_rig import ClusterSite, Load
 
-    out = {}
-    for k in counts:
-        tmp = Path(tempfile.mkdtemp(prefix=f"pcbench-nodes{k}-"))
-        with ClusterSite(tmp, nodes=max(2, k), start=k) as cs:
-            labels = cs.circuits(circuits)
-            names = cs.node_names()[:k]
-            i0 = {n: _cpu_ns(cs.procs[n].pid) for n in names}
-            time.sleep(seconds)  # idle: heartbeats, stats, feed reports
-            idle = {n: _cpu_ns(cs.procs[n].pid) - i0[n] for n in names}
-            with Load(cs, labels, rate=rate * k) as load:  # the same packet rate per node
+    sites: dict[int, Any] = {}
+    labels: dict[int, list[int]] = {}
+    busy: dict[int, list[tuple[str, int, int, float, int]]] = {k: [] for k in counts}
+    idle: dict[tuple[int, str], list[float]] = {}  # (site, node) -> ns per s while idle
+
+    def usage() -> dict[tuple[int, str], dict[int, tuple[int, int]]]:
+        return {(k, n): _node_usage(sites[k].tb.node(n).ns) for k in counts
+                for n in sites[k].running()}  # fmt: skip
+
+    with ExitStack() as stack:
+        for k in counts:
+            tmp = Path(tempfile.mkdtemp(prefix=f"pcbench-nodes{k}-"))
+            # (a site needs nodes > 1 to have an LB: the 1-node site runs one of two)
+            sites[k] = stack.enter_context(
+                ClusterSite(tmp, nodes=max(2, k), start=k, cpus={NODE_CPU})
+            )
+            labels[k] = balanced_circuits(sites[k], per_node)
+        rate = pps / per_node  # rounds/s: each round sends one packet per circuit
+        for _ in range(rounds):
+            c0, t0 = usage(), time.monotonic()
+            time.sleep(seconds)
+            c1, window = usage(), time.monotonic() - t0
+            for key, before in c0.items():
+                idle.setdefault(key, []).append(_delta(before, c1[key])[0] / window)
+            with ExitStack() as loads:
+                got = [loads.enter_context(Load(sites[k], labels[k], rate=rate, cpu=GEN_CPU)).got
+                       for k in counts]  # fmt: skip
                 deadline = time.monotonic() + 10
-                while len(load.got) < 2 * circuits and time.monotonic() < deadline:
+                while (any(len(g) < 2 * len(labels[k]) for g, k in zip(got, counts, strict=True))
+                       and time.monotonic() < deadline):  # fmt: skip
                     time.sleep(0.02)
-                c0 = {n: _cpu_ns(cs.procs[n].pid) for n in names}
-                p0 = {n: cs.tun_rx(n) for n in names}
+                time.sleep(0.3)  # warm-up
+                c0, t0 = usage(), time.monotonic()
+                p0 = {(k, n): sites[k].tun_rx(n) for k, n in c0}
                 time.sleep(seconds)
-                c1 = {n: _cpu_ns(cs.procs[n].pid) for n in names}
-                p1 = {n: cs.tun_rx(n) for n in names}
-            per = [(c1[n] - c0[n] - idle[n]) / 1e3 / (p1[n] - p0[n])
-                   for n in names if p1[n] > p0[n]]  # fmt: skip
-            out[k] = statistics.median(per) if per else float("nan")
+                c1, window = usage(), time.monotonic() - t0
+                p1 = {(k, n): sites[k].tun_rx(n) for k, n in c0}
+            for (k, n), before in c0.items():
+                used, sleeps = _delta(before, c1[(k, n)])
+                busy[k].append((n, used, p1[(k, n)] - p0[(k, n)], window, sleeps))
+    out: dict[str, float] = {}
+    for k in counts:
+        net, gross, pkts, idles, batch = [], [], [], [], []
+        for n, used, packets, window, sleeps in busy[k]:
+            rest = statistics.median(idle.get((k, n), [0.0]))
+            idles.append(rest)
+            pkts.append(packets)
+            if packets > 0:
+                net.append((used - rest * window) / 1e3 / packets)
+                gross.append(used / 1e3 / packets)
+                batch.append(packets / max(1, sleeps))
+        out[f"cluster_node_cpu_us_per_packet_{k}"] = _med(net)
+        out[f"cluster_node_cpu_gross_us_per_packet_{k}"] = _med(gross)
+        out[f"cluster_node_idle_cpu_ms_per_s_{k}"] = _med([v / 1e6 for v in idles])
+        out[f"cluster_node_packets_per_window_{k}"] = _med(pkts)
+        out[f"cluster_node_packets_spread_{k}"] = _spread(pkts)
+        out[f"cluster_node_packets_per_wakeup_{k}"] = _med(batch)
+    out["cluster_node_cpu_spread"] = _spread([out[f"cluster_node_cpu_us_per_packet_{k}"]
+                                              for k in counts])  # fmt: skip
     return out
+
+
+def _spread(xs: list[float]) -> float:
+    """max / min - 1 (0: all equal; the flatness goal is <= 0.15)."""
+    return round(max(xs) / min(xs) - 1, 4) if xs and min(xs) > 0 else float("nan")
+
+
+def _med(xs: list[float]) -> float:
+    return round(statistics.median(xs), 3) if xs else float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,13 +335,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--circuits-live", type=int, default=12)
     ap.add_argument("--rate", type=float, default=100.0, help="rounds per second of the load")
     ap.add_argument("--packets", type=int, default=20000, help="packets per LB-cost round")
-    ap.add_argument("--cpu-seconds", type=float, default=5.0, help="CPU window per node count")
-    ap.add_argument(
-        "--cpu-rate",
-        type=float,
-        default=25.0,
-        help="rounds per second per node of the CPU load (x --circuits-live)",
-    )
+    ap.add_argument("--cpu-seconds", type=float, default=3.0,
+                    help="CPU window per site and round")  # fmt: skip
+    ap.add_argument("--cpu-pps", type=float, default=1000.0,
+                    help="packets per second per compute node in the CPU rounds")  # fmt: skip
+    ap.add_argument("--cpu-circuits", type=int, default=3,
+                    help="circuits per compute node in the CPU rounds")  # fmt: skip
+    ap.add_argument("--cpu-rounds", type=int, default=0,
+                    help="interleaved CPU rounds (default: --rounds)")  # fmt: skip
     args = ap.parse_args(argv)
     out = {"cluster_moved_fraction": round(moved_fraction(args.circuits), 4)}
     if os.geteuid() == 0:
@@ -241,9 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         out.update(cluster_lb_us_per_packet=round(lb_us - plain_us, 3),
                    cluster_lb_path_us_per_packet=round(lb_us, 3),
                    cluster_plain_path_us_per_packet=round(plain_us, 3))  # fmt: skip
-        cpu = node_cpu((1, 2, 4), args.cpu_seconds, args.cpu_rate, args.circuits_live)
-        for k, v in cpu.items():
-            out[f"cluster_node_cpu_us_per_packet_{k}"] = round(v, 2)
+        out.update(node_cpu((1, 2, 4), args.cpu_seconds, args.cpu_pps, args.cpu_circuits,
+                            args.cpu_rounds or args.rounds))  # fmt: skip
     else:
         print("benchmarks.cluster: not root: failover figures skipped", file=sys.stderr)
     print(json.dumps(out, indent=1))

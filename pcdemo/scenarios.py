@@ -702,7 +702,8 @@ def format_table(results: list[Outcome], kind: str) -> str:
 @contextlib.contextmanager
 def open_world(kind: str, *, prefix: str = "pcs", progress: Callable[[str], None] = print,
                topology: str | Path | None = None, roles: Roles | None = None,
-               scenarios: list[str] | None = None, nodes: int = 1) -> Iterator[World]:  # fmt: skip
+               scenarios: list[str] | None = None, nodes: int = 1,
+               fis_replicas: int = 0) -> Iterator[World]:  # fmt: skip
     """The world to run in: ``"testbed"`` (root), ``"simulator"`` or ``"auto"``, built from
     ``topology`` (a file or a shipped name; default Fig. 2). ``scenarios``: the ones that
     will run (the testbed makes their hosts' endpoints up front)."""
@@ -716,7 +717,8 @@ def open_world(kind: str, *, prefix: str = "pcs", progress: Callable[[str], None
         except ImportError as exc:
             raise Missing(f"the testbed world ({exc})") from exc
         w = TestbedWorld(topology, roles, prefix=prefix, progress=progress,
-                         scenarios=scenarios or list(CORE_SCENARIOS), nodes=nodes)  # fmt: skip
+                         scenarios=scenarios or list(CORE_SCENARIOS), nodes=nodes,
+                         fis_replicas=fis_replicas)  # fmt: skip
     try:
         yield w
     finally:
@@ -798,6 +800,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nodes", type=int, default=1,
                     help="testbed: compute-node machines per site (> 1: an LB in front, "
                     "docs/cluster.md)")  # fmt: skip
+    ap.add_argument("--fis-replicas", type=int, default=0, metavar="M",
+                    help="testbed, with --nodes: each site's FIS on M machines (a Redis "
+                    "primary, M-1 replicas, a Sentinel on each; docs/testbed.md)")  # fmt: skip
     ap.add_argument(
         "--require-all",
         action="store_true",
@@ -816,6 +821,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in args.only or [] if n not in SCENARIOS]
     if unknown:
         print(f"unknown scenario(s): {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    if (args.fis_replicas and args.nodes <= 1) or not 0 <= args.fis_replicas <= 4:
+        print("--fis-replicas takes 0..4 and needs --nodes > 1 (the FIS machines sit on a "
+              "multi-machine site's internal network)", file=sys.stderr)  # fmt: skip
         return 2
     from testbed.topology import TopologyError
 
@@ -848,7 +857,8 @@ def main(argv: list[str] | None = None) -> int:
     names = [n for n in SCENARIOS if not args.only or n in args.only]
     try:
         with open_world(kind, prefix=args.prefix, topology=path, roles=roles,
-                        scenarios=names, nodes=args.nodes) as world:  # fmt: skip
+                        scenarios=names, nodes=args.nodes,
+                        fis_replicas=args.fis_replicas) as world:  # fmt: skip
             results = run_scenarios(world, args.only, own_topology=args.topology is not None)
     except Missing as exc:
         print(f"cannot run in the {kind}: missing {exc}", file=sys.stderr)

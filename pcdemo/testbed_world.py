@@ -61,7 +61,7 @@ class TestbedWorld(World):
     def __init__(self, topology: str | Path | None = None, roles: Roles | None = None, *,
                  prefix: str = "pcs", progress: Callable[[str], None] = print,
                  tls: bool = True, scenarios: list[str] | None = None,
-                 nodes: int = 1) -> None:  # fmt: skip
+                 nodes: int = 1, fis_replicas: int = 0) -> None:  # fmt: skip
         from testbed.net import Testbed
 
         self.topology_path = resolve_topology(topology)
@@ -69,6 +69,7 @@ class TestbedWorld(World):
         if nodes > 1:  # each site spans machines: an LB + ``nodes`` compute nodes (cluster.md)
             for spec in self.roles.topo.of_kind("site"):
                 spec.nodes = nodes
+                spec.fis_replicas = fis_replicas  # the site's FIS on that many machines
         self.progress = progress
         self.tmp = Path(tempfile.mkdtemp(prefix="pcs-demo-"))
         self.tb = Testbed(self.roles.topo, prefix=prefix)
@@ -296,9 +297,11 @@ class TestbedWorld(World):
         """A site of ``nodes`` machines: LB + controller in the site's namespace (the control
         API where a one-machine site has it), ``pcsite run --role node`` in each node's."""
         cp = self.tb.cluster(name)
-        base = cfg.read_text().replace(  # one FIS for the site's machines
-            f'state_dir = "{state}"\n',
-            f'state_dir = "{state}"\nfis = "sqlite:///{self.tmp}/fis-{name}.db"\n',
+        # one FIS for the site's machines: its replicated Redis (Sentinel URL) if the testbed
+        # built one (fis_replicas), else a SQLite file all of them share
+        fis = self.tb.site(name).fis_redis if cp.fis else f"sqlite:///{self.tmp}/fis-{name}.db"
+        base = cfg.read_text().replace(
+            f'state_dir = "{state}"\n', f'state_dir = "{state}"\nfis = "{fis}"\n'
         )
 
         def write(role: str, ip: str) -> Path:

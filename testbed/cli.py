@@ -241,6 +241,11 @@ def _print_summary(s: dict) -> None:
               f"fis_replicas {c['fis_replicas']}")  # fmt: skip
         for m in c["nodes"]:
             print(f"  compute node {m['name']:<10} {c['netns'][m['name']]:<22} {m['address']}")
+        for m in c.get("fis", []):
+            print(
+                f"  FIS machine  {m['name']:<10} {c['netns'][m['name']]:<22} {m['address']} "
+                "(Redis 6379, Sentinel 26379)"
+            )
     for p in s.get("processes", []):
         print(f"process {p['name']} on {p['node']} pid {p['pid']}")
     if s.get("dns"):
@@ -321,17 +326,24 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 def cmd_fail(args: argparse.Namespace) -> int:
     """``testbed fail NODE`` / ``testbed recover NODE``: cut or restore a compute node's
-    internal link (the processes keep running: the LB sees the node fall silent)."""
+    internal link (the processes keep running: the LB sees the node fall silent). A FIS
+    machine (``<site>_f<j>``) crashes too: its Redis and Sentinel are killed (SIGKILL) and
+    ``recover`` starts them again as they were started."""
     _need_root()
     run = _pick_run(args.run)
     clusters = (run.data.get("summary") or {}).get("clusters") or {}
     if not any(args.node in c.get("netns", {}) for c in clusters.values()):
         names = [n for c in clusters.values() for n in c.get("netns", {})]
-        raise SystemExit(f"testbed: {args.node!r} is not a compute node of run {run.name} "
-                         f"(compute nodes: {', '.join(names) or 'none'})")  # fmt: skip
+        raise SystemExit(f"testbed: {args.node!r} is not a compute node or FIS machine of run "
+                         f"{run.name} (machines: {', '.join(names) or 'none'})")  # fmt: skip
     up = args.command == "recover"
-    gw = next(c["lb_address"] for c in clusters.values() if args.node in c.get("netns", {}))
-    clustermod.set_link(run.ns(args.node), up, gw)
+    c = next(c for c in clusters.values() if args.node in c.get("netns", {}))
+    fis = any(f["name"] == args.node for f in c.get("fis", []))
+    if fis and not up:
+        print(f"{args.node}: {state.kill_node(run, args.node)} processes killed")
+    clustermod.set_link(run.ns(args.node), up, c["lb_address"])
+    if fis and up:
+        print(f"{args.node}: {state.restart_node(run, args.node)} processes started")
     print(f"{args.node}: internal link {'restored' if up else 'cut'}")
     return 0
 
@@ -478,7 +490,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("cmd", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_exec)
     for name, what in (("fail", "cut"), ("recover", "restore")):
-        p = sub.add_parser(name, help=f"{what} a compute node's internal link (nodes = N sites)")
+        p = sub.add_parser(
+            name,
+            help=f"{what} a compute node's internal link or a FIS machine "
+            "(nodes = N, fis_replicas = M sites)",
+        )
         p.add_argument("--run")
         p.add_argument("node")
         p.set_defaults(fn=cmd_fail)

@@ -43,6 +43,9 @@ T = TypeVar("T")
 REDIS_SERVER = "/usr/bin/redis-server"
 REDIS_PORT = 6379
 REDIS_ROLES = ("site", "isp")
+#: users the replicated FIS's servers use among themselves (not handed to sites)
+REDIS_INTERNAL_ROLES = ("replica", "sentinel")
+REDIS_SENTINEL = "/usr/bin/redis-sentinel"
 FIS_FILTER_TABLE = "pctb_fis"  #: bridge-family nft table in the control namespace
 TAP_QUEUE = 10000  #: frames a delay line's TAP queues before dropping (bursts)
 _BASE_SYSCTLS = {
@@ -334,21 +337,20 @@ class Testbed:
         p = node.plan
         spec = self.topo.nodes[name]
         assert spec.router and p.public_ip
-        iface = p.iface_to(spec.router)
-        assert iface is not None
+        mine, router_side = planmod.site_link(p, self.plan.nodes[spec.router])
         return SiteInfo(
             name=name,
             netns=node.ns,
             public_ip=p.public_ip,
             router=spec.router,
-            data_iface=iface.name,
-            data_address=iface.address,
-            gateway=iface.peer_address,
+            data_iface=mine.name,
+            data_address=mine.address,
+            gateway=router_side.address,
             control_iface=p.control.name if p.control else None,
             control_address=p.control.address if p.control else None,
             control_subnet=str(self.plan.control_subnet),
             compute_nodes=spec.compute_nodes,
-            fis_redis=self.fis_url("site"),
+            fis_redis=self.fis_url("site", site=name),
             dns=self.dns.address if self.dns else None,
         )
 
@@ -373,7 +375,7 @@ class Testbed:
         self._t0 = time.monotonic()
         self.run_state = state.Run.new(self.prefix, self.topo.name)
         names = [self.run_state.ns(n) for n in self.plan.nodes]
-        names += [self.run_state.ns(m.name) for c in self.clusters.values() for m in c.members]
+        names += [self.run_state.ns(m.name) for c in self.clusters.values() for m in c.machines()]
         if self.control_ns:
             names.append(self.control_ns)
         self.run_state.data.update(
@@ -382,10 +384,11 @@ class Testbed:
         self.run_state.save()
         self.nodes = {name: Node(self, p) for name, p in self.plan.nodes.items()}
         for c in self.clusters.values():
-            for m in c.members:
+            for m in c.machines():
                 iface = planmod.IfacePlan(clustermod.INTERNAL_DEV, 0, m.address,
                                           c.subnet.prefixlen, "internal", c.site)  # fmt: skip
-                self.nodes[m.name] = Node(self, planmod.NodePlan(m.name, "compute", [iface]))
+                kind = "fis" if m in c.fis else "compute"
+                self.nodes[m.name] = Node(self, planmod.NodePlan(m.name, kind, [iface]))
         try:
             n_links = len(self.plan.links) + len(self.plan.control_ports)
             self._step(f"creating {len(names)} namespaces", self._create_namespaces)
@@ -497,7 +500,7 @@ class Testbed:
         if self.control_ns:
             jobs.append((self.control_ns, _BASE_SYSCTLS))
         for c in self.clusters.values():
-            jobs += [(self.run_state.ns(m.name), _BASE_SYSCTLS) for m in c.members]
+            jobs += [(self.run_state.ns(m.name), _BASE_SYSCTLS) for m in c.machines()]
         with self._pool() as pool:
             list(pool.map(lambda j: netns.create(*j), jobs))
 
@@ -642,6 +645,10 @@ class Testbed:
         for spec in self.topo.of_kind("fis"):
             if spec.engine == "redis":
                 self._step(f"redis on {spec.name}", partial(self._start_redis, spec.name))
+        for c in self.clusters.values():
+            if c.fis:
+                self._step(f"replicated FIS of {c.site}: {len(c.fis)} Redis + Sentinel",
+                           partial(self._start_fis_group, c))  # fmt: skip
         for spec in self.topo.of_kind("dns"):
             self._step(f"knot DNS on {spec.name}", partial(self._start_dns, spec.name))
             break  # one DNS server per testbed
@@ -655,13 +662,7 @@ class Testbed:
         if addr is None:
             raise RuntimeError(f"FIS node {name} has no address for Redis")
         rundir = self.run_state.dir / "redis"
-        rundir.mkdir(mode=0o700, exist_ok=True)
-        acl = rundir / "users.acl"
-        if not self.redis_passwords:
-            self.redis_passwords = {role: secrets.token_hex(16) for role in REDIS_ROLES}
-            fd = os.open(acl, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(redis_acl(self.redis_passwords))
+        acl = self._redis_acl()
         proc = node.start(
             [
                 REDIS_SERVER,
@@ -682,6 +683,105 @@ class Testbed:
         self.redis_url = f"redis://{addr}:{REDIS_PORT}/0"
         if self.control_ns and node.plan.control and not self._fis_filtered.get(name):
             self._filter_fis(name)
+
+    def _redis_acl(self) -> Path:
+        """This run's Redis ACL file (written once, mode 0600): per-role users and passwords,
+        shared by every Redis of the run."""
+        rundir = self.run_state.dir / "redis"
+        rundir.mkdir(mode=0o700, exist_ok=True)
+        acl = rundir / "users.acl"
+        if not self.redis_passwords:
+            roles = REDIS_ROLES + REDIS_INTERNAL_ROLES
+            self.redis_passwords = {role: secrets.token_hex(16) for role in roles}
+            _write_private(acl, redis_acl(self.redis_passwords))
+        return acl
+
+    def _start_fis_group(self, cp: clustermod.ClusterPlan) -> None:
+        """A site's replicated FIS: Redis on every FIS machine (the first the primary, the
+        others its replicas), then a Sentinel on each; returns once every Sentinel sees the
+        primary, its replicas and the other Sentinels."""
+        self._redis_acl()
+        for m in cp.fis:
+            self._start_fis_member(m, primary=None if m is cp.fis[0] else cp.fis[0])
+        for m in cp.fis:
+            self._start_sentinel(cp, m, cp.fis[0])
+        deadline = time.monotonic() + 30
+        while not self._group_ready(cp):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the replicated FIS of {cp.site} did not form within 30 s")
+            time.sleep(0.05)
+
+    def _member_dir(self, m: clustermod.MemberPlan) -> Path:
+        d = self.run_state.dir / "redis" / m.name
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return d
+
+    def _start_fis_member(self, m: clustermod.MemberPlan,
+                          primary: clustermod.MemberPlan | None) -> None:  # fmt: skip
+        d = self._member_dir(m)
+        conf = d / "redis.conf"
+        if not conf.exists():  # a restart keeps what Sentinel last wrote into it
+            text = clustermod.redis_conf(m, str(d), str(self._redis_acl()), primary,
+                                         self.redis_passwords["replica"])  # fmt: skip
+            _write_private(conf, text)
+        node = self.node(m.name)
+        node.start([REDIS_SERVER, str(conf)], name="redis",
+                   ready=lambda: node.tcp_open(m.address, REDIS_PORT))  # fmt: skip
+
+    def _start_sentinel(self, cp: clustermod.ClusterPlan, m: clustermod.MemberPlan,
+                        primary: clustermod.MemberPlan) -> None:  # fmt: skip
+        d = self._member_dir(m)
+        conf = d / "sentinel.conf"
+        if not conf.exists():  # Sentinel keeps its view of the group in it
+            text = clustermod.sentinel_conf(
+                m,
+                str(d),
+                primary,
+                len(cp.fis) // 2 + 1,
+                self.redis_passwords["sentinel"],
+                len(cp.fis) - 1,
+            )
+            _write_private(conf, text)
+        node = self.node(m.name)
+        node.start([REDIS_SENTINEL, str(conf)], name="sentinel",
+                   ready=lambda: node.tcp_open(m.address, clustermod.SENTINEL_PORT))  # fmt: skip
+
+    def _sentinel(self, m: clustermod.MemberPlan, *args: str) -> list[str]:
+        """A Sentinel command's reply lines (``redis-cli`` from the FIS machine's namespace);
+        [] if it cannot be reached."""
+        argv = ["redis-cli", "--raw", "-h", m.address, "-p", str(clustermod.SENTINEL_PORT),
+                "SENTINEL", *args]  # fmt: skip
+        out = self.node(m.name).run(argv, timeout=5)
+        return out.stdout.split("\n") if out.returncode == 0 else []
+
+    def _group_ready(self, cp: clustermod.ClusterPlan) -> bool:
+        for m in cp.fis:
+            doc = self._sentinel(m, "master", clustermod.FIS_PRIMARY)
+            fields = dict(zip(doc[0::2], doc[1::2], strict=False))
+            if (fields.get("ip") != cp.fis[0].address
+                    or int(fields.get("num-slaves", -1)) < len(cp.fis) - 1
+                    or int(fields.get("num-other-sentinels", -1)) < len(cp.fis) - 1):  # fmt: skip
+                return False
+        return True
+
+    def fis_primary(self, site: str) -> str | None:
+        """The FIS machine the Sentinels of ``site`` name as the primary now (None while
+        they cannot be reached or disagree)."""
+        cp = self.cluster(site)
+        seen = set()
+        for m in cp.fis:
+            if not self._running(m.name):
+                continue
+            reply = self._sentinel(m, "get-master-addr-by-name", clustermod.FIS_PRIMARY)
+            if not reply or not reply[0]:
+                return None
+            seen.add(reply[0])
+        by_addr = {m.address: m.name for m in cp.fis}
+        return by_addr.get(seen.pop()) if len(seen) == 1 else None
+
+    def _running(self, name: str) -> bool:
+        """Whether a process the testbed started in node ``name`` is running."""
+        return any(p.node == name and p.alive for p in self.processes)
 
     def _filter_fis(self, name: str) -> None:
         """Only site nodes' bridge ports may send IPv4 to the FIS node's port (by port, not
@@ -707,12 +807,16 @@ class Testbed:
         )
         self._fis_filtered[name] = True
 
-    def fis_url(self, role: str = "site") -> str | None:
-        """The FIS Redis URL with ``role``'s credentials (``site`` or ``isp``), if any."""
+    def fis_url(self, role: str = "site", site: str | None = None) -> str | None:
+        """The FIS Redis URL with ``role``'s credentials (``site`` or ``isp``), if any: for a
+        ``site`` with a replicated FIS (``fis_replicas``), its Sentinel URL."""
+        if role not in REDIS_ROLES:
+            raise KeyError(f"no FIS role {role!r} (roles: {', '.join(REDIS_ROLES)})")
+        cp = self.clusters.get(site) if site else None
+        if cp is not None and cp.fis and role in self.redis_passwords:
+            return clustermod.sentinel_url(cp, role, self.redis_passwords[role])
         if self.redis_url is None:
             return None
-        if role not in self.redis_passwords:
-            raise KeyError(f"no FIS role {role!r} (roles: {', '.join(REDIS_ROLES)})")
         host = self.redis_url.removeprefix("redis://")
         return f"redis://{role}:{self.redis_passwords[role]}@{host}"
 
@@ -731,6 +835,11 @@ class Testbed:
         if name in self.redis_procs:
             raise RuntimeError(f"the Redis of {name} is running")
         self._start_redis(name)
+
+    def _fis_public(self, site: str) -> str | None:
+        """``site``'s FIS URL without credentials (for the state file and ``inspect``)."""
+        cp = self.clusters.get(site)
+        return clustermod.sentinel_url(cp) if cp is not None and cp.fis else self.redis_url
 
     def _fis_node(self) -> str:
         names = [s.name for s in self.topo.of_kind("fis") if s.engine == "redis"]
@@ -839,11 +948,15 @@ class Testbed:
             raise KeyError(f"site {site!r} has no compute-node namespaces (nodes = 1)") from None
 
     def fail(self, name: str, *, kill: bool = True) -> None:
-        """Fail compute node ``name``: kill its processes (``kill``) and cut its link."""
+        """Fail compute node or FIS machine ``name``: kill its processes (``kill``, SIGKILL:
+        a crash) and cut its link. A FIS machine's Sentinels elect a new primary if it was
+        the primary."""
         node = self.node(name)
-        if node.kind != "compute":
-            raise KeyError(f"{name!r} is a {node.kind}, not a compute node")
-        if kill:
+        if node.kind not in CLUSTER_KINDS:
+            raise KeyError(f"{name!r} is a {node.kind}, not a compute node or FIS machine")
+        if kill:  # remembered for `testbed recover` (state.restart_node)
+            mine = [p for p in self.run_state.data["processes"] if p["node"] == name]
+            self.run_state.data.setdefault("killed", {}).setdefault(name, []).extend(mine)
             for proc in [p for p in self.processes if p.node == name]:
                 proc.popen.kill()
                 proc.popen.wait(5)
@@ -851,15 +964,25 @@ class Testbed:
         clustermod.set_link(node.ns, False, self._gateway(name))
 
     def recover(self, name: str) -> None:
-        """Restore a failed compute node's internal link (restart its processes yourself)."""
+        """Restore a failed machine's internal link. A compute node's processes are the
+        caller's to restart; a FIS machine's Redis and Sentinel start again (the Redis as
+        Sentinel last configured it; an old primary is turned into a replica)."""
         node = self.node(name)
-        if node.kind != "compute":
-            raise KeyError(f"{name!r} is a {node.kind}, not a compute node")
+        if node.kind not in CLUSTER_KINDS:
+            raise KeyError(f"{name!r} is a {node.kind}, not a compute node or FIS machine")
         clustermod.set_link(node.ns, True, self._gateway(name))
+        cp = self._cluster_of(name)
+        m = cp.member(name)
+        if node.kind == "fis" and m is not None and not self._running(name):
+            self.run_state.data.get("killed", {}).pop(name, None)
+            self._start_fis_member(m, primary=None)
+            self._start_sentinel(cp, m, cp.fis[0])
+
+    def _cluster_of(self, name: str) -> clustermod.ClusterPlan:
+        return next(c for c in self.clusters.values() if c.member(name) is not None)
 
     def _gateway(self, name: str) -> str:
-        return next(c.lb_address for c in self.clusters.values()
-                    if any(m.name == name for m in c.members))  # fmt: skip
+        return self._cluster_of(name).lb_address
 
     def _forget(self, pid: int) -> None:
         self.processes = [p for p in self.processes if p.pid != pid]
@@ -911,13 +1034,13 @@ class Testbed:
                 for lp in self.plan.links
             ],
             "sites": {
-                s.name: {**asdict(self.site(s.name)), "fis_redis": self.redis_url}
+                s.name: {**asdict(self.site(s.name)), "fis_redis": self._fis_public(s.name)}
                 for s in self.topo.of_kind("site")
             },  # credentials stay out of the state file (the sites get them from fis_url)
             "clusters": {
                 site: {
                     **c.summary(),
-                    "netns": {m.name: self.run_state.ns(m.name) for m in c.members},
+                    "netns": {m.name: self.run_state.ns(m.name) for m in c.machines()},
                 }
                 for site, c in self.clusters.items()
             },
@@ -929,11 +1052,21 @@ class Testbed:
         }
 
 
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path``, readable by its owner only (it holds passwords)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
 def redis_acl(passwords: dict[str, str], prefix: str = "pcfis") -> str:
     """The FIS Redis's ACL file: the default user off; ``site`` reads and writes the FIS keys
     and change channel; ``isp`` reads them and writes only the ISP namespace (network
-    information) plus the change bookkeeping every write updates."""
-    base = "+@connection +ping -@dangerous"
+    information) plus the change bookkeeping every write updates. With a replicated FIS,
+    ``replica`` may only replicate and ``sentinel`` only run what Sentinel sends a server."""
+    # ``info`` and ``wait`` (after ``-@dangerous``, which takes ``info``): a replicated FIS
+    # acknowledges a write once every attached replica has it (RedisFIS.replicated)
+    base = "+@connection +ping -@dangerous +info +wait"
     site = f"resetkeys ~{prefix}:* resetchannels &{prefix}:changes -@all +@read +@write "
     site += f"+@pubsub +@scripting {base}"
     return (
@@ -946,7 +1079,17 @@ def redis_acl(passwords: dict[str, str], prefix: str = "pcfis") -> str:
         f"user isp on >{passwords['isp']} resetkeys %R~{prefix}:* ~{prefix}:kv:isp "
         f"~{prefix}:lpm:isp:* ~{prefix}:version ~{prefix}:log ~{prefix}:epoch resetchannels "
         f"&{prefix}:changes -@all +@read +@write +@pubsub +@scripting {base}\n"
-    )
+    ) + "".join(f"user {role} on >{passwords[role]} {INTERNAL_ACL[role]}\n"
+                for role in REDIS_INTERNAL_ROLES if role in passwords)  # fmt: skip
+
+
+#: what the replicated FIS's servers may do to one another (Redis's documented minimum)
+INTERNAL_ACL = {
+    "replica": "resetkeys resetchannels -@all +psync +replconf +ping",
+    "sentinel": "resetkeys allchannels -@all +multi +exec +slaveof +replicaof +ping +info +role "
+    "+publish +subscribe +config|rewrite +client|setname +client|kill +script|kill",
+}
+CLUSTER_KINDS = ("compute", "fis")  #: the machines of a multi-node site (testbed/cluster.py)
 
 
 def emulated(spec: LinkSpec) -> bool:

@@ -93,6 +93,14 @@ def _allocator(used: list[ipaddress.IPv4Network], pool: ipaddress.IPv4Network, p
     raise ValueError(f"address pool {pool} exhausted")
 
 
+def site_link(site: NodePlan, router: NodePlan) -> tuple[IfacePlan, IfacePlan]:
+    """Both ends of a site's link to its router: (the site's interface, the router's)."""
+    mine, theirs = site.iface_to(router.name), router.iface_to(site.name)
+    if mine is None or theirs is None or site.public_ip is None:
+        raise ValueError(f"site {site.name} is not linked to router {router.name}")
+    return mine, theirs
+
+
 def make(topo: Topology) -> Plan:
     """Compute the plan of ``topo``."""
     used: list[ipaddress.IPv4Network] = [topo.control_subnet]

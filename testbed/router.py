@@ -26,7 +26,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from testbed.netlink import Batch
-from testbed.plan import IfacePlan, NodePlan
+from testbed.plan import NodePlan, site_link
 
 __all__ = [
     "MARK_DESTINATION",
@@ -110,15 +110,8 @@ def divert_argv(prefix: str, remove: bool = False) -> list[str]:
 
 
 def attachment_for(router: NodePlan, site: NodePlan, world: str) -> Attachment:
-    iface: IfacePlan | None = router.iface_to(site.name)
-    if iface is None or site.public_ip is None:
-        raise ValueError(f"site {site.name} is not linked to router {router.name}")
-    return Attachment(
-        router=router.name,
-        site=site.name,
-        site_iface=iface.name,
-        site_index=iface.index,
-        site_address=iface.peer_address,
-        public_ip=site.public_ip,
-        world=world,
-    )
+    site_side, iface = site_link(site, router)
+    assert site.public_ip is not None  # site_link checked it
+    return Attachment(router=router.name, site=site.name, site_iface=iface.name,
+                      site_index=iface.index, site_address=site_side.address,
+                      public_ip=site.public_ip, world=world)  # fmt: skip

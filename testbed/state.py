@@ -18,6 +18,7 @@ import re
 import secrets
 import shutil
 import signal
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,10 @@ from typing import Any
 
 from testbed import netns
 
-__all__ = ["STATE_ROOT", "CleanReport", "Run", "clean", "list_runs", "proc_start_time"]
+__all__ = [
+    "STATE_ROOT", "CleanReport", "Run", "clean", "kill_node", "list_runs", "proc_start_time",
+    "restart_node",
+]  # fmt: skip
 
 STATE_ROOT = Path(os.environ.get("PACKETCLOUD_TESTBED_STATE", "/run/packetcloud-testbed"))
 _PREFIX = re.compile(r"^[a-z][A-Za-z0-9]{1,7}$")
@@ -268,6 +272,40 @@ def _reap() -> None:
             pass
     except ChildProcessError:
         pass
+
+
+def kill_node(run: Run, node: str) -> int:
+    """SIGKILL the processes the run started in ``node`` (a crash, for fault injection);
+    they are remembered so :func:`restart_node` can start them again. Returns how many."""
+    mine = [p for p in run.data["processes"] if p["node"] == node]
+    killed = 0
+    for p in mine:
+        if alive(p["pid"], p.get("start")):
+            os.kill(p["pid"], signal.SIGKILL)
+            killed += 1
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(alive(p["pid"], p.get("start")) for p in mine):
+        _reap()
+        time.sleep(0.02)
+    run.data["processes"] = [p for p in run.data["processes"] if p["node"] != node]
+    run.data.setdefault("killed", {}).setdefault(node, []).extend(mine)
+    run.save()
+    return killed
+
+
+def restart_node(run: Run, node: str) -> int:
+    """Start again, with the same command lines, what :func:`kill_node` killed in ``node``."""
+    todo = run.data.get("killed", {}).pop(node, [])
+    logdir = run.dir / "logs"
+    logdir.mkdir(exist_ok=True)
+    for i, p in enumerate(todo):
+        with open(logdir / f"{node}-{p['name']}-restart{i}.log", "ab") as fh:
+            popen = subprocess.Popen(p["argv"], stdout=fh, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        popen.returncode = 0  # it belongs to the run, not to this process
+        run.add_process(node, p["name"], popen.pid, p["argv"])
+    run.save()
+    return len(todo)
 
 
 def clean(name: str, timeout: float = 15.0) -> CleanReport:

@@ -122,7 +122,7 @@ class NodeSpec:
     public_ip: ipaddress.IPv4Address | None = None  # site
     compute_nodes: int = 1  # site
     nodes: int = 1  # site: compute-node machines (> 1: an LB and an internal network)
-    fis_replicas: int = 0  # site: FIS replicas (the FIS helper builds them)
+    fis_replicas: int = 0  # site: FIS machines (a Redis primary, M-1 replicas, M Sentinels)
     prefix: ipaddress.IPv4Network | None = None  # host
     zone: str = "pc.test."  # dns: the discovery zone
     signed_reverse: list[ipaddress.IPv4Network] = field(default_factory=list)  # dns
@@ -337,7 +337,7 @@ NODE_FIELDS: tuple[Field, ...] = (
     Field("public_ip", "public_ip", lambda v: _address(v), ("site",)),
     Field("compute_nodes", "compute_nodes", _int_in(1, 64), ("site",)),
     # a multi-machine site (docs/cluster.md): an LB namespace, ``nodes`` compute-node
-    # namespaces on an internal bridge, ``fis_replicas`` FIS replicas
+    # namespaces on an internal bridge, ``fis_replicas`` FIS machines on it (testbed/cluster.py)
     Field("nodes", "nodes", _int_in(1, 16), ("site",)),
     Field("fis_replicas", "fis_replicas", _int_in(0, 4), ("site",)),
     Field("prefix", "prefix", _small_subnet("a host prefix"), ("host",)),
@@ -456,6 +456,10 @@ def from_dict(data: dict[str, Any], source: str = "<topology>", text: str = "") 
         ):
             ck.err("node", node_index[name], "router", f'node "{name}" field "router"',
                    f"{spec.router!r} is not a router node")  # fmt: skip
+        if spec.fis_replicas and spec.nodes <= 1:
+            ck.err("node", node_index[name], "fis_replicas", f'node "{name}" field "fis_replicas"',
+                   "needs nodes > 1 (the FIS machines sit on a multi-machine site's internal "
+                   "network)")  # fmt: skip
 
     links: list[LinkSpec] = []
     pairs: set[frozenset[str]] = set()

@@ -189,7 +189,10 @@ def sentinel_client(url: str, **kwargs: Any) -> tuple[redis.Redis, Callable[...,
     except ValueError as exc:
         raise FISValueError(f"bad Sentinel FIS URL {url!r}: {exc}") from None
     timeouts = {"socket_connect_timeout": 0.2, "socket_timeout": 0.5}
-    sentinel = Sentinel(hosts, sentinel_kwargs=timeouts, **timeouts)
+    # asking the Sentinels fails fast (no retries with back-off sleeps): a cache refreshes
+    # inline, and a Sentinel on a machine that is down must cost one connect timeout
+    sentinel = Sentinel(hosts, sentinel_kwargs={**timeouts, "retry": Retry(NoBackoff(), 0)},
+                        **timeouts)  # fmt: skip
     base = {**_client_defaults(), "db": db, "username": user, "password": password, **kwargs}
 
     def factory(**over: Any) -> redis.Redis:
@@ -254,13 +257,15 @@ class RedisFIS(FISEngine):
         """The connection (pool) to the primary, for modules that keep more under the prefix."""
         return self._r
 
-    def new_client(self) -> redis.Redis:
+    def new_client(self, **over: Any) -> redis.Redis:
         """Another client of the same server (primary) without retries: a broken link shows
-        (the change feed's pub/sub connection, blocking stream reads)."""
+        (the change feed's pub/sub connection, blocking stream reads). ``over``: connection
+        keywords to override (e.g. ``socket_timeout``)."""
         if self._factory is not None:
-            return self._factory(retry=Retry(NoBackoff(), 0))
+            return self._factory(retry=Retry(NoBackoff(), 0), **over)
         kwargs = dict(self._r.connection_pool.connection_kwargs)
         kwargs["retry"] = Retry(NoBackoff(), 0)
+        kwargs.update(over)
         kwargs.pop("retry_on_error", None)
         return redis.Redis(
             connection_pool=redis.ConnectionPool(
@@ -440,6 +445,10 @@ class RedisFIS(FISEngine):
         return _RedisFeed(self)
 
 
+#: read timeout of a change feed's connection (s); its reads are single small commands
+FEED_TIMEOUT = 0.25
+
+
 class _Lost(Exception):
     """The change log no longer reaches back to what the feed applied (or the store changed)."""
 
@@ -457,7 +466,11 @@ class _RedisFeed(ChangeFeed):
 
     def __init__(self, engine: RedisFIS) -> None:
         self._engine = engine
-        self._client = engine.new_client()  # no retries: surface a broken link
+        # every read of the feed goes through its own client, without retries and with a
+        # short read timeout: a cache refreshes inline (a worker between packets), so a
+        # primary that vanished without a reset (a machine down, a cut link) must cost it
+        # FEED_TIMEOUT once per back-off, not the engine's 2 s socket timeout twice
+        self._client = engine.new_client(socket_timeout=FEED_TIMEOUT)
         self._ps: Any = None
         self._epoch: str | None = None  #: the store's epoch; None until first reached
         self._seq = 0  #: the last change number applied
@@ -497,13 +510,13 @@ class _RedisFeed(ChangeFeed):
         self._retry_at = time.monotonic() + self._backoff
 
     def _server_epoch(self) -> str:
-        r = self._engine._r
+        r = self._client
         key = self._engine._epoch_key
         r.set(key, os.urandom(8).hex(), nx=True)
         return self._engine._text(r.get(key)) or ""
 
     def _version(self) -> int:
-        return int(self._engine._r.get(self._engine._version_key) or 0)
+        return int(self._client.get(self._engine._version_key) or 0)
 
     def _subscribe(self, wait: float) -> None:
         ps = self._client.pubsub()
@@ -543,7 +556,7 @@ class _RedisFeed(ChangeFeed):
     def _entries(self, lo: int, hi: int) -> list[tuple[int, str, str]]:
         """Log entries ``lo..hi`` as ``(number, write id, payload)``."""
         t = self._engine._text
-        raw = self._engine._r.xrange(self._engine._log_key, f"{lo}-0", f"{hi}-0", count=1000)
+        raw = self._client.xrange(self._engine._log_key, f"{lo}-0", f"{hi}-0", count=1000)
         out = []
         for entry_id, fields in raw or ():
             num = int((t(entry_id) or "").partition("-")[0])

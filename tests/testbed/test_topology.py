@@ -142,3 +142,12 @@ b = "r"
         assert f'"{key}"' in str(err)
     err = _err(text.replace('kind = "router"', 'kind = "router"\nnodes = 2'))
     assert "only allowed for site nodes" in str(err)
+    err = _err(text.replace("nodes = 3", "nodes = 1"))  # FIS machines need the internal network
+    assert '"fis_replicas"' in str(err) and "needs nodes > 1" in str(err)
+    assert [(m.name, m.address) for m in cp.fis] == [
+        ("a_f1", "198.19.128.201"), ("a_f2", "198.19.128.202"),
+    ]  # fmt: skip
+    assert cluster.sentinel_url(cp, "site", "pw") == (
+        "redis+sentinel://site:pw@198.19.128.201:26379,198.19.128.202:26379/pcfis"
+        "?wait=1&wait_ms=1000"
+    )
