@@ -38,11 +38,13 @@ acknowledgement (``wait=N``: :class:`~pcsite_lite.fis.FISNotReplicatedError`).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import threading
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 
 import redis
@@ -57,8 +59,10 @@ __all__ = [
     "EngineFeedServer",
     "StatePublisher",
     "StateSubscriber",
+    "check_op",
     "entity_of",
     "inverse_op",
+    "sign_op",
 ]
 
 Op = dict[str, Any]
@@ -162,6 +166,38 @@ def _dumps(doc: object) -> str:
     return json.dumps(doc, separators=(",", ":"), sort_keys=True, allow_nan=False)
 
 
+_MAC_TAG: Final = b"pcsite-state-1|"
+
+
+def _mac(key: bytes, op: Op) -> str:
+    body = {k: v for k, v in op.items() if k != "mac"}
+    return hmac.new(key, _MAC_TAG + _dumps(body).encode(), hashlib.sha256).hexdigest()
+
+
+def sign_op(key: bytes | None, op: Op) -> Op:
+    """``op`` with its ``mac`` (HMAC-SHA256 over the op without it, keyed by the site's
+    cluster secret); unchanged without a key."""
+    if key is None:
+        return op
+    return {**{k: v for k, v in op.items() if k != "mac"}, "mac": _mac(key, op)}
+
+
+def check_op(key: bytes | None, op: Any) -> tuple[Op | None, str]:
+    """``(op without its mac, "")`` if ``op`` is an object whose mac verifies (or no key is
+    set), else ``(None, reason)``: ``"malformed"``, ``"unsigned"`` or ``"forged"``."""
+    if not isinstance(op, dict):
+        return None, "malformed"
+    mac = op.get("mac")
+    body = {k: v for k, v in op.items() if k != "mac"}
+    if key is None:
+        return body, ""
+    if not isinstance(mac, str):
+        return None, "unsigned"
+    if not hmac.compare_digest(mac, _mac(key, body)):
+        return None, "forged"
+    return body, ""
+
+
 class _Keys:
     def __init__(self, prefix: str) -> None:
         self.version = f"{prefix}:version"
@@ -180,9 +216,15 @@ class StatePublisher:
     """
 
     def __init__(
-        self, engine: RedisFIS, *, prefix: str | None = None, log_keep: int = LOG_KEEP
+        self,
+        engine: RedisFIS,
+        *,
+        prefix: str | None = None,
+        log_keep: int = LOG_KEEP,
+        key: bytes | None = None,
     ) -> None:
         self.engine = engine
+        self.key = key  #: signs every op written (log and snapshot): see :func:`sign_op`
         self.keys = _Keys(prefix or f"{engine.prefix}:state")
         self._log_keep = log_keep
         self._script = engine.client.register_script(_PUBLISH_LUA)
@@ -208,8 +250,9 @@ class StatePublisher:
             current = {n: json.loads(v) for n, v in zip(names, raw, strict=True) if v}
         args: list[str] = []
         for op in ops:
+            op = {k: v for k, v in op.items() if k != "mac"}
             try:
-                text = _dumps(op)
+                text = _dumps(sign_op(self.key, op))
             except (TypeError, ValueError) as exc:
                 raise FISValueError(f"state op is not JSON: {exc}") from None
             if len(text) > MAX_OP_BYTES:
@@ -223,9 +266,10 @@ class StatePublisher:
                 elif op["op"] == "renew":
                     base = current.get(entity)
                     if base is not None:  # a renew of a circuit the state does not hold: log only
+                        base = {k: v for k, v in base.items() if k != "mac"}
                         base["expires"] = op["expires"]
                         current[entity] = base
-                        action, state = "set", _dumps(base)
+                        action, state = "set", _dumps(sign_op(self.key, base))
                 else:
                     action, state = "set", text
             args += [entity or "", text, action, state]
@@ -256,7 +300,7 @@ class StatePublisher:
         for op in ops:
             entity = entity_of(op)
             if entity is not None and not _ENTITY[op["op"]][2]:
-                text = _dumps(op)
+                text = _dumps(sign_op(self.key, {k: v for k, v in op.items() if k != "mac"}))
                 if len(text) > MAX_OP_BYTES:
                     raise FISValueError(f"state op of {len(text)} bytes (max {MAX_OP_BYTES})")
                 state[entity] = text
@@ -270,7 +314,7 @@ class StatePublisher:
             return int(
                 self._replace(
                     keys=[k.version, k.log, k.state, k.new_state, k.epoch],
-                    args=[self._log_keep, os.urandom(8).hex(), _dumps(RESYNC)],
+                    args=[self._log_keep, os.urandom(8).hex(), _dumps(sign_op(self.key, RESYNC))],
                     client=r,
                 )
             )
@@ -298,8 +342,10 @@ class StateSubscriber:
         *,
         prefix: str | None = None,
         max_ops_per_poll: int = 10 * BATCH,
+        key: bytes | None = None,
     ) -> None:
         self.engine = engine
+        self.key = key  #: with a key, an op whose mac does not verify is refused (counted)
         self.keys = _Keys(prefix or f"{engine.prefix}:state")
         self._apply = apply
         self._max = max_ops_per_poll
@@ -311,6 +357,9 @@ class StateSubscriber:
         self.snapshots = 0  #: times the node (re)loaded the snapshot
         self.applied = 0  #: ops applied (from the log or a snapshot difference)
         self.errors: Counter[str] = Counter()  #: ops the replica refused, by exception type
+        #: entries refused before the replica saw them, by reason (``forged``: a mac that
+        #: does not verify; ``unsigned``; ``malformed``)
+        self.refused: Counter[str] = Counter()
         self.last_error = ""
 
     # --- applying ---
@@ -354,19 +403,33 @@ class StateSubscriber:
         target = {}
         for k, v in raw.items():
             try:
-                target[k.decode()] = json.loads(v)
+                op, why = check_op(self.key, json.loads(v))
             except ValueError:
                 self.errors["BadSnapshotEntry"] += 1
+                continue
+            try:
+                misplaced = op is not None and entity_of(op) != k.decode()
+            except ValueError:
+                op, why = None, "malformed"
+            if op is None or misplaced:
+                self.refused[why or "misplaced"] += 1
+                continue
+            target[k.decode()] = op
         self._converge(target)
         self.epoch = epoch.decode() if epoch else None
         self.version = int(version or 0)
         self.snapshots += 1
 
-    def _entries(self, r: redis.Redis, after: int) -> list[tuple[int, Op]]:
-        out = []
+    def _entries(self, r: redis.Redis, after: int) -> list[tuple[int, Op | None]]:
+        """Log entries past ``after``; an entry refused by :func:`check_op` is ``None``."""
+        out: list[tuple[int, Op | None]] = []
         for entry_id, fields in r.xrange(self.keys.log, f"{after + 1}-0", "+", count=BATCH):
             num = int(entry_id.decode().partition("-")[0])
-            out.append((num, json.loads(fields[b"op"])))
+            op, why = check_op(self.key, json.loads(fields[b"op"]))
+            if op is None:
+                self.refused[why] += 1
+                self.last_error = f"log entry {num} refused: {why}"
+            out.append((num, op))
         return out
 
     def _sync(self, r: redis.Redis) -> int:
@@ -386,7 +449,8 @@ class StateSubscriber:
                 if num != self.version + 1 or op == RESYNC:
                     self._snapshot(r)  # a hole, or the whole state was replaced
                     return self.applied - before
-                self._follow(op)
+                if op is not None:
+                    self._follow(op)
                 self.version = num
         return self.applied - before
 
@@ -594,9 +658,16 @@ class EngineFeedClient:
         state_file: str | os.PathLike[str] | None = None,
         block: float = 0.5,
         save_interval: float = 1.0,
+        key: bytes | None = None,
+        applied: Callable[[int], Awaitable[None]] | None = None,
+        applied_interval: float = 0.5,
     ) -> None:
+        """``applied(version)``: awaited after ops were handed over (and at least every
+        ``applied_interval`` s): the node waits for its workers, then says how far it got."""
         self._pending: list[Op] = []
-        self.replica = StateSubscriber(subscriber_engine, self._pending.append)
+        self.replica = StateSubscriber(subscriber_engine, self._pending.append, key=key)
+        self.applied = applied
+        self.applied_interval = applied_interval
         self.on_op, self.on_synced, self.log = on_op, on_synced, log
         self.state_file = state_file
         self.block = block
@@ -615,11 +686,15 @@ class EngineFeedClient:
         if self._pending:  # the saved copy loaded at start: hand it over first
             self._deliver()
             self.on_synced()
-        next_save = 0.0
+        next_save = next_applied = 0.0
         while True:
             snapshots = self.replica.snapshots
             n = await trio.to_thread.run_sync(self.replica.poll, self.block)
             self._deliver()
+            if self.applied is not None and (n or trio.current_time() >= next_applied):
+                if self.replica.available:
+                    await self.applied(self.replica.version)
+                next_applied = trio.current_time() + self.applied_interval
             if self.replica.available != self.connected:
                 self.connected = self.replica.available
                 self.log(

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,7 +107,10 @@ class NodeUsageLog:
         if not node:
             raise ValueError("a node needs a name")
         self.node = node
-        self._db = sqlite3.connect(str(path), isolation_level=None, timeout=5.0)
+        self._lock = threading.Lock()  #: one connection, used from the node's threads in turn
+        self._db = sqlite3.connect(
+            str(path), isolation_level=None, timeout=5.0, check_same_thread=False
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(
@@ -122,6 +126,10 @@ class NodeUsageLog:
             return 0
         if len(recs) > MAX_RECORDS:
             raise LedgerError(f"a batch holds at most {MAX_RECORDS} records")
+        with self._lock:
+            return self._append(recs)
+
+    def _append(self, recs: tuple[UsageRecord, ...]) -> int:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -140,18 +148,27 @@ class NodeUsageLog:
 
     def since(self, after: int, limit: int = MAX_BATCHES) -> list[UsageBatch]:
         """Batches numbered above ``after``, in order (at most ``limit``)."""
-        rows = self._db.execute(
-            "SELECT doc FROM batch WHERE seq > ? ORDER BY seq LIMIT ?",
-            (int(after), min(int(limit), MAX_BATCHES)),
-        ).fetchall()
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT doc FROM batch WHERE seq > ? ORDER BY seq LIMIT ?",
+                (int(after), min(int(limit), MAX_BATCHES)),
+            ).fetchall()
         return [UsageBatch.from_json(doc) for (doc,) in rows]
 
     def prune(self, upto: int) -> int:
         """Forget batches numbered ``upto`` and below (the controller has them)."""
-        return self._db.execute("DELETE FROM batch WHERE seq <= ?", (int(upto),)).rowcount
+        with self._lock:
+            return self._db.execute("DELETE FROM batch WHERE seq <= ?", (int(upto),)).rowcount
+
+    def last_seq(self) -> int:
+        """The number of the last batch appended (0 before the first)."""
+        with self._lock:
+            row = self._db.execute("SELECT v FROM meta WHERE k = 'seq'").fetchone()
+        return int(row[0]) if row else 0
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
 
 @dataclass

@@ -30,12 +30,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import trio
 
+from pcsite_lite.cluster.engine import uses_engine
 from pcsite_lite.cluster.feed import merge_usage, valid_report
 from pcsite_lite.confine import sweep_cgroups
 from pcsite_lite.control.app import ControlApp, Request, Response
@@ -119,6 +120,9 @@ class Supervisor:
         self.feed: Any = None  #: cluster.feed.FeedServer (controller with [cluster])
         self.feed_client: Any = None  #: cluster.feed.FeedClient (node without controller)
         self.heartbeater: Any = None  #: cluster.node.Heartbeater (node with [cluster])
+        #: cluster.engine.ControllerSide / NodeSide: the roles meet on a Redis FIS engine
+        self.engine_role: Any = None
+        self.deploys_refused: Counter[str] = Counter()  #: deploy ops a node refused, by reason
         #: node name -> {"inc": its process's id, "usage": cumulative, "base": earlier ones}
         self.remote_usage: dict[str, dict[str, Any]] = {}
         #: node name -> (highest op seq it acknowledged, time.monotonic() it was last heard)
@@ -372,7 +376,8 @@ class Supervisor:
             "nodes": {  # compute nodes on the state feed (a controller with [cluster])
                 name: {"acked": acked, "heard_s_ago": round(time.monotonic() - seen, 3)}
                 for name, (acked, seen) in sorted(self.remote_acked.items())
-            },
+            } if self.engine_role is None or not self.is_controller
+            else self.engine_role.status(),
         }  # fmt: skip
 
     async def _watch_worker(self, slot: WorkerSlot) -> None:
@@ -497,7 +502,12 @@ class Supervisor:
         self._acks = trio.Event()
 
     async def settle(self, timeout: float = 1.0) -> None:
-        """Wait (bounded) until every live worker applied every broadcast state op."""
+        """Wait (bounded) until every live worker applied every broadcast state op (and, on
+        a controller whose nodes follow the engine, every live node)."""
+        if self.is_controller and self.engine_role is not None:
+            t0 = trio.current_time()
+            await self.engine_role.settle(self._seq, timeout)
+            timeout = max(0.0, timeout - (trio.current_time() - t0))
         with trio.move_on_after(timeout):
             while any(s.ready and s.acked < self._seq for s in self.slots) or any(
                 acked < self._seq and time.monotonic() - seen < 1.0  # connected nodes
@@ -554,19 +564,21 @@ class Supervisor:
             elif self.backend._kernel is not None:  # the LB's kernel (lb,controller)
                 self.backend.apply_divert()
             self._cluster_setup()
+            node_side = self.engine_role if self.is_node and not self.is_controller else None
             self.recorder = UsageRecorder(
-                cfg.name, cfg.metering.ledger, lambda: totals(self.worker_usage())
-            )
+                cfg.name, cfg.metering.ledger, lambda: totals(self.worker_usage()),
+                sink=None if node_side is None else node_side.sink,
+            )  # fmt: skip
             async with trio.open_nursery() as nursery:
                 for s in self.slots:
                     nursery.start_soon(self._watch_worker, s)
                 nursery.start_soon(self.recorder.run, cfg.metering.interval, self.log)
                 nursery.start_soon(self._maintain)
-                if self.feed is not None:
+                if self.feed is not None and self.engine_role is None:
                     assert cfg.cluster is not None
                     await nursery.start(self.feed.serve, *cfg.cluster.controller)
                     self.log("state feed on {}:{}".format(*cfg.cluster.controller))
-                for task in (self.feed_client, self.heartbeater):
+                for task in (self.engine_role, self.feed_client, self.heartbeater):
                     if task is not None:
                         nursery.start_soon(task.run)
 
@@ -614,6 +626,8 @@ class Supervisor:
             self._stopping = True
             self._stop_workers()
             self._final_usage()
+            if self.engine_role is not None and hasattr(self.engine_role, "close"):
+                self.engine_role.close()  # a node ships its final usage
             if self.is_node:  # a controller alone changed nothing in the kernel
                 self.kernel.teardown()
             for s in self.slots:
@@ -622,27 +636,47 @@ class Supervisor:
             self.log("stopped")
 
     def _cluster_setup(self) -> None:
-        """The parts of a multi-machine site this process runs (nothing without [cluster])."""
+        """The parts of a multi-machine site this process runs (nothing without [cluster]).
+
+        With a Redis FIS engine the roles meet on it (``cluster/engine.py``: state stream,
+        deployments, acknowledgements, usage); with another FIS (one SQLite file, e.g. the
+        testbed's) the controller's TCP feed (``cluster/feed.py``) carries state and usage."""
         cl = self.cfg.cluster
         if cl is None:
             return
-        from pcsite_lite.cluster.feed import FeedClient, FeedServer
         from pcsite_lite.cluster.node import Heartbeater
 
-        if self.is_controller:
-            self.feed = FeedServer(self.backend.iter_snapshot_ops, cl.secret, self.log,
-                                   on_report=self._node_report)  # fmt: skip
-        if self.is_node and not self.is_controller:
-            inc = os.urandom(8).hex()
+        interval = self.cfg.metering.interval
+        if uses_engine(self.cfg.fis_url):
+            from pcsite_lite.cluster.engine import ControllerSide, NodeSide
+            from pcsite_lite.fis import RedisFIS, open_engine
 
-            def report() -> dict[str, Any]:
-                return {"node": cl.node, "inc": inc, "usage": merge_usage(self.worker_usage())}
+            engine = open_engine(self.cfg.fis_url)
+            assert isinstance(engine, RedisFIS)
+            if self.is_controller:
+                self.engine_role = self.feed = ControllerSide(self, engine, cl.secret, interval)
+            elif self.is_node:
+                side = NodeSide(self, engine, cl, interval)
+                self.engine_role = self.feed_client = side
+                self._snapshot = side.worker_snapshot
+        else:
+            from pcsite_lite.cluster.feed import FeedClient, FeedServer
 
-            client = FeedClient(*cl.controller, cl.secret, on_op=self._remote_op,
-                                on_synced=lambda: None, log=self.log,
-                                report=report, node=cl.node, settle=self.settle)  # fmt: skip
-            self.feed_client = client
-            self._snapshot = lambda: client.replica.iter_snapshot_ops()
+            if self.is_controller:
+                self.feed = FeedServer(self.backend.iter_snapshot_ops, cl.secret, self.log,
+                                       on_report=self._node_report)  # fmt: skip
+            if self.is_node and not self.is_controller:
+                inc = os.urandom(8).hex()
+
+                def report() -> dict[str, Any]:
+                    return {"node": cl.node, "inc": inc,
+                            "usage": merge_usage(self.worker_usage())}  # fmt: skip
+
+                client = FeedClient(*cl.controller, cl.secret, on_op=self._remote_op,
+                                    on_synced=lambda: None, log=self.log, report=report,
+                                    node=cl.node, settle=self.settle)  # fmt: skip
+                self.feed_client = client
+                self._snapshot = lambda: client.replica.iter_snapshot_ops()
         if self.is_node:
             fc = self.feed_client
 
@@ -652,13 +686,33 @@ class Supervisor:
             self.heartbeater = Heartbeater(cl, ready, self.log)
 
     def _remote_op(self, op: dict[str, Any]) -> None:
-        """A change from the controller's feed: to this node's workers (and its divert set)."""
+        """A change from the controller's feed: to this node's workers (and its divert set);
+        a deployment to this node's repository (its workers load from there)."""
+        if op.get("op") in ("deploy", "undeploy"):
+            self._deploy(op)
+            return
         self.broadcast(op)
         if op.get("op") in ("destination", "release_destination"):
             try:
                 self.kernel.set_divert(self.feed_client.replica.divert_prefixes())
             except KernelError as exc:
                 self.log(f"divert set: {exc}")
+
+    def _deploy(self, op: dict[str, Any]) -> None:
+        from pcsite_lite.cluster.engine import apply_deploy
+        from pcsite_lite.repository import RepositoryError
+
+        name = f"{op.get('psp')}/{op.get('service')}"
+        repo = self.backend.repo
+        if repo is None:
+            self.deploys_refused["no_repository"] += 1
+            self.log(f"deployment of {name} ignored: this node has no site.repository")
+            return
+        try:
+            self.log(f"deployment: {apply_deploy(repo, op)}")
+        except (RepositoryError, ValueError, KeyError, TypeError) as exc:
+            self.deploys_refused[getattr(exc, "reason", type(exc).__name__)] += 1
+            self.log(f"deployment of {name} refused: {exc}")
 
     def _final_usage(self) -> None:
         """Append the usage the workers reported up to their stop (SIGTERM loses none)."""

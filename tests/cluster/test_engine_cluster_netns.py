@@ -1,0 +1,198 @@
+"""A site spanning namespaces whose roles meet on the FIS engine (a real redis-server), root.
+
+The LB (``--role lb``), the controller (``--role controller``) and two compute nodes
+(``--role node``) share ``site.fis = "unix://.../redis.sock"``: circuits and deployments reach
+the nodes through the engine's state stream, a node restarted while the controller is down
+converges from the engine alone, nodes keep forwarding while the engine is away, and every
+node's usage reaches the controller's ledger exactly once, across a node SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from benchmarks import _cluster_rig as rig
+from benchmarks._cluster_rig import ClusterSite, Load
+from pcsite_lite.billing.cluster import UsageBatch
+from pcsite_lite.billing.invoice import PriceSheet, build_invoice
+from pcsite_lite.billing.ledger import Ledger
+from pcsite_lite.metering import Counters
+from pcsite_lite.repository import Repository, sign_service
+from tests.fis.conftest import redis_server
+from tests.support import wait_until
+from tests.support.sites import ACME_KEY, acme_public_hex
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]
+
+K = 6  #: circuits
+BLOCKER = b'def process(pkt):\n    return pkt.drop("blocked by the deployed code")\n'
+
+
+class EngineSite(ClusterSite):
+    """The rig's site with ``site.fis`` on a redis-server and a repository per machine."""
+
+    def __init__(self, tmp: Path, url: str, **kw: Any) -> None:
+        self.url = url
+        super().__init__(tmp, **kw)
+
+    def restart_controller(self) -> None:
+        cp = self.tb.cluster("s1")
+        cfg = rig._config(self.tmp, self.public_ip, cp.lb_address, cp.lb_address, "ctl", 1)
+        self.procs["ctl"] = self.tb.node("s1").start(
+            self._cmd(cfg, "controller"), name="pcsite-ctl",
+            ready=lambda: self.tb.node("s1").tcp_open(cp.lb_address, 8080), timeout=20,
+        )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def es(tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("pcl15f")
+    (tmp / "redis").mkdir()
+    orig = rig._config
+
+    def config(tmp: Path, public_ip: str, lb: str, me: str, node: str, workers: int) -> Path:
+        """The rig's configuration on the engine, with a repository per machine."""
+        path = orig(tmp, public_ip, lb, me, node, workers)
+        text = re.sub(r"(?m)^fis = .*$",
+                      f'fis = "{url}"\nrepository = "{tmp / node / "repo"}"',
+                      path.read_text())  # fmt: skip
+        text = text.replace(
+            f'token = "{rig.PSP}"', f'token = "{rig.PSP}"\nsigning_key = "{acme_public_hex()}"'
+        )
+        path.write_text(text)
+        return path
+
+    with redis_server(tmp / "redis") as url:
+        rig._config = config  # type: ignore[assignment]
+        try:
+            with EngineSite(tmp, url, nodes=2, split=True, prefix="pcl15f") as site:
+                site.redis = redis.Redis.from_url(url)
+                site.labels = site.circuits(K)
+                yield site
+        finally:
+            rig._config = orig  # type: ignore[assignment]
+
+
+def _delivers(es: EngineSite, labels: list[int], timeout: float = 10.0) -> bool:
+    """Every circuit in ``labels`` delivers a packet sent from now on."""
+    load = Load(es, labels, rate=50)
+    with load:
+        t0 = time.monotonic()
+        ok = wait_until(lambda: load.resumed(set(range(len(labels))), t0) < timeout, timeout)
+    return ok
+
+
+def test_state_and_deployments_reach_the_nodes_through_the_engine(es: EngineSite) -> None:
+    assert _delivers(es, es.labels)
+    # the controller saw every node acknowledge the stream (no TCP feed: none listens)
+    keys = es.redis.keys("pcfis:state:node:*")
+    assert {k.decode().rpartition(":")[2] for k in keys} == set(es.node_names())
+    # a service deployed at the controller runs on the nodes: its circuit's packets are dropped
+    c = es.client()
+    c.upload_service("blocker", "1", BLOCKER, sign_service(ACME_KEY, "acme", "blocker", "1",
+                                                           BLOCKER))  # fmt: skip
+    c.activate_service("blocker", "1")
+    for n in es.node_names():
+        repo = Repository(es.tmp / n / "repo")
+        assert wait_until(lambda r=repo: r.active("acme", "blocker") == "1", 10), n
+        assert repo.get("acme", "blocker").code == BLOCKER  # verified against acme's key
+    label = c.allocate_circuit("blocker", lifetime=600)["label"]
+    c.install_hop(label, in_key=rig.KEY, deliver=es.tb.node("h2").address, strip=True)
+    load = Load(es, [es.labels[0], label], rate=50)
+    with load:
+        assert wait_until(lambda: len([k for k in load.got if k[0] == 0]) >= 20, 10)
+    assert not [k for k in load.got if k[0] == 1], "the deployed code did not run"
+
+
+def test_a_node_restarted_while_the_controller_is_down_converges_from_the_engine(
+    es: EngineSite,
+) -> None:
+    ctl = es.procs["ctl"].proc
+    ctl.send_signal(signal.SIGKILL)
+    ctl.wait(10)
+    victim = es.node_names()[0]
+    (es.tmp / victim / "cluster-state.json").unlink()  # nothing saved: only the engine
+    es.procs[victim].proc.send_signal(signal.SIGKILL)
+    es.procs[victim].proc.wait(10)
+    es.wait_table(set(es.node_names()) - {victim}, timeout=10)
+    es.start_node(victim)
+    es.wait_table(set(es.node_names()), timeout=20)
+    assert _delivers(es, es.labels)
+    saved = json.loads((es.tmp / victim / "cluster-state.json").read_text())
+    assert {f"circuit:{label}" for label in es.labels} <= set(saved["state"])
+
+
+def test_nodes_forward_from_their_copy_while_the_engine_is_away(es: EngineSite) -> None:
+    pid = int(es.redis.info("server")["process_id"])
+    os.kill(pid, signal.SIGSTOP)  # the engine stops answering (a partition, a hung server)
+    try:
+        time.sleep(1.0)
+        assert _delivers(es, es.labels)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_usage_of_every_node_reaches_the_ledger_exactly_once_across_a_sigkill(
+    es: EngineSite,
+) -> None:
+    """Each node journals its metered usage as numbered batches and ships them to the engine;
+    the controller bills each (node, seq) once. After a node's SIGKILL and restart, what the
+    ledger holds is exactly the sum of every batch the nodes journaled (none lost, none
+    twice), and an invoice conserves those bytes."""
+    ctl = es.procs.get("ctl")
+    if ctl is None or ctl.proc.poll() is not None:  # the previous test stopped it
+        es.restart_controller()
+    victim = es.node_names()[1]
+    with Load(es, es.labels, rate=100):
+        time.sleep(1.5)
+        es.procs[victim].proc.send_signal(signal.SIGKILL)
+        es.procs[victim].proc.wait(10)
+        es.start_node(victim)
+        es.wait_table(set(es.node_names()), timeout=20)
+        time.sleep(1.0)
+    for n in es.node_names():  # a clean stop journals and ships the last interval
+        es.procs[n].proc.send_signal(signal.SIGTERM)
+        es.procs[n].proc.wait(15)
+
+    def shipped() -> dict[str, list[UsageBatch]]:
+        out = {}
+        for n in es.node_names():
+            raw = es.redis.xrange(f"pcfis:usage:{n}")
+            out[n] = [UsageBatch.from_json(f[b"b"]) for _, f in raw]
+        return out
+
+    def billed() -> dict[str, int]:
+        return {k.decode(): int(v) for k, v in es.redis.hgetall("pcfis:usage-billed").items()}
+
+    batches = shipped()
+    assert wait_until(lambda: billed() == {n: b[-1].seq for n, b in batches.items() if b}, 10)
+    for n, bs in batches.items():  # every batch a node journaled reached the engine, in order
+        assert [b.seq for b in bs] == list(range(1, len(bs) + 1)), n
+        assert bs, f"node {n} journaled no usage"
+
+    def total(records: list[Any]) -> Counters:
+        c = Counters()
+        for r in records:
+            c.add(r.counters)
+        return c
+
+    journaled = total([r for bs in batches.values() for b in bs for r in b.records])
+    assert journaled.packets > 0 and journaled.bytes_in > 0
+    with Ledger(es.tmp / "ctl" / "usage.ledger", create=False) as led:
+        records = led.records(psp="acme")
+    assert total(records) == journaled  # every counter: nothing lost, nothing twice
+    prices = PriceSheet(ingress_per_gb=Decimal(1), packets_per_million=Decimal(1))
+    inv = build_invoice(records, "acme", 0, time.time() + 1, prices)
+    usage = {li.resource: li.usage for li in inv.lines}
+    assert usage["bandwidth_ingress"] == journaled.bytes_in
+    assert usage["packets"] == journaled.packets
