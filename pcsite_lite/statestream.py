@@ -687,6 +687,7 @@ class EngineFeedClient:
             self._deliver()
             self.on_synced()
         next_save = next_applied = 0.0
+        dirty = False  #: the replica changed since it was last saved
         while True:
             snapshots = self.replica.snapshots
             n = await trio.to_thread.run_sync(self.replica.poll, self.block)
@@ -709,6 +710,8 @@ class EngineFeedClient:
             if not self.connected:
                 await trio.sleep(self.block)
             now = trio.current_time()
-            if self.state_file is not None and n and now >= next_save:
+            dirty = dirty or bool(n)
+            if self.state_file is not None and dirty and now >= next_save:
                 await trio.to_thread.run_sync(self.replica.save, self.state_file)
                 next_save = now + self.save_interval
+                dirty = False

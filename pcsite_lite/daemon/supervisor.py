@@ -578,7 +578,8 @@ class Supervisor:
                     assert cfg.cluster is not None
                     await nursery.start(self.feed.serve, *cfg.cluster.controller)
                     self.log("state feed on {}:{}".format(*cfg.cluster.controller))
-                for task in (self.engine_role, self.feed_client, self.heartbeater):
+                for task in {id(t): t for t in (self.engine_role, self.feed_client,
+                                                 self.heartbeater)}.values():  # fmt: skip
                     if task is not None:
                         nursery.start_soon(task.run)
 

@@ -83,20 +83,39 @@ def es(tmp_path_factory: pytest.TempPathFactory):
             rig._config = orig  # type: ignore[assignment]
 
 
+def _kill(es: EngineSite, name: str) -> None:
+    p = es.procs[name]
+    p.popen.send_signal(signal.SIGKILL)
+    p.popen.wait(10)
+
+
 def _delivers(es: EngineSite, labels: list[int], timeout: float = 10.0) -> bool:
     """Every circuit in ``labels`` delivers a packet sent from now on."""
     load = Load(es, labels, rate=50)
     with load:
-        t0 = time.monotonic()
-        ok = wait_until(lambda: load.resumed(set(range(len(labels))), t0) < timeout, timeout)
-    return ok
+        return wait_until(lambda: {i for i, _ in load.got} == set(range(len(labels))), timeout)
+
+
+def _dump(es: EngineSite) -> str:
+    out = []
+    for k, p in es.procs.items():
+        out.append(f"== {k}: " + "\n".join(x for x in p.log_text().splitlines() if "load_failed" not in x))
+        f = es.tmp / k / "cluster-state.json"
+        if f.exists():
+            out.append(f"   state: {sorted(json.loads(f.read_text())['state'])} v={json.loads(f.read_text())['version']}")
+    out.append(str(es.redis.get("pcfis:state:version")))
+    return "\n".join(out)
 
 
 def test_state_and_deployments_reach_the_nodes_through_the_engine(es: EngineSite) -> None:
-    assert _delivers(es, es.labels)
+    ok = _delivers(es, es.labels)
+    Path("/tmp/pcl15f-dump.txt").write_text(_dump(es))
+    assert ok
     # the controller saw every node acknowledge the stream (no TCP feed: none listens)
-    keys = es.redis.keys("pcfis:state:node:*")
-    assert {k.decode().rpartition(":")[2] for k in keys} == set(es.node_names())
+    def acked() -> set[str]:
+        return {k.decode().rpartition(":")[2] for k in es.redis.keys("pcfis:state:node:*")}
+
+    assert wait_until(lambda: acked() == set(es.node_names()), 5), acked()
     # a service deployed at the controller runs on the nodes: its circuit's packets are dropped
     c = es.client()
     c.upload_service("blocker", "1", BLOCKER, sign_service(ACME_KEY, "acme", "blocker", "1",
@@ -104,7 +123,9 @@ def test_state_and_deployments_reach_the_nodes_through_the_engine(es: EngineSite
     c.activate_service("blocker", "1")
     for n in es.node_names():
         repo = Repository(es.tmp / n / "repo")
-        assert wait_until(lambda r=repo: r.active("acme", "blocker") == "1", 10), n
+        assert wait_until(lambda r=repo: r.active("acme", "blocker") == "1", 10), {
+            k: p.log_text()[-4000:] for k, p in es.procs.items() if k == "ctl"
+        }
         assert repo.get("acme", "blocker").code == BLOCKER  # verified against acme's key
     label = c.allocate_circuit("blocker", lifetime=600)["label"]
     c.install_hop(label, in_key=rig.KEY, deliver=es.tb.node("h2").address, strip=True)
@@ -117,13 +138,10 @@ def test_state_and_deployments_reach_the_nodes_through_the_engine(es: EngineSite
 def test_a_node_restarted_while_the_controller_is_down_converges_from_the_engine(
     es: EngineSite,
 ) -> None:
-    ctl = es.procs["ctl"].proc
-    ctl.send_signal(signal.SIGKILL)
-    ctl.wait(10)
+    _kill(es, "ctl")
     victim = es.node_names()[0]
     (es.tmp / victim / "cluster-state.json").unlink()  # nothing saved: only the engine
-    es.procs[victim].proc.send_signal(signal.SIGKILL)
-    es.procs[victim].proc.wait(10)
+    _kill(es, victim)
     es.wait_table(set(es.node_names()) - {victim}, timeout=10)
     es.start_node(victim)
     es.wait_table(set(es.node_names()), timeout=20)
@@ -149,20 +167,17 @@ def test_usage_of_every_node_reaches_the_ledger_exactly_once_across_a_sigkill(
     the controller bills each (node, seq) once. After a node's SIGKILL and restart, what the
     ledger holds is exactly the sum of every batch the nodes journaled (none lost, none
     twice), and an invoice conserves those bytes."""
-    ctl = es.procs.get("ctl")
-    if ctl is None or ctl.proc.poll() is not None:  # the previous test stopped it
+    if not es.procs["ctl"].alive:  # the previous test stopped it
         es.restart_controller()
     victim = es.node_names()[1]
     with Load(es, es.labels, rate=100):
         time.sleep(1.5)
-        es.procs[victim].proc.send_signal(signal.SIGKILL)
-        es.procs[victim].proc.wait(10)
+        _kill(es, victim)
         es.start_node(victim)
         es.wait_table(set(es.node_names()), timeout=20)
         time.sleep(1.0)
     for n in es.node_names():  # a clean stop journals and ships the last interval
-        es.procs[n].proc.send_signal(signal.SIGTERM)
-        es.procs[n].proc.wait(15)
+        es.procs[n].stop(grace=15)
 
     def shipped() -> dict[str, list[UsageBatch]]:
         out = {}
@@ -196,3 +211,4 @@ def test_usage_of_every_node_reaches_the_ledger_exactly_once_across_a_sigkill(
     usage = {li.resource: li.usage for li in inv.lines}
     assert usage["bandwidth_ingress"] == journaled.bytes_in
     assert usage["packets"] == journaled.packets
+
