@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import time
+from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -96,21 +97,9 @@ def _delivers(es: EngineSite, labels: list[int], timeout: float = 10.0) -> bool:
         return wait_until(lambda: {i for i, _ in load.got} == set(range(len(labels))), timeout)
 
 
-def _dump(es: EngineSite) -> str:
-    out = []
-    for k, p in es.procs.items():
-        out.append(f"== {k}: " + "\n".join(x for x in p.log_text().splitlines() if "load_failed" not in x))
-        f = es.tmp / k / "cluster-state.json"
-        if f.exists():
-            out.append(f"   state: {sorted(json.loads(f.read_text())['state'])} v={json.loads(f.read_text())['version']}")
-    out.append(str(es.redis.get("pcfis:state:version")))
-    return "\n".join(out)
-
-
 def test_state_and_deployments_reach_the_nodes_through_the_engine(es: EngineSite) -> None:
-    ok = _delivers(es, es.labels)
-    Path("/tmp/pcl15f-dump.txt").write_text(_dump(es))
-    assert ok
+    assert _delivers(es, es.labels)
+
     # the controller saw every node acknowledge the stream (no TCP feed: none listens)
     def acked() -> set[str]:
         return {k.decode().rpartition(":")[2] for k in es.redis.keys("pcfis:state:node:*")}
@@ -123,9 +112,7 @@ def test_state_and_deployments_reach_the_nodes_through_the_engine(es: EngineSite
     c.activate_service("blocker", "1")
     for n in es.node_names():
         repo = Repository(es.tmp / n / "repo")
-        assert wait_until(lambda r=repo: r.active("acme", "blocker") == "1", 10), {
-            k: p.log_text()[-4000:] for k, p in es.procs.items() if k == "ctl"
-        }
+        assert wait_until(lambda r=repo: r.active("acme", "blocker") == "1", 10), n
         assert repo.get("acme", "blocker").code == BLOCKER  # verified against acme's key
     label = c.allocate_circuit("blocker", lifetime=600)["label"]
     c.install_hop(label, in_key=rig.KEY, deliver=es.tb.node("h2").address, strip=True)
@@ -208,7 +195,8 @@ def test_usage_of_every_node_reaches_the_ledger_exactly_once_across_a_sigkill(
     assert total(records) == journaled  # every counter: nothing lost, nothing twice
     prices = PriceSheet(ingress_per_gb=Decimal(1), packets_per_million=Decimal(1))
     inv = build_invoice(records, "acme", 0, time.time() + 1, prices)
-    usage = {li.resource: li.usage for li in inv.lines}
-    assert usage["bandwidth_ingress"] == journaled.bytes_in
-    assert usage["packets"] == journaled.packets
-
+    billed_as = Counter[str]()
+    for li in inv.lines:  # one line per (service, resource)
+        billed_as[li.resource] += li.usage
+    assert billed_as["bandwidth_ingress"] == journaled.bytes_in
+    assert billed_as["packets"] == journaled.packets
