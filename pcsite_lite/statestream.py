@@ -437,6 +437,8 @@ class StateSubscriber:
         epoch, version = r.mget(self.keys.epoch, self.keys.version)
         epoch_s = epoch.decode() if epoch else None
         version_i = int(version or 0)
+        if epoch_s is None and self.epoch is not None:
+            return 0  # an emptied store: keep forwarding from the replica until it is refilled
         if epoch_s != self.epoch or version_i < self.version:
             self._snapshot(r)  # a new node, another store, or a store that went back in time
             return self.applied - before
@@ -613,8 +615,15 @@ class EngineFeedServer:
                     self.version = self.publisher.replace(self.snapshot())
                     self.resyncs += 1
                 else:
+                    before = self.version
                     self.version = self.publisher.publish_many(batch)
                     self.published += len(batch)
+                    if before and self.version != before + len(batch):
+                        # the store lost what we published (wiped, or a new server): put
+                        # the whole master copy back
+                        self.log("state feed: the engine's state went back; republishing")
+                        with self._cv:
+                            self._resync = True
             except FISUnavailableError as exc:
                 if self.available:
                     self.log(f"state feed: engine away ({exc}); holding changes")

@@ -378,6 +378,10 @@ class Supervisor:
                 for name, (acked, seen) in sorted(self.remote_acked.items())
             } if self.engine_role is None or not self.is_controller
             else self.engine_role.status(),
+            # state stream entries this node refused (forged, unsigned, malformed), by reason
+            "state_refused": dict(self.engine_role.replica.refused)
+            if self.engine_role is not None and not self.is_controller else {},
+            "deploys_refused": dict(self.deploys_refused),
         }  # fmt: skip
 
     async def _watch_worker(self, slot: WorkerSlot) -> None:

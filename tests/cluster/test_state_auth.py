@@ -1,0 +1,73 @@
+"""The state stream is signed with ``cluster.secret``: a host that can write to the FIS
+engine but lacks the secret cannot inject circuits; what it writes is refused and counted."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from pathlib import Path
+
+from pcsite_lite.fis import RedisFIS, open_engine
+from pcsite_lite.statestream import StatePublisher, StateSubscriber, check_op, sign_op
+from tests.fis.conftest import redis_server
+
+KEY = b"cluster-secret-0123456789"
+
+
+def _circuit(label: int) -> dict:
+    return {"op": "circuit", "label": label, "psp": "acme", "service": "relay", "in_key": "00",
+            "expires": time.time() + 600, "destination": None, "out": []}  # fmt: skip
+
+
+def _engine(url: str) -> RedisFIS:
+    fis = open_engine(f"{url}?prefix=pcl15f-auth")
+    assert isinstance(fis, RedisFIS)
+    return fis
+
+
+def test_sign_and_check() -> None:
+    op = sign_op(KEY, _circuit(7))
+    assert check_op(KEY, op) == (_circuit(7) | {"expires": op["expires"]}, "")
+    assert check_op(KEY, {**op, "label": 8}) == (None, "forged")
+    assert check_op(KEY, _circuit(7)) == (None, "unsigned")
+    assert check_op(KEY, sign_op(b"another-secret-0123456789", _circuit(7)))[1] == "forged"
+    assert check_op(KEY, "not an op") == (None, "malformed")
+
+
+def test_forged_log_and_snapshot_entries_are_refused_with_a_counted_reason(tmp_path: Path) -> None:
+    with redis_server(tmp_path) as url:
+        pub = StatePublisher(_engine(url), key=KEY)
+        held: dict[int, dict] = {}
+
+        def apply(op: dict) -> None:
+            if op["op"] == "circuit":
+                held[op["label"]] = op
+            elif op["op"] == "teardown":
+                held.pop(op["label"], None)
+
+        sub = StateSubscriber(_engine(url), apply, key=KEY)
+        pub.publish(_circuit(1))
+        sub.poll()
+        assert set(held) == {1}
+        # a host on the internal network writes to the engine directly, without the secret
+        r = _engine(url).client
+        k = pub.keys
+        for forged in (_circuit(66), sign_op(b"guessed-secret-000000000", _circuit(67)),
+                       {**sign_op(KEY, _circuit(1)), "label": 68}):  # fmt: skip
+            v = r.incr(k.version)
+            r.xadd(k.log, {"op": json.dumps(forged)}, id=f"{v}-0")
+        pub.publish(_circuit(2))  # the controller goes on publishing
+        sub.poll()
+        assert set(held) == {1, 2}, "a forged circuit was installed"
+        assert sub.refused == {"unsigned": 1, "forged": 2}
+        # forged snapshot entries: a node that (re)loads the snapshot skips them too
+        r.hset(k.state, "circuit:69", json.dumps(_circuit(69)))
+        mac = hmac.new(b"x" * 20, b"y", hashlib.sha256).hexdigest()
+        r.hset(k.state, "circuit:70", json.dumps({**_circuit(70), "mac": mac}))
+        held.clear()
+        fresh = StateSubscriber(_engine(url), apply, key=KEY)
+        fresh.poll()
+        assert set(held) == {1, 2}
+        assert fresh.refused == {"unsigned": 1, "forged": 1}
