@@ -91,12 +91,17 @@ _INVERSE: Final = {
     "circuit": ("teardown", "label"),
 }
 
-# KEYS: 1 version, 2 log, 3 state, 4 epoch. ARGV: 1 log length kept, 2 an epoch candidate, then
+# KEYS: 1 version, 2 log, 3 state, 4 epoch. ARGV: 1 log length kept, 2 an epoch candidate, 3 the
+# version the ops' macs were computed after (else nothing is written: -(version + 1)), then
 # quadruples (entity or "", op JSON, "set" | "del" | "keep", state JSON).
 _PUBLISH_LUA = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if cur ~= tonumber(ARGV[3]) then
+  return -(cur + 1)
+end
 redis.call('SET', KEYS[4], ARGV[2], 'NX')
 local v = 0
-for i = 3, #ARGV, 4 do
+for i = 4, #ARGV, 4 do
   v = redis.call('INCR', KEYS[1])
   local r = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], v .. '-0', 'op', ARGV[i + 1])
   if type(r) == 'table' and r.err then
@@ -114,8 +119,13 @@ return v
 
 
 # KEYS: 1 version, 2 log, 3 state, 4 the new state (renamed over it), 5 epoch. ARGV: 1 log
-# length kept, 2 an epoch candidate, 3 the resync op. The new state may be absent (empty).
+# length kept, 2 an epoch candidate, 3 the resync op, 4 the version it was signed after. The new
+# state may be absent (empty).
 _REPLACE_LUA = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if cur ~= tonumber(ARGV[4]) then
+  return -(cur + 1)
+end
 redis.call('SET', KEYS[5], ARGV[2], 'NX')
 if redis.call('EXISTS', KEYS[4]) == 1 then
   redis.call('RENAME', KEYS[4], KEYS[3])
@@ -169,22 +179,26 @@ def _dumps(doc: object) -> str:
 _MAC_TAG: Final = b"pcsite-state-1|"
 
 
-def _mac(key: bytes, op: Op) -> str:
+def _mac(key: bytes, op: Op, at: int | None) -> str:
     body = {k: v for k, v in op.items() if k != "mac"}
-    return hmac.new(key, _MAC_TAG + _dumps(body).encode(), hashlib.sha256).hexdigest()
+    where = b"state|" if at is None else b"log %d|" % at
+    return hmac.new(key, _MAC_TAG + where + _dumps(body).encode(), hashlib.sha256).hexdigest()
 
 
-def sign_op(key: bytes | None, op: Op) -> Op:
-    """``op`` with its ``mac`` (HMAC-SHA256 over the op without it, keyed by the site's
-    cluster secret); unchanged without a key."""
+def sign_op(key: bytes | None, op: Op, at: int | None = None) -> Op:
+    """``op`` with its ``mac``: HMAC-SHA256, keyed by the site's cluster secret, over the op
+    without it and where it is written: ``at`` = its version in the log (so an entry copied
+    to another position, or a state entry copied into the log, does not verify), ``None``
+    for the snapshot. Unchanged without a key."""
     if key is None:
         return op
-    return {**{k: v for k, v in op.items() if k != "mac"}, "mac": _mac(key, op)}
+    return {**{k: v for k, v in op.items() if k != "mac"}, "mac": _mac(key, op, at)}
 
 
-def check_op(key: bytes | None, op: Any) -> tuple[Op | None, str]:
-    """``(op without its mac, "")`` if ``op`` is an object whose mac verifies (or no key is
-    set), else ``(None, reason)``: ``"malformed"``, ``"unsigned"`` or ``"forged"``."""
+def check_op(key: bytes | None, op: Any, at: int | None = None) -> tuple[Op | None, str]:
+    """``(op without its mac, "")`` if ``op`` is an object whose mac verifies for position
+    ``at`` (or no key is set), else ``(None, reason)``: ``"malformed"``, ``"unsigned"`` or
+    ``"forged"``."""
     if not isinstance(op, dict):
         return None, "malformed"
     mac = op.get("mac")
@@ -193,7 +207,7 @@ def check_op(key: bytes | None, op: Any) -> tuple[Op | None, str]:
         return body, ""
     if not isinstance(mac, str):
         return None, "unsigned"
-    if not hmac.compare_digest(mac, _mac(key, body)):
+    if not hmac.compare_digest(mac, _mac(key, body, at)):
         return None, "forged"
     return body, ""
 
@@ -248,7 +262,7 @@ class StatePublisher:
             names = [entity_of(op) or "" for op in renewed]
             raw = self.engine.call(lambda r: r.hmget(self.keys.state, names))
             current = {n: json.loads(v) for n, v in zip(names, raw, strict=True) if v}
-        args: list[str] = []
+        entries: list[tuple[str, Op, str, str]] = []
         for op in ops:
             op = {k: v for k, v in op.items() if k != "mac"}
             try:
@@ -272,21 +286,26 @@ class StatePublisher:
                         action, state = "set", _dumps(sign_op(self.key, base))
                 else:
                     action, state = "set", text
-            args += [entity or "", text, action, state]
-        if not args:
+            entries.append((entity or "", op, action, state))
+        if not entries:
             return self.version()
         k = self.keys
         epoch = os.urandom(8).hex()
-        return int(
-            self.engine.call(
-                lambda r: self._script(
-                    keys=[k.version, k.log, k.state, k.epoch],
-                    args=[self._log_keep, epoch, *args],
-                    client=r,
-                ),
-                write=True,
-            )
-        )
+
+        def write(r: redis.Redis) -> int:
+            base = int(r.get(k.version) or 0)
+            for _ in range(3):  # the version moved meanwhile (another writer): sign again
+                args: list[Any] = [self._log_keep, epoch, base]
+                for i, (entity, op, action, state) in enumerate(entries):
+                    args += [entity, _dumps(sign_op(self.key, op, at=base + i + 1)), action, state]
+                v = int(self._script(keys=[k.version, k.log, k.state, k.epoch], args=args,
+                                     client=r))  # fmt: skip
+                if v >= 0:
+                    return v
+                base = -v - 1
+            raise FISUnavailableError("state stream: its version kept moving under the writer")
+
+        return int(self.engine.call(write, write=True))
 
     def version(self) -> int:
         return int(self.engine.call(lambda r: r.get(self.keys.version)) or 0)
@@ -311,13 +330,17 @@ class StatePublisher:
             r.delete(k.new_state)
             for i in range(0, len(items), chunk):
                 r.hset(k.new_state, mapping=dict(items[i : i + chunk]))
-            return int(
-                self._replace(
+            base = int(r.get(k.version) or 0)
+            for _ in range(3):
+                resync = _dumps(sign_op(self.key, RESYNC, at=base + 1))
+                v = int(self._replace(
                     keys=[k.version, k.log, k.state, k.new_state, k.epoch],
-                    args=[self._log_keep, os.urandom(8).hex(), _dumps(sign_op(self.key, RESYNC))],
-                    client=r,
-                )
-            )
+                    args=[self._log_keep, os.urandom(8).hex(), resync, base], client=r,
+                ))  # fmt: skip
+                if v >= 0:
+                    return v
+                base = -v - 1
+            raise FISUnavailableError("state stream: its version kept moving under the writer")
 
         return int(self.engine.call(write, write=True))
 
@@ -425,7 +448,7 @@ class StateSubscriber:
         out: list[tuple[int, Op | None]] = []
         for entry_id, fields in r.xrange(self.keys.log, f"{after + 1}-0", "+", count=BATCH):
             num = int(entry_id.decode().partition("-")[0])
-            op, why = check_op(self.key, json.loads(fields[b"op"]))
+            op, why = check_op(self.key, json.loads(fields[b"op"]), at=num)
             if op is None:
                 self.refused[why] += 1
                 self.last_error = f"log entry {num} refused: {why}"

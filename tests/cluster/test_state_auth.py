@@ -34,6 +34,10 @@ def test_sign_and_check() -> None:
     assert check_op(KEY, _circuit(7)) == (None, "unsigned")
     assert check_op(KEY, sign_op(b"another-secret-0123456789", _circuit(7)))[1] == "forged"
     assert check_op(KEY, "not an op") == (None, "malformed")
+    logged = sign_op(KEY, _circuit(7), at=5)  # bound to its position in the log
+    assert check_op(KEY, logged, at=5)[1] == ""
+    assert check_op(KEY, logged, at=6)[1] == "forged"
+    assert check_op(KEY, logged)[1] == "forged"
 
 
 def test_forged_log_and_snapshot_entries_are_refused_with_a_counted_reason(tmp_path: Path) -> None:
@@ -54,14 +58,24 @@ def test_forged_log_and_snapshot_entries_are_refused_with_a_counted_reason(tmp_p
         # a host on the internal network writes to the engine directly, without the secret
         r = _engine(url).client
         k = pub.keys
-        for forged in (_circuit(66), sign_op(b"guessed-secret-000000000", _circuit(67)),
-                       {**sign_op(KEY, _circuit(1)), "label": 68}):  # fmt: skip
+        pub.publish({"op": "teardown", "label": 1})
+        sub.poll()
+        assert held == {}
+        genuine = [json.loads(f[b"op"]) for _, f in r.xrange(k.log)]
+        assert genuine[-2]["label"] == 1 and genuine[-2]["op"] == "circuit"
+        for forged in (
+            _circuit(66),
+            sign_op(b"guessed-secret-000000000", _circuit(67)),
+            {**genuine[-2], "label": 68},
+            genuine[-2],  # a replay: the genuine circuit op at a later position
+            sign_op(KEY, _circuit(1)),
+        ):  # a snapshot entry copied into the log
             v = r.incr(k.version)
             r.xadd(k.log, {"op": json.dumps(forged)}, id=f"{v}-0")
         pub.publish(_circuit(2))  # the controller goes on publishing
         sub.poll()
-        assert set(held) == {1, 2}, "a forged circuit was installed"
-        assert sub.refused == {"unsigned": 1, "forged": 2}
+        assert set(held) == {2}, "a forged circuit was installed"
+        assert sub.refused == {"unsigned": 1, "forged": 4}
         # forged snapshot entries: a node that (re)loads the snapshot skips them too
         r.hset(k.state, "circuit:69", json.dumps(_circuit(69)))
         mac = hmac.new(b"x" * 20, b"y", hashlib.sha256).hexdigest()
@@ -69,5 +83,5 @@ def test_forged_log_and_snapshot_entries_are_refused_with_a_counted_reason(tmp_p
         held.clear()
         fresh = StateSubscriber(_engine(url), apply, key=KEY)
         fresh.poll()
-        assert set(held) == {1, 2}
+        assert set(held) == {2}
         assert fresh.refused == {"unsigned": 1, "forged": 1}
