@@ -29,9 +29,23 @@ Without a Redis engine (the testbed's shared SQLite file) the controller's TCP f
 from __future__ import annotations
 
 import base64
+import json
+import os
+import time
+from collections.abc import Callable
 from typing import Any, Final
 
+import redis
+import trio
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from pcsite_lite.billing.cluster import fetch_batches, push_batches
+from pcsite_lite.billing.ledger import LedgerError
+from pcsite_lite.fis import FISUnavailableError
+from pcsite_lite.repository import RepositoryError
+from pcsite_lite.statestream import EngineFeedClient, EngineFeedServer, StatePublisher
+
+from .usage import Collector, NodeJournal
 
 __all__ = [
     "REDIS_SCHEMES",
@@ -47,6 +61,7 @@ __all__ = [
 
 Op = dict[str, Any]
 REDIS_SCHEMES: Final = ("redis:", "rediss:", "unix:", "redis+sentinel:")
+REPORT_INTERVAL: Final = 0.25  #: s between a node's live usage reports
 ACK_TTL_MS: Final = 2000  #: a node's acknowledgement expires (it counts as gone) after this
 MAX_NODES: Final = 256  #: nodes read from the engine at most
 
@@ -102,7 +117,6 @@ def billed(client: Any, prefix: str, node: str) -> int:
 def deploy_ops(repo: Any) -> dict[str, Op]:
     """The ``deploy`` op of every active service version in ``repo`` (entity -> op); a
     version that no longer verifies is left out (nodes would refuse it)."""
-    from pcsite_lite.repository import RepositoryError
 
     out: dict[str, Op] = {}
     for psp in repo.psps():
@@ -157,7 +171,6 @@ class ControllerSide:
     nodes' acknowledgements, bills the nodes' usage. ``sup`` is the supervisor."""
 
     def __init__(self, sup: Any, engine: Any, secret: bytes, interval: float) -> None:
-        from pcsite_lite.statestream import EngineFeedServer, StatePublisher
 
         self.sup = sup
         self.engine = engine
@@ -169,8 +182,8 @@ class ControllerSide:
         self.acks: dict[str, int] = {}  #: node -> version it applied (live ones)
         self.acks_at = 0.0
         self._settled_seq = 0
-        self.collected = 0  #: usage batches billed
-        self.collect_skipped: dict[str, str] = {}
+        self.collector: Any = None  #: cluster.usage.Collector, while running
+        self.collect_skipped: dict[str, str] = {}  #: node -> why its batches were not read
 
     def publish(self, op: Op) -> None:
         self.feed.publish(_strip(op))
@@ -185,7 +198,6 @@ class ControllerSide:
         raise RuntimeError("the master state kept changing while it was read")
 
     async def run(self) -> None:
-        import trio
 
         self.deploys = await trio.to_thread.run_sync(self._read_deploys)
         self.feed.start()
@@ -193,6 +205,7 @@ class ControllerSide:
             async with trio.open_nursery() as n:
                 n.start_soon(self._deployments)
                 n.start_soon(self._collect)
+                n.start_soon(self._live)
         finally:
             self.feed.close(timeout=2.0)
 
@@ -202,7 +215,6 @@ class ControllerSide:
 
     async def _deployments(self) -> None:
         """Publish what changed whenever the repository's active versions change."""
-        import trio
 
         repo = self.sup.backend.repo
         if repo is None:
@@ -229,63 +241,70 @@ class ControllerSide:
                                  f"{op['version']} to the nodes")  # fmt: skip
             self.deploys = ops
 
-    def _collect_once(self, collector: Any) -> None:
-        from pcsite_lite.fis import FISUnavailableError
+    async def _live(self) -> None:
+        """Fold the nodes' live usage reports into the supervisor's view, as the TCP feed's
+        reports are (``Supervisor._node_report``)."""
 
-        def fetcher(node: str) -> Any:
-            from pcsite_lite.billing.cluster import fetch_batches
+        def read() -> list[Any]:
+            def mget(r: Any) -> list[Any]:
+                names = known_nodes(r, self.state_prefix)
+                if not names:
+                    return []
+                return list(r.mget([f"{self.state_prefix}:live:{n}" for n in names]))
 
-            return lambda after: self.engine.call(
-                lambda r: fetch_batches(r, self.engine.prefix, node, after)
-            )
+            return self.engine.call(mget)  # type: ignore[no-any-return]
+
+        while True:
+            try:
+                raw = await trio.to_thread.run_sync(read)
+            except FISUnavailableError:
+                raw = []
+            for doc in raw:
+                if doc is None:
+                    continue
+                try:
+                    self.sup._node_report(json.loads(doc))
+                except ValueError:
+                    self.sup.log("usage: malformed live report dropped")
+            await trio.sleep(REPORT_INTERVAL)
+
+    def _gather(self, last_seq: dict[str, int]) -> list[Any]:
+        """The nodes' batches past what was billed, from their streams on the engine (a node
+        that cannot be read now is read next round); also refreshes :attr:`acks`."""
 
         try:
             self.acks = self.engine.call(lambda r: live_acks(r, self.state_prefix))
             nodes = self.engine.call(lambda r: known_nodes(r, self.state_prefix))
         except FISUnavailableError:
-            return
-        import time
-
+            return []
         self.acks_at = time.monotonic()
-        result = collector.collect_from({n: fetcher(n) for n in nodes}, time.time())
-        self.collected += result.taken
-        self.collect_skipped = result.skipped
-        if result.taken:
+        out: list[Any] = []
+        for node in nodes:
             try:
-                self.engine.call(lambda r: set_billed(r, self.engine.prefix, result.last_seq))
-            except FISUnavailableError:
-                pass  # nodes prune later
+                got = self.engine.call(
+                    lambda r, n=node: fetch_batches(r, self.engine.prefix, n, last_seq.get(n, 0))
+                )
+            except (FISUnavailableError, LedgerError) as exc:
+                self.collect_skipped[node] = f"{type(exc).__name__}: {exc}"[:300]
+                continue
+            self.collect_skipped.pop(node, None)
+            out += [b for b in got if b.node == node]
+        return out
+
+    def _billed(self, last_seq: dict[str, int]) -> None:
+
+        try:
+            self.engine.call(lambda r: set_billed(r, self.engine.prefix, last_seq))
+        except FISUnavailableError:
+            pass  # nodes prune later
 
     async def _collect(self) -> None:
-        import trio
 
-        from pcsite_lite.billing.cluster import ClusterCollector
-        from pcsite_lite.billing.ledger import Ledger, LedgerError
-
-        ledger = Ledger(self.sup.cfg.metering.ledger, check_same_thread=False)
-        collector = ClusterCollector(ledger, self.sup.cfg.name)
-        failing = ""
-        try:
-            while True:
-                try:
-                    await trio.to_thread.run_sync(self._collect_once, collector)
-                    failing = ""
-                except LedgerError as exc:
-                    if str(exc) != failing:
-                        self.sup.log(f"usage collection: {exc} (retrying)")
-                    failing = str(exc)
-                await trio.sleep(self.interval)
-        finally:
-            with trio.CancelScope(shield=True):
-                try:  # a last round: what the nodes shipped as they stopped with us
-                    await trio.to_thread.run_sync(self._collect_once, collector)
-                except LedgerError:
-                    pass
-            ledger.close()
+        self.collector = Collector(self.sup.cfg.metering.ledger, self.sup.cfg.name)
+        await self.collector.run(self.interval, self.sup.log, self._gather, self._billed)
 
     async def settle(self, seq: int, timeout: float) -> None:
         """Wait (bounded) until every live node applied the state published up to ``seq``."""
-        import trio
 
         if seq <= self._settled_seq:
             return
@@ -301,7 +320,6 @@ class ControllerSide:
         self._settled_seq = seq
 
     def _read_acks(self) -> dict[str, int]:
-        from pcsite_lite.fis import FISUnavailableError
 
         try:
             return self.engine.call(lambda r: live_acks(r, self.state_prefix))  # type: ignore[no-any-return]
@@ -317,11 +335,9 @@ class NodeSide:
     """A compute node's part: follows the state stream (``client``), acknowledges, journals
     its usage and ships it to the engine."""
 
-    def __init__(self, sup: Any, engine: Any, cl: Any, interval: float) -> None:
-        import os
-
-        from pcsite_lite.billing.cluster import NodeUsageLog
-        from pcsite_lite.statestream import EngineFeedClient
+    def __init__(
+        self, sup: Any, engine: Any, cl: Any, interval: float, report: Callable[[], Op]
+    ) -> None:
 
         self.sup = sup
         self.engine = engine
@@ -334,7 +350,9 @@ class NodeSide:
             applied=self._applied,
         )  # fmt: skip
         self.state_prefix = self.client.replica.keys.version.rpartition(":")[0]
-        self.journal = NodeUsageLog(os.path.join(state_dir, "usage-journal.db"), cl.node)
+        self.journal = NodeJournal(os.path.join(state_dir, "usage-journal.db"), cl.node)
+        self.sink = self.journal.sink
+        self.report = report  #: this node's cumulative usage report (the live view)
         self.shipped = 0  #: batches copied to the engine by this process
 
     @property
@@ -348,21 +366,7 @@ class NodeSide:
     def worker_snapshot(self) -> Any:
         return (op for op in self.client.replica.iter_snapshot_ops() if op["op"] != "deploy")
 
-    def sink(self, records: list[Any]) -> None:
-        """The usage recorder's writer: one durable, numbered batch per metering interval."""
-        import sqlite3
-
-        from pcsite_lite.billing.ledger import LedgerError
-
-        try:
-            self.journal.append(records)
-        except sqlite3.Error as exc:
-            raise LedgerError(f"usage journal: {exc}") from None
-
     async def _applied(self, version: int) -> None:
-        import trio
-
-        from pcsite_lite.fis import FISUnavailableError
 
         await self.sup.settle()  # this node's workers hold what was handed over
         try:
@@ -374,32 +378,49 @@ class NodeSide:
 
     def ship(self) -> int:
         """Copy the journal's new batches to the engine, forget what was billed."""
-        from pcsite_lite.billing.cluster import push_batches
 
-        n: int = self.engine.call(lambda r: push_batches(r, self.engine.prefix, self.journal))
+        n: int = self.engine.call(lambda r: push_batches(r, self.engine.prefix, self.journal.log))
         self.shipped += n
-        done = self.engine.call(lambda r: billed(r, self.engine.prefix, self.node))
-        if done:
-            self.journal.prune(done)
+        self.journal.mark_billed(
+            self.engine.call(lambda r: billed(r, self.engine.prefix, self.node))
+        )
         return n
 
     async def run(self) -> None:
-        import trio
-
-        from pcsite_lite.fis import FISUnavailableError
 
         async with trio.open_nursery() as n:
             n.start_soon(self.client.run)
+            n.start_soon(self._live)
+            failing = ""
             while True:
                 try:
                     await trio.to_thread.run_sync(self.ship)
+                    failing = ""
                 except FISUnavailableError:
                     pass  # the journal keeps the batches
+                except redis.RedisError as exc:  # e.g. a journal numbered below its stream
+                    if str(exc) != failing:
+                        self.sup.log(f"usage journal: cannot ship: {exc}")
+                    failing = str(exc)
                 await trio.sleep(self.interval)
+
+    async def _live(self) -> None:
+        """The node's cumulative usage, for the controller's live view (``usage``, metrics)
+        every ``REPORT_INTERVAL`` s; billing does not use it (the journal is billed)."""
+
+        key = f"{self.state_prefix}:live:{self.node}"
+        while True:
+            doc = json.dumps(self.report(), separators=(",", ":"))
+            try:
+                await trio.to_thread.run_sync(
+                    lambda d=doc: self.engine.call(lambda r: r.set(key, d, px=ACK_TTL_MS))
+                )
+            except FISUnavailableError:
+                pass
+            await trio.sleep(REPORT_INTERVAL)
 
     def close(self) -> None:
         """At a clean stop, after the final usage was journaled: ship it and close."""
-        from pcsite_lite.fis import FISUnavailableError
 
         try:
             self.ship()

@@ -123,6 +123,8 @@ class Supervisor:
         #: cluster.engine.ControllerSide / NodeSide: the roles meet on a Redis FIS engine
         self.engine_role: Any = None
         self.deploys_refused: Counter[str] = Counter()  #: deploy ops a node refused, by reason
+        self.journal: Any = None  #: cluster.usage.NodeJournal (a compute node)
+        self.usage_collector: Any = None  #: cluster.usage.Collector (a controller with nodes)
         #: node name -> {"inc": its process's id, "usage": cumulative, "base": earlier ones}
         self.remote_usage: dict[str, dict[str, Any]] = {}
         #: node name -> (highest op seq it acknowledged, time.monotonic() it was last heard)
@@ -310,8 +312,9 @@ class Supervisor:
         """Site-wide kernel drops ``(dev, reason, packets)`` as of the last worker_stats()."""
         return site_drops(self._ksample) if self._ksample is not None else []
 
-    def worker_usage(self) -> list[dict[str, Any]]:
-        """Per worker: ``"psp/service" -> counters``, monotonic across worker restarts."""
+    def worker_usage(self, *, local: bool = False) -> list[dict[str, Any]]:
+        """Per worker: ``"psp/service" -> counters``, monotonic across worker restarts; then
+        per compute node (their live reports) unless ``local``."""
         out = []
         for s in self.slots:
             merged: dict[str, dict[str, int]] = {}
@@ -321,15 +324,20 @@ class Supervisor:
                     for k, v in doc.items():
                         acc[k] = acc.get(k, 0) + int(v)
             out.append(merged)
-        for r in self.remote_usage.values():  # compute nodes (reported over the feed)
+        if local:
+            return out
+        for r in self.remote_usage.values():  # compute nodes (their live reports)
             out.append(merge_usage([r["base"], r["usage"]]))
         return out
 
     def _node_report(self, doc: dict[str, Any]) -> None:
-        """A compute node's cumulative usage; a new incarnation (restart) starts from zero,
-        so the last report of the old one is folded into the base: counters stay monotonic
-        and the ledger gets each node's usage once (up to a crashed node's last 0.25 s)."""
+        """A compute node's report. Its cumulative usage is the live view (``usage``,
+        metrics): a new incarnation (restart) starts from zero, so the last report of the old
+        one is folded into the base and counters stay monotonic. Billing does not use it: the
+        node's journaled batches (``batches``, over the TCP feed) go to the collector."""
         node, ack = doc.get("node"), doc.get("ack")
+        if isinstance(node, str) and "batches" in doc and self.usage_collector is not None:
+            self.usage_collector.offer(node, doc["batches"], MAX_NODES)
         if (
             isinstance(node, str)
             and node not in self.remote_acked
@@ -568,10 +576,11 @@ class Supervisor:
             elif self.backend._kernel is not None:  # the LB's kernel (lb,controller)
                 self.backend.apply_divert()
             self._cluster_setup()
-            node_side = self.engine_role if self.is_node and not self.is_controller else None
+            # a compute node journals its usage for the controller; a site's own ledger gets
+            # its own workers' usage (the nodes' comes through the collector, once)
             self.recorder = UsageRecorder(
-                cfg.name, cfg.metering.ledger, lambda: totals(self.worker_usage()),
-                sink=None if node_side is None else node_side.sink,
+                cfg.name, cfg.metering.ledger, lambda: totals(self.worker_usage(local=True)),
+                sink=None if self.journal is None else self.journal.sink,
             )  # fmt: skip
             async with trio.open_nursery() as nursery:
                 for s in self.slots:
@@ -586,6 +595,9 @@ class Supervisor:
                                                  self.heartbeater)}.values():  # fmt: skip
                     if task is not None:
                         nursery.start_soon(task.run)
+                if self.usage_collector is not None:
+                    nursery.start_soon(self.usage_collector.run, cfg.metering.interval,
+                                       self.log, None, self._billed_tcp)  # fmt: skip
 
                 tls = cfg.tls.server_context() if cfg.tls is not None else None
 
@@ -624,6 +636,7 @@ class Supervisor:
                         self.log(f"stopping on signal {signal.Signals(signum).name}")
                         if self.heartbeater is not None:
                             await self.heartbeater.drain()  # planned stop: lose nothing
+                        await self._bill_before_stop()
                         break
                 self._stopping = True
                 nursery.cancel_scope.cancel()
@@ -633,6 +646,8 @@ class Supervisor:
             self._final_usage()
             if self.engine_role is not None and hasattr(self.engine_role, "close"):
                 self.engine_role.close()  # a node ships its final usage
+            elif self.journal is not None:
+                self.journal.close()
             if self.is_node:  # a controller alone changed nothing in the kernel
                 self.kernel.teardown()
             for s in self.slots:
@@ -652,6 +667,15 @@ class Supervisor:
         from pcsite_lite.cluster.node import Heartbeater
 
         interval = self.cfg.metering.interval
+        inc = os.urandom(8).hex()  #: this process: a node's restart is told apart by it
+
+        def report() -> dict[str, Any]:  # a node's live usage (its journal is billed)
+            doc = {"node": cl.node, "inc": inc,
+                   "usage": merge_usage(self.worker_usage(local=True))}  # fmt: skip
+            if self.journal is not None and self.engine_role is None:  # over the TCP feed
+                doc["batches"] = self.journal.unbilled()
+            return doc
+
         if uses_engine(self.cfg.fis_url):
             from pcsite_lite.cluster.engine import ControllerSide, NodeSide
             from pcsite_lite.fis import RedisFIS, open_engine
@@ -661,22 +685,22 @@ class Supervisor:
             if self.is_controller:
                 self.engine_role = self.feed = ControllerSide(self, engine, cl.secret, interval)
             elif self.is_node:
-                side = NodeSide(self, engine, cl, interval)
+                side = NodeSide(self, engine, cl, interval, report)
                 self.engine_role = self.feed_client = side
+                self.journal = side.journal
                 self._snapshot = side.worker_snapshot
         else:
             from pcsite_lite.cluster.feed import FeedClient, FeedServer
+            from pcsite_lite.cluster.usage import Collector, NodeJournal
 
             if self.is_controller:
                 self.feed = FeedServer(self.backend.iter_snapshot_ops, cl.secret, self.log,
                                        on_report=self._node_report)  # fmt: skip
+                self.usage_collector = Collector(self.cfg.metering.ledger, self.cfg.name)
             if self.is_node and not self.is_controller:
-                inc = os.urandom(8).hex()
-
-                def report() -> dict[str, Any]:
-                    return {"node": cl.node, "inc": inc,
-                            "usage": merge_usage(self.worker_usage())}  # fmt: skip
-
+                self.journal = NodeJournal(
+                    os.path.join(self.cfg.state_dir, "usage-journal.db"), cl.node
+                )
                 client = FeedClient(*cl.controller, cl.secret, on_op=self._remote_op,
                                     on_synced=lambda: None, log=self.log, report=report,
                                     node=cl.node, settle=self.settle)  # fmt: skip
@@ -695,6 +719,14 @@ class Supervisor:
         a deployment to this node's repository (its workers load from there)."""
         if op.get("op") in ("deploy", "undeploy"):
             self._deploy(op)
+            return
+        if op.get("op") == "billed":  # the controller billed our journal up to seq
+            cl = self.cfg.cluster
+            if self.journal is not None and cl is not None and op.get("node") == cl.node:
+                try:
+                    self.journal.mark_billed(int(op["seq"]))
+                except (ValueError, TypeError, KeyError) as exc:
+                    self.log(f"usage journal: bad billed mark {op!r}: {exc}")
             return
         self.broadcast(op)
         if op.get("op") in ("destination", "release_destination"):
@@ -718,6 +750,26 @@ class Supervisor:
         except (RepositoryError, ValueError, KeyError, TypeError) as exc:
             self.deploys_refused[getattr(exc, "reason", type(exc).__name__)] += 1
             self.log(f"deployment of {name} refused: {exc}")
+
+    async def _bill_before_stop(self, timeout: float = 3.0) -> None:
+        """A compute node on the TCP feed journals its usage so far and waits (bounded) until
+        the controller billed it; what it metered after stays journaled for its next start."""
+        if self.journal is None or self.engine_role is not None or self.recorder is None:
+            return  # over the engine the controller collects a stopped node's stream
+        try:
+            self.recorder.flush()
+        except Exception as exc:  # stop anyway: the journal keeps what it has
+            self.log(f"usage journal: {type(exc).__name__}: {exc}")
+            return
+        last = self.journal.log.last_seq()
+        with trio.move_on_after(timeout):
+            while self.journal.billed < last:
+                await trio.sleep(0.05)
+
+    def _billed_tcp(self, last_seq: dict[str, int]) -> None:
+        """Tell the nodes on the TCP feed how far their journals were billed."""
+        for node, seq in last_seq.items():
+            self.feed.publish({"op": "billed", "node": node, "seq": seq})
 
     def _final_usage(self) -> None:
         """Append the usage the workers reported up to their stop (SIGTERM loses none)."""
