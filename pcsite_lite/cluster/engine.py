@@ -175,6 +175,7 @@ class ControllerSide:
         self.sup = sup
         self.engine = engine
         self.interval = interval
+        self.secret = secret
         self.publisher = StatePublisher(engine, key=secret)
         self.state_prefix = self.publisher.keys.version.rpartition(":")[0]
         self.deploys: dict[str, Op] = {}  #: what nodes were told to run (entity -> op)
@@ -282,7 +283,9 @@ class ControllerSide:
         for node in nodes:
             try:
                 got = self.engine.call(
-                    lambda r, n=node: fetch_batches(r, self.engine.prefix, n, last_seq.get(n, 0))
+                    lambda r, n=node: fetch_batches(
+                        r, self.engine.prefix, n, last_seq.get(n, 0), key=self.secret
+                    )
                 )
             except (FISUnavailableError, LedgerError) as exc:
                 self.collect_skipped[node] = f"{type(exc).__name__}: {exc}"[:300]
@@ -342,6 +345,7 @@ class NodeSide:
         self.sup = sup
         self.engine = engine
         self.node = cl.node
+        self.secret = cl.secret
         self.interval = interval
         state_dir = sup.cfg.state_dir
         self.client = EngineFeedClient(
@@ -379,7 +383,9 @@ class NodeSide:
     def ship(self) -> int:
         """Copy the journal's new batches to the engine, forget what was billed."""
 
-        n: int = self.engine.call(lambda r: push_batches(r, self.engine.prefix, self.journal.log))
+        n: int = self.engine.call(
+            lambda r: push_batches(r, self.engine.prefix, self.journal.log, key=self.secret)
+        )
         self.shipped += n
         self.journal.mark_billed(
             self.engine.call(lambda r: billed(r, self.engine.prefix, self.node))

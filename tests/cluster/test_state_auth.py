@@ -85,3 +85,38 @@ def test_forged_log_and_snapshot_entries_are_refused_with_a_counted_reason(tmp_p
         fresh.poll()
         assert set(held) == {2}
         assert fresh.refused == {"unsigned": 1, "forged": 1}
+
+
+def test_a_forged_usage_batch_is_not_billed_and_the_reason_is_given(tmp_path: Path) -> None:
+    from pcsite_lite.billing.cluster import (
+        ClusterCollector,
+        NodeUsageLog,
+        UsageBatch,
+        fetch_batches,
+        push_batches,
+    )
+    from pcsite_lite.billing.ledger import Ledger
+    from pcsite_lite.metering import Counters, UsageRecord
+
+    with redis_server(tmp_path) as url:
+        r = _engine(url).client
+        log = NodeUsageLog(tmp_path / "n1.db", "n1")
+        log.append([UsageRecord("s1", "acme", "relay", 1.0, 2.0, Counters(packets=5))])
+        assert push_batches(r, "pcl15f", log, key=KEY) == 1
+        forged = UsageBatch("n1", 2, (UsageRecord("s1", "acme", "relay", 2.0, 3.0,
+                                                  Counters(packets=10**9)),))  # fmt: skip
+        r.xadd("pcl15f:usage:n1", {"b": forged.to_json(), "m": "0" * 64}, id="2-0")
+        with Ledger(tmp_path / "site.ledger") as led:
+            col = ClusterCollector(led, "s1")
+            res = col.collect_from(
+                {"n1": lambda after: fetch_batches(r, "pcl15f", "n1", after, key=KEY)}, 10.0
+            )
+            assert res.taken == 0 and "forged" in res.skipped["n1"]
+            assert led.records() == []
+            r.xdel("pcl15f:usage:n1", "2-0")  # the operator removes it: billing resumes
+            res = col.collect_from(
+                {"n1": lambda after: fetch_batches(r, "pcl15f", "n1", after, key=KEY)}, 11.0
+            )
+            assert res.taken == 1
+            assert sum(rec.counters.packets for rec in led.records()) == 5
+        log.close()
