@@ -31,8 +31,9 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import redis
@@ -50,6 +51,7 @@ from .usage import Collector, NodeJournal
 __all__ = [
     "REDIS_SCHEMES",
     "ack",
+    "acl_file",
     "apply_deploy",
     "billed",
     "deploy_ops",
@@ -69,6 +71,43 @@ MAX_NODES: Final = 256  #: nodes read from the engine at most
 def uses_engine(fis_url: str) -> bool:
     """Whether the site's FIS is a network engine the roles can meet on."""
     return fis_url.startswith(REDIS_SCHEMES)
+
+
+# --- who may write what on the engine ---------------------------------------------------------
+_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+
+
+def acl_file(prefix: str, passwords: dict[str, str], nodes: Iterable[str]) -> str:
+    """A Redis ACL file for a site whose roles meet on the engine under ``prefix``: one user
+    per role, so a machine holds only its own role's password and can do only its role's
+    writes. ``passwords``: ``controller``, ``lb`` and ``node-<name>`` for each node.
+
+    * ``controller``: everything under the prefix (FIS, state stream, usage);
+    * ``node-<name>``: reads everything under the prefix; writes the FIS (its services may),
+      and of the cluster's keys only its own acknowledgement, live report and usage stream:
+      not the state stream (it cannot publish circuits) nor another node's usage;
+    * ``lb``: reads the state stream (its divert set), writes nothing;
+    * ``default``: off.
+    """
+    p = prefix
+    base = "+@connection +ping -@dangerous"
+    common = f"resetchannels &{p}:changes -@all +@read +@pubsub +@transaction {base}"
+    lines = [f"user default off resetkeys ~{p}:* {common} +@write +@scripting"]
+    lines.append(
+        f"user controller on >{passwords['controller']} resetkeys ~{p}:* {common} "
+        "+@write +@scripting"
+    )
+    lines.append(f"user lb on >{passwords['lb']} resetkeys %R~{p}:state:* {common}")
+    fis = f"~{p}:kv:* ~{p}:lpm:* ~{p}:version ~{p}:log ~{p}:epoch"
+    for node in nodes:
+        if not _NAME.match(node):
+            raise ValueError(f"node name {node!r} cannot be a Redis user name")
+        own = f"~{p}:usage:{node} ~{p}:state:node:{node} ~{p}:state:live:{node} ~{p}:state:nodes"
+        lines.append(
+            f"user node-{node} on >{passwords[f'node-{node}']} resetkeys %R~{p}:* {fis} {own} "
+            f"{common} +@write +@scripting"
+        )
+    return "\n".join(lines) + "\n"
 
 
 # --- acknowledgements -------------------------------------------------------------------------

@@ -9,7 +9,9 @@ import json
 import time
 from pathlib import Path
 
-from pcsite_lite.fis import RedisFIS, open_engine
+import pytest
+
+from pcsite_lite.fis import FISAuthError, RedisFIS, open_engine
 from pcsite_lite.statestream import StatePublisher, StateSubscriber, check_op, sign_op
 from tests.fis.conftest import redis_server
 
@@ -119,4 +121,54 @@ def test_a_forged_usage_batch_is_not_billed_and_the_reason_is_given(tmp_path: Pa
             )
             assert res.taken == 1
             assert sum(rec.counters.packets for rec in led.records()) == 5
+        log.close()
+
+
+def test_per_role_redis_users_confine_each_machine_to_its_own_writes(tmp_path: Path) -> None:
+    """With :func:`acl_file`, a node's Redis user follows the state stream, acknowledges,
+    reports and ships its own usage, but cannot publish a circuit or write another node's
+    usage; the LB's user only reads; the controller publishes."""
+    import redis as redislib
+
+    from pcsite_lite.billing.cluster import NodeUsageLog, push_batches
+    from pcsite_lite.cluster.engine import ack, acl_file
+    from pcsite_lite.metering import Counters, UsageRecord
+
+    pw = {"controller": "c" * 20, "lb": "l" * 20, "node-n1": "a" * 20, "node-n2": "b" * 20}
+    with redis_server(tmp_path, acl_text=acl_file("pcfis", pw, ["n1", "n2"])) as url:
+        sock = url.removeprefix("unix://")
+
+        def as_user(user: str) -> RedisFIS:
+            c = redislib.Redis(unix_socket_path=sock, username=user, password=pw[user])
+            return RedisFIS(client=c)
+
+        ctl, n1, lb = as_user("controller"), as_user("node-n1"), as_user("lb")
+        pub = StatePublisher(ctl, key=KEY)
+        pub.publish(_circuit(1))
+        held: list[int] = []
+        sub = StateSubscriber(n1, lambda op: held.append(op["label"]), key=KEY)
+        assert sub.poll() == 1 and held == [1] and sub.available
+        ack(n1.client, "pcfis:state", "n1", sub.version)
+        n1.client.set("pcfis:state:live:n1", "{}")
+        log = NodeUsageLog(tmp_path / "n1.db", "n1")
+        log.append([UsageRecord("s1", "acme", "relay", 1.0, 2.0, Counters(packets=5))])
+        assert push_batches(n1.client, "pcfis", log, key=KEY) == 1
+        n1.put("acme/relay", "k", "v", writer="acme")  # the FIS: its services may write
+        assert n1.get("acme/relay", "k") == "v"
+        # what the node's user may not do
+        with pytest.raises(FISAuthError, match="refused access"):
+            StatePublisher(n1, key=KEY).publish(_circuit(66))
+        with pytest.raises(redislib.exceptions.NoPermissionError):
+            n1.client.hset("pcfis:state:state", "circuit:66", "{}")
+        with pytest.raises(redislib.exceptions.NoPermissionError):
+            n1.client.xadd("pcfis:usage:n2", {"b": "{}"})
+        with pytest.raises(redislib.exceptions.NoPermissionError):
+            ack(n1.client, "pcfis:state", "n2", 99)
+        # the LB reads the state stream and writes nothing
+        lb_held: list[int] = []
+        assert StateSubscriber(lb, lambda op: lb_held.append(op["label"]), key=KEY).poll() == 1
+        with pytest.raises(redislib.exceptions.NoPermissionError):
+            lb.client.set("pcfis:state:version", 0)
+        with pytest.raises(redislib.exceptions.AuthenticationError):
+            redislib.Redis(unix_socket_path=sock).ping()  # default user off
         log.close()
