@@ -446,7 +446,8 @@ class StateSubscriber:
     def _entries(self, r: redis.Redis, after: int) -> list[tuple[int, Op | None]]:
         """Log entries past ``after``; an entry refused by :func:`check_op` is ``None``."""
         out: list[tuple[int, Op | None]] = []
-        for entry_id, fields in r.xrange(self.keys.log, f"{after + 1}-0", "+", count=BATCH):
+        entries: Any = r.xrange(self.keys.log, f"{after + 1}-0", "+", count=BATCH)
+        for entry_id, fields in entries:
             num = int(entry_id.decode().partition("-")[0])
             op, why = check_op(self.key, json.loads(fields[b"op"]), at=num)
             if op is None:

@@ -292,7 +292,7 @@ class ControllerSide:
                     return []
                 return list(r.mget([f"{self.state_prefix}:live:{n}" for n in names]))
 
-            return self.engine.call(mget)  # type: ignore[no-any-return]
+            return self.engine.call(mget)
 
         while True:
             try:
@@ -364,7 +364,7 @@ class ControllerSide:
     def _read_acks(self) -> dict[str, int]:
 
         try:
-            return self.engine.call(lambda r: live_acks(r, self.state_prefix))  # type: ignore[no-any-return]
+            return self.engine.call(lambda r: live_acks(r, self.state_prefix))
         except FISUnavailableError:
             return {}
 
@@ -456,10 +456,12 @@ class NodeSide:
         key = f"{self.state_prefix}:live:{self.node}"
         while True:
             doc = json.dumps(self.report(), separators=(",", ":"))
+
+            def put(r: Any, d: str = doc) -> None:
+                r.set(key, d, px=ACK_TTL_MS)
+
             try:
-                await trio.to_thread.run_sync(
-                    lambda d=doc: self.engine.call(lambda r: r.set(key, d, px=ACK_TTL_MS))
-                )
+                await trio.to_thread.run_sync(self.engine.call, put)
             except FISUnavailableError:
                 pass
             await trio.sleep(REPORT_INTERVAL)

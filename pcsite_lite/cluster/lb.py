@@ -126,11 +126,13 @@ class LoadBalancer:
         if follow_feed and uses_engine(cfg.fis_url):  # the state stream on the FIS engine
             import os
 
-            from pcsite_lite.fis import open_engine
+            from pcsite_lite.fis import RedisFIS, open_engine
             from pcsite_lite.statestream import EngineFeedClient
 
+            engine = open_engine(cfg.fis_url)
+            assert isinstance(engine, RedisFIS)
             self.feed = EngineFeedClient(
-                open_engine(cfg.fis_url), on_op=self._feed_op, on_synced=lambda: None,
+                engine, on_op=self._feed_op, on_synced=lambda: None,
                 log=self.log, key=self.cl.secret,
                 state_file=os.path.join(cfg.state_dir, "cluster-state.json"),
             )  # fmt: skip
