@@ -17,6 +17,19 @@ def circuit(label: int, expires: float = 100.0) -> dict:
             "expires": expires, "destination": None, "out": []}  # fmt: skip
 
 
+async def _synced_client(
+    nursery: trio.Nursery, port: int, got: list[dict], logs: list[str]
+) -> FeedClient:
+    """A node following the feed on ``port`` (loopback), once it holds the snapshot."""
+    client = FeedClient("127.0.0.1", port, SECRET, on_op=got.append,
+                        on_synced=lambda: None, log=logs.append)  # fmt: skip
+    nursery.start_soon(client.run)
+    with trio.fail_after(10):
+        while not client.synced:
+            await trio.sleep(0.01)
+    return client
+
+
 def test_replica_applies_changes_and_diffs() -> None:
     r = OpReplica()
     r.apply(circuit(1))
@@ -49,12 +62,8 @@ def test_feed_snapshot_then_changes_then_resync() -> None:
         server = FeedServer(state.iter_snapshot_ops, SECRET, logs.append)
         async with trio.open_nursery() as n:
             port = await n.start(server.serve, "127.0.0.1", 0)
-            client = FeedClient("127.0.0.1", port, SECRET, on_op=got.append,
-                                on_synced=lambda: None, log=logs.append)  # fmt: skip
-            n.start_soon(client.run)
+            client = await _synced_client(n, port, got, logs)
             with trio.fail_after(10):
-                while not client.synced:
-                    await trio.sleep(0.01)
                 assert [o["label"] for o in got] == [1]  # the snapshot is news the first time
                 for op in (circuit(2), {"op": "teardown", "label": 1}):
                     state.apply(op)
@@ -177,12 +186,7 @@ def test_a_line_injected_into_the_feed_is_refused_with_a_counted_reason() -> Non
         async with trio.open_nursery() as n:
             port = await n.start(server.serve, "127.0.0.1", 0)
             pport = await n.start(proxy, port)
-            client = FeedClient("127.0.0.1", pport, SECRET, on_op=got.append,
-                                on_synced=lambda: None, log=logs.append)  # fmt: skip
-            n.start_soon(client.run)
-            with trio.fail_after(10):
-                while not client.synced:
-                    await trio.sleep(0.01)
+            client = await _synced_client(n, pport, got, logs)
             forged = b'{"op":"circuit","label":66,"psp":"acme","service":"relay","in_key":"00",'
             forged += b'"expires":100.0,"destination":null,"out":[]}\t' + b"0" * 32 + b"\n"
             for line in (forged, b"replay"):
