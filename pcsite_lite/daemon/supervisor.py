@@ -390,6 +390,7 @@ class Supervisor:
             "state_refused": dict(self.engine_role.replica.refused)
             if self.engine_role is not None and not self.is_controller else {},
             "deploys_refused": dict(self.deploys_refused),
+            "usage_collection": self._collection_status(),
         }  # fmt: skip
 
     async def _watch_worker(self, slot: WorkerSlot) -> None:
@@ -765,6 +766,18 @@ class Supervisor:
         with trio.move_on_after(timeout):
             while self.journal.billed < last:
                 await trio.sleep(0.05)
+
+    def _collection_status(self) -> dict[str, Any]:
+        """A controller's billing of its nodes' usage: batches billed by this process, the
+        last sequence number billed per node, batches refused and nodes skipped, by reason."""
+        col = self.usage_collector
+        skipped: dict[str, str] = {}
+        if self.engine_role is not None and self.is_controller:
+            col, skipped = self.engine_role.collector, self.engine_role.collect_skipped
+        if col is None:
+            return {}
+        return {"batches_billed": col.taken, "last_seq": dict(col.last_seq),
+                "refused": dict(col.refused), "skipped": dict(skipped)}  # fmt: skip
 
     def _billed_tcp(self, last_seq: dict[str, int]) -> None:
         """Tell the nodes on the TCP feed how far their journals were billed."""

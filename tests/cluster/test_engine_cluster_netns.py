@@ -29,6 +29,8 @@ from pcsite_lite.billing.invoice import PriceSheet, build_invoice
 from pcsite_lite.billing.ledger import Ledger
 from pcsite_lite.metering import Counters
 from pcsite_lite.repository import Repository, sign_service
+from pcsock.control import ControlClient
+from testbed.netns import call_in
 from tests.fis.conftest import redis_server
 from tests.support import wait_until
 from tests.support.sites import ACME_KEY, acme_public_hex
@@ -193,6 +195,11 @@ def test_usage_of_every_node_reaches_the_ledger_exactly_once_across_a_sigkill(
     with Ledger(es.tmp / "ctl" / "usage.ledger", create=False) as led:
         records = led.records(psp="acme")
     assert total(records) == journaled  # every counter: nothing lost, nothing twice
+    admin = ControlClient(f"http://{es.tb.cluster('s1').lb_address}:8080", token=rig.ADMIN,
+                          psp=None)  # fmt: skip
+    st = call_in(es.tb.node("s1").ns, admin.status, timeout=None)["usage_collection"]
+    assert st["last_seq"] == {n: b[-1].seq for n, b in batches.items()}
+    assert st["refused"] == {} and st["skipped"] == {}
     prices = PriceSheet(ingress_per_gb=Decimal(1), packets_per_million=Decimal(1))
     inv = build_invoice(records, "acme", 0, time.time() + 1, prices)
     billed_as = Counter[str]()
