@@ -66,7 +66,9 @@ __all__ = [
 ]
 
 Op = dict[str, Any]
-MAX_OP_BYTES: Final = 256 * 1024  #: an op larger than this is refused (a deploy carries code)
+#: an op larger than this is refused: a deploy carries up to the repository's 1 MiB of code
+#: (base64) and the PSP's key and signature
+MAX_OP_BYTES: Final = 2 * 1024 * 1024
 LOG_KEEP: Final = 10000  #: log entries kept for catching up (approximately)
 BATCH: Final = 1000  #: log entries read per round trip
 MAX_BLOCK_S: Final = 1.0  #: longest a poll may block (below the socket timeout)
@@ -664,6 +666,8 @@ class EngineFeedServer:
                         self._q.popleft()
                     self._resync = True
                     self._busy = False
+                    if resync:  # the master copy itself holds it: retry later, not at once
+                        self._cv.wait(self._retry)
                 continue
             with self._cv:
                 for _ in batch:
