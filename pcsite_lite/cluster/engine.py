@@ -89,6 +89,11 @@ def acl_file(prefix: str, passwords: dict[str, str], nodes: Iterable[str]) -> st
     * ``lb``: reads the state stream (its divert set), writes nothing;
     * ``default``: off.
     """
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", prefix):
+        raise ValueError(f"prefix {prefix!r}: letters, digits and _.:- only")
+    for user, pw in passwords.items():
+        if not isinstance(pw, str) or len(pw) < 16 or not re.fullmatch(r"[!-~]+", pw):
+            raise ValueError(f"password of {user}: at least 16 printable characters, no spaces")
     p = prefix
     base = "+@connection +ping -@dangerous"
     common = f"resetchannels &{p}:changes -@all +@read +@pubsub +@transaction {base}"

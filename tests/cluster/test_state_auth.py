@@ -172,3 +172,22 @@ def test_per_role_redis_users_confine_each_machine_to_its_own_writes(tmp_path: P
         with pytest.raises(redislib.exceptions.AuthenticationError):
             redislib.Redis(unix_socket_path=sock).ping()  # default user off
         log.close()
+
+
+def test_pcsite_cluster_acl_prints_the_file_and_names_mistakes(tmp_path: Path, capsys) -> None:
+    from pcsite_lite.cli import main
+    from pcsite_lite.cluster.engine import acl_file
+
+    pw = {"controller": "c" * 20, "lb": "l" * 20, "node-n1": "a" * 20}
+    f = tmp_path / "roles.json"
+    f.write_text(json.dumps(pw))
+    assert main(["cluster-acl", "--nodes", "n1", "--passwords", str(f)]) == 0
+    assert capsys.readouterr().out == acl_file("pcfis", pw, ["n1"])
+    assert main(["cluster-acl", "--nodes", "n1,n2", "--passwords", str(f)]) == 2
+    assert "no password for 'node-n2'" in capsys.readouterr().err
+    assert main(["cluster-acl", "--nodes", "n 1", "--passwords", str(f)]) == 2
+    assert "cannot be a Redis user name" in capsys.readouterr().err
+    f.write_text(json.dumps({**pw, "lb": "short"}))
+    assert main(["cluster-acl", "--nodes", "n1", "--passwords", str(f)]) == 2
+    assert "at least 16" in capsys.readouterr().err
+    assert main(["cluster-acl", "--nodes", "n1", "--passwords", str(tmp_path / "nope")]) == 2
