@@ -420,11 +420,21 @@ class StateSubscriber:
 
     # --- reading the engine ---
     def _snapshot(self, r: redis.Redis) -> None:
-        pipe = r.pipeline(transaction=True)
-        pipe.get(self.keys.epoch)
-        pipe.get(self.keys.version)
-        pipe.hgetall(self.keys.state)
-        epoch, version, raw = pipe.execute()
+        k = self.keys
+        # read between two looks at (epoch, version): every publish changes the version in the
+        # same script as the state, so equal looks mean the hash is the state at that version
+        # (plain reads: a node's Redis user needs neither MULTI nor scripts)
+        for _ in range(10):
+            pipe = r.pipeline(transaction=False)
+            pipe.mget(k.epoch, k.version)
+            pipe.hgetall(k.state)
+            pipe.mget(k.epoch, k.version)
+            first, raw, second = pipe.execute()
+            if first == second:
+                break
+        else:
+            raise FISUnavailableError("state stream: its snapshot kept changing while read")
+        epoch, version = first
         target = {}
         for k, v in raw.items():
             try:

@@ -96,7 +96,7 @@ def acl_file(prefix: str, passwords: dict[str, str], nodes: Iterable[str]) -> st
             raise ValueError(f"password of {user}: at least 16 printable characters, no spaces")
     p = prefix
     base = "+@connection +ping -@dangerous"
-    common = f"resetchannels &{p}:changes -@all +@read +@pubsub +@transaction {base}"
+    common = f"resetchannels &{p}:changes -@all +@read +@pubsub {base}"
     lines = [f"user default off resetkeys ~{p}:* {common} +@write +@scripting"]
     lines.append(
         f"user controller on >{passwords['controller']} resetkeys ~{p}:* {common} "

@@ -147,7 +147,7 @@ def test_per_role_redis_users_confine_each_machine_to_its_own_writes(tmp_path: P
         pub.publish(_circuit(1))
         held: list[int] = []
         sub = StateSubscriber(n1, lambda op: held.append(op["label"]), key=KEY)
-        assert sub.poll() == 1 and held == [1] and sub.available
+        assert sub.poll() == 1 and held == [1] and sub.available, (sub.last_error, sub.refused)
         ack(n1.client, "pcfis:state", "n1", sub.version)
         n1.client.set("pcfis:state:live:n1", "{}")
         log = NodeUsageLog(tmp_path / "n1.db", "n1")
