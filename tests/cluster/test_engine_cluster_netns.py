@@ -1,5 +1,7 @@
 """A site spanning namespaces whose roles meet on the FIS engine (a real redis-server), root.
 
+Each role connects as its own Redis user (``acl_file``: the default user is off).
+
 The LB (``--role lb``), the controller (``--role controller``) and two compute nodes
 (``--role node``) share ``site.fis = "unix://.../redis.sock"``: circuits and deployments reach
 the nodes through the engine's state stream, a node restarted while the controller is down
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import signal
 import time
 from collections import Counter
@@ -27,6 +30,7 @@ from benchmarks._cluster_rig import ClusterSite, Load
 from pcsite_lite.billing.cluster import UsageBatch
 from pcsite_lite.billing.invoice import PriceSheet, build_invoice
 from pcsite_lite.billing.ledger import Ledger
+from pcsite_lite.cluster.engine import acl_file
 from pcsite_lite.metering import Counters
 from pcsite_lite.repository import Repository, sign_service
 from pcsock.control import ControlClient
@@ -63,11 +67,18 @@ def es(tmp_path_factory: pytest.TempPathFactory):
     (tmp / "redis").mkdir()
     orig = rig._config
 
+    nodes = [f"s1_n{i}" for i in (1, 2)]
+    users = {"ctl": "controller", "lb": "lb", **{n: f"node-{n}" for n in nodes}}
+    pw = {user: secrets.token_hex(16) for user in users.values()}
+
     def config(tmp: Path, public_ip: str, lb: str, me: str, node: str, workers: int) -> Path:
-        """The rig's configuration on the engine, with a repository per machine."""
+        """The rig's configuration on the engine (each role as its own Redis user), with a
+        repository per machine."""
         path = orig(tmp, public_ip, lb, me, node, workers)
+        user = users[node]
+        fis = url.replace("unix://", f"unix://{user}:{pw[user]}@")
         text = re.sub(r"(?m)^fis = .*$",
-                      f'fis = "{url}"\nrepository = "{tmp / node / "repo"}"',
+                      f'fis = "{fis}"\nrepository = "{tmp / node / "repo"}"',
                       path.read_text())  # fmt: skip
         text = text.replace(
             f'token = "{rig.PSP}"', f'token = "{rig.PSP}"\nsigning_key = "{acme_public_hex()}"'
@@ -75,11 +86,16 @@ def es(tmp_path_factory: pytest.TempPathFactory):
         path.write_text(text)
         return path
 
-    with redis_server(tmp / "redis") as url:
+    with redis_server(tmp / "redis", acl_text=acl_file("pcfis", pw, nodes)) as url:
         rig._config = config  # type: ignore[assignment]
         try:
             with EngineSite(tmp, url, nodes=2, split=True, prefix="pcl15f") as site:
-                site.redis = redis.Redis.from_url(url)
+                # the test reads as the controller (it may read every key)
+                sock = url.removeprefix("unix://")
+                site.redis = redis.Redis(
+                    unix_socket_path=sock, username="controller", password=pw["controller"]
+                )
+                site.redis_pid = int((tmp / "redis" / "redis.log").read_text().split(":", 1)[0])
                 site.labels = site.circuits(K)
                 yield site
         finally:
@@ -104,7 +120,8 @@ def test_state_and_deployments_reach_the_nodes_through_the_engine(es: EngineSite
 
     # the controller saw every node acknowledge the stream (no TCP feed: none listens)
     def acked() -> set[str]:
-        return {k.decode().rpartition(":")[2] for k in es.redis.keys("pcfis:state:node:*")}
+        keys = es.redis.scan_iter("pcfis:state:node:*")
+        return {k.decode().rpartition(":")[2] for k in keys}
 
     assert wait_until(lambda: acked() == set(es.node_names()), 5), acked()
     # a service deployed at the controller runs on the nodes: its circuit's packets are dropped
@@ -140,7 +157,8 @@ def test_a_node_restarted_while_the_controller_is_down_converges_from_the_engine
 
 
 def test_nodes_forward_from_their_copy_while_the_engine_is_away(es: EngineSite) -> None:
-    pid = int(es.redis.info("server")["process_id"])
+    pid = es.redis_pid  # from our server's own log: check it is that server
+    assert str(es.tmp) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     os.kill(pid, signal.SIGSTOP)  # the engine stops answering (a partition, a hung server)
     try:
         time.sleep(1.0)
