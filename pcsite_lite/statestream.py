@@ -55,6 +55,7 @@ from pcsite_lite.fis.redis_engine import UNREACHABLE
 
 __all__ = [
     "MAX_OP_BYTES",
+    "SAVED_STATE",
     "EngineFeedClient",
     "EngineFeedServer",
     "StatePublisher",
@@ -142,6 +143,7 @@ if type(r) == 'table' and r.err then
 end
 return v
 """
+SAVED_STATE: Final = "cluster-state.json"  #: a node's saved replica, in its state directory
 RESYNC: Final = {"op": "resync"}  #: log entry: the state was replaced, load the snapshot
 
 
@@ -731,6 +733,8 @@ class EngineFeedClient:
 
     async def run(self) -> None:
         if self._pending:  # the saved copy loaded at start: hand it over first
+            self.log(f"state feed: starting from the saved copy ({len(self.replica.state)} "
+                     f"entities, version {self.replica.version})")  # fmt: skip
             self._deliver()
             self.on_synced()
         next_save = next_applied = 0.0

@@ -44,7 +44,12 @@ from pcsite_lite.billing.cluster import fetch_batches, push_batches
 from pcsite_lite.billing.ledger import LedgerError
 from pcsite_lite.fis import FISUnavailableError
 from pcsite_lite.repository import RepositoryError
-from pcsite_lite.statestream import EngineFeedClient, EngineFeedServer, StatePublisher
+from pcsite_lite.statestream import (
+    SAVED_STATE,
+    EngineFeedClient,
+    EngineFeedServer,
+    StatePublisher,
+)
 
 from .usage import Collector, NodeJournal
 
@@ -394,7 +399,7 @@ class NodeSide:
         state_dir = sup.cfg.state_dir
         self.client = EngineFeedClient(
             engine, on_op=sup._remote_op, on_synced=lambda: None, log=sup.log,
-            state_file=os.path.join(state_dir, "cluster-state.json"), key=cl.secret,
+            state_file=os.path.join(state_dir, SAVED_STATE), key=cl.secret,
             applied=self._applied,
         )  # fmt: skip
         self.state_prefix = self.client.replica.keys.version.rpartition(":")[0]

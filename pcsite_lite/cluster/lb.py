@@ -127,14 +127,14 @@ class LoadBalancer:
             import os
 
             from pcsite_lite.fis import RedisFIS, open_engine
-            from pcsite_lite.statestream import EngineFeedClient
+            from pcsite_lite.statestream import SAVED_STATE, EngineFeedClient
 
             engine = open_engine(cfg.fis_url)
             assert isinstance(engine, RedisFIS)
             self.feed = EngineFeedClient(
                 engine, on_op=self._feed_op, on_synced=lambda: None,
                 log=self.log, key=self.cl.secret,
-                state_file=os.path.join(cfg.state_dir, "cluster-state.json"),
+                state_file=os.path.join(cfg.state_dir, SAVED_STATE),
             )  # fmt: skip
         elif follow_feed:
             from .feed import FeedClient

@@ -883,7 +883,7 @@ def _run_locked(cfg: SiteConfig, roles: frozenset[str]) -> int:
         print(f"pcsite: site.state_dir: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # FIS or repository unusable: name what failed
-        print(f"pcsite: cannot open the site's stores (site.fis = {cfg.fis_url!r}, "
+        print(f"pcsite: cannot open the site's stores (site.fis = {_redacted(cfg.fis_url)!r}, "
               f"site.repository = {cfg.repository!r}): {type(exc).__name__}: {exc}",
               file=sys.stderr)  # fmt: skip
         return 1  # may be passing (the FIS engine restarting): a service manager retries
@@ -903,6 +903,20 @@ def _run_locked(cfg: SiteConfig, roles: frozenset[str]) -> int:
         print(f"pcsite: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its password (an error message must not carry the FIS credentials)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return "(unparsable URL)"
 
 
 def cleanup(cfg: SiteConfig) -> tuple[int, list[str]]:
