@@ -481,6 +481,7 @@ class NodeSide:
 
         try:
             self.ship()
-        except FISUnavailableError as exc:
+        except (FISUnavailableError, redis.RedisError) as exc:
             self.sup.log(f"usage journal: final batches stay in the journal ({exc})")
-        self.journal.close()
+        finally:
+            self.journal.close()

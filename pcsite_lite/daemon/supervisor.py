@@ -592,8 +592,9 @@ class Supervisor:
                     assert cfg.cluster is not None
                     await nursery.start(self.feed.serve, *cfg.cluster.controller)
                     self.log("state feed on {}:{}".format(*cfg.cluster.controller))
-                for task in {id(t): t for t in (self.engine_role, self.feed_client,
-                                                 self.heartbeater)}.values():  # fmt: skip
+                # a node's engine role is also its feed client: one follower per node
+                follower = self.engine_role if self.engine_role is not None else self.feed_client
+                for task in (follower, self.heartbeater):
                     if task is not None:
                         nursery.start_soon(task.run)
                 if self.usage_collector is not None:
