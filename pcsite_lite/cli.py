@@ -5,6 +5,7 @@ pcsite pki ca --out DIR              # control API TLS: a CA, then site certific
 pcsite pki cert --ca DIR --name 198.18.0.1 --out DIR
 pcsite check-config --config site.toml     # or: pcsite validate -c site.toml
 pcsite cleanup --config site.toml    # remove what a killed instance left in the kernel
+pcsite cluster-acl --nodes n1,n2 --passwords roles.json [--prefix pcfis]   # Redis ACL file
 """
 
 from __future__ import annotations
@@ -44,7 +45,19 @@ def main(argv: list[str] | None = None) -> int:
         "instance left; refused while the site runs",
     )
     cln.add_argument("--config", "-c", required=True)
+    acl = sub.add_parser(
+        "cluster-acl",
+        help="print the Redis ACL file of a multi-machine site: one user per role "
+        "(controller, lb, node-<name>)",
+    )
+    acl.add_argument("--nodes", required=True, help="the compute nodes' cluster.node names, "
+                     "comma-separated")  # fmt: skip
+    acl.add_argument("--passwords", required=True, help="a JSON file: role user -> password "
+                     '({"controller": ..., "lb": ..., "node-n1": ...})')  # fmt: skip
+    acl.add_argument("--prefix", default="pcfis", help="the FIS key prefix (default pcfis)")
     args = ap.parse_args(argv)
+    if args.cmd == "cluster-acl":
+        return _cluster_acl(args)
     try:
         cfg = load(args.config)
     except ConfigError as exc:
@@ -87,6 +100,25 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         print(f"pcsite: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+
+
+def _cluster_acl(args: argparse.Namespace) -> int:
+    from pcsite_lite.cluster.engine import acl_file
+
+    nodes = [n.strip() for n in args.nodes.split(",") if n.strip()]
+    try:
+        with open(args.passwords) as f:
+            passwords = json.load(f)
+        if not isinstance(passwords, dict):
+            raise ValueError(f"{args.passwords}: a JSON object (role user -> password)")
+        print(acl_file(args.prefix, passwords, nodes), end="")
+    except KeyError as exc:
+        print(f"pcsite: cluster-acl: {args.passwords} has no password for {exc}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as exc:
+        print(f"pcsite: cluster-acl: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

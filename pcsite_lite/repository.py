@@ -373,6 +373,14 @@ class Repository:
         _atomic_write(self._service_dir(psp, service) / "ACTIVE", version.encode())
         self._bump_generation()
 
+    def deactivate(self, psp: str, service: str) -> None:
+        """Stop running the service (no active version; its versions stay)."""
+        try:
+            (self._service_dir(psp, service) / "ACTIVE").unlink()
+        except FileNotFoundError:
+            return
+        self._bump_generation()
+
     def active(self, psp: str, service: str) -> str | None:
         """Name of the active version, or ``None``."""
         try:

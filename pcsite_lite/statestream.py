@@ -38,11 +38,13 @@ acknowledgement (``wait=N``: :class:`~pcsite_lite.fis.FISNotReplicatedError`).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import threading
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
 
 import redis
@@ -53,16 +55,21 @@ from pcsite_lite.fis.redis_engine import UNREACHABLE
 
 __all__ = [
     "MAX_OP_BYTES",
+    "SAVED_STATE",
     "EngineFeedClient",
     "EngineFeedServer",
     "StatePublisher",
     "StateSubscriber",
+    "check_op",
     "entity_of",
     "inverse_op",
+    "sign_op",
 ]
 
 Op = dict[str, Any]
-MAX_OP_BYTES: Final = 256 * 1024  #: an op larger than this is refused (a deploy carries code)
+#: an op larger than this is refused: a deploy carries up to the repository's 1 MiB of code
+#: (base64) and the PSP's key and signature
+MAX_OP_BYTES: Final = 2 * 1024 * 1024
 LOG_KEEP: Final = 10000  #: log entries kept for catching up (approximately)
 BATCH: Final = 1000  #: log entries read per round trip
 MAX_BLOCK_S: Final = 1.0  #: longest a poll may block (below the socket timeout)
@@ -87,12 +94,17 @@ _INVERSE: Final = {
     "circuit": ("teardown", "label"),
 }
 
-# KEYS: 1 version, 2 log, 3 state, 4 epoch. ARGV: 1 log length kept, 2 an epoch candidate, then
+# KEYS: 1 version, 2 log, 3 state, 4 epoch. ARGV: 1 log length kept, 2 an epoch candidate, 3 the
+# version the ops' macs were computed after (else nothing is written: -(version + 1)), then
 # quadruples (entity or "", op JSON, "set" | "del" | "keep", state JSON).
 _PUBLISH_LUA = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if cur ~= tonumber(ARGV[3]) then
+  return -(cur + 1)
+end
 redis.call('SET', KEYS[4], ARGV[2], 'NX')
 local v = 0
-for i = 3, #ARGV, 4 do
+for i = 4, #ARGV, 4 do
   v = redis.call('INCR', KEYS[1])
   local r = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], v .. '-0', 'op', ARGV[i + 1])
   if type(r) == 'table' and r.err then
@@ -110,8 +122,13 @@ return v
 
 
 # KEYS: 1 version, 2 log, 3 state, 4 the new state (renamed over it), 5 epoch. ARGV: 1 log
-# length kept, 2 an epoch candidate, 3 the resync op. The new state may be absent (empty).
+# length kept, 2 an epoch candidate, 3 the resync op, 4 the version it was signed after. The new
+# state may be absent (empty).
 _REPLACE_LUA = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if cur ~= tonumber(ARGV[4]) then
+  return -(cur + 1)
+end
 redis.call('SET', KEYS[5], ARGV[2], 'NX')
 if redis.call('EXISTS', KEYS[4]) == 1 then
   redis.call('RENAME', KEYS[4], KEYS[3])
@@ -126,6 +143,7 @@ if type(r) == 'table' and r.err then
 end
 return v
 """
+SAVED_STATE: Final = "cluster-state.json"  #: a node's saved replica, in its state directory
 RESYNC: Final = {"op": "resync"}  #: log entry: the state was replaced, load the snapshot
 
 
@@ -162,6 +180,42 @@ def _dumps(doc: object) -> str:
     return json.dumps(doc, separators=(",", ":"), sort_keys=True, allow_nan=False)
 
 
+_MAC_TAG: Final = b"pcsite-state-1|"
+
+
+def _mac(key: bytes, op: Op, at: int | None) -> str:
+    body = {k: v for k, v in op.items() if k != "mac"}
+    where = b"state|" if at is None else b"log %d|" % at
+    return hmac.new(key, _MAC_TAG + where + _dumps(body).encode(), hashlib.sha256).hexdigest()
+
+
+def sign_op(key: bytes | None, op: Op, at: int | None = None) -> Op:
+    """``op`` with its ``mac``: HMAC-SHA256, keyed by the site's cluster secret, over the op
+    without it and where it is written: ``at`` = its version in the log (so an entry copied
+    to another position, or a state entry copied into the log, does not verify), ``None``
+    for the snapshot. Unchanged without a key."""
+    if key is None:
+        return op
+    return {**{k: v for k, v in op.items() if k != "mac"}, "mac": _mac(key, op, at)}
+
+
+def check_op(key: bytes | None, op: Any, at: int | None = None) -> tuple[Op | None, str]:
+    """``(op without its mac, "")`` if ``op`` is an object whose mac verifies for position
+    ``at`` (or no key is set), else ``(None, reason)``: ``"malformed"``, ``"unsigned"`` or
+    ``"forged"``."""
+    if not isinstance(op, dict):
+        return None, "malformed"
+    mac = op.get("mac")
+    body = {k: v for k, v in op.items() if k != "mac"}
+    if key is None:
+        return body, ""
+    if not isinstance(mac, str):
+        return None, "unsigned"
+    if not hmac.compare_digest(mac, _mac(key, body, at)):
+        return None, "forged"
+    return body, ""
+
+
 class _Keys:
     def __init__(self, prefix: str) -> None:
         self.version = f"{prefix}:version"
@@ -180,9 +234,15 @@ class StatePublisher:
     """
 
     def __init__(
-        self, engine: RedisFIS, *, prefix: str | None = None, log_keep: int = LOG_KEEP
+        self,
+        engine: RedisFIS,
+        *,
+        prefix: str | None = None,
+        log_keep: int = LOG_KEEP,
+        key: bytes | None = None,
     ) -> None:
         self.engine = engine
+        self.key = key  #: signs every op written (log and snapshot): see :func:`sign_op`
         self.keys = _Keys(prefix or f"{engine.prefix}:state")
         self._log_keep = log_keep
         self._script = engine.client.register_script(_PUBLISH_LUA)
@@ -206,10 +266,11 @@ class StatePublisher:
             names = [entity_of(op) or "" for op in renewed]
             raw = self.engine.call(lambda r: r.hmget(self.keys.state, names))
             current = {n: json.loads(v) for n, v in zip(names, raw, strict=True) if v}
-        args: list[str] = []
+        entries: list[tuple[str, Op, str, str]] = []
         for op in ops:
+            op = {k: v for k, v in op.items() if k != "mac"}
             try:
-                text = _dumps(op)
+                text = _dumps(sign_op(self.key, op))
             except (TypeError, ValueError) as exc:
                 raise FISValueError(f"state op is not JSON: {exc}") from None
             if len(text) > MAX_OP_BYTES:
@@ -223,26 +284,32 @@ class StatePublisher:
                 elif op["op"] == "renew":
                     base = current.get(entity)
                     if base is not None:  # a renew of a circuit the state does not hold: log only
+                        base = {k: v for k, v in base.items() if k != "mac"}
                         base["expires"] = op["expires"]
                         current[entity] = base
-                        action, state = "set", _dumps(base)
+                        action, state = "set", _dumps(sign_op(self.key, base))
                 else:
                     action, state = "set", text
-            args += [entity or "", text, action, state]
-        if not args:
+            entries.append((entity or "", op, action, state))
+        if not entries:
             return self.version()
         k = self.keys
         epoch = os.urandom(8).hex()
-        return int(
-            self.engine.call(
-                lambda r: self._script(
-                    keys=[k.version, k.log, k.state, k.epoch],
-                    args=[self._log_keep, epoch, *args],
-                    client=r,
-                ),
-                write=True,
-            )
-        )
+
+        def write(r: redis.Redis) -> int:
+            base = int(r.get(k.version) or 0)
+            for _ in range(3):  # the version moved meanwhile (another writer): sign again
+                args: list[Any] = [self._log_keep, epoch, base]
+                for i, (entity, op, action, state) in enumerate(entries):
+                    args += [entity, _dumps(sign_op(self.key, op, at=base + i + 1)), action, state]
+                v = int(self._script(keys=[k.version, k.log, k.state, k.epoch], args=args,
+                                     client=r))  # fmt: skip
+                if v >= 0:
+                    return v
+                base = -v - 1
+            raise FISUnavailableError("state stream: its version kept moving under the writer")
+
+        return int(self.engine.call(write, write=True))
 
     def version(self) -> int:
         return int(self.engine.call(lambda r: r.get(self.keys.version)) or 0)
@@ -256,7 +323,7 @@ class StatePublisher:
         for op in ops:
             entity = entity_of(op)
             if entity is not None and not _ENTITY[op["op"]][2]:
-                text = _dumps(op)
+                text = _dumps(sign_op(self.key, {k: v for k, v in op.items() if k != "mac"}))
                 if len(text) > MAX_OP_BYTES:
                     raise FISValueError(f"state op of {len(text)} bytes (max {MAX_OP_BYTES})")
                 state[entity] = text
@@ -267,13 +334,17 @@ class StatePublisher:
             r.delete(k.new_state)
             for i in range(0, len(items), chunk):
                 r.hset(k.new_state, mapping=dict(items[i : i + chunk]))
-            return int(
-                self._replace(
+            base = int(r.get(k.version) or 0)
+            for _ in range(3):
+                resync = _dumps(sign_op(self.key, RESYNC, at=base + 1))
+                v = int(self._replace(
                     keys=[k.version, k.log, k.state, k.new_state, k.epoch],
-                    args=[self._log_keep, os.urandom(8).hex(), _dumps(RESYNC)],
-                    client=r,
-                )
-            )
+                    args=[self._log_keep, os.urandom(8).hex(), resync, base], client=r,
+                ))  # fmt: skip
+                if v >= 0:
+                    return v
+                base = -v - 1
+            raise FISUnavailableError("state stream: its version kept moving under the writer")
 
         return int(self.engine.call(write, write=True))
 
@@ -298,8 +369,10 @@ class StateSubscriber:
         *,
         prefix: str | None = None,
         max_ops_per_poll: int = 10 * BATCH,
+        key: bytes | None = None,
     ) -> None:
         self.engine = engine
+        self.key = key  #: with a key, an op whose mac does not verify is refused (counted)
         self.keys = _Keys(prefix or f"{engine.prefix}:state")
         self._apply = apply
         self._max = max_ops_per_poll
@@ -311,6 +384,9 @@ class StateSubscriber:
         self.snapshots = 0  #: times the node (re)loaded the snapshot
         self.applied = 0  #: ops applied (from the log or a snapshot difference)
         self.errors: Counter[str] = Counter()  #: ops the replica refused, by exception type
+        #: entries refused before the replica saw them, by reason (``forged``: a mac that
+        #: does not verify; ``unsigned``; ``malformed``)
+        self.refused: Counter[str] = Counter()
         self.last_error = ""
 
     # --- applying ---
@@ -346,27 +422,52 @@ class StateSubscriber:
 
     # --- reading the engine ---
     def _snapshot(self, r: redis.Redis) -> None:
-        pipe = r.pipeline(transaction=True)
-        pipe.get(self.keys.epoch)
-        pipe.get(self.keys.version)
-        pipe.hgetall(self.keys.state)
-        epoch, version, raw = pipe.execute()
+        k = self.keys
+        # read between two looks at (epoch, version): every publish changes the version in the
+        # same script as the state, so equal looks mean the hash is the state at that version
+        # (plain reads: a node's Redis user needs neither MULTI nor scripts)
+        for _ in range(10):
+            pipe = r.pipeline(transaction=False)
+            pipe.mget(k.epoch, k.version)
+            pipe.hgetall(k.state)
+            pipe.mget(k.epoch, k.version)
+            first, raw, second = pipe.execute()
+            if first == second:
+                break
+        else:
+            raise FISUnavailableError("state stream: its snapshot kept changing while read")
+        epoch, version = first
         target = {}
         for k, v in raw.items():
             try:
-                target[k.decode()] = json.loads(v)
+                op, why = check_op(self.key, json.loads(v))
             except ValueError:
                 self.errors["BadSnapshotEntry"] += 1
+                continue
+            try:
+                misplaced = op is not None and entity_of(op) != k.decode()
+            except ValueError:
+                op, why = None, "malformed"
+            if op is None or misplaced:
+                self.refused[why or "misplaced"] += 1
+                continue
+            target[k.decode()] = op
         self._converge(target)
         self.epoch = epoch.decode() if epoch else None
         self.version = int(version or 0)
         self.snapshots += 1
 
-    def _entries(self, r: redis.Redis, after: int) -> list[tuple[int, Op]]:
-        out = []
-        for entry_id, fields in r.xrange(self.keys.log, f"{after + 1}-0", "+", count=BATCH):
+    def _entries(self, r: redis.Redis, after: int) -> list[tuple[int, Op | None]]:
+        """Log entries past ``after``; an entry refused by :func:`check_op` is ``None``."""
+        out: list[tuple[int, Op | None]] = []
+        entries: Any = r.xrange(self.keys.log, f"{after + 1}-0", "+", count=BATCH)
+        for entry_id, fields in entries:
             num = int(entry_id.decode().partition("-")[0])
-            out.append((num, json.loads(fields[b"op"])))
+            op, why = check_op(self.key, json.loads(fields[b"op"]), at=num)
+            if op is None:
+                self.refused[why] += 1
+                self.last_error = f"log entry {num} refused: {why}"
+            out.append((num, op))
         return out
 
     def _sync(self, r: redis.Redis) -> int:
@@ -374,6 +475,8 @@ class StateSubscriber:
         epoch, version = r.mget(self.keys.epoch, self.keys.version)
         epoch_s = epoch.decode() if epoch else None
         version_i = int(version or 0)
+        if epoch_s is None and self.epoch is not None:
+            return 0  # an emptied store: keep forwarding from the replica until it is refilled
         if epoch_s != self.epoch or version_i < self.version:
             self._snapshot(r)  # a new node, another store, or a store that went back in time
             return self.applied - before
@@ -386,7 +489,8 @@ class StateSubscriber:
                 if num != self.version + 1 or op == RESYNC:
                     self._snapshot(r)  # a hole, or the whole state was replaced
                     return self.applied - before
-                self._follow(op)
+                if op is not None:
+                    self._follow(op)
                 self.version = num
         return self.applied - before
 
@@ -549,8 +653,15 @@ class EngineFeedServer:
                     self.version = self.publisher.replace(self.snapshot())
                     self.resyncs += 1
                 else:
+                    before = self.version
                     self.version = self.publisher.publish_many(batch)
                     self.published += len(batch)
+                    if before and self.version != before + len(batch):
+                        # the store lost what we published (wiped, or a new server): put
+                        # the whole master copy back
+                        self.log("state feed: the engine's state went back; republishing")
+                        with self._cv:
+                            self._resync = True
             except FISUnavailableError as exc:
                 if self.available:
                     self.log(f"state feed: engine away ({exc}); holding changes")
@@ -567,6 +678,8 @@ class EngineFeedServer:
                         self._q.popleft()
                     self._resync = True
                     self._busy = False
+                    if resync:  # the master copy itself holds it: retry later, not at once
+                        self._cv.wait(self._retry)
                 continue
             with self._cv:
                 for _ in batch:
@@ -594,9 +707,16 @@ class EngineFeedClient:
         state_file: str | os.PathLike[str] | None = None,
         block: float = 0.5,
         save_interval: float = 1.0,
+        key: bytes | None = None,
+        applied: Callable[[int], Awaitable[None]] | None = None,
+        applied_interval: float = 0.5,
     ) -> None:
+        """``applied(version)``: awaited after ops were handed over (and at least every
+        ``applied_interval`` s): the node waits for its workers, then says how far it got."""
         self._pending: list[Op] = []
-        self.replica = StateSubscriber(subscriber_engine, self._pending.append)
+        self.replica = StateSubscriber(subscriber_engine, self._pending.append, key=key)
+        self.applied = applied
+        self.applied_interval = applied_interval
         self.on_op, self.on_synced, self.log = on_op, on_synced, log
         self.state_file = state_file
         self.block = block
@@ -613,13 +733,20 @@ class EngineFeedClient:
 
     async def run(self) -> None:
         if self._pending:  # the saved copy loaded at start: hand it over first
+            self.log(f"state feed: starting from the saved copy ({len(self.replica.state)} "
+                     f"entities, version {self.replica.version})")  # fmt: skip
             self._deliver()
             self.on_synced()
-        next_save = 0.0
+        next_save = next_applied = 0.0
+        dirty = False  #: the replica changed since it was last saved
         while True:
             snapshots = self.replica.snapshots
             n = await trio.to_thread.run_sync(self.replica.poll, self.block)
             self._deliver()
+            if self.applied is not None and (n or trio.current_time() >= next_applied):
+                if self.replica.available:
+                    await self.applied(self.replica.version)
+                next_applied = trio.current_time() + self.applied_interval
             if self.replica.available != self.connected:
                 self.connected = self.replica.available
                 self.log(
@@ -634,6 +761,8 @@ class EngineFeedClient:
             if not self.connected:
                 await trio.sleep(self.block)
             now = trio.current_time()
-            if self.state_file is not None and n and now >= next_save:
+            dirty = dirty or bool(n)
+            if self.state_file is not None and dirty and now >= next_save:
                 await trio.to_thread.run_sync(self.replica.save, self.state_file)
                 next_save = now + self.save_interval
+                dirty = False

@@ -23,8 +23,11 @@ their outboxes.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,7 +109,10 @@ class NodeUsageLog:
         if not node:
             raise ValueError("a node needs a name")
         self.node = node
-        self._db = sqlite3.connect(str(path), isolation_level=None, timeout=5.0)
+        self._lock = threading.Lock()  #: one connection, used from the node's threads in turn
+        self._db = sqlite3.connect(
+            str(path), isolation_level=None, timeout=5.0, check_same_thread=False
+        )
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(
@@ -122,6 +128,10 @@ class NodeUsageLog:
             return 0
         if len(recs) > MAX_RECORDS:
             raise LedgerError(f"a batch holds at most {MAX_RECORDS} records")
+        with self._lock:
+            return self._append(recs)
+
+    def _append(self, recs: tuple[UsageRecord, ...]) -> int:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -140,18 +150,27 @@ class NodeUsageLog:
 
     def since(self, after: int, limit: int = MAX_BATCHES) -> list[UsageBatch]:
         """Batches numbered above ``after``, in order (at most ``limit``)."""
-        rows = self._db.execute(
-            "SELECT doc FROM batch WHERE seq > ? ORDER BY seq LIMIT ?",
-            (int(after), min(int(limit), MAX_BATCHES)),
-        ).fetchall()
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT doc FROM batch WHERE seq > ? ORDER BY seq LIMIT ?",
+                (int(after), min(int(limit), MAX_BATCHES)),
+            ).fetchall()
         return [UsageBatch.from_json(doc) for (doc,) in rows]
 
     def prune(self, upto: int) -> int:
         """Forget batches numbered ``upto`` and below (the controller has them)."""
-        return self._db.execute("DELETE FROM batch WHERE seq <= ?", (int(upto),)).rowcount
+        with self._lock:
+            return self._db.execute("DELETE FROM batch WHERE seq <= ?", (int(upto),)).rowcount
+
+    def last_seq(self) -> int:
+        """The number of the last batch appended (0 before the first)."""
+        with self._lock:
+            row = self._db.execute("SELECT v FROM meta WHERE k = 'seq'").fetchone()
+        return int(row[0]) if row else 0
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
 
 @dataclass
@@ -248,20 +267,42 @@ def _stream(prefix: str, node: str) -> str:
     return f"{prefix}:usage:{node}"
 
 
-def push_batches(client: Any, prefix: str, log: NodeUsageLog, *, keep: int = 100_000) -> int:
+def _batch_mac(key: bytes, text: str | bytes) -> str:
+    raw = text.encode() if isinstance(text, str) else text
+    return hmac.new(key, b"pcsite-usage-1|" + raw, hashlib.sha256).hexdigest()
+
+
+def push_batches(
+    client: Any, prefix: str, log: NodeUsageLog, *, keep: int = 100_000, key: bytes | None = None
+) -> int:
     """Copy the node's outbox to its stream on the engine (entry id ``<seq>-0``); returns the
-    number of batches added. Safe to repeat: an id already there is not added again."""
+    number of batches added. Safe to repeat: an id already there is not added again.
+    ``key``: each entry carries an HMAC of the batch (``m``), checked by :func:`fetch_batches`."""
     stream = _stream(prefix, log.node)
     top = client.xrevrange(stream, count=1)
     after = int(top[0][0].decode().partition("-")[0]) if top else 0
     added = 0
     for b in log.since(after):
-        client.xadd(stream, {"b": b.to_json()}, id=f"{b.seq}-0", maxlen=keep, approximate=True)
+        text = b.to_json()
+        fields = {"b": text} if key is None else {"b": text, "m": _batch_mac(key, text)}
+        client.xadd(stream, fields, id=f"{b.seq}-0", maxlen=keep, approximate=True)
         added += 1
     return added
 
 
-def fetch_batches(client: Any, prefix: str, node: str, after: int) -> list[UsageBatch]:
-    """The node's batches numbered above ``after`` from its stream on the engine."""
+def fetch_batches(
+    client: Any, prefix: str, node: str, after: int, *, key: bytes | None = None
+) -> list[UsageBatch]:
+    """The node's batches numbered above ``after`` from its stream on the engine. With
+    ``key``, an entry whose HMAC does not verify raises :class:`LedgerError` (``forged``):
+    nothing of that node is billed until it is removed, and the collector says why."""
     raw = client.xrange(_stream(prefix, node), f"{int(after) + 1}-0", "+", count=MAX_BATCHES)
-    return [UsageBatch.from_json(fields[b"b"]) for _, fields in raw]
+    out = []
+    for entry_id, fields in raw:
+        text = fields.get(b"b", b"")
+        if key is not None:
+            mac = fields.get(b"m", b"").decode(errors="replace")
+            if not hmac.compare_digest(mac, _batch_mac(key, text)):
+                raise LedgerError(f"usage batch {node} {entry_id.decode()}: forged (bad mac)")
+        out.append(UsageBatch.from_json(text))
+    return out

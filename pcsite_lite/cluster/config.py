@@ -7,9 +7,11 @@ a mistake is a :class:`~pcsite_lite.daemon.config.ConfigError` naming it::
     internal_dev = "int0"            # this machine's interface on the internal network
     internal_ip = "198.19.0.2"       # this machine's address on it
     lb = "198.19.0.1:6254"           # the LB's heartbeat address (UDP)
-    controller = "198.19.0.1:6255"   # the controller's state feed (TCP)
+    controller = "198.19.0.1:6255"   # the controller's TCP state feed (a site without a
+                                     # Redis FIS: with one, the roles meet on the engine)
     node = "n1"                      # this compute node's name (unique in the site)
-    secret = "..."                   # >= 16 characters: authenticates heartbeats and the feed
+    secret = "..."                   # >= 16 characters: authenticates heartbeats, the state
+                                     # stream's ops and usage batches, the TCP feed's lines
     heartbeat = 0.1                  # s between a node's heartbeats
     ttl = 0.5                        # s of silence after which the LB counts a node dead
     table_size = 4093                # Maglev positions (a prime)

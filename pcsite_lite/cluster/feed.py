@@ -5,14 +5,20 @@ torn down; service ID; destination; ...) into a replication *op* for its workers
 (``pcsite_lite/daemon/state.py``). :class:`FeedServer` streams the same ops over TCP to every
 compute node on the internal network: after a challenge-response on the cluster secret, a
 node is sent the whole state (``iter_snapshot_ops``), a ``synced`` op, then each change as it
-happens, one JSON object per line. :class:`OpReplica` (pure) is what a node keeps: the
-current op per key, from which its own workers' snapshots are streamed, so a node that joins
-or restarts converges without anyone's help and keeps forwarding from its copy while the
-controller is away (it reconnects and resynchronises, tearing down what vanished meanwhile).
+happens, one JSON object per line; every line in both directions carries an HMAC under a key
+of that connection (derived from the secret and the server's nonce) over its direction, its
+number and its text (:class:`_Seal`), so a host on the internal network cannot inject,
+replay or reorder a line: the receiver drops the connection, counts ``forged`` in
+``refused`` and the node reconnects and resynchronises. :class:`OpReplica` (pure) is what a
+node keeps: the current op per key, from which its own workers' snapshots are streamed, so a
+node that joins or restarts converges without anyone's help and keeps forwarding from its
+copy while the controller is away (it reconnects and resynchronises, tearing down what
+vanished meanwhile).
 
-This is the interface a FIS-engine feed replaces (a Redis stream with a versioned snapshot):
-``OpReplica.apply(op)`` + ``iter_snapshot_ops()`` on the node side, ``publish(op)`` on the
-controller side.
+A site whose FIS is a Redis engine does not use this feed: its roles meet on the engine
+(:mod:`pcsite_lite.cluster.engine`). This one serves a site without a network engine (one
+SQLite FIS file on a filesystem the machines share, as in the testbed). Nodes' reports carry
+their live usage and their journaled usage batches (:mod:`pcsite_lite.cluster.usage`).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import hmac
 import json
 import os
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Final
 
@@ -125,6 +131,33 @@ def _mac(secret: bytes, nonce: bytes) -> bytes:
     return hmac.new(secret, _HELLO + nonce, hashlib.sha256).hexdigest().encode()
 
 
+class _Seal:
+    """Every line after the handshake carries an HMAC under a key of this connection (from
+    the secret and the server's nonce) over its direction, its number and its text, so a host
+    on the internal network can neither inject, replay, reorder nor drop a line unnoticed:
+    ``seal`` appends the mac, ``open`` checks it (:class:`FeedError` ``forged line``)."""
+
+    def __init__(self, secret: bytes, nonce: bytes, out: bytes, inp: bytes) -> None:
+        self.key = hmac.new(secret, b"pcsite-feed-session|" + nonce, hashlib.sha256).digest()
+        self.out, self.inp = out, inp
+        self.n_out = self.n_in = 0
+
+    def _tag(self, way: bytes, n: int, text: bytes) -> bytes:
+        msg = way + n.to_bytes(8, "big") + text
+        return hmac.new(self.key, msg, hashlib.sha256).hexdigest()[:32].encode()
+
+    def seal(self, text: bytes) -> bytes:
+        self.n_out += 1
+        return text + b"\t" + self._tag(self.out, self.n_out, text) + b"\n"
+
+    def open(self, line: bytes) -> bytes:
+        text, sep, tag = line.rpartition(b"\t")
+        self.n_in += 1
+        if not sep or not hmac.compare_digest(tag, self._tag(self.inp, self.n_in, text)):
+            raise FeedError("forged line (its mac does not verify)")
+        return text
+
+
 class _Sub:
     def __init__(self) -> None:
         self.q: deque[bytes] = deque()
@@ -148,6 +181,9 @@ class FeedServer:
         self._lock = threading.Lock()
         self._token: Any = None
         self.nodes = 0  #: connected, authenticated nodes
+        #: connections dropped, by reason (``auth``: a failed handshake; ``forged``: a line
+        #: whose mac did not verify)
+        self.refused: Counter[str] = Counter()
 
     def publish(self, op: dict[str, Any]) -> None:
         line = json.dumps(op, separators=(",", ":")).encode() + b"\n"
@@ -184,46 +220,49 @@ class FeedServer:
             with trio.fail_after(5):
                 answer = await _read_line(stream, bytearray(), 256)
             if not hmac.compare_digest(answer, _mac(self.secret, nonce)):
+                self.refused["auth"] += 1
                 self.log(f"feed: {peer} failed authentication")
                 return
-            await self._stream(stream, peer)
+            await self._stream(stream, peer, _Seal(self.secret, nonce, b"s", b"c"))
         except Exception as exc:  # a node's connection never takes the controller down
             err = leaf(exc)
+            if isinstance(err, FeedError) and str(err).startswith("forged"):
+                self.refused["forged"] += 1
             self.log(f"feed: {peer} gone ({type(err).__name__}: {err})")
         finally:
             await stream.aclose()
 
-    async def _stream(self, stream: trio.SocketStream, peer: str) -> None:
+    async def _stream(self, stream: trio.SocketStream, peer: str, seal: _Seal) -> None:
         sub = _Sub()
         with self._lock:
             self.subs.add(sub)  # before the snapshot: changes meanwhile are queued, not lost
         self.nodes += 1
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._reports, stream)
-                await self._send(stream, peer, sub)
+                nursery.start_soon(self._reports, stream, seal)
+                await self._send(stream, peer, sub, seal)
         finally:
             self.nodes -= 1
             with self._lock:
                 self.subs.discard(sub)
 
-    async def _reports(self, stream: trio.SocketStream) -> None:
+    async def _reports(self, stream: trio.SocketStream, seal: _Seal) -> None:
         buf = bytearray()
         while True:
-            doc = json.loads(await _read_line(stream, buf, MAX_LINE))
+            doc = json.loads(seal.open(await _read_line(stream, buf, MAX_LINE)))
             if isinstance(doc, dict) and self.on_report is not None:
                 self.on_report(doc)
 
-    async def _send(self, stream: trio.SocketStream, peer: str, sub: _Sub) -> None:
+    async def _send(self, stream: trio.SocketStream, peer: str, sub: _Sub, seal: _Seal) -> None:
         n = 0
         buf = bytearray()
         for op in self.snapshot():
-            buf += json.dumps(op, separators=(",", ":")).encode() + b"\n"
+            buf += seal.seal(json.dumps(op, separators=(",", ":")).encode())
             n += 1
             if len(buf) > 65536:
                 await stream.send_all(bytes(buf))
                 buf.clear()
-        buf += json.dumps({"op": "synced", "ops": n}).encode() + b"\n"
+        buf += seal.seal(json.dumps({"op": "synced", "ops": n}).encode())
         await stream.send_all(bytes(buf))
         self.log(f"feed: {peer} sent a snapshot of {n} ops")
         while True:
@@ -236,7 +275,7 @@ class FeedServer:
                 if not lines:
                     sub.wake = trio.Event()
             if lines:
-                await stream.send_all(b"".join(lines))
+                await stream.send_all(b"".join(seal.seal(line[:-1]) for line in lines))
             else:
                 await sub.wake.wait()
 
@@ -285,6 +324,8 @@ class FeedClient:
         self.replica = OpReplica()
         self.synced = False  #: the replica holds a whole snapshot (it may be stale)
         self.connected = False
+        self.refused: Counter[str] = Counter()  #: connections dropped: ``forged`` lines
+        self._seal: Any = None  #: this connection's line seal (after the handshake)
 
     async def run(self) -> None:
         delay = 0.1
@@ -293,6 +334,9 @@ class FeedClient:
                 await self._session()
             except Exception as exc:  # never ends: the node forwards from its copy meanwhile
                 exc = leaf(exc)
+                if isinstance(exc, FeedError) and str(exc).startswith("forged"):
+                    self.refused["forged"] += 1
+                    self.log(f"feed from {self.host}:{self.port}: {exc}: reconnecting")
                 if self.connected:
                     self.log(f"feed from {self.host}:{self.port} lost ({exc}); "
                              "forwarding from the local copy")  # fmt: skip
@@ -308,9 +352,10 @@ class FeedClient:
             with trio.fail_after(5):
                 nonce = bytes.fromhex((await _read_line(stream, buf, 256)).decode())
                 await stream.send_all(_mac(self.secret, nonce) + b"\n")
+            seal = self._seal = _Seal(self.secret, nonce, b"c", b"s")
             fresh = OpReplica()
             while True:  # the snapshot
-                op = json.loads(await _read_line(stream, buf, MAX_LINE))
+                op = json.loads(seal.open(await _read_line(stream, buf, MAX_LINE)))
                 if op.get("op") == "synced":
                     break
                 fresh.apply(op)
@@ -328,7 +373,7 @@ class FeedClient:
                 if self.report is not None:
                     n.start_soon(self._report, stream)
                 while True:
-                    op = json.loads(await _read_line(stream, buf, MAX_LINE))
+                    op = json.loads(seal.open(await _read_line(stream, buf, MAX_LINE)))
                     self.replica.apply(op)
                     self.on_op(op)
                     if self.settle is not None and isinstance(op.get("seq"), int):
@@ -337,7 +382,7 @@ class FeedClient:
 
     async def _send(self, stream: trio.SocketStream, doc: dict[str, Any]) -> None:
         async with self._send_lock:
-            await stream.send_all(json.dumps(doc, separators=(",", ":")).encode() + b"\n")
+            await stream.send_all(self._seal.seal(json.dumps(doc, separators=(",", ":")).encode()))
 
     async def _report(self, stream: trio.SocketStream) -> None:
         assert self.report is not None

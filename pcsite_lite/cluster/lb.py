@@ -42,6 +42,7 @@ from pcsite_lite.daemon.kernel import (
 )
 
 from .config import ClusterConfig
+from .engine import uses_engine
 from .feed import leaf
 from .membership import HeartbeatError, Membership, decode
 
@@ -122,7 +123,20 @@ class LoadBalancer:
         self._log = log or (lambda m: print(f"pcsite-lb[{cfg.name}]: {m}", file=sys.stderr))
         self._status = Path(cfg.state_dir) / STATUS
         self.feed: Any = None
-        if follow_feed:
+        if follow_feed and uses_engine(cfg.fis_url):  # the state stream on the FIS engine
+            import os
+
+            from pcsite_lite.fis import RedisFIS, open_engine
+            from pcsite_lite.statestream import SAVED_STATE, EngineFeedClient
+
+            engine = open_engine(cfg.fis_url)
+            assert isinstance(engine, RedisFIS)
+            self.feed = EngineFeedClient(
+                engine, on_op=self._feed_op, on_synced=lambda: None,
+                log=self.log, key=self.cl.secret,
+                state_file=os.path.join(cfg.state_dir, SAVED_STATE),
+            )  # fmt: skip
+        elif follow_feed:
             from .feed import FeedClient
 
             self.feed = FeedClient(*self.cl.controller, self.cl.secret, on_op=self._feed_op,

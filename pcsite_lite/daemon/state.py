@@ -410,8 +410,12 @@ def fis_snapshot_path(cfg: SiteConfig, index: int) -> Path:
 
 
 def has_fis_snapshots(cfg: SiteConfig) -> bool:
-    """Whether workers of an earlier run left FIS cache snapshots (the site has run before)."""
-    return any(Path(cfg.state_dir).glob("fis-cache-*.json"))
+    """Whether workers of an earlier run left FIS cache snapshots, or a compute node its
+    saved copy of the site state (the site has run before)."""
+    from pcsite_lite.statestream import SAVED_STATE
+
+    state_dir = Path(cfg.state_dir)
+    return any(state_dir.glob("fis-cache-*.json")) or (state_dir / SAVED_STATE).exists()
 
 
 def node_id(cfg: SiteConfig, index: int | None) -> str:

@@ -30,12 +30,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import trio
 
+from pcsite_lite.cluster.engine import uses_engine
 from pcsite_lite.cluster.feed import merge_usage, valid_report
 from pcsite_lite.confine import sweep_cgroups
 from pcsite_lite.control.app import ControlApp, Request, Response
@@ -119,6 +120,11 @@ class Supervisor:
         self.feed: Any = None  #: cluster.feed.FeedServer (controller with [cluster])
         self.feed_client: Any = None  #: cluster.feed.FeedClient (node without controller)
         self.heartbeater: Any = None  #: cluster.node.Heartbeater (node with [cluster])
+        #: cluster.engine.ControllerSide / NodeSide: the roles meet on a Redis FIS engine
+        self.engine_role: Any = None
+        self.deploys_refused: Counter[str] = Counter()  #: deploy ops a node refused, by reason
+        self.journal: Any = None  #: cluster.usage.NodeJournal (a compute node)
+        self.usage_collector: Any = None  #: cluster.usage.Collector (a controller with nodes)
         #: node name -> {"inc": its process's id, "usage": cumulative, "base": earlier ones}
         self.remote_usage: dict[str, dict[str, Any]] = {}
         #: node name -> (highest op seq it acknowledged, time.monotonic() it was last heard)
@@ -306,8 +312,9 @@ class Supervisor:
         """Site-wide kernel drops ``(dev, reason, packets)`` as of the last worker_stats()."""
         return site_drops(self._ksample) if self._ksample is not None else []
 
-    def worker_usage(self) -> list[dict[str, Any]]:
-        """Per worker: ``"psp/service" -> counters``, monotonic across worker restarts."""
+    def worker_usage(self, *, local: bool = False) -> list[dict[str, Any]]:
+        """Per worker: ``"psp/service" -> counters``, monotonic across worker restarts; then
+        per compute node (their live reports) unless ``local``."""
         out = []
         for s in self.slots:
             merged: dict[str, dict[str, int]] = {}
@@ -317,15 +324,20 @@ class Supervisor:
                     for k, v in doc.items():
                         acc[k] = acc.get(k, 0) + int(v)
             out.append(merged)
-        for r in self.remote_usage.values():  # compute nodes (reported over the feed)
+        if local:
+            return out
+        for r in self.remote_usage.values():  # compute nodes (their live reports)
             out.append(merge_usage([r["base"], r["usage"]]))
         return out
 
     def _node_report(self, doc: dict[str, Any]) -> None:
-        """A compute node's cumulative usage; a new incarnation (restart) starts from zero,
-        so the last report of the old one is folded into the base: counters stay monotonic
-        and the ledger gets each node's usage once (up to a crashed node's last 0.25 s)."""
+        """A compute node's report. Its cumulative usage is the live view (``usage``,
+        metrics): a new incarnation (restart) starts from zero, so the last report of the old
+        one is folded into the base and counters stay monotonic. Billing does not use it: the
+        node's journaled batches (``batches``, over the TCP feed) go to the collector."""
         node, ack = doc.get("node"), doc.get("ack")
+        if isinstance(node, str) and "batches" in doc and self.usage_collector is not None:
+            self.usage_collector.offer(node, doc["batches"], MAX_NODES)
         if (
             isinstance(node, str)
             and node not in self.remote_acked
@@ -372,7 +384,13 @@ class Supervisor:
             "nodes": {  # compute nodes on the state feed (a controller with [cluster])
                 name: {"acked": acked, "heard_s_ago": round(time.monotonic() - seen, 3)}
                 for name, (acked, seen) in sorted(self.remote_acked.items())
-            },
+            } if self.engine_role is None or not self.is_controller
+            else self.engine_role.status(),
+            # state stream entries this node refused (forged, unsigned, malformed), by reason
+            "state_refused": dict(self.engine_role.replica.refused)
+            if self.engine_role is not None and not self.is_controller else {},
+            "deploys_refused": dict(self.deploys_refused),
+            "usage_collection": self._collection_status(),
         }  # fmt: skip
 
     async def _watch_worker(self, slot: WorkerSlot) -> None:
@@ -497,7 +515,12 @@ class Supervisor:
         self._acks = trio.Event()
 
     async def settle(self, timeout: float = 1.0) -> None:
-        """Wait (bounded) until every live worker applied every broadcast state op."""
+        """Wait (bounded) until every live worker applied every broadcast state op (and, on
+        a controller whose nodes follow the engine, every live node)."""
+        if self.is_controller and self.engine_role is not None:
+            t0 = trio.current_time()
+            await self.engine_role.settle(self._seq, timeout)
+            timeout = max(0.0, timeout - (trio.current_time() - t0))
         with trio.move_on_after(timeout):
             while any(s.ready and s.acked < self._seq for s in self.slots) or any(
                 acked < self._seq and time.monotonic() - seen < 1.0  # connected nodes
@@ -554,21 +577,29 @@ class Supervisor:
             elif self.backend._kernel is not None:  # the LB's kernel (lb,controller)
                 self.backend.apply_divert()
             self._cluster_setup()
+            # a compute node journals its usage for the controller; a site's own ledger gets
+            # its own workers' usage (the nodes' comes through the collector, once)
             self.recorder = UsageRecorder(
-                cfg.name, cfg.metering.ledger, lambda: totals(self.worker_usage())
-            )
+                cfg.name, cfg.metering.ledger, lambda: totals(self.worker_usage(local=True)),
+                sink=None if self.journal is None else self.journal.sink,
+            )  # fmt: skip
             async with trio.open_nursery() as nursery:
                 for s in self.slots:
                     nursery.start_soon(self._watch_worker, s)
                 nursery.start_soon(self.recorder.run, cfg.metering.interval, self.log)
                 nursery.start_soon(self._maintain)
-                if self.feed is not None:
+                if self.feed is not None and self.engine_role is None:
                     assert cfg.cluster is not None
                     await nursery.start(self.feed.serve, *cfg.cluster.controller)
                     self.log("state feed on {}:{}".format(*cfg.cluster.controller))
-                for task in (self.feed_client, self.heartbeater):
+                # a node's engine role is also its feed client: one follower per node
+                follower = self.engine_role if self.engine_role is not None else self.feed_client
+                for task in (follower, self.heartbeater):
                     if task is not None:
                         nursery.start_soon(task.run)
+                if self.usage_collector is not None:
+                    nursery.start_soon(self.usage_collector.run, cfg.metering.interval,
+                                       self.log, None, self._billed_tcp)  # fmt: skip
 
                 tls = cfg.tls.server_context() if cfg.tls is not None else None
 
@@ -607,6 +638,7 @@ class Supervisor:
                         self.log(f"stopping on signal {signal.Signals(signum).name}")
                         if self.heartbeater is not None:
                             await self.heartbeater.drain()  # planned stop: lose nothing
+                        await self._bill_before_stop()
                         break
                 self._stopping = True
                 nursery.cancel_scope.cancel()
@@ -614,6 +646,10 @@ class Supervisor:
             self._stopping = True
             self._stop_workers()
             self._final_usage()
+            if self.engine_role is not None and hasattr(self.engine_role, "close"):
+                self.engine_role.close()  # a node ships its final usage
+            elif self.journal is not None:
+                self.journal.close()
             if self.is_node:  # a controller alone changed nothing in the kernel
                 self.kernel.teardown()
             for s in self.slots:
@@ -622,27 +658,56 @@ class Supervisor:
             self.log("stopped")
 
     def _cluster_setup(self) -> None:
-        """The parts of a multi-machine site this process runs (nothing without [cluster])."""
+        """The parts of a multi-machine site this process runs (nothing without [cluster]).
+
+        With a Redis FIS engine the roles meet on it (``cluster/engine.py``: state stream,
+        deployments, acknowledgements, usage); with another FIS (one SQLite file, e.g. the
+        testbed's) the controller's TCP feed (``cluster/feed.py``) carries state and usage."""
         cl = self.cfg.cluster
         if cl is None:
             return
-        from pcsite_lite.cluster.feed import FeedClient, FeedServer
         from pcsite_lite.cluster.node import Heartbeater
 
-        if self.is_controller:
-            self.feed = FeedServer(self.backend.iter_snapshot_ops, cl.secret, self.log,
-                                   on_report=self._node_report)  # fmt: skip
-        if self.is_node and not self.is_controller:
-            inc = os.urandom(8).hex()
+        interval = self.cfg.metering.interval
+        inc = os.urandom(8).hex()  #: this process: a node's restart is told apart by it
 
-            def report() -> dict[str, Any]:
-                return {"node": cl.node, "inc": inc, "usage": merge_usage(self.worker_usage())}
+        def report() -> dict[str, Any]:  # a node's live usage (its journal is billed)
+            doc = {"node": cl.node, "inc": inc,
+                   "usage": merge_usage(self.worker_usage(local=True))}  # fmt: skip
+            if self.journal is not None and self.engine_role is None:  # over the TCP feed
+                doc["batches"] = self.journal.unbilled()
+            return doc
 
-            client = FeedClient(*cl.controller, cl.secret, on_op=self._remote_op,
-                                on_synced=lambda: None, log=self.log,
-                                report=report, node=cl.node, settle=self.settle)  # fmt: skip
-            self.feed_client = client
-            self._snapshot = lambda: client.replica.iter_snapshot_ops()
+        if uses_engine(self.cfg.fis_url):
+            from pcsite_lite.cluster.engine import ControllerSide, NodeSide
+            from pcsite_lite.fis import RedisFIS, open_engine
+
+            engine = open_engine(self.cfg.fis_url)
+            assert isinstance(engine, RedisFIS)
+            if self.is_controller:
+                self.engine_role = self.feed = ControllerSide(self, engine, cl.secret, interval)
+            elif self.is_node:
+                side = NodeSide(self, engine, cl, interval, report)
+                self.engine_role = self.feed_client = side
+                self.journal = side.journal
+                self._snapshot = side.worker_snapshot
+        else:
+            from pcsite_lite.cluster.feed import FeedClient, FeedServer
+            from pcsite_lite.cluster.usage import Collector, NodeJournal
+
+            if self.is_controller:
+                self.feed = FeedServer(self.backend.iter_snapshot_ops, cl.secret, self.log,
+                                       on_report=self._node_report)  # fmt: skip
+                self.usage_collector = Collector(self.cfg.metering.ledger, self.cfg.name)
+            if self.is_node and not self.is_controller:
+                self.journal = NodeJournal(
+                    os.path.join(self.cfg.state_dir, "usage-journal.db"), cl.node
+                )
+                client = FeedClient(*cl.controller, cl.secret, on_op=self._remote_op,
+                                    on_synced=lambda: None, log=self.log, report=report,
+                                    node=cl.node, settle=self.settle)  # fmt: skip
+                self.feed_client = client
+                self._snapshot = lambda: client.replica.iter_snapshot_ops()
         if self.is_node:
             fc = self.feed_client
 
@@ -652,13 +717,73 @@ class Supervisor:
             self.heartbeater = Heartbeater(cl, ready, self.log)
 
     def _remote_op(self, op: dict[str, Any]) -> None:
-        """A change from the controller's feed: to this node's workers (and its divert set)."""
+        """A change from the controller's feed: to this node's workers (and its divert set);
+        a deployment to this node's repository (its workers load from there)."""
+        if op.get("op") in ("deploy", "undeploy"):
+            self._deploy(op)
+            return
+        if op.get("op") == "billed":  # the controller billed our journal up to seq
+            cl = self.cfg.cluster
+            if self.journal is not None and cl is not None and op.get("node") == cl.node:
+                try:
+                    self.journal.mark_billed(int(op["seq"]))
+                except (ValueError, TypeError, KeyError) as exc:
+                    self.log(f"usage journal: bad billed mark {op!r}: {exc}")
+            return
         self.broadcast(op)
         if op.get("op") in ("destination", "release_destination"):
             try:
                 self.kernel.set_divert(self.feed_client.replica.divert_prefixes())
             except KernelError as exc:
                 self.log(f"divert set: {exc}")
+
+    def _deploy(self, op: dict[str, Any]) -> None:
+        from pcsite_lite.cluster.engine import apply_deploy
+        from pcsite_lite.repository import RepositoryError
+
+        name = f"{op.get('psp')}/{op.get('service')}"
+        repo = self.backend.repo
+        if repo is None:
+            self.deploys_refused["no_repository"] += 1
+            self.log(f"deployment of {name} ignored: this node has no site.repository")
+            return
+        try:
+            self.log(f"deployment: {apply_deploy(repo, op)}")
+        except (RepositoryError, ValueError, KeyError, TypeError) as exc:
+            self.deploys_refused[getattr(exc, "reason", type(exc).__name__)] += 1
+            self.log(f"deployment of {name} refused: {exc}")
+
+    async def _bill_before_stop(self, timeout: float = 3.0) -> None:
+        """A compute node on the TCP feed journals its usage so far and waits (bounded) until
+        the controller billed it; what it metered after stays journaled for its next start."""
+        if self.journal is None or self.engine_role is not None or self.recorder is None:
+            return  # over the engine the controller collects a stopped node's stream
+        try:
+            self.recorder.flush()
+        except Exception as exc:  # stop anyway: the journal keeps what it has
+            self.log(f"usage journal: {type(exc).__name__}: {exc}")
+            return
+        last = self.journal.log.last_seq()
+        with trio.move_on_after(timeout):
+            while self.journal.billed < last:
+                await trio.sleep(0.05)
+
+    def _collection_status(self) -> dict[str, Any]:
+        """A controller's billing of its nodes' usage: batches billed by this process, the
+        last sequence number billed per node, batches refused and nodes skipped, by reason."""
+        col = self.usage_collector
+        skipped: dict[str, str] = {}
+        if self.engine_role is not None and self.is_controller:
+            col, skipped = self.engine_role.collector, self.engine_role.collect_skipped
+        if col is None:
+            return {}
+        return {"batches_billed": col.taken, "last_seq": dict(col.last_seq),
+                "refused": dict(col.refused), "skipped": dict(skipped)}  # fmt: skip
+
+    def _billed_tcp(self, last_seq: dict[str, int]) -> None:
+        """Tell the nodes on the TCP feed how far their journals were billed."""
+        for node, seq in last_seq.items():
+            self.feed.publish({"op": "billed", "node": node, "seq": seq})
 
     def _final_usage(self) -> None:
         """Append the usage the workers reported up to their stop (SIGTERM loses none)."""
@@ -759,7 +884,7 @@ def _run_locked(cfg: SiteConfig, roles: frozenset[str]) -> int:
         print(f"pcsite: site.state_dir: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # FIS or repository unusable: name what failed
-        print(f"pcsite: cannot open the site's stores (site.fis = {cfg.fis_url!r}, "
+        print(f"pcsite: cannot open the site's stores (site.fis = {_redacted(cfg.fis_url)!r}, "
               f"site.repository = {cfg.repository!r}): {type(exc).__name__}: {exc}",
               file=sys.stderr)  # fmt: skip
         return 1  # may be passing (the FIS engine restarting): a service manager retries
@@ -779,6 +904,20 @@ def _run_locked(cfg: SiteConfig, roles: frozenset[str]) -> int:
         print(f"pcsite: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _redacted(url: str) -> str:
+    """``url`` without its password (an error message must not carry the FIS credentials)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return "(unparsable URL)"
 
 
 def cleanup(cfg: SiteConfig) -> tuple[int, list[str]]:

@@ -63,10 +63,16 @@ class UsageRecorder:
         usage: Callable[[], Mapping[Key, Counters]],
         *,
         clock: Callable[[], float] = time.time,
+        sink: Callable[[list[UsageRecord]], object] | None = None,
     ) -> None:
+        """``sink(records)``: where :meth:`write` puts records durably instead of the ledger
+        at ``path`` (a compute node's numbered journal,
+        :class:`~pcsite_lite.billing.cluster.NodeUsageLog`); it must raise
+        :class:`LedgerError` (records stay queued) or have stored them."""
         self.site = site
         self.path = Path(path)
-        self.ledger = Ledger(self.path, check_same_thread=False)
+        self._sink = sink
+        self.ledger = Ledger(self.path, check_same_thread=False) if sink is None else None
         self._usage = usage
         self._clock = clock
         self._start = clock()
@@ -97,7 +103,11 @@ class UsageRecorder:
         """
         batch = self.pending[:MAX_BATCH]
         if batch:
-            self.ledger.append_many(batch)
+            if self._sink is not None:
+                self._sink(batch)
+            else:
+                assert self.ledger is not None
+                self.ledger.append_many(batch)
             del self.pending[: len(batch)]
             self.appended += len(batch)
         return len(batch)
@@ -131,7 +141,8 @@ class UsageRecorder:
                 failing = False
 
     def close(self) -> None:
-        self.ledger.close()
+        if self.ledger is not None:
+            self.ledger.close()
 
 
 def export_since(path: str | os.PathLike[str], since: float) -> str:

@@ -88,6 +88,46 @@ def test_node_drain_loses_nothing(cs: ClusterSite) -> None:
     cs.wait_table(set(cs.node_names()))
 
 
+def test_usage_over_the_feed_is_billed_once_across_a_node_sigkill(cs: ClusterSite) -> None:
+    """Without a Redis engine the nodes' journaled batches travel in their feed reports: after
+    a node's SIGKILL and restart and a clean stop of all, each node's journal was billed up to
+    its last batch with nothing left over (none lost: the collector takes a node's batches
+    only in sequence) and the ledger holds no more than the nodes metered (none twice)."""
+    from pcsite_lite.billing.cluster import NodeUsageLog
+    from pcsite_lite.billing.ledger import Ledger
+
+    victim = cs.node_names()[0]
+    with Load(cs, cs.labels, rate=100) as load:
+        _settled(cs, load)
+        time.sleep(1.0)
+        p = cs.procs[victim]
+        p.popen.kill()
+        p.popen.wait(10)
+        cs.start_node(victim)
+        cs.wait_table(set(cs.node_names()))
+        time.sleep(1.0)
+    for n in cs.node_names():
+        cs.procs[n].stop(grace=15)  # drains, journals the rest, waits until it is billed
+    with Ledger(cs.tmp / "lb" / "usage.ledger", create=False) as led:
+        cp = led.checkpoint("cluster:s1")
+        billed = sum(r.counters.packets for r in led.records(psp="acme"))
+    assert cp is not None
+    for n in cs.node_names():
+        journal = NodeUsageLog(cs.tmp / n / "usage-journal.db", n)
+        try:
+            assert journal.last_seq() > 0 and cp[1]["nodes"][n] == journal.last_seq(), n
+            assert journal.since(0) == [], f"{n}: batches left unbilled"
+        finally:
+            journal.close()
+    # the controller's live view has every incarnation's last report (the killed one's
+    # included, though it had not journaled its last interval): billing never exceeds it
+    live = sum(s["packets"] for s in cs.client().usage()["services"].values())
+    assert 0 < billed <= live
+    for n in cs.node_names():
+        cs.start_node(n)
+    cs.wait_table(set(cs.node_names()))
+
+
 def test_lb_and_controller_as_separate_processes(tmp_path) -> None:
     # ``--role lb`` and ``--role controller`` apart (as on two machines): circuits installed
     # at the controller reach the nodes, the LB splits their packets, nothing is lost

@@ -17,6 +17,19 @@ def circuit(label: int, expires: float = 100.0) -> dict:
             "expires": expires, "destination": None, "out": []}  # fmt: skip
 
 
+async def _synced_client(
+    nursery: trio.Nursery, port: int, got: list[dict], logs: list[str]
+) -> FeedClient:
+    """A node following the feed on ``port`` (loopback), once it holds the snapshot."""
+    client = FeedClient("127.0.0.1", port, SECRET, on_op=got.append,
+                        on_synced=lambda: None, log=logs.append)  # fmt: skip
+    nursery.start_soon(client.run)
+    with trio.fail_after(10):
+        while not client.synced:
+            await trio.sleep(0.01)
+    return client
+
+
 def test_replica_applies_changes_and_diffs() -> None:
     r = OpReplica()
     r.apply(circuit(1))
@@ -49,12 +62,8 @@ def test_feed_snapshot_then_changes_then_resync() -> None:
         server = FeedServer(state.iter_snapshot_ops, SECRET, logs.append)
         async with trio.open_nursery() as n:
             port = await n.start(server.serve, "127.0.0.1", 0)
-            client = FeedClient("127.0.0.1", port, SECRET, on_op=got.append,
-                                on_synced=lambda: None, log=logs.append)  # fmt: skip
-            n.start_soon(client.run)
+            client = await _synced_client(n, port, got, logs)
             with trio.fail_after(10):
-                while not client.synced:
-                    await trio.sleep(0.01)
                 assert [o["label"] for o in got] == [1]  # the snapshot is news the first time
                 for op in (circuit(2), {"op": "teardown", "label": 1}):
                     state.apply(op)
@@ -125,3 +134,78 @@ admin_token = "isp-admin-token-0123456789"
     # refused before anything is touched
     assert main(["run", "--config", str(cfg), "--role", "node"]) == 2
     assert "needs a [cluster] section" in capsys.readouterr().err
+
+
+def test_a_line_injected_into_the_feed_is_refused_with_a_counted_reason() -> None:
+    """A host on the path between controller and node (it sees the lines, not the secret)
+    injects a circuit and replays a genuine line: the node refuses both, counts ``forged``,
+    reconnects and resynchronises; the injected circuit never reaches it."""
+    state = OpReplica()
+    state.apply(circuit(1))
+    got: list[dict] = []
+    logs: list[str] = []
+    inject: list[bytes] = []
+
+    async def proxy(server_port: int, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async def handle(down: trio.SocketStream) -> None:
+            up = await trio.open_tcp_stream("127.0.0.1", server_port)
+            async with down, up, trio.open_nursery() as n:
+
+                async def pump(a: trio.SocketStream, b: trio.SocketStream, tamper: bool) -> None:
+                    try:
+                        await copy(a, b, tamper)
+                    finally:  # one side closed: close the other (as a TCP relay does)
+                        n.cancel_scope.cancel()
+
+                async def copy(a: trio.SocketStream, b: trio.SocketStream, tamper: bool) -> None:
+                    seen = bytearray()
+                    while data := await a.receive_some(65536):
+                        await b.send_all(data)
+                        seen += data
+                        if tamper and inject and seen.count(b"\n") >= 3:
+                            line = inject.pop()
+                            if line == b"replay":  # a genuine sealed line, sent again
+                                line = bytes(seen).splitlines()[2] + b"\n"
+                            await b.send_all(line)
+
+                n.start_soon(pump, up, down, True)
+                n.start_soon(pump, down, up, False)
+
+        async def guarded(down: trio.SocketStream) -> None:
+            try:
+                await handle(down)
+            except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass  # the node dropped the connection it found forged
+
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(guarded, listeners)
+
+    async def main() -> None:
+        server = FeedServer(state.iter_snapshot_ops, SECRET, logs.append)
+        async with trio.open_nursery() as n:
+            port = await n.start(server.serve, "127.0.0.1", 0)
+            pport = await n.start(proxy, port)
+            client = await _synced_client(n, pport, got, logs)
+            forged = b'{"op":"circuit","label":66,"psp":"acme","service":"relay","in_key":"00",'
+            forged += b'"expires":100.0,"destination":null,"out":[]}\t' + b"0" * 32 + b"\n"
+            for line in (forged, b"replay"):
+                with trio.fail_after(10):  # (re)connected and synchronised
+                    while not (client.connected and client.synced and server.nodes == 1):
+                        await trio.sleep(0.01)
+                before = client.refused["forged"]
+                inject.append(line)
+                server.publish(circuit(len(got) + 10))  # a line for the proxy to follow
+                with trio.move_on_after(10):
+                    while client.refused["forged"] == before:
+                        await trio.sleep(0.01)
+                assert client.refused["forged"] > before, (line, logs)
+            with trio.fail_after(10):  # reconnected and resynchronised
+                while not (client.connected and client.synced):
+                    await trio.sleep(0.01)
+            assert client.refused["forged"] == 2
+            assert 66 not in {o.get("label") for o in got}
+            assert 66 not in [k[1] for k in client.replica.ops]
+            n.cancel_scope.cancel()
+
+    trio.run(main)

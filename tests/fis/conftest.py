@@ -21,19 +21,27 @@ REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 @contextlib.contextmanager
 def redis_server(
-    workdir: Path, *, persist: bool = False, acl: dict[str, str] | None = None
+    workdir: Path,
+    *,
+    persist: bool = False,
+    acl: dict[str, str] | None = None,
+    acl_text: str | None = None,
 ) -> Iterator[str]:
     """Run a private redis-server on ``workdir/redis.sock``; yield its URL; kill it by PID.
 
     ``persist``: append-only file in ``workdir`` (fsync every second), so a server started
     again on the same directory has the same data. ``acl``: user -> password, each allowed
-    everything; the default user is then off (the URL yielded carries no credentials)."""
+    everything; the default user is then off (the URL yielded carries no credentials).
+    ``acl_text``: an ACL file to use instead."""
     if not os.path.exists(REDIS_SERVER):
         pytest.fail(f"redis-server not found at {REDIS_SERVER} (apt-get install redis-server)")
     sock = workdir / "redis.sock"
     logfile = workdir / "redis.log"
     extra: list[str] = []
-    if acl:
+    if acl_text is not None:  # the caller's ACL file as it is
+        (workdir / "users.acl").write_text(acl_text)
+        extra = ["--aclfile", str(workdir / "users.acl")]
+    elif acl:
         aclfile = workdir / "users.acl"
         lines = ["user default off ~* &* +@all"]  # off; +@all: see testbed.net.redis_acl
         lines += [f"user {u} on >{p} ~* &* +@all" for u, p in acl.items()]
