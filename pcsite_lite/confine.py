@@ -87,8 +87,9 @@ _HEAD: Final = struct.Struct("!I")
 #: metadata, original source, hop limit, IPv4 source, destination, protocol, ToS, TTL,
 #: arrival time, payload length
 _META: Final = struct.Struct("!BBqqBIBIIBBBdI")
-#: a batch answer's head after its ``b"R"``: packet count, length of the JSON array
-_RHEAD: Final = struct.Struct("!II")
+#: a batch answer's head after its ``b"R"``: packet count, length of the JSON array, and how
+#: long (µs) the process busy-polled its channel since its previous answer (the site's spin)
+_RHEAD: Final = struct.Struct("!III")
 #: a batch answer's packet record (process -> worker): outcome (0 done, no actions; 1 done,
 #: its actions are the JSON array's next item; 2 failed, the next item is [reason, detail]),
 #: payload changed (0/1), cache bytes written, new payload length
@@ -161,6 +162,7 @@ class IsolationPolicy:
         startup_s: float = 5.0,
         backoff_s: tuple[float, float] = (0.05, 5.0),
         cpus: frozenset[int] | None = None,
+        spin_us: int = 200,
     ) -> None:
         if mode not in ("process", "inprocess"):
             raise ValueError("isolation mode is process or inprocess")
@@ -175,6 +177,10 @@ class IsolationPolicy:
         self.backoff_s = backoff_s
         #: vCPUs the confined processes may run on (None: the worker's)
         self.cpus = cpus
+        #: longest a confined process busy-polls its channel after an answer (µs), when it
+        #: runs on other vCPUs than the worker (else it would take the worker's CPU); the
+        #: site pays for that CPU (:attr:`ConfinedService.site_spin_ns`)
+        self.spin_us = spin_us
 
     def deadline(self, packets: int) -> float:
         """Seconds a confined process may take to answer a message of ``packets`` packets."""
@@ -314,8 +320,8 @@ class _Batch:
     serves its FIS calls, when it was sent, its deadline (monotonic s; 0 until the message
     ahead of it is answered) and, once answered or lost, its results."""
 
-    __slots__ = ("cpu0", "ctx", "deadline", "fis_down", "items", "results", "rpcs", "sent_ns",
-                 "started")  # fmt: skip
+    __slots__ = ("cpu0", "ctx", "deadline", "fis_down", "idle_ns", "items", "results", "rpcs",
+                 "sent_ns", "started")  # fmt: skip
 
     def __init__(
         self, items: list[tuple[bytes, bytes, tuple[float, bytes]]], ctx: Any, sent_ns: int,
@@ -330,6 +336,8 @@ class _Batch:
         self.results: list[tuple[Any, ...]] = []
         self.started = 0.0
         self.cpu0: int | None = None
+        #: how long its process had been idle when it was sent (its spin is credited up to it)
+        self.idle_ns = 0
 
     def start(self, now: float, budget: float, cpu_ns: int) -> None:
         """The process turns to this batch at ``now`` (monotonic s), its CPU clock at
@@ -386,6 +394,14 @@ class ConfinedService:
         self._backoff = 0.0
         self._cpu_base = 0
         self.cpu_ns = 0  #: kernel-accounted CPU of every process of this service so far
+        #: of that, CPU the processes spent busy-polling for the worker's next batch (at the
+        #: site's choice, so not billed to the provider; at most the spin window, and at most
+        #: the time the worker left the process idle, per message)
+        self.site_spin_ns = 0
+        #: the process's busy-poll window (ns; 0: it blocks at once) and when it went idle
+        #: (monotonic ns of its last answer while nothing else was in flight; 0: busy/new)
+        self._child_spin = 0
+        self._idle_since = 0
         self._taken = 0
         self._next_memory = 0.0
         #: batch messages sent and not yet answered, oldest first (at most MAX_INFLIGHT)
@@ -424,6 +440,12 @@ class ConfinedService:
             "--uid", str(_uid_for(self.name)),
             "--ticks", str(self.max_ticks), "--max-ns", str(self.max_ns),
         ]  # fmt: skip
+        spin = 0
+        if pol.cpus and pol.spin_us and not pol.cpus & os.sched_getaffinity(0):
+            spin = pol.spin_us * 1000  # its own vCPUs: polling takes nothing from the worker
+        args += ["--spin-ns", str(spin)]
+        self._child_spin = spin
+        self._idle_since = 0
         env = {"LANG": "C.UTF-8"}
         try:
             proc = subprocess.Popen(
@@ -511,9 +533,11 @@ class ConfinedService:
         self._finalizer()
 
     def take_cpu(self) -> int:
-        """Kernel-accounted CPU (ns) of this service's processes since the last call."""
-        new = self.cpu_ns - self._taken
-        self._taken = self.cpu_ns
+        """Kernel-accounted CPU (ns) of this service's processes since the last call, less
+        what they spent busy-polling for the site (:attr:`site_spin_ns`)."""
+        billable = max(self._taken, self.cpu_ns - self.site_spin_ns)
+        new = billable - self._taken
+        self._taken = billable
         return new
 
     def poll_ready(self) -> bool:
@@ -535,6 +559,7 @@ class ConfinedService:
             "restarts": self.restarts,
             "deadline_kills": self.kills,
             "cpu_ns": self.cpu_ns,
+            "site_spin_ns": self.site_spin_ns,
             "memory_peak_bytes": self.mem_peak,
             "answers_while_polling": self.spin_hits,
             "answers_after_sleeping": self.spin_misses,
@@ -667,11 +692,12 @@ class ConfinedService:
         deadline = time.monotonic() + self.policy.deadline(1)
         sock = self.sock
         assert sock is not None
+        idle = self._went_busy()
         try:
             sock.send(b"".join((b"B", _HEAD.pack(1), meta, payload)))
         except OSError as exc:
             raise self._died(f"send failed: {exc}") from None
-        [res] = self._answer(api, deadline, 1, MAX_RPCS)
+        [res] = self._answer(api, deadline, 1, MAX_RPCS, idle)
         self._meter()
         self._apply(api, res)
 
@@ -719,6 +745,7 @@ class ConfinedService:
         frame = [b"B", _HEAD.pack(n)]
         frame += [m for m, _, _ in items]
         frame += [p for _, p, _ in items]
+        idle = self._went_busy() if not q else 0
         try:
             self.sock.send(b"".join(frame))
         except OSError:
@@ -727,6 +754,7 @@ class ConfinedService:
         # the deadline runs from when the process can start on the message: now if nothing
         # is ahead of it, else from the answer to the message ahead (set in poll)
         batch = _Batch(items, ctx, time.monotonic_ns(), 0.0)
+        batch.idle_ns = idle
         if not q:  # an idle process: its CPU clock is where its last answer left it
             batch.start(now, self.policy.deadline(n), self._last_cpu)
         q.append(batch)
@@ -789,6 +817,7 @@ class ConfinedService:
                     break
                 q.popleft()
                 t = time.monotonic_ns()
+                self._credit_spin(msg, head.idle_ns, t if not q else 0)
                 took = t - head.sent_ns
                 self.latency_ns.append(took)
                 if self._spin_ns:  # poll for answers for about twice their recent time
@@ -901,7 +930,24 @@ class ConfinedService:
             self._spin_ns = min(SPIN_MAX_NS, max(50_000, 2 * self._answer_ns))
             return msg
 
-    def _answer(self, api: Any, deadline: float, n: int, max_rpcs: int) -> list[tuple[Any, ...]]:
+    def _went_busy(self) -> int:
+        """A message goes to the process: how long it had been idle (ns; 0 if it was not)."""
+        since = self._idle_since
+        self._idle_since = 0
+        return time.monotonic_ns() - since if since else 0
+
+    def _credit_spin(self, msg: bytes, idle_ns: int, now_ns: int) -> None:
+        """Credit the site with the busy-poll the answer ``msg`` reports, bounded by the
+        process's window and by how long the worker had left it idle (a process that claims
+        more is believed only that far); ``now_ns``: it is idle from now (0: not)."""
+        self._idle_since = now_ns
+        if idle_ns and self._child_spin and len(msg) >= 1 + _RHEAD.size:
+            spun = _RHEAD.unpack_from(msg, 1)[2] * 1000
+            self.site_spin_ns += min(spun, self._child_spin, idle_ns)
+
+    def _answer(
+        self, api: Any, deadline: float, n: int, max_rpcs: int, idle_ns: int = 0
+    ) -> list[tuple[Any, ...]]:
         """Serve the process's FIS calls until its answer to the batch of ``n`` packets just
         sent; past ``deadline`` the process is killed and BudgetExceeded raised."""
         sock = self.sock
@@ -921,6 +967,7 @@ class ConfinedService:
             elif not msg:
                 raise self._died("process exited")
             if msg[:1] == b"R":
+                self._credit_spin(msg, idle_ns, time.monotonic_ns())
                 try:
                     return _decode_answer(msg, n, fis_down)
                 except (ValueError, TypeError, RecursionError, struct.error) as exc:
@@ -1099,6 +1146,7 @@ class Prefetcher:
         public = site.public_addr
         circuit_get = site.circuits.get
         circuit_slot = self._circuit_slot
+        form1_meta = _form1_meta
         for i, data in enumerate(packets):
             # form 1 without options: the pipeline's own C ingress (same checks, same MAC)
             head = ax.form1_in(data, public, False, circuit_get) if ax is not None else None
@@ -1108,12 +1156,8 @@ class Prefetcher:
                 if slot is None:
                     continue
                 # snapshot() of this packet, read straight from its bytes
-                tos, ttl, src, dst = _IP_FIELDS.unpack_from(data)
-                proto, hops, md, label, orig = _SHIM1_FIELDS.unpack_from(data, o + 1)
-                meta = _META.pack(FORM_CIRCUIT, 29, label, 0, md, orig, hops, src, dst, proto,
-                                  tos, ttl, now, len(data) - o - 16)  # fmt: skip
                 g = groups.setdefault(slot.process, (slot.ctx, [], []))
-                g[1].append((meta, data[o + 16 :], (now, bytes(data))))
+                g[1].append((form1_meta(data, o, now), data[o + 16 :], (now, bytes(data))))
                 g[2].append(i)
                 continue
             try:
@@ -1174,43 +1218,94 @@ def _decode_answer(msg: bytes, n: int, fis_down: bool) -> list[tuple[Any, ...]]:
     """The results in a batch answer ``msg`` for ``n`` packets (hostile bytes: every count,
     length and code is checked; ValueError/struct.error/RecursionError if anything is off).
     A FIS outage is believed only if the site reported one to the process (``fis_down``)."""
-    count, jlen = _RHEAD.unpack_from(msg, 1)
+    results, extra, coded = _answer_records(msg, n, _ZERO)
+    if not coded:
+        if extra is not None:
+            raise ValueError("answer longer than its records")
+        return results
+    xs = json.loads(extra) if extra is not None else None
+    if not isinstance(xs, list) or len(xs) != coded:
+        raise ValueError("the actions do not match the outcome codes")
+    it = iter(xs)
+    for k, r in enumerate(results):
+        code = r[0]
+        if not code:
+            continue
+        x = next(it)
+        if code == _FAILED:
+            if type(x) is not list or len(x) != 2 or not all(type(v) is str for v in x):
+                raise ValueError("bad failure record")
+            if x[0] == FIS_UNAVAILABLE and not fis_down:
+                x = ["error", "claimed a FIS outage the site did not report"]
+            else:
+                x = [x[0], x[1][:300]]
+        results[k] = (code, r[1], r[2], x, r[4])
+    return results
+
+
+def _py_answer_records(
+    msg: bytes, n: int, zero: tuple[Any, ...]
+) -> tuple[list[tuple[Any, ...]], bytes | None, int]:
+    """The records of a batch answer (the C helper's reference): per packet (outcome,
+    payload changed, cache bytes, None, new payload), ``zero`` for an all-zero record; the
+    JSON array's bytes (None if empty); how many records have an outcome code."""
+    if len(msg) < 1 + _RHEAD.size or msg[:1] != b"R":
+        raise ValueError("short answer")
+    count, jlen, _spun = _RHEAD.unpack_from(msg, 1)
     if count != n:
-        raise ValueError(f"{count} results for {n} packets")
+        raise ValueError("wrong result count")
     start = 1 + _RHEAD.size
     end = start + n * _RES.size
     off = end + jlen
     if off > len(msg):
         raise ValueError("answer shorter than its head says")
-    extra = json.loads(msg[end:off]) if jlen else []
-    if not isinstance(extra, list):
-        raise ValueError("the actions are not a list")
     out: list[tuple[Any, ...]] = []
-    append = out.append
-    i = 0
+    coded = 0
     for code, changed, cache, ln in _RES.iter_unpack(msg[start:end]):
-        x = None
-        if code:
-            if code > _FAILED or i >= len(extra):
-                raise ValueError("bad outcome code")
-            x = extra[i]
-            i += 1
-            if code == _FAILED:
-                if type(x) is not list or len(x) != 2 or not all(type(v) is str for v in x):
-                    raise ValueError("bad failure record")
-                if x[0] == FIS_UNAVAILABLE and not fis_down:
-                    x = ["error", "claimed a FIS outage the site did not report"]
-                else:
-                    x = [x[0], x[1][:300]]
-        if ln:
-            tail = msg[off : off + ln]
-            off += ln
-        else:
-            tail = b""
-        append((code, changed, cache, x, tail))
-    if i != len(extra) or off != len(msg):
+        if code > _FAILED or changed > 1:
+            raise ValueError("bad outcome code")
+        coded += code != 0
+        if not (code or changed or cache or ln):
+            out.append(zero)
+            continue
+        if ln > len(msg) - off:
+            raise ValueError("answer shorter than its records")
+        out.append((code, changed, cache, None, msg[off : off + ln]))
+        off += ln
+    if off != len(msg):
         raise ValueError("answer longer than its records")
-    return out
+    return out, (msg[end : end + jlen] if jlen else None), coded
+
+
+def _py_form1_meta(data: bytes, o: int, now: float) -> bytes:
+    """The :data:`_META` record of a form-1 packet without IP options whose shim starts at
+    ``o``, read straight from its bytes (the C helper's reference)."""
+    if len(data) < 20 or o < 20 or o + 16 > len(data):
+        raise ValueError("form1_meta: not a form-1 packet of that layout")
+    tos, ttl, src, dst = _IP_FIELDS.unpack_from(data)
+    proto, hops, md, label, orig = _SHIM1_FIELDS.unpack_from(data, o + 1)
+    return _META.pack(1, 29, label, 0, md, orig, hops, src, dst, proto, tos, ttl, now,
+                      len(data) - o - 16)  # fmt: skip
+
+
+#: the result of a packet the service only read (shared: no tuple per packet)
+_ZERO: Final = (_OK, 0, 0, None, b"")
+_answer_records: Callable[..., Any] = _py_answer_records
+_form1_meta: Callable[[bytes, int, float], bytes] = _py_form1_meta
+
+
+def _accelerate() -> None:
+    global _answer_records, _form1_meta
+    from pcsite_lite import fastio
+
+    if fastio.ACCELERATED:
+        from pcsite_lite import _fastio  # type: ignore[attr-defined]
+
+        _answer_records = _fastio.answer_records
+        _form1_meta = _fastio.form1_meta
+
+
+_accelerate()
 
 
 def _serve_rpc(api: Any, rpc: Any, args: Any) -> Any:
@@ -1626,7 +1721,7 @@ _SHIMVIEW: Any = None
 
 
 def _serve(fd: int, name: str, mode: str, memory: int, root: str, uid: int, cpu: int | None,
-           ticks: int, max_ns: int) -> int:  # fmt: skip
+           ticks: int, max_ns: int, spin_ns: int = 0) -> int:  # fmt: skip
     # Everything the runtime needs is imported before the filter goes on.
     global _AES, _COMPRESS, _SHIMVIEW, CACHE_LIMIT, _INT2IP
     import binascii  # noqa: F401  (services may import these: no file access after seccomp)
@@ -1634,6 +1729,7 @@ def _serve(fd: int, name: str, mode: str, memory: int, root: str, uid: int, cpu:
     import zlib  # noqa: F401
 
     from pcsite_lite import api as apimod
+    from pcsite_lite import fastio
     from pcsite_lite.sandbox import BudgetExceeded, ServiceLoadError, load_service
 
     _INT2IP = apimod.int2ip
@@ -1732,8 +1828,27 @@ def _serve(fd: int, name: str, mode: str, memory: int, root: str, uid: int, cpu:
     res_size = _RES.size
     pack_res = _RES.pack_into
     too_large = (_FAILED, 0, 0, '["error","batch answer too large"]', b"")
+    # After an answer the process busy-polls its channel for up to ``win`` ns before it
+    # blocks (the worker's next batch usually comes sooner than a sleeping process wakes):
+    # on its own vCPU, at the site's choice (``spin_ns`` 0: never), reported in the next
+    # answer so that the site, not the provider, pays for it. A window that passed empty
+    # halves (down to an eighth); one that caught a batch grows to twice that wait.
+    recv_spin = fastio.recv_spin
+    chan: Any = fd if fastio.ACCELERATED else sock  # (no socket object of a bare fd here)
+    win = spin_ns
+    floor = spin_ns >> 3
+    spun = 0
     while True:
-        msg = backlog.popleft() if backlog else sock.recv(MAX_MESSAGE)
+        if backlog:
+            msg = backlog.popleft()
+        else:
+            msg = None
+            if win:
+                msg, took = recv_spin(chan, MAX_MESSAGE, win)
+                spun += took
+                win = max(floor, win >> 1) if msg is None else min(spin_ns, max(win, 2 * took))
+            if msg is None:
+                msg = sock.recv(MAX_MESSAGE)
         if not msg:
             return 0
         if msg[:1] != b"B":
@@ -1759,7 +1874,10 @@ def _serve(fd: int, name: str, mode: str, memory: int, root: str, uid: int, cpu:
             pack_res(recs, at, code, changed, cache, len(tail))
             at += res_size
         j = ("[" + ",".join(extra) + "]").encode() if extra else b""
-        sock.send(b"".join((b"R", _RHEAD.pack(n, len(j)), recs, j, *tails)))
+        head = _RHEAD.pack(n, len(j), min(spun // 1000, 0xFFFFFFFF))
+        spun = 0
+        sock.send(b"".join((b"R", head, recs, j, *tails)))
+
 
 
 class _CpuBudget(Budget):
@@ -1820,9 +1938,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpu", type=int, default=None)
     ap.add_argument("--ticks", type=int, default=100_000)
     ap.add_argument("--max-ns", type=int, default=10_000_000)
+    ap.add_argument("--spin-ns", type=int, default=0)
     a = ap.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    return _serve(a.fd, a.name, a.mode, a.memory, a.root, a.uid, a.cpu, a.ticks, a.max_ns)
+    return _serve(a.fd, a.name, a.mode, a.memory, a.root, a.uid, a.cpu, a.ticks, a.max_ns,
+                  a.spin_ns)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -16,6 +16,9 @@ long (the worker's busy-poll window).
 ``send_ip_batch(raw_fd, packets) -> (sent, errors, bytes_sent)``: ``sendmmsg`` of whole IPv4
 packets on a raw ``IP_HDRINCL`` socket, each to the destination in its header (a packet the
 kernel refuses, or shorter than an IPv4 header, is counted and skipped).
+``recv_spin(sock_fd, bufsize, spin_ns) -> (message or None, spun_ns)``: one message received
+without blocking, retried for up to ``spin_ns`` (a confined process busy-polling its channel
+for the worker's next batch, :mod:`pcsite_lite.confine`); ``spun_ns``: how long it polled.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ __all__ = [
     "MAX_BATCH",
     "read_batch",
     "recv_batch",
+    "recv_spin",
     "send_batch",
     "send_ip_batch",
     "write_batch",
@@ -141,8 +145,35 @@ def _py_send_ip_batch(fd: int, packets: Sequence[bytes]) -> tuple[int, int, int]
         s.close()
 
 
+def _py_recv_spin(
+    fd: int | socket.socket, bufsize: int, spin_ns: int
+) -> tuple[bytes | None, int]:
+    """(``fd`` may also be the socket object: a seccomp-confined process cannot wrap a bare
+    fd, which takes ``getsockopt``.)"""
+    if not 1 <= bufsize <= 1 << 20:
+        raise ValueError("recv_spin: bufsize must be in 1..1048576")
+    sock = fd if isinstance(fd, socket.socket) else socket.socket(fileno=os.dup(fd))
+    clock = time.monotonic_ns
+    t0 = clock()
+    try:
+        while True:
+            try:
+                msg = sock.recv(bufsize, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                t = clock()
+                if t - t0 >= spin_ns:
+                    return None, t - t0
+                continue
+            except InterruptedError:
+                continue
+            return msg, clock() - t0
+    finally:
+        if sock is not fd:
+            sock.close()
+
+
 def _load() -> bool:
-    global read_batch, write_batch, recv_batch, send_batch, send_ip_batch
+    global read_batch, write_batch, recv_batch, send_batch, send_ip_batch, recv_spin
     if os.environ.get("PACKETCLOUD_PURE", "") not in ("", "0"):  # as pcsock.wire reads it
         print("pcsite_lite.fastio: PACKETCLOUD_PURE=1, batched I/O runs in Python", file=sys.stderr)
         return False
@@ -160,6 +191,7 @@ def _load() -> bool:
     recv_batch = _fastio.recv_batch
     send_batch = _fastio.send_batch
     send_ip_batch = _fastio.send_ip_batch
+    recv_spin = _fastio.recv_spin
     return True
 
 
@@ -168,5 +200,6 @@ write_batch = _py_write_batch
 recv_batch = _py_recv_batch
 send_batch = _py_send_batch
 send_ip_batch = _py_send_ip_batch
+recv_spin = _py_recv_spin
 #: True when the C helper is in use
 ACCELERATED: bool = _load()

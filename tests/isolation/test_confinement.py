@@ -340,12 +340,13 @@ def _played(answer: bytes, payload: bytes = b"data") -> tuple[Site, Any, socket.
 
 
 def _answer(records: list[tuple[int, int, int, int]], extra: bytes = b"", tail: bytes = b"",
-            count: int | None = None) -> bytes:  # fmt: skip
-    """A batch answer as a confined process sends it: ``b"R"``, count and JSON length, one
-    (outcome, payload changed, cache bytes, payload length) record per packet, JSON, tails."""
+            count: int | None = None, spun_us: int = 0) -> bytes:  # fmt: skip
+    """A batch answer as a confined process sends it: ``b"R"``, count, JSON length and its
+    busy-poll time, one (outcome, payload changed, cache bytes, payload length) record per
+    packet, JSON, tails."""
     n = len(records) if count is None else count
     body = b"".join(struct.pack("!BBII", *r) for r in records)
-    return b"R" + struct.pack("!II", n, len(extra)) + body + extra + tail
+    return b"R" + struct.pack("!III", n, len(extra), spun_us) + body + extra + tail
 
 
 @pytest.mark.parametrize(
@@ -364,6 +365,11 @@ def _answer(records: list[tuple[int, int, int, int]], extra: bytes = b"", tail: 
         _answer([(3, 0, 0, 0)], b'[["service_unavailable","not me"]]'),
         # a FIS outage the site never reported: the service's failure, not the site's
         _answer([(2, 0, 0, 0)], b'[["fis_unavailable","not me"]]'),
+        _answer([(4, 0, 0, 0)], b'[["x","y"]]'),  # an outcome code that does not exist
+        _answer([(0, 2, 0, 0)]),  # "payload changed" is a flag
+        _answer([(0, 0, 0, 0)], b"[]"),  # JSON no record announced
+        _answer([(1, 0, 0, 0), (1, 0, 0, 0)], b"[[]]"),  # fewer action lists than records
+        b"B" + _answer([(0, 0, 0, 0)])[1:],  # a batch frame back
     ],
 )
 def test_a_garbled_batch_answer_is_that_services_failure(answer: bytes) -> None:
