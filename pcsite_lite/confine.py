@@ -1879,7 +1879,6 @@ def _serve(fd: int, name: str, mode: str, memory: int, root: str, uid: int, cpu:
         sock.send(b"".join((b"R", head, recs, j, *tails)))
 
 
-
 class _CpuBudget(Budget):
     """The per-call budget of a confined service on its thread's CPU time, without a CPU
     clock read per packet (``thread_time_ns`` is a system call, about 0.5 us, a third of a

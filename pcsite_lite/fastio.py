@@ -145,9 +145,7 @@ def _py_send_ip_batch(fd: int, packets: Sequence[bytes]) -> tuple[int, int, int]
         s.close()
 
 
-def _py_recv_spin(
-    fd: int | socket.socket, bufsize: int, spin_ns: int
-) -> tuple[bytes | None, int]:
+def _py_recv_spin(fd: int | socket.socket, bufsize: int, spin_ns: int) -> tuple[bytes | None, int]:
     """(``fd`` may also be the socket object: a seccomp-confined process cannot wrap a bare
     fd, which takes ``getsockopt``.)"""
     if not 1 <= bufsize <= 1 << 20:
