@@ -415,6 +415,9 @@ class ConfinedService:
         #: (outcome, payload changed, cache bytes, actions or [reason, detail], new payload),
         #: or a list of them when the same bytes came twice
         self._results: dict[tuple[float, bytes], Any] = {}
+        #: results installed and not yet asked for, in their packets' order: ((record,
+        #: payload, key), result) (the by-key map holds them once a packet came out of order)
+        self._order: deque[tuple[tuple[bytes, bytes, tuple[float, bytes]], Any]] = deque()
         self.batch_hits = 0
         self.mem_peak = 0  #: memory high-water (bytes) over its processes
         self._last_cpu = 0
@@ -666,10 +669,21 @@ class ConfinedService:
 
     # -- the call
     def __call__(self, api: Any) -> None:
+        order = self._order
+        if order:
+            # computed by the batch this packet arrived in (Prefetcher), whose packets the
+            # pipeline runs in their order: the next result, if its arrival time and bytes
+            # (which determine everything the snapshot holds) are this packet's
+            d = api._d
+            (_, _, key), res = order[0]
+            if key[0] == d.now and key[1] == d.pkt.buf:
+                order.popleft()
+                self.batch_hits += 1
+                self._apply(api, res)
+                return
+            self._unorder()
         results = self._results
         if results:
-            # computed by the batch this packet arrived in (Prefetcher): found by its
-            # arrival time and bytes, which determine everything the snapshot holds
             d = decision_of(api)
             key = (d.now, bytes(d.pkt.buf))
             res = results.pop(key, None)
@@ -894,11 +908,21 @@ class ConfinedService:
 
     def install(self, batch: _Batch, keep: bool = False) -> None:
         """Make ``batch``'s results the ones the pipeline's calls find (``keep``: add them
-        to those not yet asked for, else replace those)."""
-        results = self._results
+        to those not yet asked for, else replace those): in their order, for packets that
+        come in that order (the usual case), and by key once one does not."""
         if not keep:
-            results.clear()  # results no packet asked for
-        for (_, _, key), res in zip(batch.items, batch.results, strict=True):
+            self._order.clear()  # results no packet asked for
+            self._results.clear()
+        self._order.extend(zip(batch.items, batch.results, strict=True))
+
+    def _clear_results(self) -> None:
+        self._order.clear()
+        self._results.clear()
+
+    def _unorder(self) -> None:
+        """A packet came out of order: every result waiting in order goes to the by-key map."""
+        results = self._results
+        for (_, _, key), res in self._order:
             old = results.get(key)
             if old is None:
                 results[key] = res
@@ -906,6 +930,7 @@ class ConfinedService:
                 old.append(res)
             else:
                 results[key] = [old, res]
+        self._order.clear()
 
     def _spin(self, sock: socket.socket) -> bytes | None:
         """Busy-poll the channel for a message (the answer usually comes within the window:
@@ -1099,7 +1124,7 @@ class Prefetcher:
         held: set[int] = set()
         for proxy, (ctx, items, idxs) in groups.items():
             if not proxy.pending():
-                proxy._results.clear()  # results of earlier batches no packet asked for
+                proxy._clear_results()  # results of earlier batches no packet asked for
             for i in range(0, len(items), CHUNK):
                 chunk = items[i : i + CHUNK]
                 n = proxy.submit(chunk, ctx)

@@ -420,6 +420,20 @@ def test_form2_and_form3_packets_are_batched_with_the_same_results() -> None:
     assert sid.batch_hits == 5 and dest.batch_hits == 5
 
 
+def test_batched_results_are_found_when_packets_come_out_of_their_order() -> None:
+    from pcsite_lite.confine import Prefetcher
+
+    site, pipe = _site()
+    proxy = _deploy(site, "p", "s", "def process(pkt):\n    pkt.set_payload(pkt.read()[::-1])\n")
+    label = _circuit(site, "p", "s")
+    batch = [bytes(_pkt(label, b"payload %d" % i)) for i in range(8)]
+    one_by_one = [pipe.process(d, 4.0) for d in batch]
+    assert Prefetcher(site)(batch, 4.0) == 8
+    order = [3, 0, 1, 2, 7, 6, 5, 4]  # the first one is out of order: found by key
+    assert [pipe.process(batch[i], 4.0) for i in order] == [one_by_one[i] for i in order]
+    assert proxy.batch_hits == 8
+
+
 def test_a_fis_outage_is_the_sites_fault_for_a_confined_service_too(tmp_path: Path) -> None:
     from pcsite_lite.fis import CachedFIS, open_engine
 
