@@ -77,6 +77,7 @@ __all__ = [
     "ServiceFailed",
     "ServiceUnavailable",
     "check_source",
+    "landlock_abi",
     "process_cpu_ns",
     "sweep_cgroups",
 ]
@@ -1489,10 +1490,7 @@ def check_source(
 
 
 # ---------------------------------------------------------------- the confined side
-def _seccomp(allowed: list[str]) -> Callable[[], None]:
-    """Build a filter allowing only ``allowed`` (others fail with EPERM); the returned
-    function loads it (and sets no_new_privs). Building opens the library: do it before the
-    file system goes away."""
+def _libseccomp() -> Any:
     import ctypes
     import ctypes.util
 
@@ -1505,6 +1503,14 @@ def _seccomp(allowed: list[str]) -> Callable[[], None]:
     lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
     lib.seccomp_load.argtypes = [ctypes.c_void_p]
     lib.seccomp_release.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+def _seccomp(allowed: list[str]) -> Callable[[], None]:
+    """Build a filter allowing only ``allowed`` (others fail with EPERM); the returned
+    function loads it (and sets no_new_privs). Building opens the library: do it before the
+    file system goes away."""
+    lib = _libseccomp()
     errno_eperm = 0x00050000 | 1  # SCMP_ACT_ERRNO(EPERM)
     allow = 0x7FFF0000  # SCMP_ACT_ALLOW
     ctx = lib.seccomp_init(errno_eperm)
@@ -1528,6 +1534,92 @@ def _seccomp(allowed: list[str]) -> Callable[[], None]:
     return load
 
 
+def _syscalls(*names: str) -> dict[str, int]:
+    """This architecture's numbers of ``names`` (libseccomp knows them; -1: none)."""
+    lib = _libseccomp()
+    return {n: lib.seccomp_syscall_resolve_name(n.encode()) for n in names}
+
+
+# mount(2), unshare(2) and umount2(2) flags
+_CLONE_NEWNS, _CLONE_NEWNET = 0x00020000, 0x40000000
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 1, 2, 4, 8
+_MS_REMOUNT, _MS_REC, _MS_PRIVATE = 32, 1 << 14, 1 << 18
+_MNT_DETACH = 2
+
+
+def _empty_root(libc: Any, root: str, nr: dict[str, int]) -> None:
+    """In a private mount namespace (already unshared): make an empty read-only tmpfs at
+    ``root`` the process's ``/`` and detach every other mount (none of the host's is left
+    in this namespace, not even under ``/proc``)."""
+    import ctypes
+
+    def check(r: int, what: str) -> None:
+        if r != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, f"{what}: {os.strerror(e)}")
+
+    flags = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
+    check(libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None), "mount --make-rprivate /")
+    check(libc.mount(b"pcsite", root.encode(), b"tmpfs", flags, b"size=4k,nr_inodes=1,mode=0555"),
+          "mount tmpfs")  # fmt: skip
+    os.chdir(root)
+    # pivot_root(".", "."): the old root ends up on top of the new one, then goes
+    check(libc.syscall(nr["pivot_root"], b".", b"."), "pivot_root")
+    check(libc.umount2(b".", _MNT_DETACH), "umount the old root")
+    os.chdir("/")
+    check(libc.mount(None, b"/", None, _MS_REMOUNT | _MS_RDONLY | flags, None), "remount ro")
+
+
+#: Landlock: every file-system access right of ABI 1-5, TCP bind/connect (ABI 4), abstract
+#: UNIX sockets and signals outside the domain (ABI 6); a ruleset that handles them and
+#: allows nothing denies them all
+_LL_FS = ((1 << 13) - 1, 1 << 13, 1 << 14, 0, 1 << 15)  # added by ABI 1, 2, 3, 4, 5
+_LL_NET = 3
+_LL_SCOPE = 3
+
+
+def landlock_abi(libc: Any = None, create: int | None = None) -> int:
+    """The kernel's Landlock ABI version (0: no Landlock)."""
+    import ctypes
+
+    libc = libc or ctypes.CDLL(None, use_errno=True)
+    if create is None:
+        create = _syscalls("landlock_create_ruleset")["landlock_create_ruleset"]
+    if create < 0:
+        return 0
+    abi = libc.syscall(create, None, ctypes.c_size_t(0), ctypes.c_uint32(1))  # ..._VERSION
+    return max(0, abi)
+
+
+def _landlock(libc: Any, nr: dict[str, int]) -> bool:
+    """Deny this process every file-system access, TCP bind/connect and signals or abstract
+    sockets outside itself (Landlock, when the kernel has it: False if not). Needs
+    ``no_new_privs`` (set here)."""
+    import ctypes
+
+    create, restrict = nr.get("landlock_create_ruleset", -1), nr.get("landlock_restrict_self", -1)
+    abi = landlock_abi(libc, create)
+    if abi < 1 or restrict < 0:
+        return False
+    fs = 0
+    for v, bits in enumerate(_LL_FS, start=1):
+        if abi >= v:
+            fs |= bits
+    attr = (ctypes.c_uint64 * 3)(fs, _LL_NET if abi >= 4 else 0, _LL_SCOPE if abi >= 6 else 0)
+    size = 24 if abi >= 6 else 16 if abi >= 4 else 8
+    fd = libc.syscall(create, ctypes.byref(attr), ctypes.c_size_t(size), ctypes.c_uint32(0))
+    if fd < 0:
+        return False
+    try:
+        libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+        if libc.syscall(restrict, fd, ctypes.c_uint32(0)) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, f"landlock_restrict_self: {os.strerror(e)}")
+    finally:
+        os.close(fd)
+    return True
+
+
 def _confine(*, memory: int, root: str, uid: int, cpu: int | None, strict: bool) -> list[str]:
     import ctypes
     import resource
@@ -1538,6 +1630,7 @@ def _confine(*, memory: int, root: str, uid: int, cpu: int | None, strict: bool)
     if os.getppid() == 1:  # the worker is already gone
         raise OSError("parent exited")
     load_filter = _seccomp(ALLOWED_SYSCALLS)
+    nr = _syscalls("pivot_root", "landlock_create_ruleset", "landlock_restrict_self")
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -1546,9 +1639,26 @@ def _confine(*, memory: int, root: str, uid: int, cpu: int | None, strict: bool)
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     measures.append("rlimits")
     if os.geteuid() == 0:
-        os.chroot(root)
-        os.chdir("/")
-        measures.append("chroot")
+        # its own network namespace (no interface but a down loopback) and mount namespace
+        # (an empty read-only tmpfs as /, nothing of the host's mounted); where the kernel
+        # refuses them (e.g. in a container without the capability), a chroot to the empty
+        # directory ``root`` as before
+        root_done = False
+        if libc.unshare(_CLONE_NEWNS | _CLONE_NEWNET) == 0:
+            measures.append("netns")
+            try:
+                _empty_root(libc, root, nr)
+                measures.append("mountns")
+                root_done = True
+            except OSError:
+                if strict:
+                    raise
+        elif strict:
+            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS | CLONE_NEWNET) failed")
+        if not root_done:
+            os.chroot(root)
+            os.chdir("/")
+            measures.append("chroot")
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)
@@ -1556,6 +1666,8 @@ def _confine(*, memory: int, root: str, uid: int, cpu: int | None, strict: bool)
         resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
     elif strict:
         raise OSError("confinement needs root for chroot and setuid")
+    if _landlock(libc, nr):
+        measures.append("landlock")
     load_filter()
     measures.append("seccomp")
     return measures

@@ -18,7 +18,13 @@ from typing import Any
 
 import pytest
 
-from pcsite_lite.confine import ConfinedService, IsolationPolicy, check_source, process_cpu_ns
+from pcsite_lite.confine import (
+    ConfinedService,
+    IsolationPolicy,
+    check_source,
+    landlock_abi,
+    process_cpu_ns,
+)
 from pcsite_lite.pipeline import Pipeline
 from pcsite_lite.site import Site
 from pcsite_lite.verdicts import Drop, Forward
@@ -105,9 +111,68 @@ def test_confined_process_cannot_open_connect_fork_exec_or_signal() -> None:
         os.rmdir(root)
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     out = json.loads(proc.stdout)
-    assert out.pop("measures") == ["rlimits", "chroot", "uid", "seccomp"]
+    landlock = ["landlock"] if landlock_abi() else []
+    assert out.pop("measures") == ["rlimits", "netns", "mountns", "uid", *landlock, "seccomp"]
     assert out.pop("alloc_1g") == "MemoryError"
     assert all(v != "allowed" for v in out.values()), out
+
+
+@pytest.mark.netns  # root: namespaces, setuid and cgroups
+def test_confined_process_sees_no_host_mount_and_no_network_interface() -> None:
+    site, _ = _site()
+    proxy = _deploy(site, "p", "ns", "def process(pkt):\n    pass\n")
+    assert proxy.proc is not None
+    pid = proxy.proc.pid
+    for ns in ("net", "mnt"):  # namespaces of its own
+        assert os.readlink(f"/proc/{pid}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}")
+    # its mount table: one empty read-only tmpfs as /, nothing of the host's
+    [mount] = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+    fields = mount.split()
+    assert fields[4] == "/" and "ro" in fields[5].split(",") and "tmpfs" in fields
+    # its network: a loopback that is down, nothing else
+    devs = [
+        ln.split(":")[0].strip() for ln in Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]
+    ]
+    assert devs == ["lo"]
+    assert Path(f"/proc/{pid}/net/route").read_text().splitlines()[1:] == []
+    assert {"netns", "mountns", "uid", "seccomp"} <= set(proxy.measures)
+    assert "chroot" not in proxy.measures  # the namespace's root replaced it
+    assert ("landlock" in proxy.measures) == bool(landlock_abi())
+
+
+LANDLOCK_PROBE = r"""
+import ctypes, json, socket
+from pcsite_lite.confine import _landlock, _syscalls
+def attempt(fn):
+    try:
+        fn()
+        return "allowed"
+    except BaseException as exc:
+        return type(exc).__name__
+def connect():
+    with socket.socket() as s:
+        s.connect(("127.0.0.1", 9))
+before = attempt(lambda: open("/etc/hostname").read())
+libc = ctypes.CDLL(None, use_errno=True)
+nr = _syscalls("landlock_create_ruleset", "landlock_restrict_self")
+out = {"applied": _landlock(libc, nr), "before": before,
+       "open": attempt(lambda: open("/etc/hostname").read()),
+       "listdir": attempt(lambda: __import__("os").listdir("/")), "connect": attempt(connect)}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not landlock_abi(), reason="the kernel has no Landlock")
+def test_landlock_denies_every_file_and_tcp_connect_by_itself() -> None:
+    # without seccomp, UID or namespaces (so not root-only): Landlock alone refuses them
+    proc = subprocess.run([sys.executable, "-c", LANDLOCK_PROBE], capture_output=True,
+                          timeout=60, cwd=Path(__file__).parents[2])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    out = json.loads(proc.stdout)
+    assert out["applied"] is True and out["before"] == "allowed"
+    assert out["open"] == out["listdir"] == "PermissionError"
+    if landlock_abi() >= 4:  # TCP connect is refused, not merely unanswered
+        assert out["connect"] == "PermissionError"
 
 
 def test_upload_check_runs_module_code_elsewhere_and_bounds_it() -> None:
