@@ -15,8 +15,8 @@
  *   send_ip_batch(rawfd, packets) -> (sent, errors, bytes)   sendmmsg of whole IPv4 packets
  *   recv_spin(sockfd, bufsize, spin_ns) -> (bytes | None, spun_ns)
  *       non-blocking recv of one message, retried for up to ``spin_ns`` (a confined process
- *       busy-polling its channel after an answer); None if nothing came; spun_ns is how long
- *       it polled
+ *       busy-polling its channel after an answer), yielding the vCPU between tries to any
+ *       other runnable process; None if nothing came; spun_ns is how long it polled
  *   form1_meta(data, off, now) -> bytes
  *       the confined lane's packet record (pcsite_lite.confine._META) of a form-1 packet
  *       without IP options whose shim starts at ``off``: read straight from its bytes
@@ -31,6 +31,7 @@
 #include <Python.h>
 #include <arpa/inet.h>
 #include <errno.h>
+#include <sched.h>
 #include <stdint.h>
 #include <netinet/in.h>
 #include <stdlib.h>
@@ -363,6 +364,7 @@ static PyObject *recv_spin(PyObject *self, PyObject *args) {
         if (err != EAGAIN && err != EWOULDBLOCK) break;
         t = now_ns();
         if (t - t0 >= spin_ns) break;
+        sched_yield(); /* another process with work on this vCPU runs first */
     }
     if (r >= 0) t = now_ns();
     Py_END_ALLOW_THREADS

@@ -18,7 +18,8 @@ packets on a raw ``IP_HDRINCL`` socket, each to the destination in its header (a
 kernel refuses, or shorter than an IPv4 header, is counted and skipped).
 ``recv_spin(sock_fd, bufsize, spin_ns) -> (message or None, spun_ns)``: one message received
 without blocking, retried for up to ``spin_ns`` (a confined process busy-polling its channel
-for the worker's next batch, :mod:`pcsite_lite.confine`); ``spun_ns``: how long it polled.
+for the worker's next batch, :mod:`pcsite_lite.confine`), yielding the vCPU between tries to any
+other runnable process; ``spun_ns``: how long it polled.
 """
 
 from __future__ import annotations
@@ -161,6 +162,7 @@ def _py_recv_spin(fd: int | socket.socket, bufsize: int, spin_ns: int) -> tuple[
                 t = clock()
                 if t - t0 >= spin_ns:
                     return None, t - t0
+                os.sched_yield()  # another process with work on this vCPU runs first
                 continue
             except InterruptedError:
                 continue
