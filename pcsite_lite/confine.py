@@ -1115,32 +1115,44 @@ class Prefetcher:
             slept = True
 
     def _send(self, packets: list[bytes], now: float) -> set[int]:
-        """Batch messages for ``packets``; the indexes of the packets sent. Never raises: on
-        a platform bug the packets take the pipeline's path."""
+        """Batch messages for ``packets``, each sent as soon as it is full (its process
+        starts on it while the next is built); the indexes of the packets sent. Never raises:
+        on a platform bug the packets not sent yet take the pipeline's path."""
+        held: set[int] = set()
+        started: set[ConfinedService] = set()
+
+        def flush(proxy: ConfinedService, ctx: Any, items: list[Any], idxs: list[int]) -> None:
+            if proxy not in started:
+                started.add(proxy)
+                if not proxy.pending():
+                    proxy._clear_results()  # results of earlier batches no packet asked for
+            self._submit(proxy, ctx, items, idxs, held)
+
         try:
-            groups = self._prefetch(packets, now)
+            self._prefetch(packets, now, flush)
         except Exception as exc:
             self.site.runtime.event(now, "internal_error", "site", f"prefetch: {exc!r}")
-            return set()
-        held: set[int] = set()
-        for proxy, (ctx, items, idxs) in groups.items():
-            if not proxy.pending():
-                proxy._clear_results()  # results of earlier batches no packet asked for
-            for i in range(0, len(items), CHUNK):
-                chunk = items[i : i + CHUNK]
-                n = proxy.submit(chunk, ctx)
-                if not n and proxy.ready and len(proxy._inflight) >= MAX_INFLIGHT:
-                    # its channel is full: these are dropped as ``service_busy`` (not its
-                    # failure), in their turn, by the pipeline's call finding that result
-                    over = _Batch(chunk, ctx, 0, 0.0)
-                    why = ["service_busy", f"{MAX_INFLIGHT} batch messages in flight"]
-                    over.results = [(_DROPPED, 0, 0, why, b"")] * len(chunk)
-                    proxy._answered.append(over)
-                    n = len(chunk)
-                if n:
-                    held.update(idxs[i : i + n])
-                    self._busy[proxy] = None
         return held
+
+    def _submit(
+        self, proxy: ConfinedService, ctx: Any, items: list[Any], idxs: list[int], held: set[int]
+    ) -> None:
+        """Send ``items`` (packets ``idxs``) to ``proxy`` in messages of :data:`CHUNK`; add
+        the indexes of those sent (or dropped as ``service_busy`` in their turn) to ``held``."""
+        for i in range(0, len(items), CHUNK):
+            chunk = items[i : i + CHUNK]
+            n = proxy.submit(chunk, ctx)
+            if not n and proxy.ready and len(proxy._inflight) >= MAX_INFLIGHT:
+                # its channel is full: these are dropped as ``service_busy`` (not its
+                # failure), in their turn, by the pipeline's call finding that result
+                over = _Batch(chunk, ctx, 0, 0.0)
+                why = ["service_busy", f"{MAX_INFLIGHT} batch messages in flight"]
+                over.results = [(_DROPPED, 0, 0, why, b"")] * len(chunk)
+                proxy._answered.append(over)
+                n = len(chunk)
+            if n:
+                held.update(idxs[i : i + n])
+                self._busy[proxy] = None
 
     @staticmethod
     def _ready(slot: Any) -> bool:
@@ -1161,8 +1173,10 @@ class Prefetcher:
             slot = c.slot = site.runtime.slot(c.psp, c.service)
         return slot if self._ready(slot) else None
 
-    def _prefetch(self, packets: list[bytes], now: float) -> dict[ConfinedService, Any]:
-        """Each confined service's (context, packet snapshots, packet indexes) of ``packets``."""
+    def _prefetch(self, packets: list[bytes], now: float, flush: Callable[..., None]) -> None:
+        """Each confined service's packets of ``packets``: ``flush(service, context, packet
+        snapshots, packet indexes)`` once :data:`CHUNK` of them are gathered, and for the
+        rest at the end."""
         from pcsock.wire import FORM_CIRCUIT, FORM_SERVICE, WireError, parse
 
         site = self.site
@@ -1182,9 +1196,14 @@ class Prefetcher:
                 if slot is None:
                     continue
                 # snapshot() of this packet, read straight from its bytes
-                g = groups.setdefault(slot.process, (slot.ctx, [], []))
+                g = groups.get(slot.process)
+                if g is None:
+                    g = groups[slot.process] = (slot.ctx, [], [])
                 g[1].append((form1_meta(data, o, now), data[o + 16 :], (now, bytes(data))))
                 g[2].append(i)
+                if len(g[2]) >= CHUNK:
+                    del groups[slot.process]
+                    flush(slot.process, *g)
                 continue
             try:
                 pkt = parse(data, verify_ip_checksum=False)
@@ -1213,10 +1232,16 @@ class Prefetcher:
                 self._decision.bind(pkt, slot.ctx, now, None, reg.allowed)
             meta, payload = snapshot(api)
             key = (now, bytes(pkt.buf))
-            g = groups.setdefault(slot.process, (slot.ctx, [], []))
+            g = groups.get(slot.process)
+            if g is None:
+                g = groups[slot.process] = (slot.ctx, [], [])
             g[1].append((meta, payload, key))
             g[2].append(i)
-        return groups
+            if len(g[2]) >= CHUNK:
+                del groups[slot.process]
+                flush(slot.process, *g)
+        for proxy, g in groups.items():
+            flush(proxy, *g)
 
 
 def snapshot(api: Any) -> tuple[bytes, bytes]:
