@@ -13,10 +13,11 @@
  *   recv_batch(sockfd, max, bufsize=65536) -> list[bytes]     recvmmsg, MSG_DONTWAIT
  *   send_batch(sockfd, packets, (host, port)) -> sent         sendmmsg to one IPv4 address
  *   send_ip_batch(rawfd, packets) -> (sent, errors, bytes)   sendmmsg of whole IPv4 packets
- *   recv_spin(sockfd, bufsize, spin_ns) -> (bytes | None, spun_ns)
+ *   recv_spin(sockfd, bufsize, spin_ns) -> (bytes | None, spun_ns, spun_cpu_ns)
  *       non-blocking recv of one message, retried for up to ``spin_ns`` (a confined process
  *       busy-polling its channel after an answer), yielding the vCPU between tries to any
- *       other runnable process; None if nothing came; spun_ns is how long it polled
+ *       other runnable process; None if nothing came; spun_ns is how long it polled,
+ *       spun_cpu_ns the CPU time the calling thread used meanwhile
  *   form1_meta(data, off, now) -> bytes
  *       the confined lane's packet record (pcsite_lite.confine._META) of a form-1 packet
  *       without IP options whose shim starts at ``off``: read straight from its bytes
@@ -354,6 +355,8 @@ static PyObject *recv_spin(PyObject *self, PyObject *args) {
     if (!buf) return PyErr_NoMemory();
     ssize_t r;
     int err = 0;
+    struct timespec c0, c1;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
     long long t0 = now_ns(), t = t0;
     Py_BEGIN_ALLOW_THREADS
     for (;;) {
@@ -368,12 +371,14 @@ static PyObject *recv_spin(PyObject *self, PyObject *args) {
     }
     if (r >= 0) t = now_ns();
     Py_END_ALLOW_THREADS
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
+    long long cpu = (long long)(c1.tv_sec - c0.tv_sec) * 1000000000LL + (c1.tv_nsec - c0.tv_nsec);
     PyObject *out = NULL;
     if (r >= 0) {
         PyObject *b = PyBytes_FromStringAndSize((const char *)buf, r);
-        if (b) out = Py_BuildValue("(NL)", b, t - t0);
+        if (b) out = Py_BuildValue("(NLL)", b, t - t0, cpu);
     } else if (err == EAGAIN || err == EWOULDBLOCK) {
-        out = Py_BuildValue("(OL)", Py_None, t - t0);
+        out = Py_BuildValue("(OLL)", Py_None, t - t0, cpu);
     } else {
         errno = err;
         PyErr_SetFromErrno(PyExc_OSError);
@@ -515,7 +520,7 @@ static PyMethodDef methods[] = {
     {"answer_records", answer_records, METH_VARARGS,
      "answer_records(msg, n, zero) -> (results, extra JSON or None, coded) of a batch answer"},
     {"recv_spin", recv_spin, METH_VARARGS,
-     "recv_spin(sockfd, bufsize, spin_ns) -> (message or None, ns spent polling)"},
+     "recv_spin(sockfd, bufsize, spin_ns) -> (message or None, ns spent polling, CPU ns)"},
     {"read_batch", read_batch, METH_VARARGS,
      "read_batch(fd, max, spin_ns=0) -> list of packets read without blocking"},
     {"write_batch", write_batch, METH_VARARGS, "write_batch(fd, packets) -> (written, errors, bytes_written)"},

@@ -88,8 +88,9 @@ _HEAD: Final = struct.Struct("!I")
 #: metadata, original source, hop limit, IPv4 source, destination, protocol, ToS, TTL,
 #: arrival time, payload length
 _META: Final = struct.Struct("!BBqqBIBIIBBBdI")
-#: a batch answer's head after its ``b"R"``: packet count, length of the JSON array, and how
-#: long (µs) the process busy-polled its channel since its previous answer (the site's spin)
+#: a batch answer's head after its ``b"R"``: packet count, length of the JSON array, and the
+#: CPU time (µs) the process spent busy-polling its channel since its previous answer (the
+#: site's spin)
 _RHEAD: Final = struct.Struct("!III")
 #: a batch answer's packet record (process -> worker): outcome (0 done, no actions; 1 done,
 #: its actions are the JSON array's next item; 2 failed, the next item is [reason, detail]),
@@ -2006,8 +2007,8 @@ def _serve(fd: int, name: str, mode: str, memory: int, root: str, uid: int, cpu:
         else:
             msg = None
             if win:
-                msg, took = recv_spin(chan, MAX_MESSAGE, win)
-                spun += took
+                msg, took, cpu_ns = recv_spin(chan, MAX_MESSAGE, win)
+                spun += cpu_ns
                 win = max(floor, win >> 1) if msg is None else min(spin_ns, max(win, 2 * took))
             if msg is None:
                 msg = sock.recv(MAX_MESSAGE)

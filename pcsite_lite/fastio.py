@@ -16,10 +16,11 @@ long (the worker's busy-poll window).
 ``send_ip_batch(raw_fd, packets) -> (sent, errors, bytes_sent)``: ``sendmmsg`` of whole IPv4
 packets on a raw ``IP_HDRINCL`` socket, each to the destination in its header (a packet the
 kernel refuses, or shorter than an IPv4 header, is counted and skipped).
-``recv_spin(sock_fd, bufsize, spin_ns) -> (message or None, spun_ns)``: one message received
+``recv_spin(sock_fd, bufsize, spin_ns) -> (message or None, spun_ns, spun_cpu_ns)``: one message received
 without blocking, retried for up to ``spin_ns`` (a confined process busy-polling its channel
 for the worker's next batch, :mod:`pcsite_lite.confine`), yielding the vCPU between tries to any
-other runnable process; ``spun_ns``: how long it polled.
+other runnable process; ``spun_ns``: how long it polled, ``spun_cpu_ns``: the CPU time the
+calling thread used meanwhile (what polling cost, preemption not counted).
 """
 
 from __future__ import annotations
@@ -146,13 +147,16 @@ def _py_send_ip_batch(fd: int, packets: Sequence[bytes]) -> tuple[int, int, int]
         s.close()
 
 
-def _py_recv_spin(fd: int | socket.socket, bufsize: int, spin_ns: int) -> tuple[bytes | None, int]:
+def _py_recv_spin(
+    fd: int | socket.socket, bufsize: int, spin_ns: int
+) -> tuple[bytes | None, int, int]:
     """(``fd`` may also be the socket object: a seccomp-confined process cannot wrap a bare
     fd, which takes ``getsockopt``.)"""
     if not 1 <= bufsize <= 1 << 20:
         raise ValueError("recv_spin: bufsize must be in 1..1048576")
     sock = fd if isinstance(fd, socket.socket) else socket.socket(fileno=os.dup(fd))
-    clock = time.monotonic_ns
+    clock, cpu = time.monotonic_ns, time.thread_time_ns
+    c0 = cpu()
     t0 = clock()
     try:
         while True:
@@ -161,12 +165,12 @@ def _py_recv_spin(fd: int | socket.socket, bufsize: int, spin_ns: int) -> tuple[
             except BlockingIOError:
                 t = clock()
                 if t - t0 >= spin_ns:
-                    return None, t - t0
+                    return None, t - t0, cpu() - c0
                 os.sched_yield()  # another process with work on this vCPU runs first
                 continue
             except InterruptedError:
                 continue
-            return msg, clock() - t0
+            return msg, clock() - t0, cpu() - c0
     finally:
         if sock is not fd:
             sock.close()

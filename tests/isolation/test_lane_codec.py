@@ -107,11 +107,11 @@ def _impls() -> list[Any]:
 def test_recv_spin_polls_for_its_window_then_gives_up(recv_spin: Any) -> None:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with a, b:
-        msg, spun = recv_spin(a.fileno(), 1000, 2_000_000)
-        assert msg is None and spun >= 2_000_000
+        msg, spun, cpu = recv_spin(a.fileno(), 1000, 2_000_000)
+        assert msg is None and spun >= 2_000_000 and 0 < cpu <= spun + 1_000_000
         b.send(b"batch")
-        msg, spun = recv_spin(a.fileno(), 1000, 50_000_000)
-        assert msg == b"batch" and spun < 50_000_000
+        msg, spun, cpu = recv_spin(a.fileno(), 1000, 50_000_000)
+        assert msg == b"batch" and spun < 50_000_000 and cpu >= 0
         b.close()
         assert recv_spin(a.fileno(), 1000, 1_000_000)[0] == b""  # the worker is gone
         with pytest.raises(ValueError):

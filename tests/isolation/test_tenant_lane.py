@@ -178,3 +178,54 @@ def test_a_killed_workers_cgroups_are_swept_and_live_ones_kept() -> None:
             for p in (d, os.path.dirname(d)):
                 if os.path.isdir(p):
                     os.rmdir(p)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="polling needs a vCPU of its own")
+def test_the_process_polls_for_the_next_batch_at_the_sites_expense_not_the_providers() -> None:
+    mine = os.sched_getaffinity(0)
+    worker_cpu, tenant_cpu = sorted(mine)[:2]
+    os.sched_setaffinity(0, {worker_cpu})  # the process polls only on a vCPU of its own
+    try:
+        site, pipe = _site(cpus=frozenset({tenant_cpu}), spin_us=2000)
+        proxy = _deploy(site, "p", "rev", REVERSE)
+        label = _circuit(site, "p", "rev")
+        pre = Prefetcher(site)
+        for r in range(40):
+            batch = [bytes(_pkt(label, b"r%d-%d" % (r, i))) for i in range(4)]
+            assert pre(batch, 1.0 + r) == 4
+            outs = [pipe.process(d, 1.0 + r) for d in batch]
+            assert all(isinstance(v, Forward) for [v] in outs)
+            time.sleep(0.0005)  # the worker is elsewhere; the process polls meanwhile
+    finally:
+        os.sched_setaffinity(0, mine)
+    proxy._meter()
+    spin = proxy.site_spin_ns
+    assert spin > 0 and proxy.status()["site_spin_ns"] == spin
+    assert spin <= 40 * 2_000_000  # at most one window per message
+    billed = site.runtime.counters("p", "rev").cpu_ns + proxy.take_cpu()
+    # the kernel's CPU of the process is the provider's bill plus the site's polling
+    assert billed + spin == proxy.cpu_ns
+    if proxy.cgroup is not None:
+        kernel = proxy.cgroup.read_int("cpuacct.usage")
+        assert kernel is not None and abs(billed + spin - kernel) / kernel < 0.05
+
+
+def test_a_claimed_poll_is_credited_at_most_the_window_and_the_idle_time() -> None:
+    site, _ = _site()
+    proxy = _deploy(site, "p", "rev", REVERSE)
+    proxy._child_spin = 200_000  # as if it polled (200 µs window)
+
+    def answer(spun_us: int) -> bytes:
+        return b"R" + confine._RHEAD.pack(0, 0, spun_us)
+
+    before = proxy.site_spin_ns
+    proxy._credit_spin(answer(10_000_000), 50_000, 0)  # claims 10 s, idle 50 µs
+    assert proxy.site_spin_ns - before == 50_000
+    proxy._credit_spin(answer(10_000_000), 10**9, 0)  # idle 1 s: the window
+    assert proxy.site_spin_ns - before == 250_000
+    proxy._credit_spin(answer(30), 10**9, 0)  # what it says, if less
+    assert proxy.site_spin_ns - before == 280_000
+    proxy._credit_spin(answer(100), 0, 0)  # sent while it was busy: nothing
+    proxy._child_spin = 0
+    proxy._credit_spin(answer(100), 10**9, 0)  # the site did not ask it to poll: nothing
+    assert proxy.site_spin_ns - before == 280_000
