@@ -16,11 +16,11 @@ long (the worker's busy-poll window).
 ``send_ip_batch(raw_fd, packets) -> (sent, errors, bytes_sent)``: ``sendmmsg`` of whole IPv4
 packets on a raw ``IP_HDRINCL`` socket, each to the destination in its header (a packet the
 kernel refuses, or shorter than an IPv4 header, is counted and skipped).
-``recv_spin(sock_fd, bufsize, spin_ns) -> (message or None, spun_ns, spun_cpu_ns)``: one message received
-without blocking, retried for up to ``spin_ns`` (a confined process busy-polling its channel
-for the worker's next batch, :mod:`pcsite_lite.confine`), yielding the vCPU between tries to any
-other runnable process; ``spun_ns``: how long it polled, ``spun_cpu_ns``: the CPU time the
-calling thread used meanwhile (what polling cost, preemption not counted).
+``recv_spin(sock_fd, bufsize, spin_ns) -> (message or None, spun_ns, spun_cpu_ns)``: one
+message received without blocking, retried for up to ``spin_ns`` (a confined process
+busy-polling its channel for the worker's next batch, :mod:`pcsite_lite.confine`), yielding
+the vCPU between tries to any other runnable process; ``spun_ns``: how long it polled,
+``spun_cpu_ns``: the CPU time the calling thread used meanwhile (preemption not counted).
 """
 
 from __future__ import annotations
