@@ -476,6 +476,9 @@ class ConfinedService:
         self._last_cpu = 0
         cg = None
         if os.geteuid() == 0:
+            # stopped while it joins its cgroup: billing starts at the CPU clock reading
+            # where the cgroup's accounting starts, not a few (preempted) statements apart
+            stopped = _stop(proc.pid)
             cg = _Cgroup(
                 f"{self.name.replace('/', '.')}.{proc.pid}",
                 memory_bytes=pol.memory_mb << 20,
@@ -484,11 +487,15 @@ class ConfinedService:
             if not cg.attach(proc.pid):
                 cg.remove()
                 cg = None
+        else:
+            stopped = False
         self.cgroup = cg
         try:  # billing starts where the cgroup's accounting starts (exec is the platform's)
             self._last_cpu = self._cpu_base = process_cpu_ns(proc.pid)
         except OSError:
             self._cpu_base = 0
+        if stopped:
+            os.kill(proc.pid, signal.SIGCONT)
         st = self._state()
         st["pid"] = proc.pid
         st["proc"] = proc
@@ -1371,6 +1378,16 @@ def _serve_rpc(api: Any, rpc: Any, args: Any) -> Any:
         return {"x": FIS_UNAVAILABLE, "d": str(exc)[:200]}
     except Exception as exc:  # PacketApiError(api_misuse) and FIS errors go back
         return {"x": getattr(exc, "reason", "api_misuse"), "d": str(exc)[:200]}
+
+
+def _stop(pid: int) -> bool:
+    """Stop our child ``pid`` and wait until it is stopped (False if it could not be)."""
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        _, status = os.waitpid(pid, os.WUNTRACED)
+    except OSError:
+        return False
+    return os.WIFSTOPPED(status)
 
 
 def _vm_hwm(pid: int) -> int:
