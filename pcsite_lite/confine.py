@@ -11,12 +11,22 @@ process. FIS reads (``fetch``, ``lookup``, ``isp_fetch``, ``isp_lookup``) are sy
 calls back to the worker; ``cache``/``cache_get``, ``aes`` and ``compress`` run in the
 confined process itself (the cache is node-local per service anyway).
 
+After an answer, a process on other vCPUs than its worker busy-polls its channel for the
+next batch (``IsolationPolicy.spin_us``, adaptive); the site, not the provider, pays for
+that CPU (:attr:`ConfinedService.site_spin_ns`, bounded by the window and the idle time).
+
 What the kernel enforces on the confined process (each applied before any provider code runs;
 :attr:`ConfinedService.measures` lists what was applied):
 
 * ``rlimits``: ``RLIMIT_AS`` (memory), ``RLIMIT_NOFILE``/``RLIMIT_FSIZE``/``RLIMIT_CORE``;
-* ``chroot`` to an empty directory and ``uid``: its own unprivileged UID/GID (when the
-  worker is root; the simulator's unprivileged lane skips these two);
+* ``netns`` and ``mountns`` (when the worker is root): its own network namespace (only a
+  loopback, down) and mount namespace, private, whose ``/`` is an empty read-only tmpfs
+  (``pivot_root``; no mount of the host left); where the kernel refuses the namespaces,
+  ``chroot`` to an empty directory instead;
+* ``uid``: its own unprivileged UID/GID (root only; the simulator's unprivileged lane keeps
+  rlimits, Landlock and seccomp);
+* ``landlock`` (any user, if the kernel has it): no file-system access, no TCP bind/connect,
+  no signal or abstract UNIX socket outside itself;
 * ``cgroup``: its own cgroup-v1 ``memory`` (limit) and ``cpu,cpuacct`` (CPU quota and the
   kernel's CPU accounting) group, when the hierarchy is writable;
 * ``seccomp``: no-new-privileges and a syscall allow-list (its channel, memory, futex,
@@ -38,10 +48,13 @@ raw bytes: ``{"rpc": name, "args": [...]}`` answered with ``{"r": value}`` or ``
 "d": detail}``. Packets go in binary *batch frames*, one message per batch each way, with no
 per-packet JSON: worker -> process ``b"B"``, ``!I`` count, one fixed :data:`_META` record per
 packet (shim fields with a presence bit each, addresses, protocol, ToS, TTL, arrival time,
-payload length), then the payloads back to back; process -> worker ``b"R"``, ``!II`` count and
-JSON length, one fixed :data:`_RES` record per packet (outcome code, payload changed, cache
-bytes, new payload length), one JSON array holding only the action lists (and error reasons)
-of the packets that have any, then the new payloads. A packet that only read fields, changed
+payload length), then the payloads back to back; process -> worker ``b"R"``, ``!III`` count,
+JSON length, CPU µs it busy-polled for this message (:data:`_RHEAD`), one fixed :data:`_RES`
+record per packet (outcome code, payload changed, cache bytes, new payload length), one JSON
+array holding only the action lists (and error reasons) of the packets that have any, then
+the new payloads. The worker builds form-1 records and parses answers in C
+(``_fastio.form1_meta``, ``_fastio.answer_records``; references :func:`_py_form1_meta`,
+:func:`_py_answer_records`). A packet that only read fields, changed
 its payload or did nothing costs no JSON at all. The process never trusts the worker less
 than itself; the worker treats every byte from the process as hostile (size-bounded, counts
 and lengths checked against what it sent, JSON only, actions validated on replay; an error
