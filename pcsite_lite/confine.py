@@ -560,9 +560,10 @@ class ConfinedService:
     def take_cpu(self) -> int:
         """Kernel-accounted CPU (ns) of this service's processes since the last call, less
         what they spent busy-polling for the site (:attr:`site_spin_ns`)."""
-        billable = max(self._taken, self.cpu_ns - self.site_spin_ns)
-        new = billable - self._taken
-        self._taken = billable
+        new = self.cpu_ns - self.site_spin_ns - self._taken
+        if new <= 0:
+            return 0
+        self._taken += new
         return new
 
     def poll_ready(self) -> bool:
@@ -701,7 +702,8 @@ class ConfinedService:
             if key[0] == d.now and key[1] == d.pkt.buf:
                 order.popleft()
                 self.batch_hits += 1
-                self._apply(api, res)
+                if res is not _ZERO:  # (a packet the service only read: nothing to do)
+                    self._apply(api, res)
                 return
             self._unorder()
         results = self._results
@@ -1207,24 +1209,34 @@ class Prefetcher:
         public = site.public_addr
         circuit_get = site.circuits.get
         circuit_slot = self._circuit_slot
+        runtime_slot = site.runtime.slot
+        destinations = site.destinations
         form1_meta = _form1_meta
         for i, data in enumerate(packets):
             # form 1 without options: the pipeline's own C ingress (same checks, same MAC)
             head = ax.form1_in(data, public, False, circuit_get) if ax is not None else None
             if head is not None:
+                # _circuit_slot and _ready, inlined (this runs for every packet)
                 c, o, hops, mac_ok = head
-                slot = circuit_slot(c, now, hops) if mac_ok else None
+                if not mac_ok or c is None or not hops or c.expires <= now:
+                    continue
+                if c.dest_addr is not None and destinations:
+                    continue  # a receiver's stage runs first: one round trip
+                slot = c.slot
                 if slot is None:
+                    slot = c.slot = runtime_slot(c.psp, c.service)
+                proxy = slot.process
+                if type(proxy) is not ConfinedService or slot.status != ACTIVE or not proxy.ready:
                     continue
                 # snapshot() of this packet, read straight from its bytes
-                g = groups.get(slot.process)
+                g = groups.get(proxy)
                 if g is None:
-                    g = groups[slot.process] = (slot.ctx, [], [])
+                    g = groups[proxy] = (slot.ctx, [], [])
                 g[1].append((form1_meta(data, o, now), data[o + 16 :], (now, bytes(data))))
                 g[2].append(i)
                 if len(g[2]) >= CHUNK:
-                    del groups[slot.process]
-                    flush(slot.process, *g)
+                    del groups[proxy]
+                    flush(proxy, *g)
                 continue
             try:
                 pkt = parse(data, verify_ip_checksum=False)
