@@ -693,6 +693,7 @@ def overhead(h: Harness, count: int, batch: int = 64) -> dict[str, float]:
     rounds = max(1, count // batch)
     process = pipe.process
     proxy.latency_ns.clear()
+    proxy.pickup_ns.clear()
     for _ in range(5):
         t = time.perf_counter_ns()
         for _ in range(rounds):
@@ -719,6 +720,7 @@ def overhead(h: Harness, count: int, batch: int = 64) -> dict[str, float]:
     return {
         "isolation_overhead_us_per_packet": statistics.median(conf) - statistics.median(trusted),
         "isolation_batch_latency_us_median": statistics.median(proxy.latency_ns) / 1000,
+        "isolation_batch_pickup_us_median": statistics.median(proxy.pickup_ns) / 1000,
         "isolation_batch_size": CHUNK,
         "isolation_received_batch": batch,
         "confined_noop_us_per_packet": statistics.median(conf),

@@ -115,6 +115,12 @@ _IP_FIELDS: Final = struct.Struct("!xB6xB3xII")
 _SHIM1_FIELDS: Final = struct.Struct("!BBBII")
 #: outcomes in a batch answer (``_DROPPED`` is the worker's own: never accepted off the wire)
 _OK, _ACTS, _FAILED, _DROPPED = 0, 1, 2, 3
+#: the kernel stamps each message the worker receives from a confined process with when it
+#: was queued (``SO_TIMESTAMPNS``, Linux's value where Python lacks the name): a batch's round
+#: trip ends when its answer was sent, not when the busy worker got round to reading it
+_SO_TIMESTAMPNS: Final = getattr(socket, "SO_TIMESTAMPNS", 35)
+_STAMP_SPACE: Final = socket.CMSG_SPACE(16)
+_TIMESPEC: Final = struct.Struct("@qq")
 #: largest message the worker accepts from a confined process (a 64 KiB packet + head)
 MAX_MESSAGE: Final = 200_000
 #: FIS calls one packet may make back to the worker
@@ -126,6 +132,9 @@ MEMORY_EVERY: Final = 1.0
 #: longest the worker busy-polls for a confined process's answer before it sleeps in
 #: ``select`` (ns); the window adapts to twice the recent answer time, up to this
 SPIN_MAX_NS: Final = 500_000
+#: answers after which a confined process that found its vCPU shared (its poll got less than
+#: half of it) tries polling again
+SPIN_PAUSE: Final = 64
 #: packets, and payload bytes, in one batch message to a confined process
 MAX_BATCH: Final = 64
 #: packets per batch message when the worker splits a received batch for one service: the
@@ -336,7 +345,7 @@ class _Batch:
     ahead of it is answered) and, once answered or lost, its results."""
 
     __slots__ = ("cpu0", "ctx", "deadline", "fis_down", "idle_ns", "items", "results", "rpcs",
-                 "sent_ns", "started")  # fmt: skip
+                 "sent_ns", "sent_rt", "started")  # fmt: skip
 
     def __init__(
         self, items: list[tuple[bytes, bytes, tuple[float, bytes]]], ctx: Any, sent_ns: int,
@@ -353,6 +362,8 @@ class _Batch:
         self.cpu0: int | None = None
         #: how long its process had been idle when it was sent (its spin is credited up to it)
         self.idle_ns = 0
+        #: the wall clock (ns) just before it was sent (its round trip: to the answer's stamp)
+        self.sent_rt = 0
 
     def start(self, now: float, budget: float, cpu_ns: int) -> None:
         """The process turns to this batch at ``now`` (monotonic s), its CPU clock at
@@ -424,8 +435,13 @@ class ConfinedService:
         #: batches answered while a one-packet round trip waited for the channel (poll
         #: hands them out first)
         self._answered: list[_Batch] = []
-        #: how long recent batch messages took to be answered (ns)
+        #: round trips of recent batch messages (ns): from just before the worker sent one to
+        #: when the kernel queued its answer (SO_TIMESTAMPNS; where the kernel gives no stamp,
+        #: to when the worker read it)
         self.latency_ns: deque[int] = deque(maxlen=1024)
+        #: from sending a batch message to the worker reading its answer (ns): the round trip
+        #: plus however long the worker was busy with other packets
+        self.pickup_ns: deque[int] = deque(maxlen=1024)
         #: results of the current batch by (arrival time, packet bytes): a result tuple
         #: (outcome, payload changed, cache bytes, actions or [reason, detail], new payload),
         #: or a list of them when the same bytes came twice
@@ -472,6 +488,10 @@ class ConfinedService:
             )  # fmt: skip
         finally:
             child.close()
+        try:
+            parent.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        except OSError:
+            pass
         self.proc = proc
         self.sock = parent
         self.ready = False
@@ -784,6 +804,7 @@ class ConfinedService:
         frame += [m for m, _, _ in items]
         frame += [p for _, p, _ in items]
         idle = self._went_busy() if not q else 0
+        sent_rt = time.time_ns()
         try:
             self.sock.send(b"".join(frame))
         except OSError:
@@ -793,6 +814,7 @@ class ConfinedService:
         # is ahead of it, else from the answer to the message ahead (set in poll)
         batch = _Batch(items, ctx, time.monotonic_ns(), 0.0)
         batch.idle_ns = idle
+        batch.sent_rt = sent_rt
         if not q:  # an idle process: its CPU clock is where its last answer left it
             batch.start(now, self.policy.deadline(n), self._last_cpu)
         q.append(batch)
@@ -824,14 +846,14 @@ class ConfinedService:
         if keep_answered and self._answered:  # answered while a round trip waited
             done, self._answered = self._answered, []
         q = self._inflight
-        recv = None if self.sock is None else self.sock.recv
+        recv = None if self.sock is None else self.sock.recvmsg
         while q:
             head = q[0]
             if recv is None:  # reaped meanwhile (e.g. the service was replaced): not blamed
                 done += self._lose_inflight(False, "confined process gone", blame=False)
                 break
             try:
-                msg = recv(MAX_MESSAGE, socket.MSG_DONTWAIT)
+                msg, anc, _, _ = recv(MAX_MESSAGE, _STAMP_SPACE, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 if time.monotonic() > head.deadline and self._overdue(head):
                     self.kills += 1
@@ -857,7 +879,9 @@ class ConfinedService:
                 t = time.monotonic_ns()
                 self._credit_spin(msg, head.idle_ns, t if not q else 0)
                 took = t - head.sent_ns
-                self.latency_ns.append(took)
+                self.pickup_ns.append(took)
+                stamp = _stamp(anc)
+                self.latency_ns.append(stamp - head.sent_rt if stamp else took)
                 if self._spin_ns:  # poll for answers for about twice their recent time
                     self._answer_ns += (took - self._answer_ns) >> 2
                     self._spin_ns = min(SPIN_MAX_NS, max(50_000, 2 * self._answer_ns))
@@ -1403,6 +1427,16 @@ def _serve_rpc(api: Any, rpc: Any, args: Any) -> Any:
         return {"x": FIS_UNAVAILABLE, "d": str(exc)[:200]}
     except Exception as exc:  # PacketApiError(api_misuse) and FIS errors go back
         return {"x": getattr(exc, "reason", "api_misuse"), "d": str(exc)[:200]}
+
+
+def _stamp(anc: list[tuple[int, int, bytes]]) -> int:
+    """The kernel's ``SO_TIMESTAMPNS`` stamp (wall clock, ns) in a message's ancillary data,
+    or 0."""
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(data) >= 16:
+            sec, nsec = _TIMESPEC.unpack_from(data)
+            return sec * 1_000_000_000 + nsec
+    return 0
 
 
 def _stop(pid: int) -> bool:
@@ -2037,21 +2071,30 @@ def _serve(fd: int, name: str, mode: str, memory: int, root: str, uid: int, cpu:
     # blocks (the worker's next batch usually comes sooner than a sleeping process wakes):
     # on its own vCPU, at the site's choice (``spin_ns`` 0: never), reported in the next
     # answer so that the site, not the provider, pays for it. A window that passed empty
-    # halves (down to an eighth); one that caught a batch grows to twice that wait.
+    # halves (down to an eighth); one that caught a batch grows to twice that wait. Polling
+    # yields the vCPU to anything else runnable there; a poll that got less than half the
+    # vCPU (other processes want it: a sleeping process would be woken sooner than a
+    # runnable one gets its turn) stops polling for the next SPIN_PAUSE messages.
     recv_spin = fastio.recv_spin
     chan: Any = fd if fastio.ACCELERATED else sock  # (no socket object of a bare fd here)
     win = spin_ns
     floor = spin_ns >> 3
     spun = 0
+    pause = 0
     while True:
         if backlog:
             msg = backlog.popleft()
         else:
             msg = None
-            if win:
+            if pause:
+                pause -= 1
+            elif win:
                 msg, took, cpu_ns = recv_spin(chan, MAX_MESSAGE, win)
                 spun += cpu_ns
                 win = max(floor, win >> 1) if msg is None else min(spin_ns, max(win, 2 * took))
+                if took > 20_000 and 2 * cpu_ns < took:  # a shared vCPU
+                    pause = SPIN_PAUSE
+                    win = floor
             if msg is None:
                 msg = sock.recv(MAX_MESSAGE)
         if not msg:
