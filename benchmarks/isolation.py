@@ -46,7 +46,10 @@ worker replica raising. Figures (``--json PATH``):
   the worker, per packet, batched as the worker runs it (``isolation_batch_size`` packets
   per message); ``confined_unbatched_us_per_packet``: one round trip per packet;
 - ``isolation_batch_latency_us_median``: median round trip of one batch message (send, the
-  process runs the service on every packet, answer);
+  process runs the service on every packet, answer): from just before the worker sends it to
+  when the kernel queued the answer for the worker (``SO_TIMESTAMPNS``);
+  ``isolation_batch_pickup_us_median``: from sending it to the worker reading the answer
+  (the round trip plus however long the worker was busy with other packets first);
 - ``metering_cpu_vs_kernel``: CPU billed to the confined services (read from each process's
   kernel CPU-time clock) over what their cgroups' ``cpuacct.usage`` says for the same live
   processes (root only; None otherwise); ``metering_billed_vs_metered``: CPU in the

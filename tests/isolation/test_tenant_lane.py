@@ -229,3 +229,19 @@ def test_a_claimed_poll_is_credited_at_most_the_window_and_the_idle_time() -> No
     proxy._child_spin = 0
     proxy._credit_spin(answer(100), 10**9, 0)  # the site did not ask it to poll: nothing
     assert proxy.site_spin_ns - before == 280_000
+
+
+def test_a_round_trip_ends_when_the_answer_was_sent_not_when_a_busy_worker_read_it() -> None:
+    site, pipe = _site()
+    proxy = _deploy(site, "p", "rev", REVERSE)
+    label = _circuit(site, "p", "rev")
+    pre = Prefetcher(site)
+    data = bytes(_pkt(label, b"ab"))
+    assert pre.dispatch([data], 1.0) == []
+    time.sleep(0.4)  # the worker is busy with other packets meanwhile
+    done = [d for held, _ in pre.completed(wait=True) for d in held]
+    assert done == [data] and proxy.pickup_ns[-1] >= 400_000_000
+    # the kernel stamped the answer when the process sent it, long before
+    assert 0 < proxy.latency_ns[-1] < proxy.pickup_ns[-1] - 200_000_000
+    [v] = pipe.process(data, 1.0)
+    assert isinstance(v, Forward) and bytes(v.data[36:]) == b"ba"
