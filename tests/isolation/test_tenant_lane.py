@@ -213,6 +213,7 @@ def test_the_process_polls_for_the_next_batch_at_the_sites_expense_not_the_provi
 def test_a_claimed_poll_is_credited_at_most_the_window_and_the_idle_time() -> None:
     site, _ = _site()
     proxy = _deploy(site, "p", "rev", REVERSE)
+    assert proxy._child_spin == 0  # on the worker's vCPUs: it never polls
     proxy._child_spin = 200_000  # as if it polled (200 µs window)
 
     def answer(spun_us: int) -> bytes:
