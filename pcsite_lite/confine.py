@@ -140,7 +140,7 @@ MAX_BATCH: Final = 64
 #: packets per batch message when the worker splits a received batch for one service: the
 #: process starts on the first message while the worker builds the next, and the worker runs
 #: the pipeline on one message's answers while the process computes the next
-CHUNK: Final = 16
+CHUNK: Final = 32
 #: a batch past its deadline is overdue once its process used that much CPU on it, or once
 #: it has been waited for this many times its deadline (at least BACKSTOP_S seconds)
 BACKSTOP_FACTOR: Final = 10

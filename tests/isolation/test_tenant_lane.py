@@ -119,7 +119,9 @@ def test_a_packet_batches_cannot_carry_waits_for_them_instead_of_being_dropped()
     assert isinstance(v, Forward) and bytes(v.data[36:]) == b"enola"
     # the batches' answers were kept, and come out in order
     got = [pipe.process(d, t)[0] for held, t in pre.completed(wait=True) for d in held]
-    assert [bytes(v.data[36:]) for v in got] == [(b"q%02d" % i)[::-1] for i in range(32)]
+    assert [bytes(v.data[36:]) for v in got] == [
+        (b"q%02d" % i)[::-1] for i in range(2 * confine.CHUNK)
+    ]
 
 
 def test_fis_calls_and_later_batches_in_flight_do_not_mix_on_the_channel() -> None:
