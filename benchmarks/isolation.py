@@ -21,16 +21,25 @@ An *escape* is any harm outside the attacker's process: a victim payload not equ
 worker replica raising. Figures (``--json PATH``):
 
 - ``isolation_escapes`` (goal 0);
-- ``isolation_supervisor_stalls_ms``: control-API unavailability caused by an upload: the
-  extra latency of a legitimate API call (a third PSP's ``GET /services``, issued every 2 ms
-  by a probe thread) while an attack is uploaded, over the same call without an upload (the
-  slowest probe during the upload minus the slowest probe in a quiet window of the same length
-  right after it; worst attack, floored at 0); ``upload_ms`` per attack is how long the upload
-  call itself took (the check runs off the event loop);
-- ``isolation_event_loop_lateness_ms``: the longest the control API's event loop was late (a
-  1 ms sleeper's worst lateness) while an attack was uploaded -- scheduling jitter of the
-  whole machine included, so not the unavailability an upload causes (the previous meaning
-  of ``isolation_supervisor_stalls_ms``);
+- ``isolation_supervisor_stalls_ms``: control-API unavailability caused by an upload, measured
+  on the site's own supervisor (:class:`~pcsite_lite.daemon.supervisor.Supervisor`, its
+  control API and master state, in a process of its own pinned to the first vCPU): a probe
+  process on another vCPU calls a third PSP's ``GET /services`` every 2 ms while the
+  benchmark uploads each attack to that supervisor (``--stall-rounds`` rounds, interleaved);
+  per upload, the slowest call in flight during it minus the slowest call in a quiet window of
+  the same length right after it (floored at 0); per attack the median over the rounds; the
+  worst attack (``isolation_supervisor_stalls_ms_max``: the worst single upload).
+  ``upload_ms`` per upload is how long it took;
+- ``isolation_probe_lateness_ms``: the longest the probe process itself woke late for a call
+  while an attack was uploaded (median over rounds, worst attack, like the stall): its own
+  scheduling, a stall of the prober, not of the site (a supervisor stall close to it is the
+  machine's, not the upload's);
+- ``isolation_supervisor_loop_lateness_ms``: the longest the supervisor's own event loop was
+  late (a 1 ms sleeper in its trio loop) during an upload: its process not running (the
+  machine's scheduling) or the loop blocked (the site's fault);
+- ``isolation_event_loop_lateness_ms``: the longest the harness's in-process control API
+  loop was late (a 1 ms sleeper's worst lateness) while an attack was uploaded to it (that
+  loop shares its interpreter with the traffic harness: not a figure of the site);
 - ``isolation_worker_crashes``: worker replicas lost (the harness's own process; 0 if it
   finished);
 - ``isolation_victim_rate_ratio``: the victim's delivered packets per second during the worst
@@ -40,11 +49,16 @@ worker replica raising. Figures (``--json PATH``):
   the worker, per packet, batched as the worker runs it (``isolation_batch_size`` packets
   per message); ``confined_unbatched_us_per_packet``: one round trip per packet;
 - ``isolation_batch_latency_us_median``: median round trip of one batch message (send, the
-  process runs the service on every packet, answer);
+  process runs the service on every packet, answer): from just before the worker sends it to
+  when the kernel queued the answer for the worker (``SO_TIMESTAMPNS``);
+  ``isolation_batch_pickup_us_median``: from sending it to the worker reading the answer
+  (the round trip plus however long the worker was busy with other packets first);
 - ``metering_cpu_vs_kernel``: CPU billed to the confined services (read from each process's
   kernel CPU-time clock) over what their cgroups' ``cpuacct.usage`` says for the same live
   processes (root only; None otherwise); ``metering_billed_vs_metered``: CPU in the
-  services' counters over the CPU metered from their processes (1.0: nothing lost);
+  services' counters plus the processes' busy-poll the site paid for, over the CPU metered
+  from their processes (1.0: nothing lost); ``metering_site_spin_share``: that busy-poll's
+  share of the metered CPU (not billed to the providers: docs/billing.md);
 - ``attacks``: per attack its outcome, reason, upload time and victim rate.
 
 Run: ``python -m benchmarks.isolation [--json PATH] [--seconds S]`` (root for chroot, UIDs
@@ -54,8 +68,13 @@ and cgroups; without root the confinement keeps rlimits and seccomp).
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -141,35 +160,242 @@ ATTACKS: tuple[Attack, ...] = (
 )
 
 
-class Probe:
-    """A legitimate API call issued every 2 ms or so in a thread: its latencies, by start time."""
+def probe_main(url: str, token: str, psp: str, period: float = 0.002) -> int:
+    """The probe process: a legitimate API call (``GET /services`` as ``psp``) every
+    ``period`` s until stdin closes; then one JSON line of its samples on stdout: (planned
+    start, actual start, latency) in ``time.monotonic`` seconds (one clock for every process
+    of the machine), and its error count."""
+    client = ControlClient(url, token=token, psp=psp, timeout=60)
+    samples: list[tuple[float, float, float]] = []
+    errors = 0
+    stop = threading.Event()
 
-    def __init__(self, client: ControlClient) -> None:
-        self.client = client
-        self.samples: list[tuple[float, float]] = []  #: (start, latency s)
-        self.errors = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+    def watch_stdin() -> None:
+        sys.stdin.buffer.read()
+        stop.set()
 
-    def _run(self) -> None:
-        # paced (a call every >= 2 ms: far below the control API's per-credential rate limit)
-        while not self._stop.wait(0.002):
-            t = time.perf_counter()
+    threading.Thread(target=watch_stdin, daemon=True).start()
+    planned = time.monotonic()
+    while not stop.is_set() and len(samples) < 2_000_000:
+        planned += period
+        wait = planned - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        t = time.monotonic()
+        try:
+            client.list_services()
+        except (ControlError, OSError):
+            errors += 1
+        samples.append((planned, t, time.monotonic() - t))
+        if t - planned > 0.5:  # far behind (e.g. stopped): no burst to catch up
+            planned = time.monotonic()
+    sys.stdout.write(json.dumps({"samples": samples, "errors": errors}) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+def control_main(config_path: str, lateness_path: str) -> int:
+    """The site's control plane in a process of its own: the supervisor with the controller
+    role (control API, master state, upload checks), until SIGTERM; beside it a task that
+    sleeps 1 ms at a time and records when its event loop woke it more than 0.5 ms late
+    (``time.monotonic``, lateness in s), written to ``lateness_path`` at the end."""
+    from pcsite_lite.daemon.supervisor import Supervisor
+
+    with open(config_path) as f:
+        cfg = parse(json.load(f))
+    sup = Supervisor(cfg, roles=frozenset({"controller"}), log=lambda msg: None)
+    late: list[tuple[float, float]] = []
+
+    async def meter() -> None:
+        while len(late) < 1_000_000:
+            t = time.monotonic()
+            await trio.sleep(0.001)
+            d = time.monotonic() - t - 0.001
+            if d > 0.0005:
+                late.append((t, d))
+
+    async def main() -> None:
+        async with trio.open_nursery() as n:
+            n.start_soon(meter)
+            await sup.run()
+            n.cancel_scope.cancel()
+
+    try:
+        trio.run(main)
+    finally:
+        Path(lateness_path).write_text(json.dumps(late))
+    return 0
+
+
+class ControlProcess:
+    """The supervisor (:func:`control_main`) on vCPU ``sup_cpu`` and the probe
+    (:func:`probe_main`) on ``probe_cpu``, each in its own process, over a temporary state
+    directory; :meth:`upload` sends attacks to it as a PSP does."""
+
+    def __init__(self, tmp: Path, sup_cpu: int | None, probe_cpu: int | None) -> None:
+        self.tmp = tmp
+        self.keys = {"attacker": generate_key()}
+        psps = {
+            name: {
+                "token": f"{name}-token-0123456789abcdef",
+                "signing_key": public_key_bytes(generate_key() if name != "attacker"
+                                                else self.keys[name]).hex(),
+            }
+            for name in ("attacker", "observer")
+        }  # fmt: skip
+        with socket.socket() as s:  # a free loopback port for its control API
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        doc = {
+            "site": {
+                "name": "iso-control",
+                "public_ip": SITE_IP,
+                "fis": f"sqlite://{tmp / 'fis.db'}",
+                "state_dir": str(tmp),
+                "repository": str(tmp / "repo"),
+                "undeployed": "drop",
+            },
+            "control": {"admin_token": "admin-token-0123456789abcdef", "psps": psps,
+                        "listen": f"127.0.0.1:{port}"},
+        }  # fmt: skip
+        (tmp / "site.json").write_text(json.dumps(doc))
+        self.url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        me = [sys.executable, "-m", "benchmarks.isolation"]
+        self.lateness_path = tmp / "lateness.json"
+        self.sup = subprocess.Popen(
+            [*me, "--serve-control", str(tmp / "site.json"), str(self.lateness_path)],
+            env=env, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        self.probe: subprocess.Popen[bytes] | None = None
+        if sup_cpu is not None:
+            os.sched_setaffinity(self.sup.pid, {sup_cpu})
+        self.client = ControlClient(self.url, token=psps["attacker"]["token"], psp="attacker",
+                                    timeout=60)  # fmt: skip
+        end = time.monotonic() + 30
+        while True:
             try:
                 self.client.list_services()
-            except ControlError:
-                self.errors += 1
-            self.samples.append((t, time.perf_counter() - t))
+                break
+            except (ControlError, OSError):
+                if time.monotonic() > end or self.sup.poll() is not None:
+                    self.close()
+                    raise RuntimeError("the supervisor's control API did not come up") from None
+                time.sleep(0.05)
+        self.probe = subprocess.Popen(
+            [*me, "--probe", self.url, psps["observer"]["token"], "observer"], env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        )  # fmt: skip
+        if probe_cpu is not None:
+            os.sched_setaffinity(self.probe.pid, {probe_cpu})
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(60)
+    def upload(self, attack: Attack, version: str) -> tuple[float, float, str | None]:
+        """Upload and activate ``attack``: (start, end) on ``time.monotonic`` and the refusal."""
+        code = attack.source.encode()
+        key = generate_key() if attack.bad_signature else self.keys["attacker"]
+        service = f"a{version}"
+        t0 = time.monotonic()
+        try:
+            sig = sign_service(key, "attacker", service, version, code)
+            self.client.upload_service(service, version, code, sig)
+            self.client.activate_service(service, version)
+            refused = None
+        except ControlError as exc:
+            refused = str(exc)[:200]
+        return t0, time.monotonic(), refused
 
-    def worst_ms(self, since: float, until: float) -> float:
-        """The slowest call that was in flight at any time in [since, until), in ms."""
-        lat = [d for t, d in self.samples if t < until and t + d >= since]
-        return max(lat, default=0.0) * 1000
+    def samples(self) -> tuple[dict[str, Any], list[tuple[float, float]]]:
+        """Stop the probe and the supervisor: the probe's samples, the supervisor's loop
+        lateness records."""
+        assert self.probe is not None
+        out, _ = self.probe.communicate(b"", timeout=60)
+        self.probe = None
+        self.close()
+        try:
+            late = json.loads(self.lateness_path.read_text())
+        except (OSError, ValueError):
+            late = []
+        return json.loads(out), late
+
+    def close(self) -> None:
+        for p in (self.probe, self.sup):
+            if p is not None and p.poll() is None:
+                if p is self.probe:
+                    p.communicate(b"", timeout=60)
+                else:
+                    p.terminate()
+                    try:
+                        p.wait(20)
+                    except subprocess.TimeoutExpired:
+                        p.kill()
+                        p.wait()
+
+
+def supervisor_stalls(
+    attacks: tuple[Attack, ...], cpus: list[int], rounds: int = 1
+) -> dict[str, Any]:
+    """Upload every attack to a supervisor in its own process while a probe process calls
+    its control API (:class:`ControlProcess`); per attack the stall (the slowest call during
+    the upload minus the slowest in a quiet window as long right after it, at most 1 s) and
+    the probe's own worst lateness in that time."""
+    tmp = Path(tempfile.mkdtemp(prefix="pcsite-isoctl-"))
+    sup_cpu, probe_cpu = (cpus[0], cpus[1]) if len(cpus) > 1 else (None, None)
+    proc = ControlProcess(tmp, sup_cpu, probe_cpu)
+    windows: list[tuple[str, float, float, float, float, str | None]] = []
+    try:
+        time.sleep(0.1)  # the probe is calling
+        for r in range(rounds):
+            for n, attack in enumerate(attacks):
+                t0, t1, refused = proc.upload(attack, f"{r}.{n}")
+                quiet = min(t1 - t0, 1.0)
+                time.sleep(max(quiet, 0.02))
+                windows.append((attack.name, t0, t1, t1 + 0.01, t1 + 0.01 + quiet, refused))
+        time.sleep(0.05)
+        data, sup_late = proc.samples()
+    finally:
+        proc.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    samples = data["samples"]
+
+    def worst(since: float, until: float) -> tuple[float, float]:
+        """(slowest call in flight in [since, until), the probe's worst lateness), ms."""
+        lat = late = 0.0
+        for planned, t, d in samples:
+            if t < until and t + d >= since:
+                lat = max(lat, d)
+                late = max(late, t - planned)
+        return lat * 1000, late * 1000
+
+    records = []
+    for name, t0, t1, q0, q1, refused in windows:
+        during, late = worst(t0, t1)
+        without, _ = worst(q0, q1)
+        loop = max((d for t, d in sup_late if t0 <= t < t1), default=0.0) * 1000
+        loop_quiet = max((d for t, d in sup_late if q0 <= t < q1), default=0.0) * 1000
+        records.append({"attack": name, "upload_ms": (t1 - t0) * 1000, "refused": refused,
+                        "probe_ms_during_upload": during, "probe_ms_without_upload": without,
+                        "probe_lateness_ms": late, "supervisor_loop_lateness_ms": loop,
+                        "supervisor_loop_lateness_quiet_ms": loop_quiet,
+                        "stall_ms": max(0.0, during - without)})  # fmt: skip
+
+    # per attack the median over its rounds (a stall the upload causes comes every round; a
+    # hiccup of the machine in one), then the worst attack
+    def worst_median(key: str) -> float:
+        per: dict[str, list[float]] = {}
+        for r in records:
+            per.setdefault(r["attack"], []).append(r[key])
+        return max(statistics.median(v) for v in per.values())
+
+    return {
+        "isolation_supervisor_stalls_ms": worst_median("stall_ms"),
+        "isolation_probe_lateness_ms": worst_median("probe_lateness_ms"),
+        "isolation_supervisor_loop_lateness_ms": worst_median("supervisor_loop_lateness_ms"),
+        "isolation_supervisor_stalls_ms_max": max(r["stall_ms"] for r in records),
+        "isolation_upload_ms_max": max(r["upload_ms"] for r in records),
+        "supervisor_probe_calls": len(samples),
+        "supervisor_probe_errors": data["errors"],
+        "supervisor_uploads": records,
+    }
 
 
 class ControlServer:
@@ -265,11 +491,6 @@ class Harness:
             p: ControlClient(self.server.url, token=d["token"], psp=p, timeout=30)
             for p, d in psps.items()
         }
-        #: the probe's own client: a third PSP calling while the attacker uploads (its own
-        #: credential: its calls never eat into the victim's rate limit)
-        self.probe_client = ControlClient(
-            self.server.url, token=psps["observer"]["token"], psp="observer", timeout=60
-        )
 
     def close(self) -> None:
         self.server.close()
@@ -327,8 +548,6 @@ def run_attack(h: Harness, attack: Attack, seconds: float, version: str) -> dict
     with the victim's for ``seconds``; returns the outcome record."""
     rec: dict[str, Any] = {"attack": attack.name, "expected": attack.expect, "escapes": 0}
     service = f"a{version}"
-    probe = Probe(h.probe_client)
-    time.sleep(0.02)  # the probe is calling before the upload starts
     t0 = time.perf_counter()
     h.server.reset()
     refused: ControlError | None = None
@@ -338,18 +557,7 @@ def run_attack(h: Harness, attack: Attack, seconds: float, version: str) -> dict
         refused = exc
     t1 = time.perf_counter()
     rec["event_loop_lateness_ms"] = h.server.max_stall_ms
-    # the same call without an upload: a quiet window as long as the upload (at most 1 s)
-    quiet = min(t1 - t0, 1.0)
-    time.sleep(quiet)
-    probe.stop()
-    t2 = time.perf_counter()
-    during = probe.worst_ms(t0, t1)
-    without = probe.worst_ms(t2 - quiet, t2)
-    rec["upload_ms"] = (t1 - t0) * 1000
-    rec["probe_ms_during_upload"] = during
-    rec["probe_ms_without_upload"] = without
-    rec["probe_errors"] = probe.errors
-    rec["stall_ms"] = max(0.0, during - without)
+    rec["harness_upload_ms"] = (t1 - t0) * 1000
     if refused is not None:
         rec["outcome"] = "blocked_at_load"
         rec["reason"] = str(refused)[:200]
@@ -452,12 +660,14 @@ def interleave(
 def metering(h: Harness) -> dict[str, Any]:
     """Billed CPU of the confined services against the kernel's accounting: the CPU-time
     clock readings billing used vs ``cpuacct.usage`` of their (live) cgroups."""
-    clock = kernel = billed = metered = 0
+    clock = kernel = billed = metered = spin = 0
     for slot in h.worker.site.runtime.slots():
         p = slot.process
         if not hasattr(p, "take_cpu"):
             continue
-        billed += slot.ctx.counters.cpu_ns + p.cpu_ns - p._taken  # + not yet taken
+        # billed, + not yet taken; the processes' busy-poll is the site's (not billed)
+        billed += slot.ctx.counters.cpu_ns + max(0, p.cpu_ns - p.site_spin_ns - p._taken)
+        spin += p.site_spin_ns
         metered += p.cpu_ns
         cg = p.cgroup
         if p.proc is not None and cg is not None:
@@ -468,7 +678,8 @@ def metering(h: Harness) -> dict[str, Any]:
                 kernel += v
     return {
         "metering_cpu_vs_kernel": clock / kernel if kernel else None,
-        "metering_billed_vs_metered": billed / metered if metered else None,
+        "metering_billed_vs_metered": (billed + spin) / metered if metered else None,
+        "metering_site_spin_share": spin / metered if metered else None,
     }
 
 
@@ -496,6 +707,7 @@ def overhead(h: Harness, count: int, batch: int = 64) -> dict[str, float]:
     rounds = max(1, count // batch)
     process = pipe.process
     proxy.latency_ns.clear()
+    proxy.pickup_ns.clear()
     for _ in range(5):
         t = time.perf_counter_ns()
         for _ in range(rounds):
@@ -522,6 +734,7 @@ def overhead(h: Harness, count: int, batch: int = 64) -> dict[str, float]:
     return {
         "isolation_overhead_us_per_packet": statistics.median(conf) - statistics.median(trusted),
         "isolation_batch_latency_us_median": statistics.median(proxy.latency_ns) / 1000,
+        "isolation_batch_pickup_us_median": statistics.median(proxy.pickup_ns) / 1000,
         "isolation_batch_size": CHUNK,
         "isolation_received_batch": batch,
         "confined_noop_us_per_packet": statistics.median(conf),
@@ -536,8 +749,10 @@ def run(
     count: int = 2000,
     attacks: tuple[Attack, ...] = ATTACKS,
     tenant_cpus: list[int] | None = None,
+    stalls: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Every attack, the baseline and the overhead; returns the figures."""
+    """Every attack, the baseline and the overhead; returns the figures (with ``stalls``,
+    what :func:`supervisor_stalls` measured)."""
     tmp = Path(tempfile.mkdtemp(prefix="pcsite-iso-"))
     h = Harness(tmp, tenant_cpus=tenant_cpus or [])
     crashes = 0
@@ -562,11 +777,10 @@ def run(
         ratios = [r["victim_rate_ratio"] for r in records if r.get("victim_rate_ratio")]
         figures: dict[str, Any] = {
             "isolation_escapes": sum(r.get("escapes", 0) for r in records),
-            "isolation_supervisor_stalls_ms": max(r.get("stall_ms", 0.0) for r in records),
+            **(stalls or {}),
             "isolation_event_loop_lateness_ms": max(
                 r.get("event_loop_lateness_ms", 0.0) for r in records
             ),
-            "isolation_upload_ms_max": max(r.get("upload_ms", 0.0) for r in records),
             "isolation_worker_crashes": crashes,
             "isolation_victim_rate_ratio": min(ratios) if ratios else None,
             "victim_baseline_rate": statistics.median(
@@ -595,20 +809,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--count", type=int, default=5000, help="packets per overhead round")
     ap.add_argument("--quick", action="store_true", help="tiny durations (a smoke run)")
     ap.add_argument("--no-pin", action="store_true", help="do not pin (default: the worker and "
-                    "traffic on the first vCPU, the confined processes on the others)")  # fmt: skip
+                    "traffic on the first vCPU, the confined processes on the others; the "
+                    "supervisor on the first, its probe on the second)")  # fmt: skip
+    ap.add_argument("--stall-rounds", type=int, default=3,
+                    help="uploads of every attack to the supervisor process")  # fmt: skip
+    # the two processes of the stall measurement (run by the benchmark itself)
+    ap.add_argument("--serve-control", nargs=2, metavar=("CONFIG", "LATENESS"),
+                    help=argparse.SUPPRESS)  # fmt: skip
+    ap.add_argument("--probe", nargs=3, metavar=("URL", "TOKEN", "PSP"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
+    if a.serve_control:
+        return control_main(*a.serve_control)
+    if a.probe:
+        return probe_main(*a.probe)
     if a.quick:
-        a.seconds, a.count = 0.3, 256
+        a.seconds, a.count, a.stall_rounds = 0.3, 256, 1
     cpus = sorted(os.sched_getaffinity(0))
     tenant: list[int] = []
-    if not a.no_pin and len(cpus) > 1:
-        os.sched_setaffinity(0, {cpus[0]})
-        tenant = cpus[1:]
+    pin = not a.no_pin and len(cpus) > 1
     try:
-        figures = run(a.seconds, a.count, tenant_cpus=tenant)
+        if pin:  # the uploads come from the probe's vCPU, not the supervisor's
+            os.sched_setaffinity(0, {cpus[1]})
+        stalls = supervisor_stalls(ATTACKS, cpus if pin else [], a.stall_rounds)
+        if pin:
+            os.sched_setaffinity(0, {cpus[0]})
+            tenant = cpus[1:]
+        figures = run(a.seconds, a.count, tenant_cpus=tenant, stalls=stalls)
     finally:
         os.sched_setaffinity(0, cpus)  # a caller in the same process keeps its vCPUs
-    figures["pinned"] = {"worker": cpus[0], "tenants": tenant} if tenant else None
+    figures["pinned"] = ({"worker": cpus[0], "tenants": tenant, "supervisor": cpus[0],
+                          "probe": cpus[1]} if tenant else None)  # fmt: skip
     for r in figures["attacks"]:
         print(f"{r['attack']:32s} {r.get('outcome', '?'):16s} {r.get('reason', '')[:70]}")
     emit(figures, a.json)

@@ -13,12 +13,27 @@
  *   recv_batch(sockfd, max, bufsize=65536) -> list[bytes]     recvmmsg, MSG_DONTWAIT
  *   send_batch(sockfd, packets, (host, port)) -> sent         sendmmsg to one IPv4 address
  *   send_ip_batch(rawfd, packets) -> (sent, errors, bytes)   sendmmsg of whole IPv4 packets
+ *   recv_spin(sockfd, bufsize, spin_ns) -> (bytes | None, spun_ns, spun_cpu_ns)
+ *       non-blocking recv of one message, retried for up to ``spin_ns`` (a confined process
+ *       busy-polling its channel after an answer), yielding the vCPU between tries to any
+ *       other runnable process; None if nothing came; spun_ns is how long it polled,
+ *       spun_cpu_ns the CPU time the calling thread used meanwhile
+ *   form1_meta(data, off, now) -> bytes
+ *       the confined lane's packet record (pcsite_lite.confine._META) of a form-1 packet
+ *       without IP options whose shim starts at ``off``: read straight from its bytes
+ *   answer_records(msg, n, zero) -> (results, extra_json | None, coded)
+ *       the records of a confined process's batch answer (pcsite_lite.confine._RES after
+ *       the b"R" head) checked against ``n`` packets: per packet (code, changed, cache,
+ *       None, new payload), ``zero`` itself for an all-zero record; ``coded``: how many have
+ *       a non-zero code; ValueError if any count, code or length is off
  */
 #define PY_SSIZE_T_CLEAN
 #define _GNU_SOURCE
 #include <Python.h>
 #include <arpa/inet.h>
 #include <errno.h>
+#include <sched.h>
+#include <stdint.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
@@ -331,7 +346,185 @@ static PyObject *send_ip_batch(PyObject *self, PyObject *args) {
     return Py_BuildValue("(llL)", sent, errors, nbytes);
 }
 
+static PyObject *recv_spin(PyObject *self, PyObject *args) {
+    int fd;
+    Py_ssize_t bufsize;
+    long long spin_ns;
+    if (!PyArg_ParseTuple(args, "inL:recv_spin", &fd, &bufsize, &spin_ns)) return NULL;
+    if (bufsize < 1 || bufsize > (1 << 20)) {
+        PyErr_SetString(PyExc_ValueError, "recv_spin: bufsize must be in 1..1048576");
+        return NULL;
+    }
+    unsigned char *buf = PyMem_Malloc((size_t)bufsize);
+    if (!buf) return PyErr_NoMemory();
+    ssize_t r;
+    int err = 0;
+    struct timespec c0, c1;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
+    long long t0 = now_ns(), t = t0;
+    Py_BEGIN_ALLOW_THREADS
+    for (;;) {
+        r = recv(fd, buf, (size_t)bufsize, MSG_DONTWAIT);
+        if (r >= 0) break;
+        err = errno;
+        if (err == EINTR) continue;
+        if (err != EAGAIN && err != EWOULDBLOCK) break;
+        t = now_ns();
+        if (t - t0 >= spin_ns) break;
+        sched_yield(); /* another process with work on this vCPU runs first */
+    }
+    if (r >= 0) t = now_ns();
+    Py_END_ALLOW_THREADS
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
+    long long cpu = (long long)(c1.tv_sec - c0.tv_sec) * 1000000000LL + (c1.tv_nsec - c0.tv_nsec);
+    PyObject *out = NULL;
+    if (r >= 0) {
+        PyObject *b = PyBytes_FromStringAndSize((const char *)buf, r);
+        if (b) out = Py_BuildValue("(NLL)", b, t - t0, cpu);
+    } else if (err == EAGAIN || err == EWOULDBLOCK) {
+        out = Py_BuildValue("(OLL)", Py_None, t - t0, cpu);
+    } else {
+        errno = err;
+        PyErr_SetFromErrno(PyExc_OSError);
+    }
+    PyMem_Free(buf);
+    return out;
+}
+
+static inline uint32_t rd32(const unsigned char *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+static inline void wr32(unsigned char *p, uint32_t v) {
+    p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v;
+}
+static inline void wr64(unsigned char *p, uint64_t v) {
+    wr32(p, (uint32_t)(v >> 32));
+    wr32(p + 4, (uint32_t)v);
+}
+
+/* _META "!BBqqBIBIIBBBdI": form, presence bits, label, service ID, metadata, original source,
+ * hop limit, IPv4 source, destination, protocol, ToS, TTL, arrival time, payload length */
+#define META_SIZE 43
+static PyObject *form1_meta(PyObject *self, PyObject *args) {
+    Py_buffer b;
+    Py_ssize_t off;
+    double now;
+    if (!PyArg_ParseTuple(args, "y*nd:form1_meta", &b, &off, &now)) return NULL;
+    const unsigned char *p = b.buf;
+    if (b.len < 20 || off < 20 || off + 16 > b.len) {
+        PyBuffer_Release(&b);
+        PyErr_SetString(PyExc_ValueError, "form1_meta: not a form-1 packet of that layout");
+        return NULL;
+    }
+    unsigned char m[META_SIZE];
+    const unsigned char *sh = p + off; /* shim: form, next protocol, hop limit, metadata,
+                                          label (4), original source (4), MAC (4) */
+    uint64_t t;
+    memcpy(&t, &now, 8);
+    m[0] = 1;                      /* form 1 */
+    m[1] = 29;                     /* label, metadata, original source, hop limit present */
+    wr64(m + 2, rd32(sh + 4));     /* label */
+    wr64(m + 10, 0);               /* service ID */
+    m[18] = sh[3];                 /* metadata */
+    memcpy(m + 19, sh + 8, 4);     /* original source */
+    m[23] = sh[2];                 /* hop limit */
+    memcpy(m + 24, p + 12, 8);     /* source, destination */
+    m[32] = sh[1];                 /* next protocol */
+    m[33] = p[1];                  /* ToS */
+    m[34] = p[8];                  /* TTL */
+    wr64(m + 35, t);               /* arrival time (big-endian double) */
+    PyObject *out = PyBytes_FromStringAndSize(NULL, META_SIZE + 4);
+    if (out) {
+        unsigned char *o = (unsigned char *)PyBytes_AS_STRING(out);
+        memcpy(o, m, META_SIZE);
+        wr32(o + META_SIZE, (uint32_t)(b.len - off - 16));
+    }
+    PyBuffer_Release(&b);
+    return out;
+}
+
+/* _RHEAD "!III" (count, JSON length, spin) after b"R"; _RES "!BBII" per packet */
+#define RHEAD_SIZE 12
+#define RES_SIZE 10
+static PyObject *answer_records(PyObject *self, PyObject *args) {
+    Py_buffer b;
+    Py_ssize_t n;
+    PyObject *zero;
+    if (!PyArg_ParseTuple(args, "y*nO:answer_records", &b, &n, &zero)) return NULL;
+    const unsigned char *p = b.buf;
+    PyObject *out = NULL, *extra = NULL;
+    const char *bad = NULL;
+    Py_ssize_t coded = 0;
+    if (b.len < 1 + RHEAD_SIZE || p[0] != 'R') {
+        bad = "short answer";
+        goto done;
+    }
+    uint32_t count = rd32(p + 1), jlen = rd32(p + 5);
+    if (n < 0 || (Py_ssize_t)count != n) {
+        bad = "wrong result count";
+        goto done;
+    }
+    Py_ssize_t start = 1 + RHEAD_SIZE, end = start + n * RES_SIZE;
+    Py_ssize_t off = end + (Py_ssize_t)jlen;
+    if (off > b.len) {
+        bad = "answer shorter than its head says";
+        goto done;
+    }
+    out = PyList_New(n);
+    if (!out) goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (p[start + i * RES_SIZE]) coded++;
+        const unsigned char *r = p + start + i * RES_SIZE;
+        unsigned code = r[0], changed = r[1];
+        uint32_t cache = rd32(r + 2), ln = rd32(r + 6);
+        if (code > 2 || changed > 1) {
+            bad = "bad outcome code";
+            goto done;
+        }
+        if (!code && !changed && !cache && !ln) {
+            Py_INCREF(zero);
+            PyList_SET_ITEM(out, i, zero);
+            continue;
+        }
+        if ((Py_ssize_t)ln > b.len - off) {
+            bad = "answer shorter than its records";
+            goto done;
+        }
+        PyObject *t = Py_BuildValue("(IIkOy#)", code, changed, (unsigned long)cache, Py_None,
+                                    (const char *)p + off, (Py_ssize_t)ln);
+        if (!t) goto done;
+        PyList_SET_ITEM(out, i, t);
+        off += ln;
+    }
+    if (off != b.len) {
+        bad = "answer longer than its records";
+        goto done;
+    }
+    if (jlen) {
+        extra = PyBytes_FromStringAndSize((const char *)p + end, jlen);
+        if (!extra) goto done;
+    } else {
+        extra = Py_None;
+        Py_INCREF(extra);
+    }
+done:
+    PyBuffer_Release(&b);
+    if (bad) PyErr_SetString(PyExc_ValueError, bad);
+    if (bad || !extra) {
+        Py_XDECREF(out);
+        Py_XDECREF(extra);
+        return NULL;
+    }
+    return Py_BuildValue("(NNn)", out, extra, coded);
+}
+
 static PyMethodDef methods[] = {
+    {"form1_meta", form1_meta, METH_VARARGS,
+     "form1_meta(data, off, now) -> the confined lane's record of a form-1 packet"},
+    {"answer_records", answer_records, METH_VARARGS,
+     "answer_records(msg, n, zero) -> (results, extra JSON or None, coded) of a batch answer"},
+    {"recv_spin", recv_spin, METH_VARARGS,
+     "recv_spin(sockfd, bufsize, spin_ns) -> (message or None, ns spent polling, CPU ns)"},
     {"read_batch", read_batch, METH_VARARGS,
      "read_batch(fd, max, spin_ns=0) -> list of packets read without blocking"},
     {"write_batch", write_batch, METH_VARARGS, "write_batch(fd, packets) -> (written, errors, bytes_written)"},

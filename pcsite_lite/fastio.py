@@ -16,6 +16,11 @@ long (the worker's busy-poll window).
 ``send_ip_batch(raw_fd, packets) -> (sent, errors, bytes_sent)``: ``sendmmsg`` of whole IPv4
 packets on a raw ``IP_HDRINCL`` socket, each to the destination in its header (a packet the
 kernel refuses, or shorter than an IPv4 header, is counted and skipped).
+``recv_spin(sock_fd, bufsize, spin_ns) -> (message or None, spun_ns, spun_cpu_ns)``: one
+message received without blocking, retried for up to ``spin_ns`` (a confined process
+busy-polling its channel for the worker's next batch, :mod:`pcsite_lite.confine`), yielding
+the vCPU between tries to any other runnable process; ``spun_ns``: how long it polled,
+``spun_cpu_ns``: the CPU time the calling thread used meanwhile (preemption not counted).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ __all__ = [
     "MAX_BATCH",
     "read_batch",
     "recv_batch",
+    "recv_spin",
     "send_batch",
     "send_ip_batch",
     "write_batch",
@@ -141,8 +147,37 @@ def _py_send_ip_batch(fd: int, packets: Sequence[bytes]) -> tuple[int, int, int]
         s.close()
 
 
+def _py_recv_spin(
+    fd: int | socket.socket, bufsize: int, spin_ns: int
+) -> tuple[bytes | None, int, int]:
+    """(``fd`` may also be the socket object: a seccomp-confined process cannot wrap a bare
+    fd, which takes ``getsockopt``.)"""
+    if not 1 <= bufsize <= 1 << 20:
+        raise ValueError("recv_spin: bufsize must be in 1..1048576")
+    sock = fd if isinstance(fd, socket.socket) else socket.socket(fileno=os.dup(fd))
+    clock, cpu = time.monotonic_ns, time.thread_time_ns
+    c0 = cpu()
+    t0 = clock()
+    try:
+        while True:
+            try:
+                msg = sock.recv(bufsize, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                t = clock()
+                if t - t0 >= spin_ns:
+                    return None, t - t0, cpu() - c0
+                os.sched_yield()  # another process with work on this vCPU runs first
+                continue
+            except InterruptedError:
+                continue
+            return msg, clock() - t0, cpu() - c0
+    finally:
+        if sock is not fd:
+            sock.close()
+
+
 def _load() -> bool:
-    global read_batch, write_batch, recv_batch, send_batch, send_ip_batch
+    global read_batch, write_batch, recv_batch, send_batch, send_ip_batch, recv_spin
     if os.environ.get("PACKETCLOUD_PURE", "") not in ("", "0"):  # as pcsock.wire reads it
         print("pcsite_lite.fastio: PACKETCLOUD_PURE=1, batched I/O runs in Python", file=sys.stderr)
         return False
@@ -160,6 +195,7 @@ def _load() -> bool:
     recv_batch = _fastio.recv_batch
     send_batch = _fastio.send_batch
     send_ip_batch = _fastio.send_ip_batch
+    recv_spin = _fastio.recv_spin
     return True
 
 
@@ -168,5 +204,6 @@ write_batch = _py_write_batch
 recv_batch = _py_recv_batch
 send_batch = _py_send_batch
 send_ip_batch = _py_send_ip_batch
+recv_spin = _py_recv_spin
 #: True when the C helper is in use
 ACCELERATED: bool = _load()

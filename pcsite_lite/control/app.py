@@ -594,7 +594,8 @@ def error_response(err: ApiError) -> Response:
     return resp
 
 
-_UPLOAD: Final = re.compile(r"^/v1/psps/[^/]+/services/[^/]+/versions$")
+#: a service upload or activation (answered off the event loop: see ControlApp.offload)
+_UPLOAD: Final = re.compile(r"^/v1/psps/[^/]+/services/[^/]+/(versions|activate)$")
 
 
 class ControlApp:
@@ -636,7 +637,9 @@ class ControlApp:
     def offload(self, req: Request) -> bool:
         """Whether the server should answer ``req`` off its event loop: a service upload,
         whose check runs provider code in a throw-away confined process and may take up to
-        its time limit. (It touches only the repository, whose writes are atomic files.)"""
+        its time limit, and an activation, which verifies the version's code and signature
+        and syncs (``fsync``) the repository's pointer files (milliseconds on a busy disk). (Both
+        touch only the repository, whose writes are atomic files.)"""
         return req.method == "POST" and _UPLOAD.match(urlsplit(req.target).path) is not None
 
     def handle(self, req: Request) -> Response:

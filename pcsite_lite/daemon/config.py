@@ -191,6 +191,9 @@ class ServicesConfig:
     replicate_per_packet: int = 16  #: most copies one packet may become
     replicate_per_second: int = 10_000  #: most copies per second per service and worker
     cpus: tuple[int, ...] = ()  #: vCPUs confined processes run on (empty: the worker's)
+    #: longest a confined process busy-polls its channel after an answer (µs; only when it
+    #: runs on other vCPUs than the worker; 0: never). The site pays for it (docs/billing.md)
+    spin_us: int = 200
 
     def policy(self) -> Any:
         """The :class:`~pcsite_lite.confine.IsolationPolicy` these settings describe."""
@@ -204,6 +207,7 @@ class ServicesConfig:
             memory_mb=self.memory_mb,
             cpu_percent=self.cpu_percent,
             cpus=frozenset(self.cpus) or None,
+            spin_us=self.spin_us,
         )
 
 
@@ -623,6 +627,7 @@ def _services(doc: dict[str, Any]) -> ServicesConfig:
         replicate_per_packet=_get(doc, s, "replicate_per_packet", int, 16),
         replicate_per_second=_get(doc, s, "replicate_per_second", int, 10_000),
         cpus=tuple(_get(doc, s, "cpus", list, [])),
+        spin_us=_get(doc, s, "spin_us", int, 200),
     )
     if not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 1024
                for c in cfg.cpus):  # fmt: skip
@@ -634,9 +639,10 @@ def _services(doc: dict[str, Any]) -> ServicesConfig:
     _range("services.cpu_percent", cfg.cpu_percent, 1, 6400)
     _range("services.replicate_per_packet", cfg.replicate_per_packet, 1, 64)
     _range("services.replicate_per_second", cfg.replicate_per_second, 1, 10_000_000)
+    _range("services.spin_us", cfg.spin_us, 0, 10_000)
     known = {"isolation", "trusted", "deadline_ms", "per_packet_ms", "memory_mb", "cpu_percent",
              "replicate_per_packet", "replicate_per_second", "cpus",
-             "packet_budget_ms"}  # fmt: skip
+             "packet_budget_ms", "spin_us"}  # fmt: skip
     _unknown(s, doc.get(s, {}), known)
     return cfg
 

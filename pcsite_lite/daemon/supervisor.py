@@ -55,6 +55,9 @@ from .usage import UsageRecorder, drain_reports, export_since, totals
 __all__ = ["StartupError", "Supervisor", "run_daemon"]
 
 
+#: the supervisor's GIL switch interval (s): how long a thread running Python may keep the
+#: control API's event loop waiting
+SWITCH_INTERVAL: Final = 0.0005
 #: compute nodes a controller keeps usage and acknowledgements of
 MAX_NODES: Final = 256
 #: the roles of a one-machine site (``pcsite run`` without ``--role``)
@@ -556,6 +559,10 @@ class Supervisor:
     # --- main
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.cfg
+        # The control API's event loop shares the GIL with the threads it offloads uploads
+        # and rebalances to; with CPython's default switch interval (5 ms) a thread running
+        # Python holds the loop up to 5 ms at each of its wake-ups.
+        sys.setswitchinterval(SWITCH_INTERVAL)
         try:
             left = self.kernel.clear_leftovers() if self.is_node else []
             if self.is_node:

@@ -508,3 +508,14 @@ def test_requests_the_app_offloads_are_answered_from_a_worker_thread(tmp_path: P
         assert _call(port, "GET", "/v1/whoami")[0] == 200
         assert _call(port, "GET", "/v1/health")[0] == 200
     assert seen["/v1/whoami"] != seen["/v1/health"]  # the event loop's thread answered health
+
+
+def test_uploads_and_activations_are_offloaded_and_nothing_else(tmp_path: Path) -> None:
+    # both verify code and fsync the repository: never on the control API's event loop
+    app = _app(tmp_path)
+    base = "/v1/psps/p1/services/s"
+    assert app.offload(Request("POST", f"{base}/versions"))
+    assert app.offload(Request("POST", f"{base}/activate"))
+    assert not app.offload(Request("GET", f"{base}/versions"))
+    assert not app.offload(Request("GET", "/v1/psps/p1/services"))
+    assert not app.offload(Request("POST", "/v1/psps/p1/circuits"))

@@ -40,7 +40,12 @@ def test_services_section_defaults_and_validation(tmp_path: Path) -> None:
     pol = parse(_doc(tmp_path, {"trusted": ["a/b"], "cpus": [1], "deadline_ms": 5})).services
     policy = pol.policy()
     assert policy.trusted == {"a/b"} and policy.cpus == {1} and policy.deadline_ms == 5
+    assert policy.spin_us == 200  # the default poll window of a confined process
+    assert parse(_doc(tmp_path, {"spin_us": 0})).services.policy().spin_us == 0
     for bad in (
+        {"spin_us": -1},
+        {"spin_us": 10_001},
+        {"spin_us": 1.5},
         {"isolation": "none"},
         {"trusted": ["ab"]},
         {"deadline_ms": 0},

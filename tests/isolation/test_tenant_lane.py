@@ -119,7 +119,9 @@ def test_a_packet_batches_cannot_carry_waits_for_them_instead_of_being_dropped()
     assert isinstance(v, Forward) and bytes(v.data[36:]) == b"enola"
     # the batches' answers were kept, and come out in order
     got = [pipe.process(d, t)[0] for held, t in pre.completed(wait=True) for d in held]
-    assert [bytes(v.data[36:]) for v in got] == [(b"q%02d" % i)[::-1] for i in range(32)]
+    assert [bytes(v.data[36:]) for v in got] == [
+        (b"q%02d" % i)[::-1] for i in range(2 * confine.CHUNK)
+    ]
 
 
 def test_fis_calls_and_later_batches_in_flight_do_not_mix_on_the_channel() -> None:
@@ -178,3 +180,71 @@ def test_a_killed_workers_cgroups_are_swept_and_live_ones_kept() -> None:
             for p in (d, os.path.dirname(d)):
                 if os.path.isdir(p):
                     os.rmdir(p)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="polling needs a vCPU of its own")
+def test_the_process_polls_for_the_next_batch_at_the_sites_expense_not_the_providers() -> None:
+    mine = os.sched_getaffinity(0)
+    worker_cpu, tenant_cpu = sorted(mine)[:2]
+    os.sched_setaffinity(0, {worker_cpu})  # the process polls only on a vCPU of its own
+    try:
+        site, pipe = _site(cpus=frozenset({tenant_cpu}), spin_us=2000)
+        proxy = _deploy(site, "p", "rev", REVERSE)
+        label = _circuit(site, "p", "rev")
+        pre = Prefetcher(site)
+        for r in range(40):
+            batch = [bytes(_pkt(label, b"r%d-%d" % (r, i))) for i in range(4)]
+            assert pre(batch, 1.0 + r) == 4
+            outs = [pipe.process(d, 1.0 + r) for d in batch]
+            assert all(isinstance(v, Forward) for [v] in outs)
+            time.sleep(0.0005)  # the worker is elsewhere; the process polls meanwhile
+    finally:
+        os.sched_setaffinity(0, mine)
+    proxy._meter()
+    spin = proxy.site_spin_ns
+    assert spin > 0 and proxy.status()["site_spin_ns"] == spin
+    assert spin <= 40 * 2_000_000  # at most one window per message
+    billed = site.runtime.counters("p", "rev").cpu_ns + proxy.take_cpu()
+    # the kernel's CPU of the process is the provider's bill plus the site's polling
+    assert billed + spin == proxy.cpu_ns
+    if proxy.cgroup is not None:
+        kernel = proxy.cgroup.read_int("cpuacct.usage")
+        assert kernel is not None and abs(billed + spin - kernel) / kernel < 0.05
+
+
+def test_a_claimed_poll_is_credited_at_most_the_window_and_the_idle_time() -> None:
+    site, _ = _site()
+    proxy = _deploy(site, "p", "rev", REVERSE)
+    assert proxy._child_spin == 0  # on the worker's vCPUs: it never polls
+    proxy._child_spin = 200_000  # as if it polled (200 µs window)
+
+    def answer(spun_us: int) -> bytes:
+        return b"R" + confine._RHEAD.pack(0, 0, spun_us)
+
+    before = proxy.site_spin_ns
+    proxy._credit_spin(answer(10_000_000), 50_000, 0)  # claims 10 s, idle 50 µs
+    assert proxy.site_spin_ns - before == 50_000
+    proxy._credit_spin(answer(10_000_000), 10**9, 0)  # idle 1 s: the window
+    assert proxy.site_spin_ns - before == 250_000
+    proxy._credit_spin(answer(30), 10**9, 0)  # what it says, if less
+    assert proxy.site_spin_ns - before == 280_000
+    proxy._credit_spin(answer(100), 0, 0)  # sent while it was busy: nothing
+    proxy._child_spin = 0
+    proxy._credit_spin(answer(100), 10**9, 0)  # the site did not ask it to poll: nothing
+    assert proxy.site_spin_ns - before == 280_000
+
+
+def test_a_round_trip_ends_when_the_answer_was_sent_not_when_a_busy_worker_read_it() -> None:
+    site, pipe = _site()
+    proxy = _deploy(site, "p", "rev", REVERSE)
+    label = _circuit(site, "p", "rev")
+    pre = Prefetcher(site)
+    data = bytes(_pkt(label, b"ab"))
+    assert pre.dispatch([data], 1.0) == []
+    time.sleep(0.4)  # the worker is busy with other packets meanwhile
+    done = [d for held, _ in pre.completed(wait=True) for d in held]
+    assert done == [data] and proxy.pickup_ns[-1] >= 400_000_000
+    # the kernel stamped the answer when the process sent it, long before
+    assert 0 < proxy.latency_ns[-1] < proxy.pickup_ns[-1] - 200_000_000
+    [v] = pipe.process(data, 1.0)
+    assert isinstance(v, Forward) and bytes(v.data[36:]) == b"ba"
