@@ -54,7 +54,8 @@ class EngineSite(ClusterSite):
 
     def restart_controller(self) -> None:
         cp = self.tb.cluster("s1")
-        cfg = rig._config(self.tmp, self.public_ip, cp.lb_address, cp.lb_address, "ctl", 1)
+        cfg = rig._config(self.tmp, self.public_ip, cp.lb_address, cp.lb_address, "ctl", 1,
+                          self.fis)  # fmt: skip
         self.procs["ctl"] = self.tb.node("s1").start(
             self._cmd(cfg, "controller"), name="pcsite-ctl",
             ready=lambda: self.tb.node("s1").tcp_open(cp.lb_address, 8080), timeout=20,
@@ -71,10 +72,12 @@ def es(tmp_path_factory: pytest.TempPathFactory):
     users = {"ctl": "controller", "lb": "lb", **{n: f"node-{n}" for n in nodes}}
     pw = {user: secrets.token_hex(16) for user in users.values()}
 
-    def config(tmp: Path, public_ip: str, lb: str, me: str, node: str, workers: int) -> Path:
+    def config(
+        tmp: Path, public_ip: str, lb: str, me: str, node: str, workers: int, fis: str
+    ) -> Path:
         """The rig's configuration on the engine (each role as its own Redis user), with a
-        repository per machine."""
-        path = orig(tmp, public_ip, lb, me, node, workers)
+        repository per machine (``fis``, the rig's own, is replaced by the role's URL)."""
+        path = orig(tmp, public_ip, lb, me, node, workers, fis)
         user = users[node]
         fis = url.replace("unix://", f"unix://{user}:{pw[user]}@")
         text = re.sub(r"(?m)^fis = .*$",
