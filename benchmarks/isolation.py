@@ -508,7 +508,7 @@ class Harness:
 
     def circuit(self, psp: str, service: str) -> int:
         label = int(self.backend.allocate_circuit(psp, service, 600.0)["label"])
-        out = 0x100000 + label
+        out = (label + 0x100000) % 0xFFFFFFFF + 1  # another 32-bit label, never 0
         hop = {"in_key": KEY.hex(), "out": [{"label": out, "next_hop": NEXT,
                                              "key": OUT_KEY.hex()}], "lifetime": 600.0}  # fmt: skip
         self.backend.install_hop(psp, label, hop)
