@@ -27,9 +27,12 @@ worker replica raising. Figures (``--json PATH``):
   process on another vCPU calls a third PSP's ``GET /services`` every 2 ms while the
   benchmark uploads each attack to that supervisor (``--stall-rounds`` rounds, interleaved);
   per upload, the slowest call in flight during it minus the slowest call in a quiet window of
-  the same length right after it (floored at 0); per attack the median over the rounds; the
-  worst attack (``isolation_supervisor_stalls_ms_max``: the worst single upload).
-  ``upload_ms`` per upload is how long it took;
+  the same length right after it; per attack the median over the rounds (a stall the upload
+  causes comes every round, a hiccup of the machine in one), floored at 0; the worst attack
+  (``isolation_supervisor_stalls_ms_max``: the worst single upload, floored at 0).
+  ``isolation_supervisor_stalls_placebo_ms``: the same statistic with a second quiet window in
+  place of the upload (nothing uploaded in either): the figure this machine's scheduling
+  noise alone gives, same run. ``upload_ms`` per upload is how long it took;
 - ``isolation_probe_lateness_ms``: the longest the probe process itself woke late for a call
   while an attack was uploaded (median over rounds, worst attack, like the stall): its own
   scheduling, a stall of the prober, not of the site (a supervisor stall close to it is the
@@ -47,7 +50,13 @@ worker replica raising. Figures (``--json PATH``):
   attack (interleaved: each attack has its own baseline);
 - ``isolation_overhead_us_per_packet``: a no-op service confined minus the same service in
   the worker, per packet, batched as the worker runs it (``isolation_batch_size`` packets
-  per message); ``confined_unbatched_us_per_packet``: one round trip per packet;
+  per message), 7 interleaved rounds, medians, on the site before the attacks;
+  ``isolation_overhead_after_attacks_us_per_packet`` (and
+  ``isolation_batch_latency_after_attacks_us_median``): the same, measured again after
+  every attack ran; ``confined_unbatched_us_per_packet``: one round trip per packet;
+  ``confined_worker_cpu_us_per_packet``, ``confined_tenant_cpu_us_per_packet`` (of which
+  ``confined_tenant_spin_us_per_packet`` is its busy-poll) and
+  ``inprocess_worker_cpu_us_per_packet``: CPU time (not wall) per packet of each side;
 - ``isolation_batch_latency_us_median``: median round trip of one batch message (send, the
   process runs the service on every packet, answer): from just before the worker sends it to
   when the kernel queued the answer for the worker (``SO_TIMESTAMPNS``);
@@ -86,6 +95,7 @@ from typing import Any
 import trio
 
 from benchmarks._report import emit
+from pcsite_lite.confine import process_cpu_ns
 from pcsite_lite.control.app import ControlApp
 from pcsite_lite.control.auth import Credentials
 from pcsite_lite.control.client import ControlClient, ControlError
@@ -348,7 +358,7 @@ def supervisor_stalls(
             for n, attack in enumerate(attacks):
                 t0, t1, refused = proc.upload(attack, f"{r}.{n}")
                 quiet = min(t1 - t0, 1.0)
-                time.sleep(max(quiet, 0.02))
+                time.sleep(max(2 * quiet + 0.01, 0.04))  # two quiet windows follow
                 windows.append((attack.name, t0, t1, t1 + 0.01, t1 + 0.01 + quiet, refused))
         time.sleep(0.05)
         data, sup_late = proc.samples()
@@ -370,27 +380,30 @@ def supervisor_stalls(
     for name, t0, t1, q0, q1, refused in windows:
         during, late = worst(t0, t1)
         without, _ = worst(q0, q1)
+        placebo, _ = worst(q1, q1 + (q1 - q0))  # a window as long, nothing uploaded either
         loop = max((d for t, d in sup_late if t0 <= t < t1), default=0.0) * 1000
         loop_quiet = max((d for t, d in sup_late if q0 <= t < q1), default=0.0) * 1000
         records.append({"attack": name, "upload_ms": (t1 - t0) * 1000, "refused": refused,
                         "probe_ms_during_upload": during, "probe_ms_without_upload": without,
                         "probe_lateness_ms": late, "supervisor_loop_lateness_ms": loop,
                         "supervisor_loop_lateness_quiet_ms": loop_quiet,
-                        "stall_ms": max(0.0, during - without)})  # fmt: skip
+                        "stall_ms": during - without,
+                        "placebo_stall_ms": without - placebo})  # fmt: skip
 
     # per attack the median over its rounds (a stall the upload causes comes every round; a
-    # hiccup of the machine in one), then the worst attack
+    # hiccup of the machine in one), floored at 0, then the worst attack
     def worst_median(key: str) -> float:
         per: dict[str, list[float]] = {}
         for r in records:
             per.setdefault(r["attack"], []).append(r[key])
-        return max(statistics.median(v) for v in per.values())
+        return max(max(0.0, statistics.median(v)) for v in per.values())
 
     return {
         "isolation_supervisor_stalls_ms": worst_median("stall_ms"),
+        "isolation_supervisor_stalls_placebo_ms": worst_median("placebo_stall_ms"),
         "isolation_probe_lateness_ms": worst_median("probe_lateness_ms"),
         "isolation_supervisor_loop_lateness_ms": worst_median("supervisor_loop_lateness_ms"),
-        "isolation_supervisor_stalls_ms_max": max(r["stall_ms"] for r in records),
+        "isolation_supervisor_stalls_ms_max": max(0.0, max(r["stall_ms"] for r in records)),
         "isolation_upload_ms_max": max(r["upload_ms"] for r in records),
         "supervisor_probe_calls": len(samples),
         "supervisor_probe_errors": data["errors"],
@@ -409,12 +422,18 @@ class ControlServer:
         ready = threading.Event()
         box: dict[str, int] = {}
 
+        #: the meter runs while an upload is measured (between reset() and stop_meter()):
+        #: a worker process has no control API thread, so none wakes during its traffic
+        self.metering = False
+
         async def meter() -> None:
             while True:
                 t = trio.current_time()
-                await trio.sleep(0.001)
-                late = (trio.current_time() - t - 0.001) * 1000
-                self.max_stall_ms = max(self.max_stall_ms, late)
+                on = self.metering
+                await trio.sleep(0.001 if on else 0.05)
+                if on:
+                    late = (trio.current_time() - t - 0.001) * 1000
+                    self.max_stall_ms = max(self.max_stall_ms, late)
 
         async def main() -> None:
             async with trio.open_nursery() as n:
@@ -431,7 +450,12 @@ class ControlServer:
         self.url = f"http://127.0.0.1:{box['port']}"
 
     def reset(self) -> None:
+        """Start metering the loop's lateness afresh."""
         self.max_stall_ms = 0.0
+        self.metering = True
+
+    def stop_meter(self) -> None:
+        self.metering = False
 
     def close(self) -> None:
         if self._token is not None and self._cancel is not None:
@@ -556,6 +580,7 @@ def run_attack(h: Harness, attack: Attack, seconds: float, version: str) -> dict
     except ControlError as exc:
         refused = exc
     t1 = time.perf_counter()
+    h.server.stop_meter()
     rec["event_loop_lateness_ms"] = h.server.max_stall_ms
     rec["harness_upload_ms"] = (t1 - t0) * 1000
     if refused is not None:
@@ -683,24 +708,30 @@ def metering(h: Harness) -> dict[str, Any]:
     }
 
 
-def overhead(h: Harness, count: int, batch: int = 64) -> dict[str, float]:
+def _median_or_none(xs: list[float]) -> float | None:
+    return statistics.median(xs) if xs else None
+
+
+def overhead(h: Harness, count: int, batch: int = 64, tag: str = "") -> dict[str, float]:
     """Per-packet cost of a no-op service confined (batched, as the worker runs it) vs the
     same service in the worker, interleaved rounds; and the round trip of one batch message
-    (:data:`~pcsite_lite.confine.CHUNK` packets: sent until its answer is read)."""
+    (:data:`~pcsite_lite.confine.CHUNK` packets: sent until its answer is read). ``tag``
+    names this measurement's two services (one per call)."""
     from pcsite_lite.confine import CHUNK, ConfinedService
 
     pipe = h.worker.pipeline
     prefetch = h.worker.prefetch
     assert prefetch is not None
-    h.upload("victim", "noopc", "1", NOOP)
-    h.circuit("victim", "noopc")
-    assert h.ready("victim", "noopc")
-    h.worker.site.deploy("victim", "noopt", NOOP)  # the same code in the worker
-    h.circuit("victim", "noopt")
-    proxy = h.proxy("victim", "noopc")
+    conf_s, trus_s = f"noopc{tag}", f"noopt{tag}"
+    h.upload("victim", conf_s, "1", NOOP)
+    h.circuit("victim", conf_s)
+    assert h.ready("victim", conf_s)
+    h.worker.site.deploy("victim", trus_s, NOOP)  # the same code in the worker
+    h.circuit("victim", trus_s)
+    proxy = h.proxy("victim", conf_s)
     assert isinstance(proxy, ConfinedService)
-    conf_b = [bytes(h.packet("noopc", b"x%05d" % i * 20)) for i in range(batch)]
-    trus_b = [bytes(h.packet("noopt", b"x%05d" % i * 20)) for i in range(batch)]
+    conf_b = [bytes(h.packet(conf_s, b"x%05d" % i * 20)) for i in range(batch)]
+    trus_b = [bytes(h.packet(trus_s, b"x%05d" % i * 20)) for i in range(batch)]
     conf: list[float] = []
     trusted: list[float] = []
     unbatched: list[float] = []
@@ -708,7 +739,15 @@ def overhead(h: Harness, count: int, batch: int = 64) -> dict[str, float]:
     process = pipe.process
     proxy.latency_ns.clear()
     proxy.pickup_ns.clear()
-    for _ in range(5):
+    tenant_cpu: list[float] = []  # CPU time (not wall): what each side spent per packet
+    worker_cpu: list[float] = []
+    trusted_cpu: list[float] = []
+    tenant_spin: list[float] = []  # of tenant_cpu: the busy-poll the site pays for
+    for _ in range(7):
+        pid = proxy.proc.pid if proxy.proc is not None else None
+        c0 = process_cpu_ns(pid) if pid else 0
+        s0 = proxy.site_spin_ns
+        w0 = time.thread_time_ns()
         t = time.perf_counter_ns()
         for _ in range(rounds):
             now = time.time()
@@ -721,12 +760,18 @@ def overhead(h: Harness, count: int, batch: int = 64) -> dict[str, float]:
             for d in held:
                 process(d, at)
         conf.append((time.perf_counter_ns() - t) / (rounds * batch) / 1000)
+        worker_cpu.append((time.thread_time_ns() - w0) / (rounds * batch) / 1000)
+        if pid:
+            tenant_cpu.append((process_cpu_ns(pid) - c0) / (rounds * batch) / 1000)
+            tenant_spin.append((proxy.site_spin_ns - s0) / (rounds * batch) / 1000)
+        w0 = time.thread_time_ns()
         t = time.perf_counter_ns()
         for _ in range(rounds):
             now = time.time()
             for d in trus_b:
                 process(d, now)
         trusted.append((time.perf_counter_ns() - t) / (rounds * batch) / 1000)
+        trusted_cpu.append((time.thread_time_ns() - w0) / (rounds * batch) / 1000)
         t = time.perf_counter_ns()
         for d in conf_b[: max(1, batch // 4)]:
             process(d, time.time())  # no prefetch: one round trip per packet
@@ -740,6 +785,10 @@ def overhead(h: Harness, count: int, batch: int = 64) -> dict[str, float]:
         "confined_noop_us_per_packet": statistics.median(conf),
         "inprocess_noop_us_per_packet": statistics.median(trusted),
         "confined_unbatched_us_per_packet": statistics.median(unbatched),
+        "confined_worker_cpu_us_per_packet": statistics.median(worker_cpu),
+        "confined_tenant_cpu_us_per_packet": _median_or_none(tenant_cpu),
+        "confined_tenant_spin_us_per_packet": _median_or_none(tenant_spin),
+        "inprocess_worker_cpu_us_per_packet": statistics.median(trusted_cpu),
         "isolation_batch_hits": proxy.batch_hits,
     }
 
@@ -764,6 +813,8 @@ def run(
         h.upload("attacker", "benign", "1", NOOP)
         h.circuit("attacker", "benign")
         h.ready("attacker", "benign")
+        # the isolation mechanism's cost on a site in normal operation (before any attack)
+        ovh = overhead(h, count)
         base = interleave(h, "attacker", "benign", seconds)
         records = []
         for n, attack in enumerate(attacks):
@@ -773,7 +824,14 @@ def run(
                 crashes += 1
                 records.append({"attack": attack.name, "outcome": "worker_crash",
                                 "error": repr(exc), "escapes": 1})  # fmt: skip
-        ovh = overhead(h, count)
+        # and again after them (their processes killed, restarted, disabled): the same cost
+        after = overhead(h, count, tag="2")
+        ovh.update({
+            "isolation_overhead_after_attacks_us_per_packet":
+                after["isolation_overhead_us_per_packet"],
+            "isolation_batch_latency_after_attacks_us_median":
+                after["isolation_batch_latency_us_median"],
+        })  # fmt: skip
         ratios = [r["victim_rate_ratio"] for r in records if r.get("victim_rate_ratio")]
         figures: dict[str, Any] = {
             "isolation_escapes": sum(r.get("escapes", 0) for r in records),
