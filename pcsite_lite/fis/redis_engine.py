@@ -38,9 +38,19 @@ caches keep answering.
 Failures: every Redis error that means "the server cannot be reached or refuses us" (connection
 refused or lost, timeout, loading, authentication or ACL refusal) becomes
 :class:`~pcsite_lite.fis.FISUnavailableError`. After one, the engine fails fast (no network
-attempt) for a short back-off (``BACKOFF_MIN`` doubling to ``BACKOFF_MAX``), so a flood of
-cache misses during an outage cannot turn into a flood of connection attempts. Connections use
-``socket_connect_timeout`` 0.2 s and ``socket_timeout`` 2 s unless the URL sets them.
+attempt) for a back-off (``BACKOFF_MIN`` doubling to ``BACKOFF_MAX``, and at least
+``PROBE_RATIO`` times what the failed attempt took), so a flood of cache misses during an
+outage cannot turn into a flood of connection attempts, and a server that hangs (a machine
+gone, a frozen primary) costs a caller at most ``1 / (1 + PROBE_RATIO)`` of its time in
+failed attempts. Connections use ``socket_connect_timeout`` 0.2 s and ``socket_timeout`` 2 s
+unless the URL sets them; the single-entry reads of a cache miss (``get``, ``lpm_get``) use a
+connection of their own with a ``READ_TIMEOUT`` (0.25 s) read timeout, retried only when a
+pooled connection turns out broken (a server restart), never after a timeout: a worker's
+packet loop that misses while the server hangs waits at most that long, not 2 s twice. When
+a node cache's change feed finds the server away (a re-subscription refused or timed out, or
+a read timed out), the engine fails fast until the feed's next attempt (``fast_failures``
+counts those calls): during an outage only the feed tries the server, at its bounded rate,
+and misses cost nothing but the drop; the feed's first successful attempt ends the back-off.
 
 A longest-prefix ``lookup`` without the cache is one ``HMGET`` of the 33 candidate prefixes.
 
@@ -77,6 +87,8 @@ __all__ = [
     "BACKOFF_MAX",
     "BACKOFF_MIN",
     "LOG_KEEP",
+    "PROBE_RATIO",
+    "READ_TIMEOUT",
     "SENTINEL_SCHEME",
     "UNREACHABLE",
     "RedisFIS",
@@ -88,6 +100,10 @@ SENTINEL_SCHEME: Final = "redis+sentinel"
 LOG_KEEP: Final = 10000  #: change-log entries kept for catching up (approximately: MAXLEN ~)
 BACKOFF_MIN: Final = 0.02  #: seconds the engine fails fast after a failure ...
 BACKOFF_MAX: Final = 0.5  #: ... doubling up to this (bounds the recovery delay too)
+#: ... and at least this many times what the failed attempt took: a caller (a worker's packet
+#: loop) spends at most 1 / (1 + PROBE_RATIO) of its time on attempts that fail
+PROBE_RATIO: Final = 4
+READ_TIMEOUT: Final = 0.25  #: read timeout (s) of a cache miss's single-entry reads
 #: Redis errors that mean the store is out of reach (not a bad request of ours)
 _UNREACHABLE = (
     redis.ConnectionError,  # includes AuthenticationError, BusyLoadingError
@@ -141,10 +157,11 @@ def _guarded(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(self: RedisFIS, *args: Any, **kwargs: Any) -> Any:
         self._check_backoff()
+        t0 = time.monotonic()
         try:
             result = fn(self, *args, **kwargs)
         except _UNREACHABLE as exc:
-            raise self._unavailable(exc) from None
+            raise self._unavailable(exc, time.monotonic() - t0) from None
         self._backoff = 0.0
         return result
 
@@ -247,6 +264,14 @@ class RedisFIS(FISEngine):
         self._clock = clock
         self._backoff = 0.0
         self._retry_at = 0.0
+        #: calls failed at once during a back-off (no attempt: the server is known away)
+        self.fast_failures = 0
+        # a cache miss's reads (one HGET): a short read timeout, and a retry only for a broken
+        # pooled connection (a timeout is not retried: the server hangs, do not wait twice)
+        self._reads = self.new_client(
+            socket_timeout=READ_TIMEOUT,
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+        )
         if not where:
             kw = self._r.connection_pool.connection_kwargs
             where = "Redis at " + (kw.get("path") or f"{kw.get('host', '?')}:{kw.get('port', '?')}")
@@ -262,7 +287,7 @@ class RedisFIS(FISEngine):
         (the change feed's pub/sub connection, blocking stream reads). ``over``: connection
         keywords to override (e.g. ``socket_timeout``)."""
         if self._factory is not None:
-            return self._factory(retry=Retry(NoBackoff(), 0), **over)
+            return self._factory(**{"retry": Retry(NoBackoff(), 0), **over})
         kwargs = dict(self._r.connection_pool.connection_kwargs)
         kwargs["retry"] = Retry(NoBackoff(), 0)
         kwargs.update(over)
@@ -278,10 +303,11 @@ class RedisFIS(FISEngine):
         :class:`FISUnavailableError`); ``write``: then wait for the replicas (see
         :meth:`replicated`)."""
         self._check_backoff()
+        t0 = time.monotonic()
         try:
             result = fn(self._r)
         except _UNREACHABLE as exc:
-            raise self._unavailable(exc) from None
+            raise self._unavailable(exc, time.monotonic() - t0) from None
         self._backoff = 0.0
         if write:
             self.replicated()
@@ -312,11 +338,24 @@ class RedisFIS(FISEngine):
     # failures
     def _check_backoff(self) -> None:
         if self._backoff and time.monotonic() < self._retry_at:
+            self.fast_failures += 1
             raise FISUnavailableError(f"FIS engine unavailable: {self.where} (retrying)")
 
-    def _unavailable(self, exc: BaseException) -> FISUnavailableError:
+    def _reached(self) -> None:
+        """The server answered another connection of ours (the change feed's): end the
+        back-off, misses may read it again at once."""
+        self._backoff = 0.0
+
+    def _away(self, until: float) -> None:
+        """Another connection of ours (the change feed's) found the server away: fail fast
+        until ``until`` (the feed's next attempt) instead of trying it ourselves."""
+        self._backoff = max(self._backoff, BACKOFF_MIN)
+        self._retry_at = max(self._retry_at, until)
+
+    def _unavailable(self, exc: BaseException, spent: float = 0.0) -> FISUnavailableError:
+        """Start (or double) the back-off after a failed attempt that took ``spent`` s."""
         self._backoff = min(BACKOFF_MAX, max(BACKOFF_MIN, self._backoff * 2))
-        self._retry_at = time.monotonic() + self._backoff
+        self._retry_at = time.monotonic() + max(self._backoff, PROBE_RATIO * spent)
         what = f"{type(exc).__name__}: {exc}"
         if isinstance(exc, _REFUSED):
             return FISAuthError(
@@ -347,12 +386,13 @@ class RedisFIS(FISEngine):
         return None if raw is None else raw.decode() if isinstance(raw, bytes) else str(raw)
 
     def close(self) -> None:
+        self._reads.close()
         self._r.close()
 
     # key-value
     @_guarded
     def _get(self, ns: str, key: str) -> str | None:
-        return self._text(self._r.hget(self._kv_key(ns), key))
+        return self._text(self._reads.hget(self._kv_key(ns), key))
 
     @_guarded
     def _put(self, ns: str, items: list[tuple[str, str]]) -> None:
@@ -373,7 +413,7 @@ class RedisFIS(FISEngine):
     @_guarded
     def _lpm_get(self, ns: str, table: str, net: int, plen: int) -> str | None:
         field = format_prefix(net, plen, check=False)
-        return self._text(self._r.hget(self._lpm_key(ns, table), field))
+        return self._text(self._reads.hget(self._lpm_key(ns, table), field))
 
     @_guarded
     def _lpm_put(self, ns: str, table: str, rows: list[tuple[int, int, str, str]]) -> None:
@@ -483,11 +523,13 @@ class _RedisFeed(ChangeFeed):
         #: opened while the server was away: a reader may have filled entries we cannot vouch
         #: for by the time we first reach it (unless a snapshot's position is resumed)
         self._unknown = False
+        t0 = time.monotonic()
         try:
             self._subscribe(wait=5.0)
+            engine._reads.ping()  # open the misses' connection now, not on the first miss
         except _UNREACHABLE:
             self._drop()
-            self._failed()
+            self._failed(time.monotonic() - t0)
             self._unknown = True
 
     @property
@@ -505,9 +547,10 @@ class _RedisFeed(ChangeFeed):
         self._unknown = False
         return True
 
-    def _failed(self) -> None:
+    def _failed(self, spent: float) -> None:
+        """Back off after a failed attempt that took ``spent`` s (as the engine does)."""
         self._backoff = min(BACKOFF_MAX, max(BACKOFF_MIN, self._backoff * 2))
-        self._retry_at = time.monotonic() + self._backoff
+        self._retry_at = time.monotonic() + max(self._backoff, PROBE_RATIO * spent)
 
     def _server_epoch(self) -> str:
         r = self._client
@@ -534,6 +577,7 @@ class _RedisFeed(ChangeFeed):
             ps.close()
             raise
         self._ps = ps
+        self._engine._reached()  # the server answers: misses need not wait for its back-off
         if self._epoch is None:  # first contact, nothing applied yet: start from now
             self._epoch = epoch
             self._seq = self._version()
@@ -601,9 +645,11 @@ class _RedisFeed(ChangeFeed):
         out: list[Change] = []
         lost = False
         applied = (self._seq, self._wid)  # what the reader has, if this poll fails half-way
+        t0 = time.monotonic()
+        linked = self._ps is not None
         try:
-            if self._ps is None:
-                if time.monotonic() < self._retry_at:
+            if not linked:
+                if t0 < self._retry_at:
                     raise FISUnavailableError(
                         f"FIS change feed unavailable: {self._engine.where} (retrying)"
                     )
@@ -656,7 +702,11 @@ class _RedisFeed(ChangeFeed):
             self._seq, self._wid = applied
             self._catch_up = self._epoch is not None
             self._drop()
-            self._failed()
+            self._failed(time.monotonic() - t0)
+            if not linked or isinstance(exc, (redis.TimeoutError, TimeoutError)):
+                # the server refused or did not answer (not merely a link that broke): the
+                # engine fails the misses fast until this feed tries it again
+                self._engine._away(self._retry_at)
             raise FISUnavailableError(
                 f"FIS change feed unavailable: {self._engine.where}: {type(exc).__name__}"
             ) from None
