@@ -43,11 +43,14 @@ import argparse
 import hashlib
 import json
 import os
+import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -185,39 +188,125 @@ GEN_CPU = 0  #: the load generator's vCPU (its sends' kernel path runs there too
 NODE_CPU = 1  #: every site process's vCPU (LB, controller, compute nodes)
 
 
-def _node_usage(ns: str) -> dict[int, tuple[int, int]]:
+def _node_usage(ns: str) -> dict[int, tuple[int, int, bool]]:
     """Per PID of the processes in network namespace ``ns``: the CPU time the kernel
-    accounted to it (ns; every thread, live or exited: the process CPU clock) and its
-    threads' voluntary context switches (sleeps: wake-ups)."""
+    accounted to it (ns; every thread, live or exited: the process CPU clock), its threads'
+    voluntary context switches (sleeps: wake-ups) and whether it is a worker (its parent,
+    the node's supervisor, is in the namespace too)."""
     from pcsite_lite.confine import process_cpu_ns
     from testbed.state import processes_in
 
+    pids = processes_in([ns])
     per = {}
-    for pid in processes_in([ns]):
+    for pid in pids:
         try:
             sleeps = 0
             for task in Path(f"/proc/{pid}/task").iterdir():
                 for line in (task / "status").read_text().splitlines():
                     if line.startswith("voluntary_ctxt_switches:"):
                         sleeps += int(line.split()[1])
-            per[pid] = (process_cpu_ns(pid), sleeps)
-        except (OSError, ValueError):  # exited meanwhile
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            per[pid] = (process_cpu_ns(pid), sleeps, ppid in pids)
+        except (OSError, ValueError, IndexError):  # exited meanwhile
             continue
     return per
 
 
 def _delta(
-    before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]
-) -> tuple[int, int]:
-    """CPU (ns) and sleeps between two snapshots (a process that started meanwhile counts in
-    full; one that exited meanwhile is lost: workers do not restart in a healthy run)."""
-    cpu = sum(v[0] - before.get(pid, (0, 0))[0] for pid, v in after.items())
-    return cpu, sum(v[1] - before.get(pid, (0, 0))[1] for pid, v in after.items())
+    before: dict[int, tuple[int, int, bool]], after: dict[int, tuple[int, int, bool]]
+) -> tuple[int, int, int]:
+    """CPU (ns), sleeps and the workers' CPU (ns) between two snapshots (a process that
+    started meanwhile counts in full; one that exited meanwhile is lost: workers do not
+    restart in a healthy run)."""
+    cpu = sleeps = workers = 0
+    for pid, (used, slept, worker) in after.items():
+        b = before.get(pid, (0, 0, worker))
+        cpu += used - b[0]
+        sleeps += slept - b[1]
+        workers += (used - b[0]) if worker else 0
+    return cpu, sleeps, workers
 
 
-def balanced_circuits(cs: Any, per_node: int, *, tries: int = 8) -> list[int]:
+class NodeTraffic:
+    """Form-1 traffic to a site's compute nodes, one independent sender *process* per node
+    (pinned to ``cpu``), each sending its node's circuits as one burst every ``1 / rate`` s;
+    ``h2`` drains what arrives. Every node sees the same traffic (same bursts, same period,
+    no coupling to the other nodes of its site: no shared thread or lock paces them) on a
+    site of 1, 2 or 4 nodes. ``with NodeTraffic(...):`` starts and stops it."""
+
+    def __init__(self, cs: Any, groups: list[list[int]], rate: float, cpu: int) -> None:
+        from benchmarks._cluster_rig import KEY, PORT
+        from pcsock import wire
+        from testbed.netns import call_in
+
+        self.cpu, self.rate = cpu, rate
+        h1, h2 = cs.tb.node("h1"), cs.tb.node("h2")
+        self.dst = cs.public_ip
+        udp = struct.pack("!HHHH", 5555, PORT, 8 + 8, 0) + bytes(8)
+        self.bursts = [[bytes(wire.build_circuit_packet(src=h1.address, dst=self.dst,
+                                                        label=label, key=KEY, payload=udp))
+                        for label in group] for group in groups]  # fmt: skip
+        self.tx = call_in(h1.ns, lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW,
+                                                       socket.IPPROTO_RAW))  # fmt: skip
+
+        def bind() -> socket.socket:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("0.0.0.0", PORT))
+            s.settimeout(0.1)
+            return s
+
+        self.rx = call_in(h2.ns, bind)  # the packets end here (no ICMP port unreachable)
+        self.pids: list[int] = []
+        self._stop = threading.Event()
+        self._drain = threading.Thread(target=self._drain_rx, daemon=True)
+
+    def _drain_rx(self) -> None:
+        os.sched_setaffinity(0, {self.cpu})
+        while not self._stop.is_set():
+            try:
+                self.rx.recv(2048)
+            except OSError:
+                continue
+
+    def _send(self, burst: list[bytes]) -> None:  # in the child process
+        os.sched_setaffinity(0, {self.cpu})
+        period = 1 / self.rate
+        nxt = time.monotonic() + period * (os.getpid() % 97) / 97  # phases not aligned
+        while True:
+            time.sleep(max(0.0, nxt - time.monotonic()))
+            for pkt in burst:
+                try:
+                    self.tx.sendto(pkt, (self.dst, 0))
+                except OSError:
+                    pass
+            nxt += period
+
+    def __enter__(self) -> NodeTraffic:
+        self._drain.start()
+        for burst in self.bursts:
+            pid = os.fork()
+            if pid == 0:  # the child only sends, until the parent ends it
+                try:
+                    self._send(burst)
+                finally:
+                    os._exit(0)
+            self.pids.append(pid)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for pid in self.pids:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        self._stop.set()
+        self._drain.join(5)
+        self.tx.close()
+        self.rx.close()
+
+
+def balanced_groups(cs: Any, per_node: int, *, tries: int = 8) -> list[list[int]]:
     """Labels of exactly ``per_node`` circuits on each running compute node of ``cs`` (the
-    LB's split, probed), so every node gets the same packet rate."""
+    LB's split, probed), one list per node in :meth:`running` order, so every node gets the
+    same packet rate."""
     from benchmarks._cluster_rig import Load, owners
 
     names = cs.running()
@@ -233,7 +322,7 @@ def balanced_circuits(cs: Any, per_node: int, *, tries: int = 8) -> list[int]:
             if node in chosen and len(chosen[node]) < per_node:
                 chosen[node].append(labels[i])
         if all(len(v) == per_node for v in chosen.values()):
-            return [label for v in chosen.values() for label in v]
+            return [chosen[n] for n in names]
     raise RuntimeError(f"could not place {per_node} circuits on each node: {chosen}")
 
 
@@ -243,24 +332,26 @@ def node_cpu(
     """CPU per packet of a compute node on sites of 1, 2 and 4 nodes (docs/cluster.md).
 
     One site per node count, all built first and alive throughout. Each node carries exactly
-    ``per_node`` circuits (probed through the LB's split) at ``pps`` packets/s. ``rounds``
-    rounds, each an idle window (no load: each node's idle CPU rate, i.e. heartbeats, feed
-    reports, stats) then a load window in which *every* site is loaded at once: the site
-    processes share vCPU ``NODE_CPU`` (the generator has ``GEN_CPU``), and a node's CPU per
-    packet drops when that vCPU is busier, so loading one site at a time would favour the
-    sites with more nodes. Per node and load window: (its processes' kernel-accounted CPU -
-    its idle rate x window) / the packets its TUN devices handed its workers. Figures per
-    node count: medians over every (round, node) sample."""
+    ``per_node`` circuits (probed through the LB's split) at ``pps`` packets/s, sent as a burst
+    per node and round, the bursts of a site's nodes spread over the round (the same traffic
+    per node at every node count). ``rounds`` rounds, each an idle window (no load: each
+    node's idle CPU rate, i.e. heartbeats, feed reports, stats) then a load window in which
+    *every* site is loaded at once: the site processes share vCPU ``NODE_CPU`` (the
+    generator has ``GEN_CPU``), and a node's CPU per packet drops when that vCPU is busier,
+    so loading one site at a time would favour the sites with more nodes. Per node and load
+    window: (its processes' kernel-accounted CPU - its idle rate x window) / the packets its
+    TUN devices handed its workers. Figures per node count: medians over every (round, node)
+    sample."""
     from contextlib import ExitStack
 
-    from benchmarks._cluster_rig import ClusterSite, Load
+    from benchmarks._cluster_rig import ClusterSite
 
     sites: dict[int, Any] = {}
-    labels: dict[int, list[int]] = {}
-    busy: dict[int, list[tuple[str, int, int, float, int]]] = {k: [] for k in counts}
+    groups: dict[int, list[list[int]]] = {}
+    busy: dict[int, list[tuple[str, int, int, float, int, int]]] = {k: [] for k in counts}
     idle: dict[tuple[int, str], list[float]] = {}  # (site, node) -> ns per s while idle
 
-    def usage() -> dict[tuple[int, str], dict[int, tuple[int, int]]]:
+    def usage() -> dict[tuple[int, str], dict[int, tuple[int, int, bool]]]:
         return {(k, n): _node_usage(sites[k].tb.node(n).ns) for k in counts
                 for n in sites[k].running()}  # fmt: skip
 
@@ -271,7 +362,7 @@ def node_cpu(
             sites[k] = stack.enter_context(
                 ClusterSite(tmp, nodes=max(2, k), start=k, cpus={NODE_CPU})
             )
-            labels[k] = balanced_circuits(sites[k], per_node)
+            groups[k] = balanced_groups(sites[k], per_node)
         rate = pps / per_node  # rounds/s: each round sends one packet per circuit
         for _ in range(rounds):
             c0, t0 = usage(), time.monotonic()
@@ -280,40 +371,41 @@ def node_cpu(
             for key, before in c0.items():
                 idle.setdefault(key, []).append(_delta(before, c1[key])[0] / window)
             with ExitStack() as loads:
-                got = [loads.enter_context(Load(sites[k], labels[k], rate=rate, cpu=GEN_CPU)).got
-                       for k in counts]  # fmt: skip
-                deadline = time.monotonic() + 10
-                while (any(len(g) < 2 * len(labels[k]) for g, k in zip(got, counts, strict=True))
-                       and time.monotonic() < deadline):  # fmt: skip
-                    time.sleep(0.02)
-                time.sleep(0.3)  # warm-up
+                for k in counts:
+                    loads.enter_context(NodeTraffic(sites[k], groups[k], rate, GEN_CPU))
+                time.sleep(0.5)  # warm-up
                 c0, t0 = usage(), time.monotonic()
                 p0 = {(k, n): sites[k].tun_rx(n) for k, n in c0}
                 time.sleep(seconds)
                 c1, window = usage(), time.monotonic() - t0
                 p1 = {(k, n): sites[k].tun_rx(n) for k, n in c0}
             for (k, n), before in c0.items():
-                used, sleeps = _delta(before, c1[(k, n)])
-                busy[k].append((n, used, p1[(k, n)] - p0[(k, n)], window, sleeps))
+                used, sleeps, workers = _delta(before, c1[(k, n)])
+                busy[k].append((n, used, p1[(k, n)] - p0[(k, n)], window, sleeps, workers))
     out: dict[str, float] = {}
     for k in counts:
-        net, gross, pkts, idles, batch = [], [], [], [], []
-        for n, used, packets, window, sleeps in busy[k]:
+        net, gross, pkts, idles, batch, work = [], [], [], [], [], []
+        for n, used, packets, window, sleeps, workers in busy[k]:
             rest = statistics.median(idle.get((k, n), [0.0]))
             idles.append(rest)
             pkts.append(packets)
             if packets > 0:
                 net.append((used - rest * window) / 1e3 / packets)
                 gross.append(used / 1e3 / packets)
+                work.append(workers / 1e3 / packets)
                 batch.append(packets / max(1, sleeps))
         out[f"cluster_node_cpu_us_per_packet_{k}"] = _med(net)
         out[f"cluster_node_cpu_gross_us_per_packet_{k}"] = _med(gross)
+        out[f"cluster_node_worker_cpu_us_per_packet_{k}"] = _med(work)
         out[f"cluster_node_idle_cpu_ms_per_s_{k}"] = _med([v / 1e6 for v in idles])
         out[f"cluster_node_packets_per_window_{k}"] = _med(pkts)
         out[f"cluster_node_packets_spread_{k}"] = _spread(pkts)
         out[f"cluster_node_packets_per_wakeup_{k}"] = _med(batch)
     out["cluster_node_cpu_spread"] = _spread([out[f"cluster_node_cpu_us_per_packet_{k}"]
                                               for k in counts])  # fmt: skip
+    out["cluster_node_cpu_gross_spread"] = _spread(
+        [out[f"cluster_node_cpu_gross_us_per_packet_{k}"] for k in counts]
+    )
     return out
 
 
