@@ -21,16 +21,19 @@
 * ``cluster_node_cpu_us_per_packet_{1,2,4}``: CPU per packet of one compute node on sites of
   1, 2 and 4 nodes (goal: flat within 15 %; ``cluster_node_cpu_spread`` is max / min - 1 of
   the three). Three sites built at once, each node given exactly ``--cpu-circuits`` circuits
-  (probed through the LB's split) at ``--cpu-pps`` packets/s; the generator pinned to vCPU 0,
-  every site process to vCPU 1; ``--cpu-rounds`` rounds of an idle window then a load window
-  with every site loaded at once (so the shared vCPU is as busy for every node count). Per
-  node and window: the kernel-accounted CPU of the processes in the node's namespace (the
-  process CPU clock) minus its idle rate over the window, over the packets its TUN devices
-  handed its workers; medians over every (round, node). Beside it, per node count:
-  ``cluster_node_cpu_gross_us_per_packet_K`` (without the idle subtraction),
+  (probed through the LB's split) at ``--cpu-pps`` packets/s, sent by a sender process of
+  its own (:class:`NodeTraffic`: the same traffic per node at every node count); the
+  senders pinned to vCPU 0, every site process to vCPU 1; ``--cpu-rounds`` rounds of an idle
+  window then a load window with every site loaded at once (so the shared vCPU is as busy
+  for every node count). Per node and window: the kernel-accounted CPU of the processes in
+  the node's namespace (the process CPU clock) minus its idle rate over the window, over the
+  packets its TUN devices handed its workers; medians over every (round, node). Beside it,
+  per node count: ``cluster_node_cpu_gross_us_per_packet_K`` (without the idle
+  subtraction), ``cluster_node_worker_cpu_us_per_packet_K`` (the worker processes alone),
   ``cluster_node_idle_cpu_ms_per_s_K``, ``cluster_node_packets_per_window_K`` and
   ``cluster_node_packets_spread_K`` (the per-node packet counts' max / min - 1) and
-  ``cluster_node_packets_per_wakeup_K`` (packets over the node's voluntary context switches).
+  ``cluster_node_packets_per_wakeup_K`` (packets over the node's voluntary context switches);
+  ``cluster_node_cpu_gross_spread`` (max / min - 1 of the gross figures).
 
     .venv/bin/python -m benchmarks.cluster --json /tmp/cluster.json
     .venv/bin/python -m benchmarks.cluster --rounds 1 --circuits 2000 --cpu-seconds 0.5 \
@@ -332,16 +335,16 @@ def node_cpu(
     """CPU per packet of a compute node on sites of 1, 2 and 4 nodes (docs/cluster.md).
 
     One site per node count, all built first and alive throughout. Each node carries exactly
-    ``per_node`` circuits (probed through the LB's split) at ``pps`` packets/s, sent as a burst
-    per node and round, the bursts of a site's nodes spread over the round (the same traffic
-    per node at every node count). ``rounds`` rounds, each an idle window (no load: each
-    node's idle CPU rate, i.e. heartbeats, feed reports, stats) then a load window in which
-    *every* site is loaded at once: the site processes share vCPU ``NODE_CPU`` (the
-    generator has ``GEN_CPU``), and a node's CPU per packet drops when that vCPU is busier,
-    so loading one site at a time would favour the sites with more nodes. Per node and load
-    window: (its processes' kernel-accounted CPU - its idle rate x window) / the packets its
-    TUN devices handed its workers. Figures per node count: medians over every (round, node)
-    sample."""
+    ``per_node`` circuits (probed through the LB's split) at ``pps`` packets/s, sent by a
+    process of its own (:class:`NodeTraffic`; one thread per site woke a site's nodes back to
+    back, and a node woken right behind another used less CPU). ``rounds`` rounds, each an
+    idle window (no load: each node's idle CPU rate, i.e. heartbeats, feed reports, stats)
+    then a load window in which *every* site is loaded at once: the site processes share
+    vCPU ``NODE_CPU`` (the senders have ``GEN_CPU``), and a node's CPU per packet drops when
+    that vCPU is busier, so loading one site at a time would favour the sites with more
+    nodes. Per node and load window: (its processes' kernel-accounted CPU - its idle rate x
+    window) / the packets its TUN devices handed its workers. Figures per node count:
+    medians over every (round, node) sample."""
     from contextlib import ExitStack
 
     from benchmarks._cluster_rig import ClusterSite
