@@ -2,8 +2,9 @@
 
 A worker forwards from its node cache while Redis is down; a packet whose entry the cache
 never held cannot be answered and is dropped as ``fis_unavailable`` (a site drop, counted in
-the site's metrics). The tests freeze the server (SIGSTOP: a primary that hangs or whose
-machine vanished, so connections neither answer nor fail) or kill it (connections refused),
+the site's metrics). The tests freeze the server (SIGSTOP: a primary that hangs, so
+connections neither answer nor fail), kill it (connections refused) or, root, cut the link to
+it over TCP (nftables drops everything: a machine that vanished, connects time out),
 send packets of many circuits whose entries were never cached through a site pipeline, and
 check that the time spent in the pipeline stays a small share of the outage, that no single
 packet blocks for long, that every uncached packet is counted, that a cached circuit keeps
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,7 +28,9 @@ from pcsite_lite.fis import CachedFIS, namespace, open_engine
 from pcsite_lite.fis.redis_engine import READ_TIMEOUT
 from pcsite_lite.pipeline import Pipeline
 from pcsite_lite.verdicts import Drop, Forward, Verdict
-from tests.support import wait_until
+from tests.fis.conftest import REDIS_SERVER
+from tests.support import stop_process, wait_until
+from tests.support.netns import call_in, netns
 from tests.support.site_topo import PSP, circuit, circuit_packet, one_site
 
 FETCHES = """
@@ -124,3 +128,71 @@ def test_a_miss_during_an_outage_is_dropped_fast_and_counted(
 def _forwards(pipe: Pipeline, label: int) -> bool:
     [v] = pipe.process(circuit_packet(label), now=time.monotonic())
     return isinstance(v, Forward)
+
+
+CUT = """table inet pcfm {
+  chain inp {
+    type filter hook input priority 0; policy accept;
+    tcp dport 6390 drop
+    tcp sport 6390 drop
+  }
+}
+"""
+
+
+def _nft(ns: str, script: str) -> None:
+    subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=script, text=True,
+                   check=True, capture_output=True)  # fmt: skip
+
+
+def _cut_link_outage(ns: str, url: str) -> None:
+    """In ``ns`` (every connection of the cache is made from this thread): misses while every
+    packet to and from the server is dropped, then the link restored."""
+    assert wait_until(lambda: _answers(url), 10, 0.05), "redis-server did not start"
+    engine = open_engine(url)
+    cache = CachedFIS(engine)
+    site, pipe, _ = one_site(fis=cache)
+    site.deploy(PSP, "fetches", FETCHES)
+    ns_fis = namespace(PSP, "fetches")
+    cached = circuit(site, "fetches", expires=1e12)
+    uncached = [circuit(site, "fetches", expires=1e12) for _ in range(50)]
+    for label in (cached, *uncached):
+        engine.put(ns_fis, str(label), {"next": 1}, writer=PSP)
+    assert _forwards(pipe, cached)
+    _nft(ns, CUT)
+    try:
+        spent, longest, verdicts = _drive(pipe, cached, uncached, OUTAGE)
+    finally:
+        _nft(ns, "delete table inet pcfm\n")
+    n = len(verdicts)
+    assert n > 50 and site.drops["fis_unavailable"] == n
+    assert all(isinstance(v, Drop) and v.reason == "fis_unavailable" for v in verdicts)
+    # before: 4 uncached packets in 4 s, one of them 2.4 s (socket timeout + connect timeout)
+    assert longest < 2 * READ_TIMEOUT + 0.1, f"one packet blocked {longest:.3f} s"
+    assert spent < 0.6 * OUTAGE, f"{spent:.3f} s of {OUTAGE} s spent in the pipeline"
+    assert wait_until(lambda: _forwards(pipe, uncached[0]), 10, 0.05)  # the link is back
+    cache.close()
+    engine.close()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.2).ping())
+    except redis.ConnectionError:
+        return False
+
+
+@pytest.mark.netns
+def test_a_miss_while_the_link_to_the_server_is_cut_costs_bounded_time(tmp_path: Path) -> None:
+    with netns(["198.18.77.1"], prefix="pcfm") as ns:
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, REDIS_SERVER, "--port", "6390",
+             "--bind", "198.18.77.1", "--protected-mode", "no", "--save", "",
+             "--appendonly", "no",
+             "--dir", str(tmp_path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            call_in(ns, lambda: _cut_link_outage(ns, "redis://198.18.77.1:6390/0"), timeout=60)
+        finally:
+            stop_process(proc)
