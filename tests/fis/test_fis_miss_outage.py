@@ -25,8 +25,9 @@ import pytest
 import redis
 
 from pcsite_lite.fis import CachedFIS, namespace, open_engine
-from pcsite_lite.fis.redis_engine import READ_TIMEOUT
+from pcsite_lite.fis.redis_engine import READ_TIMEOUT, RedisFIS
 from pcsite_lite.pipeline import Pipeline
+from pcsite_lite.site import Site
 from pcsite_lite.verdicts import Drop, Forward, Verdict
 from tests.fis.conftest import REDIS_SERVER
 from tests.support import stop_process, wait_until
@@ -55,6 +56,25 @@ def _frozen(pid: int) -> Iterator[None]:
         yield
     finally:
         os.kill(pid, signal.SIGCONT)
+
+
+def _site_over(url: str) -> tuple[RedisFIS, CachedFIS, Site, Pipeline, int, list[int]]:
+    """A site pipeline over a cache of the Redis at ``url``, its service fetching each
+    circuit's entry: one circuit whose entry the cache holds, 50 whose entries are in the
+    store but were never read by this cache."""
+    engine = open_engine(url)
+    assert isinstance(engine, RedisFIS)
+    cache = CachedFIS(engine)
+    site, pipe, _ = one_site(fis=cache)
+    site.deploy(PSP, "fetches", FETCHES)
+    ns = namespace(PSP, "fetches")
+    cached = circuit(site, "fetches", expires=1e12)
+    uncached = [circuit(site, "fetches", expires=1e12) for _ in range(50)]
+    for label in (cached, *uncached):
+        engine.put(ns, str(label), {"next": 1}, writer=PSP)
+    [v] = pipe.process(circuit_packet(cached), now=time.monotonic())
+    assert isinstance(v, Forward) and cache.cached(ns, str(cached)) == {"next": 1}
+    return engine, cache, site, pipe, cached, uncached
 
 
 def _drive(
@@ -87,18 +107,7 @@ def test_a_miss_during_an_outage_is_dropped_fast_and_counted(
     tmp_path: Path, start_redis: StartRedis, fault: str
 ) -> None:
     with start_redis(tmp_path) as url:
-        engine = open_engine(url)
-        cache = CachedFIS(engine)
-        site, pipe, _ = one_site(fis=cache)
-        site.deploy(PSP, "fetches", FETCHES)
-        ns = namespace(PSP, "fetches")
-        cached = circuit(site, "fetches", expires=1e12)
-        uncached = [circuit(site, "fetches", expires=1e12) for _ in range(50)]
-        engine.put(ns, str(cached), {"next": 1}, writer=PSP)
-        for label in uncached:  # entries exist in the store, but this cache never read them
-            engine.put(ns, str(label), {"next": 2}, writer=PSP)
-        [v] = pipe.process(circuit_packet(cached), now=time.monotonic())
-        assert isinstance(v, Forward) and cache.cached(ns, str(cached)) == {"next": 1}
+        engine, cache, site, pipe, cached, uncached = _site_over(url)
         pid = _server_pid(url)
         with contextlib.ExitStack() as outage:
             if fault == "frozen":
@@ -149,16 +158,7 @@ def _cut_link_outage(ns: str, url: str) -> None:
     """In ``ns`` (every connection of the cache is made from this thread): misses while every
     packet to and from the server is dropped, then the link restored."""
     assert wait_until(lambda: _answers(url), 10, 0.05), "redis-server did not start"
-    engine = open_engine(url)
-    cache = CachedFIS(engine)
-    site, pipe, _ = one_site(fis=cache)
-    site.deploy(PSP, "fetches", FETCHES)
-    ns_fis = namespace(PSP, "fetches")
-    cached = circuit(site, "fetches", expires=1e12)
-    uncached = [circuit(site, "fetches", expires=1e12) for _ in range(50)]
-    for label in (cached, *uncached):
-        engine.put(ns_fis, str(label), {"next": 1}, writer=PSP)
-    assert _forwards(pipe, cached)
+    engine, cache, site, pipe, cached, uncached = _site_over(url)
     _nft(ns, CUT)
     try:
         spent, longest, verdicts = _drive(pipe, cached, uncached, OUTAGE)
