@@ -147,8 +147,14 @@ CHUNK: Final = 32
 BACKSTOP_FACTOR: Final = 10
 BACKSTOP_S: Final = 1.0
 #: batch messages one confined service may have in flight (its channel's bound: further
-#: packets for it are dropped as ``service_busy`` until answers come back)
-MAX_INFLIGHT: Final = 32
+#: packets for it are dropped as ``service_busy`` until answers come back). At a low rate a
+#: message carries one packet, so this is also how many packets a process may fall behind
+#: (preempted on a busy machine) before any is dropped; bytes in flight are bounded by the
+#: channel's send buffer (:data:`CHANNEL_BYTES`: a message that does not fit is not sent)
+MAX_INFLIGHT: Final = 256
+#: the worker's send buffer on a confined process's channel (bytes of batch messages the
+#: process has not read yet, at most)
+CHANNEL_BYTES: Final = 1 << 20
 MAX_BATCH_BYTES: Final = 96 * 1024
 #: base of the per-service UIDs (``uid = UID_BASE + crc32(psp/service) % UID_SPAN``)
 UID_BASE: Final = 0x30000000
@@ -417,6 +423,10 @@ class ConfinedService:
         #: answers caught while busy-polling / waited for in select (for the status)
         self.spin_hits = 0
         self.spin_misses = 0
+        #: batch messages that did not fit the channel's send buffer (and the number in
+        #: flight then: the channel is full until one of those is answered)
+        self.channel_full = 0
+        self._full_at = 0
         self._not_before = 0.0
         self._backoff = 0.0
         self._cpu_base = 0
@@ -491,6 +501,7 @@ class ConfinedService:
             child.close()
         try:
             parent.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+            parent.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CHANNEL_BYTES // 2)  # doubled
         except OSError:
             pass
         self.proc = proc
@@ -610,6 +621,8 @@ class ConfinedService:
             "memory_peak_bytes": self.mem_peak,
             "answers_while_polling": self.spin_hits,
             "answers_after_sleeping": self.spin_misses,
+            "batches_in_flight": len(self._inflight),
+            "channel_full": self.channel_full,
         }
 
     def _meter(self, memory: bool = False) -> None:
@@ -791,7 +804,7 @@ class ConfinedService:
         many were sent (0: the process is not ready, or :data:`MAX_INFLIGHT` messages are
         already in flight). ``ctx`` serves the batch's FIS calls."""
         q = self._inflight
-        if not self.ready or self.sock is None or not items or len(q) >= MAX_INFLIGHT:
+        if not self.ready or self.sock is None or not items or self.busy():
             return 0
         n = total = 0
         for _, payload, _ in items:
@@ -804,12 +817,18 @@ class ConfinedService:
         frame = [b"B", _HEAD.pack(n)]
         frame += [m for m, _, _ in items]
         frame += [p for _, p, _ in items]
-        idle = self._went_busy() if not q else 0
         sent_rt = time.time_ns()
         try:
-            self.sock.send(b"".join(frame))
+            # never waits: a process that does not read its channel must not hold up the
+            # worker (its oldest batch's deadline is what the worker enforces)
+            self.sock.send(b"".join(frame), socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            self.channel_full += 1
+            self._full_at = len(q)
+            return 0
         except OSError:
             return 0  # the call path will find the process dead
+        idle = self._went_busy() if not q else 0
         now = time.monotonic()
         # the deadline runs from when the process can start on the message: now if nothing
         # is ahead of it, else from the answer to the message ahead (set in poll)
@@ -820,6 +839,11 @@ class ConfinedService:
             batch.start(now, self.policy.deadline(n), self._last_cpu)
         q.append(batch)
         return n
+
+    def busy(self) -> bool:
+        """Whether the channel takes no more batch messages now: :data:`MAX_INFLIGHT` are
+        in flight, or the last one did not fit its send buffer and none was answered since."""
+        return len(self._inflight) >= MAX_INFLIGHT or self._full_at == len(self._inflight) > 0
 
     def pending(self) -> bool:
         """True while batch messages are in flight or answered and not yet taken."""
@@ -1190,11 +1214,11 @@ class Prefetcher:
         for i in range(0, len(items), CHUNK):
             chunk = items[i : i + CHUNK]
             n = proxy.submit(chunk, ctx)
-            if not n and proxy.ready and len(proxy._inflight) >= MAX_INFLIGHT:
+            if not n and proxy.ready and proxy.busy():
                 # its channel is full: these are dropped as ``service_busy`` (not its
                 # failure), in their turn, by the pipeline's call finding that result
                 over = _Batch(chunk, ctx, 0, 0.0)
-                why = ["service_busy", f"{MAX_INFLIGHT} batch messages in flight"]
+                why = ["service_busy", f"{len(proxy._inflight)} batch messages in flight"]
                 over.results = [(_DROPPED, 0, 0, why, b"")] * len(chunk)
                 proxy._answered.append(over)
                 n = len(chunk)

@@ -106,6 +106,39 @@ def test_batches_in_flight_are_bounded_and_the_rest_dropped_with_a_reason(monkey
     assert all(isinstance(v, Forward) for v in got)
 
 
+def test_a_process_that_does_not_read_its_channel_never_blocks_the_worker() -> None:
+    """Bytes in flight are bounded by the channel's send buffer: once it is full, further
+    messages are not sent (the worker does not wait in ``send``) and their packets are
+    dropped as ``service_busy``; what was sent is answered once the process runs again."""
+    import threading
+
+    site, pipe = _site()
+    proxy = _deploy(site, "p", "rev", REVERSE)
+    label = _circuit(site, "p", "rev")
+    pre = Prefetcher(site)
+    n = 40 * confine.CHUNK  # 40 messages of ~45 kB: more than the 1 MiB buffer holds
+    batch = [bytes(_pkt(label, b"%05d" % i + b"x" * 1400)) for i in range(n)]
+    left: list[list[bytes]] = []
+    os.kill(proxy.proc.pid, signal.SIGSTOP)  # reads nothing
+    try:
+        t = threading.Thread(target=lambda: left.append(pre.dispatch(batch, 1.0)), daemon=True)
+        t.start()
+        t.join(20)
+        assert not t.is_alive(), "the worker blocked sending to a process that does not read"
+        assert left == [[]]
+        sent = len(proxy._inflight)
+        assert proxy.channel_full >= 1 and 0 < sent < 40 and proxy.busy()
+        over = [pipe.process(d, t) for held, t in pre.completed() for d in held]
+        assert len(over) == n - sent * confine.CHUNK
+        assert all(isinstance(v, Drop) and v.reason == "service_busy" for [v] in over)
+        assert proxy.status()["channel_full"] == proxy.channel_full
+    finally:
+        os.kill(proxy.proc.pid, signal.SIGCONT)
+    got = [pipe.process(d, t)[0] for held, t in pre.completed(wait=True) for d in held]
+    assert len(got) == sent * confine.CHUNK and all(isinstance(v, Forward) for v in got)
+    assert not proxy.busy() and site.runtime.slot("p", "rev").failures == 0
+
+
 def test_a_packet_batches_cannot_carry_waits_for_them_instead_of_being_dropped() -> None:
     site, pipe = _site()
     _deploy(site, "p", "rev", REVERSE)
