@@ -1902,14 +1902,6 @@ class _Local:
         self._ident: list[str] | None = None  # (site, node): asked of the worker once
         self.shim = _LocalShim(self)
 
-    def _reset(self, meta: tuple[Any, ...], payload: bytes) -> None:
-        self._m = meta  # a _META record
-        self._payload: bytes | bytearray = payload  # a bytearray once written to
-        self._acts: list[list[Any]] = []
-        self._changed = False
-        self._cache_new = 0
-        self._lab: Any = _UNSET  # the label chosen by shim.update
-
     # packet fields (decoded from the record only when the service reads them)
     form = property(lambda self: self._m[0])
     src = property(lambda self: _INT2IP(self._m[7]))
@@ -2099,7 +2091,7 @@ def _serve(fd: int, name: str, mode: str, memory: int, root: str, uid: int, cpu:
 
     from pcsite_lite import api as apimod
     from pcsite_lite import fastio
-    from pcsite_lite.sandbox import BudgetExceeded, ServiceLoadError, load_service
+    from pcsite_lite.sandbox import ServiceLoadError, load_service
 
     _INT2IP = apimod.int2ip
     _AES = apimod.aes_gcm
@@ -2157,48 +2149,8 @@ def _serve(fd: int, name: str, mode: str, memory: int, root: str, uid: int, cpu:
 
     pkt = _Local(rpc, cache, apimod.ServiceContext("", "", budget=budget))
 
-    # the action lists' one JSON encoder (compact; made once)
-    dumps = json.JSONEncoder(separators=(",", ":")).encode
-    clock = budget.clock
+    runner = _Runner(process, pkt, budget)
 
-    # the PacketApiError a refused call raises here carries ``aes``/``compress``'s misuse too
-    def run_one(meta: tuple[Any, ...], payload: bytes) -> tuple[int, int, int, str | None, bytes]:
-        """(outcome, payload changed, cache bytes, actions or [reason, detail] as JSON, new
-        payload) of ``process`` on one packet."""
-        pkt._reset(meta, payload)
-        budget.start(clock())
-        try:
-            process(pkt)
-            failed = None
-        except BudgetExceeded:
-            failed = ("timeout", "")
-        except apimod.PacketApiError as exc:
-            failed = (exc.reason, exc.detail)
-        except MemoryError:
-            failed = ("error", "MemoryError")
-        except RecursionError:
-            failed = ("error", "RecursionError")
-        except Exception as exc:
-            failed = ("error", f"{type(exc).__name__}: {exc}"[:300])
-        if budget.overrun:
-            failed = ("timeout", "")
-        if failed is None:
-            changed = pkt._changed
-            tail = bytes(pkt._payload) if changed else b""
-            cache = min(pkt._cache_new, 0xFFFFFFFF)
-            acts = pkt._acts
-            if not acts:
-                return _OK, changed, cache, None, tail
-            try:
-                return _ACTS, changed, cache, dumps(acts), tail
-            except (TypeError, ValueError, RecursionError):  # an argument JSON cannot carry
-                failed = ("api_misuse", "action arguments must be JSON values")
-        return _FAILED, 0, 0, dumps([str(failed[0]), str(failed[1])]), b""
-
-    meta_size = _META.size
-    res_size = _RES.size
-    pack_res = _RES.pack_into
-    too_large = (_FAILED, 0, 0, '["error","batch answer too large"]', b"")
     # After an answer the process busy-polls its channel for up to ``win`` ns before it
     # blocks (the worker's next batch usually comes sooner than a sleeping process wakes):
     # on its own vCPU, at the site's choice (``spin_ns`` 0: never), reported in the next
@@ -2233,20 +2185,87 @@ def _serve(fd: int, name: str, mode: str, memory: int, root: str, uid: int, cpu:
             return 0
         if msg[:1] != b"B":
             return 2  # the worker speaks only in batch frames now
+        sock.send(runner.answer(msg, spun))
+        spun = 0
+
+
+class _Runner:
+    """The confined side of the lane, without I/O: runs the service's ``process`` on each
+    packet of a batch frame and builds the answer frame (per packet: outcome, payload
+    changed, cache bytes, the actions or ``[reason, detail]`` as JSON, the new payload).
+    ``_serve`` feeds it the channel's messages; tests drive it directly."""
+
+    __slots__ = ("budget", "dumps", "pkt", "process")
+
+    def __init__(self, process: Callable[[Any], Any], pkt: _Local, budget: _CpuBudget) -> None:
+        self.process = process
+        self.pkt = pkt
+        self.budget = budget
+        # the action lists' one JSON encoder (compact; made once)
+        self.dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+    def answer(self, msg: bytes, spun_ns: int = 0) -> bytes:
+        """The answer frame to the batch frame ``msg`` (``spun_ns``: the busy-poll before
+        it, reported for the site to pay)."""
         (n,) = _HEAD.unpack_from(msg, 1)
-        off = 5 + n * meta_size
-        recs = bytearray(n * res_size)
+        off = 5 + n * _META.size
+        recs = bytearray(n * _RES.size)
         extra: list[str] = []
         tails: list[bytes] = []
-        size = 0
-        at = 0
+        size = at = 0
+        pkt, budget, process, dumps = self.pkt, self.budget, self.process, self.dumps
+        clock, max_ticks = budget.clock, budget.max_ticks
+        pack_res, res_size, limit = _RES.pack_into, _RES.size, 2 * MAX_BATCH_BYTES
         for meta in _META.iter_unpack(msg[5:off]):
             ln = meta[13]
-            code, changed, cache, x, tail = run_one(meta, msg[off : off + ln])
+            # a fresh ``pkt`` (a _META record, the payload, no actions) and an armed budget
+            # (_CpuBudget.start), written out: this runs for every packet
+            pkt._m = meta
+            pkt._payload = msg[off : off + ln]  # a bytearray once written to
+            pkt._acts = []
+            pkt._changed = False
+            pkt._cache_new = 0
+            pkt._lab = _UNSET  # the label chosen by shim.update
             off += ln
+            budget.left = max_ticks
+            budget.overrun = False
+            budget._cpu0 = None
+            budget._wall0 = clock()
+            # a refused call's PacketApiError carries ``aes``/``compress``'s misuse too
+            try:
+                process(pkt)
+                failed = None
+            except BudgetExceeded:
+                failed = ("timeout", "")
+            except PacketApiError as exc:
+                failed = (exc.reason, exc.detail)
+            except MemoryError:
+                failed = ("error", "MemoryError")
+            except RecursionError:
+                failed = ("error", "RecursionError")
+            except Exception as exc:
+                failed = ("error", f"{type(exc).__name__}: {exc}"[:300])
+            if budget.overrun:
+                failed = ("timeout", "")
+            x: str | None = None
+            if failed is None:
+                code = _OK
+                changed = pkt._changed
+                tail = bytes(pkt._payload) if changed else b""
+                cache = min(pkt._cache_new, 0xFFFFFFFF)
+                if pkt._acts:
+                    try:
+                        x = dumps(pkt._acts)
+                        code = _ACTS
+                    except (TypeError, ValueError, RecursionError):  # not a JSON value
+                        failed = ("api_misuse", "action arguments must be JSON values")
+            if failed is not None:
+                code, changed, cache, tail = _FAILED, False, 0, b""
+                x = dumps([str(failed[0]), str(failed[1])])
             grow = len(tail) + (len(x) if x is not None else 0)
-            if size + grow > MAX_BATCH_BYTES * 2:  # the answer must fit one message
-                code, changed, cache, x, tail = too_large
+            if size + grow > limit:  # the answer must fit one message
+                code, changed, cache, tail = _FAILED, False, 0, b""
+                x = '["error","batch answer too large"]'
                 grow = len(x)
             size += grow
             if tail:
@@ -2256,9 +2275,8 @@ def _serve(fd: int, name: str, mode: str, memory: int, root: str, uid: int, cpu:
             pack_res(recs, at, code, changed, cache, len(tail))
             at += res_size
         j = ("[" + ",".join(extra) + "]").encode() if extra else b""
-        head = _RHEAD.pack(n, len(j), min(spun // 1000, 0xFFFFFFFF))
-        spun = 0
-        sock.send(b"".join((b"R", head, recs, j, *tails)))
+        head = _RHEAD.pack(n, len(j), min(spun_ns // 1000, 0xFFFFFFFF))
+        return b"".join((b"R", head, recs, j, *tails))
 
 
 class _CpuBudget(Budget):

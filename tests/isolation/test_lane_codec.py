@@ -116,3 +116,49 @@ def test_recv_spin_polls_for_its_window_then_gives_up(recv_spin: Any) -> None:
         assert recv_spin(a.fileno(), 1000, 1_000_000)[0] == b""  # the worker is gone
         with pytest.raises(ValueError):
             recv_spin(a.fileno(), 0, 1000)
+
+
+def test_the_confined_sides_runner_answers_what_the_worker_decodes() -> None:
+    """``confine._Runner`` (the process's batch loop, no I/O) on a frame built as the worker
+    builds it: per packet the outcome the service produced, read back by the worker's own
+    decoder (no action, a rewritten payload, actions, an exception, a misused call, an
+    argument JSON cannot carry, the budget's timeout)."""
+    from pcsite_lite.api import ServiceContext
+    from pcsite_lite.sandbox import load_service
+
+    src = (
+        "def process(pkt):\n"
+        "    p = pkt.read()\n"
+        "    if p == b'noop':\n        return\n"
+        "    if p == b'flip':\n        pkt.write(0, b'FL')\n        return\n"
+        "    if p == b'acts':\n        pkt.log('hi')\n        pkt.forward_to('198.18.0.9')\n"
+        "        return\n"
+        "    if p == b'boom':\n        raise KeyError('k')\n"
+        "    if p == b'misuse':\n        pkt.read(-1)\n"
+        "    if p == b'nojson':\n        pkt.store('k', {1, 2})\n        return\n"
+        "    if p == b'loop':\n        while True:\n            pass\n"
+    )
+    budget = confine._CpuBudget(max_ticks=10_000, max_ns=50_000_000)
+    loaded = load_service(src, "a/b", budget=budget)
+    pkt = confine._Local(lambda *a: None, {}, ServiceContext("", "", budget=budget))
+    runner = confine._Runner(loaded.process, pkt, budget)
+    payloads = [b"noop", b"flip", b"acts", b"boom", b"misuse", b"nojson", b"loop", b"noop"]
+    metas = [
+        confine._META.pack(1, 1, 7, 0, 0, 0, 0, 0xC6120001, 0xC6120002, 17, 0, 64, 1.5, len(p))
+        for p in payloads
+    ]
+    frame = b"B" + confine._HEAD.pack(len(payloads)) + b"".join(metas) + b"".join(payloads)
+    answer = runner.answer(frame, spun_ns=7_000)
+    assert confine._RHEAD.unpack_from(answer, 1)[2] == 7  # the poll, in µs
+    res = confine._decode_answer(answer, len(payloads), False)
+    codes = [r[0] for r in res]
+    assert codes == [confine._OK, confine._OK, confine._ACTS] + [confine._FAILED] * 4 + [
+        confine._OK
+    ]
+    assert res[1][1] and res[1][4] == b"FLip"  # the rewritten payload comes back
+    assert res[2][3] == [["log", "hi"], ["fwd", "198.18.0.9"]]
+    assert res[3][3][0] == "error" and "KeyError" in res[3][3][1]
+    assert res[4][3][0] == "api_misuse"
+    assert res[5][3] == ["api_misuse", "action arguments must be JSON values"]
+    assert res[6][3] == ["timeout", ""]
+    assert not res[7][1] and res[7][4] == b""  # the next packet starts afresh
