@@ -8,6 +8,7 @@ import trio
 from pcsite_lite.cluster.config import parse_cluster, parse_roles
 from pcsite_lite.cluster.feed import FeedClient, FeedServer, OpReplica
 from pcsite_lite.daemon.config import ConfigError
+from tests.support import Changes
 
 SECRET = b"feed-secret-0123456789"
 
@@ -18,15 +19,15 @@ def circuit(label: int, expires: float = 100.0) -> dict:
 
 
 async def _synced_client(
-    nursery: trio.Nursery, port: int, got: list[dict], logs: list[str]
+    nursery: trio.Nursery, port: int, got: list[dict], logs: list[str], changes: Changes
 ) -> FeedClient:
-    """A node following the feed on ``port`` (loopback), once it holds the snapshot."""
-    client = FeedClient("127.0.0.1", port, SECRET, on_op=got.append,
-                        on_synced=lambda: None, log=logs.append)  # fmt: skip
+    """A node following the feed on ``port`` (loopback), once it holds the snapshot (its
+    callbacks wake ``changes``)."""
+    client = FeedClient("127.0.0.1", port, SECRET, on_op=changes.wrap(got.append),
+                        on_synced=changes.wrap(lambda: None),
+                        log=changes.wrap(logs.append))  # fmt: skip
     nursery.start_soon(client.run)
-    with trio.fail_after(10):
-        while not client.synced:
-            await trio.sleep(0.01)
+    await changes.until(lambda: client.synced, 10, "the first snapshot")
     return client
 
 
@@ -57,28 +58,29 @@ def test_feed_snapshot_then_changes_then_resync() -> None:
     state.apply(circuit(1))
     got: list[dict] = []
     logs: list[str] = []
+    changes = Changes()
 
     async def main() -> None:
-        server = FeedServer(state.iter_snapshot_ops, SECRET, logs.append)
+        server = FeedServer(state.iter_snapshot_ops, SECRET, changes.wrap(logs.append))
         async with trio.open_nursery() as n:
             port = await n.start(server.serve, "127.0.0.1", 0)
-            client = await _synced_client(n, port, got, logs)
-            with trio.fail_after(10):
-                assert [o["label"] for o in got] == [1]  # the snapshot is news the first time
-                for op in (circuit(2), {"op": "teardown", "label": 1}):
-                    state.apply(op)
-                    server.publish(op)
-                while len(client.replica) != 1 or 2 not in [k[1] for k in client.replica.ops]:
-                    await trio.sleep(0.01)
+            client = await _synced_client(n, port, got, logs, changes)
+            assert [o["label"] for o in got] == [1]  # the snapshot is news the first time
+            for op in (circuit(2), {"op": "teardown", "label": 1}):
+                state.apply(op)
+                server.publish(op)
+            await changes.until(
+                lambda: len(client.replica) == 1 and 2 in [k[1] for k in client.replica.ops],
+                10, lambda: f"the node to hold circuit 2 alone: {got}",
+            )  # fmt: skip
             assert [o["op"] for o in got] == ["circuit", "circuit", "teardown"]
             # a wrong secret is refused and sees nothing
             bad: list[dict] = []
             intruder = FeedClient("127.0.0.1", port, b"wrong-secret-000000", on_op=bad.append,
                                   on_synced=lambda: None, log=logs.append)  # fmt: skip
             n.start_soon(intruder.run)
-            with trio.fail_after(10):
-                while not any("failed authentication" in m for m in logs):
-                    await trio.sleep(0.01)
+            await changes.until(lambda: any("failed authentication" in m for m in logs), 10,
+                                lambda: f"the server to refuse the intruder: {logs}")  # fmt: skip
             assert not bad and not intruder.synced
             n.cancel_scope.cancel()
 
@@ -145,6 +147,7 @@ def test_a_line_injected_into_the_feed_is_refused_with_a_counted_reason() -> Non
     got: list[dict] = []
     logs: list[str] = []
     inject: list[bytes] = []
+    changes = Changes()
 
     async def proxy(server_port: int, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async def handle(down: trio.SocketStream) -> None:
@@ -182,27 +185,29 @@ def test_a_line_injected_into_the_feed_is_refused_with_a_counted_reason() -> Non
         await trio.serve_listeners(guarded, listeners)
 
     async def main() -> None:
-        server = FeedServer(state.iter_snapshot_ops, SECRET, logs.append)
+        # the server logs each node it serves and each it loses (after counting it)
+        server = FeedServer(state.iter_snapshot_ops, SECRET, changes.wrap(logs.append))
         async with trio.open_nursery() as n:
             port = await n.start(server.serve, "127.0.0.1", 0)
             pport = await n.start(proxy, port)
-            client = await _synced_client(n, pport, got, logs)
+            client = await _synced_client(n, pport, got, logs, changes)
             forged = b'{"op":"circuit","label":66,"psp":"acme","service":"relay","in_key":"00",'
             forged += b'"expires":100.0,"destination":null,"out":[]}\t' + b"0" * 32 + b"\n"
             for line in (forged, b"replay"):
-                with trio.fail_after(10):  # (re)connected and synchronised
-                    while not (client.connected and client.synced and server.nodes == 1):
-                        await trio.sleep(0.01)
+                await changes.until(
+                    lambda: client.connected and client.synced and server.nodes == 1, 10,
+                    lambda: f"the node (re)connected and synchronised: {logs}",
+                )  # fmt: skip
                 before = client.refused["forged"]
                 inject.append(line)
                 server.publish(circuit(len(got) + 10))  # a line for the proxy to follow
-                with trio.move_on_after(10):
-                    while client.refused["forged"] == before:
-                        await trio.sleep(0.01)
-                assert client.refused["forged"] > before, (line, logs)
-            with trio.fail_after(10):  # reconnected and resynchronised
-                while not (client.connected and client.synced):
-                    await trio.sleep(0.01)
+                await changes.until(lambda b=before: client.refused["forged"] > b, 10,
+                                    lambda ln=line: f"{ln!r} refused: {logs}")  # fmt: skip
+            await changes.until(
+                lambda: client.connected and client.synced,
+                10,
+                lambda: f"the node reconnected and resynchronised: {logs}",
+            )
             assert client.refused["forged"] == 2
             assert 66 not in {o.get("label") for o in got}
             assert 66 not in [k[1] for k in client.replica.ops]

@@ -309,9 +309,21 @@ def test_supervisor_streams_any_size_of_state_gives_buckets_only_on_the_ack_and_
     from pcsite_lite.daemon import channel
     from pcsite_lite.daemon.supervisor import Supervisor, WorkerSlot
 
-    sup = Supervisor(_cfg(tmp_path), log=lambda msg: None)
+    restarting = trio.Event()  # the supervisor's log says it ends the worker
+
+    def log(msg: str) -> None:
+        if "restarting it" in msg:
+            restarting.set()
+
+    sup = Supervisor(_cfg(tmp_path), log=log)
     rebalanced: list[bool] = []
-    monkeypatch.setattr(sup, "_rebalance", lambda: rebalanced.append(True))
+    recomputed = trio.Event()
+
+    def rebalance() -> None:  # the supervisor calls it in a thread
+        rebalanced.append(True)
+        trio.from_thread.run_sync(recomputed.set)
+
+    monkeypatch.setattr(sup, "_rebalance", rebalance)
     from pcsite_lite.circuits import OutHopEntry
 
     # straight into the master copy (whatever limit the API sets on out hops per hop)
@@ -322,6 +334,7 @@ def test_supervisor_streams_any_size_of_state_gives_buckets_only_on_the_ack_and_
                   expires=time.time() + 600)  # fmt: skip
     ours, theirs = socketlib.socketpair(socketlib.AF_UNIX, socketlib.SOCK_SEQPACKET)
     ours.setblocking(False)
+    # kept: the worker's stand-in idles (the workload) until the supervisor kills it
     victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     slot = WorkerSlot(0, tun=None, proc=victim, sock=ours)
     sup.slots.append(slot)
@@ -348,12 +361,12 @@ def test_supervisor_streams_any_size_of_state_gives_buckets_only_on_the_ack_and_
             n.start_soon(sup._guarded, slot, "sending", sup._sender, ours)
             await worker_side()
             with trio.fail_after(10):  # the ack: ready, and the bucket map recomputed
-                while not (slot.ready and rebalanced):
-                    await trio.sleep(0.01)
+                await recomputed.wait()
+            assert slot.ready
             theirs.send(b"{not json")  # a worker that talks nonsense is restarted
             with trio.fail_after(10):
-                while victim.poll() is None:
-                    await trio.sleep(0.01)
+                await restarting.wait()
+            assert await trio.to_thread.run_sync(victim.wait, 10) == -9  # killed by it
             n.cancel_scope.cancel()
 
     try:

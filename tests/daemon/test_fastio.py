@@ -189,12 +189,12 @@ def test_busy_poll_window_catches_dense_traffic_and_closes_on_sparse(pair: tuple
     # a sparse stream: each packet comes after the window ended; four empty windows close it
     pump.max_window_ns = pump.window_ns = 20_000_000
     for i in range(4):
-        time.sleep(0.03)  # longer than the full window: no restore on wake-up
+        time.sleep(0.03)  # kept, the workload: a gap longer than the full window (sparse)
         a.send(b"s")
         pump.drain()
         assert pump.spin_misses == 2 + i
     assert pump.window_ns == 0
-    time.sleep(0.03)
+    time.sleep(0.03)  # kept, the workload: one more sparse gap
     a.send(b"s")
     start = time.monotonic()
     pump.drain()

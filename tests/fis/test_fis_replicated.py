@@ -25,6 +25,7 @@ from pcsite_lite.fis import (
 )
 from pcsite_lite.fis.local_group import LocalRedisGroup
 from pcsite_lite.statestream import StatePublisher, StateSubscriber
+from tests.support import wait_until
 
 NS = namespace("acme", "relay")
 
@@ -36,22 +37,22 @@ def group(tmp_path: Path) -> Iterator[LocalRedisGroup]:
 
 
 def _retry(fn: Any, timeout: float = 30.0) -> Any:
-    """``fn()``, again while the store is unavailable (Sentinel may flap on a loaded machine)."""
-    deadline = time.monotonic() + timeout
-    while True:
+    """``fn()``, again while the store is unavailable (Sentinel may flap on a loaded machine);
+    after ``timeout`` s, once more, raising the store's error."""
+    out: list[Any] = []
+
+    def attempt() -> bool:
         try:
-            return fn()
+            out.append(fn())
+            return True
         except FISUnavailableError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+            return False
+
+    return out[-1] if wait_until(attempt, timeout, 0.05) else fn()
 
 
 def _wait(pred: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
+    assert wait_until(pred, timeout, 0.01), f"timed out waiting for {what}"
 
 
 class Writer(threading.Thread):
@@ -73,7 +74,7 @@ class Writer(threading.Thread):
                 self.acked.append(i)
             except FISUnavailableError as exc:
                 self.errors.append(exc)
-                time.sleep(0.005)
+                time.sleep(0.005)  # paces the writer's retries (a failed write may be instant)
             except Exception as exc:  # anything else is a bug: the test reports it
                 self.unexpected.append(exc)
                 return

@@ -6,7 +6,6 @@ every change to the node in order and keeps forwarding from its copy meanwhile."
 from __future__ import annotations
 
 import contextlib
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from pcsite_lite.statestream import (
     StatePublisher,
     StateSubscriber,
 )
+from tests.support import Changes, wait_until
 
 Op = dict[str, Any]
 StartRedis = Callable[..., contextlib.AbstractContextManager[str]]
@@ -35,13 +35,6 @@ def _engine(url: str, prefix: str) -> RedisFIS:
 def _circuit(label: int) -> Op:
     return {"op": "circuit", "label": label, "psp": "acme", "service": "relay", "in_key": "00",
             "expires": 1e10, "destination": None, "out": []}  # fmt: skip
-
-
-def _wait(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 class Node:
@@ -71,9 +64,10 @@ def test_the_controller_publishes_its_master_copy_first_and_nodes_follow(
         StatePublisher(_engine(redis_url, prefix)), lambda: list(master), print
     ).start()
     node = Node()
+    changes = Changes()  # woken by every op handed to a node
     client = EngineFeedClient(
         _engine(redis_url, prefix),
-        on_op=node.on_op,
+        on_op=changes.wrap(node.on_op),
         on_synced=lambda: setattr(node, "synced", node.synced + 1),
         log=print,
         block=0.2,
@@ -84,14 +78,20 @@ def test_the_controller_publishes_its_master_copy_first_and_nodes_follow(
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client.run)
-            with trio.fail_after(20):
-                while not (server.resyncs and node.circuits == {1, 2}):
-                    await trio.sleep(0.02)
-                for label in (4, 5):
-                    server.publish(_circuit(label))  # from the supervisor: never blocks
-                server.publish({"op": "teardown", "label": 1})
-                while node.circuits != {2, 4, 5}:
-                    await trio.sleep(0.02)
+            # circuit 2 is only in the master copy: the node holds it once it was published
+            await changes.until(
+                lambda: node.circuits == {1, 2},
+                20,
+                lambda: f"the master copy at the node: {node.circuits}",
+            )
+            for label in (4, 5):
+                server.publish(_circuit(label))  # from the supervisor: never blocks
+            server.publish({"op": "teardown", "label": 1})
+            await changes.until(
+                lambda: node.circuits == {2, 4, 5},
+                20,
+                lambda: f"the changes at the node: {node.circuits}",
+            )
             nursery.cancel_scope.cancel()
 
     trio.run(main)
@@ -105,7 +105,7 @@ def test_the_controller_publishes_its_master_copy_first_and_nodes_follow(
     restarted = Node()
     away = EngineFeedClient(
         _engine(f"unix://{tmp_path / 'no-such.sock'}", prefix),
-        on_op=restarted.on_op,
+        on_op=changes.wrap(restarted.on_op),
         on_synced=lambda: None,
         log=print,
         block=0.05,
@@ -116,9 +116,11 @@ def test_the_controller_publishes_its_master_copy_first_and_nodes_follow(
     async def restart() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(away.run)
-            with trio.fail_after(10):
-                while restarted.circuits != {2, 4, 5}:
-                    await trio.sleep(0.02)
+            await changes.until(
+                lambda: restarted.circuits == {2, 4, 5},
+                10,
+                lambda: f"the saved copy at the node: {restarted.circuits}",
+            )
             nursery.cancel_scope.cancel()
 
     trio.run(restart)
@@ -136,16 +138,17 @@ def test_changes_wait_on_the_controller_while_the_engine_is_away(
         server = EngineFeedServer(StatePublisher(_engine(url, prefix)), list, logs.append)
         server.start()
         server.publish(_circuit(7))
-        _wait(server.idle, 10, "the first op on the engine")
+        assert wait_until(server.idle, 10), "the first op never reached the engine"
         node = StateSubscriber(_engine(url, prefix), lambda op: None)
         assert node.poll() == 1
     server.publish(_circuit(8))  # the engine is away: held, in order
     server.publish({"op": "teardown", "label": 7})
-    _wait(lambda: not server.available, 10, "the feed to notice")
+    assert wait_until(lambda: not server.available, 10), "the feed never noticed"
     assert not server.idle() and node.poll() == 0 and "circuit:7" in node.state
     with start_redis(data, persist=True):
-        _wait(server.idle, 20, "the held ops to reach the engine")
-        _wait(lambda: (node.poll(), node.version)[1] == 4, 10, "the node to catch up")  # resync + 3
+        assert wait_until(server.idle, 20), "the held ops never reached the engine"
+        # resync + 3
+        assert wait_until(lambda: (node.poll(), node.version)[1] == 4, 10), node.version
         assert list(node.state) == ["circuit:8"] and node.snapshots == 1
     server.close()
     assert any("engine away" in line for line in logs)
