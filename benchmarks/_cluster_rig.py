@@ -333,6 +333,26 @@ class Load:
         return sum(1 for (i, s), t in list(self.sent.items())
                    if i in circuits and t0 <= t <= t1 and (i, s) not in self.got)  # fmt: skip
 
+    def delivered(self, circuits: set[int], after: float) -> int:
+        """The fewest packets any circuit in ``circuits`` delivered of those sent after
+        ``after`` (what a test waits on instead of letting traffic run a while)."""
+        got = set(self.got)
+        counts = dict.fromkeys(circuits, 0)
+        for k, t in list(self.sent.items()):
+            if k[0] in counts and t > after and k in got:
+                counts[k[0]] += 1
+        return min(counts.values(), default=0)
+
+    def delivered_until(self, circuits: set[int]) -> float:
+        """The latest send time by which every circuit in ``circuits`` delivered a packet: one
+        sent before it that never arrived was lost, not still in flight (-inf if a circuit
+        delivered nothing)."""
+        last = dict.fromkeys(circuits, float("-inf"))
+        for k in list(self.got):
+            if k[0] in last:
+                last[k[0]] = max(last[k[0]], self.sent.get(k, float("-inf")))
+        return min(last.values(), default=float("-inf"))
+
     def resumed(self, circuits: set[int], after: float) -> float:
         """Seconds from ``after`` until every circuit in ``circuits`` delivered a packet sent
         after it (inf if one never did)."""

@@ -32,6 +32,28 @@ def _settled(cs: ClusterSite, load: Load) -> None:
     assert wait_until(lambda: len(load.got) >= 2 * K, 10), "no traffic through the site"
 
 
+def _flowing(load: Load, circuits: set[int], after: float, n: int = 30) -> None:
+    """Every circuit in ``circuits`` delivered ``n`` packets sent after ``after`` (at 100
+    rounds/s: 0.3 s of traffic) -- instead of letting the traffic run a while."""
+    assert wait_until(lambda: load.delivered(circuits, after) >= n, 20), (
+        f"fewer than {n} packets on some circuit since {after}: {load.delivered(circuits, after)}"
+    )
+
+
+def _journaled(cs: ClusterSite, node: str) -> int:
+    """The last usage batch ``node`` journaled (0: none yet)."""
+    from pcsite_lite.billing.cluster import NodeUsageLog
+
+    path = cs.tmp / node / "usage-journal.db"
+    if not path.exists():
+        return 0
+    journal = NodeUsageLog(path, node)
+    try:
+        return journal.last_seq()
+    finally:
+        journal.close()
+
+
 def test_the_state_reached_every_node_and_nodes_refuse_changes(cs: ClusterSite) -> None:
     from pcsock.control import ControlClient, ControlError
 
@@ -55,18 +77,20 @@ def test_node_kill_resumes_its_circuits_within_1s_and_others_lose_nothing(cs) ->
     load = Load(cs, cs.labels, rate=100)
     own = owners(cs, load, cs.labels)  # before the load starts
     assert len(own) == K and len(set(own.values())) >= 2, own
+    victim = max(set(own.values()), key=lambda n: list(own.values()).count(n))
+    dead = {i for i, n in own.items() if n == victim}
     with load:
         _settled(cs, load)
-        victim = max(set(own.values()), key=lambda n: list(own.values()).count(n))
-        time.sleep(0.3)
+        _flowing(load, set(own), time.monotonic())  # traffic on every circuit before the kill
         t_kill = time.monotonic()
         cs.tb.fail(victim)  # SIGKILL its processes and cut its link
         survivors = set(cs.node_names()) - {victim}
         cs.wait_table(survivors, timeout=5)
         assert wait_until(lambda: load.resumed(set(own), t_kill) < 5, 10)
-        time.sleep(0.5)
-        t_end = time.monotonic() - 0.3
-    dead = {i for i, n in own.items() if n == victim}
+        _flowing(load, set(own), t_kill)  # and on every circuit after it
+    # up to where every surviving circuit delivered: a packet missing before it was lost
+    t_end = load.delivered_until(set(own) - dead)
+    assert t_end > t_kill
     assert load.resumed(dead, t_kill) < 1.0
     assert load.lost(set(own) - dead, t_kill - 0.5, t_end) == 0
     cs.tb.recover(victim)
@@ -81,8 +105,9 @@ def test_node_drain_loses_nothing(cs: ClusterSite) -> None:
         name = cs.node_names()[-1]
         cs.procs[name].stop(grace=10)  # SIGTERM: drains first
         assert cs.in_table() == set(cs.node_names()) - {name}
-        time.sleep(0.5)
-        t1 = time.monotonic() - 0.3
+        _flowing(load, set(range(K)), time.monotonic())  # every circuit forwards after it
+    t1 = load.delivered_until(set(range(K)))  # a packet missing before it was lost
+    assert t1 > t0
     assert load.lost(set(range(K)), t0 - 0.5, t1) == 0
     cs.start_node(name)
     cs.wait_table(set(cs.node_names()))
@@ -99,13 +124,17 @@ def test_usage_over_the_feed_is_billed_once_across_a_node_sigkill(cs: ClusterSit
     victim = cs.node_names()[0]
     with Load(cs, cs.labels, rate=100) as load:
         _settled(cs, load)
-        time.sleep(1.0)
+        # the victim dies with usage journaled (and maybe some not yet)
+        first = _journaled(cs, victim)
+        assert wait_until(lambda: _journaled(cs, victim) > first, 10), "no batch journaled"
         p = cs.procs[victim]
         p.popen.kill()
         p.popen.wait(10)
+        killed_at = _journaled(cs, victim)
         cs.start_node(victim)
         cs.wait_table(set(cs.node_names()))
-        time.sleep(1.0)
+        # its next incarnation meters its circuits' traffic too
+        assert wait_until(lambda: _journaled(cs, victim) > killed_at, 10), "no batch after"
     for n in cs.node_names():
         cs.procs[n].stop(grace=15)  # drains, journals the rest, waits until it is billed
     with Ledger(cs.tmp / "lb" / "usage.ledger", create=False) as led:
@@ -135,7 +164,7 @@ def test_lb_and_controller_as_separate_processes(tmp_path) -> None:
         labels = site.circuits(4)
         with Load(site, labels, rate=50) as load:
             assert wait_until(lambda: len(load.got) >= 40, 10), site.procs["s1"].log_text()
-            t1 = time.monotonic() - 0.3
+        t1 = load.delivered_until(set(range(4)))  # a packet missing before it was lost
         assert load.lost(set(range(4)), 0, t1) == 0
         assert site.in_table() == set(site.node_names())
         # the LB alone follows the controller's feed (for the form-3 prefixes it diverts)
