@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -235,6 +236,21 @@ class ClusterSite:
             if out.returncode == 0:
                 total += json.loads(out.stdout)[0]["stats64"]["tx"]["packets"]
         return total
+
+    def journaled(self, name: str) -> int:
+        """The last usage batch compute node ``name`` journaled (0: none yet), read-only (the
+        node may hold the journal's write lock, even stopped)."""
+        path = self.tmp / name / "usage-journal.db"
+        if not path.exists():
+            return 0
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+        try:
+            row = db.execute("SELECT v FROM meta WHERE k = 'seq'").fetchone()
+        except sqlite3.OperationalError:  # not created yet
+            return 0
+        finally:
+            db.close()
+        return int(row[0]) if row else 0
 
 
 class Load:

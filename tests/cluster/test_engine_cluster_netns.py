@@ -162,9 +162,15 @@ def test_a_node_restarted_while_the_controller_is_down_converges_from_the_engine
 def test_nodes_forward_from_their_copy_while_the_engine_is_away(es: EngineSite) -> None:
     pid = es.redis_pid  # from our server's own log: check it is that server
     assert str(es.tmp) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    nodes = es.node_names()
+    away = "state feed: engine away"
+    noticed = {n: es.procs[n].log_text().count(away) for n in nodes}
     os.kill(pid, signal.SIGSTOP)  # the engine stops answering (a partition, a hung server)
     try:
-        time.sleep(1.0)
+        # every node noticed (its feed timed out) and forwards from its copy
+        assert wait_until(
+            lambda: all(es.procs[n].log_text().count(away) > noticed[n] for n in nodes), 15
+        ), {n: es.procs[n].log_text()[-500:] for n in nodes}
         assert _delivers(es, es.labels)
         # a node restarted meanwhile starts from its saved copy and forwards again
         victim = es.node_names()[1]
@@ -191,11 +197,15 @@ def test_usage_of_every_node_reaches_the_ledger_exactly_once_across_a_sigkill(
         es.restart_controller()
     victim = es.node_names()[1]
     with Load(es, es.labels, rate=100):
-        time.sleep(1.5)
+        # the victim dies with usage journaled (and maybe some not yet)
+        first = es.journaled(victim)
+        assert wait_until(lambda: es.journaled(victim) > first, 10), "no batch journaled"
         _kill(es, victim)
+        killed_at = es.journaled(victim)
         es.start_node(victim)
         es.wait_table(set(es.node_names()), timeout=20)
-        time.sleep(1.0)
+        # its next incarnation meters its circuits' traffic too
+        assert wait_until(lambda: es.journaled(victim) > killed_at, 10), "no batch after"
     for n in es.node_names():  # a clean stop journals and ships the last interval
         es.procs[n].stop(grace=15)
 
