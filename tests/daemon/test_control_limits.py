@@ -357,7 +357,7 @@ class _FailingListener(trio.abc.Listener[trio.SocketStream]):
     async def accept(self) -> trio.SocketStream:
         if self.failures:
             self.failures -= 1
-            await trio.sleep(0)
+            await trio.sleep(0)  # kept: a checkpoint, as a real accept has (no wait)
             raise OSError(errno.EMFILE, "Too many open files")
         return await self.inner.accept()
 

@@ -102,7 +102,7 @@ class Traffic:
                                             key=KA, payload=udp)  # fmt: skip
             self.sent.append(time.monotonic())
             self.tx.sendto(bytes(pkt), (Chain.SITE_A, 0))
-            time.sleep(max(0.0, t0 + (i + 1) / self.rate - time.monotonic()))
+            time.sleep(max(0.0, t0 + (i + 1) / self.rate - time.monotonic()))  # pacing
 
     def _recv(self, dst: str) -> None:
         while not self._stop.is_set():

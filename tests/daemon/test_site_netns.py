@@ -132,7 +132,7 @@ def test_worker_killed_mid_stream_its_circuits_resume_within_a_second(tmp_path: 
             while not stop.is_set():
                 for p in pkts:
                     tx.sendto(p[0], (Chain.SITE_A, 0))
-                time.sleep(0.005)
+                time.sleep(0.005)  # kept, pacing the sender
 
         threads = [threading.Thread(target=receive), threading.Thread(target=send)]
         for t in threads:

@@ -91,7 +91,7 @@ class Load:
                 except OSError:
                     pass  # the route may be in flux during a restart
             seq += 1
-            time.sleep(1 / self.rate)
+            time.sleep(1 / self.rate)  # kept, pacing the sender
 
     def _recv(self, which: int) -> None:
         rx = self.rx[which]

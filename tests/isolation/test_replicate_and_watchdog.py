@@ -7,6 +7,7 @@ import sys
 import time
 
 import trio
+import trio.testing
 
 from pcsite_lite.circuits import OutHopEntry
 from pcsite_lite.daemon.supervisor import Supervisor, WorkerSlot
@@ -61,6 +62,7 @@ def test_watchdog_kills_a_worker_that_stops_sending_heartbeats() -> None:
     sup.watchdog_s = 0.3
     logged: list[str] = []
     sup.log = logged.append  # type: ignore[method-assign]
+    # kept: the worker's stand-in idles (the workload) until the watchdog kills it
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     slot = WorkerSlot(index=0, tun=None, proc=proc)
     try:
@@ -79,19 +81,22 @@ def test_watchdog_spares_a_worker_that_keeps_reporting() -> None:
     sup = Supervisor.__new__(Supervisor)
     sup.watchdog_s = 0.3
     sup.log = lambda msg: None  # type: ignore[method-assign]
+    # kept: the worker's stand-in idles (the workload); it must outlive the watchdog's checks
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     slot = WorkerSlot(index=0, tun=None, proc=proc)
 
     async def main() -> None:
         async with trio.open_nursery() as n:
             n.start_soon(sup._watchdog, slot)
-            for _ in range(10):  # 1 s of heartbeats every 0.1 s
+            for _ in range(10):  # 1 s of heartbeats every 0.1 s (the workload, not a wait)
                 await trio.sleep(0.1)
                 slot.last_seen = trio.current_time()
             n.cancel_scope.cancel()
 
     try:
-        trio.run(main)
+        # on trio's virtual clock: the watchdog and the heartbeats see the same 1 s, however
+        # loaded the machine (the watchdog runs on trio time only)
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
         assert proc.poll() is None and slot.watchdog_kills == 0
     finally:
         proc.kill()

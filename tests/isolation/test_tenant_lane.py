@@ -230,7 +230,7 @@ def test_the_process_polls_for_the_next_batch_at_the_sites_expense_not_the_provi
             assert pre(batch, 1.0 + r) == 4
             outs = [pipe.process(d, 1.0 + r) for d in batch]
             assert all(isinstance(v, Forward) for [v] in outs)
-            time.sleep(0.0005)  # the worker is elsewhere; the process polls meanwhile
+            time.sleep(0.0005)  # kept, the workload: the worker is elsewhere; the process polls
     finally:
         os.sched_setaffinity(0, mine)
     proxy._meter()
@@ -274,7 +274,7 @@ def test_a_round_trip_ends_when_the_answer_was_sent_not_when_a_busy_worker_read_
     pre = Prefetcher(site)
     data = bytes(_pkt(label, b"ab"))
     assert pre.dispatch([data], 1.0) == []
-    time.sleep(0.4)  # the worker is busy with other packets meanwhile
+    time.sleep(0.4)  # kept, the workload: a worker busy with other packets meanwhile
     done = [d for held, _ in pre.completed(wait=True) for d in held]
     assert done == [data] and proxy.pickup_ns[-1] >= 400_000_000
     # the kernel stamped the answer when the process sent it, long before

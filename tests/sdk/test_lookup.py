@@ -146,7 +146,7 @@ def test_sites_are_chosen_by_measured_latency_when_not_named(net):
             self.delay = delay
 
         def ping(self):
-            time.sleep(self.delay)
+            time.sleep(self.delay)  # kept, the workload: the site's simulated latency
 
     for name, delay in (("C1", 0.03), ("C2", 0.0), ("C3", 0.015)):
         broker.sites[name].control = Slow(sites[name].circuits, delay)

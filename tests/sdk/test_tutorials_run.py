@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import wait_until
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 FILES = ["pcsock.md", "tutorial-form1.md", "tutorial-form2.md", "tutorial-form3.md"]
@@ -192,15 +194,13 @@ def _programs(workdir: Path, run: str, rx: tuple[str, str], tx: tuple[str, str])
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        while (
-            "198.18.64.2:6253"
-            not in subprocess.run(
-                [*tb, rx[0], "ss", "-Huln"], capture_output=True, text=True
-            ).stdout
-        ):
-            assert d.poll() is None and time.monotonic() < deadline, d.communicate()
-            time.sleep(0.1)
+
+        def listening() -> bool:
+            assert d.poll() is None, d.communicate()  # rx.py ended before it listened
+            ss = subprocess.run([*tb, rx[0], "ss", "-Huln"], capture_output=True, text=True)
+            return "198.18.64.2:6253" in ss.stdout
+
+        assert wait_until(listening, 30, 0.1), "rx.py never listened on 198.18.64.2:6253"
         s = subprocess.run(
             [*tb, tx[0], ".venv/bin/python", "tx.py"], cwd=workdir, capture_output=True,
             text=True, timeout=60,

@@ -25,7 +25,7 @@ run.data["namespaces"] = [ns]
 run.save()
 netns.create(ns)
 print(run.name, flush=True)
-time.sleep(600)
+time.sleep(600)  # kept, the workload: the builder idles until the test kills it
 """
 
 
