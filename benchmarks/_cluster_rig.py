@@ -260,8 +260,11 @@ class Load:
                  cpu: int | None = None) -> None:  # fmt: skip
         """``cpu``: run the sending and receiving threads on this vCPU."""
         self.cs, self.labels, self.rate, self.cpu = cs, labels, rate, cpu
-        self.sent: dict[tuple[int, int], float] = {}
-        self.got: dict[tuple[int, int], float] = {}
+        # written by the sending and receiving threads under the lock; readers get copies
+        # (:attr:`sent`, :attr:`got`): iterating a dict another thread grows raises
+        self._sent: dict[tuple[int, int], float] = {}
+        self._got: dict[tuple[int, int], float] = {}
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._stop_rx = threading.Event()
         h1, h2 = cs.tb.node("h1"), cs.tb.node("h2")
@@ -279,6 +282,18 @@ class Load:
         self.rx = call_in(h2.ns, mk)
         self.threads = [threading.Thread(target=self._send, daemon=True),
                         threading.Thread(target=self._recv, daemon=True)]  # fmt: skip
+
+    @property
+    def sent(self) -> dict[tuple[int, int], float]:
+        """(circuit index, sequence) -> when it was sent (a copy)."""
+        with self._lock:
+            return dict(self._sent)
+
+    @property
+    def got(self) -> dict[tuple[int, int], float]:
+        """(circuit index, sequence) -> when it arrived (a copy)."""
+        with self._lock:
+            return dict(self._got)
 
     def probe(self, label: int, n: int = 3) -> None:
         for _ in range(n):
@@ -327,7 +342,9 @@ class Load:
         nxt = time.monotonic()
         while not self._stop.is_set():
             for i, label in enumerate(self.labels):
-                self.sent[(i, seq)] = self._one(i, label, seq)
+                at = self._one(i, label, seq)
+                with self._lock:
+                    self._sent[(i, seq)] = at
             seq += 1
             nxt += period
             time.sleep(max(0.0, nxt - time.monotonic()))
@@ -342,19 +359,22 @@ class Load:
             if len(data) >= _SEQ.size:
                 i, seq, _ = _SEQ.unpack_from(data)
                 if i != 0xFFFF:
-                    self.got[(i, seq)] = time.monotonic()
+                    at = time.monotonic()
+                    with self._lock:
+                        self._got[(i, seq)] = at
 
     def lost(self, circuits: set[int], t0: float, t1: float) -> int:
         """Packets on ``circuits`` sent in [t0, t1] that never arrived."""
-        return sum(1 for (i, s), t in list(self.sent.items())
-                   if i in circuits and t0 <= t <= t1 and (i, s) not in self.got)  # fmt: skip
+        sent, got = self.sent, self.got
+        return sum(1 for (i, s), t in sent.items()
+                   if i in circuits and t0 <= t <= t1 and (i, s) not in got)  # fmt: skip
 
     def delivered(self, circuits: set[int], after: float) -> int:
         """The fewest packets any circuit in ``circuits`` delivered of those sent after
         ``after`` (what a test waits on instead of letting traffic run a while)."""
-        got = set(self.got)
+        got = self.got
         counts = dict.fromkeys(circuits, 0)
-        for k, t in list(self.sent.items()):
+        for k, t in self.sent.items():
             if k[0] in counts and t > after and k in got:
                 counts[k[0]] += 1
         return min(counts.values(), default=0)
@@ -364,18 +384,19 @@ class Load:
         sent before it that never arrived was lost, not still in flight (-inf if a circuit
         delivered nothing)."""
         last = dict.fromkeys(circuits, float("-inf"))
-        for k in list(self.got):
+        sent = self.sent
+        for k in self.got:
             if k[0] in last:
-                last[k[0]] = max(last[k[0]], self.sent.get(k, float("-inf")))
+                last[k[0]] = max(last[k[0]], sent.get(k, float("-inf")))
         return min(last.values(), default=float("-inf"))
 
     def resumed(self, circuits: set[int], after: float) -> float:
         """Seconds from ``after`` until every circuit in ``circuits`` delivered a packet sent
         after it (inf if one never did)."""
         worst = 0.0
+        sent, got = self.sent, self.got
         for i in circuits:
-            firsts = [self.got[k] for k, t in list(self.sent.items())
-                      if k[0] == i and t > after and k in self.got]  # fmt: skip
+            firsts = [got[k] for k, t in sent.items() if k[0] == i and t > after and k in got]
             if not firsts:
                 return float("inf")
             worst = max(worst, min(firsts) - after)
