@@ -240,6 +240,10 @@ class World:
     routers: dict[str, str]  #: site name -> co-located router name
     topology_path: Path = TOPOLOGY  #: the topology file it was built from
     roles: Roles  #: who plays which part in each scenario (from the topology and its hints)
+    #: compute-node machines per site (> 1: an LB in front, docs/cluster.md) and FIS machines
+    #: per site; the example scenarios build their own sites with as many
+    nodes: int = 1
+    fis_replicas: int = 0
 
     def now(self) -> float:
         raise NotImplementedError
@@ -765,7 +769,13 @@ def example_scenario(demo: Any) -> None:
 
     def run(world: World) -> Outcome:
         out = Outcome(name)
-        demo.outcome(out, run_testbed(demo) if world.kind == "testbed" else run_simulator(demo))
+        if world.kind == "testbed":  # its own network, its sites as many machines as the world's
+            res = run_testbed(demo, nodes=world.nodes, fis_replicas=world.fis_replicas)
+        else:
+            res = run_simulator(demo)
+        demo.outcome(out, res)
+        if world.nodes > 1:
+            out.detail = f"{out.detail} ({world.nodes}-node sites)".strip()
         return out
 
     scenario(name, title)(run)
