@@ -308,8 +308,12 @@ class TestbedWorld(World):
         from pcdemo.rig import start_cluster_site
 
         config = tomllib.loads(cfg.read_text())
-        start_cluster_site(self.tb, name, config, self.tmp, secret=ADMIN_TOKEN, procs=self.procs,
-                           ready=lambda: self._control_node().tcp_open(addr, CONTROL_PORT))  # fmt: skip
+
+        def ready() -> bool:
+            return bool(self._control_node().tcp_open(addr, CONTROL_PORT))
+
+        start_cluster_site(self.tb, name, config, self.tmp, secret=ADMIN_TOKEN,
+                           procs=self.procs, ready=ready)  # fmt: skip
         self.tb.register_control(name, f"http://{addr}:{CONTROL_PORT}", ADMIN_TOKEN, [PSP])
 
     def _control_url(self, site: str) -> str:
