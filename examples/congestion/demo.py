@@ -89,6 +89,7 @@ def on_testbed(
     # packets sent at once were dropped by a worker that had not polled the FIS yet (18 of
     # 600 on a 3-node site)
     res["probes"] = probe_until(probe, lambda i: at_a.saw(b"probe%05d" % i))
+    etb.wait_served(c1, SERVICE, res["probes"])  # C1 ran the service on every probe
     served0 = int(c1.counters(SERVICE).get("packets", 0))
     at_a.forget()
     at_b.forget()
