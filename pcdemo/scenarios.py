@@ -242,8 +242,8 @@ class World:
     roles: Roles  #: who plays which part in each scenario (from the topology and its hints)
     #: compute-node machines per site (> 1: an LB in front, docs/cluster.md) and FIS machines
     #: per site; the example scenarios build their own sites with as many
-    nodes: int = 1
-    fis_replicas: int = 0
+    site_nodes: int = 1
+    site_fis_replicas: int = 0
 
     def now(self) -> float:
         raise NotImplementedError
@@ -292,8 +292,9 @@ class World:
         """Up to ``want`` datagrams ``host`` received (with their arrival times)."""
         raise NotImplementedError
 
-    def service_packets(self, site: str, service: str) -> int:
-        """Packets ``PSP``'s ``service`` processed at ``site``."""
+    def service_packets(self, site: str, service: str, at_least: int = 0) -> int:
+        """Packets ``PSP``'s ``service`` processed at ``site`` (the testbed waits until its
+        count is at least ``at_least``, bounded, and no longer changing)."""
         raise NotImplementedError
 
     def site_drops(self, site: str) -> dict[str, int]:
@@ -465,7 +466,7 @@ class SimWorld(World):
         self._seen[host] = len(node.inbox)
         return out[:want] if want else out
 
-    def service_packets(self, site: str, service: str) -> int:
+    def service_packets(self, site: str, service: str, at_least: int = 0) -> int:
         return int(self._site(site).runtime.counters(PSP, service).packets)
 
     def site_drops(self, site: str) -> dict[str, int]:
@@ -514,7 +515,8 @@ def form1(world: World, out: Outcome, c: Any) -> None:
         out.delivered(got)
         out.check(f"{rcv} received {N}", len(got) == N)
         out.check(f"original source is {snd}", all(d.source == world.hosts[snd] for d, _ in got))
-        served = {x: world.service_packets(x, "srcroute") - before[x] for x in sites}
+        served = {x: world.service_packets(x, "srcroute", before[x] + N) - before[x]
+                  for x in sites}  # fmt: skip
         out.check(f"{' and '.join(sites)} each carried {N} ({served})",
                   served == {x: N for x in sites})  # fmt: skip
         for d, _ in got:
@@ -548,7 +550,7 @@ def form2(world: World, out: Outcome, c: Any) -> None:
     out.sent = N
     got = world.collect(rcv, N, timeout=3.0)
     out.delivered(got)
-    served = world.service_packets(site, "marker") - before
+    served = world.service_packets(site, "marker", before + N) - before
     out.check(f"{rcv} received {N}", len(got) == N)
     out.check("service ID kept", all(d.service_id == SERVICE_ID for d, _ in got))
     out.check(f"{site}'s service marked every packet", all(d.metadata == MARK for d, _ in got))
@@ -581,7 +583,7 @@ def form3(world: World, out: Outcome, c: Any) -> None:
             world.send_plain(snd, rcv, BLOCKED_PORT, probe(1000 + i, world.now()))
         out.sent = 2 * N
         got = world.collect(rcv, 0, timeout=1.5)
-        ran = world.service_packets(site, "firewall")
+        ran = world.service_packets(site, "firewall", 2 * N)
     finally:
         world.withdraw(prefix, [site])
     ok = [(d, t) for d, t in got if d.dport == ALLOWED_PORT]
@@ -621,7 +623,7 @@ def form13(world: World, out: Outcome, c: Any) -> None:
                 world.send_circuit(snd, circ, probe(1000 + i, world.now()), dport=BLOCKED_PORT)
             out.sent = 2 * N
             got = world.collect(rcv, 0, timeout=1.5)
-            served = world.service_packets(last, "srcroute") - before
+            served = world.service_packets(last, "srcroute", before + N) - before
         finally:
             world.teardown(circ)
     finally:
@@ -770,12 +772,13 @@ def example_scenario(demo: Any) -> None:
     def run(world: World) -> Outcome:
         out = Outcome(name)
         if world.kind == "testbed":  # its own network, its sites as many machines as the world's
-            res = run_testbed(demo, nodes=world.nodes, fis_replicas=world.fis_replicas)
+            res = run_testbed(demo, nodes=world.site_nodes,
+                              fis_replicas=world.site_fis_replicas)  # fmt: skip
         else:
             res = run_simulator(demo)
         demo.outcome(out, res)
-        if world.nodes > 1:
-            out.detail = f"{out.detail} ({world.nodes}-node sites)".strip()
+        if world.site_nodes > 1:
+            out.detail = f"{out.detail} ({world.site_nodes}-node sites)".strip()
         return out
 
     scenario(name, title)(run)

@@ -74,8 +74,8 @@ class TestbedWorld(World):
         #: compute nodes (and FIS machines) per site: ``nodes`` if given, else what the
         #: topology's sites say (``nodes = N``); the example scenarios, which build their own
         #: networks, give their sites as many
-        self.nodes = max([nodes, *(s.nodes for s in sites)])
-        self.fis_replicas = max([fis_replicas, *(s.fis_replicas for s in sites)])
+        self.site_nodes = max([nodes, *(s.nodes for s in sites)])
+        self.site_fis_replicas = max([fis_replicas, *(s.fis_replicas for s in sites)])
         self.progress = progress
         self.tmp = Path(tempfile.mkdtemp(prefix="pcs-demo-"))
         self.tb = Testbed(self.roles.topo, prefix=prefix)
@@ -487,19 +487,26 @@ class TestbedWorld(World):
                     )  # fmt: skip
         return out
 
-    def service_packets(self, site: str, service: str) -> int:
+    def service_packets(self, site: str, service: str, at_least: int = 0) -> int:
+        from pcdemo.rig import wait_until
+
         c = self._control(site)
-        # workers report usage every 0.25 s: let two reports pass, then wait until it settles
-        time.sleep(0.6)
-        last = -1
-        for _ in range(20):
-            usage = c.usage()
-            n = int(usage.get("services", {}).get(service, {}).get("packets", 0))
-            if n == last:
-                return n
-            last = n
-            time.sleep(0.3)
-        return last
+        last: list[float] = []  # [count, when it was read]
+
+        def count() -> int:
+            n = int(c.usage().get("services", {}).get(service, {}).get("packets", 0))
+            last[:] = [n, time.monotonic()]
+            return n
+
+        def settled() -> bool:  # unchanged over a report interval (and more)
+            prev, when = last
+            return time.monotonic() - when >= 0.3 and count() == prev
+
+        # workers (and a multi-machine site's nodes) report usage every 0.25 s: wait until the
+        # count covers what the caller sent, then until it holds across a report
+        wait_until(lambda: count() >= at_least, timeout=15, interval=0.1)
+        wait_until(settled, timeout=5, interval=0.1)
+        return int(last[0])
 
     def site_drops(self, site: str) -> dict[str, int]:
         return {}
