@@ -71,11 +71,10 @@ class TestbedWorld(World):
             for spec in sites:
                 spec.nodes = nodes
                 spec.fis_replicas = fis_replicas  # the site's FIS on that many machines
-        #: compute nodes (and FIS machines) per site: ``nodes`` if given, else what the
-        #: topology's sites say (``nodes = N``); the example scenarios, which build their own
-        #: networks, give their sites as many
+        #: compute nodes per site: ``nodes`` if given, else the most the topology's sites
+        #: have (``nodes = N``); the example scenarios, which build their own networks, give
+        #: their sites as many
         self.site_nodes = max([nodes, *(s.nodes for s in sites)])
-        self.site_fis_replicas = max([fis_replicas, *(s.fis_replicas for s in sites)])
         self.progress = progress
         self.tmp = Path(tempfile.mkdtemp(prefix="pcs-demo-"))
         self.tb = Testbed(self.roles.topo, prefix=prefix)
