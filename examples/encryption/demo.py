@@ -79,7 +79,11 @@ def on_testbed(etb: ExampleTestbed, topo: Any, *, n: int = 100) -> dict[str, Any
     psp = EncryptionPSP(c1, c2)
     psp.deploy()
     chain, core, at_d, tx, s_ip = chain_io(etb, psp)  # (after a probe got through)
-    served0 = int(c2.counters(SERVICE).get("packets", 0))
+    # what each site's service ran on before the burst (the probes), to tell where a lost
+    # packet went missing: before C1's service, between the sites, or after C2's
+    etb.wait_served(c1, SERVICE, 1)
+    before = {s.name: int(s.counters(SERVICE).get("packets", 0)) for s in (c1, c2)}
+    served0 = before[c2.name]
     for i in range(n):
         tx.sendto(chain.packet(s_ip, message(i)), (chain.first_hop, 0))
         time.sleep(0.0005)  # pacing: a burst faster than the site's TUN queue drops
@@ -111,6 +115,9 @@ def on_testbed(etb: ExampleTestbed, topo: Any, *, n: int = 100) -> dict[str, Any
     res["tampered_delivered"] = len(_payloads(at_d.drain()))
     res["tampered_dropped"] = c2_drops() - drops0
     res["site_drops"] = {"C1": c1.counters(SERVICE).get("drops", 0), "C2": c2_drops()}
+    res["served_in_burst"] = {  # (C2's includes the tampered packet)
+        s.name: int(s.counters(SERVICE).get("packets", 0)) - before[s.name] for s in (c1, c2)
+    }
     for sock in (tx, attacker, core, at_d):
         sock.close()
     return res
@@ -165,6 +172,9 @@ def outcome(out: Any, res: dict[str, Any]) -> None:
     out.check("only ciphertext on the core", res["core_plaintext_leaks"] == 0)
     out.check("tampered ciphertext dropped", res["tampered_dropped"] == 1)
     out.detail = f"{res['core_sealed']}/{res['core_packets']} core packets sealed"
+    if res["received_plaintext_ok"] != res["sent"] and "served_in_burst" in res:
+        out.detail += (f"; services ran on {res['served_in_burst']}, dropped "
+                       f"{res['site_drops']}")  # fmt: skip
 
 
 if __name__ == "__main__":
