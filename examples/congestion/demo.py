@@ -189,6 +189,8 @@ def outcome(out: Any, res: dict[str, Any]) -> None:
         res["switch_ms"] is not None and res["switch_ms"] <= SWITCH_BOUND_MS,
     )
     out.detail = f"switched {res['switch_ms']} ms after the ISP's update"
+    if out.dropped:
+        out.detail += f"; C1's service dropped {res.get('service_drops', '?')}"
 
 
 if __name__ == "__main__":
