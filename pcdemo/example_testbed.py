@@ -457,6 +457,24 @@ class ExampleTestbed:
         still be busy when a capture's quiet period ends. Whether it got there."""
         return wait_until(lambda: site.counters(service).get("packets", 0) >= packets, timeout)
 
+    @staticmethod
+    def settled_count(site: SiteHandle, service: str, timeout: float = 10.0) -> int:
+        """``service``'s packet count at ``site`` once it is at least 1 and held across a
+        usage report (workers, and a multi-machine site's nodes, report every 0.25 s): what a
+        demo subtracts to leave its probes out of a figure."""
+        last = [-1, 0.0]
+
+        def held() -> bool:
+            n = int(site.counters(service).get("packets", 0))
+            now = time.monotonic()
+            if n != last[0]:
+                last[:] = [n, now]
+                return False
+            return n >= 1 and now - last[1] >= 0.3
+
+        wait_until(held, timeout, interval=0.1)
+        return int(last[0])
+
     def divert(self, site: str, prefix: str) -> None:
         """The ISP's router part of a sign-up: ``site``'s router diverts ``prefix`` to it."""
         self.tb.divert(self.tb.site(site).router, prefix)

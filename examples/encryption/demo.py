@@ -81,8 +81,7 @@ def on_testbed(etb: ExampleTestbed, topo: Any, *, n: int = 100) -> dict[str, Any
     chain, core, at_d, tx, s_ip = chain_io(etb, psp)  # (after a probe got through)
     # what each site's service ran on before the burst (the probes), to tell where a lost
     # packet went missing: before C1's service, between the sites, or after C2's
-    etb.wait_served(c1, SERVICE, 1)
-    before = {s.name: int(s.counters(SERVICE).get("packets", 0)) for s in (c1, c2)}
+    before = {s.name: etb.settled_count(s, SERVICE) for s in (c1, c2)}
     served0 = before[c2.name]
     for i in range(n):
         tx.sendto(chain.packet(s_ip, message(i)), (chain.first_hop, 0))
