@@ -813,8 +813,9 @@ def main(argv: list[str] | None = None) -> int:
         "multidomain); default fig2. Scenarios pick their hosts and sites by role",
     )
     ap.add_argument("--nodes", type=int, default=1,
-                    help="testbed: compute-node machines per site (> 1: an LB in front, "
-                    "docs/cluster.md)")  # fmt: skip
+                    help="testbed: compute-node machines per site, the example scenarios' "
+                    "sites too (> 1: an LB in front, docs/cluster.md; default: what the "
+                    "topology's sites say, nodes = N)")  # fmt: skip
     ap.add_argument("--fis-replicas", type=int, default=0, metavar="M",
                     help="testbed, with --nodes: each site's FIS on M machines (a Redis "
                     "primary, M-1 replicas, a Sentinel on each; docs/testbed.md)")  # fmt: skip
