@@ -817,8 +817,10 @@ def main(argv: list[str] | None = None) -> int:
                     "sites too (> 1: an LB in front, docs/cluster.md; default: what the "
                     "topology's sites say, nodes = N)")  # fmt: skip
     ap.add_argument("--fis-replicas", type=int, default=0, metavar="M",
-                    help="testbed, with --nodes: each site's FIS on M machines (a Redis "
-                    "primary, M-1 replicas, a Sentinel on each; docs/testbed.md)")  # fmt: skip
+                    help="testbed, with --nodes: the FIS of each of the topology's sites on "
+                    "M machines (a Redis primary, M-1 replicas, a Sentinel on each; "
+                    "docs/testbed.md); the example scenarios' sites keep one SQLite FIS "
+                    "each")  # fmt: skip
     ap.add_argument(
         "--require-all",
         action="store_true",
