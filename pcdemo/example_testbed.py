@@ -46,7 +46,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from pcdemo.rig import render_toml, wait_until
+from pcdemo.rig import render_toml, start_cluster_site, wait_until
 from pcsock.control import ControlClient, SiteHandle
 from pcsock.wire import FORM_CIRCUIT, WireError, parse
 
@@ -62,6 +62,7 @@ __all__ = [
     "iface",
     "load_topology",
     "main",
+    "probe_until",
     "raw_sender",
     "run_simulator",
     "run_testbed",
@@ -307,13 +308,17 @@ class ExampleTestbed:
     """
 
     def __init__(
-        self, topology: Any, *, prefix: str, progress: Callable[[str], None] | None = None
-    ) -> None:
+        self, topology: Any, *, prefix: str, progress: Callable[[str], None] | None = None,
+        nodes: int = 1, fis_replicas: int = 0,
+    ) -> None:  # fmt: skip
         from pcsite_lite.repository import generate_key
         from testbed.net import Testbed
         from testbed.topology import Topology, load
 
         topo = topology if isinstance(topology, Topology) else load(topology)
+        if nodes > 1:  # every site spans machines: an LB + ``nodes`` compute nodes (cluster.md)
+            for spec in topo.of_kind("site"):
+                spec.nodes, spec.fis_replicas = nodes, fis_replicas
         self.prefix = prefix
         self.tb = Testbed(topo, prefix=prefix, progress=progress)
         self.key = generate_key()  #: the PSPs' repository signing key (one for the demo)
@@ -417,8 +422,13 @@ class ExampleTestbed:
                 except Exception:
                     return False
 
-            argv = [sys.executable, "-m", "pcsite_lite.cli", "run", "--config", str(cfg)]
-            self.procs.append(node.start(argv, name="pcsite", ready=up, timeout=30))
+            if name in self.tb.clusters:  # ``nodes = N``: an LB + controller, N compute nodes
+                start_cluster_site(self.tb, name, config, self.tmp, secret=ADMIN_TOKEN,
+                                   ready=up, procs=self.procs,
+                                   fis=None if fis is None else f"sqlite://{fis}")  # fmt: skip
+            else:
+                argv = [sys.executable, "-m", "pcsite_lite.cli", "run", "--config", str(cfg)]
+                self.procs.append(node.start(argv, name="pcsite", ready=up, timeout=30))
             self.daemons.add(name)
         token = ADMIN_TOKEN if isp else psp_token(psp)
         client = ControlClient(f"http://{CONTROL}", token=token, psp=psp)
@@ -447,9 +457,50 @@ class ExampleTestbed:
         still be busy when a capture's quiet period ends. Whether it got there."""
         return wait_until(lambda: site.counters(service).get("packets", 0) >= packets, timeout)
 
+    @staticmethod
+    def settled_count(site: SiteHandle, service: str, timeout: float = 10.0) -> int:
+        """``service``'s packet count at ``site`` once it is at least 1 and held across a
+        usage report (workers, and a multi-machine site's nodes, report every 0.25 s): what a
+        demo subtracts to leave its probes out of a figure."""
+        last = [-1, 0.0]
+
+        def held() -> bool:
+            n = int(site.counters(service).get("packets", 0))
+            now = time.monotonic()
+            if n != last[0]:
+                last[:] = [n, now]
+                return False
+            return n >= 1 and now - last[1] >= 0.3
+
+        wait_until(held, timeout, interval=0.1)
+        return int(last[0])
+
     def divert(self, site: str, prefix: str) -> None:
         """The ISP's router part of a sign-up: ``site``'s router diverts ``prefix`` to it."""
         self.tb.divert(self.tb.site(site).router, prefix)
+
+
+def probe_until(send: Callable[[int], None], arrived: Callable[[int], bool], *,
+                timeout: float = 20.0, every: float = 0.25) -> int:  # fmt: skip
+    """Send probe 0, 1, 2, ... (``send(i)``) until ``arrived(i)`` says probe ``i`` got where
+    the demo's packets should go (each probe waited for up to ``every`` s); returns how many
+    were sent, or raises TimeoutError after ``timeout`` s.
+
+    What an example waits for before it sends the packets it measures, instead of sleeping
+    past the FIS staleness bound: a circuit's hops, a service's FIS entries and routes are
+    written through the control API, but a worker applies FIS changes only when it next polls
+    (every 5 ms, if it gets a CPU), and on a multi-machine site on the compute node that
+    serves the circuit or flow. A probe that gets through went the same way (same circuit,
+    same flow: the LB sends it to the same node) through the same state. Probes carry their
+    own payloads, so a demo leaves them out of its figures."""
+    end = time.monotonic() + timeout
+    i = 0
+    while time.monotonic() < end:
+        send(i)
+        i += 1
+        if wait_until(lambda k=i - 1: arrived(k), min(every, max(0.0, end - time.monotonic()))):
+            return i
+    raise TimeoutError(f"no probe got through in {timeout:.0f} s ({i} sent)")
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -502,6 +553,16 @@ class Capture:
                 self.times.append(_arrival(anc))
                 deadline = time.monotonic() + quiet
         return self.seen
+
+    def saw(self, marker: bytes, quiet: float = 0.02) -> bool:
+        """Whether a packet containing ``marker`` arrived (reading what is there now)."""
+        return any(marker in d for d in self.drain(quiet))
+
+    def forget(self, quiet: float = 0.3) -> None:
+        """Drain until quiet and forget everything seen (e.g. the probes before a burst)."""
+        self.drain(quiet)
+        self.seen.clear()
+        self.times.clear()
 
     def take(self, quiet: float = 0.3, *, proto: int | None = None) -> list[bytes]:
         """Drain and hand over what was seen (only IP protocol ``proto`` if given)."""
@@ -577,14 +638,18 @@ def run_testbed(
     prefix: str | None = None,
     progress: Callable[[str], None] | None = None,
     topology: str | Path | None = None,
+    nodes: int = 1,
+    fis_replicas: int = 0,
     **params: Any,
 ) -> dict[str, Any]:
     """Run an example's demo with real packets: its topology (``topology``, default the
     demo's ``TOPOLOGY``) checked against its ``NEEDS`` and built as a testbed (name prefix
-    ``prefix``, default its ``PREFIX``, + a run id; always torn down); then its
+    ``prefix``, default its ``PREFIX``, + a run id; always torn down; ``nodes > 1``: every
+    site an LB and ``nodes`` compute nodes, with ``fis_replicas`` FIS machines); then its
     ``on_testbed(etb, topo, **params)`` gives the figures."""
     topo = load_topology(topology or demo.TOPOLOGY, demo.NEEDS)
-    with ExampleTestbed(topo, prefix=prefix or demo.PREFIX, progress=progress) as etb:
+    with ExampleTestbed(topo, prefix=prefix or demo.PREFIX, progress=progress, nodes=nodes,
+                        fis_replicas=fis_replicas) as etb:  # fmt: skip
         result: dict[str, Any] = demo.on_testbed(etb, topo, **params)
     return result
 
@@ -629,7 +694,14 @@ def main(demo: ModuleType, argv: list[str] | None = None) -> int:
         "(default: the testbed as root, else the simulator)",
     )
     ap.add_argument("--prefix", help="testbed name prefix (default: the example's)")
+    ap.add_argument("--nodes", type=int, default=1, choices=range(1, 17), metavar="N",
+                    help="testbed: compute-node machines per site (> 1: an LB in front, "
+                    "docs/cluster.md)")  # fmt: skip
+    ap.add_argument("--fis-replicas", type=int, default=0, choices=range(5), metavar="M",
+                    help="testbed, with --nodes > 1: each site's FIS on M machines")  # fmt: skip
     args = ap.parse_args(argv)
+    if args.fis_replicas and args.nodes <= 1:
+        ap.error("--fis-replicas needs --nodes > 1")
     from testbed.topology import TopologyError
 
     kind = args.world
@@ -640,6 +712,7 @@ def main(demo: ModuleType, argv: list[str] | None = None) -> int:
         if kind == "testbed":
             if args.prefix:
                 kw["prefix"] = args.prefix
+            kw.update(nodes=args.nodes, fis_replicas=args.fis_replicas)
             result = run_testbed(demo, progress=print, **kw)
         else:
             result = run_simulator(demo, **kw)

@@ -17,6 +17,8 @@ daemon (the testbed's run state records every process it started).
 from __future__ import annotations
 
 import contextlib
+import copy
+import json
 import os
 import re
 import signal
@@ -38,6 +40,7 @@ __all__ = [
     "in_namespace",
     "pin",
     "render_toml",
+    "start_cluster_site",
     "start_pcsite",
     "toml_value",
     "wait_until",
@@ -100,6 +103,59 @@ def start_pcsite(node: Node, config: Path, *, name: str = "pcsite",
         return "site up" in proc.log_text()
 
     return node.start(argv, name=name, ready=up, timeout=timeout, env=env)
+
+
+def start_cluster_site(tb: Testbed, site: str, config: dict[str, Any], tmp: Path, *,
+                       secret: str, ready: Callable[[], bool], procs: list[Process],
+                       fis: str | None = None, timeout: float = 30.0) -> None:  # fmt: skip
+    """Start a multi-machine site (a site node with ``nodes = N > 1``, docs/cluster.md) from
+    the config a one-machine site would get (``config``, as :func:`render_toml` takes it):
+    ``pcsite run --role lb,controller`` in the site's namespace (the control API where a
+    one-machine site has it; ``ready()`` says it answers) and ``--role node`` in each compute
+    node's; each started process is appended to ``procs`` (LB first) as it starts. Returns
+    once every compute node is in the LB's table (RuntimeError after ``timeout`` s).
+
+    Every machine of the site shares one FIS: ``fis`` (a URL) if given, else the site's
+    replicated Redis (its Sentinel URL) when the testbed built one (``fis_replicas``), else a
+    SQLite file in ``tmp``. Each machine gets its own state directory in ``tmp``."""
+    cp = tb.cluster(site)
+    if fis is None:
+        fis = tb.site(site).fis_redis if cp.fis else f"sqlite:///{tmp}/fis-{site}.db"
+    listen = str(config.get("control", {}).get("listen", ""))
+    port = listen.rpartition(":")[2]
+
+    def write(role: str, ip: str) -> Path:
+        doc = copy.deepcopy(config)
+        state = tmp / f"state-{site}-{role}"
+        state.mkdir(parents=True, exist_ok=True)
+        doc["site"] = {**doc["site"], "state_dir": str(state), "fis": fis}
+        if role != "lb" and port:  # a node's own API (the site's is the controller's)
+            doc["control"] = {**doc["control"], "listen": f"{ip}:{port}"}
+        doc["cluster"] = {"internal_dev": "int0", "internal_ip": ip,
+                          "lb": f"{cp.lb_address}:6254", "controller": f"{cp.lb_address}:6255",
+                          "node": role, "secret": secret}  # fmt: skip
+        path = tmp / f"{site}-{role}.toml"
+        path.write_text(render_toml(doc))
+        return path
+
+    run = [sys.executable, "-m", "pcsite_lite.cli", "run", "--config"]
+    lb_cfg = write("lb", cp.lb_address)
+    procs.append(tb.node(site).start([*run, str(lb_cfg), "--role", "lb,controller"],
+                                     name="pcsite-lb", ready=ready, timeout=timeout))  # fmt: skip
+    for m in cp.members:
+        argv = [*run, str(write(m.name, m.address)), "--role", "node"]
+        procs.append(tb.node(m.name).start(argv, name="pcsite-node"))
+    status = tmp / f"state-{site}-lb" / "lb-status.json"
+
+    def all_in() -> bool:
+        try:
+            doc = json.loads(status.read_text())
+        except (OSError, ValueError):
+            return False
+        return sum(bool(n.get("in_table")) for n in doc.get("nodes", [])) == len(cp.members)
+
+    if not wait_until(all_in, timeout):
+        raise RuntimeError(f"{site}: compute nodes not all in the LB table within {timeout:.0f} s")
 
 
 def in_namespace(ns: str, target: Any) -> Any:

@@ -66,10 +66,15 @@ class TestbedWorld(World):
 
         self.topology_path = resolve_topology(topology)
         self.roles = roles or load_topology(self.topology_path)[1]
+        sites = list(self.roles.topo.of_kind("site"))
         if nodes > 1:  # each site spans machines: an LB + ``nodes`` compute nodes (cluster.md)
-            for spec in self.roles.topo.of_kind("site"):
+            for spec in sites:
                 spec.nodes = nodes
                 spec.fis_replicas = fis_replicas  # the site's FIS on that many machines
+        #: compute nodes per site: ``nodes`` if given, else the most the topology's sites
+        #: have (``nodes = N``); the example scenarios, which build their own networks, give
+        #: their sites as many
+        self.site_nodes = max([nodes, *(s.nodes for s in sites)])
         self.progress = progress
         self.tmp = Path(tempfile.mkdtemp(prefix="pcs-demo-"))
         self.tb = Testbed(self.roles.topo, prefix=prefix)
@@ -280,7 +285,7 @@ class TestbedWorld(World):
         cfg.write_text(text)
         assert addr is not None
         if name in self.tb.clusters:
-            self._start_cluster(name, cfg, state, addr)
+            self._start_cluster(name, cfg, addr)
             return
         self.procs.append(
             node.start(
@@ -293,48 +298,21 @@ class TestbedWorld(World):
         # so that `testbed graph RUN` / `testbed top RUN` can read what this site installed
         self.tb.register_control(name, f"http://{addr}:{CONTROL_PORT}", ADMIN_TOKEN, [PSP])
 
-    def _start_cluster(self, name: str, cfg: Path, state: Path, addr: str) -> None:
-        """A site of ``nodes`` machines: LB + controller in the site's namespace (the control
-        API where a one-machine site has it), ``pcsite run --role node`` in each node's."""
-        cp = self.tb.cluster(name)
-        # one FIS for the site's machines: its replicated Redis (Sentinel URL) if the testbed
-        # built one (fis_replicas), else a SQLite file all of them share
-        fis = self.tb.site(name).fis_redis if cp.fis else f"sqlite:///{self.tmp}/fis-{name}.db"
-        base = cfg.read_text().replace(
-            f'state_dir = "{state}"\n', f'state_dir = "{state}"\nfis = "{fis}"\n'
-        )
+    def _start_cluster(self, name: str, cfg: Path, addr: str) -> None:
+        """A site of ``nodes`` machines (:func:`pcdemo.rig.start_cluster_site`): LB +
+        controller in the site's namespace (the control API where a one-machine site has it),
+        ``pcsite run --role node`` in each node's; one FIS for the site's machines."""
+        import tomllib
 
-        def write(role: str, ip: str) -> Path:
-            path = self.tmp / f"{name}-{role}.toml"
-            st = self.tmp / f"state-{name}-{role}"
-            st.mkdir(exist_ok=True)
-            text = base.replace(f'state_dir = "{state}"', f'state_dir = "{st}"')
-            if role != "lb":
-                text = text.replace(f'listen = "{addr}:', f'listen = "{ip}:')
-            path.write_text(text + f'\n[cluster]\ninternal_dev = "int0"\ninternal_ip = "{ip}"\n'
-                            f'lb = "{cp.lb_address}:6254"\ncontroller = "{cp.lb_address}:6255"\n'
-                            f'node = "{role}"\nsecret = "{ADMIN_TOKEN}"\n')  # fmt: skip
-            return path
+        from pcdemo.rig import start_cluster_site
 
-        run = [sys.executable, "-m", "pcsite_lite.cli", "run", "--config"]
-        lb_state = self.tmp / f"state-{name}-lb"
-        self.procs.append(self.tb.node(name).start(
-            [*run, str(write("lb", cp.lb_address)), "--role", "lb,controller"], name="pcsite-lb",
-            ready=lambda: self._control_node().tcp_open(addr, CONTROL_PORT), timeout=30,
-        ))  # fmt: skip
-        for m in cp.members:
-            argv = [*run, str(write(m.name, m.address)), "--role", "node"]
-            self.procs.append(self.tb.node(m.name).start(argv, name="pcsite-node"))
+        config = tomllib.loads(cfg.read_text())
 
-        def all_in() -> bool:
-            doc = json.loads((lb_state / "lb-status.json").read_text())
-            return sum(n["in_table"] for n in doc["nodes"]) == len(cp.members)
+        def ready() -> bool:
+            return bool(self._control_node().tcp_open(addr, CONTROL_PORT))
 
-        deadline = time.monotonic() + 30
-        while not all_in():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{name}: compute nodes not all in the LB table within 30 s")
-            time.sleep(0.05)
+        start_cluster_site(self.tb, name, config, self.tmp, secret=ADMIN_TOKEN,
+                           procs=self.procs, ready=ready)  # fmt: skip
         self.tb.register_control(name, f"http://{addr}:{CONTROL_PORT}", ADMIN_TOKEN, [PSP])
 
     def _control_url(self, site: str) -> str:
@@ -508,19 +486,26 @@ class TestbedWorld(World):
                     )  # fmt: skip
         return out
 
-    def service_packets(self, site: str, service: str) -> int:
+    def service_packets(self, site: str, service: str, at_least: int = 0) -> int:
+        from pcdemo.rig import wait_until
+
         c = self._control(site)
-        # workers report usage every 0.25 s: let two reports pass, then wait until it settles
-        time.sleep(0.6)
-        last = -1
-        for _ in range(20):
-            usage = c.usage()
-            n = int(usage.get("services", {}).get(service, {}).get("packets", 0))
-            if n == last:
-                return n
-            last = n
-            time.sleep(0.3)
-        return last
+        last: list[float] = []  # [count, when it was read]
+
+        def count() -> int:
+            n = int(c.usage().get("services", {}).get(service, {}).get("packets", 0))
+            last[:] = [n, time.monotonic()]
+            return n
+
+        def settled() -> bool:  # unchanged over a report interval (and more)
+            prev, when = last
+            return time.monotonic() - when >= 0.3 and count() == prev
+
+        # workers (and a multi-machine site's nodes) report usage every 0.25 s: wait until the
+        # count covers what the caller sent, then until it holds across a report
+        wait_until(lambda: count() >= at_least, timeout=15, interval=0.1)
+        wait_until(settled, timeout=5, interval=0.1)
+        return int(last[0])
 
     def site_drops(self, site: str) -> dict[str, int]:
         return {}

@@ -28,7 +28,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pcdemo.example_testbed import ExampleTestbed, Needs, iface, main, write_atomic
+from pcdemo.example_testbed import (
+    ExampleTestbed,
+    Needs,
+    iface,
+    main,
+    probe_until,
+    wait_until,
+    write_atomic,
+)
 
 from .control import SERVICE, MobileRouter, MobilityPSP
 from .ipip import TunnelError, decapsulate
@@ -46,6 +54,7 @@ NEEDS = Needs(
 PSP_NAME = "mobpsp"
 PORT = 5004
 BU_PORT = 5005
+PROBE_SEQ = 900_000  #: sequence numbers of the probes before the stream (left out)
 ETH_P_IP = 0x0800
 _DATA = struct.Struct("!Id")
 
@@ -99,19 +108,28 @@ class Receiver:
         self.sock.close()
 
 
-def _stream(node: Any, device: str, seconds: float, start_seq: int, interval: float = 0.001) -> int:
-    """Send UDP to the device every ``interval`` from ``node`` (a thread); return the count."""
-    sock = node.call(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+def _stream(node: Any, device: str, seconds: float, start_seq: int, interval: float = 0.001,
+            *, sock: socket.socket | None = None, progress: dict[str, int] | None = None,
+            ) -> int:  # fmt: skip
+    """Send UDP to the device every ``interval`` from ``node`` (a thread) for ``seconds``;
+    return the count (also kept in ``progress["n"]`` as it goes). ``sock``: send from this
+    socket (the same flow as earlier probes: a multi-machine site's LB sends a flow to one
+    compute node); else a new one."""
+    own = sock is None
+    s = node.call(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM)) if own else sock
     n = 0
     t0 = time.monotonic()
     while time.monotonic() - t0 < seconds:
-        sock.sendto(_DATA.pack(start_seq + n, time.monotonic()), (device, PORT))
+        s.sendto(_DATA.pack(start_seq + n, time.monotonic()), (device, PORT))
         n += 1
+        if progress is not None:
+            progress["n"] = n
         next_t = t0 + n * interval
         delay = next_t - time.monotonic()
-        if delay > 0:
+        if delay > 0:  # pacing: one packet per ``interval`` (the handoff's resolution)
             time.sleep(delay)
-    sock.close()
+    if own:
+        s.close()
     return n
 
 
@@ -177,13 +195,27 @@ def on_testbed(etb: ExampleTestbed, topo: Any) -> dict[str, Any]:
 
         server = threading.Thread(target=psp_server)
         server.start()
-        time.sleep(0.1)  # FIS staleness, warm caches
+        # the binding (care-of A) in effect where the stream's flow is served (its worker
+        # polled the FIS; on a multi-machine site, the flow's compute node), and the paths
+        # warm: a probe on the stream's own flow reached A
+        cn = tb.node("CN").call(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+
+        def probe(i: int) -> None:
+            cn.sendto(_DATA.pack(PROBE_SEQ + i, time.monotonic()), (device, PORT))
+
+        res["probes"] = probe_until(probe, lambda i: PROBE_SEQ + i in at_a.got)
+        wait_until(lambda: all(PROBE_SEQ + i in at_a.got for i in range(res["probes"])), 0.5)
+        for i in range(res["probes"]):  # not part of the figures
+            at_a.got.pop(PROBE_SEQ + i, None)
         sent_box: dict[str, int] = {}
-        sender = threading.Thread(
-            target=lambda: sent_box.setdefault("n", _stream(tb.node("CN"), device, 0.8, 0))
-        )
+        progress = {"n": 0}
+        sender = threading.Thread(target=lambda: sent_box.setdefault(
+            "n", _stream(tb.node("CN"), device, 0.8, 0, sock=cn, progress=progress)))  # fmt: skip
         sender.start()
-        time.sleep(0.4)
+        # the handoff mid-stream: once half of the 0.8 s stream (400 packets) is sent and A
+        # receives it
+        half = int(0.4 / 0.001)
+        wait_until(lambda: progress["n"] >= half and len(at_a.got) > 0, timeout=10)
         # the handoff: leave A, attach at B, send the signed update from B
         at_a.live = False
         at_b.live = True
@@ -194,8 +226,11 @@ def on_testbed(etb: ExampleTestbed, topo: Any) -> dict[str, Any]:
         mr_sock.close()
         sender.join()
         server.join()
-        time.sleep(0.3)
+        cn.close()
         sent = sent_box["n"]
+        # the packets still in flight: every one sent has arrived at B, or at A after the
+        # move (lost there); one lost on the way ends the wait after 3 s
+        wait_until(lambda: len(at_a.got) + len(at_b.got) + at_a.lost >= sent, timeout=3)
         got = {**at_a.got, **at_b.got}
         first_b = min((r for _, r in at_b.got.values()), default=float("nan"))
         res["sent"] = sent
@@ -228,7 +263,7 @@ def on_testbed(etb: ExampleTestbed, topo: Any) -> dict[str, Any]:
         )  # fmt: skip
         at_b.got.clear()
         base = _stream(tb.node("CN"), device, 0.3, 100_000)
-        time.sleep(0.3)
+        wait_until(lambda: len(at_b.got) >= base, timeout=3)  # the last ones in flight
         res["home_agent_sent"] = base
         res["home_agent_received"] = len(at_b.got)
         res["home_agent_delay_ms"] = _mean_ms([r - s for s, r in at_b.got.values()])

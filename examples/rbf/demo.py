@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from examples.encryption.demo import NEEDS
-from pcdemo.example_testbed import ExampleTestbed, circuit_packets, main
+from pcdemo.example_testbed import ExampleTestbed, circuit_packets, main, probe_until
 from pcsock.wire import int2ip
 
 from .control import SERVICE, RbfPSP, RuleAuthority, carry
@@ -76,14 +76,27 @@ def on_testbed(etb: ExampleTestbed, topo: Any, *, n: int = 20) -> dict[str, Any]
     def c1_counters() -> dict[str, int]:
         return c1.counters(SERVICE)
 
+    def settle(payload: bytes, via: str, meta: int) -> int:
+        """Probe (``payload``, as the phase sends) until one reaches D from ``via`` with
+        ``meta``: the rules and FIS entries the phase depends on are in effect at C1's worker
+        (on a multi-machine site: the circuit's compute node). The probes' number."""
+        sent = probe_until(lambda _i: tx.sendto(circuit.packet(s_ip, payload),
+                                                (circuit.first_hop, 0)),
+                           lambda _i: _arrivals(at_d.drain(0.02))[via, meta] > 0)  # fmt: skip
+        at_d.forget()
+        return sent
+
     for name, (payload,) in plan.items():
-        if name == "congested":
+        if name == "bound":  # the circuit's bound rule: small packets via C2, metadata 7
+            seen += settle(payload, c2.public_ip, 7)
+        if name == "congested":  # the ISP reports C2 congested: the rule forwards direct
             isp1.isp_lpm_put("congestion", f"{c2.public_ip}/32", {"level": 0.9})
-            time.sleep(0.05)  # > the FIS cache's 5 ms staleness bound
+            seen += settle(payload, c1.public_ip, 0)
+        etb.wait_served(c1, SERVICE, seen)  # the probes' drops are counted before drops0
         drops0 = c1_counters().get("drops", 0)
         for _ in range(n):
             tx.sendto(circuit.packet(s_ip, payload), (circuit.first_hop, 0))
-            time.sleep(0.001)
+            time.sleep(0.001)  # pacing (the sending rate), not a wait for state
         seen += n  # C1 has run the service on the phase's packets, then D's capture is read
         etb.wait_served(c1, SERVICE, seen)
         got = _arrivals(at_d.take(0.3))
