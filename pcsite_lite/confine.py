@@ -67,6 +67,7 @@ import binascii
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -1616,13 +1617,9 @@ def check_source(
         "--cpu", str(cpu_seconds), "--root", root, "--uid", str(_uid_for(name)),
     ]  # fmt: skip
     try:
-        proc = subprocess.Popen(
-            args, pass_fds=(child.fileno(),), env={"LANG": "C.UTF-8"},
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        proc = _spawn_idle(args, child.fileno())
     finally:
         child.close()
-    _background(proc.pid)
     try:
         _send(parent, {"src": 1}, source)
         late = _wait_answer(parent, proc.pid, timeout)
@@ -1686,6 +1683,27 @@ def _wait_answer(sock: socket.socket, pid: int, timeout: float) -> str | None:
             )
         if select.select([sock], [], [], min(0.05, timeout - own))[0]:
             return None
+
+
+#: util-linux's ``chrt``: starts the upload check with the idle scheduling class already set
+_CHRT: Final = shutil.which("chrt")
+
+
+def _spawn_idle(args: list[str], keep_fd: int) -> subprocess.Popen[bytes]:
+    """``args`` as a ``SCHED_IDLE`` process that inherits only ``keep_fd`` (and ``/dev/null``
+    as stdin, stdout and stderr). ``chrt --idle`` sets the class before the interpreter
+    starts: a child started normally and lowered afterwards first ran for a slice of a few
+    ms on its parent's vCPU, and ``os.posix_spawn`` keeps the GIL while the child execs;
+    ``subprocess`` spawns with ``vfork`` and the GIL released. Without ``chrt``, the child
+    is lowered right after it started."""
+    cmd = [_CHRT, "--idle", "0", *args] if _CHRT else args
+    proc = subprocess.Popen(
+        cmd, pass_fds=(keep_fd,), env={"LANG": "C.UTF-8"}, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    if not _CHRT:
+        _background(proc.pid)
+    return proc
 
 
 def _background(pid: int) -> None:
@@ -2340,6 +2358,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--spin-ns", type=int, default=0)
     a = ap.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # nothing of the parent but the channel (and /dev/null as 0-2) stays open here: a
+    # descriptor inherited by mistake would outlive the file-system view taken away below
+    os.closerange(3, a.fd)
+    os.closerange(a.fd + 1, 1 << 20)
     return _serve(a.fd, a.name, a.mode, a.memory, a.root, a.uid, a.cpu, a.ticks, a.max_ns,
                   a.spin_ns)  # fmt: skip
 

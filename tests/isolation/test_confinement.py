@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from pcsite_lite import confine
 from pcsite_lite.confine import (
     ConfinedService,
     IsolationPolicy,
@@ -223,6 +224,34 @@ def test_the_upload_check_runs_only_on_cpu_time_nobody_else_wants() -> None:
     finally:
         t.join(30)
     assert verdict and verdict[0][0] == "load_timeout"  # still bounded by its CPU-time limit
+
+
+def test_the_check_process_starts_idle_class_with_only_its_channel_open() -> None:
+    """The policy is set before the interpreter starts (``chrt --idle``: the child does not
+    run at normal priority while it starts), and a descriptor this process made inheritable
+    does not reach it: it has 0-2 (/dev/null) and the one it was given."""
+    from pcsite_lite.confine import _spawn_idle
+
+    r, w = os.pipe()
+    leak = os.open(os.devnull, os.O_RDONLY)
+    os.set_inheritable(leak, True)
+    script = (
+        "import json, os, sys; fd = int(sys.argv[1]); "
+        "os.write(fd, json.dumps([os.sched_getscheduler(0), sorted(int(f) for f in "
+        "os.listdir('/proc/self/fd'))]).encode())"
+    )
+    try:
+        child = _spawn_idle([sys.executable, "-c", script, str(w)], w)
+        assert child.args[:3] == [confine._CHRT, "--idle", "0"]  # util-linux is essential
+        assert not os.get_inheritable(w)  # only the child's copy was inherited
+        os.close(w)
+        assert child.wait(30) == 0
+        policy, fds = json.loads(os.read(r, 4096))
+    finally:
+        os.close(r)
+        os.close(leak)
+    assert policy == os.SCHED_IDLE
+    assert leak not in fds and w in fds and {0, 1, 2} <= set(fds)
 
 
 def test_a_check_starved_of_cpu_is_not_blamed_for_the_wait() -> None:
