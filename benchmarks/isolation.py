@@ -26,9 +26,11 @@ worker replica raising. Figures (``--json PATH``):
   control API and master state, in a process of its own pinned to the first vCPU): a probe
   process on another vCPU calls a third PSP's ``GET /services`` every 2 ms while the
   benchmark uploads each attack to that supervisor (``--stall-rounds`` rounds, interleaved);
-  per upload, the slowest call in flight during it minus the slowest call in a quiet window of
-  the same length right after it; per attack the median over the rounds (a stall the upload
-  causes comes every round, a hiccup of the machine in one), floored at 0; the worst attack
+  the uploads come from the probe's vCPU at nice 19 (the probe preempts them, as if the
+  attacker were on another machine); per upload, the slowest call in flight during it minus
+  the slowest call in a quiet window of the same length right after it; per attack the
+  median over the rounds (a stall the upload causes comes every round, a hiccup of the
+  machine in one), floored at 0; the worst attack
   (``isolation_supervisor_stalls_ms_max``: the worst single upload, floored at 0).
   ``isolation_supervisor_stalls_placebo_ms``: the same statistic with a second quiet window in
   place of the upload (nothing uploaded in either): the figure this machine's scheduling
@@ -352,7 +354,11 @@ def supervisor_stalls(
     sup_cpu, probe_cpu = (cpus[0], cpus[1]) if len(cpus) > 1 else (None, None)
     proc = ControlProcess(tmp, sup_cpu, probe_cpu)
     windows: list[tuple[str, float, float, float, float, str | None]] = []
+    # the uploads (signing, the HTTP client) run on the probe's vCPU: at the lowest nice
+    # level the probe preempts them, as if the attacker were on another machine
+    nice = os.getpriority(os.PRIO_PROCESS, 0)
     try:
+        os.setpriority(os.PRIO_PROCESS, 0, 19)
         time.sleep(0.1)  # the probe is calling
         for r in range(rounds):
             for n, attack in enumerate(attacks):
@@ -364,6 +370,10 @@ def supervisor_stalls(
         data, sup_late = proc.samples()
     finally:
         proc.close()
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+        except OSError:  # not root: it stays at 19 for the rest of the run
+            pass
         shutil.rmtree(tmp, ignore_errors=True)
     samples = data["samples"]
 
