@@ -52,16 +52,18 @@ worker replica raising. Figures (``--json PATH``):
   attack (interleaved: each attack has its own baseline);
 - ``isolation_overhead_us_per_packet``: a no-op service confined minus the same service in
   the worker, per packet, batched as the worker runs it (``isolation_batch_size`` packets
-  per message), 7 interleaved rounds, medians, on the site before the attacks;
-  ``isolation_overhead_after_attacks_us_per_packet`` (and
-  ``isolation_batch_latency_after_attacks_us_median``): the same, measured again after
-  every attack ran; ``confined_unbatched_us_per_packet``: one round trip per packet;
+  per message), measured twice: on the site before the attacks and again after every attack
+  ran (7 rounds each, each round both paths back to back); the figure is the median of the
+  14 rounds' differences (``isolation_overhead_before_attacks_us_per_packet`` and
+  ``..._after_attacks_...``: each measurement's own difference of medians, and the same for
+  the latency); ``confined_unbatched_us_per_packet``: one round trip per packet;
   ``confined_worker_cpu_us_per_packet``, ``confined_tenant_cpu_us_per_packet`` (of which
   ``confined_tenant_spin_us_per_packet`` is its busy-poll) and
   ``inprocess_worker_cpu_us_per_packet``: CPU time (not wall) per packet of each side;
 - ``isolation_batch_latency_us_median``: median round trip of one batch message (send, the
   process runs the service on every packet, answer): from just before the worker sends it to
-  when the kernel queued the answer for the worker (``SO_TIMESTAMPNS``);
+  when the kernel queued the answer for the worker (``SO_TIMESTAMPNS``), over every batch
+  message of both measurements;
   ``isolation_batch_pickup_us_median``: from sending it to the worker reading the answer
   (the round trip plus however long the worker was busy with other packets first);
 - ``metering_cpu_vs_kernel``: CPU billed to the confined services (read from each process's
@@ -745,6 +747,7 @@ def overhead(h: Harness, count: int, batch: int = 64, tag: str = "") -> dict[str
     conf: list[float] = []
     trusted: list[float] = []
     unbatched: list[float] = []
+    batched_ns: list[int] = []
     rounds = max(1, count // batch)
     process = pipe.process
     proxy.latency_ns.clear()
@@ -770,6 +773,8 @@ def overhead(h: Harness, count: int, batch: int = 64, tag: str = "") -> dict[str
             for d in held:
                 process(d, at)
         conf.append((time.perf_counter_ns() - t) / (rounds * batch) / 1000)
+        batched_ns.extend(proxy.latency_ns)  # the batch messages' round trips, not the
+        proxy.latency_ns.clear()  # one-packet messages below
         worker_cpu.append((time.thread_time_ns() - w0) / (rounds * batch) / 1000)
         if pid:
             tenant_cpu.append((process_cpu_ns(pid) - c0) / (rounds * batch) / 1000)
@@ -786,9 +791,13 @@ def overhead(h: Harness, count: int, batch: int = 64, tag: str = "") -> dict[str
         for d in conf_b[: max(1, batch // 4)]:
             process(d, time.time())  # no prefetch: one round trip per packet
         unbatched.append((time.perf_counter_ns() - t) / max(1, batch // 4) / 1000)
+        proxy.latency_ns.clear()
     return {
         "isolation_overhead_us_per_packet": statistics.median(conf) - statistics.median(trusted),
-        "isolation_batch_latency_us_median": statistics.median(proxy.latency_ns) / 1000,
+        # per round (confined minus in-process in the same round) and per message, for pooling
+        "_round_overheads": [c - t for c, t in zip(conf, trusted, strict=True)],
+        "_latencies_ns": batched_ns,
+        "isolation_batch_latency_us_median": statistics.median(batched_ns) / 1000,
         "isolation_batch_pickup_us_median": statistics.median(proxy.pickup_ns) / 1000,
         "isolation_batch_size": CHUNK,
         "isolation_received_batch": batch,
@@ -836,11 +845,21 @@ def run(
                                 "error": repr(exc), "escapes": 1})  # fmt: skip
         # and again after them (their processes killed, restarted, disabled): the same cost
         after = overhead(h, count, tag="2")
+        # the figures: every round of both (a machine slower for a while slows both paths of
+        # a round alike; the per-round difference cancels it), and every batch message
+        rounds = ovh.pop("_round_overheads") + after.pop("_round_overheads")
+        lat = ovh.pop("_latencies_ns") + after.pop("_latencies_ns")
         ovh.update({
+            "isolation_overhead_before_attacks_us_per_packet":
+                ovh["isolation_overhead_us_per_packet"],
+            "isolation_batch_latency_before_attacks_us_median":
+                ovh["isolation_batch_latency_us_median"],
             "isolation_overhead_after_attacks_us_per_packet":
                 after["isolation_overhead_us_per_packet"],
             "isolation_batch_latency_after_attacks_us_median":
                 after["isolation_batch_latency_us_median"],
+            "isolation_overhead_us_per_packet": statistics.median(rounds),
+            "isolation_batch_latency_us_median": statistics.median(lat) / 1000,
         })  # fmt: skip
         ratios = [r["victim_rate_ratio"] for r in records if r.get("victim_rate_ratio")]
         figures: dict[str, Any] = {
