@@ -829,6 +829,7 @@ class ConfinedService:
             return 0
         except OSError:
             return 0  # the call path will find the process dead
+        self._full_at = 0
         idle = self._went_busy() if not q else 0
         now = time.monotonic()
         # the deadline runs from when the process can start on the message: now if nothing
