@@ -95,6 +95,7 @@ def on_testbed(
     at_b.forget()
     flip_at = n // 2
     t_flip = 0.0
+    sent_at: list[float] = []
     t0 = time.monotonic()
     for i in range(n):
         delay = t0 + i * interval - time.monotonic()
@@ -103,6 +104,7 @@ def on_testbed(
         pkt = build_service_packet(
             src=s_ip, dst=d_ip, service_id=SERVICE_ID, payload=struct.pack("!I", i) + b"x"
         )
+        sent_at.append(time.time())
         tx.sendto(pkt, (d_ip, 0))
         if i == flip_at:
             isp.publish(f"{ga}/32", 0.95)  # the ISP sees A's link congested
@@ -113,6 +115,16 @@ def on_testbed(
     via_a, via_b = _seqs(at_a.drain(0.3)), _seqs(at_b.drain(0.3))
     first_b = min((t for t, f in zip(at_b.times, at_b.seen, strict=True) if _seqs([f])),
                   default=None)  # fmt: skip
+    # how long each packet took from S to its gateway (the site's queue is most of it)
+    took = sorted(
+        (t - sent_at[s]) * 1e3
+        for cap in (at_a, at_b)
+        for t, f in zip(cap.times, cap.seen, strict=True)
+        for s in _seqs([f])
+        if 0 <= s < n
+    )
+    res["transit_ms_median"] = round(took[len(took) // 2], 3) if took else None
+    res["transit_ms_max"] = round(took[-1], 3) if took else None
     res["via_a"] = len(via_a)
     res["via_b"] = len(via_b)
     # sent at least EARLY_S before the ISP's update

@@ -215,6 +215,10 @@ class TunPump:
         """True while packets wait in confined services' processes (see :meth:`flush`)."""
         return self.prefetch is not None and self.prefetch.pending()
 
+    def channels(self) -> set[int]:
+        """The confined services' channels with packets in flight (see :meth:`flush`)."""
+        return self.prefetch.channels() if self.prefetch is not None else set()
+
     def flush(self) -> None:
         """Run and send the packets whose confined services have answered since (and count
         those whose process missed its deadline); the worker calls this while

@@ -22,6 +22,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from typing import Any, Final
 
 from pcsite_lite.confine import Prefetcher
@@ -36,6 +37,7 @@ from .tunpump import TunPump
 __all__ = ["Processor", "bare_processor", "main", "run"]
 
 STATS_INTERVAL: Final = 0.25
+_NO_FDS: Final[frozenset[int]] = frozenset()
 #: ``process(packet, now) -> verdicts``: the pipeline's entry point, or the bare forwarder
 Processor = Callable[[bytes, float], list[Verdict]]
 
@@ -145,10 +147,21 @@ def run(cfg: SiteConfig, index: int, tun_fd: int, ctl: socket.socket) -> int:
     ctl.send(json.dumps({"ready": index, "pid": os.getpid()}).encode())
     idle_ms = replica.idle_ms
     more = False
+    ctl_fd = ctl.fileno()
+    watched: AbstractSet[int] = _NO_FDS  # confined services' channels in the poller
     while True:
         # a drain that stopped at its batch limit left packets queued: do not block
-        # packets in confined services' processes: look for their answers every millisecond
+        # packets in confined services' processes: wait on their channels too (an answer or
+        # a FIS call wakes the worker at once), and look at least every millisecond (their
+        # deadlines)
         pending = pump.pending()
+        channels = pump.channels() if pending else _NO_FDS
+        if channels != watched:
+            for fd in watched - channels:
+                poller.unregister(fd)
+            for fd in channels - watched:
+                poller.register(fd, select.POLLIN)
+            watched = channels
         events = poller.poll(0 if more else 1 if pending else idle_ms)
         more = False
         if pending:
@@ -159,7 +172,7 @@ def run(cfg: SiteConfig, index: int, tun_fd: int, ctl: socket.socket) -> int:
         for fd, _ in events:
             if fd == tun_fd:
                 more = pump.drain()
-            else:
+            elif fd == ctl_fd:
                 while True:
                     try:
                         msg = ctl.recv(1 << 20)

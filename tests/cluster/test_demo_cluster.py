@@ -6,7 +6,7 @@ machines (a Redis primary, two replicas, three Sentinels) that every machine of 
 reaches by its Sentinel URL; C2 and C3 (the circuits' sites) share one SQLite FIS among their
 machines (a replicated FIS at every site made the run ~55 s longer: 173 s against 117 s). The
 seven example scenarios build their own networks, whose sites get three compute nodes too.
-Every scenario but congest (see SCENARIOS) must pass, with its figures."""
+Every scenario must pass, with its figures."""
 
 from __future__ import annotations
 
@@ -29,10 +29,8 @@ FIG2 = Path(demo.TOPOLOGY)
 EXACT = {
     "form1": (20, 20), "form2": (20, 20), "form3": (40, 20), "form1+3": (40, 20),
     "multicast": (20, 80), "firewall": (200, 50), "encrypt": (100, 100), "re": (300, 300),
-    "rbf": (120, 60),
+    "rbf": (120, 60), "congest": (600, 600),
 }  # fmt: skip
-#: every scenario but ``congest``: on 3-node sites its gateway check failed once in CI
-#: (600/600 delivered; "less congested gateway before and after"), cause open (issue #15)
 SCENARIOS = sorted(set(EXACT) | {"mobility"})
 
 
@@ -86,8 +84,8 @@ def test_every_scenario_passes_on_three_node_sites(tmp_path: Path, monkeypatch: 
     examples = [b for b in built if b["topology"] != "fig2-3n"]
     assert {b["nodes"] for b in examples} == {3}
     # every site the examples started (multicast 3, mobility 2, firewall 1, encrypt 2, re 2,
-    # rbf 2)
-    assert len(examples) == 12, [(b["topology"], b["site"]) for b in examples]
+    # rbf 2, congest 1)
+    assert len(examples) == 13, [(b["topology"], b["site"]) for b in examples]
     for r in doc["results"]:
         if r["name"] not in demo.CORE_SCENARIOS:
             assert "(3-node sites)" in r["detail"], r["name"]

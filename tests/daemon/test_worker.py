@@ -247,3 +247,60 @@ def test_a_worker_tells_its_services_which_site_and_worker_they_run_on(tmp_path:
     replica.apply(_circuit_op())
     [v] = replica.pipeline.process(_packet(), time.time())
     assert bytes(wire.parse(v.data).payload) == b"pcd2-t 3"  # type: ignore[union-attr]
+
+
+#: a confined service that calls back to the worker for a FIS read 60 times per packet
+FIS_HEAVY = "def process(pkt):\n    for _ in range(60):\n        pkt.lookup('t', pkt.dst)\n"
+
+
+@pytest.mark.netns  # root: the confined process's UID, namespaces and cgroups
+def test_a_confined_services_fis_calls_wake_the_worker_not_its_timer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker waits on its confined services' channels with its device: every FIS read
+    # of the service (a call back to the worker) wakes it at once. Its timer is made 5 s
+    # here, so a worker that found the calls only when its timer fired (every millisecond)
+    # would take minutes for these packets' 1,200 calls.
+    from pcsite_lite.control.site_backend import SiteBackend
+    from pcsite_lite.repository import generate_key, public_key_bytes, sign_service
+
+    key = generate_key()
+    cfg = parse({
+        "site": {"name": "pcd2-t", "public_ip": SITE, "fis": f"sqlite://{tmp_path / 'fis.db'}",
+                 "state_dir": str(tmp_path), "repository": str(tmp_path / "repo")},
+        "control": {"admin_token": "pcd2-admin-token-0123456789abcdef",
+                    "psps": {"acme": {"token": "acme-token-0123456789abcdef",
+                                      "signing_key": public_key_bytes(key).hex()}}},
+        "services": {"deadline_ms": 5000},  # the calls' CPU is not what is tested here
+    })  # fmt: skip
+    backend = SiteBackend(cfg)
+    code = FIS_HEAVY.encode()
+    backend.upload_service("acme", "relay", "1", code,
+                           sign_service(key, "acme", "relay", "1", code))  # fmt: skip
+    backend.activate_service("acme", "relay", "1")
+    real_poll = worker.select.poll
+    timeouts: list[int] = []
+
+    class SlowTimer:
+        def __init__(self) -> None:
+            self._p = real_poll()
+            self.register, self.unregister = self._p.register, self._p.unregister
+
+        def poll(self, ms: int) -> list[tuple[int, int]]:
+            timeouts.append(ms)
+            return self._p.poll(5000 if ms == 1 else ms)
+
+    monkeypatch.setattr(worker.select, "poll", SlowTimer)
+    loop = Loop(cfg)
+    try:
+        loop.apply(_circuit_op(), seq=1)  # the service's process is started before the ack
+        for _ in range(20):
+            loop.tun.send(_packet())
+        out = [loop.tun.recv(65536) for _ in range(20)]  # each within the socket's 10 s
+        assert all(wire.parse(o).label == 4242 for o in out)
+        doc = loop.stats_until(20)
+        assert doc["worker"]["drops"] == {}
+        assert 1 in timeouts  # the packets were in the service's process while it waited
+    finally:
+        loop.close()
+        backend.close()
