@@ -1733,10 +1733,18 @@ def _background(pid: int) -> None:
 # ---------------------------------------------------------------- the confined side
 def _libseccomp() -> Any:
     import ctypes
-    import ctypes.util
 
-    path = ctypes.util.find_library("seccomp") or "libseccomp.so.2"
-    lib = ctypes.CDLL(path, use_errno=True)
+    # by its soname first: ``ctypes.util.find_library`` forks and runs ``ldconfig -p``, kernel
+    # work (fork, exec) that a check process did twice per upload on the supervisor's vCPU
+    try:
+        lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
+    except OSError:
+        import ctypes.util
+
+        path = ctypes.util.find_library("seccomp")
+        if path is None:
+            raise
+        lib = ctypes.CDLL(path, use_errno=True)
     lib.seccomp_init.restype = ctypes.c_void_p
     lib.seccomp_init.argtypes = [ctypes.c_uint32]
     lib.seccomp_rule_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
