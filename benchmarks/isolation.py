@@ -48,8 +48,10 @@ worker replica raising. Figures (``--json PATH``):
 - ``isolation_worker_crashes``: worker replicas lost (the harness's own process; 0 if it
   finished);
 - ``isolation_victim_rate_ratio``: the victim's delivered packets per second during the worst
-  attack over its rate beside a benign second provider in the same loop right before that
-  attack (interleaved: each attack has its own baseline);
+  attack over its rate beside a benign second provider in the same loop, in alternating
+  windows (benign, attack, benign, ...: ``ATTACK_WINDOWS`` of each, ``--seconds`` of each in
+  all; each attack has its own baseline, and a machine that is slower for a while slows
+  both); per attack ``victim_rate_windows`` and ``victim_rate_benign_windows``;
 - ``isolation_overhead_us_per_packet``: a no-op service confined minus the same service in
   the worker, per packet, batched as the worker runs it (``isolation_batch_size`` packets
   per message), measured twice: on the site before the attacks and again after every attack
@@ -178,6 +180,8 @@ ATTACKS: tuple[Attack, ...] = (
 #: (a check that runs out of CPU, ~4-8 s at the idle class), so that a long upload is not
 #: compared with a shorter window (the slowest call of a longer window is slower by chance)
 QUIET_MAX_S = 10.0
+#: alternating windows of the benign service and the attack (each ``seconds / ATTACK_WINDOWS``)
+ATTACK_WINDOWS = 5
 
 
 def probe_main(url: str, token: str, psp: str, period: float = 0.002) -> int:
@@ -352,12 +356,12 @@ class ControlProcess:
 
 
 def supervisor_stalls(
-    attacks: tuple[Attack, ...], cpus: list[int], rounds: int = 1
+    attacks: tuple[Attack, ...], cpus: list[int], rounds: int = 1, quiet_max: float = QUIET_MAX_S
 ) -> dict[str, Any]:
     """Upload every attack to a supervisor in its own process while a probe process calls
     its control API (:class:`ControlProcess`); per attack the stall (the slowest call during
     the upload minus the slowest in a quiet window as long right after it, at most
-    :data:`QUIET_MAX_S`) and
+    ``quiet_max`` s) and
     the probe's own worst lateness in that time."""
     tmp = Path(tempfile.mkdtemp(prefix="pcsite-isoctl-"))
     sup_cpu, probe_cpu = (cpus[0], cpus[1]) if len(cpus) > 1 else (None, None)
@@ -372,7 +376,7 @@ def supervisor_stalls(
         for r in range(rounds):
             for n, attack in enumerate(attacks):
                 t0, t1, refused = proc.upload(attack, f"{r}.{n}")
-                quiet = min(t1 - t0, QUIET_MAX_S)
+                quiet = min(t1 - t0, quiet_max)
                 time.sleep(max(2 * quiet + 0.01, 0.04))  # two quiet windows follow
                 windows.append((attack.name, t0, t1, t1 + 0.01, t1 + 0.01 + quiet, refused))
         time.sleep(0.05)
@@ -615,10 +619,25 @@ def run_attack(h: Harness, attack: Attack, seconds: float, version: str) -> dict
         rec["escape"] = f"later upload failed: {exc!r}"
     h.circuit("attacker", service)
     h.ready("attacker", service)
-    # the same loop beside the benign service right before: the attack's own baseline
-    # (interleaved rounds: a machine that got slower does not count as the attack's harm)
-    rec["victim_rate_benign"] = interleave(h, "attacker", "benign", seconds)["victim_rate"]
-    rec.update(interleave(h, "attacker", service, seconds))
+    # the same loop beside the benign service: the attack's own baseline, in alternating
+    # windows (ATTACK_WINDOWS of each, benign first), so that a machine that got slower or
+    # faster for a while (this one does, by up to ~1.5x for seconds) changes both alike
+    benign: list[dict[str, Any]] = []
+    attacked: list[dict[str, Any]] = []
+    for _ in range(ATTACK_WINDOWS):
+        benign.append(interleave(h, "attacker", "benign", seconds / ATTACK_WINDOWS))
+        attacked.append(interleave(h, "attacker", service, seconds / ATTACK_WINDOWS))
+
+    def rate(ws: list[dict[str, Any]]) -> float:
+        wall = sum(w["wall"] for w in ws)
+        return sum(w["victim_delivered"] for w in ws) / wall if wall else 0.0
+
+    rec["victim_rate_benign"] = rate(benign)
+    rec["victim_rate"] = rate(attacked)
+    rec["victim_rate_windows"] = [round(rate([w]), 1) for w in attacked]
+    rec["victim_rate_benign_windows"] = [round(rate([w]), 1) for w in benign]
+    for k in ("victim_sent", "victim_delivered", "victim_bad", "copies_over_cap"):
+        rec[k] = sum(w[k] for w in attacked)
     if rec["victim_rate_benign"]:
         rec["victim_rate_ratio"] = rec["victim_rate"] / rec["victim_rate_benign"]
     slot = h.worker.site.runtime.slot("attacker", service)
@@ -693,6 +712,7 @@ def interleave(
             run(held, t)
     wall = time.monotonic() - t0
     return {
+        "wall": wall,
         "victim_rate": tally["ok"] / wall,
         "victim_sent": sent,
         "victim_delivered": tally["ok"],
