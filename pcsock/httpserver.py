@@ -26,6 +26,7 @@ The messages name the bounds by their site-config keys (``limits.max_body``...).
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import math
 import os
@@ -33,6 +34,7 @@ import resource
 import select
 import socket
 import ssl
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -575,15 +577,30 @@ class _Waiting:
         self.server.stats.open = len(self.server.table)
 
 
+def _lower_priority(nice: int) -> None:
+    """Run this thread at ``nice`` (Linux: a thread's own nice value; elsewhere, or when
+    refused, it keeps the process's)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (OSError, AttributeError):
+        pass
+
+
 class _Server:
     def __init__(self, app: HttpApp, tls: ssl.SSLContext | None, log: Callable[[str], None],
-                 offload_threads: int = OFFLOAD_THREADS) -> None:  # fmt: skip
+                 offload_threads: int = OFFLOAD_THREADS,
+                 offload_nice: int | None = None) -> None:  # fmt: skip
         self.app = app
         self.tls = tls
         self.log = log
         # the server's own threads (not trio's process-wide cache): they are started from the
-        # server's thread, so they share its network namespace, and die with the server
-        self.pool = ThreadPoolExecutor(offload_threads, thread_name_prefix="httpserver")
+        # server's thread, so they share its network namespace, and die with the server.
+        # ``offload_nice``: their nice value; at 19, a request on the event loop that wakes
+        # while one of them computes on the same CPU preempts it at once (at the same nice
+        # value the scheduler may let it finish its slice, a few ms)
+        init = None if offload_nice is None else functools.partial(_lower_priority, offload_nice)
+        self.pool = ThreadPoolExecutor(offload_threads, thread_name_prefix="httpserver",
+                                       initializer=init)  # fmt: skip
         self.fd_soft = raise_fd_limit()
         lim = self.limits
         self.table = ConnectionTable(connection_cap(lim, self.fd_soft),
@@ -788,12 +805,13 @@ async def serve_listeners(
     log: Callable[[str], None] | None = None,
     stats: list[ServerStats] | None = None,
     offload_threads: int = OFFLOAD_THREADS,
+    offload_nice: int | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` on already-bound listeners until cancelled (``stats``, if given, gets
     the server's :class:`ServerStats` appended; ``offload_threads`` requests the app
-    offloads are handled at once)."""
-    server = _Server(app, tls, log or (lambda msg: None), offload_threads)
+    offloads are handled at once, in threads at nice value ``offload_nice`` if given)."""
+    server = _Server(app, tls, log or (lambda msg: None), offload_threads, offload_nice)
     if stats is not None:
         stats.append(server.stats)
     try:
@@ -816,6 +834,7 @@ async def serve(
     stats: list[ServerStats] | None = None,
     on_ready: Callable[[int], None] | None = None,
     offload_threads: int = OFFLOAD_THREADS,
+    offload_nice: int | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Bind ``host:port`` (port 0 picks one), report the port, serve until cancelled."""
@@ -825,4 +844,4 @@ async def serve(
         on_ready(bound)
     task_status.started(bound)
     await serve_listeners(app, listeners, tls=tls, log=log, stats=stats,
-                          offload_threads=offload_threads)  # fmt: skip
+                          offload_threads=offload_threads, offload_nice=offload_nice)  # fmt: skip

@@ -58,6 +58,9 @@ __all__ = ["StartupError", "Supervisor", "run_daemon"]
 #: the supervisor's GIL switch interval (s): how long a thread running Python may keep the
 #: control API's event loop waiting
 SWITCH_INTERVAL: Final = 0.0005
+#: nice value of the threads that answer uploads and activations off the event loop: a
+#: control-API call that wakes while one of them computes on its CPU preempts it
+OFFLOAD_NICE: Final = 19
 #: compute nodes a controller keeps usage and acknowledgements of
 MAX_NODES: Final = 256
 #: the roles of a one-machine site (``pcsite run`` without ``--role``)
@@ -612,7 +615,8 @@ class Supervisor:
 
                 async def serve_api(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
                     await serve(self, cfg.control.host, cfg.control.port, tls=tls,
-                                log=self.log, task_status=task_status)  # fmt: skip
+                                log=self.log, offload_nice=OFFLOAD_NICE,
+                                task_status=task_status)  # fmt: skip
 
                 port = await nursery.start(serve_api)
                 scheme = "https" if tls is not None else "http (no [tls] configured: plain)"

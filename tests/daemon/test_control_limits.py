@@ -60,6 +60,7 @@ def _app(tmp: Path, **limits: Any) -> ControlApp:
 @contextmanager
 def _served(app: ControlApp, *, tls: ssl.SSLContext | None = None,
             listener: Callable[[trio.SocketListener], Any] | None = None,
+            offload_nice: int | None = None,
             ) -> Iterator[tuple[int, ServerStats]]:  # fmt: skip
     """Serve ``app`` on 127.0.0.1 from a trio thread; yields (port, stats)."""
     ready = threading.Event()
@@ -72,7 +73,8 @@ def _served(app: ControlApp, *, tls: ssl.SSLContext | None = None,
         wrapped: list[Any] = [listener(ln) if listener else ln for ln in listeners]
         async with trio.open_nursery() as n:
             await n.start(lambda task_status: serve_listeners(
-                app, wrapped, tls=tls, stats=stats, task_status=task_status))  # fmt: skip
+                app, wrapped, tls=tls, stats=stats, offload_nice=offload_nice,
+                task_status=task_status))  # fmt: skip
             box["cancel"] = n.cancel_scope
             box["token"] = trio.lowlevel.current_trio_token()
             ready.set()
@@ -508,6 +510,29 @@ def test_requests_the_app_offloads_are_answered_from_a_worker_thread(tmp_path: P
         assert _call(port, "GET", "/v1/whoami")[0] == 200
         assert _call(port, "GET", "/v1/health")[0] == 200
     assert seen["/v1/whoami"] != seen["/v1/health"]  # the event loop's thread answered health
+
+
+def test_offloaded_requests_run_at_the_servers_offload_nice_value(tmp_path: Path) -> None:
+    # the supervisor's upload threads run at nice 19 (supervisor.OFFLOAD_NICE): a control-API
+    # call that wakes on their CPU preempts them; the event loop keeps the process's value
+    from pcsite_lite.daemon.supervisor import OFFLOAD_NICE
+
+    app = _app(tmp_path)
+    nice: dict[str, int] = {}
+    handle = app.handle
+
+    def spy(req: Request) -> Any:
+        nice[req.target] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        return handle(req)
+
+    app.handle = spy  # type: ignore[method-assign]
+    app.offload = lambda req: req.target == "/v1/whoami"  # type: ignore[attr-defined]
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    with _served(app, offload_nice=OFFLOAD_NICE) as (port, _):
+        assert _call(port, "GET", "/v1/whoami")[0] == 200
+        assert _call(port, "GET", "/v1/health")[0] == 200
+    assert OFFLOAD_NICE == 19
+    assert (nice["/v1/whoami"], nice["/v1/health"]) == (19, own)
 
 
 def test_uploads_and_activations_are_offloaded_and_nothing_else(tmp_path: Path) -> None:
