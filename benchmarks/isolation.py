@@ -703,7 +703,7 @@ def interleave(
             run(datas, now)
         else:
             run(prefetch.dispatch(datas, now), now)
-            for held, t in prefetch.completed():
+            for held, t in prefetch.completed(spin=False):  # as a worker with more to read
                 run(held, t)
         pipe.account()
         h.worker.refresh()
@@ -793,7 +793,7 @@ def overhead(h: Harness, count: int, batch: int = 64, tag: str = "") -> dict[str
             now = time.time()
             for d in prefetch.dispatch(conf_b, now):
                 process(d, now)
-            for held, at in prefetch.completed():
+            for held, at in prefetch.completed(spin=False):  # as a worker with more to read
                 for d in held:
                     process(d, at)
         for held, at in prefetch.completed(wait=True):  # the last batch's stragglers

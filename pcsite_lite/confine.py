@@ -1157,13 +1157,15 @@ class Prefetcher:
         return {p.sock.fileno() for p in self._busy if p.sock is not None}
 
     def completed(
-        self, wait: bool = False, keep: bool = False
+        self, wait: bool = False, keep: bool = False, spin: bool = True
     ) -> Iterator[tuple[list[bytes], float]]:
         """The packets of each answered batch message with their arrival time, in order per
         service, their results installed for the pipeline's calls (``keep``: added to the
         results not yet asked for, else in place of them). Busy-polls while an answer is due
-        within its service's window (processes on other vCPUs than the worker); ``wait``:
-        until nothing is in flight (each process's deadline bounds the wait)."""
+        within its service's window (processes on other vCPUs than the worker), if ``spin``
+        (a worker with packets waiting on its device does not: it has better to do than
+        wait); ``wait``: until nothing is in flight (each process's deadline bounds the
+        wait)."""
         rpc = self._rpc_api
         busy = self._busy
         slept = False  # answers found after a sleep, not while polling (for the status)
@@ -1183,7 +1185,9 @@ class Prefetcher:
             now_ns = time.monotonic_ns()
             if any(p._answered for p in busy):
                 continue  # answered while a round trip waited: hand them out
-            if any(p._spin_ns and now_ns - p._inflight[0].sent_ns < p._spin_ns for p in busy):
+            if spin and any(
+                p._spin_ns and now_ns - p._inflight[0].sent_ns < p._spin_ns for p in busy
+            ):
                 continue  # an answer is due soon: poll again
             if not wait:
                 return

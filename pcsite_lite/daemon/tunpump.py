@@ -188,7 +188,7 @@ class TunPump:
             self._send_raw(sw.outputs(py_outs))
         if prefetch is not None:  # what the confined processes answered meanwhile
             outs: list[bytes] = []
-            for done, t in prefetch.completed():
+            for done, t in prefetch.completed(spin=False):
                 self._run(done, t, outs)
             self._write(outs)
 
@@ -205,7 +205,7 @@ class TunPump:
             # packets for confined services go to their processes; the rest run now, then
             # whatever the processes answered meanwhile (the rest stays in flight: pending())
             self._run(prefetch.dispatch(packets, now), now, outs)
-            for held, t in prefetch.completed():
+            for held, t in prefetch.completed(spin=False):  # more may wait on the device
                 self._run(held, t, outs)
         else:
             self._run(packets, now, outs)
@@ -219,14 +219,15 @@ class TunPump:
         """The confined services' channels with packets in flight (see :meth:`flush`)."""
         return self.prefetch.channels() if self.prefetch is not None else set()
 
-    def flush(self) -> None:
+    def flush(self, spin: bool = True) -> None:
         """Run and send the packets whose confined services have answered since (and count
         those whose process missed its deadline); the worker calls this while
-        :meth:`pending`, between reads."""
+        :meth:`pending`, between reads. ``spin``: busy-poll briefly for answers that are due
+        (not when packets wait on the device)."""
         if self.prefetch is None:
             return
         outs: list[bytes] = []
-        for held, t in self.prefetch.completed():
+        for held, t in self.prefetch.completed(spin=spin):
             self._run(held, t, outs)
         self._write(outs)
         self.account()

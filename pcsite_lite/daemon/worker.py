@@ -155,6 +155,11 @@ def run(cfg: SiteConfig, index: int, tun_fd: int, ctl: socket.socket) -> int:
         # a FIS call wakes the worker at once), and look at least every millisecond (their
         # deadlines)
         pending = pump.pending()
+        if pending and not more:
+            # the device was found empty: busy-poll briefly for the answers due now (a worker
+            # with packets waiting takes them first, see below)
+            pump.flush(spin=True)
+            pending = pump.pending()
         channels = pump.channels() if pending else _NO_FDS
         if channels != watched:
             for fd in watched - channels:
@@ -163,12 +168,12 @@ def run(cfg: SiteConfig, index: int, tun_fd: int, ctl: socket.socket) -> int:
                 poller.register(fd, select.POLLIN)
             watched = channels
         events = poller.poll(0 if more else 1 if pending else idle_ms)
-        more = False
         if pending:
-            pump.flush()
+            pump.flush(spin=False)
         elif not events:
             # nothing to do: pay the FIS cache's change poll now rather than on the next packet
             replica.idle()
+        more = False
         for fd, _ in events:
             if fd == tun_fd:
                 more = pump.drain()
