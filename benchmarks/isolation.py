@@ -53,9 +53,11 @@ worker replica raising. Figures (``--json PATH``):
   all; each attack has its own baseline, and a machine that is slower for a while slows
   both); per attack ``victim_rate_windows`` and ``victim_rate_benign_windows``;
 - ``isolation_overhead_us_per_packet``: a no-op service confined minus the same service in
-  the worker, per packet, batched as the worker runs it (``isolation_batch_size`` packets
-  per message), measured twice: on the site before the attacks and again after every attack
-  ran (7 rounds each, each round both paths back to back); the figure is the median of the
+  the worker, per packet, batched as a worker with packets waiting runs it
+  (``isolation_batch_size`` packets per message; it sends the next packets instead of
+  busy-polling for answers), measured twice: on the site before the attacks and again
+  after every attack ran (7 rounds each, each round both paths back to back); the figure is
+  the median of the
   14 rounds' differences (``isolation_overhead_before_attacks_us_per_packet`` and
   ``..._after_attacks_...``: each measurement's own difference of medians, and the same for
   the latency); ``confined_unbatched_us_per_packet``: one round trip per packet;
@@ -63,11 +65,13 @@ worker replica raising. Figures (``--json PATH``):
   ``confined_tenant_spin_us_per_packet`` is its busy-poll) and
   ``inprocess_worker_cpu_us_per_packet``: CPU time (not wall) per packet of each side;
 - ``isolation_batch_latency_us_median``: median round trip of one batch message (send, the
-  process runs the service on every packet, answer): from just before the worker sends it to
-  when the kernel queued the answer for the worker (``SO_TIMESTAMPNS``), over every batch
-  message of both measurements;
-  ``isolation_batch_pickup_us_median``: from sending it to the worker reading the answer
-  (the round trip plus however long the worker was busy with other packets first);
+  process runs the service on every packet, answer) with nothing else in flight
+  (``LATENCY_MESSAGES`` messages per round, each sent once the last was answered and its
+  packets run): from just before the worker sends it to when the kernel queued the answer
+  for the worker (``SO_TIMESTAMPNS``), over both measurements;
+  ``isolation_batch_pickup_us_median``: from sending it to the worker reading the answer;
+  ``isolation_batch_latency_loaded_us_median``: the same round trip for the messages of the
+  per-packet loop above, which queue behind the ones sent before them;
 - ``metering_cpu_vs_kernel``: CPU billed to the confined services (read from each process's
   kernel CPU-time clock) over what their cgroups' ``cpuacct.usage`` says for the same live
   processes (root only; None otherwise); ``metering_billed_vs_metered``: CPU in the
@@ -182,6 +186,8 @@ ATTACKS: tuple[Attack, ...] = (
 QUIET_MAX_S = 10.0
 #: alternating windows of the benign service and the attack (each ``seconds / ATTACK_WINDOWS``)
 ATTACK_WINDOWS = 5
+#: batch messages sent one at a time per overhead round, for the round-trip latency
+LATENCY_MESSAGES = 40
 
 
 def probe_main(url: str, token: str, psp: str, period: float = 0.002) -> int:
@@ -774,7 +780,9 @@ def overhead(h: Harness, count: int, batch: int = 64, tag: str = "") -> dict[str
     conf: list[float] = []
     trusted: list[float] = []
     unbatched: list[float] = []
-    batched_ns: list[int] = []
+    batched_ns: list[int] = []  # one message at a time: the round trip
+    pickup_ns: list[int] = []
+    loaded_ns: list[int] = []  # the per-packet loop's messages (queued behind others)
     rounds = max(1, count // batch)
     process = pipe.process
     proxy.latency_ns.clear()
@@ -800,8 +808,8 @@ def overhead(h: Harness, count: int, batch: int = 64, tag: str = "") -> dict[str
             for d in held:
                 process(d, at)
         conf.append((time.perf_counter_ns() - t) / (rounds * batch) / 1000)
-        batched_ns.extend(proxy.latency_ns)  # the batch messages' round trips, not the
-        proxy.latency_ns.clear()  # one-packet messages below
+        loaded_ns.extend(proxy.latency_ns)  # round trips with messages queued ahead
+        proxy.latency_ns.clear()
         worker_cpu.append((time.thread_time_ns() - w0) / (rounds * batch) / 1000)
         if pid:
             tenant_cpu.append((process_cpu_ns(pid) - c0) / (rounds * batch) / 1000)
@@ -819,13 +827,27 @@ def overhead(h: Harness, count: int, batch: int = 64, tag: str = "") -> dict[str
             process(d, time.time())  # no prefetch: one round trip per packet
         unbatched.append((time.perf_counter_ns() - t) / max(1, batch // 4) / 1000)
         proxy.latency_ns.clear()
+        proxy.pickup_ns.clear()
+        # one batch message at a time, nothing else in flight: the mechanism's round trip
+        one = conf_b[:CHUNK]
+        for _ in range(LATENCY_MESSAGES):
+            now = time.time()
+            for d in prefetch.dispatch(one, now):
+                process(d, now)
+            for held, at in prefetch.completed(wait=True):
+                for d in held:
+                    process(d, at)
+        batched_ns.extend(proxy.latency_ns)
+        pickup_ns.extend(proxy.pickup_ns)
+        proxy.latency_ns.clear()
     return {
         "isolation_overhead_us_per_packet": statistics.median(conf) - statistics.median(trusted),
         # per round (confined minus in-process in the same round) and per message, for pooling
         "_round_overheads": [c - t for c, t in zip(conf, trusted, strict=True)],
         "_latencies_ns": batched_ns,
         "isolation_batch_latency_us_median": statistics.median(batched_ns) / 1000,
-        "isolation_batch_pickup_us_median": statistics.median(proxy.pickup_ns) / 1000,
+        "isolation_batch_pickup_us_median": statistics.median(pickup_ns) / 1000,
+        "isolation_batch_latency_loaded_us_median": statistics.median(loaded_ns) / 1000,
         "isolation_batch_size": CHUNK,
         "isolation_received_batch": batch,
         "confined_noop_us_per_packet": statistics.median(conf),
