@@ -654,3 +654,38 @@ def test_the_worker_polls_for_answers_only_when_the_process_has_other_vcpus() ->
         assert asleep.spin_hits + asleep.spin_misses == 0
     finally:
         os.sched_setaffinity(0, cpus)
+
+
+def _policy(pid: int) -> int:
+    """The scheduling policy of process ``pid`` (``/proc/PID/stat`` field 41)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[38])
+
+
+@pytest.mark.netns  # root: only root may raise a process from the idle class again
+def test_a_confined_process_loads_in_the_idle_class_and_serves_in_the_normal_one() -> None:
+    # its interpreter's start and the module's load (again at every restart) take only CPU
+    # time the tenants already serving do not want; once ready it is a normal process
+    site, pipe = _site()
+    seen: list[int] = []
+    proxy = site.deploy("p", "slow", "def process(pkt):\n    pass\n").process
+    assert isinstance(proxy, ConfinedService)
+    proxy._ensure_started()
+    assert proxy.proc is not None
+    pid = proxy.proc.pid
+
+    def loaded() -> bool:
+        if not proxy.ready:
+            try:
+                seen.append(_policy(pid))
+            except OSError:
+                pass
+            proxy._wait_ready(0.001)
+        return proxy.ready
+
+    assert wait_until(loaded, timeout=20)
+    assert os.SCHED_IDLE in seen, seen  # while it loaded
+    assert _policy(pid) == os.SCHED_OTHER
+    label = _circuit(site, "p", "slow")
+    [v] = pipe.process(bytes(_pkt(label, b"ab")), 1.0)
+    assert isinstance(v, Forward), v
