@@ -493,19 +493,13 @@ class ConfinedService:
         args += ["--spin-ns", str(spin)]
         self._child_spin = spin
         self._idle_since = 0
-        env = {"LANG": "C.UTF-8"}
         # the interpreter's start and the module's load (~0.1 s of CPU, again at every
         # restart of a process killed for its deadline) in the idle class: the tenants
         # already serving on those vCPUs go first; the worker raises it once it is ready
         # (only root may: an unprivileged process could not be raised again)
-        self._idle_start = bool(_CHRT) and os.geteuid() == 0
-        if self._idle_start:
-            args = [_CHRT, "--idle", "0", *args]  # type: ignore[list-item]
+        self._idle_start = os.geteuid() == 0
         try:
-            proc = subprocess.Popen(
-                args, pass_fds=(child.fileno(),), env=env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
+            proc = _spawn_idle(args, child.fileno(), idle=self._idle_start)
         finally:
             child.close()
         try:
@@ -1713,19 +1707,19 @@ def _wait_answer(sock: socket.socket, pid: int, timeout: float) -> str | None:
 _CHRT: Final = shutil.which("chrt")
 
 
-def _spawn_idle(args: list[str], keep_fd: int) -> subprocess.Popen[bytes]:
-    """``args`` as a ``SCHED_IDLE`` process that inherits only ``keep_fd`` (and ``/dev/null``
-    as stdin, stdout and stderr). ``chrt --idle`` sets the class before the interpreter
-    starts: a child started normally and lowered afterwards first ran for a slice of a few
-    ms on its parent's vCPU, and ``os.posix_spawn`` keeps the GIL while the child execs;
-    ``subprocess`` spawns with ``vfork`` and the GIL released. Without ``chrt``, the child
-    is lowered right after it started."""
-    cmd = [_CHRT, "--idle", "0", *args] if _CHRT else args
+def _spawn_idle(args: list[str], keep_fd: int, idle: bool = True) -> subprocess.Popen[bytes]:
+    """``args`` as a process that inherits only ``keep_fd`` (and ``/dev/null`` as stdin,
+    stdout and stderr), ``SCHED_IDLE`` if ``idle``. ``chrt --idle`` sets the class before
+    the interpreter starts: a child started normally and lowered afterwards first ran for a
+    slice of a few ms on its parent's vCPU, and ``os.posix_spawn`` keeps the GIL while the
+    child execs; ``subprocess`` spawns with ``vfork`` and the GIL released. Without
+    ``chrt``, the child is lowered right after it started."""
+    cmd = [_CHRT, "--idle", "0", *args] if idle and _CHRT else args
     proc = subprocess.Popen(
         cmd, pass_fds=(keep_fd,), env={"LANG": "C.UTF-8"}, stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    if not _CHRT:
+    if idle and not _CHRT:
         _background(proc.pid)
     return proc
 
