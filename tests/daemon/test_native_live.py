@@ -124,11 +124,22 @@ def test_native_python_and_pure_paths_forward_identical_packets(tmp_path: Path) 
             if svc == "srcroute":
                 ca.fis_put("srcroute", str(la), {"label": 77, "next_hop": Chain.D})
             labels[name] = la
-        # kept, a time bound: the workers' FIS caches (staleness 5 ms) see these routes on
-        # their next read past the bound; no state shows it short of sending traffic
-        time.sleep(0.2)
         traffic = _traffic(labels)
         tx = ch.raw_sender()
+        # the routes are in effect in the workers: a probe on each source-routed circuit
+        # reaches D, and is accounted before the first run reads its counters
+        base = _metrics(ch)
+        socks = _capture(ch)
+        try:
+            for i, name in enumerate(("sr", "sr_udp")):
+                tx.sendto(bytes(wire.build_circuit_packet(
+                    src=Chain.S, dst=Chain.SITE_A, label=labels[name], key=KA, ident=5000 + i,
+                    payload=b"probe", udp=name == "sr_udp")), (Chain.SITE_A, 0))  # fmt: skip
+            assert sum(map(len, _drain(socks, 2, 10.0))) == 2
+        finally:
+            for s in socks:
+                s.close()
+        assert wait_until(lambda: _accounted(_delta(ch, base)) >= 2, 10, 0.1)
         runs = []
         for native, pure in ((True, False), (False, False), (False, True)):
             if ch.procs.get("a") is None:
