@@ -42,6 +42,10 @@ worker replica raising. Figures (``--json PATH``):
 - ``isolation_supervisor_loop_lateness_ms``: the longest the supervisor's own event loop was
   late (a 1 ms sleeper in its trio loop) during an upload: its process not running (the
   machine's scheduling) or the loop blocked (the site's fault);
+- ``isolation_supervisor_gc_ms_max``: the supervisor's longest cyclic garbage collection in
+  the whole measurement (``gc.callbacks``; it holds the event loop while it runs; per
+  upload ``supervisor_gc_ms``); ``supervisor_frozen_objects``: the objects its startup
+  moved out of the collector's reach (``gc.freeze``), ``supervisor_gc_collections``;
 - ``isolation_event_loop_lateness_ms``: the longest the harness's in-process control API
   loop was late (a 1 ms sleeper's worst lateness) while an attack was uploaded to it (that
   loop shares its interpreter with the traffic harness: not a figure of the site);
@@ -87,6 +91,7 @@ and cgroups; without root the confinement keeps rlimits and seccomp).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -228,13 +233,26 @@ def control_main(config_path: str, lateness_path: str) -> int:
     """The site's control plane in a process of its own: the supervisor with the controller
     role (control API, master state, upload checks), until SIGTERM; beside it a task that
     sleeps 1 ms at a time and records when its event loop woke it more than 0.5 ms late
-    (``time.monotonic``, lateness in s), written to ``lateness_path`` at the end."""
+    (``time.monotonic``, lateness in s) and a ``gc`` callback that records each of its
+    cyclic collections (start, generation, duration); both, with the objects the
+    supervisor froze at startup (``gc.get_freeze_count()``), written to ``lateness_path``
+    at the end."""
     from pcsite_lite.daemon.supervisor import Supervisor
 
     with open(config_path) as f:
         cfg = parse(json.load(f))
     sup = Supervisor(cfg, roles=frozenset({"controller"}), log=lambda msg: None)
     late: list[tuple[float, float]] = []
+    collections: list[tuple[float, int, float]] = []
+    started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.monotonic()
+        elif len(collections) < 1_000_000:
+            collections.append((started[0], info["generation"], time.monotonic() - started[0]))
+
+    gc.callbacks.append(on_gc)
 
     async def meter() -> None:
         while len(late) < 1_000_000:
@@ -253,7 +271,8 @@ def control_main(config_path: str, lateness_path: str) -> int:
     try:
         trio.run(main)
     finally:
-        Path(lateness_path).write_text(json.dumps(late))
+        Path(lateness_path).write_text(json.dumps(
+            {"late": late, "gc": collections, "frozen": gc.get_freeze_count()}))  # fmt: skip
     return 0
 
 
@@ -334,18 +353,18 @@ class ControlProcess:
             refused = str(exc)[:200]
         return t0, time.monotonic(), refused
 
-    def samples(self) -> tuple[dict[str, Any], list[tuple[float, float]]]:
-        """Stop the probe and the supervisor: the probe's samples, the supervisor's loop
-        lateness records."""
+    def samples(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Stop the probe and the supervisor: the probe's samples, what the supervisor
+        recorded (:func:`control_main`; empty records if it wrote nothing)."""
         assert self.probe is not None
         out, _ = self.probe.communicate(b"", timeout=60)
         self.probe = None
         self.close()
         try:
-            late = json.loads(self.lateness_path.read_text())
+            recorded = json.loads(self.lateness_path.read_text())
         except (OSError, ValueError):
-            late = []
-        return json.loads(out), late
+            recorded = {}
+        return json.loads(out), {"late": [], "gc": [], "frozen": 0, **recorded}
 
     def close(self) -> None:
         for p in (self.probe, self.sup):
@@ -386,7 +405,7 @@ def supervisor_stalls(
                 time.sleep(max(2 * quiet + 0.01, 0.04))  # two quiet windows follow
                 windows.append((attack.name, t0, t1, t1 + 0.01, t1 + 0.01 + quiet, refused))
         time.sleep(0.05)
-        data, sup_late = proc.samples()
+        data, recorded = proc.samples()
     finally:
         proc.close()
         try:
@@ -405,6 +424,12 @@ def supervisor_stalls(
                 late = max(late, t - planned)
         return lat * 1000, late * 1000
 
+    sup_late = recorded["late"]
+
+    def gc_ms(since: float, until: float) -> float:
+        """The supervisor's longest cyclic collection that began in [since, until), ms."""
+        return max((d for t, _, d in recorded["gc"] if since <= t < until), default=0.0) * 1000
+
     records = []
     for name, t0, t1, q0, q1, refused in windows:
         during, late = worst(t0, t1)
@@ -416,6 +441,7 @@ def supervisor_stalls(
                         "probe_ms_during_upload": during, "probe_ms_without_upload": without,
                         "probe_lateness_ms": late, "supervisor_loop_lateness_ms": loop,
                         "supervisor_loop_lateness_quiet_ms": loop_quiet,
+                        "supervisor_gc_ms": gc_ms(t0, t1),
                         "stall_ms": during - without,
                         "placebo_stall_ms": without - placebo})  # fmt: skip
 
@@ -434,6 +460,9 @@ def supervisor_stalls(
         "isolation_supervisor_loop_lateness_ms": worst_median("supervisor_loop_lateness_ms"),
         "isolation_supervisor_stalls_ms_max": max(0.0, max(r["stall_ms"] for r in records)),
         "isolation_upload_ms_max": max(r["upload_ms"] for r in records),
+        "isolation_supervisor_gc_ms_max": gc_ms(float("-inf"), float("inf")),
+        "supervisor_gc_collections": len(recorded["gc"]),
+        "supervisor_frozen_objects": recorded["frozen"],
         "supervisor_probe_calls": len(samples),
         "supervisor_probe_errors": data["errors"],
         "supervisor_uploads": records,

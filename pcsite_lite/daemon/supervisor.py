@@ -22,6 +22,7 @@ buckets. A worker that falls :data:`MAX_OUTBOX` bytes behind is restarted (and r
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -593,6 +594,10 @@ class Supervisor:
                 cfg.name, cfg.metering.ledger, lambda: totals(self.worker_usage(local=True)),
                 sink=None if self.journal is None else self.journal.sink,
             )  # fmt: skip
+            # what startup made (modules, configuration, restored state) lives as long as
+            # the daemon: out of the cyclic collector's reach, a full collection scans only
+            # what came after (one over all of it held the control API 20-30 ms)
+            gc.freeze()
             async with trio.open_nursery() as nursery:
                 for s in self.slots:
                     nursery.start_soon(self._watch_worker, s)

@@ -14,6 +14,7 @@ IDs, destinations) made through the control API.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import select
@@ -144,6 +145,7 @@ def run(cfg: SiteConfig, index: int, tun_fd: int, ctl: socket.socket) -> int:
                    name=f"worker {index}", prefetch=replica.prefetch,
                    native=replica.native)  # fmt: skip
     next_stats = 0.0
+    gc.freeze()  # the startup heap out of the cyclic collector's reach (as the supervisor)
     ctl.send(json.dumps({"ready": index, "pid": os.getpid()}).encode())
     idle_ms = replica.idle_ms
     more = False
