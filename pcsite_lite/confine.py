@@ -442,6 +442,9 @@ class ConfinedService:
         self._child_spin = 0
         self._idle_start = False  #: started in the idle class (raised once ready)
         self._idle_since = 0
+        #: when the kernel queued the process's last batch answer (CLOCK_REALTIME ns; 0:
+        #: unknown): with the next message's send time, how long the process was idle
+        self._answered_rt = 0
         self._taken = 0
         self._next_memory = 0.0
         #: batch messages sent and not yet answered, oldest first (at most MAX_INFLIGHT)
@@ -494,6 +497,7 @@ class ConfinedService:
         args += ["--spin-ns", str(spin)]
         self._child_spin = spin
         self._idle_since = 0
+        self._answered_rt = 0
         # the interpreter's start and the module's load (~0.1 s of CPU, again at every
         # restart of a process killed for its deadline) in the idle class: the tenants
         # already serving on those vCPUs go first; the worker raises it once it is ready
@@ -912,10 +916,16 @@ class ConfinedService:
                     break
                 q.popleft()
                 t = time.monotonic_ns()
-                self._credit_spin(msg, head.idle_ns, t if not q else 0)
+                stamp = _stamp(anc)
+                idle = head.idle_ns
+                if stamp and self._answered_rt:
+                    # idle from its last answer (the kernel's stamp) to this message: also
+                    # when the worker sent it before reading that answer
+                    idle = max(idle, head.sent_rt - self._answered_rt)
+                self._answered_rt = stamp
+                self._credit_spin(msg, idle, t if not q else 0)
                 took = t - head.sent_ns
                 self.pickup_ns.append(took)
-                stamp = _stamp(anc)
                 self.latency_ns.append(stamp - head.sent_rt if stamp else took)
                 if self._spin_ns:  # poll for answers for about twice their recent time
                     self._answer_ns += (took - self._answer_ns) >> 2
@@ -1075,6 +1085,7 @@ class ConfinedService:
             elif not msg:
                 raise self._died("process exited")
             if msg[:1] == b"R":
+                self._answered_rt = 0  # (no stamp on this path)
                 self._credit_spin(msg, idle_ns, time.monotonic_ns())
                 try:
                     return _decode_answer(msg, n, fis_down)
@@ -2200,36 +2211,35 @@ def _serve(fd: int, name: str, mode: str, memory: int, root: str, uid: int, cpu:
 
     runner = _Runner(process, pkt, budget)
 
-    # After an answer the process busy-polls its channel for up to ``win`` ns before it
-    # blocks (the worker's next batch usually comes sooner than a sleeping process wakes):
-    # on its own vCPU, at the site's choice (``spin_ns`` 0: never), reported in the next
-    # answer so that the site, not the provider, pays for it. A window that passed empty
-    # halves (down to an eighth); one that caught a batch grows to twice that wait. Polling
-    # yields the vCPU to anything else runnable there; a poll that got less than half the
-    # vCPU (other processes want it: a sleeping process would be woken sooner than a
-    # runnable one gets its turn) stops polling for the next SPIN_PAUSE messages.
+    # After an answer the process busy-polls its channel (the worker's next batch usually
+    # comes sooner than a sleeping process wakes): on its own vCPU, at the site's choice
+    # (``spin_ns`` 0: never), reported in the next answer so that the site, not the
+    # provider, pays for it; how long: :class:`_SpinWindow`.
     recv_spin = fastio.recv_spin
     chan: Any = fd if fastio.ACCELERATED else sock  # (no socket object of a bare fd here)
-    win = spin_ns
-    floor = spin_ns >> 3
+    window = _SpinWindow(spin_ns)
+    clock = time.monotonic_ns
     spun = 0
-    pause = 0
     while True:
         if backlog:
             msg = backlog.popleft()
         else:
             msg = None
-            if pause:
-                pause -= 1
-            elif win:
-                msg, took, cpu_ns = recv_spin(chan, MAX_MESSAGE, win)
+            took = -1  # no poll
+            if window.pause:
+                window.pause -= 1
+            elif window.ns:
+                msg, took, cpu_ns = recv_spin(chan, MAX_MESSAGE, window.ns)
                 spun += cpu_ns
-                win = max(floor, win >> 1) if msg is None else min(spin_ns, max(win, 2 * took))
-                if took > 20_000 and 2 * cpu_ns < took:  # a shared vCPU
-                    pause = SPIN_PAUSE
-                    win = floor
+                if took > 20_000 and 2 * cpu_ns < took:
+                    window.shared()
+                elif msg is not None:
+                    window.caught(took)
             if msg is None:
+                t0 = clock()
                 msg = sock.recv(MAX_MESSAGE)
+                if took >= 0 and not window.pause:
+                    window.missed(took + clock() - t0)
         if not msg:
             return 0
         if msg[:1] != b"B":
@@ -2326,6 +2336,39 @@ class _Runner:
         j = ("[" + ",".join(extra) + "]").encode() if extra else b""
         head = _RHEAD.pack(n, len(j), min(spun_ns // 1000, 0xFFFFFFFF))
         return b"".join((b"R", head, recs, j, *tails))
+
+
+class _SpinWindow:
+    """How long (ns) a confined process busy-polls its channel after an answer before it
+    sleeps, adapted the way KVM adapts its halt-polling window. A batch caught while polling
+    keeps the window at twice that wait at least. One that came after the window passed
+    grows it to twice the whole wait if that wait was within ``max_ns`` (a longer poll would
+    have caught it, and a sleeping process wakes late: tens of µs on a virtual machine);
+    after a longer gap the window halves, down to an eighth of ``max_ns``. A poll that got
+    less than half its vCPU (other processes want it: a sleeping process would be woken
+    sooner than a runnable one gets its turn) stops polling for the next
+    :data:`SPIN_PAUSE` messages (``pause`` counts them down; the loop decrements it)."""
+
+    __slots__ = ("floor", "max_ns", "ns", "pause")
+
+    def __init__(self, max_ns: int) -> None:
+        self.max_ns = max_ns
+        self.floor = max_ns >> 3
+        self.ns = max_ns
+        self.pause = 0
+
+    def caught(self, took_ns: int) -> None:
+        self.ns = min(self.max_ns, max(self.ns, 2 * took_ns))
+
+    def missed(self, waited_ns: int) -> None:
+        if waited_ns <= self.max_ns:
+            self.ns = min(self.max_ns, max(self.floor, 2 * waited_ns))
+        else:
+            self.ns = max(self.floor, self.ns >> 1)
+
+    def shared(self) -> None:
+        self.pause = SPIN_PAUSE
+        self.ns = self.floor
 
 
 class _CpuBudget(Budget):

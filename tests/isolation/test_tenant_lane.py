@@ -5,12 +5,14 @@ the CPU the kernel accounted to the process; the in-flight bound drops with a re
 from __future__ import annotations
 
 import os
+import select
 import signal
 import time
 
 import pytest
 
 from pcsite_lite import confine
+from pcsite_lite.api import PacketApi
 from pcsite_lite.confine import Prefetcher
 from pcsite_lite.verdicts import Drop, Forward
 from tests.isolation.test_confinement import _circuit, _deploy, _pkt, _site
@@ -253,6 +255,73 @@ def test_the_process_polls_for_the_next_batch_at_the_sites_expense_not_the_provi
     if proxy.cgroup is not None:
         kernel = proxy.cgroup.read_int("cpuacct.usage")
         assert kernel is not None and abs(billed + spin - kernel) / kernel < 0.05
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="polling needs a vCPU of its own")
+def test_a_poll_for_a_message_sent_before_the_last_answer_was_read_is_the_sites() -> None:
+    """A worker with packets waiting sends the next message before it reads the answer to
+    the last one: the process polled in between (idle from its answer, by the kernel's
+    stamp on it, to that send), and the site pays for it, not the provider."""
+    mine = os.sched_getaffinity(0)
+    worker_cpu, tenant_cpu = sorted(mine)[:2]
+    os.sched_setaffinity(0, {worker_cpu})
+    try:
+        site, _ = _site(cpus=frozenset({tenant_cpu}), spin_us=2000)
+        proxy = _deploy(site, "p", "noop", "def process(pkt):\n    pass\n")
+        assert proxy.sock is not None
+        api = PacketApi()
+        sent = 0
+
+        def item() -> tuple[bytes, bytes, tuple[float, bytes]]:
+            nonlocal sent
+            sent += 1
+            p = b"n%d" % sent
+            meta = confine._META.pack(1, 1, 7, 0, 0, 0, 0, 1, 2, 17, 0, 64, 1.0, len(p))
+            return meta, p, (float(sent), p)
+
+        def credited_the_second() -> bool:
+            # the site owes for the first message at most the time from the last answer
+            # (the kernel's stamp on it) to that message: the rest is the second's
+            last = proxy._answered_rt
+            before = proxy.site_spin_ns
+            assert proxy.submit([item()]) == 1
+            assert wait_until(lambda: select.select([proxy.sock], [], [], 0)[0], 10, interval=0)
+            # answered, not read: the process polls its channel; 1 ms later the next one goes
+            end = time.monotonic() + 0.001
+            while time.monotonic() < end:
+                pass
+            assert proxy.submit([item()]) == 1
+            done: list = []
+            assert wait_until(lambda: done.extend(proxy.poll(api)) or len(done) == 2, 10)
+            first = done[0].sent_rt - last
+            return last > 0 and proxy.site_spin_ns - before - first >= 500_000
+
+        # (a process that finds its vCPU shared on a loaded machine skips a few polls)
+        assert wait_until(credited_the_second, 30, interval=0), "no poll credited"
+    finally:
+        os.sched_setaffinity(0, mine)
+    assert proxy.site_spin_ns <= sent * 2_000_000  # at most one window per message
+
+
+def test_the_poll_window_grows_to_cover_a_gap_it_missed_and_shrinks_for_long_idles() -> None:
+    w = confine._SpinWindow(200_000)
+    assert (w.ns, w.floor) == (200_000, 25_000)
+    w.missed(10_000_000)  # the next batch came 10 ms later: not worth polling for
+    assert w.ns == 100_000
+    for _ in range(5):
+        w.missed(10_000_000)
+    assert w.ns == 25_000  # an eighth at least
+    w.missed(70_000)  # it came 70 µs after the answer: a 140 µs poll catches the next one
+    assert w.ns == 140_000
+    w.caught(60_000)
+    assert w.ns == 140_000
+    w.caught(90_000)
+    assert w.ns == 180_000
+    w.missed(150_000)
+    assert w.ns == 200_000  # never past the site's window
+    w.shared()
+    assert (w.pause, w.ns) == (confine.SPIN_PAUSE, 25_000)
+    assert confine._SpinWindow(0).ns == 0  # no polling at the site's choice
 
 
 def test_a_claimed_poll_is_credited_at_most_the_window_and_the_idle_time() -> None:
