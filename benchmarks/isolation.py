@@ -64,7 +64,9 @@ worker replica raising. Figures (``--json PATH``):
   the median of the
   14 rounds' differences (``isolation_overhead_before_attacks_us_per_packet`` and
   ``..._after_attacks_...``: each measurement's own difference of medians, and the same for
-  the latency); ``confined_unbatched_us_per_packet``: one round trip per packet;
+  the latency; ``inprocess_noop_us_per_packet`` and
+  ``inprocess_noop_after_attacks_us_per_packet``: the in-process path's cost in each, the
+  machine's speed then); ``confined_unbatched_us_per_packet``: one round trip per packet;
   ``confined_worker_cpu_us_per_packet``, ``confined_tenant_cpu_us_per_packet`` (of which
   ``confined_tenant_spin_us_per_packet`` is its busy-poll) and
   ``inprocess_worker_cpu_us_per_packet``: CPU time (not wall) per packet of each side;
@@ -936,6 +938,8 @@ def run(
                 after["isolation_overhead_us_per_packet"],
             "isolation_batch_latency_after_attacks_us_median":
                 after["isolation_batch_latency_us_median"],
+            # the machine's speed at each measurement (this one changes speed for minutes)
+            "inprocess_noop_after_attacks_us_per_packet": after["inprocess_noop_us_per_packet"],
             "isolation_overhead_us_per_packet": statistics.median(rounds),
             "isolation_batch_latency_us_median": statistics.median(lat) / 1000,
         })  # fmt: skip

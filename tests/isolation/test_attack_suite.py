@@ -28,6 +28,9 @@ def test_every_attack_is_blocked_at_load_stopped_at_run_or_confined() -> None:
     assert records["replicate_own_64"]["attacker_disabled"]
     assert figures["metering_billed_vs_metered"] == pytest.approx(1.0, abs=0.02)
     assert figures["metering_cpu_vs_kernel"] == pytest.approx(1.0, abs=0.05)
+    # the machine's speed at both overhead measurements is reported beside them
+    assert figures["inprocess_noop_after_attacks_us_per_packet"] > 0
+    assert figures["inprocess_noop_us_per_packet"] > 0
 
 
 def test_the_supervisor_in_its_own_process_refuses_the_same_uploads_and_keeps_answering() -> None:
