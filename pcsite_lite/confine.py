@@ -504,7 +504,7 @@ class ConfinedService:
         # (only root may: an unprivileged process could not be raised again)
         self._idle_start = os.geteuid() == 0
         try:
-            proc = _spawn_idle(args, child.fileno(), idle=self._idle_start)
+            proc = _spawn_child(args, child.fileno(), idle=self._idle_start)
         finally:
             child.close()
         try:
@@ -1647,7 +1647,7 @@ def check_source(
         "--cpu", str(cpu_seconds), "--root", root, "--uid", str(_uid_for(name)),
     ]  # fmt: skip
     try:
-        proc = _spawn_idle(args, child.fileno())
+        proc = _spawn_child(args, child.fileno())
     finally:
         child.close()
     try:
@@ -1719,7 +1719,7 @@ def _wait_answer(sock: socket.socket, pid: int, timeout: float) -> str | None:
 _CHRT: Final = shutil.which("chrt")
 
 
-def _spawn_idle(args: list[str], keep_fd: int, idle: bool = True) -> subprocess.Popen[bytes]:
+def _spawn_child(args: list[str], keep_fd: int, idle: bool = True) -> subprocess.Popen[bytes]:
     """``args`` as a process that inherits only ``keep_fd`` (and ``/dev/null`` as stdin,
     stdout and stderr), ``SCHED_IDLE`` if ``idle``. ``chrt --idle`` sets the class before
     the interpreter starts: a child started normally and lowered afterwards first ran for a
@@ -2225,20 +2225,19 @@ def _serve(fd: int, name: str, mode: str, memory: int, root: str, uid: int, cpu:
             msg = backlog.popleft()
         else:
             msg = None
-            took = -1  # no poll
-            if window.pause:
-                window.pause -= 1
-            elif window.ns:
-                msg, took, cpu_ns = recv_spin(chan, MAX_MESSAGE, window.ns)
+            win = window.take()
+            if win:
+                msg, took, cpu_ns = recv_spin(chan, MAX_MESSAGE, win)
                 spun += cpu_ns
                 if took > 20_000 and 2 * cpu_ns < took:
                     window.shared()
+                    win = 0  # (no adapting to this wait)
                 elif msg is not None:
                     window.caught(took)
             if msg is None:
                 t0 = clock()
                 msg = sock.recv(MAX_MESSAGE)
-                if took >= 0 and not window.pause:
+                if win:
                     window.missed(took + clock() - t0)
         if not msg:
             return 0
@@ -2347,7 +2346,7 @@ class _SpinWindow:
     after a longer gap the window halves, down to an eighth of ``max_ns``. A poll that got
     less than half its vCPU (other processes want it: a sleeping process would be woken
     sooner than a runnable one gets its turn) stops polling for the next
-    :data:`SPIN_PAUSE` messages (``pause`` counts them down; the loop decrements it)."""
+    :data:`SPIN_PAUSE` messages (``pause`` counts them down, :meth:`take`)."""
 
     __slots__ = ("floor", "max_ns", "ns", "pause")
 
@@ -2356,6 +2355,13 @@ class _SpinWindow:
         self.floor = max_ns >> 3
         self.ns = max_ns
         self.pause = 0
+
+    def take(self) -> int:
+        """The window for the next wait (0: do not poll)."""
+        if self.pause:
+            self.pause -= 1
+            return 0
+        return self.ns
 
     def caught(self, took_ns: int) -> None:
         self.ns = min(self.max_ns, max(self.ns, 2 * took_ns))

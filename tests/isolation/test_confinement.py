@@ -230,7 +230,7 @@ def test_the_check_process_starts_idle_class_with_only_its_channel_open() -> Non
     """The policy is set before the interpreter starts (``chrt --idle``: the child does not
     run at normal priority while it starts), and a descriptor this process made inheritable
     does not reach it: it has 0-2 (/dev/null) and the one it was given."""
-    from pcsite_lite.confine import _spawn_idle
+    from pcsite_lite.confine import _spawn_child
 
     r, w = os.pipe()
     leak = os.open(os.devnull, os.O_RDONLY)
@@ -241,7 +241,7 @@ def test_the_check_process_starts_idle_class_with_only_its_channel_open() -> Non
         "os.listdir('/proc/self/fd'))]).encode())"
     )
     try:
-        child = _spawn_idle([sys.executable, "-c", script, str(w)], w)
+        child = _spawn_child([sys.executable, "-c", script, str(w)], w)
         assert child.args[:3] == [confine._CHRT, "--idle", "0"]  # util-linux is essential
         assert not os.get_inheritable(w)  # only the child's copy was inherited
         os.close(w)
